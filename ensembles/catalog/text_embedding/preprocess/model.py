@@ -1,0 +1,50 @@
+"""Tokenizer step (Triton Python backend): UTF-8 strings in, BERT token ids and mask out.
+
+The tokenizer files are bundled in the model's version folder (``1/tokenizer``) by the build,
+so the endpoint never reaches a model hub at load time (the seed's sample downloaded them at
+start, which fails on an endpoint without internet).
+"""
+
+import json
+import os
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from transformers import AutoTokenizer
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        self.max_length = int(params.get("max_length", "128"))
+        path = os.path.join(args["model_repository"], args["model_version"], "tokenizer")
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.input_name = config["input"][0]["name"]
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                raw = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+                texts = []
+                for item in raw.reshape(-1):
+                    if isinstance(item, bytes):
+                        try:
+                            item = item.decode("utf-8")
+                        except UnicodeDecodeError as e:
+                            raise ValueError(f"input {self.input_name!r} is not valid UTF-8: {e}")
+                    texts.append(str(item))
+                enc = self.tokenizer(
+                    texts, padding=True, truncation=True, max_length=self.max_length,
+                    return_tensors="np",
+                )
+                outputs = [
+                    pb_utils.Tensor("input_ids", enc["input_ids"].astype(np.int64)),
+                    pb_utils.Tensor("attention_mask", enc["attention_mask"].astype(np.int64)),
+                ]
+                responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+            except Exception as e:  # one bad request must not fail the others in the batch
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[], error=pb_utils.TritonError(f"preprocess: {e}")))
+        return responses

@@ -1,0 +1,274 @@
+"""The ensemble spec: a typed, validated description of a Triton ensemble.
+
+A user describes an ensemble once (``ensemble.yaml`` in its catalog folder): the ensemble's
+inputs and outputs, its steps, the tensors each step consumes and produces, and, per target,
+which Triton backend runs each step. The renderer (:mod:`ensembles.render`) turns one spec
+into a Triton model repository per target. Everything that can be checked without running a
+model is checked here, before any build work starts, and every error names the ensemble, the
+step and the tensor at fault.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+TARGETS = ("local-cpu", "sagemaker-gpu")
+Target = Literal["local-cpu", "sagemaker-gpu"]
+
+DType = Literal[
+    "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
+    "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64",
+    "TYPE_FP16", "TYPE_FP32", "TYPE_FP64", "TYPE_BF16", "TYPE_STRING",
+]
+
+# Which Triton backend runs a step. "python" covers every Python-backend model, including
+# the local-cpu stand-ins that run ONNX Runtime or DALI's Python API inside the model.
+Backend = Literal["python", "onnxruntime", "tensorrt", "dali", "tensorflow"]
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built. The message names the ensemble, step and tensor."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    """A tensor as Triton sees it: dims exclude the batch dimension; -1 is a variable dim."""
+
+    name: str
+    dtype: DType
+    dims: list[int] = Field(min_length=1)
+    label_filename: str | None = None
+
+    @field_validator("dims")
+    @classmethod
+    def _dims_valid(cls, dims: list[int]) -> list[int]:
+        if any(d == 0 or d < -1 for d in dims):
+            raise ValueError(f"dims must be positive or -1, got {dims}")
+        return dims
+
+
+class BackendSpec(_Strict):
+    """How one step runs on one target.
+
+    ``files`` maps a path inside the model folder (``1/model.py``, ``1/model.onnx``, or
+    ``processing_env.tar.gz`` beside ``config.pbtxt``) to its source: either
+    ``artifact:<name>`` (made by the build, see ``EnsembleSpec.artifacts``) or a path relative
+    to the ensemble's catalog folder. For ``python`` steps ``1/model.py`` must be among them.
+    """
+
+    backend: Backend
+    files: dict[str, str] = Field(default_factory=dict)
+    default_model_filename: str | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+    instance_kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_AUTO"
+    instance_count: int = Field(default=1, ge=1)
+    dynamic_batching: bool = False
+
+
+class StepSpec(_Strict):
+    """One composing model of the ensemble.
+
+    ``inputs``/``outputs`` are the model's own tensors; ``input_map`` maps each model input to
+    the ensemble tensor it reads, ``output_map`` each model output to the ensemble tensor it
+    writes (the same meaning as Triton's ensemble_scheduling maps).
+    """
+
+    name: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+    backends: dict[Target, BackendSpec]
+
+
+class ArtifactSpec(_Strict):
+    """Something the build makes before rendering, e.g. an ONNX export or tokenizer files.
+
+    ``producer`` names a function registered in :mod:`tasks.produce`; ``params`` are its
+    keyword arguments. Artifacts are produced once per build and shared by every target.
+    """
+
+    producer: str
+    params: dict[str, object] = Field(default_factory=dict)
+    targets: list[Target] = Field(default_factory=lambda: list(TARGETS))
+
+
+class ValidationSpec(_Strict):
+    """How the build verifies the ensemble against its framework reference."""
+
+    kind: str
+    metric: str
+    threshold: float
+    params: dict[str, object] = Field(default_factory=dict)
+
+
+class EnsembleSpec(_Strict):
+    name: str
+    description: str = ""
+    max_batch_size: int = Field(ge=0)
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    steps: list[StepSpec] = Field(min_length=1)
+    artifacts: dict[str, ArtifactSpec] = Field(default_factory=dict)
+    validation: ValidationSpec | None = None
+
+    def model_name(self, step: str) -> str:
+        """Composing-model name, unique to this ensemble so thousands can share one server."""
+        return f"{self.name}__{step}"
+
+    def step(self, name: str) -> StepSpec:
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"ensemble {self.name!r} has no step {name!r}")
+
+
+def _dims_compatible(a: list[int], b: list[int]) -> bool:
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+
+
+def _check_names(where: str, names: list[str], what: str) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if not _NAME.match(n):
+            raise SpecError(f"{where}: {what} name {n!r} is not a valid identifier")
+        if n in seen:
+            raise SpecError(f"{where}: duplicate {what} name {n!r}")
+        seen.add(n)
+
+
+def validate(spec: EnsembleSpec) -> list[str]:
+    """Check the DAG; return the step names in execution (topological) order.
+
+    Refuses: invalid or duplicate names, unmapped or unknown model tensors, an ensemble
+    tensor that nothing produces or that two producers write, dtype or shape mismatches
+    across a connection, cycles, and ensemble outputs that no step writes.
+    """
+    ens = f"ensemble {spec.name!r}"
+    if not _NAME.match(spec.name):
+        raise SpecError(f"{ens}: name must be a valid identifier (letters, digits, _)")
+    _check_names(ens, [t.name for t in spec.inputs], "input")
+    _check_names(ens, [t.name for t in spec.outputs], "output")
+    _check_names(ens, [s.name for s in spec.steps], "step")
+
+    # producer of each ensemble tensor: None for ensemble inputs, else the step name
+    produced: dict[str, tuple[str | None, TensorSpec]] = {t.name: (None, t) for t in spec.inputs}
+    for step in spec.steps:
+        where = f"{ens}, step {step.name!r}"
+        _check_names(where, [t.name for t in step.inputs], "model input")
+        _check_names(where, [t.name for t in step.outputs], "model output")
+        model_in = {t.name for t in step.inputs}
+        model_out = {t.name: t for t in step.outputs}
+        for k in step.input_map:
+            if k not in model_in:
+                raise SpecError(f"{where}: input_map names {k!r}, which is not a model input "
+                                f"(model inputs: {sorted(model_in)})")
+        for t in step.inputs:
+            if t.name not in step.input_map:
+                raise SpecError(f"{where}: model input {t.name!r} is not wired (missing from input_map)")
+        for k, tensor in step.output_map.items():
+            if k not in model_out:
+                raise SpecError(f"{where}: output_map names {k!r}, which is not a model output "
+                                f"(model outputs: {sorted(model_out)})")
+            if tensor in produced:
+                other = produced[tensor][0]
+                by = "an ensemble input" if other is None else f"step {other!r}"
+                raise SpecError(f"{where}: tensor {tensor!r} is already produced by {by}")
+            produced[tensor] = (step.name, model_out[k])
+        if not step.backends:
+            raise SpecError(f"{where}: no backend given for any target")
+        for target, be in step.backends.items():
+            if be.backend == "python" and "1/model.py" not in be.files:
+                raise SpecError(f"{where}, target {target!r}: a python step needs files['1/model.py']")
+
+    # every consumed tensor must exist with a matching dtype and shape
+    deps: dict[str, set[str]] = {s.name: set() for s in spec.steps}
+    for step in spec.steps:
+        where = f"{ens}, step {step.name!r}"
+        for t in step.inputs:
+            tensor = step.input_map[t.name]
+            if tensor not in produced:
+                raise SpecError(f"{where}: input {t.name!r} reads tensor {tensor!r}, "
+                                f"which no step or ensemble input produces")
+            producer, src = produced[tensor]
+            _check_link(f"{where}: input {t.name!r} <- tensor {tensor!r}", src, t)
+            if producer is not None:
+                deps[step.name].add(producer)
+    for out in spec.outputs:
+        if out.name not in produced or produced[out.name][0] is None:
+            raise SpecError(f"{ens}: output {out.name!r} is not produced by any step")
+        _check_link(f"{ens}: output {out.name!r}", produced[out.name][1], out)
+
+    order = _toposort(ens, deps)
+    for name, art in spec.artifacts.items():
+        if not _NAME.match(name):
+            raise SpecError(f"{ens}: artifact name {name!r} is not a valid identifier")
+    for step in spec.steps:
+        for target, be in step.backends.items():
+            for dest, src in be.files.items():
+                if src.startswith("artifact:") and src.removeprefix("artifact:") not in spec.artifacts:
+                    raise SpecError(f"{ens}, step {step.name!r}, target {target!r}: file {dest!r} "
+                                    f"comes from unknown artifact {src!r}")
+                if Path(dest).is_absolute() or ".." in Path(dest).parts:
+                    raise SpecError(f"{ens}, step {step.name!r}: file destination {dest!r} "
+                                    f"must be a relative path inside the model folder")
+    return order
+
+
+def _check_link(where: str, src: TensorSpec, dst: TensorSpec) -> None:
+    if src.dtype != dst.dtype:
+        raise SpecError(f"{where}: dtype mismatch, {src.dtype} produced but {dst.dtype} expected")
+    if not _dims_compatible(src.dims, dst.dims):
+        raise SpecError(f"{where}: shape mismatch, {src.dims} produced but {dst.dims} expected")
+
+
+def _toposort(ens: str, deps: dict[str, set[str]]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = path[path.index(n):] + [n]
+            raise SpecError(f"{ens}: cycle between steps: {' -> '.join(cycle)}")
+        state[n] = 1
+        for d in sorted(deps[n]):
+            visit(d, path + [n])
+        state[n] = 2
+        order.append(n)
+
+    for n in deps:  # keep the user's order where the DAG allows it
+        visit(n, [])
+    return order
+
+
+def load_spec(path: Path) -> EnsembleSpec:
+    """Load and validate ``ensemble.yaml``; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise SpecError(f"{path}: cannot read ensemble spec: {e}") from e
+    try:
+        spec = EnsembleSpec.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+        )
+        raise SpecError(f"{path}: invalid ensemble spec: {problems}") from e
+    try:
+        validate(spec)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from e
+    return spec

@@ -1,0 +1,148 @@
+"""The ``build`` flow: ensemble spec -> verified, content-hashed Triton tarball.
+
+For each ensemble: load and validate the spec (a miswired spec stops here, before any work),
+produce its artifacts (fetch the model, export ONNX, tokenizer files...), render the model
+repository for the target, pack it deterministically, verify the packed tarball in a real
+Triton against the framework reference, and only then publish it with its manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_table_artifact
+from prefect.tasks import exponential_backoff
+
+from ensembles.catalog import load_ensemble
+from ensembles.render import render_repository
+from ensembles.spec import EnsembleSpec, Target
+from flows.common import human_bytes, retry_transient, short
+from infra import paths
+from tasks.package import artifact_name, package_repository, publish_build
+from tasks.produce import artifacts_for, produce
+from tasks.verify import Sample, reference_sample, verify_archive
+
+TOOL_VERSION = "0.1.0"
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # called outside a run (task.fn in tests)
+        import logging
+
+        return logging.getLogger("mme.build")
+
+
+@task(name="load-spec", cache_policy=NO_CACHE)
+def load_spec_task(ensemble: str) -> tuple[EnsembleSpec, Path]:
+    return load_ensemble(ensemble)
+
+
+@task(name="produce-artifact", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=retry_transient, timeout_seconds=1800)
+def produce_task(spec: EnsembleSpec, name: str, work: Path, produced: dict[str, Path]) -> tuple[Path, dict]:
+    t0 = time.perf_counter()
+    path, meta = produce(spec, name, work / name, produced)
+    _logger().info("%s: artifact %s ready in %.1f s", spec.name, name, time.perf_counter() - t0)
+    return path, meta
+
+
+@task(name="render-repository", cache_policy=NO_CACHE)
+def render_task(spec: EnsembleSpec, target: str, out: Path, folder: Path,
+                artifacts: dict[str, Path]) -> Path:
+    return render_repository(spec, target, out, catalog_dir=folder, artifacts=artifacts)
+
+
+@task(name="package", cache_policy=NO_CACHE, timeout_seconds=900)
+def package_task(repo: Path, staging: Path, ensemble: str) -> dict[str, Any]:
+    info = package_repository(repo, staging, ensemble)
+    _logger().info("%s: packed %s (%s) in %.1f s, sha256 %s", ensemble, Path(info["path"]).name,
+                   human_bytes(info["bytes"]), info["seconds"], short(info["sha256"]))
+    return info
+
+
+@task(name="reference", cache_policy=NO_CACHE, timeout_seconds=900)
+def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path]) -> Sample:
+    return reference_sample(spec, artifacts)
+
+
+@task(name="verify", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient, timeout_seconds=900)
+def verify_task(spec: EnsembleSpec, archive: Path, sample: Sample) -> dict[str, Any]:
+    return verify_archive(spec, archive, sample, log=_logger().info)
+
+
+@task(name="publish-build", cache_policy=NO_CACHE)
+def publish_build_task(archive: Path, manifest: dict[str, Any], output_dir: Path) -> Path:
+    return publish_build(archive, manifest, output_dir)
+
+
+def build_ensemble(ensemble: str, target: str, output_dir: Path, work_root: Path) -> dict[str, Any]:
+    """Build one ensemble (runs inside the flow; each step is a Prefect task)."""
+    log = _logger()
+    spec, folder = load_spec_task(ensemble)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"{spec.name}-", dir=work_root) as tmp:
+        work = Path(tmp)
+        produced: dict[str, Path] = {}
+        sources: dict[str, dict] = {}
+        for name in artifacts_for(spec, target):
+            path, meta = produce_task(spec, name, work / "artifacts", produced)
+            produced[name] = Path(path)
+            sources[name] = meta
+        repo = render_task(spec, target, work / "repo", folder, produced)
+        packed = package_task(repo, work / "staging", spec.name)
+        sample = reference_task(spec, produced)
+        validation = verify_task(spec, Path(packed["path"]), sample)
+        final_uri = (output_dir / artifact_name(spec.name)).resolve().as_uri()
+        manifest = {
+            "ensemble": spec.name,
+            "target": target,
+            "target_model": artifact_name(spec.name),
+            "artifact": final_uri,
+            "sha256": packed["sha256"],
+            "bytes": packed["bytes"],
+            "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "build_seconds": round(time.perf_counter() - started, 1),
+            "spec_sha256": hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest(),
+            "tool_version": TOOL_VERSION,
+            "sources": sources,
+            "validation": {k: validation[k] for k in ("passed", "metric", "value", "threshold")},
+            "sample": sample.to_json(),
+        }
+        publish_build_task(Path(packed["path"]), manifest, output_dir)
+    log.info("%s: built %s for %s in %.1f s", spec.name, final_uri, target, manifest["build_seconds"])
+    return manifest
+
+
+@flow(name="build", log_prints=True)
+def build(ensembles: list[str] | None = None, target: Target = "local-cpu",
+          output_dir: str | None = None) -> list[dict[str, Any]]:
+    """Build, verify and package ensembles from the catalog for one target."""
+    ensembles = ensembles or ["text_embedding"]
+    out = Path(output_dir).expanduser().resolve() if output_dir else paths.artifacts_dir(target)
+    work_root = paths.work_dir()
+    work_root.mkdir(parents=True, exist_ok=True)
+    manifests = [build_ensemble(name, target, out, work_root) for name in ensembles]
+    create_table_artifact(
+        key="build-summary",
+        table=[{"ensemble": m["ensemble"], "target": m["target"], "sha256": short(m["sha256"]),
+                "size": human_bytes(m["bytes"]), "uri": m["artifact"],
+                "validation": f"{m['validation']['metric']}={m['validation']['value']:.6f} "
+                              f"({'passed' if m['validation']['passed'] else 'FAILED'})"}
+               for m in manifests],
+        description=f"Ensembles built for {target}",
+    )
+    return [{k: v for k, v in m.items() if k != "sample"} for m in manifests]
+
+
+def clean_work_dir() -> None:
+    shutil.rmtree(paths.work_dir(), ignore_errors=True)

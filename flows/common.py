@@ -1,0 +1,45 @@
+"""Shared Prefect plumbing: which failures are retried, and run artifacts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Only failures that a second try can fix are retried; a wrong spec, a failed export check
+# or a failed verification fails at once (retrying would hide nothing and cost minutes).
+TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
+try:
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import EndpointConnectionError
+
+    TRANSIENT += (BotoConnectionError, EndpointConnectionError)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    from infra.triton_server import TritonStartError
+
+    return isinstance(exc, TRANSIENT + (TritonStartError,))
+
+
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the failure looks transient."""
+    try:
+        state.result()
+    except BaseException as exc:  # noqa: BLE001 - we classify, not handle
+        return is_transient(exc)
+    return False
+
+
+def short(sha: str) -> str:
+    return sha[:12]
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,1 @@
+"""Infrastructure adapters: object stores and model-repository tarballs."""

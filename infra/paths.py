@@ -1,0 +1,32 @@
+"""Where the embedded default keeps its state: ``$MME_HOME`` (default ``~/.mme``).
+
+artifacts/<target>/   built tarballs and manifests
+store/                the embedded object store (file://), the endpoints' model prefixes
+endpoints/<name>/     a local endpoint's state file, disk cache and logs
+work/                 scratch space of running builds
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    return Path(os.environ.get("MME_HOME", Path.home() / ".mme")).expanduser().resolve()
+
+
+def artifacts_dir(target: str) -> Path:
+    return home() / "artifacts" / target
+
+
+def store_uri() -> str:
+    return (home() / "store").as_uri()
+
+
+def endpoint_dir(name: str) -> Path:
+    return home() / "endpoints" / name
+
+
+def work_dir() -> Path:
+    return home() / "work"

@@ -1,0 +1,732 @@
+"""Run a real Triton Inference Server (``tritonserver``) as a child process.
+
+Why this module exists
+----------------------
+The local endpoint and the tests need a *real* Triton, not a mock: ensembles,
+explicit model control and the Python backend behave in ways a fake cannot
+reproduce.  The ``nvidia-pytriton`` wheel ships a complete CPU-capable
+``tritonserver`` (2.51) plus the Python backend, so no container is needed.
+Using it directly (instead of through PyTriton's own ``Triton`` class) keeps
+us in control of the model repository, the flags and the process lifetime.
+
+Three things about the wheel are not obvious and are handled here:
+
+* The Python backend expects ``triton_python_backend_stub`` inside
+  ``<backend-dir>/python/``, but the wheel keeps one stub per Python version
+  under ``python_backend_stubs/<major.minor>/``.  :func:`locate_triton`
+  assembles a proper backend directory once, in a cache folder.
+* The binaries find their shared libraries through an ``$ORIGIN``-relative
+  RPATH that breaks as soon as a file is copied, so ``LD_LIBRARY_PATH`` must
+  name the wheel's ``nvidia_pytriton.libs`` folder.
+* The stub embeds CPython with ``PyConfig_InitIsolatedConfig``: it ignores
+  ``PYTHONPATH``/``PYTHONHOME``.  It finds its ``sys.prefix`` by searching
+  ``PATH`` for ``python3`` (and honours a ``pyvenv.cfg`` beside it) and it
+  links ``libpython3.X.so.1.0`` dynamically.  So to make ``model.py`` files
+  run with *this* virtualenv (numpy, onnxruntime, transformers ...), the
+  server gets the running interpreter's ``bin`` first on ``PATH`` and its
+  ``libpython`` folder on ``LD_LIBRARY_PATH``.  ``PYTHONPATH`` is set as well
+  (for non-isolated stubs given through ``MME_TRITONSERVER`` and for any
+  Python subprocess a model spawns), but it is not what makes this work.
+
+Process hygiene: a tritonserver left running holds ports, CPU and
+``/dev/shm`` segments, so :class:`TritonServer` starts it in its own process
+group, asks the kernel to SIGKILL it when the parent dies
+(``PR_SET_PDEATHSIG``), registers an ``atexit`` stop, and on :meth:`stop`
+escalates SIGTERM -> SIGKILL for the whole group.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import hashlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+
+__all__ = [
+    "TritonDist",
+    "TritonModelError",
+    "TritonNotFound",
+    "TritonServer",
+    "TritonStartError",
+    "locate_triton",
+]
+
+LOGGER = logging.getLogger(__name__)
+
+#: Env var: path of another ``tritonserver`` binary to use instead of the wheel's.
+ENV_TRITONSERVER = "MME_TRITONSERVER"
+#: Env var: backend directory to use together with ``MME_TRITONSERVER``.
+ENV_TRITON_BACKENDS = "MME_TRITON_BACKENDS"
+#: Env var: base folder for prepared backend directories (default ``~/.cache/triton-mme``).
+ENV_CACHE_DIR = "MME_CACHE_DIR"
+
+_STUB_NAME = "triton_python_backend_stub"
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_LOG_TAIL_CHARS = 4000
+_LAUNCH_MARKER = "\n=== tritonserver launch: "
+
+
+class TritonNotFound(RuntimeError):
+    """The tritonserver binary, its libraries or the Python backend stub are missing."""
+
+
+class TritonStartError(RuntimeError):
+    """tritonserver did not come up; the message carries the tail of its log."""
+
+
+class TritonModelError(RuntimeError):
+    """Triton refused to load (or unload) a model; carries the model name and server message."""
+
+    def __init__(self, model: str, message: str) -> None:
+        self.model = model
+        self.message = message
+        super().__init__(f"model {model!r}: {message}")
+
+
+# --------------------------------------------------------------------------- #
+# Locating the distribution
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class TritonDist:
+    """Everything needed to exec a tritonserver.
+
+    ``lib_dirs`` go on ``LD_LIBRARY_PATH`` because the wheel's RPATHs are
+    relative to the wheel layout and do not survive copying files elsewhere.
+    """
+
+    server_bin: Path
+    backends_dir: Path
+    lib_dirs: list[Path]
+
+
+def _py_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _cache_root() -> Path:
+    override = os.environ.get(ENV_CACHE_DIR)
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".cache" / "triton-mme"
+
+
+def _wheel_tritonserver_dir() -> Path:
+    """Return ``<site-packages>/pytriton/tritonserver`` without importing pytriton.
+
+    ``find_spec`` on a top-level package does not execute its ``__init__``,
+    which keeps this cheap and free of pytriton's import-time side effects.
+    """
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotFound(
+            "the 'pytriton' package (PyPI: nvidia-pytriton) is not installed in this "
+            f"interpreter ({sys.executable}); it provides the tritonserver binary. "
+            f"Install nvidia-pytriton or set {ENV_TRITONSERVER}/{ENV_TRITON_BACKENDS}."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def _prepare_backends(ts_dir: Path) -> Path:
+    """Build (once) a backend dir whose ``python/`` holds the backend and the right stub.
+
+    The directory name hashes the source files' identity, so a reinstalled or
+    upgraded wheel, or another Python version, gets a fresh directory instead
+    of silently reusing stale binaries.  It is assembled in a temporary
+    sibling and renamed into place, so concurrent callers never see a
+    half-copied backend.
+    """
+    src_python = ts_dir / "backends" / "python"
+    stub = ts_dir / "python_backend_stubs" / _py_version() / _STUB_NAME
+    if not (src_python / "libtriton_python.so").is_file():
+        raise TritonNotFound(f"python backend library not found: {src_python / 'libtriton_python.so'}")
+    if not stub.is_file():
+        available = sorted(p.name for p in (ts_dir / "python_backend_stubs").glob("*") if p.is_dir())
+        raise TritonNotFound(
+            f"no {_STUB_NAME} for Python {_py_version()} in the pytriton wheel "
+            f"(looked for {stub}; available: {', '.join(available) or 'none'})"
+        )
+
+    sources = [stub, *sorted(p for p in src_python.iterdir() if p.is_file())]
+    try:
+        wheel_version = importlib.metadata.version("nvidia-pytriton")
+    except importlib.metadata.PackageNotFoundError:
+        wheel_version = "unknown"
+    h = hashlib.sha256(f"{ts_dir.resolve()}|{wheel_version}|{_py_version()}".encode())
+    for src in sources:
+        st = src.stat()
+        h.update(f"|{src.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    target = _cache_root() / f"backends-{h.hexdigest()[:16]}"
+
+    expected = {p.name for p in sources}
+    if (target / "python").is_dir() and expected <= {p.name for p in (target / "python").iterdir()}:
+        return target
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        (tmp / "python").mkdir()
+        for src in sources:  # copy2 keeps the stub's exec bit
+            shutil.copy2(src, tmp / "python" / src.name)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "python" / _STUB_NAME).is_file():
+                raise  # not a lost race with another process: a real error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    LOGGER.debug("prepared triton backends dir %s", target)
+    return target
+
+
+def locate_triton() -> TritonDist:
+    """Find tritonserver and a ready backend directory.
+
+    By default everything comes from the ``nvidia-pytriton`` wheel of the
+    running interpreter.  ``MME_TRITONSERVER`` selects another binary (e.g.
+    ``/opt/tritonserver/bin/tritonserver`` in an NGC container); its backend
+    directory then comes from ``MME_TRITON_BACKENDS``, and no wheel libraries
+    are put on ``LD_LIBRARY_PATH`` because such a build has its own.
+    """
+    override = os.environ.get(ENV_TRITONSERVER)
+    if override:
+        server_bin = Path(override).expanduser()
+        if not (server_bin.is_file() and os.access(server_bin, os.X_OK)):
+            raise TritonNotFound(f"{ENV_TRITONSERVER}={override} is not an executable file")
+        backends = os.environ.get(ENV_TRITON_BACKENDS)
+        if not backends:
+            raise TritonNotFound(f"{ENV_TRITONSERVER} is set, so {ENV_TRITON_BACKENDS} must name its backend directory")
+        backends_dir = Path(backends).expanduser()
+        if not backends_dir.is_dir():
+            raise TritonNotFound(f"{ENV_TRITON_BACKENDS}={backends} is not a directory")
+        return TritonDist(server_bin=server_bin, backends_dir=backends_dir, lib_dirs=[])
+
+    ts_dir = _wheel_tritonserver_dir()
+    server_bin = ts_dir / "bin" / "tritonserver"
+    if not server_bin.is_file():
+        raise TritonNotFound(f"tritonserver binary not found in the pytriton wheel: {server_bin}")
+    libs = ts_dir.parent.parent / "nvidia_pytriton.libs"  # sibling of the pytriton package
+    if not libs.is_dir():
+        raise TritonNotFound(f"the wheel's shared libraries folder is missing: {libs}")
+    return TritonDist(server_bin=server_bin, backends_dir=_prepare_backends(ts_dir), lib_dirs=[libs])
+
+
+# --------------------------------------------------------------------------- #
+# Environment for the server (and the Python backend stub)
+# --------------------------------------------------------------------------- #
+
+
+def _python_lib_dir() -> Path | None:
+    """Folder holding the running interpreter's ``libpython3.X.so``, if it is a shared build.
+
+    The stub links ``libpython3.X.so.1.0`` by soname.  Without this folder on
+    ``LD_LIBRARY_PATH`` it may bind the *system* libpython (another patch
+    release, other prefix) and mix it with this venv's stdlib.
+    """
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ldlib = sysconfig.get_config_var("LDLIBRARY")
+    if not libdir or not ldlib or not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    path = Path(libdir)
+    return path if (path / ldlib).exists() else None
+
+
+def _venv_pythonpath() -> list[str]:
+    """Directories of ``sys.path`` that are not the base interpreter's stdlib.
+
+    The stdlib is left out on purpose: whatever Python reads this variable
+    brings its own stdlib, and pointing it at another build's is harmful.
+    """
+    skip = set()
+    for key in ("stdlib", "platstdlib"):
+        p = sysconfig.get_path(key, vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+        if p:
+            skip.add(os.path.realpath(p))
+            skip.add(os.path.realpath(os.path.join(p, "lib-dynload")))
+    out: list[str] = []
+    for entry in sys.path:
+        if not entry or not os.path.isdir(entry):
+            continue
+        real = os.path.realpath(entry)
+        if real in skip or real in out:
+            continue
+        out.append(real)
+    return out
+
+
+def _prepend_path_var(env: dict[str, str], key: str, dirs: list[str]) -> None:
+    old = [p for p in env.get(key, "").split(os.pathsep) if p]
+    merged = list(dict.fromkeys([*dirs, *old]))
+    if merged:
+        env[key] = os.pathsep.join(merged)
+
+
+def server_environment(dist: TritonDist, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for tritonserver so its Python models run with this interpreter's packages."""
+    env = dict(os.environ)
+    lib_dirs = [str(p) for p in dist.lib_dirs]
+    pylib = _python_lib_dir()
+    if pylib is not None:
+        lib_dirs.append(str(pylib))
+    _prepend_path_var(env, "LD_LIBRARY_PATH", lib_dirs)
+    # The isolated stub locates its prefix by looking up "python3" on PATH.
+    _prepend_path_var(env, "PATH", [str(Path(sys.executable).parent)])
+    _prepend_path_var(env, "PYTHONPATH", _venv_pythonpath())
+    env.pop("PYTHONHOME", None)
+    if extra_env:
+        env.update({k: str(v) for k, v in extra_env.items()})
+    return env
+
+
+# --------------------------------------------------------------------------- #
+# Process spawning (PDEATHSIG is per *thread*)
+# --------------------------------------------------------------------------- #
+
+_libc: Any = None
+
+
+def _load_libc() -> Any:
+    """Load libc before forking: loading it inside ``preexec_fn`` (post-fork) may deadlock."""
+    global _libc
+    if _libc is None and sys.platform.startswith("linux"):
+        _libc = ctypes.CDLL(None, use_errno=True)
+    return _libc
+
+
+def _make_preexec(parent_pid: int) -> Callable[[], None] | None:
+    libc = _load_libc()
+    if libc is None:
+        return None
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:  # parent died between fork and prctl
+            os._exit(1)
+
+    return preexec
+
+
+class _Spawner:
+    """A daemon thread that outlives callers' threads and forks on their behalf.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child exits,
+    not the process.  A server started from a worker thread (Prefect's
+    ``ThreadPoolTaskRunner``, a ``ThreadPoolExecutor``) would be SIGKILLed
+    as soon as that worker finishes.  Forking from the main thread or from
+    this long-lived daemon thread ties the server to the process instead.
+    """
+
+    _lock = threading.Lock()
+    _queue: queue.Queue[tuple[Callable[[], Any], queue.Queue[tuple[bool, Any]]]] | None = None
+
+    @classmethod
+    def call(cls, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return fn()
+        with cls._lock:
+            if cls._queue is None:
+                cls._queue = queue.Queue()
+                threading.Thread(target=cls._run, args=(cls._queue,), name="tritonserver-spawner", daemon=True).start()
+        reply: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+        cls._queue.put((fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+    @staticmethod
+    def _run(q: queue.Queue[tuple[Callable[[], Any], queue.Queue[tuple[bool, Any]]]]) -> None:
+        while True:
+            fn, reply = q.get()
+            try:
+                reply.put((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                reply.put((False, exc))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- #
+# The server
+# --------------------------------------------------------------------------- #
+
+
+class TritonServer:
+    """Own one tritonserver process: start it, drive the repository API, stop it for sure.
+
+    Ports: ``http_port=None`` (or 0) picks a free port on 127.0.0.1.  gRPC and
+    metrics are *disabled* when their port is ``None`` (we only speak HTTP and
+    every open port is one more thing that can collide); pass ``0`` to get a
+    free port for them, or an explicit number.
+
+    The server binds to 127.0.0.1 only: it is a local development endpoint
+    with an unauthenticated model-control API.
+
+    ``auto_complete_config`` is off by default (``--disable-auto-complete-config``):
+    with it on, Triton starts an extra throw-away Python stub per Python model
+    just to ask it for config additions, which makes every load ~1.3 s instead
+    of ~0.15 s on this wheel.  Our ``config.pbtxt`` files are complete, and a
+    config that is not is better caught here than on the endpoint.  Turn it on
+    for models that rely on ``auto_complete_config()`` in their ``model.py``.
+    """
+
+    #: Seconds :meth:`stop` waits after SIGTERM before SIGKILLing the group.
+    STOP_TIMEOUT = 15.0
+    #: Passed as ``--exit-timeout-secs`` (Triton's default is 30): on SIGTERM Triton waits this
+    #: long for open HTTP connections and in-flight requests.  Any client holding a keep-alive
+    #: connection (``tritonclient.http`` does) makes *every* stop last this long, so keep it
+    #: short and below STOP_TIMEOUT, so that a graceful exit finishes before we escalate.
+    EXIT_TIMEOUT_SECS = 3
+    _PORT_RETRIES = 3
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        model_control: str = "explicit",
+        log_path: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+        startup_timeout: float = 60,
+        auto_complete_config: bool = False,
+    ) -> None:
+        if model_control not in ("explicit", "none", "poll"):
+            raise ValueError(f"model_control must be explicit, none or poll, not {model_control!r}")
+        # Absolute: Triton passes the repo path to the stubs, which run with another cwd semantics.
+        self.model_repository = Path(model_repository).expanduser().resolve()
+        self._req_http_port = http_port
+        self._req_grpc_port = grpc_port
+        self._req_metrics_port = metrics_port
+        self.model_control = model_control
+        self._log_path_given = log_path is not None
+        self.log_path: Path = Path(log_path) if log_path is not None else Path()
+        self.extra_env = dict(extra_env or {})
+        self.extra_args = list(extra_args or [])
+        self.startup_timeout = startup_timeout
+        self.auto_complete_config = auto_complete_config
+
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._client: httpx.Client | None = None
+        # Unique per server so stop() can remove exactly this server's /dev/shm segments.
+        self._shm_prefix = f"mme_{uuid.uuid4().hex[:12]}_"
+        self.startup_seconds: float | None = None
+
+    # ---------------------------------------------------------------- props
+    @property
+    def url(self) -> str:
+        """Base HTTP URL, e.g. ``http://127.0.0.1:8000`` (valid after :meth:`start`)."""
+        if self.http_port is None:
+            raise RuntimeError("server not started")
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of tritonserver (also its process-group id), ``None`` before start."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        """Everything tritonserver (and its Python stubs) wrote to stdout/stderr so far."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except (OSError, ValueError):
+            return ""
+
+    def _log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
+        """End of the log of the latest launch, minus the ``--help`` dump.
+
+        A bad flag makes tritonserver print one error line followed by a
+        ~20 kB usage text; a plain tail would show only the usage text.
+        """
+        text = self.log_text()
+        marker = text.rfind(_LAUNCH_MARKER)
+        if marker >= 0:  # skip older launches and the command line itself
+            eol = text.find("\n", marker + len(_LAUNCH_MARKER))
+            text = text[eol + 1 :] if eol >= 0 else ""
+        usage = text.find("\nUsage:")
+        if usage >= 0:
+            text = text[:usage] + "\n[... usage text cut ...]"
+        return text[-chars:] if len(text) > chars else text
+
+    # ---------------------------------------------------------------- lifecycle
+    def _command(self, dist: TritonDist) -> list[str]:
+        cmd = [
+            str(dist.server_bin),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={dist.backends_dir}",
+            f"--model-control-mode={self.model_control}",
+            # a model that fails to load must not take the whole server down
+            "--exit-on-error=false",
+            # readiness = server readiness; per-model state is queried explicitly
+            "--strict-readiness=false",
+            f"--exit-timeout-secs={self.EXIT_TIMEOUT_SECS}",
+            "--allow-http=true",
+            "--http-address=127.0.0.1",
+            f"--http-port={self.http_port}",
+            f"--backend-config=python,shm-region-prefix-name={self._shm_prefix}",
+        ]
+        if not self.auto_complete_config:
+            cmd.append("--disable-auto-complete-config")
+        if self.grpc_port is None:
+            cmd.append("--allow-grpc=false")
+        else:
+            cmd += ["--allow-grpc=true", "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}"]
+        if self.metrics_port is None:
+            cmd.append("--allow-metrics=false")
+        else:
+            cmd += ["--allow-metrics=true", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}"]
+        return cmd + self.extra_args
+
+    def _pick_ports(self) -> None:
+        self.http_port = self._req_http_port or _free_port()
+        self.grpc_port = None if self._req_grpc_port is None else (self._req_grpc_port or _free_port())
+        self.metrics_port = None if self._req_metrics_port is None else (self._req_metrics_port or _free_port())
+
+    def start(self) -> "TritonServer":
+        """Launch tritonserver and block until ``/v2/health/live`` answers.
+
+        Raises :class:`TritonStartError` (with the log tail) if the process
+        exits or does not become live within ``startup_timeout``.  Free ports
+        are picked by binding port 0, which is racy; if the server then loses
+        the race ("already in use") it is retried with new ports.
+        """
+        if self.running:
+            return self
+        if not self.model_repository.is_dir():
+            raise TritonStartError(f"model repository {self.model_repository} is not a directory")
+        dist = locate_triton()
+        env = server_environment(dist, self.extra_env)
+        if not self._log_path_given:
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+
+        auto_ports = not self._req_http_port or self._req_grpc_port == 0 or self._req_metrics_port == 0
+        attempts = self._PORT_RETRIES if auto_ports else 1
+        t0 = time.monotonic()
+        for attempt in range(1, attempts + 1):
+            self._pick_ports()
+            try:
+                self._launch(dist, env)
+                self._wait_live(t0)
+                break
+            except TritonStartError:
+                in_use = "already in use" in self._log_tail().lower()
+                self._kill_group()
+                if not (in_use and attempt < attempts):
+                    raise
+                LOGGER.warning("tritonserver port collision, retrying with other ports")
+        self.startup_seconds = time.monotonic() - t0
+        atexit.register(self.stop)
+        LOGGER.info("tritonserver pid %s live at %s in %.2fs", self.pid, self.url, self.startup_seconds)
+        return self
+
+    def _launch(self, dist: TritonDist, env: dict[str, str]) -> None:
+        cmd = self._command(dist)
+        with open(self.log_path, "ab") as log:
+            log.write(f"{_LAUNCH_MARKER}{' '.join(cmd)}\n".encode())
+            log.flush()
+            preexec = _make_preexec(os.getpid())
+            self._proc = _Spawner.call(
+                lambda: subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=str(self.model_repository),
+                    start_new_session=True,  # own process group: stop() kills stubs too
+                    preexec_fn=preexec,
+                    close_fds=True,
+                )
+            )
+
+    def _wait_live(self, t0: float) -> None:
+        assert self._proc is not None
+        self._client = httpx.Client(base_url=self.url, trust_env=False, timeout=10.0)
+        deadline = t0 + self.startup_timeout
+        while True:
+            rc = self._proc.poll()
+            if rc is not None:
+                raise TritonStartError(
+                    f"tritonserver exited with code {rc} during startup (log: {self.log_path})\n{self._log_tail()}"
+                )
+            try:
+                if self._client.get("/v2/health/live", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TritonStartError(
+                    f"tritonserver not live after {self.startup_timeout:.0f}s (log: {self.log_path})\n{self._log_tail()}"
+                )
+            time.sleep(0.05)
+
+    def _kill_group(self) -> None:
+        """SIGKILL whatever is left of the process group (stubs included) and reap."""
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
+            LOGGER.error("tritonserver pid %s survived SIGKILL", proc.pid)
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        self._cleanup_shm()
+
+    def _cleanup_shm(self) -> None:
+        shm = Path("/dev/shm")
+        if shm.is_dir():
+            for seg in shm.glob(f"{self._shm_prefix}*"):
+                try:
+                    seg.unlink()
+                except OSError:
+                    pass
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the server: SIGTERM, wait ``timeout`` (default 15 s), then SIGKILL the group.
+
+        Idempotent; also registered with ``atexit`` while the server runs.
+        """
+        atexit.unregister(self.stop)
+        proc = self._proc
+        if proc is None:
+            return
+        timeout = self.STOP_TIMEOUT if timeout is None else timeout
+        if self._client is not None:  # our own keep-alive connection would delay Triton's exit
+            self._client.close()
+            self._client = None
+        if proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                LOGGER.warning("tritonserver pid %s ignored SIGTERM for %.0fs; killing", proc.pid, timeout)
+            except ProcessLookupError:
+                pass
+        # Also reaps stubs that outlived a crashed server, and removes its shm segments.
+        self._kill_group()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __del__(self) -> None:  # last resort; stop() is the real API
+        try:
+            proc = getattr(self, "_proc", None)
+            if proc is not None and proc.poll() is None:
+                self._kill_group()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # ---------------------------------------------------------------- HTTP API
+    def _http(self) -> httpx.Client:
+        if self._client is None or not self.running:
+            raise RuntimeError(f"tritonserver is not running (log: {self.log_path})\n{self._log_tail()}")
+        return self._client
+
+    @staticmethod
+    def _error_text(resp: httpx.Response) -> str:
+        try:
+            return str(resp.json().get("error", resp.text))
+        except ValueError:
+            return resp.text or f"HTTP {resp.status_code}"
+
+    def load(self, name: str, timeout: float = 360) -> None:
+        """Load (or reload) a model; for an ensemble Triton also loads its composing models.
+
+        Blocks until Triton answers: the load API is synchronous.  Raises
+        :class:`TritonModelError` with Triton's message on failure.
+        """
+        try:
+            resp = self._http().post(f"/v2/repository/models/{quote(name, safe='')}/load", timeout=timeout)
+        except httpx.TimeoutException as exc:
+            raise TritonModelError(name, f"load did not finish within {timeout:.0f}s") from exc
+        if resp.status_code != 200:
+            raise TritonModelError(name, self._error_text(resp))
+
+    def unload(self, name: str, *, unload_dependents: bool = True, wait: bool = True, timeout: float = 120) -> None:
+        """Unload a model; with ``unload_dependents`` an ensemble's composing models go too.
+
+        Triton's unload call returns before the model is actually gone, so by
+        default this polls the repository index until ``name`` is no longer
+        READY and no model is UNLOADING (otherwise a following load, or a test
+        checking the composing models, races the unload).
+        """
+        body = {"parameters": {"unload_dependents": unload_dependents}}
+        resp = self._http().post(f"/v2/repository/models/{quote(name, safe='')}/unload", json=body, timeout=timeout)
+        if resp.status_code != 200:
+            raise TritonModelError(name, self._error_text(resp))
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            index = self.repository_index()
+            own = {m.get("state") for m in index if m.get("name") == name}
+            # Composing models of an ensemble unload after it; we cannot tell them apart
+            # without parsing configs, so wait until nothing at all is UNLOADING.
+            busy = any(m.get("state") == "UNLOADING" for m in index)
+            if not busy and not own & {"READY", "LOADING"}:
+                return
+            time.sleep(0.05)
+        raise TritonModelError(name, f"still not unloaded after {timeout:.0f}s")
+
+    def is_ready(self, name: str) -> bool:
+        """True if the model (any version) is loaded and ready to serve."""
+        resp = self._http().get(f"/v2/models/{quote(name, safe='')}/ready")
+        return resp.status_code == 200
+
+    def repository_index(self) -> list[dict[str, Any]]:
+        """Triton's repository index: ``[{"name", "version"?, "state"?, "reason"?}, ...]``."""
+        resp = self._http().post("/v2/repository/index", json={})
+        resp.raise_for_status()
+        return list(resp.json())

@@ -1,0 +1,81 @@
+"""Registry of artifact producers named by ``ensemble.yaml`` (``artifacts.<name>.producer``).
+
+A producer is a plain function ``(out_dir, **params) -> (path, metadata)``. Parameters that
+say ``artifact:<name>`` are replaced by the path of an artifact produced earlier in the same
+build, so artifacts form a small chain (model -> tokenizer, model -> ONNX -> plan).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from ensembles.spec import EnsembleSpec, SpecError
+from tasks.export import export_transformer_onnx
+from tasks.fetch import packaged_hf_model, tokenizer_files
+
+
+class NotAvailableHere(RuntimeError):
+    """The producer needs something this host lacks (a GPU, TensorRT, Docker, conda)."""
+
+
+def _needs_gpu_build(what: str) -> Callable[..., tuple[Path, dict]]:
+    def producer(out_dir: Path, **params: object) -> tuple[Path, dict]:
+        raise NotAvailableHere(
+            f"{what} is part of the sagemaker-gpu build path, which is not implemented yet "
+            f"(TensorRT compile and env packing); build with target local-cpu, or render "
+            f"the sagemaker-gpu configs with `mme render --target sagemaker-gpu`")
+    return producer
+
+
+PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
+    "packaged_hf_model": packaged_hf_model,
+    "tokenizer_files": tokenizer_files,
+    "export_transformer_onnx": export_transformer_onnx,
+    "compile_tensorrt": _needs_gpu_build("compile_tensorrt"),
+    "pack_python_env": _needs_gpu_build("pack_python_env"),
+}
+
+
+def resolve_params(params: dict[str, object], produced: dict[str, Path], where: str) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in params.items():
+        if isinstance(v, str) and v.startswith("artifact:"):
+            name = v.removeprefix("artifact:")
+            if name not in produced:
+                raise SpecError(f"{where}: parameter {k!r} needs artifact {name!r}, "
+                                f"which is not produced before it")
+            out[k] = produced[name]
+        else:
+            out[k] = v
+    return out
+
+
+def artifacts_for(spec: EnsembleSpec, target: str) -> list[str]:
+    """Artifacts the target needs (in declaration order), including the ones they depend on."""
+    needed: set[str] = set()
+    for step in spec.steps:
+        be = step.backends.get(target)  # type: ignore[call-overload]
+        if be:
+            needed |= {s.removeprefix("artifact:") for s in be.files.values() if s.startswith("artifact:")}
+    if spec.validation:
+        needed |= {str(v).removeprefix("artifact:") for v in spec.validation.params.values()
+                   if isinstance(v, str) and v.startswith("artifact:")}
+    changed = True
+    while changed:  # close over dependencies between artifacts
+        changed = False
+        for name in list(needed):
+            for v in spec.artifacts[name].params.values():
+                if isinstance(v, str) and v.startswith("artifact:") and v[9:] not in needed:
+                    needed.add(v[9:])
+                    changed = True
+    return [n for n in spec.artifacts if n in needed]
+
+
+def produce(spec: EnsembleSpec, name: str, out_dir: Path, produced: dict[str, Path]) -> tuple[Path, dict]:
+    art = spec.artifacts[name]
+    where = f"ensemble {spec.name!r}, artifact {name!r}"
+    fn = PRODUCERS.get(art.producer)
+    if fn is None:
+        raise SpecError(f"{where}: unknown producer {art.producer!r} (known: {sorted(PRODUCERS)})")
+    return fn(Path(out_dir), **resolve_params(art.params, produced, where))
