@@ -567,3 +567,60 @@ def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------- process entry
+def main(argv: list[str] | None = None) -> None:
+    """``python -m infra.local_mme serve ...``: run an endpoint until SIGTERM/SIGINT.
+
+    Writes ``--state-file`` (url, pid, Triton url) once serving, removes it on exit.
+    """
+    import argparse
+    import signal
+
+    p = argparse.ArgumentParser(prog="python -m infra.local_mme")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--name", required=True)
+    s.add_argument("--model-data-url", required=True)
+    s.add_argument("--cache-dir", required=True, type=Path)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=0)
+    s.add_argument("--max-loaded-models", type=int, default=None)
+    s.add_argument("--memory-limit-bytes", type=int, default=None)
+    s.add_argument("--disk-cache-bytes", type=int, default=20 * 2**30)
+    s.add_argument("--state-file", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    cfg = EndpointConfig(name=args.name, model_data_url=args.model_data_url,
+                         cache_dir=args.cache_dir, host=args.host, port=args.port,
+                         max_loaded_models=args.max_loaded_models,
+                         memory_limit_bytes=args.memory_limit_bytes,
+                         disk_cache_bytes=args.disk_cache_bytes,
+                         triton_log=args.cache_dir.parent / "triton.log")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    ep = LocalEndpoint(cfg).start()
+    try:
+        if args.state_file:
+            from infra.store import atomic_path
+
+            state = {"name": cfg.name, "url": ep.url, "pid": os.getpid(),
+                     "model_data_url": cfg.model_data_url, "triton_url": ep.triton.url,
+                     "cache_dir": str(cfg.cache_dir), "started_at": time.time()}
+            with atomic_path(args.state_file) as tmp:
+                tmp.write_text(json.dumps(state, indent=2))
+        log.info("endpoint %s serving on %s (Triton %s)", cfg.name, ep.url, ep.triton.url)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        ep.stop()
+        if args.state_file:
+            args.state_file.unlink(missing_ok=True)
+        log.info("endpoint %s stopped", cfg.name)
+
+
+if __name__ == "__main__":
+    main()

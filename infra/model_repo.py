@@ -88,7 +88,8 @@ def namespace_repository(extracted: Path, repo_dir: Path, target_model: str) -> 
         return NamespacedModel(entry=internal, models=(internal,), original_entry=target_model)
 
     renames = {name: f"{ns}_{name}" for name in models}
-    for name, path in models.items():
+    configs: dict[str, mc.ModelConfig] = {}
+    for name, path in models.items():  # check everything before touching repo_dir
         cfg = _read_config(path / "config.pbtxt", f"{target_model}/{name}")
         cfg.name = renames[name]
         for step in cfg.ensemble_scheduling.step:
@@ -97,6 +98,9 @@ def namespace_repository(extracted: Path, repo_dir: Path, target_model: str) -> 
                     f"{target_model}/{name}: ensemble step uses model {step.model_name!r}, "
                     f"which is not in the tarball (models: {sorted(models)})")
             step.model_name = renames[step.model_name]
+        configs[name] = cfg
+    for name, path in models.items():
+        cfg = configs[name]
         dest = repo_dir / renames[name]
         shutil.rmtree(dest, ignore_errors=True)
         shutil.move(str(path), dest)

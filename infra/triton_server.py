@@ -32,7 +32,9 @@ Process hygiene: a tritonserver left running holds ports, CPU and
 ``/dev/shm`` segments, so :class:`TritonServer` starts it in its own process
 group, asks the kernel to SIGKILL it when the parent dies
 (``PR_SET_PDEATHSIG``), registers an ``atexit`` stop, and on :meth:`stop`
-escalates SIGTERM -> SIGKILL for the whole group.
+escalates SIGTERM -> SIGKILL for the whole group.  ``PR_SET_PDEATHSIG`` is
+tied to the *thread* that forked, so servers are always forked from the main
+thread or from a dedicated daemon thread (see :class:`_Spawner`).
 """
 
 from __future__ import annotations
@@ -292,7 +294,10 @@ def server_environment(dist: TritonDist, extra_env: dict[str, str] | None = None
         lib_dirs.append(str(pylib))
     _prepend_path_var(env, "LD_LIBRARY_PATH", lib_dirs)
     # The isolated stub locates its prefix by looking up "python3" on PATH.
-    _prepend_path_var(env, "PATH", [str(Path(sys.executable).parent)])
+    bindir = Path(sys.executable).parent
+    if not (bindir / "python3").exists():
+        LOGGER.warning("no python3 beside %s: Python-backend models may not see this environment", sys.executable)
+    _prepend_path_var(env, "PATH", [str(bindir)])
     _prepend_path_var(env, "PYTHONPATH", _venv_pythonpath())
     env.pop("PYTHONHOME", None)
     if extra_env:
@@ -366,6 +371,19 @@ class _Spawner:
                 reply.put((False, exc))
 
 
+_TEMP_LOGS: set[Path] = set()
+
+
+@atexit.register
+def _remove_temp_logs() -> None:
+    """Delete default (temp-file) server logs at exit; registered first, so it runs after every stop()."""
+    for path in _TEMP_LOGS:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -421,14 +439,15 @@ class TritonServer:
     ) -> None:
         if model_control not in ("explicit", "none", "poll"):
             raise ValueError(f"model_control must be explicit, none or poll, not {model_control!r}")
-        # Absolute: Triton passes the repo path to the stubs, which run with another cwd semantics.
+        # Absolute: Triton hands model paths on to the stubs, and the server runs with its own cwd.
         self.model_repository = Path(model_repository).expanduser().resolve()
         self._req_http_port = http_port
         self._req_grpc_port = grpc_port
         self._req_metrics_port = metrics_port
         self.model_control = model_control
-        self._log_path_given = log_path is not None
-        self.log_path: Path = Path(log_path) if log_path is not None else Path()
+        #: Where stdout+stderr of tritonserver and its stubs go; default: a temp file
+        #: chosen at start() and deleted when this interpreter exits.
+        self.log_path: Path | None = Path(log_path) if log_path is not None else None
         self.extra_env = dict(extra_env or {})
         self.extra_args = list(extra_args or [])
         self.startup_timeout = startup_timeout
@@ -440,7 +459,11 @@ class TritonServer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
         # Unique per server so stop() can remove exactly this server's /dev/shm segments.
-        self._shm_prefix = f"mme_{uuid.uuid4().hex[:12]}_"
+        token = uuid.uuid4().hex[:12]
+        self._shm_prefix = f"mme_{token}_"
+        # Reported as "name" by GET /v2: proves the process answering on our port is ours
+        # (with a port collision, another server may answer /v2/health/live first).
+        self.server_id = f"triton-mme-{token}"
         self.startup_seconds: float | None = None
 
     # ---------------------------------------------------------------- props
@@ -458,13 +481,16 @@ class TritonServer:
 
     @property
     def running(self) -> bool:
+        """True while the tritonserver process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
     def log_text(self) -> str:
         """Everything tritonserver (and its Python stubs) wrote to stdout/stderr so far."""
+        if self.log_path is None:
+            return ""
         try:
             return self.log_path.read_text(errors="replace")
-        except (OSError, ValueError):
+        except OSError:
             return ""
 
     def _log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
@@ -487,6 +513,7 @@ class TritonServer:
     def _command(self, dist: TritonDist) -> list[str]:
         cmd = [
             str(dist.server_bin),
+            f"--id={self.server_id}",
             f"--model-repository={self.model_repository}",
             f"--backend-directory={dist.backends_dir}",
             f"--model-control-mode={self.model_control}",
@@ -531,10 +558,11 @@ class TritonServer:
             raise TritonStartError(f"model repository {self.model_repository} is not a directory")
         dist = locate_triton()
         env = server_environment(dist, self.extra_env)
-        if not self._log_path_given:
+        if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
+            _TEMP_LOGS.add(self.log_path)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
 
         auto_ports = not self._req_http_port or self._req_grpc_port == 0 or self._req_metrics_port == 0
@@ -558,6 +586,7 @@ class TritonServer:
         return self
 
     def _launch(self, dist: TritonDist, env: dict[str, str]) -> None:
+        assert self.log_path is not None
         cmd = self._command(dist)
         with open(self.log_path, "ab") as log:
             log.write(f"{_LAUNCH_MARKER}{' '.join(cmd)}\n".encode())
@@ -589,8 +618,10 @@ class TritonServer:
                 )
             try:
                 if self._client.get("/v2/health/live", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                    meta = self._client.get("/v2", timeout=1.0)
+                    if meta.status_code == 200 and meta.json().get("name") == self.server_id:
+                        return
+            except (httpx.HTTPError, ValueError):
                 pass
             if time.monotonic() > deadline:
                 raise TritonStartError(

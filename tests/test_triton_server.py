@@ -366,11 +366,36 @@ def test_server_started_from_short_lived_thread_survives(repo: Path) -> None:
         srv.stop()
 
 
+def test_explicit_port_in_use_fails(server: TritonServer, repo: Path) -> None:
+    other = TritonServer(repo, http_port=server.http_port, startup_timeout=20)
+    with pytest.raises(TritonStartError, match="already in use"):
+        other.start()
+    assert server.running
+    assert other.pid is not None and not _alive(other.pid)
+
+
+def test_auto_port_collision_is_retried(
+    server: TritonServer, repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first "free" port is taken by another Triton, which must not be mistaken for ours."""
+    import infra.triton_server as mod
+
+    real = mod._free_port
+    ports = [server.http_port]
+    monkeypatch.setattr(mod, "_free_port", lambda: ports.pop() if ports else real())
+    with TritonServer(repo) as other:
+        assert other.http_port != server.http_port
+        import httpx
+
+        assert httpx.get(f"{other.url}/v2", trust_env=False).json()["name"] == other.server_id
+    assert server.running
+
+
 CHILD_SCRIPT = """\
 import sys
 from pathlib import Path
 from infra.triton_server import TritonServer
-srv = TritonServer(Path(sys.argv[1])).start()
+srv = TritonServer(Path(sys.argv[1]), log_path=Path(sys.argv[2])).start()
 srv.load("add_one")
 print(srv.pid, flush=True)
 import time
@@ -378,12 +403,12 @@ time.sleep(600)
 """
 
 
-def test_sigkilled_parent_does_not_leave_tritonserver(repo: Path) -> None:
+def test_sigkilled_parent_does_not_leave_tritonserver(repo: Path, tmp_path: Path) -> None:
     pid: int | None = None
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD_SCRIPT, str(repo)],
+        [sys.executable, "-c", CHILD_SCRIPT, str(repo), str(tmp_path / "child-server.log")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

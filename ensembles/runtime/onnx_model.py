@@ -17,7 +17,9 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        filename = config.get("default_model_filename") or "model.onnx"
+        # default_model_filename names the .py file for the Python backend, so the ONNX file
+        # name comes from a parameter
+        filename = params.get("onnx_file", "model.onnx")
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))

@@ -1,0 +1,253 @@
+"""The ``mme`` command line: build, deploy, retire, the local endpoint, and the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endpoints.",
+                  no_args_is_help=True, add_completion=False)
+endpoint_app = typer.Typer(help="The local multi-model endpoint.", no_args_is_help=True)
+app.add_typer(endpoint_app, name="endpoint")
+console = Console(stderr=True)
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def render(ensemble: str = typer.Argument("text_embedding"),
+           target: str = typer.Option("local-cpu", help="local-cpu or sagemaker-gpu"),
+           out: Path = typer.Option(..., help="new folder to write the configs into")) -> None:
+    """Render an ensemble's config.pbtxt files for a target (no build work)."""
+    from ensembles.catalog import load_ensemble
+    from ensembles.render import render_repository
+    from ensembles.spec import SpecError
+
+    try:
+        spec, _ = load_ensemble(ensemble)
+        render_repository(spec, target, out, configs_only=True)
+    except (SpecError, FileExistsError) as e:
+        _fail(str(e))
+    for cfg in sorted(out.glob("*/config.pbtxt")):
+        console.print(f"[bold]{cfg.relative_to(out)}[/]")
+        print(cfg.read_text())
+
+
+@app.command()
+def build(ensembles: list[str] = typer.Argument(None, help="catalog names (default: text_embedding)"),
+          target: str = typer.Option("local-cpu"),
+          output_dir: Optional[Path] = typer.Option(None, help="default: $MME_HOME/artifacts/<target>")) -> None:
+    """Build, verify and package ensembles (a Prefect flow run)."""
+    _quiet_env()
+    from flows.build import build as build_flow
+
+    manifests = build_flow(ensembles=ensembles or None, target=target,
+                           output_dir=str(output_dir) if output_dir else None)
+    _print_table("Built", [{"ensemble": m["ensemble"], "sha256": m["sha256"][:12],
+                            "bytes": m["bytes"], "artifact": m["artifact"],
+                            m["validation"]["metric"]: f"{m['validation']['value']:.6f}"}
+                           for m in manifests])
+
+
+@app.command()
+def deploy(ensembles: list[str] = typer.Argument(None),
+           endpoint: str = typer.Option("local-mme"),
+           backend: str = typer.Option("local", help="local (sagemaker: see the README)"),
+           target: str = typer.Option("local-cpu"),
+           warm_invocations: int = typer.Option(20)) -> None:
+    """Publish built ensembles, start or reuse the endpoint, validate each by TargetModel."""
+    _quiet_env()
+    from flows.deploy import deploy as deploy_flow
+
+    result = deploy_flow(ensembles=ensembles or None, endpoint=endpoint, backend=backend,
+                         target=target, warm_invocations=warm_invocations)
+    _print_deploy(result)
+
+
+@app.command()
+def retire(ensembles: list[str] = typer.Argument(None),
+           endpoint: str = typer.Option("local-mme"),
+           stop_endpoint: bool = typer.Option(False, "--stop", help="also stop the endpoint")) -> None:
+    """Remove ensembles from an endpoint (only what we deployed), or stop the endpoint."""
+    _quiet_env()
+    from flows.retire import retire as retire_flow
+
+    for line in retire_flow(ensembles=ensembles or None, endpoint=endpoint, stop_endpoint=stop_endpoint):
+        console.print(line)
+
+
+@app.command()
+def invoke(text: list[str] = typer.Argument(..., help="sentences to embed"),
+           endpoint: str = typer.Option("local-mme"),
+           target_model: str = typer.Option("text_embedding.tar.gz"),
+           url: Optional[str] = typer.Option(None, help="default: the running local endpoint"),
+           json_body: bool = typer.Option(False, "--json", help="send a JSON body, not binary+json")) -> None:
+    """Invoke an ensemble by TargetModel through the SageMaker runtime API (boto3)."""
+    import numpy as np
+
+    from infra.endpoint_process import find_running
+    from infra.runtime_client import invoke as do_invoke, runtime_client_for
+
+    if url is None:
+        info = find_running(endpoint)
+        if info is None:
+            _fail(f"endpoint {endpoint!r} is not running (mme endpoint start, or mme deploy)")
+        url = info.url
+    inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
+    out = do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body)
+    for name, arr in out.items():
+        print(json.dumps({name: np.asarray(arr).round(6).tolist()}))
+
+
+@endpoint_app.command("start")
+def endpoint_start(name: str = typer.Option("local-mme"),
+                   model_data_url: Optional[str] = typer.Option(None, help="default: the embedded store's models/<name>"),
+                   port: int = typer.Option(0),
+                   max_loaded_models: Optional[int] = typer.Option(None)) -> None:
+    """Start the local endpoint in the background (or show the running one)."""
+    from infra import paths
+    from infra.endpoint_process import start_background
+    from tasks.publish import model_data_url as default_url
+
+    info = start_background(name, model_data_url or default_url(paths.store_uri(), name),
+                            port=port, max_loaded_models=max_loaded_models)
+    console.print(f"endpoint {name} serving on {info.url} (models from {info.model_data_url})")
+
+
+@endpoint_app.command("serve")
+def endpoint_serve(name: str = typer.Option("local-mme"),
+                   model_data_url: Optional[str] = typer.Option(None),
+                   host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
+                   max_loaded_models: Optional[int] = typer.Option(None)) -> None:
+    """Run the local endpoint in the foreground until Ctrl-C."""
+    from infra import local_mme, paths
+    from tasks.publish import model_data_url as default_url
+
+    args = ["serve", "--name", name, "--model-data-url",
+            model_data_url or default_url(paths.store_uri(), name),
+            "--cache-dir", str(paths.endpoint_dir(name) / "cache"), "--host", host,
+            "--port", str(port), "--state-file", str(paths.endpoint_dir(name) / "endpoint.json")]
+    if max_loaded_models:
+        args += ["--max-loaded-models", str(max_loaded_models)]
+    local_mme.main(args)
+
+
+@endpoint_app.command("stop")
+def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
+    """Stop a background endpoint (its Triton server goes with it)."""
+    from infra.endpoint_process import stop
+
+    console.print(f"endpoint {name}: {'stopped' if stop(name) else 'was not running'}")
+
+
+@endpoint_app.command("status")
+def endpoint_status(name: str = typer.Option("local-mme")) -> None:
+    """Show the endpoint's models and SageMaker-style metrics."""
+    import httpx
+
+    from infra.endpoint_process import find_running
+
+    info = find_running(name)
+    if info is None:
+        _fail(f"endpoint {name!r} is not running")
+    print(json.dumps({"endpoint": name, "url": info.url,
+                      "models": httpx.get(f"{info.url}/models").json()["models"],
+                      "metrics": httpx.get(f"{info.url}/metrics").json()}, indent=2))
+
+
+@app.command()
+def demo(report: Optional[Path] = typer.Option(None, help="also write a JSON report here"),
+         endpoint: str = typer.Option("mme-demo"),
+         keep_endpoint: bool = typer.Option(False, help="leave the endpoint running afterwards")) -> None:
+    """The main job: build the ensembles, deploy them to a local endpoint, invoke, report."""
+    _quiet_env()
+    from flows.build import build as build_flow
+    from flows.deploy import deploy as deploy_flow
+    from infra.endpoint_process import stop
+
+    ensembles = ["text_embedding"]
+    t0 = time.perf_counter()
+    console.rule("[bold]1/3 build")
+    manifests = build_flow(ensembles=ensembles, target="local-cpu")
+    build_s = time.perf_counter() - t0
+    try:
+        console.rule("[bold]2/3 deploy + validate")
+        result = deploy_flow(ensembles=ensembles, endpoint=endpoint, backend="local")
+    finally:
+        if not keep_endpoint:
+            stop(endpoint)
+    console.rule("[bold]3/3 report")
+    total_s = time.perf_counter() - t0
+    doc = {
+        "endpoint": endpoint,
+        "endpoint_url": result["url"],
+        "model_data_url": result["model_data_url"],
+        "seconds": {"build": round(build_s, 1), "total": round(total_s, 1)},
+        "ensembles": [
+            {"name": e["name"], "target": e["target"], "artifact": e["artifact"],
+             "sha256": e["sha256"], "bytes": e["bytes"], "validation": e["validation"],
+             "latency_ms": e["latency_ms"],
+             "direct_triton_latency_ms": e.get("direct_triton_latency_ms")}
+            for e in result["ensembles"]],
+    }
+    _print_deploy(result)
+    console.print(f"build {build_s:.1f} s, total {total_s:.1f} s"
+                  + ("" if keep_endpoint else f"; endpoint {endpoint} stopped"))
+    if report:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(json.dumps(doc, indent=2))
+        console.print(f"report written to {report}")
+    if not all(e["validation"]["passed"] for e in doc["ensembles"]):
+        raise typer.Exit(1)
+    del manifests
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    Console().print(table)
+
+
+def _print_deploy(result: dict) -> None:
+    rows = []
+    for e in result["ensembles"]:
+        v, lat = e["validation"], e["latency_ms"]
+        direct = e.get("direct_triton_latency_ms") or {}
+        rows.append({"ensemble": e["name"], "TargetModel": e["artifact"].rsplit("/", 1)[-1],
+                     "sha256": e["sha256"][:12], v["metric"]: f"{v['value']:.6f}",
+                     "passed": "yes" if v["passed"] else "NO",
+                     "cold ms": f"{lat['cold']:.0f}", "p50 ms": f"{lat['p50']:.1f}",
+                     "p99 ms": f"{lat['p99']:.1f}",
+                     "Triton direct p50 ms": f"{direct.get('p50', float('nan')):.1f}"})
+    _print_table(f"Endpoint {result['endpoint']} ({result['url']})", rows)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

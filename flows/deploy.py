@@ -1,0 +1,149 @@
+"""The ``deploy`` flow: publish built ensembles to an endpoint and validate them there.
+
+Local backend: the artifacts go to the embedded store under the endpoint's model prefix; the
+local multi-model endpoint is started (or reused: it is never redeployed to add a model); each
+ensemble is invoked by TargetModel and its answer scored against the manifest's reference. If
+a validation fails, the objects this deploy replaced are put back (the endpoint keeps serving
+what it served before) and the flow fails saying why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from flows.common import human_bytes, retry_transient, short
+from infra import paths
+from infra.endpoint_process import EndpointInfo, start_background
+from tasks.package import read_manifest
+from tasks.publish import (Published, model_data_url, publish_artifact, read_ledger,
+                           restore_previous, write_ledger)
+from tasks.validate import direct_triton_latency, validate_deployed
+
+
+class DeployValidationFailed(RuntimeError):
+    pass
+
+
+@task(name="publish", cache_policy=NO_CACHE, retries=3,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient)
+def publish_task(manifest: dict[str, Any], models_url: str, backup_dir: Path) -> Published:
+    pub = publish_artifact(manifest, models_url, backup_dir)
+    get_run_logger().info("%s: %s %s (%s)", pub.ensemble,
+                          "uploaded to" if pub.uploaded else "unchanged at", pub.uri,
+                          human_bytes(pub.bytes))
+    return pub
+
+
+@task(name="ensure-endpoint", cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      timeout_seconds=300)
+def ensure_endpoint_task(endpoint: str, models_url: str) -> EndpointInfo:
+    info = start_background(endpoint, models_url)
+    get_run_logger().info("endpoint %s serving on %s", endpoint, info.url)
+    return info
+
+
+@task(name="refresh-model", cache_policy=NO_CACHE)
+def refresh_task(info: EndpointInfo, target_model: str) -> None:
+    """A replaced object must not keep serving from memory: unload it so it reloads."""
+    httpx.delete(f"{info.url}/models/{target_model}", timeout=120).raise_for_status()
+
+
+@task(name="validate", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=exponential_backoff(backoff_factor=2), retry_condition_fn=retry_transient,
+      timeout_seconds=900)
+def validate_task(info: EndpointInfo, endpoint: str, manifest: dict[str, Any],
+                  warm_invocations: int) -> dict[str, Any]:
+    result = validate_deployed(info.url, endpoint, manifest, warm_invocations=warm_invocations)
+    try:
+        models = httpx.get(f"{info.url}/models", timeout=10).json()["models"]
+        internal = next(m["internal_name"] for m in models
+                        if m["target_model"] == manifest["target_model"])
+        result["direct_triton_latency_ms"] = direct_triton_latency(
+            info.triton_url, internal, manifest, n=warm_invocations)
+    except (httpx.HTTPError, StopIteration, KeyError) as e:  # informative only
+        get_run_logger().warning("direct Triton latency not measured: %s", e)
+    v = result["validation"]
+    get_run_logger().info("%s: %s = %.6f (%s), cold %.0f ms, p50 %.1f ms", manifest["ensemble"],
+                          v["metric"], v["value"], "passed" if v["passed"] else "FAILED",
+                          result["latency_ms"]["cold"], result["latency_ms"]["p50"])
+    return result
+
+
+@flow(name="deploy", log_prints=True)
+def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
+           backend: Literal["local"] = "local", target: str = "local-cpu",
+           artifacts_dir: str | None = None, store_uri: str | None = None,
+           warm_invocations: int = 20) -> dict[str, Any]:
+    """Publish ``ensembles`` (already built) to ``endpoint`` and validate each by TargetModel."""
+    log = get_run_logger()
+    if backend != "local":
+        raise ValueError(f"backend {backend!r} is not available yet; use backend='local'")
+    ensembles = ensembles or ["text_embedding"]
+    art_dir = Path(artifacts_dir).expanduser() if artifacts_dir else paths.artifacts_dir(target)
+    store_uri = store_uri or paths.store_uri()
+    models_url = model_data_url(store_uri, endpoint)
+    manifests = [read_manifest(art_dir, name) for name in ensembles]  # fail before any upload
+
+    backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
+    published: list[Published] = []
+    info: EndpointInfo | None = None
+    try:
+        published = [publish_task(m, models_url, backup_dir) for m in manifests]
+        info = ensure_endpoint_task(endpoint, models_url)
+        for pub in published:
+            if pub.uploaded:
+                refresh_task(info, pub.target_model)
+        results = [validate_task(info, endpoint, m, warm_invocations) for m in manifests]
+        failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
+        if failed:
+            raise DeployValidationFailed("; ".join(
+                f"{m['ensemble']}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
+                f"< {r['validation']['threshold']}" for m, r in failed))
+    except BaseException as e:
+        for pub in published:
+            what = restore_previous(pub, models_url)
+            log.error("%s: deploy failed (%s); object %s", pub.ensemble, e, what)
+            if info is not None:  # unload what failed; the next request loads the restored object
+                try:
+                    httpx.delete(f"{info.url}/models/{pub.target_model}", timeout=60)
+                except httpx.HTTPError:
+                    pass
+        raise
+    finally:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+    ledger = read_ledger(store_uri, endpoint)
+    ledger["endpoint"] = endpoint
+    ledger["model_data_url"] = models_url
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    entries = []
+    for m, pub, r in zip(manifests, published, results):
+        ledger["ensembles"][m["ensemble"]] = {"target_model": pub.target_model, "key": pub.key,
+                                              "uri": pub.uri, "sha256": pub.sha256,
+                                              "deployed_at": now}
+        entries.append({"name": m["ensemble"], "target": m["target"], "artifact": pub.uri,
+                        "sha256": pub.sha256, "bytes": pub.bytes, "uploaded": pub.uploaded,
+                        **r})
+    write_ledger(store_uri, endpoint, ledger)
+    create_table_artifact(
+        key="deploy-summary",
+        table=[{"ensemble": e["name"], "sha256": short(e["sha256"]), "size": human_bytes(e["bytes"]),
+                "uri": e["artifact"], "endpoint": info.url,
+                "validation": f"{e['validation']['metric']}={e['validation']['value']:.6f}",
+                "cold_ms": e["latency_ms"]["cold"], "p50_ms": e["latency_ms"]["p50"],
+                "p99_ms": e["latency_ms"]["p99"]} for e in entries],
+        description=f"Deployed to endpoint {endpoint} ({info.url})",
+    )
+    return {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,
+            "ensembles": entries, "endpoint_info": asdict(info)}

@@ -1,0 +1,148 @@
+"""Start, find and stop a local endpoint running as its own background process.
+
+``mme deploy`` starts the endpoint once and later deploys reuse it (adding a model is
+uploading it; the endpoint is never redeployed). Its state file records the URL and pid;
+a stale file (process gone) is ignored and removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from infra import paths
+
+
+class EndpointStartError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class EndpointInfo:
+    name: str
+    url: str
+    pid: int
+    model_data_url: str
+    triton_url: str
+    cache_dir: str
+    started_at: float
+
+
+def state_file(name: str) -> Path:
+    return paths.endpoint_dir(name) / "endpoint.json"
+
+
+def log_file(name: str) -> Path:
+    return paths.endpoint_dir(name) / "endpoint.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def find_running(name: str) -> EndpointInfo | None:
+    path = state_file(name)
+    try:
+        info = EndpointInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+    if not _alive(info.pid):
+        path.unlink(missing_ok=True)
+        return None
+    try:
+        if httpx.get(f"{info.url}/ping", timeout=5).status_code == 200:
+            return info
+    except httpx.HTTPError:
+        pass
+    return None
+
+
+def start_background(name: str, model_data_url: str, *, port: int = 0, host: str = "127.0.0.1",
+                     max_loaded_models: int | None = None, timeout: float = 120) -> EndpointInfo:
+    """Start the endpoint (or return the one already running with the same model prefix)."""
+    running = find_running(name)
+    if running:
+        if running.model_data_url != model_data_url:
+            raise EndpointStartError(
+                f"endpoint {name!r} is already running with model prefix {running.model_data_url}, "
+                f"not {model_data_url}; retire it first (mme retire --endpoint {name} --stop)")
+        return running
+    folder = paths.endpoint_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = state_file(name)
+    state.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "infra.local_mme", "serve", "--name", name,
+           "--model-data-url", model_data_url, "--cache-dir", str(folder / "cache"),
+           "--host", host, "--port", str(port), "--state-file", str(state)]
+    if max_loaded_models:
+        cmd += ["--max-loaded-models", str(max_loaded_models)]
+    with open(log_file(name), "ab") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise EndpointStartError(f"endpoint {name!r} exited with code {proc.returncode}:\n"
+                                     f"{_tail(log_file(name))}")
+        info = find_running(name)
+        if info:
+            return info
+        time.sleep(0.2)
+    stop(name)
+    proc.kill()
+    raise EndpointStartError(f"endpoint {name!r} did not start within {timeout:.0f} s:\n"
+                             f"{_tail(log_file(name))}")
+
+
+def stop(name: str, timeout: float = 30) -> bool:
+    """Stop the endpoint (and so its Triton server); True if one was running."""
+    path = state_file(name)
+    try:
+        info = EndpointInfo(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return False
+    stopped = False
+    if _alive(info.pid):
+        os.kill(info.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(info.pid) and time.monotonic() < deadline:
+            _reap(info.pid)
+            time.sleep(0.1)
+        if _alive(info.pid):
+            os.killpg(info.pid, signal.SIGKILL)
+        _reap(info.pid)
+        stopped = True
+    path.unlink(missing_ok=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
