@@ -15,6 +15,9 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from ensembles.spec import BackendSpec, EnsembleSpec, SpecError, StepSpec, TensorSpec, validate
 
+# shared model code usable by any ensemble (``runtime:onnx_model.py`` in a spec's files)
+RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
+
 # backend -> (config field, value, default model file)
 _BACKEND_CONFIG: dict[str, tuple[str, str, str | None]] = {
     "python": ("backend", "python", None),
@@ -135,6 +138,8 @@ def _copy_into(
         if name not in artifacts:
             raise SpecError(f"{where}: artifact {name!r} was not built")
         path = Path(artifacts[name])
+    elif src.startswith("runtime:"):
+        path = RUNTIME_DIR / src.removeprefix("runtime:")
     else:
         if catalog_dir is None:
             raise SpecError(f"{where}: file {src!r} needs the ensemble's catalog folder")

@@ -62,8 +62,9 @@ class BackendSpec(_Strict):
 
     ``files`` maps a path inside the model folder (``1/model.py``, ``1/model.onnx``, or
     ``processing_env.tar.gz`` beside ``config.pbtxt``) to its source: either
-    ``artifact:<name>`` (made by the build, see ``EnsembleSpec.artifacts``) or a path relative
-    to the ensemble's catalog folder. For ``python`` steps ``1/model.py`` must be among them.
+    ``artifact:<name>`` (made by the build, see ``EnsembleSpec.artifacts``),
+    ``runtime:<file>`` (shared model code in ``ensembles/runtime``, e.g. the ONNX Runtime
+    runner), or a path relative to the ensemble's catalog folder. For ``python`` steps ``1/model.py`` must be among them.
     """
 
     backend: Backend

@@ -1,0 +1,54 @@
+"""The `mme` command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MME = [sys.executable, "-m", "flows.cli"]
+
+
+def _run(args: list[str], env_extra: dict[str, str] | None = None, timeout: int = 600):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(MME + args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_help_lists_main_steps():
+    r = _run(["--help"])
+    assert r.returncode == 0
+    for cmd in ("demo", "build", "deploy", "retire", "render", "invoke", "endpoint"):
+        assert cmd in r.stdout
+
+
+def test_render_gpu_target(tmp_path: Path):
+    r = _run(["render", "text_embedding", "--target", "sagemaker-gpu", "--out", str(tmp_path / "r")])
+    assert r.returncode == 0, r.stderr
+    assert 'platform: "tensorrt_plan"' in r.stdout
+    assert "EXECUTION_ENV_PATH" in r.stdout
+    bad = _run(["render", "nope", "--out", str(tmp_path / "r2")])
+    assert bad.returncode == 2 and "unknown ensemble 'nope'" in bad.stderr
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_demo_writes_report(tmp_path: Path):
+    """The main job, end to end, in a fresh MME_HOME and a fresh Prefect home."""
+    report = tmp_path / "report.json"
+    r = _run(["demo", "--report", str(report), "--endpoint", "cli-demo"],
+             env_extra={"MME_HOME": str(tmp_path / "home"), "PREFECT_HOME": str(tmp_path / "pf")})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    doc = json.loads(report.read_text())
+    assert doc["endpoint"] == "cli-demo"
+    (e,) = doc["ensembles"]
+    assert e["name"] == "text_embedding" and e["target"] == "local-cpu"
+    assert e["artifact"].startswith("file://") and len(e["sha256"]) == 64 and e["bytes"] > 1e6
+    assert e["validation"]["passed"] is True and e["validation"]["metric"] == "min_cosine"
+    assert e["validation"]["value"] >= 0.999
+    assert e["latency_ms"]["cold"] > 0 and e["latency_ms"]["p99"] >= e["latency_ms"]["p50"] > 0
+    # the demo stops its endpoint: no state file, no server left
+    assert not (tmp_path / "home" / "endpoints" / "cli-demo" / "endpoint.json").exists()

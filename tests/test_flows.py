@@ -1,0 +1,150 @@
+"""The build, deploy and retire flows, run as real Prefect flows with a real Triton."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from ensembles.catalog import CATALOG_DIR
+from ensembles.spec import SpecError
+from flows.common import is_transient
+from infra.store import open_store, sha256_file
+from infra.tarball import pack_deterministic, safe_extract
+from tasks.verify import VerificationFailed
+
+pytestmark = [pytest.mark.prefect, pytest.mark.triton]
+
+
+def _user_ensemble(tmp_path: Path, mutate) -> Path:
+    """A copy of the catalog's text_embedding folder with its spec changed by ``mutate``."""
+    folder = tmp_path / "my_ensemble"
+    shutil.copytree(CATALOG_DIR / "text_embedding", folder)
+    doc = yaml.safe_load((folder / "ensemble.yaml").read_text())
+    mutate(doc)
+    (folder / "ensemble.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return folder
+
+
+def test_transient_classification():
+    assert is_transient(ConnectionError("reset"))
+    assert is_transient(TimeoutError())
+    assert not is_transient(VerificationFailed("min_cosine too low"))
+    assert not is_transient(SpecError("miswired"))
+    assert not is_transient(None)
+
+
+def test_miswired_spec_is_refused_before_any_work(tmp_path: Path, mme_home: Path, prefect_harness):
+    from flows.build import build
+
+    def miswire(doc):
+        doc["steps"][2]["input_map"]["token_embeddings"] = "no_such_tensor"
+
+    folder = _user_ensemble(tmp_path, miswire)
+    out = tmp_path / "out"
+    with pytest.raises(SpecError, match="no_such_tensor"):
+        build(ensembles=[str(folder)], output_dir=str(out))
+    assert not out.exists(), "nothing may be written for a refused spec"
+
+
+def test_build_is_deterministic_and_verified(built_text_embedding: dict, tmp_path: Path, prefect_harness):
+    from flows.build import build
+
+    m = built_text_embedding["manifest"]
+    assert m["validation"]["passed"] and m["validation"]["value"] >= 0.999
+    assert m["sha256"] == sha256_file(built_text_embedding["archive"])
+    assert m["sources"]["hf_model"]["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    manifest_file = built_text_embedding["output_dir"] / "text_embedding.manifest.json"
+    assert json.loads(manifest_file.read_text())["sample"]["expected"]["finaloutput"]["shape"] == [5, 384]
+    # the tarball holds the model repository at its root
+    repo = safe_extract(built_text_embedding["archive"], tmp_path / "x")
+    assert sorted(p.name for p in repo.iterdir()) == [
+        "text_embedding", "text_embedding__encoder", "text_embedding__postprocess",
+        "text_embedding__preprocess"]
+    assert (repo / "text_embedding__preprocess" / "1" / "tokenizer" / "tokenizer.json").exists()
+    # same inputs -> same bytes
+    again = build(ensembles=["text_embedding"], output_dir=str(tmp_path / "again"))
+    assert again[0]["sha256"] == m["sha256"]
+
+
+def test_failed_verification_ships_nothing(tmp_path: Path, mme_home: Path, prefect_harness):
+    from flows.build import build
+
+    def impossible(doc):
+        doc["validation"]["threshold"] = 1.5  # cosine can never reach it
+
+    folder = _user_ensemble(tmp_path, impossible)
+    out = tmp_path / "out"
+    with pytest.raises(VerificationFailed, match="below the threshold 1.5 by"):
+        build(ensembles=[str(folder)], output_dir=str(out))
+    assert not list(out.glob("*")) if out.exists() else True
+
+
+def _tampered_build(built: dict, tmp_path: Path) -> Path:
+    """A second 'build' whose postprocess negates the embedding: valid tarball, wrong answers."""
+    repo = safe_extract(built["archive"], tmp_path / "tamper")
+    model_py = repo / "text_embedding__postprocess" / "1" / "model.py"
+    model_py.write_text(model_py.read_text().replace("(pooled / norms)", "(-pooled / norms)"))
+    out = tmp_path / "tampered"
+    out.mkdir()
+    sha, size = pack_deterministic(repo, out / "text_embedding.tar.gz")
+    manifest = dict(built["manifest"])
+    manifest_doc = json.loads((built["output_dir"] / "text_embedding.manifest.json").read_text())
+    manifest.update(sample=manifest_doc["sample"], sha256=sha, bytes=size,
+                    artifact=(out / "text_embedding.tar.gz").as_uri())
+    (out / "text_embedding.manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tmp_path: Path,
+                                             mme_home: Path, prefect_harness):
+    from flows.deploy import DeployValidationFailed, deploy
+    from flows.retire import retire
+    from infra.endpoint_process import find_running
+    from infra.runtime_client import invoke, runtime_client_for
+    from tasks.verify import Sample
+
+    store_uri = (tmp_path / "store").as_uri()
+    art_dir = str(built_text_embedding["output_dir"])
+    ep = "flow-ep"
+    try:
+        first = deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=art_dir,
+                       store_uri=store_uri, warm_invocations=3)
+        (entry,) = first["ensembles"]
+        assert entry["uploaded"] and entry["validation"]["passed"]
+        assert entry["latency_ms"]["cold"] > entry["latency_ms"]["p50"] > 0
+        pid = find_running(ep).pid
+
+        second = deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=art_dir,
+                        store_uri=store_uri, warm_invocations=1)
+        assert not second["ensembles"][0]["uploaded"], "unchanged artifact re-uploaded"
+        assert find_running(ep).pid == pid, "endpoint must be reused, not redeployed"
+
+        bad_dir = _tampered_build(built_text_embedding, tmp_path)
+        with pytest.raises(DeployValidationFailed, match="min_cosine"):
+            deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=str(bad_dir),
+                   store_uri=store_uri, warm_invocations=1)
+        store, _ = open_store(store_uri)
+        key = "models/flow-ep/text_embedding.tar.gz"
+        assert store.head(key).sha256 == built_text_embedding["manifest"]["sha256"], "not rolled back"
+        # and the endpoint serves the previous (good) model again
+        doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
+        sample = Sample.from_json(doc["sample"])
+        got = invoke(runtime_client_for(find_running(ep).url), ep, "text_embedding.tar.gz", sample.inputs)
+        cos = (got["finaloutput"] * sample.expected["finaloutput"]).sum(axis=1)
+        assert np.all(cos > 0.999)
+
+        lines = retire(ensembles=["text_embedding"], endpoint=ep, store_uri=store_uri)
+        assert "deleted" in lines[0]
+        assert not store.exists(key)
+        assert find_running(ep) is not None, "retiring an ensemble must not stop the endpoint"
+        lines = retire(ensembles=["not_ours"], endpoint=ep, store_uri=store_uri)
+        assert "not deployed" in lines[0]
+    finally:
+        lines = retire(endpoint=ep, stop_endpoint=True, store_uri=store_uri)
+    assert find_running(ep) is None
+    assert "stopped" in lines[-1]
