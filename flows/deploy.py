@@ -131,6 +131,7 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     for m, pub, r in zip(manifests, published, results):
         ledger["ensembles"][m["ensemble"]] = {"target_model": pub.target_model, "key": pub.key,
                                               "uri": pub.uri, "sha256": pub.sha256,
+                                              "model_data_url": models_url,
                                               "deployed_at": now}
         entries.append({"name": m["ensemble"], "target": m["target"], "artifact": pub.uri,
                         "sha256": pub.sha256, "bytes": pub.bytes, "uploaded": pub.uploaded,

@@ -28,7 +28,8 @@ def retire_ensemble_task(store_uri: str, endpoint: str, ensemble: str, ledger: d
     running = find_running(endpoint)
     if running:
         httpx.delete(f"{running.url}/models/{entry['target_model']}", timeout=120).raise_for_status()
-    store, _ = open_store(store_uri)
+    # keys in the ledger are relative to the store opened at the endpoint's model prefix
+    store, _ = open_store(entry.get("model_data_url") or ledger["model_data_url"])
     try:
         current = store.head(entry["key"])
     except ObjectNotFound:

@@ -1,0 +1,647 @@
+"""The local multi-model endpoint (infra.local_mme) against a real tritonserver.
+
+Clients talk to it the way they talk to SageMaker (boto3 ``sagemaker-runtime`` with a
+TargetModel, or raw HTTP), and it loads tarballs from a ``file://`` model prefix on demand.
+Most tests use tiny hand-written Python-backend ensembles (they load in a fraction of a
+second); one uses the real text-embedding ensemble built by the build flow.
+
+One endpoint is shared by the module (``shared``); every test uploads its own TargetModels
+under names of its own and asserts metric *deltas*, so the tests do not depend on their
+order. Tests that need exact counters or a special configuration start their own endpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import httpx
+import numpy as np
+import pytest
+from botocore.exceptions import ClientError
+
+from infra.local_mme import BINARY_CT, EndpointConfig, LocalEndpoint
+from infra.model_repo import namespace_for
+from infra.runtime_client import decode_response, encode_request, invoke, runtime_client_for
+from infra.tarball import pack_deterministic
+
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pytriton tritonserver is Linux-only"),
+]
+
+ENDPOINT = "test-mme"
+
+# ---------------------------------------------------------------------------------- tiny ensembles
+# ``pipe`` (ensemble) -> ``add`` (Python backend): Y = X + k. Every tarball has a model named
+# ``add``, as SageMaker allows (each tarball is its own namespace); k tells them apart.
+ADD_CONFIG = """\
+name: "add"
+backend: "python"
+max_batch_size: {mbs}
+input [ {{ name: "X", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+output [ {{ name: "Y", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
+parameters {{ key: "k" value: {{ string_value: "{k}" }} }}
+parameters {{ key: "init_sleep_s" value: {{ string_value: "{sleep}" }} }}
+"""
+
+ADD_MODEL = """\
+import json
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.k = np.float32(float(params["k"]["string_value"]))
+        time.sleep(float(params["init_sleep_s"]["string_value"]))  # a slow model to load
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            y = (x + self.k).astype(np.float32)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y)]))
+        return responses
+"""
+
+PIPE_CONFIG = """\
+name: "pipe"
+platform: "ensemble"
+max_batch_size: {mbs}
+input [ {{ name: "X", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+output [ {{ name: "Y", data_type: TYPE_FP32, dims: [ -1 ] }} ]
+ensemble_scheduling {{
+  step [
+    {{
+      model_name: "add"
+      model_version: -1
+      input_map {{ key: "X" value: "X" }}
+      output_map {{ key: "Y" value: "Y" }}
+    }}
+  ]
+}}
+"""
+
+
+def write_add_model(repo: Path, k: float, *, mbs: int = 0, init_sleep_s: float = 0) -> None:
+    (repo / "add" / "1").mkdir(parents=True, exist_ok=True)
+    (repo / "add" / "config.pbtxt").write_text(ADD_CONFIG.format(k=k, mbs=mbs, sleep=init_sleep_s))
+    (repo / "add" / "1" / "model.py").write_text(ADD_MODEL)
+
+
+def write_pipe_repo(repo: Path, k: float, *, mbs: int = 0, init_sleep_s: float = 0) -> Path:
+    """A model repository: ensemble ``pipe`` -> python ``add`` (Y = X + k)."""
+    write_add_model(repo, k, mbs=mbs, init_sleep_s=init_sleep_s)
+    (repo / "pipe" / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
+    (repo / "pipe" / "config.pbtxt").write_text(PIPE_CONFIG.format(mbs=mbs))
+    return repo
+
+
+def publish_pipe(store_dir: Path, target: str, k: float, **kw: Any) -> Path:
+    """Pack a ``pipe`` repository into the model prefix as TargetModel ``target``."""
+    with tempfile.TemporaryDirectory(prefix="pipe-src-") as tmp:
+        dest = store_dir / target
+        pack_deterministic(write_pipe_repo(Path(tmp) / "repo", k, **kw), dest)
+    return dest
+
+
+def tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
+    """A .tar.gz written member by member, so tests can craft unsafe archives."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def repo_members(k: float = 1) -> list[tuple[tarfile.TarInfo, bytes | None]]:
+    """The members of a valid ``pipe`` tarball (to hide a bad member among good ones)."""
+    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = write_pipe_repo(Path(tmp), k)
+        for path in sorted(repo.rglob("*")):
+            info = tarfile.TarInfo(path.relative_to(repo).as_posix())
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                out.append((info, None))
+            else:
+                info.mode = 0o644
+                out.append((info, path.read_bytes()))
+    return out
+
+
+# ---------------------------------------------------------------------------------- helpers
+X = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+
+
+def post(url: str, target: str | None, body: bytes, content_type: str, *,
+         endpoint: str = ENDPOINT, timeout: float = 120) -> httpx.Response:
+    headers = {"Content-Type": content_type}
+    if target is not None:
+        headers["X-Amzn-SageMaker-Target-Model"] = target
+    return httpx.post(f"{url}/endpoints/{endpoint}/invocations", content=body, headers=headers,
+                      timeout=timeout)
+
+
+def call(url: str, target: str, x: np.ndarray = X, *, binary: bool = True) -> np.ndarray:
+    """Invoke over raw HTTP; return Y (fails the test on any error answer)."""
+    body, ct = encode_request({"X": x}, binary=binary)
+    r = post(url, target, body, ct)
+    assert r.status_code == 200, r.text
+    return decode_response(r.content, r.headers["content-type"])["Y"]
+
+
+def assert_error(r: httpx.Response, status: int, code: str, *needles: str) -> dict:
+    """A SageMaker-shaped error: status, x-amzn-ErrorType header, JSON body with a message."""
+    assert r.status_code == status, (r.status_code, r.text)
+    assert r.headers.get("x-amzn-ErrorType") == code, r.headers
+    doc = r.json()
+    assert doc["__type"] == code
+    for needle in needles:
+        assert needle in doc["message"], (needle, doc["message"])
+    return doc
+
+
+def metrics(url: str) -> dict:
+    return httpx.get(f"{url}/metrics", timeout=10).json()
+
+
+def models(url: str) -> dict[str, dict]:
+    doc = httpx.get(f"{url}/models", timeout=10).json()
+    return {m["target_model"]: m for m in doc["models"]}
+
+
+def processes_mentioning(text: str) -> dict[int, str]:
+    """Live (non-zombie) processes, other than this one, whose command line contains ``text``."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and text in cmd:
+            found[int(entry.name)] = cmd
+    return found
+
+
+def wait_gone(text: str, timeout: float = 5) -> dict[int, str]:
+    """Processes mentioning ``text`` still there after ``timeout`` (killed stubs take a moment)."""
+    deadline = time.monotonic() + timeout
+    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+@dataclass
+class Endpoint:
+    ep: LocalEndpoint
+    store_dir: Path
+    cache_dir: Path
+
+    @property
+    def url(self) -> str:
+        return self.ep.url
+
+
+def start_endpoint(root: Path, **cfg: Any) -> Endpoint:
+    store_dir = root / "store"
+    cache_dir = root / "cache"
+    store_dir.mkdir(parents=True, exist_ok=True)
+    ep = LocalEndpoint(EndpointConfig(name=ENDPOINT, model_data_url=store_dir.as_uri(),
+                                      cache_dir=cache_dir, triton_log=root / "triton.log", **cfg))
+    return Endpoint(ep.start(), store_dir, cache_dir)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
+    """One endpoint for the module; tests use TargetModel names of their own."""
+    e = start_endpoint(tmp_path_factory.mktemp("shared-mme"))
+    try:
+        yield e
+    finally:
+        e.ep.stop()
+
+
+@pytest.fixture(scope="module")
+def client(shared: Endpoint) -> Any:
+    return runtime_client_for(shared.url)
+
+
+# ---------------------------------------------------------------------------------- 1. boto3
+def test_boto3_target_models_with_shared_composing_names(tmp_path: Path) -> None:
+    """Two tarballs both holding ``pipe`` and ``add`` each answer with their own model."""
+    e = start_endpoint(tmp_path)  # own endpoint: the metrics below are exact counts
+    try:
+        publish_pipe(e.store_dir, "a.tar.gz", k=1)
+        publish_pipe(e.store_dir, "b.tar.gz", k=100, mbs=8)  # batching model: [batch, n] inputs
+        rt = runtime_client_for(e.url)
+        x_a, x_b = X, X.reshape(1, -1)
+
+        def boto_invoke(target: str, x: np.ndarray, binary: bool) -> tuple[np.ndarray, dict]:
+            body, ct = encode_request({"X": x}, binary=binary)
+            resp = rt.invoke_endpoint(EndpointName=ENDPOINT, TargetModel=target, ContentType=ct,
+                                      Body=body)
+            return decode_response(resp["Body"].read(), resp["ContentType"])["Y"], resp
+
+        y, resp = boto_invoke("a.tar.gz", x_a, binary=True)
+        np.testing.assert_array_equal(y, x_a + 1)
+        assert resp["ContentType"].startswith(f"{BINARY_CT};json-header-size=")
+        assert resp["InvokedProductionVariant"] == "AllTraffic"
+        y, resp = boto_invoke("b.tar.gz", x_b, binary=True)
+        np.testing.assert_array_equal(y, x_b + 100)
+        assert y.shape == (1, 3)
+        m = metrics(e.url)
+        assert m["LoadedModelCount"] == 2
+        assert m["ModelCacheHit"] == 0
+        assert m["ModelDownloadingTime"]["count"] == 2 and m["ModelDownloadingTime"]["max"] > 0
+        assert m["ModelLoadingWaitTime"]["count"] == 2 and m["ModelLoadingWaitTime"]["max"] > 0
+        assert m["ModelLoadingTime"]["count"] == 2
+
+        # plain JSON bodies, second call of each model: cache hits, no new download or load
+        y, resp = boto_invoke("a.tar.gz", x_a, binary=False)
+        np.testing.assert_array_equal(y, x_a + 1)
+        assert resp["ContentType"] == "application/json"
+        assert metrics(e.url)["ModelCacheHit"] == 1
+        y, resp = boto_invoke("b.tar.gz", x_b, binary=False)
+        np.testing.assert_array_equal(y, x_b + 100)
+        assert resp["ContentType"] == "application/json"
+
+        m = metrics(e.url)
+        assert m["Invocations"] == 4
+        assert m["ModelCacheHit"] == 2
+        assert m["LoadedModelCount"] == 2
+        assert m["ModelDownloadingTime"]["count"] == 2
+        assert m["ModelLoadingWaitTime"]["count"] == 2
+        assert m["MemoryEvictions"] == 0
+        listed = models(e.url)
+        assert {t: listed[t]["state"] for t in listed} == {"a.tar.gz": "loaded", "b.tar.gz": "loaded"}
+        assert listed["a.tar.gz"]["internal_name"] != listed["b.tar.gz"]["internal_name"]
+    finally:
+        e.ep.stop()
+
+
+# ---------------------------------------------------------------------------------- 2. real ensemble
+def test_real_text_embedding_ensemble(shared: Endpoint, client: Any, built_text_embedding: dict) -> None:
+    from tasks.verify import Sample, min_cosine
+
+    from tasks.package import read_manifest
+
+    shutil.copyfile(built_text_embedding["archive"], shared.store_dir / "text_embedding.tar.gz")
+    manifest = built_text_embedding["manifest"]
+    if "sample" not in manifest:  # the build flow's return value leaves the sample out
+        manifest = read_manifest(built_text_embedding["output_dir"], "text_embedding")
+    sample = Sample.from_json(manifest["sample"])
+    for binary in (True, False):
+        got = invoke(client, ENDPOINT, "text_embedding.tar.gz", sample.inputs, binary=binary)
+        value, per_item = min_cosine(sample.expected, got)
+        assert value >= 0.999, (binary, per_item)
+        (name, want), = sample.expected.items()
+        assert got[name].shape == want.shape
+    assert models(shared.url)["text_embedding.tar.gz"]["state"] == "loaded"
+
+
+# ---------------------------------------------------------------------------------- 3. unknown model
+def test_unknown_target_model_is_a_validation_error(shared: Endpoint, client: Any) -> None:
+    publish_pipe(shared.store_dir, "known.tar.gz", k=3)
+    np.testing.assert_array_equal(call(shared.url, "known.tar.gz"), X + 3)
+
+    body, ct = encode_request({"X": X})
+    with pytest.raises(ClientError) as info:
+        client.invoke_endpoint(EndpointName=ENDPOINT, TargetModel="no-such-model.tar.gz",
+                               ContentType=ct, Body=body)
+    err = info.value.response
+    assert err["Error"]["Code"] == "ValidationError"
+    assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert "no-such-model.tar.gz" in err["Error"]["Message"]
+
+    # a TargetModel that tries to leave the model prefix is refused before any download
+    r = post(shared.url, "../known.tar.gz", body, ct)
+    assert_error(r, 400, "ValidationError", "../known.tar.gz")
+
+    # the endpoint keeps serving, and asking again for the missing model is still an error
+    np.testing.assert_array_equal(call(shared.url, "known.tar.gz", binary=False), X + 3)
+    assert_error(post(shared.url, "no-such-model.tar.gz", body, ct), 400, "ValidationError",
+                 "no-such-model.tar.gz")
+    assert models(shared.url).get("no-such-model.tar.gz", {}).get("state") != "loaded"
+
+
+# ---------------------------------------------------------------------------------- 4. bad requests
+def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint) -> None:
+    publish_pipe(shared.store_dir, "bodies.tar.gz", k=4)
+    url = shared.url
+    np.testing.assert_array_equal(call(url, "bodies.tar.gz"), X + 4)
+    good_json, json_ct = encode_request({"X": X}, binary=False)
+    good_bin, bin_ct = encode_request({"X": X}, binary=True)
+    header_size = int(bin_ct.split("json-header-size=")[1])
+
+    cases = [
+        ("not json", b"{this is not json", "application/json", "not valid JSON"),
+        ("no inputs", b'{"outputs": [{"name": "Y"}]}', "application/json", "inputs"),
+        ("empty inputs", b'{"inputs": []}', "application/json", "inputs"),
+        ("input without datatype", b'{"inputs": [{"name": "X", "shape": [1]}]}', "application/json",
+         "datatype"),
+        ("header size past the end", good_bin, f"{BINARY_CT};json-header-size={len(good_bin) + 1}",
+         "exceeds"),
+        ("no header size", good_bin, BINARY_CT, "json-header-size"),
+        ("header size cuts the JSON", good_bin, f"{BINARY_CT};json-header-size={header_size - 5}",
+         "not valid JSON"),
+        ("unsupported content type", good_json, "text/csv", "Content-Type"),
+    ]
+    invocations = metrics(url)["Invocations"]
+    for what, body, ct, needle in cases:
+        r = post(url, "bodies.tar.gz", body, ct)
+        assert r.status_code == 400, (what, r.status_code, r.text)
+        assert_error(r, 400, "ValidationError", needle)
+        # checked before the model is even looked up: an unpublished model gives the same answer
+        r = post(url, "bodies-never-published.tar.gz", body, ct)
+        assert r.status_code == 400, (what, r.status_code, r.text)
+        assert_error(r, 400, "ValidationError", needle)
+    assert "bodies-never-published.tar.gz" not in models(url), "a bad body must not trigger a load"
+    assert metrics(url)["Invocations"] == invocations, "refused requests are not invocations"
+
+    # no TargetModel on a multi-model endpoint
+    assert_error(post(url, None, good_json, json_ct), 400, "ValidationError", "TargetModel")
+    # another endpoint's name
+    r = post(url, "bodies.tar.gz", good_json, json_ct, endpoint="other-endpoint")
+    assert_error(r, 400, "ValidationError", "other-endpoint")
+
+    # well-formed for the front end, wrong for the model: Triton refuses it -> 424 ModelError
+    wrong = json.dumps({"inputs": [{"name": "NOPE", "shape": [3], "datatype": "FP32",
+                                    "data": [1, 2, 3]}]}).encode()
+    doc = assert_error(post(url, "bodies.tar.gz", wrong, "application/json"), 424, "ModelError")
+    assert doc["OriginalStatusCode"] == 400
+    assert "NOPE" in doc["OriginalMessage"]
+    # the message names the user's model, not the endpoint's internal (namespaced) name
+    assert namespace_for("bodies.tar.gz") not in doc["message"] + doc["OriginalMessage"]
+    wrong_shape, _ = encode_request({"X": X.reshape(1, 3)}, binary=False)  # rank 2 for a [-1] model
+    doc = assert_error(post(url, "bodies.tar.gz", wrong_shape, "application/json"), 424, "ModelError")
+    assert doc["OriginalStatusCode"] == 400
+
+    # still serving, both body kinds
+    np.testing.assert_array_equal(call(url, "bodies.tar.gz", binary=False), X + 4)
+    np.testing.assert_array_equal(call(url, "bodies.tar.gz", binary=True), X + 4)
+
+
+# ---------------------------------------------------------------------------------- 5. bad tarballs
+def _reg(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.mode = 0o644
+    return info, data
+
+
+def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info, None
+
+
+def test_bad_tarballs_are_refused_and_write_nothing_outside(shared: Endpoint, tmp_path: Path) -> None:
+    # a fresh folder under the pytest base temp that an absolute member would write into
+    abs_target = tmp_path / "abs" / "evil-absolute"
+    bls_only = tmp_path / "bls"
+    write_add_model(bls_only / "repo", k=1)  # a python model alone: no ensemble to load
+    pack_deterministic(bls_only / "repo", bls_only / "bls.tar.gz")
+    bad = {
+        "bad-corrupt.tar.gz": np.random.default_rng(0).bytes(8192),
+        "bad-truncated.tar.gz": tar_gz(repo_members())[:-40],
+        "bad-dotdot.tar.gz": tar_gz(repo_members() + [_reg("../evil", b"pwned")]),
+        "bad-deep-dotdot.tar.gz": tar_gz([_reg("pipe/../../../../../../evil-deep", b"pwned")]
+                                         + repo_members()),
+        "bad-absolute.tar.gz": tar_gz(repo_members() + [_reg(str(abs_target), b"pwned")]),
+        "bad-symlink.tar.gz": tar_gz(repo_members() + [_link("add/1/evil-passwd", "/etc/passwd",
+                                                             tarfile.SYMTYPE)]),
+        "bad-hardlink.tar.gz": tar_gz(repo_members() + [_link("add/1/evil-hard", "/etc/passwd",
+                                                              tarfile.LNKTYPE)]),
+        "bad-bls-only.tar.gz": (bls_only / "bls.tar.gz").read_bytes(),
+    }
+    for target, data in bad.items():
+        (shared.store_dir / target).write_bytes(data)
+    publish_pipe(shared.store_dir, "good-neighbour.tar.gz", k=5)
+    np.testing.assert_array_equal(call(shared.url, "good-neighbour.tar.gz"), X + 5)
+
+    body, ct = encode_request({"X": X})
+    for target in bad:
+        doc = assert_error(post(shared.url, target, body, ct), 400, "ValidationError", target)
+        assert len(doc["message"]) < 2000
+        assert models(shared.url)[target]["state"] == "failed"
+    assert "no ensemble" in assert_error(post(shared.url, "bad-bls-only.tar.gz", body, ct),
+                                         400, "ValidationError")["message"]
+
+    # nothing escaped: no "evil" file anywhere under the pytest base temp (which holds the
+    # endpoint's cache, this test's folder and the store), and no file at the absolute path
+    base = tmp_path.parent
+    escaped = [p for p in base.rglob("*evil*")]
+    assert escaped == [], escaped
+    assert not abs_target.exists() and not Path("/evil").exists() and not Path("/evil-deep").exists()
+    # nor did the refused models leave files in the cache (extraction dirs, repo folders)
+    leftovers = [p for p in shared.cache_dir.rglob("*")
+                 if any(p.name.startswith(namespace_for(t)) for t in bad) or ".tmp-" in p.name]
+    assert leftovers == [], leftovers
+
+    # the other models still answer, and a refused model can be fixed by uploading it again
+    np.testing.assert_array_equal(call(shared.url, "good-neighbour.tar.gz", binary=False), X + 5)
+    publish_pipe(shared.store_dir, "bad-dotdot.tar.gz", k=6)
+    np.testing.assert_array_equal(call(shared.url, "bad-dotdot.tar.gz"), X + 6)
+
+
+# ---------------------------------------------------------------------------------- 6. concurrency
+def test_loaded_models_keep_serving_while_another_loads(shared: Endpoint) -> None:
+    url = shared.url
+    publish_pipe(shared.store_dir, "conc-fast.tar.gz", k=1)
+    publish_pipe(shared.store_dir, "conc-slow.tar.gz", k=7, init_sleep_s=3)
+    np.testing.assert_array_equal(call(url, "conc-fast.tar.gz"), X + 1)
+
+    slow: dict[str, Any] = {}
+
+    def load_slow() -> None:
+        t0 = time.perf_counter()
+        try:
+            slow["y"] = call(url, "conc-slow.tar.gz")
+        except BaseException as e:  # reported by the main thread
+            slow["error"] = e
+        slow["seconds"] = time.perf_counter() - t0
+
+    thread = threading.Thread(target=load_slow, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while models(url).get("conc-slow.tar.gz", {}).get("state") != "loading":
+            assert time.monotonic() < deadline, "the slow model never started loading"
+            assert thread.is_alive(), slow
+            time.sleep(0.02)
+
+        def timed(i: int) -> float:
+            t0 = time.perf_counter()
+            y = call(url, "conc-fast.tar.gz", X + i, binary=bool(i % 2))
+            np.testing.assert_array_equal(y, X + i + 1)
+            return time.perf_counter() - t0
+
+        with ThreadPoolExecutor(4) as pool:  # concurrent requests ...
+            latencies = list(pool.map(timed, range(8)))
+        latencies += [timed(i) for i in range(4)]  # ... and sequential ones
+        assert max(latencies) < 1.0, latencies
+        # they really overlapped the load
+        assert models(url)["conc-slow.tar.gz"]["state"] == "loading"
+        assert thread.is_alive()
+    finally:
+        thread.join(60)
+    assert "error" not in slow, slow.get("error")
+    np.testing.assert_array_equal(slow["y"], X + 7)
+    assert slow["seconds"] >= 2.5, slow  # it did wait for the slow initialize
+
+
+def test_concurrent_first_requests_download_once(shared: Endpoint) -> None:
+    publish_pipe(shared.store_dir, "stampede.tar.gz", k=8)
+    before = metrics(shared.url)
+    with ThreadPoolExecutor(6) as pool:
+        ys = list(pool.map(lambda i: call(shared.url, "stampede.tar.gz", X + i), range(6)))
+    for i, y in enumerate(ys):
+        np.testing.assert_array_equal(y, X + i + 8)
+    after = metrics(shared.url)
+    assert after["ModelDownloadingTime"]["count"] == before["ModelDownloadingTime"]["count"] + 1
+    assert after["ModelLoadingTime"]["count"] == before["ModelLoadingTime"]["count"] + 1
+
+
+# ---------------------------------------------------------------------------------- 7. LRU eviction
+def test_lru_eviction_and_reload_from_disk_cache(tmp_path: Path) -> None:
+    e = start_endpoint(tmp_path, max_loaded_models=1)
+    try:
+        publish_pipe(e.store_dir, "lru-a.tar.gz", k=1)
+        publish_pipe(e.store_dir, "lru-b.tar.gz", k=2)
+        np.testing.assert_array_equal(call(e.url, "lru-a.tar.gz"), X + 1)
+        np.testing.assert_array_equal(call(e.url, "lru-b.tar.gz"), X + 2)
+        listed = models(e.url)
+        assert listed["lru-a.tar.gz"]["state"] == "absent"
+        assert listed["lru-b.tar.gz"]["state"] == "loaded"
+        m = metrics(e.url)
+        assert m["LoadedModelCount"] == 1
+        assert m["MemoryEvictions"] == 1
+        assert m["ModelUnloadingTime"]["count"] == 1
+        assert m["ModelDownloadingTime"]["count"] == 2
+        # the evicted model's files stay in the disk cache
+        internal_a = listed["lru-a.tar.gz"]["internal_name"]
+        assert (e.cache_dir / "repo" / internal_a / "config.pbtxt").exists()
+
+        # A again: reloaded from the disk cache (no download), B evicted in turn
+        np.testing.assert_array_equal(call(e.url, "lru-a.tar.gz", binary=False), X + 1)
+        listed = models(e.url)
+        assert listed["lru-a.tar.gz"]["state"] == "loaded"
+        assert listed["lru-b.tar.gz"]["state"] == "absent"
+        m = metrics(e.url)
+        assert m["ModelDownloadingTime"]["count"] == 2
+        assert m["ModelLoadingTime"]["count"] == 3
+        assert m["MemoryEvictions"] == 2
+        assert m["LoadedModelCount"] == 1
+        # Triton agrees: only A's ensemble and its composing model are READY
+        index = httpx.post(f"{e.ep.triton.url}/v2/repository/index", json={"ready": True}).json()
+        ready = sorted(x["name"] for x in index if x.get("state") == "READY")
+        ns_a = namespace_for("lru-a.tar.gz")
+        assert ready == [f"{ns_a}_add", f"{ns_a}_pipe"], ready
+    finally:
+        e.ep.stop()
+
+
+# ---------------------------------------------------------------------------------- 8. removal
+def test_delete_model_then_remove_from_store(shared: Endpoint) -> None:
+    url, target = shared.url, "removable.tar.gz"
+    publish_pipe(shared.store_dir, target, k=9)
+    np.testing.assert_array_equal(call(url, target), X + 9)
+    internal = models(url)[target]["internal_name"]
+    assert httpx.get(f"{shared.ep.triton.url}/v2/models/{internal}/ready").status_code == 200
+
+    r = httpx.delete(f"{url}/models/{target}", timeout=60)
+    assert r.status_code == 200 and r.json()["unloaded"] is True
+    assert target not in models(url)
+    assert httpx.get(f"{shared.ep.triton.url}/v2/models/{internal}/ready").status_code != 200
+    ns = namespace_for(target)
+    assert not [p for p in (shared.cache_dir / "repo").iterdir() if p.name.startswith(ns)]
+    # deleting an unknown (or already deleted) model is harmless
+    r = httpx.delete(f"{url}/models/{target}", timeout=60)
+    assert r.status_code == 200 and r.json()["unloaded"] is False
+
+    # still in the store: the next request downloads and loads it again
+    downloads = metrics(url)["ModelDownloadingTime"]["count"]
+    np.testing.assert_array_equal(call(url, target), X + 9)
+    assert metrics(url)["ModelDownloadingTime"]["count"] == downloads + 1
+
+    # retired for good: unload, delete the object, and it is a ValidationError
+    assert httpx.delete(f"{url}/models/{target}", timeout=60).json()["unloaded"] is True
+    (shared.store_dir / target).unlink()
+    body, ct = encode_request({"X": X})
+    assert_error(post(url, target, body, ct), 400, "ValidationError", target)
+
+
+# ---------------------------------------------------------------------------------- 9. background process
+def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from infra import endpoint_process as proc
+    from infra import paths
+
+    monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    publish_pipe(store_dir, "bg.tar.gz", k=11)
+    name = "bg-test"
+    cache_dir = paths.endpoint_dir(name) / "cache"
+    assert str(tmp_path) in str(cache_dir)
+    assert proc.find_running(name) is None
+
+    info = proc.start_background(name, store_dir.as_uri(), timeout=120)
+    try:
+        assert proc.state_file(name).exists()
+        found = proc.find_running(name)
+        assert found is not None and found.pid == info.pid and found.url == info.url
+        assert proc.start_background(name, store_dir.as_uri()).pid == info.pid  # reused
+        with pytest.raises(proc.EndpointStartError, match="already running"):
+            proc.start_background(name, (tmp_path / "elsewhere").as_uri())
+        y = invoke(runtime_client_for(info.url), name, "bg.tar.gz", {"X": X})["Y"]
+        np.testing.assert_array_equal(y, X + 11)
+        running = processes_mentioning(str(cache_dir))
+        assert info.pid in running
+        assert any("tritonserver" in cmd for cmd in running.values()), running
+    finally:
+        stopped = proc.stop(name)
+    assert stopped is True
+    assert not proc.state_file(name).exists()
+    assert proc.find_running(name) is None
+    assert wait_gone(str(cache_dir)) == {}
+    assert proc.stop(name) is False  # nothing left to stop
+
+
+# ---------------------------------------------------------------------------------- 10. stop
+def test_local_endpoint_stop_leaves_no_tritonserver(tmp_path: Path) -> None:
+    e = start_endpoint(tmp_path)
+    try:
+        publish_pipe(e.store_dir, "stop.tar.gz", k=12)
+        np.testing.assert_array_equal(call(e.url, "stop.tar.gz"), X + 12)  # Python stubs running
+        triton_pid = e.ep.triton.pid
+        running = processes_mentioning(str(e.cache_dir))
+        assert triton_pid in running and len(running) >= 2, running  # server + model stubs
+    finally:
+        e.ep.stop()
+    assert wait_gone(str(e.cache_dir)) == {}
+    assert triton_pid not in processes_mentioning("tritonserver")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{e.url}/ping", timeout=2)
