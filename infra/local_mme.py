@@ -513,7 +513,12 @@ class LocalEndpoint:
 
         @app.on_event("startup")
         async def _open_client() -> None:
-            self.http = httpx.AsyncClient(base_url=self.triton.url, timeout=self.cfg.load_timeout_s)
+            # No keep-alive: Triton's HTTP server pins each connection to one worker thread, and
+            # a model load holds the thread that received it until the load ends. A kept-alive
+            # inference connection pinned to that thread stalls other models' requests for the
+            # whole load; a new connection goes to a free thread (about 0.1 ms on loopback).
+            self.http = httpx.AsyncClient(base_url=self.triton.url, timeout=self.cfg.load_timeout_s,
+                                          limits=httpx.Limits(max_keepalive_connections=0))
 
         @app.on_event("shutdown")
         async def _close_client() -> None:

@@ -18,6 +18,20 @@ class ExportError(RuntimeError):
     pass
 
 
+def strip_debug_info(path: Path) -> None:
+    """Drop the exporter's per-node debug metadata (stack traces with the build host's file
+    paths), so the same model exported on two machines gives the same bytes and sha256."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for graph in [model.graph, *(f for f in model.functions)]:
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+    model.doc_string = ""
+    onnx.save(model, str(path))
+
+
 def export_transformer_onnx(out_dir: Path, *, model: Path, opset: int = 18,
                             check_tolerance: float = 1e-4) -> tuple[Path, dict]:
     """Export ``AutoModel(model)`` -> ``out_dir/model.onnx`` (inputs input_ids,
@@ -55,6 +69,7 @@ def export_transformer_onnx(out_dir: Path, *, model: Path, opset: int = 18,
             dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
             opset_version=opset, dynamo=True, external_data=False, verbose=False,
         )
+    strip_debug_info(dest)
     # check: ONNX Runtime vs torch on a different padded batch shape
     import onnxruntime as ort
 

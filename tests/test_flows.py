@@ -66,6 +66,12 @@ def test_build_is_deterministic_and_verified(built_text_embedding: dict, tmp_pat
         "text_embedding", "text_embedding__encoder", "text_embedding__postprocess",
         "text_embedding__preprocess"]
     assert (repo / "text_embedding__preprocess" / "1" / "tokenizer" / "tokenizer.json").exists()
+    # no build-host paths in the ONNX (they would change the sha256 from machine to machine)
+    import onnx
+
+    model = onnx.load(str(repo / "text_embedding__encoder" / "1" / "model.onnx"))
+    assert not any(n.metadata_props for n in model.graph.node)
+    assert str(Path.cwd()) not in str(model)
     # same inputs -> same bytes
     again = build(ensembles=["text_embedding"], output_dir=str(tmp_path / "again"))
     assert again[0]["sha256"] == m["sha256"]
