@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,21 +420,21 @@ def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
 
 
 def test_bad_tarballs_are_refused_and_write_nothing_outside(shared: Endpoint, tmp_path: Path) -> None:
-    # a fresh folder under the pytest base temp that an absolute member would write into
-    abs_target = tmp_path / "abs" / "evil-absolute"
+    token = f"evil-{uuid.uuid4().hex[:8]}"  # the name every escaping member would write
+    abs_target = tmp_path / "abs" / token  # where the absolute member points
     bls_only = tmp_path / "bls"
     write_add_model(bls_only / "repo", k=1)  # a python model alone: no ensemble to load
     pack_deterministic(bls_only / "repo", bls_only / "bls.tar.gz")
     bad = {
         "bad-corrupt.tar.gz": np.random.default_rng(0).bytes(8192),
         "bad-truncated.tar.gz": tar_gz(repo_members())[:-40],
-        "bad-dotdot.tar.gz": tar_gz(repo_members() + [_reg("../evil", b"pwned")]),
-        "bad-deep-dotdot.tar.gz": tar_gz([_reg("pipe/../../../../../../evil-deep", b"pwned")]
+        "bad-dotdot.tar.gz": tar_gz(repo_members() + [_reg(f"../{token}", b"pwned")]),
+        "bad-deep-dotdot.tar.gz": tar_gz([_reg(f"pipe/{'../' * 12}{token}", b"pwned")]
                                          + repo_members()),
         "bad-absolute.tar.gz": tar_gz(repo_members() + [_reg(str(abs_target), b"pwned")]),
-        "bad-symlink.tar.gz": tar_gz(repo_members() + [_link("add/1/evil-passwd", "/etc/passwd",
+        "bad-symlink.tar.gz": tar_gz(repo_members() + [_link(f"add/1/{token}", "/etc/passwd",
                                                              tarfile.SYMTYPE)]),
-        "bad-hardlink.tar.gz": tar_gz(repo_members() + [_link("add/1/evil-hard", "/etc/passwd",
+        "bad-hardlink.tar.gz": tar_gz(repo_members() + [_link(f"add/1/{token}", "/etc/passwd",
                                                               tarfile.LNKTYPE)]),
         "bad-bls-only.tar.gz": (bls_only / "bls.tar.gz").read_bytes(),
     }
@@ -450,12 +451,13 @@ def test_bad_tarballs_are_refused_and_write_nothing_outside(shared: Endpoint, tm
     assert "no ensemble" in assert_error(post(shared.url, "bad-bls-only.tar.gz", body, ct),
                                          400, "ValidationError")["message"]
 
-    # nothing escaped: no "evil" file anywhere under the pytest base temp (which holds the
-    # endpoint's cache, this test's folder and the store), and no file at the absolute path
-    base = tmp_path.parent
-    escaped = [p for p in base.rglob("*evil*")]
+    # nothing escaped: no such file anywhere under the pytest base temp (which holds the
+    # endpoint's cache, its store and this test's folder), nor beside any folder above the
+    # extraction folder (where '..' members would land), nor at the absolute path
+    escaped = list(tmp_path.parent.rglob(f"*{token}*"))
+    escaped += [d / token for d in (shared.cache_dir / "work").parents if (d / token).exists()]
     assert escaped == [], escaped
-    assert not abs_target.exists() and not Path("/evil").exists() and not Path("/evil-deep").exists()
+    assert not abs_target.exists() and not abs_target.parent.exists()
     # nor did the refused models leave files in the cache (extraction dirs, repo folders)
     leftovers = [p for p in shared.cache_dir.rglob("*")
                  if any(p.name.startswith(namespace_for(t)) for t in bad) or ".tmp-" in p.name]
