@@ -12,7 +12,8 @@ from typing import Callable
 
 from ensembles.spec import EnsembleSpec, SpecError
 from tasks.export import export_transformer_onnx
-from tasks.fetch import packaged_hf_model, tokenizer_files
+from tasks.classifiers import export_squeezenet_onnx, imagenet_labels
+from tasks.fetch import fetch_model_file, packaged_hf_model, tokenizer_files
 
 
 class NotAvailableHere(RuntimeError):
@@ -32,6 +33,9 @@ PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
     "packaged_hf_model": packaged_hf_model,
     "tokenizer_files": tokenizer_files,
     "export_transformer_onnx": export_transformer_onnx,
+    "export_squeezenet_onnx": export_squeezenet_onnx,
+    "imagenet_labels": imagenet_labels,
+    "fetch_model_file": fetch_model_file,
     "compile_tensorrt": _needs_gpu_build("compile_tensorrt"),
     "pack_python_env": _needs_gpu_build("pack_python_env"),
 }

@@ -300,15 +300,19 @@ def test_boto3_target_models_with_shared_composing_names(tmp_path: Path) -> None
         listed = models(e.url)
         assert {t: listed[t]["state"] for t in listed} == {"a.tar.gz": "loaded", "b.tar.gz": "loaded"}
         assert listed["a.tar.gz"]["internal_name"] != listed["b.tar.gz"]["internal_name"]
+        # in Triton: both tarballs' ``pipe`` and ``add``, under names of their own
+        index = httpx.post(f"{e.ep.triton.url}/v2/repository/index", json={"ready": True}).json()
+        ready = sorted(x["name"] for x in index if x.get("state") == "READY")
+        ns_a, ns_b = namespace_for("a.tar.gz"), namespace_for("b.tar.gz")
+        assert ready == sorted([f"{ns_a}_add", f"{ns_a}_pipe", f"{ns_b}_add", f"{ns_b}_pipe"])
     finally:
         e.ep.stop()
 
 
 # ---------------------------------------------------------------------------------- 2. real ensemble
 def test_real_text_embedding_ensemble(shared: Endpoint, client: Any, built_text_embedding: dict) -> None:
-    from tasks.verify import Sample, min_cosine
-
     from tasks.package import read_manifest
+    from tasks.verify import Sample, min_cosine
 
     shutil.copyfile(built_text_embedding["archive"], shared.store_dir / "text_embedding.tar.gz")
     manifest = built_text_embedding["manifest"]
@@ -350,7 +354,7 @@ def test_unknown_target_model_is_a_validation_error(shared: Endpoint, client: An
 
 
 # ---------------------------------------------------------------------------------- 4. bad requests
-def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint) -> None:
+def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint, client: Any) -> None:
     publish_pipe(shared.store_dir, "bodies.tar.gz", k=4)
     url = shared.url
     np.testing.assert_array_equal(call(url, "bodies.tar.gz"), X + 4)
@@ -396,7 +400,14 @@ def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint) -> No
     assert doc["OriginalStatusCode"] == 400
     assert "NOPE" in doc["OriginalMessage"]
     # the message names the user's model, not the endpoint's internal (namespaced) name
+    assert "'pipe'" in doc["OriginalMessage"], doc
     assert namespace_for("bodies.tar.gz") not in doc["message"] + doc["OriginalMessage"]
+    with pytest.raises(ClientError) as info:  # what a boto3 caller sees
+        client.invoke_endpoint(EndpointName=ENDPOINT, TargetModel="bodies.tar.gz",
+                               ContentType="application/json", Body=wrong)
+    assert info.value.response["Error"]["Code"] == "ModelError"
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert info.value.response["OriginalStatusCode"] == 400
     wrong_shape, _ = encode_request({"X": X.reshape(1, 3)}, binary=False)  # rank 2 for a [-1] model
     doc = assert_error(post(url, "bodies.tar.gz", wrong_shape, "application/json"), 424, "ModelError")
     assert doc["OriginalStatusCode"] == 400
@@ -607,7 +618,7 @@ def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pyte
     publish_pipe(store_dir, "bg.tar.gz", k=11)
     name = "bg-test"
     cache_dir = paths.endpoint_dir(name) / "cache"
-    assert str(tmp_path) in str(cache_dir)
+    assert cache_dir.is_relative_to(tmp_path.resolve())
     assert proc.find_running(name) is None
 
     info = proc.start_background(name, store_dir.as_uri(), timeout=120)
