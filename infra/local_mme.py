@@ -20,6 +20,7 @@ Adding a model is uploading it; removing one is deleting it; the endpoint is nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -412,8 +413,9 @@ def _check_json_header(raw: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------------- HTTP app
-def create_app(endpoint: "LocalEndpoint") -> FastAPI:
-    app = FastAPI(title=f"local MME {endpoint.cfg.name}", docs_url=None, redoc_url=None)
+def create_app(endpoint: "LocalEndpoint", lifespan=None) -> FastAPI:
+    app = FastAPI(title=f"local MME {endpoint.cfg.name}", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
 
     @app.exception_handler(EndpointError)
     async def _endpoint_error(_req: Request, exc: EndpointError) -> JSONResponse:
@@ -509,25 +511,23 @@ class LocalEndpoint:
         self.triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log)
         self.triton.start()
         self.manager = ModelManager(self.cfg, self.triton)
-        app = create_app(self)
-
-        @app.on_event("startup")
-        async def _open_client() -> None:
-            # No keep-alive: Triton's HTTP server pins each connection to one worker thread, and
-            # a model load holds the thread that received it until the load ends. A kept-alive
-            # inference connection pinned to that thread stalls other models' requests for the
-            # whole load; a new connection goes to a free thread (about 0.1 ms on loopback).
-            self.http = httpx.AsyncClient(base_url=self.triton.url, timeout=self.cfg.load_timeout_s,
-                                          limits=httpx.Limits(max_keepalive_connections=0))
-
-        @app.on_event("shutdown")
-        async def _close_client() -> None:
-            if self.http:
-                await self.http.aclose()
-
+        app = create_app(self, lifespan=self._lifespan)
         config = uvicorn.Config(app, host=self.cfg.host, port=self.cfg.port, log_level="warning",
                                 access_log=False, lifespan="on")
         self._server = uvicorn.Server(config)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, _app: FastAPI):
+        # No keep-alive: Triton's HTTP server pins each connection to one worker thread, and
+        # a model load holds the thread that received it until the load ends. A kept-alive
+        # inference connection pinned to that thread stalls other models' requests for the
+        # whole load; a new connection goes to a free thread (about 0.1 ms on loopback).
+        self.http = httpx.AsyncClient(base_url=self.triton.url, timeout=self.cfg.load_timeout_s,
+                                      limits=httpx.Limits(max_keepalive_connections=0))
+        try:
+            yield
+        finally:
+            await self.http.aclose()
 
     def serve_forever(self) -> None:
         self._prepare()
