@@ -27,7 +27,7 @@ from ensembles.spec import EnsembleSpec, Target
 from flows.common import human_bytes, retry_transient, short
 from infra import paths
 from tasks.package import artifact_name, package_repository, publish_build
-from tasks.produce import artifacts_for, produce
+from tasks.produce import artifacts_for, check_artifacts, produce
 from tasks.verify import Sample, reference_sample, verify_archive
 
 TOOL_VERSION = "0.1.0"
@@ -98,6 +98,7 @@ def build_ensemble(ensemble: str, target: str, output_dir: Path, work_root: Path
             path, meta = produce_task(spec, name, work / "artifacts", produced)
             produced[name] = Path(path)
             sources[name] = meta
+        check_artifacts(spec, target, produced)
         repo = render_task(spec, target, work / "repo", folder, produced)
         packed = package_task(repo, work / "staging", spec.name)
         sample = reference_task(spec, produced)
@@ -115,7 +116,7 @@ def build_ensemble(ensemble: str, target: str, output_dir: Path, work_root: Path
             "spec_sha256": hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest(),
             "tool_version": TOOL_VERSION,
             "sources": sources,
-            "validation": {k: validation[k] for k in ("passed", "metric", "value", "threshold")},
+            "validation": {k: v for k, v in validation.items() if k != "per_item"},
             "sample": sample.to_json(),
         }
         publish_build_task(Path(packed["path"]), manifest, output_dir)

@@ -177,13 +177,13 @@ def endpoint_status(name: str = typer.Option("local-mme")) -> None:
 def demo(report: Optional[Path] = typer.Option(None, help="also write a JSON report here"),
          endpoint: str = typer.Option("mme-demo"),
          keep_endpoint: bool = typer.Option(False, help="leave the endpoint running afterwards")) -> None:
-    """The main job: build the ensembles, deploy them to a local endpoint, invoke, report."""
+    """The main job: build both ensembles, deploy them to one local endpoint, invoke, report."""
     _quiet_env()
     from flows.build import build as build_flow
     from flows.deploy import deploy as deploy_flow
     from infra.endpoint_process import stop
 
-    ensembles = ["text_embedding"]
+    ensembles = ["text_embedding", "image_classifier"]
     t0 = time.perf_counter()
     console.rule("[bold]1/3 build")
     manifests = build_flow(ensembles=ensembles, target="local-cpu")
@@ -205,7 +205,9 @@ def demo(report: Optional[Path] = typer.Option(None, help="also write a JSON rep
             {"name": e["name"], "target": e["target"], "artifact": e["artifact"],
              "sha256": e["sha256"], "bytes": e["bytes"], "validation": e["validation"],
              "latency_ms": e["latency_ms"],
-             "direct_triton_latency_ms": e.get("direct_triton_latency_ms")}
+             "direct_triton_latency_ms": e.get("direct_triton_latency_ms"),
+             **({"top5": [{"label": t["label"], "prob": t["prob"]} for t in e["validation"]["top5"]]}
+                if "top5" in e["validation"] else {})}
             for e in result["ensembles"]],
     }
     _print_deploy(result)
@@ -223,7 +225,7 @@ def demo(report: Optional[Path] = typer.Option(None, help="also write a JSON rep
 def _print_table(title: str, rows: list[dict]) -> None:
     if not rows:
         return
-    table = Table(title=title)
+    table = Table(title=title, title_justify="left")
     for col in rows[0]:
         table.add_column(str(col))
     for r in rows:
@@ -236,13 +238,16 @@ def _print_deploy(result: dict) -> None:
     for e in result["ensembles"]:
         v, lat = e["validation"], e["latency_ms"]
         direct = e.get("direct_triton_latency_ms") or {}
-        rows.append({"ensemble": e["name"], "TargetModel": e["artifact"].rsplit("/", 1)[-1],
-                     "sha256": e["sha256"][:12], v["metric"]: f"{v['value']:.6f}",
-                     "passed": "yes" if v["passed"] else "NO",
+        rows.append({"ensemble": e["name"], v["metric"]: f"{v['value']:.6f}",
+                     "ok": "yes" if v["passed"] else "NO",
                      "cold ms": f"{lat['cold']:.0f}", "p50 ms": f"{lat['p50']:.1f}",
                      "p99 ms": f"{lat['p99']:.1f}",
-                     "Triton direct p50 ms": f"{direct.get('p50', float('nan')):.1f}"})
+                     "Triton p50": f"{direct.get('p50', float('nan')):.1f}"})
     _print_table(f"Endpoint {result['endpoint']} ({result['url']})", rows)
+    for e in result["ensembles"]:
+        if "top5" in e["validation"]:
+            _print_table(f"{e['name']}: top-5 on the sample image",
+                         [{"label": t["label"], "prob": f"{t['prob']:.4f}"} for t in e["validation"]["top5"]])
 
 
 def main() -> None:  # pragma: no cover

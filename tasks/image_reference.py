@@ -7,17 +7,30 @@ validation can import it on any machine):
 * decode with PIL, applying the EXIF orientation (DALI's decoder does), to 3 channels;
 * resize straight to the model size with ``PIL.Image.BILINEAR``: PIL widens its triangle
   filter by the reduction factor when it downsizes, which is what DALI's linear resize with
-  ``antialias=True`` does. Measured on ``skimage.data.chelsea()`` (451x300) as a quality-95
-  JPEG: DALI (CPU) vs this reference, SqueezeNet variant: mean abs diff 0.17, max abs 1.0 on
-  the 0-255 scale; the other PIL filters are far worse (BICUBIC mean 0.84 / max 18, NEAREST,
-  the default of Keras' ``load_img``, mean 2.96 / max 71).
-  The decoded pixels are bit-identical (both use libjpeg-turbo with the same IDCT); the
-  residual +-1 comes from the resize alone: both round to uint8 after resampling, with
-  slightly different fixed-point filter weights.
+  ``antialias=True`` does. At the image border the two differ: DALI replicates the edge
+  pixels under the filter, PIL renormalizes the weights of the pixels inside the image. So the
+  reference pads the decoded image by edge replication and resizes the original region
+  (PIL's ``box``); without that, the outermost ring of output pixels differs by up to 9-12
+  (measured: astronaut 512x512, 4000x3000 upscaled astronaut, 800x800 noise).
 
-Tolerance used by the tests (0-255 scale): mean abs <= 0.5 and max abs <= 2.0, i.e. one
-uint8 rounding step with margin; a wrong channel order, mean, layout or filter gives a mean
-difference of several units and maxima in the tens.
+Measured (0-255 scale), DALI 2.4 CPU output vs this reference, SqueezeNet variant:
+``skimage.data.chelsea()`` (451x300) as a quality-95 JPEG: mean abs 0.171, max abs 1.0; the
+same as PNG 0.175 / 1.0; astronaut (512x512 PNG) 0.114 / 1.0; coffee, rocket (JPEG) 0.137,
+0.084 / 1.0; 800x800 noise 0.102 / 1.0; greyscale, 16-bit, palette, CMYK, EXIF-rotated and
+1x1 images 0-0.18 / <= 1.0. The Inception variant gives the same numbers divided by 127.5.
+The decoded pixels are bit-identical (both use libjpeg-turbo with the same IDCT); the residual
++-1 comes from the resize: both round to uint8 after resampling, with slightly different
+fixed-point filter weights. Other PIL filters are far off (on chelsea: BICUBIC mean 0.84 /
+max 18; NEAREST, the default of Keras' ``load_img``, mean 2.96 / max 71), as is a plain
+``resize(BILINEAR)`` at the border (see above).
+
+Tolerance (0-255 scale; divide by 127.5 for Inception): mean abs <= 0.5 and max abs <= 1.5,
+i.e. one uint8 rounding step with a margin. A wrong channel order, mean, layout, filter or
+border handling shows up as a mean difference of several units or maxima of 9 and more.
+This is for DALI's CPU decoder. The GPU (``mixed``) decoder is nvJPEG, whose IDCT and chroma
+upsampling are not libjpeg-turbo's: its JPEG output is expected to differ by a few units
+more (not measured here: no GPU); check it on the GPU target against these functions and
+at the classifier's output.
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ INCEPTION_SIZE = 299
 
 #: Tolerances (on the 0-255 scale) between DALI's CPU output and this reference; see above.
 MEAN_ABS_TOLERANCE = 0.5
-MAX_ABS_TOLERANCE = 2.0
+MAX_ABS_TOLERANCE = 1.5
 
 
 def decode_rgb(image_bytes: bytes) -> Image.Image:
@@ -52,8 +65,15 @@ def decode_rgb(image_bytes: bytes) -> Image.Image:
 
 
 def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
-    """Resize straight to ``size x size`` (aspect ratio not kept); uint8 HWC RGB."""
-    return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    """Resize straight to ``size x size`` (aspect ratio not kept) like DALI: antialiased
+    linear filter, edge pixels replicated under the filter at the border; uint8 HWC RGB."""
+    a = np.asarray(im, dtype=np.uint8)
+    h, w = a.shape[:2]
+    # the filter reaches max(1, w/size) source pixels either side of a sample: pad beyond it
+    pad = int(np.ceil(max(w, h) / size)) + 2
+    padded = Image.fromarray(np.pad(a, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    out = padded.resize((size, size), Image.BILINEAR, box=(pad, pad, pad + w, pad + h))
+    return np.asarray(out, dtype=np.uint8)
 
 
 def reference_preprocess(image_bytes: bytes) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Callable
 from ensembles.spec import EnsembleSpec, SpecError
 from tasks.export import export_transformer_onnx
 from tasks.classifiers import export_squeezenet_onnx, imagenet_labels
+from tasks.dali import check_external_source, serialize_pipeline
 from tasks.fetch import fetch_model_file, packaged_hf_model, tokenizer_files
 
 
@@ -36,6 +37,7 @@ PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
     "export_squeezenet_onnx": export_squeezenet_onnx,
     "imagenet_labels": imagenet_labels,
     "fetch_model_file": fetch_model_file,
+    "serialize_dali_pipeline": serialize_pipeline,
     "compile_tensorrt": _needs_gpu_build("compile_tensorrt"),
     "pack_python_env": _needs_gpu_build("pack_python_env"),
 }
@@ -83,3 +85,26 @@ def produce(spec: EnsembleSpec, name: str, out_dir: Path, produced: dict[str, Pa
     if fn is None:
         raise SpecError(f"{where}: unknown producer {art.producer!r} (known: {sorted(PRODUCERS)})")
     return fn(Path(out_dir), **resolve_params(art.params, produced, where))
+
+
+def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) -> None:
+    """Cross-checks between artifacts and the spec that only the built files can answer.
+
+    A DALI pipeline's external source must be named like the input of the step that runs it
+    (Triton's DALI backend feeds inputs by name): a mismatch is refused here, at build time,
+    not at the first request on the endpoint.
+    """
+    for step in spec.steps:
+        be = step.backends.get(target)  # type: ignore[call-overload]
+        if be is None:
+            continue
+        for dest, src in be.files.items():
+            name = src.removeprefix("artifact:")
+            if not src.startswith("artifact:") or spec.artifacts[name].producer != "serialize_dali_pipeline":
+                continue
+            expected = [t.name for t in step.inputs]
+            if len(expected) != 1:
+                raise SpecError(f"ensemble {spec.name!r}, step {step.name!r}: a DALI step takes "
+                                f"exactly one input (encoded images), not {expected}")
+            check_external_source(produced[name], expected[0],
+                                  pipeline_name=f"{spec.name}/{step.name} ({name})")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,19 +26,24 @@ class VerificationFailed(RuntimeError):
 
 @dataclass
 class Sample:
+    """Inputs, the reference's expected outputs, and what scoring needs (labels, tolerances)."""
+
     inputs: dict[str, np.ndarray]
     expected: dict[str, np.ndarray]
+    context: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "inputs": {k: _arr_to_json(v) for k, v in self.inputs.items()},
             "expected": {k: _arr_to_json(v) for k, v in self.expected.items()},
+            "context": self.context,
         }
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> "Sample":
         return cls(inputs={k: _arr_from_json(v) for k, v in doc["inputs"].items()},
-                   expected={k: _arr_from_json(v) for k, v in doc["expected"].items()})
+                   expected={k: _arr_from_json(v) for k, v in doc["expected"].items()},
+                   context=doc.get("context", {}))
 
 
 def _arr_to_json(a: np.ndarray) -> dict[str, Any]:
@@ -67,22 +72,118 @@ def _sentence_reference(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:
     return Sample(inputs={in_name: texts}, expected={out_name: emb.astype(np.float32)})
 
 
-def min_cosine(expected: dict[str, np.ndarray], got: dict[str, np.ndarray]) -> tuple[float, list[float]]:
-    """Smallest cosine similarity between expected and actual rows (1.0 = identical)."""
-    (name, want), = expected.items()
+def _output(sample: Sample, got: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    (name, want), = sample.expected.items()
     if name not in got:
         raise VerificationFailed(f"output {name!r} missing from the answer (got {sorted(got)})")
-    have = np.asarray(got[name], dtype=np.float32).reshape(want.shape)
+    have = np.asarray(got[name], dtype=np.float32)
+    if have.size != want.size:
+        raise VerificationFailed(f"output {name!r} has shape {list(have.shape)}, "
+                                 f"expected {list(want.shape)}")
+    return want.astype(np.float32), have.reshape(want.shape)
+
+
+def min_cosine(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+    """Smallest cosine similarity between expected and actual rows (1.0 = identical)."""
+    want, have = _output(sample, got)
     num = (want * have).sum(axis=1)
     den = np.linalg.norm(want, axis=1) * np.linalg.norm(have, axis=1)
     cos = (num / np.clip(den, 1e-12, None)).tolist()
-    return float(min(cos)), [float(c) for c in cos]
+    return float(min(cos)), {"per_item": [float(c) for c in cos]}
+
+
+def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+    """Share of images whose top-1 class is a cat class; probabilities must also match the
+    classifier run directly (max abs difference within the sample's tolerance)."""
+    want, have = _output(sample, got)
+    ctx = sample.context
+    labels: list[str] = ctx.get("labels", [])
+    cats = set(ctx.get("cat_classes", []))
+    top1 = have.argmax(axis=1)
+    value = float(np.mean([int(i) in cats for i in top1]))
+    max_diff = float(np.abs(have - want).max())
+    tol = float(ctx.get("max_abs_diff_tolerance", 1e-4))
+    order = np.argsort(-have[0])[:5]
+    top5 = [{"label": labels[i] if i < len(labels) else str(i), "prob": round(float(have[0, i]), 6),
+             "index": int(i)} for i in order]
+    extras = {"top5": top5, "max_abs_diff": max_diff, "max_abs_diff_tolerance": tol}
+    if max_diff > tol:
+        extras["failure"] = (f"probabilities differ from the classifier run directly by "
+                             f"{max_diff:.3g} (tolerance {tol:.3g})")
+        value = 0.0
+    return value, extras
+
+
+def sample_image(name: str) -> bytes:
+    """Encoded bytes of a named sample image: ``skimage:chelsea`` (a cat photo bundled with
+    scikit-image, CC0) as a quality-95 JPEG, or a path to an image file."""
+    if name.startswith("skimage:"):
+        import io
+
+        import skimage.data
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name.removeprefix("skimage:"))()).save(
+            buf, format="JPEG", quality=95)
+        return buf.getvalue()
+    return Path(name).read_bytes()
+
+
+def run_dali_cpu(serialized: Path, images: list[bytes], input_name: str) -> np.ndarray:
+    """Run a serialized CPU DALI pipeline with DALI's Python API (as the local-cpu model does)."""
+    from nvidia.dali import Pipeline
+
+    pipe = Pipeline.deserialize(serialized_pipeline=Path(serialized).read_bytes(),
+                                batch_size=len(images), num_threads=2, device_id=None,
+                                prefetch_queue_depth=1, exec_async=False, exec_pipelined=False)
+    pipe.build()
+    pipe.feed_input(input_name, [np.frombuffer(b, dtype=np.uint8) for b in images])
+    (out,) = pipe.run()
+    return np.asarray(out.as_array(), dtype=np.float32)
+
+
+def _image_reference(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:
+    """Checks the DALI pre-processing against a PIL/numpy reference, then records what the
+    classifier gives when run directly (ONNX Runtime) on DALI's output as the expectation."""
+    import onnxruntime as ort
+
+    from tasks.classifiers import CAT_CLASSES, load_labels
+    from tasks.image_reference import (MAX_ABS_TOLERANCE, MEAN_ABS_TOLERANCE, diff_stats,
+                                       reference_preprocess)
+
+    in_name, out_name = spec.inputs[0].name, spec.outputs[0].name
+    image = sample_image(str(params.get("image", "skimage:chelsea")))
+    dali_out = run_dali_cpu(Path(params["pipeline"]), [image], in_name)
+    stats = diff_stats(dali_out[0], reference_preprocess(image))
+    if stats["mean_abs"] > MEAN_ABS_TOLERANCE or stats["max_abs"] > MAX_ABS_TOLERANCE:
+        raise VerificationFailed(
+            f"ensemble {spec.name!r}: DALI pre-processing differs from the PIL/numpy reference "
+            f"by mean {stats['mean_abs']:.3f}, max {stats['max_abs']:.3f} (tolerance mean "
+            f"{MEAN_ABS_TOLERANCE}, max {MAX_ABS_TOLERANCE} on the 0-255 scale)")
+    sess = ort.InferenceSession(str(params["model"]), providers=["CPUExecutionProvider"])
+    probs = sess.run(None, {sess.get_inputs()[0].name: dali_out})[0].astype(np.float32)
+    # what the pre-processing difference does to the answer (informative: DALI is what ships)
+    ref_probs = sess.run(None, {sess.get_inputs()[0].name: reference_preprocess(image)[None]})[0]
+    data = np.frombuffer(image, dtype=np.uint8).reshape(1, -1)
+    return Sample(
+        inputs={in_name: data}, expected={out_name: probs},
+        context={"labels": load_labels(Path(params["labels"])), "cat_classes": sorted(CAT_CLASSES),
+                 "max_abs_diff_tolerance": float(params.get("max_abs_diff_tolerance", 1e-4)),
+                 "preprocess_vs_reference": {k: round(float(v), 4) for k, v in stats.items()},
+                 "probs_dali_vs_reference_preprocess_max_abs": round(
+                     float(np.abs(probs - ref_probs).max()), 6),
+                 "image": str(params.get("image", "skimage:chelsea"))})
 
 
 REFERENCES: dict[str, Callable[[EnsembleSpec, dict[str, Any]], Sample]] = {
     "sentence_embedding": _sentence_reference,
+    "image_classification": _image_reference,
 }
-METRICS: dict[str, Callable[..., tuple[float, list[float]]]] = {"min_cosine": min_cosine}
+METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], tuple[float, dict[str, Any]]]] = {
+    "min_cosine": min_cosine,
+    "top1_is_cat": top1_is_cat,
+}
 
 
 def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path]) -> Sample:
@@ -97,9 +198,9 @@ def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path]) -> Sample:
 
 
 def score(metric: str, threshold: float, sample: Sample, got: dict[str, np.ndarray]) -> dict[str, Any]:
-    value, per_item = METRICS[metric](sample.expected, got)
+    value, extras = METRICS[metric](sample, got)
     return {"passed": bool(value >= threshold), "metric": metric, "value": value,
-            "threshold": threshold, "per_item": per_item}
+            "threshold": threshold, **extras}
 
 
 def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
@@ -108,8 +209,6 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
 
     Raises VerificationFailed (saying by how much) when the metric misses the threshold.
     """
-    import tritonclient.http as httpclient
-
     from infra.tarball import safe_extract
     from infra.triton_server import TritonServer
     from infra.runtime_client import encode_request, decode_response
@@ -135,13 +234,14 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
                                          f"{r.status_code}: {r.text}")
             size = r.headers.get("inference-header-content-length")
             got = decode_response(r.content, f"x;json-header-size={size}" if size else "")
-    del httpclient
     result = score(v.metric, v.threshold, sample, got)
     result["load_seconds"] = round(load_s, 3)
     log(f"verify {spec.name}: {v.metric} = {result['value']:.6f} (threshold {v.threshold})")
     if not result["passed"]:
+        detail = result.get("failure") or (
+            f"per item: {[round(x, 6) for x in result['per_item']]}" if "per_item" in result
+            else f"top5: {result.get('top5')}")
         raise VerificationFailed(
             f"ensemble {spec.name!r}: {v.metric} = {result['value']:.6f} is below the threshold "
-            f"{v.threshold} by {v.threshold - result['value']:.6f} (per item: "
-            f"{[round(x, 6) for x in result['per_item']]})")
+            f"{v.threshold} by {v.threshold - result['value']:.6f} ({detail})")
     return result

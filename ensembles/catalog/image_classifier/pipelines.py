@@ -70,8 +70,8 @@ def _decode(input_name: str, device: str, output_type: types.DALIImageType):
 def _squeezenet_graph(input_name: str, device: str):
     images = _decode(input_name, device, types.BGR)
     # Straight to 227x227 (aspect ratio not kept), like the Keras SqueezeNet example; no
-    # shorter-side-256 + centre crop. Linear filter with antialiasing (DALI's default), the
-    # equivalent of PIL's BILINEAR resize, which tasks.image_reference uses.
+    # shorter-side-256 + centre crop. Linear filter with antialiasing (DALI's default): PIL's
+    # BILINEAR resize with edge pixels replicated at the border (tasks.image_reference).
     images = fn.resize(images, resize_x=SQUEEZENET_SIZE, resize_y=SQUEEZENET_SIZE,
                        interp_type=types.INTERP_LINEAR, antialias=True)
     return fn.crop_mirror_normalize(

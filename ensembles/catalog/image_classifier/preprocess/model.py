@@ -26,6 +26,7 @@ which request holds the bad image; the other requests still get their results.
 import io
 import json
 import os
+import re
 import warnings
 
 import numpy as np
@@ -51,6 +52,10 @@ def _dali_reason(exc: BaseException) -> str:
     lines = [ln for ln in lines if ln and "no longer valid" not in ln
              and not ln.startswith("Critical error in pipeline")]
     reason = " ".join(lines) or type(exc).__name__
+    # DALI numbers samples within its own batch, not the request's: drop that, and say what a
+    # bare decoder failure means (libjpeg-turbo's own reason goes to the server log)
+    reason = re.sub(r"^Failed to decode sample #\d+\s*:?\s*$",
+                    "the decoder failed (corrupt or truncated image data)", reason)
     return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
