@@ -64,3 +64,16 @@ def copy_archive(src: Path, prefix: Path, name: str) -> Path:
     dest = prefix / name
     shutil.copyfile(src, dest)
     return dest
+
+
+@pytest.fixture(scope="session")
+def built_image_classifier(mme_home: Path, prefect_harness) -> dict:
+    """The real image ensemble build (DALI CPU pipeline, SqueezeNet ONNX, verified in Triton)."""
+    import json
+
+    from flows.build import build
+
+    out = mme_home / "artifacts" / "local-cpu"
+    (m,) = build(ensembles=["image_classifier"], target="local-cpu", output_dir=str(out))
+    full = json.loads((out / "image_classifier.manifest.json").read_text())
+    return {"manifest": full, "archive": out / "image_classifier.tar.gz", "output_dir": out}
