@@ -31,6 +31,9 @@ DType = Literal[
 Backend = Literal["python", "onnxruntime", "tensorrt", "dali", "tensorflow"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# a model's own tensor names follow its framework: TensorFlow graphs say
+# "InceptionV3/Predictions/Softmax", ONNX exports "input.1" or "output:0"
+_MODEL_TENSOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
 
 
 class SpecError(ValueError):
@@ -138,10 +141,10 @@ def _dims_compatible(a: list[int], b: list[int]) -> bool:
     return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
 
 
-def _check_names(where: str, names: list[str], what: str) -> None:
+def _check_names(where: str, names: list[str], what: str, pattern: re.Pattern = _NAME) -> None:
     seen: set[str] = set()
     for n in names:
-        if not _NAME.match(n):
+        if not pattern.match(n):
             raise SpecError(f"{where}: {what} name {n!r} is not a valid identifier")
         if n in seen:
             raise SpecError(f"{where}: duplicate {what} name {n!r}")
@@ -166,8 +169,8 @@ def validate(spec: EnsembleSpec) -> list[str]:
     produced: dict[str, tuple[str | None, TensorSpec]] = {t.name: (None, t) for t in spec.inputs}
     for step in spec.steps:
         where = f"{ens}, step {step.name!r}"
-        _check_names(where, [t.name for t in step.inputs], "model input")
-        _check_names(where, [t.name for t in step.outputs], "model output")
+        _check_names(where, [t.name for t in step.inputs], "model input", _MODEL_TENSOR)
+        _check_names(where, [t.name for t in step.outputs], "model output", _MODEL_TENSOR)
         model_in = {t.name for t in step.inputs}
         model_out = {t.name: t for t in step.outputs}
         for k in step.input_map:

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endpoints.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 endpoint_app = typer.Typer(help="The local multi-model endpoint.", no_args_is_help=True)
 app.add_typer(endpoint_app, name="endpoint")
 console = Console(stderr=True)
@@ -28,8 +28,30 @@ def _quiet_env() -> None:
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
     raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's fault or a refused step: shown as one clear line."""
+    from ensembles.spec import SpecError
+    from flows.deploy import DeployValidationFailed
+    from infra.endpoint_process import EndpointStartError
+    from infra.store import StoreError
+    from tasks.dali import DaliPipelineError
+    from tasks.fetch import FetchError
+    from tasks.produce import NotAvailableHere
+    from tasks.verify import VerificationFailed
+
+    return (SpecError, VerificationFailed, DeployValidationFailed, EndpointStartError, StoreError,
+            NotAvailableHere, DaliPipelineError, FetchError, FileNotFoundError)
+
+
+def _run_flow(fn, **kwargs):
+    try:
+        return fn(**kwargs)
+    except _user_errors() as e:
+        _fail(f"{type(e).__name__}: {e}")
 
 
 @app.command()
@@ -54,16 +76,25 @@ def render(ensemble: str = typer.Argument("text_embedding"),
 @app.command()
 def build(ensembles: list[str] = typer.Argument(None, help="catalog names (default: text_embedding)"),
           target: str = typer.Option("local-cpu"),
-          output_dir: Optional[Path] = typer.Option(None, help="default: $MME_HOME/artifacts/<target>")) -> None:
+          output_dir: Optional[Path] = typer.Option(None, help="default: $MME_HOME/artifacts/<target>"),
+          set_: list[str] = typer.Option(None, "--set", help="ARTIFACT.PARAM=VALUE, e.g. "
+                                         "inception_archive.source=/models/inception.tar.gz")) -> None:
     """Build, verify and package ensembles (a Prefect flow run)."""
     _quiet_env()
-    from flows.build import build as build_flow
+    from flows.build import _validation_text, build as build_flow
 
-    manifests = build_flow(ensembles=ensembles or None, target=target,
-                           output_dir=str(output_dir) if output_dir else None)
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set {item!r}: expected ARTIFACT.PARAM=VALUE")
+        overrides[key] = value
+    manifests = _run_flow(build_flow, ensembles=ensembles or None, target=target,
+                          output_dir=str(output_dir) if output_dir else None,
+                          overrides=overrides or None)
     _print_table("Built", [{"ensemble": m["ensemble"], "sha256": m["sha256"][:12],
                             "bytes": m["bytes"], "artifact": m["artifact"],
-                            m["validation"]["metric"]: f"{m['validation']['value']:.6f}"}
+                            "validation": _validation_text(m["validation"])}
                            for m in manifests])
 
 
@@ -77,8 +108,8 @@ def deploy(ensembles: list[str] = typer.Argument(None),
     _quiet_env()
     from flows.deploy import deploy as deploy_flow
 
-    result = deploy_flow(ensembles=ensembles or None, endpoint=endpoint, backend=backend,
-                         target=target, warm_invocations=warm_invocations)
+    result = _run_flow(deploy_flow, ensembles=ensembles or None, endpoint=endpoint,
+                       backend=backend, target=target, warm_invocations=warm_invocations)
     _print_deploy(result)
 
 
@@ -90,7 +121,8 @@ def retire(ensembles: list[str] = typer.Argument(None),
     _quiet_env()
     from flows.retire import retire as retire_flow
 
-    for line in retire_flow(ensembles=ensembles or None, endpoint=endpoint, stop_endpoint=stop_endpoint):
+    for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
+                          stop_endpoint=stop_endpoint):
         console.print(line)
 
 
@@ -186,11 +218,11 @@ def demo(report: Optional[Path] = typer.Option(None, help="also write a JSON rep
     ensembles = ["text_embedding", "image_classifier"]
     t0 = time.perf_counter()
     console.rule("[bold]1/3 build")
-    manifests = build_flow(ensembles=ensembles, target="local-cpu")
+    manifests = _run_flow(build_flow, ensembles=ensembles, target="local-cpu")
     build_s = time.perf_counter() - t0
     try:
         console.rule("[bold]2/3 deploy + validate")
-        result = deploy_flow(ensembles=ensembles, endpoint=endpoint, backend="local")
+        result = _run_flow(deploy_flow, ensembles=ensembles, endpoint=endpoint, backend="local")
     finally:
         if not keep_endpoint:
             stop(endpoint)

@@ -273,6 +273,7 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
     if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
         raise FetchError(f"filename {filename!r} must be a plain file name")
     expected = _normalize_sha256(sha256)
+    source = str(source)  # a path produced by an earlier artifact arrives as a Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / filename

@@ -155,3 +155,78 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tmp_pat
         lines = retire(endpoint=ep, stop_endpoint=True, store_uri=store_uri)
     assert find_running(ep) is None
     assert "stopped" in lines[-1]
+
+
+def _fake_inception_tarball(tmp_path: Path) -> Path:
+    """A stand-in for the TF-slim Inception v3 tarball (its weights cannot be fetched here):
+    same member names, a fake graph, 1001 labels starting with background."""
+    import tarfile
+
+    src = tmp_path / "inception_src"
+    src.mkdir()
+    (src / "inception_v3_2016_08_28_frozen.pb").write_bytes(b"not really a graph")
+    (src / "imagenet_slim_labels.txt").write_text(
+        "\n".join(["background"] + [f"class{i}" for i in range(1000)]) + "\n")
+    archive = tmp_path / "inception_v3_2016_08_28_frozen.pb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for f in sorted(src.iterdir()):
+            tar.add(f, arcname=f.name)
+    return archive
+
+
+def test_gpu_target_builds_are_ready_to_upload(tmp_path: Path, mme_home: Path, prefect_harness):
+    """sagemaker-gpu tarballs: DALI `mixed` pipeline for Triton's DALI backend, the ONNX or the
+    TensorFlow classifier, verification deferred to the endpoint (no GPU Triton here)."""
+    from ensembles.render import parse_pbtxt
+    from flows.build import build
+
+    out = tmp_path / "gpu"
+    archive = _fake_inception_tarball(tmp_path)
+    manifests = build(ensembles=["image_classifier", "image_classifier_inception"],
+                      target="sagemaker-gpu", output_dir=str(out),
+                      overrides={"inception_archive.source": str(archive)})
+    by_name = {m["ensemble"]: m for m in manifests}
+    for m in manifests:
+        assert m["validation"]["passed"] is None and "deferred" in m["validation"]
+        assert m["sha256"] == sha256_file(out / f"{m['ensemble']}.tar.gz")
+    assert by_name["image_classifier_inception"]["sources"]["inception_archive"]["source"] == str(archive)
+
+    repo = safe_extract(out / "image_classifier_inception.tar.gz", tmp_path / "inc")
+    pre = parse_pbtxt((repo / "image_classifier_inception__preprocess" / "config.pbtxt").read_text())
+    cls = parse_pbtxt((repo / "image_classifier_inception__classifier" / "config.pbtxt").read_text())
+    assert pre.backend == "dali" and cls.platform == "tensorflow_graphdef"
+    assert cls.output[0].name == "InceptionV3/Predictions/Softmax"
+    assert cls.output[0].label_filename == "inception_labels.txt"
+    assert (repo / "image_classifier_inception__classifier" / "1" / "model.graphdef").read_bytes() \
+        == b"not really a graph"
+    assert len((repo / "image_classifier_inception__classifier" / "inception_labels.txt")
+               .read_text().splitlines()) == 1001
+    # the GPU DALI pipeline decodes on the GPU ("mixed") and feeds the step input by name
+    from tasks.dali import external_source_names, parse_serialized
+
+    dali = repo / "image_classifier_inception__preprocess" / "1" / "model.dali"
+    assert external_source_names(dali) == ["INPUT"]
+    ops = {op.name: [o.device for o in op.output] for op in parse_serialized(dali.read_bytes()).op}
+    assert ops["decoders__Image"] == ["gpu"], ops  # device="mixed": decoded on the GPU
+    assert ops["Resize"] == ["gpu"] and ops["CropMirrorNormalize"] == ["gpu"]
+
+    sample = json.loads((out / "image_classifier.manifest.json").read_text())["sample"]
+    assert sample["context"]["max_abs_diff_tolerance"] == 0.05  # the GPU decoder may differ
+
+
+def test_unknown_override_is_refused(tmp_path: Path, mme_home: Path, prefect_harness):
+    from flows.build import build
+
+    with pytest.raises(SpecError, match="no_such_artifact.source"):
+        build(ensembles=["image_classifier"], output_dir=str(tmp_path / "o"),
+              overrides={"no_such_artifact.source": "x"})
+    assert not (tmp_path / "o").exists()
+
+
+def test_text_embedding_gpu_build_says_what_is_missing(tmp_path: Path, mme_home: Path, prefect_harness):
+    from flows.build import build
+    from tasks.produce import NotAvailableHere
+
+    with pytest.raises(NotAvailableHere, match="compile_tensorrt"):
+        build(ensembles=["text_embedding"], target="sagemaker-gpu", output_dir=str(tmp_path / "o"))
+    assert not (tmp_path / "o").exists()
