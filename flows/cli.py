@@ -127,13 +127,16 @@ def retire(ensembles: list[str] = typer.Argument(None),
 
 
 @app.command()
-def invoke(text: list[str] = typer.Argument(..., help="sentences to embed"),
+def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text ensembles)"),
+           image: list[Path] = typer.Option(None, help="image files to classify (image ensembles)"),
            endpoint: str = typer.Option("local-mme"),
-           target_model: str = typer.Option("text_embedding.tar.gz"),
+           target_model: Optional[str] = typer.Option(
+               None, help="default: text_embedding.tar.gz, or image_classifier.tar.gz with --image"),
            url: Optional[str] = typer.Option(None, help="default: the running local endpoint"),
            json_body: bool = typer.Option(False, "--json", help="send a JSON body, not binary+json")) -> None:
     """Invoke an ensemble by TargetModel through the SageMaker runtime API (boto3)."""
     import numpy as np
+    from botocore.exceptions import ClientError
 
     from infra.endpoint_process import find_running
     from infra.runtime_client import invoke as do_invoke, runtime_client_for
@@ -143,10 +146,35 @@ def invoke(text: list[str] = typer.Argument(..., help="sentences to embed"),
         if info is None:
             _fail(f"endpoint {endpoint!r} is not running (mme endpoint start, or mme deploy)")
         url = info.url
-    inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
-    out = do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body)
+    if image:
+        blobs = [p.read_bytes() for p in image]
+        width = max(len(b) for b in blobs)  # one rectangular tensor: pad with trailing zeros
+        data = np.zeros((len(blobs), width), dtype=np.uint8)
+        for i, b in enumerate(blobs):
+            data[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+        inputs = {"INPUT": data}
+        target_model = target_model or "image_classifier.tar.gz"
+    elif text:
+        inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
+        target_model = target_model or "text_embedding.tar.gz"
+    else:
+        _fail("give sentences, or --image FILE")
+    try:
+        out = do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body)
+    except ClientError as e:
+        _fail(f"{e.response['Error'].get('Code')}: {e.response['Error'].get('Message')}")
     for name, arr in out.items():
-        print(json.dumps({name: np.asarray(arr).round(6).tolist()}))
+        arr = np.asarray(arr)
+        if image and arr.ndim == 2 and arr.shape[1] in (1000, 1001):
+            from tasks.classifiers import imagenet_label_names
+
+            labels = imagenet_label_names(offset=arr.shape[1] - 1000)
+            for path, row in zip(image, arr):
+                top = np.argsort(-row)[:5]
+                print(json.dumps({"image": str(path), "top5": [
+                    {"label": labels[i], "prob": round(float(row[i]), 6)} for i in top]}))
+        else:
+            print(json.dumps({name: arr.round(6).tolist()}))
 
 
 @endpoint_app.command("start")

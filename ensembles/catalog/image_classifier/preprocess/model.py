@@ -216,8 +216,11 @@ class TritonPythonModel:
         responses = []
         for i in range(len(requests)):
             if errors[i] is not None:
+                # the request's own input is at fault: INVALID_ARG (HTTP 400), not the default
+                # INTERNAL (HTTP 500, "server error", which clients may retry)
                 responses.append(pb_utils.InferenceResponse(
-                    output_tensors=[], error=pb_utils.TritonError(f"preprocess: {errors[i]}")))
+                    output_tensors=[], error=pb_utils.TritonError(
+                        f"preprocess: {errors[i]}", pb_utils.TritonError.INVALID_ARG)))
                 continue
             if counts[i]:
                 out = np.stack([results[(i, j)] for j in range(counts[i])])
