@@ -44,6 +44,10 @@ class TritonPythonModel:
                     pb_utils.Tensor("attention_mask", enc["attention_mask"].astype(np.int64)),
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+            except ValueError as e:  # the caller's input (e.g. not UTF-8): a 400, not a 500
+                responses.append(pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(f"preprocess: {e}", pb_utils.TritonError.INVALID_ARG)))
             except Exception as e:  # one bad request must not fail the others in the batch
                 responses.append(pb_utils.InferenceResponse(
                     output_tensors=[], error=pb_utils.TritonError(f"preprocess: {e}")))
