@@ -321,11 +321,21 @@ def test_real_text_embedding_ensemble(shared: Endpoint, client: Any, built_text_
     sample = Sample.from_json(manifest["sample"])
     for binary in (True, False):
         got = invoke(client, ENDPOINT, "text_embedding.tar.gz", sample.inputs, binary=binary)
-        value, per_item = min_cosine(sample.expected, got)
-        assert value >= 0.999, (binary, per_item)
+        value, extras = min_cosine(sample, got)
+        assert value >= 0.999, (binary, extras)
         (name, want), = sample.expected.items()
         assert got[name].shape == want.shape
     assert models(shared.url)["text_embedding.tar.gz"]["state"] == "loaded"
+
+    # bytes that are not UTF-8 are the caller's error: a 4xx ModelError naming the cause
+    bad = {"INPUT0": np.array([b"ok", b"\xff\xfe broken"], dtype=object).reshape(-1, 1)}
+    with pytest.raises(ClientError) as info:
+        invoke(client, ENDPOINT, "text_embedding.tar.gz", bad)
+    err = info.value.response
+    assert err["Error"]["Code"] == "ModelError" and err.get("OriginalStatusCode") == 400
+    assert "UTF-8" in err["Error"]["Message"]
+    got = invoke(client, ENDPOINT, "text_embedding.tar.gz", sample.inputs)  # still serving
+    assert min_cosine(sample, got)[0] >= 0.999
 
 
 # ---------------------------------------------------------------------------------- 3. unknown model
