@@ -44,11 +44,17 @@ def test_demo_writes_report(tmp_path: Path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads(report.read_text())
     assert doc["endpoint"] == "cli-demo"
-    (e,) = doc["ensembles"]
-    assert e["name"] == "text_embedding" and e["target"] == "local-cpu"
-    assert e["artifact"].startswith("file://") and len(e["sha256"]) == 64 and e["bytes"] > 1e6
-    assert e["validation"]["passed"] is True and e["validation"]["metric"] == "min_cosine"
-    assert e["validation"]["value"] >= 0.999
-    assert e["latency_ms"]["cold"] > 0 and e["latency_ms"]["p99"] >= e["latency_ms"]["p50"] > 0
+    text, image = doc["ensembles"]
+    for e in (text, image):
+        assert e["target"] == "local-cpu" and e["validation"]["passed"] is True
+        assert e["artifact"].startswith("file://") and len(e["sha256"]) == 64 and e["bytes"] > 1e6
+        assert e["latency_ms"]["cold"] > 0 and e["latency_ms"]["p99"] >= e["latency_ms"]["p50"] > 0
+    assert text["name"] == "text_embedding" and text["validation"]["metric"] == "min_cosine"
+    assert text["validation"]["value"] >= 0.999
+    assert image["name"] == "image_classifier" and image["validation"]["metric"] == "top1_is_cat"
+    assert image["validation"]["value"] == 1.0
+    assert [t["label"] for t in image["top5"][:3]] == ["Egyptian cat", "tiger cat", "tabby"]
+    assert image["top5"][0]["prob"] > 0.3
+    assert "Egyptian cat" in r.stdout  # the top-5 table is printed
     # the demo stops its endpoint: no state file, no server left
     assert not (tmp_path / "home" / "endpoints" / "cli-demo" / "endpoint.json").exists()
