@@ -26,7 +26,6 @@ from botocore.exceptions import ClientError
 from ensembles.catalog import CATALOG_DIR, load_ensemble
 from ensembles.render import parse_pbtxt, render_repository
 from infra.runtime_client import encode_request, invoke, runtime_client_for
-from tasks.classifiers import CAT_CLASSES
 from tasks.verify import sample_image
 
 ENS = "image_classifier"
