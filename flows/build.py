@@ -48,7 +48,7 @@ def load_spec_task(ensemble: str) -> tuple[EnsembleSpec, Path]:
 
 
 @task(name="produce-artifact", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
-      retry_condition_fn=retry_transient, timeout_seconds=1800)
+      retry_condition_fn=retry_transient, timeout_seconds=4 * 3600)
 def produce_task(spec: EnsembleSpec, name: str, work: Path, produced: dict[str, Path]) -> tuple[Path, dict]:
     t0 = time.perf_counter()
     path, meta = produce(spec, name, work / name, produced)

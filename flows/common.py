@@ -20,7 +20,10 @@ def is_transient(exc: BaseException | None) -> bool:
     if exc is None:
         return False
     from infra.triton_server import TritonStartError
+    from tasks.compile import CompileTimeout
 
+    if isinstance(exc, CompileTimeout):  # an hour-long compile that timed out will again
+        return False
     return isinstance(exc, TRANSIENT + (TritonStartError,))
 
 

@@ -21,13 +21,22 @@ class NotAvailableHere(RuntimeError):
     """The producer needs something this host lacks (a GPU, TensorRT, Docker, conda)."""
 
 
-def _needs_gpu_build(what: str) -> Callable[..., tuple[Path, dict]]:
-    def producer(out_dir: Path, **params: object) -> tuple[Path, dict]:
-        raise NotAvailableHere(
-            f"{what} is part of the sagemaker-gpu build path, which is not implemented yet "
-            f"(TensorRT compile and env packing); build with target local-cpu, or render "
-            f"the sagemaker-gpu configs with `mme render --target sagemaker-gpu`")
-    return producer
+def _compile_tensorrt(out_dir: Path, **params: object) -> tuple[Path, dict]:
+    from tasks.compile import CompileUnavailable, compile_tensorrt
+
+    try:
+        return compile_tensorrt(out_dir, **params)  # type: ignore[arg-type]
+    except CompileUnavailable as e:
+        raise NotAvailableHere(f"compile_tensorrt: {e}") from e
+
+
+def _pack_python_env(out_dir: Path, **params: object) -> tuple[Path, dict]:
+    from tasks.envpack import EnvPackUnavailable, pack_python_env
+
+    try:
+        return pack_python_env(out_dir, **params)  # type: ignore[arg-type]
+    except EnvPackUnavailable as e:
+        raise NotAvailableHere(f"pack_python_env: {e}") from e
 
 
 PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
@@ -38,8 +47,8 @@ PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
     "imagenet_labels": imagenet_labels,
     "fetch_model_file": fetch_model_file,
     "serialize_dali_pipeline": serialize_pipeline,
-    "compile_tensorrt": _needs_gpu_build("compile_tensorrt"),
-    "pack_python_env": _needs_gpu_build("pack_python_env"),
+    "compile_tensorrt": _compile_tensorrt,
+    "pack_python_env": _pack_python_env,
 }
 
 
