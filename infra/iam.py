@@ -1,0 +1,173 @@
+"""Least-privilege IAM documents for the SageMaker endpoint's execution role.
+
+The execution role is what SageMaker assumes to pull the Triton image, download
+model tarballs from S3 and write the container's logs and metrics.  An MME loads
+whatever ``TargetModel`` names under its model prefix, so the role is the real
+boundary: it may read that prefix and nothing else in the bucket.  The documents
+are plain dicts (``json.dumps`` them for IAM) so they can be reviewed, diffed and
+tested without AWS.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from infra.sagemaker import (
+    TRITON_DLC_ACCOUNTS,
+    TRITON_LEGACY_ACCOUNTS,
+    TRITON_REPOSITORY,
+)
+
+POLICY_VERSION = "2012-10-17"
+ENDPOINT_METRICS_NAMESPACE = "/aws/sagemaker/Endpoints"
+
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_ACCOUNT_RE = re.compile(r"^\d{12}$")
+_REGION_RE = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_IMAGE_RE = re.compile(
+    r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com(?:\.cn)?"
+    r"/(?P<repo>[a-z0-9][a-z0-9._/-]*?)(?::[\w.-]+)?(?:@sha256:[0-9a-f]{64})?$")
+_WILDCARDS = ("*", "?", "$")  # '$' would start an IAM policy variable
+
+
+def partition(region: str) -> str:
+    """The ARN partition of a region (``aws``, ``aws-cn``, ``aws-us-gov``)."""
+    if region.startswith("cn-"):
+        return "aws-cn"
+    if region.startswith("us-gov-"):
+        return "aws-us-gov"
+    return "aws"
+
+
+def _check_literal(what: str, value: str) -> str:
+    """Refuse IAM wildcards/variables: they would silently widen a least-privilege grant."""
+    if any(ch in value for ch in _WILDCARDS):
+        raise ValueError(f"{what} {value!r} contains an IAM wildcard or variable ('*', '?', '$')")
+    return value
+
+
+def ecr_repository_arn(image_uri: str) -> str:
+    """``arn:aws:ecr:<region>:<account>:repository/<repo>`` of an ECR image URI."""
+    m = _IMAGE_RE.match(image_uri)
+    if m is None:
+        raise ValueError(f"not an ECR image URI: {image_uri!r}")
+    return (f"arn:{partition(m['region'])}:ecr:{m['region']}:{m['account']}:"
+            f"repository/{m['repo']}")
+
+
+def triton_repository_arns(region: str) -> list[str]:
+    """The ``sagemaker-tritonserver`` repositories SageMaker's Triton images live in, for ``region``."""
+    accounts = sorted({a for a in (TRITON_LEGACY_ACCOUNTS.get(region), TRITON_DLC_ACCOUNTS.get(region)) if a})
+    if not accounts:
+        raise ValueError(f"no known Triton image account for region {region!r}; pass ecr_repository_arns")
+    return [f"arn:{partition(region)}:ecr:{region}:{a}:repository/{TRITON_REPOSITORY}" for a in accounts]
+
+
+def endpoint_execution_policy(
+    bucket: str,
+    model_prefix: str,
+    *,
+    region: str,
+    account_id: str,
+    ecr_repository_arns: Sequence[str] | None = None,
+    log_group_prefix: str = "/aws/sagemaker/Endpoints",
+    endpoint_name: str | None = None,
+    kms_key_arns: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Identity policy for the endpoint's execution role, granting only what an MME needs.
+
+    - ``s3:GetObject`` on ``bucket/model_prefix/*`` and ``s3:ListBucket`` on the bucket
+      restricted by ``s3:prefix`` to ``model_prefix/``: the endpoint can read its models
+      and nothing else (the trailing '/' keeps ``models/ep`` from reaching ``models/ep2``);
+    - ECR pull: ``ecr:GetAuthorizationToken`` (which has no resource-level form, hence
+      ``*``) and the layer/image reads on the Triton image repositories only (default:
+      :func:`triton_repository_arns`; pass ``[ecr_repository_arn(plan.image_uri)]`` to pin one);
+    - CloudWatch Logs on the endpoint's log group (``<log_group_prefix>/<endpoint_name>``,
+      or every endpoint log group under the prefix when no name is given);
+    - ``cloudwatch:PutMetricData`` only in the ``/aws/sagemaker/Endpoints`` namespace;
+    - ``kms:Decrypt`` on ``kms_key_arns`` when the tarballs are SSE-KMS encrypted.
+    """
+    if not _BUCKET_RE.match(bucket or ""):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+    prefix = _check_literal("model prefix", (model_prefix or "").strip("/"))
+    if not prefix:
+        raise ValueError("model_prefix must not be empty: the role would read the whole bucket")
+    if not _REGION_RE.match(region or ""):
+        raise ValueError(f"invalid region {region!r}")
+    if not _ACCOUNT_RE.match(account_id or ""):
+        raise ValueError(f"invalid AWS account id {account_id!r}: 12 digits expected")
+    part = partition(region)
+    repos = list(ecr_repository_arns) if ecr_repository_arns is not None else triton_repository_arns(region)
+    if not repos:
+        raise ValueError("ecr_repository_arns is empty: the endpoint could not pull its image")
+    for arn in repos:
+        if not arn.startswith(f"arn:{part}:ecr:") or ":repository/" not in arn:
+            raise ValueError(f"not an ECR repository ARN: {arn!r}")
+        _check_literal("ECR repository ARN", arn)
+    log_prefix = log_group_prefix.rstrip("/")
+    if endpoint_name is not None:
+        log_group = f"{log_prefix}/{_check_literal('endpoint name', endpoint_name)}"
+    else:
+        log_group = f"{log_prefix}/*"
+    log_group_arn = f"arn:{part}:logs:{region}:{account_id}:log-group:{log_group}"
+
+    statements: list[dict[str, Any]] = [
+        {
+            "Sid": "ReadModelObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:{part}:s3:::{bucket}/{prefix}/*"],
+        },
+        {
+            "Sid": "ListModelPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [f"arn:{part}:s3:::{bucket}"],
+            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/", f"{prefix}/*"]}},
+        },
+        {
+            "Sid": "EcrAuthToken",
+            "Effect": "Allow",
+            "Action": ["ecr:GetAuthorizationToken"],
+            "Resource": "*",
+        },
+        {
+            "Sid": "PullTritonImage",
+            "Effect": "Allow",
+            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            "Resource": repos,
+        },
+        {
+            "Sid": "EndpointLogs",
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams",
+                       "logs:PutLogEvents"],
+            "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
+        },
+        {
+            "Sid": "EndpointMetrics",
+            "Effect": "Allow",
+            "Action": ["cloudwatch:PutMetricData"],
+            "Resource": "*",  # PutMetricData has no resource-level form; the namespace is the limit
+            "Condition": {"StringEquals": {"cloudwatch:namespace": ENDPOINT_METRICS_NAMESPACE}},
+        },
+    ]
+    if kms_key_arns:
+        keys = [_check_literal("KMS key ARN", k) for k in kms_key_arns]
+        statements.append({"Sid": "DecryptModelObjects", "Effect": "Allow",
+                           "Action": ["kms:Decrypt"], "Resource": keys})
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def trust_policy() -> dict[str, Any]:
+    """Trust policy letting SageMaker (and only SageMaker) assume the execution role."""
+    return {
+        "Version": POLICY_VERSION,
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"Service": "sagemaker.amazonaws.com"},
+            "Action": "sts:AssumeRole",
+        }],
+    }
