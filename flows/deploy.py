@@ -20,19 +20,17 @@ import httpx
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
 from flows.common import human_bytes, retry_transient, short
 from infra import paths
+from flows.sagemaker_backend import SageMakerOptions, deploy_sagemaker
 from infra.endpoint_process import EndpointInfo, start_background
 from tasks.package import read_manifest
 from tasks.publish import (Published, model_data_url, publish_artifact, read_ledger,
                            restore_previous, write_ledger)
-from tasks.validate import direct_triton_latency, validate_deployed
-
-
-class DeployValidationFailed(RuntimeError):
-    pass
+from tasks.validate import DeployValidationFailed, direct_triton_latency, validate_deployed
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=3,
@@ -80,20 +78,72 @@ def validate_task(info: EndpointInfo, endpoint: str, manifest: dict[str, Any],
     return result
 
 
+@task(name="deploy-sagemaker", cache_policy=NO_CACHE, retries=1,
+      retry_condition_fn=retry_transient, timeout_seconds=3 * 3600)
+def deploy_sagemaker_task(manifests: list[dict[str, Any]], endpoint: str, store_uri: str,
+                          opts: SageMakerOptions, warm_invocations: int, dry_run: bool) -> dict[str, Any]:
+    log = get_run_logger().info
+    backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
+    try:
+        return deploy_sagemaker(manifests, endpoint, store_uri, opts, backup_dir=backup_dir,
+                                warm_invocations=warm_invocations, dry_run=dry_run, log=log)
+    finally:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+
+def _record(store_uri: str, endpoint: str, models_url: str, manifests: list[dict[str, Any]],
+            published: list[Published], extra: dict[str, Any] | None = None) -> None:
+    ledger = read_ledger(store_uri, endpoint)
+    ledger["endpoint"] = endpoint
+    ledger["model_data_url"] = models_url
+    ledger.update(extra or {})
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for m, pub in zip(manifests, published):
+        ledger["ensembles"][m["ensemble"]] = {"target_model": pub.target_model, "key": pub.key,
+                                              "uri": pub.uri, "sha256": pub.sha256,
+                                              "model_data_url": models_url, "deployed_at": now}
+    write_ledger(store_uri, endpoint, ledger)
+
+
 @flow(name="deploy", log_prints=True)
 def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
-           backend: Literal["local"] = "local", target: str = "local-cpu",
+           backend: Literal["local", "sagemaker"] = "local", target: str | None = None,
            artifacts_dir: str | None = None, store_uri: str | None = None,
-           warm_invocations: int = 20) -> dict[str, Any]:
-    """Publish ``ensembles`` (already built) to ``endpoint`` and validate each by TargetModel."""
+           warm_invocations: int = 20, sagemaker: SageMakerOptions | None = None,
+           dry_run: bool = False) -> dict[str, Any]:
+    """Publish ``ensembles`` (already built) to ``endpoint`` and validate each by TargetModel.
+
+    ``backend="local"``: the embedded store and the local multi-model endpoint.
+    ``backend="sagemaker"``: ``store_uri`` is ``s3://bucket/prefix`` and ``sagemaker`` says
+    where and how the endpoint runs; ``dry_run`` lists every AWS call without making one.
+    """
     log = get_run_logger()
-    if backend != "local":
-        raise ValueError(f"backend {backend!r} is not available yet; use backend='local'")
     ensembles = ensembles or ["text_embedding"]
+    target = target or ("sagemaker-gpu" if backend == "sagemaker" else "local-cpu")
     art_dir = Path(artifacts_dir).expanduser() if artifacts_dir else paths.artifacts_dir(target)
+    manifests = [read_manifest(art_dir, name) for name in ensembles]  # fail before any upload
+    if backend == "sagemaker":
+        if sagemaker is None or not store_uri:
+            raise ValueError("backend 'sagemaker' needs store_uri (s3://bucket/prefix) and "
+                             "sagemaker options (role_arn, region, instance type...)")
+        with concurrency(f"endpoint-{endpoint}", occupy=1):
+            result = deploy_sagemaker_task(manifests, endpoint, store_uri, sagemaker,
+                                           warm_invocations, dry_run)
+        if not dry_run:
+            _record(store_uri, endpoint, result["model_data_url"].rstrip("/"), manifests,
+                    result.pop("published"),
+                    {"backend": "sagemaker", "region": sagemaker.region, "plan": result["plan"]})
+            _summary(result)
+        return result
     store_uri = store_uri or paths.store_uri()
     models_url = model_data_url(store_uri, endpoint)
-    manifests = [read_manifest(art_dir, name) for name in ensembles]  # fail before any upload
+    if dry_run:
+        from flows.sagemaker_backend import publish_actions
+
+        return {"endpoint": endpoint, "dry_run": True,
+                "calls": publish_actions(manifests, models_url)
+                + [f"start or reuse the local endpoint {endpoint}"]
+                + [f"invoke TargetModel={m['target_model']} (validation)" for m in manifests]}
 
     backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
     published: list[Published] = []
@@ -123,28 +173,23 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     finally:
         shutil.rmtree(backup_dir, ignore_errors=True)
 
-    ledger = read_ledger(store_uri, endpoint)
-    ledger["endpoint"] = endpoint
-    ledger["model_data_url"] = models_url
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    entries = []
-    for m, pub, r in zip(manifests, published, results):
-        ledger["ensembles"][m["ensemble"]] = {"target_model": pub.target_model, "key": pub.key,
-                                              "uri": pub.uri, "sha256": pub.sha256,
-                                              "model_data_url": models_url,
-                                              "deployed_at": now}
-        entries.append({"name": m["ensemble"], "target": m["target"], "artifact": pub.uri,
-                        "sha256": pub.sha256, "bytes": pub.bytes, "uploaded": pub.uploaded,
-                        **r})
-    write_ledger(store_uri, endpoint, ledger)
+    _record(store_uri, endpoint, models_url, manifests, published)
+    entries = [{"name": m["ensemble"], "target": m["target"], "artifact": pub.uri,
+                "sha256": pub.sha256, "bytes": pub.bytes, "uploaded": pub.uploaded, **r}
+               for m, pub, r in zip(manifests, published, results)]
+    result = {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,
+              "ensembles": entries, "endpoint_info": asdict(info)}
+    _summary(result)
+    return result
+
+
+def _summary(result: dict[str, Any]) -> None:
     create_table_artifact(
         key="deploy-summary",
         table=[{"ensemble": e["name"], "sha256": short(e["sha256"]), "size": human_bytes(e["bytes"]),
-                "uri": e["artifact"], "endpoint": info.url,
+                "uri": e["artifact"], "endpoint": result["url"],
                 "validation": f"{e['validation']['metric']}={e['validation']['value']:.6f}",
                 "cold_ms": e["latency_ms"]["cold"], "p50_ms": e["latency_ms"]["p50"],
-                "p99_ms": e["latency_ms"]["p99"]} for e in entries],
-        description=f"Deployed to endpoint {endpoint} ({info.url})",
+                "p99_ms": e["latency_ms"]["p99"]} for e in result["ensembles"]],
+        description=f"Deployed to endpoint {result['endpoint']} ({result['url']})",
     )
-    return {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,
-            "ensembles": entries, "endpoint_info": asdict(info)}

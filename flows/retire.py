@@ -25,9 +25,11 @@ def retire_ensemble_task(store_uri: str, endpoint: str, ensemble: str, ledger: d
     entry = ledger["ensembles"].get(ensemble)
     if entry is None:
         return f"{ensemble}: not deployed to {endpoint} by us; nothing removed"
-    running = find_running(endpoint)
+    running = find_running(endpoint) if ledger.get("backend", "local") == "local" else None
     if running:
         httpx.delete(f"{running.url}/models/{entry['target_model']}", timeout=120).raise_for_status()
+    # (on SageMaker a deleted object stays loaded on instances that have it until SageMaker
+    # unloads it; requests for it fail once it is unloaded)
     # keys in the ledger are relative to the store opened at the endpoint's model prefix
     store, _ = open_store(entry.get("model_data_url") or ledger["model_data_url"])
     try:
@@ -42,7 +44,7 @@ def retire_ensemble_task(store_uri: str, endpoint: str, ensemble: str, ledger: d
         store.delete(entry["key"])
         outcome = f"deleted {entry['uri']}"
     del ledger["ensembles"][ensemble]
-    return f"{ensemble}: unloaded; {outcome}"
+    return f"{ensemble}: {'unloaded; ' if running else ''}{outcome}"
 
 
 @flow(name="retire", log_prints=True)
@@ -56,7 +58,14 @@ def retire(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     names = list(ensembles) if ensembles else list(ledger["ensembles"])
     lines = [retire_ensemble_task(store_uri, endpoint, n, ledger) for n in names]
     write_ledger(store_uri, endpoint, ledger)
-    if stop_endpoint or not ensembles:
+    if (stop_endpoint or not ensembles) and ledger.get("backend") == "sagemaker":
+        from flows.sagemaker_backend import retire_sagemaker_endpoint
+
+        calls = retire_sagemaker_endpoint(ledger["plan"], ledger["region"], log=log.info)
+        lines.append(f"endpoint {endpoint}: deleted on SageMaker ({', '.join(calls) or 'nothing to delete'})")
+        ledger.pop("plan", None)
+        write_ledger(store_uri, endpoint, ledger)
+    elif stop_endpoint or not ensembles:
         was_running = stop(endpoint)
         shutil.rmtree(paths.endpoint_dir(endpoint) / "cache", ignore_errors=True)
         lines.append(f"endpoint {endpoint}: {'stopped' if was_running else 'was not running'}; cache removed")

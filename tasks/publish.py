@@ -98,7 +98,7 @@ def read_ledger(store_uri: str, endpoint: str) -> dict[str, Any]:
 
 def write_ledger(store_uri: str, endpoint: str, ledger: dict[str, Any]) -> None:
     store, key = _ledger_location(store_uri, endpoint)
-    if ledger.get("ensembles") or ledger.get("endpoint_config"):
+    if ledger.get("ensembles") or ledger.get("plan"):
         store.put_bytes(key, json.dumps(ledger, indent=2, sort_keys=True).encode())
     else:
         store.delete(key)

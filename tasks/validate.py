@@ -15,6 +15,10 @@ from infra.runtime_client import decode_response, encode_request, invoke, runtim
 from tasks.verify import Sample, score
 
 
+class DeployValidationFailed(RuntimeError):
+    """An ensemble answered wrongly on the endpoint: the deploy was rolled back."""
+
+
 def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q)) if xs else 0.0
 

@@ -1,0 +1,146 @@
+"""build -> deploy -> validate -> retire on the `sagemaker` backend, with moto for AWS.
+
+S3, SageMaker and Application Auto Scaling are moto's. moto's sagemaker-runtime answers with a
+canned body, so the validation invokes go to the local multi-model endpoint, which reads the
+SAME moto S3 model prefix the MME was created with: the request path the SageMaker runtime
+would serve, over a real Triton. (Those artifacts are the local-cpu builds: the GPU ones need a
+GPU Triton.)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from moto import mock_aws
+
+from infra.local_mme import EndpointConfig, LocalEndpoint
+from infra.runtime_client import runtime_client_for
+from infra.tarball import pack_deterministic, safe_extract
+
+pytestmark = [pytest.mark.prefect, pytest.mark.triton]
+
+REGION = "us-east-1"
+BUCKET = "mme-models"
+STORE = f"s3://{BUCKET}/mme"
+ROLE = "arn:aws:iam::123456789012:role/mme-endpoint"
+EP = "text-mme"
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch):
+    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(var, value)
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+        yield
+
+
+@pytest.fixture
+def runtime(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The local endpoint serving the MME's S3 model prefix, and clients bound to moto."""
+    from test_sagemaker import SageMakerWithUpdate
+
+    import flows.sagemaker_backend as backend
+
+    cfg = EndpointConfig(name=EP, model_data_url=f"{STORE}/models/{EP}", cache_dir=tmp_path / "cache")
+    with LocalEndpoint(cfg) as ep:
+
+        class NewFleetOnUpdate(SageMakerWithUpdate):
+            """UpdateEndpoint brings up a new fleet, which starts with no model loaded."""
+
+            def update_endpoint(self, **params: Any) -> dict[str, Any]:
+                out = super().update_endpoint(**params)
+                for m in httpx.get(f"{ep.url}/models").json()["models"]:
+                    httpx.delete(f"{ep.url}/models/{m['target_model']}").raise_for_status()
+                return out
+
+        sm_client = NewFleetOnUpdate(boto3.client("sagemaker", region_name=REGION))
+
+        def clients(region: str, runtime_url: str | None) -> dict[str, Any]:
+            return {"sagemaker": sm_client,
+                    "application-autoscaling": boto3.client("application-autoscaling", region_name=region),
+                    "runtime": runtime_client_for(ep.url, region=region)}
+
+        monkeypatch.setattr(backend, "CLIENT_FACTORY", clients)
+        yield ep, sm_client
+
+
+def _tampered(built: dict, tmp_path: Path) -> Path:
+    """A second build whose pooling negates the embedding: loads fine, answers wrongly."""
+    repo = safe_extract(built["archive"], tmp_path / "tamper")
+    model_py = repo / "text_embedding__postprocess" / "1" / "model.py"
+    model_py.write_text(model_py.read_text().replace("(pooled / norms)", "(-pooled / norms)"))
+    out = tmp_path / "tampered"
+    out.mkdir()
+    sha, size = pack_deterministic(repo, out / "text_embedding.tar.gz")
+    doc = json.loads((built["output_dir"] / "text_embedding.manifest.json").read_text())
+    doc.update(sha256=sha, bytes=size, artifact=(out / "text_embedding.tar.gz").as_uri())
+    (out / "text_embedding.manifest.json").write_text(json.dumps(doc))
+    return out
+
+
+def test_deploy_validate_rollback_retire(built_text_embedding: dict, runtime, tmp_path: Path,
+                                         prefect_harness):
+    from flows.deploy import deploy
+    from flows.retire import retire
+    from flows.sagemaker_backend import SageMakerOptions
+    from tasks.validate import DeployValidationFailed
+
+    ep, sm_client = runtime
+    s3 = boto3.client("s3", region_name=REGION)
+    key = f"mme/models/{EP}/text_embedding.tar.gz"
+    art = str(built_text_embedding["output_dir"])
+    opts = SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09",
+                            autoscaling_max=2, poll_s=0)
+    common = dict(ensembles=["text_embedding"], endpoint=EP, backend="sagemaker", target="local-cpu",
+                  artifacts_dir=art, store_uri=STORE, warm_invocations=2)
+
+    # dry run: every call listed, nothing made
+    dry = deploy(**common, sagemaker=opts, dry_run=True)
+    text = "\n".join(dry["calls"])
+    for op in ("PutObject", "create_model", "create_endpoint_config", "create_endpoint",
+               "wait_in_service", "register_scalable_target", "put_scaling_policy", "InvokeEndpoint"):
+        assert op in text, (op, text)
+    assert "MultiModel" in text and "sagemaker-tritonserver:24.09-py3" in dry["image"]
+    assert sm_client.list_endpoints()["Endpoints"] == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")
+
+    first = deploy(**common, sagemaker=opts)
+    assert first["ensembles"][0]["validation"]["passed"] and first["ensembles"][0]["uploaded"]
+    assert "sagemaker.create_endpoint" in first["calls"]
+    desc = sm_client.describe_endpoint(EndpointName=EP)
+    assert desc["EndpointStatus"] == "InService"
+    model = sm_client.describe_model(ModelName=first["plan"]["endpoint_name"] and
+                                     sm_client.describe_endpoint_config(
+                                         EndpointConfigName=desc["EndpointConfigName"])
+                                     ["ProductionVariants"][0]["ModelName"])
+    assert model["PrimaryContainer"]["Mode"] == "MultiModel"
+    assert model["PrimaryContainer"]["ModelDataUrl"] == f"{STORE}/models/{EP}/"
+    head = s3.head_object(Bucket=BUCKET, Key=key)
+    assert head["Metadata"]["sha256"] == built_text_embedding["manifest"]["sha256"]
+    first_config = desc["EndpointConfigName"]
+
+    # idempotent: same inputs, no control-plane call, no upload
+    again = deploy(**common, sagemaker=opts)
+    assert again["calls"] == [] and not again["ensembles"][0]["uploaded"]
+
+    # a new build that answers wrongly, with a new fleet size: rolled back, old object restored
+    bigger = opts.model_copy(update={"instance_count": 2, "autoscaling_max": 3})
+    with pytest.raises(DeployValidationFailed, match="min_cosine"):
+        deploy(**{**common, "artifacts_dir": str(_tampered(built_text_embedding, tmp_path))},
+               sagemaker=bigger)
+    assert sm_client.describe_endpoint(EndpointName=EP)["EndpointConfigName"] == first_config
+    assert [u["EndpointConfigName"] for u in sm_client.updates][-1] == first_config
+    assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == \
+        built_text_embedding["manifest"]["sha256"]
+
+    lines = retire(endpoint=EP, store_uri=STORE, stop_endpoint=True)
+    assert any("deleted" in line for line in lines)
+    assert sm_client.list_endpoints()["Endpoints"] == []
+    assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")
