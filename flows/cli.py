@@ -35,7 +35,7 @@ def _fail(message: str) -> None:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the input's fault or a refused step: shown as one clear line."""
     from ensembles.spec import SpecError
-    from flows.deploy import DeployValidationFailed
+    from tasks.validate import DeployValidationFailed
     from infra.endpoint_process import EndpointStartError
     from infra.store import StoreError
     from tasks.dali import DaliPipelineError
@@ -43,8 +43,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tasks.produce import NotAvailableHere
     from tasks.verify import VerificationFailed
 
+    from infra.sagemaker import SageMakerDeployError
+
     return (SpecError, VerificationFailed, DeployValidationFailed, EndpointStartError, StoreError,
-            NotAvailableHere, DaliPipelineError, FetchError, FileNotFoundError)
+            NotAvailableHere, DaliPipelineError, FetchError, FileNotFoundError,
+            SageMakerDeployError, ValueError)
 
 
 def _run_flow(fn, **kwargs):
@@ -101,16 +104,67 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
 @app.command()
 def deploy(ensembles: list[str] = typer.Argument(None),
            endpoint: str = typer.Option("local-mme"),
-           backend: str = typer.Option("local", help="local (sagemaker: see the README)"),
-           target: str = typer.Option("local-cpu"),
+           backend: str = typer.Option("local", help="local, or sagemaker"),
+           target: Optional[str] = typer.Option(None, help="default: local-cpu (local), sagemaker-gpu (sagemaker)"),
+           store: Optional[str] = typer.Option(None, help="object store: default the embedded one; "
+                                               "s3://bucket/prefix for sagemaker"),
+           region: str = typer.Option("us-east-1", help="sagemaker: AWS region"),
+           role_arn: Optional[str] = typer.Option(None, help="sagemaker: the endpoint's execution role"),
+           instance_type: str = typer.Option("ml.g4dn.xlarge", help="sagemaker: GPU instance type"),
+           instance_count: int = typer.Option(1, help="sagemaker: initial instance count"),
+           triton_release: str = typer.Option("24.09", help="sagemaker: Triton container YY.MM"),
+           autoscaling_max: Optional[int] = typer.Option(None, help="sagemaker: enable autoscaling up to N"),
+           autoscaling_min: Optional[int] = typer.Option(None),
+           target_invocations: float = typer.Option(200.0, help="sagemaker: invocations per instance per minute"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="print every call, make none"),
            warm_invocations: int = typer.Option(20)) -> None:
-    """Publish built ensembles, start or reuse the endpoint, validate each by TargetModel."""
+    """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
     from flows.deploy import deploy as deploy_flow
 
+    options = None
+    if backend == "sagemaker":
+        from flows.sagemaker_backend import SageMakerOptions
+
+        if not store or not store.startswith("s3://"):
+            _fail("--backend sagemaker needs --store s3://bucket/prefix")
+        if not role_arn and not dry_run:
+            _fail("--backend sagemaker needs --role-arn (see `mme iam-policy`)")
+        options = SageMakerOptions(
+            region=region, role_arn=role_arn or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
+            instance_type=instance_type, instance_count=instance_count, triton_release=triton_release,
+            autoscaling_min=autoscaling_min, autoscaling_max=autoscaling_max,
+            target_invocations_per_instance=target_invocations)
     result = _run_flow(deploy_flow, ensembles=ensembles or None, endpoint=endpoint,
-                       backend=backend, target=target, warm_invocations=warm_invocations)
+                       backend=backend, target=target, store_uri=store,
+                       warm_invocations=warm_invocations, sagemaker=options, dry_run=dry_run)
+    if dry_run:
+        print(f"# dry run: what deploying to {endpoint} ({backend}) would do, in order")
+        for line in result["calls"]:
+            print(line)
+        if result.get("hourly_cost_usd") is not None:
+            print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
+                  f"({instance_count} x {instance_type}, on-demand, before autoscaling)")
+        return
     _print_deploy(result)
+
+
+@app.command("iam-policy")
+def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., help="the store prefix"),
+               endpoint: str = typer.Option(...), region: str = typer.Option("us-east-1"),
+               account_id: str = typer.Option(..., help="your AWS account id"),
+               triton_release: str = typer.Option("24.09")) -> None:
+    """Print the least-privilege policy (and trust policy) for the endpoint's execution role."""
+    from infra import iam, sagemaker as sm
+
+    try:
+        image = sm.triton_image_uri(region, triton_release)
+        policy = iam.endpoint_execution_policy(
+            bucket, f"{prefix.strip('/')}/models/{endpoint}", region=region, account_id=account_id,
+            ecr_repository_arns=[iam.ecr_repository_arn(image)], endpoint_name=endpoint)
+    except ValueError as e:
+        _fail(str(e))
+    print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))
 
 
 @app.command()

@@ -90,6 +90,10 @@ def publish_actions(manifests: list[dict[str, Any]], models_url: str) -> list[st
             same = store.head(key).sha256 == m["sha256"]
         except ObjectNotFound:
             same = False
+        except Exception as e:  # noqa: BLE001 - no credentials in a dry run: say so, go on
+            if "Credentials" not in type(e).__name__ and "credentials" not in str(e):
+                raise
+            same = False
         lines.append(f"s3.{'(unchanged, skipped) ' if same else ''}PutObject "
                      f"{store.uri_for(key)} ({m['bytes']} bytes, sha256 {m['sha256'][:12]})")
     return lines

@@ -58,3 +58,40 @@ def test_demo_writes_report(tmp_path: Path):
     assert "Egyptian cat" in r.stdout  # the top-5 table is printed
     # the demo stops its endpoint: no state file, no server left
     assert not (tmp_path / "home" / "endpoints" / "cli-demo" / "endpoint.json").exists()
+
+
+@pytest.mark.prefect
+def test_sagemaker_dry_run_prints_every_call_without_credentials(tmp_path: Path,
+                                                                 built_image_classifier: dict):
+    """`mme deploy --backend sagemaker --dry-run`: every AWS call, none made (no credentials)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=str(tmp_path / "none"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), PREFECT_HOME=str(tmp_path / "pf"))
+    r = subprocess.run(MME + ["deploy", "image_classifier", "--backend", "sagemaker", "--target",
+                              "local-cpu", "--store", "s3://my-bucket/mme", "--endpoint", "dry-mme",
+                              "--autoscaling-max", "3", "--dry-run"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    ops = ["s3.PutObject s3://my-bucket/mme/models/dry-mme/image_classifier.tar.gz",
+           "sagemaker.create_model", "sagemaker.create_endpoint_config", "sagemaker.create_endpoint(",
+           "sagemaker.wait_in_service", "application-autoscaling.register_scalable_target",
+           "application-autoscaling.put_scaling_policy", "sagemaker-runtime.InvokeEndpoint"]
+    positions = [next(i for i, line in enumerate(lines) if op in line) for op in ops]
+    assert positions == sorted(positions), "calls must be listed in the order they would run"
+    assert '"Mode": "MultiModel"' in r.stdout and "sagemaker-tritonserver:24.09-py3" in r.stdout
+    assert "/hour" in r.stdout
+
+
+def test_iam_policy_is_scoped_to_the_model_prefix():
+    bad = _run(["iam-policy", "--bucket", "b", "--prefix", "mme", "--endpoint", "ep",
+                "--account-id", "123456789012"])
+    assert bad.returncode == 2 and "invalid S3 bucket name 'b'" in bad.stderr
+    r = _run(["iam-policy", "--bucket", "my-models", "--prefix", "mme", "--endpoint", "ep",
+              "--account-id", "123456789012"])
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    resources = json.dumps(doc["PolicyDocument"])
+    assert "arn:aws:s3:::my-models/mme/models/ep/*" in resources
+    assert "arn:aws:s3:::my-models/*" not in resources
+    assert doc["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] == "sagemaker.amazonaws.com"
