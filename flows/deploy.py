@@ -10,6 +10,7 @@ what it served before) and the flow fails saying why.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import tempfile
 from dataclasses import asdict
@@ -18,12 +19,11 @@ from typing import Any, Literal
 
 import httpx
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_link_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.concurrency.sync import concurrency
 from prefect.tasks import exponential_backoff
 
-from flows.common import human_bytes, retry_transient, short
+from flows.common import endpoint_lock, human_bytes, retry_transient, short
 from infra import paths
 from flows.sagemaker_backend import SageMakerOptions, deploy_sagemaker
 from infra.endpoint_process import EndpointInfo, start_background
@@ -117,7 +117,6 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     ``backend="sagemaker"``: ``store_uri`` is ``s3://bucket/prefix`` and ``sagemaker`` says
     where and how the endpoint runs; ``dry_run`` lists every AWS call without making one.
     """
-    log = get_run_logger()
     ensembles = ensembles or ["text_embedding"]
     target = target or ("sagemaker-gpu" if backend == "sagemaker" else "local-cpu")
     art_dir = Path(artifacts_dir).expanduser() if artifacts_dir else paths.artifacts_dir(target)
@@ -126,7 +125,7 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
         if sagemaker is None or not store_uri:
             raise ValueError("backend 'sagemaker' needs store_uri (s3://bucket/prefix) and "
                              "sagemaker options (role_arn, region, instance type...)")
-        with concurrency(f"endpoint-{endpoint}", occupy=1):
+        with endpoint_lock(endpoint):
             result = deploy_sagemaker_task(manifests, endpoint, store_uri, sagemaker,
                                            warm_invocations, dry_run)
         if not dry_run:
@@ -145,6 +144,15 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
                 + [f"start or reuse the local endpoint {endpoint}"]
                 + [f"invoke TargetModel={m['target_model']} (validation)" for m in manifests]}
 
+    with endpoint_lock(endpoint):  # a second deploy of this endpoint waits for this one
+        result = _deploy_local(manifests, endpoint, store_uri, models_url, warm_invocations)
+    _summary(result)
+    return result
+
+
+def _deploy_local(manifests: list[dict[str, Any]], endpoint: str, store_uri: str,
+                  models_url: str, warm_invocations: int) -> dict[str, Any]:
+    log = get_run_logger()
     backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
     published: list[Published] = []
     info: EndpointInfo | None = None
@@ -179,7 +187,6 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
                for m, pub, r in zip(manifests, published, results)]
     result = {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,
               "ensembles": entries, "endpoint_info": asdict(info)}
-    _summary(result)
     return result
 
 
@@ -193,3 +200,13 @@ def _summary(result: dict[str, Any]) -> None:
                 "p99_ms": e["latency_ms"]["p99"]} for e in result["ensembles"]],
         description=f"Deployed to endpoint {result['endpoint']} ({result['url']})",
     )
+    for e in result["ensembles"]:  # ensemble -> artifact URI -> endpoint, clickable in the UI
+        create_link_artifact(key=_artifact_key(f"deployed-{e['name']}-{result['endpoint']}"),
+                             link=e["artifact"], link_text=f"{e['name']} on {result['endpoint']}",
+                             description=f"TargetModel {e['artifact'].rsplit('/', 1)[-1]} served by "
+                                         f"{result['endpoint']} ({result['url']}), sha256 {e['sha256']}")
+
+
+def _artifact_key(text: str) -> str:
+    """Prefect artifact keys: lowercase letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")

@@ -1,0 +1,29 @@
+"""The ``release`` flow: build one ensemble, then deploy it. What a new model triggers.
+
+The watcher (``flows/watch.py``) or the S3 -> EventBridge -> Lambda path
+(``infra/lambda_handler.py``) emits ``mme.model.landed`` with the ensemble as a resource
+label; the ``deploy-on-new-model`` deployment in ``prefect.yaml`` matches that event and runs
+this flow with ``ensemble`` taken from the event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from flows.build import build
+from flows.deploy import deploy
+
+
+@flow(name="release", log_prints=True)
+def release(ensemble: str, endpoint: str = "local-mme", target: str = "local-cpu",
+            source_uri: str | None = None, store_uri: str | None = None,
+            output_dir: str | None = None) -> dict[str, Any]:
+    """Rebuild ``ensemble`` (unchanged steps are cached) and deploy it to ``endpoint``."""
+    log = get_run_logger()
+    log.info("release of %s to %s (new source: %s)", ensemble, endpoint, source_uri or "n/a")
+    manifests = build(ensembles=[ensemble], target=target, output_dir=output_dir)
+    result = deploy(ensembles=[ensemble], endpoint=endpoint, target=target,
+                    artifacts_dir=output_dir, store_uri=store_uri)
+    return {"build": manifests, "deploy": {k: v for k, v in result.items() if k != "endpoint_info"}}
