@@ -42,6 +42,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from prefect import flow, get_run_logger
+from prefect.exceptions import MissingContextError
 
 from infra import paths
 from infra.lambda_handler import (
@@ -56,13 +57,13 @@ from infra.store import ObjectInfo, ObjectNotFound, ObjectStore, atomic_path, op
 
 STATE_VERSION = 1
 
-__all__ = ["Change", "change_reasons", "diff_listing", "default_state_uri", "scan", "watch"]
+__all__ = ["Change", "change_reasons", "default_state_uri", "diff_listing", "scan", "watch"]
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
     try:
         return get_run_logger()
-    except Exception:  # called outside a run
+    except MissingContextError:  # called outside a run
         return logging.getLogger("mme.watch")
 
 
@@ -203,14 +204,21 @@ def _flush_events(timeout: float = 30.0) -> None:
     """Wait until the queued events went out, so the state is only written after delivery.
 
     ``emit_event`` hands events to a background worker; draining it stops that worker (the
-    next ``emit_event`` starts a new one).  Best effort: a failure here is only logged.
+    next ``emit_event`` starts a new one).  Best effort: a failure here is only logged (and a
+    failed send is logged by Prefect's worker itself).  The worker's routine "Still
+    processing items" warning during a drain is muted: it is the drain working, not a problem.
     """
+    worker_log = logging.getLogger("EventsWorker")
+    level = worker_log.level
+    worker_log.setLevel(logging.ERROR)
     try:
         from prefect.events.worker import EventsWorker
 
         EventsWorker.drain_all(timeout=timeout, at_exit=False)
     except Exception as exc:  # noqa: BLE001
         _logger().warning("could not flush emitted events: %s", exc)
+    finally:
+        worker_log.setLevel(level)
 
 
 # --------------------------------------------------------------------------- flow
@@ -220,7 +228,7 @@ def _flush_events(timeout: float = 30.0) -> None:
 def watch(
     source_uri: str,
     state_uri: str | None = None,
-    suffixes: list[str] = list(DEFAULT_SUFFIXES),
+    suffixes: list[str] = list(DEFAULT_SUFFIXES),  # noqa: B006 - never mutated
     ensemble_map: dict[str, str] | None = None,
 ) -> list[dict]:
     """Emit ``mme.model.landed`` for each new or changed model file under ``source_uri``.

@@ -162,7 +162,7 @@ def _headers() -> dict[str, str]:
 
 
 def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.timezone.utc).isoformat()  # noqa: UP017 - dt.UTC is 3.11+, Lambda may run 3.9+
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -182,7 +182,7 @@ def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     ``bucket``, ``key`` (decoded), ``size``, ``etag``, ``sequencer``, ``occurred``, ``kind``.
     """
     if not isinstance(event, Mapping):
-        raise ValueError(f"unsupported Lambda event: expected a JSON object, got {type(event).__name__}")
+        raise TypeError(f"unsupported Lambda event: expected a JSON object, got {type(event).__name__}")
     if event.get("Event") == "s3:TestEvent":
         return []
     if event.get("source") == "aws.s3" and "detail" in event:
