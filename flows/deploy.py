@@ -7,7 +7,6 @@ a validation fails, the objects this deploy replaced are put back (the endpoint 
 what it served before) and the flow fails saying why.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 import re

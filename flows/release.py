@@ -6,7 +6,6 @@ label; the ``deploy-on-new-model`` deployment in ``prefect.yaml`` matches that e
 this flow with ``ensemble`` taken from the event.
 """
 
-from __future__ import annotations
 
 from typing import Any
 

@@ -4,7 +4,6 @@ Only what the deploy ledger says we published is deleted, and only if the object
 the digest we published (someone else's upload under the same name is left alone).
 """
 
-from __future__ import annotations
 
 import shutil
 from typing import Any

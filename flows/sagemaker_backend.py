@@ -10,7 +10,6 @@ served before (blue/green: SageMaker kept the old fleet until the new one was In
 the replaced S3 objects back, and fails the flow saying why.
 """
 
-from __future__ import annotations
 
 import concurrent.futures
 import dataclasses

@@ -29,7 +29,6 @@ stores an id once and its triggers skip ids already seen.  Deleted objects are d
 state and reported in the return value (``"change": "removed"``), never as events.
 """
 
-from __future__ import annotations
 
 import dataclasses
 import hashlib
