@@ -56,7 +56,7 @@ from prefect.tasks import exponential_backoff
 
 from ensembles.catalog import load_ensemble
 from ensembles.render import render_repository
-from ensembles.spec import EnsembleSpec, SpecError, Target, validate
+from ensembles.spec import EnsembleSpec, SpecError, validate
 from flows.common import human_bytes, retry_transient, short
 from infra import paths
 from tasks import cache

@@ -496,3 +496,19 @@ def open_store(uri: str, *, s3_client: Any = None) -> tuple[ObjectStore, str]:
                 raise StoreError(f"invalid store URI {uri!r}: {exc}") from None
         return S3Store(parts.netloc, client=s3_client), prefix
     raise StoreError(f"unsupported store URI {uri!r}: expected file://, s3:// or a local path")
+
+
+@contextmanager
+def file_lock(lock_path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path``: one builder per cache key, across threads and
+    processes (build caches, packed envs)."""
+    import fcntl
+
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)

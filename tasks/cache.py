@@ -33,8 +33,6 @@ Nothing here needs Prefect; flows.build wires it into its tasks.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -61,7 +59,7 @@ from urllib.request import url2pathname
 
 from ensembles.spec import EnsembleSpec, SpecError
 from infra import paths
-from infra.store import TMP_PREFIX, atomic_path
+from infra.store import TMP_PREFIX, atomic_path, file_lock
 
 LOGGER = logging.getLogger("mme.cache")
 
@@ -287,17 +285,13 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], where: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in params.items():
-        if isinstance(v, str) and v.startswith("artifact:"):
-            name = v.removeprefix("artifact:")
-            if name not in produced:
-                raise SpecError(f"{where}: parameter {k!r} needs artifact {name!r}, "
-                                f"which is not produced before it")
-            out[k] = {"artifact_content": content_hash(produced[name])}
-        else:
-            out[k] = v
-    return out
+    """The producer's parameters with each ``artifact:`` input replaced by its content hash."""
+    from tasks.produce import resolve_params
+
+    resolved = resolve_params(dict(params), dict(produced), where)
+    return {k: {"artifact_content": content_hash(v)}
+            if isinstance(params[k], str) and params[k].startswith("artifact:") else v
+            for k, v in resolved.items()}
 
 
 def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path],
@@ -388,16 +382,7 @@ def artifacts_root() -> Path:
     return cache_root() / "artifacts"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock``: one builder per key, across threads and processes."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+_locked = file_lock  # noqa: E305 - shared with the other caches
 
 
 @dataclass

@@ -45,9 +45,7 @@ for every ensemble that asks for the same requirements.
 
 from __future__ import annotations
 
-import contextlib
 import email.parser
-import fcntl
 import hashlib
 import json
 import logging
@@ -59,12 +57,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from infra import paths
-from infra.store import TMP_PREFIX, atomic_path, sha256_file
+from infra.store import TMP_PREFIX, atomic_path, file_lock, sha256_file
 from infra.tarball import pack_deterministic
 
 __all__ = [
@@ -561,16 +559,7 @@ def _resolve_method(method: str, platform: str, conda: str, which: Callable[[str
     return "conda" if host_ok and which(conda) and which("conda-pack") else "wheel"
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``lock_path``: one builder per cache key, across processes."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+b") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+_locked = file_lock  # noqa: E305 - shared with the other caches
 
 
 def _valid_entry(entry: Path, tar_name: str) -> dict | None:
