@@ -231,6 +231,28 @@ def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text
             print(json.dumps({name: arr.round(6).tolist()}))
 
 
+@app.command()
+def watch(source_uri: str = typer.Argument(..., help="file:///models or s3://bucket/models")) -> None:
+    """Scan a model source once and emit mme.model.landed for new or changed model files."""
+    _quiet_env()
+    from flows.watch import watch as watch_flow
+
+    for item in _run_flow(watch_flow, source_uri=source_uri):
+        print(json.dumps(item))
+
+
+@app.command("cache-clear")
+def cache_clear() -> None:
+    """Delete the build cache ($MME_HOME/cache): always safe, the next build redoes the work."""
+    import shutil
+
+    from infra import paths
+
+    folder = paths.home() / "cache"
+    shutil.rmtree(folder, ignore_errors=True)
+    console.print(f"removed {folder}")
+
+
 @endpoint_app.command("start")
 def endpoint_start(name: str = typer.Option("local-mme"),
                    model_data_url: Optional[str] = typer.Option(None, help="default: the embedded store's models/<name>"),

@@ -95,3 +95,10 @@ def test_iam_policy_is_scoped_to_the_model_prefix():
     assert "arn:aws:s3:::my-models/mme/models/ep/*" in resources
     assert "arn:aws:s3:::my-models/*" not in resources
     assert doc["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"] == "sagemaker.amazonaws.com"
+
+
+def test_cache_clear(tmp_path: Path):
+    home = tmp_path / "home"
+    (home / "cache" / "artifacts" / "k").mkdir(parents=True)
+    r = _run(["cache-clear"], env_extra={"MME_HOME": str(home)})
+    assert r.returncode == 0 and not (home / "cache").exists()
