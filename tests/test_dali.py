@@ -18,9 +18,10 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-dali = pytest.importorskip("nvidia.dali")
-Image = pytest.importorskip("PIL.Image")
-skdata = pytest.importorskip("skimage.data")
+# DALI, Pillow and scikit-image are project dependencies: missing means a broken install
+import nvidia.dali as dali  # noqa: E402
+import skimage.data as skdata  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from tasks.dali import (  # noqa: E402
     DaliPipelineError,
