@@ -18,7 +18,7 @@ import numpy as np
 
 from infra import paths
 from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import encode_request, invoke, runtime_client_for
+from infra.runtime_client import encode_request, invoke, runtime_client_for, triton_headers
 from tasks.package import read_manifest
 from tasks.verify import Sample
 
@@ -51,8 +51,7 @@ def main() -> None:
             cold_ms = (time.perf_counter() - t) * 1000
             internal = ep.manager.models[manifest["target_model"]].ns.entry
             body, ct = encode_request(sample.inputs, binary=True)
-            direct_headers = {"Content-Type": "application/octet-stream",
-                              "Inference-Header-Content-Length": ct.split("json-header-size=")[1]}
+            direct_headers = triton_headers(ct)
             results: dict[str, list[float]] = {"boto3_binary": [], "boto3_json": [], "triton_direct": []}
             with httpx.Client(base_url=ep.triton.url) as direct:
                 for _ in range(10):  # warm-up, not counted

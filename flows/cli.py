@@ -193,7 +193,7 @@ def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text
     from botocore.exceptions import ClientError
 
     from infra.endpoint_process import find_running
-    from infra.runtime_client import invoke as do_invoke, runtime_client_for
+    from infra.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
 
     if url is None:
         info = find_running(endpoint)
@@ -201,12 +201,7 @@ def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text
             _fail(f"endpoint {endpoint!r} is not running (mme endpoint start, or mme deploy)")
         url = info.url
     if image:
-        blobs = [p.read_bytes() for p in image]
-        width = max(len(b) for b in blobs)  # one rectangular tensor: pad with trailing zeros
-        data = np.zeros((len(blobs), width), dtype=np.uint8)
-        for i, b in enumerate(blobs):
-            data[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
-        inputs = {"INPUT": data}
+        inputs = {"INPUT": pack_images([p.read_bytes() for p in image])}
         target_model = target_model or "image_classifier.tar.gz"
     elif text:
         inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}

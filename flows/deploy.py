@@ -29,7 +29,8 @@ from infra.endpoint_process import EndpointInfo, start_background
 from tasks.package import read_manifest
 from tasks.publish import (Published, model_data_url, publish_artifact, read_ledger,
                            restore_previous, write_ledger)
-from tasks.validate import DeployValidationFailed, direct_triton_latency, validate_deployed
+from tasks.validate import (DeployValidationFailed, check_validations, deploy_entries,  # noqa: F401 (re-exported)
+                            direct_triton_latency, validate_deployed)
 
 
 @task(name="publish", cache_policy=NO_CACHE, retries=3,
@@ -162,11 +163,7 @@ def _deploy_local(manifests: list[dict[str, Any]], endpoint: str, store_uri: str
             if pub.uploaded:
                 refresh_task(info, pub.target_model)
         results = [validate_task(info, endpoint, m, warm_invocations) for m in manifests]
-        failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
-        if failed:
-            raise DeployValidationFailed("; ".join(
-                f"{m['ensemble']}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
-                f"< {r['validation']['threshold']}" for m, r in failed))
+        check_validations(manifests, results)
     except BaseException as e:
         for pub in published:
             what = restore_previous(pub, models_url)
@@ -181,11 +178,9 @@ def _deploy_local(manifests: list[dict[str, Any]], endpoint: str, store_uri: str
         shutil.rmtree(backup_dir, ignore_errors=True)
 
     _record(store_uri, endpoint, models_url, manifests, published)
-    entries = [{"name": m["ensemble"], "target": m["target"], "artifact": pub.uri,
-                "sha256": pub.sha256, "bytes": pub.bytes, "uploaded": pub.uploaded, **r}
-               for m, pub, r in zip(manifests, published, results)]
     result = {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,
-              "ensembles": entries, "endpoint_info": asdict(info)}
+              "ensembles": deploy_entries(manifests, published, results),
+              "endpoint_info": asdict(info)}
     return result
 
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 from infra import sagemaker as sm
 from infra.store import ObjectNotFound, open_store
 from tasks.publish import Published, model_data_url, publish_artifact, restore_previous
-from tasks.validate import DeployValidationFailed, validate_deployed
+from tasks.validate import check_validations, deploy_entries, validate_deployed
 
 Log = Callable[[str], None]
 
@@ -148,11 +148,7 @@ def deploy_sagemaker(manifests: list[dict[str, Any]], endpoint: str, store_uri: 
             log(f"endpoint {endpoint} already matches the plan: no control-plane call needed")
         results = [validate_deployed(None, endpoint, m, warm_invocations=warm_invocations,
                                      runtime_client=clients["runtime"]) for m in manifests]
-        failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
-        if failed:
-            raise DeployValidationFailed("; ".join(
-                f"{m['ensemble']}: {r['validation']['metric']} = {r['validation']['value']} "
-                f"< {r['validation']['threshold']}" for m, r in failed))
+        check_validations(manifests, results)
     except BaseException as e:
         log(f"deploy of {endpoint} failed: {e}")
         updated = any(c.operation in ("update_endpoint", "create_endpoint") for c in applied)
@@ -167,9 +163,7 @@ def deploy_sagemaker(manifests: list[dict[str, Any]], endpoint: str, store_uri: 
         for pub in published:
             log(f"{pub.ensemble}: {restore_previous(pub, models_url)}")
         raise
-    entries = [{"name": m["ensemble"], "target": m["target"], "artifact": p.uri, "sha256": p.sha256,
-                "bytes": p.bytes, "uploaded": p.uploaded, **r}
-               for m, p, r in zip(manifests, published, results)]
+    entries = deploy_entries(manifests, published, results)
     return {"endpoint": endpoint, "url": f"sagemaker://{opts.region}/{endpoint}",
             "model_data_url": plan.model_data_url, "image": plan.image_uri,
             "endpoint_config": plan.endpoint_config_name, "hourly_cost_usd": cost,

@@ -44,18 +44,22 @@ def log_file(name: str) -> Path:
     return paths.endpoint_dir(name) / "endpoint.log"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if ``pid`` is a running process; a zombie (exited, not yet reaped) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child of ours counts as gone
+    try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
+    except (OSError, IndexError):  # gone between the two looks
+        return False
+
+
+_alive = process_alive
 
 
 def find_running(name: str) -> EndpointInfo | None:

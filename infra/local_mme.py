@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import shutil
 import threading
 import time
@@ -36,15 +35,15 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from infra.runtime_client import BINARY_CT, HEADER_SIZE
 from infra.model_repo import ModelRepoError, NamespacedModel, namespace_for, namespace_repository
 from infra.store import ObjectNotFound, StoreError, open_store
 from infra.tarball import UnsafeArchive, safe_extract
-from infra.triton_server import TritonModelError, TritonServer
+from infra.triton_server import TritonModelError, TritonServer, free_port
 
 log = logging.getLogger("mme.local")
 
 TARGET_HEADER = "x-amzn-sagemaker-target-model"
-BINARY_CT = "application/vnd.sagemaker-triton.binary+json"
 OOM_MARKERS = ("out of memory", "oom", "no space left on device", "cannot allocate memory")
 
 
@@ -374,8 +373,6 @@ def _unprefix(text: str, m: ModelEntry) -> str:
 
 
 # ---------------------------------------------------------------------------------- request bodies
-_HEADER_SIZE = re.compile(r"json-header-size\s*=\s*(\d+)")
-
 
 def parse_request(content_type: str, body: bytes) -> tuple[dict[str, str], int | None]:
     """Check a request body and return the headers Triton needs to read it.
@@ -384,7 +381,7 @@ def parse_request(content_type: str, body: bytes) -> tuple[dict[str, str], int |
     """
     ct = (content_type or "").lower()
     if ct.startswith(BINARY_CT) or ct.startswith("application/octet-stream"):
-        m = _HEADER_SIZE.search(ct)
+        m = HEADER_SIZE.search(ct)
         if not m:
             raise ValidationError(f"Content-Type {content_type!r} needs json-header-size=N")
         size = int(m.group(1))
@@ -507,7 +504,7 @@ class LocalEndpoint:
             shutil.rmtree(cache / sub, ignore_errors=True)
         (cache / "repo").mkdir(parents=True)
         if self.cfg.port == 0:
-            self.cfg.port = _free_port(self.cfg.host)
+            self.cfg.port = free_port(self.cfg.host)
         self.triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log)
         self.triton.start()
         self.manager = ModelManager(self.cfg, self.triton)
@@ -564,14 +561,6 @@ class LocalEndpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------- process entry

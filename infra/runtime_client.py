@@ -16,6 +16,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
 BINARY_CT = "application/vnd.sagemaker-triton.binary+json"
+HEADER_SIZE = re.compile(r"json-header-size\s*=\s*(\d+)")
 
 
 def encode_request(inputs: dict[str, np.ndarray], *, binary: bool = True,
@@ -51,10 +52,43 @@ def _json_input(name: str, arr: np.ndarray) -> dict[str, Any]:
 
 def decode_response(body: bytes, content_type: str) -> dict[str, np.ndarray]:
     """Parse a KServe-v2 response (JSON or binary+json) into numpy arrays by output name."""
-    m = re.search(r"json-header-size=(\d+)", content_type or "")
+    m = HEADER_SIZE.search(content_type or "")
     header = int(m.group(1)) if m else None
     result = httpclient.InferenceServerClient.parse_response_body(body, header_length=header)
     return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+
+
+def pack_images(blobs: list[bytes]) -> np.ndarray:
+    """Encoded images as one UINT8 [B, N] tensor: each padded with trailing zeros to the
+    longest (image decoders ignore bytes after the end of the image)."""
+    out = np.zeros((len(blobs), max(len(b) for b in blobs)), dtype=np.uint8)
+    for i, b in enumerate(blobs):
+        out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
+    return out
+
+
+def triton_headers(content_type: str) -> dict[str, str]:
+    """The headers Triton's own HTTP API wants for a body made by :func:`encode_request`
+    (SageMaker carries the JSON header size in the content type, Triton in a header)."""
+    m = HEADER_SIZE.search(content_type or "")
+    if not m:
+        return {"Content-Type": "application/json"}
+    return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": m.group(1)}
+
+
+def decode_triton_response(response: Any) -> dict[str, np.ndarray]:
+    """Parse a response of Triton's own HTTP API (an ``httpx.Response``)."""
+    size = response.headers.get("inference-header-content-length")
+    return decode_response(response.content, f"{BINARY_CT};json-header-size={size}" if size else "")
+
+
+def infer_direct(client: Any, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One inference straight to Triton (``client``: an ``httpx.Client`` on its URL)."""
+    body, ct = encode_request(inputs, binary=True)
+    r = client.post(f"/v2/models/{model}/infer", content=body, headers=triton_headers(ct))
+    if r.status_code != 200:
+        raise RuntimeError(f"Triton answered {r.status_code} for {model!r}: {r.text}")
+    return decode_triton_response(r)
 
 
 def invoke(runtime_client: Any, endpoint: str, target_model: str, inputs: dict[str, np.ndarray],

@@ -384,10 +384,14 @@ def _remove_temp_logs() -> None:
             pass
 
 
-def _free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+_free_port = free_port
 
 
 # --------------------------------------------------------------------------- #

@@ -40,8 +40,9 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-SQUEEZENET_SIZE = 227
-SQUEEZENET_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+from tasks.classifiers import BGR_MEAN, SQUEEZENET_SIZE  # the classifier's input contract
+
+SQUEEZENET_MEAN_BGR = np.array(BGR_MEAN, dtype=np.float32)
 INCEPTION_SIZE = 299
 
 #: Tolerances (on the 0-255 scale) between DALI's CPU output and this reference; see above.

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from infra.runtime_client import decode_response, encode_request, invoke, runtime_client_for
+from infra.runtime_client import infer_direct, invoke, runtime_client_for
 from tasks.verify import Sample, score
 
 
@@ -53,17 +53,28 @@ def direct_triton_latency(triton_url: str, model_name: str, manifest: dict[str, 
     import httpx
 
     sample = Sample.from_json(manifest["sample"])
-    body, ct = encode_request(sample.inputs, binary=True)
-    headers = {"Content-Type": "application/octet-stream",
-               "Inference-Header-Content-Length": ct.split("json-header-size=")[1]}
     times = []
     with httpx.Client(base_url=triton_url, timeout=120) as c:
-        for _ in range(n + 3):
+        for _ in range(n + 3):  # the first 3 are warm-up, not counted
             t = time.perf_counter()
-            r = c.post(f"/v2/models/{model_name}/infer", content=body, headers=headers)
-            r.raise_for_status()
+            infer_direct(c, model_name, sample.inputs)
             times.append((time.perf_counter() - t) * 1000)
-    size = r.headers.get("inference-header-content-length")
-    decode_response(r.content, f"x;json-header-size={size}" if size else "")
     times = times[3:]
     return {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2), "n": n}
+
+
+def check_validations(manifests: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    """Raise DeployValidationFailed naming every ensemble that answered wrongly."""
+    failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
+    if failed:
+        raise DeployValidationFailed("; ".join(
+            f"{m['ensemble']}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
+            f"< {r['validation']['threshold']}" for m, r in failed))
+
+
+def deploy_entries(manifests: list[dict[str, Any]], published: list[Any],
+                   results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-ensemble lines of a deploy result (and of `mme demo --report`)."""
+    return [{"name": m["ensemble"], "target": m["target"], "artifact": p.uri, "sha256": p.sha256,
+             "bytes": p.bytes, "uploaded": p.uploaded, **r}
+            for m, p, r in zip(manifests, published, results)]

@@ -235,9 +235,11 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
 
     Raises VerificationFailed (saying by how much) when the metric misses the threshold.
     """
+    import httpx
+
+    from infra.runtime_client import infer_direct
     from infra.tarball import safe_extract
     from infra.triton_server import TritonServer
-    from infra.runtime_client import encode_request, decode_response
 
     v = spec.validation
     assert v is not None
@@ -247,19 +249,11 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
             t0 = time.perf_counter()
             server.load(spec.name)
             load_s = time.perf_counter() - t0
-            body, ct = encode_request(sample.inputs, binary=True)
-            headers = {"Content-Type": "application/octet-stream"}
-            if "json-header-size=" in ct:
-                headers["Inference-Header-Content-Length"] = ct.split("json-header-size=")[1]
-            import httpx
-
-            r = httpx.post(f"{server.url}/v2/models/{spec.name}/infer", content=body,
-                           headers=headers, timeout=120)
-            if r.status_code != 200:
-                raise VerificationFailed(f"ensemble {spec.name!r}: Triton answered "
-                                         f"{r.status_code}: {r.text}")
-            size = r.headers.get("inference-header-content-length")
-            got = decode_response(r.content, f"x;json-header-size={size}" if size else "")
+            with httpx.Client(base_url=server.url, timeout=120) as client:
+                try:
+                    got = infer_direct(client, spec.name, sample.inputs)
+                except RuntimeError as e:
+                    raise VerificationFailed(f"ensemble {spec.name!r}: {e}") from None
     result = score(v.metric, v.threshold, sample, got)
     result["load_seconds"] = round(load_s, 3)
     log(f"verify {spec.name}: {v.metric} = {result['value']:.6f} (threshold {v.threshold})")

@@ -77,3 +77,23 @@ def built_image_classifier(mme_home: Path, prefect_harness) -> dict:
     (m,) = build(ensembles=["image_classifier"], target="local-cpu", output_dir=str(out))
     full = json.loads((out / "image_classifier.manifest.json").read_text())
     return {"manifest": full, "archive": out / "image_classifier.tar.gz", "output_dir": out}
+
+
+@pytest.fixture
+def tampered_text_build(built_text_embedding: dict, tmp_path: Path) -> Path:
+    """A second text_embedding 'build' whose pooling negates the embedding: a valid tarball
+    that loads fine and answers wrongly (for rollback tests). Returns its artifacts folder."""
+    import json
+
+    from infra.tarball import pack_deterministic, safe_extract
+
+    repo = safe_extract(built_text_embedding["archive"], tmp_path / "tamper")
+    model_py = repo / "text_embedding__postprocess" / "1" / "model.py"
+    model_py.write_text(model_py.read_text().replace("(pooled / norms)", "(-pooled / norms)"))
+    out = tmp_path / "tampered"
+    out.mkdir()
+    sha, size = pack_deterministic(repo, out / "text_embedding.tar.gz")
+    doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
+    doc.update(sha256=sha, bytes=size, artifact=(out / "text_embedding.tar.gz").as_uri())
+    (out / "text_embedding.manifest.json").write_text(json.dumps(doc))
+    return out

@@ -18,6 +18,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from infra.runtime_client import pack_images
+
 # DALI, Pillow and scikit-image are project dependencies: missing means a broken install
 import nvidia.dali as dali  # noqa: E402
 import skimage.data as skdata  # noqa: E402
@@ -222,13 +224,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         yield srv
 
 
-def _pack(images: list[bytes]) -> np.ndarray:
-    """[B, N] uint8, each image padded with zeros to the longest, as a client sends a batch."""
-    n = max(len(b) for b in images)
-    out = np.zeros((len(images), n), dtype=np.uint8)
-    for i, b in enumerate(images):
-        out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
-    return out
+_pack = pack_images  # [B, N] uint8, zero-padded: how a client sends a batch
 
 
 def _infer(srv, images: list[bytes], model: str = "preprocess") -> np.ndarray:

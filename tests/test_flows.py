@@ -14,7 +14,7 @@ from ensembles.catalog import CATALOG_DIR
 from ensembles.spec import SpecError
 from flows.common import is_transient
 from infra.store import open_store, sha256_file
-from infra.tarball import pack_deterministic, safe_extract
+from infra.tarball import safe_extract
 from tasks.verify import VerificationFailed
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
@@ -91,24 +91,8 @@ def test_failed_verification_ships_nothing(tmp_path: Path, mme_home: Path, prefe
     assert not list(out.glob("*")) if out.exists() else True
 
 
-def _tampered_build(built: dict, tmp_path: Path) -> Path:
-    """A second 'build' whose postprocess negates the embedding: valid tarball, wrong answers."""
-    repo = safe_extract(built["archive"], tmp_path / "tamper")
-    model_py = repo / "text_embedding__postprocess" / "1" / "model.py"
-    model_py.write_text(model_py.read_text().replace("(pooled / norms)", "(-pooled / norms)"))
-    out = tmp_path / "tampered"
-    out.mkdir()
-    sha, size = pack_deterministic(repo, out / "text_embedding.tar.gz")
-    manifest = dict(built["manifest"])
-    manifest_doc = json.loads((built["output_dir"] / "text_embedding.manifest.json").read_text())
-    manifest.update(sample=manifest_doc["sample"], sha256=sha, bytes=size,
-                    artifact=(out / "text_embedding.tar.gz").as_uri())
-    (out / "text_embedding.manifest.json").write_text(json.dumps(manifest))
-    return out
-
-
-def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tmp_path: Path,
-                                             mme_home: Path, prefect_harness):
+def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampered_text_build: Path,
+                                             tmp_path: Path, mme_home: Path, prefect_harness):
     from flows.deploy import DeployValidationFailed, deploy
     from flows.retire import retire
     from infra.endpoint_process import find_running
@@ -131,7 +115,7 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tmp_pat
         assert not second["ensembles"][0]["uploaded"], "unchanged artifact re-uploaded"
         assert find_running(ep).pid == pid, "endpoint must be reused, not redeployed"
 
-        bad_dir = _tampered_build(built_text_embedding, tmp_path)
+        bad_dir = tampered_text_build
         with pytest.raises(DeployValidationFailed, match="min_cosine"):
             deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=str(bad_dir),
                    store_uri=store_uri, warm_invocations=1)

@@ -25,7 +25,7 @@ from botocore.exceptions import ClientError
 
 from ensembles.catalog import CATALOG_DIR, load_ensemble
 from ensembles.render import parse_pbtxt, render_repository
-from infra.runtime_client import encode_request, invoke, runtime_client_for
+from infra.runtime_client import pack_images, encode_request, invoke, runtime_client_for
 from tasks.verify import sample_image
 
 ENS = "image_classifier"
@@ -48,13 +48,7 @@ def _encode(im, fmt: str, **kw: Any) -> bytes:
     return buf.getvalue()
 
 
-def _pack(images: list[bytes]) -> np.ndarray:
-    """[B, N] uint8: each encoded image padded with trailing zeros to the longest."""
-    n = max(len(b) for b in images)
-    out = np.zeros((len(images), n), dtype=np.uint8)
-    for i, b in enumerate(images):
-        out[i, :len(b)] = np.frombuffer(b, dtype=np.uint8)
-    return out
+_pack = pack_images  # [B, N] uint8, zero-padded: how a client sends a batch
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ GPU Triton.)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from moto import mock_aws
 
 from infra.local_mme import EndpointConfig, LocalEndpoint
 from infra.runtime_client import runtime_client_for
-from infra.tarball import pack_deterministic, safe_extract
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
@@ -71,22 +69,8 @@ def runtime(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         yield ep, sm_client
 
 
-def _tampered(built: dict, tmp_path: Path) -> Path:
-    """A second build whose pooling negates the embedding: loads fine, answers wrongly."""
-    repo = safe_extract(built["archive"], tmp_path / "tamper")
-    model_py = repo / "text_embedding__postprocess" / "1" / "model.py"
-    model_py.write_text(model_py.read_text().replace("(pooled / norms)", "(-pooled / norms)"))
-    out = tmp_path / "tampered"
-    out.mkdir()
-    sha, size = pack_deterministic(repo, out / "text_embedding.tar.gz")
-    doc = json.loads((built["output_dir"] / "text_embedding.manifest.json").read_text())
-    doc.update(sha256=sha, bytes=size, artifact=(out / "text_embedding.tar.gz").as_uri())
-    (out / "text_embedding.manifest.json").write_text(json.dumps(doc))
-    return out
-
-
-def test_deploy_validate_rollback_retire(built_text_embedding: dict, runtime, tmp_path: Path,
-                                         prefect_harness):
+def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_text_build: Path,
+                                         runtime, tmp_path: Path, prefect_harness):
     from flows.deploy import deploy
     from flows.retire import retire
     from flows.sagemaker_backend import SageMakerOptions
@@ -133,7 +117,7 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, runtime, tm
     # a new build that answers wrongly, with a new fleet size: rolled back, old object restored
     bigger = opts.model_copy(update={"instance_count": 2, "autoscaling_max": 3})
     with pytest.raises(DeployValidationFailed, match="min_cosine"):
-        deploy(**{**common, "artifacts_dir": str(_tampered(built_text_embedding, tmp_path))},
+        deploy(**{**common, "artifacts_dir": str(tampered_text_build)},
                sagemaker=bigger)
     assert sm_client.describe_endpoint(EndpointName=EP)["EndpointConfigName"] == first_config
     assert [u["EndpointConfigName"] for u in sm_client.updates][-1] == first_config

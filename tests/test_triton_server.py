@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from infra.endpoint_process import process_alive
+
 from infra.triton_server import (
     TritonModelError,
     TritonNotFound,
@@ -117,19 +119,7 @@ def _build_repo(repo: Path) -> Path:
     return repo
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` is a running (non-zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+_alive = process_alive  # running and not a zombie
 
 
 def _group_members(pgid: int) -> list[int]:

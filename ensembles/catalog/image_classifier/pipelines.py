@@ -37,9 +37,9 @@ Device = Literal["cpu", "mixed"]
 OUTPUT_NAME = "preprocessed"
 
 # SqueezeNet v1.1 (ImageNet weights, Caffe/Keras convention): 227x227, BGR, 0-255 minus the
-# per-channel ImageNet mean, channels first.
-SQUEEZENET_SIZE = 227
-SQUEEZENET_MEAN_BGR = (103.939, 116.779, 123.68)
+# per-channel ImageNet mean, channels first: the classifier's input contract, defined once there.
+from tasks.classifiers import BGR_MEAN as SQUEEZENET_MEAN_BGR  # noqa: E402
+from tasks.classifiers import SQUEEZENET_SIZE  # noqa: E402
 
 # Inception v3 (TF/Keras convention): 299x299, RGB, (x / 127.5) - 1, channels last.
 INCEPTION_SIZE = 299
