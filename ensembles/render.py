@@ -56,8 +56,71 @@ def ensemble_config(spec: EnsembleSpec) -> mc.ModelConfig:
     return cfg
 
 
-def step_config(spec: EnsembleSpec, step: StepSpec, be: BackendSpec) -> mc.ModelConfig:
-    """A composing model's config for the backend chosen for this target."""
+def serving_release(spec: EnsembleSpec, target: str) -> str | None:
+    """The Triton release the target's TensorRT plans are compiled for (and so served with):
+    the ``triton_release`` of its ``compile_tensorrt`` artifacts, default
+    :data:`tasks.compile.DEFAULT_RELEASE`; None when the target compiles no plan."""
+    from tasks.compile import DEFAULT_RELEASE
+
+    releases = {str(a.params.get("triton_release", DEFAULT_RELEASE))
+                for a in spec.artifacts.values()
+                if a.producer == "compile_tensorrt" and target in a.targets}
+    if len(releases) > 1:
+        raise SpecError(f"ensemble {spec.name!r}: the TensorRT plans for target {target!r} are "
+                        f"compiled for different Triton releases {sorted(releases)}; one "
+                        f"endpoint serves one release")
+    return releases.pop() if releases else None
+
+
+def int64_free_tensors(spec: EnsembleSpec, target: str, release: str | None) -> set[str]:
+    """Ensemble tensors a TensorRT step reads or writes as ``TYPE_INT64`` while the release's
+    TensorRT has no INT64 I/O (TensorRT 8, Triton before 24.05): its ONNX parser turns such
+    inputs and outputs into INT32 bindings, so these tensors are rendered ``TYPE_INT32`` on
+    every step they connect (the tokenizer then emits INT32, as the seed did). An ensemble
+    input or output among them is refused: that would change what callers send or get back.
+    """
+    from tasks.compile import tensorrt_major_for
+
+    if release is None or tensorrt_major_for(release) >= 10:
+        return set()
+    marked: set[str] = set()
+    for step in spec.steps:
+        be = step.backends.get(target)  # type: ignore[call-overload]
+        if be is None or be.backend != "tensorrt":
+            continue
+        marked |= {step.input_map[t.name] for t in step.inputs if t.dtype == "TYPE_INT64"}
+        marked |= {step.output_map[t.name] for t in step.outputs
+                   if t.dtype == "TYPE_INT64" and t.name in step.output_map}
+    public = sorted(marked & {t.name for t in [*spec.inputs, *spec.outputs]})
+    if public:
+        raise SpecError(f"ensemble {spec.name!r}, target {target!r}: ensemble tensors {public} "
+                        f"are TYPE_INT64 at a TensorRT step, but Triton release {release} has "
+                        f"TensorRT {tensorrt_major_for(release)}, which has no INT64 I/O; serve "
+                        f"with release 24.05 or later (TensorRT 10), or make them TYPE_INT32")
+    return marked
+
+
+def _with_dtypes(step: StepSpec, be: BackendSpec, int32: set[str]) -> StepSpec:
+    """``step`` with the INT64 tensors that :func:`int64_free_tensors` names turned INT32
+    (on a TensorRT step, all its INT64 I/O: those are the engine's bindings)."""
+    if not int32:
+        return step
+    trt = be.backend == "tensorrt"
+
+    def fix(tensors: list[TensorSpec], mapping: dict[str, str]) -> list[TensorSpec]:
+        return [t.model_copy(update={"dtype": "TYPE_INT32"})
+                if t.dtype == "TYPE_INT64" and (trt or mapping.get(t.name) in int32) else t
+                for t in tensors]
+
+    return step.model_copy(update={"inputs": fix(step.inputs, step.input_map),
+                                   "outputs": fix(step.outputs, step.output_map)})
+
+
+def step_config(spec: EnsembleSpec, step: StepSpec, be: BackendSpec,
+                int32: set[str] | None = None) -> mc.ModelConfig:
+    """A composing model's config for the backend chosen for this target (``int32``: the
+    tensors :func:`int64_free_tensors` found for the serving release)."""
+    step = _with_dtypes(step, be, int32 or set())
     field, value, default_file = _BACKEND_CONFIG[be.backend]
     cfg = mc.ModelConfig(name=spec.model_name(step.name), max_batch_size=spec.max_batch_size)
     setattr(cfg, field, value)
@@ -93,6 +156,7 @@ def render_repository(
     catalog_dir: Path | None = None,
     artifacts: dict[str, Path] | None = None,
     configs_only: bool = False,
+    triton_release: str | None = None,
 ) -> Path:
     """Write a Triton model repository for ``target`` into the new directory ``out_dir``.
 
@@ -103,6 +167,10 @@ def render_repository(
 
     ``configs_only`` renders the configs without copying files (to inspect a target whose
     artifacts cannot be built on this host, such as TensorRT plans without a GPU).
+    ``triton_release`` (default: :func:`serving_release`) decides the token dtypes at TensorRT
+    steps (:func:`int64_free_tensors`). A TensorRT plan made by ``compile_tensorrt`` is checked
+    against its rendered config (:func:`tasks.trt_bindings.check_engine_io`) before anything
+    packs it.
     """
     validate(spec)
     out_dir = Path(out_dir)
@@ -110,6 +178,8 @@ def render_repository(
     missing = [s.name for s in spec.steps if target not in s.backends]
     if missing:
         raise SpecError(f"ensemble {spec.name!r}: steps {missing} have no backend for target {target!r}")
+    release = triton_release or serving_release(spec, target)
+    int32 = int64_free_tensors(spec, target, release)
     out_dir.mkdir(parents=True, exist_ok=False)
 
     ens_dir = out_dir / spec.name
@@ -120,12 +190,40 @@ def render_repository(
         be = step.backends[target]  # type: ignore[index]
         model_dir = out_dir / spec.model_name(step.name)
         (model_dir / "1").mkdir(parents=True)
-        (model_dir / "config.pbtxt").write_text(to_pbtxt(step_config(spec, step, be)))
+        cfg = step_config(spec, step, be, int32)
+        (model_dir / "config.pbtxt").write_text(to_pbtxt(cfg))
         if configs_only:
             continue
         for dest, src in sorted(be.files.items()):
             _copy_into(spec, step, target, model_dir / dest, src, catalog_dir, artifacts)
+        if be.backend == "tensorrt":
+            _check_plan(spec, step, target, be, cfg, artifacts)
     return out_dir
+
+
+def _check_plan(spec: EnsembleSpec, step: StepSpec, target: str, be: BackendSpec,
+                cfg: mc.ModelConfig, artifacts: dict[str, Path]) -> None:
+    """Refuse a compiled plan whose engine I/O does not match ``cfg`` (see tasks.trt_bindings).
+
+    Only plans from ``compile_tensorrt`` carry the engine report (``engine_io.json`` beside the
+    plan); a plan made another way is not checked here.
+    """
+    from tasks import trt_bindings
+
+    where = f"ensemble {spec.name!r}, step {step.name!r}, target {target!r}"
+    model_file = f"1/{be.default_model_filename or _BACKEND_CONFIG['tensorrt'][2]}"
+    src = be.files.get(model_file, "")
+    name = src.removeprefix("artifact:")
+    if not src.startswith("artifact:") or spec.artifacts[name].producer != "compile_tensorrt":
+        return
+    path = Path(artifacts[name])
+    report = trt_bindings.read_sidecar(path if path.is_dir() else path.parent)
+    if report is None or report.get("engine_io") is None:
+        raise SpecError(f"{where}: artifact {name!r} has no record of the engine's inputs and "
+                        f"outputs ({trt_bindings.SIDECAR_NAME}), so it cannot be checked against "
+                        f"config.pbtxt; refusing to pack an unchecked plan (rebuild the artifact)")
+    trt_bindings.check_engine_io(trt_bindings.EngineIO.from_json(report["engine_io"]), cfg,
+                                 where=f"{where}, artifact {name!r}")
 
 
 def _copy_into(

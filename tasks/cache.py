@@ -90,7 +90,7 @@ PRODUCER_CODE: dict[str, tuple[str, ...]] = {
     "imagenet_labels": ("tasks.classifiers",),
     "fetch_model_file": ("tasks.fetch", "infra.tarball"),
     "serialize_dali_pipeline": ("tasks.dali", "ensembles.catalog.image_classifier.pipelines"),
-    "compile_tensorrt": ("tasks.compile",),
+    "compile_tensorrt": ("tasks.compile", "tasks.trt_bindings"),  # + its engine_io.json
     "pack_python_env": ("tasks.envpack",),
 }
 # Producers whose output differs per build target (none so far: a target picks *which*

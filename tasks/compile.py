@@ -23,6 +23,7 @@ interleave writes into it; the last finished build's cache wins).
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 import re
@@ -37,6 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from infra.store import TMP_PREFIX, atomic_path, sha256_file
+from tasks import trt_bindings
 
 DEFAULT_RELEASE = "24.09"
 
@@ -78,10 +80,16 @@ LOG_TAIL_LINES = 40
 
 # trtexec is on PATH in the NGC PyTorch images (/opt/tensorrt/bin); the fallbacks cover images
 # that only ship it under /usr/src/tensorrt/bin. "$0" is the argv[0] given after the script.
+# After a successful build the engine's I/O is read back with the image's own tensorrt Python
+# package (tasks.trt_bindings.INSPECT_SCRIPT, passed in $MME_ENGINE_INSPECT); trtexec's verbose
+# log is the fallback when that fails.
 _TRTEXEC_SHIM = ('t=$(command -v trtexec || ls /opt/tensorrt/bin/trtexec '
                  '/usr/src/tensorrt/bin/trtexec 2>/dev/null | head -n1); '
                  '[ -n "$t" ] || { echo "trtexec not found in this image" >&2; exit 127; }; '
-                 'exec "$t" "$@"')
+                 '"$t" "$@" || exit $?; '
+                 'if [ -n "$MME_ENGINE_INSPECT" ] && command -v python3 >/dev/null 2>&1; then '
+                 'python3 -c "$MME_ENGINE_INSPECT" /workspace/build/model.plan || echo "engine '
+                 'inspection with the tensorrt Python API failed; reading trtexec log instead"; fi')
 
 _RELEASE_RE = re.compile(r"^(\d{2})\.(\d{2})$")
 _TAG_RE = re.compile(r":(\d{2}\.\d{2})(?:-|$)")
@@ -301,6 +309,16 @@ def trtexec_command(spec: CompileSpec, *, in_container_paths: Mapping[str, Any] 
     return argv
 
 
+def io_report_flags(spec: CompileSpec) -> list[str]:
+    """Flags that make trtexec print what :mod:`tasks.trt_bindings` reads back: ``--verbose``
+    (the ONNX parser's input/output lines; its other [V] lines are kept out of the log unless
+    ``spec.verbose``) and, from TensorRT 10, ``--dumpOptimizationProfile``."""
+    flags = [] if spec.verbose else ["--verbose"]
+    if tensorrt_major_for(spec.triton_release) >= 10:
+        flags.append("--dumpOptimizationProfile")
+    return flags
+
+
 # --------------------------------------------------------------------------- shared plumbing
 
 
@@ -346,9 +364,16 @@ class _Build:
 
 
 class _LineSplitter:
-    def __init__(self, log: Log, tail: deque) -> None:
-        self.log, self.tail, self.buf = log, tail, ""
+    """Re-joins streamed chunks into lines; forwards them to ``log`` and the tail, except
+    trtexec's [V] lines unless ``verbose`` (``--verbose`` is always on for the I/O report, and
+    its tactic lines would bury the log); keeps the lines the I/O report is read from."""
+
+    MAX_IO_LINES = 5000
+
+    def __init__(self, log: Log, tail: deque, *, verbose: bool = True) -> None:
+        self.log, self.tail, self.buf, self.verbose = log, tail, "", verbose
         self.all_text: list[str] = []
+        self.io_lines: list[str] = []
 
     def feed(self, chunk: bytes | str) -> None:
         text = chunk.decode("utf-8", "replace") if isinstance(chunk, bytes) else chunk
@@ -366,6 +391,10 @@ class _LineSplitter:
         line = line.rstrip()
         if len(self.all_text) < 50:  # the banner with the TensorRT version is near the top
             self.all_text.append(line)
+        if trt_bindings.is_relevant(line) and len(self.io_lines) < self.MAX_IO_LINES:
+            self.io_lines.append(line)
+        if not self.verbose and ("[V] " in line[:40]):
+            return
         self.tail.append(line)
         try:
             self.log(line)
@@ -443,11 +472,11 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
     build = _Build(spec)
     argv = trtexec_command(spec, in_container_paths={
         "onnx": C_ONNX_DIR / onnx.name, "plan": C_BUILD / PLAN_NAME,
-        "timing_cache": C_BUILD / CACHE_NAME})
+        "timing_cache": C_BUILD / CACHE_NAME}) + io_report_flags(spec)
     command = ["/bin/sh", "-c", _TRTEXEC_SHIM, *argv]
     container = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-    splitter = _LineSplitter(log, tail)
+    splitter = _LineSplitter(log, tail, verbose=spec.verbose)
     t0 = time.monotonic()
     try:
         log(f"compiling {onnx.name} -> {spec.output.name} in {image}: {' '.join(argv)}")
@@ -457,7 +486,8 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
                 device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
                 volumes={str(onnx.parent): {"bind": str(C_ONNX_DIR), "mode": "ro"},
                          str(build.dir.resolve()): {"bind": str(C_BUILD), "mode": "rw"}},
-                working_dir=str(C_BUILD), user=_user(), environment={"HOME": "/tmp"},
+                working_dir=str(C_BUILD), user=_user(),
+                environment={"HOME": "/tmp", "MME_ENGINE_INSPECT": trt_bindings.INSPECT_SCRIPT},
                 remove=False)
         except docker.errors.APIError as e:
             msg = str(e).lower()
@@ -518,7 +548,8 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
     log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
     return {"runner": "docker", "image": image, "image_pulled": pulled, "command": argv,
             "triton_release": spec.triton_release, "tensorrt": trt_version or want,
-            "seconds": round(seconds, 1), **meta, "log_tail": list(tail)}
+            "seconds": round(seconds, 1), **meta, "log_tail": list(tail),
+            **_log_report(splitter.io_lines)}
 
 
 # --------------------------------------------------------------------------- host route
@@ -568,9 +599,10 @@ def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
                           run: Callable[..., Any], log: Log) -> dict:
     build = _Build(spec)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
-    splitter = _LineSplitter(log, tail)
+    splitter = _LineSplitter(log, tail, verbose=spec.verbose)
     argv = trtexec_command(spec, trtexec=exe, in_container_paths={
-        "onnx": spec.onnx.resolve(), "plan": build.plan, "timing_cache": build.cache})
+        "onnx": spec.onnx.resolve(), "plan": build.plan,
+        "timing_cache": build.cache}) + io_report_flags(spec)
     t0 = time.monotonic()
     try:
         log(f"compiling {spec.onnx.name} -> {spec.output.name} with {exe}: {' '.join(argv)}")
@@ -595,7 +627,8 @@ def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
     log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
     return {"runner": "host-trtexec", "trtexec": exe, "command": argv,
             "triton_release": spec.triton_release, "tensorrt": version,
-            "seconds": round(seconds, 1), **meta, "log_tail": list(tail)}
+            "seconds": round(seconds, 1), **meta, "log_tail": list(tail),
+            **_log_report(splitter.io_lines)}
 
 
 def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> dict:
@@ -643,6 +676,7 @@ def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> dict:
             raise CompileError("TensorRT builder returned no engine. Last lines:\n"
                                + "\n".join(tail))
         build.plan.write_bytes(bytes(serialized))
+        engine_io = _inspect_with_api(trt, bytes(serialized))
         if spec.timing_cache is not None:
             build.cache.write_bytes(bytes(config.get_timing_cache().serialize()))
         seconds = time.monotonic() - t0
@@ -651,27 +685,70 @@ def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> dict:
         build.cleanup()
     return {"runner": "host-tensorrt-python", "triton_release": spec.triton_release,
             "tensorrt": str(trt.__version__), "seconds": round(seconds, 1), **meta,
-            "log_tail": list(tail)}
+            "log_tail": list(tail), **_engine_report(engine_io)}
+
+
+def _inspect_with_api(trt: Any, serialized: bytes) -> trt_bindings.EngineIO | None:
+    """The engine's I/O through the tensorrt API (the same code the container runs)."""
+    namespace: dict[str, Any] = {"__name__": "mme_engine_inspect"}
+    try:
+        exec(compile(trt_bindings.INSPECT_SCRIPT, "INSPECT_SCRIPT", "exec"), namespace)  # noqa: S102
+        engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(serialized)
+        return trt_bindings.from_api(namespace["describe"](engine, trt)) if engine else None
+    except Exception:  # no report means the render step refuses the plan
+        logging.getLogger("mme.compile").exception("reading the engine's I/O failed")
+        return None
+
+
+def _engine_report(io: trt_bindings.EngineIO | None) -> dict[str, Any]:
+    """``engine_io`` (tensors, source) and ``build_gpu`` as trtexec reported them."""
+    out: dict[str, Any] = {"engine_io": io.to_json() if io is not None else None}
+    if io is not None and io.device:
+        out["build_gpu"] = dict(io.device)
+    return out
+
+
+def _log_report(lines: list[str]) -> dict[str, Any]:
+    """:func:`_engine_report` from trtexec's log; the build device even without I/O lines."""
+    out = _engine_report(trt_bindings.parse_trtexec_log(lines))
+    device = trt_bindings.parse_device(lines)
+    if device and "build_gpu" not in out:
+        out["build_gpu"] = device
+    return out
 
 
 # --------------------------------------------------------------------------- producer
 
 
+def host_gpu(*, run: Callable[..., Any], which: Callable[[str], str | None]) -> dict[str, str]:
+    """The first GPU as nvidia-smi names it: ``{"name": ..., "compute_capability": "8.6"}``
+    (``compute_cap`` needs a driver from 2022 on; without it only the name), {} without one."""
+    exe = which("nvidia-smi")
+    if not exe:
+        return {}
+    for fields in ("name,compute_cap", "name"):
+        try:
+            proc = run([exe, f"--query-gpu={fields}", "--format=csv,noheader"],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30)
+            first = (proc.stdout or "").strip().splitlines()[0] if proc.returncode == 0 else ""
+        except (OSError, subprocess.SubprocessError, IndexError):
+            first = ""
+        name, _, cc = (part.strip() for part in first.rpartition(",")) \
+            if fields != "name" and "," in first else (first.strip(), "", "")
+        if name:
+            gpu = {"name": name}
+            if re.fullmatch(r"\d+\.\d+", cc):
+                gpu["compute_capability"] = cc
+            return gpu
+    return {}
+
+
 def _gpu_slug(*, run: Callable[..., Any], which: Callable[[str], str | None]) -> str:
     """``nvidia-h100-80gb-hbm3`` for the first GPU, ``unknown-gpu`` when nvidia-smi is absent.
     Timing caches are per GPU model, so the shared cache file is named after it."""
-    exe = which("nvidia-smi")
-    if exe:
-        try:
-            proc = run([exe, "--query-gpu=name", "--format=csv,noheader"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=30)
-            name = (proc.stdout or "").strip().splitlines()[0] if proc.returncode == 0 else ""
-        except (OSError, subprocess.SubprocessError, IndexError):
-            name = ""
-        slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-        if slug:
-            return slug
-    return "unknown-gpu"
+    name = host_gpu(run=run, which=which).get("name", "")
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return slug or "unknown-gpu"
 
 
 def default_timing_cache_dir(triton_release: str) -> Path:
@@ -723,7 +800,27 @@ def compile_tensorrt(out_dir: Path, *, onnx: Path, min_shapes: str, opt_shapes: 
     meta.update({"min_shapes": spec.min_shapes, "opt_shapes": spec.opt_shapes,
                  "max_shapes": spec.max_shapes, "fp16": spec.fp16,
                  "workspace_mib": spec.workspace_mib})
+    _record_engine(spec, meta, run=run, which=which, log=log)
     return spec.output, meta
+
+
+def _record_engine(spec: CompileSpec, meta: dict, *, run: Callable[..., Any],
+                   which: Callable[[str], str | None], log: Log) -> None:
+    """Put the build GPU into ``meta`` (the manifest's sources keep it, so a deploy can warn
+    when the serving instance has another GPU architecture) and write ``engine_io.json``
+    beside the plan (the render step checks it against the config before packing)."""
+    gpu = meta.get("build_gpu") or host_gpu(run=run, which=which) or None
+    meta["build_gpu"] = gpu
+    if gpu is None:
+        log("warning: could not tell which GPU built this plan (no 'Selected Device' line from "
+            "trtexec, no nvidia-smi); a deploy cannot check it against the instance's GPU")
+    if meta.get("engine_io") is None:
+        log("warning: could not read the engine's inputs and outputs back (no tensorrt API, no "
+            "binding lines in trtexec's log); the render step will refuse this plan")
+    sidecar = {"engine_io": meta.get("engine_io"), "build_gpu": gpu,
+               "triton_release": spec.triton_release, "tensorrt": meta.get("tensorrt")}
+    with atomic_path(spec.output.parent / trt_bindings.SIDECAR_NAME) as tmp:
+        Path(tmp).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
 
 
 def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],

@@ -37,6 +37,11 @@ def export_transformer_onnx(out_dir: Path, *, model: Path, opset: int = 18,
     """Export ``AutoModel(model)`` -> ``out_dir/model.onnx`` (inputs input_ids,
     attention_mask int64 [batch, seq]; output last_hidden_state fp32 [batch, seq, hidden]).
 
+    The ONNX keeps INT64 token inputs for every target: ONNX Runtime (local-cpu) and TensorRT 10
+    take them as they are, and TensorRT 8's parser casts them to INT32 bindings, which the
+    render step matches by declaring INT32 for releases before 24.05
+    (:func:`ensembles.render.int64_free_tensors`).
+
     The export is checked against torch on a padded batch before it is returned, so a wrong
     export fails here rather than at verification time.
     """

@@ -148,8 +148,10 @@ def test_image_uri_from_tables(no_sdk: None) -> None:
     for region in ("us-east-1", "us-east-2", "us-west-1", "us-west-2", "eu-west-1", "eu-central-1",
                    "ap-northeast-1", "ap-southeast-1", "ap-southeast-2"):
         assert triton_image_uri(region, "23.03", instance_type="ml.g4dn.xlarge").endswith(":23.03-py3")
-    # CPU instance: the examples' -cpu tag for the older releases, refused for DLC releases
-    assert triton_image_uri("us-east-1", "23.03", instance_type="ml.c5.xlarge").endswith(":23.03-py3-cpu")
+    # CPU instance: the -cpu tags of 21.08/22.xx; 23.xx were published for GPU only (issue 8)
+    assert triton_image_uri("us-east-1", "22.12", instance_type="ml.c5.xlarge").endswith(":22.12-py3-cpu")
+    with pytest.raises(ValueError, match="no CPU Triton image"):
+        triton_image_uri("us-east-1", "23.03", instance_type="ml.c5.xlarge")
     with pytest.raises(ValueError, match="not a GPU instance"):
         triton_image_uri("us-east-1", "24.09", instance_type="ml.c5.xlarge")
 

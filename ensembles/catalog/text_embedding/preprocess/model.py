@@ -3,12 +3,15 @@
 The tokenizer files are bundled in the model's version folder (``1/tokenizer``) by the build,
 so the endpoint never reaches a model hub at load time (the seed's sample downloaded them at
 start, which fails on an endpoint without internet).
+
+The token dtype is the one config.pbtxt declares for each output: INT64 on local-cpu and on
+TensorRT 10 releases, INT32 when the encoder is a TensorRT 8 plan (Triton before 24.05, whose
+TensorRT has no INT64 I/O), as ensembles.render decides from the serving release.
 """
 
 import json
 import os
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from transformers import AutoTokenizer
 
@@ -21,6 +24,11 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], "tokenizer")
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.input_name = config["input"][0]["name"]
+        self.dtypes = {
+            name: pb_utils.triton_string_to_numpy(
+                pb_utils.get_output_config_by_name(config, name)["data_type"])
+            for name in ("input_ids", "attention_mask")
+        }
 
     def execute(self, requests):
         responses = []
@@ -40,8 +48,8 @@ class TritonPythonModel:
                     return_tensors="np",
                 )
                 outputs = [
-                    pb_utils.Tensor("input_ids", enc["input_ids"].astype(np.int64)),
-                    pb_utils.Tensor("attention_mask", enc["attention_mask"].astype(np.int64)),
+                    pb_utils.Tensor(name, enc[name].astype(self.dtypes[name]))
+                    for name in ("input_ids", "attention_mask")
                 ]
                 responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
             except ValueError as e:  # the caller's input (e.g. not UTF-8): a 400, not a 500
