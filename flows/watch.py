@@ -232,7 +232,8 @@ def watch(
 ) -> list[dict]:
     """Emit ``mme.model.landed`` for each new or changed model file under ``source_uri``.
 
-    Returns the emitted event payloads (each plus ``"change": "new" | "changed"``), followed
+    Returns the emitted event payloads (each plus ``"change": "new" | "changed"`` and the
+    ``"event_id"`` it was emitted with), followed
     by one entry per object gone since the last run (``"change": "removed"``, no event).
     """
     from prefect.events import emit_event
@@ -256,16 +257,19 @@ def watch(
         info = change.info
         ensemble = ensemble_for(info.key, ensemble_map)
         fields = landed_event(info.uri, info.key, info.size, ensemble)
+        event_id = stable_event_id(info.uri, info.size, repr(info.last_modified), info.sha256)
         emit_event(
             event=fields["event"],
             resource=fields["resource"],
             related=fields["related"],
             payload=fields["payload"],
-            id=stable_event_id(info.uri, info.size, repr(info.last_modified), info.sha256),
+            id=event_id,
         )
         log.info("%s %s (%s, ensemble %s%s)", EVENT_NAME, info.uri, change.kind, ensemble,
                  f"; {', '.join(change.reasons)} differ" if change.reasons else "")
-        reported.append({**fields["payload"], "change": change.kind})
+        # the event id goes back to the caller: a re-emission (lost state) carries the same id,
+        # which is what lets the server store it once
+        reported.append({**fields["payload"], "change": change.kind, "event_id": str(event_id)})
 
     if reported:
         _flush_events()

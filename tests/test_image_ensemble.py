@@ -297,10 +297,14 @@ def test_endpoint_bad_images_are_refused_without_crashing(endpoint, served: Serv
 
 @pytest.mark.triton
 @pytest.mark.prefect
-def test_endpoint_unusual_but_valid_images(endpoint, served: Served, chelsea: bytes) -> None:
+def test_endpoint_unusual_but_valid_images(endpoint, served: Served, chelsea: bytes,
+                                           built_image_classifier: dict) -> None:
+    """Converted and answered, and answered right: each top-1 is the top-1 of the project's
+    reference pipeline (PIL decode + DALI-equivalent resize + the tarball's ONNX model)."""
     import skimage.data as skdata
+    from test_image_formats import reference_probs
 
-    rgb = skdata.astronaut()
+    rgb = skdata.coffee()
     cases = {
         "greyscale PNG": _encode(skdata.camera(), "PNG"),
         "RGBA PNG": _encode(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), "PNG"),
@@ -311,6 +315,8 @@ def test_endpoint_unusual_but_valid_images(endpoint, served: Served, chelsea: by
         assert out.shape == (1, 1000), what
         assert np.isfinite(out).all() and (out >= 0).all(), what
         assert abs(float(out.sum()) - 1.0) < 1e-4, (what, float(out.sum()))
+        ref = reference_probs(built_image_classifier["archive"], img)
+        assert int(out[0].argmax()) == int(ref.argmax()), (what, int(out[0].argmax()), int(ref.argmax()))
     assert served.ep.triton.running and served.ep.triton.pid == served.triton_pid
 
 

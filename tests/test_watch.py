@@ -174,6 +174,8 @@ def test_watch_file_source_emits_to_prefect(prefect_harness, tmp_path: Path, mon
                       ("text_embedding/model.safetensors", 100)]
     ev = next(e for e in events if e.payload["key"] == "image_classifier/squeezenet.onnx")
     assert ev.event == EVENT_NAME
+    assert str(ev.id) == next(r["event_id"] for r in first if r["key"] == ev.payload["key"])
+    assert len({str(e.id) for e in events}) == 3  # the touched file is a new version: a new id
     assert ev.resource.id == (src / "image_classifier" / "squeezenet.onnx").as_uri()
     assert ev.resource["prefect.resource.name"] == "image_classifier/squeezenet.onnx"
     assert ev.resource["mme.ensemble"] == "image_classifier"
@@ -191,19 +193,34 @@ def test_watch_file_source_emits_to_prefect(prefect_harness, tmp_path: Path, mon
 
 @pytest.mark.prefect
 def test_watch_reemission_after_lost_state_is_deduplicated(prefect_harness, tmp_path: Path) -> None:
-    """State lost after emitting (crash): the re-run re-emits the same ids; the server keeps one."""
+    """State lost after emitting (crash): the re-run re-emits the same id; the server keeps one.
+
+    No sleep: the tokenizer event, emitted after the duplicate on the same events stream, is
+    the barrier (once it is stored the duplicate was delivered before it), and the server
+    stores events by id, so a late duplicate could only ever hit the same row.
+    """
     src = tmp_path / "src"
     write(src / "text_embedding" / "model.onnx", b"x" * 10)
     state = tmp_path / "state" / "watch.json"
-    assert len(watch(source_uri=src.as_uri(), state_uri=str(state))) == 1
+    (first,) = watch(source_uri=src.as_uri(), state_uri=str(state))
     state.unlink()
-    assert len(watch(source_uri=src.as_uri(), state_uri=state.as_uri())) == 1
-    write(src / "text_embedding" / "tokenizer.bin", b"t")  # a later event, to know both were processed
-    assert len(watch(source_uri=src.as_uri(), state_uri=state.as_uri())) == 1
-    events = read_landed(src.as_uri() + "/", at_least=2)
-    time.sleep(1)
-    events = read_landed(src.as_uri() + "/", at_least=2)
-    assert sorted(e.payload["key"] for e in events) == ["text_embedding/model.onnx", "text_embedding/tokenizer.bin"]
+    (again,) = watch(source_uri=src.as_uri(), state_uri=state.as_uri())
+    assert again["key"] == first["key"] == "text_embedding/model.onnx"
+    assert again["event_id"] == first["event_id"], "a re-emission must carry the same event id"
+    write(src / "text_embedding" / "tokenizer.bin", b"t")  # a later event: the barrier
+    (later,) = watch(source_uri=src.as_uri(), state_uri=state.as_uri())
+    assert later["event_id"] != first["event_id"]
+
+    deadline = time.monotonic() + 60
+    while True:
+        events = read_landed(src.as_uri() + "/", at_least=0, timeout=0)
+        if any(str(e.id) == later["event_id"] for e in events):
+            break
+        assert time.monotonic() < deadline, f"the barrier event never reached the server: {events}"
+        time.sleep(0.2)  # polling interval of the wait above, not a synchronisation delay
+    assert sorted((e.payload["key"], str(e.id)) for e in events) == sorted(
+        [("text_embedding/model.onnx", first["event_id"]),
+         ("text_embedding/tokenizer.bin", later["event_id"])])
 
 
 # --------------------------------------------------------------------------- s3:// (moto)
