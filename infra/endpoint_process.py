@@ -72,10 +72,14 @@ def find_running(name: str) -> EndpointInfo | None:
         path.unlink(missing_ok=True)
         return None
     try:
-        if httpx.get(f"{info.url}/ping", timeout=5).status_code == 200:
-            return info
+        r = httpx.get(f"{info.url}/ping", timeout=5)
     except httpx.HTTPError:
-        pass
+        return None
+    # 200: serving. A SageMaker-shaped 5xx (x-amzn-ErrorType): the endpoint runs but its Triton
+    # is restarting or was given up on; it is still this endpoint, and starting a second one
+    # over the same cache folder would wipe the first one's models.
+    if r.status_code == 200 or (r.status_code >= 500 and "x-amzn-errortype" in r.headers):
+        return info
     return None
 
 

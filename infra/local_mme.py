@@ -12,7 +12,11 @@ It reproduces what a SageMaker multi-model endpoint does, on one machine, with n
 * it unloads the least recently used idle models when the loaded-model count or the server's
   memory passes a limit, and deletes the least recently used extracted models when the disk
   cache is full;
-* it answers with SageMaker's error codes and reports SageMaker's MME metrics.
+* it answers with SageMaker's error codes and reports SageMaker's MME metrics;
+* it supervises Triton: when tritonserver dies (a crash, an OOM kill, SIGKILL) it answers 5xx
+  while down, cleans up after it (process group, Python stubs, ``/dev/shm``), restarts it with
+  back-off and a limit, and loads models again on demand; a model whose Python stub died is
+  reloaded on its next request.
 
 Adding a model is uploading it; removing one is deleting it; the endpoint is never redeployed.
 """
@@ -20,13 +24,16 @@ Adding a model is uploading it; removing one is deleting it; the endpoint is nev
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,16 +42,39 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from infra.runtime_client import BINARY_CT, HEADER_SIZE
-from infra.model_repo import ModelRepoError, NamespacedModel, namespace_for, namespace_repository
+from infra.model_repo import (
+    ModelRepoError,
+    NamespacedModel,
+    namespace_for,
+    namespace_repository,
+)
+from infra.request_check import (
+    ContractError,
+    ModelContract,
+    RequestRejected,
+    TritonRequest,
+    check_request,
+    contract_from_config,
+)
+from infra.runtime_client import BINARY_CT
 from infra.store import ObjectNotFound, StoreError, open_store
 from infra.tarball import UnsafeArchive, safe_extract
-from infra.triton_server import TritonModelError, TritonServer, free_port
+from infra.triton_server import (
+    TritonModelError,
+    TritonNotFound,
+    TritonServer,
+    TritonStartError,
+    describe_returncode,
+    free_port,
+)
 
 log = logging.getLogger("mme.local")
 
 TARGET_HEADER = "x-amzn-sagemaker-target-model"
 OOM_MARKERS = ("out of memory", "oom", "no space left on device", "cannot allocate memory")
+#: What Triton's Python backend answers once a model's stub process died (2.51:
+#: "in ensemble 'pipe', Stub process 'add_0_0' is not healthy."); it never recovers by itself.
+STUB_DEAD_MARKERS = ("stub process", "is not healthy")
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -85,6 +115,41 @@ class ModelError(EndpointError):
     code = "ModelError"
 
 
+class Rejected(EndpointError):
+    """A request refused by :mod:`infra.request_check`, with the status and type it chose."""
+
+    def __init__(self, e: RequestRejected):
+        super().__init__(e.message)
+        self.status, self.code = e.status, e.code
+
+    def response(self) -> JSONResponse:
+        if self.code.isdigit():  # SageMaker's 413 carries no error type (boto3's code: "413")
+            return JSONResponse({"message": self.message}, status_code=self.status)
+        return super().response()
+
+
+def check_body(content_type: str, body: bytes, contract: ModelContract | None) -> TritonRequest:
+    """:func:`infra.request_check.check_request`, its refusal as the endpoint's answer."""
+    try:
+        return check_request(content_type, body, contract)
+    except RequestRejected as e:
+        raise Rejected(e) from None
+
+
+class ServiceUnavailable(EndpointError):
+    """Triton is down and being restarted: retry later (boto3 retries 503 by itself)."""
+
+    status = 503
+    code = "ServiceUnavailable"
+
+
+class InternalFailure(EndpointError):
+    """The endpoint itself failed (Triton gave up restarting, or an unexpected error)."""
+
+    status = 500
+    code = "InternalFailure"
+
+
 # ---------------------------------------------------------------------------------- config
 @dataclass
 class EndpointConfig:
@@ -100,6 +165,13 @@ class EndpointConfig:
     load_timeout_s: float = 360.0  # ... and keeps loading up to 360 s
     model_cache_enabled: bool = True  # MultiModelConfig.ModelCacheSetting
     triton_log: Path | None = None
+    # Triton supervision: more than max_triton_restarts deaths within triton_restart_window_s
+    # and the endpoint gives up (500 InternalFailure, /ping 500) instead of looping forever;
+    # the 2nd, 3rd ... rapid death waits backoff, 2x backoff ... (capped) before the restart.
+    max_triton_restarts: int = 5
+    triton_restart_window_s: float = 300.0
+    triton_restart_backoff_s: float = 1.0
+    liveness_timeout_s: float = 5.0  # GET /v2/health/live slower than this counts as dead
 
 
 @dataclass
@@ -110,6 +182,8 @@ class ModelEntry:
     disk_bytes: int = 0
     last_used: float = 0.0
     in_flight: int = 0
+    loads: int = 0  # successful loads so far: tells a stale failure report from a fresh one
+    contract: ModelContract | None = None  # what the entry model accepts; read once per load
     load_task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -126,6 +200,10 @@ class Metrics:
     unloading_ms: list[float] = field(default_factory=list)
     evictions: int = 0
     disk_evictions: int = 0
+    triton_deaths: int = 0
+    triton_restarts: int = 0
+    triton_failed_starts: int = 0
+    stub_failures: int = 0
 
     def report(self, loaded: int) -> dict:
         def stat(xs: list[float]) -> dict:
@@ -142,6 +220,10 @@ class Metrics:
             "ModelUnloadingTime": stat(self.unloading_ms),
             "MemoryEvictions": self.evictions,
             "DiskEvictions": self.disk_evictions,
+            "TritonDeaths": self.triton_deaths,
+            "TritonRestarts": self.triton_restarts,
+            "TritonFailedStarts": self.triton_failed_starts,
+            "StubFailures": self.stub_failures,
         }
 
 
@@ -174,11 +256,163 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+# ---------------------------------------------------------------------------------- supervision
+class TritonSupervisor:
+    """Keeps the endpoint's tritonserver alive, and tells requests the truth while it is not.
+
+    Why: one bad request (a huge declared shape makes Triton 2.51 abort on ``std::bad_alloc``)
+    or an outside SIGKILL used to leave a dead server behind a front end that kept saying
+    "loaded" and answered bare 500s forever. Death is seen two ways: the server's watcher
+    thread reaps the exited process and calls :meth:`_exited` on the event loop, and a request
+    that loses its connection probes ``/v2/health/live`` (:meth:`after_error`). Either way
+    :meth:`mark_down` runs once per server generation: requests are answered 503 from then
+    on, every model becomes "absent" (files kept: the disk cache survives), and one restart
+    task cleans up (process group with its Python stubs, ``/dev/shm`` segments), waits a
+    back-off if deaths come fast, and starts a new server on the same repository; after more
+    than ``max_triton_restarts`` deaths in ``triton_restart_window_s`` it gives up (state
+    "failed", 500) rather than crash-loop. Everything but the watcher runs on the event loop,
+    so state changes need no locks; the restart lock only guards against a second restart.
+    """
+
+    def __init__(self, triton: TritonServer, cfg: EndpointConfig, metrics: Metrics,
+                 on_down: Callable[[], None],
+                 before_restart: Callable[[int | None], None] | None = None):
+        self.triton = triton
+        self.cfg = cfg
+        self.metrics = metrics
+        self.state = "live"  # live | restarting | failed
+        self.generation = 1  # +1 per launch; a request remembers the one it used
+        self.reason = ""  # why the last server went down
+        self.stopping = False
+        self.http: httpx.AsyncClient | None = None
+        self._on_down = on_down
+        self._before_restart = before_restart  # runs in a thread, between cleanup and relaunch
+        self._deaths: collections.deque[float] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task | None = None
+        self._restart_lock = asyncio.Lock()
+
+    def attach(self, loop: asyncio.AbstractEventLoop, http: httpx.AsyncClient) -> None:
+        """Start listening to the watcher (called on the serving loop, at startup)."""
+        self._loop, self.http = loop, http
+        self.triton.on_exit = self._exited_threadsafe
+        if not self.triton.running:  # died between start() and now
+            self.mark_down(self.generation, "tritonserver exited before the endpoint started")
+
+    def detach(self) -> None:
+        self.stopping = True
+        self.triton.on_exit = None
+        if self._task is not None:
+            self._task.cancel()
+
+    def _exited_threadsafe(self, pid: int, rc: int) -> None:
+        loop = self._loop
+        if loop is None or self.stopping:
+            return
+        with contextlib.suppress(RuntimeError):  # loop already closed: the endpoint is stopping
+            loop.call_soon_threadsafe(self._exited, pid, rc)
+
+    def _exited(self, pid: int, rc: int) -> None:
+        if pid == self.triton.pid:  # else an older server, already dealt with
+            self.mark_down(self.generation,
+                           f"tritonserver (pid {pid}) exited with {describe_returncode(rc)}")
+
+    @property
+    def live(self) -> bool:
+        return self.state == "live"
+
+    def check(self) -> int:
+        """Raise the 5xx answer unless Triton is live; else return its generation."""
+        if self.state != "live":
+            raise self.down_error()
+        return self.generation
+
+    def down_error(self) -> EndpointError:
+        if self.state == "failed":
+            return InternalFailure(
+                f"The model server (Triton) died more than {self.cfg.max_triton_restarts} times "
+                f"within {self.cfg.triton_restart_window_s:.0f} s and the endpoint stopped "
+                f"restarting it (last: {self.reason}). Restart the endpoint.")
+        return ServiceUnavailable(
+            f"The model server (Triton) is restarting: {self.reason}. Models load again on "
+            f"their next request; retry the request.")
+
+    def mark_down(self, generation: int, reason: str) -> None:
+        """Declare this generation's server dead (idempotent) and start the one restart."""
+        if self.stopping or generation != self.generation or self.state != "live":
+            return
+        log.error("Triton is down: %s; restarting it", reason)
+        self.state, self.reason = "restarting", reason
+        self.metrics.triton_deaths += 1
+        self._on_down()
+        self._task = asyncio.get_running_loop().create_task(self._restart())
+
+    async def probe(self) -> bool:
+        """True if Triton answers ``/v2/health/live`` in time."""
+        if self.http is None or not self.triton.running:
+            return False
+        try:
+            r = await self.http.get(f"{self.triton.url}/v2/health/live",
+                                    timeout=self.cfg.liveness_timeout_s)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    async def after_error(self, generation: int, what: str) -> EndpointError | None:
+        """A call to Triton failed: return the 5xx to answer if Triton is (now) down, else None."""
+        if generation == self.generation and self.state == "live":
+            if await self.probe():
+                return None
+            rc = self.triton.returncode
+            how = "stopped answering" if rc is None else f"exited with {describe_returncode(rc)}"
+            self.mark_down(generation, f"tritonserver (pid {self.triton.pid}) {how} during {what}")
+        return self.down_error()
+
+    def _give_up(self) -> bool:
+        now = time.monotonic()
+        self._deaths.append(now)
+        while self._deaths and now - self._deaths[0] > self.cfg.triton_restart_window_s:
+            self._deaths.popleft()
+        return len(self._deaths) > self.cfg.max_triton_restarts
+
+    def _backoff_s(self) -> float:
+        rapid = len(self._deaths)  # the first death in the window restarts at once
+        return 0.0 if rapid < 2 else min(self.cfg.triton_restart_backoff_s * 2 ** (rapid - 2), 30.0)
+
+    async def _restart(self) -> None:
+        async with self._restart_lock:
+            while not self.stopping:
+                old_pid = self.triton.pid
+                await asyncio.to_thread(self.triton.kill_group)  # reap, stubs, shm
+                if self._before_restart is not None:
+                    await asyncio.to_thread(self._before_restart, old_pid)
+                if self._give_up():
+                    self.state = "failed"
+                    log.error("Triton died %d times in %.0f s: not restarting it again",
+                              len(self._deaths), self.cfg.triton_restart_window_s)
+                    return
+                await asyncio.sleep(self._backoff_s())
+                try:
+                    await asyncio.to_thread(self.triton.start)
+                except (TritonStartError, TritonNotFound, OSError) as e:
+                    self.metrics.triton_failed_starts += 1
+                    self.reason = f"restart failed: {str(e).splitlines()[0]}"
+                    log.error("Triton restart failed: %s", e)
+                    continue
+                self.generation += 1
+                self.metrics.triton_restarts += 1
+                self.state = "live"
+                log.warning("Triton restarted as pid %s (restart %d)", self.triton.pid,
+                            self.metrics.triton_restarts)
+                return
+
+
 # ---------------------------------------------------------------------------------- models
 class ModelManager:
     """Loads, tracks and evicts TargetModels on one Triton server."""
 
-    def __init__(self, cfg: EndpointConfig, triton: TritonServer):
+    def __init__(self, cfg: EndpointConfig, triton: TritonServer,
+                 before_restart: Callable[[int | None], None] | None = None):
         self.cfg = cfg
         self.triton = triton
         self.store, self.prefix = open_store(cfg.model_data_url)
@@ -186,6 +420,13 @@ class ModelManager:
         self.work_dir = cfg.cache_dir / "work"
         self.models: dict[str, ModelEntry] = {}
         self.metrics = Metrics()
+        self.sup = TritonSupervisor(triton, cfg, self.metrics, on_down=self.triton_down,
+                                    before_restart=before_restart)
+        # host paths never reach a client: longest first, so the repo folder wins over the cache
+        roots = {str(self.repo_dir), str(self.repo_dir.resolve()), str(triton.model_repository)}
+        self._repo_roots = sorted(roots, key=len, reverse=True)
+        self._cache_roots = sorted({str(cfg.cache_dir), str(cfg.cache_dir.resolve())},
+                                   key=len, reverse=True)
         if cfg.memory_limit_bytes is None:
             phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
             cfg.memory_limit_bytes = int(phys * 0.7)
@@ -217,7 +458,7 @@ class ModelManager:
                     m.load_task = asyncio.create_task(self._load(m))
                 try:
                     await asyncio.wait_for(asyncio.shield(m.load_task), self.cfg.ready_wait_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise ModelNotReady(
                         f"Model {target} is still loading after {self.cfg.ready_wait_s:.0f} s; "
                         f"retry the request") from None
@@ -229,51 +470,120 @@ class ModelManager:
     def release(self, m: ModelEntry) -> None:
         m.in_flight = max(0, m.in_flight - 1)
 
+    def triton_down(self) -> None:
+        """Triton died: nothing is loaded any more; the files stay, so reloads need no download."""
+        for m in self.models.values():
+            if m.state in ("loaded", "loading"):
+                m.state = "absent"
+
+    def stub_died(self, m: ModelEntry, loads_seen: int) -> bool:
+        """A model's Python stub died: make its next request reload it (once per failure).
+
+        Not an unload in Triton: with a dead stub, 2.51 never finishes unloading the composing
+        model (it stays UNLOADING), while a new load of the entry replaces the instances (a
+        fresh stub) at once.
+        """
+        if m.state != "loaded" or m.loads != loads_seen:
+            return False  # another request already reported it, or it was reloaded since
+        m.state = "absent"
+        self.metrics.stub_failures += 1
+        log.error("model %s: a Python stub died; it reloads on its next request", m.target)
+        return True
+
     async def _load(self, m: ModelEntry) -> None:
         m.state = "loading"
+        generation = self.sup.generation
         try:
             on_disk = m.ns is not None and all((self.repo_dir / n).exists() for n in m.ns.models)
             if not on_disk:  # else: unloaded earlier, its files stayed in the disk cache
                 await asyncio.wait_for(asyncio.to_thread(self._download_and_prepare, m),
                                        self.cfg.load_timeout_s)
+            generation = self.sup.check()
             await self._make_room(exclude=m.target)
             t0 = time.perf_counter()
-            try:
-                await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
-            except TritonModelError as e:
-                if any(k in str(e).lower() for k in OOM_MARKERS):
-                    # what SageMaker does on a 507: unload idle models, then try once more
-                    await self._make_room(exclude=m.target, force_one=True)
-                    await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
-                else:
-                    raise
+            await self._triton_load(m)
+            if generation != self.sup.generation or not self.sup.live:
+                raise self.sup.down_error()  # loaded into a server that died since
             self.metrics.loading_ms.append((time.perf_counter() - t0) * 1000)
+            m.contract = await asyncio.to_thread(self._read_contract, m)
             m.state = "loaded"
+            m.loads += 1
             m.last_used = time.monotonic()
             log.info("loaded %s as %s", m.target, m.ns.entry)
-        except BaseException as e:
+        except BaseException as e:  # noqa: BLE001 - always raised again, translated
+            down = None
+            if isinstance(e, (TritonModelError, httpx.HTTPError, RuntimeError)):
+                down = await self.sup.after_error(generation, f"the load of {m.target}")
+            if down is not None or isinstance(e, (ServiceUnavailable, InternalFailure)):
+                m.state = "absent"  # Triton's fault, not the model's: keep its files
+                raise (down or e) from None
             m.state = "failed"
             await asyncio.to_thread(self._discard_files, m)
-            if isinstance(e, EndpointError):
+            raise self._load_error(m, e) from None
+
+    def _read_contract(self, m: ModelEntry) -> ModelContract | None:
+        """The entry model's inputs and outputs, named as in the tarball.
+
+        None (structural checks only; they still cap every declared shape by the payload
+        limit) for a config Triton accepted but the checker cannot read.
+        """
+        try:
+            contract = contract_from_config(self.repo_dir / m.ns.entry / "config.pbtxt")
+        except ContractError as e:
+            log.warning("model %s: no request contract: %s", m.target, self.public(str(e)))
+            return None
+        return dataclasses.replace(contract, name=m.ns.original_entry)
+
+    async def _triton_load(self, m: ModelEntry) -> None:
+        try:
+            await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
+        except TritonModelError as e:
+            if not any(k in str(e).lower() for k in OOM_MARKERS):
                 raise
-            if isinstance(e, ObjectNotFound):
-                raise ValidationError(
-                    f"Failed to download model data (model: {m.target}, url: "
-                    f"{self.store.uri_for(self.key_for(m.target))}). Please ensure that there is "
-                    f"an object located at the URL.") from None
-            if isinstance(e, (UnsafeArchive, ModelRepoError)):
-                raise ValidationError(f"Failed to load model {m.target}: {e}") from None
-            if isinstance(e, TritonModelError):
-                text = _unprefix(str(e), m)
-                if any(k in text.lower() for k in OOM_MARKERS):
-                    raise InsufficientMemory(f"Failed to load model {m.target}: {text}") from None
-                raise ValidationError(f"Failed to load model {m.target}: {text}") from None
-            if isinstance(e, asyncio.TimeoutError):
-                raise ValidationError(f"Model {m.target} did not load within "
-                                      f"{self.cfg.load_timeout_s:.0f} s") from None
-            if isinstance(e, StoreError):
-                raise ValidationError(f"Failed to download model {m.target}: {e}") from None
-            raise
+            # what SageMaker does on a 507: unload idle models, then try once more
+            await self._make_room(exclude=m.target, force_one=True)
+            await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
+
+    def _load_error(self, m: ModelEntry, e: BaseException) -> BaseException:
+        """The client's answer for a failed load: names the TargetModel, never a host path."""
+        if isinstance(e, EndpointError):
+            return e
+        if isinstance(e, ObjectNotFound):
+            return ValidationError(
+                f"Failed to download model data (model: {m.target}, url: "
+                f"{self.store.uri_for(self.key_for(m.target))}). Please ensure that there is "
+                f"an object located at the URL.")
+        if isinstance(e, UnsafeArchive):
+            archive = str(self.work_dir / f"{namespace_for(m.target)}.tar.gz")
+            text = str(e).replace(f"{archive}: ", "").replace(archive, "the archive")
+            return ValidationError(f"Failed to load model {m.target}: {self.public(text)}")
+        if isinstance(e, ModelRepoError):
+            return ValidationError(f"Failed to load model {m.target}: {self.public(str(e))}")
+        if isinstance(e, TritonModelError):
+            text = _unprefix(self.public(str(e)), m)
+            if any(k in text.lower() for k in OOM_MARKERS):
+                return InsufficientMemory(f"Failed to load model {m.target}: {text}")
+            return ValidationError(f"Failed to load model {m.target}: {text}")
+        if isinstance(e, asyncio.TimeoutError):
+            return ValidationError(f"Model {m.target} did not load within "
+                                   f"{self.cfg.load_timeout_s:.0f} s")
+        if isinstance(e, StoreError):
+            return ValidationError(f"Failed to download model {m.target}: {self.public(str(e))}")
+        return e
+
+    def public(self, text: str) -> str:
+        """``text`` fit for a client: no host path of the cache, no internal model names.
+
+        Paths inside the Triton repository become repository-relative (a model.py traceback
+        then reads ``add/1/model.py``); anything else under the cache dir becomes ``<cache>``.
+        """
+        for root in self._repo_roots:
+            text = text.replace(root + "/", "").replace(root, "<repository>")
+        for root in self._cache_roots:
+            text = text.replace(root, "<cache>")
+        for m in self.models.values():
+            text = _unprefix(text, m)
+        return text
 
     def _download_and_prepare(self, m: ModelEntry) -> None:
         """Store -> disk cache -> safe extraction -> namespaced folders in the Triton repo."""
@@ -338,7 +648,7 @@ class ModelManager:
         m = self.models.get(target)
         if m is None or m.ns is None:
             return False
-        if m.state == "loaded":
+        if m.state == "loaded" and self.sup.live:  # a dead Triton has nothing loaded
             t0 = time.perf_counter()
             await asyncio.to_thread(self.triton.unload, m.ns.entry)
             self.metrics.unloading_ms.append((time.perf_counter() - t0) * 1000)
@@ -355,8 +665,12 @@ class ModelManager:
     def describe(self) -> list[dict]:
         return [{"target_model": m.target, "state": m.state,
                  "internal_name": m.ns.entry if m.ns else None, "disk_bytes": m.disk_bytes,
-                 "in_flight": m.in_flight}
+                 "in_flight": m.in_flight, "loads": m.loads}
                 for m in sorted(self.models.values(), key=lambda x: x.target)]
+
+    def triton_status(self) -> dict:
+        return {"state": self.sup.state, "pid": self.triton.pid,
+                "generation": self.sup.generation, "reason": self.sup.reason or None}
 
 
 def _check_target(target: str) -> None:
@@ -366,94 +680,47 @@ def _check_target(target: str) -> None:
 
 
 def _unprefix(text: str, m: ModelEntry) -> str:
-    """Show the user's model names, not the cache-internal namespaced ones, in messages."""
-    if m.ns is None:
-        return text
+    """Show the user's model names, not the cache-internal namespaced ones, in messages.
+
+    Also after a failed load has discarded ``m.ns``: the prefix depends on the target only.
+    """
     return text.replace(namespace_for(m.target) + "_", "")
 
 
-# ---------------------------------------------------------------------------------- request bodies
-
-def parse_request(content_type: str, body: bytes) -> tuple[dict[str, str], int | None]:
-    """Check a request body and return the headers Triton needs to read it.
-
-    Raises ValidationError (400) naming what is wrong, before anything reaches the model.
-    """
-    ct = (content_type or "").lower()
-    if ct.startswith(BINARY_CT) or ct.startswith("application/octet-stream"):
-        m = HEADER_SIZE.search(ct)
-        if not m:
-            raise ValidationError(f"Content-Type {content_type!r} needs json-header-size=N")
-        size = int(m.group(1))
-        if size > len(body):
-            raise ValidationError(f"json-header-size={size} exceeds the body length {len(body)}")
-        _check_json_header(body[:size])
-        return {"Inference-Header-Content-Length": str(size),
-                "Content-Type": "application/octet-stream"}, size
-    if ct.startswith("application/json") or ct.startswith("application/vnd.sagemaker-triton.json") or not ct:
-        _check_json_header(body)
-        return {"Content-Type": "application/json"}, None
-    raise ValidationError(f"Unsupported Content-Type {content_type!r}: use application/json or "
-                          f"{BINARY_CT};json-header-size=N")
-
-
-def _check_json_header(raw: bytes) -> None:
-    try:
-        doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValidationError(f"Request body is not valid JSON: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list) or not doc["inputs"]:
-        raise ValidationError("Request JSON must be an object with a non-empty \"inputs\" list")
-    for i, t in enumerate(doc["inputs"]):
-        if not isinstance(t, dict) or not all(k in t for k in ("name", "shape", "datatype")):
-            raise ValidationError(f"inputs[{i}] must have \"name\", \"shape\" and \"datatype\"")
-
-
 # ---------------------------------------------------------------------------------- HTTP app
-def create_app(endpoint: "LocalEndpoint", lifespan=None) -> FastAPI:
+def create_app(endpoint: LocalEndpoint, lifespan=None) -> FastAPI:
     app = FastAPI(title=f"local MME {endpoint.cfg.name}", docs_url=None, redoc_url=None,
                   lifespan=lifespan)
 
     @app.exception_handler(EndpointError)
     async def _endpoint_error(_req: Request, exc: EndpointError) -> JSONResponse:
-        return exc.response()
+        return endpoint.answer(exc)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_req: Request, exc: Exception) -> JSONResponse:
+        # still SageMaker-shaped (JSON message, x-amzn-ErrorType), and scrubbed of host paths
+        log.exception("unexpected error")
+        return endpoint.answer(InternalFailure(f"Internal error: {type(exc).__name__}: {exc}"))
 
     @app.get("/ping")
     async def ping() -> Response:
+        """200 only while Triton is live (SageMaker's health check), else the 5xx of the moment."""
+        sup = endpoint.manager.sup
+        if sup.live and not await sup.probe():
+            sup.mark_down(sup.generation, "tritonserver failed its liveness check (/ping)")
+        if not sup.live:
+            return endpoint.answer(sup.down_error())
         return Response(status_code=200)
 
     @app.post("/endpoints/{name}/invocations")
     async def invoke(name: str, request: Request) -> Response:
-        if name != endpoint.cfg.name:
-            raise ValidationError(f"Endpoint {name} not found.")
-        target = request.headers.get(TARGET_HEADER)
-        if not target:
-            raise ValidationError("This is a multi-model endpoint: the request needs a "
-                                  "TargetModel (header X-Amzn-SageMaker-Target-Model)")
-        body = await request.body()
-        headers, _ = parse_request(request.headers.get("content-type", ""), body)
-        mgr = endpoint.manager
-        mgr.metrics.invocations += 1
-        m = await mgr.acquire(target)
-        try:
-            r = await endpoint.http.post(f"/v2/models/{m.ns.entry}/infer", content=body,
-                                         headers=headers)
-        finally:
-            mgr.release(m)
-        if r.status_code != 200:
-            text = _unprefix(_triton_error(r), m)
-            kind = "client" if r.status_code < 500 else "server"
-            raise ModelError(
-                f"Received {kind} error ({r.status_code}) from primary with message \"{text}\".",
-                OriginalStatusCode=r.status_code, OriginalMessage=text)
-        out_headers = {"X-Amzn-Invoked-Production-Variant": "AllTraffic"}
-        size = r.headers.get("inference-header-content-length")
-        ct = f"{BINARY_CT};json-header-size={size}" if size is not None else "application/json"
-        return Response(content=r.content, media_type=ct, headers=out_headers)
+        return await _invoke(endpoint, name, request)
 
     @app.get("/models")
     async def list_models() -> JSONResponse:
-        return JSONResponse({"endpoint": endpoint.cfg.name, "models": endpoint.manager.describe()})
+        mgr = endpoint.manager
+        return JSONResponse({"endpoint": endpoint.cfg.name, "triton": mgr.triton_status(),
+                             "models": mgr.describe()})
 
     @app.delete("/models/{target:path}")
     async def delete_model(target: str) -> JSONResponse:
@@ -469,11 +736,95 @@ def create_app(endpoint: "LocalEndpoint", lifespan=None) -> FastAPI:
     return app
 
 
+async def _invoke(endpoint: LocalEndpoint, name: str, request: Request) -> Response:
+    """One InvokeEndpoint: validate, acquire (load) the model, forward to Triton, answer."""
+    if name != endpoint.cfg.name:
+        raise ValidationError(f"Endpoint {name} not found.")
+    target = request.headers.get(TARGET_HEADER)
+    if not target:
+        raise ValidationError("This is a multi-model endpoint: the request needs a "
+                              "TargetModel (header X-Amzn-SageMaker-Target-Model)")
+    body = await request.body()
+    ct = request.headers.get("content-type", "")
+    mgr = endpoint.manager
+    known = mgr.models.get(target)
+    # refused before the model is looked up: with its contract if it is loaded, else
+    # structurally (shapes capped by the payload limit), then again with the contract
+    contract = known.contract if known is not None and known.state == "loaded" else None
+    req = check_body(ct, body, contract)
+    mgr.metrics.invocations += 1
+    generation = mgr.sup.check()
+    m = await mgr.acquire(target)
+    try:
+        if m.contract is not contract:
+            req = check_body(ct, body, m.contract)
+        loads_seen = m.loads
+        r = await endpoint.forward(m, body, req.headers, generation)
+    finally:
+        mgr.release(m)
+    if r.status_code != 200:
+        raise _model_error(mgr, m, r, loads_seen)
+    size = r.headers.get("inference-header-content-length")
+    content, size = _rename_model(r.content, None if size is None else int(size),
+                                  m.ns.entry, m.ns.original_entry)
+    ct = f"{BINARY_CT};json-header-size={size}" if size is not None else "application/json"
+    return Response(content=content, media_type=ct,
+                    headers={"X-Amzn-Invoked-Production-Variant": "AllTraffic"})
+
+
 def _triton_error(r: httpx.Response) -> str:
     try:
         return str(r.json().get("error", r.text))
     except ValueError:
         return r.text
+
+
+def _model_error(mgr: ModelManager, m: ModelEntry, r: httpx.Response, loads_seen: int) -> ModelError:
+    """Triton's refusal as SageMaker wraps it (424), in the user's model names.
+
+    A dead Python stub is special: Triton keeps answering that error for good, so the model is
+    marked for a reload on its next request, and the answer says so.
+    """
+    text = _unprefix(mgr.public(_triton_error(r)), m)
+    if all(k in text.lower() for k in STUB_DEAD_MARKERS):
+        mgr.stub_died(m, loads_seen)
+        return ModelError(
+            f"Model {m.target} failed: a process of its Python backend died ({text}). The model "
+            f"is reloaded on its next request; retry the request.",
+            OriginalStatusCode=r.status_code, OriginalMessage=text)
+    kind = "client" if r.status_code < 500 else "server"
+    return ModelError(
+        f"Received {kind} error ({r.status_code}) from primary with message \"{text}\".",
+        OriginalStatusCode=r.status_code, OriginalMessage=text)
+
+
+def _rename_model(content: bytes, header_size: int | None, internal: str,
+                  public: str) -> tuple[bytes, int | None]:
+    """Answer with the tarball's own entry-model name where Triton wrote the namespaced one.
+
+    Only the JSON (header) changes; for binary+json the binary tail is kept as is and the new
+    header length is returned, for the content type's json-header-size. Triton writes
+    ``"model_name":"<name>"`` first, so a bounded byte search finds it without parsing (which
+    would cost a full JSON round trip on large JSON outputs).
+    """
+    end = len(content) if header_size is None else header_size
+    old = b'"model_name":' + json.dumps(internal).encode()
+    at = content.find(old, 0, min(end, 4096))
+    if at >= 0:
+        new = b'"model_name":' + json.dumps(public).encode()
+        header = content[:at] + new + content[at + len(old):end]
+    else:  # another layout: parse the header
+        try:
+            doc = json.loads(content[:end])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return content, header_size
+        if not isinstance(doc, dict) or doc.get("model_name") != internal:
+            return content, header_size
+        doc["model_name"] = public
+        header = json.dumps(doc, separators=(",", ":")).encode()
+    if header_size is None:
+        return header, None
+    return header + content[end:], len(header)
 
 
 # ---------------------------------------------------------------------------------- lifecycle
@@ -482,10 +833,16 @@ class LocalEndpoint:
 
     ``serve_forever()`` runs in the foreground (the ``mme endpoint serve`` command);
     ``start()``/``stop()`` (or ``with``) run it in a background thread for tests and the demo.
+
+    ``before_restart(old_pid)``, if given, runs in a worker thread after a dead Triton was
+    cleaned up and before it is started again (alerting; tests use it to hold the endpoint in
+    its "down" state while they look at it).
     """
 
-    def __init__(self, cfg: EndpointConfig):
+    def __init__(self, cfg: EndpointConfig,
+                 before_restart: Callable[[int | None], None] | None = None):
         self.cfg = cfg
+        self.before_restart = before_restart
         self.triton: TritonServer | None = None
         self.manager: ModelManager | None = None
         self.http: httpx.AsyncClient | None = None
@@ -507,7 +864,7 @@ class LocalEndpoint:
             self.cfg.port = free_port(self.cfg.host)
         self.triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log)
         self.triton.start()
-        self.manager = ModelManager(self.cfg, self.triton)
+        self.manager = ModelManager(self.cfg, self.triton, before_restart=self.before_restart)
         app = create_app(self, lifespan=self._lifespan)
         config = uvicorn.Config(app, host=self.cfg.host, port=self.cfg.port, log_level="warning",
                                 access_log=False, lifespan="on")
@@ -519,21 +876,47 @@ class LocalEndpoint:
         # a model load holds the thread that received it until the load ends. A kept-alive
         # inference connection pinned to that thread stalls other models' requests for the
         # whole load; a new connection goes to a free thread (about 0.1 ms on loopback).
-        self.http = httpx.AsyncClient(base_url=self.triton.url, timeout=self.cfg.load_timeout_s,
+        # No base_url: a restarted Triton may listen on another port.
+        self.http = httpx.AsyncClient(timeout=self.cfg.load_timeout_s,
                                       limits=httpx.Limits(max_keepalive_connections=0))
+        self.manager.sup.attach(asyncio.get_running_loop(), self.http)
         try:
             yield
         finally:
+            self.manager.sup.detach()
             await self.http.aclose()
+
+    async def forward(self, m: ModelEntry, body: bytes, headers: dict[str, str],
+                      generation: int) -> httpx.Response:
+        """POST the request to Triton; a lost connection becomes the 5xx of a dead Triton."""
+        try:
+            return await self.http.post(f"{self.triton.url}/v2/models/{m.ns.entry}/infer",
+                                        content=body, headers=headers)
+        except httpx.TransportError as e:
+            down = await self.manager.sup.after_error(generation, f"a request to {m.target}")
+            if down is not None:
+                raise down from None
+            raise InternalFailure(f"Lost the connection to the model server during a request "
+                                  f"to {m.target} ({type(e).__name__}); retry the request") from None
+
+    def answer(self, exc: EndpointError) -> JSONResponse:
+        """The error's response with every host path of the cache scrubbed from its text."""
+        mgr = self.manager
+        if mgr is not None:
+            exc.message = mgr.public(exc.message)
+            exc.extra = {k: mgr.public(v) if isinstance(v, str) else v
+                         for k, v in exc.extra.items()}
+        return exc.response()
 
     def serve_forever(self) -> None:
         self._prepare()
         try:
             self._server.run()
         finally:
+            self.manager.sup.stopping = True
             self.triton.stop()
 
-    def start(self, timeout: float = 90) -> "LocalEndpoint":
+    def start(self, timeout: float = 90) -> LocalEndpoint:
         self._prepare()
         self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self._thread = threading.Thread(target=self._server.run, name=f"mme-{self.cfg.name}",
@@ -548,6 +931,8 @@ class LocalEndpoint:
         return self
 
     def stop(self) -> None:
+        if self.manager is not None:
+            self.manager.sup.stopping = True  # no restart from here on
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
@@ -556,7 +941,7 @@ class LocalEndpoint:
         if self.triton is not None:
             self.triton.stop()
 
-    def __enter__(self) -> "LocalEndpoint":
+    def __enter__(self) -> LocalEndpoint:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,11 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 
 class ModelRepoError(ValueError):
-    """The tarball's content is not a Triton model repository SageMaker would accept."""
+    """The tarball's content is not a Triton model repository SageMaker would accept.
+
+    Messages name the TargetModel and the member inside the tarball (``t.tar.gz/pipe:``), never
+    a host path: the endpoint answers them to clients as they are.
+    """
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,9 @@ def namespace_for(target_model: str) -> str:
 def _read_config(path: Path, where: str) -> mc.ModelConfig:
     try:
         return text_format.Parse(path.read_text(), mc.ModelConfig())
-    except (OSError, UnicodeDecodeError, text_format.ParseError) as e:
+    except OSError as e:  # str(e) would name the host path of the extraction folder
+        raise ModelRepoError(f"{where}: cannot read {path.name}: {e.strerror or type(e).__name__}") from e
+    except (UnicodeDecodeError, text_format.ParseError) as e:
         raise ModelRepoError(f"{where}: cannot parse {path.name}: {e}") from e
 
 

@@ -65,6 +65,8 @@ from urllib.parse import quote
 
 import httpx
 
+from infra.store import atomic_dir
+
 __all__ = [
     "TritonDist",
     "TritonModelError",
@@ -186,19 +188,14 @@ def _prepare_backends(ts_dir: Path) -> Path:
     if (target / "python").is_dir() and expected <= {p.name for p in (target / "python").iterdir()}:
         return target
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    # "keep": another process that prepared the same (content-addressed) folder first wins
+    with atomic_dir(target, if_exists="keep") as tmp:
         (tmp / "python").mkdir()
         for src in sources:  # copy2 keeps the stub's exec bit
             shutil.copy2(src, tmp / "python" / src.name)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "python" / _STUB_NAME).is_file():
-                raise  # not a lost race with another process: a real error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    if not (target / "python" / _STUB_NAME).is_file():
+        raise FileExistsError(f"{target} exists without {_STUB_NAME}: not a lost race with "
+                              f"another process; remove it to prepare it again")
     LOGGER.debug("prepared triton backends dir %s", target)
     return target
 
@@ -384,6 +381,39 @@ def _remove_temp_logs() -> None:
             pass
 
 
+def describe_returncode(rc: int) -> str:
+    """``-9`` -> ``"signal 9 (SIGKILL)"``, ``134`` -> ``"exit code 134"``: for log lines and answers."""
+    if rc < 0:
+        try:
+            return f"signal {-rc} ({signal.Signals(-rc).name})"
+        except ValueError:
+            return f"signal {-rc}"
+    return f"exit code {rc}"
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies (from ``/proc/<pid>/stat``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            found.append(int(entry.name))
+    return found
+
+
+def _wait_group_dead(pgid: int, timeout: float) -> list[int]:
+    """Poll until no live process is left in group ``pgid``; return those left at the timeout."""
+    deadline = time.monotonic() + timeout
+    while (left := _live_group_members(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return left
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on ``host`` right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -462,13 +492,34 @@ class TritonServer:
         self.metrics_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
-        # Unique per server so stop() can remove exactly this server's /dev/shm segments.
+        #: Called as ``on_exit(pid, returncode)`` from a watcher thread when tritonserver exits
+        #: without :meth:`stop`/:meth:`kill_group` asking it to (a crash, an OOM kill, SIGKILL
+        #: from outside). The watcher also reaps the process at once, so a crash never leaves
+        #: a zombie behind, whoever owns the server.
+        self.on_exit: Callable[[int, int], None] | None = None
+        self._expected_exits: set[int] = set()  # pids that stop()/kill_group() ended
+        self._shm_prefix = ""
+        self.server_id = ""
+        self._new_identity()
+        self.startup_seconds: float | None = None
+
+    def _new_identity(self) -> None:
+        """A fresh token per launch: shm prefix and server id never outlive one process.
+
+        The shm prefix lets :meth:`kill_group` remove exactly this launch's ``/dev/shm``
+        segments; a restarted server gets a new one, so segments a dying stub of the old
+        process may still hold are never confused with the new server's.  The id is reported
+        as ``name`` by ``GET /v2``: it proves the process answering on our port is ours (with
+        a port collision, another server may answer ``/v2/health/live`` first).
+        """
         token = uuid.uuid4().hex[:12]
         self._shm_prefix = f"mme_{token}_"
-        # Reported as "name" by GET /v2: proves the process answering on our port is ours
-        # (with a port collision, another server may answer /v2/health/live first).
         self.server_id = f"triton-mme-{token}"
-        self.startup_seconds: float | None = None
+
+    @property
+    def shm_prefix(self) -> str:
+        """Prefix of the ``/dev/shm`` segments of the current launch (its Python stubs')."""
+        return self._shm_prefix
 
     # ---------------------------------------------------------------- props
     @property
@@ -482,6 +533,11 @@ class TritonServer:
     def pid(self) -> int | None:
         """PID of tritonserver (also its process-group id), ``None`` before start."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of the current launch once it has been reaped (negative: the signal)."""
+        return self._proc.returncode if self._proc is not None else None
 
     @property
     def running(self) -> bool:
@@ -558,6 +614,9 @@ class TritonServer:
         """
         if self.running:
             return self
+        if self._proc is not None:  # a restart: clean up after the previous launch first
+            self.kill_group()
+            self._new_identity()
         if not self.model_repository.is_dir():
             raise TritonStartError(f"model repository {self.model_repository} is not a directory")
         dist = locate_triton()
@@ -585,6 +644,8 @@ class TritonServer:
                     raise
                 LOGGER.warning("tritonserver port collision, retrying with other ports")
         self.startup_seconds = time.monotonic() - t0
+        assert self._proc is not None
+        self._watch(self._proc)
         atexit.register(self.stop)
         LOGGER.info("tritonserver pid %s live at %s in %.2fs", self.pid, self.url, self.startup_seconds)
         return self
@@ -633,23 +694,77 @@ class TritonServer:
                 )
             time.sleep(0.05)
 
+    def _watch(self, proc: subprocess.Popen[bytes]) -> None:
+        """Reap ``proc`` the moment it exits and report an unexpected exit to :attr:`on_exit`.
+
+        A blocking ``wait()`` in a daemon thread, not polling: the exit is seen at once, and
+        the process never lingers as a zombie while nobody happens to call ``poll()``.
+        """
+
+        def wait() -> None:
+            rc = proc.wait()
+            if proc.pid in self._expected_exits:
+                return
+            LOGGER.error("tritonserver pid %s exited unexpectedly with %s (log: %s)",
+                         proc.pid, describe_returncode(rc), self.log_path)
+            callback = self.on_exit
+            if callback is not None:
+                try:
+                    callback(proc.pid, rc)
+                except Exception:  # a watcher must never die silently
+                    LOGGER.exception("on_exit callback failed for tritonserver pid %s", proc.pid)
+
+        threading.Thread(target=wait, name=f"tritonserver-{proc.pid}-watch", daemon=True).start()
+
+    def kill_group(self) -> None:
+        """SIGKILL the process group (server and stubs), reap it and remove its shm segments.
+
+        Safe on a server that already died: it then removes what the dead server left
+        (orphaned stubs still in its group, ``/dev/shm`` segments with its prefix).
+        """
+        self._kill_group()
+
     def _kill_group(self) -> None:
         """SIGKILL whatever is left of the process group (stubs included) and reap."""
         proc = self._proc
         if proc is None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self._expected_exits.add(proc.pid)
+        reused = proc.returncode is not None and Path(f"/proc/{proc.pid}").exists()
+        if reused:  # reaped, and its pid already reused: the group id may be someone else's
+            self._kill_own_members(proc.pid)
+        else:  # alive, a zombie, or its pid still free: the group can only be ours
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL cannot be ignored
             LOGGER.error("tritonserver pid %s survived SIGKILL", proc.pid)
+        # SIGKILL is delivered asynchronously: wait until the stubs are really gone (zombies
+        # awaiting their reaper at most), so that "killed" means "no process left running".
+        left = [] if reused else _wait_group_dead(proc.pid, timeout=5)
+        if left:  # pragma: no cover - a process in uninterruptible sleep
+            LOGGER.error("processes %s of tritonserver's group %s survived SIGKILL", left, proc.pid)
         if self._client is not None:
             self._client.close()
             self._client = None
         self._cleanup_shm()
+
+    def _kill_own_members(self, pgid: int) -> None:
+        """SIGKILL the processes of group ``pgid`` that run this server's models (its stubs)."""
+        marker = str(self.model_repository)
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                    continue
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
 
     def _cleanup_shm(self) -> None:
         shm = Path("/dev/shm")
@@ -670,6 +785,7 @@ class TritonServer:
         if proc is None:
             return
         timeout = self.STOP_TIMEOUT if timeout is None else timeout
+        self._expected_exits.add(proc.pid)
         if self._client is not None:  # our own keep-alive connection would delay Triton's exit
             self._client.close()
             self._client = None
