@@ -13,7 +13,17 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from ensembles.spec import BackendSpec, EnsembleSpec, SpecError, StepSpec, TensorSpec, validate
+from ensembles import engine_io
+from ensembles.spec import (
+    ArtifactRef,
+    BackendSpec,
+    EnsembleSpec,
+    SpecError,
+    StepSpec,
+    TensorSpec,
+    validate,
+)
+from infra.triton_release import DEFAULT_RELEASE, TritonRelease
 
 # shared model code usable by any ensemble (``runtime:onnx_model.py`` in a spec's files)
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
@@ -59,9 +69,7 @@ def ensemble_config(spec: EnsembleSpec) -> mc.ModelConfig:
 def serving_release(spec: EnsembleSpec, target: str) -> str | None:
     """The Triton release the target's TensorRT plans are compiled for (and so served with):
     the ``triton_release`` of its ``compile_tensorrt`` artifacts, default
-    :data:`tasks.compile.DEFAULT_RELEASE`; None when the target compiles no plan."""
-    from tasks.compile import DEFAULT_RELEASE
-
+    :data:`infra.triton_release.DEFAULT_RELEASE`; None when the target compiles no plan."""
     releases = {str(a.params.get("triton_release", DEFAULT_RELEASE))
                 for a in spec.artifacts.values()
                 if a.producer == "compile_tensorrt" and target in a.targets}
@@ -79,9 +87,7 @@ def int64_free_tensors(spec: EnsembleSpec, target: str, release: str | None) -> 
     every step they connect (the tokenizer then emits INT32, as the seed did). An ensemble
     input or output among them is refused: that would change what callers send or get back.
     """
-    from tasks.compile import tensorrt_major_for
-
-    if release is None or tensorrt_major_for(release) >= 10:
+    if release is None or TritonRelease.parse(release).tensorrt_major >= 10:
         return set()
     marked: set[str] = set()
     for step in spec.steps:
@@ -95,7 +101,7 @@ def int64_free_tensors(spec: EnsembleSpec, target: str, release: str | None) -> 
     if public:
         raise SpecError(f"ensemble {spec.name!r}, target {target!r}: ensemble tensors {public} "
                         f"are TYPE_INT64 at a TensorRT step, but Triton release {release} has "
-                        f"TensorRT {tensorrt_major_for(release)}, which has no INT64 I/O; serve "
+                        f"TensorRT {TritonRelease.parse(release).tensorrt_major}, which has no INT64 I/O; serve "
                         f"with release 24.05 or later (TensorRT 10), or make them TYPE_INT32")
     return marked
 
@@ -169,7 +175,7 @@ def render_repository(
     artifacts cannot be built on this host, such as TensorRT plans without a GPU).
     ``triton_release`` (default: :func:`serving_release`) decides the token dtypes at TensorRT
     steps (:func:`int64_free_tensors`). A TensorRT plan made by ``compile_tensorrt`` is checked
-    against its rendered config (:func:`tasks.trt_bindings.check_engine_io`) before anything
+    against its rendered config (:func:`ensembles.engine_io.check_engine_io`) before anything
     packs it.
     """
     validate(spec)
@@ -203,39 +209,36 @@ def render_repository(
 
 def _check_plan(spec: EnsembleSpec, step: StepSpec, target: str, be: BackendSpec,
                 cfg: mc.ModelConfig, artifacts: dict[str, Path]) -> None:
-    """Refuse a compiled plan whose engine I/O does not match ``cfg`` (see tasks.trt_bindings).
+    """Refuse a compiled plan whose engine I/O does not match ``cfg`` (see ensembles.engine_io).
 
     Only plans from ``compile_tensorrt`` carry the engine report (``engine_io.json`` beside the
     plan); a plan made another way is not checked here.
     """
-    from tasks import trt_bindings
-
     where = f"ensemble {spec.name!r}, step {step.name!r}, target {target!r}"
     model_file = f"1/{be.default_model_filename or _BACKEND_CONFIG['tensorrt'][2]}"
-    src = be.files.get(model_file, "")
-    name = src.removeprefix("artifact:")
-    if not src.startswith("artifact:") or spec.artifacts[name].producer != "compile_tensorrt":
+    ref = be.files.get(model_file)
+    if not isinstance(ref, ArtifactRef) or spec.artifacts[ref.name].producer != "compile_tensorrt":
         return
+    name = ref.name
     path = Path(artifacts[name])
-    report = trt_bindings.read_sidecar(path if path.is_dir() else path.parent)
+    report = engine_io.read_sidecar(path if path.is_dir() else path.parent)
     if report is None or report.get("engine_io") is None:
         raise SpecError(f"{where}: artifact {name!r} has no record of the engine's inputs and "
-                        f"outputs ({trt_bindings.SIDECAR_NAME}), so it cannot be checked against "
+                        f"outputs ({engine_io.SIDECAR_NAME}), so it cannot be checked against "
                         f"config.pbtxt; refusing to pack an unchecked plan (rebuild the artifact)")
-    trt_bindings.check_engine_io(trt_bindings.EngineIO.from_json(report["engine_io"]), cfg,
+    engine_io.check_engine_io(engine_io.EngineIO.from_json(report["engine_io"]), cfg,
                                  where=f"{where}, artifact {name!r}")
 
 
 def _copy_into(
-    spec: EnsembleSpec, step: StepSpec, target: str, dest: Path, src: str,
+    spec: EnsembleSpec, step: StepSpec, target: str, dest: Path, src: ArtifactRef | str,
     catalog_dir: Path | None, artifacts: dict[str, Path],
 ) -> None:
     where = f"ensemble {spec.name!r}, step {step.name!r}, target {target!r}"
-    if src.startswith("artifact:"):
-        name = src.removeprefix("artifact:")
-        if name not in artifacts:
-            raise SpecError(f"{where}: artifact {name!r} was not built")
-        path = Path(artifacts[name])
+    if isinstance(src, ArtifactRef):
+        if src.name not in artifacts:
+            raise SpecError(f"{where}: artifact {src.name!r} was not built")
+        path = Path(artifacts[src.name])
     elif src.startswith("runtime:"):
         path = RUNTIME_DIR / src.removeprefix("runtime:")
     else:

@@ -11,11 +11,21 @@ step and the tensor at fault.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+)
+from pydantic_core import core_schema
 
 TARGETS = ("local-cpu", "sagemaker-gpu")
 Target = Literal["local-cpu", "sagemaker-gpu"]
@@ -38,6 +48,58 @@ _MODEL_TENSOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
 
 class SpecError(ValueError):
     """A spec that cannot be built. The message names the ensemble, step and tensor."""
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """A reference to an artifact the build makes: ``"artifact:<name>"`` in ``ensemble.yaml``.
+
+    Why a type: the YAML spelling is parsed once, when the spec is validated, so every user
+    (rendering, the producer chain, the cache keys, the reference sample) asks
+    ``isinstance(v, ArtifactRef)`` and reads ``.name`` instead of re-parsing strings. It
+    serializes back to the same string, so a dumped spec (and every cache key made from one)
+    reads as the YAML did.
+    """
+
+    name: str
+    PREFIX: ClassVar[str] = "artifact:"
+
+    def __str__(self) -> str:
+        return f"{self.PREFIX}{self.name}"
+
+    @classmethod
+    def parse(cls, value: object) -> ArtifactRef | None:
+        """The reference ``value`` spells, or None when it is not one."""
+        if isinstance(value, ArtifactRef):
+            return value
+        if isinstance(value, str) and value.startswith(cls.PREFIX):
+            return cls(value[len(cls.PREFIX):])
+        return None
+
+    @classmethod
+    def _validate(cls, value: object) -> ArtifactRef:
+        ref = cls.parse(value)
+        if ref is None:
+            raise ValueError(f"{value!r} is not an artifact reference ('artifact:<name>')")
+        return ref
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        # the serializer also sees the other members of the unions below: pass those through
+        return core_schema.no_info_plain_validator_function(
+            cls._validate, serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: str(v) if isinstance(v, ArtifactRef) else v))
+
+
+def artifact_refs(values: Iterable[object]) -> list[ArtifactRef]:
+    """The artifact references among ``values`` (a spec's files or parameters), in order."""
+    return [v for v in values if isinstance(v, ArtifactRef)]
+
+
+# A step file's source: an artifact, or a string (``runtime:<file>`` or a catalog path).
+FileSource = Annotated[ArtifactRef | str, Field(union_mode="left_to_right")]
+# A producer's or validation's parameter: an artifact (its path is passed), or any value.
+Param = Annotated[ArtifactRef | Any, Field(union_mode="left_to_right")]
 
 
 class _Strict(BaseModel):
@@ -71,7 +133,7 @@ class BackendSpec(_Strict):
     """
 
     backend: Backend
-    files: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, FileSource] = Field(default_factory=dict)
     default_model_filename: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
     instance_kind: Literal["KIND_CPU", "KIND_GPU", "KIND_AUTO"] = "KIND_AUTO"
@@ -103,7 +165,7 @@ class ArtifactSpec(_Strict):
     """
 
     producer: str
-    params: dict[str, object] = Field(default_factory=dict)
+    params: dict[str, Param] = Field(default_factory=dict)
     targets: list[Target] = Field(default_factory=lambda: list(TARGETS))
 
 
@@ -113,7 +175,7 @@ class ValidationSpec(_Strict):
     kind: str
     metric: str
     threshold: float
-    params: dict[str, object] = Field(default_factory=dict)
+    params: dict[str, Param] = Field(default_factory=dict)
 
 
 class EnsembleSpec(_Strict):
@@ -214,19 +276,33 @@ def validate(spec: EnsembleSpec) -> list[str]:
         _check_link(f"{ens}: output {out.name!r}", produced[out.name][1], out)
 
     order = _toposort(ens, deps)
-    for name, art in spec.artifacts.items():
+    _check_artifact_refs(spec, ens)
+    return order
+
+
+def _check_artifact_refs(spec: EnsembleSpec, ens: str) -> None:
+    """Every ``artifact:`` reference (step files, artifact and validation parameters) names
+    an artifact of the spec; file destinations stay inside the model folder."""
+    for name in spec.artifacts:
         if not _NAME.match(name):
             raise SpecError(f"{ens}: artifact name {name!r} is not a valid identifier")
     for step in spec.steps:
         for target, be in step.backends.items():
             for dest, src in be.files.items():
-                if src.startswith("artifact:") and src.removeprefix("artifact:") not in spec.artifacts:
+                if isinstance(src, ArtifactRef) and src.name not in spec.artifacts:
                     raise SpecError(f"{ens}, step {step.name!r}, target {target!r}: file {dest!r} "
-                                    f"comes from unknown artifact {src!r}")
+                                    f"comes from unknown artifact {str(src)!r}")
                 if Path(dest).is_absolute() or ".." in Path(dest).parts:
                     raise SpecError(f"{ens}, step {step.name!r}: file destination {dest!r} "
                                     f"must be a relative path inside the model folder")
-    return order
+    params = [(f"artifact {n!r}", a.params) for n, a in spec.artifacts.items()]
+    if spec.validation is not None:
+        params.append(("validation", spec.validation.params))
+    for where, values in params:
+        for key, value in values.items():
+            if isinstance(value, ArtifactRef) and value.name not in spec.artifacts:
+                raise SpecError(f"{ens}, {where}: parameter {key!r} reads unknown artifact "
+                                f"{str(value)!r}")
 
 
 def _check_link(where: str, src: TensorSpec, dst: TensorSpec) -> None:

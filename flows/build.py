@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import os
 import re
-import shutil
 import tempfile
 import threading
 import time
@@ -56,7 +55,7 @@ from prefect.tasks import exponential_backoff
 
 from ensembles.catalog import load_ensemble
 from ensembles.render import render_repository
-from ensembles.spec import EnsembleSpec, SpecError, validate
+from ensembles.spec import EnsembleSpec, SpecError, artifact_refs, validate
 from flows.common import human_bytes, retry_transient, short
 from infra import paths
 from tasks import cache
@@ -350,7 +349,7 @@ def source_assets(spec: EnsembleSpec, sources: Mapping[str, Mapping[str, Any]]) 
     out: dict[str, Asset] = {}
     for name, meta in sources.items():
         art = spec.artifacts[name]
-        if any(isinstance(v, str) and v.startswith("artifact:") for v in art.params.values()):
+        if artifact_refs(art.params.values()):
             continue
         key = source_asset_key(meta)
         if key and key not in out:
@@ -597,7 +596,3 @@ def build_report(outcomes: list[tuple[str, dict[str, Any] | None, BaseException 
 
 def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
-
-
-def clean_work_dir() -> None:
-    shutil.rmtree(paths.work_dir(), ignore_errors=True)

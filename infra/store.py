@@ -15,12 +15,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 import boto3
@@ -131,6 +132,62 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dest.parent)
+
+
+def discard_path(path: str | os.PathLike[str]) -> None:
+    """Remove a file or folder so no reader sees it half-deleted: a folder is first renamed
+    into a hidden ``.tmp-trash-*`` sibling, then deleted there."""
+    path = Path(path)
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        trash = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}trash-", dir=path.parent))
+        os.rename(path, trash / path.name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(dest: str | os.PathLike[str], *,
+               if_exists: Literal["error", "replace", "keep"] = "error") -> Iterator[Path]:
+    """Yield a fresh, empty staging folder next to ``dest``; rename it to ``dest`` on success.
+
+    Why: readers (a cache lookup, Triton, a second build) must never see a half-made folder,
+    and a crash must leave none where they look. The staging folder is hidden
+    (``.tmp-<name>-*``, so a cache can sweep what a crashed writer left) in ``dest``'s own
+    directory (one filesystem: the rename is atomic), made 0o755 and renamed to ``dest``.
+    On any exception it is deleted and ``dest`` is untouched.
+
+    ``if_exists`` says what happens when ``dest`` exists at that moment: ``"error"`` raises
+    FileExistsError; ``"replace"`` renames the old one aside (:func:`discard_path`) first;
+    ``"keep"`` keeps it and discards the staged one (another writer of the same content won
+    the race, e.g. two processes preparing one content-addressed folder).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest.name}-", dir=dest.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o755)  # mkdtemp makes it 0o700; the endpoint may run as another user
+        _publish_dir(staging, dest, if_exists)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _publish_dir(staging: Path, dest: Path, if_exists: str) -> None:
+    if dest.exists() or dest.is_symlink():
+        if if_exists == "keep":
+            return
+        if if_exists != "replace":
+            raise FileExistsError(f"{dest} already exists")
+        discard_path(dest)
+    try:
+        os.rename(staging, dest)
+    except OSError:
+        if if_exists == "keep" and dest.exists():
+            return  # lost a race to a writer of the same folder
         raise
     _fsync_dir(dest.parent)
 

@@ -14,16 +14,14 @@ repositories that a Triton server could pick up.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import tarfile
-import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
 
 from isal import igzip, isal_zlib
 
-from infra.store import TMP_PREFIX, atomic_path, sha256_file
+from infra.store import atomic_dir, atomic_path, sha256_file
 
 # Compressor choice, measured on 90 MiB of float32 normal noise (weights-like,
 # barely compressible), 2 CPUs, isal 1.9.1, Python 3.11:
@@ -168,8 +166,7 @@ def safe_extract(archive: Path, dest_dir: Path) -> Path:
 
     with open(archive, "rb") as f:
         is_gzip = f.read(2) == b"\x1f\x8b"
-    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest_dir.name}-", dir=dest_dir.parent))
-    try:
+    with atomic_dir(dest_dir) as tmp:
         with igzip.open(archive, "rb") if is_gzip else open(archive, "rb") as fileobj:
             # Phase 1: read and check everything; any read error means a broken archive.
             try:
@@ -194,9 +191,4 @@ def safe_extract(archive: Path, dest_dir: Path) -> Path:
                     tar.extractall(tmp, members=members, filter="data")
                 except tarfile.FilterError as exc:
                     raise UnsafeArchive(f"{archive}: {exc}") from exc
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0o700
-        os.rename(tmp, dest_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest_dir

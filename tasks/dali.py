@@ -18,10 +18,12 @@ DALI, which is a large, optional dependency.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import time
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # The subset of DALI's own schema (dali/pipeline/proto/dali.proto, package dali_proto) that a
 # serialized pipeline uses. DALI ships no Python bindings for it, so the message classes are
@@ -185,20 +187,54 @@ def strip_origin_info(data: bytes) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
+class PipelineDef(Protocol):
+    """What a spec's ``pipeline: "<module>:<name>"`` names (e.g. the ``squeezenet`` of
+    ``ensembles.catalog.image_classifier.pipelines``): called, it builds a DALI ``Pipeline``;
+    its output fields describe the tensor it produces (dims without the batch dimension)."""
+
+    output_name: str
+    output_dims: Sequence[int]
+    output_layout: str
+
+    def __call__(self, device: str, batch_size: int, *, input_name: str = ...,
+                 **kw: Any) -> Any: ...
+
+
+def load_pipeline(pipeline: str) -> PipelineDef:
+    """The pipeline definition named ``"<module>:<name>"``, imported with importlib.
+
+    Why by name: a spec says which pipeline its artifact serializes, so this module needs no
+    import of any catalog entry (``tasks/`` sits above ``ensembles/``) and a new ensemble
+    brings its own pipelines without touching ``tasks/``.
+    """
+    module, sep, attr = str(pipeline).partition(":")
+    if not sep or not module or not attr.isidentifier():
+        raise DaliPipelineError(f"unknown DALI pipeline {pipeline!r}: name it by module path, "
+                                f"'<module>:<name>', e.g. "
+                                f"'ensembles.catalog.image_classifier.pipelines:squeezenet'")
+    try:
+        found = getattr(importlib.import_module(module), attr, None)
+    except ImportError as e:
+        raise DaliPipelineError(f"unknown DALI pipeline {pipeline!r}: cannot import {module!r}: "
+                                f"{e}") from e
+    if found is None or not callable(found) or not all(
+            hasattr(found, a) for a in ("output_name", "output_dims", "output_layout")):
+        raise DaliPipelineError(f"unknown DALI pipeline {pipeline!r}: {module!r} has no pipeline "
+                                f"definition {attr!r} (a callable with output_name, output_dims "
+                                f"and output_layout)")
+    return found  # type: ignore[no-any-return]
+
+
 def build_pipeline(pipeline: str, device: str, *, input_name: str = "INPUT",
                    batch_size: int = 16, **kw: Any) -> Any:
-    """The named pipeline of the image ensemble (``squeezenet`` or ``inception``) as a DALI
+    """The pipeline named ``"<module>:<name>"`` (:func:`load_pipeline`) as a DALI
     ``Pipeline`` with ``device_id=None`` unless ``device_id`` is given in ``kw``."""
-    from ensembles.catalog.image_classifier.pipelines import PIPELINES
-
-    if pipeline not in PIPELINES:
-        raise DaliPipelineError(f"unknown DALI pipeline {pipeline!r} (known: {sorted(PIPELINES)})")
+    factory = load_pipeline(pipeline)
     if device not in ("cpu", "mixed"):
         raise DaliPipelineError(f"DALI pipeline {pipeline!r}: device must be 'cpu' (local-cpu) "
                                 f"or 'mixed' (GPU decode), not {device!r}")
-    factory = PIPELINES[pipeline][0]
     try:
-        return factory(device, int(batch_size), input_name=input_name, **kw)  # type: ignore[operator]
+        return factory(device, int(batch_size), input_name=input_name, **kw)
     except TypeError as e:
         raise DaliPipelineError(f"DALI pipeline {pipeline!r}: bad parameters {sorted(kw)}: {e}") from e
 
@@ -206,7 +242,8 @@ def build_pipeline(pipeline: str, device: str, *, input_name: str = "INPUT",
 def serialize_pipeline(out_dir: Path, *, pipeline: str, device: str, input_name: str = "INPUT",
                        batch_size: int = 16, filename: str = "model.dali",
                        **kw: Any) -> tuple[Path, dict]:
-    """Producer: serialize pipeline ``pipeline`` for ``device`` to ``out_dir/model.dali``.
+    """Producer: serialize pipeline ``pipeline`` (``"<module>:<name>"``, see
+    :func:`load_pipeline`) for ``device`` to ``out_dir/model.dali``.
 
     Serialized with ``device_id=None``, so it works on a machine without a GPU, also for a
     ``mixed`` pipeline: Triton's DALI backend sets the device when it loads the model. The
@@ -219,8 +256,6 @@ def serialize_pipeline(out_dir: Path, *, pipeline: str, device: str, input_name:
     sha256 and timings.
     """
     import nvidia.dali
-
-    from ensembles.catalog.image_classifier.pipelines import OUTPUT_NAME, PIPELINES
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -237,14 +272,15 @@ def serialize_pipeline(out_dir: Path, *, pipeline: str, device: str, input_name:
     data = strip_origin_info(raw)
     path = out_dir / filename
     path.write_bytes(data)
-    _, dims, layout = PIPELINES[pipeline]
+    definition = load_pipeline(pipeline)
     meta = {
         "pipeline": pipeline,
         "device": device,
         "target_backend": "dali" if device == "mixed" else "python (DALI Python API)",
         "input": {"name": input_name, "dtype": "TYPE_UINT8", "dims": [-1],
                   "content": "encoded image bytes, one image per batch item"},
-        "output": {"name": OUTPUT_NAME, "dtype": "TYPE_FP32", "dims": dims, "layout": layout},
+        "output": {"name": definition.output_name, "dtype": "TYPE_FP32",
+                   "dims": list(definition.output_dims), "layout": definition.output_layout},
         "batch_size": int(batch_size),
         "params": {k: v for k, v in kw.items()},
         "dali_version": nvidia.dali.__version__,

@@ -62,11 +62,11 @@ from pathlib import Path
 from typing import Any
 
 from infra import paths
-from infra.store import TMP_PREFIX, atomic_path, file_lock, sha256_file
+from infra.store import TMP_PREFIX, atomic_dir, atomic_path, sha256_file
 from infra.tarball import pack_deterministic
+from tasks.cache import cached_entry
 
 __all__ = [
-    "TRITON_PYTHON",
     "EnvPackError",
     "EnvPackUnavailable",
     "conda_pack_env",
@@ -74,7 +74,6 @@ __all__ = [
     "pack_python_env",
     "pip_command",
     "pip_platforms",
-    "python_for_triton",
     "wheel_env",
 ]
 
@@ -101,50 +100,6 @@ class EnvPackError(RuntimeError):
 
 class EnvPackUnavailable(RuntimeError):
     """The requested method needs a tool this host lacks (conda, conda-pack); the message names it."""
-
-
-# --------------------------------------------------------------------------- #
-# Which Python does a Triton release run?
-# --------------------------------------------------------------------------- #
-
-#: (first NGC release "YY.MM", Python major.minor of its python backend stub), ascending.
-#: Sources (CHECK again for every new release -- the env's Python must equal the stub's):
-#:   * 20.12 - 21.xx release notes: "Ubuntu 20.04 including Python 3.8" (20.10 was 18.04/3.6);
-#:     the seed's conda env used python=3.8 for 23.03.
-#:   * 23.04: NGC images moved to Ubuntu 22.04 / Python 3.10 (aws/sagemaker-inference-toolkit
-#:     issue #134 says "py310 since 23.02"; 23.03 is taken as 3.8 from the seed -- unverified).
-#:   * 24.11 still Python 3.10.12, 24.12 "Ubuntu 24.04 including Python 3.12" (release notes and
-#:     the compatibility matrix, which lists 3.12.3 up to 25.12).
-TRITON_PYTHON: tuple[tuple[str, str], ...] = (
-    ("20.12", "3.8"),
-    ("23.04", "3.10"),
-    ("24.12", "3.12"),
-)
-#: The newest release whose Python was checked; newer ones raise until the table is updated.
-TRITON_PYTHON_CHECKED_THROUGH = "25.12"
-
-
-def _release_tuple(release: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d{2})\.(\d{2})(?:\.\d+)?(?:-.*)?", release.strip())
-    if not m:
-        raise ValueError(f"Triton release must look like '24.09' (YY.MM), not {release!r}")
-    return int(m.group(1)), int(m.group(2))
-
-
-def python_for_triton(release: str) -> str:
-    """Python ``major.minor`` of the NGC/SageMaker Triton image ``release`` (e.g. ``"24.09"`` -> ``"3.10"``)."""
-    rel = _release_tuple(release)
-    if rel < _release_tuple(TRITON_PYTHON[0][0]):
-        raise ValueError(f"Triton {release} predates the table (first entry {TRITON_PYTHON[0][0]})")
-    if rel > _release_tuple(TRITON_PYTHON_CHECKED_THROUGH):
-        raise ValueError(
-            f"Python of Triton {release} is not known here (checked through {TRITON_PYTHON_CHECKED_THROUGH}); "
-            f"look it up in the release notes and extend tasks.envpack.TRITON_PYTHON")
-    version = TRITON_PYTHON[0][1]
-    for first, py in TRITON_PYTHON:
-        if rel >= _release_tuple(first):
-            version = py
-    return version
 
 
 # --------------------------------------------------------------------------- #
@@ -445,6 +400,50 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
+def _fill_wheel_env(env: Path, reqs: list[str], python_version: str, platform: str,
+                    pip: PipRunner) -> dict[str, Any]:
+    """Install ``reqs`` for the target into the new folder ``env`` and write its activate
+    script, python3 shim, pyvenv.cfg and :data:`ENV_INFO_FILE`; return the env's metadata."""
+    site = env / "lib" / f"python{python_version}" / "site-packages"
+    (env / "bin").mkdir(parents=True)
+    site.mkdir(parents=True)
+    pip(pip_command(site, reqs, python_version, platform))
+    packages = installed_packages(site)
+    if not packages:
+        raise EnvPackError(f"pip installed nothing into {site} for {reqs}")
+    # pip --target puts console scripts in <target>/bin with a shebang naming the build
+    # host's interpreter: useless (and machine-specific) in the container.
+    removed = sorted(p.name for p in (site / "bin").iterdir()) if (site / "bin").is_dir() else []
+    shutil.rmtree(site / "bin", ignore_errors=True)
+    for cache in site.rglob("__pycache__"):  # none with --no-compile; be sure anyway
+        shutil.rmtree(cache, ignore_errors=True)
+    links = [str(p.relative_to(env)) for p in env.rglob("*") if p.is_symlink()]
+    if links:
+        raise EnvPackError(f"the installed packages contain symlinks, which cannot be packed: {links[:5]}")
+
+    _write(env / "bin" / "activate", activate_script(python_version), 0o755)
+    _write(env / "bin" / "python3", python3_shim(python_version), 0o755)
+    _write(env / "pyvenv.cfg",
+           f"home = {CONTAINER_PYTHON_HOME}\ninclude-system-site-packages = true\nversion = {python_version}\n")
+    info = {"format": ENV_FORMAT, "requirements": reqs, "python_version": python_version,
+            "platform": platform, "packages": packages}
+    _write(env / ENV_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    files, unpacked = _tree_stats(env)
+
+    meta: dict[str, Any] = {
+        "method": "wheel",
+        "requirements": reqs,
+        "python_version": python_version,
+        "platform": platform,
+        "pip_platforms": pip_platforms(platform),
+        "packages": packages,
+        "removed_scripts": removed,
+        "files": files,
+        "unpacked_bytes": unpacked,
+    }
+    return meta
+
+
 def wheel_env(
     out_dir: Path,
     *,
@@ -470,60 +469,18 @@ def wheel_env(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{name}-", dir=out_dir))
-    try:
-        env = work / name
-        site = env / "lib" / f"python{python_version}" / "site-packages"
-        (env / "bin").mkdir(parents=True)
-        site.mkdir(parents=True)
-        pip(pip_command(site, reqs, python_version, platform))
-        packages = installed_packages(site)
-        if not packages:
-            raise EnvPackError(f"pip installed nothing into {site} for {reqs}")
-        # pip --target puts console scripts in <target>/bin with a shebang naming the build
-        # host's interpreter: useless (and machine-specific) in the container.
-        removed = sorted(p.name for p in (site / "bin").iterdir()) if (site / "bin").is_dir() else []
-        shutil.rmtree(site / "bin", ignore_errors=True)
-        for cache in site.rglob("__pycache__"):  # none with --no-compile; be sure anyway
-            shutil.rmtree(cache, ignore_errors=True)
-        links = [str(p.relative_to(env)) for p in env.rglob("*") if p.is_symlink()]
-        if links:
-            raise EnvPackError(f"the installed packages contain symlinks, which cannot be packed: {links[:5]}")
-
-        _write(env / "bin" / "activate", activate_script(python_version), 0o755)
-        _write(env / "bin" / "python3", python3_shim(python_version), 0o755)
-        _write(env / "pyvenv.cfg",
-               f"home = {CONTAINER_PYTHON_HOME}\ninclude-system-site-packages = true\nversion = {python_version}\n")
-        info = {"format": ENV_FORMAT, "requirements": reqs, "python_version": python_version,
-                "platform": platform, "packages": packages}
-        _write(env / ENV_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-        files, unpacked = _tree_stats(env)
-
-        meta: dict[str, Any] = {
-            "method": "wheel",
-            "requirements": reqs,
-            "python_version": python_version,
-            "platform": platform,
-            "pip_platforms": pip_platforms(platform),
-            "packages": packages,
-            "removed_scripts": removed,
-            "files": files,
-            "unpacked_bytes": unpacked,
-        }
-        if packed:
+    if packed:
+        with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{name}-", dir=out_dir) as work:
+            env = Path(work) / name
+            meta = _fill_wheel_env(env, reqs, python_version, platform, pip)
             dest = out_dir / f"{name}.tar.gz"
             sha256, size = pack_deterministic(env, dest)
             meta.update(bytes=size, sha256=sha256)
-        else:
-            dest = out_dir / name
-            if dest.exists():
-                old = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}old-{name}-", dir=out_dir))
-                os.rename(dest, old / name)
-                shutil.rmtree(old, ignore_errors=True)
-            os.rename(env, dest)
-            meta.update(bytes=unpacked, sha256=None)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    else:
+        dest = out_dir / name
+        with atomic_dir(dest, if_exists="replace") as env:
+            meta = _fill_wheel_env(env, reqs, python_version, platform, pip)
+        meta.update(bytes=meta["unpacked_bytes"], sha256=None)
     meta["build_seconds"] = round(time.perf_counter() - t0, 1)
     return dest, meta
 
@@ -559,9 +516,6 @@ def _resolve_method(method: str, platform: str, conda: str, which: Callable[[str
     return "conda" if host_ok and which(conda) and which("conda-pack") else "wheel"
 
 
-_locked = file_lock  # noqa: E305 - shared with the other caches
-
-
 def _valid_entry(entry: Path, tar_name: str) -> dict | None:
     """The cached meta if ``entry`` holds an intact tarball, else None."""
     tarball, meta_file = entry / tar_name, entry / CACHE_META_FILE
@@ -575,15 +529,6 @@ def _valid_entry(entry: Path, tar_name: str) -> dict | None:
         LOGGER.warning("envpack: cached env %s does not match its meta.json; rebuilding", entry)
         return None
     return meta
-
-
-def _discard(path: Path) -> None:
-    """Move ``path`` out of the way (atomically) and delete it."""
-    if not path.exists():
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}trash-", dir=path.parent))
-    os.rename(path, trash / path.name)
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _publish_copy(src: Path, dest: Path) -> None:
@@ -616,51 +561,47 @@ def pack_python_env(
     ``method``: ``"conda"`` (:func:`conda_pack_env`), ``"wheel"`` (:func:`wheel_env`) or
     ``"auto"`` (conda-pack when conda and conda-pack are on PATH and this host matches
     ``platform``, else wheel).  ``python_version`` must be the Triton image's
-    (:func:`python_for_triton`).
+    (:attr:`infra.triton_release.TritonRelease.python_version`).
 
     Each env is built once per :func:`env_cache_key` into ``<cache_dir>/<key>/`` (default
-    ``$MME_HOME/envs``): the build runs in a hidden ``.tmp-`` sibling that is renamed into
-    place only when complete, under a per-key file lock, so a crash leaves no half env in
-    the cache and concurrent builds of one key build it once.  A cached tarball whose sha256
-    no longer matches its meta.json is rebuilt.
+    ``$MME_HOME/envs``) by the build cache's own mechanism (:func:`tasks.cache.cached_entry`):
+    the build runs in a hidden ``.tmp-`` sibling that is renamed into place only when
+    complete, under a per-key file lock, so a crash leaves no half env in the cache and
+    concurrent builds of one key build it once.  A cached tarball whose sha256 no longer
+    matches its meta.json is rebuilt.
+
+    Why a key of its own and not the artifact key (the build cache keys this producer too):
+    the artifact key covers the producer's code and every package version of the build; the
+    env key covers only what shapes the env (requirements, Python, platform, method,
+    :data:`ENV_FORMAT`). So one pip install of hundreds of MB serves every ensemble, and every
+    artifact key, that asks for the same requirements, and survives edits elsewhere.
     """
     reqs = _normalize_requirements(requirements)
     python_version = _check_python_version(python_version)
     resolved = _resolve_method(method, platform, conda, which)
     key = env_cache_key(reqs, python_version, platform, method=resolved)
     cache_root = Path(cache_dir) if cache_dir is not None else paths.home() / "envs"
-    cache_root.mkdir(parents=True, exist_ok=True)
-    entry = cache_root / key
     tar_name = f"{name}.tar.gz"
 
-    with _locked(cache_root / f".lock-{key}"):
-        # Leftovers of builders of this key that crashed (a live one would hold the lock).
-        for stale in cache_root.glob(f"{TMP_PREFIX}{key}-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        meta = None if rebuild else _valid_entry(entry, tar_name)
-        hit = meta is not None
-        if meta is None:
-            staging = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{key}-", dir=cache_root))
-            try:
-                if resolved == "conda":
-                    built, meta = conda_pack_env(staging, requirements=reqs, python_version=python_version,
-                                                 name=name, conda=conda, run=run, which=which)
-                else:
-                    built, meta = wheel_env(staging, requirements=reqs, python_version=python_version,
-                                            platform=platform, name=name, pip=pip, packed=True)
-                assert built == staging / tar_name, built
-                meta = {**meta, "cache_key": key}
-                (staging / CACHE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-                os.chmod(staging, 0o755)
-                _discard(entry)  # a corrupt entry, or rebuild=True
-                os.rename(staging, entry)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            LOGGER.info("envpack: built %s (%s bytes) in %.1fs", entry, meta.get("bytes"), meta.get("build_seconds", 0))
+    def build(staging: Path) -> dict:
+        if resolved == "conda":
+            built, meta = conda_pack_env(staging, requirements=reqs, python_version=python_version,
+                                         name=name, conda=conda, run=run, which=which)
         else:
+            built, meta = wheel_env(staging, requirements=reqs, python_version=python_version,
+                                    platform=platform, name=name, pip=pip, packed=True)
+        assert built == staging / tar_name, built
+        meta = {**meta, "cache_key": key}
+        (staging / CACHE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        return meta
+
+    with cached_entry(cache_root, key, lambda entry: _valid_entry(entry, tar_name), build,
+                      rebuild=rebuild) as (entry, meta, hit):
+        if hit:
             LOGGER.info("envpack: reusing cached env %s", entry)
+        else:
+            LOGGER.info("envpack: built %s (%s bytes) in %.1fs", entry, meta.get("bytes"),
+                        meta.get("build_seconds", 0))
         dest = Path(out_dir) / tar_name
         _publish_copy(entry / tar_name, dest)
-
     return dest, {**meta, "cache_key": key, "cache_hit": hit, "cache_entry": str(entry)}

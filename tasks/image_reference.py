@@ -40,10 +40,9 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from tasks.classifiers import BGR_MEAN, SQUEEZENET_SIZE  # the classifier's input contract
+from ensembles.classifier_input import BGR_MEAN, INCEPTION_SIZE, SQUEEZENET_SIZE
 
 SQUEEZENET_MEAN_BGR = np.array(BGR_MEAN, dtype=np.float32)
-INCEPTION_SIZE = 299
 
 #: Tolerances (on the 0-255 scale) between DALI's CPU output and this reference; see above.
 MEAN_ABS_TOLERANCE = 0.5

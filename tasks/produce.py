@@ -1,16 +1,18 @@
 """Registry of artifact producers named by ``ensemble.yaml`` (``artifacts.<name>.producer``).
 
 A producer is a plain function ``(out_dir, **params) -> (path, metadata)``. Parameters that
-say ``artifact:<name>`` are replaced by the path of an artifact produced earlier in the same
-build, so artifacts form a small chain (model -> tokenizer, model -> ONNX -> plan).
+are artifact references (``artifact:<name>`` in the YAML, :class:`ensembles.spec.ArtifactRef`
+once validated) are replaced by the path of an artifact produced earlier in the same build, so
+artifacts form a small chain (model -> tokenizer, model -> ONNX -> plan). Producing (with the
+content-addressed cache) is :func:`tasks.cache.produce_cached`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable
 
-from ensembles.spec import EnsembleSpec, SpecError
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, artifact_refs
 from tasks.export import export_transformer_onnx
 from tasks.classifiers import export_squeezenet_onnx, imagenet_labels
 from tasks.dali import check_external_source, serialize_pipeline
@@ -52,15 +54,15 @@ PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
 }
 
 
-def resolve_params(params: dict[str, object], produced: dict[str, Path], where: str) -> dict[str, object]:
+def resolve_params(params: Mapping[str, object], produced: Mapping[str, Path], where: str) -> dict[str, object]:
+    """``params`` with each :class:`ArtifactRef` replaced by the path of that artifact."""
     out: dict[str, object] = {}
     for k, v in params.items():
-        if isinstance(v, str) and v.startswith("artifact:"):
-            name = v.removeprefix("artifact:")
-            if name not in produced:
-                raise SpecError(f"{where}: parameter {k!r} needs artifact {name!r}, "
+        if isinstance(v, ArtifactRef):
+            if v.name not in produced:
+                raise SpecError(f"{where}: parameter {k!r} needs artifact {v.name!r}, "
                                 f"which is not produced before it")
-            out[k] = produced[name]
+            out[k] = produced[v.name]
         else:
             out[k] = v
     return out
@@ -72,28 +74,18 @@ def artifacts_for(spec: EnsembleSpec, target: str) -> list[str]:
     for step in spec.steps:
         be = step.backends.get(target)  # type: ignore[call-overload]
         if be:
-            needed |= {s.removeprefix("artifact:") for s in be.files.values() if s.startswith("artifact:")}
+            needed |= {r.name for r in artifact_refs(be.files.values())}
     if spec.validation:
-        needed |= {str(v).removeprefix("artifact:") for v in spec.validation.params.values()
-                   if isinstance(v, str) and v.startswith("artifact:")}
+        needed |= {r.name for r in artifact_refs(spec.validation.params.values())}
     changed = True
     while changed:  # close over dependencies between artifacts
         changed = False
         for name in list(needed):
-            for v in spec.artifacts[name].params.values():
-                if isinstance(v, str) and v.startswith("artifact:") and v[9:] not in needed:
-                    needed.add(v[9:])
+            for ref in artifact_refs(spec.artifacts[name].params.values()):
+                if ref.name not in needed:
+                    needed.add(ref.name)
                     changed = True
     return [n for n in spec.artifacts if n in needed]
-
-
-def produce(spec: EnsembleSpec, name: str, out_dir: Path, produced: dict[str, Path]) -> tuple[Path, dict]:
-    art = spec.artifacts[name]
-    where = f"ensemble {spec.name!r}, artifact {name!r}"
-    fn = PRODUCERS.get(art.producer)
-    if fn is None:
-        raise SpecError(f"{where}: unknown producer {art.producer!r} (known: {sorted(PRODUCERS)})")
-    return fn(Path(out_dir), **resolve_params(art.params, produced, where))
 
 
 def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) -> None:
@@ -107,10 +99,10 @@ def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) 
         be = step.backends.get(target)  # type: ignore[call-overload]
         if be is None:
             continue
-        for dest, src in be.files.items():
-            name = src.removeprefix("artifact:")
-            if not src.startswith("artifact:") or spec.artifacts[name].producer != "serialize_dali_pipeline":
+        for ref in artifact_refs(be.files.values()):
+            if spec.artifacts[ref.name].producer != "serialize_dali_pipeline":
                 continue
+            name = ref.name
             expected = [t.name for t in step.inputs]
             if len(expected) != 1:
                 raise SpecError(f"ensemble {spec.name!r}, step {step.name!r}: a DALI step takes "

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ensembles.spec import EnsembleSpec, SpecError
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 
 
 class VerificationFailed(RuntimeError):
@@ -214,7 +214,7 @@ def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path], target: str
         raise SpecError(f"ensemble {spec.name!r} has no validation section: nothing to verify against")
     if v.kind not in REFERENCES:
         raise SpecError(f"ensemble {spec.name!r}: unknown validation kind {v.kind!r}")
-    params = {k: (artifacts[val[9:]] if isinstance(val, str) and val.startswith("artifact:") else val)
+    params = {k: (artifacts[val.name] if isinstance(val, ArtifactRef) else val)
               for k, val in v.params.items()}
     # a parameter may differ per target: {local-cpu: 1e-4, sagemaker-gpu: 0.05}
     params = {k: (val.get(target, val.get("default")) if isinstance(val, dict) else val)

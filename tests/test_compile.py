@@ -17,8 +17,8 @@ import docker
 import pytest
 import requests
 
+from infra.triton_release import TENSORRT_BY_RELEASE, TritonRelease
 from tasks.compile import (
-    TENSORRT_BY_RELEASE,
     CompileError,
     CompileSpec,
     CompileTimeout,
@@ -31,8 +31,6 @@ from tasks.compile import (
     parse_shapes,
     parse_trt_version,
     pytorch_image_for,
-    release_of,
-    tensorrt_version_for,
     trtexec_command,
 )
 
@@ -173,14 +171,14 @@ def _leftovers(folder: Path) -> list[str]:
 
 def test_release_helpers() -> None:
     assert pytorch_image_for("24.09") == "nvcr.io/nvidia/pytorch:24.09-py3"
-    assert release_of("nvcr.io/nvidia/pytorch:23.03-py3") == "23.03"
-    assert release_of("123456789012.dkr.ecr.us-east-1.amazonaws.com/"
-                      "sagemaker-tritonserver:24.09-py3") == "24.09"
+    assert str(TritonRelease.of_image("nvcr.io/nvidia/pytorch:23.03-py3")) == "23.03"
+    assert str(TritonRelease.of_image("123456789012.dkr.ecr.us-east-1.amazonaws.com/"
+                                      "sagemaker-tritonserver:24.09-py3")) == "24.09"
     for bad in ("24.9", "2409", "24.13", "v24.09", "latest"):
         with pytest.raises(ValueError):
             pytorch_image_for(bad)
-    assert tensorrt_version_for("23.03") == "8.5.3"
-    assert tensorrt_version_for("24.09") == "10.4.0"
+    assert TritonRelease.parse("23.03").tensorrt_version == "8.5.3"
+    assert TritonRelease.parse("24.09").tensorrt_version == "10.4.0"
     assert all(v.startswith("8.") for r, v in TENSORRT_BY_RELEASE.items() if r <= "24.04")
     assert all(v.startswith("10.") for r, v in TENSORRT_BY_RELEASE.items() if r >= "24.05")
     assert parse_trt_version(BANNER_8) == "8.5.3"

@@ -42,6 +42,10 @@ from tasks.image_reference import (  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CATALOG = PROJECT_ROOT / "ensembles" / "catalog" / "image_classifier"
+# a spec names its DALI pipeline by module path (tasks/ imports no catalog entry)
+PIPELINES = "ensembles.catalog.image_classifier.pipelines"
+SQUEEZENET = f"{PIPELINES}:squeezenet"
+INCEPTION = f"{PIPELINES}:inception"
 
 
 def _encode(arr: np.ndarray | Image.Image, fmt: str = "JPEG", **kw) -> bytes:
@@ -68,7 +72,7 @@ def _run_cpu(path: Path, images: list[bytes], batch_size: int = 8) -> np.ndarray
 
 
 @pytest.mark.parametrize("pipeline,device", [
-    ("squeezenet", "cpu"), ("squeezenet", "mixed"), ("inception", "mixed"), ("inception", "cpu"),
+    (SQUEEZENET, "cpu"), (SQUEEZENET, "mixed"), (INCEPTION, "mixed"), (INCEPTION, "cpu"),
 ])
 def test_serialize_without_gpu(tmp_path: Path, pipeline: str, device: str) -> None:
     path, meta = serialize_pipeline(tmp_path / "a", pipeline=pipeline, device=device, batch_size=8)
@@ -79,7 +83,7 @@ def test_serialize_without_gpu(tmp_path: Path, pipeline: str, device: str) -> No
     assert meta["input"] == {"name": "INPUT", "dtype": "TYPE_UINT8", "dims": [-1],
                              "content": "encoded image bytes, one image per batch item"}
     assert meta["output"]["name"] == "preprocessed" and meta["output"]["dtype"] == "TYPE_FP32"
-    assert meta["output"]["dims"] == ([3, 227, 227] if pipeline == "squeezenet" else [299, 299, 3])
+    assert meta["output"]["dims"] == ([3, 227, 227] if pipeline == SQUEEZENET else [299, 299, 3])
     # DALI records the defining file's absolute path for its error messages: stripped, so the
     # artifact is the same on every machine
     assert str(PROJECT_ROOT).encode() not in data and b"pipelines.py" not in data
@@ -96,15 +100,21 @@ def test_serialize_without_gpu(tmp_path: Path, pipeline: str, device: str) -> No
 def test_unknown_pipeline_or_device_refused(tmp_path: Path) -> None:
     with pytest.raises(DaliPipelineError, match="unknown DALI pipeline 'resnet'.*squeezenet"):
         serialize_pipeline(tmp_path, pipeline="resnet", device="cpu")
+    with pytest.raises(DaliPipelineError, match=r"'no_such_module:x'.*cannot import"):
+        serialize_pipeline(tmp_path, pipeline="no_such_module:x", device="cpu")
+    with pytest.raises(DaliPipelineError, match=r"has no pipeline definition 'resnet'"):
+        serialize_pipeline(tmp_path, pipeline=f"{PIPELINES}:resnet", device="cpu")
+    with pytest.raises(DaliPipelineError, match=r"has no pipeline definition 'OUTPUT_NAME'"):
+        serialize_pipeline(tmp_path, pipeline=f"{PIPELINES}:OUTPUT_NAME", device="cpu")
     with pytest.raises(DaliPipelineError, match="device must be 'cpu'.*'gpu'"):
-        serialize_pipeline(tmp_path, pipeline="squeezenet", device="gpu")
+        serialize_pipeline(tmp_path, pipeline=SQUEEZENET, device="gpu")
 
 
 # --------------------------------------------------------------------------- numerics
 
 
 def test_cpu_pipeline_matches_reference(tmp_path: Path, chelsea_jpeg: bytes) -> None:
-    path, _ = serialize_pipeline(tmp_path, pipeline="squeezenet", device="cpu", batch_size=4)
+    path, _ = serialize_pipeline(tmp_path, pipeline=SQUEEZENET, device="cpu", batch_size=4)
     out = _run_cpu(path, [chelsea_jpeg], batch_size=4)
     assert out.shape == (1, 3, 227, 227) and out.dtype == np.float32
     ref = reference_preprocess(chelsea_jpeg)
@@ -116,7 +126,7 @@ def test_cpu_pipeline_matches_reference(tmp_path: Path, chelsea_jpeg: bytes) -> 
 
 
 def test_inception_cpu_variant_matches_reference(tmp_path: Path, chelsea_jpeg: bytes) -> None:
-    path, _ = serialize_pipeline(tmp_path, pipeline="inception", device="cpu", batch_size=2)
+    path, _ = serialize_pipeline(tmp_path, pipeline=INCEPTION, device="cpu", batch_size=2)
     out = _run_cpu(path, [chelsea_jpeg, chelsea_jpeg], batch_size=2)
     assert out.shape == (2, 299, 299, 3)
     assert -1.0 <= out.min() and out.max() <= 1.0
@@ -128,7 +138,7 @@ def test_inception_cpu_variant_matches_reference(tmp_path: Path, chelsea_jpeg: b
 
 def test_partial_batches_and_padding(tmp_path: Path, chelsea_jpeg: bytes) -> None:
     """Fewer samples than the batch size, and Triton-style trailing zero padding, change nothing."""
-    path, _ = serialize_pipeline(tmp_path, pipeline="squeezenet", device="cpu", batch_size=8)
+    path, _ = serialize_pipeline(tmp_path, pipeline=SQUEEZENET, device="cpu", batch_size=8)
     png = _encode(skdata.astronaut(), "PNG")
     one = _run_cpu(path, [chelsea_jpeg])
     padded = _run_cpu(path, [chelsea_jpeg + b"\0" * 5000, png + b"\0" * 3000, chelsea_jpeg])
@@ -141,7 +151,7 @@ def test_partial_batches_and_padding(tmp_path: Path, chelsea_jpeg: bytes) -> Non
 def test_cpu_pipeline_matches_reference_at_the_border(tmp_path: Path) -> None:
     """Noise is the worst case for the border handling (DALI replicates edge pixels under its
     filter, a plain PIL resize does not; the reference pads to do the same)."""
-    path, _ = serialize_pipeline(tmp_path, pipeline="squeezenet", device="cpu", batch_size=2)
+    path, _ = serialize_pipeline(tmp_path, pipeline=SQUEEZENET, device="cpu", batch_size=2)
     noise = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
     png = _encode(noise, "PNG")
     stats = diff_stats(_run_cpu(path, [png], batch_size=2)[0], reference_preprocess(png))
@@ -152,7 +162,7 @@ def test_cpu_pipeline_matches_reference_at_the_border(tmp_path: Path) -> None:
 
 
 def test_external_source_mismatch_refused(tmp_path: Path) -> None:
-    path, _ = serialize_pipeline(tmp_path, pipeline="squeezenet", device="mixed", input_name="IMAGE")
+    path, _ = serialize_pipeline(tmp_path, pipeline=SQUEEZENET, device="mixed", input_name="IMAGE")
     assert check_external_source(path, "IMAGE") == ["IMAGE"]
     with pytest.raises(DaliPipelineError) as err:
         check_external_source(path, "INPUT", pipeline_name="squeezenet")
@@ -214,7 +224,7 @@ def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     from infra.triton_server import TritonServer
 
     work = tmp_path_factory.mktemp("dali")
-    dali_file, _ = serialize_pipeline(work / "art", pipeline="squeezenet", device="cpu",
+    dali_file, _ = serialize_pipeline(work / "art", pipeline=SQUEEZENET, device="cpu",
                                       batch_size=MAX_BATCH)
     repo = work / "repo"
     _write_model(repo, "preprocess", dali_file)

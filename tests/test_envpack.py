@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
+from infra.triton_release import TritonRelease
 from tasks import envpack
 from tasks.envpack import (
     EnvPackError,
@@ -33,7 +34,6 @@ from tasks.envpack import (
     pack_python_env,
     pip_command,
     pip_platforms,
-    python_for_triton,
     wheel_env,
 )
 
@@ -368,15 +368,15 @@ def test_unknown_method_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize("release,py", [("21.04", "3.8"), ("23.03", "3.8"), ("23.04", "3.10"),
                                         ("24.09", "3.10"), ("24.11", "3.10"), ("24.12", "3.12"),
                                         ("25.01", "3.12")])
-def test_python_for_triton(release: str, py: str) -> None:
-    assert python_for_triton(release) == py
+def test_python_of_triton_release(release: str, py: str) -> None:
+    assert TritonRelease.parse(release).python_version == py
 
 
-def test_python_for_triton_refuses_unknown() -> None:
+def test_python_of_triton_release_refuses_unknown() -> None:
     with pytest.raises(ValueError, match="extend"):
-        python_for_triton("99.01")
+        _ = TritonRelease.parse("99.01").python_version
     with pytest.raises(ValueError):
-        python_for_triton("latest")
+        TritonRelease.parse("latest")
 
 
 # --------------------------------------------------------------------------- #

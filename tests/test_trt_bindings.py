@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from ensembles.catalog import load_ensemble
+from ensembles.engine_io import EngineMismatch, check_engine_io
 from ensembles.render import (
     int64_free_tensors,
     parse_pbtxt,
@@ -30,7 +31,7 @@ from ensembles.render import (
 )
 from ensembles.spec import EnsembleSpec, SpecError
 from tasks import trt_bindings
-from tasks.trt_bindings import EngineMismatch, check_engine_io, parse_trtexec_log
+from tasks.trt_bindings import parse_trtexec_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 ENS = "text_embedding"
@@ -107,7 +108,7 @@ def test_local_cpu_stays_int64_whatever_the_release(spec, tmp_path: Path) -> Non
 
 
 def test_release_comes_from_the_compile_artifact(spec) -> None:
-    assert serving_release(spec, "sagemaker-gpu") == "24.09"  # tasks.compile.DEFAULT_RELEASE
+    assert serving_release(spec, "sagemaker-gpu") == "24.09"  # infra.triton_release.DEFAULT_RELEASE
     assert serving_release(spec, "local-cpu") is None  # no plan compiled for local-cpu
     arts = dict(spec.artifacts)
     arts["encoder_plan"] = arts["encoder_plan"].model_copy(update={"params": {

@@ -1,7 +1,9 @@
 """DALI pre-processing pipelines of the image-classification ensemble.
 
 The seed's image ensemble is "DALI decode/resize -> classifier". The pipeline is defined once
-here and serialized by :func:`tasks.dali.serialize_pipeline` (``model.dali``):
+here, named by module path in ``ensemble.yaml`` (``pipeline:
+"ensembles.catalog.image_classifier.pipelines:squeezenet"``) and serialized by
+:func:`tasks.dali.serialize_pipeline` (``model.dali``):
 
 * **sagemaker-gpu**: the file is served by Triton's DALI backend; the decoder runs as
   ``device="mixed"`` (nvJPEG: bitstream parsing on the CPU, decoding on the GPU) and every
@@ -26,23 +28,23 @@ the device when it loads the model).
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from nvidia.dali import fn, pipeline_def, types
 from nvidia.dali.pipeline import Pipeline
 
+# the classifiers' input contract, defined once (shared with the ONNX export and the reference)
+from ensembles.classifier_input import BGR_MEAN as SQUEEZENET_MEAN_BGR
+from ensembles.classifier_input import INCEPTION_SIZE, SQUEEZENET_INPUT, SQUEEZENET_SIZE
+
 Device = Literal["cpu", "mixed"]
 
-#: Name of the pipeline output, as the ensemble's step output calls it.
-OUTPUT_NAME = "preprocessed"
-
-# SqueezeNet v1.1 (ImageNet weights, Caffe/Keras convention): 227x227, BGR, 0-255 minus the
-# per-channel ImageNet mean, channels first: the classifier's input contract, defined once there.
-from tasks.classifiers import BGR_MEAN as SQUEEZENET_MEAN_BGR  # noqa: E402
-from tasks.classifiers import SQUEEZENET_SIZE  # noqa: E402
+#: Name of the pipeline output, as the ensemble's step output (and the classifier input) calls it.
+OUTPUT_NAME = SQUEEZENET_INPUT
 
 # Inception v3 (TF/Keras convention): 299x299, RGB, (x / 127.5) - 1, channels last.
-INCEPTION_SIZE = 299
 INCEPTION_MEAN = 127.5
 INCEPTION_STD = 127.5
 
@@ -118,9 +120,24 @@ def inception_pipeline(device: Device = "mixed", batch_size: int = 16, *,
                             num_threads=num_threads, device_id=device_id)
 
 
-#: Pipeline name (as ``tasks.dali.serialize_pipeline`` takes it) -> (factory, output dims
-#: without the batch dimension, output layout).
-PIPELINES: dict[str, tuple[object, list[int], str]] = {
-    "squeezenet": (squeezenet_pipeline, [3, SQUEEZENET_SIZE, SQUEEZENET_SIZE], "CHW"),
-    "inception": (inception_pipeline, [INCEPTION_SIZE, INCEPTION_SIZE, 3], "HWC"),
-}
+@dataclass(frozen=True)
+class PipelineDef:
+    """A pipeline as a spec names it: ``pipeline: "<module>:<name>"`` in the params of a
+    ``serialize_dali_pipeline`` artifact, loaded by :func:`tasks.dali.load_pipeline` (so
+    ``tasks/`` imports no catalog entry). Calling it builds the DALI ``Pipeline``; the output
+    fields describe the step output it feeds (dims without the batch dimension)."""
+
+    factory: Callable[..., Pipeline]
+    output_dims: tuple[int, ...]
+    output_layout: str
+    output_name: str = OUTPUT_NAME
+
+    def __call__(self, device: str, batch_size: int, *, input_name: str = "INPUT",
+                 **kw: Any) -> Pipeline:
+        return self.factory(device, batch_size, input_name=input_name, **kw)
+
+
+#: ``ensembles.catalog.image_classifier.pipelines:squeezenet`` in ``ensemble.yaml``
+squeezenet = PipelineDef(squeezenet_pipeline, (3, SQUEEZENET_SIZE, SQUEEZENET_SIZE), "CHW")
+#: ``ensembles.catalog.image_classifier.pipelines:inception`` in ``ensemble.yaml``
+inception = PipelineDef(inception_pipeline, (INCEPTION_SIZE, INCEPTION_SIZE, 3), "HWC")

@@ -1,0 +1,57 @@
+"""The house plan holds: flows/ > tasks/ > ensembles/ > infra/, each importing only below it.
+
+The contract lives in pyproject.toml ([tool.importlinter]); this test runs the same
+``lint-imports`` check (import-linter follows imports inside functions too), so a change that
+makes a lower layer import a higher one fails the suite, not just a CI lint step.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONTRACTS = ("flows > tasks > ensembles > infra", "tasks import no catalog entry")
+
+
+def _lint_imports() -> str:
+    exe = Path(sys.executable).parent / "lint-imports"
+    found = str(exe) if exe.exists() else shutil.which("lint-imports")
+    if found is None:
+        pytest.fail("lint-imports is not installed (pip install import-linter)")
+    return found
+
+
+def test_layers_contract_is_kept() -> None:
+    proc = subprocess.run([_lint_imports(), "--no-cache"], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"a layer imports one above it:\n{out}"
+    assert all(f"{name} KEPT" in out for name in CONTRACTS) and "0 broken" in out, out
+
+
+def test_contract_catches_an_import_running_back_up(tmp_path: Path) -> None:
+    """The same contracts, over a copy of the packages plus one ensembles/ module importing
+    tasks/ inside a function (a lazy import) and a tasks/ module importing a catalog entry,
+    are reported broken naming both imports."""
+    for pkg in ("flows", "tasks", "ensembles", "infra"):
+        shutil.copytree(PROJECT_ROOT / pkg, tmp_path / pkg,
+                        ignore=shutil.ignore_patterns("__pycache__", "catalog"))
+    (tmp_path / "ensembles" / "upward.py").write_text(
+        "def f():\n    from tasks import cache\n    return cache\n")
+    # and a task importing a catalog entry
+    (tmp_path / "ensembles" / "catalog" / "entry").mkdir(parents=True)
+    (tmp_path / "ensembles" / "catalog" / "__init__.py").write_text("")
+    (tmp_path / "ensembles" / "catalog" / "entry" / "__init__.py").write_text("")
+    (tmp_path / "tasks" / "reach.py").write_text("import ensembles.catalog.entry\n")
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    proc = subprocess.run([_lint_imports(), "--no-cache"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "ensembles.upward -> tasks.cache" in out, out
+    assert "tasks.reach -> ensembles.catalog.entry" in out, out
