@@ -44,6 +44,8 @@ MAX_PAYLOAD_BYTES: int = 6 * 1024 * 1024
 
 BINARY_MIME_PREFIX = "application/vnd.sagemaker-triton.binary+json;json-header-size="
 INT64_MAX = 2**63 - 1
+# The smallest magnitude a double rounds to FP32 infinity (half an FP32 ulp past its maximum)
+FP32_OVERFLOW = 2.0**128 - 2.0**103
 
 # Triton's wire datatypes and their element sizes; BYTES elements are at least their 4-byte
 # length prefix (Triton serializes JSON strings the same way before handing them to a model).
@@ -153,6 +155,11 @@ def _wire_dtype(config_type: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- entry point
+def oversize(max_bytes: int = MAX_PAYLOAD_BYTES) -> RequestRejected:
+    """SageMaker's answer to a body over the payload limit (413, no error type)."""
+    return RequestRejected(f"HTTP content length exceeded {max_bytes} bytes.", status=413, code="413")
+
+
 def check_request(content_type: str, body: bytes, contract: ModelContract | None,
                   *, max_bytes: int = MAX_PAYLOAD_BYTES) -> TritonRequest:
     """Check one request body; return the headers Triton needs to read it.
@@ -162,8 +169,7 @@ def check_request(content_type: str, body: bytes, contract: ModelContract | None
     """
     content_type = content_type or ""
     if len(body) > max_bytes:
-        raise RequestRejected(f"HTTP content length exceeded {max_bytes} bytes.",
-                              status=413, code="413")
+        raise oversize(max_bytes)
     header_size = _header_length(content_type, len(body))
     doc = _parse_header(body, header_size, content_type)
     inputs = _check_inputs(doc, max_bytes)
@@ -451,9 +457,24 @@ def _check_values(inp: _Input, flat: list[Any], types: set[type]) -> None:
         if ok and not _all_finite(flat):
             raise RequestRejected(f"{inp.label}: \"data\" needs {want} for {dtype}, got a value "
                                   f"outside the range of a double")
+        if ok and dtype == "FP32":
+            _check_fp32_range(inp, flat)
     if not ok:
         found = ", ".join(sorted(_JSON_NAMES.get(t, t.__name__) for t in types))
         raise RequestRejected(f"{inp.label}: \"data\" needs {want} for {dtype}, got {found}")
+
+
+def _check_fp32_range(inp: _Input, flat: list[Any]) -> None:
+    """Triton casts each JSON number to float; one past FP32's range becomes infinity. The
+    model then sees inf (a silently different input) and, when it answers in JSON, Triton
+    writes ``Infinity``, which is not JSON: tritonclient's parser (the sample's) fails on the
+    200 answer. Refused here instead, naming the value (found by bench/fuzz.py)."""
+    low, high = min(flat), max(flat)
+    if low <= -FP32_OVERFLOW or high >= FP32_OVERFLOW:
+        bad = low if low <= -FP32_OVERFLOW else high
+        raise RequestRejected(f"{inp.label}: \"data\" needs finite numbers for FP32, got "
+                              f"{_clip(str(bad), 40)}, past FP32's largest value "
+                              f"3.4028235e+38 (Triton would make it infinity)")
 
 
 def _all_finite(values: list[Any]) -> bool:

@@ -492,6 +492,7 @@ class TritonServer:
         self.metrics_port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._client: httpx.Client | None = None
+        self._grpc_client: tuple[str, Any] | None = None  # (url, tritonclient.grpc client)
         #: Called as ``on_exit(pid, returncode)`` from a watcher thread when tritonserver exits
         #: without :meth:`stop`/:meth:`kill_group` asking it to (a crash, an OOM kill, SIGKILL
         #: from outside). The watcher also reaps the process at once, so a crash never leaves
@@ -750,7 +751,16 @@ class TritonServer:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._close_grpc()
         self._cleanup_shm()
+
+    def _close_grpc(self) -> None:
+        if self._grpc_client is not None:
+            try:
+                self._grpc_client[1].close()
+            except Exception:  # noqa: BLE001 - a channel to a dead server may fail to close
+                pass
+            self._grpc_client = None
 
     def _kill_own_members(self, pgid: int) -> None:
         """SIGKILL the processes of group ``pgid`` that run this server's models (its stubs)."""
@@ -789,6 +799,7 @@ class TritonServer:
         if self._client is not None:  # our own keep-alive connection would delay Triton's exit
             self._client.close()
             self._client = None
+        self._close_grpc()
         if proc.poll() is None:
             try:
                 proc.send_signal(signal.SIGTERM)
@@ -832,12 +843,46 @@ class TritonServer:
         except ValueError:
             return resp.text or f"HTTP {resp.status_code}"
 
+    # ---------------------------------------------------------------- repository API
+    # With a gRPC port (``grpc_port=0`` or a number), load, unload and the repository index go
+    # over gRPC. Why: Triton's HTTP server pins each connection to a worker thread, and a load
+    # blocks the thread it arrived on for the whole load; a kept-alive inference connection
+    # pinned to that thread would stall meanwhile. gRPC repository calls run on gRPC's own
+    # threads (measured: 3 concurrent loads overlap; HTTP keeps answering in ms during a load),
+    # which lets the local endpoint keep its inference connections alive.
+
+    def _grpc(self) -> Any:
+        if self.grpc_port is None:
+            return None
+        if not self.running:
+            raise RuntimeError(f"tritonserver is not running (log: {self.log_path})\n{self._log_tail()}")
+        url = f"127.0.0.1:{self.grpc_port}"
+        if self._grpc_client is None or self._grpc_client[0] != url:
+            import tritonclient.grpc as grpcclient
+
+            self._grpc_client = (url, grpcclient.InferenceServerClient(url))
+        return self._grpc_client[1]
+
+    def _grpc_call(self, name: str, what: str, call: Callable[[], Any], timeout: float) -> Any:
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            return call()
+        except InferenceServerException as exc:
+            if "DEADLINE_EXCEEDED" in str(exc.status()):
+                raise TritonModelError(name, f"{what} did not finish within {timeout:.0f}s") from exc
+            raise TritonModelError(name, exc.message() or str(exc)) from exc
+
     def load(self, name: str, timeout: float = 360) -> None:
         """Load (or reload) a model; for an ensemble Triton also loads its composing models.
 
         Blocks until Triton answers: the load API is synchronous.  Raises
         :class:`TritonModelError` with Triton's message on failure.
         """
+        grpc = self._grpc()
+        if grpc is not None:
+            self._grpc_call(name, "load", lambda: grpc.load_model(name, client_timeout=timeout), timeout)
+            return
         try:
             resp = self._http().post(f"/v2/repository/models/{quote(name, safe='')}/load", timeout=timeout)
         except httpx.TimeoutException as exc:
@@ -853,10 +898,16 @@ class TritonServer:
         READY and no model is UNLOADING (otherwise a following load, or a test
         checking the composing models, races the unload).
         """
-        body = {"parameters": {"unload_dependents": unload_dependents}}
-        resp = self._http().post(f"/v2/repository/models/{quote(name, safe='')}/unload", json=body, timeout=timeout)
-        if resp.status_code != 200:
-            raise TritonModelError(name, self._error_text(resp))
+        grpc = self._grpc()
+        if grpc is not None:
+            self._grpc_call(name, "unload", lambda: grpc.unload_model(
+                name, unload_dependents=unload_dependents, client_timeout=timeout), timeout)
+        else:
+            body = {"parameters": {"unload_dependents": unload_dependents}}
+            resp = self._http().post(f"/v2/repository/models/{quote(name, safe='')}/unload",
+                                     json=body, timeout=timeout)
+            if resp.status_code != 200:
+                raise TritonModelError(name, self._error_text(resp))
         if not wait:
             return
         deadline = time.monotonic() + timeout
@@ -878,6 +929,11 @@ class TritonServer:
 
     def repository_index(self) -> list[dict[str, Any]]:
         """Triton's repository index: ``[{"name", "version"?, "state"?, "reason"?}, ...]``."""
+        grpc = self._grpc()
+        if grpc is not None:
+            doc = self._grpc_call("*", "index", lambda: grpc.get_model_repository_index(
+                as_json=True, client_timeout=30), 30)
+            return list(doc.get("models", []))
         resp = self._http().post("/v2/repository/index", json={})
         resp.raise_for_status()
         return list(resp.json())

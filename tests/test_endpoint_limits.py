@@ -128,9 +128,7 @@ def test_load_out_of_memory_is_507_after_unloading_idle_models(tmp_path: Path, o
 
 @pytest.mark.parametrize("reason", [
     "weights file has the wrong shape",
-    pytest.param("no room left in the tokenizer vocabulary", marks=pytest.mark.xfail(
-        strict=True, reason="infra/local_mme.py OOM_MARKERS has the bare substring 'oom', which "
-                            "matches 'room', 'zoom', 'bloom': such load errors answer 507")),
+    "no room left in the tokenizer vocabulary",  # "room" is not "OOM" (507s it once did)
 ])
 def test_other_load_failures_are_400_not_507(tmp_path: Path, reason: str) -> None:
     """Only an out-of-memory failure is a 507: a model that fails for another reason is the
@@ -225,11 +223,6 @@ def _concurrent_calls(url: str, targets: list[str], n: int, workers: int = 8) ->
         np.testing.assert_array_equal(y, X + j + k)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "race in infra/local_mme.py: an evicted model stays in state 'loaded' while Triton unloads "
-    "it (unload() awaits triton.unload before setting 'absent'); a request that arrives then "
-    "is sent to Triton and answered 424 'Request for unknown model: pipe has no available "
-    "versions'. Remove this marker with the fix."))
 def test_eviction_under_concurrent_requests(tmp_path: Path) -> None:
     """Five models, room for two, the endpoint full before the burst: models are evicted and
     loaded while others are in flight, and every request gets its own model's answer."""
@@ -254,10 +247,6 @@ def test_eviction_under_concurrent_requests(tmp_path: Path) -> None:
         e.ep.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "infra/local_mme.py: _make_room counts only models in state 'loaded', so N concurrent "
-    "first requests for N models all see room and load; max_loaded_models is exceeded and "
-    "nothing evicts the extra models afterwards (eviction only runs before a load)"))
 def test_max_loaded_models_holds_under_concurrent_first_requests(tmp_path: Path) -> None:
     e = start_endpoint(tmp_path, max_loaded_models=2)
     targets = [f"first-{i + 1}.tar.gz" for i in range(5)]
