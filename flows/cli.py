@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from infra.triton_release import DEFAULT_RELEASE
+
 app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endpoints.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 endpoint_app = typer.Typer(help="The local multi-model endpoint.", no_args_is_help=True)
@@ -51,16 +53,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def _run_flow(fn, **kwargs):
+    from flows.retire import RetireIncomplete
+    from infra.aws_errors import exit_code, find_aws_error, one_line, quiet_tracebacks
+
     try:
-        return fn(**kwargs)
-    except _user_errors() as e:
-        _fail(f"{type(e).__name__}: {e}")
+        # AWS errors and the user errors below are shown as one line, not as tracebacks
+        with quiet_tracebacks(also=_user_errors() + (RetireIncomplete,)):
+            return fn(**kwargs)
+    except RetireIncomplete as e:
+        for line in e.lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except Exception as e:
+        if find_aws_error(e) is not None:  # AWS said no: the call, the resource, AWS's words
+            console.print(f"[bold red]error:[/] {one_line(e)}", markup=True, highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(exit_code(e)) from None
+        if isinstance(e, _user_errors()):
+            _fail(f"{type(e).__name__}: {e}")
+        raise
 
 
 @app.command()
 def render(ensemble: str = typer.Argument("text_embedding"),
            target: str = typer.Option("local-cpu", help="local-cpu or sagemaker-gpu"),
-           out: Path = typer.Option(..., help="new folder to write the configs into")) -> None:
+           out: Path = typer.Option(..., help="new folder to write the configs into"),
+           triton_release: Optional[str] = typer.Option(
+               None, help="Triton release YY.MM the TensorRT steps are served with (decides "
+                          "INT32 vs INT64 token ids); default: the spec's compile release")) -> None:
     """Render an ensemble's config.pbtxt files for a target (no build work)."""
     from ensembles.catalog import load_ensemble
     from ensembles.render import render_repository
@@ -68,8 +89,8 @@ def render(ensemble: str = typer.Argument("text_embedding"),
 
     try:
         spec, _ = load_ensemble(ensemble)
-        render_repository(spec, target, out, configs_only=True)
-    except (SpecError, FileExistsError) as e:
+        render_repository(spec, target, out, configs_only=True, triton_release=triton_release)
+    except (SpecError, FileExistsError, ValueError) as e:
         _fail(str(e))
     for cfg in sorted(out.glob("*/config.pbtxt")):
         console.print(f"[bold]{cfg.relative_to(out)}[/]")
@@ -112,11 +133,23 @@ def deploy(ensembles: list[str] = typer.Argument(None),
            role_arn: Optional[str] = typer.Option(None, help="sagemaker: the endpoint's execution role"),
            instance_type: str = typer.Option("ml.g4dn.xlarge", help="sagemaker: GPU instance type"),
            instance_count: int = typer.Option(1, help="sagemaker: initial instance count"),
-           triton_release: str = typer.Option("24.09", help="sagemaker: Triton container YY.MM"),
+           triton_release: str = typer.Option(str(DEFAULT_RELEASE), help="sagemaker: Triton container YY.MM"),
            autoscaling_max: Optional[int] = typer.Option(None, help="sagemaker: enable autoscaling up to N"),
            autoscaling_min: Optional[int] = typer.Option(None),
            target_invocations: float = typer.Option(200.0, help="sagemaker: invocations per instance per minute"),
            dry_run: bool = typer.Option(False, "--dry-run", help="print every call, make none"),
+           allow_target_mismatch: bool = typer.Option(
+               False, "--allow-target-mismatch",
+               help="sagemaker: deploy builds made for another target (e.g. local-cpu) anyway"),
+           load_wait: float = typer.Option(360.0, help="sagemaker: seconds validation retries "
+                                           "429 ModelNotReadyException per model"),
+           model_cache: str = typer.Option("enabled", help="sagemaker: the MME's ModelCacheSetting, "
+                                           "enabled or disabled"),
+           env: list[str] = typer.Option(None, "--env", help="sagemaker: container environment "
+                                         "KEY=VALUE (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false"),
+           inference_ami: Optional[str] = typer.Option(
+               None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
+                                            "(NVIDIA driver/CUDA of the instances)"),
            warm_invocations: int = typer.Option(20)) -> None:
     """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
@@ -130,16 +163,27 @@ def deploy(ensembles: list[str] = typer.Argument(None),
             _fail("--backend sagemaker needs --store s3://bucket/prefix")
         if not role_arn and not dry_run:
             _fail("--backend sagemaker needs --role-arn (see `mme iam-policy`)")
-        options = SageMakerOptions(
-            region=region, role_arn=role_arn or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
-            instance_type=instance_type, instance_count=instance_count, triton_release=triton_release,
-            autoscaling_min=autoscaling_min, autoscaling_max=autoscaling_max,
-            target_invocations_per_instance=target_invocations)
+        environment = _parse_env(env or [])
+        if model_cache.strip().lower() not in ("enabled", "disabled"):
+            _fail(f"--model-cache {model_cache!r}: expected enabled or disabled")
+        try:
+            options = SageMakerOptions(
+                region=region, role_arn=role_arn or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
+                instance_type=instance_type, instance_count=instance_count, triton_release=triton_release,
+                autoscaling_min=autoscaling_min, autoscaling_max=autoscaling_max,
+                target_invocations_per_instance=target_invocations,
+                allow_target_mismatch=allow_target_mismatch, load_wait_s=load_wait,
+                model_cache=model_cache, environment=environment, inference_ami_version=inference_ami)
+        except ValueError as e:
+            _fail(f"--inference-ami {inference_ami!r}: {e}" if inference_ami and "AMI" in str(e)
+                  else str(e))
     result = _run_flow(deploy_flow, ensembles=ensembles or None, endpoint=endpoint,
                        backend=backend, target=target, store_uri=store,
                        warm_invocations=warm_invocations, sagemaker=options, dry_run=dry_run)
     if dry_run:
         print(f"# dry run: what deploying to {endpoint} ({backend}) would do, in order")
+        for line in result.get("warnings") or []:
+            print(f"# WARNING: {line}")
         for line in result["calls"]:
             print(line)
         if result.get("hourly_cost_usd") is not None:
@@ -149,11 +193,30 @@ def deploy(ensembles: list[str] = typer.Argument(None),
     _print_deploy(result)
 
 
+def _parse_env(items: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` options -> the container Environment; a bad one fails naming it."""
+    from infra.sagemaker import check_environment
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--env {item!r}: expected KEY=VALUE, e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false")
+        if key in out:
+            _fail(f"--env {item!r}: {key} is given twice")
+        try:
+            check_environment({key: value})
+        except ValueError as e:
+            _fail(f"--env {item!r}: {e}")
+        out[key] = value
+    return out
+
+
 @app.command("iam-policy")
 def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., help="the store prefix"),
                endpoint: str = typer.Option(...), region: str = typer.Option("us-east-1"),
                account_id: str = typer.Option(..., help="your AWS account id"),
-               triton_release: str = typer.Option("24.09")) -> None:
+               triton_release: str = typer.Option(str(DEFAULT_RELEASE))) -> None:
     """Print the least-privilege policy (and trust policy) for the endpoint's execution role."""
     from infra import iam, sagemaker as sm
 
@@ -170,14 +233,27 @@ def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., 
 @app.command()
 def retire(ensembles: list[str] = typer.Argument(None),
            endpoint: str = typer.Option("local-mme"),
-           stop_endpoint: bool = typer.Option(False, "--stop", help="also stop the endpoint")) -> None:
-    """Remove ensembles from an endpoint (only what we deployed), or stop the endpoint."""
+           stop_endpoint: bool = typer.Option(False, "--stop", help="also stop (local) or delete "
+                                              "(sagemaker) the endpoint"),
+           store: Optional[str] = typer.Option(None, help="default: from the endpoint's record "
+                                               "($MME_HOME/endpoints/<name>/record.json)"),
+           backend: Optional[str] = typer.Option(None, help="local or sagemaker; default: from "
+                                                 "the endpoint's record"),
+           region: Optional[str] = typer.Option(None, help="sagemaker: default from the record"),
+           missing_ok: bool = typer.Option(False, "--missing-ok", help="exit 0 when there is "
+                                           "nothing (left) to delete")) -> None:
+    """Remove ensembles from an endpoint (only what we deployed), or remove the endpoint.
+
+    Exits 1 when something could not be found or deleted, or nothing was deleted."""
     _quiet_env()
     from flows.retire import retire as retire_flow
 
+    if backend not in (None, "local", "sagemaker"):
+        _fail(f"--backend {backend!r}: expected local or sagemaker")
     for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
-                          stop_endpoint=stop_endpoint):
-        console.print(line)
+                          stop_endpoint=stop_endpoint, store_uri=store, backend=backend,
+                          region=region, missing_ok=missing_ok):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -16,15 +16,29 @@ except ImportError:  # pragma: no cover
     pass
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the exceptions it was raised ``from`` (cycle-safe)."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and all(cur is not seen for seen in chain):
+        chain.append(cur)
+        cur = cur.__cause__
+    return chain
+
+
 def is_transient(exc: BaseException | None) -> bool:
+    """True when a second try may succeed. The explicit cause chain counts: our wrappers
+    (``StoreError`` around a botocore ``EndpointConnectionError``, for one) keep the transient
+    cause as ``__cause__``, and a wrapped connection failure is as worth retrying as a bare one."""
     if exc is None:
         return False
     from infra.triton_server import TritonStartError
     from tasks.compile import CompileTimeout
 
-    if isinstance(exc, CompileTimeout):  # an hour-long compile that timed out will again
+    chain = _causes(exc)
+    if any(isinstance(e, CompileTimeout) for e in chain):  # a compile that timed out will again
         return False
-    return isinstance(exc, TRANSIENT + (TritonStartError,))
+    return any(isinstance(e, TRANSIENT + (TritonStartError,)) for e in chain)
 
 
 def retry_transient(task: Any, task_run: Any, state: Any) -> bool:

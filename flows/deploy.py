@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from flows.common import endpoint_lock, human_bytes, retry_transient, short
+from infra import endpoint_record as record
 from infra import paths
 from flows.sagemaker_backend import SageMakerOptions, deploy_sagemaker
 from infra.endpoint_process import EndpointInfo, start_background
@@ -91,6 +92,43 @@ def deploy_sagemaker_task(manifests: list[dict[str, Any]], endpoint: str, store_
         shutil.rmtree(backup_dir, ignore_errors=True)
 
 
+class TargetMismatch(ValueError):
+    """A build made for one target sent to a backend that cannot run it."""
+
+
+# Which build targets each backend runs. A local-cpu build's Python models import packages
+# from the build host's virtualenv, which SageMaker's Triton container does not have.
+BACKEND_TARGETS: dict[str, tuple[str, ...]] = {"sagemaker": ("sagemaker-gpu",)}
+
+
+def check_targets(manifests: list[dict[str, Any]], backend: str, *, allow_mismatch: bool) -> list[str]:
+    """Refuse (TargetMismatch naming ensemble, target and backend) a build the backend cannot
+    run, before anything is uploaded or created; with ``allow_mismatch`` return the warnings.
+
+    A manifest without a ``target`` (written before manifests recorded it) counts as a
+    mismatch: what it was built for is unknown, so it is refused with "rebuild it"."""
+    wanted = BACKEND_TARGETS.get(backend)
+    if wanted is None:
+        return []
+    problems = []
+    for m in manifests:
+        target = m.get("target")
+        if target in wanted:
+            continue
+        if target is None:
+            problems.append(f"{m['ensemble']}: its manifest records no build target (an old "
+                            f"build): rebuild it with `mme build {m['ensemble']} --target {wanted[0]}`")
+        else:
+            problems.append(f"{m['ensemble']}: built for target {target!r}, which the {backend} "
+                            f"backend cannot run (it runs {', '.join(wanted)}): its Python models "
+                            f"need packages from the build host, not in the {backend} Triton "
+                            f"container; build it with --target {wanted[0]}")
+    if problems and not allow_mismatch:
+        raise TargetMismatch("; ".join(problems) + " (or pass --allow-target-mismatch if you "
+                             "know the container has what they need)")
+    return [f"WARNING (--allow-target-mismatch): {p}" for p in problems]
+
+
 def _record(store_uri: str, endpoint: str, models_url: str, manifests: list[dict[str, Any]],
             published: list[Published], extra: dict[str, Any] | None = None) -> None:
     ledger = read_ledger(store_uri, endpoint)
@@ -125,6 +163,9 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
         if sagemaker is None or not store_uri:
             raise ValueError("backend 'sagemaker' needs store_uri (s3://bucket/prefix) and "
                              "sagemaker options (role_arn, region, instance type...)")
+        for warning in check_targets(manifests, backend,
+                                     allow_mismatch=sagemaker.allow_target_mismatch):
+            get_run_logger().warning(warning)
         with endpoint_lock(endpoint):
             result = deploy_sagemaker_task(manifests, endpoint, store_uri, sagemaker,
                                            warm_invocations, dry_run)
@@ -156,6 +197,9 @@ def _deploy_local(manifests: list[dict[str, Any]], endpoint: str, store_uri: str
     backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
     published: list[Published] = []
     info: EndpointInfo | None = None
+    names = [m["ensemble"] for m in manifests]
+    record.note_ensembles_publishing(endpoint, manifests, models_url, backend="local",
+                                     store_uri=store_uri, model_data_url=models_url)
     try:
         published = [publish_task(m, models_url, backup_dir) for m in manifests]
         info = ensure_endpoint_task(endpoint, models_url)
@@ -173,9 +217,11 @@ def _deploy_local(manifests: list[dict[str, Any]], endpoint: str, store_uri: str
                     httpx.delete(f"{info.url}/models/{pub.target_model}", timeout=60)
                 except httpx.HTTPError:
                     pass
+        record.settle_ensembles(endpoint, names, deployed=False)
         raise
     finally:
         shutil.rmtree(backup_dir, ignore_errors=True)
+    record.settle_ensembles(endpoint, names, deployed=True)
 
     _record(store_uri, endpoint, models_url, manifests, published)
     result = {"endpoint": endpoint, "url": info.url, "model_data_url": models_url,

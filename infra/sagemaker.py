@@ -35,6 +35,10 @@ from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
+from infra.aws_errors import AwsCallError
+from infra.aws_errors import describe as aws_describe
+from infra.triton_release import TritonRelease
+
 _logger = logging.getLogger(__name__)
 
 SAGEMAKER = "sagemaker"
@@ -75,7 +79,6 @@ class NotOwned(SageMakerDeployError):
 
 # --------------------------------------------------------------------------- image URI
 
-RELEASE_RE = re.compile(r"^(?P<yy>\d{2})\.(?P<mm>\d{2})$")
 
 # Accounts hosting the ``sagemaker-tritonserver`` images of the releases used by the
 # SageMaker Triton MME examples (22.xx-23.xx).  Source: the account table of the
@@ -111,7 +114,7 @@ TRITON_LEGACY_ACCOUNTS: dict[str, str] = {
 # From 23.12 on, the images are published with the AWS Deep Learning Containers
 # (sagemaker SDK ``image_uri_config/sagemaker-tritonserver.json``: 23.12 ... 24.09 list
 # these registries).  Same caveat: check before relying on a new region.
-DLC_FIRST_RELEASE = "23.12"
+DLC_FIRST_RELEASE = TritonRelease(23, 12)
 TRITON_DLC_ACCOUNTS: dict[str, str] = {
     **{
         region: "763104351884"
@@ -134,15 +137,31 @@ TRITON_DLC_ACCOUNTS: dict[str, str] = {
 }
 
 TRITON_REPOSITORY = "sagemaker-tritonserver"
+
+# The ``sagemaker-tritonserver`` tags known to exist, per release: the AWS Deep Learning
+# Containers list (aws/deep-learning-containers ``available_images.md``, "NVIDIA Triton Inference
+# Containers (SM support only)": 21.08 and 22.05-22.12 with GPU and CPU tags, 23.01-23.03 GPU
+# only) and, from 23.12, the sagemaker SDK's ``image_uri_config/sagemaker-tritonserver.json``
+# (23.12, 24.01, 24.03, 24.05, 24.09). Without the SDK a release outside this table is refused
+# rather than turned into a URI that may not exist (the endpoint would then fail after ~10 min
+# of provisioning with an image pull error). Add a release here once its tag is published.
+KNOWN_TRITON_TAGS: dict[str, tuple[str, ...]] = {
+    **{r: ("-py3", "-py3-cpu") for r in ("21.08", "22.05", "22.07", "22.08", "22.09", "22.10",
+                                         "22.12")},
+    **{r: ("-py3",) for r in ("23.01", "23.02", "23.03", "23.12", "24.01", "24.03", "24.05",
+                              "24.09")},
+}
+
+
+def known_tags() -> list[str]:
+    return [f"{r}{suffix}" for r, suffixes in sorted(KNOWN_TRITON_TAGS.items()) for suffix in suffixes]
 _GPU_INSTANCE_RE = re.compile(r"^ml\.(g4dn|g5|g6|g6e|g7e|p3|p3dn|p4d|p4de|p5|p5e|p5en|p6)\.")
 
 
 def check_release(release: str) -> str:
-    """Validate a Triton container release ``"YY.MM"`` (e.g. ``"24.09"``) and return it."""
-    m = RELEASE_RE.match(release) if isinstance(release, str) else None
-    if m is None or not 1 <= int(m["mm"]) <= 12:
-        raise ValueError(f"malformed Triton release {release!r}: expected 'YY.MM', e.g. '24.09'")
-    return release
+    """Validate a Triton container release ``"YY.MM"`` (e.g. ``"24.09"``) and return it
+    (:meth:`infra.triton_release.TritonRelease.parse`)."""
+    return str(TritonRelease.parse(release))
 
 
 def is_gpu_instance(instance_type: str) -> bool:
@@ -194,7 +213,13 @@ def triton_image_uri(region: str, release: str, *, instance_type: str = "ml.g5.x
     sdk_uri = _sdk_image_uri(region, release, instance_type)
     if sdk_uri is not None:
         return sdk_uri
-    dlc = release >= DLC_FIRST_RELEASE  # "YY.MM" strings compare in time order
+    if release not in KNOWN_TRITON_TAGS:
+        raise ValueError(
+            f"no known {TRITON_REPOSITORY} image for Triton release {release}: without the "
+            f"sagemaker SDK only these tags are known: {', '.join(known_tags())} (install the "
+            f"sagemaker SDK if it knows newer ones, or add the release to "
+            f"infra.sagemaker.KNOWN_TRITON_TAGS once its tag is published)")
+    dlc = TritonRelease.parse(release) >= DLC_FIRST_RELEASE
     table = TRITON_DLC_ACCOUNTS if dlc else TRITON_LEGACY_ACCOUNTS
     account = table.get(region)
     if account is None:
@@ -203,10 +228,11 @@ def triton_image_uri(region: str, release: str, *, instance_type: str = "ml.g5.x
             f"{', '.join(sorted(table))} (install the sagemaker SDK or pass the image URI)")
     suffix = "-py3"
     if not is_gpu_instance(instance_type):
-        if dlc:
+        if "-py3-cpu" not in KNOWN_TRITON_TAGS[release]:
             raise ValueError(f"{instance_type} is not a GPU instance type; no CPU Triton image is "
-                             f"known for release {release} without the sagemaker SDK")
-        suffix = "-py3-cpu"  # the examples' CPU tags for the 22.xx/23.xx releases
+                             f"known for release {release} without the sagemaker SDK (CPU tags: "
+                             f"{', '.join(t for t in known_tags() if t.endswith('-cpu'))})")
+        suffix = "-py3-cpu"  # the CPU tags of 21.08 and the 22.xx releases
     return f"{account}.dkr.ecr.{region}.{_ecr_domain(region)}/{TRITON_REPOSITORY}:{release}{suffix}"
 
 
@@ -240,6 +266,54 @@ def estimate_hourly_cost(instance_type: str, count: int = 1) -> float | None:
     return None if price is None else round(price * count, 4)
 
 
+# --------------------------------------------------------------------------- container options
+
+# botocore's ContainerDefinition.Environment: keys match this, keys and values up to 1024
+# characters, at most 100 entries (the CreateModel API reference).
+_ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_ENV_MAX_LEN = 1024
+_ENV_MAX_ITEMS = 100
+
+
+def check_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The container Environment as CreateModel accepts it, or ValueError naming the entry."""
+    out: dict[str, str] = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not _ENV_KEY_RE.match(key) or len(key) > _ENV_MAX_LEN:
+            raise ValueError(f"environment variable name {key!r} is not valid for a SageMaker "
+                             f"container: letters, digits and _, not starting with a digit, "
+                             f"at most {_ENV_MAX_LEN} characters")
+        if not isinstance(value, str) or len(value) > _ENV_MAX_LEN:
+            raise ValueError(f"environment variable {key}: the value must be a string of at most "
+                             f"{_ENV_MAX_LEN} characters")
+        out[key] = value
+    if len(out) > _ENV_MAX_ITEMS:
+        raise ValueError(f"{len(out)} environment variables given; a SageMaker container takes "
+                         f"at most {_ENV_MAX_ITEMS}")
+    return out
+
+
+def inference_ami_versions() -> list[str]:
+    """The values botocore's model allows for ``ProductionVariant.InferenceAmiVersion`` (the
+    AMI, hence the NVIDIA driver and CUDA version, of the serving instances); [] when this
+    botocore has no such enum."""
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    shape = model.shape_for("ProductionVariant").members.get("InferenceAmiVersion")
+    return list(getattr(shape, "enum", None) or [])
+
+
+def check_inference_ami_version(version: str) -> str:
+    allowed = inference_ami_versions()
+    if allowed and version not in allowed:
+        raise ValueError(f"inference AMI version {version!r} is not one SageMaker accepts: "
+                         f"{', '.join(allowed)}")
+    if not version:
+        raise ValueError("inference AMI version must not be empty")
+    return version
+
+
 # --------------------------------------------------------------------------- plan
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker resource names
@@ -261,7 +335,7 @@ class EndpointPlan:
 
     The model name hashes everything that defines the container (image, model prefix,
     role, cache setting, environment); the config name hashes the model name and the
-    fleet (variant, instance type, count).  So any change produces new names, which is
+    fleet (variant, instance type, count, inference AMI version when set).  So any change produces new names, which is
     what makes an update a blue/green ``UpdateEndpoint`` and a re-run a no-op.
     Autoscaling is on when ``autoscaling_max`` is set; ``autoscaling_min`` defaults
     to the initial instance count.  ``target_invocations_per_instance`` is
@@ -277,6 +351,7 @@ class EndpointPlan:
     variant_name: str = "AllTraffic"
     model_cache_setting: str = "Enabled"
     environment: Mapping[str, str] = field(default_factory=dict)
+    inference_ami_version: str | None = None
     autoscaling_min: int | None = None
     autoscaling_max: int | None = None
     target_invocations_per_instance: float = 200.0
@@ -314,7 +389,9 @@ class EndpointPlan:
         for key in (MANAGED_BY_KEY, ENDPOINT_TAG_KEY):
             if key in self.tags:
                 raise ValueError(f"tag {key!r} is reserved: it marks what this tool owns")
-        object.__setattr__(self, "environment", dict(self.environment))
+        object.__setattr__(self, "environment", check_environment(self.environment))
+        if self.inference_ami_version is not None:
+            check_inference_ami_version(self.inference_ami_version)
         object.__setattr__(self, "tags", dict(self.tags))
         model_spec = {"image": self.image_uri, "model_data_url": self.model_data_url,
                       "role": self.execution_role_arn, "cache": self.model_cache_setting,
@@ -322,6 +399,8 @@ class EndpointPlan:
         object.__setattr__(self, "model_name", _derived_name(self.endpoint_name, "model", _short_hash(model_spec)))
         config_spec = {"model": self.model_name, "variant": self.variant_name,
                        "instance_type": self.instance_type, "count": self.initial_instance_count}
+        if self.inference_ami_version is not None:  # absent key: names of older plans unchanged
+            config_spec["inference_ami_version"] = self.inference_ami_version
         object.__setattr__(self, "endpoint_config_name",
                            _derived_name(self.endpoint_name, "config", _short_hash(config_spec)))
 
@@ -363,7 +442,13 @@ class EndpointPlan:
 
 def plan_for(endpoint_name: str, model_data_url: str, execution_role_arn: str, *, region: str,
              release: str, instance_type: str = "ml.g4dn.xlarge", **options: Any) -> EndpointPlan:
-    """Convenience: an EndpointPlan whose image is SageMaker's Triton ``release`` in ``region``."""
+    """An EndpointPlan for a GPU MME whose image is SageMaker's Triton ``release`` in ``region``.
+
+    Refuses (before any AWS call) an instance type AWS does not document for GPU multi-model
+    endpoints (:mod:`infra.gpu_instances`)."""
+    from infra.gpu_instances import mme_gpu_instance
+
+    mme_gpu_instance(instance_type)
     image = triton_image_uri(region, release, instance_type=instance_type)
     return EndpointPlan(endpoint_name=endpoint_name, image_uri=image, model_data_url=model_data_url,
                         execution_role_arn=execution_role_arn, instance_type=instance_type, **options)
@@ -496,12 +581,14 @@ def _create_model_call(plan: EndpointPlan) -> Call:
 
 
 def _create_config_call(plan: EndpointPlan) -> Call:
+    variant: dict[str, Any] = {
+        "VariantName": plan.variant_name, "ModelName": plan.model_name,
+        "InstanceType": plan.instance_type, "InitialInstanceCount": plan.initial_instance_count,
+        "InitialVariantWeight": 1.0}
+    if plan.inference_ami_version is not None:
+        variant["InferenceAmiVersion"] = plan.inference_ami_version
     return Call(SAGEMAKER, "create_endpoint_config", {
-        "EndpointConfigName": plan.endpoint_config_name,
-        "ProductionVariants": [{
-            "VariantName": plan.variant_name, "ModelName": plan.model_name,
-            "InstanceType": plan.instance_type, "InitialInstanceCount": plan.initial_instance_count,
-            "InitialVariantWeight": 1.0}],
+        "EndpointConfigName": plan.endpoint_config_name, "ProductionVariants": [variant],
         "Tags": plan.aws_tags()})
 
 
@@ -602,7 +689,8 @@ def _default_log(message: str) -> None:
 
 def apply(calls: Iterable[Call], clients: Mapping[str, Any], *, log: Log = _default_log,
           timeout_s: float = 1800, poll_s: float = 30, sleep: Callable[[float], None] = time.sleep,
-          clock: Callable[[], float] = time.monotonic) -> list[Any]:
+          clock: Callable[[], float] = time.monotonic,
+          on_applied: Callable[[Call], None] | None = None) -> list[Any]:
     """Execute ``calls`` in order with ``clients`` (keyed ``"sagemaker"``, ``"application-autoscaling"``).
 
     Returns each call's response.  Stops at the first failure: the error names the call
@@ -615,16 +703,38 @@ def apply(calls: Iterable[Call], clients: Mapping[str, Any], *, log: Log = _defa
         if client is None:
             raise SageMakerDeployError(f"no {call.service!r} client given for {call.operation}")
         log(f"{call.service}.{call.operation} {_brief(call.params)}")
-        if call.operation == WAIT_IN_SERVICE:
-            results.append(wait_in_service(
-                client, call.params["EndpointName"], expected_config=call.params.get("EndpointConfigName"),
-                timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock, log=log))
-            continue
         try:
+            if call.operation == WAIT_IN_SERVICE:
+                results.append(wait_in_service(
+                    client, call.params["EndpointName"], expected_config=call.params.get("EndpointConfigName"),
+                    timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock, log=log))
+                continue
             results.append(getattr(client, call.operation)(**call.params))
         except ClientError as exc:
-            raise SageMakerDeployError(f"{call.service}.{call.operation} failed: {exc}") from exc
+            raise AwsCallFailed.from_client_error(call, exc) from exc
+        if on_applied is not None:  # e.g. the endpoint record, kept in step call by call
+            on_applied(call)
     return results
+
+
+class AwsCallFailed(AwsCallError, SageMakerDeployError):
+    """A control-plane call was refused: one line naming the call, the resource and AWS's
+    message (HTML stripped); ``code`` is AWS's error code."""
+
+    @classmethod
+    def from_client_error(cls, call: Call, exc: ClientError) -> AwsCallFailed:
+        err = aws_describe(exc, operation=f"{call.service}.{call.operation}", resource=_resource(call.params))
+        return cls(err.operation, err.resource, err.code, err.message)
+
+
+def _resource(params: Mapping[str, Any]) -> str | None:
+    """What a call is about, in words: ``endpoint my-mme``, ``model my-mme-model-1a2b``."""
+    for key, word in (("ModelName", "model"), ("EndpointConfigName", "endpoint config"),
+                      ("EndpointName", "endpoint"), ("PolicyName", "scaling policy"),
+                      ("ResourceId", "scalable target")):
+        if key in params and not (key == "EndpointConfigName" and "EndpointName" in params):
+            return f"{word} {params[key]}"
+    return None
 
 
 def _brief(params: Mapping[str, Any]) -> str:
@@ -678,7 +788,8 @@ def rollback_endpoint(sm_client: Any, endpoint: str, previous_config_name: str, 
                       variant_name: str = "AllTraffic", log: Log = _default_log,
                       timeout_s: float = 1800, poll_s: float = 30,
                       sleep: Callable[[float], None] = time.sleep,
-                      clock: Callable[[], float] = time.monotonic) -> list[Call]:
+                      clock: Callable[[], float] = time.monotonic,
+                      on_applied: Callable[[Call], None] | None = None) -> list[Call]:
     """Blue/green back: ``UpdateEndpoint`` to ``previous_config_name`` and wait until InService.
 
     Used when the new fleet came up but validating it failed.  With ``aas_client``,
@@ -708,7 +819,8 @@ def rollback_endpoint(sm_client: Any, endpoint: str, previous_config_name: str, 
                 "TargetTrackingScalingPolicyConfiguration": pol["TargetTrackingScalingPolicyConfiguration"]}))
     log(f"rolling endpoint {endpoint} back to {previous_config_name}")
     clients = {SAGEMAKER: sm_client, AUTOSCALING: aas_client}
-    apply(calls, clients, log=log, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock)
+    apply(calls, clients, log=log, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock,
+          on_applied=on_applied)
     return calls
 
 

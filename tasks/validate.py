@@ -2,15 +2,26 @@
 
 The first invoke is the cold one (download, extract, load); then ``n`` warm invokes give
 p50/p99. The answers are scored against the expected outputs recorded in the build manifest.
+
+A cold load can outlast one invoke: SageMaker answers ``429 ModelNotReadyException`` when a
+model is still loading after its wait (60 s on AWS, ``ready_wait_s`` on the local endpoint)
+and goes on loading, up to its load limit of 360 s. Those answers (and only those) are
+retried with exponential backoff until :class:`LoadWait`'s limit; any other error fails at
+once, as one line naming the call, the ensemble, its TargetModel and the endpoint.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from botocore.exceptions import ClientError
 
+from infra.aws_errors import aws_message
+from infra.aws_errors import describe as aws_describe
 from infra.runtime_client import infer_direct, invoke, runtime_client_for
 from tasks.verify import Sample, score
 
@@ -23,14 +34,72 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q)) if xs else 0.0
 
 
+SAGEMAKER_LOAD_LIMIT_S = 360.0
+"""How long SageMaker keeps loading a model on an MME before it gives up (its documented
+limit); the default of :attr:`LoadWait.limit_s`."""
+
+
+@dataclass(frozen=True)
+class LoadWait:
+    """How long validation keeps retrying ``ModelNotReadyException`` (429) for one model.
+
+    Backoff: ``first_s``, doubling, at most ``max_s`` between tries, never past ``limit_s``
+    from the first try. ``sleep``/``clock`` are injectable so tests count tries, not seconds.
+    """
+
+    limit_s: float = SAGEMAKER_LOAD_LIMIT_S
+    first_s: float = 2.0
+    max_s: float = 30.0
+    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
+    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
+
+
+def is_model_not_ready(exc: BaseException) -> bool:
+    if not isinstance(exc, ClientError):
+        return False
+    code = exc.response.get("Error", {}).get("Code")
+    return code == "ModelNotReadyException"
+
+
+def invoke_when_ready(client: Any, endpoint: str, manifest: dict[str, Any],
+                      inputs: dict[str, np.ndarray], *, binary: bool = True,
+                      wait: LoadWait = LoadWait()) -> tuple[dict[str, np.ndarray], int]:
+    """Invoke by TargetModel, retrying 429 ModelNotReadyException per ``wait``.
+
+    Returns (outputs, tries). Raises DeployValidationFailed saying it gave up after N tries /
+    S seconds, or an AwsCallError (one line) for any other error, which is not retried.
+    """
+    target = manifest["target_model"]
+    start, delay, tries = wait.clock(), wait.first_s, 0
+    while True:
+        tries += 1
+        try:
+            return invoke(client, endpoint, target, inputs, binary=binary), tries
+        except ClientError as exc:
+            about = f"ensemble {manifest['ensemble']} (TargetModel {target}) on endpoint {endpoint}"
+            if not is_model_not_ready(exc):
+                raise aws_describe(exc, operation="sagemaker-runtime.invoke_endpoint",
+                                   resource=about) from exc
+            elapsed = wait.clock() - start
+            if elapsed >= wait.limit_s:
+                raise DeployValidationFailed(  # a validation failure (exit 2), not AWS's
+                    f"{about}: still answering 429 ModelNotReadyException; gave up after {tries} "
+                    f"tries / {elapsed:.0f} s (limit {wait.limit_s:.0f} s): the model is still "
+                    f"loading; raise the load wait, or make the model load faster (last answer: "
+                    f"{aws_message(exc)})") from None
+        wait.sleep(min(delay, wait.limit_s - elapsed))
+        delay = min(delay * 2, wait.max_s)
+
+
 def validate_deployed(url: str | None, endpoint: str, manifest: dict[str, Any], *,
                       warm_invocations: int = 20, binary: bool = True,
-                      runtime_client: Any = None) -> dict[str, Any]:
+                      runtime_client: Any = None, load_wait: LoadWait = LoadWait()) -> dict[str, Any]:
     client = runtime_client or runtime_client_for(url)
     sample = Sample.from_json(manifest["sample"])
     v = manifest["validation"]
     t0 = time.perf_counter()
-    got = invoke(client, endpoint, manifest["target_model"], sample.inputs, binary=binary)
+    got, tries = invoke_when_ready(client, endpoint, manifest, sample.inputs, binary=binary,
+                                   wait=load_wait)
     cold_ms = (time.perf_counter() - t0) * 1000
     result = score(v["metric"], v["threshold"], sample, got)
     for _ in range(3):  # first runs after a load are slower (allocator, ORT warm-up): not counted
@@ -44,6 +113,7 @@ def validate_deployed(url: str | None, endpoint: str, manifest: dict[str, Any], 
         "validation": {k: v for k, v in result.items() if k != "per_item"},
         "latency_ms": {"cold": round(cold_ms, 2), "p50": round(percentile(warm, 50), 2),
                        "p99": round(percentile(warm, 99), 2), "n": len(warm)},
+        "cold_tries": tries,
     }
 
 

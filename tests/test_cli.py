@@ -69,7 +69,7 @@ def test_sagemaker_dry_run_prints_every_call_without_credentials(tmp_path: Path,
                AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), PREFECT_HOME=str(tmp_path / "pf"))
     r = subprocess.run(MME + ["deploy", "image_classifier", "--backend", "sagemaker", "--target",
                               "local-cpu", "--store", "s3://my-bucket/mme", "--endpoint", "dry-mme",
-                              "--autoscaling-max", "3", "--dry-run"],
+                              "--autoscaling-max", "3", "--dry-run", "--allow-target-mismatch"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()

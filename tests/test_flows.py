@@ -94,7 +94,7 @@ def test_failed_verification_ships_nothing(tmp_path: Path, mme_home: Path, prefe
 def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampered_text_build: Path,
                                              tmp_path: Path, mme_home: Path, prefect_harness):
     from flows.deploy import DeployValidationFailed, deploy
-    from flows.retire import retire
+    from flows.retire import RetireIncomplete, retire
     from infra.endpoint_process import find_running
     from infra.runtime_client import invoke, runtime_client_for
     from tasks.verify import Sample
@@ -133,7 +133,9 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampere
         assert "deleted" in lines[0]
         assert not store.exists(key)
         assert find_running(ep) is not None, "retiring an ensemble must not stop the endpoint"
-        lines = retire(ensembles=["not_ours"], endpoint=ep, store_uri=store_uri)
+        with pytest.raises(RetireIncomplete, match="not deployed"):  # nothing deleted: exit 1
+            retire(ensembles=["not_ours"], endpoint=ep, store_uri=store_uri)
+        lines = retire(ensembles=["not_ours"], endpoint=ep, store_uri=store_uri, missing_ok=True)
         assert "not deployed" in lines[0]
     finally:
         lines = retire(endpoint=ep, stop_endpoint=True, store_uri=store_uri)

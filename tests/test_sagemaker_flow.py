@@ -81,7 +81,7 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     key = f"mme/models/{EP}/text_embedding.tar.gz"
     art = str(built_text_embedding["output_dir"])
     opts = SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09",
-                            autoscaling_max=2, poll_s=0)
+                            autoscaling_max=2, poll_s=0, allow_target_mismatch=True)
     common = dict(ensembles=["text_embedding"], endpoint=EP, backend="sagemaker", target="local-cpu",
                   artifacts_dir=art, store_uri=STORE, warm_invocations=2)
 
@@ -127,4 +127,8 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     lines = retire(endpoint=EP, store_uri=STORE, stop_endpoint=True)
     assert any("deleted" in line for line in lines)
     assert sm_client.list_endpoints()["Endpoints"] == []
+    assert sm_client.list_endpoint_configs()["EndpointConfigs"] == []
+    assert sm_client.list_models()["Models"] == []
+    aas = boto3.client("application-autoscaling", region_name=REGION)
+    assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")

@@ -1,0 +1,193 @@
+"""The per-endpoint record: what a deploy made, where ``mme retire`` finds it.
+
+``$MME_HOME/endpoints/<name>/record.json`` says which backend serves the endpoint, the store
+and model prefix it reads, the AWS region, every AWS resource the deploys created for it
+(model, endpoint config, endpoint, scalable target, scaling policy), and the ensembles
+deployed (TargetModel, object, sha256).
+
+Why a local file beside the store's ledger: ``mme retire --endpoint E`` must find a SageMaker
+endpoint without being told the S3 store, the region or the backend, and a deploy that dies
+half-way must still leave a trace of what it created. So each resource is written here
+*before* its create call (state ``creating``) and marked ``created`` when the call returned;
+every write is atomic (temp file, fsync, rename), so a crash leaves the previous or the next
+version, never a torn one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from infra import paths
+from infra.store import atomic_path, file_lock
+
+RECORD_NAME = "record.json"
+CREATING, CREATED = "creating", "created"
+
+# boto3 create/register operations -> (resource kind, the parameter naming the resource)
+CREATES: dict[str, tuple[str, str]] = {
+    "create_model": ("model", "ModelName"),
+    "create_endpoint_config": ("endpoint_config", "EndpointConfigName"),
+    "create_endpoint": ("endpoint", "EndpointName"),
+    "register_scalable_target": ("scalable_target", "ResourceId"),
+    "put_scaling_policy": ("scaling_policy", "PolicyName"),
+}
+# delete/deregister operations -> the kind they remove
+DELETES: dict[str, tuple[str, str]] = {
+    "delete_model": ("model", "ModelName"),
+    "delete_endpoint_config": ("endpoint_config", "EndpointConfigName"),
+    "delete_endpoint": ("endpoint", "EndpointName"),
+    "deregister_scalable_target": ("scalable_target", "ResourceId"),
+    "delete_scaling_policy": ("scaling_policy", "PolicyName"),
+}
+# the order resources are deleted in: scaling first, the models an endpoint config uses last
+DELETE_ORDER = ("scaling_policy", "scalable_target", "endpoint", "endpoint_config", "model")
+
+
+def record_path(endpoint: str) -> Path:
+    return paths.endpoint_dir(endpoint) / RECORD_NAME
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def read_record(endpoint: str) -> dict[str, Any] | None:
+    """The endpoint's record, or None when no deploy of it left one on this machine."""
+    path = record_path(endpoint)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as e:  # atomic writes make this a hand edit gone wrong
+        raise ValueError(f"{path}: not valid JSON ({e}); fix or delete it") from None
+    doc.setdefault("resources", [])
+    doc.setdefault("ensembles", {})
+    return doc
+
+
+def write_record(endpoint: str, doc: dict[str, Any]) -> None:
+    """Write ``doc`` atomically; an empty record (nothing left to retire) is removed."""
+    path = record_path(endpoint)
+    if not doc.get("resources") and not doc.get("ensembles"):
+        path.unlink(missing_ok=True)
+        return
+    doc["updated_at"] = _now()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+
+
+@contextmanager
+def updating(endpoint: str, **defaults: Any) -> Iterator[dict[str, Any]]:
+    """``with updating(name) as rec:`` read-modify-write under a file lock (a deploy and a
+    retire of one endpoint, or two threads of one deploy, never lose each other's lines)."""
+    path = record_path(endpoint)
+    with file_lock(path.with_name(RECORD_NAME + ".lock")):
+        doc = read_record(endpoint) or {"endpoint": endpoint, "resources": [], "ensembles": {}}
+        for key, value in defaults.items():
+            if value is not None:
+                doc[key] = value
+        yield doc
+        write_record(endpoint, doc)
+
+
+def _find(doc: dict[str, Any], kind: str, name: str) -> dict[str, Any] | None:
+    return next((r for r in doc["resources"] if r["kind"] == kind and r["name"] == name), None)
+
+
+def note_resource(doc: dict[str, Any], kind: str, name: str, state: str, **extra: Any) -> None:
+    """Add or update one resource line (``state``: creating | created)."""
+    line = _find(doc, kind, name)
+    if line is None:
+        line = {"kind": kind, "name": name, "since": _now()}
+        doc["resources"].append(line)
+    if line.get("state") == CREATED:  # a re-create of what exists stays "created"
+        state = CREATED
+    line.update(state=state, **{k: v for k, v in extra.items() if v is not None})
+
+
+def drop_resource(doc: dict[str, Any], kind: str, name: str) -> None:
+    doc["resources"] = [r for r in doc["resources"] if not (r["kind"] == kind and r["name"] == name)]
+    if kind == "scalable_target":  # deregistering a target deletes its policies with it
+        doc["resources"] = [r for r in doc["resources"]
+                            if not (r["kind"] == "scaling_policy" and r.get("resource_id") == name)]
+
+
+def resource_of(operation: str, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
+    """(kind, name, extra) of the resource a create/register or delete call is about."""
+    spec = CREATES.get(operation) or DELETES.get(operation)
+    if spec is None or spec[1] not in params:
+        return None
+    extra = {"resource_id": params["ResourceId"]} if operation.endswith("scaling_policy") else {}
+    return spec[0], str(params[spec[1]]), extra
+
+
+def note_call(endpoint: str, operation: str, params: dict[str, Any], state: str,
+              **defaults: Any) -> None:
+    """Record a create (``state`` creating before the call, created after), a create AWS
+    refused (``state`` "refused": a line still ``creating`` goes) or a completed delete
+    (``state`` "deleted") of the resource ``operation`` is about."""
+    found = resource_of(operation, params)
+    if found is None:
+        return
+    kind, name, extra = found
+    with updating(endpoint, **defaults) as doc:
+        if state == "deleted":
+            drop_resource(doc, kind, name)
+        elif state == "refused":
+            line = _find(doc, kind, name)
+            if line is not None and line.get("state") == CREATING:
+                drop_resource(doc, kind, name)
+        elif operation in CREATES:
+            note_resource(doc, kind, name, state, **extra)
+
+
+# ---------------------------------------------------------------------------------- ensembles
+def _ensemble_entry(manifest: dict[str, Any], models_url: str) -> dict[str, Any]:
+    from infra.store import open_store
+
+    store, prefix = open_store(models_url)
+    key = f"{prefix}/{manifest['target_model']}" if prefix else manifest["target_model"]
+    return {"target_model": manifest["target_model"], "key": key, "uri": store.uri_for(key),
+            "sha256": manifest["sha256"], "model_data_url": models_url,
+            "build_target": manifest.get("target")}
+
+
+def note_ensembles_publishing(endpoint: str, manifests: list[dict[str, Any]], models_url: str,
+                              **defaults: Any) -> None:
+    """Before uploading: each ensemble's object, digest and TargetModel (state ``publishing``);
+    what the endpoint served before is kept as ``previous`` until the deploy settles."""
+    with updating(endpoint, **defaults) as doc:
+        for m in manifests:
+            before = doc["ensembles"].get(m["ensemble"])
+            entry = {**_ensemble_entry(m, models_url), "state": "publishing", "since": _now()}
+            if before is not None:
+                entry["previous"] = before.get("previous") if before.get("state") == "publishing" \
+                    else {k: v for k, v in before.items() if k != "previous"}
+            doc["ensembles"][m["ensemble"]] = entry
+
+
+def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None:
+    """After the deploy: ``deployed`` marks the new objects served; otherwise (rolled back)
+    each entry goes back to what was served before, or away when nothing was."""
+    with updating(endpoint) as doc:
+        for name in names:
+            entry = doc["ensembles"].get(name)
+            if entry is None:
+                continue
+            previous = entry.pop("previous", None)
+            if deployed:
+                entry.update(state="deployed", deployed_at=_now())
+            elif previous is not None:
+                doc["ensembles"][name] = previous
+            else:
+                del doc["ensembles"][name]
+
+
+def forget_ensemble(endpoint: str, name: str) -> None:
+    with updating(endpoint) as doc:
+        doc["ensembles"].pop(name, None)
