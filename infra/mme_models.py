@@ -228,6 +228,10 @@ class ModelManager:
                 raise (down or e) from None
             m.state = "failed"
             await asyncio.to_thread(self._discard_files, m)
+            if isinstance(e, ObjectNotFound) and self.models.get(m.target) is m:
+                # nothing to remember about a name with no object: requests for unknown
+                # TargetModels must not grow the model table without bound
+                del self.models[m.target]
             raise self._load_error(m, e) from None
 
     def _read_contract(self, m: ModelEntry) -> ModelContract | None:

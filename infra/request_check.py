@@ -35,6 +35,8 @@ from typing import Any
 
 import orjson
 
+from infra.errors import UserError
+
 # InvokeEndpoint's ``Body``: "Maximum length of 6291456" (SageMaker Runtime API reference,
 # InvokeEndpoint, Request Syntax / Body). Over it, SageMaker's front door answers HTTP 413 with
 # no error type and the message "HTTP content length exceeded N bytes." (reported by users as
@@ -83,7 +85,7 @@ class ModelContract:
     max_batch_size: int  # 0: the model has no batch dimension; request shape == dims
 
 
-class ContractError(ValueError):
+class ContractError(UserError, ValueError):
     """A config.pbtxt that cannot be read as a model contract (names the file and field)."""
 
 
@@ -174,7 +176,7 @@ def check_request(content_type: str, body: bytes, contract: ModelContract | None
     doc = _parse_header(body, header_size, content_type)
     inputs = _check_inputs(doc, max_bytes)
     outputs = _check_outputs(doc.get("outputs"))
-    _check_parameters(doc.get("parameters"), "the request")
+    _check_parameters(doc.get("parameters"), "the request", _REQUEST_PARAMS)
     if "id" in doc and not isinstance(doc["id"], str):
         raise RequestRejected(f"request \"id\" must be a string, got {_kind(doc['id'])}")
     if contract is not None:
@@ -299,8 +301,9 @@ def _element_count(label: str, shape: Any, dtype: str, max_bytes: int) -> int:
     return count
 
 
-def _check_parameters(params: Any, label: str) -> None:
-    """A client may never address the server's shared memory (``shared_memory_region`` ...)."""
+def _check_parameters(params: Any, label: str, typed: tuple[str, ...] = ()) -> None:
+    """A client may never address the server's shared memory (``shared_memory_region`` ...);
+    the ``typed`` parameters Triton reads at this level must have the type it reads."""
     if params is None:
         return
     if not isinstance(params, dict):
@@ -309,6 +312,27 @@ def _check_parameters(params: Any, label: str) -> None:
         if key.startswith("shared_memory"):
             raise RequestRejected(f"{label}: parameter {_clip(key)!r} is refused: requests may "
                                   f"not use the server's shared memory")
+    _check_typed(params, label, typed)
+
+
+# Parameters Triton's HTTP front end reads, and what it needs them to be. Another type makes
+# it answer 500 ("attempt to access JSON non-boolean as boolean"), which reaches the client as
+# a 424 "server error (500) from primary" for what is the client's mistake (found by
+# bench/fuzz.py). Request level: binary_data_output; output level: the other two.
+_PARAM_TYPES: dict[str, tuple[str, Any]] = {
+    "binary_data_output": ("true or false", lambda v: type(v) is bool),
+    "binary_data": ("true or false", lambda v: type(v) is bool),
+    "classification": ("a non-negative integer", lambda v: type(v) is int and 0 <= v < 2**64),
+}
+_REQUEST_PARAMS = ("binary_data_output",)
+_OUTPUT_PARAMS = ("binary_data", "classification")
+
+
+def _check_typed(params: dict[str, Any], label: str, keys: tuple[str, ...]) -> None:
+    for key in keys:
+        if key in params and not _PARAM_TYPES[key][1](params[key]):
+            raise RequestRejected(f"{label}: parameter {key!r} must be {_PARAM_TYPES[key][0]}, "
+                                  f"got {_describe(params[key])}")
 
 
 def _binary_size(label: str, params: dict[str, Any] | None, has_data: bool) -> int | None:
@@ -335,7 +359,7 @@ def _check_outputs(outputs: Any) -> list[str]:
         label = f"output {_clip(o['name'])!r}"
         if o["name"] in names:
             raise RequestRejected(f"{label} is requested twice")
-        _check_parameters(o.get("parameters"), label)
+        _check_parameters(o.get("parameters"), label, _OUTPUT_PARAMS)
         names.append(o["name"])
     return names
 

@@ -447,9 +447,11 @@ def _classification(body: bytes, content_type: str | None) -> bool:
 class EndpointWatch:
     """Sends cases to one running endpoint and says what broke after each one.
 
-    Invariants, after every case: the answer is a 2xx only for a request the endpoint's rules
-    accept, and then the model's correct answer under the tarball's own model name; otherwise a
-    4xx with a JSON body holding a string ``message`` (a 5xx for a client's request counts as a
+    Invariants, after every case: the answer is a 2xx exactly for the requests the endpoint's
+    rules (``check_request`` with the model's contract) accept, and then the model's correct
+    answer under the tarball's own model name (both models take any request those rules accept,
+    so a refusal there means validation let through what Triton refuses); otherwise a 4xx with
+    a JSON body holding a string ``message`` (a 5xx for a client's request counts as a
     violation: nothing here may take Triton or a model down). No host path of the cache and no
     internal model name in any answer. ``/ping`` is 200; Triton's pid and generation are
     unchanged and ``/metrics`` counts no Triton death, restart, failed start or stub failure;
@@ -503,6 +505,8 @@ class EndpointWatch:
         if not 200 <= r.status_code < 300:
             if case.valid:
                 return f"a valid request got {r.status_code}: {r.text[:300]}"
+            if checker_accepts(case, self.contracts):  # validation let through what Triton refuses
+                return f"{r.status_code} for a request the endpoint's rules accept: {r.text[:300]}"
             return _refusal_problem(r)
         if not checker_accepts(case, self.contracts) or case.target is None:
             return f"{r.status_code} for a request the endpoint's rules refuse"

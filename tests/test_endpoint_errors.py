@@ -221,3 +221,15 @@ def test_oversize_body_is_sagemakers_413(ep: Endpoint) -> None:
                                                    ContentType="application/json", Body=big)
     assert info.value.response["Error"]["Code"] == "413"
     assert "any.tar.gz" not in models(ep.url)
+
+
+def test_unknown_target_models_leave_no_entry_behind(ep: Endpoint) -> None:
+    """A request for a TargetModel with no object answers 400 and is forgotten: a client (or a
+    scanner) naming many unknown models must not grow the endpoint's model table."""
+    for i in range(20):
+        r = httpx.post(f"{ep.url}/endpoints/{ENDPOINT}/invocations",
+                       content=b'{"inputs":[{"name":"X","shape":[1],"datatype":"FP32","data":[1]}]}',
+                       headers={"Content-Type": "application/json",
+                                "X-Amzn-SageMaker-Target-Model": f"nope-{i}.tar.gz"}, timeout=30)
+        assert r.status_code == 400 and "Failed to download model data" in r.json()["message"]
+    assert not [n for n in models(ep.url) if n.startswith("nope-")]

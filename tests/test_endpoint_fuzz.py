@@ -3,8 +3,8 @@
 One real endpoint (real tritonserver) serves two tiny Python-backend ensembles, an FP32 one and
 a BYTES one (tests/endpoint_fuzz_cases.py). Generated requests go to
 ``POST /endpoints/<name>/invocations``; after EVERY case :class:`EndpointWatch` checks that the
-answer is a 2xx only for a valid request (and then the right numbers) or else a 4xx with a JSON
-``message``, that ``/ping`` is 200, that Triton's pid is unchanged with no death, restart or stub
+answer is a 2xx exactly when the endpoint's rules accept the request (and then the right
+numbers) or else a 4xx with a JSON ``message``, that ``/ping`` is 200, that Triton's pid is unchanged with no death, restart or stub
 failure counted, and that a good request to the other model still answers correctly.
 
 The suite runs 150 cases in all, derandomized (the same cases on every run); set
@@ -14,6 +14,7 @@ the same strategies for minutes.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Iterator
@@ -167,6 +168,37 @@ def test_fp32_value_past_the_range_is_a_400_not_an_unreadable_200(watch: Endpoin
     assert r.status_code == 400, r.text
     assert "input 'X'" in r.json()["message"] and "-3.5e+38" in r.json()["message"]
     assert watch.violations(_PAST_FP32, r) == []
+
+
+_X = {"name": "X", "shape": [1], "datatype": "FP32", "data": [1.0]}
+
+
+@pytest.mark.parametrize("doc, words", [
+    ({"inputs": [_X], "parameters": {"binary_data_output": "yes"}},
+     "the request: parameter 'binary_data_output' must be true or false, got 'yes'"),
+    ({"inputs": [_X], "outputs": [{"name": "Y", "parameters": {"binary_data": 1}}]},
+     "output 'Y': parameter 'binary_data' must be true or false, got 1"),
+    ({"inputs": [_X], "outputs": [{"name": "Y", "parameters": {"classification": -1}}]},
+     "output 'Y': parameter 'classification' must be a non-negative integer, got -1"),
+    ({"inputs": [_X], "outputs": [{"name": "Y", "parameters": {"classification": True}}]},
+     "parameter 'classification' must be a non-negative integer, got true"),
+])
+def test_wrongly_typed_triton_parameters_are_400_not_424(watch: EndpointWatch, doc: dict,
+                                                         words: str) -> None:
+    """Found by bench/fuzz.py: Triton answered these with 500 "attempt to access JSON
+    non-boolean as boolean", which the client saw as a 424 "server error (500) from primary"
+    for its own mistake. Now a 400 naming the parameter, before Triton; right types pass."""
+    body = json.dumps(doc).encode()
+    r = watch.send(Case("explicit", FP32_TARGET, "application/json", body))
+    assert r.status_code == 400 and words in r.json()["message"], r.text
+    assert watch.violations(Case("explicit", FP32_TARGET, "application/json", body), r) == []
+    fixed = json.loads(body)
+    for holder in [fixed, *fixed.get("outputs", [])]:
+        for key in holder.get("parameters", {}):
+            holder["parameters"][key] = 1 if key == "classification" else True
+    good = Case("explicit", FP32_TARGET, "application/json", json.dumps(fixed).encode())
+    r = watch.send(good)
+    assert r.status_code == 200 and watch.answer_problem(good, r) is None, r.text
 
 
 def test_watch_sees_a_broken_invariant(watch: EndpointWatch) -> None:
