@@ -30,7 +30,13 @@ import numpy as np
 
 from infra import paths
 from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import encode_request, invoke, runtime_client_for, triton_headers
+from infra.manifest import Manifest
+from infra.runtime_client import (
+    encode_request,
+    invoke,
+    runtime_client_for,
+    triton_headers,
+)
 from tasks.package import read_manifest
 from tasks.verify import Sample
 
@@ -46,9 +52,9 @@ def _timed(fn) -> float:  # noqa: ANN001 - any zero-argument call
     return (time.perf_counter() - t) * 1000
 
 
-def measure(ep: LocalEndpoint, manifest: dict, n: int) -> dict:
-    target = manifest["target_model"]
-    sample = Sample.from_json(manifest["sample"])
+def measure(ep: LocalEndpoint, manifest: Manifest, n: int) -> dict:
+    target = manifest.target_model
+    sample = Sample.from_json(manifest.required_sample())
     body, ct = encode_request(sample.inputs, binary=True)
     boto = runtime_client_for(ep.url)
     invoke(boto, ep.cfg.name, target, sample.inputs)  # cold load, not counted
@@ -73,7 +79,7 @@ def measure(ep: LocalEndpoint, manifest: dict, n: int) -> dict:
             res["boto3"].append(_timed(lambda: invoke(boto, ep.cfg.name, target, sample.inputs)))
     diff = np.array(res["endpoint"]) - np.array(res["triton"])
     out = {k: _stats(v) for k, v in res.items()}
-    return {"ensemble": manifest["ensemble"], "n": n, "request_bytes": len(body), **out,
+    return {"ensemble": manifest.ensemble, "n": n, "request_bytes": len(body), **out,
             "added_p50_ms": round(float(np.median(diff)), 3),
             "ratio_p50": round(out["endpoint"]["p50"] / out["triton"]["p50"], 3)}
 
@@ -93,7 +99,7 @@ def main() -> None:
         prefix = Path(tmp) / "models"
         prefix.mkdir()
         for m in manifests:
-            shutil.copyfile(Path(m["artifact"].removeprefix("file://")), prefix / m["target_model"])
+            shutil.copyfile(Path(m.artifact.removeprefix("file://")), prefix / m.target_model)
         cfg = EndpointConfig(name="bench", model_data_url=prefix.as_uri(), cache_dir=Path(tmp) / "cache")
         with LocalEndpoint(cfg) as ep:
             for m in manifests:

@@ -35,17 +35,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         prefix = Path(tmp) / "models"
         prefix.mkdir()
-        shutil.copyfile(Path(manifest["artifact"].removeprefix("file://")), prefix / manifest["target_model"])
+        shutil.copyfile(Path(manifest.artifact.removeprefix("file://")), prefix / manifest.target_model)
         cfg = EndpointConfig(name="bench", model_data_url=prefix.as_uri(), cache_dir=Path(tmp) / "cache")
         with LocalEndpoint(cfg) as ep:
             client = runtime_client_for(ep.url)
             for _ in range(5):
-                invoke(client, "bench", manifest["target_model"], inputs)
+                invoke(client, "bench", manifest.target_model, inputs)
             times: dict[str, list[float]] = {"json": [], "binary": []}
             for _ in range(args.n):
                 for kind in ("json", "binary"):
                     t = time.perf_counter()
-                    invoke(client, "bench", manifest["target_model"], inputs, binary=kind == "binary")
+                    invoke(client, "bench", manifest.target_model, inputs, binary=kind == "binary")
                     times[kind].append((time.perf_counter() - t) * 1000)
     stats = {k: {"p50": round(float(np.percentile(v, 50)), 2), "p99": round(float(np.percentile(v, 99)), 2)}
              for k, v in times.items()}

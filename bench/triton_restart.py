@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from infra.local_client import LocalEndpointClient
 from infra.local_mme import EndpointConfig, LocalEndpoint
 from infra.runtime_client import decode_response, encode_request
 from infra.tarball import pack_deterministic
@@ -79,10 +80,10 @@ def _seed(prefix: Path, ensemble: str) -> tuple[str, dict[str, np.ndarray], dict
     from tasks.verify import Sample
 
     manifest = read_manifest(paths.artifacts_dir("local-cpu"), ensemble)
-    shutil.copyfile(Path(manifest["artifact"].removeprefix("file://")),
-                    prefix / manifest["target_model"])
-    sample = Sample.from_json(manifest["sample"])
-    return manifest["target_model"], sample.inputs, sample.expected
+    shutil.copyfile(Path(manifest.artifact.removeprefix("file://")),
+                    prefix / manifest.target_model)
+    sample = Sample.from_json(manifest.required_sample())
+    return manifest.target_model, sample.inputs, sample.expected
 
 
 def _good(r: httpx.Response, expected: dict[str, np.ndarray]) -> bool:
@@ -131,7 +132,7 @@ def main() -> None:
                              triton_restart_window_s=60.0, triton_restart_backoff_s=0.0)
         with LocalEndpoint(cfg) as ep:
             trials = [_trial(ep, target, body, ct, expected) for _ in range(args.trials)]
-            m = httpx.get(f"{ep.url}/metrics").json()
+            m = LocalEndpointClient(ep.url).metrics()
     ms = [t["death_to_good_ms"] for t in trials]
     print(json.dumps({"ensemble": args.ensemble, "trials": len(trials),
                       "death_to_good_ms": {"p50": float(np.percentile(ms, 50)), "max": max(ms),

@@ -113,7 +113,7 @@ def _tensor_problems(name: str, t: EngineTensor, want: tuple[bool, str, list[int
             problems.append(f"tensor {name!r}: engine rank {len(t.shape)} {t.shape}, config rank "
                             f"{len(full)} ({'batch + ' if batching else ''}dims {dims})")
             return problems
-        for i, (e, c) in enumerate(zip(t.shape, full)):
+        for i, (e, c) in enumerate(zip(t.shape, full, strict=True)):
             if e != -1 and c != -1 and e != c:
                 problems.append(f"tensor {name!r}: engine dim {i} is {e}, config says {c}")
     if t.is_input:

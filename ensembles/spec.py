@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -27,8 +27,10 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-TARGETS = ("local-cpu", "sagemaker-gpu")
+from infra.errors import UserError
+
 Target = Literal["local-cpu", "sagemaker-gpu"]
+TARGETS: tuple[Target, ...] = get_args(Target)  # ("local-cpu", "sagemaker-gpu"), in that order
 
 DType = Literal[
     "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
@@ -46,7 +48,7 @@ _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 _MODEL_TENSOR = re.compile(r"^[A-Za-z_][A-Za-z0-9_./:-]*$")
 
 
-class SpecError(ValueError):
+class SpecError(UserError, ValueError):
     """A spec that cannot be built. The message names the ensemble, step and tensor."""
 
 
@@ -129,7 +131,8 @@ class BackendSpec(_Strict):
     ``processing_env.tar.gz`` beside ``config.pbtxt``) to its source: either
     ``artifact:<name>`` (made by the build, see ``EnsembleSpec.artifacts``),
     ``runtime:<file>`` (shared model code in ``ensembles/runtime``, e.g. the ONNX Runtime
-    runner), or a path relative to the ensemble's catalog folder. For ``python`` steps ``1/model.py`` must be among them.
+    runner), or a path relative to the ensemble's catalog folder. For ``python`` steps
+    ``1/model.py`` must be among them.
     """
 
     backend: Backend
@@ -200,7 +203,7 @@ class EnsembleSpec(_Strict):
 
 
 def _dims_compatible(a: list[int], b: list[int]) -> bool:
-    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b))
+    return len(a) == len(b) and all(x == y or x == -1 or y == -1 for x, y in zip(a, b, strict=True))
 
 
 def _check_names(where: str, names: list[str], what: str, pattern: re.Pattern = _NAME) -> None:

@@ -7,10 +7,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from infra.triton_release import DEFAULT_RELEASE
@@ -34,45 +35,59 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's fault or a refused step: shown as one clear line."""
-    from ensembles.spec import SpecError
-    from tasks.validate import DeployValidationFailed
-    from infra.endpoint_process import EndpointStartError
-    from infra.store import StoreError
-    from tasks.dali import DaliPipelineError
-    from tasks.fetch import FetchError
-    from tasks.produce import NotAvailableHere
-    from tasks.verify import VerificationFailed
+def _exit_code(e: BaseException) -> int | None:
+    """What the CLI does with an error that ended a command (see infra/errors.py): 2 for the
+    user's to fix (a :class:`UserError`), 1 for another :class:`MMEError` (one line either
+    way), None for anything else: a bug, whose traceback is let through. An AWS error (or one
+    raised from an AWS error) is classified by AWS's code (issue 8: access, credentials,
+    invalid requests and quotas are the user's), before the tree."""
+    from infra.aws_errors import exit_code as aws_exit_code
+    from infra.aws_errors import find_aws_error
+    from infra.errors import MMEError, UserError
 
-    from infra.sagemaker import SageMakerDeployError
+    if find_aws_error(e) is not None:
+        return aws_exit_code(e)
+    if isinstance(e, UserError):
+        return 2
+    if isinstance(e, MMEError):
+        return 1
+    return None
 
-    return (SpecError, VerificationFailed, DeployValidationFailed, EndpointStartError, StoreError,
-            NotAvailableHere, DaliPipelineError, FetchError, FileNotFoundError,
-            SageMakerDeployError, ValueError)
+
+def _report(e: BaseException) -> int | None:
+    """Print the one ``error:`` line for a project or AWS error and return its exit code; None
+    (nothing printed) for a bug, whose traceback the caller lets through."""
+    from infra.aws_errors import find_aws_error, one_line
+
+    code = _exit_code(e)
+    if code is not None:
+        # AWS said no: the call, the resource, AWS's words (markup stripped)
+        line = one_line(e) if find_aws_error(e) is not None else f"{type(e).__name__}: {e}"
+        console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False,
+                      soft_wrap=True)
+    return code
 
 
 def _run_flow(fn, **kwargs):
     from flows.retire import RetireIncomplete
-    from infra.aws_errors import exit_code, find_aws_error, one_line, quiet_tracebacks
+    from infra.aws_errors import quiet_tracebacks
+    from infra.errors import MMEError
 
     try:
-        # AWS errors and the user errors below are shown as one line, not as tracebacks
-        with quiet_tracebacks(also=_user_errors() + (RetireIncomplete,)):
+        # AWS errors and the project's own errors are one line in the logs, not tracebacks
+        with quiet_tracebacks(also=(MMEError,)):
             return fn(**kwargs)
     except RetireIncomplete as e:
         for line in e.lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-        console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False,
+                      soft_wrap=True)
         raise typer.Exit(1) from None
     except Exception as e:
-        if find_aws_error(e) is not None:  # AWS said no: the call, the resource, AWS's words
-            console.print(f"[bold red]error:[/] {one_line(e)}", markup=True, highlight=False,
-                          soft_wrap=True)
-            raise typer.Exit(exit_code(e)) from None
-        if isinstance(e, _user_errors()):
-            _fail(f"{type(e).__name__}: {e}")
-        raise
+        code = _report(e)
+        if code is None:
+            raise
+        raise typer.Exit(code) from None
 
 
 @app.command()
@@ -85,12 +100,12 @@ def render(ensemble: str = typer.Argument("text_embedding"),
     """Render an ensemble's config.pbtxt files for a target (no build work)."""
     from ensembles.catalog import load_ensemble
     from ensembles.render import render_repository
-    from ensembles.spec import SpecError
+    from infra.errors import UserError
 
     try:
         spec, _ = load_ensemble(ensemble)
         render_repository(spec, target, out, configs_only=True, triton_release=triton_release)
-    except (SpecError, FileExistsError, ValueError) as e:
+    except (UserError, FileExistsError) as e:
         _fail(str(e))
     for cfg in sorted(out.glob("*/config.pbtxt")):
         console.print(f"[bold]{cfg.relative_to(out)}[/]")
@@ -105,7 +120,7 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
                                          "inception_archive.source=/models/inception.tar.gz")) -> None:
     """Build, verify and package ensembles (a Prefect flow run)."""
     _quiet_env()
-    from flows.build import _validation_text, build as build_flow
+    from flows.build import build as build_flow
 
     overrides = {}
     for item in set_ or []:
@@ -116,85 +131,125 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
     manifests = _run_flow(build_flow, ensembles=ensembles or None, target=target,
                           output_dir=str(output_dir) if output_dir else None,
                           overrides=overrides or None)
-    _print_table("Built", [{"ensemble": m["ensemble"], "sha256": m["sha256"][:12],
-                            "bytes": m["bytes"], "artifact": m["artifact"],
-                            "validation": _validation_text(m["validation"])}
+    _print_table("Built", [{"ensemble": m.ensemble, "sha256": m.sha256[:12],
+                            "bytes": m.bytes, "artifact": m.artifact,
+                            "validation": m.validation.summary()}
                            for m in manifests])
 
 
+# `mme deploy`'s options, declared once as data: the command takes them as one mapping and
+# turns them into the objects the flow takes (BuildSource, SageMakerOptions).
+DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "ensembles": (list[str], typer.Argument(None)),
+    "endpoint": (str, typer.Option("local-mme")),
+    "backend": (str, typer.Option("local", help="local, or sagemaker")),
+    "target": (Optional[str], typer.Option(None, help="default: local-cpu (local), sagemaker-gpu (sagemaker)")),
+    "store": (Optional[str], typer.Option(None, help="object store: default the embedded one; "
+                                                     "s3://bucket/prefix for sagemaker")),
+    "region": (str, typer.Option("us-east-1", help="sagemaker: AWS region")),
+    "role_arn": (Optional[str], typer.Option(None, help="sagemaker: the endpoint's execution role")),
+    "instance_type": (str, typer.Option("ml.g4dn.xlarge", help="sagemaker: GPU instance type")),
+    "instance_count": (int, typer.Option(1, help="sagemaker: initial instance count")),
+    "triton_release": (str, typer.Option(str(DEFAULT_RELEASE), help="sagemaker: Triton container YY.MM")),
+    "autoscaling_max": (Optional[int], typer.Option(None, help="sagemaker: enable autoscaling up to N")),
+    "autoscaling_min": (Optional[int], typer.Option(None)),
+    "target_invocations": (float, typer.Option(200.0, help="sagemaker: invocations per instance per minute")),
+    "dry_run": (bool, typer.Option(False, "--dry-run", help="print every call, make none")),
+    "allow_target_mismatch": (bool, typer.Option(
+        False, "--allow-target-mismatch",
+        help="sagemaker: deploy builds made for another target (e.g. local-cpu) anyway")),
+    "load_wait": (float, typer.Option(360.0, help="sagemaker: seconds validation retries "
+                                                  "429 ModelNotReadyException per model")),
+    "model_cache": (str, typer.Option("enabled", help="sagemaker: the MME's ModelCacheSetting, "
+                                                      "enabled or disabled")),
+    "env": (list[str], typer.Option(None, "--env", help="sagemaker: container environment "
+                                    "KEY=VALUE (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false")),
+    "inference_ami": (Optional[str], typer.Option(
+        None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
+                                      "(NVIDIA driver/CUDA of the instances)")),
+    "warm_invocations": (int, typer.Option(20)),
+}
+
+
+def _takes(options: dict[str, tuple[Any, Any]]) -> Any:
+    """Give a ``def cmd(**o)`` command the signature Typer reads its options from."""
+    import inspect
+
+    def wrap(fn: Any) -> Any:
+        fn.__signature__ = inspect.Signature([
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+            for name, (kind, default) in options.items()])
+        return fn
+    return wrap
+
+
 @app.command()
-def deploy(ensembles: list[str] = typer.Argument(None),
-           endpoint: str = typer.Option("local-mme"),
-           backend: str = typer.Option("local", help="local, or sagemaker"),
-           target: Optional[str] = typer.Option(None, help="default: local-cpu (local), sagemaker-gpu (sagemaker)"),
-           store: Optional[str] = typer.Option(None, help="object store: default the embedded one; "
-                                               "s3://bucket/prefix for sagemaker"),
-           region: str = typer.Option("us-east-1", help="sagemaker: AWS region"),
-           role_arn: Optional[str] = typer.Option(None, help="sagemaker: the endpoint's execution role"),
-           instance_type: str = typer.Option("ml.g4dn.xlarge", help="sagemaker: GPU instance type"),
-           instance_count: int = typer.Option(1, help="sagemaker: initial instance count"),
-           triton_release: str = typer.Option(str(DEFAULT_RELEASE), help="sagemaker: Triton container YY.MM"),
-           autoscaling_max: Optional[int] = typer.Option(None, help="sagemaker: enable autoscaling up to N"),
-           autoscaling_min: Optional[int] = typer.Option(None),
-           target_invocations: float = typer.Option(200.0, help="sagemaker: invocations per instance per minute"),
-           dry_run: bool = typer.Option(False, "--dry-run", help="print every call, make none"),
-           allow_target_mismatch: bool = typer.Option(
-               False, "--allow-target-mismatch",
-               help="sagemaker: deploy builds made for another target (e.g. local-cpu) anyway"),
-           load_wait: float = typer.Option(360.0, help="sagemaker: seconds validation retries "
-                                           "429 ModelNotReadyException per model"),
-           model_cache: str = typer.Option("enabled", help="sagemaker: the MME's ModelCacheSetting, "
-                                           "enabled or disabled"),
-           env: list[str] = typer.Option(None, "--env", help="sagemaker: container environment "
-                                         "KEY=VALUE (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false"),
-           inference_ami: Optional[str] = typer.Option(
-               None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
-                                            "(NVIDIA driver/CUDA of the instances)"),
-           warm_invocations: int = typer.Option(20)) -> None:
+@_takes(DEPLOY_OPTIONS)
+def deploy(**o: Any) -> None:
     """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
     from flows.deploy import deploy as deploy_flow
+    from tasks.records import BuildSource
 
-    options = None
-    if backend == "sagemaker":
-        from flows.sagemaker_backend import SageMakerOptions
-
-        if not store or not store.startswith("s3://"):
-            _fail("--backend sagemaker needs --store s3://bucket/prefix")
-        if not role_arn and not dry_run:
-            _fail("--backend sagemaker needs --role-arn (see `mme iam-policy`)")
-        environment = _parse_env(env or [])
-        if model_cache.strip().lower() not in ("enabled", "disabled"):
-            _fail(f"--model-cache {model_cache!r}: expected enabled or disabled")
-        try:
-            options = SageMakerOptions(
-                region=region, role_arn=role_arn or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
-                instance_type=instance_type, instance_count=instance_count, triton_release=triton_release,
-                autoscaling_min=autoscaling_min, autoscaling_max=autoscaling_max,
-                target_invocations_per_instance=target_invocations,
-                allow_target_mismatch=allow_target_mismatch, load_wait_s=load_wait,
-                model_cache=model_cache, environment=environment, inference_ami_version=inference_ami)
-        except ValueError as e:
-            _fail(f"--inference-ami {inference_ami!r}: {e}" if inference_ami and "AMI" in str(e)
-                  else str(e))
-    result = _run_flow(deploy_flow, ensembles=ensembles or None, endpoint=endpoint,
-                       backend=backend, target=target, store_uri=store,
-                       warm_invocations=warm_invocations, sagemaker=options, dry_run=dry_run)
-    if dry_run:
-        print(f"# dry run: what deploying to {endpoint} ({backend}) would do, in order")
-        for line in result.get("warnings") or []:
-            print(f"# WARNING: {line}")
-        for line in result["calls"]:
-            print(line)
-        if result.get("hourly_cost_usd") is not None:
-            print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
-                  f"({instance_count} x {instance_type}, on-demand, before autoscaling)")
+    result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
+                       backend=o["backend"], store_uri=o["store"], build=BuildSource(target=o["target"]),
+                       warm_invocations=o["warm_invocations"], dry_run=o["dry_run"],
+                       sagemaker=_backend_options(o))
+    if not o["dry_run"]:
+        _print_deploy(result)
         return
-    _print_deploy(result)
+    print(f"# dry run: what deploying to {o['endpoint']} ({o['backend']}) would do, in order")
+    for line in result.get("warnings") or []:
+        print(f"# WARNING: {line}")
+    for line in result["calls"]:
+        print(line)
+    if result.get("hourly_cost_usd") is not None:
+        print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
+              f"({o['instance_count']} x {o['instance_type']}, on-demand, before autoscaling)")
+
+
+def _backend_options(o: dict[str, Any]) -> Any:
+    """The options object of the chosen backend (None: the backend takes none)."""
+    from tasks.backends import BACKENDS
+
+    if o["backend"] not in BACKENDS:
+        _fail(f"--backend {o['backend']!r}: expected {' or '.join(BACKENDS)}")
+    return {"sagemaker": _sagemaker_options}.get(o["backend"], lambda o: None)(o)
+
+
+def _sagemaker_options(o: dict[str, Any]) -> Any:
+    """The SageMaker options of ``mme deploy``; a bad one fails naming the option."""
+    from pydantic import ValidationError
+
+    from tasks.backends.sagemaker import SageMakerOptions
+    from infra.errors import UserError
+
+    if not o["store"] or not o["store"].startswith("s3://"):
+        _fail("--backend sagemaker needs --store s3://bucket/prefix")
+    if not o["role_arn"] and not o["dry_run"]:
+        _fail("--backend sagemaker needs --role-arn (see `mme iam-policy`)")
+    environment = _parse_env(o["env"] or [])
+    if o["model_cache"].strip().lower() not in ("enabled", "disabled"):
+        _fail(f"--model-cache {o['model_cache']!r}: expected enabled or disabled")
+    try:
+        options = SageMakerOptions(
+            region=o["region"],
+            role_arn=o["role_arn"] or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
+            instance_type=o["instance_type"], instance_count=o["instance_count"],
+            triton_release=o["triton_release"],
+            autoscaling_min=o["autoscaling_min"], autoscaling_max=o["autoscaling_max"],
+            target_invocations_per_instance=o["target_invocations"],
+            allow_target_mismatch=o["allow_target_mismatch"], load_wait_s=o["load_wait"],
+            model_cache=o["model_cache"], environment=environment, inference_ami_version=o["inference_ami"])
+    except (UserError, ValidationError) as e:  # pydantic's refusal of an option too
+        ami = o["inference_ami"]
+        _fail(f"--inference-ami {ami!r}: {e}" if ami and "AMI" in str(e) else str(e))
+    return options
 
 
 def _parse_env(items: list[str]) -> dict[str, str]:
     """``--env KEY=VALUE`` options -> the container Environment; a bad one fails naming it."""
+    from infra.errors import UserError
     from infra.sagemaker import check_environment
 
     out: dict[str, str] = {}
@@ -206,7 +261,7 @@ def _parse_env(items: list[str]) -> dict[str, str]:
             _fail(f"--env {item!r}: {key} is given twice")
         try:
             check_environment({key: value})
-        except ValueError as e:
+        except UserError as e:
             _fail(f"--env {item!r}: {e}")
         out[key] = value
     return out
@@ -219,13 +274,14 @@ def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., 
                triton_release: str = typer.Option(str(DEFAULT_RELEASE))) -> None:
     """Print the least-privilege policy (and trust policy) for the endpoint's execution role."""
     from infra import iam, sagemaker as sm
+    from infra.errors import UserError
 
     try:
         image = sm.triton_image_uri(region, triton_release)
         policy = iam.endpoint_execution_policy(
             bucket, f"{prefix.strip('/')}/models/{endpoint}", region=region, account_id=account_id,
             ecr_repository_arns=[iam.ecr_repository_arn(image)], endpoint_name=endpoint)
-    except ValueError as e:
+    except UserError as e:
         _fail(str(e))
     print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))
 
@@ -248,8 +304,10 @@ def retire(ensembles: list[str] = typer.Argument(None),
     _quiet_env()
     from flows.retire import retire as retire_flow
 
-    if backend not in (None, "local", "sagemaker"):
-        _fail(f"--backend {backend!r}: expected local or sagemaker")
+    from tasks.backends import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend {backend!r}: expected {' or '.join(BACKENDS)}")
     for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
                           stop_endpoint=stop_endpoint, store_uri=store, backend=backend,
                           region=region, missing_ok=missing_ok):
@@ -346,15 +404,12 @@ def endpoint_serve(name: str = typer.Option("local-mme"),
                    max_loaded_models: Optional[int] = typer.Option(None)) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
     from infra import local_mme, paths
+    from infra.endpoint_process import endpoint_settings
     from tasks.publish import model_data_url as default_url
 
-    args = ["serve", "--name", name, "--model-data-url",
-            model_data_url or default_url(paths.store_uri(), name),
-            "--cache-dir", str(paths.endpoint_dir(name) / "cache"), "--host", host,
-            "--port", str(port), "--state-file", str(paths.endpoint_dir(name) / "endpoint.json")]
-    if max_loaded_models:
-        args += ["--max-loaded-models", str(max_loaded_models)]
-    local_mme.main(args)
+    local_mme.serve(endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name),
+                                      host=host, port=port, max_loaded_models=max_loaded_models),
+                    state_file=paths.endpoint_dir(name) / "endpoint.json")
 
 
 @endpoint_app.command("stop")
@@ -368,16 +423,15 @@ def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
 @endpoint_app.command("status")
 def endpoint_status(name: str = typer.Option("local-mme")) -> None:
     """Show the endpoint's models and SageMaker-style metrics."""
-    import httpx
-
     from infra.endpoint_process import find_running
+    from infra.local_client import LocalEndpointClient
 
     info = find_running(name)
     if info is None:
         _fail(f"endpoint {name!r} is not running")
-    print(json.dumps({"endpoint": name, "url": info.url,
-                      "models": httpx.get(f"{info.url}/models").json()["models"],
-                      "metrics": httpx.get(f"{info.url}/metrics").json()}, indent=2))
+    client = LocalEndpointClient(info.url)
+    print(json.dumps({"endpoint": name, "url": info.url, "models": client.models(),
+                      "metrics": client.metrics()}, indent=2))
 
 
 @app.command()
@@ -457,9 +511,17 @@ def _print_deploy(result: dict) -> None:
                          [{"label": t["label"], "prob": f"{t['prob']:.4f}"} for t in e["validation"]["top5"]])
 
 
-def main() -> None:  # pragma: no cover
-    app()
+def main() -> None:
+    """The ``mme`` entry point. A project error that escapes a command outside a flow (``mme
+    endpoint start`` on a taken port) is one line with the tree's exit code too."""
+    try:
+        app()
+    except Exception as e:
+        code = _report(e)
+        if code is None:
+            raise
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(app())
+    main()

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 
 from flows.build import build
 from flows.deploy import deploy
+from tasks.records import BuildSource
 
 
 @flow(name="release", log_prints=True)
@@ -23,6 +24,6 @@ def release(ensemble: str, endpoint: str = "local-mme", target: str = "local-cpu
     log = get_run_logger()
     log.info("release of %s to %s (new source: %s)", ensemble, endpoint, source_uri or "n/a")
     manifests = build(ensembles=[ensemble], target=target, output_dir=output_dir)
-    result = deploy(ensembles=[ensemble], endpoint=endpoint, target=target,
-                    artifacts_dir=output_dir, store_uri=store_uri)
+    result = deploy(ensembles=[ensemble], endpoint=endpoint, store_uri=store_uri,
+                    build=BuildSource(target=target, dir=output_dir))
     return {"build": manifests, "deploy": {k: v for k, v in result.items() if k != "endpoint_info"}}

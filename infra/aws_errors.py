@@ -25,6 +25,8 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from infra.errors import MMEError
+
 # Error codes that mean "fix your request, role or account", not "AWS had a problem".
 USER_ERROR_CODES = frozenset({
     "AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "AuthFailure",
@@ -71,7 +73,7 @@ def operation_of(exc: BaseException) -> str | None:
     return str(name) if name else None
 
 
-class AwsCallError(RuntimeError):
+class AwsCallError(MMEError, RuntimeError):
     """One AWS call failed: ``str()`` is the one line the user sees.
 
     ``operation`` is ``service.operation`` (``sagemaker.create_endpoint``), ``resource`` what

@@ -19,9 +19,12 @@ from pathlib import Path
 import httpx
 
 from infra import paths
+from infra.errors import UserError
+from infra.local_client import LocalEndpointClient
+from infra.mme_state import EndpointConfig, settings_json
 
 
-class EndpointStartError(RuntimeError):
+class EndpointStartError(UserError, RuntimeError):
     pass
 
 
@@ -59,20 +62,17 @@ def process_alive(pid: int) -> bool:
         return False
 
 
-_alive = process_alive
-
-
 def find_running(name: str) -> EndpointInfo | None:
     path = state_file(name)
     try:
         info = EndpointInfo(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    if not _alive(info.pid):
+    if not process_alive(info.pid):
         path.unlink(missing_ok=True)
         return None
     try:
-        r = httpx.get(f"{info.url}/ping", timeout=5)
+        r = LocalEndpointClient(info.url).ping()
     except httpx.HTTPError:
         return None
     # 200: serving. A SageMaker-shaped 5xx (x-amzn-ErrorType): the endpoint runs but its Triton
@@ -81,6 +81,20 @@ def find_running(name: str) -> EndpointInfo | None:
     if r.status_code == 200 or (r.status_code >= 500 and "x-amzn-errortype" in r.headers):
         return info
     return None
+
+
+def settings_file(name: str) -> Path:
+    return paths.endpoint_dir(name) / "settings.json"
+
+
+def endpoint_settings(name: str, model_data_url: str, *, host: str = "127.0.0.1", port: int = 0,
+                      max_loaded_models: int | None = None) -> EndpointConfig:
+    """The settings of endpoint ``name``: the one typed object the CLI (foreground ``mme
+    endpoint serve``) and the background launcher both hand to the server."""
+    folder = paths.endpoint_dir(name)
+    return EndpointConfig(name=name, model_data_url=model_data_url, cache_dir=folder / "cache",
+                          host=host, port=port, max_loaded_models=max_loaded_models or None,
+                          triton_log=folder / "triton.log")
 
 
 def start_background(name: str, model_data_url: str, *, port: int = 0, host: str = "127.0.0.1",
@@ -93,15 +107,14 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
                 f"endpoint {name!r} is already running with model prefix {running.model_data_url}, "
                 f"not {model_data_url}; retire it first (mme retire --endpoint {name} --stop)")
         return running
-    folder = paths.endpoint_dir(name)
-    folder.mkdir(parents=True, exist_ok=True)
+    cfg = endpoint_settings(name, model_data_url, host=host, port=port,
+                            max_loaded_models=max_loaded_models)
+    paths.endpoint_dir(name).mkdir(parents=True, exist_ok=True)
     state = state_file(name)
     state.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "infra.local_mme", "serve", "--name", name,
-           "--model-data-url", model_data_url, "--cache-dir", str(folder / "cache"),
-           "--host", host, "--port", str(port), "--state-file", str(state)]
-    if max_loaded_models:
-        cmd += ["--max-loaded-models", str(max_loaded_models)]
+    settings_file(name).write_text(settings_json(cfg))
+    cmd = [sys.executable, "-m", "infra.local_mme", "serve", "--settings", str(settings_file(name)),
+           "--state-file", str(state)]
     with open(log_file(name), "ab") as logf:
         proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, close_fds=True)
@@ -128,13 +141,13 @@ def stop(name: str, timeout: float = 30) -> bool:
     except (OSError, ValueError, TypeError):
         return False
     stopped = False
-    if _alive(info.pid):
+    if process_alive(info.pid):
         os.kill(info.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(info.pid) and time.monotonic() < deadline:
+        while process_alive(info.pid) and time.monotonic() < deadline:
             _reap(info.pid)
             time.sleep(0.1)
-        if _alive(info.pid):
+        if process_alive(info.pid):
             os.killpg(info.pid, signal.SIGKILL)
         _reap(info.pid)
         stopped = True

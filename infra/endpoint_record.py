@@ -22,10 +22,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from infra import paths
+from infra.schema import RecordError, check_version, field_errors
 from infra.store import atomic_path, file_lock
 
 RECORD_NAME = "record.json"
+SCHEMA_VERSION = 1
 CREATING, CREATED = "creating", "created"
 
 # boto3 create/register operations -> (resource kind, the parameter naming the resource)
@@ -56,18 +60,68 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+class _Line(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ResourceLine(_Line):
+    """One AWS resource a deploy created (``state``: creating | created)."""
+
+    kind: str
+    name: str
+    state: str | None = None
+    since: str | None = None
+    resource_id: str | None = None
+
+
+class EnsembleLine(_Line):
+    """One ensemble deployed to the endpoint (``state``: publishing | deployed); ``previous``
+    is what it replaced, kept until the deploy settles."""
+
+    target_model: str
+    key: str
+    uri: str
+    sha256: str
+    model_data_url: str
+    state: str | None = None
+    previous: dict[str, Any] | None = None
+
+
+class EndpointRecord(_Line):
+    """The record's typed shape, checked on every read (a hand edit gone wrong, or a file from
+    a newer tool, fails naming the file)."""
+
+    schema_version: int = SCHEMA_VERSION
+    endpoint: str | None = None
+    backend: str | None = None
+    store_uri: str | None = None
+    region: str | None = None
+    model_data_url: str | None = None
+    plan: dict[str, Any] | None = None
+    resources: list[ResourceLine] = Field(default_factory=list)
+    ensembles: dict[str, EnsembleLine] = Field(default_factory=dict)
+    updated_at: str | None = None
+
+
 def read_record(endpoint: str) -> dict[str, Any] | None:
-    """The endpoint's record, or None when no deploy of it left one on this machine."""
+    """The endpoint's record (checked against :class:`EndpointRecord`, as its JSON dict), or
+    None when no deploy of it left one on this machine."""
     path = record_path(endpoint)
     try:
         doc = json.loads(path.read_text())
     except FileNotFoundError:
         return None
     except json.JSONDecodeError as e:  # atomic writes make this a hand edit gone wrong
-        raise ValueError(f"{path}: not valid JSON ({e}); fix or delete it") from None
-    doc.setdefault("resources", [])
-    doc.setdefault("ensembles", {})
-    return doc
+        raise RecordError(f"{path}: not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(doc, dict):
+        raise RecordError(f"{path}: not an endpoint record (a JSON object); fix or delete it")
+    check_version(doc, str(path), SCHEMA_VERSION)
+    try:
+        typed = EndpointRecord.model_validate(doc)
+    except ValidationError as e:
+        raise RecordError(f"{path}: not an endpoint record this tool reads ({field_errors(e)}); "
+                          f"fix or delete it") from None
+    return typed.model_dump(mode="json", exclude_none=True)
 
 
 def write_record(endpoint: str, doc: dict[str, Any]) -> None:
@@ -77,6 +131,7 @@ def write_record(endpoint: str, doc: dict[str, Any]) -> None:
         path.unlink(missing_ok=True)
         return
     doc["updated_at"] = _now()
+    doc["schema_version"] = SCHEMA_VERSION
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
 

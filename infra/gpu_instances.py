@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from infra.errors import UserError
+
 
 @dataclass(frozen=True)
 class GpuInstance:
@@ -48,7 +50,7 @@ MME_GPU_INSTANCES: dict[str, GpuInstance] = {row.instance_type: row for row in [
 ]}
 
 
-class UnsupportedInstanceType(ValueError):
+class UnsupportedInstanceType(UserError, ValueError):
     """Not an instance type AWS documents for GPU multi-model endpoints."""
 
 

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from infra.errors import InvalidInput
 from infra.sagemaker import (
     TRITON_DLC_ACCOUNTS,
     TRITON_LEGACY_ACCOUNTS,
@@ -44,7 +45,7 @@ def partition(region: str) -> str:
 def _check_literal(what: str, value: str) -> str:
     """Refuse IAM wildcards/variables: they would silently widen a least-privilege grant."""
     if any(ch in value for ch in _WILDCARDS):
-        raise ValueError(f"{what} {value!r} contains an IAM wildcard or variable ('*', '?', '$')")
+        raise InvalidInput(f"{what} {value!r} contains an IAM wildcard or variable ('*', '?', '$')")
     return value
 
 
@@ -52,7 +53,7 @@ def ecr_repository_arn(image_uri: str) -> str:
     """``arn:aws:ecr:<region>:<account>:repository/<repo>`` of an ECR image URI."""
     m = _IMAGE_RE.match(image_uri)
     if m is None:
-        raise ValueError(f"not an ECR image URI: {image_uri!r}")
+        raise InvalidInput(f"not an ECR image URI: {image_uri!r}")
     return (f"arn:{partition(m['region'])}:ecr:{m['region']}:{m['account']}:"
             f"repository/{m['repo']}")
 
@@ -61,7 +62,7 @@ def triton_repository_arns(region: str) -> list[str]:
     """The ``sagemaker-tritonserver`` repositories SageMaker's Triton images live in, for ``region``."""
     accounts = sorted({a for a in (TRITON_LEGACY_ACCOUNTS.get(region), TRITON_DLC_ACCOUNTS.get(region)) if a})
     if not accounts:
-        raise ValueError(f"no known Triton image account for region {region!r}; pass ecr_repository_arns")
+        raise InvalidInput(f"no known Triton image account for region {region!r}; pass ecr_repository_arns")
     return [f"arn:{partition(region)}:ecr:{region}:{a}:repository/{TRITON_REPOSITORY}" for a in accounts]
 
 
@@ -90,21 +91,21 @@ def endpoint_execution_policy(
     - ``kms:Decrypt`` on ``kms_key_arns`` when the tarballs are SSE-KMS encrypted.
     """
     if not _BUCKET_RE.match(bucket or ""):
-        raise ValueError(f"invalid S3 bucket name {bucket!r}")
+        raise InvalidInput(f"invalid S3 bucket name {bucket!r}")
     prefix = _check_literal("model prefix", (model_prefix or "").strip("/"))
     if not prefix:
-        raise ValueError("model_prefix must not be empty: the role would read the whole bucket")
+        raise InvalidInput("model_prefix must not be empty: the role would read the whole bucket")
     if not _REGION_RE.match(region or ""):
-        raise ValueError(f"invalid region {region!r}")
+        raise InvalidInput(f"invalid region {region!r}")
     if not _ACCOUNT_RE.match(account_id or ""):
-        raise ValueError(f"invalid AWS account id {account_id!r}: 12 digits expected")
+        raise InvalidInput(f"invalid AWS account id {account_id!r}: 12 digits expected")
     part = partition(region)
     repos = list(ecr_repository_arns) if ecr_repository_arns is not None else triton_repository_arns(region)
     if not repos:
-        raise ValueError("ecr_repository_arns is empty: the endpoint could not pull its image")
+        raise InvalidInput("ecr_repository_arns is empty: the endpoint could not pull its image")
     for arn in repos:
         if not arn.startswith(f"arn:{part}:ecr:") or ":repository/" not in arn:
-            raise ValueError(f"not an ECR repository ARN: {arn!r}")
+            raise InvalidInput(f"not an ECR repository ARN: {arn!r}")
         _check_literal("ECR repository ARN", arn)
     log_prefix = log_group_prefix.rstrip("/")
     if endpoint_name is not None:

@@ -69,22 +69,23 @@ log = logging.getLogger("mme.local")
 _rename_model = rename_model  # kept for callers of the old private name
 
 
-def _uvicorn_impl() -> dict[str, str]:
-    """uvloop and httptools when installed (they halve the front end's CPU per request)."""
-    impl = {"loop": "asyncio", "http": "h11"}
+def _uvicorn_impl() -> tuple[str, str]:
+    """(loop, http) for uvicorn: uvloop and httptools when installed (they halve the front
+    end's CPU per request against asyncio and h11)."""
+    loop, http = "asyncio", "h11"
     try:
         import uvloop  # noqa: F401
 
-        impl["loop"] = "uvloop"
+        loop = "uvloop"
     except ImportError:
         pass
     try:
         import httptools  # noqa: F401
 
-        impl["http"] = "httptools"
+        http = "httptools"
     except ImportError:
         pass
-    return impl
+    return loop, http
 
 
 # ---------------------------------------------------------------------------------- lifecycle
@@ -103,9 +104,9 @@ class LocalEndpoint:
                  before_restart: Callable[[int | None], None] | None = None):
         self.cfg = cfg
         self.before_restart = before_restart
-        self.triton: TritonServer | None = None
-        self.manager: ModelManager | None = None
-        self.http: httpx.AsyncClient | None = None
+        self._triton: TritonServer | None = None
+        self._manager: ModelManager | None = None
+        self._http: httpx.AsyncClient | None = None
         self._upstream: TritonHTTP | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -114,7 +115,19 @@ class LocalEndpoint:
     def url(self) -> str:
         return f"http://{self.cfg.host}:{self.cfg.port}"
 
-    def _prepare(self) -> None:
+    @property
+    def triton(self) -> TritonServer:
+        if self._triton is None:
+            raise RuntimeError(f"endpoint {self.cfg.name} is not started")
+        return self._triton
+
+    @property
+    def manager(self) -> ModelManager:
+        if self._manager is None:
+            raise RuntimeError(f"endpoint {self.cfg.name} is not started")
+        return self._manager
+
+    def _prepare(self) -> uvicorn.Server:
         cache = self.cfg.cache_dir
         (cache / "repo").mkdir(parents=True, exist_ok=True)
         # models extracted by an earlier run of this endpoint may be stale: start from the store
@@ -125,29 +138,34 @@ class LocalEndpoint:
             self.cfg.port = free_port(self.cfg.host)
         # gRPC for Triton's repository calls (loads, unloads), HTTP for inference: see
         # infra.triton_http for why that split lets inference connections stay alive
-        self.triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log, grpc_port=0)
-        self.triton.start()
-        self.manager = ModelManager(self.cfg, self.triton, before_restart=self.before_restart)
+        self._triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log, grpc_port=0)
+        self._triton.start()
+        self._manager = ModelManager(self.cfg, self._triton, before_restart=self.before_restart)
+        loop, http = _uvicorn_impl()
         config = uvicorn.Config(EndpointApp(self), host=self.cfg.host, port=self.cfg.port,
                                 log_level="warning", access_log=False, lifespan="on",
-                                **_uvicorn_impl())
+                                loop=loop, http=http)
         self._server = uvicorn.Server(config)
+        return self._server
 
     async def startup(self) -> None:
         """On the serving loop, before the first request: clients, and Triton's watcher."""
         # the liveness probe and other rare calls; inference goes through self._upstream
-        self.http = httpx.AsyncClient(timeout=self.cfg.load_timeout_s)
-        self.manager.sup.attach(asyncio.get_running_loop(), self.http)
+        self._http = httpx.AsyncClient(timeout=self.cfg.load_timeout_s)
+        self.manager.sup.attach(asyncio.get_running_loop(), self._http)
 
     async def shutdown(self) -> None:
         self.manager.sup.detach()
         if self._upstream is not None:
             await self._upstream.aclose()
-        await self.http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     def upstream(self) -> TritonHTTP:
         """The keep-alive connection pool to the current Triton (a restart may change its port)."""
         port = self.triton.http_port
+        if port is None:
+            raise UpstreamError("tritonserver has no HTTP port: it is not running")
         if self._upstream is None or self._upstream.port != port:
             old, self._upstream = self._upstream, TritonHTTP("127.0.0.1", port,
                                                              timeout=self.cfg.load_timeout_s)
@@ -159,7 +177,7 @@ class LocalEndpoint:
                       generation: int) -> UpstreamResponse:
         """POST the request to Triton; a lost connection becomes the 5xx of a dead Triton."""
         try:
-            return await self.upstream().post(f"/v2/models/{m.ns.entry}/infer", body, headers)
+            return await self.upstream().post(f"/v2/models/{m.repo.entry}/infer", body, headers)
         except UpstreamError as e:
             down = await self.manager.sup.after_error(generation, f"a request to {m.target}")
             if down is not None:
@@ -169,7 +187,7 @@ class LocalEndpoint:
 
     def answer(self, exc: EndpointError) -> Answer:
         """The error's answer with every host path of the cache scrubbed from its text."""
-        mgr = self.manager
+        mgr = self._manager
         if mgr is not None:
             exc.message = mgr.public(exc.message)
             exc.extra = {k: mgr.public(v) if isinstance(v, str) else v
@@ -177,21 +195,20 @@ class LocalEndpoint:
         return exc.answer()
 
     def serve_forever(self) -> None:
-        self._prepare()
+        server = self._prepare()
         try:
-            self._server.run()
+            server.run()
         finally:
             self.manager.sup.stopping = True
             self.triton.stop()
 
     def start(self, timeout: float = 90) -> LocalEndpoint:
-        self._prepare()
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self._thread = threading.Thread(target=self._server.run, name=f"mme-{self.cfg.name}",
-                                        daemon=True)
+        server = self._prepare()
+        # (uvicorn installs signal handlers only on the main thread: the caller keeps them)
+        self._thread = threading.Thread(target=server.run, name=f"mme-{self.cfg.name}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
-        while not self._server.started:
+        while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"local endpoint {self.cfg.name} did not start on {self.url}")
@@ -199,15 +216,15 @@ class LocalEndpoint:
         return self
 
     def stop(self) -> None:
-        if self.manager is not None:
-            self.manager.sup.stopping = True  # no restart from here on
+        if self._manager is not None:
+            self._manager.sup.stopping = True  # no restart from here on
         if self._server is not None:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        if self.triton is not None:
-            self.triton.stop()
+        if self._triton is not None:
+            self._triton.stop()
 
     def __enter__(self) -> LocalEndpoint:
         return self.start()
@@ -218,54 +235,48 @@ class LocalEndpoint:
 
 # ---------------------------------------------------------------------------------- process entry
 def main(argv: list[str] | None = None) -> None:
-    """``python -m infra.local_mme serve ...``: run an endpoint until SIGTERM/SIGINT.
-
-    Writes ``--state-file`` (url, pid, Triton url) once serving, removes it on exit.
-    """
+    """``python -m infra.local_mme serve --settings FILE [--state-file FILE]``: run an endpoint
+    until SIGTERM/SIGINT. ``FILE`` holds an :class:`EndpointConfig` as JSON (written by
+    :func:`infra.endpoint_process.start_background`)."""
     import argparse
-    import signal
+
+    from infra.mme_state import read_settings
 
     p = argparse.ArgumentParser(prog="python -m infra.local_mme")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--name", required=True)
-    s.add_argument("--model-data-url", required=True)
-    s.add_argument("--cache-dir", required=True, type=Path)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=0)
-    s.add_argument("--max-loaded-models", type=int, default=None)
-    s.add_argument("--memory-limit-bytes", type=int, default=None)
-    s.add_argument("--disk-cache-bytes", type=int, default=20 * 2**30)
+    s.add_argument("--settings", required=True, type=Path)
     s.add_argument("--state-file", type=Path, default=None)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    serve(read_settings(args.settings), state_file=args.state_file)
 
-    cfg = EndpointConfig(name=args.name, model_data_url=args.model_data_url,
-                         cache_dir=args.cache_dir, host=args.host, port=args.port,
-                         max_loaded_models=args.max_loaded_models,
-                         memory_limit_bytes=args.memory_limit_bytes,
-                         disk_cache_bytes=args.disk_cache_bytes,
-                         triton_log=args.cache_dir.parent / "triton.log")
+
+def serve(cfg: EndpointConfig, *, state_file: Path | None = None) -> None:
+    """Run the endpoint in this process until SIGTERM/SIGINT. Writes ``state_file`` (url,
+    pid, Triton url) once serving and removes it on exit."""
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     ep = LocalEndpoint(cfg).start()
     try:
-        if args.state_file:
+        if state_file:
             from infra.store import atomic_path
 
             state = {"name": cfg.name, "url": ep.url, "pid": os.getpid(),
                      "model_data_url": cfg.model_data_url, "triton_url": ep.triton.url,
                      "cache_dir": str(cfg.cache_dir), "started_at": time.time()}
-            with atomic_path(args.state_file) as tmp:
+            with atomic_path(state_file) as tmp:
                 tmp.write_text(json.dumps(state, indent=2))
         log.info("endpoint %s serving on %s (Triton %s)", cfg.name, ep.url, ep.triton.url)
         while not stop.wait(0.5):
             pass
     finally:
         ep.stop()
-        if args.state_file:
-            args.state_file.unlink(missing_ok=True)
+        if state_file:
+            state_file.unlink(missing_ok=True)
         log.info("endpoint %s stopped", cfg.name)
 
 

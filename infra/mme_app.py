@@ -151,7 +151,7 @@ class EndpointApp:
             raise _model_error(mgr, m, r, loads_seen)
         size = r.headers.get("inference-header-content-length")
         content, new_size = rename_model(r.body, None if size is None else int(size),
-                                         m.ns.entry, m.ns.original_entry)
+                                         m.repo.entry, m.repo.original_entry)
         out_ct = (f"{BINARY_CT};json-header-size={new_size}" if new_size is not None
                   else "application/json")
         return 200, [(b"content-type", out_ct.encode()), _VARIANT], content

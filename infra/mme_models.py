@@ -59,8 +59,11 @@ def is_oom(text: str) -> bool:
     return OOM_PATTERN.search(text) is not None
 
 
-def _tree_rss_bytes(pid: int) -> int:
-    """RSS of a process and its descendants (Triton plus its Python-backend stubs), from /proc."""
+def _tree_rss_bytes(pid: int | None) -> int:
+    """RSS of a process and its descendants (Triton plus its Python-backend stubs), from /proc;
+    0 when there is no process."""
+    if pid is None:
+        return 0
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -218,7 +221,7 @@ class ModelManager:
             m.loads += 1
             m.last_used = time.monotonic()
             self._changed()
-            log.info("loaded %s as %s", m.target, m.ns.entry)
+            log.info("loaded %s as %s", m.target, m.repo.entry)
         except BaseException as e:  # noqa: BLE001 - always raised again, translated
             down = None
             if isinstance(e, (TritonModelError, ConnectionError, RuntimeError)):
@@ -241,21 +244,21 @@ class ModelManager:
         limit) for a config Triton accepted but the checker cannot read.
         """
         try:
-            contract = contract_from_config(self.repo_dir / m.ns.entry / "config.pbtxt")
+            contract = contract_from_config(self.repo_dir / m.repo.entry / "config.pbtxt")
         except ContractError as e:
             log.warning("model %s: no request contract: %s", m.target, self.public(str(e)))
             return None
-        return dataclasses.replace(contract, name=m.ns.original_entry)
+        return dataclasses.replace(contract, name=m.repo.original_entry)
 
     async def _triton_load(self, m: ModelEntry) -> None:
         try:
-            await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
+            await asyncio.to_thread(self.triton.load, m.repo.entry, self.cfg.load_timeout_s)
         except TritonModelError as e:
             if not is_oom(str(e)):
                 raise
             # what SageMaker does on a 507: unload idle models, then try once more
             await self._make_room(m, force_one=True)
-            await asyncio.to_thread(self.triton.load, m.ns.entry, self.cfg.load_timeout_s)
+            await asyncio.to_thread(self.triton.load, m.repo.entry, self.cfg.load_timeout_s)
 
     def _load_error(self, m: ModelEntry, e: BaseException) -> BaseException:
         """The client's answer for a failed load: names the TargetModel, never a host path."""
@@ -398,7 +401,7 @@ class ModelManager:
             m.state, m.unloaded = "unloading", asyncio.Event()
             t0 = time.perf_counter()
             try:
-                await asyncio.to_thread(self.triton.unload, m.ns.entry)
+                await asyncio.to_thread(self.triton.unload, m.repo.entry)
             finally:
                 m.state = "absent"
                 m.unloaded.set()

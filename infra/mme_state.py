@@ -9,6 +9,7 @@ from pathlib import Path
 from infra.model_repo import NamespacedModel
 from infra.request_check import ModelContract
 
+
 @dataclass
 class EndpointConfig:
     name: str
@@ -32,6 +33,26 @@ class EndpointConfig:
     liveness_timeout_s: float = 5.0  # GET /v2/health/live slower than this counts as dead
 
 
+def settings_json(cfg: EndpointConfig) -> str:
+    """``cfg`` as the one JSON document the launcher hands the endpoint process (no argv
+    round trip: every field travels, typed, and a new field needs no new flag)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(EndpointConfig).dump_json(cfg, indent=2).decode()
+
+
+def read_settings(path: Path) -> EndpointConfig:
+    """The :class:`EndpointConfig` in ``path``; a bad document fails naming the file and field."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from infra.schema import RecordError, field_errors
+
+    try:
+        return TypeAdapter(EndpointConfig).validate_json(path.read_text())
+    except ValidationError as e:
+        raise RecordError(f"{path}: not valid endpoint settings: {field_errors(e)}") from None
+
+
 @dataclass
 class ModelEntry:
     target: str
@@ -45,6 +66,13 @@ class ModelEntry:
     load_task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     unloaded: asyncio.Event | None = None  # set when an unload in progress has finished
+
+    @property
+    def repo(self) -> NamespacedModel:
+        """Its models in the Triton repository (there once downloaded, until discarded)."""
+        if self.ns is None:
+            raise RuntimeError(f"model {self.target} has no files in the repository")
+        return self.ns
 
 
 @dataclass

@@ -21,8 +21,10 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from infra.errors import UserError
 
-class ModelRepoError(ValueError):
+
+class ModelRepoError(UserError, ValueError):
     """The tarball's content is not a Triton model repository SageMaker would accept.
 
     Messages name the TargetModel and the member inside the tarball (``t.tar.gz/pipe:``), never

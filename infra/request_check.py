@@ -406,7 +406,7 @@ def _check_dims(inp: _Input, spec: TensorSpec, max_batch: int, model: str) -> No
             raise RequestRejected(f"{inp.label}: shape {_shape(dims)} has batch size {dims[0]}, "
                                   f"{model} takes 1..{max_batch}: {expected}")
         dims = dims[1:]
-    for k, (got, want) in enumerate(zip(dims, spec.dims)):
+    for k, (got, want) in enumerate(zip(dims, spec.dims, strict=True)):
         if want != -1 and got != want:
             axis = k + (1 if max_batch > 0 else 0)
             raise RequestRejected(f"{inp.label}: shape {_shape(inp.shape)} has {got} at dimension "

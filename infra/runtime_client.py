@@ -15,6 +15,9 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
+# The runtime client and its botocore Config come from the one AWS client factory.
+from infra.aws import READ_TIMEOUT_S, runtime_client_for, runtime_config  # noqa: F401
+
 BINARY_CT = "application/vnd.sagemaker-triton.binary+json"
 HEADER_SIZE = re.compile(r"json-header-size\s*=\s*(\d+)")
 
@@ -99,37 +102,3 @@ def invoke(runtime_client: Any, endpoint: str, target_model: str, inputs: dict[s
                                           ContentType=ct, Body=body)
     return decode_response(resp["Body"].read(), resp["ContentType"])
 
-
-READ_TIMEOUT_S = 400
-"""A single InvokeEndpoint may be held while a model loads (SageMaker: up to 60 s, then 429
-ModelNotReadyException; the load itself may go on to 360 s): the read timeout covers the
-longest single invoke with room to spare. Retrying 429s is the caller's job (tasks.validate),
-so botocore makes one attempt."""
-
-
-def runtime_config() -> Any:
-    """The botocore Config of every ``sagemaker-runtime`` client this project makes."""
-    from botocore.config import Config
-
-    # total_max_attempts, not max_attempts: botocore reads max_attempts as *retries* (1 would
-    # mean a second invoke after a 400 s read timeout or a 5xx)
-    return Config(retries={"total_max_attempts": 1, "mode": "standard"},
-                  read_timeout=READ_TIMEOUT_S, connect_timeout=10)
-
-
-def runtime_client_for(url: str | None = None, region: str = "us-east-1") -> Any:
-    """A boto3 ``sagemaker-runtime`` client; ``url`` points it at a local endpoint.
-
-    The local endpoint does not check signatures, so dummy credentials are used when none
-    are configured (boto3 refuses to send an unsigned request otherwise).
-    """
-    import boto3
-
-    session = boto3.session.Session()
-    kwargs: dict[str, Any] = {"region_name": session.region_name or region,
-                              "config": runtime_config()}
-    if url:
-        kwargs["endpoint_url"] = url
-        if session.get_credentials() is None:
-            kwargs.update(aws_access_key_id="local", aws_secret_access_key="local")
-    return session.client("sagemaker-runtime", **kwargs)

@@ -37,6 +37,7 @@ from botocore.exceptions import ClientError
 
 from infra.aws_errors import AwsCallError
 from infra.aws_errors import describe as aws_describe
+from infra.errors import InvalidInput, MMEError, UserError
 from infra.triton_release import TritonRelease
 
 _logger = logging.getLogger(__name__)
@@ -57,11 +58,14 @@ Log = Callable[[str], None]
 # --------------------------------------------------------------------------- errors
 
 
-class SageMakerDeployError(RuntimeError):
-    """Base of every failure this module reports (messages name the resource and what to do)."""
+class SageMakerDeployError(MMEError, RuntimeError):
+    """Base of every failure this module reports (messages name the resource and what to do).
+    Not the user's by itself (the CLI exits 1: a timeout, an endpoint busy with another
+    update); ``EndpointFailed`` and ``NotOwned`` are also ``UserError`` (exit 2), and
+    ``AwsCallFailed`` exits as AWS's error code says."""
 
 
-class EndpointFailed(SageMakerDeployError):
+class EndpointFailed(SageMakerDeployError, UserError):
     """The endpoint reached Failed (or an update did not take); the message carries FailureReason."""
 
 
@@ -73,7 +77,7 @@ class EndpointBusy(SageMakerDeployError):
     """The endpoint is in a transitional state; a plan computed now would be wrong."""
 
 
-class NotOwned(SageMakerDeployError):
+class NotOwned(SageMakerDeployError, UserError):
     """A resource to delete does not carry our tags, so it is left alone."""
 
 
@@ -214,7 +218,7 @@ def triton_image_uri(region: str, release: str, *, instance_type: str = "ml.g5.x
     if sdk_uri is not None:
         return sdk_uri
     if release not in KNOWN_TRITON_TAGS:
-        raise ValueError(
+        raise InvalidInput(
             f"no known {TRITON_REPOSITORY} image for Triton release {release}: without the "
             f"sagemaker SDK only these tags are known: {', '.join(known_tags())} (install the "
             f"sagemaker SDK if it knows newer ones, or add the release to "
@@ -223,15 +227,15 @@ def triton_image_uri(region: str, release: str, *, instance_type: str = "ml.g5.x
     table = TRITON_DLC_ACCOUNTS if dlc else TRITON_LEGACY_ACCOUNTS
     account = table.get(region)
     if account is None:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown region {region!r} for the Triton image {release}: known regions are "
             f"{', '.join(sorted(table))} (install the sagemaker SDK or pass the image URI)")
     suffix = "-py3"
     if not is_gpu_instance(instance_type):
         if "-py3-cpu" not in KNOWN_TRITON_TAGS[release]:
-            raise ValueError(f"{instance_type} is not a GPU instance type; no CPU Triton image is "
-                             f"known for release {release} without the sagemaker SDK (CPU tags: "
-                             f"{', '.join(t for t in known_tags() if t.endswith('-cpu'))})")
+            raise InvalidInput(f"{instance_type} is not a GPU instance type; no CPU Triton image is "
+                               f"known for release {release} without the sagemaker SDK (CPU tags: "
+                               f"{', '.join(t for t in known_tags() if t.endswith('-cpu'))})")
         suffix = "-py3-cpu"  # the CPU tags of 21.08 and the 22.xx releases
     return f"{account}.dkr.ecr.{region}.{_ecr_domain(region)}/{TRITON_REPOSITORY}:{release}{suffix}"
 
@@ -261,7 +265,7 @@ def estimate_hourly_cost(instance_type: str, count: int = 1) -> float | None:
     show this before anyone creates one.
     """
     if count < 0:
-        raise ValueError(f"instance count must be >= 0, got {count}")
+        raise InvalidInput(f"instance count must be >= 0, got {count}")
     price = HOURLY_PRICE_US_EAST_1.get(instance_type)
     return None if price is None else round(price * count, 4)
 
@@ -280,16 +284,16 @@ def check_environment(env: Mapping[str, str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in env.items():
         if not isinstance(key, str) or not _ENV_KEY_RE.match(key) or len(key) > _ENV_MAX_LEN:
-            raise ValueError(f"environment variable name {key!r} is not valid for a SageMaker "
-                             f"container: letters, digits and _, not starting with a digit, "
-                             f"at most {_ENV_MAX_LEN} characters")
+            raise InvalidInput(f"environment variable name {key!r} is not valid for a SageMaker "
+                               f"container: letters, digits and _, not starting with a digit, "
+                               f"at most {_ENV_MAX_LEN} characters")
         if not isinstance(value, str) or len(value) > _ENV_MAX_LEN:
-            raise ValueError(f"environment variable {key}: the value must be a string of at most "
-                             f"{_ENV_MAX_LEN} characters")
+            raise InvalidInput(f"environment variable {key}: the value must be a string of at most "
+                               f"{_ENV_MAX_LEN} characters")
         out[key] = value
     if len(out) > _ENV_MAX_ITEMS:
-        raise ValueError(f"{len(out)} environment variables given; a SageMaker container takes "
-                         f"at most {_ENV_MAX_ITEMS}")
+        raise InvalidInput(f"{len(out)} environment variables given; a SageMaker container takes "
+                           f"at most {_ENV_MAX_ITEMS}")
     return out
 
 
@@ -307,10 +311,10 @@ def inference_ami_versions() -> list[str]:
 def check_inference_ami_version(version: str) -> str:
     allowed = inference_ami_versions()
     if allowed and version not in allowed:
-        raise ValueError(f"inference AMI version {version!r} is not one SageMaker accepts: "
-                         f"{', '.join(allowed)}")
+        raise InvalidInput(f"inference AMI version {version!r} is not one SageMaker accepts: "
+                           f"{', '.join(allowed)}")
     if not version:
-        raise ValueError("inference AMI version must not be empty")
+        raise InvalidInput("inference AMI version must not be empty")
     return version
 
 
@@ -363,32 +367,32 @@ class EndpointPlan:
 
     def __post_init__(self) -> None:
         if not _NAME_RE.match(self.endpoint_name):
-            raise ValueError(f"invalid endpoint name {self.endpoint_name!r}: 1-63 letters, digits, "
-                             "hyphens, starting and ending with a letter or digit")
+            raise InvalidInput(f"invalid endpoint name {self.endpoint_name!r}: 1-63 letters, digits, "
+                               "hyphens, starting and ending with a letter or digit")
         if not self.model_data_url.startswith("s3://") or len(self.model_data_url.rstrip("/")) <= 5:
-            raise ValueError(f"model_data_url must be an s3://bucket/prefix URL, got {self.model_data_url!r}")
+            raise InvalidInput(f"model_data_url must be an s3://bucket/prefix URL, got {self.model_data_url!r}")
         if not self.model_data_url.endswith("/"):
             # An MME's ModelDataUrl is a prefix: TargetModel names are appended to it.
             object.__setattr__(self, "model_data_url", self.model_data_url + "/")
         if not self.execution_role_arn.startswith("arn:") or ":role/" not in self.execution_role_arn:
-            raise ValueError(f"execution_role_arn must be an IAM role ARN, got {self.execution_role_arn!r}")
+            raise InvalidInput(f"execution_role_arn must be an IAM role ARN, got {self.execution_role_arn!r}")
         if self.model_cache_setting not in ("Enabled", "Disabled"):
-            raise ValueError(f"model_cache_setting must be 'Enabled' or 'Disabled', got {self.model_cache_setting!r}")
+            raise InvalidInput(f"model_cache_setting must be 'Enabled' or 'Disabled', got {self.model_cache_setting!r}")
         if self.initial_instance_count < 1:
-            raise ValueError(f"initial_instance_count must be >= 1, got {self.initial_instance_count}")
+            raise InvalidInput(f"initial_instance_count must be >= 1, got {self.initial_instance_count}")
         if self.autoscaling_max is not None:
             low = self.autoscaling_min if self.autoscaling_min is not None else self.initial_instance_count
             if not 1 <= low <= self.initial_instance_count <= self.autoscaling_max:
-                raise ValueError(
+                raise InvalidInput(
                     "autoscaling needs 1 <= autoscaling_min <= initial_instance_count <= autoscaling_max, "
                     f"got {low} <= {self.initial_instance_count} <= {self.autoscaling_max}")
             if self.target_invocations_per_instance <= 0:
-                raise ValueError("target_invocations_per_instance must be > 0")
+                raise InvalidInput("target_invocations_per_instance must be > 0")
         elif self.autoscaling_min is not None:
-            raise ValueError("autoscaling_min without autoscaling_max: set both to enable autoscaling")
+            raise InvalidInput("autoscaling_min without autoscaling_max: set both to enable autoscaling")
         for key in (MANAGED_BY_KEY, ENDPOINT_TAG_KEY):
             if key in self.tags:
-                raise ValueError(f"tag {key!r} is reserved: it marks what this tool owns")
+                raise InvalidInput(f"tag {key!r} is reserved: it marks what this tool owns")
         object.__setattr__(self, "environment", check_environment(self.environment))
         if self.inference_ami_version is not None:
             check_inference_ami_version(self.inference_ami_version)
@@ -426,7 +430,8 @@ class EndpointPlan:
     def scalable_target_params(self) -> dict[str, Any]:
         return {"ServiceNamespace": "sagemaker", "ResourceId": self.scaling_resource_id,
                 "ScalableDimension": SCALABLE_DIMENSION,
-                "MinCapacity": self.autoscaling_min if self.autoscaling_min is not None else self.initial_instance_count,
+                "MinCapacity": (self.autoscaling_min if self.autoscaling_min is not None
+                                else self.initial_instance_count),
                 "MaxCapacity": self.autoscaling_max}
 
     def target_tracking_config(self) -> dict[str, Any]:

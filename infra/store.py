@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
-import boto3
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
+from botocore.exceptions import ConnectionError as BotoConnectionError
+
+from infra import aws
+from infra.errors import MMEError, TransientError, UserError
 
 CHUNK_SIZE = 1024 * 1024
 TMP_PREFIX = ".tmp-"
@@ -37,11 +40,22 @@ _SIDECAR_PREFIX = ".sha256-"
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
-class StoreError(Exception):
-    """Any failure of an object store operation (bad key, backend error...)."""
+class StoreError(MMEError):
+    """Any failure of an object store operation (bad key, backend error...). The plain class is
+    a failure that is not the user's (a backend error; the CLI asks the AWS error it wraps,
+    if any, whose fault it was); the subclasses below say the user's, or worth a retry."""
 
 
-class ObjectNotFound(StoreError):
+class StoreRefused(StoreError, UserError):
+    """A key or store URI the store cannot use; the message names it (CLI: exit 2)."""
+
+
+class StoreUnavailable(StoreError, TransientError):
+    """The store could not be reached (connection refused, reset or timed out): retried by the
+    task retry policy; the botocore error stays the ``__cause__``."""
+
+
+class ObjectNotFound(StoreError, UserError):
     """The object does not exist; the message names its URI."""
 
     def __init__(self, uri: str) -> None:
@@ -202,16 +216,16 @@ def check_key(key: str) -> str:
     backends accept exactly the same keys.
     """
     if not isinstance(key, str) or not key:
-        raise StoreError(f"invalid object key {key!r}: empty")
+        raise StoreRefused(f"invalid object key {key!r}: empty")
     if "\\" in key or "\0" in key:
-        raise StoreError(f"invalid object key {key!r}: backslash or NUL character")
+        raise StoreRefused(f"invalid object key {key!r}: backslash or NUL character")
     if key.startswith("/"):
-        raise StoreError(f"invalid object key {key!r}: absolute")
+        raise StoreRefused(f"invalid object key {key!r}: absolute")
     for segment in key.split("/"):
         if segment in ("", ".", ".."):
-            raise StoreError(f"invalid object key {key!r}: empty, '.' or '..' segment")
+            raise StoreRefused(f"invalid object key {key!r}: empty, '.' or '..' segment")
         if segment.startswith("."):
-            raise StoreError(f"invalid object key {key!r}: segments starting with '.' are reserved")
+            raise StoreRefused(f"invalid object key {key!r}: segments starting with '.' are reserved")
     return key
 
 
@@ -398,12 +412,12 @@ class S3Store:
         transfer_config: TransferConfig | None = None,
     ) -> None:
         if not bucket:
-            raise StoreError("S3Store needs a bucket name")
+            raise StoreRefused("S3Store needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         if self.prefix:
             check_key(self.prefix)
-        self.client = client if client is not None else boto3.client("s3")
+        self.client = client if client is not None else aws.client("s3")
         self.transfer_config = transfer_config if transfer_config is not None else TransferConfig()
 
     def __repr__(self) -> str:
@@ -420,6 +434,8 @@ class S3Store:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFound(uri)
+        if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
+            return StoreUnavailable(f"{action} {uri} failed: {exc}")
         return StoreError(f"{action} {uri} failed: {exc}")
 
     def uri_for(self, key: str) -> str:
@@ -506,7 +522,9 @@ class S3Store:
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
-            raise StoreError(f"list of s3://{self.bucket}/{base + prefix} failed: {exc}") from exc
+            unreachable = isinstance(exc, (BotoConnectionError, ReadTimeoutError))
+            raise (StoreUnavailable if unreachable else StoreError)(
+                f"list of s3://{self.bucket}/{base + prefix} failed: {exc}") from exc
         return sorted(found, key=lambda info: info.key)
 
     def delete(self, key: str) -> None:
@@ -533,26 +551,26 @@ def open_store(uri: str, *, s3_client: Any = None) -> tuple[ObjectStore, str]:
     parts = urlsplit(uri)
     if parts.scheme == "":
         if not uri:
-            raise StoreError("empty store URI")
+            raise StoreRefused("empty store URI")
         return FileStore(Path(uri).expanduser()), ""
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise StoreError(f"unsupported store URI {uri!r}: file URIs must be local (file:///abs/path)")
+            raise StoreRefused(f"unsupported store URI {uri!r}: file URIs must be local (file:///abs/path)")
         path = unquote(parts.path)
         if not path.startswith("/"):
-            raise StoreError(f"unsupported store URI {uri!r}: file URIs need an absolute path")
+            raise StoreRefused(f"unsupported store URI {uri!r}: file URIs need an absolute path")
         return FileStore(Path(path)), ""
     if parts.scheme == "s3":
         if not parts.netloc:
-            raise StoreError(f"invalid store URI {uri!r}: no bucket")
+            raise StoreRefused(f"invalid store URI {uri!r}: no bucket")
         prefix = parts.path.strip("/")
         if prefix:
             try:
                 check_key(prefix)
             except StoreError as exc:
-                raise StoreError(f"invalid store URI {uri!r}: {exc}") from None
+                raise StoreRefused(f"invalid store URI {uri!r}: {exc}") from None
         return S3Store(parts.netloc, client=s3_client), prefix
-    raise StoreError(f"unsupported store URI {uri!r}: expected file://, s3:// or a local path")
+    raise StoreRefused(f"unsupported store URI {uri!r}: expected file://, s3:// or a local path")
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from isal import igzip, isal_zlib
 
+from infra.errors import InvalidInput, MissingInput, UserError
 from infra.store import atomic_dir, atomic_path, sha256_file
 
 # Compressor choice, measured on 90 MiB of float32 normal noise (weights-like,
@@ -67,9 +68,9 @@ def _collect(src_dir: Path) -> list[tuple[str, os.stat_result]]:
             path = Path(dirpath, name)
             st = path.lstat()
             if stat.S_ISLNK(st.st_mode):
-                raise ValueError(f"refusing to pack symlink {path}")
+                raise InvalidInput(f"refusing to pack symlink {path}")
             if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                raise ValueError(f"refusing to pack special file {path}")
+                raise InvalidInput(f"refusing to pack special file {path}")
             entries.append((PurePosixPath(path.relative_to(src_dir).as_posix()), st))
     entries.sort(key=lambda entry: entry[0].parts)
     return [(str(name), st) for name, st in entries]
@@ -117,13 +118,15 @@ def pack_deterministic(src_dir: Path, dest: Path, *, compresslevel: int = 6) -> 
     return sha256, size
 
 
-class UnsafeArchive(Exception):
+class UnsafeArchive(UserError):
     """An archive that is corrupt or tries to write outside its destination."""
 
 
 # What a broken archive raises while being read: tar header errors, gzip
 # framing/CRC errors (BadGzipFile is an OSError), truncation, bad deflate data.
-_CORRUPT = (tarfile.TarError, EOFError, OSError, zlib.error, isal_zlib.error)
+# isal's stubs declare ``isal_zlib.error`` as an Exception *instance*; it is the class IsalError.
+_CORRUPT: tuple[type[Exception], ...] = (
+    tarfile.TarError, EOFError, OSError, zlib.error, isal_zlib.error)  # type: ignore[assignment]
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo) -> None:
@@ -159,7 +162,7 @@ def safe_extract(archive: Path, dest_dir: Path) -> Path:
     archive = Path(archive)
     dest_dir = Path(dest_dir)
     if not archive.is_file():
-        raise FileNotFoundError(f"archive {archive} does not exist")
+        raise MissingInput(f"archive {archive} does not exist")
     if dest_dir.exists() or dest_dir.is_symlink():
         raise FileExistsError(f"extraction target {dest_dir} already exists")
     dest_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from infra.errors import TransientError
+
 __all__ = ["TritonHTTP", "UpstreamError", "UpstreamResponse"]
 
 
-class UpstreamError(ConnectionError):
+class UpstreamError(TransientError, ConnectionError):
     """Triton could not be reached, or closed the connection before answering in full."""
 
 
@@ -68,7 +70,7 @@ class TritonHTTP:
     async def _connect(self) -> _Conn:
         try:
             return await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 10.0)
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             raise UpstreamError(f"cannot connect to Triton at {self.host}:{self.port}: {e}") from None
 
     async def _exchange(self, conn: _Conn, head: bytes, body: bytes) -> UpstreamResponse:
@@ -81,7 +83,7 @@ class TritonHTTP:
         except (_StaleConnection, UpstreamError):
             _close(conn)
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             _close(conn)
             raise UpstreamError(f"Triton did not answer within {self.timeout:.0f} s") from None
         except (OSError, asyncio.IncompleteReadError) as e:
@@ -94,7 +96,7 @@ class TritonHTTP:
         return resp
 
 
-class _StaleConnection(Exception):
+class _StaleConnection(TransientError):
     """The connection was closed before any byte of the answer: safe to send again."""
 
 
@@ -134,7 +136,7 @@ async def _read_response(reader: asyncio.StreamReader) -> UpstreamResponse:
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         size = int((await reader.readline()).split(b";", 1)[0].strip() or b"0", 16)
         if size == 0:

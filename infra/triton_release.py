@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from infra.errors import InvalidInput
+
 _RELEASE_RE = re.compile(r"^(\d{2})\.(\d{2})$")
 # an image tag that names a release: ``24.09-py3`` or ``24.09``
 _TAG_RE = re.compile(r"^(\d{2}\.\d{2})(?:-.*)?$")
@@ -71,8 +73,8 @@ class TritonRelease:
 
     def __post_init__(self) -> None:
         if not (0 <= self.year <= 99 and 1 <= self.month <= 12):
-            raise ValueError(f"malformed Triton release {self.year:02d}.{self.month:02d}: "
-                             f"expected 'YY.MM', e.g. '{DEFAULT_RELEASE_TEXT}'")
+            raise InvalidInput(f"malformed Triton release {self.year:02d}.{self.month:02d}: "
+                               f"expected 'YY.MM', e.g. '{DEFAULT_RELEASE_TEXT}'")
 
     @classmethod
     def parse(cls, text: object) -> TritonRelease:
@@ -82,8 +84,8 @@ class TritonRelease:
             return text
         m = _RELEASE_RE.match(text) if isinstance(text, str) else None
         if m is None or not 1 <= int(m.group(2)) <= 12:
-            raise ValueError(f"malformed Triton release {text!r}: expected 'YY.MM', "
-                             f"e.g. '{DEFAULT_RELEASE_TEXT}'")
+            raise InvalidInput(f"malformed Triton release {text!r}: expected 'YY.MM', "
+                               f"e.g. '{DEFAULT_RELEASE_TEXT}'")
         return cls(int(m.group(1)), int(m.group(2)))
 
     @classmethod
@@ -94,8 +96,8 @@ class TritonRelease:
         last = s.rsplit("/", 1)[-1]
         m = _TAG_RE.match(last.rsplit(":", 1)[-1])
         if not m:
-            raise ValueError(f"{s!r} is neither a release 'YY.MM' nor an image tagged "
-                             f"'<YY.MM>-...'")
+            raise InvalidInput(f"{s!r} is neither a release 'YY.MM' nor an image tagged "
+                               f"'<YY.MM>-...'")
         return cls.parse(m.group(1))
 
     def __str__(self) -> str:
@@ -124,9 +126,9 @@ class TritonRelease:
         cannot import)."""
         first = TritonRelease.parse(TRITON_PYTHON[0][0])
         if self < first:
-            raise ValueError(f"Triton {self} predates the table (first entry {first})")
+            raise InvalidInput(f"Triton {self} predates the table (first entry {first})")
         if self > TritonRelease.parse(TRITON_PYTHON_CHECKED_THROUGH):
-            raise ValueError(
+            raise InvalidInput(
                 f"Python of Triton {self} is not known here (checked through "
                 f"{TRITON_PYTHON_CHECKED_THROUGH}); look it up in the release notes and extend "
                 f"infra.triton_release.TRITON_PYTHON")

@@ -57,14 +57,16 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import httpx
 
+from infra.errors import MMEError, TransientError
 from infra.store import atomic_dir
 
 __all__ = [
@@ -91,15 +93,15 @@ _LOG_TAIL_CHARS = 4000
 _LAUNCH_MARKER = "\n=== tritonserver launch: "
 
 
-class TritonNotFound(RuntimeError):
+class TritonNotFound(MMEError, RuntimeError):
     """The tritonserver binary, its libraries or the Python backend stub are missing."""
 
 
-class TritonStartError(RuntimeError):
+class TritonStartError(TransientError, RuntimeError):
     """tritonserver did not come up; the message carries the tail of its log."""
 
 
-class TritonModelError(RuntimeError):
+class TritonModelError(MMEError, RuntimeError):
     """Triton refused to load (or unload) a model; carries the model name and server message."""
 
     def __init__(self, model: str, message: str) -> None:
@@ -421,9 +423,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-_free_port = free_port
-
-
 # --------------------------------------------------------------------------- #
 # The server
 # --------------------------------------------------------------------------- #
@@ -456,6 +455,9 @@ class TritonServer:
     #: short and below STOP_TIMEOUT, so that a graceful exit finishes before we escalate.
     EXIT_TIMEOUT_SECS = 3
     _PORT_RETRIES = 3
+    #: How a port left at 0 is chosen (the OS picks a free one). An instance may be given its
+    #: own (a test hands out a port another server holds, to check the collision is retried).
+    port_picker: Callable[[], int] = staticmethod(free_port)
 
     def __init__(
         self,
@@ -601,11 +603,12 @@ class TritonServer:
         return cmd + self.extra_args
 
     def _pick_ports(self) -> None:
-        self.http_port = self._req_http_port or _free_port()
-        self.grpc_port = None if self._req_grpc_port is None else (self._req_grpc_port or _free_port())
-        self.metrics_port = None if self._req_metrics_port is None else (self._req_metrics_port or _free_port())
+        pick = self.port_picker
+        self.http_port = self._req_http_port or pick()
+        self.grpc_port = None if self._req_grpc_port is None else (self._req_grpc_port or pick())
+        self.metrics_port = None if self._req_metrics_port is None else (self._req_metrics_port or pick())
 
-    def start(self) -> "TritonServer":
+    def start(self) -> TritonServer:
         """Launch tritonserver and block until ``/v2/health/live`` answers.
 
         Raises :class:`TritonStartError` (with the log tail) if the process
@@ -691,7 +694,8 @@ class TritonServer:
                 pass
             if time.monotonic() > deadline:
                 raise TritonStartError(
-                    f"tritonserver not live after {self.startup_timeout:.0f}s (log: {self.log_path})\n{self._log_tail()}"
+                    f"tritonserver not live after {self.startup_timeout:.0f}s (log: {self.log_path})\n"
+                    f"{self._log_tail()}"
                 )
             time.sleep(0.05)
 
@@ -811,7 +815,7 @@ class TritonServer:
         # Also reaps stubs that outlived a crashed server, and removes its shm segments.
         self._kill_group()
 
-    def __enter__(self) -> "TritonServer":
+    def __enter__(self) -> TritonServer:
         return self.start()
 
     def __exit__(

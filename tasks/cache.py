@@ -28,7 +28,7 @@ Prefect's own task cache (so the UI shows a skipped step as *Cached*) is keyed w
 entry when it is created. A deleted or rebuilt entry has no or another nonce, so a result that
 Prefect persisted for an older entry can never be served for it.
 
-Nothing here needs Prefect; flows.build wires it into its tasks.
+Nothing here needs Prefect; the build's tasks (tasks/produce.py, tasks/verify.py) key on it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from urllib.request import url2pathname
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 from infra import paths
+from infra.errors import MissingInput
 from infra.store import TMP_PREFIX, atomic_dir, atomic_path, discard_path, file_lock
 
 LOGGER = logging.getLogger("mme.cache")
@@ -165,7 +166,7 @@ def content_hash(path: str | os.PathLike[str]) -> str:
     if p.is_file():
         return f"file:{file_sha256(p)}"
     if not p.is_dir():
-        raise FileNotFoundError(f"{p}: no such file or folder to hash")
+        raise MissingInput(f"{p}: no such file or folder to hash")
     entries = list(_walk(p))
     # the tree's stat signature: unchanged files are not read again
     sig = hashlib.sha256(canonical_json(
@@ -306,7 +307,9 @@ def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path]
                      target: str, producers: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
     """Everything :func:`artifact_key` hashes, as a document (kept in ``done.json``)."""
     if producers is None:
-        from tasks.produce import PRODUCERS as producers
+        from tasks.produce import PRODUCERS
+
+        producers = PRODUCERS
     art = spec.artifacts[name]
     where = f"ensemble {spec.name!r}, artifact {name!r}"
     fn = producers.get(art.producer)

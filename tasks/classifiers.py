@@ -30,13 +30,14 @@ import io
 import pickle
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ensembles.classifier_input import BGR_MEAN, SQUEEZENET_INPUT, SQUEEZENET_SIZE
+from infra.errors import MMEError
 from infra.store import atomic_path, sha256_file
 
 # ----------------------------------------------------------------------------- constants
@@ -80,7 +81,7 @@ _FIRES = {  # name: (squeeze, expand1x1, expand3x3) filters
 }
 
 
-class ClassifierError(RuntimeError):
+class ClassifierError(MMEError, RuntimeError):
     """Weights missing or not the expected file, or an export that disagrees with torch."""
 
 
@@ -92,20 +93,31 @@ def is_cat(index: int) -> bool:
 # ----------------------------------------------------------------------------- weights
 
 
+def _numpy_pickle_globals() -> dict[tuple[str, str], Callable[..., object]]:
+    """The allow-list: ``(module, name)`` as a numpy pickle names it -> the object to use.
+
+    numpy pickles arrays as ``_reconstruct(ndarray, shape, dtype)`` plus state; a file written
+    by numpy 1 names the module ``numpy.core.multiarray``, one by numpy 2 ``numpy._core``.
+    """
+    # ``_reconstruct`` is private and absent from numpy's stubs, so it is looked up by name
+    # (from ``numpy._core``: numpy 2, and 1.26's alias of it).
+    reconstruct: Callable[..., np.ndarray] = importlib.import_module("numpy._core.multiarray")._reconstruct
+    return {
+        ("numpy.core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+    }
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Resolves only the globals a pickled dict of numpy arrays needs; anything else is refused."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in (("numpy.core.multiarray", "_reconstruct"),
-                              ("numpy._core.multiarray", "_reconstruct")):
-            from numpy._core.multiarray import _reconstruct  # numpy 2 (and 1.26's alias)
-
-            return _reconstruct
-        if (module, name) == ("numpy", "ndarray"):
-            return np.ndarray
-        if (module, name) == ("numpy", "dtype"):
-            return np.dtype
-        raise pickle.UnpicklingError(f"squeezenet weights: refusing to load global {module}.{name}")
+    def find_class(self, module: str, name: str) -> Callable[..., object]:
+        found = _numpy_pickle_globals().get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"squeezenet weights: refusing to load global {module}.{name}")
+        return found
 
 
 def squeezenet_weights_path() -> Path:
@@ -163,6 +175,7 @@ def squeezenet_torch(weights_path: str | Path | None = None):
         c = nn.Conv2d(cin, cout, (h, w), stride=stride, padding=padding)
         with torch.no_grad():
             c.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))))
+            assert c.bias is not None  # Conv2d above is built with bias=True (its default)
             c.bias.copy_(torch.from_numpy(bias))
         return c
 
@@ -216,7 +229,7 @@ def preprocess_reference(image: Any, size: int = SQUEEZENET_SIZE) -> np.ndarray:
     from PIL import Image
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, dtype=np.uint8))
-    img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+    img = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
     x = np.asarray(img, dtype=np.float32)[:, :, ::-1] - np.asarray(BGR_MEAN, dtype=np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
@@ -321,16 +334,17 @@ def export_squeezenet_onnx(out_dir: Path, *, opset: int = 17, exporter: str = "t
     dummy = torch.zeros(1, 3, SQUEEZENET_SIZE, SQUEEZENET_SIZE)
     with atomic_path(dest) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        names = {"input_names": [SQUEEZENET_INPUT], "output_names": [SQUEEZENET_OUTPUT]}
         if exporter == "torchscript":
             torch.onnx.export(
-                model, (dummy,), str(tmp), **names, opset_version=opset, dynamo=False,
+                model, (dummy,), str(tmp), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
+                opset_version=opset, dynamo=False,
                 dynamic_axes={SQUEEZENET_INPUT: {0: "batch"}, SQUEEZENET_OUTPUT: {0: "batch"}},
                 do_constant_folding=True,
             )
         else:
             torch.onnx.export(
-                model, (dummy,), str(tmp), **names, opset_version=opset, dynamo=True,
+                model, (dummy,), str(tmp), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
+                opset_version=opset, dynamo=True,
                 dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
             )
         export_seconds = time.perf_counter() - t0

@@ -33,10 +33,12 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
+from infra.errors import InvalidInput, MissingInput, MMEError, UserError
 from infra.store import TMP_PREFIX, atomic_path, sha256_file
 from infra.triton_release import DEFAULT_RELEASE, TritonRelease
 from tasks import trt_bindings
@@ -71,19 +73,19 @@ _MANAGED_FLAGS = ("--onnx", "--saveEngine", "--minShapes", "--optShapes", "--max
 Log = Callable[[str], Any]
 
 
-class CompileError(RuntimeError):
+class CompileError(MMEError, RuntimeError):
     """trtexec / the TensorRT builder failed; the message carries the end of its log."""
 
 
-class CompileTimeout(TimeoutError):
+class CompileTimeout(MMEError, TimeoutError):
     """The compile ran past ``timeout_s``; the container (or process) was killed."""
 
 
-class CompileUnavailable(RuntimeError):
+class CompileUnavailable(UserError, RuntimeError):
     """Nothing here can compile for the asked release (no matching TensorRT, no Docker GPU)."""
 
 
-class ReleaseMismatch(ValueError):
+class ReleaseMismatch(UserError, ValueError):
     """The compiling TensorRT is not the serving Triton's: its plan would not load."""
 
 
@@ -155,10 +157,10 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
         except ValueError:
             shape = ()
         if not sep or not name or not shape or any(d < 1 for d in shape):
-            raise ValueError(f"shape {item!r} in {text!r} is not '<input>:<d0>x<d1>...' with "
-                             f"positive dims")
+            raise InvalidInput(f"shape {item!r} in {text!r} is not '<input>:<d0>x<d1>...' with "
+                               f"positive dims")
         if name in out:
-            raise ValueError(f"input {name!r} appears twice in {text!r}")
+            raise InvalidInput(f"input {name!r} appears twice in {text!r}")
         out[name] = shape
     return out
 
@@ -170,14 +172,14 @@ def format_shapes(shapes: Mapping[str, Iterable[int]]) -> str:
 def check_profile(min_shapes: str, opt_shapes: str, max_shapes: str) -> None:
     mn, op, mx = parse_shapes(min_shapes), parse_shapes(opt_shapes), parse_shapes(max_shapes)
     if not set(mn) == set(op) == set(mx):
-        raise ValueError(f"min/opt/max shapes name different inputs: {sorted(mn)}, "
-                         f"{sorted(op)}, {sorted(mx)}")
+        raise InvalidInput(f"min/opt/max shapes name different inputs: {sorted(mn)}, "
+                           f"{sorted(op)}, {sorted(mx)}")
     for name in mn:
         if not len(mn[name]) == len(op[name]) == len(mx[name]):
-            raise ValueError(f"input {name!r}: min/opt/max shapes have different ranks")
+            raise InvalidInput(f"input {name!r}: min/opt/max shapes have different ranks")
         if not all(a <= b <= c for a, b, c in zip(mn[name], op[name], mx[name], strict=True)):
-            raise ValueError(f"input {name!r}: need min <= opt <= max in every dimension, got "
-                             f"{mn[name]}, {op[name]}, {mx[name]}")
+            raise InvalidInput(f"input {name!r}: need min <= opt <= max in every dimension, got "
+                               f"{mn[name]}, {op[name]}, {mx[name]}")
 
 
 # --------------------------------------------------------------------------- spec and argv
@@ -208,15 +210,15 @@ class CompileSpec:
         self.opt_shapes = format_shapes(parse_shapes(self.opt_shapes))
         self.max_shapes = format_shapes(parse_shapes(self.max_shapes))
         if int(self.workspace_mib) <= 0:
-            raise ValueError(f"workspace_mib must be positive, not {self.workspace_mib}")
+            raise InvalidInput(f"workspace_mib must be positive, not {self.workspace_mib}")
         self.workspace_mib = int(self.workspace_mib)
         if not float(self.timeout_s) > 0:
-            raise ValueError(f"timeout_s must be positive, not {self.timeout_s}")
+            raise InvalidInput(f"timeout_s must be positive, not {self.timeout_s}")
         self.extra_args = tuple(str(a) for a in self.extra_args)
         for a in self.extra_args:
             if a.split("=", 1)[0] in _MANAGED_FLAGS:
-                raise ValueError(f"extra argument {a!r} sets a flag that CompileSpec manages "
-                                 f"(use its fields instead)")
+                raise InvalidInput(f"extra argument {a!r} sets a flag that CompileSpec manages "
+                                   f"(use its fields instead)")
 
     @property
     def release(self) -> TritonRelease:
@@ -401,7 +403,7 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
     check_release_pair(image, spec.triton_release)
     onnx = spec.onnx.resolve()
     if not onnx.is_file():
-        raise FileNotFoundError(f"ONNX model {onnx} does not exist")
+        raise MissingInput(f"ONNX model {onnx} does not exist")
     if client is None:
         try:
             client = docker.from_env()
@@ -520,7 +522,7 @@ def compile_on_host(spec: CompileSpec, *, run: Callable[..., Any] = subprocess.r
     Its TensorRT must be the serving release's (else :class:`ReleaseMismatch`)."""
     onnx = spec.onnx.resolve()
     if not onnx.is_file():
-        raise FileNotFoundError(f"ONNX model {onnx} does not exist")
+        raise MissingInput(f"ONNX model {onnx} does not exist")
     exe = which("trtexec")
     if exe:
         version = trtexec_version(exe, run=run)
@@ -715,7 +717,7 @@ def compile_tensorrt(out_dir: Path, *, onnx: Path, min_shapes: str, opt_shapes: 
     ``$MME_HOME/trt-timing-cache/<release>/<gpu>.cache`` unless ``timing_cache_dir`` is given.
     """
     if runner not in ("auto", "host", "docker"):
-        raise ValueError(f"runner must be auto, host or docker, not {runner!r}")
+        raise InvalidInput(f"runner must be auto, host or docker, not {runner!r}")
     log = log or logging.getLogger("mme.compile").info
     triton_release = str(TritonRelease.parse(str(triton_release)))
     cache_dir = Path(timing_cache_dir) if timing_cache_dir else default_timing_cache_dir(
@@ -779,7 +781,7 @@ def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],
             looked.append(f"trtexec on PATH: {e}")
         else:
             if not spec.onnx.is_file():
-                raise FileNotFoundError(f"ONNX model {spec.onnx.resolve()} does not exist")
+                raise MissingInput(f"ONNX model {spec.onnx.resolve()} does not exist")
             return _compile_trtexec_host(spec, exe, version, run=run, log=log)
     else:
         looked.append("trtexec on PATH: not found")

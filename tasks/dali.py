@@ -25,6 +25,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from infra.errors import UserError
+
 # The subset of DALI's own schema (dali/pipeline/proto/dali.proto, package dali_proto) that a
 # serialized pipeline uses. DALI ships no Python bindings for it, so the message classes are
 # built from this description at run time. Every field of the four messages is declared (as
@@ -64,7 +66,7 @@ _EXTERNAL_SOURCE_OPS = ("ExternalSource", "_ExternalSource")
 _ORIGIN_ARG_PREFIX = "_origin_stack_"
 
 
-class DaliPipelineError(ValueError):
+class DaliPipelineError(UserError, ValueError):
     """A DALI pipeline that does not fit the ensemble, or that cannot be built or read."""
 
 
@@ -222,7 +224,7 @@ def load_pipeline(pipeline: str) -> PipelineDef:
         raise DaliPipelineError(f"unknown DALI pipeline {pipeline!r}: {module!r} has no pipeline "
                                 f"definition {attr!r} (a callable with output_name, output_dims "
                                 f"and output_layout)")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def build_pipeline(pipeline: str, device: str, *, input_name: str = "INPUT",

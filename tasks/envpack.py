@@ -62,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from infra import paths
+from infra.errors import MMEError, UserError
 from infra.store import TMP_PREFIX, atomic_dir, atomic_path, sha256_file
 from infra.tarball import pack_deterministic
 from tasks.cache import cached_entry
@@ -94,11 +95,11 @@ PipRunner = Callable[[list[str]], None]
 Runner = Callable[..., "subprocess.CompletedProcess[Any]"]
 
 
-class EnvPackError(RuntimeError):
+class EnvPackError(MMEError, RuntimeError):
     """Building or packing an environment failed (pip/conda error, bad parameters)."""
 
 
-class EnvPackUnavailable(RuntimeError):
+class EnvPackUnavailable(UserError, RuntimeError):
     """The requested method needs a tool this host lacks (conda, conda-pack); the message names it."""
 
 
@@ -367,7 +368,7 @@ PYTHONNOUSERSITE=1
 export PYTHONNOUSERSITE
 unset PYTHONHOME
 unset _mme_env _mme_py _mme_base _mme_home _mme_basever _mme_info _mme_cfg _mme_tmp
-"""
+"""  # noqa: E501 -- shell text shipped in the env tarball byte for byte; rewrapping it changes the artifact
 
 _PYTHON3_SHIM_TEMPLATE = r"""#!/bin/sh
 # python3 of a Triton processing_env (built by tasks/envpack.py): the base interpreter named

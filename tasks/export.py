@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.errors import MMEError
 
-class ExportError(RuntimeError):
+
+class ExportError(MMEError, RuntimeError):
     pass
 
 

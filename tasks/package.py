@@ -8,16 +8,23 @@ build never leaves a half-written or unverified artifact where deploy would pick
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from infra.errors import MissingInput
+from infra.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
 from infra.store import atomic_path
 from infra.tarball import pack_deterministic
+from tasks.report import human_bytes, short
+from tasks.run_context import run_logger
 
-MANIFEST_SUFFIX = ".manifest.json"
+__all__ = ["MANIFEST_SUFFIX", "Manifest", "artifact_name", "manifest_path", "package_repository",
+           "package_task", "publish_build", "read_manifest"]
 
 
 def artifact_name(ensemble: str) -> str:
@@ -34,7 +41,21 @@ def package_repository(repo_dir: Path, staging_dir: Path, ensemble: str) -> dict
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
-def publish_build(archive: Path, manifest: dict[str, Any], output_dir: Path) -> Path:
+@task(name="package", cache_policy=NO_CACHE, timeout_seconds=900)
+def package_task(repo: Path, staging: Path, ensemble: str) -> dict[str, Any]:
+    """:func:`package_repository` as a task (never cached: packing is fast and its sha256 is
+    what the verification cache is keyed on)."""
+    info = package_repository(repo, staging, ensemble)
+    run_logger().info("%s: packed %s (%s) in %.1f s, sha256 %s", ensemble, Path(info["path"]).name,
+                      human_bytes(info["bytes"]), info["seconds"], short(info["sha256"]))
+    return info
+
+
+def manifest_path(output_dir: Path, ensemble: str) -> Path:
+    return Path(output_dir) / f"{ensemble}{MANIFEST_SUFFIX}"
+
+
+def publish_build(archive: Path, manifest: Manifest, output_dir: Path) -> Path:
     """Move a verified archive into ``output_dir`` and write its manifest, both atomically.
 
     The manifest is written last: a reader that finds a manifest finds its archive.
@@ -42,14 +63,16 @@ def publish_build(archive: Path, manifest: dict[str, Any], output_dir: Path) -> 
     output_dir.mkdir(parents=True, exist_ok=True)
     final = output_dir / archive.name
     os.replace(archive, final)
-    manifest_path = output_dir / (archive.name.removesuffix(".tar.gz") + MANIFEST_SUFFIX)
-    with atomic_path(manifest_path) as tmp:
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    return manifest_path
+    path = manifest_path(output_dir, archive.name.removesuffix(".tar.gz"))
+    with atomic_path(path) as tmp:
+        tmp.write_text(manifest.to_json())
+    return path
 
 
-def read_manifest(output_dir: Path, ensemble: str) -> dict[str, Any]:
-    path = Path(output_dir) / f"{ensemble}{MANIFEST_SUFFIX}"
+def read_manifest(output_dir: Path, ensemble: str) -> Manifest:
+    """The manifest of ``ensemble``'s build in ``output_dir`` (an old version-1 file is
+    upgraded in memory; an unreadable one is refused naming the file)."""
+    path = manifest_path(output_dir, ensemble)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no build of {ensemble!r} here (run `mme build {ensemble}`)")
-    return json.loads(path.read_text())
+        raise MissingInput(f"{path}: no build of {ensemble!r} here (run `mme build {ensemble}`)")
+    return load_manifest(path)

@@ -4,22 +4,33 @@ A producer is a plain function ``(out_dir, **params) -> (path, metadata)``. Para
 are artifact references (``artifact:<name>`` in the YAML, :class:`ensembles.spec.ArtifactRef`
 once validated) are replaced by the path of an artifact produced earlier in the same build, so
 artifacts form a small chain (model -> tokenizer, model -> ONNX -> plan). Producing (with the
-content-addressed cache) is :func:`tasks.cache.produce_cached`.
+content-addressed cache) is :func:`tasks.cache.produce_cached`; :data:`produce_task` is its
+Prefect task (``produce-artifact``: retried on transient failures, cached on the content key).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.context import TaskRunContext
+from prefect.tasks import exponential_backoff
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, artifact_refs
+from tasks import cache
+from tasks.report import short
+from tasks.retry import retry_transient
+from tasks.run_context import run_id, run_logger
+from infra.errors import UserError
 from tasks.export import export_transformer_onnx
 from tasks.classifiers import export_squeezenet_onnx, imagenet_labels
 from tasks.dali import check_external_source, serialize_pipeline
 from tasks.fetch import fetch_model_file, packaged_hf_model, tokenizer_files
 
 
-class NotAvailableHere(RuntimeError):
+class NotAvailableHere(UserError, RuntimeError):
     """The producer needs something this host lacks (a GPU, TensorRT, Docker, conda)."""
 
 
@@ -109,3 +120,24 @@ def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) 
                                 f"exactly one input (encoded images), not {expected}")
             check_external_source(produced[name], expected[0],
                                   pipeline_name=f"{spec.name}/{step.name} ({name})")
+
+
+def _artifact_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    key = cache.artifact_key(parameters["spec"], parameters["name"], parameters["produced"],
+                             parameters["target"])
+    return cache.prefect_cache_key("artifact", key, cache.artifact_nonce(key), context.task_run.id)
+
+
+@task(name="produce-artifact", cache_key_fn=_artifact_cache_key, persist_result=True,
+      retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
+      retry_condition_fn=retry_transient, timeout_seconds=4 * 3600)
+def produce_task(spec: EnsembleSpec, name: str, produced: dict[str, Path], target: str) -> dict[str, Any]:
+    """The artifact from the content-addressed cache, produced into it on a miss. Returns
+    ``path``, the producer's ``meta``, ``hit``, the content ``key`` and ``seconds``."""
+    art = cache.produce_cached(spec, name, produced, target, nonce=run_id())
+    if art.hit:
+        run_logger().info("%s: artifact %s cached (key %s)", spec.name, name, short(art.key))
+    else:
+        run_logger().info("%s: artifact %s ready in %.1f s (key %s)", spec.name, name, art.seconds,
+                          short(art.key))
+    return {"path": art.path, "meta": art.meta, "hit": art.hit, "key": art.key, "seconds": art.seconds}

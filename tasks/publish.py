@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from infra.errors import InvalidInput
+from infra.manifest import Manifest
 from infra.store import ObjectNotFound, ObjectStore, open_store
+from tasks.records import Ledger
 
 
 @dataclass
@@ -39,16 +42,16 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
-def local_archive(manifest: dict[str, Any]) -> Path:
-    uri = urlparse(manifest["artifact"])
+def local_archive(manifest: Manifest) -> Path:
+    uri = urlparse(manifest.artifact)
     if uri.scheme != "file":
-        raise ValueError(f"build artifact {manifest['artifact']} is not a local file")
+        raise InvalidInput(f"build artifact {manifest.artifact} is not a local file")
     return Path(uri.path)
 
 
-def publish_artifact(manifest: dict[str, Any], models_url: str, backup_dir: Path) -> Published:
+def publish_artifact(manifest: Manifest, models_url: str, backup_dir: Path) -> Published:
     store, prefix = open_store(models_url)
-    key = _key(prefix, manifest["target_model"])
+    key = _key(prefix, manifest.target_model)
     archive = local_archive(manifest)
     t0 = time.perf_counter()
     backup = None
@@ -56,17 +59,17 @@ def publish_artifact(manifest: dict[str, Any], models_url: str, backup_dir: Path
         current = store.head(key)
     except ObjectNotFound:
         current = None
-    if current is not None and current.sha256 == manifest["sha256"]:
+    if current is not None and current.sha256 == manifest.sha256:
         uploaded = False
     else:
         if current is not None:
             backup_dir.mkdir(parents=True, exist_ok=True)
-            backup = str(store.get_file(key, backup_dir / f"{manifest['target_model']}.previous"))
-        store.put_file(key, archive, sha256=manifest["sha256"])
+            backup = str(store.get_file(key, backup_dir / f"{manifest.target_model}.previous"))
+        store.put_file(key, archive, sha256=manifest.sha256)
         uploaded = True
-    return Published(ensemble=manifest["ensemble"], target_model=manifest["target_model"],
-                     uri=store.uri_for(key), key=key, sha256=manifest["sha256"],
-                     bytes=manifest["bytes"], uploaded=uploaded, previous_backup=backup,
+    return Published(ensemble=manifest.ensemble, target_model=manifest.target_model,
+                     uri=store.uri_for(key), key=key, sha256=manifest.sha256,
+                     bytes=manifest.bytes, uploaded=uploaded, previous_backup=backup,
                      seconds=round(time.perf_counter() - t0, 3))
 
 
@@ -88,17 +91,23 @@ def _ledger_location(store_uri: str, endpoint: str) -> tuple[ObjectStore, str]:
     return store, _key(prefix, f"deployments/{endpoint}.json")
 
 
-def read_ledger(store_uri: str, endpoint: str) -> dict[str, Any]:
+def read_ledger(store_uri: str, endpoint: str) -> Ledger:
+    """The endpoint's ledger (an empty one when none was written); a ledger file that does not
+    parse, or one from a newer tool, is refused naming its URI."""
     store, key = _ledger_location(store_uri, endpoint)
     try:
-        return json.loads(store.get_bytes(key))
+        data = store.get_bytes(key)
     except ObjectNotFound:
-        return {"endpoint": endpoint, "ensembles": {}}
+        return Ledger(endpoint=endpoint)
+    return Ledger.parse(data, store.uri_for(key))
 
 
-def write_ledger(store_uri: str, endpoint: str, ledger: dict[str, Any]) -> None:
+def write_ledger(store_uri: str, endpoint: str, ledger: Ledger | dict[str, Any]) -> None:
+    """Write the ledger; one that owns nothing (no ensemble, no plan) is deleted instead."""
     store, key = _ledger_location(store_uri, endpoint)
-    if ledger.get("ensembles") or ledger.get("plan"):
-        store.put_bytes(key, json.dumps(ledger, indent=2, sort_keys=True).encode())
+    if isinstance(ledger, dict):
+        ledger = Ledger.model_validate(ledger)
+    if ledger.ensembles or ledger.plan:
+        store.put_bytes(key, json.dumps(ledger.to_json(), indent=2, sort_keys=True).encode())
     else:
         store.delete(key)

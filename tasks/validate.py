@@ -13,8 +13,8 @@ once, as one line naming the call, the ensemble, its TargetModel and the endpoin
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,11 +22,14 @@ from botocore.exceptions import ClientError
 
 from infra.aws_errors import aws_message
 from infra.aws_errors import describe as aws_describe
+from infra.errors import UserError
+from infra.manifest import Manifest, ManifestError
 from infra.runtime_client import infer_direct, invoke, runtime_client_for
+from tasks.records import DeployedEnsemble
 from tasks.verify import Sample, score
 
 
-class DeployValidationFailed(RuntimeError):
+class DeployValidationFailed(UserError, RuntimeError):
     """An ensemble answered wrongly on the endpoint: the deploy was rolled back."""
 
 
@@ -61,7 +64,7 @@ def is_model_not_ready(exc: BaseException) -> bool:
     return code == "ModelNotReadyException"
 
 
-def invoke_when_ready(client: Any, endpoint: str, manifest: dict[str, Any],
+def invoke_when_ready(client: Any, endpoint: str, manifest: Manifest,
                       inputs: dict[str, np.ndarray], *, binary: bool = True,
                       wait: LoadWait = LoadWait()) -> tuple[dict[str, np.ndarray], int]:
     """Invoke by TargetModel, retrying 429 ModelNotReadyException per ``wait``.
@@ -69,14 +72,14 @@ def invoke_when_ready(client: Any, endpoint: str, manifest: dict[str, Any],
     Returns (outputs, tries). Raises DeployValidationFailed saying it gave up after N tries /
     S seconds, or an AwsCallError (one line) for any other error, which is not retried.
     """
-    target = manifest["target_model"]
+    target = manifest.target_model
     start, delay, tries = wait.clock(), wait.first_s, 0
     while True:
         tries += 1
         try:
             return invoke(client, endpoint, target, inputs, binary=binary), tries
         except ClientError as exc:
-            about = f"ensemble {manifest['ensemble']} (TargetModel {target}) on endpoint {endpoint}"
+            about = f"ensemble {manifest.ensemble} (TargetModel {target}) on endpoint {endpoint}"
             if not is_model_not_ready(exc):
                 raise aws_describe(exc, operation="sagemaker-runtime.invoke_endpoint",
                                    resource=about) from exc
@@ -91,23 +94,26 @@ def invoke_when_ready(client: Any, endpoint: str, manifest: dict[str, Any],
         delay = min(delay * 2, wait.max_s)
 
 
-def validate_deployed(url: str | None, endpoint: str, manifest: dict[str, Any], *,
+def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
                       warm_invocations: int = 20, binary: bool = True,
                       runtime_client: Any = None, load_wait: LoadWait = LoadWait()) -> dict[str, Any]:
     client = runtime_client or runtime_client_for(url)
-    sample = Sample.from_json(manifest["sample"])
-    v = manifest["validation"]
+    sample = Sample.from_json(manifest.required_sample())
+    v = manifest.validation
+    if v.metric is None or v.threshold is None:
+        raise ManifestError(f"the manifest of {manifest.ensemble!r} records no validation metric "
+                            f"and threshold: rebuild it (`mme build {manifest.ensemble}`)")
     t0 = time.perf_counter()
     got, tries = invoke_when_ready(client, endpoint, manifest, sample.inputs, binary=binary,
                                    wait=load_wait)
     cold_ms = (time.perf_counter() - t0) * 1000
-    result = score(v["metric"], v["threshold"], sample, got)
+    result = score(v.metric, v.threshold, sample, got)
     for _ in range(3):  # first runs after a load are slower (allocator, ORT warm-up): not counted
-        invoke(client, endpoint, manifest["target_model"], sample.inputs, binary=binary)
+        invoke(client, endpoint, manifest.target_model, sample.inputs, binary=binary)
     warm: list[float] = []
     for _ in range(warm_invocations):
         t = time.perf_counter()
-        invoke(client, endpoint, manifest["target_model"], sample.inputs, binary=binary)
+        invoke(client, endpoint, manifest.target_model, sample.inputs, binary=binary)
         warm.append((time.perf_counter() - t) * 1000)
     return {
         "validation": {k: v for k, v in result.items() if k != "per_item"},
@@ -117,12 +123,12 @@ def validate_deployed(url: str | None, endpoint: str, manifest: dict[str, Any], 
     }
 
 
-def direct_triton_latency(triton_url: str, model_name: str, manifest: dict[str, Any],
+def direct_triton_latency(triton_url: str, model_name: str, manifest: Manifest,
                           n: int = 20) -> dict[str, float]:
     """The same request straight to Triton's HTTP API, to show what the front end costs."""
     import httpx
 
-    sample = Sample.from_json(manifest["sample"])
+    sample = Sample.from_json(manifest.required_sample())
     times = []
     with httpx.Client(base_url=triton_url, timeout=120) as c:
         for _ in range(n + 3):  # the first 3 are warm-up, not counted
@@ -133,18 +139,18 @@ def direct_triton_latency(triton_url: str, model_name: str, manifest: dict[str, 
     return {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2), "n": n}
 
 
-def check_validations(manifests: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+def check_validations(manifests: list[Manifest], results: list[dict[str, Any]]) -> None:
     """Raise DeployValidationFailed naming every ensemble that answered wrongly."""
     failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
     if failed:
         raise DeployValidationFailed("; ".join(
-            f"{m['ensemble']}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
+            f"{m.ensemble}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
             f"< {r['validation']['threshold']}" for m, r in failed))
 
 
-def deploy_entries(manifests: list[dict[str, Any]], published: list[Any],
-                   results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def deploy_entries(manifests: list[Manifest], published: list[Any],
+                   results: list[dict[str, Any]]) -> list[DeployedEnsemble]:
     """The per-ensemble lines of a deploy result (and of `mme demo --report`)."""
-    return [{"name": m["ensemble"], "target": m["target"], "artifact": p.uri, "sha256": p.sha256,
-             "bytes": p.bytes, "uploaded": p.uploaded, **r}
+    return [DeployedEnsemble(name=m.ensemble, target=m.get("target"), artifact=p.uri,
+                             sha256=p.sha256, bytes=p.bytes, uploaded=p.uploaded, **r)
             for m, p, r in zip(manifests, published, results)]

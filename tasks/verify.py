@@ -4,6 +4,9 @@ The tarball itself (not the folder it was made from) is extracted and loaded in 
 Triton server; the ensemble's outputs on the spec's sample inputs are compared with the
 framework reference (e.g. sentence-transformers). The same sample and expected outputs go
 into the build manifest, so a deploy can check the endpoint's answers without the framework.
+
+Both steps are Prefect tasks here: ``reference`` (cached on the inputs that shape the sample)
+and ``verify`` (a pass is cached on the tarball's sha256: same bytes, same answer).
 """
 
 from __future__ import annotations
@@ -11,16 +14,25 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from prefect import task
+from prefect.context import TaskRunContext
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
+from infra.errors import UserError
+from infra.manifest import SampleRecord, Validation
+from tasks import cache
+from tasks.report import short
+from tasks.retry import retry_transient
+from tasks.run_context import run_id, run_logger
 
 
-class VerificationFailed(RuntimeError):
+class VerificationFailed(UserError, RuntimeError):
     """The ensemble's answers do not match the reference: never retried, never shipped."""
 
 
@@ -39,8 +51,15 @@ class Sample:
             "context": self.context,
         }
 
+    def to_record(self) -> SampleRecord:
+        """The sample as the manifest stores it."""
+        return SampleRecord.model_validate(self.to_json())
+
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "Sample":
+    def from_json(cls, doc: dict[str, Any] | SampleRecord) -> Sample:
+        """From its JSON form or a manifest's :class:`SampleRecord` (``manifest.sample``)."""
+        if isinstance(doc, SampleRecord):
+            doc = doc.model_dump(mode="json")
         return cls(inputs={k: _arr_from_json(v) for k, v in doc["inputs"].items()},
                    expected={k: _arr_from_json(v) for k, v in doc["expected"].items()},
                    context=doc.get("context", {}))
@@ -100,9 +119,9 @@ def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict
         want, have = _output(sample, got)
     else:  # no framework reference could be run here (e.g. a TensorFlow graph): labels only
         name = ctx.get("output") or next(iter(got))
-        have = np.asarray(got[name], dtype=np.float32).reshape(1, -1) if name in got else None
-        if have is None:
+        if name not in got:
             raise VerificationFailed(f"output {name!r} missing from the answer (got {sorted(got)})")
+        have = np.asarray(got[name], dtype=np.float32).reshape(1, -1)
         want = have
     labels: list[str] = ctx.get("labels", [])
     cats = set(ctx.get("cat_classes", []))
@@ -265,3 +284,67 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
             f"ensemble {spec.name!r}: {v.metric} = {result['value']:.6f} is below the threshold "
             f"{v.threshold} by {v.threshold - result['value']:.6f} ({detail})")
     return result
+
+
+# ------------------------------------------------------------------------------ Prefect tasks
+
+
+def _reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    key = cache.reference_key(parameters["spec"], parameters["artifacts"], parameters["target"])
+    hit = cache.lookup_reference(key)
+    return cache.prefect_cache_key("reference", key, hit["nonce"] if hit else None, context.task_run.id)
+
+
+@task(name="reference", cache_key_fn=_reference_cache_key, persist_result=True, timeout_seconds=900)
+def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) -> tuple[Sample, bool]:
+    """The framework's answers on the spec's sample (cached on the inputs that shape them)."""
+    key = cache.reference_key(spec, artifacts, target)
+    hit = cache.lookup_reference(key)
+    if hit is not None:
+        return Sample.from_json(hit["sample"]), True
+    sample = reference_sample(spec, artifacts, target)
+    try:
+        cache.store_reference(key, sample.to_json(), nonce=run_id())
+    except (TypeError, ValueError, OSError) as e:  # not JSON-able: computed again next time
+        run_logger().warning("%s: reference sample not cached: %s", spec.name, e)
+    return sample, False
+
+
+# Targets whose tarballs this host's Triton can load: the local tritonserver is a CPU build
+# with the Python backend only (no TensorRT, DALI, ONNX Runtime or TensorFlow backend).
+LOCALLY_VERIFIABLE = ("local-cpu",)
+
+
+def deferred_validation(spec: EnsembleSpec, target: str) -> Validation:
+    """The manifest's validation for a target this host cannot load: checked at deploy time."""
+    v = spec.validation
+    return Validation(passed=None, metric=v.metric if v else None, value=None,
+                      threshold=v.threshold if v else None,
+                      deferred=(f"target {target!r} cannot be loaded by this host's CPU Triton "
+                                f"(its backends need a GPU): the tarball is checked by the "
+                                f"validation invoke on the endpoint at deploy time, against the "
+                                f"sample and expected outputs recorded in this manifest"))
+
+
+def _verify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    key = cache.verify_key(parameters["spec"], parameters["archive_sha256"],
+                           parameters["sample"].to_json(), parameters["target"])
+    hit = cache.lookup_verify(key)
+    return cache.prefect_cache_key("verify", key, hit["nonce"] if hit else None, context.task_run.id)
+
+
+@task(name="verify", cache_key_fn=_verify_cache_key, persist_result=True, retries=1,
+      retry_condition_fn=retry_transient, timeout_seconds=900)
+def verify_task(spec: EnsembleSpec, archive: Path, archive_sha256: str, sample: Sample,
+                target: str) -> tuple[dict[str, Any], bool]:
+    """Verify the tarball in a real Triton, unless these very bytes already passed against
+    this validation section and sample (only a pass is remembered)."""
+    key = cache.verify_key(spec, archive_sha256, sample.to_json(), target)
+    hit = cache.lookup_verify(key)
+    if hit is not None:
+        run_logger().info("%s: tarball %s already verified (%s); not loading it again", spec.name,
+                          short(archive_sha256), short(key))
+        return hit["result"], True
+    result = verify_archive(spec, archive, sample, log=run_logger().info)
+    cache.store_verify(key, result, nonce=run_id())
+    return result, False

@@ -68,14 +68,14 @@ def copy_archive(src: Path, prefix: Path, name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def built_image_classifier(mme_home: Path, prefect_harness) -> dict:
-    """The real image ensemble build (DALI CPU pipeline, SqueezeNet ONNX, verified in Triton)."""
-    import json
-
+    """The real image ensemble build (DALI CPU pipeline, SqueezeNet ONNX, verified in Triton).
+    Its ``manifest`` is the one on disk (with the validation sample), read as readers do."""
     from flows.build import build
+    from tasks.package import read_manifest
 
     out = mme_home / "artifacts" / "local-cpu"
-    (m,) = build(ensembles=["image_classifier"], target="local-cpu", output_dir=str(out))
-    full = json.loads((out / "image_classifier.manifest.json").read_text())
+    build(ensembles=["image_classifier"], target="local-cpu", output_dir=str(out))
+    full = read_manifest(out, "image_classifier")
     return {"manifest": full, "archive": out / "image_classifier.tar.gz", "output_dir": out}
 
 

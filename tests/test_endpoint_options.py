@@ -47,7 +47,7 @@ def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _opts(**kw: Any):
-    from flows.sagemaker_backend import SageMakerOptions
+    from tasks.backends.sagemaker import SageMakerOptions
 
     base: dict[str, Any] = {"region": REGION, "role_arn": ROLE, "triton_release": "24.09",
                             "model_cache": "disabled", "environment": ENV,
@@ -63,7 +63,7 @@ def _manifest() -> dict[str, Any]:
 
 
 def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:
-    from flows.sagemaker_backend import make_plan
+    from tasks.backends.sagemaker import make_plan
 
     plan = make_plan("opts-mme", STORE, _opts())
     calls = sm.plan_calls(plan, sm.describe_state(aws[sm.SAGEMAKER], aws[sm.AUTOSCALING], plan))
@@ -81,7 +81,7 @@ def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:
 
 
 def test_a_changed_option_makes_new_names(no_sdk) -> None:
-    from flows.sagemaker_backend import make_plan
+    from tasks.backends.sagemaker import make_plan
 
     plan = make_plan("opts-mme", STORE, _opts())
     assert make_plan("opts-mme", STORE, _opts()) == plan  # same options: same names, no update
@@ -107,13 +107,14 @@ def test_a_changed_option_makes_new_names(no_sdk) -> None:
          "count": 1}))
 
 
-def test_dry_run_shows_the_options(aws, no_sdk, tmp_path: Path, monkeypatch) -> None:
-    import flows.sagemaker_backend as backend
+def test_dry_run_shows_the_options(aws, no_sdk, tmp_path: Path) -> None:
+    from infra.aws import AwsClients
+    from tasks.backends.sagemaker import SageMakerBackend
 
-    monkeypatch.setattr(backend, "CLIENT_FACTORY", lambda region, url: {**aws, "runtime": None})
-    out = backend.deploy_sagemaker([_manifest()], "opts-mme", STORE, _opts(),
-                                   backup_dir=tmp_path, warm_invocations=1, dry_run=True,
-                                   log=lambda line: None)
+    backend = SageMakerBackend("opts-mme", STORE, _opts(), aws=lambda region, url: AwsClients(
+        region=region, sagemaker=aws[sm.SAGEMAKER], autoscaling=aws[sm.AUTOSCALING]))
+    backend.check([_manifest()])
+    out = backend.plan([_manifest()]).to_json()
     text = "\n".join(out["calls"])
     assert '"SAGEMAKER_TRITON_LOG_VERBOSE": "false"' in text
     assert '"ModelCacheSetting": "Disabled"' in text
@@ -163,7 +164,7 @@ def test_unknown_release_is_refused_without_the_sdk(no_sdk) -> None:
     with pytest.raises(ValueError, match="no CPU Triton image"):
         sm.triton_image_uri(REGION, "23.03", instance_type="ml.c5.xlarge")
     # and the planner refuses before any AWS call
-    from flows.sagemaker_backend import make_plan
+    from tasks.backends.sagemaker import make_plan
 
     with pytest.raises(ValueError, match="24.07"):
         make_plan("opts-mme", STORE, _opts(triton_release="24.07"))

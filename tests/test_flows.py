@@ -55,9 +55,9 @@ def test_build_is_deterministic_and_verified(built_text_embedding: dict, tmp_pat
     from flows.build import build
 
     m = built_text_embedding["manifest"]
-    assert m["validation"]["passed"] and m["validation"]["value"] >= 0.999
-    assert m["sha256"] == sha256_file(built_text_embedding["archive"])
-    assert m["sources"]["hf_model"]["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert m.validation.passed and m.validation.value >= 0.999
+    assert m.sha256 == sha256_file(built_text_embedding["archive"])
+    assert m.sources["hf_model"]["model_id"] == "sentence-transformers/all-MiniLM-L6-v2"
     manifest_file = built_text_embedding["output_dir"] / "text_embedding.manifest.json"
     assert json.loads(manifest_file.read_text())["sample"]["expected"]["finaloutput"]["shape"] == [5, 384]
     # the tarball holds the model repository at its root
@@ -75,7 +75,7 @@ def test_build_is_deterministic_and_verified(built_text_embedding: dict, tmp_pat
     assert b"site-packages" not in raw and b"stack_trace" not in raw
     # same inputs -> same bytes
     again = build(ensembles=["text_embedding"], output_dir=str(tmp_path / "again"))
-    assert again[0]["sha256"] == m["sha256"]
+    assert again[0].sha256 == m.sha256
 
 
 def test_failed_verification_ships_nothing(tmp_path: Path, mme_home: Path, prefect_harness):
@@ -97,31 +97,32 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampere
     from flows.retire import RetireIncomplete, retire
     from infra.endpoint_process import find_running
     from infra.runtime_client import invoke, runtime_client_for
+    from tasks.records import BuildSource
     from tasks.verify import Sample
 
     store_uri = (tmp_path / "store").as_uri()
     art_dir = str(built_text_embedding["output_dir"])
     ep = "flow-ep"
     try:
-        first = deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=art_dir,
+        first = deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=art_dir),
                        store_uri=store_uri, warm_invocations=3)
         (entry,) = first["ensembles"]
         assert entry["uploaded"] and entry["validation"]["passed"]
         assert entry["latency_ms"]["cold"] > entry["latency_ms"]["p50"] > 0
         pid = find_running(ep).pid
 
-        second = deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=art_dir,
+        second = deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=art_dir),
                         store_uri=store_uri, warm_invocations=1)
         assert not second["ensembles"][0]["uploaded"], "unchanged artifact re-uploaded"
         assert find_running(ep).pid == pid, "endpoint must be reused, not redeployed"
 
         bad_dir = tampered_text_build
         with pytest.raises(DeployValidationFailed, match="min_cosine"):
-            deploy(ensembles=["text_embedding"], endpoint=ep, artifacts_dir=str(bad_dir),
+            deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=str(bad_dir)),
                    store_uri=store_uri, warm_invocations=1)
         store, _ = open_store(store_uri)
         key = "models/flow-ep/text_embedding.tar.gz"
-        assert store.head(key).sha256 == built_text_embedding["manifest"]["sha256"], "not rolled back"
+        assert store.head(key).sha256 == built_text_embedding["manifest"].sha256, "not rolled back"
         # and the endpoint serves the previous (good) model again
         doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
         sample = Sample.from_json(doc["sample"])
@@ -171,11 +172,11 @@ def test_gpu_target_builds_are_ready_to_upload(tmp_path: Path, mme_home: Path, p
     manifests = build(ensembles=["image_classifier", "image_classifier_inception"],
                       target="sagemaker-gpu", output_dir=str(out),
                       overrides={"inception_archive.source": str(archive)})
-    by_name = {m["ensemble"]: m for m in manifests}
+    by_name = {m.ensemble: m for m in manifests}
     for m in manifests:
-        assert m["validation"]["passed"] is None and "deferred" in m["validation"]
-        assert m["sha256"] == sha256_file(out / f"{m['ensemble']}.tar.gz")
-    assert by_name["image_classifier_inception"]["sources"]["inception_archive"]["source"] == str(archive)
+        assert m.validation.passed is None and m.validation.deferred
+        assert m.sha256 == sha256_file(out / f"{m.ensemble}.tar.gz")
+    assert by_name["image_classifier_inception"].sources["inception_archive"]["source"] == str(archive)
 
     repo = safe_extract(out / "image_classifier_inception.tar.gz", tmp_path / "inc")
     pre = parse_pbtxt((repo / "image_classifier_inception__preprocess" / "config.pbtxt").read_text())

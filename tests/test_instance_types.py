@@ -69,25 +69,27 @@ def test_other_instance_types_are_refused_with_the_list(instance_type: str) -> N
         assert ok in msg
 
 
-def test_planning_refuses_before_any_aws_call(monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
-    import flows.sagemaker_backend as backend
+def test_planning_refuses_before_any_aws_call(tmp_path: Path) -> None:
     from infra.sagemaker import plan_for
+    from tasks.backends.sagemaker import SageMakerBackend, SageMakerOptions
 
     with pytest.raises(UnsupportedInstanceType, match="ml.g5.12xlarge"):
         plan_for("ep", f"{STORE}/models/ep/", ROLE, region="us-east-1", release="24.09",
                  instance_type="ml.g5.12xlarge")
 
-    def no_aws(*a: Any) -> dict:
+    made: list[str] = []
+
+    def no_aws(region: str, runtime_url: str | None) -> Any:
+        made.append(region)
         raise AssertionError("an AWS client was made for a plan that must be refused")
 
-    monkeypatch.setattr(backend, "CLIENT_FACTORY", no_aws)
-    opts = backend.SageMakerOptions(role_arn=ROLE, instance_type="ml.g5.12xlarge")
-    for dry_run in (True, False):
+    opts = SageMakerOptions(role_arn=ROLE, instance_type="ml.g5.12xlarge")
+    # the deploy's first step (check), the dry run (plan) and the real run (begin) all refuse
+    for step in ("check", "plan", "begin"):
+        backend = SageMakerBackend("ep", STORE, opts, aws=no_aws)
         with pytest.raises(UnsupportedInstanceType, match="single-GPU types only"):
-            backend.deploy_sagemaker([_manifest(build_gpu=A10G)], "ep", STORE, opts,
-                                     backup_dir=tmp_path, warm_invocations=1, dry_run=dry_run,
-                                     log=lambda line: None)
+            getattr(backend, step)([_manifest(build_gpu=A10G)])
+    assert made == []
 
 
 def test_cli_dry_run_refuses_the_instance_type(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,7 +99,7 @@ def test_cli_dry_run_refuses_the_instance_type(monkeypatch: pytest.MonkeyPatch) 
     from flows import cli
 
     def fake_flow(**kw: Any) -> dict:  # the flow's planning step, without Prefect
-        from flows.sagemaker_backend import make_plan
+        from tasks.backends.sagemaker import make_plan
 
         make_plan(kw["endpoint"], kw["store_uri"], kw["sagemaker"])
         raise AssertionError("planning must refuse first")
@@ -132,9 +134,8 @@ def test_gpu_architecture_warning() -> None:
                              "ml.g5.xlarge") == []
 
 
-def test_deploy_planning_warns_and_refuses_another_release(monkeypatch: pytest.MonkeyPatch,
-                                                           tmp_path: Path) -> None:
-    import flows.sagemaker_backend as backend
+def test_deploy_planning_warns_and_refuses_another_release(tmp_path: Path) -> None:
+    import tasks.backends.sagemaker as backend
 
     lines: list[str] = []
     opts = backend.SageMakerOptions(role_arn=ROLE, instance_type="ml.g5.xlarge")

@@ -325,9 +325,9 @@ def test_real_text_embedding_ensemble(shared: Endpoint, client: Any, built_text_
 
     shutil.copyfile(built_text_embedding["archive"], shared.store_dir / "text_embedding.tar.gz")
     manifest = built_text_embedding["manifest"]
-    if "sample" not in manifest:  # the build flow's return value leaves the sample out
+    if manifest.sample is None:  # the build flow's return value leaves the sample out
         manifest = read_manifest(built_text_embedding["output_dir"], "text_embedding")
-    sample = Sample.from_json(manifest["sample"])
+    sample = Sample.from_json(manifest.required_sample())
     for binary in (True, False):
         got = invoke(client, ENDPOINT, "text_embedding.tar.gz", sample.inputs, binary=binary)
         value, extras = min_cosine(sample, got)
@@ -651,7 +651,8 @@ def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pyte
             proc.start_background(name, (tmp_path / "elsewhere").as_uri())
         y = invoke(runtime_client_for(info.url), name, "bg.tar.gz", {"X": X})["Y"]
         np.testing.assert_array_equal(y, X + 11)
-        running = processes_mentioning(str(cache_dir))
+        # the endpoint process names its settings file, Triton its cache: both in the folder
+        running = processes_mentioning(str(paths.endpoint_dir(name)))
         assert info.pid in running
         assert any("tritonserver" in cmd for cmd in running.values()), running
     finally:
@@ -659,7 +660,7 @@ def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pyte
     assert stopped is True
     assert not proc.state_file(name).exists()
     assert proc.find_running(name) is None
-    assert wait_gone(str(cache_dir)) == {}
+    assert wait_gone(str(paths.endpoint_dir(name))) == {}
     assert proc.stop(name) is False  # nothing left to stop
 
 

@@ -9,16 +9,23 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from infra.manifest import Manifest
 from infra.store import open_store, sha256_file
-from tasks.publish import model_data_url, publish_artifact, read_ledger, restore_previous, write_ledger
+from tasks.publish import (
+    model_data_url,
+    publish_artifact,
+    read_ledger,
+    restore_previous,
+    write_ledger,
+)
 
 
-def _manifest(tmp_path: Path, name: str, content: bytes) -> dict:
+def _manifest(tmp_path: Path, name: str, content: bytes) -> Manifest:
     archive = tmp_path / "artifacts" / f"{name}-{len(content)}.tar.gz"
     archive.parent.mkdir(parents=True, exist_ok=True)
     archive.write_bytes(content)
-    return {"ensemble": name, "target_model": f"{name}.tar.gz", "artifact": archive.as_uri(),
-            "sha256": sha256_file(archive), "bytes": len(content)}
+    return Manifest(ensemble=name, target_model=f"{name}.tar.gz", artifact=archive.as_uri(),
+                    sha256=sha256_file(archive), bytes=len(content))
 
 
 @pytest.fixture
@@ -63,10 +70,12 @@ def test_publish_is_idempotent_and_restorable(tmp_path: Path, request: pytest.Fi
 
 def test_ledger_round_trip_and_removal(tmp_path: Path, s3):
     store_uri = "s3://models-bucket/mme"
-    assert read_ledger(store_uri, "ep")["ensembles"] == {}
-    write_ledger(store_uri, "ep", {"endpoint": "ep", "ensembles": {"a": {"sha256": "x"}}})
-    assert read_ledger(store_uri, "ep")["ensembles"]["a"]["sha256"] == "x"
+    assert read_ledger(store_uri, "ep").ensembles == {}
+    entry = {"target_model": "a.tar.gz", "key": "mme/models/ep/a.tar.gz",
+             "uri": "s3://models-bucket/mme/models/ep/a.tar.gz", "sha256": "x"}
+    write_ledger(store_uri, "ep", {"endpoint": "ep", "ensembles": {"a": entry}})
+    assert read_ledger(store_uri, "ep").ensembles["a"].sha256 == "x"
     body = s3.get_object(Bucket="models-bucket", Key="mme/deployments/ep.json")["Body"].read()
-    assert json.loads(body)["endpoint"] == "ep"
+    assert json.loads(body)["endpoint"] == "ep" and json.loads(body)["schema_version"] == 1
     write_ledger(store_uri, "ep", {"endpoint": "ep", "ensembles": {}})
     assert "Contents" not in s3.list_objects_v2(Bucket="models-bucket", Prefix="mme/deployments/")

@@ -27,19 +27,23 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def _publish_once(manifest: dict[str, Any], models_url: str, backup_dir: Path) -> Any:
+def _publish_once(manifest: Any, models_url: str, backup_dir: Path) -> Any:
     """Run the real ``publish`` task in a flow; return its final state."""
     from prefect import flow
 
-    from flows.deploy import publish_task
+    from tasks.backends.local import LocalBackend
+    from tasks.deploy_steps import publish_task
 
     fast = publish_task.with_options(retry_delay_seconds=0)  # same retries, same condition
+    store_uri, _, endpoint = models_url.rpartition("/models/")
+    backend = LocalBackend(endpoint, store_uri)
+    assert backend.models_url == models_url
 
     states: list[Any] = []
 
     @flow(name="publish-retry-probe")
     def probe() -> None:
-        states.append(fast(manifest, models_url, backup_dir, return_state=True))
+        states.append(fast(backend, manifest, backup_dir, return_state=True))
 
     probe()
     (state,) = states
@@ -57,18 +61,20 @@ def _attempts(state: Any) -> tuple[int, list[str]]:
     return run.run_count, [s.name for s in sorted(history, key=lambda s: s.timestamp)]
 
 
-def _manifest(tmp_path: Path, exists: bool = True) -> dict[str, Any]:
+def _manifest(tmp_path: Path, exists: bool = True) -> Any:
+    from infra.manifest import Manifest
+
     archive = tmp_path / "tiny.tar.gz"
     if exists:
         archive.write_bytes(b"not really a tarball, publish does not look inside")
-    return {"ensemble": "tiny", "target_model": "tiny.tar.gz", "artifact": archive.as_uri(),
-            "sha256": "0" * 64, "bytes": 51}
+    return Manifest(ensemble="tiny", target_model="tiny.tar.gz", artifact=archive.as_uri(),
+                    sha256="0" * 64, bytes=51)
 
 
 def test_transient_failure_is_retried(prefect_harness, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """An S3 store that refuses connections: every one of the task's tries is made."""
-    from flows.deploy import publish_task
+    from tasks.deploy_steps import publish_task
 
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
@@ -105,16 +111,22 @@ def test_permanent_failure_is_not_retried(prefect_harness, tmp_path: Path) -> No
 
 def test_every_retrying_task_retries_only_transient_failures() -> None:
     """A task with retries and no condition would retry a failed verification for minutes."""
+    import importlib
+    import pkgutil
+
     from prefect import Task
 
-    import flows.build
-    import flows.deploy
-    from flows.common import retry_transient
+    import flows
+    import tasks
+    from tasks.retry import retry_transient
 
-    retrying = {f"{mod.__name__}.{name}": obj for mod in (flows.build, flows.deploy)
+    # every module of tasks/ (where the tasks live) and flows/ (where none should be left)
+    modules = [importlib.import_module(info.name) for pkg in (tasks, flows)
+               for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")]
+    retrying = {f"{mod.__name__}.{name}": obj for mod in modules
                 for name, obj in vars(mod).items() if isinstance(obj, Task) and obj.retries}
-    assert {"flows.deploy.publish_task", "flows.deploy.validate_task",
-            "flows.build.produce_task", "flows.build.verify_task"} <= set(retrying)
+    names = {t.name for t in retrying.values()}
+    assert {"produce-artifact", "verify", "publish", "validate"} <= names, sorted(retrying)
     wrong = [name for name, t in retrying.items() if t.retry_condition_fn is not retry_transient]
     assert wrong == [], wrong
 
@@ -166,6 +178,6 @@ def test_build_on_the_dask_runner(built_image_classifier: dict, tmp_path: Path,
     assert any("build" in prefix for prefix in ran), ran  # the scheduler saw the build task
     threads_manifest = built_image_classifier["manifest"]
     dask_manifest = json.loads((out / "image_classifier.manifest.json").read_text())
-    assert m["sha256"] == dask_manifest["sha256"] == threads_manifest["sha256"]
+    assert m.sha256 == dask_manifest["sha256"] == threads_manifest.sha256
     assert dask_manifest["validation"]["passed"] is True
-    assert (out / "image_classifier.tar.gz").stat().st_size == threads_manifest["bytes"]
+    assert (out / "image_classifier.tar.gz").stat().st_size == threads_manifest.bytes

@@ -40,11 +40,11 @@ def aws(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def runtime(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def runtime(aws, tmp_path: Path):
     """The local endpoint serving the MME's S3 model prefix, and clients bound to moto."""
     from test_sagemaker import SageMakerWithUpdate
 
-    import flows.sagemaker_backend as backend
+    from infra.aws import AwsClients, using
 
     cfg = EndpointConfig(name=EP, model_data_url=f"{STORE}/models/{EP}", cache_dir=tmp_path / "cache")
     with LocalEndpoint(cfg) as ep:
@@ -60,20 +60,21 @@ def runtime(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
         sm_client = NewFleetOnUpdate(boto3.client("sagemaker", region_name=REGION))
 
-        def clients(region: str, runtime_url: str | None) -> dict[str, Any]:
-            return {"sagemaker": sm_client,
-                    "application-autoscaling": boto3.client("application-autoscaling", region_name=region),
-                    "runtime": runtime_client_for(ep.url, region=region)}
+        def clients(region: str, runtime_url: str | None) -> AwsClients:
+            return AwsClients(region=region, sagemaker=sm_client,
+                              autoscaling=boto3.client("application-autoscaling", region_name=region),
+                              runtime=runtime_client_for(ep.url, region=region))
 
-        monkeypatch.setattr(backend, "CLIENT_FACTORY", clients)
-        yield ep, sm_client
+        with using(clients):  # every AWS client of the deploy and retire flows
+            yield ep, sm_client
 
 
 def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_text_build: Path,
                                          runtime, tmp_path: Path, prefect_harness):
     from flows.deploy import deploy
     from flows.retire import retire
-    from flows.sagemaker_backend import SageMakerOptions
+    from tasks.backends.sagemaker import SageMakerOptions
+    from tasks.records import BuildSource
     from tasks.validate import DeployValidationFailed
 
     ep, sm_client = runtime
@@ -82,8 +83,8 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     art = str(built_text_embedding["output_dir"])
     opts = SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09",
                             autoscaling_max=2, poll_s=0, allow_target_mismatch=True)
-    common = dict(ensembles=["text_embedding"], endpoint=EP, backend="sagemaker", target="local-cpu",
-                  artifacts_dir=art, store_uri=STORE, warm_invocations=2)
+    common = dict(ensembles=["text_embedding"], endpoint=EP, backend="sagemaker",
+                  build=BuildSource(target="local-cpu", dir=art), store_uri=STORE, warm_invocations=2)
 
     # dry run: every call listed, nothing made
     dry = deploy(**common, sagemaker=opts, dry_run=True)
@@ -95,8 +96,12 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     assert sm_client.list_endpoints()["Endpoints"] == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")
 
-    first = deploy(**common, sagemaker=opts)
+    state = deploy(**common, sagemaker=opts, return_state=True)
+    first = state.result()
     assert first["ensembles"][0]["validation"]["passed"] and first["ensembles"][0]["uploaded"]
+    # every step of the SageMaker deploy is its own task run (own retries, own line in the UI)
+    assert _task_runs(state.state_details.flow_run_id) == [
+        "publish", "ensure-endpoint", "activate", "validate"]
     assert "sagemaker.create_endpoint" in first["calls"]
     desc = sm_client.describe_endpoint(EndpointName=EP)
     assert desc["EndpointStatus"] == "InService"
@@ -107,7 +112,7 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     assert model["PrimaryContainer"]["Mode"] == "MultiModel"
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"{STORE}/models/{EP}/"
     head = s3.head_object(Bucket=BUCKET, Key=key)
-    assert head["Metadata"]["sha256"] == built_text_embedding["manifest"]["sha256"]
+    assert head["Metadata"]["sha256"] == built_text_embedding["manifest"].sha256
     first_config = desc["EndpointConfigName"]
 
     # idempotent: same inputs, no control-plane call, no upload
@@ -117,12 +122,12 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     # a new build that answers wrongly, with a new fleet size: rolled back, old object restored
     bigger = opts.model_copy(update={"instance_count": 2, "autoscaling_max": 3})
     with pytest.raises(DeployValidationFailed, match="min_cosine"):
-        deploy(**{**common, "artifacts_dir": str(tampered_text_build)},
+        deploy(**{**common, "build": BuildSource(dir=str(tampered_text_build))},
                sagemaker=bigger)
     assert sm_client.describe_endpoint(EndpointName=EP)["EndpointConfigName"] == first_config
     assert [u["EndpointConfigName"] for u in sm_client.updates][-1] == first_config
     assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == \
-        built_text_embedding["manifest"]["sha256"]
+        built_text_embedding["manifest"].sha256
 
     lines = retire(endpoint=EP, store_uri=STORE, stop_endpoint=True)
     assert any("deleted" in line for line in lines)
@@ -132,3 +137,13 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     aas = boto3.client("application-autoscaling", region_name=REGION)
     assert aas.describe_scalable_targets(ServiceNamespace="sagemaker")["ScalableTargets"] == []
     assert "Contents" not in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")
+
+
+def _task_runs(flow_run_id: Any) -> list[str]:
+    """The task names of a flow run's task runs, in the order they started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return [r.name.rsplit("-", 1)[0] for r in sorted(runs, key=lambda r: r.start_time or r.created)]

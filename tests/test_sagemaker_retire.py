@@ -10,6 +10,7 @@ same moto S3 model prefix (as in tests/test_sagemaker_flow.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -122,20 +123,25 @@ class AutoScaling:
         return self._client.deregister_scalable_target(**params)
 
 
-def _bind(monkeypatch: pytest.MonkeyPatch, sm_client: Any, runtime_url: str | None) -> None:
-    import flows.sagemaker_backend as backend
+@pytest.fixture
+def bind():
+    """``bind(sm_client, runtime_url)``: every AWS client the deploy and retire flows (and the
+    CLI running them) make comes from these, for the rest of the test (infra.aws.using)."""
+    from infra.aws import AwsClients, using
 
-    def clients(region: str, _runtime_url: str | None) -> dict[str, Any]:
-        return {"sagemaker": sm_client,
-                "application-autoscaling": AutoScaling(boto3.client("application-autoscaling",
-                                                                    region_name=region)),
-                "runtime": runtime_client_for(runtime_url or "http://127.0.0.1:9", region=region)}
-
-    monkeypatch.setattr(backend, "CLIENT_FACTORY", clients)
+    with contextlib.ExitStack() as stack:
+        def _bind(sm_client: Any, runtime_url: str | None) -> None:
+            def clients(region: str, _runtime_url: str | None) -> AwsClients:
+                return AwsClients(
+                    region=region, sagemaker=sm_client,
+                    autoscaling=AutoScaling(boto3.client("application-autoscaling", region_name=region)),
+                    runtime=runtime_client_for(runtime_url or "http://127.0.0.1:9", region=region))
+            stack.enter_context(using(clients))
+        yield _bind
 
 
 @pytest.fixture
-def fleet(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def fleet(aws, tmp_path: Path, bind):
     """(endpoint name, wrapped SageMaker client) with validation served by the local endpoint;
     an UpdateEndpoint brings up a new fleet, which starts with no model loaded."""
     name = "retire-mme"
@@ -146,12 +152,12 @@ def fleet(aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                 httpx.delete(f"{ep.url}/models/{m['target_model']}").raise_for_status()
 
         sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION), on_update=new_fleet)
-        _bind(monkeypatch, sm_client, ep.url)
+        bind(sm_client, ep.url)
         yield name, sm_client
 
 
 def _opts(**kw: Any) -> Any:
-    from flows.sagemaker_backend import SageMakerOptions
+    from tasks.backends.sagemaker import SageMakerOptions
 
     # local-cpu builds stand in for GPU ones here (no GPU Triton): the target check is waived
     return SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09", poll_s=0,
@@ -160,10 +166,11 @@ def _opts(**kw: Any) -> Any:
 
 def _deploy(art: Path | str, endpoint: str, opts: Any) -> dict[str, Any]:
     from flows.deploy import deploy
+    from tasks.records import BuildSource
 
     return deploy(ensembles=["text_embedding"], endpoint=endpoint, backend="sagemaker",
-                  target="local-cpu", artifacts_dir=str(art), store_uri=STORE, warm_invocations=1,
-                  sagemaker=opts)
+                  build=BuildSource(target="local-cpu", dir=str(art)), store_uri=STORE,
+                  warm_invocations=1, sagemaker=opts)
 
 
 def _aws_leftovers() -> dict[str, list[str]]:
@@ -212,7 +219,7 @@ def test_cli_retire_finds_the_sagemaker_endpoint_from_its_record(built_text_embe
     assert all(r["state"] == "created" for r in doc["resources"])
     entry = doc["ensembles"]["text_embedding"]
     assert entry["target_model"] == "text_embedding.tar.gz" and entry["state"] == "deployed"
-    assert entry["sha256"] == built_text_embedding["manifest"]["sha256"]
+    assert entry["sha256"] == built_text_embedding["manifest"].sha256
     assert _aws_leftovers()["endpoints"] == [endpoint]
 
     runner = CliRunner()
@@ -236,7 +243,7 @@ def test_local_retire_of_an_unknown_endpoint_exits_1(home: Path, prefect_harness
     assert r.exit_code == 1 and "nothing deleted for endpoint never-deployed" in r.output, r.output
 
 
-def test_timed_out_create_is_rolled_back(built_text_embedding: dict, aws, monkeypatch, prefect_harness) -> None:
+def test_timed_out_create_is_rolled_back(built_text_embedding: dict, aws, bind, prefect_harness) -> None:
     """Issue 8.6: create_endpoint succeeded, the wait timed out: the new endpoint, its config
     and model are deleted, the uploaded object removed, the record left with nothing."""
     from infra.sagemaker import EndpointTimeout
@@ -244,7 +251,7 @@ def test_timed_out_create_is_rolled_back(built_text_embedding: dict, aws, monkey
     endpoint = "stuck-new"
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
     sm_client.stick_after = "create_endpoint"
-    _bind(monkeypatch, sm_client, None)
+    bind(sm_client, None)
     with pytest.raises(EndpointTimeout, match="still Creating"):
         _deploy(built_text_embedding["output_dir"], endpoint, _opts(wait_timeout_s=0))
     assert _aws_leftovers() == NOTHING
@@ -321,12 +328,12 @@ def test_retire_names_what_it_could_not_delete(built_text_embedding: dict, fleet
     assert _aws_leftovers() == NOTHING and any("deleted" in line for line in lines)
 
 
-def test_retire_leaves_an_endpoint_it_does_not_own(aws, home: Path, monkeypatch, prefect_harness) -> None:
+def test_retire_leaves_an_endpoint_it_does_not_own(aws, home: Path, bind, prefect_harness) -> None:
     """Someone else's endpoint of the same name: left alone, and the retire fails saying so."""
     from flows.retire import RetireIncomplete, retire
 
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
-    _bind(monkeypatch, sm_client, None)
+    bind(sm_client, None)
     sm_client.create_model(ModelName="theirs", ExecutionRoleArn=ROLE, PrimaryContainer={
         "Image": "1.dkr.ecr.us-east-1.amazonaws.com/x:1", "ModelDataUrl": "s3://b/p/", "Mode": "MultiModel"})
     sm_client.create_endpoint_config(EndpointConfigName="theirs-config", ProductionVariants=[{
@@ -342,26 +349,29 @@ class Crash(Exception):
     """Stands for the deploying process being killed: nothing after it runs."""
 
 
-def test_a_crash_after_create_leaves_a_record_retire_uses(built_text_embedding: dict, aws, monkeypatch,
+def test_a_crash_after_create_leaves_a_record_retire_uses(built_text_embedding: dict, aws, bind,
                                                          prefect_harness) -> None:
     """The deploy dies right after AWS created the endpoint, before it heard back (no wait,
     no rollback): the record already lists model, config and endpoint, and retire deletes them."""
-    import flows.sagemaker_backend as backend
     from flows.retire import retire
 
     endpoint = "crashed"
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
     real_create = sm_client.create_endpoint
 
+    def dead(**params: Any) -> Any:  # a dead process makes no call: the rollback gets nowhere
+        raise Crash("dead")
+
     def create_then_crash(**params: Any) -> Any:
         real_create(**params)
+        sm_client.describe_endpoint = dead  # type: ignore[method-assign]  # the rollback's first call
         raise Crash("killed")
 
     sm_client.create_endpoint = create_then_crash  # type: ignore[method-assign]
-    _bind(monkeypatch, sm_client, None)
-    monkeypatch.setattr(backend, "roll_back", lambda *a, **k: None)  # a dead process rolls nothing back
-    with pytest.raises(Crash):
+    bind(sm_client, None)
+    with pytest.raises(Crash, match="killed"):
         _deploy(built_text_embedding["output_dir"], endpoint, _opts())
+    del sm_client.describe_endpoint  # (the next process, retire, is alive)
     doc = json.loads(record_path(endpoint).read_text())
     assert doc["backend"] == "sagemaker"
     assert {(r["kind"], r["state"]) for r in doc["resources"]} == {
@@ -376,20 +386,21 @@ def test_a_crash_after_create_leaves_a_record_retire_uses(built_text_embedding: 
 
 
 def test_a_local_cpu_build_is_refused_before_anything_is_made(built_text_embedding: dict, aws,
-                                                              monkeypatch, prefect_harness) -> None:
+                                                              bind, prefect_harness) -> None:
     """Issue 8.9: its Python models import the build host's packages, absent from SageMaker's
     Triton container: refused (dry run too), naming ensemble, target and backend, before any
     upload or AWS call."""
     from flows.deploy import TargetMismatch, deploy
+    from tasks.records import BuildSource
 
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
     sm_client.fail["create_model"] = AssertionError("no AWS call may be made")
-    _bind(monkeypatch, sm_client, None)
+    bind(sm_client, None)
     strict = _opts().model_copy(update={"allow_target_mismatch": False})
     for dry_run in (True, False):
         with pytest.raises(TargetMismatch) as info:
             deploy(ensembles=["text_embedding"], endpoint="cpu-to-gpu", backend="sagemaker",
-                   target="local-cpu", artifacts_dir=str(built_text_embedding["output_dir"]),
+                   build=BuildSource(target="local-cpu", dir=str(built_text_embedding["output_dir"])),
                    store_uri=STORE, sagemaker=strict, dry_run=dry_run)
         msg = str(info.value)
         assert "text_embedding: built for target 'local-cpu', which the sagemaker backend cannot run" in msg

@@ -376,16 +376,14 @@ def test_explicit_port_in_use_fails(server: TritonServer, repo: Path) -> None:
     assert other.pid is not None and not _alive(other.pid)
 
 
-def test_auto_port_collision_is_retried(
-    server: TritonServer, repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_auto_port_collision_is_retried(server: TritonServer, repo: Path) -> None:
     """The first "free" port is taken by another Triton, which must not be mistaken for ours."""
-    import infra.triton_server as mod
+    from infra.triton_server import free_port
 
-    real = mod._free_port
     ports = [server.http_port]
-    monkeypatch.setattr(mod, "_free_port", lambda: ports.pop() if ports else real())
-    with TritonServer(repo) as other:
+    other = TritonServer(repo)
+    other.port_picker = lambda: ports.pop() if ports else free_port()  # type: ignore[method-assign]
+    with other:
         assert other.http_port != server.http_port
         import httpx
 

@@ -13,8 +13,14 @@ import pytest
 
 from infra.aws_errors import AwsCallError
 from infra.local_mme import EndpointConfig, LocalEndpoint
+from infra.manifest import Manifest, Validation
 from infra.runtime_client import runtime_client_for
-from tasks.validate import SAGEMAKER_LOAD_LIMIT_S, DeployValidationFailed, LoadWait, validate_deployed
+from tasks.validate import (
+    SAGEMAKER_LOAD_LIMIT_S,
+    DeployValidationFailed,
+    LoadWait,
+    validate_deployed,
+)
 from tasks.verify import Sample
 
 pytestmark = [
@@ -58,11 +64,12 @@ def slow_endpoint(tmp_path_factory: pytest.TempPathFactory):
         yield ep
 
 
-def _manifest(target_model: str) -> dict[str, Any]:
+def _manifest(target_model: str) -> Manifest:
     x = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
     sample = Sample(inputs={"X": x}, expected={"Y": x + 1})
-    return {"ensemble": "pipe", "target_model": target_model, "sample": sample.to_json(),
-            "validation": {"metric": "min_cosine", "threshold": 0.9999}}
+    return Manifest(ensemble="pipe", target_model=target_model, artifact="file:///unused",
+                    sha256="0" * 64, bytes=0, sample=sample.to_record(),
+                    validation=Validation(metric="min_cosine", threshold=0.9999))
 
 
 def test_a_slow_cold_load_is_retried_until_it_answers(slow_endpoint: Any) -> None:
@@ -102,13 +109,12 @@ def test_other_errors_are_not_retried(slow_endpoint: Any) -> None:
 def test_runtime_read_timeout_covers_one_invoke(monkeypatch: pytest.MonkeyPatch) -> None:
     """The read timeout must outlast the longest single invoke (SageMaker holds one while a
     model loads), and botocore must not retry on its own: validation does the retrying."""
-    import flows.sagemaker_backend as backend
+    from infra.aws import aws_clients
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
-    for client in (runtime_client_for("http://127.0.0.1:9"),
-                   backend._default_clients("eu-west-1", None)["runtime"]):
+    for client in (runtime_client_for("http://127.0.0.1:9"), aws_clients("eu-west-1").runtime):
         cfg = client.meta.config
         assert cfg.read_timeout >= SAGEMAKER_LOAD_LIMIT_S
         assert cfg.retries["total_max_attempts"] == 1  # one invoke per try, no hidden retry
-    assert backend._default_clients("eu-west-1", None)["runtime"].meta.region_name == "eu-west-1"
+    assert aws_clients("eu-west-1").runtime.meta.region_name == "eu-west-1"

@@ -107,7 +107,7 @@ def test_one_default_release() -> None:
     """The CLI, the SageMaker backend and compile_tensorrt all default to DEFAULT_RELEASE."""
     import inspect
 
-    from flows.sagemaker_backend import SageMakerOptions
+    from tasks.backends.sagemaker import SageMakerOptions
     from tasks.compile import CompileSpec, compile_tensorrt
 
     assert SageMakerOptions.model_fields["triton_release"].default == str(DEFAULT_RELEASE)

@@ -19,14 +19,14 @@ import pytest
 from moto import mock_aws
 
 import flows.watch as watch_mod
-from flows.watch import (
+from flows.watch import watch
+from tasks.watch import (
     Change,
     change_reasons,
     default_state_uri,
     diff_listing,
     read_state,
     record_of,
-    watch,
 )
 from infra.lambda_handler import EVENT_NAME, ensemble_for, is_model_key
 from infra.store import ObjectInfo

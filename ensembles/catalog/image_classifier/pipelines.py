@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali.data_node import DataNode
 from nvidia.dali.pipeline import Pipeline
 
 # the classifiers' input contract, defined once (shared with the ONNX export and the reference)
@@ -57,37 +58,43 @@ def _check_device(device: str) -> None:
                          f"sagemaker-gpu target), not {device!r}")
 
 
-def _decode(input_name: str, device: str, output_type: types.DALIImageType):
+def _decode(input_name: str, device: str, output_type: types.DALIImageType) -> DataNode:
     """External source of encoded bytes -> decoded HWC uint8 image.
 
     ``fn.decoders.image`` (nvImageCodec; libjpeg-turbo on the CPU, nvJPEG for "mixed")
     converts greyscale, palette, CMYK and alpha images to 3 channels and applies the EXIF
     orientation, so every sample comes out as HWC with 3 channels in ``output_type`` order.
     """
-    encoded = fn.external_source(name=input_name, dtype=types.UINT8, device="cpu")
+    encoded = fn.external_source(name=input_name, dtype=types.DALIDataType.UINT8, device="cpu")
     return fn.decoders.image(encoded, device=device, output_type=output_type)
+
+
+def _resize(images: DataNode, size: int) -> DataNode:
+    """Straight to ``size x size`` (aspect ratio not kept), linear filter with antialiasing."""
+    out = fn.resize(images, resize_x=size, resize_y=size,
+                    interp_type=types.DALIInterpType.INTERP_LINEAR, antialias=True)
+    assert isinstance(out, DataNode)  # one output: resize adds a second (attrs) only with save_attrs=True
+    return out
 
 
 @pipeline_def
 def _squeezenet_graph(input_name: str, device: str):
-    images = _decode(input_name, device, types.BGR)
+    images = _decode(input_name, device, types.DALIImageType.BGR)
     # Straight to 227x227 (aspect ratio not kept), like the Keras SqueezeNet example; no
     # shorter-side-256 + centre crop. Linear filter with antialiasing (DALI's default): PIL's
     # BILINEAR resize with edge pixels replicated at the border (tasks.image_reference).
-    images = fn.resize(images, resize_x=SQUEEZENET_SIZE, resize_y=SQUEEZENET_SIZE,
-                       interp_type=types.INTERP_LINEAR, antialias=True)
+    images = _resize(images, SQUEEZENET_SIZE)
     return fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT, output_layout="CHW",
+        images, dtype=types.DALIDataType.FLOAT, output_layout="CHW",
         mean=list(SQUEEZENET_MEAN_BGR), std=[1.0, 1.0, 1.0])
 
 
 @pipeline_def
 def _inception_graph(input_name: str, device: str):
-    images = _decode(input_name, device, types.RGB)
-    images = fn.resize(images, resize_x=INCEPTION_SIZE, resize_y=INCEPTION_SIZE,
-                       interp_type=types.INTERP_LINEAR, antialias=True)
+    images = _decode(input_name, device, types.DALIImageType.RGB)
+    images = _resize(images, INCEPTION_SIZE)
     return fn.crop_mirror_normalize(
-        images, dtype=types.FLOAT, output_layout="HWC",
+        images, dtype=types.DALIDataType.FLOAT, output_layout="HWC",
         mean=[INCEPTION_MEAN] * 3, std=[INCEPTION_STD] * 3)
 
 

@@ -41,7 +41,7 @@ class TritonPythonModel:
                         try:
                             item = item.decode("utf-8")
                         except UnicodeDecodeError as e:
-                            raise ValueError(f"input {self.input_name!r} is not valid UTF-8: {e}")
+                            raise ValueError(f"input {self.input_name!r} is not valid UTF-8: {e}") from e
                     texts.append(str(item))
                 enc = self.tokenizer(
                     texts, padding=True, truncation=True, max_length=self.max_length,
