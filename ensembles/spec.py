@@ -216,6 +216,10 @@ def _check_names(where: str, names: list[str], what: str, pattern: re.Pattern = 
         seen.add(n)
 
 
+#: Each ensemble tensor's producer (None for an ensemble input, else the step name) and spec.
+_Produced = dict[str, tuple[str | None, TensorSpec]]
+
+
 def validate(spec: EnsembleSpec) -> list[str]:
     """Check the DAG; return the step names in execution (topological) order.
 
@@ -231,36 +235,49 @@ def validate(spec: EnsembleSpec) -> list[str]:
     _check_names(ens, [s.name for s in spec.steps], "step")
 
     # producer of each ensemble tensor: None for ensemble inputs, else the step name
-    produced: dict[str, tuple[str | None, TensorSpec]] = {t.name: (None, t) for t in spec.inputs}
+    produced: _Produced = {t.name: (None, t) for t in spec.inputs}
     for step in spec.steps:
-        where = f"{ens}, step {step.name!r}"
-        _check_names(where, [t.name for t in step.inputs], "model input", _MODEL_TENSOR)
-        _check_names(where, [t.name for t in step.outputs], "model output", _MODEL_TENSOR)
-        model_in = {t.name for t in step.inputs}
-        model_out = {t.name: t for t in step.outputs}
-        for k in step.input_map:
-            if k not in model_in:
-                raise SpecError(f"{where}: input_map names {k!r}, which is not a model input "
-                                f"(model inputs: {sorted(model_in)})")
-        for t in step.inputs:
-            if t.name not in step.input_map:
-                raise SpecError(f"{where}: model input {t.name!r} is not wired (missing from input_map)")
-        for k, tensor in step.output_map.items():
-            if k not in model_out:
-                raise SpecError(f"{where}: output_map names {k!r}, which is not a model output "
-                                f"(model outputs: {sorted(model_out)})")
-            if tensor in produced:
-                other = produced[tensor][0]
-                by = "an ensemble input" if other is None else f"step {other!r}"
-                raise SpecError(f"{where}: tensor {tensor!r} is already produced by {by}")
-            produced[tensor] = (step.name, model_out[k])
-        if not step.backends:
-            raise SpecError(f"{where}: no backend given for any target")
-        for target, be in step.backends.items():
-            if be.backend == "python" and "1/model.py" not in be.files:
-                raise SpecError(f"{where}, target {target!r}: a python step needs files['1/model.py']")
+        _check_step(f"{ens}, step {step.name!r}", step, produced)
+    deps = _step_dependencies(ens, spec, produced)
+    _check_outputs(ens, spec, produced)
+    order = _toposort(ens, deps)
+    _check_artifact_refs(spec, ens)
+    return order
 
-    # every consumed tensor must exist with a matching dtype and shape
+
+def _check_step(where: str, step: StepSpec, produced: _Produced) -> None:
+    """One step's tensor names, input and output maps and backends; records the ensemble
+    tensors it writes in ``produced`` (refusing one that is already produced)."""
+    _check_names(where, [t.name for t in step.inputs], "model input", _MODEL_TENSOR)
+    _check_names(where, [t.name for t in step.outputs], "model output", _MODEL_TENSOR)
+    model_in = {t.name for t in step.inputs}
+    model_out = {t.name: t for t in step.outputs}
+    for k in step.input_map:
+        if k not in model_in:
+            raise SpecError(f"{where}: input_map names {k!r}, which is not a model input "
+                            f"(model inputs: {sorted(model_in)})")
+    for t in step.inputs:
+        if t.name not in step.input_map:
+            raise SpecError(f"{where}: model input {t.name!r} is not wired (missing from input_map)")
+    for k, tensor in step.output_map.items():
+        if k not in model_out:
+            raise SpecError(f"{where}: output_map names {k!r}, which is not a model output "
+                            f"(model outputs: {sorted(model_out)})")
+        if tensor in produced:
+            other = produced[tensor][0]
+            by = "an ensemble input" if other is None else f"step {other!r}"
+            raise SpecError(f"{where}: tensor {tensor!r} is already produced by {by}")
+        produced[tensor] = (step.name, model_out[k])
+    if not step.backends:
+        raise SpecError(f"{where}: no backend given for any target")
+    for target, be in step.backends.items():
+        if be.backend == "python" and "1/model.py" not in be.files:
+            raise SpecError(f"{where}, target {target!r}: a python step needs files['1/model.py']")
+
+
+def _step_dependencies(ens: str, spec: EnsembleSpec, produced: _Produced) -> dict[str, set[str]]:
+    """The steps each step reads from; every consumed tensor must exist with a matching
+    dtype and shape."""
     deps: dict[str, set[str]] = {s.name: set() for s in spec.steps}
     for step in spec.steps:
         where = f"{ens}, step {step.name!r}"
@@ -273,14 +290,15 @@ def validate(spec: EnsembleSpec) -> list[str]:
             _check_link(f"{where}: input {t.name!r} <- tensor {tensor!r}", src, t)
             if producer is not None:
                 deps[step.name].add(producer)
+    return deps
+
+
+def _check_outputs(ens: str, spec: EnsembleSpec, produced: _Produced) -> None:
+    """Every ensemble output is written by a step, with a matching dtype and shape."""
     for out in spec.outputs:
         if out.name not in produced or produced[out.name][0] is None:
             raise SpecError(f"{ens}: output {out.name!r} is not produced by any step")
         _check_link(f"{ens}: output {out.name!r}", produced[out.name][1], out)
-
-    order = _toposort(ens, deps)
-    _check_artifact_refs(spec, ens)
-    return order
 
 
 def _check_artifact_refs(spec: EnsembleSpec, ens: str) -> None:

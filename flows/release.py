@@ -11,13 +11,14 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from ensembles.spec import Target
 from flows.build import build
 from flows.deploy import deploy
 from tasks.records import BuildSource
 
 
 @flow(name="release", log_prints=True)
-def release(ensemble: str, endpoint: str = "local-mme", target: str = "local-cpu",
+def release(ensemble: str, endpoint: str = "local-mme", target: Target = "local-cpu",
             source_uri: str | None = None, store_uri: str | None = None,
             output_dir: str | None = None) -> dict[str, Any]:
     """Rebuild ``ensemble`` (unchanged steps are cached) and deploy it to ``endpoint``."""

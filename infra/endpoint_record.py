@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra import paths
+from infra.manifest import Manifest
 from infra.schema import RecordError, check_version, field_errors
 from infra.store import atomic_path, file_lock
 
@@ -202,28 +203,28 @@ def note_call(endpoint: str, operation: str, params: dict[str, Any], state: str,
 
 
 # ---------------------------------------------------------------------------------- ensembles
-def _ensemble_entry(manifest: dict[str, Any], models_url: str) -> dict[str, Any]:
+def _ensemble_entry(manifest: Manifest, models_url: str) -> dict[str, Any]:
     from infra.store import open_store
 
     store, prefix = open_store(models_url)
-    key = f"{prefix}/{manifest['target_model']}" if prefix else manifest["target_model"]
-    return {"target_model": manifest["target_model"], "key": key, "uri": store.uri_for(key),
-            "sha256": manifest["sha256"], "model_data_url": models_url,
-            "build_target": manifest.get("target")}
+    key = f"{prefix}/{manifest.target_model}" if prefix else manifest.target_model
+    return {"target_model": manifest.target_model, "key": key, "uri": store.uri_for(key),
+            "sha256": manifest.sha256, "model_data_url": models_url,
+            "build_target": manifest.target}
 
 
-def note_ensembles_publishing(endpoint: str, manifests: list[dict[str, Any]], models_url: str,
+def note_ensembles_publishing(endpoint: str, manifests: list[Manifest], models_url: str,
                               **defaults: Any) -> None:
     """Before uploading: each ensemble's object, digest and TargetModel (state ``publishing``);
     what the endpoint served before is kept as ``previous`` until the deploy settles."""
     with updating(endpoint, **defaults) as doc:
         for m in manifests:
-            before = doc["ensembles"].get(m["ensemble"])
+            before = doc["ensembles"].get(m.ensemble)
             entry = {**_ensemble_entry(m, models_url), "state": "publishing", "since": _now()}
             if before is not None:
                 entry["previous"] = before.get("previous") if before.get("state") == "publishing" \
                     else {k: v for k, v in before.items() if k != "previous"}
-            doc["ensembles"][m["ensemble"]] = entry
+            doc["ensembles"][m.ensemble] = entry
 
 
 def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None:

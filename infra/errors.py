@@ -12,7 +12,7 @@ bug: the CLI lets its traceback through. A class keeps its old built-in base nex
 branch (``class SpecError(UserError, ValueError)``) where callers catch the built-in, so
 adding the tree changed no ``except`` clause's meaning.
 
-Where the policies live: the CLI's exit codes in ``flows/cli.py`` (``_exit_code``), which asks
+Where the policies live: the CLI's exit codes in ``flows/cli/common.py`` (``_exit_code``), which asks
 :mod:`infra.aws_errors` first when an AWS error is in the cause chain (AWS's own code decides
 whether it is the user's); the retry condition in ``tasks/retry.py`` (``is_transient``).
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.errors import UserError
+from infra.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def _arch_key(gpu: Mapping[str, Any]) -> str | None:
     return str(cc) if cc else None
 
 
-def plan_gpu_warnings(manifests: Iterable[Mapping[str, Any]], instance_type: str) -> list[str]:
+def plan_gpu_warnings(manifests: Iterable[Manifest], instance_type: str) -> list[str]:
     """One line per TensorRT plan in the builds whose build GPU differs from the instance's.
 
     A manifest's ``sources`` hold each artifact's metadata; a compiled plan has ``plan_sha256``
@@ -84,10 +85,10 @@ def plan_gpu_warnings(manifests: Iterable[Mapping[str, Any]], instance_type: str
     row = mme_gpu_instance(instance_type)
     lines = []
     for m in manifests:
-        for artifact, meta in (m.get("sources") or {}).items():
+        for artifact, meta in m.sources.items():
             if not isinstance(meta, Mapping) or "plan_sha256" not in meta:
                 continue
-            where = f"{m.get('ensemble', '?')}: TensorRT plan {artifact!r}"
+            where = f"{m.ensemble}: TensorRT plan {artifact!r}"
             gpu = meta.get("build_gpu") or {}
             built = _arch_key(gpu)
             if not gpu.get("name") and built is None:
@@ -105,15 +106,15 @@ def plan_gpu_warnings(manifests: Iterable[Mapping[str, Any]], instance_type: str
     return lines
 
 
-def plan_release_problems(manifests: Iterable[Mapping[str, Any]], release: str) -> list[str]:
+def plan_release_problems(manifests: Iterable[Manifest], release: str) -> list[str]:
     """TensorRT plans compiled for another Triton release than the one the endpoint serves
     (a plan only deserializes in the TensorRT version that built it)."""
     out = []
     for m in manifests:
-        for artifact, meta in (m.get("sources") or {}).items():
+        for artifact, meta in m.sources.items():
             if isinstance(meta, Mapping) and "plan_sha256" in meta \
                     and meta.get("triton_release") not in (None, release):
-                out.append(f"{m.get('ensemble', '?')}: TensorRT plan {artifact!r} was compiled "
+                out.append(f"{m.ensemble}: TensorRT plan {artifact!r} was compiled "
                            f"for Triton {meta['triton_release']} (TensorRT "
                            f"{meta.get('tensorrt', '?')}), the endpoint would serve "
                            f"{release}: deploy with --triton-release {meta['triton_release']} "

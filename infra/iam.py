@@ -90,6 +90,20 @@ def endpoint_execution_policy(
     - ``cloudwatch:PutMetricData`` only in the ``/aws/sagemaker/Endpoints`` namespace;
     - ``kms:Decrypt`` on ``kms_key_arns`` when the tarballs are SSE-KMS encrypted.
     """
+    prefix = _checked_target(bucket, model_prefix, region, account_id)
+    part = partition(region)
+    repos = _checked_repositories(ecr_repository_arns, region, part)
+    log_group_arn = _log_group_arn(part, region, account_id, log_group_prefix, endpoint_name)
+    statements = [*_model_read_statements(part, bucket, prefix), *_image_pull_statements(repos),
+                  _logs_statement(log_group_arn), _metrics_statement()]
+    if kms_key_arns:
+        keys = [_check_literal("KMS key ARN", k) for k in kms_key_arns]
+        statements.append(_statement("DecryptModelObjects", ["kms:Decrypt"], keys))
+    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def _checked_target(bucket: str, model_prefix: str, region: str, account_id: str) -> str:
+    """Refuse a bad bucket, prefix, region or account id; return the prefix without slashes."""
     if not _BUCKET_RE.match(bucket or ""):
         raise InvalidInput(f"invalid S3 bucket name {bucket!r}")
     prefix = _check_literal("model prefix", (model_prefix or "").strip("/"))
@@ -99,7 +113,12 @@ def endpoint_execution_policy(
         raise InvalidInput(f"invalid region {region!r}")
     if not _ACCOUNT_RE.match(account_id or ""):
         raise InvalidInput(f"invalid AWS account id {account_id!r}: 12 digits expected")
-    part = partition(region)
+    return prefix
+
+
+def _checked_repositories(ecr_repository_arns: Sequence[str] | None, region: str,
+                          part: str) -> list[str]:
+    """The ECR repositories the role may pull from (default: the region's Triton ones)."""
     repos = list(ecr_repository_arns) if ecr_repository_arns is not None else triton_repository_arns(region)
     if not repos:
         raise InvalidInput("ecr_repository_arns is empty: the endpoint could not pull its image")
@@ -107,59 +126,59 @@ def endpoint_execution_policy(
         if not arn.startswith(f"arn:{part}:ecr:") or ":repository/" not in arn:
             raise InvalidInput(f"not an ECR repository ARN: {arn!r}")
         _check_literal("ECR repository ARN", arn)
+    return repos
+
+
+def _log_group_arn(part: str, region: str, account_id: str, log_group_prefix: str,
+                   endpoint_name: str | None) -> str:
+    """The endpoint's log group, or every endpoint log group under the prefix without a name."""
     log_prefix = log_group_prefix.rstrip("/")
     if endpoint_name is not None:
         log_group = f"{log_prefix}/{_check_literal('endpoint name', endpoint_name)}"
     else:
         log_group = f"{log_prefix}/*"
-    log_group_arn = f"arn:{part}:logs:{region}:{account_id}:log-group:{log_group}"
+    return f"arn:{part}:logs:{region}:{account_id}:log-group:{log_group}"
 
-    statements: list[dict[str, Any]] = [
-        {
-            "Sid": "ReadModelObjects",
-            "Effect": "Allow",
-            "Action": ["s3:GetObject"],
-            "Resource": [f"arn:{part}:s3:::{bucket}/{prefix}/*"],
-        },
-        {
-            "Sid": "ListModelPrefix",
-            "Effect": "Allow",
-            "Action": ["s3:ListBucket"],
-            "Resource": [f"arn:{part}:s3:::{bucket}"],
-            "Condition": {"StringLike": {"s3:prefix": [f"{prefix}/", f"{prefix}/*"]}},
-        },
-        {
-            "Sid": "EcrAuthToken",
-            "Effect": "Allow",
-            "Action": ["ecr:GetAuthorizationToken"],
-            "Resource": "*",
-        },
-        {
-            "Sid": "PullTritonImage",
-            "Effect": "Allow",
-            "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-            "Resource": repos,
-        },
-        {
-            "Sid": "EndpointLogs",
-            "Effect": "Allow",
-            "Action": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:DescribeLogStreams",
-                       "logs:PutLogEvents"],
-            "Resource": [log_group_arn, f"{log_group_arn}:log-stream:*"],
-        },
-        {
-            "Sid": "EndpointMetrics",
-            "Effect": "Allow",
-            "Action": ["cloudwatch:PutMetricData"],
-            "Resource": "*",  # PutMetricData has no resource-level form; the namespace is the limit
-            "Condition": {"StringEquals": {"cloudwatch:namespace": ENDPOINT_METRICS_NAMESPACE}},
-        },
+
+def _statement(sid: str, actions: list[str], resource: str | list[str],
+               condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``Allow`` statement (with its ``Condition`` when given)."""
+    out: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource}
+    if condition is not None:
+        out["Condition"] = condition
+    return out
+
+
+def _model_read_statements(part: str, bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """Read the objects under ``prefix/`` and list only that prefix (the trailing '/' keeps
+    ``models/ep`` from reaching ``models/ep2``)."""
+    return [
+        _statement("ReadModelObjects", ["s3:GetObject"], [f"arn:{part}:s3:::{bucket}/{prefix}/*"]),
+        _statement("ListModelPrefix", ["s3:ListBucket"], [f"arn:{part}:s3:::{bucket}"],
+                   {"StringLike": {"s3:prefix": [f"{prefix}/", f"{prefix}/*"]}}),
     ]
-    if kms_key_arns:
-        keys = [_check_literal("KMS key ARN", k) for k in kms_key_arns]
-        statements.append({"Sid": "DecryptModelObjects", "Effect": "Allow",
-                           "Action": ["kms:Decrypt"], "Resource": keys})
-    return {"Version": POLICY_VERSION, "Statement": statements}
+
+
+def _image_pull_statements(repos: list[str]) -> list[dict[str, Any]]:
+    """ECR pull: the auth token (no resource-level form, hence ``*``) and the layer/image reads
+    on ``repos`` only."""
+    return [
+        _statement("EcrAuthToken", ["ecr:GetAuthorizationToken"], "*"),
+        _statement("PullTritonImage", ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
+                                       "ecr:GetDownloadUrlForLayer"], repos),
+    ]
+
+
+def _logs_statement(log_group_arn: str) -> dict[str, Any]:
+    return _statement("EndpointLogs", ["logs:CreateLogGroup", "logs:CreateLogStream",
+                                       "logs:DescribeLogStreams", "logs:PutLogEvents"],
+                      [log_group_arn, f"{log_group_arn}:log-stream:*"])
+
+
+def _metrics_statement() -> dict[str, Any]:
+    """PutMetricData has no resource-level form; the namespace is the limit."""
+    return _statement("EndpointMetrics", ["cloudwatch:PutMetricData"], "*",
+                      {"StringEquals": {"cloudwatch:namespace": ENDPOINT_METRICS_NAMESPACE}})
 
 
 def trust_policy() -> dict[str, Any]:

@@ -57,7 +57,7 @@ from infra.mme_state import EndpointConfig, Metrics, ModelEntry
 from infra.mme_supervisor import TritonSupervisor
 from infra.runtime_client import BINARY_CT
 from infra.triton_http import TritonHTTP, UpstreamError, UpstreamResponse
-from infra.triton_server import TritonServer, free_port
+from infra.triton_server import TritonPorts, TritonServer, free_port
 
 __all__ = [
     "BINARY_CT", "EndpointConfig", "EndpointError", "InsufficientMemory", "InternalFailure",
@@ -138,7 +138,8 @@ class LocalEndpoint:
             self.cfg.port = free_port(self.cfg.host)
         # gRPC for Triton's repository calls (loads, unloads), HTTP for inference: see
         # infra.triton_http for why that split lets inference connections stay alive
-        self._triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log, grpc_port=0)
+        self._triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log,
+                                    ports=TritonPorts(grpc=0))
         self._triton.start()
         self._manager = ModelManager(self.cfg, self._triton, before_restart=self.before_restart)
         loop, http = _uvicorn_impl()

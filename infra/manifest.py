@@ -36,26 +36,6 @@ class _Record(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    # transition: remove once no caller uses keys
-    def __getitem__(self, key: str) -> Any:
-        """``m["sha256"]`` as ``m.sha256`` while callers move to attribute access."""
-        if key in type(self).model_fields or key in (self.model_extra or {}):
-            value = getattr(self, key)
-            if value is not None or key in self.model_fields_set:
-                return value
-        raise KeyError(key)
-
-    # transition: remove once no caller uses keys
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-    # transition: remove once no caller uses keys
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key) is not None
-
 
 class ArrayRecord(_Record):
     """One array of the validation sample: dtype (``bytes`` for strings), shape, flat data."""

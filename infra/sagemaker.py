@@ -630,6 +630,21 @@ def plan_calls(plan: EndpointPlan, current_state: DeployState) -> list[Call]:
     scaled-out instance count instead of dropping to the initial count mid-traffic.
     """
     s = current_state
+    _check_updatable(plan, s)
+    calls: list[Call] = []
+    if not s.model_exists:
+        calls.append(_create_model_call(plan))
+    if not s.config_exists:
+        calls.append(_create_config_call(plan))
+    endpoint_calls, scaling_cleared = _endpoint_calls(plan, s)
+    calls += endpoint_calls
+    target = None if scaling_cleared else s.scalable_target
+    policy = None if scaling_cleared else s.scaling_policy
+    return calls + _autoscaling_calls(plan, target, policy)
+
+
+def _check_updatable(plan: EndpointPlan, s: DeployState) -> None:
+    """Refuse a Failed endpoint (it cannot be updated) and one still changing."""
     if s.endpoint_status == "Failed":
         raise EndpointFailed(
             f"endpoint {plan.endpoint_name} is Failed ({s.failure_reason or 'no FailureReason given'}); "
@@ -637,33 +652,39 @@ def plan_calls(plan: EndpointPlan, current_state: DeployState) -> list[Call]:
     if s.endpoint_status not in (None, "InService"):
         raise EndpointBusy(f"endpoint {plan.endpoint_name} is {s.endpoint_status}; wait until it "
                            "is InService (or Failed) and plan again")
-    calls: list[Call] = []
-    if not s.model_exists:
-        calls.append(_create_model_call(plan))
-    if not s.config_exists:
-        calls.append(_create_config_call(plan))
 
-    scaling_cleared = False
+
+def _endpoint_calls(plan: EndpointPlan, s: DeployState) -> tuple[list[Call], bool]:
+    """Create the endpoint, or move it to the plan's config (blue/green); and whether that
+    deregisters its scalable target (an instance-type change of an autoscaled variant)."""
     if s.endpoint_status is None:
-        calls.append(Call(SAGEMAKER, "create_endpoint", {
+        return [Call(SAGEMAKER, "create_endpoint", {
             "EndpointName": plan.endpoint_name, "EndpointConfigName": plan.endpoint_config_name,
-            "Tags": plan.aws_tags()}))
-        calls.append(_wait_call(plan.endpoint_name, plan.endpoint_config_name))
-    elif s.endpoint_config_name != plan.endpoint_config_name:
-        params: dict[str, Any] = {"EndpointName": plan.endpoint_name,
-                                  "EndpointConfigName": plan.endpoint_config_name}
-        same_type = s.endpoint_instance_type == plan.instance_type
-        if s.scalable_target is not None and not same_type:
-            calls.append(_deregister_call(plan.scaling_resource_id))  # also deletes its policies
-            scaling_cleared = True
-        elif (s.scalable_target is not None and same_type
-              and s.endpoint_instance_count == plan.initial_instance_count):
-            params["RetainAllVariantProperties"] = True
-        calls.append(Call(SAGEMAKER, "update_endpoint", params))
-        calls.append(_wait_call(plan.endpoint_name, plan.endpoint_config_name))
+            "Tags": plan.aws_tags()}), _wait_call(plan.endpoint_name, plan.endpoint_config_name)], False
+    if s.endpoint_config_name == plan.endpoint_config_name:
+        return [], False
+    calls: list[Call] = []
+    scaling_cleared = False
+    params: dict[str, Any] = {"EndpointName": plan.endpoint_name,
+                              "EndpointConfigName": plan.endpoint_config_name}
+    same_type = s.endpoint_instance_type == plan.instance_type
+    if s.scalable_target is not None and not same_type:
+        calls.append(_deregister_call(plan.scaling_resource_id))  # also deletes its policies
+        scaling_cleared = True
+    elif (s.scalable_target is not None and same_type
+          and s.endpoint_instance_count == plan.initial_instance_count):
+        params["RetainAllVariantProperties"] = True
+    calls.append(Call(SAGEMAKER, "update_endpoint", params))
+    calls.append(_wait_call(plan.endpoint_name, plan.endpoint_config_name))
+    return calls, scaling_cleared
 
-    target = None if scaling_cleared else s.scalable_target
-    policy = None if scaling_cleared else s.scaling_policy
+
+def _autoscaling_calls(plan: EndpointPlan, target: Mapping[str, Any] | None,
+                       policy: Mapping[str, Any] | None) -> list[Call]:
+    """Register the scalable target and put the policy where they differ from the plan; with
+    autoscaling off, remove them, but only where our named policy shows that we set them up
+    (a target someone registered by hand is left alone)."""
+    calls: list[Call] = []
     if plan.autoscaling:
         want = plan.scalable_target_params()
         if target is None or (target.get("MinCapacity"), target.get("MaxCapacity")) != (
@@ -676,8 +697,6 @@ def plan_calls(plan: EndpointPlan, current_state: DeployState) -> list[Call]:
                 "PolicyType": "TargetTrackingScaling",
                 "TargetTrackingScalingPolicyConfiguration": plan.target_tracking_config()}))
     elif policy is not None:
-        # Autoscaling switched off in the plan: remove it, but only where our named policy
-        # shows that we set it up (a target someone registered by hand is left alone).
         calls.append(Call(AUTOSCALING, "delete_scaling_policy", {
             "PolicyName": plan.scaling_policy_name, "ServiceNamespace": "sagemaker",
             "ResourceId": plan.scaling_resource_id, "ScalableDimension": SCALABLE_DIMENSION}))
@@ -788,13 +807,27 @@ def wait_in_service(sm_client: Any, endpoint: str, *, expected_config: str | Non
         sleep(min(poll_s, remaining))
 
 
+@dataclass(frozen=True)
+class ApplySettings:
+    """How :func:`apply` runs a list of calls: where progress goes, how long and how often a
+    wait polls (with the sleep and clock tests replace), and a hook after each call."""
+
+    log: Log = _default_log
+    timeout_s: float = 1800
+    poll_s: float = 30
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    on_applied: Callable[[Call], None] | None = None
+
+    def apply(self, calls: Iterable[Call], clients: Mapping[str, Any]) -> list[Any]:
+        return apply(calls, clients, log=self.log, timeout_s=self.timeout_s, poll_s=self.poll_s,
+                     sleep=self.sleep, clock=self.clock, on_applied=self.on_applied)
+
+
 def rollback_endpoint(sm_client: Any, endpoint: str, previous_config_name: str, *,
                       aas_client: Any = None, previous_state: DeployState | None = None,
-                      variant_name: str = "AllTraffic", log: Log = _default_log,
-                      timeout_s: float = 1800, poll_s: float = 30,
-                      sleep: Callable[[float], None] = time.sleep,
-                      clock: Callable[[], float] = time.monotonic,
-                      on_applied: Callable[[Call], None] | None = None) -> list[Call]:
+                      variant_name: str = "AllTraffic",
+                      settings: ApplySettings = ApplySettings()) -> list[Call]:
     """Blue/green back: ``UpdateEndpoint`` to ``previous_config_name`` and wait until InService.
 
     Used when the new fleet came up but validating it failed.  With ``aas_client``,
@@ -811,21 +844,27 @@ def rollback_endpoint(sm_client: Any, endpoint: str, previous_config_name: str, 
     calls.append(Call(SAGEMAKER, "update_endpoint",
                       {"EndpointName": endpoint, "EndpointConfigName": previous_config_name}))
     calls.append(_wait_call(endpoint, previous_config_name))
-    if aas_client is not None and previous_state is not None and previous_state.scalable_target:
-        old = previous_state.scalable_target
-        calls.append(Call(AUTOSCALING, "register_scalable_target", {
-            "ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION,
-            "MinCapacity": old["MinCapacity"], "MaxCapacity": old["MaxCapacity"]}))
-        pol = previous_state.scaling_policy
-        if pol is not None and "TargetTrackingScalingPolicyConfiguration" in pol:
-            calls.append(Call(AUTOSCALING, "put_scaling_policy", {
-                "PolicyName": pol["PolicyName"], "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
-                "ScalableDimension": SCALABLE_DIMENSION, "PolicyType": pol["PolicyType"],
-                "TargetTrackingScalingPolicyConfiguration": pol["TargetTrackingScalingPolicyConfiguration"]}))
-    log(f"rolling endpoint {endpoint} back to {previous_config_name}")
-    clients = {SAGEMAKER: sm_client, AUTOSCALING: aas_client}
-    apply(calls, clients, log=log, timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock,
-          on_applied=on_applied)
+    if aas_client is not None and previous_state is not None:
+        calls += _restore_scaling_calls(resource_id, previous_state)
+    settings.log(f"rolling endpoint {endpoint} back to {previous_config_name}")
+    settings.apply(calls, {SAGEMAKER: sm_client, AUTOSCALING: aas_client})
+    return calls
+
+
+def _restore_scaling_calls(resource_id: str, previous_state: DeployState) -> list[Call]:
+    """Register the previous scalable target again, with its target-tracking policy."""
+    old = previous_state.scalable_target
+    if not old:
+        return []
+    calls = [Call(AUTOSCALING, "register_scalable_target", {
+        "ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION,
+        "MinCapacity": old["MinCapacity"], "MaxCapacity": old["MaxCapacity"]})]
+    pol = previous_state.scaling_policy
+    if pol is not None and "TargetTrackingScalingPolicyConfiguration" in pol:
+        calls.append(Call(AUTOSCALING, "put_scaling_policy", {
+            "PolicyName": pol["PolicyName"], "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
+            "ScalableDimension": SCALABLE_DIMENSION, "PolicyType": pol["PolicyType"],
+            "TargetTrackingScalingPolicyConfiguration": pol["TargetTrackingScalingPolicyConfiguration"]}))
     return calls
 
 

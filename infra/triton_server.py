@@ -428,11 +428,22 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --------------------------------------------------------------------------- #
 
 
+@dataclass(frozen=True)
+class TritonPorts:
+    """The ports a :class:`TritonServer` asks for. ``http=None`` (or 0) picks a free port on
+    127.0.0.1; gRPC and metrics are *disabled* when ``None`` (we only speak HTTP, and every
+    open port is one more thing that can collide); ``0`` picks a free port for them."""
+
+    http: int | None = None
+    grpc: int | None = None
+    metrics: int | None = None
+
+
 class TritonServer:
     """Own one tritonserver process: start it, drive the repository API, stop it for sure.
 
-    Ports: ``http_port=None`` (or 0) picks a free port on 127.0.0.1.  gRPC and
-    metrics are *disabled* when their port is ``None`` (we only speak HTTP and
+    Ports (:class:`TritonPorts`): ``http=None`` (or 0) picks a free port on 127.0.0.1.  gRPC
+    and metrics are *disabled* when their port is ``None`` (we only speak HTTP and
     every open port is one more thing that can collide); pass ``0`` to get a
     free port for them, or an explicit number.
 
@@ -463,9 +474,7 @@ class TritonServer:
         self,
         model_repository: Path,
         *,
-        http_port: int | None = None,
-        grpc_port: int | None = None,
-        metrics_port: int | None = None,
+        ports: TritonPorts = TritonPorts(),
         model_control: str = "explicit",
         log_path: Path | None = None,
         extra_env: dict[str, str] | None = None,
@@ -477,9 +486,9 @@ class TritonServer:
             raise ValueError(f"model_control must be explicit, none or poll, not {model_control!r}")
         # Absolute: Triton hands model paths on to the stubs, and the server runs with its own cwd.
         self.model_repository = Path(model_repository).expanduser().resolve()
-        self._req_http_port = http_port
-        self._req_grpc_port = grpc_port
-        self._req_metrics_port = metrics_port
+        self._req_http_port = ports.http
+        self._req_grpc_port = ports.grpc
+        self._req_metrics_port = ports.metrics
         self.model_control = model_control
         #: Where stdout+stderr of tritonserver and its stubs go; default: a temp file
         #: chosen at start() and deleted when this interpreter exits.
@@ -848,7 +857,7 @@ class TritonServer:
             return resp.text or f"HTTP {resp.status_code}"
 
     # ---------------------------------------------------------------- repository API
-    # With a gRPC port (``grpc_port=0`` or a number), load, unload and the repository index go
+    # With a gRPC port (``TritonPorts(grpc=0)`` or a number), load, unload and the repository index go
     # over gRPC. Why: Triton's HTTP server pins each connection to a worker thread, and a load
     # blocks the thread it arrived on for the whole load; a kept-alive inference connection
     # pinned to that thread would stall meanwhile. gRPC repository calls run on gRPC's own

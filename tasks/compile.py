@@ -7,7 +7,7 @@ serving image ``sagemaker-tritonserver:<YY.MM>-py3``: NGC containers of one mont
 ship the same TensorRT. A mismatched pair is refused here (:class:`ReleaseMismatch`) rather than
 discovered when the endpoint fails to load the model.
 
-Runners, tried in this order by ``compile_tensorrt(runner="auto")``:
+Runners, tried in this order by ``compile_tensorrt`` with ``runner="auto"``:
 
 * ``host``: ``trtexec`` on ``PATH`` or the ``tensorrt`` Python package, when its TensorRT
   version is the one of the serving release (:data:`infra.triton_release.TENSORRT_BY_RELEASE`);
@@ -393,82 +393,126 @@ def _ensure_image(client: Any, image: str, log: Log) -> bool:
     return True
 
 
+def _docker_client(client: Any) -> Any:
+    """``client``, or the engine of the environment (``DOCKER_HOST``) when none is given."""
+    if client is not None:
+        return client
+    import docker
+
+    try:
+        return docker.from_env()
+    except docker.errors.DockerException as e:
+        raise _docker_unavailable("cannot be reached", e) from e
+
+
+def _start_container(client: Any, image: str, argv: list[str], onnx: Path, build: _Build) -> Any:
+    """Start trtexec detached in ``image`` with every GPU, the ONNX folder read-only and the
+    build folder writable, as the caller's uid:gid; a GPU-less engine is :class:`CompileUnavailable`."""
+    import docker
+
+    try:
+        return client.containers.run(
+            image, command=["/bin/sh", "-c", _TRTEXEC_SHIM, *argv], detach=True,
+            device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
+            volumes={str(onnx.parent): {"bind": str(C_ONNX_DIR), "mode": "ro"},
+                     str(build.dir.resolve()): {"bind": str(C_BUILD), "mode": "rw"}},
+            working_dir=str(C_BUILD), user=_user(),
+            environment={"HOME": "/tmp", "MME_ENGINE_INSPECT": trt_bindings.INSPECT_SCRIPT},
+            remove=False)
+    except docker.errors.APIError as e:
+        msg = str(e).lower()
+        if "device driver" in msg or "gpu" in msg or "nvidia" in msg:
+            raise _docker_unavailable(
+                "cannot give containers a GPU (is the NVIDIA Container Toolkit installed "
+                "and the engine restarted?)", e) from e
+        raise
+
+
+def _follow_logs(container: Any, splitter: _LineSplitter) -> threading.Thread:
+    """Stream the container's log into ``splitter`` on a daemon thread (started)."""
+
+    def pump() -> None:
+        try:
+            for chunk in container.logs(stream=True, follow=True):
+                splitter.feed(chunk)
+        except Exception as e:  # noqa: BLE001 - the wait below decides the outcome
+            splitter.feed(f"(log stream ended: {e})\n")
+        finally:
+            splitter.close()
+
+    reader = threading.Thread(target=pump, name="trtexec-logs", daemon=True)
+    reader.start()
+    return reader
+
+
+def _wait_container(container: Any, reader: threading.Thread, spec: CompileSpec, *,
+                    image: str, t0: float, tail: deque[str]) -> int:
+    """The container's exit status; past ``spec.timeout_s`` it is killed (:class:`CompileTimeout`)."""
+    import requests
+
+    try:
+        result = container.wait(timeout=spec.timeout_s)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
+        # over a unix socket a read timeout surfaces as ConnectionError("Read timed out")
+        if (isinstance(e, requests.exceptions.ConnectionError)
+                and not isinstance(e, requests.exceptions.ReadTimeout)
+                and time.monotonic() - t0 < spec.timeout_s * 0.95):
+            raise
+        try:
+            container.kill()
+        except Exception:  # noqa: BLE001 - it may have exited meanwhile
+            pass
+        reader.join(timeout=10)
+        raise CompileTimeout(
+            f"trtexec did not finish within {spec.timeout_s:g} s in {image}; the container "
+            f"was killed. Last lines:\n" + "\n".join(tail)) from e
+    reader.join(timeout=30)
+    return int(result.get("StatusCode", -1)) if isinstance(result, dict) else int(result)
+
+
+def _remove_container(container: Any, log: Log) -> None:
+    try:
+        container.remove(force=True)
+    except Exception as e:  # noqa: BLE001
+        log(f"could not remove container {getattr(container, 'id', '?')}: {e}")
+
+
+def _image_tensorrt(spec: CompileSpec, image: str, banner: list[str], log: Log) -> str | None:
+    """The TensorRT version the image's trtexec printed (else the table's); a disagreement with
+    the release table is logged, since the plan matches the image, not the table."""
+    trt_version = parse_trt_version("\n".join(banner))
+    want = spec.release.tensorrt_version
+    if trt_version and want and not _same_version(trt_version, want):
+        log(f"warning: {image} reports TensorRT {trt_version}, the table says {want} for "
+            f"{spec.triton_release}; the plan matches the image, fix infra.triton_release.TENSORRT_BY_RELEASE")
+    return trt_version or want
+
+
 def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print,
                       image: str | None = None) -> dict:
     """Compile with trtexec in the release's NGC PyTorch image; return metadata."""
-    import docker
-    import requests
-
     image = image or pytorch_image_for(spec.triton_release)
     check_release_pair(image, spec.triton_release)
     onnx = spec.onnx.resolve()
     if not onnx.is_file():
         raise MissingInput(f"ONNX model {onnx} does not exist")
-    if client is None:
-        try:
-            client = docker.from_env()
-        except docker.errors.DockerException as e:
-            raise _docker_unavailable("cannot be reached", e) from e
+    client = _docker_client(client)
     pulled = _ensure_image(client, image, log)
 
     build = _Build(spec)
     argv = trtexec_command(spec, in_container_paths={
         "onnx": C_ONNX_DIR / onnx.name, "plan": C_BUILD / PLAN_NAME,
         "timing_cache": C_BUILD / CACHE_NAME}) + io_report_flags(spec)
-    command = ["/bin/sh", "-c", _TRTEXEC_SHIM, *argv]
     container = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     splitter = _LineSplitter(log, tail, verbose=spec.verbose)
     t0 = time.monotonic()
     try:
         log(f"compiling {onnx.name} -> {spec.output.name} in {image}: {' '.join(argv)}")
-        try:
-            container = client.containers.run(
-                image, command=command, detach=True,
-                device_requests=[docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])],
-                volumes={str(onnx.parent): {"bind": str(C_ONNX_DIR), "mode": "ro"},
-                         str(build.dir.resolve()): {"bind": str(C_BUILD), "mode": "rw"}},
-                working_dir=str(C_BUILD), user=_user(),
-                environment={"HOME": "/tmp", "MME_ENGINE_INSPECT": trt_bindings.INSPECT_SCRIPT},
-                remove=False)
-        except docker.errors.APIError as e:
-            msg = str(e).lower()
-            if "device driver" in msg or "gpu" in msg or "nvidia" in msg:
-                raise _docker_unavailable(
-                    "cannot give containers a GPU (is the NVIDIA Container Toolkit installed "
-                    "and the engine restarted?)", e) from e
-            raise
-
-        def pump() -> None:
-            try:
-                for chunk in container.logs(stream=True, follow=True):
-                    splitter.feed(chunk)
-            except Exception as e:  # noqa: BLE001 - the wait below decides the outcome
-                splitter.feed(f"(log stream ended: {e})\n")
-            finally:
-                splitter.close()
-
-        reader = threading.Thread(target=pump, name="trtexec-logs", daemon=True)
-        reader.start()
-        try:
-            result = container.wait(timeout=spec.timeout_s)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
-            # over a unix socket a read timeout surfaces as ConnectionError("Read timed out")
-            if (isinstance(e, requests.exceptions.ConnectionError)
-                    and not isinstance(e, requests.exceptions.ReadTimeout)
-                    and time.monotonic() - t0 < spec.timeout_s * 0.95):
-                raise
-            try:
-                container.kill()
-            except Exception:  # noqa: BLE001 - it may have exited meanwhile
-                pass
-            reader.join(timeout=10)
-            raise CompileTimeout(
-                f"trtexec did not finish within {spec.timeout_s:g} s in {image}; the container "
-                f"was killed. Last lines:\n" + "\n".join(tail)) from e
-        reader.join(timeout=30)
+        container = _start_container(client, image, argv, onnx, build)
+        reader = _follow_logs(container, splitter)
+        status = _wait_container(container, reader, spec, image=image, t0=t0, tail=tail)
         seconds = time.monotonic() - t0
-        status = int(result.get("StatusCode", -1)) if isinstance(result, dict) else int(result)
         if status != 0:
             hint = " (137: killed, often out of memory)" if status == 137 else ""
             raise CompileError(f"trtexec exited with status {status}{hint} in {image}. "
@@ -476,20 +520,13 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
         meta = build.finish(list(tail), log)
     finally:
         if container is not None:
-            try:
-                container.remove(force=True)
-            except Exception as e:  # noqa: BLE001
-                log(f"could not remove container {getattr(container, 'id', '?')}: {e}")
+            _remove_container(container, log)
         build.cleanup()
 
-    trt_version = parse_trt_version("\n".join(splitter.all_text))
-    want = spec.release.tensorrt_version
-    if trt_version and want and not _same_version(trt_version, want):
-        log(f"warning: {image} reports TensorRT {trt_version}, the table says {want} for "
-            f"{spec.triton_release}; the plan matches the image, fix infra.triton_release.TENSORRT_BY_RELEASE")
+    trt_version = _image_tensorrt(spec, image, splitter.all_text, log)
     log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
     return {"runner": "docker", "image": image, "image_pulled": pulled, "command": argv,
-            "triton_release": spec.triton_release, "tensorrt": trt_version or want,
+            "triton_release": spec.triton_release, "tensorrt": trt_version,
             "seconds": round(seconds, 1), **meta, "log_tail": list(tail),
             **_log_report(splitter.io_lines)}
 
@@ -699,50 +736,74 @@ def default_timing_cache_dir(triton_release: str) -> Path:
     return home() / "trt-timing-cache" / str(TritonRelease.parse(triton_release))
 
 
-def compile_tensorrt(out_dir: Path, *, onnx: Path, min_shapes: str, opt_shapes: str,
-                     max_shapes: str, triton_release: str = str(DEFAULT_RELEASE), fp16: bool = False,
-                     workspace_mib: int = 14000, timing_cache_dir: str | Path | None = None,
-                     runner: str = "auto", timeout_s: float = 3600,
-                     extra_args: Iterable[str] = (), client: Any = None,
-                     run: Callable[..., Any] = subprocess.run,
-                     which: Callable[[str], str | None] = shutil.which,
-                     import_tensorrt: Callable[[], Any] = _import_tensorrt,
-                     log: Log | None = None) -> tuple[Path, dict]:
-    """Producer: ``onnx`` -> ``out_dir/model.plan`` for Triton ``triton_release``.
+@dataclass(frozen=True)
+class CompileOptions:
+    """The ``compile_tensorrt`` producer's parameters, named as in ``ensemble.yaml``
+    (``artifacts.<name>.params``); an unknown name is refused when this is built."""
 
-    ``runner``: ``host`` (trtexec / tensorrt package of the release's TensorRT), ``docker``
-    (the release's NGC PyTorch image with the host's GPUs) or ``auto`` (host if it matches,
-    else Docker if an engine answers, else :class:`CompileUnavailable` saying what was looked
-    for). The timing cache is shared by all builds of a release and GPU model:
+    onnx: Path
+    min_shapes: str
+    opt_shapes: str
+    max_shapes: str
+    triton_release: str = str(DEFAULT_RELEASE)
+    fp16: bool = False
+    workspace_mib: int = 14000
+    timing_cache_dir: str | Path | None = None
+    runner: str = "auto"
+    timeout_s: float = 3600
+    extra_args: Iterable[str] = ()
+
+
+@dataclass(frozen=True)
+class CompileHost:
+    """How the compile reaches this host: the Docker client, the process runner, the PATH
+    lookup, the ``tensorrt`` import and the log. Tests pass fakes here instead of patching."""
+
+    client: Any = None
+    run: Callable[..., Any] = subprocess.run
+    which: Callable[[str], str | None] = shutil.which
+    import_tensorrt: Callable[[], Any] = _import_tensorrt
+    log: Log | None = None
+
+
+def compile_tensorrt(out_dir: Path, options: CompileOptions,
+                     host: CompileHost | None = None) -> tuple[Path, dict]:
+    """Producer: ``options.onnx`` -> ``out_dir/model.plan`` for Triton ``options.triton_release``.
+
+    ``options.runner``: ``host`` (trtexec / tensorrt package of the release's TensorRT),
+    ``docker`` (the release's NGC PyTorch image with the host's GPUs) or ``auto`` (host if it
+    matches, else Docker if an engine answers, else :class:`CompileUnavailable` saying what was
+    looked for). The timing cache is shared by all builds of a release and GPU model:
     ``$MME_HOME/trt-timing-cache/<release>/<gpu>.cache`` unless ``timing_cache_dir`` is given.
     """
-    if runner not in ("auto", "host", "docker"):
-        raise InvalidInput(f"runner must be auto, host or docker, not {runner!r}")
-    log = log or logging.getLogger("mme.compile").info
-    triton_release = str(TritonRelease.parse(str(triton_release)))
-    cache_dir = Path(timing_cache_dir) if timing_cache_dir else default_timing_cache_dir(
+    o, h = options, host or CompileHost()
+    if o.runner not in ("auto", "host", "docker"):
+        raise InvalidInput(f"runner must be auto, host or docker, not {o.runner!r}")
+    log = h.log or logging.getLogger("mme.compile").info
+    triton_release = str(TritonRelease.parse(str(o.triton_release)))
+    cache_dir = Path(o.timing_cache_dir) if o.timing_cache_dir else default_timing_cache_dir(
         triton_release)
-    cache_file = cache_dir / f"{_gpu_slug(run=run, which=which)}.cache"
+    cache_file = cache_dir / f"{_gpu_slug(run=h.run, which=h.which)}.cache"
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    spec = CompileSpec(onnx=Path(onnx), output=out_dir / PLAN_NAME, min_shapes=min_shapes,
-                       opt_shapes=opt_shapes, max_shapes=max_shapes, fp16=fp16,
-                       workspace_mib=workspace_mib, timing_cache=cache_file,
-                       triton_release=triton_release, timeout_s=timeout_s,
-                       extra_args=tuple(extra_args))
+    spec = CompileSpec(onnx=Path(o.onnx), output=out_dir / PLAN_NAME, min_shapes=o.min_shapes,
+                       opt_shapes=o.opt_shapes, max_shapes=o.max_shapes, fp16=o.fp16,
+                       workspace_mib=o.workspace_mib, timing_cache=cache_file,
+                       triton_release=triton_release, timeout_s=o.timeout_s,
+                       extra_args=tuple(o.extra_args))
 
-    if runner == "host":
-        meta = compile_on_host(spec, run=run, which=which, log=log,
-                               import_tensorrt=import_tensorrt)
-    elif runner == "docker":
-        meta = compile_in_docker(spec, client=client, log=log)
+    if o.runner == "host":
+        meta = compile_on_host(spec, run=h.run, which=h.which, log=log,
+                               import_tensorrt=h.import_tensorrt)
+    elif o.runner == "docker":
+        meta = compile_in_docker(spec, client=h.client, log=log)
     else:
-        meta = _compile_auto(spec, client=client, run=run, which=which,
-                             import_tensorrt=import_tensorrt, log=log)
+        meta = _compile_auto(spec, client=h.client, run=h.run, which=h.which,
+                             import_tensorrt=h.import_tensorrt, log=log)
     meta.update({"min_shapes": spec.min_shapes, "opt_shapes": spec.opt_shapes,
                  "max_shapes": spec.max_shapes, "fp16": spec.fp16,
                  "workspace_mib": spec.workspace_mib})
-    _record_engine(spec, meta, run=run, which=which, log=log)
+    _record_engine(spec, meta, run=h.run, which=h.which, log=log)
     return spec.output, meta
 
 
@@ -799,13 +860,7 @@ def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],
             looked.append(f"tensorrt Python package: {e}")
 
     try:
-        if client is None:
-            import docker
-
-            try:
-                client = docker.from_env()
-            except docker.errors.DockerException as e:
-                raise _docker_unavailable("cannot be reached", e) from e
+        client = _docker_client(client)
         try:
             client.ping()
         except Exception as e:  # noqa: BLE001 - any failure means "no engine here"

@@ -58,6 +58,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,8 @@ from tasks.cache import cached_entry
 
 __all__ = [
     "EnvPackError",
+    "EnvPackOptions",
+    "EnvPackTools",
     "EnvPackUnavailable",
     "conda_pack_env",
     "env_cache_key",
@@ -178,6 +181,38 @@ def _check(run: Runner, cmd: list[str], what: str, **kwargs: Any) -> subprocess.
     return proc
 
 
+def _conda_executables(conda: str, which: Callable[[str], str | None]) -> tuple[str, str]:
+    """``(conda, conda-pack)`` as found on PATH; :class:`EnvPackUnavailable` naming the missing one."""
+    conda_exe = which(conda)
+    if not conda_exe:
+        raise EnvPackUnavailable(
+            f"conda_pack_env needs conda, and {conda!r} is not on PATH; install Miniforge, "
+            f"or build the env without conda (method='wheel')")
+    pack_exe = which("conda-pack")
+    if not pack_exe:
+        raise EnvPackUnavailable(
+            "conda_pack_env needs conda-pack, which is not on PATH; "
+            "install it with `conda install -c conda-forge conda-pack`, or use method='wheel'")
+    return conda_exe, pack_exe
+
+
+def _create_conda_env(run: Runner, conda_exe: str, env_dir: Path, reqs: list[str],
+                      python_version: str) -> dict[str, str]:
+    """``conda create`` the env (with numpy, which the stub imports, unless asked for), ``pip
+    install`` the requirements into it without the user site; return what got installed."""
+    base = [f"python={python_version}", "pip"]
+    if "numpy" not in _requirement_names(reqs):
+        base.append("numpy")
+    _check(run, [conda_exe, "create", "-y", "-q", "-p", str(env_dir), *base], "conda create")
+    pip_env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    _check(run, [conda_exe, "run", "-p", str(env_dir), "python", "-m", "pip", "install",
+                 "--no-input", *reqs], "pip install (conda env)", env=pip_env)
+    packages: dict[str, str] = {}
+    for site in sorted(env_dir.glob("lib/python*/site-packages")):
+        packages.update(installed_packages(site))
+    return packages
+
+
 def conda_pack_env(
     out_dir: Path,
     *,
@@ -198,16 +233,7 @@ def conda_pack_env(
     """
     reqs = _normalize_requirements(requirements)
     python_version = _check_python_version(python_version)
-    conda_exe = which(conda)
-    if not conda_exe:
-        raise EnvPackUnavailable(
-            f"conda_pack_env needs conda, and {conda!r} is not on PATH; install Miniforge, "
-            f"or build the env without conda (method='wheel')")
-    pack_exe = which("conda-pack")
-    if not pack_exe:
-        raise EnvPackUnavailable(
-            "conda_pack_env needs conda-pack, which is not on PATH; "
-            "install it with `conda install -c conda-forge conda-pack`, or use method='wheel'")
+    conda_exe, pack_exe = _conda_executables(conda, which)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -215,17 +241,8 @@ def conda_pack_env(
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}conda-{name}-", dir=out_dir))
     env_dir = work / "env"
-    base = [f"python={python_version}", "pip"]
-    if "numpy" not in _requirement_names(reqs):
-        base.append("numpy")
     try:
-        _check(run, [conda_exe, "create", "-y", "-q", "-p", str(env_dir), *base], "conda create")
-        pip_env = {**os.environ, "PYTHONNOUSERSITE": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-        _check(run, [conda_exe, "run", "-p", str(env_dir), "python", "-m", "pip", "install",
-                     "--no-input", *reqs], "pip install (conda env)", env=pip_env)
-        packages: dict[str, str] = {}
-        for site in sorted(env_dir.glob("lib/python*/site-packages")):
-            packages.update(installed_packages(site))
+        packages = _create_conda_env(run, conda_exe, env_dir, reqs, python_version)
         with atomic_path(dest) as tmp:
             _check(run, [pack_exe, "-p", str(env_dir), "-o", str(tmp), "--format", "tar.gz",
                          "--force", "--quiet"], "conda-pack")
@@ -542,25 +559,56 @@ def _publish_copy(src: Path, dest: Path) -> None:
             shutil.copyfile(src, tmp)
 
 
-def pack_python_env(
-    out_dir: Path,
-    *,
-    requirements: Sequence[str],
-    python_version: str = "3.10",
-    platform: str = "manylinux2014_x86_64",
-    method: str = "auto",
-    cache_dir: Path | None = None,
-    name: str = "processing_env",
-    rebuild: bool = False,
-    pip: PipRunner | None = None,
-    conda: str = "conda",
-    run: Runner = subprocess.run,
-    which: Callable[[str], str | None] = shutil.which,
-) -> tuple[Path, dict]:
+@dataclass(frozen=True)
+class EnvPackOptions:
+    """The ``pack_python_env`` producer's parameters, named as in ``ensemble.yaml``
+    (``artifacts.<name>.params``); an unknown name is refused when this is built."""
+
+    requirements: Sequence[str]
+    python_version: str = "3.10"
+    platform: str = "manylinux2014_x86_64"
+    method: str = "auto"
+    cache_dir: Path | None = None
+    name: str = "processing_env"
+    rebuild: bool = False
+
+
+@dataclass(frozen=True)
+class EnvPackTools:
+    """The tools an env is built with: pip (the wheel route; None runs this interpreter's pip),
+    the conda executable's name, the process runner and the PATH lookup. Tests pass fakes here."""
+
+    pip: PipRunner | None = None
+    conda: str = "conda"
+    run: Runner = subprocess.run
+    which: Callable[[str], str | None] = shutil.which
+
+
+def _build_env(staging: Path, options: EnvPackOptions, tools: EnvPackTools, *, method: str,
+               key: str) -> dict:
+    """Build the env (``options`` already normalized) with the resolved ``method`` into the
+    cache's staging folder, beside the meta.json a later :func:`_valid_entry` checks it against."""
+    o = options
+    if method == "conda":
+        built, meta = conda_pack_env(staging, requirements=o.requirements,
+                                     python_version=o.python_version, name=o.name,
+                                     conda=tools.conda, run=tools.run, which=tools.which)
+    else:
+        built, meta = wheel_env(staging, requirements=o.requirements,
+                                python_version=o.python_version, platform=o.platform,
+                                name=o.name, pip=tools.pip, packed=True)
+    assert built == staging / f"{options.name}.tar.gz", built
+    meta = {**meta, "cache_key": key}
+    (staging / CACHE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def pack_python_env(out_dir: Path, options: EnvPackOptions,
+                    tools: EnvPackTools | None = None) -> tuple[Path, dict]:
     """Producer ``pack_python_env``: ``<out_dir>/<name>.tar.gz`` for ``EXECUTION_ENV_PATH``.
 
-    ``method``: ``"conda"`` (:func:`conda_pack_env`), ``"wheel"`` (:func:`wheel_env`) or
-    ``"auto"`` (conda-pack when conda and conda-pack are on PATH and this host matches
+    ``options.method``: ``"conda"`` (:func:`conda_pack_env`), ``"wheel"`` (:func:`wheel_env`)
+    or ``"auto"`` (conda-pack when conda and conda-pack are on PATH and this host matches
     ``platform``, else wheel).  ``python_version`` must be the Triton image's
     (:attr:`infra.triton_release.TritonRelease.python_version`).
 
@@ -577,27 +625,19 @@ def pack_python_env(
     :data:`ENV_FORMAT`). So one pip install of hundreds of MB serves every ensemble, and every
     artifact key, that asks for the same requirements, and survives edits elsewhere.
     """
-    reqs = _normalize_requirements(requirements)
-    python_version = _check_python_version(python_version)
-    resolved = _resolve_method(method, platform, conda, which)
-    key = env_cache_key(reqs, python_version, platform, method=resolved)
-    cache_root = Path(cache_dir) if cache_dir is not None else paths.home() / "envs"
-    tar_name = f"{name}.tar.gz"
+    tools = tools or EnvPackTools()
+    o = replace(options, requirements=_normalize_requirements(options.requirements),
+                python_version=_check_python_version(options.python_version))
+    resolved = _resolve_method(o.method, o.platform, tools.conda, tools.which)
+    key = env_cache_key(o.requirements, o.python_version, o.platform, method=resolved)
+    cache_root = Path(o.cache_dir) if o.cache_dir is not None else paths.home() / "envs"
+    tar_name = f"{o.name}.tar.gz"
 
     def build(staging: Path) -> dict:
-        if resolved == "conda":
-            built, meta = conda_pack_env(staging, requirements=reqs, python_version=python_version,
-                                         name=name, conda=conda, run=run, which=which)
-        else:
-            built, meta = wheel_env(staging, requirements=reqs, python_version=python_version,
-                                    platform=platform, name=name, pip=pip, packed=True)
-        assert built == staging / tar_name, built
-        meta = {**meta, "cache_key": key}
-        (staging / CACHE_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        return meta
+        return _build_env(staging, o, tools, method=resolved, key=key)
 
     with cached_entry(cache_root, key, lambda entry: _valid_entry(entry, tar_name), build,
-                      rebuild=rebuild) as (entry, meta, hit):
+                      rebuild=o.rebuild) as (entry, meta, hit):
         if hit:
             LOGGER.info("envpack: reusing cached env %s", entry)
         else:

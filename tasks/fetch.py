@@ -255,6 +255,30 @@ def _find_member(tree: Path, member: str, source: str) -> Path:
     raise FetchError(f"{_redact(source)}: archive has no single member {member!r} (members: {shown})")
 
 
+def _check_filename(filename: str) -> None:
+    """Refuse a name that is not a plain file name (it would escape ``out_dir``)."""
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+        raise FetchError(f"filename {filename!r} must be a plain file name")
+
+
+def _checked_source(source: str) -> Path | None:
+    """The local path ``source`` names, None for an http(s) URL; other schemes are refused."""
+    local = _local_path(source)
+    if local is None and urlsplit(source).scheme not in ("http", "https"):
+        raise FetchError(f"{_redact(source)}: unsupported source scheme "
+                         f"(use https://, http://, file:// or a local path)")
+    return local
+
+
+def _extract_member(archive: Path, into: Path, member: str, source: str) -> Path:
+    """Unpack ``archive`` safely into ``into`` and return its one ``member``."""
+    try:
+        tree = safe_extract(archive, into)
+    except UnsafeArchive as e:
+        raise UnsafeSourceArchive(f"{_redact(source)}: {e}") from e
+    return _find_member(tree, member, source)
+
+
 def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str | None = None,
                      extract: str | None = None, timeout: float = 60,
                      progress: ProgressCallback | None = None) -> tuple[Path, dict]:
@@ -277,17 +301,13 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
     transient and retried by the build flow; SourceNotFound (HTTP 404/410, missing file),
     ChecksumMismatch, UnsafeSourceArchive and other FetchErrors are not.
     """
-    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
-        raise FetchError(f"filename {filename!r} must be a plain file name")
+    _check_filename(filename)
     expected = _normalize_sha256(sha256)
     source = str(source)  # a path produced by an earlier artifact arrives as a Path
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / filename
-    local = _local_path(source)
-    if local is None and urlsplit(source).scheme not in ("http", "https"):
-        raise FetchError(f"{_redact(source)}: unsupported source scheme "
-                         f"(use https://, http://, file:// or a local path)")
+    local = _checked_source(source)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}fetch-{filename}-", dir=out_dir) as work:
         staged = Path(work) / (PurePosixPath(urlsplit(source).path).name or "download")
@@ -298,13 +318,8 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
         if expected is not None and got != expected:
             raise ChecksumMismatch(f"{_redact(source)}: sha256 is {got}, expected {expected}; "
                                    f"refusing it (nothing written to {dest})")
-        payload = staged
-        if extract is not None:
-            try:
-                tree = safe_extract(staged, Path(work) / "extracted")
-            except UnsafeArchive as e:
-                raise UnsafeSourceArchive(f"{_redact(source)}: {e}") from e
-            payload = _find_member(tree, extract, source)
+        payload = staged if extract is None else _extract_member(
+            staged, Path(work) / "extracted", extract, source)
         with atomic_path(dest) as tmp:
             os.replace(payload, tmp)
     final_sha = got if extract is None else sha256_file(dest)

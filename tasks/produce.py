@@ -35,19 +35,19 @@ class NotAvailableHere(UserError, RuntimeError):
 
 
 def _compile_tensorrt(out_dir: Path, **params: object) -> tuple[Path, dict]:
-    from tasks.compile import CompileUnavailable, compile_tensorrt
+    from tasks.compile import CompileOptions, CompileUnavailable, compile_tensorrt
 
     try:
-        return compile_tensorrt(out_dir, **params)  # type: ignore[arg-type]
+        return compile_tensorrt(out_dir, CompileOptions(**params))  # type: ignore[arg-type]
     except CompileUnavailable as e:
         raise NotAvailableHere(f"compile_tensorrt: {e}") from e
 
 
 def _pack_python_env(out_dir: Path, **params: object) -> tuple[Path, dict]:
-    from tasks.envpack import EnvPackUnavailable, pack_python_env
+    from tasks.envpack import EnvPackOptions, EnvPackUnavailable, pack_python_env
 
     try:
-        return pack_python_env(out_dir, **params)  # type: ignore[arg-type]
+        return pack_python_env(out_dir, EnvPackOptions(**params))  # type: ignore[arg-type]
     except EnvPackUnavailable as e:
         raise NotAvailableHere(f"pack_python_env: {e}") from e
 

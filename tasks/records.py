@@ -22,20 +22,6 @@ class _Record(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    # transition: remove once no caller uses keys
-    def __getitem__(self, key: str) -> Any:
-        if key in type(self).model_fields or key in (self.model_extra or {}):
-            return getattr(self, key)
-        raise KeyError(key)
-
-    # transition: remove once no caller uses keys
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            value = self[key]
-        except KeyError:
-            return default
-        return default if value is None else value
-
 
 class DeployedEnsemble(_Record):
     """One line of a deploy result (and of ``mme demo --report``)."""

@@ -141,7 +141,7 @@ def direct_triton_latency(triton_url: str, model_name: str, manifest: Manifest,
 
 def check_validations(manifests: list[Manifest], results: list[dict[str, Any]]) -> None:
     """Raise DeployValidationFailed naming every ensemble that answered wrongly."""
-    failed = [(m, r) for m, r in zip(manifests, results) if not r["validation"]["passed"]]
+    failed = [(m, r) for m, r in zip(manifests, results, strict=True) if not r["validation"]["passed"]]
     if failed:
         raise DeployValidationFailed("; ".join(
             f"{m.ensemble}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
@@ -151,6 +151,6 @@ def check_validations(manifests: list[Manifest], results: list[dict[str, Any]]) 
 def deploy_entries(manifests: list[Manifest], published: list[Any],
                    results: list[dict[str, Any]]) -> list[DeployedEnsemble]:
     """The per-ensemble lines of a deploy result (and of `mme demo --report`)."""
-    return [DeployedEnsemble(name=m.ensemble, target=m.get("target"), artifact=p.uri,
+    return [DeployedEnsemble(name=m.ensemble, target=m.target, artifact=p.uri,
                              sha256=p.sha256, bytes=p.bytes, uploaded=p.uploaded, **r)
-            for m, p, r in zip(manifests, published, results)]
+            for m, p, r in zip(manifests, published, results, strict=True)]

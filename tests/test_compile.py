@@ -20,6 +20,8 @@ import requests
 from infra.triton_release import TENSORRT_BY_RELEASE, TritonRelease
 from tasks.compile import (
     CompileError,
+    CompileHost,
+    CompileOptions,
     CompileSpec,
     CompileTimeout,
     CompileUnavailable,
@@ -507,10 +509,11 @@ def _onnx(tmp_path: Path) -> Path:
 def test_auto_with_nothing_available_lists_what_was_looked_for(tmp_path: Path) -> None:
     fake = FakeDocker(ping_raises=ConnectionError("connection refused"))
     with pytest.raises(CompileUnavailable) as e:
-        compile_tensorrt(tmp_path / "plan", onnx=_onnx(tmp_path), min_shapes=MIN,
-                         opt_shapes=OPT, max_shapes=MAX, client=fake,
-                         run=FakeHost().run, which=lambda n: None, import_tensorrt=_no_trt,
-                         timing_cache_dir=tmp_path / "cache", log=Lines())
+        compile_tensorrt(tmp_path / "plan", CompileOptions(
+            onnx=_onnx(tmp_path), min_shapes=MIN, opt_shapes=OPT, max_shapes=MAX,
+            timing_cache_dir=tmp_path / "cache"), CompileHost(
+            client=fake, run=FakeHost().run, which=lambda n: None, import_tensorrt=_no_trt,
+            log=Lines()))
     msg = str(e.value)
     assert "24.09" in msg and "10.4.0" in msg
     assert "trtexec on PATH: not found" in msg
@@ -522,20 +525,20 @@ def test_auto_with_nothing_available_lists_what_was_looked_for(tmp_path: Path) -
 
 def test_auto_skips_mismatched_host_trtexec_and_uses_docker(tmp_path: Path) -> None:
     host, fake = FakeHost(BANNER_8), FakeDocker()
-    plan, meta = compile_tensorrt(tmp_path / "plan", onnx=_onnx(tmp_path), min_shapes=MIN,
-                                  opt_shapes=OPT, max_shapes=MAX, client=fake, run=host.run,
-                                  which=host.which, import_tensorrt=_no_trt,
-                                  timing_cache_dir=tmp_path / "cache", log=Lines())
+    plan, meta = compile_tensorrt(tmp_path / "plan", CompileOptions(
+        onnx=_onnx(tmp_path), min_shapes=MIN, opt_shapes=OPT, max_shapes=MAX,
+        timing_cache_dir=tmp_path / "cache"), CompileHost(
+        client=fake, run=host.run, which=host.which, import_tensorrt=_no_trt, log=Lines()))
     assert meta["runner"] == "docker" and plan.read_bytes() == PLAN
     assert ("ping",) in fake.calls
 
 
 def test_auto_prefers_matching_host_trtexec(tmp_path: Path) -> None:
     host, fake = FakeHost(), FakeDocker()
-    plan, meta = compile_tensorrt(tmp_path / "plan", onnx=_onnx(tmp_path), min_shapes=MIN,
-                                  opt_shapes=OPT, max_shapes=MAX, client=fake, run=host.run,
-                                  which=host.which, import_tensorrt=_no_trt,
-                                  timing_cache_dir=tmp_path / "cache", log=Lines())
+    plan, meta = compile_tensorrt(tmp_path / "plan", CompileOptions(
+        onnx=_onnx(tmp_path), min_shapes=MIN, opt_shapes=OPT, max_shapes=MAX,
+        timing_cache_dir=tmp_path / "cache"), CompileHost(
+        client=fake, run=host.run, which=host.which, import_tensorrt=_no_trt, log=Lines()))
     assert meta["runner"] == "host-trtexec" and plan == tmp_path / "plan" / "model.plan"
     assert fake.calls == []
     assert sum(1 for c in host.calls if c[1:] == ["--help"]) == 1
@@ -546,9 +549,9 @@ def test_producer_default_timing_cache_under_mme_home(tmp_path: Path,
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     host = FakeHost(tools={"nvidia-smi": "/usr/bin/nvidia-smi"})  # a GPU, but no trtexec
     fake = FakeDocker(write_cache=b"c")
-    plan, meta = compile_tensorrt(tmp_path / "plan", onnx=_onnx(tmp_path), min_shapes=MIN,
-                                  opt_shapes=OPT, max_shapes=MAX, fp16=True, runner="docker",
-                                  client=fake, run=host.run, which=host.which, log=Lines())
+    plan, meta = compile_tensorrt(tmp_path / "plan", CompileOptions(
+        onnx=_onnx(tmp_path), min_shapes=MIN, opt_shapes=OPT, max_shapes=MAX, fp16=True,
+        runner="docker"), CompileHost(client=fake, run=host.run, which=host.which, log=Lines()))
     want = ((tmp_path / "home").resolve() / "trt-timing-cache" / "24.09"
             / "nvidia-h100-80gb-hbm3.cache")
     assert meta["timing_cache"]["path"] == str(want) and want.read_bytes() == b"c"
@@ -561,8 +564,9 @@ def test_producer_default_timing_cache_under_mme_home(tmp_path: Path,
 
 def test_producer_rejects_unknown_runner(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="runner"):
-        compile_tensorrt(tmp_path, onnx=_onnx(tmp_path), min_shapes=MIN, opt_shapes=OPT,
-                         max_shapes=MAX, runner="kubernetes")
+        compile_tensorrt(tmp_path, CompileOptions(onnx=_onnx(tmp_path), min_shapes=MIN,
+                                                  opt_shapes=OPT, max_shapes=MAX,
+                                                  runner="kubernetes"))
 
 
 # --------------------------------------------------------------------------- real compile
@@ -630,11 +634,10 @@ def test_real_compile_of_the_text_encoder(tmp_path: Path) -> None:
                                  model_id="sentence-transformers/all-MiniLM-L6-v2")
     onnx, _ = export_transformer_onnx(tmp_path / "onnx", model=model, opset=18)
     lines = Lines()
-    plan, meta = compile_tensorrt(
-        tmp_path / "plan", onnx=onnx, min_shapes=params["min_shapes"],
-        opt_shapes=params["opt_shapes"], max_shapes=params["max_shapes"],
-        triton_release=release, runner=runner, timing_cache_dir=tmp_path / "cache",
-        timeout_s=1800, log=lines)
+    plan, meta = compile_tensorrt(tmp_path / "plan", CompileOptions(
+        onnx=onnx, min_shapes=params["min_shapes"], opt_shapes=params["opt_shapes"],
+        max_shapes=params["max_shapes"], triton_release=release, runner=runner,
+        timing_cache_dir=tmp_path / "cache", timeout_s=1800), CompileHost(log=lines))
     print(f"compiled with {meta['runner']} (TensorRT {meta['tensorrt']}) in {meta['seconds']} s")
     assert plan.is_file() and plan.stat().st_size == meta["plan_bytes"] > 100_000
     assert Path(meta["timing_cache"]["path"]).is_file()

@@ -19,6 +19,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 import infra.sagemaker as sm
+from infra.manifest import Manifest, parse_manifest
 
 REGION = "us-east-1"
 BUCKET = "mme-options"
@@ -56,10 +57,11 @@ def _opts(**kw: Any):
     return SageMakerOptions(**base)
 
 
-def _manifest() -> dict[str, Any]:
-    return {"ensemble": "text_embedding", "target": "sagemaker-gpu",
-            "target_model": "text_embedding.tar.gz", "sha256": "ab" * 32, "bytes": 1234,
-            "sources": {}}
+def _manifest() -> Manifest:
+    return parse_manifest({"ensemble": "text_embedding", "target": "sagemaker-gpu",
+                           "target_model": "text_embedding.tar.gz", "sha256": "ab" * 32, "bytes": 1234,
+                           "artifact": "s3://mme-instances/builds/text_embedding.tar.gz", "sources": {}},
+                          "test manifest")
 
 
 def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:

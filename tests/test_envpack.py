@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,6 +28,8 @@ from infra.triton_release import TritonRelease
 from tasks import envpack
 from tasks.envpack import (
     EnvPackError,
+    EnvPackOptions,
+    EnvPackTools,
     EnvPackUnavailable,
     activate_script,
     conda_pack_env,
@@ -249,10 +252,11 @@ def test_env_cache_key() -> None:
 def test_pack_python_env_builds_once_and_reuses(tmp_path: Path) -> None:
     pip = FakePip()
     cache = tmp_path / "cache"
-    kw = {"requirements": ["fakepkg==1.2.3"], "python_version": "3.10", "method": "wheel", "cache_dir": cache,
-          "pip": pip}
-    p1, m1 = pack_python_env(tmp_path / "build1", **kw)
-    p2, m2 = pack_python_env(tmp_path / "build2", **kw)
+    options = EnvPackOptions(requirements=["fakepkg==1.2.3"], python_version="3.10", method="wheel",
+                             cache_dir=cache)
+    tools = EnvPackTools(pip=pip)
+    p1, m1 = pack_python_env(tmp_path / "build1", options, tools)
+    p2, m2 = pack_python_env(tmp_path / "build2", options, tools)
     assert len(pip.calls) == 1  # the second ensemble reuses the cached env
     assert (m1["cache_hit"], m2["cache_hit"]) == (False, True)
     assert p1 == tmp_path / "build1" / "processing_env.tar.gz"
@@ -263,13 +267,13 @@ def test_pack_python_env_builds_once_and_reuses(tmp_path: Path) -> None:
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".lock-")) == [key]
     assert sorted(p.name for p in (cache / key).iterdir()) == ["meta.json", "processing_env.tar.gz"]
     # other requirements: a new env
-    pack_python_env(tmp_path / "build3", **{**kw, "requirements": ["fakepkg==1.2.4"]})
+    pack_python_env(tmp_path / "build3", replace(options, requirements=["fakepkg==1.2.4"]), tools)
     assert len(pip.calls) == 2
     # rebuild=True forces a build; a corrupted cache entry is rebuilt too
-    pack_python_env(tmp_path / "build4", **kw, rebuild=True)
+    pack_python_env(tmp_path / "build4", replace(options, rebuild=True), tools)
     assert len(pip.calls) == 3
     (cache / key / "processing_env.tar.gz").write_bytes(b"corrupt")
-    _, m5 = pack_python_env(tmp_path / "build5", **kw)
+    _, m5 = pack_python_env(tmp_path / "build5", options, tools)
     assert len(pip.calls) == 4 and m5["cache_hit"] is False
 
 
@@ -280,30 +284,32 @@ def test_pack_python_env_crash_leaves_no_half_env_in_cache(tmp_path: Path) -> No
         FakePip()(args)  # half an install, then the build dies
         raise KeyboardInterrupt
 
-    kw = {"requirements": ["fakepkg"], "python_version": "3.10", "method": "wheel", "cache_dir": cache}
+    options = EnvPackOptions(requirements=["fakepkg"], python_version="3.10", method="wheel", cache_dir=cache)
     with pytest.raises(KeyboardInterrupt):
-        pack_python_env(tmp_path / "out", **kw, pip=crashing_pip)
+        pack_python_env(tmp_path / "out", options, EnvPackTools(pip=crashing_pip))
     assert [p.name for p in cache.iterdir() if not p.name.startswith(".lock-")] == []
     # a leftover of a builder killed with SIGKILL is swept by the next builder of that key
     key = env_cache_key(["fakepkg"], "3.10", "manylinux2014_x86_64", method="wheel")
     (cache / f".tmp-{key}-dead").mkdir()
     pip = FakePip()
-    _, meta = pack_python_env(tmp_path / "out", **kw, pip=pip)
+    _, meta = pack_python_env(tmp_path / "out", options, EnvPackTools(pip=pip))
     assert len(pip.calls) == 1 and meta["cache_hit"] is False
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".lock-")) == [key]
 
 
 def test_pack_python_env_defaults_to_mme_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
-    _, meta = pack_python_env(tmp_path / "out", requirements=["fakepkg"], method="wheel", pip=FakePip())
+    _, meta = pack_python_env(tmp_path / "out", EnvPackOptions(requirements=["fakepkg"], method="wheel"),
+                              EnvPackTools(pip=FakePip()))
     assert Path(meta["cache_entry"]) == (tmp_path / "home").resolve() / "envs" / meta["cache_key"]
     assert (Path(meta["cache_entry"]) / "processing_env.tar.gz").is_file()
 
 
 def test_auto_picks_wheel_without_conda(tmp_path: Path) -> None:
     fake = FakeConda(have=set())
-    _, meta = pack_python_env(tmp_path / "out", requirements=["fakepkg"], method="auto",
-                              cache_dir=tmp_path / "c", pip=FakePip(), which=fake.which, run=fake.run)
+    _, meta = pack_python_env(tmp_path / "out", EnvPackOptions(requirements=["fakepkg"], method="auto",
+                                                               cache_dir=tmp_path / "c"),
+                              EnvPackTools(pip=FakePip(), which=fake.which, run=fake.run))
     assert meta["method"] == "wheel" and fake.commands == []
 
 
@@ -354,15 +360,16 @@ def test_conda_missing_raises_unavailable(tmp_path: Path, missing: set, needle: 
     with pytest.raises(EnvPackUnavailable, match=needle):
         conda_pack_env(tmp_path, requirements=["x"], python_version="3.10", run=fake.run, which=fake.which)
     with pytest.raises(EnvPackUnavailable):
-        pack_python_env(tmp_path / "out", requirements=["x"], method="conda", cache_dir=tmp_path / "c",
-                        run=fake.run, which=fake.which)
+        pack_python_env(tmp_path / "out", EnvPackOptions(requirements=["x"], method="conda",
+                                                         cache_dir=tmp_path / "c"),
+                        EnvPackTools(run=fake.run, which=fake.which))
     assert fake.commands == []
     assert [p.name for p in (tmp_path / "c").iterdir() if not p.name.startswith(".lock-")] == []
 
 
 def test_unknown_method_refused(tmp_path: Path) -> None:
     with pytest.raises(EnvPackError, match="method"):
-        pack_python_env(tmp_path, requirements=["x"], method="docker", cache_dir=tmp_path / "c")
+        pack_python_env(tmp_path, EnvPackOptions(requirements=["x"], method="docker", cache_dir=tmp_path / "c"))
 
 
 @pytest.mark.parametrize("release,py", [("21.04", "3.8"), ("23.03", "3.8"), ("23.04", "3.10"),

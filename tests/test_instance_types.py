@@ -24,17 +24,20 @@ from infra.gpu_instances import (
     plan_gpu_warnings,
     plan_release_problems,
 )
+from infra.manifest import Manifest, parse_manifest
 
 ROLE = "arn:aws:iam::123456789012:role/mme-endpoint"
 STORE = "s3://mme-instances/mme"
 
 
-def _manifest(**plan_meta: Any) -> dict[str, Any]:
+def _manifest(**plan_meta: Any) -> Manifest:
     meta = {"plan_sha256": "cd" * 32, "plan_bytes": 10, "triton_release": "24.09",
             "tensorrt": "10.4.0", **plan_meta}
-    return {"ensemble": "text_embedding", "target": "sagemaker-gpu",
-            "target_model": "text_embedding.tar.gz", "sha256": "ab" * 32, "bytes": 1,
-            "sources": {"encoder_plan": meta, "tokenizer": {"model_id": "x"}}}
+    return parse_manifest({"ensemble": "text_embedding", "target": "sagemaker-gpu",
+                           "target_model": "text_embedding.tar.gz", "sha256": "ab" * 32, "bytes": 1,
+                           "artifact": "s3://mme-instances/builds/text_embedding.tar.gz",
+                           "sources": {"encoder_plan": meta, "tokenizer": {"model_id": "x"}}},
+                          "test manifest")
 
 
 A10G = {"name": "NVIDIA A10G", "compute_capability": "8.6"}
@@ -130,8 +133,8 @@ def test_gpu_architecture_warning() -> None:
     (line,) = plan_gpu_warnings([_manifest(build_gpu=None)], "ml.g5.xlarge")
     assert "does not record the GPU" in line
     # builds without TensorRT plans (local-cpu) have nothing to compare
-    assert plan_gpu_warnings([{"ensemble": "x", "sources": {"onnx": {"opset": 18}}}],
-                             "ml.g5.xlarge") == []
+    cpu_build = _manifest().model_copy(update={"sources": {"onnx": {"opset": 18}}})
+    assert plan_gpu_warnings([cpu_build], "ml.g5.xlarge") == []
 
 
 def test_deploy_planning_warns_and_refuses_another_release(tmp_path: Path) -> None:
@@ -152,7 +155,7 @@ def test_deploy_planning_warns_and_refuses_another_release(tmp_path: Path) -> No
 
 def test_compile_records_the_build_gpu(tmp_path: Path) -> None:
     """trtexec's own device lines win; nvidia-smi (name, compute_cap) is the fallback."""
-    from tasks.compile import compile_tensorrt, host_gpu
+    from tasks.compile import CompileHost, CompileOptions, compile_tensorrt, host_gpu
 
     banner = "&&&& RUNNING TensorRT.trtexec [TensorRT v100400] # trtexec\n"
     device = ("[12/01/2026-04:00:00] [I] === Device Information ===\n"
@@ -179,12 +182,11 @@ def test_compile_records_the_build_gpu(tmp_path: Path) -> None:
     onnx.write_bytes(b"onnx")
     shapes = {"min_shapes": "x:1x4", "opt_shapes": "x:8x4", "max_shapes": "x:8x4"}
     host = Host(device, "NVIDIA H100 80GB HBM3, 9.0\n")
-    _, meta = compile_tensorrt(tmp_path / "a", onnx=onnx, runner="host", run=host.run,
-                               which=host.which, timing_cache_dir=tmp_path / "c", **shapes)
+    options = CompileOptions(onnx=onnx, runner="host", timing_cache_dir=tmp_path / "c", **shapes)
+    _, meta = compile_tensorrt(tmp_path / "a", options, CompileHost(run=host.run, which=host.which))
     assert meta["build_gpu"] == A10G  # where trtexec ran, not nvidia-smi's first GPU
     host = Host("", "NVIDIA H100 80GB HBM3, 9.0\n")
-    _, meta = compile_tensorrt(tmp_path / "b", onnx=onnx, runner="host", run=host.run,
-                               which=host.which, timing_cache_dir=tmp_path / "c", **shapes)
+    _, meta = compile_tensorrt(tmp_path / "b", options, CompileHost(run=host.run, which=host.which))
     assert meta["build_gpu"] == H100
     # an old driver without compute_cap: the name only
     old = Host("", "NVIDIA A10G\n")

@@ -59,7 +59,7 @@ def test_publish_is_idempotent_and_restorable(tmp_path: Path, request: pytest.Fi
     second = publish_artifact(v2, url, tmp_path / "backup")
     assert second.uploaded and second.previous_backup
     store, prefix = open_store(url)
-    assert store.head(f"{prefix}/text.tar.gz" if prefix else "text.tar.gz").sha256 == v2["sha256"]
+    assert store.head(f"{prefix}/text.tar.gz" if prefix else "text.tar.gz").sha256 == v2.sha256
 
     assert restore_previous(second, url) == "restored previous"
     key = f"{prefix}/text.tar.gz" if prefix else "text.tar.gz"

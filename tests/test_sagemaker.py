@@ -21,6 +21,7 @@ from infra.sagemaker import (
     AUTOSCALING,
     SAGEMAKER,
     WAIT_IN_SERVICE,
+    ApplySettings,
     Call,
     DeployState,
     EndpointBusy,
@@ -492,8 +493,8 @@ def test_rollback_updates_back_to_the_previous_config(aws: Any) -> None:
 
     lines: list[str] = []
     calls = rollback_endpoint(aws.sm, plan.endpoint_name, before.endpoint_config_name,
-                              aas_client=aws.aas, previous_state=before, log=lines.append,
-                              sleep=lambda s: None)
+                              aas_client=aws.aas, previous_state=before,
+                              settings=ApplySettings(log=lines.append, sleep=lambda s: None))
     assert _ops(calls) == ["deregister_scalable_target", "update_endpoint", WAIT_IN_SERVICE,
                            "register_scalable_target", "put_scaling_policy"]
     assert aws.sm.updates[-1] == {"EndpointName": plan.endpoint_name,

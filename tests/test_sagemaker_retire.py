@@ -411,16 +411,20 @@ def test_a_local_cpu_build_is_refused_before_anything_is_made(built_text_embeddi
 
 def test_an_old_manifest_without_a_target_is_refused(built_text_embedding: dict, tmp_path: Path) -> None:
     from flows.deploy import TargetMismatch, check_targets
+    from infra.manifest import parse_manifest
 
     doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
     doc.pop("target")
+    old = parse_manifest(doc, "an old text_embedding.manifest.json")  # read as the deploy reads it
+    assert old.target is None
     with pytest.raises(TargetMismatch, match="text_embedding: its manifest records no build target .*"
                                              "rebuild it with `mme build text_embedding --target sagemaker-gpu`"):
-        check_targets([doc], "sagemaker", allow_mismatch=False)
-    warnings = check_targets([doc], "sagemaker", allow_mismatch=True)
+        check_targets([old], "sagemaker", allow_mismatch=False)
+    warnings = check_targets([old], "sagemaker", allow_mismatch=True)
     assert len(warnings) == 1 and warnings[0].startswith("WARNING (--allow-target-mismatch)")
-    assert check_targets([{**doc, "target": "sagemaker-gpu"}], "sagemaker", allow_mismatch=False) == []
-    assert check_targets([doc], "local", allow_mismatch=False) == []
+    rebuilt = old.model_copy(update={"target": "sagemaker-gpu"})
+    assert check_targets([rebuilt], "sagemaker", allow_mismatch=False) == []
+    assert check_targets([old], "local", allow_mismatch=False) == []
 
 
 def test_cli_refuses_the_mismatch_with_exit_2(built_text_embedding: dict, prefect_harness) -> None:

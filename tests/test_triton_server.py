@@ -24,6 +24,7 @@ from infra.endpoint_process import process_alive
 from infra.triton_server import (
     TritonModelError,
     TritonNotFound,
+    TritonPorts,
     TritonServer,
     TritonStartError,
     locate_triton,
@@ -369,7 +370,7 @@ def test_server_started_from_short_lived_thread_survives(repo: Path) -> None:
 
 
 def test_explicit_port_in_use_fails(server: TritonServer, repo: Path) -> None:
-    other = TritonServer(repo, http_port=server.http_port, startup_timeout=20)
+    other = TritonServer(repo, ports=TritonPorts(http=server.http_port), startup_timeout=20)
     with pytest.raises(TritonStartError, match="already in use"):
         other.start()
     assert server.running

@@ -382,19 +382,19 @@ def _host(log: str, banner: str):
     ("trt10.4_minilm.log", "24.09", ["--verbose", "--dumpOptimizationProfile"])])
 def test_compile_writes_the_engine_report(tmp_path: Path, log: str, release: str,
                                           flags: list[str]) -> None:
-    from tasks.compile import compile_tensorrt
+    from tasks.compile import CompileHost, CompileOptions, compile_tensorrt
 
     text = (FIXTURES / log).read_text()
     host = _host(text, text.splitlines()[0] + "\n")
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"onnx")
     lines: list[str] = []
-    plan, meta = compile_tensorrt(
-        tmp_path / "out", onnx=onnx, min_shapes="input_ids:1x1,attention_mask:1x1",
+    plan, meta = compile_tensorrt(tmp_path / "out", CompileOptions(
+        onnx=onnx, min_shapes="input_ids:1x1,attention_mask:1x1",
         opt_shapes="input_ids:16x128,attention_mask:16x128",
         max_shapes="input_ids:16x128,attention_mask:16x128", triton_release=release,
-        runner="host", run=host.run, which=host.which, timing_cache_dir=tmp_path / "c",
-        log=lines.append)
+        runner="host", timing_cache_dir=tmp_path / "c"),
+        CompileHost(run=host.run, which=host.which, log=lines.append))
     build = host.calls[-1]
     assert build[-len(flags):] == flags
     report = json.loads((plan.parent / trt_bindings.SIDECAR_NAME).read_text())

@@ -105,15 +105,12 @@ def test_triton_release_versions() -> None:
 
 def test_one_default_release() -> None:
     """The CLI, the SageMaker backend and compile_tensorrt all default to DEFAULT_RELEASE."""
-    import inspect
-
     from tasks.backends.sagemaker import SageMakerOptions
-    from tasks.compile import CompileSpec, compile_tensorrt
+    from tasks.compile import CompileOptions, CompileSpec
 
     assert SageMakerOptions.model_fields["triton_release"].default == str(DEFAULT_RELEASE)
     assert CompileSpec.__dataclass_fields__["triton_release"].default == str(DEFAULT_RELEASE)
-    assert inspect.signature(compile_tensorrt).parameters["triton_release"].default == \
-        str(DEFAULT_RELEASE)
+    assert CompileOptions.__dataclass_fields__["triton_release"].default == str(DEFAULT_RELEASE)
 
 
 # --------------------------------------------------------------------------- atomic_dir

@@ -17,11 +17,10 @@ from typing import Any, Protocol
 
 from infra.aws import ClientFactory
 from infra.errors import InvalidInput
+from infra.manifest import Manifest
 from tasks.backends.base import Step, TargetMismatch, check_targets  # noqa: F401 (re-exported)
 from tasks.publish import Published
 from tasks.records import DeployedEnsemble, DeployPlan, DeployResult
-
-Manifest = Any  # a tasks.package manifest (typed record, or its dict form)
 
 
 class DeployBackend(Protocol):

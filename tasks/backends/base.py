@@ -9,6 +9,7 @@ from typing import Any
 
 from infra import endpoint_record as record
 from infra.errors import UserError
+from infra.manifest import Manifest
 from infra.store import ObjectNotFound, open_store
 from tasks.publish import Published, read_ledger, restore_previous, write_ledger
 from tasks.records import LedgerEntry
@@ -33,7 +34,7 @@ class TargetMismatch(UserError, ValueError):
 BACKEND_TARGETS: dict[str, tuple[str, ...]] = {"sagemaker": ("sagemaker-gpu",)}
 
 
-def check_targets(manifests: list[Any], backend: str, *, allow_mismatch: bool) -> list[str]:
+def check_targets(manifests: list[Manifest], backend: str, *, allow_mismatch: bool) -> list[str]:
     """Refuse (TargetMismatch naming ensemble, target and backend) a build the backend cannot
     run, before anything is uploaded or created; with ``allow_mismatch`` return the warnings.
 
@@ -44,14 +45,14 @@ def check_targets(manifests: list[Any], backend: str, *, allow_mismatch: bool) -
         return []
     problems = []
     for m in manifests:
-        target = m.get("target")
+        target = m.target
         if target in wanted:
             continue
         if target is None:
-            problems.append(f"{m['ensemble']}: its manifest records no build target (an old "
-                            f"build): rebuild it with `mme build {m['ensemble']} --target {wanted[0]}`")
+            problems.append(f"{m.ensemble}: its manifest records no build target (an old "
+                            f"build): rebuild it with `mme build {m.ensemble} --target {wanted[0]}`")
         else:
-            problems.append(f"{m['ensemble']}: built for target {target!r}, which the {backend} "
+            problems.append(f"{m.ensemble}: built for target {target!r}, which the {backend} "
                             f"backend cannot run (it runs {', '.join(wanted)}): its Python models "
                             f"need packages from the build host, not in the {backend} Triton "
                             f"container; build it with --target {wanted[0]}")
@@ -104,18 +105,18 @@ def write_deploy_ledger(store_uri: str, endpoint: str, models_url: str,
     write_ledger(store_uri, endpoint, ledger)
 
 
-def settle(endpoint: str, manifests: list[Any], *, deployed: bool) -> None:
-    record.settle_ensembles(endpoint, [m["ensemble"] for m in manifests], deployed=deployed)
+def settle(endpoint: str, manifests: list[Manifest], *, deployed: bool) -> None:
+    record.settle_ensembles(endpoint, [m.ensemble for m in manifests], deployed=deployed)
 
 
-def publish_actions(manifests: list[dict[str, Any]], models_url: str) -> list[str]:
+def publish_actions(manifests: list[Manifest], models_url: str) -> list[str]:
     """What publishing would do, object by object (for --dry-run)."""
     store, prefix = open_store(models_url)
     lines = []
     for m in manifests:
-        key = f"{prefix}/{m['target_model']}" if prefix else m["target_model"]
+        key = f"{prefix}/{m.target_model}" if prefix else m.target_model
         try:
-            same = store.head(key).sha256 == m["sha256"]
+            same = store.head(key).sha256 == m.sha256
         except ObjectNotFound:
             same = False
         except Exception as e:
@@ -123,5 +124,5 @@ def publish_actions(manifests: list[dict[str, Any]], models_url: str) -> list[st
                 raise
             same = False
         lines.append(f"s3.{'(unchanged, skipped) ' if same else ''}PutObject "
-                     f"{store.uri_for(key)} ({m['bytes']} bytes, sha256 {m['sha256'][:12]})")
+                     f"{store.uri_for(key)} ({m.bytes} bytes, sha256 {m.sha256[:12]})")
     return lines

@@ -21,6 +21,7 @@ from infra import endpoint_record as record
 from infra import paths
 from infra.endpoint_process import find_running, start_background, stop
 from infra.local_client import LocalEndpointClient
+from infra.manifest import Manifest
 from tasks.backends.base import (
     DELETED,
     INFO,
@@ -49,20 +50,20 @@ class LocalBackend:
         self.models_url = model_data_url(self.store_uri, endpoint)
         self.log: Callable[[str], None] = lambda line: None
 
-    def check(self, manifests: list[Any]) -> list[str]:
+    def check(self, manifests: list[Manifest]) -> list[str]:
         return []
 
-    def plan(self, manifests: list[Any]) -> DeployPlan:
+    def plan(self, manifests: list[Manifest]) -> DeployPlan:
         return DeployPlan(endpoint=self.endpoint, model_data_url=self.models_url, calls=(
             publish_actions(manifests, self.models_url)
             + [f"start or reuse the local endpoint {self.endpoint}"]
-            + [f"invoke TargetModel={m['target_model']} (validation)" for m in manifests]))
+            + [f"invoke TargetModel={m.target_model} (validation)" for m in manifests]))
 
-    def begin(self, manifests: list[Any]) -> None:
+    def begin(self, manifests: list[Manifest]) -> None:
         record.note_ensembles_publishing(self.endpoint, manifests, self.models_url, backend="local",
                                          store_uri=self.store_uri, model_data_url=self.models_url)
 
-    def publish(self, manifest: Any, backup_dir: Path) -> Published:
+    def publish(self, manifest: Manifest, backup_dir: Path) -> Published:
         return publish_artifact(manifest, self.models_url, backup_dir)
 
     def ensure_endpoint(self) -> dict[str, Any]:
@@ -75,12 +76,12 @@ class LocalBackend:
             if pub.uploaded:
                 client.unload(pub.target_model)
 
-    def validate(self, handle: dict[str, Any], manifest: Any, warm: int) -> dict[str, Any]:
+    def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
         result = validate_deployed(handle["url"], self.endpoint, manifest, warm_invocations=warm)
         try:  # informative only: what the same request costs straight to Triton
-            internal = LocalEndpointClient(handle["url"]).internal_name(manifest["target_model"])
+            internal = LocalEndpointClient(handle["url"]).internal_name(manifest.target_model)
             if internal is None:
-                raise LookupError(f"{manifest['target_model']} is not loaded")
+                raise LookupError(f"{manifest.target_model} is not loaded")
             result["direct_triton_latency_ms"] = direct_triton_latency(
                 handle["triton_url"], internal, manifest, n=warm)
         except (httpx.HTTPError, LookupError, KeyError) as e:
@@ -99,7 +100,7 @@ class LocalBackend:
                     pass
         return lines
 
-    def finish(self, handle: dict[str, Any], manifests: list[Any], published: list[Published],
+    def finish(self, handle: dict[str, Any], manifests: list[Manifest], published: list[Published],
                entries: list[DeployedEnsemble]) -> DeployResult:
         settle(self.endpoint, manifests, deployed=True)
         write_deploy_ledger(self.store_uri, self.endpoint, self.models_url, published)

@@ -28,6 +28,7 @@ from infra.aws import AwsClients, ClientFactory, aws_clients
 from infra.aws_errors import describe as aws_describe
 from infra.aws_errors import one_line
 from infra.errors import InvalidInput
+from infra.manifest import Manifest
 from infra.triton_release import DEFAULT_RELEASE
 from tasks.backends.base import (
     DELETED,
@@ -105,7 +106,7 @@ class SageMakerOptions(BaseModel):
         return None if value is None else sm.check_inference_ami_version(value)
 
 
-def check_builds(manifests: list[dict[str, Any]], opts: SageMakerOptions, log: Log) -> list[str]:
+def check_builds(manifests: list[Manifest], opts: SageMakerOptions, log: Log) -> list[str]:
     """Before any AWS call: refuse TensorRT plans compiled for another Triton release than the
     one served; warn (and return the lines) when a plan was built on another GPU architecture
     than the instance type's (the instance type itself is checked by :func:`make_plan`)."""
@@ -183,31 +184,31 @@ class SageMakerBackend:
             self._plan = make_plan(self.endpoint, self.store_uri, self.opts)
         return self._plan
 
-    def check(self, manifests: list[Any]) -> list[str]:
+    def check(self, manifests: list[Manifest]) -> list[str]:
         """The target, instance type and TensorRT release checks: all before any AWS call."""
         warnings = check_targets(manifests, self.name, allow_mismatch=self.opts.allow_target_mismatch)
         self.endpoint_plan  # noqa: B018 - refuses an instance type SageMaker MMEs cannot run
         self.warnings = warnings + check_builds(manifests, self.opts, self.log)
         return self.warnings
 
-    def plan(self, manifests: list[Any]) -> DeployPlan:
+    def plan(self, manifests: list[Manifest]) -> DeployPlan:
         plan = self.endpoint_plan
         state = current_state(self.clients, plan, self.log)
         lines = publish_actions(manifests, self.models_url) + sm.format_calls(
             sm.plan_calls(plan, state)).splitlines()
         lines += [f"sagemaker-runtime.InvokeEndpoint EndpointName={self.endpoint} "
-                  f"TargetModel={m['target_model']} (validation)" for m in manifests]
+                  f"TargetModel={m.target_model} (validation)" for m in manifests]
         return DeployPlan(endpoint=self.endpoint, calls=lines, model_data_url=plan.model_data_url,
                           image=plan.image_uri, hourly_cost_usd=plan.hourly_cost(),
                           warnings=self.warnings)
 
-    def begin(self, manifests: list[Any]) -> None:
+    def begin(self, manifests: list[Manifest]) -> None:
         plan = self.endpoint_plan  # refuses a bad plan before any client is made
         self.before = current_state(self.clients, plan, self.log)
         record.note_ensembles_publishing(self.endpoint, manifests, self.models_url,
                                          **self._record_defaults())
 
-    def publish(self, manifest: Any, backup_dir: Path) -> Published:
+    def publish(self, manifest: Manifest, backup_dir: Path) -> Published:
         return publish_artifact(manifest, self.models_url, backup_dir)
 
     def ensure_endpoint(self) -> dict[str, Any]:
@@ -230,7 +231,7 @@ class SageMakerBackend:
                          f"that already loaded it keep the old version until SageMaker unloads it "
                          f"(use a new TargetModel name per version to switch at once)")
 
-    def validate(self, handle: dict[str, Any], manifest: Any, warm: int) -> dict[str, Any]:
+    def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
         return validate_deployed(None, self.endpoint, manifest, warm_invocations=warm,
                                  runtime_client=self.clients.runtime,
                                  load_wait=LoadWait(limit_s=self.opts.load_wait_s))
@@ -241,7 +242,7 @@ class SageMakerBackend:
         roll_back(self.clients, self.endpoint_plan, self.before, self.attempted, self.opts, self.log)
         return restore_objects(published, self.models_url, error)
 
-    def finish(self, handle: dict[str, Any], manifests: list[Any], published: list[Published],
+    def finish(self, handle: dict[str, Any], manifests: list[Manifest], published: list[Published],
                entries: list[DeployedEnsemble]) -> DeployResult:
         plan = self.endpoint_plan
         settle(self.endpoint, manifests, deployed=True)
@@ -332,8 +333,9 @@ def roll_back(clients: AwsClients, plan: sm.EndpointPlan, state: sm.DeployState,
                 log(f"rolling {endpoint} back to {state.endpoint_config_name}")
                 sm.rollback_endpoint(clients.sagemaker, endpoint, state.endpoint_config_name,
                                      aas_client=clients.autoscaling, previous_state=state,
-                                     log=log, timeout_s=opts.wait_timeout_s, poll_s=opts.poll_s,
-                                     on_applied=lambda c: _note_done(endpoint, c))
+                                     settings=sm.ApplySettings(
+                                         log=log, timeout_s=opts.wait_timeout_s, poll_s=opts.poll_s,
+                                         on_applied=lambda c: _note_done(endpoint, c)))
             outcomes = _delete(clients, endpoint, made, discover=False, log=log)
     except Exception as e:  # noqa: BLE001 - reported, and the record keeps every resource
         log(f"rollback of {endpoint} failed: {one_line(e)}; what this deploy created stays in "

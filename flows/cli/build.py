@@ -1,0 +1,56 @@
+"""``mme render`` and ``mme build``: the build side of the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from flows.cli.common import _fail, _print_table, _quiet_env, _run_flow, app, console
+
+
+@app.command()
+def render(ensemble: str = typer.Argument("text_embedding"),
+           target: str = typer.Option("local-cpu", help="local-cpu or sagemaker-gpu"),
+           out: Path = typer.Option(..., help="new folder to write the configs into"),
+           triton_release: str | None = typer.Option(
+               None, help="Triton release YY.MM the TensorRT steps are served with (decides "
+                          "INT32 vs INT64 token ids); default: the spec's compile release")) -> None:
+    """Render an ensemble's config.pbtxt files for a target (no build work)."""
+    from ensembles.catalog import load_ensemble
+    from ensembles.render import render_repository
+    from infra.errors import UserError
+
+    try:
+        spec, _ = load_ensemble(ensemble)
+        render_repository(spec, target, out, configs_only=True, triton_release=triton_release)
+    except (UserError, FileExistsError) as e:
+        _fail(str(e))
+    for cfg in sorted(out.glob("*/config.pbtxt")):
+        console.print(f"[bold]{cfg.relative_to(out)}[/]")
+        print(cfg.read_text())
+
+
+@app.command()
+def build(ensembles: list[str] = typer.Argument(None, help="catalog names (default: text_embedding)"),
+          target: str = typer.Option("local-cpu"),
+          output_dir: Path | None = typer.Option(None, help="default: $MME_HOME/artifacts/<target>"),
+          set_: list[str] = typer.Option(None, "--set", help="ARTIFACT.PARAM=VALUE, e.g. "
+                                         "inception_archive.source=/models/inception.tar.gz")) -> None:
+    """Build, verify and package ensembles (a Prefect flow run)."""
+    _quiet_env()
+    from flows.build import build as build_flow
+
+    overrides = {}
+    for item in set_ or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--set {item!r}: expected ARTIFACT.PARAM=VALUE")
+        overrides[key] = value
+    manifests = _run_flow(build_flow, ensembles=ensembles or None, target=target,
+                          output_dir=str(output_dir) if output_dir else None,
+                          overrides=overrides or None)
+    _print_table("Built", [{"ensemble": m.ensemble, "sha256": m.sha256[:12],
+                            "bytes": m.bytes, "artifact": m.artifact,
+                            "validation": m.validation.summary()}
+                           for m in manifests])

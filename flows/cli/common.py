@@ -1,0 +1,126 @@
+"""What every ``mme`` command shares: the Typer apps, the console, and how an error that ends a
+command becomes one ``error:`` line and an exit code (2: the user's to fix, 1: another project
+or AWS error; a bug keeps its traceback)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endpoints.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+endpoint_app = typer.Typer(help="The local multi-model endpoint.", no_args_is_help=True)
+app.add_typer(endpoint_app, name="endpoint")
+console = Console(stderr=True)
+
+def _quiet_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(2)
+
+
+def _exit_code(e: BaseException) -> int | None:
+    """What the CLI does with an error that ended a command (see infra/errors.py): 2 for the
+    user's to fix (a :class:`UserError`), 1 for another :class:`MMEError` (one line either
+    way), None for anything else: a bug, whose traceback is let through. An AWS error (or one
+    raised from an AWS error) is classified by AWS's code (issue 8: access, credentials,
+    invalid requests and quotas are the user's), before the tree."""
+    from infra.aws_errors import exit_code as aws_exit_code
+    from infra.aws_errors import find_aws_error
+    from infra.errors import MMEError, UserError
+
+    if find_aws_error(e) is not None:
+        return aws_exit_code(e)
+    if isinstance(e, UserError):
+        return 2
+    if isinstance(e, MMEError):
+        return 1
+    return None
+
+
+def _report(e: BaseException) -> int | None:
+    """Print the one ``error:`` line for a project or AWS error and return its exit code; None
+    (nothing printed) for a bug, whose traceback the caller lets through."""
+    from infra.aws_errors import find_aws_error, one_line
+
+    code = _exit_code(e)
+    if code is not None:
+        # AWS said no: the call, the resource, AWS's words (markup stripped)
+        line = one_line(e) if find_aws_error(e) is not None else f"{type(e).__name__}: {e}"
+        console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False,
+                      soft_wrap=True)
+    return code
+
+
+def _run_flow(fn, **kwargs):
+    from flows.retire import RetireIncomplete
+    from infra.aws_errors import quiet_tracebacks
+    from infra.errors import MMEError
+
+    try:
+        # AWS errors and the project's own errors are one line in the logs, not tracebacks
+        with quiet_tracebacks(also=(MMEError,)):
+            return fn(**kwargs)
+    except RetireIncomplete as e:
+        for line in e.lines:
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False,
+                      soft_wrap=True)
+        raise typer.Exit(1) from None
+    except Exception as e:
+        code = _report(e)
+        if code is None:
+            raise
+        raise typer.Exit(code) from None
+
+
+
+def _takes(options: dict[str, tuple[Any, Any]]) -> Any:
+    """Give a ``def cmd(**o)`` command the signature Typer reads its options from."""
+    import inspect
+
+    def wrap(fn: Any) -> Any:
+        fn.__signature__ = inspect.Signature([
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+            for name, (kind, default) in options.items()])
+        return fn
+    return wrap
+
+
+def _print_table(title: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    table = Table(title=title, title_justify="left")
+    for col in rows[0]:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*[str(v) for v in r.values()])
+    Console().print(table)
+
+
+def _print_deploy(result: dict) -> None:
+    rows = []
+    for e in result["ensembles"]:
+        v, lat = e["validation"], e["latency_ms"]
+        direct = e.get("direct_triton_latency_ms") or {}
+        rows.append({"ensemble": e["name"], v["metric"]: f"{v['value']:.6f}",
+                     "ok": "yes" if v["passed"] else "NO",
+                     "cold ms": f"{lat['cold']:.0f}", "p50 ms": f"{lat['p50']:.1f}",
+                     "p99 ms": f"{lat['p99']:.1f}",
+                     "Triton p50": f"{direct.get('p50', float('nan')):.1f}"})
+    _print_table(f"Endpoint {result['endpoint']} ({result['url']})", rows)
+    for e in result["ensembles"]:
+        if "top5" in e["validation"]:
+            _print_table(f"{e['name']}: top-5 on the sample image",
+                         [{"label": t["label"], "prob": f"{t['prob']:.4f}"} for t in e["validation"]["top5"]])

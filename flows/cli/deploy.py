@@ -1,0 +1,85 @@
+"""``mme deploy``, ``mme iam-policy`` and ``mme retire``: the ship side of the CLI. The
+deploy options and their checks are in :mod:`flows.cli.deploy_options`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+
+from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, _takes, app, console
+from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options
+from infra.triton_release import DEFAULT_RELEASE
+
+
+@app.command()
+@_takes(DEPLOY_OPTIONS)
+def deploy(**o: Any) -> None:
+    """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
+    _quiet_env()
+    from flows.deploy import deploy as deploy_flow
+    from tasks.records import BuildSource
+
+    result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
+                       backend=o["backend"], store_uri=o["store"], build=BuildSource(target=o["target"]),
+                       warm_invocations=o["warm_invocations"], dry_run=o["dry_run"],
+                       sagemaker=_backend_options(o))
+    if not o["dry_run"]:
+        _print_deploy(result)
+        return
+    print(f"# dry run: what deploying to {o['endpoint']} ({o['backend']}) would do, in order")
+    for line in result.get("warnings") or []:
+        print(f"# WARNING: {line}")
+    for line in result["calls"]:
+        print(line)
+    if result.get("hourly_cost_usd") is not None:
+        print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
+              f"({o['instance_count']} x {o['instance_type']}, on-demand, before autoscaling)")
+
+
+@app.command("iam-policy")
+def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., help="the store prefix"),
+               endpoint: str = typer.Option(...), region: str = typer.Option("us-east-1"),
+               account_id: str = typer.Option(..., help="your AWS account id"),
+               triton_release: str = typer.Option(str(DEFAULT_RELEASE))) -> None:
+    """Print the least-privilege policy (and trust policy) for the endpoint's execution role."""
+    from infra import iam, sagemaker as sm
+    from infra.errors import UserError
+
+    try:
+        image = sm.triton_image_uri(region, triton_release)
+        policy = iam.endpoint_execution_policy(
+            bucket, f"{prefix.strip('/')}/models/{endpoint}", region=region, account_id=account_id,
+            ecr_repository_arns=[iam.ecr_repository_arn(image)], endpoint_name=endpoint)
+    except UserError as e:
+        _fail(str(e))
+    print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))
+
+
+@app.command()
+def retire(ensembles: list[str] = typer.Argument(None),
+           endpoint: str = typer.Option("local-mme"),
+           stop_endpoint: bool = typer.Option(False, "--stop", help="also stop (local) or delete "
+                                              "(sagemaker) the endpoint"),
+           store: str | None = typer.Option(None, help="default: from the endpoint's record "
+                                               "($MME_HOME/endpoints/<name>/record.json)"),
+           backend: str | None = typer.Option(None, help="local or sagemaker; default: from "
+                                                 "the endpoint's record"),
+           region: str | None = typer.Option(None, help="sagemaker: default from the record"),
+           missing_ok: bool = typer.Option(False, "--missing-ok", help="exit 0 when there is "
+                                           "nothing (left) to delete")) -> None:
+    """Remove ensembles from an endpoint (only what we deployed), or remove the endpoint.
+
+    Exits 1 when something could not be found or deleted, or nothing was deleted."""
+    _quiet_env()
+    from flows.retire import retire as retire_flow
+
+    from tasks.backends import BACKENDS
+
+    if backend is not None and backend not in BACKENDS:
+        _fail(f"--backend {backend!r}: expected {' or '.join(BACKENDS)}")
+    for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
+                          stop_endpoint=stop_endpoint, store_uri=store, backend=backend,
+                          region=region, missing_ok=missing_ok):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,102 @@
+"""``mme deploy``'s options, declared once as data: the command takes them as one mapping and
+turns them into the objects the flow takes (BuildSource, SageMakerOptions); a bad one fails
+naming the option."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from flows.cli.common import _fail
+from infra.triton_release import DEFAULT_RELEASE
+
+DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "ensembles": (list[str], typer.Argument(None)),
+    "endpoint": (str, typer.Option("local-mme")),
+    "backend": (str, typer.Option("local", help="local, or sagemaker")),
+    "target": (str | None, typer.Option(None, help="default: local-cpu (local), sagemaker-gpu (sagemaker)")),
+    "store": (str | None, typer.Option(None, help="object store: default the embedded one; "
+                                                     "s3://bucket/prefix for sagemaker")),
+    "region": (str, typer.Option("us-east-1", help="sagemaker: AWS region")),
+    "role_arn": (str | None, typer.Option(None, help="sagemaker: the endpoint's execution role")),
+    "instance_type": (str, typer.Option("ml.g4dn.xlarge", help="sagemaker: GPU instance type")),
+    "instance_count": (int, typer.Option(1, help="sagemaker: initial instance count")),
+    "triton_release": (str, typer.Option(str(DEFAULT_RELEASE), help="sagemaker: Triton container YY.MM")),
+    "autoscaling_max": (int | None, typer.Option(None, help="sagemaker: enable autoscaling up to N")),
+    "autoscaling_min": (int | None, typer.Option(None)),
+    "target_invocations": (float, typer.Option(200.0, help="sagemaker: invocations per instance per minute")),
+    "dry_run": (bool, typer.Option(False, "--dry-run", help="print every call, make none")),
+    "allow_target_mismatch": (bool, typer.Option(
+        False, "--allow-target-mismatch",
+        help="sagemaker: deploy builds made for another target (e.g. local-cpu) anyway")),
+    "load_wait": (float, typer.Option(360.0, help="sagemaker: seconds validation retries "
+                                                  "429 ModelNotReadyException per model")),
+    "model_cache": (str, typer.Option("enabled", help="sagemaker: the MME's ModelCacheSetting, "
+                                                      "enabled or disabled")),
+    "env": (list[str], typer.Option(None, "--env", help="sagemaker: container environment "
+                                    "KEY=VALUE (repeatable), e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false")),
+    "inference_ami": (str | None, typer.Option(
+        None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
+                                      "(NVIDIA driver/CUDA of the instances)")),
+    "warm_invocations": (int, typer.Option(20)),
+}
+
+
+def _backend_options(o: dict[str, Any]) -> Any:
+    """The options object of the chosen backend (None: the backend takes none)."""
+    from tasks.backends import BACKENDS
+
+    if o["backend"] not in BACKENDS:
+        _fail(f"--backend {o['backend']!r}: expected {' or '.join(BACKENDS)}")
+    return {"sagemaker": _sagemaker_options}.get(o["backend"], lambda o: None)(o)
+
+
+def _sagemaker_options(o: dict[str, Any]) -> Any:
+    """The SageMaker options of ``mme deploy``; a bad one fails naming the option."""
+    from pydantic import ValidationError
+
+    from tasks.backends.sagemaker import SageMakerOptions
+    from infra.errors import UserError
+
+    if not o["store"] or not o["store"].startswith("s3://"):
+        _fail("--backend sagemaker needs --store s3://bucket/prefix")
+    if not o["role_arn"] and not o["dry_run"]:
+        _fail("--backend sagemaker needs --role-arn (see `mme iam-policy`)")
+    environment = _parse_env(o["env"] or [])
+    if o["model_cache"].strip().lower() not in ("enabled", "disabled"):
+        _fail(f"--model-cache {o['model_cache']!r}: expected enabled or disabled")
+    try:
+        options = SageMakerOptions(
+            region=o["region"],
+            role_arn=o["role_arn"] or "arn:aws:iam::111111111111:role/YOUR-ENDPOINT-ROLE",
+            instance_type=o["instance_type"], instance_count=o["instance_count"],
+            triton_release=o["triton_release"],
+            autoscaling_min=o["autoscaling_min"], autoscaling_max=o["autoscaling_max"],
+            target_invocations_per_instance=o["target_invocations"],
+            allow_target_mismatch=o["allow_target_mismatch"], load_wait_s=o["load_wait"],
+            model_cache=o["model_cache"], environment=environment, inference_ami_version=o["inference_ami"])
+    except (UserError, ValidationError) as e:  # pydantic's refusal of an option too
+        ami = o["inference_ami"]
+        _fail(f"--inference-ami {ami!r}: {e}" if ami and "AMI" in str(e) else str(e))
+    return options
+
+
+def _parse_env(items: list[str]) -> dict[str, str]:
+    """``--env KEY=VALUE`` options -> the container Environment; a bad one fails naming it."""
+    from infra.errors import UserError
+    from infra.sagemaker import check_environment
+
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--env {item!r}: expected KEY=VALUE, e.g. SAGEMAKER_TRITON_LOG_VERBOSE=false")
+        if key in out:
+            _fail(f"--env {item!r}: {key} is given twice")
+        try:
+            check_environment({key: value})
+        except UserError as e:
+            _fail(f"--env {item!r}: {e}")
+        out[key] = value
+    return out
