@@ -159,7 +159,7 @@ def test_built_artifact(built_image_classifier: dict, tmp_path: Path) -> None:
         assert len(labels) == 1000
         assert labels[281].lower().startswith("tabby"), labels[281:286]
         assert all("cat" in label.lower() for label in labels[282:286]), labels[281:286]
-        assert v["top5"][0]["label"] == labels[v["top5"][0]["index"]]
+        assert extras["top5"][0]["label"] == labels[extras["top5"][0]["index"]]
         dali_file = tar.extractfile(members[f"{PRE}/1/model.dali"]).read()
     from tasks.dali import external_source_names
 
