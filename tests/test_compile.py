@@ -60,7 +60,7 @@ def _spec(tmp_path: Path, **kw: Any) -> CompileSpec:
 
 
 class FakeContainer:
-    def __init__(self, client: "FakeDocker", kwargs: dict) -> None:
+    def __init__(self, client: FakeDocker, kwargs: dict) -> None:
         self.client, self.kwargs, self.id = client, kwargs, "c0ffee"
         self.killed = self.removed = False
         self.logs_args: dict | None = None
@@ -123,7 +123,7 @@ class FakeDocker:
         return True
 
     class _Containers:
-        def __init__(self, outer: "FakeDocker") -> None:
+        def __init__(self, outer: FakeDocker) -> None:
             self.outer = outer
 
         def run(self, image: str, **kwargs: Any) -> FakeContainer:
@@ -134,7 +134,7 @@ class FakeDocker:
             return self.outer.container
 
     class _Images:
-        def __init__(self, outer: "FakeDocker") -> None:
+        def __init__(self, outer: FakeDocker) -> None:
             self.outer = outer
 
         def get(self, image: str) -> object:
@@ -144,7 +144,7 @@ class FakeDocker:
             return object()
 
     class _Api:
-        def __init__(self, outer: "FakeDocker") -> None:
+        def __init__(self, outer: FakeDocker) -> None:
             self.outer = outer
 
         def pull(self, repo: str, tag: str, stream: bool, decode: bool):
