@@ -79,6 +79,14 @@ def test_prefect_yaml_registers_the_deployments(prefect_server: dict):
     assert trig and trig[0]["trigger"]["expect"] == ["mme.model.landed"]
     params = trig[0]["actions"][0]["parameters"]
     assert params["ensemble"] == "{{ event.resource['mme.ensemble'] }}"
+    # a fleet's model files trigger the fleet build of the variants that name them, not a release
+    assert {"fleet-build", "fleet-build-on-model"} <= set(by_name)
+    assert trig[0]["trigger"]["match"]["mme.ensemble"] == [
+        "text_embedding", "image_classifier", "image_classifier_inception"]
+    fleet_trig = [a for a in autos if "fleet-build-on-model" in a["name"]]
+    assert fleet_trig and fleet_trig[0]["trigger"]["expect"] == ["mme.model.landed"]
+    assert fleet_trig[0]["actions"][0]["parameters"]["changed_uri"] == (
+        "{{ event.resource['prefect.resource.id'] }}")
 
 
 def test_new_model_event_runs_the_deploy(prefect_server: dict, tmp_path: Path):

@@ -1,0 +1,87 @@
+"""Verify fleet variants in one long-lived Triton: load, check, unload, in turn.
+
+Starting a server per ensemble would cost a server start per variant; one server, loading each
+variant under its own namespace (as the endpoint does) from the very tarball that ships and
+unloading it after its check, costs one load and one unload per variant.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from infra.errors import MMEError
+from infra.model_repo import namespace_repository
+from infra.tarball import safe_extract
+from tasks.fleet_variant import StagedVariant, VariantError, target_model_for
+from tasks.verify import Sample, score
+
+
+def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
+               sample: Sample, scratch: Path) -> dict[str, Any]:
+    """Load one tarball under its namespace, run its sample, score it, unload it."""
+    import time
+
+    from infra.runtime_client import infer_direct
+
+    v = staged.spec.validation
+    assert v is not None
+    name = staged.variant.name
+    extracted = safe_extract(staged.tarball, scratch / "x")
+    ns = namespace_repository(extracted, repo, target_model_for(staged.variant))
+    try:
+        t0 = time.perf_counter()
+        server.load(ns.entry)
+        load_s = time.perf_counter() - t0
+        try:
+            got = infer_direct(client, ns.entry, sample.inputs)
+        except RuntimeError as e:
+            raise VariantError(f"variant {name!r}: Triton refused the sample: {e}") from None
+        finally:
+            server.unload(ns.entry)
+    except MMEError as e:
+        if isinstance(e, VariantError):
+            raise
+        raise VariantError(f"variant {name!r}: Triton could not load its tarball: {e}") from None
+    finally:
+        for model in ns.models:
+            shutil.rmtree(repo / model, ignore_errors=True)
+        shutil.rmtree(scratch / "x", ignore_errors=True)
+    result = score(v.metric, v.threshold, sample, got)
+    result.pop("per_item", None)
+    result["load_seconds"] = round(load_s, 3)
+    if not result["passed"]:
+        raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result['value']:.6f} is "
+                           f"below {v.threshold} ({result.get('failure') or result.get('top5')})")
+    return result
+
+
+def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
+                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any] | Exception]:
+    """Each staged variant's tarball checked in one Triton server; per variant its result or
+    the error it failed with (a server that cannot start fails them all)."""
+    import httpx
+
+    from infra.triton_server import TritonServer
+
+    out: dict[str, dict[str, Any] | Exception] = {}
+    if not items:
+        return out
+    with tempfile.TemporaryDirectory(prefix="mme-fleet-verify-") as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server, \
+                httpx.Client(base_url=server.url, timeout=120) as client:
+            for staged, sample in items:
+                name = staged.variant.name
+                try:
+                    result = _check_one(server, client, repo, staged, sample, Path(tmp))
+                    out[name] = result
+                    log(f"triton verified {name}: {result['metric']} = {result['value']:.6f}")
+                except Exception as e:  # noqa: BLE001 - reported per variant by the caller
+                    out[name] = e
+                    log(f"triton refused {name}: {e}")
+    return out

@@ -1,0 +1,208 @@
+"""The fleet build, for real: an example fleet of 20 per-customer SqueezeNet classifiers built
+through the ``fleet-build`` flow (real DALI, ONNX Runtime and a long-lived Triton for the
+canaries), rebuilt with nothing changed, with one changed, and with broken inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from ensembles.fleet import Variant
+from tasks.fleet_build import (
+    INDEX_FILE,
+    FleetIndex,
+    IndexEntry,
+    pick_canaries,
+    plan_builds,
+    select_variants,
+)
+from tasks.fleet_variant import FleetTemplate, input_key
+
+COUNT = 20
+SAMPLE = 3
+
+
+def _run(fleet_file: Path, out: Path, **kw):
+    from flows.fleet import fleet_build
+
+    return fleet_build(str(fleet_file), output_dir=str(out), triton_sample=SAMPLE, **kw)
+
+
+def _manifests(out: Path) -> dict[str, dict]:
+    return {json.loads(p.read_text())["ensemble"]: json.loads(p.read_text())
+            for p in out.glob("*.manifest.json")}
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory, mme_home, prefect_harness):
+    from tasks.fleet_example import make_example_fleet
+
+    root = tmp_path_factory.mktemp("fleet")
+    prefix = root / "models"
+    made = make_example_fleet(COUNT, prefix.as_uri(), seed=7, fleet_file=root / "fleet.yaml")
+    out = root / "out"
+    first = _run(root / "fleet.yaml", out)
+    return {"root": root, "prefix": prefix, "fleet": root / "fleet.yaml", "out": out,
+            "first": first, "made": made}
+
+
+def test_first_build_verifies_every_variant(example):
+    first, out = example["first"], example["out"]
+    assert (first["built"], first["unchanged"], first["failed"]) == (COUNT, 0, 0)
+    manifests = _manifests(out)
+    assert len(manifests) == COUNT
+    checked = [m["validation"]["checked_by"] for m in manifests.values()]
+    assert checked.count("triton") == SAMPLE
+    assert checked.count("onnxruntime+structure") == COUNT - SAMPLE
+    assert all(m["validation"]["passed"] for m in manifests.values())
+    for name, m in manifests.items():
+        classes = (example["prefix"] / "tenants" / name / "classes.txt").read_text().split()
+        expected = np.array(m["sample"]["expected"]["OUTPUT"]["data"])
+        assert expected.size == len(classes)  # the output has the variant's class count
+        assert (out / Path(m["artifact"]).name).exists()
+        assert m["target_model"] == f"{name}.tar.gz"
+    index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
+    assert sorted(index.variants) == sorted(manifests)
+    assert {e.status for e in index.variants.values()} == {"ok"}
+
+
+def test_noop_rebuild_builds_nothing(example):
+    out = example["out"]
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")}
+    again = _run(example["fleet"], out)
+    assert (again["built"], again["unchanged"]) == (0, COUNT)
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")} == before
+
+
+def test_one_changed_model_rebuilds_that_variant_only(example):
+    out, tenants = example["out"], example["prefix"] / "tenants"
+    names = sorted(p.name for p in tenants.iterdir())
+    changed, donor = names[4], names[5]
+    for f in ("model.onnx", "labels.txt", "classes.txt"):
+        shutil.copy(tenants / donor / f, tenants / changed / f)
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")}
+    again = _run(example["fleet"], out)
+    assert (again["built"], again["unchanged"]) == (1, COUNT - 1)
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")}
+    assert [n for n in after if after[n] != before[n]] == [f"{changed}.tar.gz"]
+    m = _manifests(out)[changed]
+    assert m["validation"]["checked_by"] == "triton"  # one changed variant: verified in Triton
+    assert m["sources"]["classifier_onnx"]["sha256"] == _manifests(out)[donor]["sources"]["classifier_onnx"]["sha256"]
+
+
+def test_event_uri_builds_only_its_variant(example):
+    out, tenants = example["out"], example["prefix"] / "tenants"
+    names = sorted(p.name for p in tenants.iterdir())
+    a, b = names[6], names[7]
+    for name in (a, b):  # both change; the event names only a's model file
+        data = onnx.load(str(tenants / name / "model.onnx"))
+        data.doc_string = "retrained"
+        onnx.save(data, str(tenants / name / "model.onnx"))
+    got = _run(example["fleet"], out, changed_uri=(tenants / a / "model.onnx").as_uri())
+    assert got["built"] == 1
+    index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
+    assert index.variants[a].status == "ok" and index.variants[b].status == "ok"
+    again = _run(example["fleet"], out)  # b is still due, and only b
+    assert again["built"] == 1
+
+
+def _break(tenants: Path, names: list[str]) -> dict[str, str]:
+    """Corrupt model, labels count mismatch, wrong input shape: variant -> file at fault."""
+    corrupt, labels, shape = names[0], names[1], names[2]
+    (tenants / corrupt / "model.onnx").write_bytes(b"not an onnx model")
+    lines = (tenants / labels / "labels.txt").read_text().splitlines()
+    (tenants / labels / "labels.txt").write_text("\n".join(lines[:-1]) + "\n")
+    model = onnx.load(str(tenants / shape / "model.onnx"))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_value = dims[3].dim_value = 224
+    onnx.save(model, str(tenants / shape / "model.onnx"))
+    return {corrupt: "model.onnx", labels: "labels.txt", shape: "model.onnx"}
+
+
+def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_home, prefect_harness):
+    from tasks.fleet_example import make_example_fleet
+    from tasks.fleet_report import FleetBuildFailed
+
+    prefix = tmp_path / "models"
+    make_example_fleet(6, prefix.as_uri(), seed=3, fleet_file=tmp_path / "fleet.yaml")
+    tenants = prefix / "tenants"
+    names = sorted(p.name for p in tenants.iterdir())
+    broken = _break(tenants, names)
+    out = tmp_path / "out"
+    with pytest.raises(FleetBuildFailed) as err:
+        _run(tmp_path / "fleet.yaml", out)
+    message = str(err.value)
+    assert "3 of 6 variants failed" in message
+    for name, file in broken.items():
+        assert name in message
+        assert (tenants / name / file).as_uri() in message or f"{name}/{file}" in message
+    assert "224" in message and "labels" in message
+    built = sorted(p.name for p in out.glob("*.tar.gz"))
+    assert built == sorted(f"{n}.tar.gz" for n in names if n not in broken)
+    assert not [p for n in broken for p in out.glob(f"{n}.*")]
+    index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
+    assert {n for n, e in index.variants.items() if e.status == "failed"} == set(broken)
+
+
+# ------------------------------------------------------------------------------ pure parts
+
+
+def _template(key: str) -> FleetTemplate:
+    from ensembles.fleet import load_fleet  # noqa: F401 - the template spec is not needed here
+    from ensembles.spec import load_spec
+    from ensembles.catalog import CATALOG_DIR
+
+    spec = load_spec(CATALOG_DIR / "image_classifier_tenant" / "ensemble.yaml")
+    return FleetTemplate(fleet="f", target="local-cpu", folder=Path("."), spec=spec,
+                         owned=("classifier_onnx", "labels"), shared={}, shared_sources={},
+                         key=key, spec_sha256="0", tool_version="t")
+
+
+def _variants(n: int) -> list[Variant]:
+    return [Variant(name=f"t{i:03d}", params={"classifier_onnx.source": f"file:///m/t{i}/model.onnx"},
+                    fingerprints={"classifier_onnx.source": f"size:{i}:mtime_ns:1"}, origin="x")
+            for i in range(n)]
+
+
+def test_new_template_key_rebuilds_every_variant(tmp_path):
+    variants = _variants(5)
+    old = _template("a")
+    index = FleetIndex(fleet="f", target="local-cpu", template_key="a", variants={
+        v.name: IndexEntry(key=input_key("a", v), file=f"{v.name}.tar.gz",
+                           target_model=f"{v.name}.tar.gz", status="ok") for v in variants})
+    for v in variants:
+        (tmp_path / f"{v.name}.tar.gz").write_bytes(b"x")
+    todo, unchanged = plan_builds(old, variants, index, tmp_path)
+    assert (len(todo), len(unchanged)) == (0, 5)
+    todo, unchanged = plan_builds(_template("b"), variants, index, tmp_path)
+    assert (len(todo), len(unchanged)) == (5, 0)
+    (tmp_path / "t002.tar.gz").unlink()  # a tarball deleted behind our back is rebuilt
+    todo, _ = plan_builds(old, variants, index, tmp_path)
+    assert [v.name for v in todo] == ["t002"]
+
+
+def test_unknown_source_identity_is_always_rebuilt():
+    v = Variant(name="x", params={"classifier_onnx.source": "https://h/m.onnx"}, origin="x")
+    assert input_key("k", v) is None
+
+
+def test_canaries_are_stable_and_include_the_first():
+    variants = _variants(50)
+    a = pick_canaries(variants, 4, "fleet")
+    assert a == pick_canaries(list(reversed(variants)), 4, "fleet")
+    assert a[0].name == "t000" and len({v.name for v in a}) == 4
+    assert pick_canaries(variants[:3], 4, "fleet") == variants[:3]
+
+
+def test_select_by_event_uri_or_name():
+    variants = _variants(5)
+    picked, later = select_variants(variants, None, "file:///m/t3/model.onnx")
+    assert [v.name for v in picked] == ["t003"] and len(later) == 4
+    picked, later = select_variants(variants, ["t001", "t004"], None)
+    assert [v.name for v in picked] == ["t001", "t004"]
+    assert select_variants(variants, None, None) == (variants, [])
