@@ -81,21 +81,23 @@ def _canaries(template: Any, shared: Any, todo: list[Variant], sample: int, all_
     return outcomes, structure, remaining
 
 
-def _rest(template: Any, shared: Any, structure: Any, remaining: list[Variant], work: Path,
-          out: Path, progress: Any, done: int, total: int) -> list[VariantOutcome]:
-    """Build the variants that are not canaries, in chunks side by side."""
+def _rest(template: Any, shared: Any, structure: Any, remaining: list[Variant],
+          dirs: tuple[Path, Path], progress: tuple[Any, int, int]) -> list[VariantOutcome]:
+    """Build the variants that are not canaries, in chunks side by side. ``dirs``: (work,
+    output); ``progress``: (bar, variants done before, variants to build in all)."""
     if structure is None:  # no canary passed Triton: nothing to check the rest against
         return [VariantOutcome(name=v.name, status="failed", file="", target_model=f"{v.name}.tar.gz",
                                reason="not built: no canary of this fleet passed Triton "
                                       "verification (see the failed canaries)")
                 for v in remaining]
+    bar, done, total = progress
     size = chunk_size(len(remaining), max_workers_from_env())
-    futures = [build_chunk_task.submit(template, shared, structure, chunk, work, out)
+    futures = [build_chunk_task.submit(template, shared, structure, chunk, *dirs)
                for chunk in chunked(remaining, size)]
     outcomes: list[VariantOutcome] = []
     for fut in as_completed(futures):
         outcomes += fut.result()
-        advance(progress, done + len(outcomes), total)
+        advance(bar, done + len(outcomes), total)
     return outcomes
 
 
@@ -129,7 +131,8 @@ def fleet_build(fleet: str, output_dir: str | None = None, triton_sample: int = 
     canary, structure, remaining = _canaries(template, shared, todo, triton_sample,
                                              all_in_triton, work, out)
     advance(progress, len(canary), len(todo))
-    built = _rest(template, shared, structure, remaining, work, out, progress, len(canary), len(todo))
+    built = _rest(template, shared, structure, remaining, (work, out),
+                  (progress, len(canary), len(todo)))
     outcomes = (unchanged + canary + built + skipped(later, index)
                 + _problem_outcomes(resolved.problems))
     write_index(out, template, index, outcomes, resolved.variants)

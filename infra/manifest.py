@@ -100,6 +100,11 @@ class Manifest(_Record):
     validation: Validation = Validation()
     steps: dict[str, StepRecord] = {}
     sample: SampleRecord | None = None
+    #: For a fleet variant: the fleet, its template, the variant's name and labels.
+    fleet: dict[str, Any] | None = None
+    #: The footprint record (tasks/planning/footprints.py: bytes, memory, load and service times,
+    #: each measured or estimated); written by `mme profile --write`, read by the capacity planner.
+    footprint: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         """The file's text: the same field names as ever (values never given are left out,

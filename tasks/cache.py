@@ -261,6 +261,19 @@ def _local_source(source: str) -> Path | None:
     return Path(source).expanduser()
 
 
+def _s3_identity(uri: str) -> str:
+    """An S3 object's size and ETag (one HEAD): a model retrained into the same key is a new
+    build input, as a changed local file is (its content hash, above)."""
+    from infra.store import ObjectNotFound, StoreRefused, open_store
+
+    try:
+        store, key = open_store(uri)
+        info = store.head(key)
+    except (ObjectNotFound, StoreRefused):
+        return "missing"  # the fetch itself reports it, naming the URI
+    return f"size:{info.size}:etag:{info.etag}"
+
+
 @lru_cache(maxsize=1)
 def _gpu_model() -> str:
     from tasks.compile import _gpu_slug
@@ -283,6 +296,8 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]
             local = _local_source(src)
             if local is not None:
                 extras["source_content"] = content_hash(local) if local.exists() else "missing"
+            elif urlsplit(src).scheme == "s3" and not params.get("sha256"):
+                extras["source_object"] = _s3_identity(src)
     if producer == "serialize_dali_pipeline" and isinstance(params.get("pipeline"), str):
         module = str(params["pipeline"]).partition(":")[0]  # "<module>:<name>"
         extras["pipeline_code"] = {module: module_file_hash(module)} if module else "absent"

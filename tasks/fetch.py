@@ -21,7 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from urllib.request import url2pathname
 
 from infra.errors import TransientError, UserError
-from infra.store import CHUNK_SIZE, TMP_PREFIX, atomic_path, sha256_file
+from infra.store import (CHUNK_SIZE, TMP_PREFIX, ObjectNotFound, StoreError, StoreUnavailable,
+                         atomic_path, open_store, sha256_file)
 from infra.tarball import UnsafeArchive, safe_extract
 
 TOKENIZER_FILES = (
@@ -139,6 +140,10 @@ def _normalize_sha256(sha256: str | None) -> str | None:
     return value
 
 
+#: Files smaller than this report their progress at DEBUG only.
+_QUIET_BELOW = 32 * 2**20
+
+
 class _Progress:
     """Reports about every 10% (every 16 MiB when the size is unknown) and at the end."""
 
@@ -165,11 +170,13 @@ class _Progress:
     def _report(self) -> None:
         mib = self.done / 2**20
         rate = mib / max(time.perf_counter() - self.started, 1e-9)
+        # a small file's progress is noise (a fleet fetches thousands): debug level
+        level = logging.INFO if (self.total or _QUIET_BELOW) >= _QUIET_BELOW else logging.DEBUG
         if self.total:
-            self.log.info("%s: %3.0f%% (%.1f of %.1f MiB, %.1f MiB/s)", self.what,
+            self.log.log(level, "%s: %3.0f%% (%.1f of %.1f MiB, %.1f MiB/s)", self.what,
                           100 * self.done / self.total, mib, self.total / 2**20, rate)
         else:
-            self.log.info("%s: %.1f MiB (%.1f MiB/s)", self.what, mib, rate)
+            self.log.log(level, "%s: %.1f MiB (%.1f MiB/s)", self.what, mib, rate)
         if self.callback is not None:
             self.callback(self.done, self.total)
 
@@ -262,12 +269,45 @@ def _check_filename(filename: str) -> None:
 
 
 def _checked_source(source: str) -> Path | None:
-    """The local path ``source`` names, None for an http(s) URL; other schemes are refused."""
+    """The local path ``source`` names, None for an http(s) or s3 URL; other schemes are refused."""
     local = _local_path(source)
-    if local is None and urlsplit(source).scheme not in ("http", "https"):
+    if local is None and urlsplit(source).scheme not in ("http", "https", "s3"):
         raise FetchError(f"{_redact(source)}: unsupported source scheme "
-                         f"(use https://, http://, file:// or a local path)")
+                         f"(use https://, http://, s3://, file:// or a local path)")
     return local
+
+
+def _copy_from_store(source: str, dest: Path, *, progress: ProgressCallback | None) -> str:
+    """Download an ``s3://bucket/key`` object into ``dest`` through the project's object store
+    (boto3's managed, multipart-capable transfer); return the sha256 of the bytes received.
+
+    Why the store and not a client of its own: one place maps S3's errors (a missing object is
+    :class:`SourceNotFound`, an unreachable endpoint stays a transient ``StoreUnavailable``)."""
+    try:
+        store, key = open_store(source)
+        if not key:
+            raise FetchError(f"{source}: an s3:// source must name an object (s3://bucket/key)")
+        store.get_file(key, dest)
+    except ObjectNotFound as e:
+        raise SourceNotFound(f"{source}: no such object (not retried)") from e
+    except StoreUnavailable:
+        raise
+    except StoreError as e:
+        raise FetchError(f"{source}: {e}") from e
+    meter = _Progress(f"download {source}", dest.stat().st_size, progress)
+    meter.update(dest.stat().st_size)
+    meter.finish()
+    return sha256_file(dest)
+
+
+def _fetch_into(source: str, local: Path | None, staged: Path, *, timeout: float,
+                progress: ProgressCallback | None) -> str:
+    """Copy, download or get ``source`` into ``staged``; the sha256 of the bytes received."""
+    if local is not None:
+        return _copy_local(local, staged, progress=progress)
+    if urlsplit(source).scheme == "s3":
+        return _copy_from_store(source, staged, progress=progress)
+    return _download(source, staged, timeout=timeout, progress=progress)
 
 
 def _extract_member(archive: Path, into: Path, member: str, source: str) -> Path:
@@ -285,7 +325,8 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
     """Fetch one model file into ``out_dir/filename``; return (path, metadata).
 
     ``source``: an ``https://`` / ``http://`` URL (streamed with httpx, redirects followed),
-    a ``file://`` URI or a plain local path (copied). ``sha256``, when given, pins the fetched
+    an ``s3://bucket/key`` object (boto3's default credentials, through infra.store), a
+    ``file://`` URI or a plain local path (copied). ``sha256``, when given, pins the fetched
     bytes (the archive itself when ``extract`` is set); a mismatch raises ChecksumMismatch.
     ``extract``: the name of one member of a .tar.gz/.tgz/.tar source (e.g. the TF-slim
     ``inception_v3_2016_08_28_frozen.pb``) to keep as ``filename``; the archive is checked and
@@ -298,7 +339,8 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
     final file is renamed to ``out_dir/filename``; on any error nothing new is left there.
 
     Errors: DownloadInterrupted (a ConnectionError) and DownloadTimeout (a TimeoutError) are
-    transient and retried by the build flow; SourceNotFound (HTTP 404/410, missing file),
+    transient and retried by the build flow (so is an unreachable S3, ``StoreUnavailable``);
+    SourceNotFound (HTTP 404/410, missing file or S3 object),
     ChecksumMismatch, UnsafeSourceArchive and other FetchErrors are not.
     """
     _check_filename(filename)
@@ -311,10 +353,7 @@ def fetch_model_file(out_dir: Path, *, source: str, filename: str, sha256: str |
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}fetch-{filename}-", dir=out_dir) as work:
         staged = Path(work) / (PurePosixPath(urlsplit(source).path).name or "download")
-        if local is not None:
-            got = _copy_local(local, staged, progress=progress)
-        else:
-            got = _download(source, staged, timeout=timeout, progress=progress)
+        got = _fetch_into(source, local, staged, timeout=timeout, progress=progress)
         if expected is not None and got != expected:
             raise ChecksumMismatch(f"{_redact(source)}: sha256 is {got}, expected {expected}; "
                                    f"refusing it (nothing written to {dest})")

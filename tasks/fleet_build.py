@@ -55,6 +55,7 @@ from tasks.fleet_variant import (
     input_key,
     manifest_for,
     owned_artifacts,
+    read_members,
     stage_variant,
 )
 from tasks.fleet_verify import verify_in_triton
@@ -242,8 +243,9 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
         if shared is None or structure is None:
             raise VariantError(f"variant {v.name!r}: no check without Triton exists for this "
                                f"template's validation; verify it in Triton (--triton-sample all)")
-        check_structure(structure, staged, template.target, template.owned)
-        result = check_numbers(shared, staged, sample, template.target, template.owned)
+        members = read_members(staged.tarball)
+        check_structure(structure, staged, template.target, template.owned, members)
+        result = check_numbers(shared, staged, sample, template.target, template.owned, members)
         if not result["passed"]:
             raise VariantError(f"variant {v.name!r}: {result['metric']} = {result['value']:.6f} "
                                f"is below {result['threshold']} "
@@ -301,7 +303,7 @@ def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
             shutil.rmtree(s.work, ignore_errors=True)
             continue
         if structure is None:
-            structure = Structure.of(s.tarball)
+            structure = Structure.of(read_members(s.tarball))
         outcomes.append(_committed(s, template, output_dir, sample, got, "triton", t0))
     return outcomes, structure
 

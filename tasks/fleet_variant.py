@@ -271,25 +271,22 @@ def stage_variant(template: FleetTemplate, variant: Variant, work: Path) -> Stag
                          tarball=tarball, sha256=sha, bytes=size, work=work, steps=steps)
 
 
-def member_digests(tarball: Path) -> dict[str, str]:
-    """sha256 of every file in a tarball, by member name (read as a stream, no extraction)."""
-    out: dict[str, str] = {}
+def read_members(tarball: Path) -> dict[str, bytes]:
+    """Every file of a tarball, by member name, in one pass over the gzip stream (a second
+    pass per member would decompress the whole archive again)."""
+    out: dict[str, bytes] = {}
     with tarfile.open(tarball, "r:gz") as tar:
         for member in tar:
             if member.isfile():
                 f = tar.extractfile(member)
                 assert f is not None
-                out[member.name] = hashlib.sha256(f.read()).hexdigest()
+                out[member.name] = f.read()
     return out
 
 
-def read_member(tarball: Path, name: str) -> bytes:
-    """One file of a tarball, as bytes."""
-    with tarfile.open(tarball, "r:gz") as tar:
-        f = tar.extractfile(name)
-        if f is None:
-            raise VariantError(f"{tarball.name}: {name} is not a file")
-        return f.read()
+def member_digests(tarball: Path) -> dict[str, str]:
+    """sha256 of every file in a tarball, by member name."""
+    return {name: hashlib.sha256(data).hexdigest() for name, data in read_members(tarball).items()}
 
 
 def manifest_for(staged: StagedVariant, template: FleetTemplate, output_dir: Path,

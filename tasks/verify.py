@@ -129,15 +129,41 @@ def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict
     value = float(np.mean([int(i) in cats for i in top1]))
     max_diff = float(np.abs(have - want).max())
     tol = float(ctx.get("max_abs_diff_tolerance") or 1e-4)
-    order = np.argsort(-have[0])[:5]
-    top5 = [{"label": labels[i] if i < len(labels) else str(i), "prob": round(float(have[0, i]), 6),
-             "index": int(i)} for i in order]
-    extras = {"top5": top5, "max_abs_diff": max_diff, "max_abs_diff_tolerance": tol}
+    extras = {"top5": _top5(have, labels), "max_abs_diff": max_diff, "max_abs_diff_tolerance": tol}
     if max_diff > tol:
         extras["failure"] = (f"probabilities differ from the classifier run directly by "
                              f"{max_diff:.3g} (tolerance {tol:.3g})")
         value = 0.0
     return value, extras
+
+
+def _top5(have: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+    """The first image's five most probable classes, named by ``labels``."""
+    order = np.argsort(-have[0])[:5]
+    return [{"label": labels[i] if i < len(labels) else str(i), "prob": round(float(have[0, i]), 6),
+             "index": int(i)} for i in order]
+
+
+def matches_reference(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+    """1.0 when the answer equals the classifier run directly on the same pre-processed input
+    (max abs difference within the sample's tolerance) and there is one label per class, else
+    0.0. For classifiers whose classes need not include the sample image's (a fleet customer's
+    own subset of classes): no particular class is expected to win, every class must agree."""
+    if not sample.expected:
+        raise VerificationFailed("metric matches_reference needs a framework reference "
+                                 "(validation kind image_classification)")
+    want, have = _output(sample, got)
+    labels: list[str] = sample.context.get("labels", [])
+    max_diff = float(np.abs(have - want).max())
+    tol = float(sample.context.get("max_abs_diff_tolerance") or 1e-4)
+    extras: dict[str, Any] = {"top5": _top5(have, labels), "max_abs_diff": max_diff,
+                              "max_abs_diff_tolerance": tol, "classes": int(have.shape[-1])}
+    if len(labels) != have.shape[-1]:
+        extras["failure"] = f"{len(labels)} labels for {have.shape[-1]} classes"
+    elif max_diff > tol:
+        extras["failure"] = (f"probabilities differ from the classifier run directly by "
+                             f"{max_diff:.3g} (tolerance {tol:.3g})")
+    return (0.0 if "failure" in extras else 1.0), extras
 
 
 def sample_image(name: str) -> bytes:
@@ -224,6 +250,7 @@ REFERENCES: dict[str, Callable[[EnsembleSpec, dict[str, Any]], Sample]] = {
 METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], tuple[float, dict[str, Any]]]] = {
     "min_cosine": min_cosine,
     "top1_is_cat": top1_is_cat,
+    "matches_reference": matches_reference,
 }
 
 

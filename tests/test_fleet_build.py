@@ -71,6 +71,25 @@ def test_first_build_verifies_every_variant(example):
     assert {e.status for e in index.variants.values()} == {"ok"}
 
 
+def test_each_reference_is_the_base_model_restricted_to_the_variants_classes(example):
+    """The exact, independent reference of the example fleet: the base SqueezeNet's class
+    scores on the same DALI output, restricted to the variant's classes, then softmax. Every
+    variant's recorded expected answer (what the endpoint is validated against) matches it."""
+    from ensembles.fleet import load_fleet, resolve_variants
+    from tasks.fleet_build import prepare_template
+    from tasks.fleet_example import base_scores, subset_reference
+    from tasks.verify import run_dali_cpu, sample_image
+
+    fleet = load_fleet(example["fleet"])
+    template = prepare_template(fleet, resolve_variants(fleet).variants)
+    tensor = run_dali_cpu(template.shared["dali_cpu"], [sample_image("skimage:chelsea")], "INPUT")
+    scores = base_scores(example["made"].base_onnx, tensor)
+    for name, m in _manifests(example["out"]).items():
+        classes = [int(c) for c in (example["prefix"] / "tenants" / name / "classes.txt").read_text().split()]
+        recorded = np.array(m["sample"]["expected"]["OUTPUT"]["data"], dtype=np.float32)
+        assert np.abs(recorded - subset_reference(scores, classes)[0]).max() < 1e-5, name
+
+
 def test_noop_rebuild_builds_nothing(example):
     out = example["out"]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")}
@@ -206,3 +225,14 @@ def test_select_by_event_uri_or_name():
     picked, later = select_variants(variants, ["t001", "t004"], None)
     assert [v.name for v in picked] == ["t001", "t004"]
     assert select_variants(variants, None, None) == (variants, [])
+
+
+def test_cli_fleet_build_reports_counts(example):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    r = CliRunner().invoke(app, ["fleet", "build", str(example["fleet"]), "--output-dir",
+                                 str(example["out"]), "--triton-sample", str(SAMPLE)])
+    assert r.exit_code == 0, r.output
+    assert f"{COUNT} variants, 0 built, {COUNT} unchanged, 0 failed" in r.output
