@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
@@ -38,6 +38,17 @@ TMP_PREFIX = ".tmp-"
 
 _SIDECAR_PREFIX = ".sha256-"
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+MULTIPART_THRESHOLD = 8 * 1024 * 1024
+"""S3 uploads above 8 MiB go multipart, in 8 MiB parts. Why 8 MiB: below it one PUT is one
+round trip, while multipart costs at least three (create, part, complete); above it the parts
+go in parallel and a failed part is retried alone instead of the whole file. 8 MiB is above
+S3's 5 MiB minimum part size and keeps 10,000 parts (S3's limit) good for 78 GiB. It is also
+boto3's and the AWS CLI's default; the constant makes the choice explicit and testable."""
+S3_MAX_POOL_CONNECTIONS = 64
+"""Connection pool of the S3 client a store makes itself: a concurrent sync (16 uploads by
+default, :mod:`infra.store_sync`) must never wait for, or discard, a pooled connection
+(botocore's default pool is 10)."""
 
 
 class StoreError(MMEError):
@@ -70,6 +81,10 @@ class ObjectInfo:
     ``sha256`` is set by ``head()``/``put_*()``; ``list()`` leaves it ``None``
     because neither S3 listings nor a cheap directory walk carry it.
     ``last_modified`` is seconds since the epoch.
+
+    ``etag`` (S3Store ``list``/``head``, quotes stripped) and ``mtime_ns`` (FileStore) identify
+    an object's bytes without reading them: a fleet's variants carry them as fingerprints, so a
+    rebuild skips unchanged model files without hashing a thousand of them.
     """
 
     uri: str
@@ -77,6 +92,9 @@ class ObjectInfo:
     size: int
     sha256: str | None
     last_modified: float
+    # not part of equality: an object is the same object whichever way it was looked up
+    etag: str | None = field(default=None, compare=False)
+    mtime_ns: int | None = field(default=None, compare=False)
 
 
 @runtime_checkable
@@ -299,7 +317,8 @@ class FileStore:
         return fields[0]
 
     def _info(self, key: str, st: os.stat_result, sha256: str | None) -> ObjectInfo:
-        return ObjectInfo(self.uri_for(key), key, st.st_size, sha256, st.st_mtime)
+        return ObjectInfo(self.uri_for(key), key, st.st_size, sha256, st.st_mtime,
+                          mtime_ns=st.st_mtime_ns)
 
     def _open(self, key: str) -> BinaryIO:
         """Open an object for reading; a missing object (or a 'directory' key) is ObjectNotFound."""
@@ -391,6 +410,11 @@ class FileStore:
 # --------------------------------------------------------------------------- S3Store
 
 
+def _etag(value: str | None) -> str | None:
+    """S3's ETag without the quotes it is sent in (None when absent)."""
+    return value.strip('"') if value else None
+
+
 class S3Store:
     """Object store in an S3 bucket (optionally under a key prefix); URIs ``s3://bucket/key``.
 
@@ -417,8 +441,13 @@ class S3Store:
         self.prefix = prefix.strip("/")
         if self.prefix:
             check_key(self.prefix)
-        self.client = client if client is not None else aws.client("s3")
-        self.transfer_config = transfer_config if transfer_config is not None else TransferConfig()
+        if client is None:
+            from botocore.config import Config
+
+            client = aws.client("s3", config=Config(max_pool_connections=S3_MAX_POOL_CONNECTIONS))
+        self.client = client
+        self.transfer_config = (transfer_config if transfer_config is not None else TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD))
 
     def __repr__(self) -> str:
         return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r})"
@@ -493,6 +522,7 @@ class S3Store:
             size=int(response["ContentLength"]),
             sha256=response.get("Metadata", {}).get("sha256"),
             last_modified=response["LastModified"].timestamp(),
+            etag=_etag(response.get("ETag")),
         )
 
     def exists(self, key: str) -> bool:
@@ -519,6 +549,7 @@ class S3Store:
                             size=int(obj["Size"]),
                             sha256=None,
                             last_modified=obj["LastModified"].timestamp(),
+                            etag=_etag(obj.get("ETag")),
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
