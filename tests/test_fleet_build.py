@@ -152,9 +152,9 @@ def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_ho
     tenants = prefix / "tenants"
     names = sorted(p.name for p in tenants.iterdir())
     broken = _break(tenants, names)
-    out = tmp_path / "out"
+    out, store = tmp_path / "out", tmp_path / "store"
     with pytest.raises(FleetBuildFailed) as err:
-        _run(tmp_path / "fleet.yaml", out)
+        _run(tmp_path / "fleet.yaml", out, publish_to=store.as_uri())
     message = str(err.value)
     assert "3 of 6 variants failed" in message
     for name, file in broken.items():
@@ -166,6 +166,13 @@ def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_ho
     assert not [p for n in broken for p in out.glob(f"{n}.*")]
     index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
     assert {n for n, e in index.variants.items() if e.status == "failed"} == set(broken)
+    # the others were published (tarball and manifest under the TargetModel name), not them
+    published = sorted(p.name for p in store.glob("*.tar.gz"))
+    assert published == built
+    assert sorted(p.name for p in store.glob("*.manifest.json")) == sorted(
+        f"{n}.manifest.json" for n in names if n not in broken)
+    indexed = json.loads((store / "_index.json").read_text())["objects"]
+    assert sorted(indexed) == sorted([*published, *(p.name for p in store.glob("*.manifest.json"))])
 
 
 # ------------------------------------------------------------------------------ pure parts
