@@ -4,7 +4,8 @@ Source: AWS, "Supported algorithms, frameworks, and instances for multi-model en
 section "... using GPU backed instances"
 (https://docs.aws.amazon.com/sagemaker/latest/dg/multi-model-support.html), checked 2026-12-01.
 That page lists single-GPU types only: a GPU MME runs one Triton per instance on one GPU.
-To update: add or remove rows below (one per instance type the page lists); the GPU model,
+To update: edit infra/instances.yaml (rows with ``mme_gpu: true``; one per instance type the
+page lists); the GPU model,
 architecture and compute capability come from NVIDIA's CUDA GPUs list
 (https://developer.nvidia.com/cuda-gpus) and the EC2 instance-type pages.
 
@@ -38,17 +39,20 @@ class GpuInstance:
     gpu_memory_gib: int
 
 
-def _rows(types: Iterable[str], gpu: str, arch: str, cc: str, mem: int) -> list[GpuInstance]:
-    return [GpuInstance(t, gpu, arch, cc, mem) for t in types]
+def _mme_gpu_rows() -> dict[str, GpuInstance]:
+    """The rows of the instance catalog (infra/instances.yaml, the one source of truth shared
+    with the capacity planner) marked ``mme_gpu``: the types the page above lists."""
+    from infra.instance_catalog import load_catalog
+
+    rows = {}
+    for name, row in load_catalog().instances.items():
+        if row.mme_gpu and row.gpu is not None:
+            g = row.gpu
+            rows[name] = GpuInstance(name, g.name, g.architecture, g.compute_capability, g.memory_gib)
+    return rows
 
 
-MME_GPU_INSTANCES: dict[str, GpuInstance] = {row.instance_type: row for row in [
-    *_rows(["ml.p3.2xlarge"], "Tesla V100-SXM2-16GB", "Volta", "7.0", 16),
-    *_rows(["ml.g5.xlarge", "ml.g5.2xlarge", "ml.g5.4xlarge", "ml.g5.8xlarge", "ml.g5.16xlarge"],
-           "NVIDIA A10G", "Ampere", "8.6", 24),
-    *_rows(["ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g4dn.4xlarge", "ml.g4dn.8xlarge"],
-           "Tesla T4", "Turing", "7.5", 16),
-]}
+MME_GPU_INSTANCES: dict[str, GpuInstance] = _mme_gpu_rows()
 
 
 class UnsupportedInstanceType(UserError, ValueError):
@@ -66,7 +70,7 @@ def mme_gpu_instance(instance_type: str) -> GpuInstance:
         raise UnsupportedInstanceType(
             f"instance type {instance_type!r} is not one AWS supports for GPU multi-model "
             f"endpoints (single-GPU types only); use one of: {supported_list()} (table: "
-            f"infra/gpu_instances.py)")
+            f"infra/instances.yaml)")
     return row
 
 

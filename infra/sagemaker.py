@@ -243,19 +243,17 @@ def triton_image_uri(region: str, release: str, *, instance_type: str = "ml.g5.x
 # --------------------------------------------------------------------------- cost
 
 
-# Approximate on-demand list prices (USD per instance-hour) of SageMaker real-time
-# inference in us-east-1, for the GPU instances Triton MMEs commonly use.  Other regions
-# cost more; prices change: check https://aws.amazon.com/sagemaker/pricing/ before quoting.
-HOURLY_PRICE_US_EAST_1: dict[str, float] = {
-    "ml.g4dn.xlarge": 0.736,
-    "ml.g4dn.2xlarge": 0.94,
-    "ml.g4dn.4xlarge": 1.505,
-    "ml.g5.xlarge": 1.408,
-    "ml.g5.2xlarge": 1.515,
-    "ml.g5.4xlarge": 2.03,
-    "ml.g5.8xlarge": 3.06,
-    "ml.p3.2xlarge": 3.825,
-}
+def _us_east_1_prices() -> dict[str, float]:
+    """On-demand SageMaker real-time inference prices (USD per instance-hour) in us-east-1, from
+    the instance catalog (infra/instances.yaml: its source and the date checked; prices change,
+    check https://aws.amazon.com/sagemaker/pricing/ before quoting). Other regions may differ."""
+    from infra.instance_catalog import load_catalog
+
+    return {name: p for name, row in load_catalog().instances.items()
+            if (p := row.hourly("us-east-1")) is not None}
+
+
+HOURLY_PRICE_US_EAST_1: dict[str, float] = _us_east_1_prices()
 
 
 def estimate_hourly_cost(instance_type: str, count: int = 1) -> float | None:

@@ -562,11 +562,11 @@ def test_delete_refuses_an_endpoint_it_did_not_create(aws: Any) -> None:
 
 
 def test_estimate_hourly_cost() -> None:
-    assert estimate_hourly_cost("ml.g4dn.xlarge", 1) == pytest.approx(0.736)
+    assert estimate_hourly_cost("ml.g4dn.xlarge", 1) == pytest.approx(0.7364)  # catalog: infra/instances.yaml
     assert estimate_hourly_cost("ml.g5.xlarge", 2) == pytest.approx(2.816)
     assert estimate_hourly_cost("ml.g5.4xlarge", 0) == 0
     assert estimate_hourly_cost("ml.unknown.xlarge", 1) is None
     with pytest.raises(ValueError):
         estimate_hourly_cost("ml.g5.xlarge", -1)
     assert _plan("arn:aws:iam::123456789012:role/r", initial_instance_count=2).hourly_cost() == \
-        pytest.approx(1.472)
+        pytest.approx(1.4728)

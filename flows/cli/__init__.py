@@ -1,6 +1,6 @@
 """The ``mme`` command line: build, deploy, retire, the local endpoint, and the demo.
 
-One module per command group (:mod:`.build`, :mod:`.deploy`, :mod:`.endpoint`, :mod:`.demo`),
+One module per command group (:mod:`.build`, :mod:`.fleet`, :mod:`.deploy`, :mod:`.endpoint`, :mod:`.demo`),
 the shared error reporting in :mod:`.common`. Importing them here registers their commands on
 ``app``, in the order ``mme --help`` lists them; the console script is ``flows.cli:main``.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # the order of these imports is the order of the commands in `mme --help`
-from flows.cli import build, deploy, endpoint, demo  # noqa: F401  (registers the commands)
+from flows.cli import build, fleet, deploy, endpoint, demo, plan  # noqa: F401  (registers the commands)
 from flows.cli.common import (_exit_code, _fail, _print_deploy, _print_table, _quiet_env, _report,
                               _run_flow, app, console, endpoint_app)
 from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, _parse_env, _sagemaker_options

@@ -9,18 +9,19 @@ from typing import Any
 import typer
 
 from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, _takes, app, console
-from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options
+from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, apply_plan
 from infra.triton_release import DEFAULT_RELEASE
 
 
 @app.command()
-@_takes(DEPLOY_OPTIONS)
+@_takes({"ctx": (typer.Context, None), **DEPLOY_OPTIONS})  # ctx: which options were given (--plan)
 def deploy(**o: Any) -> None:
     """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
     from flows.deploy import deploy as deploy_flow
     from tasks.records import BuildSource
 
+    o = apply_plan(o, _explicit_options(o.pop("ctx", None)))
     result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
                        backend=o["backend"], store_uri=o["store"], build=BuildSource(target=o["target"]),
                        warm_invocations=o["warm_invocations"], dry_run=o["dry_run"],
@@ -36,6 +37,15 @@ def deploy(**o: Any) -> None:
     if result.get("hourly_cost_usd") is not None:
         print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
               f"({o['instance_count']} x {o['instance_type']}, on-demand, before autoscaling)")
+
+
+def _explicit_options(ctx: typer.Context | None) -> set[str]:
+    """The options given on the command line (or by environment), not left at their default:
+    those win over a plan file's values."""
+    if ctx is None:
+        return set()
+    return {name for name in ctx.params
+            if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
 
 
 @app.command("iam-policy")

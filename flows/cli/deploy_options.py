@@ -4,6 +4,7 @@ naming the option."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -40,7 +41,39 @@ DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
         None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
                                       "(NVIDIA driver/CUDA of the instances)")),
     "warm_invocations": (int, typer.Option(20)),
+    "plan": (Path | None, typer.Option(None, "--plan", help="sagemaker: a plan file from `mme plan`: fills "
+                                       "instance type, count, autoscaling and model cache (flags given win)")),
 }
+
+# the deploy options a plan file fills (option name -> how to read it from the file)
+PLAN_FIELDS: dict[str, Any] = {
+    "instance_type": lambda p: p.instance_type, "instance_count": lambda p: p.instance_count,
+    "autoscaling_min": lambda p: p.autoscaling.min, "autoscaling_max": lambda p: p.autoscaling.max,
+    "target_invocations": lambda p: p.autoscaling.target, "model_cache": lambda p: p.model_cache,
+}
+
+
+def apply_plan(o: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """``o`` with the plan file's values (``--plan``) for the options not given on the command
+    line (``explicit``: the names given there win). A bad file fails naming it and the field."""
+    if not o.get("plan"):
+        return o
+    from infra.errors import UserError
+    from tasks.planning.planfile import read_plan_file
+
+    try:
+        plan = read_plan_file(o["plan"])
+    except UserError as e:
+        _fail(str(e))
+    filled = {name: get(plan) for name, get in PLAN_FIELDS.items() if name not in explicit}
+    if plan.region and "region" not in explicit:
+        filled["region"] = plan.region
+    if plan.shards > 1:
+        from flows.cli.common import console
+
+        console.print(f"note: {o['plan']} plans {plan.shards} endpoints: this deploy makes one; deploy "
+                      f"variant i to endpoint i mod {plan.shards}", markup=False, highlight=False)
+    return o | filled
 
 
 def _backend_options(o: dict[str, Any]) -> Any:

@@ -1,0 +1,100 @@
+"""``mme plan`` (the capacity and cost planner, a Prefect flow run) and ``mme profile`` (measure
+one ensemble's footprint in a real Triton, GPU memory through NVML where there is a GPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console
+
+
+# `mme plan`'s options, declared as data (as `mme deploy`'s are): the command takes them as one mapping
+PLAN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "fleet": (Path | None, typer.Argument(None, help="a directory of build manifests (*.manifest.json) "
+                                                 "or one manifest")),
+    "traffic": (str, typer.Option(..., help="zipf:S:TOTAL_RPS | csv:PATH | metrics:URL")),
+    "p99_ms": (float, typer.Option(..., help="the p99 latency goal at the peak rate (ms)")),
+    "max_cold_share": (float | None, typer.Option(None, help="most requests that may miss (0..1)")),
+    "region": (str, typer.Option("us-east-1")),
+    "out": (Path, typer.Option(Path("plan.yaml"), help="the plan file (`mme deploy --plan` reads it)")),
+    "peak_factor": (float, typer.Option(1.0, help="diurnal peak-to-mean rate factor")),
+    "variants": (int | None, typer.Option(None, help="plan a synthetic fleet of N variants ...")),
+    "footprint_from": (Path | None, typer.Option(None, help="... each with this manifest's footprint")),
+    "workers": (int | None, typer.Option(None, help="requests one instance serves at once "
+                                                    "(default 4 on GPU types, the vCPUs on CPU types)")),
+}
+
+
+@app.command()
+@_takes(PLAN_OPTIONS)
+def plan(**o: Any) -> None:
+    """Find the cheapest endpoint plan that meets --p99-ms at the peak rate; write it to --out."""
+    _quiet_env()
+    from flows.plan import plan as plan_flow
+    from tasks.planning.plan import SearchOptions
+    from tasks.planning.tasks import FleetSource
+
+    if o["fleet"] is None and o["variants"] is None:
+        _fail("give FLEET (a manifest directory) or --variants N --footprint-from MANIFEST")
+    if o["p99_ms"] <= 0 or (o["max_cold_share"] is not None and not 0 <= o["max_cold_share"] <= 1):
+        _fail(f"--p99-ms {o['p99_ms']} must be > 0 and --max-cold-share {o['max_cold_share']} within 0..1")
+    result = _run_flow(plan_flow, source=FleetSource(o["fleet"], o["variants"], o["footprint_from"]),
+                       traffic=o["traffic"], p99_ms=o["p99_ms"], max_cold_share=o["max_cold_share"],
+                       region=o["region"], out=o["out"], peak_factor=o["peak_factor"],
+                       options=SearchOptions(workers=o["workers"]))
+    _print_plan(result, o["p99_ms"])
+
+
+def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Plans simulated (goal p99 <= {p99_ms:g} ms; * = chosen)", title_justify="left")
+    for col in result["rows"][0] if result["rows"] else []:
+        table.add_column(str(col))
+    for r in result["rows"]:
+        table.add_row(*[str(v) for v in r.values()])
+    Console(width=200).print(table)  # the plans side by side: wider than a default 80 columns
+    a = result["autoscaling"]
+    print(f"chosen: {result['plan']}: USD {result['monthly_usd']:,.0f}/month = "
+          f"{result['share_of_baseline']:.1%} of one endpoint per variant (USD {result['baseline_monthly_usd']:,.0f})")
+    print(f"autoscaling per endpoint: min {a['min']}, max {a['max']}, target {a['target']} invocations/instance/min")
+    print(f"candidates evaluated: {result['candidates_evaluated']} (simulated {result['simulated']})")
+    print(result["prices"])
+    for name, path in result["charts"].items():
+        print(f"chart ({name}): {path}")
+    print(f"plan file: {result['plan_file']}")
+
+
+@app.command()
+def profile(target: Path = typer.Argument(..., help="a built tarball (its manifest beside it) or a manifest"),
+            max_batch: int = typer.Option(8, help="the batch size of the max-batch service time"),
+            write: bool = typer.Option(False, "--write", help="record the footprint in the manifest")) -> None:
+    """Measure an ensemble's footprint in a real Triton (GPU memory by NVML where a GPU is)."""
+    _quiet_env()
+    from infra.errors import UserError
+    from infra.manifest import MANIFEST_SUFFIX, load_manifest
+    from tasks.planning.footprints import measure_footprint, nvml_used_bytes
+    from tasks.verify import Sample
+
+    manifest_path = target if target.name.endswith(MANIFEST_SUFFIX) else \
+        target.with_name(target.name.removesuffix(".tar.gz") + MANIFEST_SUFFIX)
+    try:
+        manifest = load_manifest(manifest_path)
+        tarball = Path(manifest.artifact) if target.name.endswith(MANIFEST_SUFFIX) else target
+        sample = Sample.from_json(manifest.required_sample())
+        fp = measure_footprint(tarball, manifest.ensemble, sample.inputs, max_batch, nvml_used_bytes())
+    except FileNotFoundError as e:
+        _fail(f"{e.filename}: not found (profile takes a built tarball with its manifest beside it)")
+    except UserError as e:
+        _fail(str(e))
+    console.print("GPU memory: " + ("measured (NVML)" if fp.gpu_memory_bytes.status == "measured"
+                                    else f"estimated ({fp.gpu_memory_bytes.formula}): no GPU/NVML here"))
+    print(json.dumps(fp.model_dump(mode="json"), indent=2))
+    if write:
+        manifest_path.write_text(manifest.model_copy(update={"footprint": fp.model_dump(mode="json")}).to_json())
+        console.print(f"footprint recorded in {manifest_path}")

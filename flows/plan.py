@@ -1,0 +1,40 @@
+"""The ``plan`` flow: the cheapest endpoint fleet meeting a latency goal (issue 12).
+
+Composes the planner's tasks (tasks/planning/tasks.py): read the fleet's footprints, the
+traffic, search + simulate, draw the charts, write the plan file; the report is published as a
+markdown artifact (footprints, prices and their date, traffic, top plans, baseline, chart
+links) and a table artifact (the plans side by side).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.planning import report
+from tasks.planning.plan import Goal, SearchOptions
+from tasks.planning.tasks import (FleetSource, charts_task, fleet_task, search_task, summary, traffic_task,
+                                  write_task)
+
+
+@flow(name="plan")
+def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float | None = None,
+         region: str = "us-east-1", out: Path | None = None, peak_factor: float = 1.0,
+         options: SearchOptions | None = None) -> dict[str, Any]:
+    """Plan ``source``'s fleet for ``traffic`` (``zipf:S:RPS`` | ``csv:PATH`` | ``metrics:URL``)."""
+    options = options or SearchOptions()
+    goal = Goal(p99_ms, max_cold_share)
+    variants, footprints = fleet_task(source)
+    rates = traffic_task(traffic, variants, peak_factor, options.seed)
+    result, price_line = search_task(footprints, rates, goal, region, options)
+    out = Path(out or "plan.yaml")
+    chart_paths = charts_task(result, footprints, rates, goal, options, out.parent.resolve())
+    written = write_task(result, out)
+    create_markdown_artifact(key="capacity-plan",
+                             markdown=report.markdown(result, footprints, rates, price_line, chart_paths))
+    create_table_artifact(key="capacity-plan-table", table=report.plan_rows(result))
+    return summary(result) | {"plan_file": str(written), "prices": price_line,
+                              "charts": {k: str(v) for k, v in chart_paths.items()}}

@@ -1,0 +1,215 @@
+"""What one ensemble costs an instance: bytes on disk, memory when loaded, load/unload and
+service times. Each figure says whether it was measured (where, on what hardware) or estimated
+(by which formula), so every number in a plan can be traced.
+
+Read from a manifest's ``footprint`` field when the build or ``mme profile`` recorded one, else
+estimated from the manifest's tarball bytes by the formulas below (stated in the record).
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from infra.manifest import Manifest
+
+MIB = 1024 ** 2
+# The estimate formulas, named in every estimated figure.
+UNPACK_FACTOR = 1.1  # gzip of weights saves ~10%: unpacked = tarball x 1.1
+MODELMESH_FACTOR = 1.25  # ModelMesh sizes a model as its disk size x 1.25 plus a buffer
+PYTHON_STUB_HOST_BYTES = 64 * MIB  # one Triton Python-backend stub process (interpreter + numpy)
+CUDA_CONTEXT_BYTES = 300 * MIB  # one CUDA context (a GPU Python stub holds its own)
+DISK_LOAD_BYTES_PER_S = 200e6  # read + deserialize from the local disk cache
+STORE_BYTES_PER_S = 100e6  # S3 download + extract on a cold load
+LOAD_FIXED_S = 0.5  # Triton's per-load overhead (config parse, stub start)
+FORMULAS = {
+    "unpack-x1.1": "unpacked bytes = tarball bytes x 1.1",
+    "modelmesh-x1.25+stub": ("host memory = unpacked bytes x 1.25 (ModelMesh's disk x 1.25) "
+                             "+ 64 MiB per Python stub"),
+    "modelmesh-x1.25+cuda-context": "GPU memory = unpacked bytes x 1.25 + 300 MiB CUDA context per GPU Python stub",
+    "fixed+disk-throughput": "load from disk = 0.5 s + unpacked bytes / 200 MB/s",
+    "disk-load+store-throughput": "cold load = load from disk + tarball bytes / 100 MB/s (download + extract)",
+    "fixed-unload": "unload = 0.2 s",
+    "assumed-service": ("service time: 10 ms at batch 1, 40 ms at max batch (no measurement: "
+                        "measure with `mme profile`)"),
+}
+
+
+class Figure(BaseModel):
+    """One number and where it came from."""
+
+    model_config = ConfigDict(extra="allow")
+    value: float
+    status: Literal["measured", "estimated"]
+    where: str | None = None  # measured: the command/host; estimated: the input it was derived from
+    hardware: str | None = None
+    formula: str | None = None  # a key of FORMULAS when estimated
+
+
+class Footprint(BaseModel):
+    """The per-ensemble footprint record (bytes, seconds)."""
+
+    model_config = ConfigDict(extra="allow")
+    target_model: str
+    tarball_bytes: Figure
+    unpacked_bytes: Figure
+    host_memory_bytes: Figure
+    gpu_memory_bytes: Figure
+    load_cold_s: Figure
+    load_disk_s: Figure
+    unload_s: Figure
+    service_batch1_s: Figure
+    service_max_batch_s: Figure
+    max_batch: int = 1
+
+    def summary(self) -> dict[str, Any]:
+        """One table row: value plus m(easured)/e(stimated)."""
+        def cell(f: Figure, scale: float, unit: str) -> str:
+            return f"{f.value / scale:.3g} {unit} ({f.status[0]})"
+        return {"target_model": self.target_model, "tarball": cell(self.tarball_bytes, MIB, "MiB"),
+                "host mem": cell(self.host_memory_bytes, MIB, "MiB"),
+                "GPU mem": cell(self.gpu_memory_bytes, MIB, "MiB"),
+                "load cold": cell(self.load_cold_s, 1, "s"), "load disk": cell(self.load_disk_s, 1, "s"),
+                "service b1": cell(self.service_batch1_s, 1e-3, "ms")}
+
+
+def _est(value: float, formula: str, where: str) -> Figure:
+    return Figure(value=value, status="estimated", where=where, formula=formula)
+
+
+def estimate_footprint(target_model: str, tarball_bytes: int, *, gpu: bool, python_stubs: int = 1,
+                       measured_load_s: float | None = None) -> Footprint:
+    """The footprint by the stated formulas, from the tarball's size alone. ``measured_load_s``
+    (the verify step's load time, when the manifest has it) replaces the load-from-disk estimate."""
+    where = f"tarball {tarball_bytes} bytes"
+    unpacked = tarball_bytes * UNPACK_FACTOR
+    disk_load = LOAD_FIXED_S + unpacked / DISK_LOAD_BYTES_PER_S
+    load_disk = (Figure(value=measured_load_s, status="measured", where="build verify step (Triton load)",
+                        hardware=platform.processor() or platform.machine())
+                 if measured_load_s is not None else _est(disk_load, "fixed+disk-throughput", where))
+    return Footprint(
+        target_model=target_model,
+        tarball_bytes=Figure(value=tarball_bytes, status="measured", where="manifest bytes"),
+        unpacked_bytes=_est(unpacked, "unpack-x1.1", where),
+        host_memory_bytes=_est(unpacked * MODELMESH_FACTOR + python_stubs * PYTHON_STUB_HOST_BYTES,
+                               "modelmesh-x1.25+stub", where),
+        gpu_memory_bytes=_est(unpacked * MODELMESH_FACTOR + python_stubs * CUDA_CONTEXT_BYTES if gpu else 0.0,
+                              "modelmesh-x1.25+cuda-context", where),
+        load_disk_s=load_disk,
+        load_cold_s=_est(load_disk.value + tarball_bytes / STORE_BYTES_PER_S, "disk-load+store-throughput", where),
+        unload_s=_est(0.2, "fixed-unload", where),
+        service_batch1_s=_est(0.010, "assumed-service", where),
+        service_max_batch_s=_est(0.040, "assumed-service", where), max_batch=1)
+
+
+def from_manifest(manifest: Manifest, gpu: bool | None = None) -> Footprint:
+    """The manifest's recorded footprint, else the estimate from its bytes. ``gpu`` defaults to
+    whether the build target is a GPU one (``sagemaker-gpu``)."""
+    doc = getattr(manifest, "footprint", None)
+    if doc:
+        return Footprint.model_validate(doc)
+    needs_gpu = gpu if gpu is not None else (manifest.target or "").endswith("gpu")
+    load_s = (manifest.validation.model_extra or {}).get("load_seconds")
+    return estimate_footprint(manifest.target_model, manifest.bytes, gpu=needs_gpu,
+                              measured_load_s=float(load_s) if isinstance(load_s, int | float) else None)
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def group_rss(pid: int) -> int:
+    """Resident bytes of the process group led by ``pid`` (Triton and its Python stubs)."""
+    import os
+
+    import psutil
+
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return 0
+    total = 0
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(p.pid) == pgid:
+                total += p.memory_info().rss
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def _timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _service_time(url: str, model: str, inputs: dict[str, np.ndarray], repeats: int) -> float:
+    """Median seconds of one inference (after one warm-up call)."""
+    import httpx
+
+    from infra.runtime_client import infer_direct
+
+    with httpx.Client(base_url=url, timeout=120) as client:
+        infer_direct(client, model, inputs)
+        times = [_timed(lambda: infer_direct(client, model, inputs)) for _ in range(repeats)]
+    return float(np.median(times))
+
+
+def _batched(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
+    return {k: np.repeat(v[:1], batch, axis=0) for k, v in inputs.items()}
+
+
+def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], max_batch: int = 8,
+                      gpu_memory: Callable[[], int | None] | None = None, repeats: int = 20) -> Footprint:
+    """Load ``tarball`` in a real Triton and measure: host RSS added (Triton + Python stubs, the
+    process group), cold load (extract + load), unload, load from the disk cache (already
+    extracted), service time at batch 1 and ``max_batch``; GPU memory from ``gpu_memory()``
+    (NVML) before/after when given, else estimated."""
+    from infra.tarball import safe_extract
+    from infra.triton_server import TritonServer
+
+    hw = f"{platform.machine()} {platform.processor() or ''} ({platform.node()})".strip()
+    here = "mme profile (real Triton)"
+    with tempfile.TemporaryDirectory(prefix="mme-profile-") as tmp:
+        t0 = time.perf_counter()
+        repo = safe_extract(tarball, Path(tmp) / "repo")
+        extract_s = time.perf_counter() - t0
+        unpacked = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
+        with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
+            assert server.pid is not None
+            rss0, gpu0 = group_rss(server.pid), gpu_memory() if gpu_memory else None
+            cold = extract_s + _timed(lambda: server.load(model))
+            rss1, gpu1 = group_rss(server.pid), gpu_memory() if gpu_memory else None
+            s1 = _service_time(server.url, model, _batched(inputs, 1), repeats)
+            sb = _service_time(server.url, model, _batched(inputs, max_batch), max(3, repeats // 4))
+            unload = _timed(lambda: server.unload(model))
+            disk = _timed(lambda: server.load(model))
+    est = estimate_footprint(model, tarball.stat().st_size, gpu=gpu_memory is not None)
+    m: dict[str, Any] = {"status": "measured", "where": here, "hardware": hw}
+    gpu_fig = (Figure(value=max(0, (gpu1 or 0) - (gpu0 or 0)), **m) if gpu0 is not None and gpu1 is not None
+               else est.gpu_memory_bytes)
+    return Footprint(target_model=model, tarball_bytes=Figure(value=tarball.stat().st_size, **m),
+                     unpacked_bytes=Figure(value=unpacked, **m),
+                     host_memory_bytes=Figure(value=max(0, rss1 - rss0), **m),
+                     gpu_memory_bytes=gpu_fig, load_cold_s=Figure(value=cold, **m), load_disk_s=Figure(value=disk, **m),
+                     unload_s=Figure(value=unload, **m), service_batch1_s=Figure(value=s1, **m),
+                     service_max_batch_s=Figure(value=sb, **m), max_batch=max_batch)
+
+
+def nvml_used_bytes() -> Callable[[], int | None] | None:
+    """A GPU-0 used-memory reader when NVML (pynvml, optional) and a GPU are present, else None."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    except Exception:  # no pynvml, no driver, no GPU: GPU memory is estimated instead
+        return None
+    return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)

@@ -1,0 +1,92 @@
+"""Prefect tasks wrapping the planner's pure functions (the flow in ``flows/plan.py`` composes
+them); each is thin: the work and its tests live in the modules beside this one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.planning import charts, report
+from tasks.planning.catalog import candidate_types, load_catalog, price_age_line
+from tasks.planning.footprints import Footprint
+from tasks.planning.inputs import fleet_from_dir, synthetic_fleet
+from tasks.planning.plan import Goal, PlanResult, SearchOptions, fleet_arrays, make_plan, plan_file
+from tasks.planning.planfile import write_plan_file
+from tasks.planning.traffic import Traffic, parse_spec
+
+
+# No result caching for these tasks: their inputs (10,000 footprints, the plan) are cheap to
+# recompute but slow to hash for a cache key (seconds per task at 10,000 variants).
+
+
+@dataclass(frozen=True)
+class FleetSource:
+    """Where the fleet comes from: a manifest directory, or N copies of one manifest."""
+
+    path: Path | None = None
+    variants: int | None = None
+    footprint_from: Path | None = None
+    gpu: bool | None = None
+
+
+@task(name="plan-fleet", cache_policy=NO_CACHE)
+def fleet_task(source: FleetSource) -> tuple[list[str], list[Footprint]]:
+    if source.variants is not None:
+        if source.footprint_from is None:
+            from tasks.planning.inputs import FleetInputError
+
+            raise FleetInputError("--variants N needs --footprint-from MANIFEST (whose footprint each copy has)")
+        return synthetic_fleet(source.variants, source.footprint_from, source.gpu)
+    assert source.path is not None
+    return fleet_from_dir(source.path, source.gpu)
+
+
+@task(name="plan-traffic", cache_policy=NO_CACHE)
+def traffic_task(spec: str, variants: list[str], peak_factor: float, seed: int) -> Traffic:
+    return parse_spec(spec, variants, seed).with_peak(peak_factor)
+
+
+@task(name="plan-search", cache_policy=NO_CACHE)
+def search_task(footprints: list[Footprint], traffic: Traffic, goal: Goal, region: str,
+                options: SearchOptions) -> tuple[PlanResult, str]:
+    """The plan, and the line saying which prices (and how old) it used."""
+    catalog = load_catalog()
+    needs_gpu = any(fp.gpu_memory_bytes.value > 0 for fp in footprints)
+    types, skipped = candidate_types(catalog, region, needs_gpu)
+    result = make_plan(types, footprints, traffic, goal, region, options)
+    result.notes.extend(skipped)
+    return result, price_age_line(catalog, region)
+
+
+@task(name="plan-charts", cache_policy=NO_CACHE)
+def charts_task(result: PlanResult, footprints: list[Footprint], traffic: Traffic, goal: Goal,
+                options: SearchOptions, out_dir: Path) -> dict[str, Path]:
+    points = [{"label": e.candidate.label(), "monthly_usd": e.candidate.monthly_usd,
+               "p99_ms": max((e.figures or {}).get("p99_ms", 0.0), 1e-3), "chosen": e is result.chosen}
+              for e in result.simulated]
+    row = load_catalog().get(result.chosen.candidate.instance_type)
+    curve = report.hit_curve(result, row, fleet_arrays(footprints), traffic, options)
+    return {"cost vs p99": charts.cost_vs_p99(points, result.baseline["monthly_usd"], goal.p99_ms,
+                                              out_dir / "plan-cost-vs-p99.png"),
+            "warm-hit vs memory": charts.hit_vs_memory(curve, out_dir / "plan-hit-vs-memory.png")}
+
+
+@task(name="plan-write", cache_policy=NO_CACHE)
+def write_task(result: PlanResult, out: Path) -> Path:
+    return write_plan_file(plan_file(result, load_catalog().prices_checked.isoformat()), out)
+
+
+def summary(result: PlanResult) -> dict[str, Any]:
+    """What the flow returns (and the CLI prints): small and JSON-able."""
+    c = result.chosen.candidate
+    return {"plan": c.label(), "instance_type": c.instance_type, "instance_count": c.count, "shards": c.shards,
+            "model_cache": c.model_cache, "monthly_usd": c.monthly_usd,
+            "baseline_monthly_usd": result.baseline["monthly_usd"],
+            "share_of_baseline": c.hourly_usd / result.baseline["hourly_usd"],
+            "predicted": result.chosen.figures, "autoscaling": result.autoscaling,
+            "candidates_evaluated": result.candidates_evaluated, "simulated": len(result.simulated),
+            "rows": report.plan_rows(result), "notes": result.notes}
