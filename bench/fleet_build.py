@@ -165,11 +165,22 @@ def main() -> None:
     ap.add_argument("--root", default="", help="work folder (default: a folder under MME_HOME)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-publish", action="store_true")
+    ap.add_argument("--publish-from", default="", help="only publish the fleet already built in "
+                                                       "this output folder (no build)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "fleet_build.json"))
     args = ap.parse_args()
     from infra import paths
 
     root = Path(args.root) if args.root else paths.home() / "bench-fleet"
+    if args.publish_from:
+        objects = _fleet_objects(Path(args.publish_from))
+        doc = {"publish_objects": len(objects),
+               "publish_bytes_mb": round(sum(o.size for o in objects.values()) / 2**20, 1),
+               "publish_file_store": _publish_file_store(objects, root / "publish-store"),
+               "publish_s3_moto_server": _publish_s3(objects), "peak_rss": _peak_rss_mb()}
+        Path(args.out).write_text(json.dumps(doc, indent=2))
+        print(json.dumps(doc, indent=2))
+        return
     sizes = [int(s) for s in args.scaling.split(",") if s] or [args.count]
     runs = []
     for n in sizes:

@@ -258,3 +258,83 @@ def test_second_deploy_of_an_endpoint_waits(prefect_harness, built_image_classif
     assert spans[first][1] <= spans[second][0], f"two deploys of {endpoint} overlapped: {spans}"
     # and the second flow run was already running (waiting) before the first one's steps ended
     assert runs[names[second]].start_time < spans[first][1], spans
+
+
+def test_model_event_builds_and_publishes_its_fleet_variant_only(prefect_server: dict, tmp_path: Path):
+    """A model file landing under a fleet's prefix (the event the watch flow and the Lambda
+    emit) runs the served fleet-build with that file's URI: that variant alone is built,
+    verified and published; the fleet's other variants are not touched."""
+    from tasks.fleet_example import make_example_fleet
+
+    env = {**prefect_server["env"], "MME_HOME": str(tmp_path / "home")}
+    prefix = tmp_path / "models"
+    make_example_fleet(3, prefix.as_uri(), seed=11, fleet_file=tmp_path / "fleet.yaml")
+    out, store = tmp_path / "out", tmp_path / "store"
+    served = tmp_path / "serve_fleet.py"
+    served.write_text(textwrap.dedent(f"""
+        from prefect.events import DeploymentEventTrigger
+        from flows.fleet import fleet_build
+
+        if __name__ == "__main__":
+            fleet_build.serve(
+                name="fleet-on-model-test",
+                parameters={{"fleet": "{tmp_path / 'fleet.yaml'}", "output_dir": "{out}",
+                            "publish_to": "{store.as_uri()}"}},
+                triggers=[DeploymentEventTrigger(
+                    expect={{"mme.model.landed"}},
+                    match={{"prefect.resource.id": "{prefix.as_uri()}/tenants/*"}},
+                    parameters={{"changed_uri": "{{{{ event.resource['prefect.resource.id'] }}}}"}})])
+    """))
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(served)], env=env, cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    landed = (prefix / "tenants" / "tenant-0002" / "model.onnx").as_uri()
+    try:
+        url = prefect_server["url"]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            autos = httpx.post(f"{url}/automations/filter", json={}).json()
+            if any("fleet-on-model-test" in a["name"] for a in autos):
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(1)  # polling interval
+        dep_id = httpx.get(f"{url}/deployments/name/fleet-build/fleet-on-model-test").json()["id"]
+
+        def runs() -> list[dict]:
+            found = httpx.post(f"{url}/flow_runs/filter", json={}).json()
+            return [r for r in found if r.get("deployment_id") == dep_id]
+
+        got: list[dict] = []
+        for _attempt in range(4):  # an event that beat the automation's load is not evaluated
+            emit = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
+                from prefect.events import emit_event
+                emit_event(event="mme.model.landed",
+                           resource={{"prefect.resource.id": "{landed}", "mme.ensemble": "tenants"}},
+                           payload={{"key": "tenants/tenant-0002/model.onnx"}})
+            """)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+            assert emit.returncode == 0, emit.stderr
+            deadline = time.monotonic() + 30
+            while not (got := runs()) and time.monotonic() < deadline:
+                time.sleep(0.5)  # polling interval
+            if got:
+                break
+        assert got, "the trigger never fired: " + (tmp_path / "serve.log").read_text()[-3000:]
+        run = min(got, key=lambda r: r["created"])
+        assert run["parameters"]["changed_uri"] == landed
+        deadline = time.monotonic() + 400
+        state = run["state"]["type"]
+        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            assert time.monotonic() < deadline, (state, (tmp_path / "serve.log").read_text()[-4000:])
+            time.sleep(1)  # polling interval
+            state = httpx.get(f"{url}/flow_runs/{run['id']}").json()["state"]["type"]
+        assert state == "COMPLETED", (state, (tmp_path / "serve.log").read_text()[-4000:])
+        assert sorted(p.name for p in out.glob("*.tar.gz")) == ["tenant-0002.tar.gz"]
+        assert sorted(p.name for p in store.glob("tenant-*")) == [
+            "tenant-0002.manifest.json", "tenant-0002.tar.gz"]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
