@@ -17,6 +17,7 @@ import io
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -483,7 +484,10 @@ class S3Store:
             )
         except (ClientError, BotoCoreError, S3UploadFailedError) as exc:
             raise self._error(exc, key, "upload to") from exc
-        return self.head(key)
+        # no HEAD to read back what we just wrote (S3 is read-after-write consistent, and the
+        # upload checked each part): one request per object less for a fleet publish
+        return ObjectInfo(uri=self.uri_for(key), key=key, size=os.path.getsize(path), sha256=digest,
+                          last_modified=time.time())
 
     def put_bytes(self, key: str, data: bytes) -> ObjectInfo:
         full = self._full(key)
