@@ -90,21 +90,15 @@ def _publish_file_store(objects: dict[str, Any], root: Path) -> dict[str, float]
 
 
 def _publish_s3(objects: dict[str, Any]) -> dict[str, Any]:
-    """Sequential put_object vs the sync, against moto served on a local socket."""
-    import boto3
-    from botocore.config import Config
-    from moto.server import ThreadedMotoServer
+    """Sequential put_object vs the sync, against a moto server in a child process (its own
+    interpreter, as S3 is another machine; requests cross a local HTTP socket)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from publish_sync import s3_backend  # the publish benchmark's moto server
 
     from infra.store import open_store
     from infra.store_sync import sync_files
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench",
-                              config=Config(max_pool_connections=32))
+    with s3_backend("server") as client:
         client.create_bucket(Bucket="baseline")
         client.create_bucket(Bucket="fleet")
         t0 = time.perf_counter()
@@ -115,12 +109,11 @@ def _publish_s3(objects: dict[str, Any]) -> dict[str, Any]:
         store, base = open_store("s3://fleet/models", s3_client=client)
         first, t_first = _timed(sync_files, store, f"{base}/fleet".strip("/"), objects)
         again, t_again = _timed(sync_files, store, f"{base}/fleet".strip("/"), objects)
-    finally:
-        server.stop()
     return {"sequential_put_object_s": round(sequential, 2), "first_s": round(t_first, 2),
             "speedup_vs_sequential": round(sequential / t_first, 2), "noop_s": round(t_again, 3),
             "noop_ratio": round(t_again / t_first, 4), "uploaded": len(first.uploaded),
-            "failed": len(first.failed), "noop_requests": again.requests}
+            "failed": len(first.failed), "first_requests": first.requests,
+            "noop_requests": again.requests}
 
 
 def run_size(count: int, root: Path, seed: int, publish: bool) -> dict[str, Any]:

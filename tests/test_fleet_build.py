@@ -143,6 +143,26 @@ def _break(tenants: Path, names: list[str]) -> dict[str, str]:
     return {corrupt: "model.onnx", labels: "labels.txt", shape: "model.onnx"}
 
 
+def _check_artifacts(flow_run_id, names: list[str], broken: dict[str, str]) -> None:
+    """The run's table lists every variant with its status and reason; the report lists the
+    failures by variant; the progress bar reached 100 %."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        arts = {a.key: a for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+    assert {"fleet-variants", "fleet-report", "fleet-progress", "fleet-publish"} <= set(arts)
+    rows = {r["variant"]: r for r in json.loads(arts["fleet-variants"].data)}
+    assert sorted(rows) == names
+    assert {n for n, r in rows.items() if r["status"] == "failed"} == set(broken)
+    assert all(r["reason"] for n, r in rows.items() if n in broken)
+    assert all(r["status"] == "built" and r["sha256"] for n, r in rows.items() if n not in broken)
+    report = arts["fleet-report"].data
+    assert all(f"`{n}`" in report for n in broken) and "3 failed" in report
+    assert arts["fleet-progress"].data == 100.0
+
+
 def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_home, prefect_harness):
     from tasks.fleet_example import make_example_fleet
     from tasks.fleet_report import FleetBuildFailed
@@ -153,9 +173,12 @@ def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_ho
     names = sorted(p.name for p in tenants.iterdir())
     broken = _break(tenants, names)
     out, store = tmp_path / "out", tmp_path / "store"
+    state = _run(tmp_path / "fleet.yaml", out, publish_to=store.as_uri(), return_state=True)
+    assert state.is_failed()
     with pytest.raises(FleetBuildFailed) as err:
-        _run(tmp_path / "fleet.yaml", out, publish_to=store.as_uri())
+        state.result()
     message = str(err.value)
+    _check_artifacts(state.state_details.flow_run_id, names, broken)
     assert "3 of 6 variants failed" in message
     for name, file in broken.items():
         assert name in message
@@ -167,12 +190,12 @@ def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_ho
     index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
     assert {n for n, e in index.variants.items() if e.status == "failed"} == set(broken)
     # the others were published (tarball and manifest under the TargetModel name), not them
-    published = sorted(p.name for p in store.glob("*.tar.gz"))
+    published = sorted(p.name for p in store.glob("tenant-*.tar.gz"))
     assert published == built
-    assert sorted(p.name for p in store.glob("*.manifest.json")) == sorted(
+    assert sorted(p.name for p in store.glob("tenant-*.manifest.json")) == sorted(
         f"{n}.manifest.json" for n in names if n not in broken)
     indexed = json.loads((store / "_index.json").read_text())["objects"]
-    assert sorted(indexed) == sorted([*published, *(p.name for p in store.glob("*.manifest.json"))])
+    assert sorted(indexed) == sorted([*published, *(p.name for p in store.glob("tenant-*.manifest.json"))])
 
 
 # ------------------------------------------------------------------------------ pure parts
