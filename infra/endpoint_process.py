@@ -109,6 +109,7 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
         return running
     cfg = endpoint_settings(name, model_data_url, host=host, port=port,
                             max_loaded_models=max_loaded_models)
+    cfg.log_file = log_file(name)  # the process logs there itself, rotating (stdout: crashes only)
     paths.endpoint_dir(name).mkdir(parents=True, exist_ok=True)
     state = state_file(name)
     state.unlink(missing_ok=True)

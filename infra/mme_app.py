@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -104,10 +105,10 @@ class EndpointApp:
         if path.startswith("/models/") and method == "DELETE":
             target = unquote(path[len("/models/"):])
             ok = await mgr.unload(target, delete_files=True)
-            mgr.models.pop(target, None)
+            mgr.forget(target)
             return json_answer(200, {"target_model": target, "unloaded": ok})
         if path == "/metrics" and method == "GET":
-            return json_answer(200, mgr.metrics.report(mgr.loaded_count()))
+            return json_answer(200, mgr.report())
         raise NotFound(f"No route for {method} {path}")
 
     async def ping(self) -> Answer:
@@ -120,7 +121,12 @@ class EndpointApp:
         return 200, [], b""
 
     async def invoke(self, name: str, headers: dict[bytes, bytes], body: bytes | None) -> Answer:
-        """One InvokeEndpoint: validate, acquire (load) the model, forward to Triton, answer."""
+        """One InvokeEndpoint: validate, acquire (load) the model, forward to Triton, answer.
+
+        A warm request's time from here to the forward (checks, admission) is the endpoint's
+        own overhead: recorded as AdmissionTime (p50/p99 in /metrics). Errors count per model.
+        """
+        arrived = time.perf_counter()
         if name != self.endpoint.cfg.name:
             raise ValidationError(f"Endpoint {name} not found.")
         raw_target = headers.get(TARGET_HEADER)
@@ -139,15 +145,25 @@ class EndpointApp:
         req = await _check(ct, body, contract)
         mgr.metrics.invocations += 1
         generation = mgr.sup.check()
-        m = await mgr.acquire(target)
+        try:
+            m, warm = await mgr.admit(target)
+        except EndpointError:
+            mgr.count_error(target)
+            raise
         try:
             if m.contract is not contract:
                 req = await _check(ct, body, m.contract)
             loads_seen = m.loads
+            if warm:
+                mgr.metrics.admission_ms.append((time.perf_counter() - arrived) * 1000)
             r = await self.endpoint.forward(m, body, req.headers, generation)
+        except EndpointError:
+            m.errors += 1
+            raise
         finally:
             mgr.release(m)
         if r.status != 200:
+            m.errors += 1
             raise _model_error(mgr, m, r, loads_seen)
         size = r.headers.get("inference-header-content-length")
         content, new_size = rename_model(r.body, None if size is None else int(size),

@@ -1,17 +1,26 @@
 """The local endpoint's models: load on demand, evict least recently used, keep a disk cache.
 
 One :class:`ModelManager` per endpoint tracks every TargetModel it has seen (a
-:class:`~infra.mme_state.ModelEntry`) through the states ``absent -> loading -> loaded ->
-unloading -> absent`` (or ``failed``). All state changes happen on the serving event loop;
-blocking work (download, extraction, Triton's repository calls) runs in worker threads.
+:class:`~infra.mme_state.ModelEntry`) through the states ``absent -> preparing -> loading ->
+loaded -> unloading -> absent`` (or ``failed``). All state changes happen on the serving event
+loop, so they need no locks; blocking work (download, extraction, Triton's repository calls,
+reading ``/proc``) runs in worker threads and hands its results back to the loop.
 
-Two rules keep eviction honest under concurrency:
+The rules that keep it honest under fleet traffic:
 
+* a request for a loaded model takes a dict lookup and a counter (O(1), no lock, no await):
+  loads and unloads of other models run in their own tasks and never stand in its way;
 * a model being unloaded is ``unloading`` from the first moment, so no request is handed a
-  model that Triton is about to drop (it waits for the unload, then loads it again);
-* the loaded-model budget counts models that are loading or unloading too, so N concurrent
-  first requests cannot load more than the budget; a load that finds no idle model to evict
-  waits until one becomes idle (bounded by the client's ready wait, as on SageMaker).
+  model that Triton is about to drop (it waits for the unload, then loads it again), and no
+  second eviction picks it: one unload per victim;
+* the budget counts every model in Triton (``resident``: loading, loaded or unloading). A load
+  that needs room evicts the least recently used idle model and *inherits* its place: the
+  victim's place passes to it in the same loop step as the unload ends, so the count never
+  passes the budget and no other load can take the place meanwhile. It waits for that one
+  unload only, not for the others in the server;
+* at most ``max_concurrent_loads`` loads run at once;
+* the work per load follows the models in Triton (``resident``), never the models cached on
+  disk or seen in the store: no scan of the model table, no repository index.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import os
 import re
 import shutil
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +44,9 @@ from infra.mme_errors import (
     ServiceUnavailable,
     ValidationError,
 )
-from infra.mme_state import EndpointConfig, Metrics, ModelEntry
+from infra.mme_state import EndpointConfig, Metrics, ModelEntry, ThrashGuard
 from infra.mme_supervisor import TritonSupervisor
-from infra.model_repo import ModelRepoError, namespace_for, namespace_repository
+from infra.model_repo import ModelRepoError, NamespacedModel, namespace_for, namespace_repository
 from infra.request_check import ContractError, ModelContract, contract_from_config
 from infra.store import ObjectNotFound, StoreError, open_store
 from infra.tarball import UnsafeArchive, safe_extract
@@ -53,6 +63,8 @@ OOM_PATTERN = re.compile(r"out of memory|\boom\b|no space left on device|cannot 
 STUB_DEAD_MARKERS = ("stub process", "is not healthy")
 #: States in which a model holds (or is about to hold, or still holds) memory in Triton.
 OCCUPYING = ("loading", "loaded", "unloading")
+#: A miss, by the state its model was in when the request came (else "Absent").
+_MISS_REASON = {"preparing": "JoinedLoad", "loading": "JoinedLoad", "unloading": "Unloading"}
 
 
 def is_oom(text: str) -> bool:
@@ -103,8 +115,17 @@ class ModelManager:
         self.repo_dir = cfg.cache_dir / "repo"
         self.work_dir = cfg.cache_dir / "work"
         self.models: dict[str, ModelEntry] = {}
+        # the models in Triton (loading, loaded, unloading), by identity: the budget's count
+        self.resident: dict[int, ModelEntry] = {}
+        # the models with files in the repository, least recently unloaded first (disk LRU)
+        self.on_disk: OrderedDict[str, ModelEntry] = OrderedDict()
+        self.disk_used = 0
+        self._load_slots = asyncio.Semaphore(max(1, cfg.max_concurrent_loads))
         self._room = asyncio.Event()  # replaced after each wake-up (see _changed)
-        self.metrics = Metrics()
+        self._base_rss: int | None = None  # Triton with nothing loaded
+        self._model_rss = 0  # the most memory one loaded model was seen to take
+        self.metrics = Metrics(thrash=ThrashGuard(cfg.thrash_window, cfg.thrash_miss_rate,
+                                                  cfg.thrash_warn_interval_s))
         self.sup = TritonSupervisor(triton, cfg, self.metrics, on_down=self.triton_down,
                                     before_restart=before_restart)
         # host paths never reach a client: longest first, so the repo folder wins over the cache
@@ -120,19 +141,33 @@ class ModelManager:
         return f"{self.prefix}/{target}" if self.prefix else target
 
     def loaded_count(self) -> int:
-        return sum(1 for m in self.models.values() if m.state == "loaded")
+        return sum(1 for m in self.resident.values() if m.state == "loaded")
 
     def occupied_count(self, exclude: str) -> int:
         """Models holding, or about to hold, a place in Triton (the budget counts them all)."""
-        return sum(1 for m in self.models.values() if m.state in OCCUPYING and m.target != exclude)
+        return sum(1 for m in self.resident.values() if m.target != exclude)
 
     def entry(self, target: str) -> ModelEntry:
-        if target not in self.models:
-            self.models[target] = ModelEntry(target)
-        return self.models[target]
+        m = self.models.get(target)
+        if m is None:
+            m = self.models[target] = ModelEntry(target)
+        return m
+
+    def _set_state(self, m: ModelEntry, state: str) -> None:
+        """The one place a model's state changes: keeps ``resident`` (and its peak) exact."""
+        m.state = state
+        if state in OCCUPYING:
+            self.resident[id(m)] = m
+            self.metrics.peak_loaded = max(self.metrics.peak_loaded, len(self.resident))
+        else:
+            self.resident.pop(id(m), None)
 
     async def acquire(self, target: str) -> ModelEntry:
-        """Return the loaded model, loading it first if needed; the caller must release().
+        """Return the loaded model, loading it first if needed; the caller must release()."""
+        return (await self.admit(target))[0]
+
+    async def admit(self, target: str) -> tuple[ModelEntry, bool]:
+        """(the loaded model, whether it was loaded already); the caller must release().
 
         The check for "loaded" and the in-flight count that protects the model from eviction
         happen in one step of the event loop (no await between them). A model evicted between
@@ -140,18 +175,30 @@ class ModelManager:
         """
         _check_target(target)
         m = self.entry(target)
-        start: float | None = None
+        m.invocations += 1
+        if m.state == "loaded":  # the warm path: O(1), no lock, no await
+            m.in_flight += 1
+            m.last_used = time.monotonic()
+            m.hits += 1
+            self.metrics.model_cache_hit += 1
+            self.metrics.thrash.record(True)
+            return m, True
+        self.metrics.thrash.record(False)
+        self.metrics.misses[_MISS_REASON.get(m.state, "Absent")] += 1
+        start = time.perf_counter()
         while True:
+            await self._await_load(m, self.cfg.ready_wait_s - (time.perf_counter() - start))
             if m.state == "loaded":
                 m.in_flight += 1
                 m.last_used = time.monotonic()
-                if start is None:
-                    self.metrics.model_cache_hit += 1
-                else:
-                    self.metrics.loading_wait_ms.append((time.perf_counter() - start) * 1000)
-                return m
-            start = time.perf_counter() if start is None else start
-            await self._await_load(m, self.cfg.ready_wait_s - (time.perf_counter() - start))
+                self.metrics.loading_wait_ms.append((time.perf_counter() - start) * 1000)
+                return m, False
+
+    def count_error(self, target: str) -> None:
+        """A request for ``target`` was answered with an error (per-model metric)."""
+        m = self.models.get(target)
+        if m is not None:
+            m.errors += 1
 
     async def _await_load(self, m: ModelEntry, wait_s: float) -> None:
         """Start (or join) the model's load and wait for it, at most ``wait_s`` (then 429)."""
@@ -172,7 +219,7 @@ class ModelManager:
 
     def release(self, m: ModelEntry) -> None:
         m.in_flight = max(0, m.in_flight - 1)
-        if m.in_flight == 0:
+        if m.in_flight == 0 and m.state == "loaded":
             self._changed()  # it may be the idle model a waiting load can evict
 
     def _changed(self) -> None:
@@ -182,9 +229,9 @@ class ModelManager:
 
     def triton_down(self) -> None:
         """Triton died: nothing is loaded any more; the files stay, so reloads need no download."""
-        for m in self.models.values():
-            if m.state in OCCUPYING:
-                m.state = "absent"
+        for m in list(self.resident.values()):
+            self._set_state(m, "absent")
+        self._changed()
 
     def stub_died(self, m: ModelEntry, loads_seen: int) -> bool:
         """A model's Python stub died: make its next request reload it (once per failure).
@@ -195,69 +242,82 @@ class ModelManager:
         """
         if m.state != "loaded" or m.loads != loads_seen:
             return False  # another request already reported it, or it was reloaded since
-        m.state = "absent"
+        self._set_state(m, "absent")
+        self._changed()
         self.metrics.stub_failures += 1
         log.error("model %s: a Python stub died; it reloads on its next request", m.target)
         return True
 
     async def _load(self, m: ModelEntry) -> None:
-        m.state = "preparing"  # downloading/extracting: holds no place in Triton yet
+        self._set_state(m, "preparing")  # downloading/extracting: no place in Triton yet
         generation = self.sup.generation
         try:
-            on_disk = m.ns is not None and all((self.repo_dir / n).exists() for n in m.ns.models)
-            if not on_disk:  # else: unloaded earlier, its files stayed in the disk cache
-                await asyncio.wait_for(asyncio.to_thread(self._download_and_prepare, m),
-                                       self.cfg.load_timeout_s)
-                await self._trim_disk(exclude=m.target)
-            generation = self.sup.check()
-            await self._make_room(m)  # returns with m "loading": its place is reserved
-            t0 = time.perf_counter()
-            await self._triton_load(m)
-            if generation != self.sup.generation or not self.sup.live:
-                raise self.sup.down_error()  # loaded into a server that died since
-            self.metrics.loading_ms.append((time.perf_counter() - t0) * 1000)
-            m.contract = await asyncio.to_thread(self._read_contract, m)
-            m.state = "loaded"
+            async with self._load_slots:  # at most max_concurrent_loads at once
+                await self._prepare_files(m)
+                generation = self.sup.check()
+                await self._make_room(m)  # returns with m "loading": its place is reserved
+                t0 = time.perf_counter()
+                await self._triton_load(m)
+                if generation != self.sup.generation or not self.sup.live:
+                    raise self.sup.down_error()  # loaded into a server that died since
+                seconds = time.perf_counter() - t0
+            m.contract, why = await asyncio.to_thread(
+                _read_contract, self.repo_dir / m.repo.entry / "config.pbtxt", m.repo.original_entry)
+            if why:
+                log.warning("model %s: no request contract: %s", m.target, self.public(why))
+            self.metrics.loading_ms.append(seconds * 1000)
+            m.last_load_s, m.total_load_s = seconds, m.total_load_s + seconds
             m.loads += 1
             m.last_used = time.monotonic()
+            self._set_state(m, "loaded")
             self._changed()
-            log.info("loaded %s as %s", m.target, m.repo.entry)
+            log.debug("loaded %s as %s in %.3f s", m.target, m.repo.entry, seconds)
         except BaseException as e:  # noqa: BLE001 - always raised again, translated
-            down = None
-            if isinstance(e, (TritonModelError, ConnectionError, RuntimeError)):
-                down = await self.sup.after_error(generation, f"the load of {m.target}")
-            if down is not None or isinstance(e, (ServiceUnavailable, InternalFailure)):
-                m.state = "absent"  # Triton's fault, not the model's: keep its files
-                raise (down or e) from None
-            m.state = "failed"
-            await asyncio.to_thread(self._discard_files, m)
-            if isinstance(e, ObjectNotFound) and self.models.get(m.target) is m:
-                # nothing to remember about a name with no object: requests for unknown
-                # TargetModels must not grow the model table without bound
-                del self.models[m.target]
-            raise self._load_error(m, e) from None
+            raise await self._load_failed(m, e, generation) from None
 
-    def _read_contract(self, m: ModelEntry) -> ModelContract | None:
-        """The entry model's inputs and outputs, named as in the tarball.
+    async def _load_failed(self, m: ModelEntry, e: BaseException, generation: int) -> BaseException:
+        """Undo a failed load (its place in Triton, its files unless Triton was at fault) and
+        return what to raise."""
+        down = None
+        if isinstance(e, (TritonModelError, ConnectionError, RuntimeError)):
+            down = await self.sup.after_error(generation, f"the load of {m.target}")
+        if down is not None or isinstance(e, (ServiceUnavailable, InternalFailure)):
+            self._set_state(m, "absent")  # Triton's fault, not the model's: keep its files
+            self._changed()
+            return down or e
+        self._set_state(m, "failed")
+        self._changed()
+        await asyncio.to_thread(_remove_folders, self._forget_files(m))
+        if isinstance(e, ObjectNotFound) and self.models.get(m.target) is m:
+            # nothing to remember about a name with no object: requests for unknown
+            # TargetModels must not grow the model table without bound
+            del self.models[m.target]
+        return self._load_error(m, e)
 
-        None (structural checks only; they still cap every declared shape by the payload
-        limit) for a config Triton accepted but the checker cannot read.
-        """
-        try:
-            contract = contract_from_config(self.repo_dir / m.repo.entry / "config.pbtxt")
-        except ContractError as e:
-            log.warning("model %s: no request contract: %s", m.target, self.public(str(e)))
-            return None
-        return dataclasses.replace(contract, name=m.repo.original_entry)
+    async def _prepare_files(self, m: ModelEntry) -> None:
+        """Download and extract the model unless its files are still in the disk cache."""
+        if m.ns is not None and all((self.repo_dir / n).exists() for n in m.ns.models):
+            return  # unloaded earlier, its files stayed in the disk cache
+        self._forget_files(m)  # a partial leftover: its folders are replaced below
+        ns, size, ms = await asyncio.wait_for(
+            asyncio.to_thread(self._download_and_prepare, m.target), self.cfg.load_timeout_s)
+        m.ns, m.disk_bytes = ns, size
+        self.disk_used += size
+        self.on_disk[m.target] = m
+        self.on_disk.move_to_end(m.target)
+        self.metrics.downloading_ms.append(ms)
+        await self._trim_disk(exclude=m)
 
     async def _triton_load(self, m: ModelEntry) -> None:
         try:
+            self.metrics.load_calls += 1
             await asyncio.to_thread(self.triton.load, m.repo.entry, self.cfg.load_timeout_s)
         except TritonModelError as e:
             if not is_oom(str(e)):
                 raise
             # what SageMaker does on a 507: unload idle models, then try once more
             await self._make_room(m, force_one=True)
+            self.metrics.load_calls += 1
             await asyncio.to_thread(self.triton.load, m.repo.entry, self.cfg.load_timeout_s)
 
     def _load_error(self, m: ModelEntry, e: BaseException) -> BaseException:
@@ -292,24 +352,30 @@ class ModelManager:
 
         Paths inside the Triton repository become repository-relative (a model.py traceback
         then reads ``add/1/model.py``); anything else under the cache dir becomes ``<cache>``.
+        Internal names are those of the models in Triton (only they appear in its messages;
+        the caller unprefixes the model at hand): O(loaded models), not O(models seen).
         """
         for root in self._repo_roots:
             text = text.replace(root + "/", "").replace(root, "<repository>")
         for root in self._cache_roots:
             text = text.replace(root, "<cache>")
-        for m in self.models.values():
+        for m in self.resident.values():
             text = unprefix(text, m)
         return text
 
-    def _download_and_prepare(self, m: ModelEntry) -> None:
-        """Store -> disk cache -> safe extraction -> namespaced folders in the Triton repo."""
-        ns = namespace_for(m.target)
+    def _download_and_prepare(self, target: str) -> tuple[NamespacedModel, int, float]:
+        """Store -> disk cache -> safe extraction -> namespaced folders in the Triton repo.
+
+        Runs in a worker thread, so it touches no shared record: it returns (the namespaced
+        models, their size on disk, the download time in ms) for the event loop to record.
+        """
+        ns = namespace_for(target)
         self.repo_dir.mkdir(parents=True, exist_ok=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         archive = self.work_dir / f"{ns}.tar.gz"
-        self.store.get_file(self.key_for(m.target), archive)
-        self.metrics.downloading_ms.append((time.perf_counter() - t0) * 1000)
+        self.store.get_file(self.key_for(target), archive)
+        download_ms = (time.perf_counter() - t0) * 1000
         extracted = self.work_dir / f"{ns}.d"
         shutil.rmtree(extracted, ignore_errors=True)
         try:
@@ -317,74 +383,116 @@ class ModelManager:
         finally:
             archive.unlink(missing_ok=True)
         try:
-            m.ns = namespace_repository(extracted, self.repo_dir, m.target)
+            named = namespace_repository(extracted, self.repo_dir, target)
         finally:
             shutil.rmtree(extracted, ignore_errors=True)
-        m.disk_bytes = sum(_dir_bytes(self.repo_dir / name) for name in m.ns.models)
+        size = sum(_dir_bytes(self.repo_dir / name) for name in named.models)
+        return named, size, download_ms
 
-    def _discard_files(self, m: ModelEntry) -> None:
-        if m.ns:
-            for name in m.ns.models:
-                shutil.rmtree(self.repo_dir / name, ignore_errors=True)
-        m.ns = None
-        m.disk_bytes = 0
+    def _forget_files(self, m: ModelEntry) -> list[Path]:
+        """Drop the record of ``m``'s files (on the loop) and return the folders to delete."""
+        if self.on_disk.get(m.target) is m:
+            del self.on_disk[m.target]
+        self.disk_used -= m.disk_bytes
+        folders = [self.repo_dir / name for name in m.ns.models] if m.ns else []
+        m.ns, m.disk_bytes = None, 0
+        return folders
 
-    async def _trim_disk(self, exclude: str) -> None:
+    async def _trim_disk(self, exclude: ModelEntry) -> None:
         """Delete the least recently used models that are not in Triton when the cache is full.
 
-        Victims are chosen on the event loop (the model table is only touched there); their
-        folders are deleted in a worker thread.
+        Victims are chosen on the event loop from ``on_disk`` (least recently unloaded first)
+        with a running total, so a trim costs the models it skips (those in Triton) plus those
+        it deletes, not a sort of every model cached; the folders go in a worker thread.
         """
-        used = sum(x.disk_bytes for x in self.models.values())
-        victims = []
-        for victim in sorted(self.models.values(), key=lambda x: x.last_used):
+        if self.disk_used <= self.cfg.disk_cache_bytes:
+            return
+        used, victims = self.disk_used, []
+        for victim in self.on_disk.values():
             if used <= self.cfg.disk_cache_bytes:
                 break
-            if victim.target == exclude or victim.state not in ("absent", "failed") or not victim.ns:
+            if victim is exclude or victim.state not in ("absent", "failed"):
                 continue
             used -= victim.disk_bytes
-            victim.state = "absent"
-            folders = [self.repo_dir / name for name in victim.ns.models]
-            victim.ns, victim.disk_bytes = None, 0
-            victims.append(folders)
+            victims.append(victim)
+        folders: list[Path] = []
+        for victim in victims:
+            folders += self._forget_files(victim)
             self.metrics.disk_evictions += 1
-        for folders in victims:
+        if folders:
             await asyncio.to_thread(_remove_folders, folders)
 
     async def _make_room(self, m: ModelEntry, force_one: bool = False) -> None:
-        """Reserve a place for ``m`` in Triton: unload least recently used idle models while
-        over the model-count or memory limit, and mark ``m`` "loading" once it fits.
+        """Reserve a place for ``m`` in Triton and return with ``m`` "loading".
 
-        Over the count budget with no idle model to unload (all busy, loading or unloading),
-        it waits until one becomes idle or leaves, up to the load timeout (then 507, as
-        SageMaker answers when it cannot free memory). Over the memory limit with nothing
-        idle it loads anyway: memory is measured, not reserved, and other loads in flight
-        may be what pushes it over.
+        Over the model-count budget (or the memory limit, see :meth:`_over_memory`) it evicts
+        the least recently used idle model and inherits its place when that unload ends. With
+        no idle model (all busy, loading or unloading) it waits until one becomes idle or
+        leaves, up to the load timeout (then 507, as SageMaker answers when it cannot free
+        memory). A model alone in Triton loads even over the memory limit: Triton decides.
+        ``force_one`` (after an out-of-memory load failure) evicts one idle model regardless.
         """
         forced = force_one
         deadline = time.monotonic() + self.cfg.load_timeout_s
         while True:
-            over_count = (self.cfg.max_loaded_models is not None
-                          and self.occupied_count(m.target) >= self.cfg.max_loaded_models)
-            over_mem = _tree_rss_bytes(self.triton.pid) > (self.cfg.memory_limit_bytes or 0)
+            over_count = self._over_count(m)
+            over_mem = not over_count and await self._over_memory(m)
+            over_count = self._over_count(m)  # the memory was read in a thread: look again
             if not (over_count or over_mem or forced):
                 break
-            idle = [x for x in self.models.values()
-                    if x.state == "loaded" and x.in_flight == 0 and x.target != m.target]
-            if idle:
-                await self.unload(min(idle, key=lambda x: x.last_used).target, evicted=True)
+            victim = self._idle_victim(m)
+            if victim is not None:
                 forced = False
+                await self._evict(victim, heir=None if m.state in OCCUPYING else m)
                 continue
-            if not over_count:
+            if not over_count and (forced or not any(x is not m for x in self.resident.values())):
                 break
-            room = self._room
-            try:
-                await asyncio.wait_for(room.wait(), max(deadline - time.monotonic(), 0.0))
-            except TimeoutError:
-                raise InsufficientMemory(
-                    f"Failed to load model {m.target}: {self.cfg.max_loaded_models} models are "
-                    f"loaded and none became idle within {self.cfg.load_timeout_s:.0f} s") from None
-        m.state = "loading"
+            await self._wait_room(m, deadline, "count" if over_count else "memory")
+        if m.state not in OCCUPYING:
+            self._set_state(m, "loading")
+
+    def _over_count(self, m: ModelEntry) -> bool:
+        budget = self.cfg.max_loaded_models
+        return budget is not None and m.state not in OCCUPYING and len(self.resident) >= budget
+
+    def _idle_victim(self, m: ModelEntry) -> ModelEntry | None:
+        """The least recently used idle loaded model other than ``m``: O(models in Triton)."""
+        idle = [x for x in self.resident.values()
+                if x.state == "loaded" and x.in_flight == 0 and x is not m]
+        return min(idle, key=lambda x: x.last_used) if idle else None
+
+    async def _over_memory(self, m: ModelEntry) -> bool:
+        """Would loading ``m`` pass the memory limit? Triton's memory (server and stubs) is
+        measured; the models still loading (and ``m``) are counted at the largest memory one
+        loaded model was seen to take, so concurrent loads cannot overshoot together."""
+        limit = self.cfg.memory_limit_bytes
+        if not limit:
+            return False
+        rss = await asyncio.to_thread(_tree_rss_bytes, self.triton.pid)
+        if not self.resident or self._base_rss is None:
+            self._base_rss = rss if not self.resident else (self._base_rss or rss)
+        others = sum(1 for x in self.resident.values() if x is not m)  # all hold some memory
+        if others:
+            self._model_rss = max(self._model_rss, (rss - self._base_rss) // others)
+        loading = sum(1 for x in self.resident.values() if x.state == "loading" and x is not m)
+        return rss + self._model_rss * (loading + (0 if m.state == "loading" else 1)) > limit
+
+    async def _wait_room(self, m: ModelEntry, deadline: float, why: str) -> None:
+        room = self._room
+        try:
+            await asyncio.wait_for(room.wait(), max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            limit = (f"{self.cfg.max_loaded_models} models are loaded" if why == "count"
+                     else "the memory limit is reached")
+            raise InsufficientMemory(
+                f"Failed to load model {m.target}: {limit} and none became idle within "
+                f"{self.cfg.load_timeout_s:.0f} s") from None
+
+    async def _evict(self, victim: ModelEntry, heir: ModelEntry | None) -> None:
+        """Unload ``victim`` (idle, loaded: checked by the caller in this same loop step);
+        ``heir``, if given, takes its place in Triton the moment the unload ends."""
+        victim.heir = heir
+        await self._unload_entry(victim, evicted=True)
 
     async def unload(self, target: str, *, evicted: bool = False, delete_files: bool = False) -> bool:
         """Unload a model from Triton (its files stay on disk unless asked or caching is off).
@@ -395,26 +503,52 @@ class ModelManager:
         m = self.models.get(target)
         if m is None or m.ns is None:
             return False
+        await self._unload_entry(m, evicted=evicted, delete_files=delete_files)
+        return True
+
+    async def _unload_entry(self, m: ModelEntry, *, evicted: bool = False,
+                            delete_files: bool = False) -> None:
         if m.state == "unloading" and m.unloaded is not None:
             await m.unloaded.wait()  # someone else is unloading it
         elif m.state == "loaded" and self.sup.live:  # a dead Triton has nothing loaded
-            m.state, m.unloaded = "unloading", asyncio.Event()
-            t0 = time.perf_counter()
-            try:
-                await asyncio.to_thread(self.triton.unload, m.repo.entry)
-            finally:
-                m.state = "absent"
-                m.unloaded.set()
-                self._changed()
-            self.metrics.unloading_ms.append((time.perf_counter() - t0) * 1000)
-            if evicted:
-                self.metrics.evictions += 1
-        elif m.state != "loading" and m.state != "preparing":
-            m.state = "absent"
-        if delete_files or not self.cfg.model_cache_enabled:
-            await asyncio.to_thread(self._discard_files, m)
-        log.info("unloaded %s", target)
-        return True
+            await self._triton_unload(m, evicted)
+        elif m.state not in ("loading", "preparing"):
+            self._set_state(m, "absent")
+        if (delete_files or not self.cfg.model_cache_enabled) and m.state in ("absent", "failed"):
+            await asyncio.to_thread(_remove_folders, self._forget_files(m))
+
+    async def _triton_unload(self, m: ModelEntry, evicted: bool) -> None:
+        """One Triton unload of ``m``, which is "unloading" from this very step; when it ends
+        (or fails) the place passes to ``m.heir`` in the same step as ``m`` leaves."""
+        self._set_state(m, "unloading")
+        m.unloaded = done = asyncio.Event()
+        t0 = time.perf_counter()
+        self.metrics.unload_calls += 1
+        try:
+            await asyncio.to_thread(self.triton.unload, m.repo.entry)
+        finally:
+            self._set_state(m, "absent")
+            heir, m.heir = m.heir, None
+            if heir is not None and heir.state not in OCCUPYING:
+                self._set_state(heir, "loading")
+            if self.on_disk.get(m.target) is m:
+                self.on_disk.move_to_end(m.target)  # the disk LRU: most recently unloaded last
+            done.set()
+            self._changed()
+        self.metrics.unloading_ms.append((time.perf_counter() - t0) * 1000)
+        if evicted:
+            self.metrics.evictions += 1
+            m.evictions += 1
+        log.debug("unloaded %s in %.3f s", m.target, time.perf_counter() - t0)
+
+    def forget(self, target: str) -> None:
+        """Drop ``target``'s record (``DELETE /models``) unless a request is loading it again
+        meanwhile: a record dropped while its model loads would leave a model in Triton that
+        no request can find, and the next request would load a second copy."""
+        m = self.models.get(target)
+        if m is not None and m.state in ("absent", "failed") and m.in_flight == 0 \
+                and (m.load_task is None or m.load_task.done()):
+            del self.models[target]
 
     def describe(self) -> list[dict]:
         return [{"target_model": m.target, "state": m.state,
@@ -422,9 +556,30 @@ class ModelManager:
                  "in_flight": m.in_flight, "loads": m.loads}
                 for m in sorted(self.models.values(), key=lambda x: x.target)]
 
+    def report(self) -> dict:
+        """``GET /metrics``: the endpoint's metrics and, under "models", each TargetModel's."""
+        doc = self.metrics.report(self.loaded_count())
+        now_mono, now_wall = time.monotonic(), time.time()
+        doc["models"] = {m.target: m.report(now_mono, now_wall)
+                         for m in sorted(self.models.values(), key=lambda x: x.target)}
+        return doc
+
     def triton_status(self) -> dict:
         return {"state": self.sup.state, "pid": self.triton.pid,
                 "generation": self.sup.generation, "reason": self.sup.reason or None}
+
+
+def _read_contract(config: Path, original_entry: str) -> tuple[ModelContract | None, str]:
+    """The entry model's inputs and outputs, named as in the tarball (in a worker thread).
+
+    (None, why) -- structural checks only; they still cap every declared shape by the payload
+    limit -- for a config Triton accepted but the checker cannot read.
+    """
+    try:
+        contract = contract_from_config(config)
+    except ContractError as e:
+        return None, str(e)
+    return dataclasses.replace(contract, name=original_entry), ""
 
 
 def _remove_folders(folders: list[Path]) -> None:

@@ -100,7 +100,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
         r = _ok(_mme(["endpoint", "start", "--name", EP], cli_env))
         assert "serving on http://127.0.0.1:" in r.stderr, r.stderr
         info = json.loads(state.read_text())
-        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP], cli_env)).stdout)
+        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP, "--json"], cli_env)).stdout)
         assert status["endpoint"] == EP and status["url"] == info["url"]
         assert status["models"] == [] and status["metrics"]["Invocations"] == 0
 
@@ -139,7 +139,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
             assert x["top5"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
         assert lines[0]["top5"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")
 
-        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP], cli_env)).stdout)
+        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP, "--json"], cli_env)).stdout)
         assert {m["target_model"]: m["state"] for m in status["models"]} == {
             "text_embedding.tar.gz": "loaded", "image_classifier.tar.gz": "loaded"}
 
@@ -149,7 +149,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
         r = _ok(_mme(["retire", "image_classifier", "--endpoint", EP], cli_env))
         assert "image_classifier" in r.stdout + r.stderr
         assert not store_obj.exists()
-        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP], cli_env)).stdout)
+        status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP, "--json"], cli_env)).stdout)
         assert "image_classifier.tar.gz" not in {m["target_model"] for m in status["models"]}
         r = _mme(["invoke", *paths[:2], "--endpoint", EP], cli_env)
         assert r.returncode == 2 and "ValidationError" in r.stderr, (r.stdout, r.stderr)
@@ -179,7 +179,7 @@ def test_endpoint_start_status_stop(cli_env: dict[str, str]) -> None:
         assert json.loads((home / "endpoints" / name / "endpoint.json").read_text())["pid"] == pid
         url = first.stderr.split("serving on ")[1].split()[0]
         assert url in again.stderr
-        status = json.loads(_ok(_mme(["endpoint", "status", "--name", name], cli_env)).stdout)
+        status = json.loads(_ok(_mme(["endpoint", "status", "--name", name, "--json"], cli_env)).stdout)
         assert status["url"] == url and status["models"] == []
         r = _ok(_mme(["endpoint", "stop", "--name", name], cli_env))
         assert f"endpoint {name}: stopped" in r.stderr

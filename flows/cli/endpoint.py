@@ -4,29 +4,45 @@ the commands around a running endpoint and the model source."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, endpoint_app
+from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console, endpoint_app
+
+
+INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "text": (list[str], typer.Argument(None, help="sentences to embed (text ensembles)")),
+    "image": (list[Path], typer.Option(None, help="image files to classify (image ensembles)")),
+    "endpoint": (str, typer.Option("local-mme")),
+    "target_model": (str | None, typer.Option(
+        None, help="default: text_embedding.tar.gz, or image_classifier.tar.gz with --image")),
+    "url": (str | None, typer.Option(None, help="default: the running local endpoint")),
+    "json_body": (bool, typer.Option(False, "--json", help="send a JSON body, not binary+json")),
+    "fleet": (str | None, typer.Option(None, help="invoke a fleet's --variant through its routing "
+                                                  "table (tasks/router.py)")),
+    "variant": (str | None, typer.Option(None, help="the fleet variant to invoke")),
+    "store": (str | None, typer.Option(None, help="the routing table's store (with --fleet)")),
+}
 
 
 @app.command()
-def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text ensembles)"),
-           image: list[Path] = typer.Option(None, help="image files to classify (image ensembles)"),
-           endpoint: str = typer.Option("local-mme"),
-           target_model: str | None = typer.Option(
-               None, help="default: text_embedding.tar.gz, or image_classifier.tar.gz with --image"),
-           url: str | None = typer.Option(None, help="default: the running local endpoint"),
-           json_body: bool = typer.Option(False, "--json", help="send a JSON body, not binary+json")) -> None:
-    """Invoke an ensemble by TargetModel through the SageMaker runtime API (boto3)."""
+@_takes(INVOKE_OPTIONS)
+def invoke(**o: Any) -> None:
+    """Invoke an ensemble by TargetModel (or a fleet's variant) through the SageMaker runtime API."""
+    text, image, endpoint, target_model, url, json_body, fleet, variant, store = (
+        o[k] for k in INVOKE_OPTIONS)
     import numpy as np
     from botocore.exceptions import ClientError
 
     from infra.endpoint_process import find_running
     from infra.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
 
-    if url is None:
+    if bool(fleet) != bool(variant):
+        _fail("--fleet and --variant go together")
+    if url is None and not fleet:
         info = find_running(endpoint)
         if info is None:
             _fail(f"endpoint {endpoint!r} is not running (mme endpoint start, or mme deploy)")
@@ -40,7 +56,8 @@ def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text
     else:
         _fail("give sentences, or --image FILE")
     try:
-        out = do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body)
+        out = (_invoke_variant(fleet, variant, store, inputs, not json_body) if fleet and variant else
+               do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body))
     except ClientError as e:
         _fail(f"{e.response['Error'].get('Code')}: {e.response['Error'].get('Message')}")
     for name, arr in out.items():
@@ -55,6 +72,19 @@ def invoke(text: list[str] = typer.Argument(None, help="sentences to embed (text
                     {"label": labels[i], "prob": round(float(row[i]), 6)} for i in top]}))
         else:
             print(json.dumps({name: arr.round(6).tolist()}))
+
+
+def _invoke_variant(fleet: str, variant: str, store: str | None, inputs: dict[str, Any],
+                    binary: bool) -> dict[str, Any]:
+    """Invoke through the fleet's :class:`~tasks.router.Router` (refreshes on a moved model)."""
+    from infra import paths
+    from infra.errors import UserError
+    from tasks.router import Router
+
+    try:
+        return Router(store or paths.store_uri(), fleet).invoke(variant, inputs, binary=binary)
+    except UserError as e:  # not routed, endpoint not running, unreadable table: one line
+        _fail(str(e))
 
 
 @app.command()
@@ -118,8 +148,11 @@ def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
 
 
 @endpoint_app.command("status")
-def endpoint_status(name: str = typer.Option("local-mme")) -> None:
-    """Show the endpoint's models and SageMaker-style metrics."""
+def endpoint_status(name: str = typer.Option("local-mme"),
+                    as_json: bool = typer.Option(False, "--json", help="the raw documents")) -> None:
+    """Show the endpoint's metrics and one row per TargetModel (invocations, hits, loads...)."""
+    from rich.console import Console
+
     from infra.endpoint_process import find_running
     from infra.local_client import LocalEndpointClient
 
@@ -127,5 +160,32 @@ def endpoint_status(name: str = typer.Option("local-mme")) -> None:
     if info is None:
         _fail(f"endpoint {name!r} is not running")
     client = LocalEndpointClient(info.url)
-    print(json.dumps({"endpoint": name, "url": info.url, "models": client.models(),
-                      "metrics": client.metrics()}, indent=2))
+    doc = {"endpoint": name, "url": info.url, "models": client.models(), "metrics": client.metrics()}
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    Console().print(status_table(doc))
+
+
+def status_table(doc: dict) -> Any:
+    """``mme endpoint status`` as a table: a summary line, then one row per TargetModel."""
+    from rich.table import Table
+
+    m = doc["metrics"]
+    adm, thrash = m.get("AdmissionTime", {}), m.get("Thrash", {})
+    title = (f"{doc['endpoint']} at {doc['url']}: {m.get('LoadedModelCount', 0)} loaded "
+             f"(peak {m.get('PeakLoadedModelCount', 0)}), {m.get('Invocations', 0)} requests, "
+             f"{m.get('ModelCacheHit', 0)} warm, {m.get('MemoryEvictions', 0)} evictions, "
+             f"admission p50/p99 {adm.get('p50', 0):.3f}/{adm.get('p99', 0):.3f} ms, miss rate "
+             f"{100 * thrash.get('MissRate', 0):.0f}%" + (" THRASHING" if thrash.get("Thrashing") else ""))
+    table = Table(title=title)
+    for col in ("TargetModel", "state", "invocations", "hits", "loads", "last load s",
+                "total load s", "evictions", "errors", "last used"):
+        table.add_column(col, justify="left" if col in ("TargetModel", "state") else "right")
+    for target, r in m.get("models", {}).items():
+        used = r.get("last_used")
+        table.add_row(target, r["state"], str(r["invocations"]), str(r["hits"]), str(r["loads"]),
+                      f"{r['last_load_s']:.3f}", f"{r['total_load_s']:.3f}", str(r["evictions"]),
+                      str(r["errors"]),
+                      time.strftime("%H:%M:%S", time.localtime(used)) if used else "-")
+    return table

@@ -1,0 +1,496 @@
+"""The local endpoint under fleet traffic (issue 11): budget, one unload per victim, warm
+requests that never wait on other models, LRU-exact hits, per-model metrics, bounded logs.
+
+The Triton tests use the tiny ``pipe -> add`` ensembles of tests/test_local_mme.py (Y = X + k,
+so each answer says which model gave it). Loads and unloads are held open by Python models
+whose ``initialize`` / ``finalize`` wait for a gate file the test creates: the tests assert
+order and states, never durations. Triton's repository calls are counted by wrapping the
+endpoint's own :class:`~infra.triton_server.TritonServer` methods (the real calls still run).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from test_local_mme import X, call, metrics, models, post, publish_pipe, start_endpoint, write_pipe_repo
+
+from infra.cache_model import lru_hits, top_k_hit_ratio
+from infra.local_mme import configure_logging
+from infra.mme_state import EndpointConfig, Reservoir, ThrashGuard
+from infra.runtime_client import decode_response, encode_request
+from infra.tarball import pack_deterministic
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the pytriton tritonserver is Linux-only")
+
+# ``add`` whose finalize waits for a gate file: an unload the test holds open
+FINALIZE_GATE_MODEL = """\
+import os
+import time
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        self.k = np.float32({k})
+
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(
+            "Y", (pb_utils.get_input_tensor_by_name(r, "X").as_numpy() + self.k).astype(np.float32))])
+            for r in requests]
+
+    def finalize(self):
+        open({gate!r} + ".entered", "w").close()
+        while not os.path.exists({gate!r}):
+            time.sleep(0.01)
+"""
+
+
+def publish_sticky(store_dir: Path, target: str, k: float, gate: Path) -> None:
+    """A ``pipe`` tarball whose unload does not end until ``gate`` exists."""
+    with tempfile.TemporaryDirectory(prefix="sticky-src-") as tmp:
+        repo = write_pipe_repo(Path(tmp) / "repo", k)
+        (repo / "add" / "1" / "model.py").write_text(FINALIZE_GATE_MODEL.format(k=k, gate=str(gate)))
+        pack_deterministic(repo, store_dir / target)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
+    """Wait on a state (not a time): fails only if it never comes."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        time.sleep(0.02)  # polling interval
+
+
+class TritonCalls:
+    """Wraps a TritonServer's load/unload/repository_index: every real call, in order, and
+    how many models were in Triton at most (a load counts from its start, an unload until it
+    has returned, i.e. until its stubs have exited)."""
+
+    def __init__(self, triton: Any) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.inside: set[str] = set()
+        self.peak = 0
+        self.index_calls = 0
+        self._lock = threading.Lock()
+        load, unload, index = triton.load, triton.unload, triton.repository_index
+
+        def counted_load(name: str, *a: Any, **kw: Any) -> None:
+            with self._lock:
+                self.calls.append(("load", name))
+                self.inside.add(name)
+                self.peak = max(self.peak, len(self.inside))
+            load(name, *a, **kw)
+
+        def counted_unload(name: str, *a: Any, **kw: Any) -> None:
+            with self._lock:
+                self.calls.append(("unload", name))
+            unload(name, *a, **kw)
+            with self._lock:
+                self.inside.discard(name)
+
+        def counted_index(*a: Any, **kw: Any) -> Any:
+            self.index_calls += 1
+            return index(*a, **kw)
+
+        triton.load, triton.unload, triton.repository_index = counted_load, counted_unload, counted_index
+
+    def per_model(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for kind, name in self.calls:
+            out.setdefault(name, []).append(kind)
+        return out
+
+
+def zipf_sequence(targets: list[str], n: int, seed: int, s: float = 1.1) -> list[str]:
+    weights = 1.0 / np.arange(1, len(targets) + 1) ** s
+    rng = np.random.default_rng(seed)
+    return [targets[i] for i in rng.choice(len(targets), size=n, p=weights / weights.sum())]
+
+
+def k_of(target: str) -> float:
+    return float(target.split("-")[1].split(".")[0])
+
+
+def ask(url: str, target: str) -> httpx.Response:
+    body, ct = encode_request({"X": X})
+    return post(url, target, body, ct)
+
+
+def answer(r: httpx.Response) -> np.ndarray:
+    assert r.status_code == 200, (r.status_code, r.text)
+    return decode_response(r.content, r.headers["content-type"])["Y"]
+
+
+# ---------------------------------------------------------------------------------- pure parts
+def naive_lru_hits(sequence: list[int], capacity: int) -> int:
+    cache: list[int] = []  # most recent last
+    hits = 0
+    for key in sequence:
+        if key in cache:
+            hits += 1
+            cache.remove(key)
+        elif capacity and len(cache) >= capacity:
+            cache.pop(0)
+        if capacity:
+            cache.append(key)
+    return hits
+
+
+@given(st.lists(st.integers(0, 9), max_size=200), st.integers(0, 6))
+def test_lru_hits_is_the_textbook_lru(sequence: list[int], capacity: int) -> None:
+    """The planner's and the benchmark's model of the endpoint agrees with a plain list LRU."""
+    assert lru_hits(sequence, capacity) == naive_lru_hits(sequence, capacity)
+
+
+def test_lru_hits_small_cases_and_top_k() -> None:
+    assert lru_hits("abab", 1) == 0 and lru_hits("abab", 2) == 2
+    assert lru_hits("abcab", 2) == 0  # c evicts a, then a evicts b
+    assert top_k_hit_ratio([0.5, 0.1, 0.3, 0.1], 2) == pytest.approx(0.8)
+    with pytest.raises(ValueError):
+        lru_hits("a", -1)
+
+
+def test_thrash_guard_rolling_miss_rate_and_one_warning_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    guard = ThrashGuard(window=4, threshold=0.5, interval_s=3600)
+    caplog.set_level(logging.WARNING, logger="mme.local")
+    for hit in (True, True, False, False):
+        guard.record(hit)
+    assert guard.miss_rate == 0.5 and not guard.thrashing  # not above the threshold
+    guard.record(False)  # window: T F F F
+    assert guard.miss_rate == 0.75 and guard.thrashing
+    for _ in range(10):
+        guard.record(False)
+    assert guard.warnings == 1, "one warning per interval, not one per miss"
+    assert len([r for r in caplog.records if "thrashing" in r.message]) == 1
+    for _ in range(4):
+        guard.record(True)
+    assert guard.miss_rate == 0.0 and not guard.thrashing
+    assert guard.report()["Warnings"] == 1
+
+
+def test_reservoir_is_bounded_and_reports_percentiles() -> None:
+    r = Reservoir(size=100)
+    for i in range(1, 1001):
+        r.append(float(i))
+    rep = r.report()
+    assert rep["count"] == 1000 and rep["window"] == 100  # only the last 100 are kept
+    assert (rep["p50"], rep["p99"], rep["max"]) == (950.0, 999.0, 1000.0)
+
+
+def test_endpoint_log_rotates_and_request_lines_are_debug(tmp_path: Path) -> None:
+    """The endpoint's log file rolls over at its size limit and keeps only N old files; a
+    DEBUG line (per request, per Triton call) is not written at the default level."""
+    cfg = EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path / "c",
+                         log_file=tmp_path / "endpoint.log", log_max_bytes=2000, log_backup_count=2)
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        handler = configure_logging(cfg)
+        log = logging.getLogger("mme.local")
+        for i in range(200):
+            log.info("lifecycle line %04d %s", i, "x" * 40)
+            log.debug("request line %04d", i)
+        handler.flush()
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        handler.close()
+    files = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("endpoint.log"))
+    assert files == ["endpoint.log", "endpoint.log.1", "endpoint.log.2"], files
+    assert all((tmp_path / f).stat().st_size <= 2000 for f in files)
+    text = "".join((tmp_path / f).read_text() for f in files)
+    assert "lifecycle line 0199" in text and "request line" not in text
+    assert logging.getLogger("httpx").level == logging.WARNING  # one INFO line per HTTP call
+
+
+def test_status_table_lists_each_target_model() -> None:
+    from rich.console import Console
+
+    from flows.cli.endpoint import status_table
+
+    row = {"state": "loaded", "invocations": 7, "hits": 5, "loads": 2, "last_load_s": 0.25,
+           "total_load_s": 0.5, "evictions": 1, "errors": 0, "last_used": time.time()}
+    doc = {"endpoint": "e", "url": "http://x", "models": [],
+           "metrics": {"LoadedModelCount": 1, "models": {"m-1.tar.gz": row},
+                       "AdmissionTime": {"p50": 0.1, "p99": 0.4},
+                       "Thrash": {"MissRate": 0.9, "Thrashing": True}}}
+    console = Console(width=200, record=True)
+    console.print(status_table(doc))
+    text = console.export_text()
+    assert "m-1.tar.gz" in text and "THRASHING" in text and "0.400" in text
+    assert " 7 " in text and " 5 " in text
+
+
+# ---------------------------------------------------------------------------------- real Triton
+@pytest.mark.triton
+@linux_only
+def test_concurrent_cold_requests_keep_the_budget_and_unload_each_victim_once(tmp_path: Path) -> None:
+    """More distinct cold models than the budget, requested at once from 8 threads: never more
+    than ``budget`` models in Triton (counted at Triton's door and by the endpoint's peak),
+    exactly one unload per eviction and none of a model not loaded (load/unload alternate per
+    model), every answer from the model asked, no repository-index call."""
+    budget = 3
+    e = start_endpoint(tmp_path, max_loaded_models=budget)
+    try:
+        calls = TritonCalls(e.ep.triton)
+        targets = [f"cold-{i + 1}.tar.gz" for i in range(8)]
+        for t in targets:
+            publish_pipe(e.store_dir, t, k=k_of(t))
+        order = targets * 2
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(lambda t: answer(ask(e.url, t)), order))
+        for t, y in zip(order, answers, strict=True):
+            np.testing.assert_array_equal(y, X + k_of(t))
+        m = metrics(e.url)
+        assert calls.peak <= budget and m["PeakLoadedModelCount"] <= budget, (calls.peak, m)
+        unloads = [n for kind, n in calls.calls if kind == "unload"]
+        assert len(unloads) == m["MemoryEvictions"] == m["TritonUnloadCalls"], (calls.calls, m)
+        for name, kinds in calls.per_model().items():
+            assert kinds == ["load", "unload"] * (len(kinds) // 2) + ["load"] * (len(kinds) % 2), \
+                (name, kinds)  # an unload only of a loaded model, at most once per load
+        assert calls.index_calls == 0
+        assert sum(r["errors"] for r in m["models"].values()) == 0
+    finally:
+        e.ep.stop()
+
+
+@pytest.mark.triton
+@linux_only
+def test_warm_requests_are_admitted_while_another_model_loads_or_unloads(tmp_path: Path) -> None:
+    """A load held open (initialize waits for a gate) and then an unload held open (finalize
+    waits for a gate): requests for a loaded model are answered meanwhile, and the held model
+    is still loading / unloading when they are done. Their admission time is recorded. A
+    request for the model being unloaded waits for the unload and is answered by its reload."""
+    e = start_endpoint(tmp_path, max_loaded_models=4)
+    load_gate, unload_gate = tmp_path / "load-gate", tmp_path / "unload-gate"
+    try:
+        publish_pipe(e.store_dir, "warm-1.tar.gz", k=1)
+        publish_pipe(e.store_dir, "slow-2.tar.gz", k=2, gate=str(load_gate))
+        publish_sticky(e.store_dir, "sticky-3.tar.gz", 3, unload_gate)
+        np.testing.assert_array_equal(call(e.url, "warm-1.tar.gz"), X + 1)
+        np.testing.assert_array_equal(call(e.url, "sticky-3.tar.gz"), X + 3)
+        with ThreadPoolExecutor(3) as pool:
+            slow = pool.submit(ask, e.url, "slow-2.tar.gz")
+            wait_for("slow-2 loading",
+                     lambda: models(e.url).get("slow-2.tar.gz", {}).get("state") == "loading")
+            before = metrics(e.url)["AdmissionTime"]["count"]
+            for _ in range(10):
+                np.testing.assert_array_equal(call(e.url, "warm-1.tar.gz"), X + 1)
+            assert models(e.url)["slow-2.tar.gz"]["state"] == "loading" and not slow.done()
+            assert metrics(e.url)["AdmissionTime"]["count"] == before + 10
+
+            dropping = pool.submit(httpx.delete, f"{e.url}/models/sticky-3.tar.gz", timeout=300)
+            wait_for("sticky-3's finalize", Path(f"{unload_gate}.entered").exists)
+            assert models(e.url)["sticky-3.tar.gz"]["state"] == "unloading"
+            for _ in range(10):
+                np.testing.assert_array_equal(call(e.url, "warm-1.tar.gz"), X + 1)
+            assert models(e.url)["sticky-3.tar.gz"]["state"] == "unloading" and not dropping.done()
+            again = pool.submit(ask, e.url, "sticky-3.tar.gz")  # waits for the unload, reloads
+            wait_for("a request for sticky-3 waiting",
+                     lambda: metrics(e.url)["Misses"]["Unloading"] == 1)
+            assert not again.done() and models(e.url)["sticky-3.tar.gz"]["state"] == "unloading"
+            load_gate.touch()
+            unload_gate.touch()
+            np.testing.assert_array_equal(answer(slow.result()), X + 2)
+            assert dropping.result().status_code == 200
+            np.testing.assert_array_equal(answer(again.result()), X + 3)
+            assert models(e.url)["sticky-3.tar.gz"]["loads"] == 2
+        adm = metrics(e.url)["AdmissionTime"]  # the 20 warm requests (the first ones were cold)
+        assert adm["count"] == 20 and 0 < adm["p50"] <= adm["p99"] <= adm["max"], adm
+    finally:
+        load_gate.touch()
+        unload_gate.touch()
+        e.ep.stop()
+
+
+@pytest.mark.triton
+@linux_only
+def test_a_cold_request_waits_for_its_victim_not_for_every_unload(tmp_path: Path) -> None:
+    """Budget 2: sticky (its unload held open) is unloading, b is loaded and idle. A request
+    for c evicts b and is answered while sticky is still unloading: it waited for its own
+    victim only. (The old unload waited until nothing in the whole repository was UNLOADING,
+    so c got 429 after the ready wait.)"""
+    gate = tmp_path / "unload-gate"
+    e = start_endpoint(tmp_path, max_loaded_models=2, ready_wait_s=60)
+    try:
+        publish_sticky(e.store_dir, "sticky-1.tar.gz", 1, gate)
+        publish_pipe(e.store_dir, "b-2.tar.gz", k=2)
+        publish_pipe(e.store_dir, "c-3.tar.gz", k=3)
+        np.testing.assert_array_equal(call(e.url, "sticky-1.tar.gz"), X + 1)
+        np.testing.assert_array_equal(call(e.url, "b-2.tar.gz"), X + 2)
+        with ThreadPoolExecutor(1) as pool:
+            dropping = pool.submit(httpx.delete, f"{e.url}/models/sticky-1.tar.gz", timeout=300)
+            wait_for("sticky-1's finalize", Path(f"{gate}.entered").exists)
+            np.testing.assert_array_equal(call(e.url, "c-3.tar.gz"), X + 3)
+            listed = models(e.url)
+            assert listed["sticky-1.tar.gz"]["state"] == "unloading" and not dropping.done()
+            assert (listed["b-2.tar.gz"]["state"], listed["c-3.tar.gz"]["state"]) == ("absent", "loaded")
+            assert metrics(e.url)["PeakLoadedModelCount"] <= 2
+            gate.touch()
+            assert dropping.result().status_code == 200
+    finally:
+        gate.touch()
+        e.ep.stop()
+
+
+@pytest.mark.triton
+@linux_only
+def test_skewed_sequence_hits_exactly_as_lru_with_per_model_metrics(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A seeded Zipf(1.1) sequence over 6 models, budget 2, sent one request at a time: no
+    error, every answer right, warm hits exactly those of an LRU cache of 2, per-model
+    counters that add up, one thrash warning (and its metric), and no INFO line per request
+    or per load."""
+    budget = 2
+    e = start_endpoint(tmp_path, max_loaded_models=budget, thrash_window=4,
+                       thrash_miss_rate=0.5, thrash_warn_interval_s=3600)
+    try:
+        calls = TritonCalls(e.ep.triton)
+        targets = [f"zipf-{i + 1}.tar.gz" for i in range(6)]
+        for t in targets:
+            publish_pipe(e.store_dir, t, k=k_of(t))
+        sequence = zipf_sequence(targets, 30, seed=11)
+        caplog.set_level(logging.INFO)
+        for t in sequence:
+            np.testing.assert_array_equal(call(e.url, t), X + k_of(t))
+        m = metrics(e.url)
+        hits = lru_hits(sequence, budget)
+        assert m["ModelCacheHit"] == hits, (m["ModelCacheHit"], hits, sequence)
+        per = m["models"]
+        assert sum(r["invocations"] for r in per.values()) == len(sequence)
+        assert sum(r["hits"] for r in per.values()) == hits
+        assert sum(r["loads"] for r in per.values()) == len(sequence) - hits
+        assert sum(r["evictions"] for r in per.values()) == m["MemoryEvictions"]
+        assert all(r["errors"] == 0 for r in per.values())
+        for t in set(sequence):
+            assert per[t]["invocations"] == sequence.count(t)
+            assert per[t]["total_load_s"] >= per[t]["last_load_s"] > 0
+        assert m["PeakLoadedModelCount"] <= budget and calls.peak <= budget
+        assert m["TritonLoadCalls"] == len(sequence) - hits and calls.index_calls == 0
+
+        misses = _lru_misses(sequence, budget)
+        expect_warning = any(sum(misses[i - 3:i + 1]) > 2 for i in range(3, len(misses)))
+        assert m["Thrash"]["Warnings"] == int(expect_warning)
+        thrash_lines = [r for r in caplog.records if "thrashing" in r.getMessage()]
+        assert len(thrash_lines) == int(expect_warning)
+        noisy = [r.getMessage() for r in caplog.records
+                 if r.levelno == logging.INFO and any(t in r.getMessage() for t in targets)]
+        assert not noisy, noisy[:5]
+    finally:
+        e.ep.stop()
+
+
+def _lru_misses(sequence: list[str], capacity: int) -> list[bool]:
+    """Per request: did it miss an LRU cache of ``capacity`` (built from lru_hits itself)."""
+    return [lru_hits(sequence[:i + 1], capacity) == lru_hits(sequence[:i], capacity)
+            for i in range(len(sequence))]
+
+
+# ---------------------------------------------------------------------------------- manager alone
+class HeldTriton:
+    """A stand-in for TritonServer whose unloads end when the test says so (the manager calls
+    it from worker threads, as it calls the real one); no process, so no memory is measured."""
+
+    pid = None
+    model_repository = Path("/nonexistent-repo")
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.unloads: list[str] = []
+
+    def unload(self, name: str, *a: Any, **kw: Any) -> None:
+        self.unloads.append(name)
+        assert self.release.wait(60), "the test never released the unload"
+
+    def load(self, name: str, *a: Any, **kw: Any) -> None:
+        pass
+
+
+def _manager(tmp_path: Path, triton: Any, **cfg: Any) -> Any:
+    from infra.mme_models import ModelManager
+    from infra.model_repo import NamespacedModel
+
+    mgr = ModelManager(EndpointConfig(name="e", model_data_url=tmp_path.as_uri(),
+                                      cache_dir=tmp_path / "cache", **cfg), triton)
+    mgr.sup.state = "live"
+
+    def loaded(target: str) -> Any:
+        m = mgr.entry(target)
+        m.ns = NamespacedModel(entry=f"{target}_pipe", models=(f"{target}_pipe",), original_entry="pipe")
+        mgr._set_state(m, "loaded")
+        return m
+
+    return mgr, loaded
+
+
+def test_an_evicting_load_inherits_its_victims_place(tmp_path: Path) -> None:
+    """Budget 1, one idle model, two loads wanting room at once: the first evicts it and takes
+    its place the moment the unload ends; the second cannot slip in (it keeps waiting) and
+    the count never passes 1. One unload call in all."""
+    import asyncio
+
+    triton = HeldTriton()
+    mgr, loaded = _manager(tmp_path, triton, max_loaded_models=1, memory_limit_bytes=0)
+
+    async def scenario() -> None:
+        victim = loaded("v")
+        first, second = mgr.entry("a"), mgr.entry("b")
+        t1 = asyncio.create_task(mgr._make_room(first))
+        await asyncio.sleep(0)  # let the first choose its victim (a loop turn, not a time)
+        t2 = asyncio.create_task(mgr._make_room(second))
+        while victim.state != "unloading" or len(triton.unloads) != 1:
+            await asyncio.sleep(0.01)  # wait for the unload call to reach "Triton"
+        assert (first.state, second.state) == ("absent", "absent") and not t2.done()
+        triton.release.set()
+        await t1
+        assert (victim.state, first.state) == ("absent", "loading")
+        for _ in range(20):  # the second is woken by the change, and must go back to waiting
+            await asyncio.sleep(0)
+        assert not t2.done() and second.state == "absent"
+        assert mgr.metrics.peak_loaded == 1 and len(mgr.resident) == 1
+        t2.cancel()
+
+    asyncio.run(scenario())
+    assert triton.unloads == ["v_pipe"]
+
+
+def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured memory cannot see a model that is still loading: each one is counted at the
+    largest per-model memory seen, so concurrent loads cannot overshoot the limit together."""
+    import asyncio
+
+    import infra.mme_models as mm
+
+    rss = {"now": 100}
+    monkeypatch.setattr(mm, "_tree_rss_bytes", lambda pid: rss["now"])
+    mgr, loaded = _manager(tmp_path, HeldTriton(), memory_limit_bytes=1000)
+
+    async def scenario() -> list[bool]:
+        out = [await mgr._over_memory(mgr.entry("a"))]  # nothing in Triton: base 100
+        loaded("v")
+        rss["now"] = 400  # one model: 300 each
+        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 <= 1000
+        mgr._set_state(mgr.entry("b"), "loading")
+        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 x 2 = 1000: fits
+        mgr._set_state(mgr.entry("c"), "loading")
+        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 x 3 > 1000
+        return out
+
+    assert asyncio.run(scenario()) == [False, False, False, True]
