@@ -1,0 +1,115 @@
+"""``mme fleet deploy | routes | retire | gc``: a built fleet on endpoints (flows/fleet_deploy.py,
+flows/fleet_retire.py). Registered on ``fleet_app`` beside ``show``, ``example`` and ``build``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, console
+from flows.cli.fleet import _exit_for, fleet_app
+
+
+def _endpoints(endpoint: str | None, endpoints: str | None) -> list[str]:
+    """``--endpoint E`` or ``--endpoints E1,E2`` (one of them) as a list."""
+    if bool(endpoint) == bool(endpoints):
+        _fail("give --endpoint E or --endpoints E1,E2,... (one of them)")
+    names = [endpoint] if endpoint else [e.strip() for e in (endpoints or "").split(",")]
+    if not all(names):
+        _fail(f"--endpoints {endpoints!r}: an empty endpoint name")
+    return [n for n in names if n]
+
+
+FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "fleet": (str, typer.Argument(..., help="the fleet's name or file (its latest build is deployed)")),
+    "endpoint": (str | None, typer.Option(None, help="one endpoint")),
+    "endpoints": (str | None, typer.Option(None, help="several endpoints (shards): E1,E2,...")),
+    "backend": (str, typer.Option("local", help="local | sagemaker (an existing MME: no "
+                                                "control-plane call is made)")),
+    "store": (str | None, typer.Option(None, help="default: the embedded store; s3://... for sagemaker")),
+    "region": (str | None, typer.Option(None, help="SageMaker region")),
+    "build_dir": (Path | None, typer.Option(None, help="default: $MME_HOME/artifacts/<target>/fleets/<fleet>")),
+    "grace": (float, typer.Option(3600.0, min=0, help="seconds before a variant that left the "
+                                                      "fleet is removed")),
+    "keep_versions": (int, typer.Option(1, min=0, help="previous versions kept per variant")),
+    "canary": (int, typer.Option(0, min=0, help="unchanged variants invoked as canaries")),
+    "concurrency": (int, typer.Option(8, min=1, help="validation invokes in flight")),
+}
+
+
+@fleet_app.command("deploy")
+@_takes(FLEET_DEPLOY_OPTIONS)
+def deploy(**o: Any) -> None:
+    """Publish the new and changed variants under versioned names, validate them, route them."""
+    from flows.fleet_deploy import fleet_deploy
+    from tasks.fleet_deploy import DeployPolicy
+
+    if o["backend"] not in ("local", "sagemaker"):
+        _fail(f"--backend {o['backend']!r}: expected local or sagemaker")
+    _quiet_env()
+    policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
+                          concurrency=o["concurrency"], region=o["region"])
+    got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"]),
+                    backend=o["backend"], store_uri=o["store"], policy=policy,
+                    build_dir=str(o["build_dir"]) if o["build_dir"] else None)
+    console.print(f"fleet {got['fleet']}: {len(got['published'])} published, "
+                  f"{len(got['validated'])} validated ({len(got['canaries'])} canaries), "
+                  f"{got['unchanged']} unchanged, {len(got['retiring'])} marked retiring, "
+                  f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
+                  f"{got['routed']} routed -> {got['routes']}", highlight=False)
+
+
+@fleet_app.command("routes")
+def routes(fleet: str = typer.Argument(..., help="the fleet's name"),
+           store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
+    """Print the fleet's routing table (JSON)."""
+    from infra import paths
+    from tasks.fleet_routes import read_routes
+
+    try:
+        table = read_routes(store or paths.store_uri(), fleet)
+    except Exception as e:
+        _exit_for(e)
+    print(json.dumps(table.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True))
+
+
+@fleet_app.command("retire")
+def retire(fleet: str = typer.Argument(..., help="the fleet's name"),
+           variant: list[str] = typer.Option(None, help="retire these variants (repeatable); "
+                                                        "default: the whole fleet"),
+           shard: str | None = typer.Option(None, help="retire every variant on this endpoint "
+                                                       "(to move them instead, deploy without it)"),
+           now: bool = typer.Option(False, "--now", help="remove at once (no grace period)"),
+           grace: float = typer.Option(3600.0, min=0, help="seconds a retiring variant is kept"),
+           store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
+    """Mark variants retiring (removed after the grace period), or remove them --now."""
+    from flows.fleet_retire import fleet_retire
+
+    if variant and shard:
+        _fail("give --variant or --shard, not both")
+    _quiet_env()
+    got = _run_flow(fleet_retire, fleet=fleet, variants=variant or None, shard=shard, now=now,
+                    grace_s=grace, store_uri=store)
+    console.print(f"fleet {got['fleet']}: {len(got['marked'])} marked retiring, "
+                  f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
+                  f"{got['routed']} still routed", highlight=False)
+
+
+@fleet_app.command("gc")
+def gc(dry_run: bool = typer.Option(False, "--dry-run", help="list, delete nothing"),
+       store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
+    """Delete model objects and local fleet artifacts that nothing references."""
+    from flows.fleet_retire import fleet_gc
+
+    _quiet_env()
+    got = _run_flow(fleet_gc, store_uri=store, dry_run=dry_run)
+    verb = "would delete" if dry_run else "deleted"
+    for uri in got["objects"]:
+        console.print(f"{verb} {uri}", highlight=False, soft_wrap=True)
+    for path in got["files"]:
+        console.print(f"{verb} {path}", highlight=False, soft_wrap=True)
+    console.print(f"{verb}: {len(got['objects'])} store objects, {len(got['files'])} local files",
+                  highlight=False)

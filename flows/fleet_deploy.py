@@ -1,0 +1,92 @@
+"""The ``fleet-deploy`` flow: a built fleet onto its endpoints, validated, routed, pruned.
+
+Composes the tasks of :mod:`tasks.fleet_deploy`: read the fleet's latest build (the desired
+state) and its routing table (one GET); give each variant its shard (rendezvous hashing, sticky);
+publish the new, changed or moved versions under versioned TargetModels (one incremental sync per
+endpoint prefix); invoke each by TargetModel with its manifest's sample (bounded concurrency),
+plus ``canary`` unchanged ones; route the ones that passed and write the table (one PUT); retire
+variants that left the fleet after the grace period and delete versions beyond ``keep_versions``.
+A variant that fails keeps its previous version routed; the run ends Failed naming it.
+No SageMaker control-plane call: the endpoints are existing MMEs.
+"""
+
+# (no ``from __future__ import annotations``: Prefect builds the flow's parameter model from
+# these annotations and must find ``Literal`` as an object)
+import contextlib
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import endpoint_lock
+from infra import paths
+from tasks.fleet_deploy import (
+    DeployPolicy,
+    FleetDeployFailed,
+    canary_jobs,
+    commit_task,
+    open_endpoints_task,
+    plan_jobs,
+    publish_jobs,
+    read_state_task,
+    validate_jobs_task,
+)
+from tasks.fleet_routes import assign_shards
+
+
+@flow(name="fleet-deploy", log_prints=True)
+def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sagemaker"] = "local",
+                 store_uri: str | None = None, build_dir: str | None = None,
+                 policy: DeployPolicy | None = None) -> dict[str, Any]:
+    """Deploy ``fleet`` (a fleet name or file; ``build_dir`` overrides where its build is)
+    across ``endpoints``. Returns what was published, validated, routed, retired, deleted;
+    raises :class:`FleetDeployFailed` naming each variant that did not go live."""
+    policy = policy or DeployPolicy()
+    store_uri = store_uri or paths.store_uri()
+    with contextlib.ExitStack() as locks:
+        for endpoint in sorted(endpoints):  # one deploy or retire per endpoint at a time
+            locks.enter_context(endpoint_lock(endpoint))
+        return _deploy(fleet, endpoints, backend, store_uri, build_dir, policy)
+
+
+def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
+            build_dir: str | None, policy: DeployPolicy) -> dict[str, Any]:
+    name, desired, table = read_state_task(fleet, build_dir, store_uri)
+    shards = assign_shards(desired, endpoints,
+                           {v: r.endpoint for v, r in table.variants.items()})
+    jobs, unchanged = plan_jobs(desired, table, shards)
+    canaries = canary_jobs(desired, table, unchanged, policy.canary, policy.seed)
+    access = open_endpoints_task(backend, endpoints, store_uri, policy.region)
+    results: dict[str, str | None] = dict(publish_jobs(access, jobs))
+    to_check = [j for j in jobs if j.variant not in results] + canaries
+    results.update(validate_jobs_task(access, to_check, policy))
+    summary = commit_task(store_uri, table, jobs, results, sorted(desired), access, policy)
+    failed = {v: r for v, r in sorted(results.items()) if r}
+    doc = {"fleet": name, "endpoints": endpoints, "variants": len(desired),
+           "published": [j.variant for j in jobs
+                         if not (failed.get(j.variant) or "").startswith("publish")],
+           "unchanged": len(unchanged), "validated": sorted(j.variant for j in to_check),
+           "canaries": [j.variant for j in canaries],
+           "moved": sorted(j.variant for j in jobs if j.kind == "moved"),
+           "failed": failed, **summary}
+    _report(doc)
+    if failed:
+        raise FleetDeployFailed(f"fleet {name}: {len(failed)} variant(s) did not go live (their "
+                                f"previous version stays routed): " + "; ".join(
+                                    f"{v}: {r}" for v, r in list(failed.items())[:10]))
+    return doc
+
+
+def _report(doc: dict[str, Any]) -> None:
+    lines = [f"# Fleet deploy of `{doc['fleet']}` to {', '.join(doc['endpoints'])}", "",
+             f"- variants in the build: {doc['variants']}; unchanged: {doc['unchanged']}",
+             f"- published (new, changed or moved): {len(doc['published'])}; validated: "
+             f"{len(doc['validated'])} (canaries: {len(doc['canaries'])})",
+             f"- live now: {len(doc['live'])}; routed: {doc['routed']}; table: `{doc['routes']}`",
+             f"- marked retiring: {len(doc['retiring'])}; removed: {len(doc['removed'])}; "
+             f"objects deleted: {len(doc['deleted'])}"]
+    if doc["failed"]:
+        lines += ["", "| failed variant | reason |", "|---|---|"]
+        lines += [f"| {v} | {r.replace('|', '/')[:300]} |" for v, r in doc["failed"].items()]
+    create_markdown_artifact(key="fleet-deploy", markdown="\n".join(lines) + "\n",
+                             description=f"Fleet deploy of {doc['fleet']}")

@@ -1,0 +1,51 @@
+"""The ``fleet-retire`` and ``fleet-gc`` flows (tasks in :mod:`tasks.fleet_retire`).
+
+``fleet-retire`` marks a fleet, some variants or a shard retiring in the routing table (or, with
+``now``, removes them and deletes their objects after writing the table); retirees past the grace
+period are removed on every run. ``fleet-gc`` lists (dry run) or deletes the model objects and
+local build artifacts that no routing table, kept version or deploy ledger references. Both hold
+the endpoints' deploy locks, so a deploy's freshly uploaded, not yet routed version is not
+collected under it.
+"""
+
+import contextlib
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import flow
+
+from flows.common import endpoint_lock
+from infra import paths
+from tasks.fleet_retire import fleet_endpoints_task, gc_task, retire_task
+from tasks.fleet_routes import parse_time
+
+
+@contextlib.contextmanager
+def _locked(endpoints: Iterable[str]) -> Iterator[None]:
+    """Hold every endpoint's deploy lock (in sorted order: no two runs wait on each other)."""
+    with contextlib.ExitStack() as locks:
+        for endpoint in sorted(set(endpoints)):
+            locks.enter_context(endpoint_lock(endpoint))
+        yield
+
+
+@flow(name="fleet-retire", log_prints=True)
+def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | None = None,
+                 now: bool = False, grace_s: float = 3600.0, store_uri: str | None = None,
+                 clock: str | None = None) -> dict[str, Any]:
+    """Retire ``variants`` of ``fleet`` (or those on endpoint ``shard``, or all of them).
+    ``clock``: the current time as ISO text (tests, replays); default now (UTC)."""
+    store_uri = store_uri or paths.store_uri()
+    when = parse_time(clock) if clock else datetime.now(UTC)
+    with _locked(fleet_endpoints_task(store_uri, [fleet])):
+        return retire_task(store_uri, fleet, (variants or [], shard), now,
+                           (when, timedelta(seconds=grace_s)))
+
+
+@flow(name="fleet-gc", log_prints=True)
+def fleet_gc(store_uri: str | None = None, dry_run: bool = False) -> dict[str, Any]:
+    """Delete (or with ``dry_run`` list) what no routing table, kept version or ledger uses."""
+    store_uri = store_uri or paths.store_uri()
+    with _locked([] if dry_run else fleet_endpoints_task(store_uri, None)):
+        return gc_task(store_uri, dry_run)

@@ -1,0 +1,377 @@
+"""``fleet-deploy`` for real: a synthetic 1,000-variant build on moto's S3 + SageMaker (counted
+with botocore event hooks), and a small real fleet (SqueezeNet tenants: real DALI, ONNX Runtime,
+tritonserver) on the local endpoint: redeploy one changed variant, Router refresh after a route
+change, a failing variant that keeps its previous version routed, retire and gc."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore import handlers
+
+from infra.store import sha256_file
+from tasks.fleet_build import INDEX_FILE
+from tasks.fleet_deploy import DeployPolicy, FleetDeployFailed
+from tasks.fleet_routes import read_routes, versioned_target
+
+BUCKET = "fleet-bucket"
+COUNT = 1000
+CHANGED = 10
+CANARY = 5
+X = [0.5, -1.0, 2.0, 0.25]
+Y = [1.0, 2.0, 3.0, 4.0]
+
+
+# ------------------------------------------------------------------ botocore call counting
+@pytest.fixture
+def aws_calls() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
+    """Every botocore call made by any client created meanwhile: (service, operation, params).
+    A builtin handler is how moto itself hooks every session; nothing of ours is patched."""
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def hook(event_name: str, params: dict[str, Any], **_: Any) -> None:
+        _, service, operation = event_name.split(".", 2)
+        calls.append((service, operation, params))
+
+    entry = ("before-parameter-build", hook)  # fires once per API call, with its parameters
+    handlers.BUILTIN_HANDLERS.append(entry)
+    yield calls
+    handlers.BUILTIN_HANDLERS.remove(entry)
+
+
+def _manifest(name: str, tarball: Path, sha: str, size: int) -> dict[str, Any]:
+    arr = {"dtype": "float32", "shape": [1, 4]}
+    return {"schema_version": 2, "ensemble": name, "target": "sagemaker-gpu",
+            "target_model": f"{name}.tar.gz", "artifact": tarball.as_uri(), "sha256": sha,
+            "bytes": size, "validation": {"passed": True, "metric": "min_cosine", "value": 1.0,
+                                          "threshold": 0.999},
+            "sample": {"inputs": {"x": {**arr, "data": X}}, "expected": {"y": {**arr, "data": Y}}},
+            "fleet": {"name": "synthetic", "template": "none", "variant": name, "labels": {}}}
+
+
+def _write_variant(out: Path, index: dict[str, Any], name: str, payload: bytes) -> None:
+    """A tiny fake tarball + manifest + index entry, as the fleet build lays them out."""
+    tarball = out / f"{name}.tar.gz"
+    tarball.write_bytes(payload)
+    sha, size = sha256_file(tarball), tarball.stat().st_size
+    (out / f"{name}.manifest.json").write_text(json.dumps(_manifest(name, tarball, sha, size)))
+    index["variants"][name] = {"key": sha, "file": tarball.name, "target_model": f"{name}.tar.gz",
+                               "sha256": sha, "bytes": size, "status": "ok"}
+
+
+def _synthetic_build(out: Path, count: int) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"schema_version": 1, "fleet": "synthetic", "target": "sagemaker-gpu",
+                             "variants": {}}
+    for i in range(count):
+        _write_variant(out, index, f"t{i:04d}", f"variant {i} v1".encode())
+    (out / INDEX_FILE).write_text(json.dumps(index))
+    return index
+
+
+def _queue_answers(n: int) -> None:
+    """moto's sagemaker-runtime answers each new (TargetModel, body) with the next queued
+    result: queue the KServe answer every variant's sample expects."""
+    import requests
+
+    body = json.dumps({"model_name": "ensemble", "outputs": [
+        {"name": "y", "datatype": "FP32", "shape": [1, 4], "data": Y}]})
+    requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
+                  json={"results": [{"Body": body, "ContentType": "application/json",
+                                     "InvokedProductionVariant": "AllTraffic",
+                                     "CustomAttributes": ""}] * n}, timeout=10)
+
+
+def _count(calls: list[tuple[str, str, dict[str, Any]]], service: str,
+           operation: str | None = None) -> int:
+    return sum(1 for s, o, _ in calls if s == service and (operation is None or o == operation))
+
+
+def test_1000_variant_fleet_on_moto_redeploys_10_changed_with_no_control_plane_call(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    index = _synthetic_build(build, COUNT)
+    store_uri = f"s3://{BUCKET}/mme"
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _queue_answers(COUNT + CHANGED + 50)
+        boto3.client("sagemaker", region_name="us-east-1").list_endpoints()
+        assert _count(aws_calls, "sagemaker") == 1, "the hook sees a control-plane call"
+        aws_calls.clear()
+        first = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=store_uri,
+                             build_dir=str(build), policy=DeployPolicy(concurrency=16, json_body=True))
+        assert len(first["live"]) == COUNT and first["routed"] == COUNT and not first["failed"]
+        assert _count(aws_calls, "sagemaker") == 0
+        assert _count(aws_calls, "sagemaker-runtime", "InvokeEndpoint") == COUNT
+
+        changed = [f"t{i:04d}" for i in range(0, COUNT, COUNT // CHANGED)]
+        for name in changed:
+            _write_variant(build, index, name, f"variant {name} v2".encode())
+        (build / INDEX_FILE).write_text(json.dumps(index))
+        aws_calls.clear()
+        second = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=store_uri,
+                              build_dir=str(build), policy=DeployPolicy(canary=CANARY, seed=1, json_body=True))
+
+        puts = [p["Key"] for s, o, p in aws_calls if (s, o) == ("s3", "PutObject")
+                and p["Key"].endswith(".tar.gz")]
+        assert sorted(k.rsplit("/", 1)[-1] for k in puts) == sorted(
+            versioned_target(f"{n}.tar.gz", index["variants"][n]["sha256"]) for n in changed)
+        assert _count(aws_calls, "sagemaker") == 0, "no SageMaker control-plane call"
+        invoked = [p["TargetModel"] for s, o, p in aws_calls if (s, o) == ("sagemaker-runtime",
+                                                                           "InvokeEndpoint")]
+        assert len(invoked) == CHANGED + CANARY
+        assert sorted(second["live"]) == sorted(changed) and len(second["canaries"]) == CANARY
+        table = read_routes(store_uri, "synthetic")
+        for name in changed:  # the new version routed, the old one kept for rollback
+            route = table.variants[name]
+            assert route.sha256 == index["variants"][name]["sha256"]
+            v1 = hashlib.sha256(f"variant {int(name[1:])} v1".encode()).hexdigest()
+            assert [p.target_model for p in route.previous] == [versioned_target(f"{name}.tar.gz", v1)]
+
+
+def test_dropping_a_shard_moves_only_its_variants_validated_on_their_new_endpoint(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    _synthetic_build(build, 60)
+    store_uri = f"s3://{BUCKET}/mme"
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _queue_answers(200)
+        fleet_deploy("synthetic", ["ep-a", "ep-b"], backend="sagemaker", store_uri=store_uri,
+                     build_dir=str(build), policy=DeployPolicy(json_body=True))
+        before = read_routes(store_uri, "synthetic")
+        on_b = sorted(n for n, r in before.variants.items() if r.endpoint == "ep-b")
+        assert 10 <= len(on_b) <= 50  # both shards hold part of the fleet
+        aws_calls.clear()
+        got = fleet_deploy("synthetic", ["ep-a"], backend="sagemaker", store_uri=store_uri,
+                           build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert got["moved"] == on_b and sorted(got["validated"]) == on_b
+        invoked = {(p["EndpointName"], p["TargetModel"]) for s, o, p in aws_calls
+                   if o == "InvokeEndpoint"}
+        assert invoked == {("ep-a", before.variants[n].target_model) for n in on_b}
+        assert _count(aws_calls, "sagemaker") == 0
+        after = read_routes(store_uri, "synthetic")
+        assert {n for n, r in after.variants.items() if r.endpoint == "ep-a"} == set(after.variants)
+        assert all(after.variants[n] == before.variants[n] for n in before.variants if n not in on_b)
+        moved = after.variants[on_b[0]]  # its ep-b copy is kept as the previous version
+        assert [(p.endpoint, p.target_model) for p in moved.previous] == [("ep-b", moved.target_model)]
+        assert set(after.endpoints) == {"ep-a", "ep-b"}
+
+
+# ------------------------------------------------------------------ a real fleet, local endpoint
+ENDPOINT = "fleet-deploy-test"
+SMALL = 4
+
+
+@pytest.fixture(scope="module")
+def local_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path,
+                prefect_harness: None) -> Iterator[dict[str, Any]]:
+    """A 4-tenant example fleet built for real, deployed once to a local endpoint."""
+    from flows.fleet import fleet_build
+    from flows.fleet_deploy import fleet_deploy
+    from infra.endpoint_process import stop
+    from tasks.fleet_example import make_example_fleet
+
+    root = tmp_path_factory.mktemp("fleet-deploy")
+    make_example_fleet(SMALL, (root / "models").as_uri(), seed=3, fleet_file=root / "fleet.yaml")
+    build = root / "build"
+    fleet_build(str(root / "fleet.yaml"), output_dir=str(build), triton_sample=1)
+    store_uri = (root / "store").as_uri()
+    index = json.loads((build / INDEX_FILE).read_text())
+    first = fleet_deploy(index["fleet"], [ENDPOINT], store_uri=store_uri, build_dir=str(build))
+    try:
+        yield {"root": root, "build": build, "store_uri": store_uri, "fleet": index["fleet"],
+               "names": sorted(index["variants"]), "first": first,
+               "prefix": root / "store" / "models" / ENDPOINT}
+    finally:
+        stop(ENDPOINT)
+
+
+def _redo(build: Path, name: str, change: str) -> str:
+    """Give variant ``name`` a new build output: ``"repack"`` adds a harmless file (a new digest,
+    the same answers), ``"garbage"`` replaces the tarball with bytes that are no archive.
+    The fleet index and manifest follow, as a rebuild would write them; returns the new sha256."""
+    from infra.tarball import pack_deterministic, safe_extract
+
+    doc = json.loads((build / INDEX_FILE).read_text())
+    entry = doc["variants"][name]
+    tarball = build / entry["file"]
+    if change == "repack":
+        work = build.parent / f"redo-{name}-{entry['sha256'][:8]}"
+        repo = safe_extract(tarball, work)
+        (repo / "NOTES.txt").write_text(f"rebuilt {entry['sha256']}\n")
+        sha, size = pack_deterministic(repo, tarball)
+    else:
+        tarball.write_bytes(os.urandom(4096))
+        sha, size = sha256_file(tarball), tarball.stat().st_size
+    entry.update(sha256=sha, bytes=size)
+    (build / INDEX_FILE).write_text(json.dumps(doc))
+    manifest = tarball.with_name(entry["file"].removesuffix(".tar.gz") + ".manifest.json")
+    m = json.loads(manifest.read_text())
+    m.update(sha256=sha, bytes=size)
+    manifest.write_text(json.dumps(m))
+    return sha
+
+
+def _objects(prefix: Path) -> dict[str, tuple[int, int]]:
+    """Each model object under the prefix: (inode, mtime_ns); a re-upload changes them."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in prefix.glob("*.tar.gz")
+            if not p.name.startswith(".")}  # (not the store's digest sidecars)
+
+
+def _deploy(fleet: dict[str, Any], **policy: Any) -> dict[str, Any]:
+    from flows.fleet_deploy import fleet_deploy
+
+    return fleet_deploy(fleet["fleet"], [ENDPOINT], store_uri=fleet["store_uri"],
+                        build_dir=str(fleet["build"]), policy=DeployPolicy(**policy))
+
+
+def _answers_right(router: Any, build: Path, name: str) -> bool:
+    from infra.manifest import load_manifest
+    from tasks.verify import Sample, score
+
+    m = load_manifest(next(build.glob(f"{name}.manifest.json")))
+    sample = Sample.from_json(m.required_sample())
+    got = router.invoke(name, sample.inputs)
+    return bool(score(m.validation.metric or "", m.validation.threshold or 0.0, sample, got)["passed"])
+
+
+@pytest.mark.triton
+def test_first_deploy_routes_every_variant_and_the_router_answers(local_fleet: dict[str, Any]) -> None:
+    from tasks.router import Router
+
+    first, names = local_fleet["first"], local_fleet["names"]
+    assert sorted(first["live"]) == names and sorted(first["validated"]) == names
+    table = read_routes(local_fleet["store_uri"], local_fleet["fleet"])
+    index = json.loads((local_fleet["build"] / INDEX_FILE).read_text())
+    for name in names:
+        route = table.variants[name]
+        assert (route.endpoint, route.target_model) == (
+            ENDPOINT, versioned_target(f"{name}.tar.gz", index["variants"][name]["sha256"]))
+        assert (local_fleet["prefix"] / route.target_model).exists()
+    router = Router(local_fleet["store_uri"], local_fleet["fleet"])
+    assert _answers_right(router, local_fleet["build"], names[0])
+    assert router.resolve(names[0]) == (ENDPOINT, table.variants[names[0]].target_model)
+
+
+@pytest.mark.triton
+def test_redeploy_with_one_changed_variant_uploads_and_validates_only_it(
+        local_fleet: dict[str, Any], aws_calls: list) -> None:
+    name = local_fleet["names"][0]
+    before_table = read_routes(local_fleet["store_uri"], local_fleet["fleet"])
+    before = _objects(local_fleet["prefix"])
+    sha = _redo(local_fleet["build"], name, "repack")
+    got = _deploy(local_fleet)
+    after = _objects(local_fleet["prefix"])
+    new = versioned_target(f"{name}.tar.gz", sha)
+    assert set(after) - set(before) == {new}  # exactly one upload...
+    assert {k: after[k] for k in before} == before  # ...and nothing else rewritten
+    invoked = [p["TargetModel"] for s, o, p in aws_calls if o == "InvokeEndpoint"]
+    assert invoked == [new]  # exactly one validation invoke, of the new version
+    assert got["live"] == [name] and got["published"] == [name]
+    route = read_routes(local_fleet["store_uri"], local_fleet["fleet"]).variants[name]
+    assert route.target_model == new
+    assert [p.target_model for p in route.previous] == [before_table.variants[name].target_model]
+
+
+@pytest.mark.triton
+def test_router_refreshes_its_table_when_the_route_changed(local_fleet: dict[str, Any]) -> None:
+    from tasks.router import Router
+
+    name = local_fleet["names"][1]
+    router = Router(local_fleet["store_uri"], local_fleet["fleet"])
+    old = router.resolve(name)[1]
+    assert _answers_right(router, local_fleet["build"], name) and router.reads == 1
+    _redo(local_fleet["build"], name, "repack")
+    got = _deploy(local_fleet, keep_versions=0)  # the old version is deleted and unloaded
+    assert any(uri.endswith(old) for uri in got["deleted"])
+    assert _answers_right(router, local_fleet["build"], name)  # stale route -> refresh -> retry
+    assert router.reads == 2 and router.resolve(name)[1] != old
+
+
+@pytest.mark.triton
+def test_cli_prints_routes_and_invokes_by_fleet_and_variant(local_fleet: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store_uri, fleet, name = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["names"][0]
+    runner = CliRunner()
+    shown = runner.invoke(app, ["fleet", "routes", fleet, "--store", store_uri])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.stdout)
+    assert doc["variants"][name]["endpoint"] == ENDPOINT and doc["schema_version"] == 1
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
+    got = runner.invoke(app, ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", fleet,
+                              "--variant", name, "--store", store_uri])
+    assert got.exit_code == 0, got.output
+    (out,) = [json.loads(line) for line in got.stdout.splitlines() if line.startswith("{")]
+    (probs,) = out.values()
+    assert abs(sum(probs[0]) - 1.0) < 1e-3  # the tenant's softmax over its own classes
+    bad = runner.invoke(app, ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", fleet,
+                              "--variant", "no-such-tenant", "--store", store_uri])
+    assert bad.exit_code != 0 and "no-such-tenant" in bad.output
+
+
+@pytest.mark.triton
+def test_a_failing_variant_keeps_its_previous_version_while_others_go_live(
+        local_fleet: dict[str, Any]) -> None:
+    bad, good = local_fleet["names"][2], local_fleet["names"][3]
+    before = read_routes(local_fleet["store_uri"], local_fleet["fleet"])
+    _redo(local_fleet["build"], bad, "garbage")
+    good_sha = _redo(local_fleet["build"], good, "repack")
+    with pytest.raises(FleetDeployFailed, match=rf"1 variant\(s\) did not go live.*{bad}: "):
+        _deploy(local_fleet)
+    table = read_routes(local_fleet["store_uri"], local_fleet["fleet"])
+    assert table.variants[bad] == before.variants[bad]  # still on its previous version
+    assert table.variants[good].sha256 == good_sha
+    assert not any(p.name.startswith(f"{bad}-") and p.name != before.variants[bad].target_model
+                   for p in local_fleet["prefix"].glob("*.tar.gz"))  # the failed upload is gone
+
+
+@pytest.mark.triton
+def test_retire_after_grace_then_gc_deletes_only_what_nothing_references(
+        local_fleet: dict[str, Any]) -> None:
+    from flows.fleet_retire import fleet_gc, fleet_retire
+
+    store_uri, fleet, prefix = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["prefix"]
+    name = local_fleet["names"][3]
+    versions = [v.target_model for v in read_routes(store_uri, fleet).variants[name].versions()]
+    t0 = "2026-01-01T12:00:00+00:00"
+    assert fleet_retire(fleet, [name], store_uri=store_uri, clock=t0)["marked"] == [name]
+    early = fleet_retire(fleet, [name], store_uri=store_uri, clock="2026-01-01T12:59:00+00:00")
+    assert early["removed"] == [] and name in read_routes(store_uri, fleet).variants
+    late = fleet_retire(fleet, [name], store_uri=store_uri, clock="2026-01-01T13:00:00+00:00")
+    assert late["removed"] == [name] and name not in read_routes(store_uri, fleet).variants
+    assert not any((prefix / v).exists() for v in versions)
+
+    (prefix / "orphan.tar.gz").write_bytes(b"left over")
+    routed = {v.target_model for r in read_routes(store_uri, fleet).variants.values()
+              for v in r.versions()}
+    listed = fleet_gc(store_uri=store_uri, dry_run=True)["objects"]
+    assert [u.rsplit("/", 1)[-1] for u in listed] == ["orphan.tar.gz"]
+    assert (prefix / "orphan.tar.gz").exists()  # a dry run deletes nothing
+    fleet_gc(store_uri=store_uri)
+    assert not (prefix / "orphan.tar.gz").exists()
+    assert all((prefix / t).exists() for t in routed)
