@@ -13,13 +13,27 @@ from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, console
 from flows.cli.fleet import _exit_for, fleet_app
 
 
-def _endpoints(endpoint: str | None, endpoints: str | None) -> list[str]:
-    """``--endpoint E`` or ``--endpoints E1,E2`` (one of them) as a list."""
+def _endpoints(endpoint: str | None, endpoints: str | None, plan: Path | None = None) -> list[str]:
+    """``--endpoint E`` or ``--endpoints E1,E2`` (one of them) as a list. With ``--plan`` (a
+    capacity plan, ``mme plan --out``) of N shards, ``--endpoint E`` means E-1 ... E-N, and
+    ``--endpoints`` must name N endpoints."""
     if bool(endpoint) == bool(endpoints):
         _fail("give --endpoint E or --endpoints E1,E2,... (one of them)")
     names = [endpoint] if endpoint else [e.strip() for e in (endpoints or "").split(",")]
     if not all(names):
         _fail(f"--endpoints {endpoints!r}: an empty endpoint name")
+    if plan is None:
+        return [n for n in names if n]
+    from tasks.planning.planfile import read_plan_file
+
+    try:
+        shards = read_plan_file(plan).shards
+    except Exception as e:
+        _exit_for(e)
+    if endpoint and shards > 1:
+        return [f"{endpoint}-{i}" for i in range(1, shards + 1)]
+    if len(names) != shards:
+        _fail(f"--plan {plan} has {shards} shard(s) but --endpoints names {len(names)}")
     return [n for n in names if n]
 
 
@@ -27,6 +41,8 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "fleet": (str, typer.Argument(..., help="the fleet's name or file (its latest build is deployed)")),
     "endpoint": (str | None, typer.Option(None, help="one endpoint")),
     "endpoints": (str | None, typer.Option(None, help="several endpoints (shards): E1,E2,...")),
+    "plan": (Path | None, typer.Option(None, help="a capacity plan (mme plan --out): its shard "
+                                                  "count; --endpoint E then means E-1 ... E-N")),
     "backend": (str, typer.Option("local", help="local | sagemaker (an existing MME: no "
                                                 "control-plane call is made)")),
     "store": (str | None, typer.Option(None, help="default: the embedded store; s3://... for sagemaker")),
@@ -52,7 +68,7 @@ def deploy(**o: Any) -> None:
     _quiet_env()
     policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
                           concurrency=o["concurrency"], region=o["region"])
-    got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"]),
+    got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"], o["plan"]),
                     backend=o["backend"], store_uri=o["store"], policy=policy,
                     build_dir=str(o["build_dir"]) if o["build_dir"] else None)
     console.print(f"fleet {got['fleet']}: {len(got['published'])} published, "
