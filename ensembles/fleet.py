@@ -42,7 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ensembles.spec import EnsembleSpec, SpecError, Target, load_spec
-from infra.errors import UserError
+from infra.errors import UserError, validation_problems
 from infra.store import ObjectInfo, StoreRefused, open_store
 
 FLEETS_DIR = Path(__file__).resolve().parent / "fleets"
@@ -199,11 +199,6 @@ def fleet_path(name_or_path: str | os.PathLike[str]) -> Path:
     return FLEETS_DIR / f"{text}.yaml"
 
 
-def _pydantic_problems(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
-                     for err in e.errors())
-
-
 def load_fleet(name_or_path: str | os.PathLike[str]) -> FleetSpec:
     """Load and check a fleet file's shape; errors name the file and the field."""
     path = fleet_path(name_or_path)
@@ -218,7 +213,7 @@ def load_fleet(name_or_path: str | os.PathLike[str]) -> FleetSpec:
     try:
         fleet = FleetSpec.model_validate(raw)
     except ValidationError as e:
-        raise FleetError(f"{path}: invalid fleet: {_pydantic_problems(e)}") from e
+        raise FleetError(f"{path}: invalid fleet: {validation_problems(e)}") from e
     fleet._file = path
     return fleet
 

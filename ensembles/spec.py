@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
-from infra.errors import UserError
+from infra.errors import UserError, validation_problems
 
 Target = Literal["local-cpu", "sagemaker-gpu"]
 TARGETS: tuple[Target, ...] = get_args(Target)  # ("local-cpu", "sagemaker-gpu"), in that order
@@ -364,9 +364,7 @@ def load_spec(path: Path) -> EnsembleSpec:
     try:
         spec = EnsembleSpec.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
-        )
+        problems = validation_problems(e)
         raise SpecError(f"{path}: invalid ensemble spec: {problems}") from e
     try:
         validate(spec)

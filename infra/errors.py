@@ -21,6 +21,8 @@ This module imports nothing, so every layer (``infra/`` included) may raise from
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MMEError(Exception):
     """A failure the project raised on purpose (not a bug), and not one the user can fix by
@@ -53,3 +55,11 @@ class MissingInput(UserError, FileNotFoundError):
     """A file the user's command needs is not there (a build that was never made, an archive
     or model that is gone); the message names it and, where there is one, the command that
     makes it. A ``FileNotFoundError`` too, for callers that catch that."""
+
+
+def validation_problems(error: Any, limit: int | None = None) -> str:
+    """A pydantic ``ValidationError`` as one line, ``field.path: message; ...`` (the first
+    ``limit`` problems): every loader names the field at fault the same way."""
+    problems = error.errors()[:limit] if limit else error.errors()
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(file)'}: {err['msg']}"
+                     for err in problems)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from infra.errors import UserError
+from infra.errors import UserError, validation_problems
 
 SCHEMA_VERSION = 2
 MANIFEST_SUFFIX = ".manifest.json"
@@ -137,8 +137,7 @@ def parse_manifest(doc: Any, where: str) -> Manifest:
     try:
         return Manifest.model_validate({**doc, "schema_version": SCHEMA_VERSION})
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                             for err in e.errors()[:5])
+        problems = validation_problems(e, 5)
         raise ManifestError(f"{where}: not a readable version-{version} build manifest "
                             f"({problems}): rebuild it (`mme build`)") from None
 

@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -393,9 +393,9 @@ def describe_returncode(rc: int) -> str:
     return f"exit code {rc}"
 
 
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are not zombies (from ``/proc/<pid>/stat``)."""
-    found = []
+def _proc_stats() -> Iterator[tuple[Path, list[str]]]:
+    """Every process's ``/proc/<pid>`` folder and its ``stat`` fields after the command name
+    (state, ppid, pgrp, ...); processes that vanish while being read are skipped."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -403,9 +403,14 @@ def _live_group_members(pgid: int) -> list[int]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
+        if len(fields) > 19:
+            yield entry, fields
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    """Processes of group ``pgid`` that are not zombies (from ``/proc/<pid>/stat``)."""
+    return [int(entry.name) for entry, fields in _proc_stats()
+            if fields[2] == str(pgid) and fields[0] not in ("Z", "X")]
 
 
 def _wait_group_dead(pgid: int, timeout: float) -> list[int]:
@@ -985,15 +990,12 @@ class TritonServer:
         if pid is None or not wanted:
             return []
         found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+        for entry, fields in _proc_stats():
+            if fields[1] != str(pid):
                 continue
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) != pid:
-                    continue
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ValueError, IndexError):
+            except OSError:
                 continue
             if len(argv) > 1 and Path(argv[1].decode(errors="replace")).parent.parent.name in wanted:
                 found.append((int(entry.name), fields[19]))

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.errors import InvalidInput
+from infra.errors import InvalidInput, validation_problems
 from infra.schema import RecordError
 from infra.store import ObjectNotFound, ObjectStore, open_store
 
@@ -126,8 +126,7 @@ def parse_routes(raw: bytes, where: str) -> RoutingTable:
     try:
         return RoutingTable.model_validate(doc)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
-                             for err in e.errors()[:5])
+        problems = validation_problems(e, 5)
         raise RecordError(f"{where}: not a readable routing table ({problems})") from None
 
 

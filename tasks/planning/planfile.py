@@ -11,7 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.errors import UserError
+from infra.errors import UserError, validation_problems
 
 
 class PlanFileError(UserError, ValueError):
@@ -51,5 +51,5 @@ def read_plan_file(path: Path) -> PlanFile:
     try:
         return PlanFile.model_validate(doc)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()[:5])
+        problems = validation_problems(e, 5)
         raise PlanFileError(f"plan file {path}: {problems} (write one with `mme plan ... --out FILE`)") from None
