@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -58,6 +59,54 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory):
 def _cli(args: list[str], env: dict, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "prefect", *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def _await_automation(url: str, name: str, proc: subprocess.Popen, log: Path) -> None:
+    """Wait until the served deployment's trigger (an automation) exists."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        autos = httpx.post(f"{url}/automations/filter", json={}).json()
+        if any(name in a["name"] for a in autos):
+            return
+        assert proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(1)  # polling interval
+
+
+def _emit_until_a_run(env: dict, emit_code: str, runs: Callable[[], list[dict]], log: Path) -> dict:
+    """Emit the event until the trigger starts a run, and return the first run. The triggers
+    service loads a new automation asynchronously and has no readiness API: an event that beat
+    the automation is not evaluated, so emit again (a new event id) only if no run appeared."""
+    got: list[dict] = []
+    for _attempt in range(4):
+        emit = subprocess.run([sys.executable, "-c", textwrap.dedent(emit_code)], env=env, cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert emit.returncode == 0, emit.stderr
+        deadline = time.monotonic() + 30
+        while not (got := runs()) and time.monotonic() < deadline:
+            time.sleep(0.5)  # polling interval
+        if got:
+            break
+    assert got, "the trigger never fired after 4 events; serve log: " + log.read_text()[-3000:]
+    return min(got, key=lambda r: r["created"])
+
+
+def _await_final_state(url: str, run: dict, log: Path, timeout: float = 400) -> str:
+    deadline = time.monotonic() + timeout
+    state = run["state"]["type"]
+    while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        assert time.monotonic() < deadline, ("the triggered run did not finish", state,
+                                             log.read_text()[-4000:])
+        time.sleep(1)  # polling interval
+        state = httpx.get(f"{url}/flow_runs/{run['id']}").json()["state"]["type"]
+    return state
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_prefect_yaml_registers_the_deployments(prefect_server: dict):
@@ -112,13 +161,7 @@ def test_new_model_event_runs_the_deploy(prefect_server: dict, tmp_path: Path):
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         url = prefect_server["url"]
-        deadline = time.monotonic() + 120  # wait until the deployment (and its trigger) exist
-        while time.monotonic() < deadline:
-            autos = httpx.post(f"{url}/automations/filter", json={}).json()
-            if any("deploy-on-new-model-test" in a["name"] for a in autos):
-                break
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)
+        _await_automation(url, "deploy-on-new-model-test", proc, tmp_path / "serve.log")
         dep_id = httpx.get(f"{url}/deployments/name/release/deploy-on-new-model-test").json()["id"]
 
         def runs_of_deployment() -> list[dict]:
@@ -128,45 +171,21 @@ def test_new_model_event_runs_the_deploy(prefect_server: dict, tmp_path: Path):
             return [r for r in runs if r.get("deployment_id") == dep_id
                     and r.get("parameters", {}).get("ensemble") == "image_classifier"]
 
-        # The triggers service loads a new automation asynchronously and has no readiness API:
-        # emit, wait (bounded) for the flow run the trigger creates, and emit again (a new
-        # event id) only if none appeared: an event that beat the automation is not evaluated.
-        runs: list[dict] = []
-        for _attempt in range(4):
-            emit = subprocess.run([sys.executable, "-c", textwrap.dedent("""
-                from prefect.events import emit_event
-                emit_event(event="mme.model.landed",
-                           resource={"prefect.resource.id": "file:///models/image_classifier/weights.pkl",
-                                     "mme.ensemble": "image_classifier"},
-                           payload={"key": "image_classifier/weights.pkl"})
-            """)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-            assert emit.returncode == 0, emit.stderr
-            deadline = time.monotonic() + 30
-            while not (runs := runs_of_deployment()) and time.monotonic() < deadline:
-                time.sleep(0.5)  # polling interval
-            if runs:
-                break
-        assert runs, ("no flow run of deploy-on-new-model-test after 4 events: the trigger never "
-                      "fired; serve log: " + (tmp_path / "serve.log").read_text()[-3000:])
-        run = min(runs, key=lambda r: r["created"])
+        run = _emit_until_a_run(env, """
+            from prefect.events import emit_event
+            emit_event(event="mme.model.landed",
+                       resource={"prefect.resource.id": "file:///models/image_classifier/weights.pkl",
+                                 "mme.ensemble": "image_classifier"},
+                       payload={"key": "image_classifier/weights.pkl"})
+        """, runs_of_deployment, tmp_path / "serve.log")
         # the event's resource became the flow's parameters
         assert run["parameters"]["source_uri"] == "file:///models/image_classifier/weights.pkl"
-        deadline = time.monotonic() + 300
-        state = run["state"]["type"]
-        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            assert time.monotonic() < deadline, ("the triggered run did not finish", state,
-                                                 (tmp_path / "serve.log").read_text()[-4000:])
-            time.sleep(1)  # polling interval
-            state = httpx.get(f"{url}/flow_runs/{run['id']}").json()["state"]["type"]
+        state = _await_final_state(url, run, tmp_path / "serve.log", timeout=300)
         assert state == "COMPLETED", (state, (tmp_path / "serve.log").read_text()[-4000:])
         ledger = (tmp_path / "home" / "store" / "deployments" / f"{endpoint}.json").read_text()
         assert "image_classifier" in ledger
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         log.close()
         subprocess.run([sys.executable, "-m", "flows.cli", "endpoint", "stop", "--name", endpoint],
                        env=env, cwd=REPO, capture_output=True, timeout=60)
@@ -291,50 +310,25 @@ def test_model_event_builds_and_publishes_its_fleet_variant_only(prefect_server:
     landed = (prefix / "tenants" / "tenant-0002" / "model.onnx").as_uri()
     try:
         url = prefect_server["url"]
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            autos = httpx.post(f"{url}/automations/filter", json={}).json()
-            if any("fleet-on-model-test" in a["name"] for a in autos):
-                break
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
-            time.sleep(1)  # polling interval
+        _await_automation(url, "fleet-on-model-test", proc, tmp_path / "serve.log")
         dep_id = httpx.get(f"{url}/deployments/name/fleet-build/fleet-on-model-test").json()["id"]
 
         def runs() -> list[dict]:
             found = httpx.post(f"{url}/flow_runs/filter", json={}).json()
             return [r for r in found if r.get("deployment_id") == dep_id]
 
-        got: list[dict] = []
-        for _attempt in range(4):  # an event that beat the automation's load is not evaluated
-            emit = subprocess.run([sys.executable, "-c", textwrap.dedent(f"""
-                from prefect.events import emit_event
-                emit_event(event="mme.model.landed",
-                           resource={{"prefect.resource.id": "{landed}", "mme.ensemble": "tenants"}},
-                           payload={{"key": "tenants/tenant-0002/model.onnx"}})
-            """)], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
-            assert emit.returncode == 0, emit.stderr
-            deadline = time.monotonic() + 30
-            while not (got := runs()) and time.monotonic() < deadline:
-                time.sleep(0.5)  # polling interval
-            if got:
-                break
-        assert got, "the trigger never fired: " + (tmp_path / "serve.log").read_text()[-3000:]
-        run = min(got, key=lambda r: r["created"])
+        run = _emit_until_a_run(env, f"""
+            from prefect.events import emit_event
+            emit_event(event="mme.model.landed",
+                       resource={{"prefect.resource.id": "{landed}", "mme.ensemble": "tenants"}},
+                       payload={{"key": "tenants/tenant-0002/model.onnx"}})
+        """, runs, tmp_path / "serve.log")
         assert run["parameters"]["changed_uri"] == landed
-        deadline = time.monotonic() + 400
-        state = run["state"]["type"]
-        while state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-            assert time.monotonic() < deadline, (state, (tmp_path / "serve.log").read_text()[-4000:])
-            time.sleep(1)  # polling interval
-            state = httpx.get(f"{url}/flow_runs/{run['id']}").json()["state"]["type"]
+        state = _await_final_state(url, run, tmp_path / "serve.log")
         assert state == "COMPLETED", (state, (tmp_path / "serve.log").read_text()[-4000:])
         assert sorted(p.name for p in out.glob("*.tar.gz")) == ["tenant-0002.tar.gz"]
         assert sorted(p.name for p in store.glob("tenant-*")) == [
             "tenant-0002.manifest.json", "tenant-0002.tar.gz"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        _stop(proc)
         log.close()
