@@ -38,26 +38,28 @@ from tasks.runner import ConfiguredTaskRunner
 
 
 def _submit(name: str, target: str, out: Path, work_root: Path,
-            overrides: dict[str, str] | None) -> PrefectFuture[Manifest] | SpecError:
+            overrides: dict[str, str] | None, profile: bool) -> PrefectFuture[Manifest] | SpecError:
     """Start one ensemble's build; an unknown name fails that ensemble only."""
     try:
         folder = ensemble_dir(name)
     except SpecError as e:
         return e
-    return build_ensemble_task.submit(folder, target, out, work_root, overrides)
+    return build_ensemble_task.submit(folder, target, out, work_root, overrides, profile)
 
 
 @flow(name="build", log_prints=True, task_runner=ConfiguredTaskRunner())
 def build(ensembles: list[str] | None = None,
           target: Literal["local-cpu", "sagemaker-gpu"] = "local-cpu",
           output_dir: str | None = None,
-          overrides: dict[str, str] | None = None) -> list[Manifest]:
+          overrides: dict[str, str] | None = None, profile: bool = False) -> list[Manifest]:
     """Build, verify and package ensembles from the catalog (or folders) for one target.
 
     ``overrides`` replaces artifact parameters (``{"<artifact>.<param>": value}``), e.g. where
     a source model file comes from. Ensembles build in parallel on the configured task runner;
     when one fails the others still finish (and are published), then its error is raised.
-    Returns the manifests without their validation sample (it is in the manifest files).
+    ``profile`` also measures each tarball's footprint in a real Triton (``manifest.footprint``:
+    memory, load, unload and service times, for ``mme plan``). Returns the manifests without
+    their validation sample (it is in the manifest files).
     """
     names = list(dict.fromkeys(ensembles or ["text_embedding"]))
     out = Path(output_dir).expanduser().resolve() if output_dir else paths.artifacts_dir(target)
@@ -66,7 +68,7 @@ def build(ensembles: list[str] | None = None,
     if overrides:
         check_overrides([load_ensemble(name)[0] for name in names], overrides)
     progress = start_progress(names, target)
-    submitted = {name: _submit(name, target, out, work_root, overrides) for name in names}
+    submitted = {name: _submit(name, target, out, work_root, overrides, profile) for name in names}
     running = [f for f in submitted.values() if isinstance(f, PrefectFuture)]
     for done, _ in enumerate(as_completed(running), start=1):
         advance_progress(progress, done, len(running))

@@ -121,9 +121,25 @@ def _reference_and_verify(spec: EnsembleSpec, target: str, packed: Mapping[str, 
     return sample, Validation.model_validate({k: v for k, v in result.items() if k != "per_item"})
 
 
+def _footprint(spec: EnsembleSpec, target: str, tarball: Path, sample: Sample) -> dict[str, Any] | None:
+    """The tarball's footprint measured in a real Triton (host memory added, load, unload,
+    service at batch 1 and the max batch; GPU memory by NVML where there is one), for the
+    capacity planner: only for targets this host can load."""
+    if target not in LOCALLY_VERIFIABLE:
+        return None
+    from tasks.planning.footprints import measure_footprint, nvml_used_bytes
+
+    t0 = time.perf_counter()
+    fp = measure_footprint(tarball, spec.name, sample.inputs, max(1, spec.max_batch_size),
+                           nvml_used_bytes())
+    run_logger().info("%s: footprint measured in %.1f s", spec.name, time.perf_counter() - t0)
+    return fp.model_dump(mode="json")
+
+
 def build_ensemble(folder: Path, target: str, output_dir: Path, work_root: Path,
-                   overrides: Mapping[str, str] | None = None) -> Manifest:
-    """Build the ensemble in ``folder`` (inside a flow or task run; each step is a task)."""
+                   overrides: Mapping[str, str] | None = None, profile: bool = False) -> Manifest:
+    """Build the ensemble in ``folder`` (inside a flow or task run; each step is a task).
+    ``profile`` also measures its footprint (``manifest.footprint``) for the capacity planner."""
     started = time.perf_counter()
     spec = load_spec_task(folder)
     if overrides:
@@ -150,6 +166,9 @@ def build_ensemble(folder: Path, target: str, output_dir: Path, work_root: Path,
             spec_sha256=hashlib.sha256((Path(folder) / "ensemble.yaml").read_bytes()).hexdigest(),
             tool_version=TOOL_VERSION, sources=sources, validation=validation, steps=steps,
             sample=sample.to_record())
+        if profile:
+            with _timed(manifest.steps, "profile"):
+                manifest.footprint = _footprint(spec, target, Path(packed["path"]), sample)
         with _timed(manifest.steps, "publish"):  # after the write: the file has no publish time
             publish_with_lineage(Path(packed["path"]), manifest, output_dir, spec)
     link_tarball(manifest)
@@ -161,10 +180,10 @@ def build_ensemble(folder: Path, target: str, output_dir: Path, work_root: Path,
 
 @task(name="build-ensemble", cache_policy=NO_CACHE)
 def build_ensemble_task(folder: Path, target: str, output_dir: Path, work_root: Path,
-                        overrides: dict[str, str] | None = None) -> Manifest:
+                        overrides: dict[str, str] | None = None, profile: bool = False) -> Manifest:
     """One ensemble's whole build, submitted to the flow's task runner; its steps run as
     nested tasks. Returns the manifest (a pydantic record: picklable for Dask)."""
-    return build_ensemble(folder, target, output_dir, work_root, overrides)
+    return build_ensemble(folder, target, output_dir, work_root, overrides, profile)
 
 
 def outcomes_of(submitted: Mapping[str, PrefectFuture[Manifest] | BaseException]) -> list[Outcome]:

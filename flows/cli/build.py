@@ -36,7 +36,9 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
           target: str = typer.Option("local-cpu"),
           output_dir: Path | None = typer.Option(None, help="default: $MME_HOME/artifacts/<target>"),
           set_: list[str] = typer.Option(None, "--set", help="ARTIFACT.PARAM=VALUE, e.g. "
-                                         "inception_archive.source=/models/inception.tar.gz")) -> None:
+                                         "inception_archive.source=/models/inception.tar.gz"),
+          profile: bool = typer.Option(False, help="also measure each ensemble's footprint "
+                                                   "(memory, load/unload/service times) for mme plan")) -> None:
     """Build, verify and package ensembles (a Prefect flow run)."""
     _quiet_env()
     from flows.build import build as build_flow
@@ -49,7 +51,7 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
         overrides[key] = value
     manifests = _run_flow(build_flow, ensembles=ensembles or None, target=target,
                           output_dir=str(output_dir) if output_dir else None,
-                          overrides=overrides or None)
+                          overrides=overrides or None, profile=profile)
     _print_table("Built", [{"ensemble": m.ensemble, "sha256": m.sha256[:12],
                             "bytes": m.bytes, "artifact": m.artifact,
                             "validation": m.validation.summary()}
