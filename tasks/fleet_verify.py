@@ -20,6 +20,15 @@ from tasks.fleet_variant import StagedVariant, VariantError, target_model_for
 from tasks.verify import Sample, score
 
 
+def _hardware() -> str:
+    """Where the verify step's times were measured (the planner says so beside each figure)."""
+    import os
+    import platform
+
+    cpu = " ".join(x for x in (platform.machine(), platform.processor()) if x)
+    return f"{cpu}, {os.cpu_count()} cores ({platform.node()})"
+
+
 def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
                sample: Sample, scratch: Path) -> dict[str, Any]:
     """Load one tarball under its namespace, run its sample, score it, unload it."""
@@ -38,10 +47,15 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
         load_s = time.perf_counter() - t0
         try:
             got = infer_direct(client, ns.entry, sample.inputs)
+            t1 = time.perf_counter()  # a second, warm call: the service time (the planner's)
+            infer_direct(client, ns.entry, sample.inputs)
+            service_s = time.perf_counter() - t1
         except RuntimeError as e:
             raise VariantError(f"variant {name!r}: Triton refused the sample: {e}") from None
         finally:
+            t2 = time.perf_counter()
             server.unload(ns.entry)
+            unload_s = time.perf_counter() - t2
     except MMEError as e:
         if isinstance(e, VariantError):
             raise
@@ -53,6 +67,9 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
     result = score(v.metric, v.threshold, sample, got)
     result.pop("per_item", None)
     result["load_seconds"] = round(load_s, 3)
+    result["unload_seconds"] = round(unload_s, 3)
+    result["service_seconds"] = round(service_s, 4)
+    result["measured_on"] = _hardware()
     if not result["passed"]:
         raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result['value']:.6f} is "
                            f"below {v.threshold} ({result.get('failure') or result.get('top5')})")

@@ -116,9 +116,31 @@ def from_manifest(manifest: Manifest, gpu: bool | None = None) -> Footprint:
     if doc:
         return Footprint.model_validate(doc)
     needs_gpu = gpu if gpu is not None else (manifest.target or "").endswith("gpu")
-    load_s = (manifest.validation.model_extra or {}).get("load_seconds")
-    return estimate_footprint(manifest.target_model, manifest.bytes, gpu=needs_gpu,
-                              measured_load_s=float(load_s) if isinstance(load_s, int | float) else None)
+    extra = manifest.validation.model_extra or {}
+    measured = {field: fig for key, field in VERIFY_FIGURES.items()
+                if (fig := _verify_figure(extra, key)) is not None}
+    load = measured.get("load_disk_s")
+    fp = estimate_footprint(manifest.target_model, manifest.bytes, gpu=needs_gpu,
+                            measured_load_s=load.value if load else None)
+    return fp.model_copy(update=measured)
+
+
+# What the build's verify step measures when it loads a variant in Triton (the fleet build's
+# canaries, tasks/fleet_verify.py): validation key -> footprint figure. The tarball is extracted
+# before the load is timed, so its load is a load from disk.
+VERIFY_FIGURES = {"load_seconds": "load_disk_s", "unload_seconds": "unload_s",
+                  "service_seconds": "service_batch1_s"}
+
+
+def _verify_figure(extra: dict[str, Any], key: str) -> Figure | None:
+    """A validation time as a measured figure (where: the verify step; hardware: as it recorded,
+    unknown in manifests written before it did)."""
+    value = extra.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    hardware = extra.get("measured_on")
+    return Figure(value=float(value), status="measured", where="build verify step (Triton: load, sample, unload)",
+                  hardware=hardware if isinstance(hardware, str) else None)
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -166,6 +188,18 @@ def _batched(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]
     return {k: np.repeat(v[:1], batch, axis=0) for k, v in inputs.items()}
 
 
+def _entry_model(repo: Path, model: str) -> str:
+    """The model to load: ``model`` when the tarball has a folder of that name, else its entry
+    (ensemble) model. A fleet variant's manifest names the variant (``tenant-0001``), while its
+    tarball holds the template's models (``image_classifier_tenant`` ...)."""
+    from infra.model_repo import find_models
+
+    if (repo / model).is_dir():
+        return model
+    entry, _ = find_models(repo, model)
+    return entry or model
+
+
 def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], max_batch: int = 8,
                       gpu_memory: Callable[[], int | None] | None = None, repeats: int = 20) -> Footprint:
     """Load ``tarball`` in a real Triton and measure: host RSS added (Triton + Python stubs, the
@@ -182,15 +216,16 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
         repo = safe_extract(tarball, Path(tmp) / "repo")
         extract_s = time.perf_counter() - t0
         unpacked = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
+        entry = _entry_model(repo, model)
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
             assert server.pid is not None
             rss0, gpu0 = group_rss(server.pid), gpu_memory() if gpu_memory else None
-            cold = extract_s + _timed(lambda: server.load(model))
+            cold = extract_s + _timed(lambda: server.load(entry))
             rss1, gpu1 = group_rss(server.pid), gpu_memory() if gpu_memory else None
-            s1 = _service_time(server.url, model, _batched(inputs, 1), repeats)
-            sb = _service_time(server.url, model, _batched(inputs, max_batch), max(3, repeats // 4))
-            unload = _timed(lambda: server.unload(model))
-            disk = _timed(lambda: server.load(model))
+            s1 = _service_time(server.url, entry, _batched(inputs, 1), repeats)
+            sb = _service_time(server.url, entry, _batched(inputs, max_batch), max(3, repeats // 4))
+            unload = _timed(lambda: server.unload(entry))
+            disk = _timed(lambda: server.load(entry))
     est = estimate_footprint(model, tarball.stat().st_size, gpu=gpu_memory is not None)
     m: dict[str, Any] = {"status": "measured", "where": here, "hardware": hw}
     gpu_fig = (Figure(value=max(0, (gpu1 or 0) - (gpu0 or 0)), **m) if gpu0 is not None and gpu1 is not None
@@ -213,3 +248,55 @@ def nvml_used_bytes() -> Callable[[], int | None] | None:
     except Exception:  # no pynvml, no driver, no GPU: GPU memory is estimated instead
         return None
     return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
+
+
+def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> dict[str, Any]:
+    """Seconds one load and one unload take in a real Triton when ``k`` of them run at once,
+    for k = 1 .. len(tarballs) (medians over ``rounds``, each round going through every k, so a
+    change in the host's other load touches every k alike): a property of the host and Triton,
+    not of one model. On a 2-core host, two Python-backend ensembles loading together took
+    ~2.5 s each where one alone took ~1 s (with ~1 CPU-second of work each): an endpoint that
+    runs loads two at a time (``max_concurrent_loads``) pays that, and a simulator that charges
+    the alone time per load predicts half its miss latency."""
+    import os
+
+    from infra.model_repo import namespace_repository
+    from infra.tarball import safe_extract
+    from infra.triton_server import TritonServer
+
+    load: dict[int, list[float]] = {}
+    unload: dict[int, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="mme-profile-conc-") as tmp:
+        repo = Path(tmp) / "repo"
+        repo.mkdir()
+        entries = [namespace_repository(safe_extract(t, Path(tmp) / f"x{i}"), repo, f"conc-{i}").entry
+                   for i, t in enumerate(tarballs)]
+        with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
+            for _ in range(rounds):
+                for k in range(1, len(entries) + 1):
+                    load.setdefault(k, []).extend(_at_once(server.load, entries[:k]))
+                    unload.setdefault(k, []).extend(_at_once(server.unload, entries[:k]))
+    cpu = " ".join(x for x in (platform.machine(), platform.processor()) if x)
+    hw = f"{cpu}, {os.cpu_count()} cores ({platform.node()})"
+    return {"load_s": [float(np.median(load[k])) for k in sorted(load)],
+            "unload_s": [float(np.median(unload[k])) for k in sorted(unload)],
+            "load_cv": _spread(load), "unload_cv": _spread(unload),
+            "load_samples": {k: load[k] for k in sorted(load)},
+            "unload_samples": {k: unload[k] for k in sorted(unload)},
+            "status": "measured", "where": "measure_load_concurrency (real Triton)", "hardware": hw}
+
+
+def _spread(samples: dict[int, list[float]]) -> float:
+    """The coefficient of variation of the samples, each divided by its k's median (so the
+    slowdown between k's does not count as spread)."""
+    scaled = [x / float(np.median(xs)) for xs in samples.values() for x in xs]
+    return float(np.std(scaled) / np.mean(scaled)) if len(scaled) > 1 else 0.0
+
+
+def _at_once(fn: Callable[[str], Any], names: list[str]) -> list[float]:
+    """Run ``fn(name)`` for every name at once (one thread each); the seconds each took (an
+    error in any is raised)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        return list(pool.map(lambda n: _timed(lambda: fn(n)), names))

@@ -4,14 +4,27 @@ Model (SageMaker's documented MME behaviour, simplified where said):
 - requests arrive as given (a replayed sequence) or as Poisson streams at the variants' rates;
 - each instance holds models up to its usable memory (the tightest of GPU memory and host
   memory, times ``usable_fraction``: SageMaker starts unloading when memory is *high*, not full);
-  a new load unloads least-recently-used models until it fits (models in flight are not
-  protected: a simplification); files stay on the instance's disk until the disk is full, then
-  the least-recently-used file not loaded is deleted;
+  a new load unloads least-recently-used *idle* models until it fits (idle: loaded and no
+  request in service on it, as SageMaker and the local endpoint pick their victims; the least
+  recently used of all when none is idle: a simplification); files stay on the instance's disk
+  until the disk is full, then the least-recently-used file not loaded is deleted;
 - routing: to an instance that has the model loaded when one exists (the least loaded of them),
   else to the least loaded instance (earliest free worker), which loads it;
 - a miss costs the load time from disk, plus the download (cold load) when the file is not on
-  that instance's disk, plus the unloads it forces; it occupies a worker for that long;
-- each instance serves ``workers`` requests at once (FIFO per instance);
+  that instance's disk, plus the unloads it forces; it occupies a worker for that long; a
+  request for a model whose unload is still in progress waits for it to end, then loads it
+  again (the local endpoint's rule: no request is handed a model Triton is dropping);
+- each instance serves ``workers`` requests at once (FIFO per instance); with ``load_slots``
+  set, loads run apart from the workers, at most ``load_slots`` at once per instance (the local
+  endpoint's ``max_concurrent_loads``: a load waits for a slot, not for a worker), and the
+  request that caused it is served when the load ends (booking no worker ahead: warm requests
+  arriving meanwhile are served first, as in the endpoint); in its slot a miss downloads (if
+  needed), unloads its victim, then loads, and while k loads overlap each progresses at
+  1 / ``load_slowdown[k-1]`` of its alone speed (measured; a load placed later does not
+  stretch back one placed before it: requests are handled in arrival order);
+- requests either arrive at the given times (:func:`simulate`) or come from a closed loop of
+  clients that each send the next request of the sequence when their last one is answered
+  (:func:`simulate_closed_loop`: how a load generator with N threads replays a sequence);
 - ``cache_enabled=False`` (``ModelCacheSetting=Disabled``) unloads the model after each request.
 
 Figures: warm-hit ratio, p50/p95/p99 latency, loads and downloads per hour, utilisation, and the
@@ -67,6 +80,18 @@ class InstanceConfig:
     workers: int = 1
     cache_enabled: bool = True
     usable_fraction: float = 0.9
+    load_slots: int | None = None  # loads at once per instance, apart from the workers (None: a load holds a worker)
+    # with load_slots: how much longer a load (an unload) takes when k loads run at once on
+    # the instance, entry k-1, relative to one alone (measured: footprints.measure_load_concurrency;
+    # the last entry holds beyond the table; empty: no slowdown)
+    load_slowdown: tuple[float, ...] = ()
+    unload_slowdown: tuple[float, ...] = ()
+    # spread of load (unload) times about their figure: each one is the figure x a lognormal
+    # draw of mean 1 and this coefficient of variation (measured; 0: every one the same).
+    # Latency tails come from this spread: with fixed times every miss costs the same.
+    load_cv: float = 0.0
+    unload_cv: float = 0.0
+    seed: int = 0
 
 
 @dataclass
@@ -80,6 +105,8 @@ class SimResult:
     instances: int
     workers: int
     latencies_s: np.ndarray
+    warm: np.ndarray | None = None  # per counted request: found its model loaded (a hit)
+    arrivals_s: np.ndarray | None = None  # per counted request: when it arrived (simulated)
 
     @property
     def warm_hit_ratio(self) -> float:
@@ -98,16 +125,42 @@ class SimResult:
 
 
 class _Instance:
-    """One instance's state: loaded models (LRU order -> ready time), files on disk (LRU order),
-    the bytes they use, and its workers' free times (a heap)."""
+    """One instance's state: loaded models (LRU order -> ready time), when each loaded model's
+    last request finishes (``busy``: idle after that), files on disk (LRU order), the bytes they
+    use, its workers' free times (a heap), its load slots' free times, the span of the load
+    (after its download and unloads) each slot ran last, and when the unloads in progress end."""
 
-    __slots__ = ("loaded", "disk", "gpu", "host", "disk_used", "free")
+    __slots__ = ("loaded", "busy", "disk", "gpu", "host", "disk_used", "free", "slots", "spans", "gone")
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, load_slots: int | None) -> None:
         self.loaded: OrderedDict[int, float] = OrderedDict()
+        self.busy: dict[int, float] = {}
         self.disk: OrderedDict[int, None] = OrderedDict()
         self.gpu = self.host = self.disk_used = 0.0
         self.free = [0.0] * workers
+        self.slots = [0.0] * load_slots if load_slots else []
+        self.spans = [(0.0, 0.0)] * len(self.slots)
+        self.gone: dict[int, float] = {}  # models being unloaded -> when their unload ends
+
+    def victim(self, t: float) -> int:
+        """The least recently used model idle at ``t`` (loaded, none of its requests in
+        service), else the least recently used one."""
+        for u, ready in self.loaded.items():
+            if ready <= t and self.busy.get(u, 0.0) <= t:
+                return u
+        return next(iter(self.loaded))
+
+
+def _lognormal_params(cv: float) -> tuple[float, float] | None:
+    """(mu, sigma) of a lognormal with mean 1 and coefficient of variation ``cv``."""
+    if cv <= 0:
+        return None
+    sigma = float(np.sqrt(np.log1p(cv * cv)))
+    return -sigma * sigma / 2, sigma
+
+
+def _factor(table: tuple[float, ...], k: int) -> float:
+    return table[min(k, len(table)) - 1] if table else 1.0
 
 
 def _check_fits(f: FleetArrays, cfg: InstanceConfig) -> None:
@@ -125,10 +178,18 @@ class _Endpoint:
     def __init__(self, f: FleetArrays, cfg: InstanceConfig) -> None:
         self.f, self.cfg = f, cfg
         self.cap_g, self.cap_h = cfg.gpu_bytes * cfg.usable_fraction, cfg.host_bytes * cfg.usable_fraction
-        self.inst = [_Instance(cfg.workers) for _ in range(cfg.count)]
+        self.inst = [_Instance(cfg.workers, cfg.load_slots) for _ in range(cfg.count)]
         self.holders: dict[int, list[int]] = {}
         self.gpu, self.host, self.disk = f.gpu_bytes.tolist(), f.host_bytes.tolist(), f.disk_bytes.tolist()
+        self.service = f.service_s.tolist()
         self.loads = self.downloads = self.turn = 0
+        self.rng = np.random.default_rng(cfg.seed)
+        self.spread = (_lognormal_params(cfg.load_cv), _lognormal_params(cfg.unload_cv))
+
+    def draw(self, which: int) -> float:
+        """A factor of mean 1 for one load (0) or unload (1) time (1.0 when no spread)."""
+        params = self.spread[which]
+        return float(self.rng.lognormal(*params)) if params else 1.0
 
     def pick(self, t: float) -> int:
         """The least loaded instance for a model loaded nowhere: one with a free worker at ``t``
@@ -148,12 +209,13 @@ class _Endpoint:
         k = len(self.inst)
         for n, v in enumerate(order.tolist()):  # round-robin: no request is in flight yet
             if v not in self.holders:
-                self.load(n % k, v)
+                self.load(n % k, v, 0.0)
                 self.inst[n % k].loaded[v] = 0.0
 
     def unload(self, i: int, v: int) -> None:
         st = self.inst[i]
         del st.loaded[v]
+        st.busy.pop(v, None)
         st.gpu -= self.gpu[v]
         st.host -= self.host[v]
         hs = self.holders[v]
@@ -161,14 +223,12 @@ class _Endpoint:
         if not hs:
             del self.holders[v]
 
-    def load(self, i: int, v: int) -> float:
-        """Make room for ``v`` on instance ``i`` and return the seconds the load takes there."""
+    def load(self, i: int, v: int, t: float, slow_unload: float = 1.0) -> tuple[float, float]:
+        """Make room for ``v`` on instance ``i`` at ``t``: (the seconds before the load proper --
+        the download when its file is not on disk, the unloads it forces, ``slow_unload`` times
+        slower --, the seconds of the load itself when it runs alone)."""
         st, f = self.inst[i], self.f
-        cost = float(f.load_disk_s[v])
-        while st.loaded and (st.gpu + self.gpu[v] > self.cap_g or st.host + self.host[v] > self.cap_h):
-            u = next(iter(st.loaded))
-            self.unload(i, u)
-            cost += float(f.unload_s[u])
+        alone, cost = float(f.load_disk_s[v]) * self.draw(0), 0.0
         if v in st.disk:
             st.disk.move_to_end(v)
         else:
@@ -182,11 +242,116 @@ class _Endpoint:
                 st.disk_used -= self.disk[old]
             st.disk[v] = None
             st.disk_used += self.disk[v]
+        while st.loaded and (st.gpu + self.gpu[v] > self.cap_g or st.host + self.host[v] > self.cap_h):
+            u = st.victim(t)
+            self.unload(i, u)
+            cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
+            st.gone[u] = t + cost  # a request for u before then waits for its unload
         st.gpu += self.gpu[v]
         st.host += self.host[v]
         self.loads += 1
         self.holders.setdefault(v, []).append(i)
-        return cost
+        return cost, alone
+
+    def serve(self, t: float, v: int) -> tuple[float, bool, float]:
+        """One request for ``v`` arriving at ``t``: (when it is answered, whether its model was
+        loaded when it came, the worker seconds it took). A request for a model still loading
+        waits for that load and is not warm (SageMaker and the local endpoint count it a miss)."""
+        hs = self.holders.get(v)
+        if hs:
+            i = min(hs, key=lambda j: self.inst[j].free[0]) if len(hs) > 1 else hs[0]
+            st = self.inst[i]
+            ready = st.loaded[v]
+            st.loaded.move_to_end(v)
+            warm, cost = ready <= t, self.service[v]
+            start = max(t, st.free[0], ready)
+        else:
+            i = self.pick(t)
+            st, warm = self.inst[i], False
+            after = max(t, st.gone.pop(v, 0.0))  # a model being unloaded is loaded again after
+            if st.slots:  # the load waits for a load slot, not for a worker
+                ready = self._load_in_slot(i, v, after)
+                start, cost = ready, self.service[v]
+            else:  # the load holds a worker
+                start = max(after, st.free[0])
+                ready = start + sum(self.load(i, v, start))
+                cost = ready - start + self.service[v]
+            st.loaded[v] = ready
+        finish = start + cost
+        if warm or not st.slots:
+            heapq.heapreplace(st.free, finish)
+        # else: served when its load ends, booking no worker ahead: requests are handled in
+        # arrival order, and a booking seconds ahead would hold up the warm requests that
+        # arrive meanwhile (services are short beside loads)
+        st.busy[v] = max(st.busy.get(v, 0.0), finish)
+        if not self.cfg.cache_enabled:
+            self.unload(i, v)
+        return finish, warm, cost
+
+    def _load_in_slot(self, i: int, v: int, t: float) -> float:
+        """Load ``v`` on instance ``i`` in its first free load slot, as the endpoint does in one
+        of its ``max_concurrent_loads``: download (if not on disk), unload the victim, load.
+        Only loads slow each other (two unloads at once, or a load beside an unload, take about
+        their alone time: measured); when the load ends."""
+        st = self.inst[i]
+        j = min(range(len(st.slots)), key=st.slots.__getitem__)
+        begin = max(t, st.slots[j])
+        busy = sum(x > begin for n, x in enumerate(st.slots) if n != j)
+        before, alone = self.load(i, v, begin, _factor(self.cfg.unload_slowdown, 1 + busy))
+        start = begin + before
+        ready = self._stretched(start, alone, [span for n, span in enumerate(st.spans) if n != j])
+        st.slots[j], st.spans[j] = ready, (start, ready)
+        return ready
+
+    def _stretched(self, start: float, work: float, others: list[tuple[float, float]]) -> float:
+        """When a load of ``work`` alone-seconds that starts at ``start`` ends, progressing at
+        1 / slowdown(k) while k - 1 of the ``others`` (spans of the other slots' loads) run
+        beside it. The others were placed before it and are not stretched back (arrival order)."""
+        t = start
+        edges = sorted(x for span in others for x in span if x > start)
+        for edge in [*edges, float("inf")]:
+            k = 1 + sum(a <= t < b for a, b in others)
+            rate = 1.0 / _factor(self.cfg.load_slowdown, k)
+            if t + work / rate <= edge:
+                return t + work / rate
+            work -= (edge - t) * rate
+            t = edge
+        return t  # not reached: the last edge is infinite
+
+
+class _Tally:
+    """Per-request records of one replay, and the counters at the first counted request (the
+    ones before it are the warm-up: they run but are not counted)."""
+
+    def __init__(self, ep: _Endpoint, first: int) -> None:
+        self.ep, self.first = ep, first
+        self.lat: list[float] = []
+        self.at: list[float] = []
+        self.warm: list[bool] = []
+        self.busy: list[float] = []
+        self.loads0 = self.downloads0 = 0
+        self.end = 0.0
+
+    def serve(self, t: float, v: int) -> float:
+        """Serve one request on the endpoint, record it, and return when it is answered."""
+        if len(self.lat) == self.first:  # the counters before the first counted request
+            self.loads0, self.downloads0 = self.ep.loads, self.ep.downloads
+        finish, warm, cost = self.ep.serve(t, v)
+        self.lat.append(finish - t)
+        self.at.append(t)
+        self.warm.append(warm)
+        self.busy.append(cost)
+        self.end = max(self.end, finish)
+        return finish
+
+    def result(self, span: float) -> SimResult:
+        ep, f = self.ep, self.first
+        if f >= len(self.lat):  # nothing after the warm-up
+            self.loads0, self.downloads0 = ep.loads, ep.downloads
+        warm = np.array(self.warm[f:], dtype=bool)
+        return SimResult(len(warm), int(warm.sum()), ep.loads - self.loads0, ep.downloads - self.downloads0,
+                         float(sum(self.busy[f:])), max(span, 1e-9), ep.cfg.count, ep.cfg.workers,
+                         np.array(self.lat[f:]), warm, np.array(self.at[f:]))
 
 
 def simulate(times: np.ndarray, ids: np.ndarray, fleet: FleetArrays, cfg: InstanceConfig,
@@ -203,40 +368,32 @@ def simulate(times: np.ndarray, ids: np.ndarray, fleet: FleetArrays, cfg: Instan
     ep = _Endpoint(fleet, cfg)
     if prewarm is not None and cfg.cache_enabled:
         ep.prewarm(prewarm)
-    service = fleet.service_s.tolist()
-    lat = np.empty(len(times))
-    hits, busy = 0, 0.0
-    first = int(np.searchsorted(times, warmup_s)) if warmup_s > 0 else 0
-    loads0 = downloads0 = 0
-    for n, (t, v) in enumerate(zip(times.tolist(), ids.tolist(), strict=True)):
-        if n == first:
-            hits, busy, loads0, downloads0 = 0, 0.0, ep.loads, ep.downloads
-        hs = ep.holders.get(v)
-        if hs:
-            i = min(hs, key=lambda j: ep.inst[j].free[0]) if len(hs) > 1 else hs[0]
-            st = ep.inst[i]
-            ready = st.loaded[v]
-            st.loaded.move_to_end(v)
-            hits += ready <= t
-            cost = service[v]
-            start = max(t, st.free[0], ready)
-        else:
-            i = ep.pick(t)
-            st = ep.inst[i]
-            start = max(t, st.free[0])
-            cost = ep.load(i, v) + service[v]
-            st.loaded[v] = start + cost - service[v]
-        finish = start + cost
-        heapq.heapreplace(st.free, finish)
-        lat[n] = finish - t
-        busy += cost
-        if not cfg.cache_enabled:
-            ep.unload(i, v)
-    if first >= len(times):  # nothing after the warm-up
-        hits, busy, loads0, downloads0 = 0, 0.0, ep.loads, ep.downloads
+    tally = _Tally(ep, int(np.searchsorted(times, warmup_s)) if warmup_s > 0 else 0)
+    for t, v in zip(times.tolist(), ids.tolist(), strict=True):
+        tally.serve(t, v)
     span = duration_s if duration_s is not None else (float(times[-1]) - warmup_s if len(times) else 1.0)
-    return SimResult(len(times) - first, hits, ep.loads - loads0, ep.downloads - downloads0, busy,
-                     max(span, 1e-9), cfg.count, cfg.workers, lat[first:])
+    return tally.result(span)
+
+
+def simulate_closed_loop(ids: np.ndarray, fleet: FleetArrays, cfg: InstanceConfig, clients: int,
+                         think_s: float = 0.0, warmup: int = 0) -> SimResult:
+    """Replay the sequence ``ids`` as ``clients`` threads of a load generator send it: each
+    takes the next request of the sequence when its previous one is answered (after
+    ``think_s``). The arrival times are the simulation's own, not recorded ones: a measured
+    closed-loop run's timestamps replayed open-loop would keep arriving at the measured pace
+    even where the simulated endpoint answers more slowly (or faster), which no real client of
+    that run did. The first ``warmup`` requests run but are not counted."""
+    _check_fits(fleet, cfg)
+    if clients < 1:
+        raise SimulationError(f"clients = {clients}: a closed loop needs at least one client")
+    ep = _Endpoint(fleet, cfg)
+    free = [0.0] * clients
+    tally = _Tally(ep, warmup)
+    for v in ids.tolist():
+        t = free[0] + think_s
+        heapq.heapreplace(free, tally.serve(t, v))
+    start = tally.at[warmup] if warmup < len(tally.at) else tally.end
+    return tally.result(tally.end - start)
 
 
 def che_hit_ratio(rates: np.ndarray, sizes: np.ndarray, capacity: float) -> float:
