@@ -27,6 +27,7 @@ from ensembles.catalog import ensemble_dir, load_ensemble
 from ensembles.spec import SpecError
 from infra import paths
 from infra.manifest import Manifest
+from infra.ownership import owner
 from tasks.ensemble_build import (
     build_ensemble_task,
     check_overrides,
@@ -63,8 +64,7 @@ def build(ensembles: list[str] | None = None,
     """
     names = list(dict.fromkeys(ensembles or ["text_embedding"]))
     out = Path(output_dir).expanduser().resolve() if output_dir else paths.artifacts_dir(target)
-    work_root = paths.work_dir()
-    work_root.mkdir(parents=True, exist_ok=True)
+    work_root = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
     if overrides:
         check_overrides([load_ensemble(name)[0] for name in names], overrides)
     progress = start_progress(names, target)

@@ -21,6 +21,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.common import endpoint_lock, human_bytes, short
 from infra import paths
+from infra.ownership import owner
 from tasks.backends import DeployBackend, TargetMismatch, backend_for, check_targets  # noqa: F401
 from tasks.backends.base import settle
 from tasks.backends.sagemaker import SageMakerOptions
@@ -73,7 +74,7 @@ def _manifests(names: list[str], build: BuildSource, be: DeployBackend) -> list[
 def _deploy(be: DeployBackend, manifests: list[Any], warm: int) -> DeployResult:
     """Publish, ensure the endpoint, activate, validate; roll everything back on failure."""
     be.begin(manifests)  # the endpoint record names what is about to be published
-    backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-"))
+    backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-", dir=owner().scratch_root()))
     published: list[Published] = []
     handle: dict[str, Any] | None = None
     try:

@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 
 from ensembles.fleet import FleetSpec, Resolved, Variant, load_fleet, resolve_variants
 from infra import paths
+from infra.ownership import owner
 from tasks.fleet_build import (
     FleetIndex,
     VariantOutcome,
@@ -118,8 +119,7 @@ def fleet_build(fleet: str, output_dir: str | None = None, triton_sample: int = 
     spec, resolved = resolve_fleet_task(fleet)
     out = (Path(output_dir).expanduser().resolve() if output_dir
            else paths.artifacts_dir(spec.target) / "fleets" / spec.name)
-    work = paths.work_dir() / "fleet"
-    work.mkdir(parents=True, exist_ok=True)
+    work = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
     template, shared = prepare_template_task(spec, resolved.variants)
     index: FleetIndex = load_index(out, spec.name, spec.target)
     todo, unchanged = plan_builds(template, resolved.variants, index, out)

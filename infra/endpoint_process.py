@@ -14,7 +14,9 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -22,6 +24,9 @@ from infra import paths
 from infra.errors import UserError
 from infra.local_client import LocalEndpointClient
 from infra.mme_state import EndpointConfig, settings_json
+from infra.ownership import sweep_dead_owners
+from infra.procfs import ProcessIdentity, stat_fields
+from infra.triton_server import check_port_free
 
 
 class EndpointStartError(UserError, RuntimeError):
@@ -37,6 +42,21 @@ class EndpointInfo:
     triton_url: str
     cache_dir: str
     started_at: float
+    #: pid + start time + boot id of the endpoint process: what proves a pid is still ours
+    owner: dict[str, Any] | None = None
+
+    @property
+    def identity(self) -> ProcessIdentity | None:
+        return ProcessIdentity.from_dict(self.owner)
+
+
+class StopOutcome(StrEnum):
+    """What ``stop`` found: the endpoint (stopped), nothing, or a state file whose process
+    is gone or is now some other process (removed, nothing signalled)."""
+
+    STOPPED = "stopped"
+    NOT_RUNNING = "was not running"
+    STALE = "was not running (removed a stale state file)"
 
 
 def state_file(name: str) -> Path:
@@ -48,27 +68,35 @@ def log_file(name: str) -> Path:
 
 
 def process_alive(pid: int) -> bool:
-    """True if ``pid`` is a running process; a zombie (exited, not yet reaped) counts as gone."""
+    """True if ``pid`` is a running process; a zombie (exited, not yet reaped) counts as gone.
+    Says nothing about *which* process: use :class:`ProcessIdentity` before signalling."""
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def read_state(name: str) -> EndpointInfo | None:
+    """The state file as written, or None (absent or unreadable)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # gone between the two looks
-        return False
+        return EndpointInfo(**json.loads(state_file(name).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def owned_process(info: EndpointInfo) -> ProcessIdentity | None:
+    """The endpoint process the state file names, if that very process still runs. A state
+    file without an identity (written by an older version) proves nothing: never ours."""
+    ident = info.identity
+    return ident if ident is not None and ident.pid == info.pid and ident.alive() else None
 
 
 def find_running(name: str) -> EndpointInfo | None:
+    """The running endpoint ``name``; a state file whose process is gone (or is now another
+    process with a reused pid) is removed and None returned."""
     path = state_file(name)
-    try:
-        info = EndpointInfo(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
+    info = read_state(name)
+    if info is None:
         return None
-    if not process_alive(info.pid):
+    if owned_process(info) is None:
         path.unlink(missing_ok=True)
         return None
     try:
@@ -107,6 +135,8 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
                 f"endpoint {name!r} is already running with model prefix {running.model_data_url}, "
                 f"not {model_data_url}; retire it first (mme retire --endpoint {name} --stop)")
         return running
+    if port:
+        check_port_free(host, port)
     cfg = endpoint_settings(name, model_data_url, host=host, port=port,
                             max_loaded_models=max_loaded_models)
     cfg.log_file = log_file(name)  # the process logs there itself, rotating (stdout: crashes only)
@@ -134,26 +164,30 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
                              f"{_tail(log_file(name))}")
 
 
-def stop(name: str, timeout: float = 30) -> bool:
-    """Stop the endpoint (and so its Triton server); True if one was running."""
+def stop(name: str, timeout: float = 30) -> StopOutcome:
+    """Stop the endpoint (and so its Triton server). Only a process proven to be the one that
+    wrote the state file (pid, start time and boot id) is signalled; otherwise the stale file
+    is removed, and what the dead endpoint left (stubs, shm) is swept from its ledger."""
     path = state_file(name)
-    try:
-        info = EndpointInfo(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return False
-    stopped = False
-    if process_alive(info.pid):
-        os.kill(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while process_alive(info.pid) and time.monotonic() < deadline:
-            _reap(info.pid)
-            time.sleep(0.1)
-        if process_alive(info.pid):
-            os.killpg(info.pid, signal.SIGKILL)
-        _reap(info.pid)
-        stopped = True
+    info = read_state(name)
+    if info is None:
+        return StopOutcome.NOT_RUNNING
+    ident = owned_process(info)
+    if ident is None:
+        path.unlink(missing_ok=True)
+        sweep_dead_owners()
+        return StopOutcome.STALE
+    os.kill(ident.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while ident.alive() and time.monotonic() < deadline:
+        _reap(ident.pid)
+        time.sleep(0.1)
+    if ident.alive():  # its group is its own (start_new_session) and it is still ours
+        os.killpg(ident.pid, signal.SIGKILL)
+    _reap(ident.pid)
     path.unlink(missing_ok=True)
-    return stopped
+    sweep_dead_owners()  # its warden's work, done now rather than a moment later
+    return StopOutcome.STOPPED
 
 
 def _reap(pid: int) -> None:

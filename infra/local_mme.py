@@ -41,6 +41,7 @@ from pathlib import Path
 import httpx
 import uvicorn
 
+from infra.errors import UserError
 from infra.mme_app import EndpointApp, rename_model
 from infra.mme_errors import (
     Answer,
@@ -55,9 +56,11 @@ from infra.mme_errors import (
 from infra.mme_models import ModelManager
 from infra.mme_state import EndpointConfig, Metrics, ModelEntry
 from infra.mme_supervisor import TritonSupervisor
+from infra.ownership import sweep_dead_owners
+from infra.procfs import ProcessIdentity
 from infra.runtime_client import BINARY_CT
 from infra.triton_http import TritonHTTP, UpstreamError, UpstreamResponse
-from infra.triton_server import TritonPorts, TritonServer, free_port
+from infra.triton_server import TritonPorts, TritonServer, check_port_free, free_port
 
 __all__ = [
     "BINARY_CT", "EndpointConfig", "EndpointError", "InsufficientMemory", "InternalFailure",
@@ -136,6 +139,8 @@ class LocalEndpoint:
         (cache / "repo").mkdir(parents=True)
         if self.cfg.port == 0:
             self.cfg.port = free_port(self.cfg.host)
+        else:  # before Triton starts: a busy port is the user's one-line error, not a traceback
+            check_port_free(self.cfg.host, self.cfg.port)
         # gRPC for Triton's repository calls (loads, unloads), HTTP for inference: see
         # infra.triton_http for why that split lets inference connections stay alive
         self._triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log,
@@ -249,7 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--settings", required=True, type=Path)
     s.add_argument("--state-file", type=Path, default=None)
     args = p.parse_args(argv)
-    serve(read_settings(args.settings), state_file=args.state_file)
+    try:
+        serve(read_settings(args.settings), state_file=args.state_file)
+    except UserError as e:  # one line in the log, and the exit code the launcher reports
+        log.error("%s", e)
+        raise SystemExit(2) from None
 
 
 def configure_logging(cfg: EndpointConfig, level: int = logging.INFO) -> logging.Handler:
@@ -287,6 +296,7 @@ def serve(cfg: EndpointConfig, *, state_file: Path | None = None) -> None:
     import signal
 
     configure_logging(cfg)
+    sweep_dead_owners()  # what a killed earlier run (of any endpoint or build) left
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -296,6 +306,7 @@ def serve(cfg: EndpointConfig, *, state_file: Path | None = None) -> None:
             from infra.store import atomic_path
 
             state = {"name": cfg.name, "url": ep.url, "pid": os.getpid(),
+                     "owner": ProcessIdentity.current().to_dict(),
                      "model_data_url": cfg.model_data_url, "triton_url": ep.triton.url,
                      "cache_dir": str(cfg.cache_dir), "started_at": time.time()}
             with atomic_path(state_file) as tmp:

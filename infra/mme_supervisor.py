@@ -75,8 +75,8 @@ class TritonSupervisor:
 
     def _exited(self, pid: int, rc: int) -> None:
         if pid == self.triton.pid:  # else an older server, already dealt with
-            self.mark_down(self.generation,
-                           f"tritonserver (pid {pid}) exited with {describe_returncode(rc)}")
+            self.mark_down(self.generation, f"tritonserver exited with {describe_returncode(rc)}",
+                           during=f"pid {pid}")
 
     @property
     def live(self) -> bool:
@@ -98,11 +98,16 @@ class TritonSupervisor:
             f"The model server (Triton) is restarting: {self.reason}. Models load again on "
             f"their next request; retry the request.")
 
-    def mark_down(self, generation: int, reason: str) -> None:
-        """Declare this generation's server dead (idempotent) and start the one restart."""
+    def mark_down(self, generation: int, reason: str, during: str = "") -> None:
+        """Declare this generation's server dead (idempotent) and start the one restart.
+
+        ``reason`` is told to every caller until Triton is back, so it names no TargetModel
+        and no path: one tenant's answer never names another's model. ``during`` (what was
+        running when it was seen: "a request to <TargetModel>") goes to the log only.
+        """
         if self.stopping or generation != self.generation or self.state != "live":
             return
-        log.error("Triton is down: %s; restarting it", reason)
+        log.error("Triton is down: %s%s; restarting it", reason, f" (seen during {during})" if during else "")
         self.state, self.reason = "restarting", reason
         self.metrics.triton_deaths += 1
         self._on_down()
@@ -126,7 +131,7 @@ class TritonSupervisor:
                 return None
             rc = self.triton.returncode
             how = "stopped answering" if rc is None else f"exited with {describe_returncode(rc)}"
-            self.mark_down(generation, f"tritonserver (pid {self.triton.pid}) {how} during {what}")
+            self.mark_down(generation, f"tritonserver {how}", during=what)
         return self.down_error()
 
     def _give_up(self) -> bool:

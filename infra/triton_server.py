@@ -66,7 +66,9 @@ from urllib.parse import quote
 
 import httpx
 
-from infra.errors import MMEError, TransientError
+from infra.errors import MMEError, TransientError, UserError
+from infra.ownership import Claim, owner
+from infra.procfs import ProcessIdentity
 from infra.store import atomic_dir
 
 __all__ = [
@@ -438,6 +440,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+class PortInUse(UserError, RuntimeError):
+    pass
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise :class:`PortInUse` (naming host and port) unless ``host:port`` can be bound now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise PortInUse(f"cannot serve on {host}:{port}: {e.strerror or e} "
+                            f"(pick another --port, or 0 for a free one)") from None
+
+
 # --------------------------------------------------------------------------- #
 # The server
 # --------------------------------------------------------------------------- #
@@ -526,6 +543,7 @@ class TritonServer:
         self.on_exit: Callable[[int, int], None] | None = None
         self._expected_exits: set[int] = set()  # pids that stop()/kill_group() ended
         self._shm_prefix = ""
+        self._claim: Claim | None = None  # this launch's entry in the ownership ledger
         self.server_id = ""
         self._new_identity()
         self.startup_seconds: float | None = None
@@ -649,8 +667,8 @@ class TritonServer:
             raise TritonStartError(f"model repository {self.model_repository} is not a directory")
         dist = locate_triton()
         env = server_environment(dist, self.extra_env)
-        if self.log_path is None:
-            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log")
+        if self.log_path is None:  # under $MME_HOME: swept with this process's run folder
+            fd, name = tempfile.mkstemp(prefix="tritonserver-", suffix=".log", dir=owner().scratch_root())
             os.close(fd)
             self.log_path = Path(name)
             _TEMP_LOGS.add(self.log_path)
@@ -698,6 +716,17 @@ class TritonServer:
                     close_fds=True,
                 )
             )
+        self._claim_launch()
+
+    def _claim_launch(self) -> None:
+        """Write the launch into this process's ledger: if we die without stopping it, the
+        warden kills the server (pid + start time) and its stubs (its group, carrying this
+        launch's token in their command lines) and removes its shm segments."""
+        assert self._proc is not None
+        ident = ProcessIdentity.of(self._proc.pid)
+        self._claim = owner().claim(processes=[ident] if ident else [],
+                                    groups=[(self._proc.pid, self._shm_prefix)],
+                                    shm=[self._shm_prefix], what=f"tritonserver {self.server_id}")
 
     def _wait_live(self, t0: float) -> None:
         assert self._proc is not None
@@ -781,6 +810,9 @@ class TritonServer:
             self._client = None
         self._close_grpc()
         self._cleanup_shm()
+        if self._claim is not None:
+            owner().release(self._claim)
+            self._claim = None
 
     def _close_grpc(self) -> None:
         if self._grpc_client is not None:
@@ -791,8 +823,8 @@ class TritonServer:
             self._grpc_client = None
 
     def _kill_own_members(self, pgid: int) -> None:
-        """SIGKILL the processes of group ``pgid`` that run this server's models (its stubs)."""
-        marker = str(self.model_repository)
+        """SIGKILL the processes of group ``pgid`` that carry this launch's token (its stubs)."""
+        marker = self._shm_prefix
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue

@@ -8,7 +8,6 @@ unloading it after its check, costs one load and one unload per variant.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from infra.errors import MMEError
 from infra.model_repo import namespace_repository
 from infra.tarball import safe_extract
+from infra.ownership import owner
 from tasks.fleet_variant import StagedVariant, VariantError, target_model_for
 from tasks.verify import Sample, score
 
@@ -87,7 +87,7 @@ def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
     out: dict[str, dict[str, Any] | Exception] = {}
     if not items:
         return out
-    with tempfile.TemporaryDirectory(prefix="mme-fleet-verify-") as tmp:
+    with owner().scratch("mme-fleet-verify-") as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server, \

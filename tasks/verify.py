@@ -12,7 +12,6 @@ and ``verify`` (a pass is cached on the tarball's sha256: same bytes, same answe
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from prefect.context import TaskRunContext
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 from infra.errors import UserError
 from infra.manifest import SampleRecord, Validation
+from infra.ownership import owner
 from tasks import cache
 from tasks.report import short
 from tasks.retry import retry_transient
@@ -289,7 +289,7 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
 
     v = spec.validation
     assert v is not None
-    with tempfile.TemporaryDirectory(prefix="mme-verify-") as tmp:
+    with owner().scratch("mme-verify-") as tmp:
         repo = safe_extract(archive, Path(tmp) / "repo")
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
             t0 = time.perf_counter()

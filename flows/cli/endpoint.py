@@ -144,7 +144,7 @@ def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
     """Stop a background endpoint (its Triton server goes with it)."""
     from infra.endpoint_process import stop
 
-    console.print(f"endpoint {name}: {'stopped' if stop(name) else 'was not running'}")
+    console.print(f"endpoint {name}: {stop(name).value}")
 
 
 @endpoint_app.command("status")
@@ -153,12 +153,16 @@ def endpoint_status(name: str = typer.Option("local-mme"),
     """Show the endpoint's metrics and one row per TargetModel (invocations, hits, loads...)."""
     from rich.console import Console
 
-    from infra.endpoint_process import find_running
+    from infra.endpoint_process import find_running, read_state
     from infra.local_client import LocalEndpointClient
 
+    stale = read_state(name)
     info = find_running(name)
     if info is None:
-        _fail(f"endpoint {name!r} is not running")
+        ident = stale.identity if stale else None
+        _fail(f"endpoint {name!r} is not running" + (
+            "" if stale is None else
+            f" (removed its stale state file: {ident.describe() if ident else f'pid {stale.pid}, unproven'})"))
     client = LocalEndpointClient(info.url)
     doc = {"endpoint": name, "url": info.url, "models": client.models(), "metrics": client.metrics()}
     if as_json:

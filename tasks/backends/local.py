@@ -19,7 +19,7 @@ import httpx
 
 from infra import endpoint_record as record
 from infra import paths
-from infra.endpoint_process import find_running, start_background, stop
+from infra.endpoint_process import StopOutcome, find_running, start_background, stop
 from infra.local_client import LocalEndpointClient
 from infra.manifest import Manifest
 from tasks.backends.base import (
@@ -116,10 +116,11 @@ class LocalBackend:
         return delete_object(ensemble, entry, "unloaded; " if running else "")
 
     def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
-        was_running = stop(self.endpoint)
+        outcome = stop(self.endpoint)
+        was_running = outcome is StopOutcome.STOPPED
         cache = paths.endpoint_dir(self.endpoint) / "cache"
         had_cache = cache.exists()
         shutil.rmtree(cache, ignore_errors=True)
-        what = "stopped" if was_running else "was not running"
+        what = outcome.value
         return [Step(DELETED if was_running or had_cache else INFO,
                      f"endpoint {self.endpoint}: {what}; {'cache removed' if had_cache else 'no cache'}")]

@@ -9,7 +9,6 @@ estimated from the manifest's tarball bytes by the formulas below (stated in the
 from __future__ import annotations
 
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from infra.manifest import Manifest
+from infra.ownership import owner
 
 MIB = 1024 ** 2
 # The estimate formulas, named in every estimated figure.
@@ -211,7 +211,7 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
 
     hw = f"{platform.machine()} {platform.processor() or ''} ({platform.node()})".strip()
     here = "mme profile (real Triton)"
-    with tempfile.TemporaryDirectory(prefix="mme-profile-") as tmp:
+    with owner().scratch("mme-profile-") as tmp:
         t0 = time.perf_counter()
         repo = safe_extract(tarball, Path(tmp) / "repo")
         extract_s = time.perf_counter() - t0
@@ -266,7 +266,7 @@ def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> dict[str,
 
     load: dict[int, list[float]] = {}
     unload: dict[int, list[float]] = {}
-    with tempfile.TemporaryDirectory(prefix="mme-profile-conc-") as tmp:
+    with owner().scratch("mme-profile-conc-") as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         entries = [namespace_repository(safe_extract(t, Path(tmp) / f"x{i}"), repo, f"conc-{i}").entry

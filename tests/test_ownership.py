@@ -1,0 +1,208 @@
+"""The ownership ledger and its warden: what we record is killed or removed when its owner
+dies, and nothing that is not provably ours is ever touched.
+
+Real processes throughout (``sleep`` and bare Python children), no Triton: these are the
+rules every crash test relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra import leftovers
+from infra.procfs import ProcessIdentity, cmdline, live_group_members
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
+        time.sleep(0.02)
+    return value
+
+
+def alive(p: subprocess.Popen[Any]) -> bool:
+    return p.poll() is None
+
+
+def sleeper(*extra: str, session: bool = False) -> subprocess.Popen[bytes]:
+    """A harmless process: the stand-in for something that is (or is not) ours."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *extra],
+                            start_new_session=session)
+
+
+def kill(*procs: subprocess.Popen[Any]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def run_dir(tmp_path: Path, ledger: dict[str, Any]) -> Path:
+    d = tmp_path / "home" / "run" / "owner"
+    leftovers.write_ledger(d, ledger)
+    return d
+
+
+def test_identity_tells_a_reused_pid_from_the_process_it_names() -> None:
+    p = sleeper()
+    try:
+        ident = ProcessIdentity.of(p.pid)
+        assert ident is not None and ident.alive()
+        assert ProcessIdentity.from_dict(ident.to_dict()) == ident
+        impostor = ProcessIdentity(pid=p.pid, start=ident.start - 1, boot=ident.boot)
+        assert not impostor.alive(), "same pid, another start time: another process"
+        assert not ProcessIdentity(pid=p.pid, start=ident.start, boot="other-boot").alive()
+        assert "now another process" in impostor.describe()
+    finally:
+        kill(p)
+    assert not ident.alive()
+    assert ProcessIdentity.from_dict({"pid": "x"}) is None
+
+
+def test_sweep_kills_only_processes_whose_identity_matches(tmp_path: Path) -> None:
+    ours, not_ours = sleeper(), sleeper()
+    try:
+        me, other = ProcessIdentity.of(ours.pid), ProcessIdentity.of(not_ours.pid)
+        assert me and other
+        stale = {**other.to_dict(), "start": other.start + 7}  # a record whose pid was reused
+        d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
+                               "processes": [me.to_dict(), stale]})
+        done = leftovers.sweep(d)
+        assert done["processes"] == [ours.pid]
+        wait_for("our process to die", lambda: not alive(ours))
+        assert alive(not_ours), "a process with a reused pid was signalled"
+        assert not d.exists()
+    finally:
+        kill(ours, not_ours)
+
+
+def test_group_sweep_kills_only_members_carrying_the_token(tmp_path: Path) -> None:
+    token = f"mme_{os.getpid():x}test_"
+    # one process group: a token-less sleep, then the leader execs into a token-bearing child
+    leader = subprocess.Popen(
+        ["bash", "-c", 'sleep 120 & exec "$PY" -c "import time; time.sleep(120)" "$TOKEN"'],
+        env={**os.environ, "PY": sys.executable, "TOKEN": token}, start_new_session=True)
+    outsider = sleeper(token)  # carries the token but is in another group
+    try:
+        wait_for("the group to form", lambda: len(live_group_members(leader.pid)) == 2
+                 and token in cmdline(leader.pid))
+        members = live_group_members(leader.pid)
+        plain = next(p for p in members if p != leader.pid)
+        d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
+                               "groups": [{"pgid": leader.pid, "token": token}]})
+        assert leftovers.sweep(d)["groups"] == [leader.pid]
+        wait_for("the token-bearing member to die", lambda: not alive(leader))
+        assert ProcessIdentity.of(plain) is not None, "a member without the token was signalled"
+        assert alive(outsider), "a process of another group was signalled"
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+        kill(leader, outsider)
+
+
+def test_shm_and_path_records_remove_only_what_is_ours(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    prefix = f"mme_{os.getpid():x}shmtest_"
+    ours, theirs = shm / f"{prefix}seg", shm / f"other_{os.getpid()}_seg"
+    home = tmp_path / "home"
+    inside, outside = home / "work" / "scratch", tmp_path / "outside"
+    for f in (ours, theirs):
+        f.write_bytes(b"x")
+    for folder in (inside, outside):
+        folder.mkdir(parents=True)
+    try:
+        d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
+                               "shm": [prefix, "", "other_"], "paths": [str(inside), str(outside)]})
+        done = leftovers.sweep(d)
+        assert done["shm"] == [ours.name] and not ours.exists() and theirs.exists()
+        assert done["paths"] == [str(inside)] and not inside.exists() and outside.exists()
+    finally:
+        theirs.unlink(missing_ok=True)
+        ours.unlink(missing_ok=True)
+
+
+def test_sweep_dead_owners_leaves_a_live_owner_alone(tmp_path: Path) -> None:
+    root = tmp_path / "home" / "run"
+    live_child = sleeper()
+    dead = sleeper()
+    dead_ident = ProcessIdentity.of(dead.pid)
+    kill(dead)
+    try:
+        kept = ProcessIdentity.of(live_child.pid)
+        assert kept and dead_ident
+        leftovers.write_ledger(root / "live", {**leftovers.empty_ledger(ProcessIdentity.current()),
+                                               "processes": [kept.to_dict()]})
+        leftovers.write_ledger(root / "dead", {**leftovers.empty_ledger(dead_ident),
+                                               "processes": [kept.to_dict()]})
+        # the dead owner's record names our live child too: it is killed (proven by identity)
+        reports = leftovers.sweep_dead_owners(root)
+        assert [r["run"] for r in reports] == ["dead"]
+        assert (root / "live").is_dir() and not (root / "dead").exists()
+        wait_for("the dead owner's process to die", lambda: not alive(live_child))
+    finally:
+        kill(live_child)
+
+
+OWNER_SCRIPT = """
+import subprocess, sys, time
+from infra.ownership import owner
+from infra.procfs import ProcessIdentity
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+o = owner()
+o.claim(processes=[ProcessIdentity.of(child.pid)], what="test child")
+scratch = o.scratch_root() / "half-written"
+scratch.mkdir()
+print(child.pid, o.run_dir, o.warden_pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_warden_kills_what_a_sigkilled_owner_left(tmp_path: Path) -> None:
+    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    owner_proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE,
+                                  text=True, env=env, cwd=str(PROJECT_ROOT))
+    assert owner_proc.stdout is not None
+    child_pid, folder, warden_pid = owner_proc.stdout.readline().split()
+    child = ProcessIdentity.of(int(child_pid))
+    try:
+        assert child is not None and Path(folder, "tmp", "half-written").is_dir()
+        ledger = json.loads(Path(folder, "ledger.json").read_text())
+        assert ledger["warden"]["pid"] == int(warden_pid)
+        owner_proc.send_signal(signal.SIGKILL)  # no atexit, no finally
+        owner_proc.wait()
+        wait_for("the owned child to be killed", lambda: not child.alive())
+        wait_for("the run folder to be removed", lambda: not Path(folder).exists())
+        wait_for("the warden to exit", lambda: ProcessIdentity.of(int(warden_pid)) is None
+                 or not ProcessIdentity.of(int(warden_pid)).alive())  # type: ignore[union-attr]
+    finally:
+        if child is not None and child.alive():
+            os.kill(child.pid, signal.SIGKILL)
+        kill(owner_proc)
+
+
+def test_a_clean_exit_leaves_no_run_folder(tmp_path: Path) -> None:
+    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    code = ("from infra.ownership import owner\n"
+            "with owner().scratch('x-') as d: (d / 'f').write_text('1')\n"
+            "print(owner().run_dir)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(PROJECT_ROOT),
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out.startswith(str(tmp_path / "home" / "run"))
+    wait_for("the run folder to go", lambda: not Path(out).exists())
