@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.planning.traffic import TrafficError, from_csv, from_metrics, parse_spec, poisson_sequence, zipf
+from tasks.planning.traffic import (MAX_RATE_PER_VARIANT, TrafficError, from_csv, from_metrics, parse_spec,
+                                    poisson_sequence, zipf)
 
 NAMES = [f"v{i}" for i in range(50)]
 
@@ -33,13 +34,56 @@ def test_csv_per_day_and_per_second(tmp_path: Path) -> None:
 def test_csv_errors_name_the_file_and_line(tmp_path: Path) -> None:
     f = tmp_path / "t.csv"
     f.write_text("variant,requests_per_second\nv1,2\nv2,lots\n")
-    with pytest.raises(TrafficError, match=r"t\.csv, line 3: requests_per_second='lots'"):
+    with pytest.raises(TrafficError, match=r"t\.csv, row 3, column requests_per_second: 'lots' is not a number"):
         from_csv(f)
     f.write_text("variant,requests_per_second\nnope,2\n")
     with pytest.raises(TrafficError, match="not in the fleet: nope"):
         from_csv(f, ["v1"])
     f.write_text("name,rps\nv1,2\n")
     with pytest.raises(TrafficError, match="expected columns variant"):
+        from_csv(f)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("v1,2\nv2,inf\n", r"row 3, column requests_per_second: 'inf' is not a finite number"),
+    ("v1,nan\n", r"row 2, column requests_per_second: 'nan' is not a finite number"),
+    ("v1,1e12\n", r"row 2, column requests_per_second: '1e12' is above .* \(1e\+06 requests per second\)"),
+    ("v1,1\nv2,-0.5\n", r"row 3, column requests_per_second: '-0.5' is negative"),
+    ("v1,1\nv2,\n", r"row 3, column requests_per_second: no value"),
+    ("v1,1\nv2,2\n\nv1,3\n", r"rows 2 and 5, column variant: 'v1' is on both"),
+    ("v1,1\nv2,2,7\n", r"row 3: 3 fields, the header has 2 \(extra: \['7'\]\)"),
+    (",4\n", r"row 2, column variant: no variant name"),
+    ("v1,0\nv2,0.0\n", r"every requests_per_second is 0: no traffic, nothing to plan"),
+])
+def test_csv_refuses_bad_rates_naming_file_row_and_column(tmp_path: Path, body: str, message: str) -> None:
+    """A rate that is not a finite number in 0..MAX_RATE_PER_VARIANT, a variant twice, a row
+    longer than the header, all-zero traffic: refused, with the file and spreadsheet row."""
+    f = tmp_path / "t.csv"
+    f.write_text("variant,requests_per_second\n" + body)
+    with pytest.raises(TrafficError, match=rf"^traffic file .*t\.csv, {message}" if message.startswith("row")
+                       else rf"^traffic file .*t\.csv: {message}"):
+        from_csv(f)
+
+
+def test_csv_cap_holds_per_day_too_and_zipf_must_be_finite(tmp_path: Path) -> None:
+    f = tmp_path / "t.csv"
+    f.write_text(f"variant,requests_per_day\nv1,{MAX_RATE_PER_VARIANT * 86400:.0f}\n")
+    assert from_csv(f).rates.tolist() == [MAX_RATE_PER_VARIANT]  # the cap itself is allowed
+    f.write_text(f"variant,requests_per_day\nv1,{MAX_RATE_PER_VARIANT * 86400 * 2:.0f}\n")
+    with pytest.raises(TrafficError, match="row 2, column requests_per_day: .* is above"):
+        from_csv(f)
+    for spec in ("zipf:1.1:inf", "zipf:nan:5"):
+        with pytest.raises(TrafficError, match="finite numbers > 0"):
+            parse_spec(spec, NAMES)
+
+
+def test_csv_encoding_bom_accepted_and_non_utf8_refused(tmp_path: Path) -> None:
+    f = tmp_path / "t.csv"
+    f.write_bytes(b"\xef\xbb\xbfvariant,requests_per_second\r\nv1,2\r\n")  # Excel's "CSV UTF-8"
+    t = from_csv(f, ["v1", "v2"])
+    assert t.variants == ["v1", "v2"] and t.rates.tolist() == [2.0, 0.0]
+    f.write_bytes("variant,requests_per_second\nv1,2\nvé,3\n".encode("latin-1"))
+    with pytest.raises(TrafficError, match=r"t\.csv, row 3: not UTF-8 text \(byte 0xe9"):
         from_csv(f)
 
 

@@ -5,6 +5,8 @@ for, and Poisson request sequences drawn from the rates (what the simulator repl
 from __future__ import annotations
 
 import csv
+import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,10 @@ import numpy as np
 from infra.errors import UserError
 
 SECONDS_PER_DAY = 86_400.0
+#: The highest mean rate one variant may be given (req/s): far above any one TargetModel of a
+#: multi-model endpoint (SageMaker's own limits are thousands per instance), low enough that a
+#: unit mistake (a count where a rate belongs) is refused, not planned for.
+MAX_RATE_PER_VARIANT = 1e6
 
 
 class TrafficError(UserError, ValueError):
@@ -49,8 +55,8 @@ def zipf(variants: list[str], s: float, total_rate: float, seed: int = 0) -> Tra
     has which rank is a seeded shuffle (so variant names carry no popularity)."""
     if not variants:
         raise TrafficError("zipf traffic: no variants")
-    if s <= 0 or total_rate <= 0:
-        raise TrafficError(f"zipf:{s}:{total_rate}: exponent and total rate must be > 0")
+    if not (math.isfinite(s) and math.isfinite(total_rate)) or s <= 0 or total_rate <= 0:
+        raise TrafficError(f"zipf:{s}:{total_rate}: exponent and total rate must be finite numbers > 0")
     weights = 1.0 / np.arange(1, len(variants) + 1, dtype=float) ** s
     ranks = np.random.default_rng(seed).permutation(len(variants))
     rates = total_rate * weights[ranks] / weights.sum()
@@ -61,27 +67,78 @@ def zipf(variants: list[str], s: float, total_rate: float, seed: int = 0) -> Tra
 def from_csv(path: Path, variants: list[str] | None = None) -> Traffic:
     """A CSV with a ``variant`` column and ``requests_per_second`` or ``requests_per_day``.
     Variants of the fleet missing from the file get rate 0; a row naming a variant not in the
-    fleet is refused (a typo would otherwise plan for traffic that never arrives)."""
+    fleet is refused (a typo would otherwise plan for traffic that never arrives), and so are a
+    rate that is not a finite number in ``0..MAX_RATE_PER_VARIANT`` req/s, a variant given twice,
+    a row with more fields than the header and a file whose rates are all zero. UTF-8, with or
+    without the BOM Excel writes. Errors name the file, the row (as a spreadsheet numbers it:
+    the header is row 1) and the column."""
+    header, rows = _csv_rows(path)
+    per = "requests_per_second" if "requests_per_second" in header else "requests_per_day"
+    if "variant" not in header or per not in header:
+        raise TrafficError(f"traffic file {path}: header {header}: expected columns variant and "
+                           f"requests_per_second (or requests_per_day)")
+    col, name_col = header.index(per), header.index("variant")
+    found: dict[str, float] = {}
+    first_row: dict[str, int] = {}
+    for row, fields in rows:
+        where = f"traffic file {path}, row {row}"
+        if len(fields) > len(header):
+            raise TrafficError(f"{where}: {len(fields)} fields, the header has {len(header)} "
+                               f"(extra: {fields[len(header):]!r})")
+        name = fields[name_col].strip() if name_col < len(fields) else ""
+        if not name:
+            raise TrafficError(f"{where}, column variant: no variant name")
+        if name in first_row:
+            raise TrafficError(f"traffic file {path}, rows {first_row[name]} and {row}, column variant: "
+                               f"{name!r} is on both: give each variant one row")
+        first_row[name] = row
+        value = fields[col] if col < len(fields) else ""
+        found[name] = _rate(value, f"{where}, column {per}",
+                            SECONDS_PER_DAY if per == "requests_per_day" else 1.0)
+    if not any(found.values()):
+        raise TrafficError(f"traffic file {path}: every {per} is 0: no traffic, nothing to plan")
+    return _align(found, variants, f"CSV {path} ({per})", str(path))
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header's column names and the data rows with their row numbers (header = row 1;
+    blank rows count, as a spreadsheet shows them, and are skipped)."""
     try:
-        rows = list(csv.DictReader(Path(path).read_text().splitlines()))
+        data = Path(path).read_bytes()
     except OSError as e:
         raise TrafficError(f"traffic file {path}: {e.strerror or e}") from None
-    if not rows:
+    try:
+        text = data.decode("utf-8-sig")  # the BOM Excel puts before "variant" is not a column name
+    except UnicodeDecodeError as e:
+        row = data[:e.start].count(b"\n") + 1
+        raise TrafficError(f"traffic file {path}, row {row}: not UTF-8 text (byte {data[e.start]:#04x} "
+                           f"at offset {e.start}): save it as CSV UTF-8") from None
+    try:
+        records = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as e:
+        raise TrafficError(f"traffic file {path}: not a CSV file ({e})") from None
+    if not records or not records[0]:
         raise TrafficError(f"traffic file {path}: no rows (expected a header: variant,requests_per_second)")
-    per = "requests_per_second" if "requests_per_second" in rows[0] else "requests_per_day"
-    if "variant" not in rows[0] or per not in rows[0]:
-        raise TrafficError(f"traffic file {path}: header {list(rows[0])}: expected columns variant and "
-                           f"requests_per_second (or requests_per_day)")
-    found: dict[str, float] = {}
-    for line, row in enumerate(rows, start=2):
-        try:
-            rate = float(row[per])
-        except (TypeError, ValueError):
-            raise TrafficError(f"traffic file {path}, line {line}: {per}={row[per]!r} is not a number") from None
-        if rate < 0:
-            raise TrafficError(f"traffic file {path}, line {line}: {per}={rate} is negative")
-        found[row["variant"]] = rate / (SECONDS_PER_DAY if per == "requests_per_day" else 1.0)
-    return _align(found, variants, f"CSV {path} ({per})", str(path))
+    header = [c.strip() for c in records[0]]
+    return header, [(i, r) for i, r in enumerate(records[1:], start=2) if any(f.strip() for f in r)]
+
+
+def _rate(value: str, where: str, per_second: float) -> float:
+    """One rate in req/s: a finite number, 0 or more, at most :data:`MAX_RATE_PER_VARIANT`."""
+    if not value.strip():
+        raise TrafficError(f"{where}: no value (a number of requests, 0 or more)")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise TrafficError(f"{where}: {value!r} is not a number") from None
+    if not math.isfinite(rate):
+        raise TrafficError(f"{where}: {value!r} is not a finite number")
+    if rate < 0:
+        raise TrafficError(f"{where}: {value!r} is negative")
+    if rate / per_second > MAX_RATE_PER_VARIANT:
+        raise TrafficError(f"{where}: {value!r} is above the most one variant may get "
+                           f"({MAX_RATE_PER_VARIANT:g} requests per second)")
+    return rate / per_second
 
 
 def from_metrics(doc: dict[str, Any], window_s: float, variants: list[str] | None = None) -> Traffic:
