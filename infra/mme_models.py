@@ -125,7 +125,7 @@ class ModelManager:
         self._base_rss: int | None = None  # Triton with nothing loaded
         self._model_rss = 0  # the most memory one loaded model was seen to take
         self.metrics = Metrics(thrash=ThrashGuard(cfg.thrash_window, cfg.thrash_miss_rate,
-                                                  cfg.thrash_warn_interval_s))
+                                                  cfg.thrash_warn_interval_s, cfg.thrash_min_requests))
         self.sup = TritonSupervisor(triton, cfg, self.metrics, on_down=self.triton_down,
                                     before_restart=before_restart)
         # host paths never reach a client: longest first, so the repo folder wins over the cache

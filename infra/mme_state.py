@@ -45,10 +45,13 @@ class EndpointConfig:
     # makes each one slower and starves the warm requests of CPU. Raise it with the cores.
     max_concurrent_loads: int = 2
     # Thrash guard: over the last thrash_window requests, a miss rate above thrash_miss_rate
-    # logs a WARNING (at most once per thrash_warn_interval_s) and shows in /metrics.
+    # logs a WARNING (at most once per thrash_warn_interval_s) and shows in /metrics. Before the
+    # window has filled (a cold start), the rate over the requests so far counts once there are
+    # thrash_min_requests of them (or the whole window, when that is smaller).
     thrash_window: int = 200
     thrash_miss_rate: float = 0.5
     thrash_warn_interval_s: float = 60.0
+    thrash_min_requests: int = 20
     # The endpoint's own log (None: stderr). It rotates: at most (1 + backups) x max bytes.
     log_file: Path | None = None
     log_max_bytes: int = 10 * 2**20
@@ -160,11 +163,15 @@ class ThrashGuard:
 
     Why: an endpoint whose working set does not fit its budget spends its time loading and
     unloading (on SageMaker it shows as a high ModelUnloadingTime sample count) and every
-    request pays a load. Said once per ``interval_s`` so the log stays bounded.
+    request pays a load. Said once per ``interval_s`` so the log stays bounded. The window
+    need not be full: from ``min_requests`` requests on (or a full window, if smaller) the
+    rate over those seen counts, so a cold start that misses 100 of its first 100 is said.
     """
 
-    def __init__(self, window: int = 200, threshold: float = 0.5, interval_s: float = 60.0) -> None:
+    def __init__(self, window: int = 200, threshold: float = 0.5, interval_s: float = 60.0,
+                 min_requests: int = 20) -> None:
         self.window, self.threshold, self.interval_s = max(1, window), threshold, interval_s
+        self.min_requests = max(1, min(min_requests, self.window))
         self._last: collections.deque[bool] = collections.deque(maxlen=self.window)
         self.misses = 0  # among the last `window` requests
         self.warnings = 0
@@ -185,7 +192,7 @@ class ThrashGuard:
 
     @property
     def thrashing(self) -> bool:
-        return len(self._last) == self.window and self.miss_rate > self.threshold
+        return len(self._last) >= self.min_requests and self.miss_rate > self.threshold
 
     def _maybe_warn(self) -> None:
         now = time.monotonic()
@@ -196,7 +203,7 @@ class ThrashGuard:
         logging.getLogger("mme.local").warning(
             "thrashing: %.0f%% of the last %d requests missed the loaded models (threshold "
             "%.0f%%); the working set does not fit: raise max_loaded_models or the memory, or "
-            "spread the models over more endpoints", 100 * self.miss_rate, self.window,
+            "spread the models over more endpoints", 100 * self.miss_rate, len(self._last),
             100 * self.threshold)
 
     def report(self) -> dict:

@@ -185,6 +185,32 @@ def test_thrash_guard_rolling_miss_rate_and_one_warning_per_interval(
     assert guard.report()["Warnings"] == 1
 
 
+def test_thrash_guard_warns_on_a_cold_start_before_the_window_is_full(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A cold start that misses 100 of its first 100 requests is thrash, though the 200-request
+    window is not full; fewer than min_requests requests say nothing either way."""
+    caplog.set_level(logging.WARNING, logger="mme.local")
+    guard = ThrashGuard(window=200, threshold=0.5, interval_s=3600, min_requests=20)
+    for _ in range(19):
+        guard.record(False)
+    assert guard.miss_rate == 1.0 and not guard.thrashing and guard.warnings == 0  # 19 < 20
+    guard.record(False)
+    assert guard.thrashing and guard.warnings == 1
+    for _ in range(80):
+        guard.record(False)
+    assert guard.report()["Requests"] == 100 and guard.warnings == 1
+    (line,) = [r.getMessage() for r in caplog.records if "thrashing" in r.getMessage()]
+    assert "100% of the last 20 requests" in line  # the requests it saw, not the window's 200
+    quiet = ThrashGuard(window=200, threshold=0.5, interval_s=3600, min_requests=20)
+    for i in range(100):
+        quiet.record(i % 4 != 0)  # 25% misses: below the threshold
+    assert not quiet.thrashing and quiet.warnings == 0
+    small = ThrashGuard(window=4, threshold=0.5, interval_s=3600, min_requests=20)
+    for _ in range(4):
+        small.record(False)
+    assert small.thrashing and small.warnings == 1  # a window smaller than the minimum: when full
+
+
 def test_reservoir_is_bounded_and_reports_percentiles() -> None:
     r = Reservoir(size=100)
     for i in range(1, 1001):
