@@ -497,4 +497,17 @@ def _from_prefix(fleet: FleetSpec, source: PrefixSource, s3_client: Any) -> Reso
         labels = {k: v.replace("{variant}", name) for k, v in source.labels.items()}
         resolved.variants.append(Variant(name=name, params=params, labels=labels, origin=origin,
                                          fingerprints=fingerprints))
+    if not resolved.variants and not resolved.problems:
+        _refuse_empty_prefix(fleet, source, objects)
     return resolved
+
+
+def _refuse_empty_prefix(fleet: FleetSpec, source: PrefixSource, objects: Mapping[str, ObjectInfo]) -> None:
+    """A prefix with no variant is a typo (in the URI or the pattern), never a fleet of none:
+    building it would empty the fleet's index, deploying it would retire every variant."""
+    if not objects:
+        raise FleetError(f"{fleet.where}: prefix.uri {source.uri!r}: no objects there (the prefix does "
+                         f"not exist or is empty): no variants")
+    example = min(objects)
+    raise FleetError(f"{fleet.where}: no object under prefix.uri {source.uri!r} matches pattern "
+                     f"{source.pattern!r} ({len(objects)} listed, e.g. {example!r}): no variants")

@@ -352,3 +352,19 @@ def test_variant_ensemble_name_never_maps_two_names_to_one(names: list[str]) -> 
     mapped = [variant_ensemble_name(n) for n in names]
     assert len(set(mapped)) == len(names)
     assert all(_SAFE.match(m) for m in mapped)
+
+
+def test_a_prefix_that_lists_no_variant_is_refused_naming_it(s3, tmp_path: Path) -> None:
+    """An empty or missing prefix, or one whose objects all miss the pattern, is a typo: a fleet
+    of no variants would empty the fleet's index (and a deploy of it retire every variant)."""
+    empty = load_fleet(_fleet_file(tmp_path, {"prefix": {
+        "uri": "s3://models/nothing-here/", "pattern": "tenants/{variant}/model.onnx", "params": PREFIX_PARAMS}}))
+    with pytest.raises(FleetError, match=r"prefix.uri 's3://models/nothing-here/': no objects there"):
+        resolve_variants(empty, s3_client=s3)
+    s3.put_object(Bucket="models", Key="fleet/tenants/t1/model.onnx.bak", Body=b"m")
+    other = load_fleet(_fleet_file(tmp_path, {"prefix": {
+        "uri": "s3://models/fleet/", "pattern": "tenants/{variant}/model.onnx", "params": PREFIX_PARAMS}}, "f2.yaml"))
+    with pytest.raises(FleetError, match=r"f2\.yaml: no object under prefix.uri 's3://models/fleet/' matches "
+                                         r"pattern 'tenants/\{variant\}/model.onnx' \(1 listed, e.g. "
+                                         r"'tenants/t1/model.onnx.bak'\)"):
+        resolve_variants(other, s3_client=s3)
