@@ -51,7 +51,7 @@ def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sa
 
 def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
             build_dir: str | None, policy: DeployPolicy) -> dict[str, Any]:
-    name, desired, table = read_state_task(fleet, build_dir, store_uri)
+    name, desired, table, build = read_state_task(fleet, build_dir, store_uri)
     shards = assign_shards(desired, endpoints,
                            {v: r.endpoint for v, r in table.variants.items()})
     jobs, unchanged = plan_jobs(desired, table, shards)
@@ -60,7 +60,7 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
     results: dict[str, str | None] = dict(publish_jobs(access, jobs))
     to_check = [j for j in jobs if j.variant not in results] + canaries
     results.update(validate_jobs_task(access, to_check, policy))
-    summary = commit_task(store_uri, table, jobs, results, sorted(desired), access, policy)
+    summary = commit_task(store_uri, table, jobs, results, desired, access, policy, build)
     failed = {v: r for v, r in sorted(results.items()) if r}
     doc = {"fleet": name, "endpoints": endpoints, "variants": len(desired),
            "published": [j.variant for j in jobs
@@ -83,8 +83,13 @@ def _report(doc: dict[str, Any]) -> None:
              f"- published (new, changed or moved): {len(doc['published'])}; validated: "
              f"{len(doc['validated'])} (canaries: {len(doc['canaries'])})",
              f"- live now: {len(doc['live'])}; routed: {doc['routed']}; table: `{doc['routes']}`",
-             f"- marked retiring: {len(doc['retiring'])}; removed: {len(doc['removed'])}; "
-             f"objects deleted: {len(doc['deleted'])}"]
+             f"- marked retiring: {len(doc['retiring'])}; un-retired (in build "
+             f"`{(doc['build'] or {}).get('id')}` again): {len(doc['unretired'])}; removed: "
+             f"{len(doc['removed'])}; objects deleted: {len(doc['deleted'])}"]
+    if doc["unretired"]:
+        lines += ["", "| un-retired variant | sha256 | manifest |", "|---|---|---|"]
+        lines += [f"| {v} | `{u['sha256'][:12]}` | `{u['manifest']}` |"
+                  for v, u in doc["unretired"].items()]
     if doc["failed"]:
         lines += ["", "| failed variant | reason |", "|---|---|"]
         lines += [f"| {v} | {r.replace('|', '/')[:300]} |" for v, r in doc["failed"].items()]

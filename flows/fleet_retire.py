@@ -33,13 +33,14 @@ def _locked(endpoints: Iterable[str]) -> Iterator[None]:
 @flow(name="fleet-retire", log_prints=True)
 def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | None = None,
                  now: bool = False, grace_s: float = 3600.0, store_uri: str | None = None,
-                 clock: str | None = None) -> dict[str, Any]:
-    """Retire ``variants`` of ``fleet`` (or those on endpoint ``shard``, or all of them).
-    ``clock``: the current time as ISO text (tests, replays); default now (UTC)."""
+                 clock: str | None = None, all_variants: bool = False) -> dict[str, Any]:
+    """Retire ``variants`` of ``fleet``, or those on endpoint ``shard``, or (``all_variants``,
+    which must be given: naming nothing is refused) all of them. ``clock``: the current time as
+    ISO text (tests, replays); default now (UTC)."""
     store_uri = store_uri or paths.store_uri()
     when = parse_time(clock) if clock else datetime.now(UTC)
     with _locked(fleet_endpoints_task(store_uri, [fleet])):
-        return retire_task(store_uri, fleet, (variants or [], shard), now,
+        return retire_task(store_uri, fleet, (variants or [], shard, all_variants), now,
                            (when, timedelta(seconds=grace_s)))
 
 

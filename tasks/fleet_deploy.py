@@ -17,11 +17,12 @@ No SageMaker control-plane call is made on any path here: the endpoint is an exi
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from tasks.fleet_routes import (
     retire_missing,
     routes_location,
     unreferenced,
+    unretire,
     versioned_target,
     write_routes,
 )
@@ -123,12 +125,26 @@ class Access:
         return EndpointRef(backend=self.backend, region=self.region, models_url=self.models_url)
 
 
-def load_desired(build_dir: Path, fleet: str | None = None) -> tuple[str, dict[str, Desired]]:
-    """(fleet name, its ``ok`` variants) from ``build_dir/fleet-index.json``. A missing index
-    or one of another fleet is refused naming the file."""
+@dataclass(frozen=True)
+class BuildRef:
+    """Which build a deploy used: its fleet index and the index's digest (the build id: any
+    rebuild that changes a variant changes it)."""
+
+    index: str
+    id: str
+    template_key: str | None = None
+
+    def describe(self) -> str:
+        return f"build {self.id} ({self.index})"
+
+
+def read_build(build_dir: Path, fleet: str | None = None) -> tuple[FleetIndex, BuildRef]:
+    """``build_dir/fleet-index.json`` and the build's id (read once). A missing index or one of
+    another fleet is refused naming the file."""
     path = build_dir / INDEX_FILE
     try:
-        index = FleetIndex.model_validate_json(path.read_text())
+        raw = path.read_bytes()
+        index = FleetIndex.model_validate_json(raw)
     except FileNotFoundError:
         raise MissingInput(f"{path}: no fleet index: build the fleet first (`mme fleet build`) "
                            f"or give --build-dir") from None
@@ -136,6 +152,12 @@ def load_desired(build_dir: Path, fleet: str | None = None) -> tuple[str, dict[s
         raise UserError(f"{path}: not a readable fleet index ({str(exc).splitlines()[0]})") from None
     if fleet is not None and index.fleet != fleet:
         raise UserError(f"{path} is the index of fleet {index.fleet!r}, not {fleet!r}")
+    return index, BuildRef(index=str(path), id=hashlib.sha256(raw).hexdigest()[:12],
+                           template_key=index.template_key)
+
+
+def desired_of(index: FleetIndex, build_dir: Path) -> dict[str, Desired]:
+    """The build's ``ok`` variants (tarball and manifest under ``build_dir``)."""
     desired = {}
     for name, e in index.variants.items():
         if e.status != "ok" or not e.sha256 or e.bytes is None:
@@ -144,7 +166,13 @@ def load_desired(build_dir: Path, fleet: str | None = None) -> tuple[str, dict[s
         desired[name] = Desired(name=name, target_model=e.target_model, sha256=e.sha256,
                                 size=e.bytes, tarball=tarball,
                                 manifest=tarball.with_name(e.file.removesuffix(".tar.gz") + MANIFEST_SUFFIX))
-    return index.fleet, desired
+    return desired
+
+
+def load_desired(build_dir: Path, fleet: str | None = None) -> tuple[str, dict[str, Desired]]:
+    """(fleet name, its ``ok`` variants) from ``build_dir/fleet-index.json``."""
+    index, _ = read_build(build_dir, fleet)
+    return index.fleet, desired_of(index, build_dir)
 
 
 def open_access(backend: str, endpoint: str, store_uri: str, region: str | None) -> Access:
@@ -308,6 +336,7 @@ class Committed:
 
     live: list[str] = field(default_factory=list)
     retiring: list[str] = field(default_factory=list)
+    unretired: list[str] = field(default_factory=list)  # retiring, back in the build
     removed: list[str] = field(default_factory=list)
     doomed: list[RouteVersion] = field(default_factory=list)
     refs: dict[str, EndpointRef] = field(default_factory=dict)
@@ -316,8 +345,9 @@ class Committed:
 def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str | None],
            desired: Sequence[str], access: Mapping[str, Access],
            policy: tuple[datetime, timedelta, int]) -> Committed:
-    """Route every job that passed to its new version; mark variants that left the fleet
-    retiring, remove those past ``grace``, drop versions beyond ``keep_versions``; the failed new
+    """Route every job that passed to its new version; un-retire the retiring variants that are
+    ``desired`` again (``unretired``); mark variants that left the fleet retiring, remove those
+    past ``grace``, drop versions beyond ``keep_versions``; the failed new
     versions, the removed and the dropped are returned to delete (after the table is written).
     ``policy``: (now, grace, keep_versions)."""
     now, grace, keep = policy
@@ -332,6 +362,7 @@ def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str |
             done.live.append(job.variant)
         else:
             done.doomed.append(version)
+    done.unretired = unretire(table, desired)
     done.retiring = retire_missing(table, desired, now)
     done.removed = expired(table, grace, now)
     done.doomed += remove(table, done.removed) + prune_versions(table, keep)
@@ -341,22 +372,32 @@ def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str |
     return done
 
 
-@task(name="read-fleet-state", cache_policy=NO_CACHE)
-def read_state_task(fleet: str, build_dir: str | None,
-                    store_uri: str) -> tuple[str, dict[str, Desired], RoutingTable]:
-    """(fleet name, desired variants from its latest build, the routing table: one GET)."""
-    if build_dir:
-        name, desired = load_desired(Path(build_dir).expanduser().resolve())
-        if fleet != name and not fleet.endswith((".yaml", ".yml")):
-            raise UserError(f"--build-dir {build_dir} holds fleet {name!r}, not {fleet!r}")
-    else:
-        from ensembles.fleet import load_fleet
+def is_fleet_file(fleet: str) -> bool:
+    """True when ``fleet`` names a file (a path, or ``*.yaml``), not a fleet by name."""
+    return "/" in fleet or fleet.endswith((".yaml", ".yml")) or Path(fleet).expanduser().is_file()
 
-        spec = load_fleet(fleet)
-        name, desired = load_desired(paths.artifacts_dir(spec.target) / "fleets" / spec.name, spec.name)
+
+@task(name="read-fleet-state", cache_policy=NO_CACHE)
+def read_state_task(fleet: str, build_dir: str | None, store_uri: str
+                    ) -> tuple[str, dict[str, Desired], RoutingTable, BuildRef]:
+    """(fleet name, desired variants from its latest build, the routing table: one GET, the
+    build's id). A fleet file (or a catalog fleet's name without ``build_dir``) is compared with
+    that build first: a build that is not the file's is refused (:mod:`tasks.fleet_drift`)."""
+    from ensembles.fleet import load_fleet
+    from tasks.fleet_drift import refuse_stale_build
+
+    spec = load_fleet(fleet) if is_fleet_file(fleet) or not build_dir else None
+    out = (Path(build_dir).expanduser().resolve() if build_dir else
+           paths.artifacts_dir(spec.target) / "fleets" / spec.name if spec else Path())
+    index, ref = read_build(out, spec.name if spec else None)
+    name, desired = index.fleet, desired_of(index, out)
+    if spec is None and fleet != name:
+        raise UserError(f"--build-dir {build_dir} holds fleet {name!r}, not {fleet!r}")
+    if spec is not None:
+        refuse_stale_build(spec, index, ref.index)
     if not desired:
         raise UserError(f"fleet {name}: its build has no variant with status ok: nothing to deploy")
-    return name, desired, read_routes(store_uri, name)
+    return name, desired, read_routes(store_uri, name), ref
 
 
 @task(name="open-endpoints", cache_policy=NO_CACHE)
@@ -368,13 +409,16 @@ def open_endpoints_task(backend: str, endpoints: Sequence[str], store_uri: str,
 
 @task(name="commit-fleet-routes", cache_policy=NO_CACHE)
 def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
-                results: Mapping[str, str | None], desired: Sequence[str],
-                access: Mapping[str, Access], policy: DeployPolicy) -> dict[str, Any]:
+                results: Mapping[str, str | None], desired: Mapping[str, Desired],
+                access: Mapping[str, Access], policy: DeployPolicy,
+                build: BuildRef | None = None) -> dict[str, Any]:
     """Route what passed, retire and prune (:func:`commit`), write the table (one PUT), then
-    delete the objects it no longer points to. Returns the counts and names."""
+    delete the objects it no longer points to. Returns the counts and names; ``unretired``
+    names the retiring variants this deploy brought back (they are in ``build`` again), each
+    with the sha256 and manifest it is routed by."""
     now = policy.clock()
     before = table.model_dump(exclude={"updated_at"})
-    done = commit(table, jobs, results, desired, access,
+    done = commit(table, jobs, results, sorted(desired), access,
                   (now, timedelta(seconds=policy.grace_s), policy.keep_versions))
     if table.model_dump(exclude={"updated_at"}) != before:
         uri = write_routes(store_uri, table, now)
@@ -383,7 +427,15 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
         uri = store.uri_for(key)
     deleted = delete_versions(table, done.doomed, done.refs)
     log = run_logger()
-    log.info("routes %s: %d live now, %d marked retiring, %d removed, %d objects deleted",
-             uri, len(done.live), len(done.retiring), len(done.removed), len(deleted))
+    log.info("routes %s: %d live now, %d marked retiring, %d un-retired, %d removed, %d objects "
+             "deleted", uri, len(done.live), len(done.retiring), len(done.unretired),
+             len(done.removed), len(deleted))
+    if done.unretired:
+        log.warning("%d retiring variant(s) un-retired: %s is in %s again (remove it from the "
+                    "fleet file and rebuild to retire it for good)", len(done.unretired),
+                    ", ".join(done.unretired[:10]), build.describe() if build else "the build")
+    unretired = {n: {"sha256": table.variants[n].sha256, "manifest": str(desired[n].manifest)}
+                 for n in done.unretired}
     return {"routes": uri, "live": sorted(done.live), "retiring": done.retiring,
+            "unretired": unretired, "build": asdict(build) if build else None,
             "removed": done.removed, "deleted": deleted, "routed": len(table.variants)}

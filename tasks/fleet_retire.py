@@ -43,6 +43,7 @@ from tasks.fleet_routes import (
     mark_retiring,
     read_routes,
     remove,
+    require_routes,
     unreferenced,
     write_routes,
 )
@@ -50,9 +51,14 @@ from tasks.publish import read_ledger
 from tasks.run_context import run_logger
 
 
-def pick_retirees(table: RoutingTable, variants: Sequence[str], shard: str | None) -> list[str]:
-    """The variants to retire: those named, those on ``shard``, or (neither) the whole fleet.
-    A name the table does not route is refused, naming it."""
+def pick_retirees(table: RoutingTable, variants: Sequence[str], shard: str | None,
+                  everything: bool = False) -> list[str]:
+    """The variants to retire: those named, those on ``shard``, or the whole fleet, which must
+    be asked for (``everything``: ``--all``): a retire that names nothing is refused, never
+    read as "all of them". A name the table does not route is refused, naming it."""
+    if sum((bool(variants), shard is not None, everything)) != 1:
+        raise UserError(f"fleet {table.fleet}: retire names variants, a shard, or --all (the "
+                        f"whole fleet: {len(table.variants)} routed variants), exactly one of them")
     if variants:
         unknown = sorted(set(variants) - set(table.variants))
         if unknown:
@@ -67,14 +73,12 @@ def pick_retirees(table: RoutingTable, variants: Sequence[str], shard: str | Non
 
 
 @task(name="retire-fleet-variants", cache_policy=NO_CACHE)
-def retire_task(store_uri: str, fleet: str, picked: tuple[Sequence[str], str | None],
+def retire_task(store_uri: str, fleet: str, picked: tuple[Sequence[str], str | None, bool],
                 now_flag: bool, when: tuple[datetime, timedelta]) -> dict[str, Any]:
-    """Mark ``picked`` (variants, shard) retiring, or remove them at once (``now_flag``); also
-    remove every retiree past its grace. ``when``: (now, grace)."""
+    """Mark ``picked`` (variants, shard, everything) retiring, or remove them at once
+    (``now_flag``); also remove every retiree past its grace. ``when``: (now, grace)."""
     now, grace = when
-    table = read_routes(store_uri, fleet)
-    if not table.variants:
-        raise UserError(f"fleet {fleet}: no routing table in {store_uri} (nothing deployed)")
+    table = require_routes(store_uri, fleet)
     names = pick_retirees(table, *picked)
     refs: dict[str, EndpointRef] = dict(table.endpoints)
     marked = [] if now_flag else mark_retiring(table, names, now)

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from infra.errors import InvalidInput, validation_problems
+from infra.errors import InvalidInput, UserError, validation_problems
 from infra.schema import RecordError
 from infra.store import ObjectNotFound, ObjectStore, open_store
 
@@ -110,6 +110,24 @@ def read_routes(store_uri: str, fleet: str) -> RoutingTable:
         raw = store.get_bytes(key)
     except ObjectNotFound:
         return RoutingTable(fleet=fleet)
+    return parse_routes(raw, store.uri_for(key))
+
+
+class NoSuchFleet(UserError, LookupError):
+    """No routing table for the fleet in the store: never deployed there, or every variant was
+    removed. The message names the fleets that are known there."""
+
+
+def require_routes(store_uri: str, fleet: str) -> RoutingTable:
+    """The fleet's table (one GET); a missing one is :class:`NoSuchFleet` naming the fleets the
+    store does have (one listing, on that error path only)."""
+    store, key = routes_location(store_uri, fleet)
+    try:
+        raw = store.get_bytes(key)
+    except ObjectNotFound:
+        known = list_fleets(store_uri)
+        raise NoSuchFleet(f"no such fleet {fleet!r}: no routing table {store.uri_for(key)} "
+                          f"(known: {', '.join(known) or 'none'})") from None
     return parse_routes(raw, store.uri_for(key))
 
 
@@ -230,12 +248,22 @@ def mark_retiring(table: RoutingTable, names: Iterable[str], now: datetime) -> l
     return marked
 
 
+def unretire(table: RoutingTable, desired: Iterable[str]) -> list[str]:
+    """Clear the retiring mark of the ``desired`` variants (they are in the build again: it is
+    the desired state); returns those that were retiring, sorted, for the caller to report."""
+    back = sorted(n for n in set(desired) & set(table.variants)
+                  if table.variants[n].retiring_since is not None)
+    for name in back:
+        table.variants[name].retiring_since = None
+    return back
+
+
 def retire_missing(table: RoutingTable, desired: Iterable[str], now: datetime) -> list[str]:
     """Mark the routed variants that are not ``desired`` (left the fleet) retiring, and clear the
-    mark of desired ones (they came back); returns the newly marked."""
+    mark of desired ones (they came back: :func:`unretire` says which); returns the newly
+    marked."""
     wanted = set(desired)
-    for name in wanted & set(table.variants):
-        table.variants[name].retiring_since = None
+    unretire(table, wanted)
     return mark_retiring(table, sorted(set(table.variants) - wanted), now)
 
 

@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 
 from infra.errors import UserError
 from infra.runtime_client import invoke, runtime_client_for
-from tasks.fleet_routes import RoutingTable, read_routes
+from tasks.fleet_routes import RoutingTable, require_routes
 
 #: What SageMaker (and the local endpoint) answer for a TargetModel with no object behind it.
 MISSING_MODEL = re.compile(r"Failed to download model data|model .*not found|does not exist|"
@@ -63,11 +63,13 @@ class Router:
         self.reads = 0  # routing-table GETs made (the first read plus refreshes)
 
     def table(self, *, refresh: bool = False) -> RoutingTable:
-        """The cached table; ``refresh`` reads it again (one GET)."""
+        """The cached table; ``refresh`` reads it again (one GET). A fleet with no routing table
+        in the store is :class:`~tasks.fleet_routes.NoSuchFleet` ("no such fleet ... (known:
+        ...)"), not a variant that is not routed."""
         with self._lock:
             if self._table is None or refresh:
-                self._table = read_routes(self.store_uri, self.fleet)
                 self.reads += 1
+                self._table = require_routes(self.store_uri, self.fleet)
             return self._table
 
     def resolve(self, variant: str, *, refresh: bool = False) -> tuple[str, str]:

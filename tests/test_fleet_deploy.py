@@ -196,7 +196,9 @@ def local_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path,
     fleet_build(str(root / "fleet.yaml"), output_dir=str(build), triton_sample=1)
     store_uri = (root / "store").as_uri()
     index = json.loads((build / INDEX_FILE).read_text())
-    first = fleet_deploy(index["fleet"], [ENDPOINT], store_uri=store_uri, build_dir=str(build))
+    # by its file: the deploy compares the file with the build first (they agree here)
+    first = fleet_deploy(str(root / "fleet.yaml"), [ENDPOINT], store_uri=store_uri,
+                         build_dir=str(build))
     try:
         yield {"root": root, "build": build, "store_uri": store_uri, "fleet": index["fleet"],
                "names": sorted(index["variants"]), "first": first,
@@ -229,6 +231,25 @@ def _redo(build: Path, name: str, change: str) -> str:
     m.update(sha256=sha, bytes=size)
     manifest.write_text(json.dumps(m))
     return sha
+
+
+def _restore_routed(fleet: dict[str, Any], name: str) -> None:
+    """Make ``name``'s build output the version its route points to again (copied back from the
+    store), as a rebuild of its routed sources would: undoes a ``"garbage"`` :func:`_redo`."""
+    import shutil
+
+    route = read_routes(fleet["store_uri"], fleet["fleet"]).variants[name]
+    build = fleet["build"]
+    doc = json.loads((build / INDEX_FILE).read_text())
+    entry = doc["variants"][name]
+    tarball = build / entry["file"]
+    shutil.copyfile(fleet["prefix"] / route.target_model, tarball)
+    entry.update(sha256=route.sha256, bytes=tarball.stat().st_size)
+    (build / INDEX_FILE).write_text(json.dumps(doc))
+    manifest = tarball.with_name(entry["file"].removesuffix(".tar.gz") + ".manifest.json")
+    m = json.loads(manifest.read_text())
+    m.update(sha256=route.sha256, bytes=entry["bytes"])
+    manifest.write_text(json.dumps(m))
 
 
 def _objects(prefix: Path) -> dict[str, tuple[int, int]]:
@@ -375,3 +396,95 @@ def test_retire_after_grace_then_gc_deletes_only_what_nothing_references(
     fleet_gc(store_uri=store_uri)
     assert not (prefix / "orphan.tar.gz").exists()
     assert all((prefix / t).exists() for t in routed)
+
+
+# ------------------------------------------------------------------ fleet safety
+def _cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def _lines(output: str) -> list[str]:
+    return [ln for ln in output.splitlines() if ln.strip()]
+
+
+def test_retire_takes_the_whole_fleet_only_with_all(tmp_path: Path, prefect_harness: None) -> None:
+    from flows.fleet_retire import fleet_retire
+    from infra.errors import UserError
+    from tasks.fleet_routes import RouteVersion, RoutingTable, promote, write_routes
+    from tasks.fleet_routes import parse_time as t
+
+    uri = (tmp_path / "store").as_uri()
+    table = RoutingTable(fleet="whole")
+    for name in ("a", "b", "c"):
+        promote(table, name, RouteVersion(target_model=f"{name}-1.tar.gz", sha256="1" * 64,
+                                          since="2026-01-01T00:00:00+00:00", endpoint="ep"),
+                t("2026-01-01T00:00:00"))
+    write_routes(uri, table, t("2026-01-01T00:00:00"))
+    with pytest.raises(UserError, match=r"variants, a shard, or --all"):
+        fleet_retire("whole", store_uri=uri)  # the flow refuses it too, not just the CLI
+    assert all(r.retiring_since is None for r in read_routes(uri, "whole").variants.values())
+    got = _cli("fleet", "retire", "whole", "--all", "--store", uri)
+    assert got.exit_code == 0, got.output
+    assert "fleet whole: 3 marked retiring, 0 removed" in got.output
+    assert all(r.retiring_since for r in read_routes(uri, "whole").variants.values())
+
+
+def _inline_copy(fleet: dict[str, Any], path: Path, drop: str, extra: str) -> Path:
+    """The fixture's fleet as an inline fleet file: every variant but ``drop`` with exactly the
+    params (sources) it was built from, plus ``extra`` (another tenant's files, never built)."""
+    import yaml
+
+    from ensembles.fleet import load_fleet, resolve_variants
+
+    spec = load_fleet(fleet["root"] / "fleet.yaml")
+    variants = {v.name: v for v in resolve_variants(spec).variants}
+    rows = [{"name": n, "params": v.params, "labels": v.labels}
+            for n, v in sorted(variants.items()) if n != drop]
+    rows.append({"name": extra, "params": variants[fleet["names"][0]].params})
+    path.write_text(yaml.safe_dump({"name": spec.name, "template": spec.template,
+                                    "target": spec.target, "variants": rows}))
+    return path
+
+
+@pytest.mark.triton
+def test_deploying_a_fleet_file_that_its_build_does_not_match_is_refused(
+        local_fleet: dict[str, Any], tmp_path: Path) -> None:
+    names, store_uri = local_fleet["names"], local_fleet["store_uri"]
+    before = read_routes(store_uri, local_fleet["fleet"])
+    changed = _inline_copy(local_fleet, tmp_path / "fleet.yaml", drop=names[-1], extra="newcomer")
+    got = _cli("fleet", "deploy", str(changed), "--endpoint", ENDPOINT, "--store", store_uri,
+               "--build-dir", str(local_fleet["build"]))
+    assert got.exit_code == 2, got.output
+    (line,) = [ln for ln in _lines(got.output) if ln.startswith("error:")]
+    assert "FleetBuildStale" in line and "disagree" in line
+    assert f"in the file but not built: newcomer; built but not in the file: {names[-1]}" in line
+    assert "built from other sources" not in line  # the others' sources are what was built
+    assert f"run `mme fleet build {changed}` first" in line
+    assert read_routes(store_uri, local_fleet["fleet"]) == before  # nothing deployed
+
+
+@pytest.mark.triton
+def test_a_deploy_that_unretires_says_which_variants_and_by_which_build(
+        local_fleet: dict[str, Any]) -> None:
+    store_uri, fleet, build = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["build"]
+    name = local_fleet["names"][1]
+    _restore_routed(local_fleet, local_fleet["names"][2])  # the garbage build of an earlier test
+    retired = _cli("fleet", "retire", fleet, "--variant", name, "--store", store_uri)
+    assert retired.exit_code == 0 and "1 marked retiring" in retired.output, retired.output
+    assert read_routes(store_uri, fleet).variants[name].retiring_since
+    got = _cli("fleet", "deploy", str(local_fleet["root"] / "fleet.yaml"), "--endpoint", ENDPOINT,
+               "--store", store_uri, "--build-dir", str(build))
+    assert got.exit_code == 0, got.output
+    build_id = hashlib.sha256((build / INDEX_FILE).read_bytes()).hexdigest()[:12]
+    sha = json.loads((build / INDEX_FILE).read_text())["variants"][name]["sha256"]
+    out = " ".join(got.output.split())  # (rich wraps the summary line)
+    assert "0 marked retiring, 1 un-retired" in out
+    assert f"1 retiring variant(s) un-retired: they are in build {build_id}" in out
+    assert f"un-retired {name}: sha256 {sha[:12]}, manifest {build / name}.manifest.json" in out
+    assert read_routes(store_uri, fleet).variants[name].retiring_since is None
+    again = _deploy(local_fleet)  # nothing retiring any more: nothing to report
+    assert again["unretired"] == {} and again["build"]["id"] == build_id

@@ -4,6 +4,7 @@ nothing routed ever offered for deletion, and the table's one-GET / one-PUT roun
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -176,7 +177,11 @@ def test_retire_picks_named_variants_a_shard_or_the_whole_fleet() -> None:
         promote(table, name, _version(name, "1" * 64, endpoint), T0)
     assert pick_retirees(table, ["a"], None) == ["a"]
     assert pick_retirees(table, [], "ep-2") == ["b", "c"]
-    assert pick_retirees(table, [], None) == ["a", "b", "c"]
+    assert pick_retirees(table, [], None, True) == ["a", "b", "c"]
+    with pytest.raises(UserError, match=r"variants, a shard, or --all \(the whole fleet: 3 routed"):
+        pick_retirees(table, [], None)  # naming nothing is never "all of them"
+    with pytest.raises(UserError, match="exactly one of them"):
+        pick_retirees(table, ["a"], None, True)
     with pytest.raises(UserError, match="not routed: zz"):
         pick_retirees(table, ["a", "zz"], None)
     with pytest.raises(UserError, match="no variant is routed to endpoint 'ep-9'"):
@@ -201,3 +206,136 @@ def test_gc_finds_local_outputs_of_variants_no_index_or_table_names(
     found = Garbage()
     find_local_garbage({"f": table}, found)
     assert sorted(Path(f).name for f in found.files) == ["gone.manifest.json", "gone.tar.gz"]
+
+
+# ------------------------------------------------------------------ fleet safety
+def _store_with_table(tmp_path: Path, fleet: str = "f", names: tuple[str, ...] = ("a", "b", "c"),
+                      endpoint: str = "ep-1") -> str:
+    uri = (tmp_path / "store").as_uri()
+    table = RoutingTable(fleet=fleet)
+    for name in names:
+        promote(table, name, _version(name, "1" * 64, endpoint), T0)
+    write_routes(uri, table, T0)
+    return uri
+
+
+def test_an_unknown_fleet_is_no_such_fleet_for_the_table_and_the_router(tmp_path: Path) -> None:
+    from tasks.fleet_routes import NoSuchFleet, require_routes
+    from tasks.router import Router, VariantNotRouted
+
+    uri = _store_with_table(tmp_path, "f")
+    _store_with_table(tmp_path, "g")
+    assert sorted(require_routes(uri, "f").variants) == ["a", "b", "c"]
+    with pytest.raises(NoSuchFleet, match=r"no such fleet 'nosuch'.*\(known: f, g\)"):
+        require_routes(uri, "nosuch")
+    with pytest.raises(NoSuchFleet, match=r"no such fleet 'nosuch'.*\(known: f, g\)"):
+        Router(uri, "nosuch").resolve("a")
+    with pytest.raises(VariantNotRouted, match="variant 'zz' is not routed"):
+        Router(uri, "f").resolve("zz")  # a known fleet: the variant is what is missing
+    empty = (tmp_path / "empty").as_uri()
+    with pytest.raises(NoSuchFleet, match=r"\(known: none\)"):
+        require_routes(empty, "f")
+
+
+def test_cli_routes_and_invoke_refuse_an_unknown_fleet(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    uri = _store_with_table(tmp_path, "f")
+    runner = CliRunner()
+    got = runner.invoke(app, ["fleet", "routes", "nosuchfleet", "--store", uri])
+    assert got.exit_code == 2 and got.stdout == ""
+    assert "no such fleet 'nosuchfleet'" in got.output and "(known: f)" in got.output
+    assert len([ln for ln in got.output.splitlines() if ln.strip()]) == 1
+    ok = runner.invoke(app, ["fleet", "routes", "f", "--store", uri])
+    assert ok.exit_code == 0 and sorted(json.loads(ok.stdout)["variants"]) == ["a", "b", "c"]
+    inv = runner.invoke(app, ["invoke", "hello", "--fleet", "nosuchfleet", "--variant", "x",
+                              "--store", uri])
+    assert inv.exit_code == 2 and "no such fleet 'nosuchfleet'" in inv.output
+    assert "not routed" not in inv.output
+
+
+def test_cli_retire_without_variant_shard_or_all_refuses_and_changes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    uri = _store_with_table(tmp_path, "f")
+    runner = CliRunner()
+    got = runner.invoke(app, ["fleet", "retire", "f", "--store", uri])
+    assert got.exit_code == 2
+    lines = [ln for ln in got.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, got.output
+    assert "would mark retiring (removed after 3600 s) all 3 routed variants" in lines[0]
+    assert "give --all to confirm" in lines[0] and "mme fleet retire f --all`" in lines[0]
+    now = runner.invoke(app, ["fleet", "retire", "f", "--now", "--store", uri])
+    assert now.exit_code == 2 and "would remove at once all 3" in now.output
+    assert "--all --now" in now.output
+    both = runner.invoke(app, ["fleet", "retire", "f", "--all", "--variant", "a", "--store", uri])
+    assert both.exit_code == 2 and "one of --variant, --shard or --all" in both.output
+    gone = runner.invoke(app, ["fleet", "retire", "nosuch", "--store", uri])
+    assert gone.exit_code == 2 and "no such fleet 'nosuch'" in gone.output
+    table = read_routes(uri, "f")  # nothing was marked
+    assert all(r.retiring_since is None for r in table.variants.values())
+
+
+def test_commit_reports_the_retiring_variants_it_brings_back() -> None:
+    from tasks.fleet_routes import mark_retiring
+
+    table = RoutingTable(fleet="f")
+    for name in ("back", "still", "stay"):
+        promote(table, name, _version(name, "0" * 64), T0)
+    assert mark_retiring(table, ["back", "still"], T0) == ["back", "still"]
+    access = {"ep-a": Access("ep-a", "local", "file:///store/models/ep-a")}
+    done = commit(table, [], {}, ["back", "stay"], access, (T0 + timedelta(minutes=1),
+                                                             timedelta(hours=1), 1))
+    assert done.unretired == ["back"] and done.retiring == []
+    assert table.variants["back"].retiring_since is None
+    assert table.variants["still"].retiring_since == T0.isoformat(timespec="seconds")
+
+
+def _inline_fleet(tmp_path: Path, names: list[str], sources: dict[str, Path]) -> Path:
+    import yaml
+
+    doc = {"name": "drift", "template": "image_classifier_tenant", "target": "local-cpu",
+           "variants": [{"name": n, "params": {"classifier_onnx.source": str(sources[n])}}
+                        for n in names]}
+    path = tmp_path / "drift.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_fleet_file_vs_build_names_every_variant_that_differs(tmp_path: Path) -> None:
+    import os
+
+    from ensembles.fleet import load_fleet, resolve_variants
+    from tasks.fleet_build import FleetIndex, IndexEntry
+    from tasks.fleet_drift import FleetBuildStale, file_vs_build, refuse_stale_build
+    from tasks.fleet_variant import input_key
+
+    sources = {}
+    for n in ("a", "b", "c", "d"):
+        sources[n] = tmp_path / f"{n}.onnx"
+        sources[n].write_bytes(n.encode() * 10)
+    spec = load_fleet(_inline_fleet(tmp_path, ["a", "b", "c"], sources))
+    index = FleetIndex(fleet="drift", target="local-cpu", template_key="T", variants={
+        v.name: IndexEntry(key=input_key("T", v), file=f"{v.name}.tar.gz",
+                           target_model=f"{v.name}.tar.gz", sha256="1" * 64, bytes=1, status="ok")
+        for v in resolve_variants(spec).variants})
+    assert file_vs_build(spec, index) == {}
+    refuse_stale_build(spec, index, "idx")  # agrees: nothing raised
+
+    st = sources["b"].stat()
+    os.utime(sources["b"], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # b's model changed
+    spec = load_fleet(_inline_fleet(tmp_path, ["b", "c", "d"], sources))  # a out, d in
+    assert file_vs_build(spec, index) == {"in the file but not built": ["d"],
+                                          "built but not in the file": ["a"],
+                                          "built from other sources": ["b"]}
+    with pytest.raises(FleetBuildStale) as err:
+        refuse_stale_build(spec, index, "build/fleet-index.json")
+    line = str(err.value)
+    assert "\n" not in line and "(build/fleet-index.json) disagree" in line
+    assert ("in the file but not built: d; built but not in the file: a; built from other "
+            "sources: b" in line)
+    assert f"run `mme fleet build {spec.file}` first" in line

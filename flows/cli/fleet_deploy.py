@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
+from rich.markup import escape
 
 from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, console
 from flows.cli.fleet import _exit_for, fleet_app
@@ -74,19 +75,35 @@ def deploy(**o: Any) -> None:
     console.print(f"fleet {got['fleet']}: {len(got['published'])} published, "
                   f"{len(got['validated'])} validated ({len(got['canaries'])} canaries), "
                   f"{got['unchanged']} unchanged, {len(got['retiring'])} marked retiring, "
+                  f"{len(got['unretired'])} un-retired, "
                   f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
                   f"{got['routed']} routed -> {got['routes']}", highlight=False)
+    _print_unretired(got)
+
+
+def _print_unretired(got: dict[str, Any]) -> None:
+    """Say which retiring variants the deploy brought back, and by which build (it is the
+    desired state: a variant still in it is routed again)."""
+    if not got["unretired"]:
+        return
+    build = got.get("build") or {}
+    console.print(f"{len(got['unretired'])} retiring variant(s) un-retired: they are in build "
+                  f"{build.get('id')} ({build.get('index')}) again; remove them from the fleet "
+                  f"file and rebuild to retire them for good", highlight=False, soft_wrap=True)
+    for name, u in got["unretired"].items():
+        console.print(f"  un-retired {name}: sha256 {u['sha256'][:12]}, manifest {u['manifest']}",
+                      highlight=False, soft_wrap=True)
 
 
 @fleet_app.command("routes")
 def routes(fleet: str = typer.Argument(..., help="the fleet's name"),
            store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
-    """Print the fleet's routing table (JSON)."""
+    """Print the fleet's routing table (JSON); a fleet with none is refused (exit 2)."""
     from infra import paths
-    from tasks.fleet_routes import read_routes
+    from tasks.fleet_routes import require_routes
 
     try:
-        table = read_routes(store or paths.store_uri(), fleet)
+        table = require_routes(store or paths.store_uri(), fleet)
     except Exception as e:
         _exit_for(e)
     print(json.dumps(table.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True))
@@ -94,24 +111,50 @@ def routes(fleet: str = typer.Argument(..., help="the fleet's name"),
 
 @fleet_app.command("retire")
 def retire(fleet: str = typer.Argument(..., help="the fleet's name"),
-           variant: list[str] = typer.Option(None, help="retire these variants (repeatable); "
-                                                        "default: the whole fleet"),
+           variant: list[str] = typer.Option(None, help="retire these variants (repeatable)"),
            shard: str | None = typer.Option(None, help="retire every variant on this endpoint "
                                                        "(to move them instead, deploy without it)"),
+           everything: bool = typer.Option(False, "--all", help="retire the whole fleet (required "
+                                                                "when no --variant or --shard)"),
            now: bool = typer.Option(False, "--now", help="remove at once (no grace period)"),
            grace: float = typer.Option(3600.0, min=0, help="seconds a retiring variant is kept"),
            store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
     """Mark variants retiring (removed after the grace period), or remove them --now."""
     from flows.fleet_retire import fleet_retire
 
-    if variant and shard:
-        _fail("give --variant or --shard, not both")
+    if sum((bool(variant), shard is not None, everything)) > 1:
+        _fail("give one of --variant, --shard or --all")
+    if not (variant or shard or everything):
+        _refuse_whole_fleet(fleet, store, now, grace)
     _quiet_env()
     got = _run_flow(fleet_retire, fleet=fleet, variants=variant or None, shard=shard, now=now,
-                    grace_s=grace, store_uri=store)
+                    grace_s=grace, store_uri=store, all_variants=everything)
     console.print(f"fleet {got['fleet']}: {len(got['marked'])} marked retiring, "
                   f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
                   f"{got['routed']} still routed", highlight=False)
+
+
+def _refuse_whole_fleet(fleet: str, store: str | None, now: bool, grace: float) -> None:
+    """A retire that names no variant or shard would take the whole fleet: say what it would do
+    (one line, exit 2) and how to confirm it."""
+    from infra import paths
+    from tasks.fleet_routes import require_routes
+
+    try:
+        count = len(require_routes(store or paths.store_uri(), fleet).variants)
+    except Exception as e:
+        _exit_for(e)
+    what = "remove at once" if now else f"mark retiring (removed after {grace:g} s)"
+    _fail_line(f"fleet {fleet}: no --variant or --shard: this would {what} all {count} routed "
+               f"variants of the fleet; give --all to confirm (`mme fleet retire {fleet} --all"
+               f"{' --now' if now else ''}`)")
+
+
+def _fail_line(message: str) -> NoReturn:
+    """``error: message`` on one line however narrow the terminal, exit 2."""
+    console.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(2)
 
 
 @fleet_app.command("gc")
