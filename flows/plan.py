@@ -27,7 +27,7 @@ def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float
     """Plan ``source``'s fleet for ``traffic`` (``zipf:S:RPS`` | ``csv:PATH`` | ``metrics:URL``)."""
     options = options or SearchOptions()
     goal = Goal(p99_ms, max_cold_share)
-    variants, footprints = fleet_task(source)
+    variants, footprints, stale = fleet_task(source)
     rates = traffic_task(traffic, variants, peak_factor, options.seed)
     result, price_line = search_task(footprints, rates, goal, region, options)
     out = Path(out or "plan.yaml")
@@ -36,5 +36,6 @@ def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float
     create_markdown_artifact(key="capacity-plan",
                              markdown=report.markdown(result, footprints, rates, price_line, chart_paths))
     create_table_artifact(key="capacity-plan-table", table=report.plan_rows(result))
-    return summary(result) | {"plan_file": str(written), "prices": price_line,
+    return summary(result) | {"variants": len(variants), "stale_manifests_skipped": stale,
+                              "plan_file": str(written), "prices": price_line,
                               "charts": {k: str(v) for k, v in chart_paths.items()}}

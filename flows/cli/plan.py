@@ -60,6 +60,8 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
         table.add_row(*[str(v) for v in r.values()])
     Console(width=200).print(table)  # the plans side by side: wider than a default 80 columns
     a = result["autoscaling"]
+    print(f"fleet: {result['variants']} variants; {result['stale_manifests_skipped']} stale manifests skipped "
+          f"(variants no longer in their fleet index, left on disk until gc)")
     print(f"chosen: {result['plan']}: USD {result['monthly_usd']:,.0f}/month = "
           f"{result['share_of_baseline']:.1%} of one endpoint per variant (USD {result['baseline_monthly_usd']:,.0f})")
     print(f"autoscaling per endpoint: min {a['min']}, max {a['max']}, target {a['target']} invocations/instance/min")

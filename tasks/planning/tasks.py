@@ -34,7 +34,9 @@ class FleetSource:
 
 
 @task(name="plan-fleet", cache_policy=NO_CACHE)
-def fleet_task(source: FleetSource) -> tuple[list[str], list[Footprint]]:
+def fleet_task(source: FleetSource) -> tuple[list[str], list[Footprint], int]:
+    """The variants, their footprints and how many stale manifests (of variants no longer in
+    their fleet's index) were skipped."""
     if source.variants is not None:
         if source.footprint_from is None:
             from tasks.planning.inputs import FleetInputError
