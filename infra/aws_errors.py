@@ -177,6 +177,7 @@ class _OneLineFilter:
             head = record.getMessage().split(": ", 1)[0]
             record.msg, record.args = f"{head}: {one_line(exc)}", None
             record.exc_info, record.exc_text = None, None
+            record.mme_error = exc  # what the record was about (the CLI says it once: flows/cli/common.py)
         elif "<" in str(record.msg) and re.search(r"</?(html|body|head|title|h1|p|pre)\b", str(record.msg), re.I):
             record.msg, record.args = strip_html(record.getMessage()), None
         return True

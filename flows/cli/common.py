@@ -42,10 +42,34 @@ def _exit_code(e: BaseException) -> int | None:
 
     if find_aws_error(e) is not None:
         return aws_exit_code(e)
-    if isinstance(e, UserError):
+    if isinstance(e, UserError) or _typed_path_error(e) is not None:
         return 2
     if isinstance(e, MMEError):
         return 1
+    return None
+
+
+def _typed_path_error(e: BaseException) -> str | None:
+    """The one line for a file the user named on the command line that cannot be read (``mme
+    invoke --image missing.jpg``, a directory, a file without read permission): the user's to
+    fix, so one line and exit 2, not a traceback; None for any other error (an ``OSError`` on
+    a path the user did not type stays a bug's traceback)."""
+    import sys
+
+    if not isinstance(e, OSError) or e.filename is None:
+        return None
+    name = os.path.normpath(os.fsdecode(e.filename))
+    args = sys.argv[1:]
+    for i, arg in enumerate(args):
+        option, eq, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+        if os.path.normpath(value or arg) != name or (arg.startswith("-") and not eq):
+            continue
+        option = option if eq else (args[i - 1] if i and args[i - 1].startswith("--") else "")
+        reason = ("is a directory, not a file" if isinstance(e, IsADirectoryError) else
+                  "no such file" if isinstance(e, FileNotFoundError) else
+                  "cannot be read (no permission)" if isinstance(e, PermissionError) else
+                  f"cannot be read ({e.strerror or e})")
+        return f"{option} {value or arg}: {reason}".strip()
     return None
 
 
@@ -57,7 +81,8 @@ def _report(e: BaseException) -> int | None:
     code = _exit_code(e)
     if code is not None:
         # AWS said no: the call, the resource, AWS's words (markup stripped)
-        line = one_line(e) if find_aws_error(e) is not None else f"{type(e).__name__}: {e}"
+        line = (one_line(e) if find_aws_error(e) is not None else _typed_path_error(e)
+                or f"{type(e).__name__}: {e}")
         console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False,
                       soft_wrap=True)
     return code
@@ -67,10 +92,12 @@ def _run_flow(fn, **kwargs):
     from flows.retire import RetireIncomplete
     from infra.aws_errors import quiet_tracebacks
     from infra.errors import MMEError
+    from infra.log_once import said_once
 
     try:
-        # AWS errors and the project's own errors are one line in the logs, not tracebacks
-        with quiet_tracebacks(also=(MMEError,)):
+        # AWS errors and the project's own errors are one line in the logs, not tracebacks,
+        # and said once: by the error line below, not by every Prefect logger that saw them
+        with said_once(lambda e: _exit_code(e) is not None), quiet_tracebacks(also=(MMEError,)):
             return fn(**kwargs)
     except RetireIncomplete as e:
         for line in e.lines:
