@@ -1,0 +1,296 @@
+"""Crash suite: ``kill -9`` our own processes at their worst moments, then check that nothing
+of ours is left (processes, ``/dev/shm`` segments, files outside ``$MME_HOME``), that nothing
+that is not ours was signalled, and that the next run completes.
+
+Real processes throughout: the endpoint runs as its own background process over a real
+Triton; the build is the real ``mme build`` command line with Prefect's temporary server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from test_endpoint_supervision import shm_segments, wait_for
+from test_local_mme import ENDPOINT as LOCAL_ENDPOINT
+from test_local_mme import PIPE_CONFIG, X, call, post, processes_mentioning
+
+from infra import endpoint_process, leftovers
+from infra.endpoint_process import StopOutcome, start_background, stop
+from infra.procfs import ProcessIdentity
+from infra.runtime_client import encode_request
+from infra.tarball import pack_deterministic
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+ENDPOINT = LOCAL_ENDPOINT  # the name post() and call() address
+pytestmark = [
+    pytest.mark.triton,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc and the Linux tritonserver"),
+]
+
+# ``add`` answers Y = X + 1, but its initialize() first creates <gate>.entered and then waits
+# for <gate>: a load the test knows to be in progress (a stub mid-initialisation) when it kills.
+SLOW_INIT_CONFIG = """\
+name: "add"
+backend: "python"
+max_batch_size: 0
+input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
+output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
+instance_group [ { kind: KIND_CPU, count: 1 } ]
+parameters { key: "gate" value: { string_value: "%s" } }
+"""
+
+SLOW_INIT_MODEL = """\
+import json
+import os
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        gate = json.loads(args["model_config"])["parameters"]["gate"]["string_value"]
+        open(gate + ".entered", "w").close()
+        while not os.path.exists(gate):
+            time.sleep(0.01)
+
+    def execute(self, requests):
+        out = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
+            out.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", x + 1)]))
+        return out
+"""
+
+
+def publish_slow_init(store_dir: Path, target: str, gate: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="slow-src-") as tmp:
+        repo = Path(tmp) / "repo"
+        (repo / "add" / "1").mkdir(parents=True)
+        (repo / "add" / "config.pbtxt").write_text(SLOW_INIT_CONFIG % gate)
+        (repo / "add" / "1" / "model.py").write_text(SLOW_INIT_MODEL)
+        (repo / "pipe" / "1").mkdir(parents=True)
+        (repo / "pipe" / "config.pbtxt").write_text(PIPE_CONFIG.format(mbs=0))
+        pack_deterministic(repo, store_dir / target)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh ``$MME_HOME`` (the background endpoint inherits it); the endpoint is stopped
+    at the end whatever happened."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("MME_HOME", str(h))
+    yield h
+    stop(ENDPOINT)
+
+
+def temp_entries() -> set[str]:
+    """Our kinds of names in the system's temporary folder (none may appear)."""
+    return {p.name for p in Path(tempfile.gettempdir()).iterdir()
+            if p.name.startswith(("mme-", "tritonserver-", "triton-mme"))}
+
+
+def ledger_of(home: Path, info: endpoint_process.EndpointInfo) -> tuple[Path, dict[str, Any]]:
+    ident = info.identity
+    assert ident is not None, "the state file records the endpoint's identity"
+    folder = home / "run" / ident.tag
+    ledger = leftovers.read_ledger(folder)
+    assert ledger is not None, f"no ownership ledger at {folder}"
+    return folder, ledger
+
+
+def start_load_in_background(url: str, target: str) -> threading.Thread:
+    """An invocation that triggers the load (its answer does not matter: we kill the server)."""
+    body, ct = encode_request({"X": X}, binary=False)
+
+    def go() -> None:
+        try:
+            post(url, target, body, ct)
+        except httpx.HTTPError:
+            pass
+
+    t = threading.Thread(target=go, daemon=True)
+    t.start()
+    return t
+
+
+def kill_during_load(home: Path, tmp_path: Path) -> tuple[Path, dict[str, Any], str]:
+    """Start the endpoint, start a load that blocks in the stub's initialize(), SIGKILL the
+    endpoint process. Returns its run folder, its ledger (read before the kill) and the
+    launch token of its tritonserver."""
+    store = tmp_path / "store"
+    store.mkdir()
+    gate = tmp_path / "gate"
+    publish_slow_init(store, "slow.tar.gz", gate)
+    info = start_background(ENDPOINT, store.as_uri())
+    start_load_in_background(info.url, "slow.tar.gz")
+    wait_for("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
+    folder, ledger = ledger_of(home, info)
+    (group,) = ledger["groups"]
+    token = group["token"]
+    assert len(processes_mentioning(token)) >= 2, "tritonserver and the loading stub"
+    assert shm_segments(token), "the loading stub holds a shm segment"
+    os.kill(info.pid, signal.SIGKILL)
+    return folder, ledger, token
+
+
+def test_endpoint_killed_during_a_load_leaves_nothing_and_restarts(home: Path, tmp_path: Path) -> None:
+    before = temp_entries()
+    folder, ledger, token = kill_during_load(home, tmp_path)
+    # the warden saw its owner die: tritonserver and the stub in initialize() are killed
+    left = wait_for("no process of the dead endpoint", lambda: not processes_mentioning(token) or None, 60)
+    assert left is None or not processes_mentioning(token)
+    wait_for("its shm segments to be removed", lambda: not shm_segments(token))
+    wait_for("its run folder to be removed", lambda: not folder.exists())
+    warden = ProcessIdentity.from_dict(ledger["warden"])
+    assert warden is not None
+    wait_for("the warden to exit", lambda: not warden.alive())
+    # the state file is stale: stop removes it and signals nothing
+    assert stop(ENDPOINT) is StopOutcome.STALE
+    assert not endpoint_process.state_file(ENDPOINT).exists()
+    # the next start completes, and the model loads and answers
+    (tmp_path / "gate").touch()
+    info = start_background(ENDPOINT, (tmp_path / "store").as_uri())
+    np.testing.assert_array_equal(call(info.url, "slow.tar.gz"), X + 1)
+    assert stop(ENDPOINT) is StopOutcome.STOPPED
+    assert temp_entries() <= before, "files left in the system's temporary folder"
+
+
+def test_next_start_sweeps_what_a_dead_endpoint_and_its_warden_left(home: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    gate = tmp_path / "gate"
+    publish_slow_init(store, "slow.tar.gz", gate)
+    info = start_background(ENDPOINT, store.as_uri())
+    start_load_in_background(info.url, "slow.tar.gz")
+    wait_for("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
+    folder, ledger = ledger_of(home, info)
+    token = ledger["groups"][0]["token"]
+    os.kill(ledger["warden"]["pid"], signal.SIGKILL)  # both die: nobody sweeps at once
+    os.kill(info.pid, signal.SIGKILL)
+    wait_for("the endpoint to die", lambda: not info.identity.alive())  # type: ignore[union-attr]
+    assert folder.is_dir(), "with its warden dead too, the ledger stays for the next start"
+    gate.touch()
+    again = start_background(ENDPOINT, store.as_uri())  # its serve() sweeps dead owners first
+    assert not folder.exists()
+    wait_for("the old launch's processes to be gone", lambda: not processes_mentioning(token))
+    assert not shm_segments(token)
+    np.testing.assert_array_equal(call(again.url, "slow.tar.gz"), X + 1)
+
+
+def test_stop_and_status_never_signal_a_process_with_a_reused_pid(home: Path) -> None:
+    stand_in = subprocess.Popen(["sleep", "120"])  # an unrelated process holding "our" pid
+    try:
+        ident = ProcessIdentity.of(stand_in.pid)
+        assert ident is not None
+        state = endpoint_process.state_file(ENDPOINT)
+        state.parent.mkdir(parents=True)
+        doc = {"name": ENDPOINT, "url": "http://127.0.0.1:9", "pid": stand_in.pid,
+               "model_data_url": "file:///nowhere", "triton_url": "http://127.0.0.1:9",
+               "cache_dir": "/nowhere", "started_at": 0.0}
+        # the endpoint that wrote it started at another time: the pid was reused since
+        for owner in ({**ident.to_dict(), "start": ident.start - 5}, None):
+            state.write_text(json.dumps({**doc, "owner": owner}))
+            assert endpoint_process.find_running(ENDPOINT) is None
+            assert not state.exists(), "the stale state file is removed"
+            state.write_text(json.dumps({**doc, "owner": owner}))
+            assert stop(ENDPOINT) is StopOutcome.STALE
+            assert not state.exists()
+            assert stand_in.poll() is None, "a process that is not ours was signalled"
+        # the command line says so, in one line, and exits 2
+        state.write_text(json.dumps({**doc, "owner": {**ident.to_dict(), "start": ident.start - 5}}))
+        r = run_cli("endpoint", "status", "--name", ENDPOINT)
+        assert r.returncode == 2 and "stale state file" in r.stdout + r.stderr, r
+        assert "Traceback" not in r.stdout + r.stderr
+        state.write_text(json.dumps({**doc, "owner": {**ident.to_dict(), "start": ident.start - 5}}))
+        r = run_cli("endpoint", "stop", "--name", ENDPOINT)
+        assert r.returncode == 0 and "stale state file" in r.stdout + r.stderr, r
+        assert stand_in.poll() is None
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=str(PROJECT_ROOT),
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_endpoint_start_on_a_busy_port_is_one_line(home: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        r = run_cli("endpoint", "start", "--name", ENDPOINT, "--port", str(port))
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert f"127.0.0.1:{port}" in out and "Traceback" not in out
+    assert len([line for line in out.splitlines() if line.strip()]) == 1, out
+    assert not endpoint_process.state_file(ENDPOINT).exists()
+
+
+def cli_env(home: Path, prefect_home: Path) -> dict[str, str]:
+    """The environment of a user's ``mme`` run: its own MME_HOME, Prefect's temporary server
+    (no PREFECT_API_URL: the test harness's server is not the user's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env.update(MME_HOME=str(home), PREFECT_HOME=str(prefect_home), COLUMNS="200",
+               PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
+
+
+def owner_run_folder(home: Path, pid: int) -> Path | None:
+    found = [p for p in (home / "run").glob(f"{pid}-*") if (p / leftovers.LEDGER).exists()]
+    return found[0] if found else None
+
+
+def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home: Path, tmp_path: Path) -> None:
+    before = temp_entries()
+    env = cli_env(home, tmp_path / "prefect")
+    cmd = [sys.executable, "-m", "flows.cli", "build", "image_classifier"]
+    build = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        # the verify step: a tritonserver serving the freshly packed tarball from our scratch
+        wait_for("the build's verify step", lambda: {
+            p: c for p, c in processes_mentioning("mme-verify-").items() if "tritonserver" in c}, 300)
+        folder = owner_run_folder(home, build.pid)
+        assert folder is not None and folder.is_relative_to(home)
+        ledger = leftovers.read_ledger(folder)
+        assert ledger is not None
+        whats = [p.get("what", "") for p in ledger["processes"]]
+        assert "prefect temporary server" in whats and any("tritonserver" in w for w in whats), whats
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    owned = [ProcessIdentity.from_dict(p) for p in ledger["processes"]]
+    wait_for("the build's processes (Prefect's server, Triton) to die",
+             lambda: not any(i is not None and i.alive() for i in owned), 60)
+    tokens = [g["token"] for g in ledger["groups"]]
+    wait_for("the verify stubs to die", lambda: not any(processes_mentioning(t) for t in tokens), 60)
+    assert not any(shm_segments(t) for t in tokens)
+    wait_for("the dead build's scratch to be removed", lambda: not folder.exists())
+    assert temp_entries() <= before, "files left in the system's temporary folder"
+    # the rerun completes and leaves no run folder and no scratch behind
+    r = subprocess.run(cmd, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert (home / "artifacts" / "local-cpu" / "image_classifier.tar.gz").is_file()
+    wait_for("the rerun's run folder to go", lambda: not any((home / "run").iterdir()))
+    assert not (home / "work").exists() or not any((home / "work").iterdir())
+    assert temp_entries() <= before
