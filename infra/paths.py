@@ -3,7 +3,9 @@
 artifacts/<target>/   built tarballs and manifests
 store/                the embedded object store (file://), the endpoints' model prefixes
 endpoints/<name>/     a local endpoint's state file, disk cache and logs
-work/                 scratch space of running builds
+work/                 kept intermediate work (the example fleet's exported base model)
+run/<pid>-<start>/    one running owner's ledger and scratch (infra.ownership): removed when
+                      it exits or dies
 """
 
 from __future__ import annotations
