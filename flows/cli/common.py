@@ -93,7 +93,9 @@ def _run_flow(fn, **kwargs):
     from infra.aws_errors import quiet_tracebacks
     from infra.errors import MMEError
     from infra.log_once import said_once
+    from infra.prefect_server import own_temporary_server
 
+    own_temporary_server()  # a kill -9 of this command takes Prefect's temporary server with it
     try:
         # AWS errors and the project's own errors are one line in the logs, not tracebacks,
         # and said once: by the error line below, not by every Prefect logger that saw them
