@@ -31,6 +31,7 @@ from tasks.fleet_deploy import (
     read_state_task,
     validate_jobs_task,
 )
+from tasks.fleet_integrity import repaired_jobs, still_broken, verify_task
 from tasks.fleet_routes import assign_shards
 
 
@@ -52,23 +53,31 @@ def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sa
 def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
             build_dir: str | None, policy: DeployPolicy) -> dict[str, Any]:
     name, desired, table, build = read_state_task(fleet, build_dir, store_uri)
+    verified = None
+    if policy.verify:  # the store as the table says, first: re-publish what is gone or damaged
+        sources = {d.sha256: d.tarball for d in desired.values()}
+        verified, table = verify_task(store_uri, table, sources, True, endpoints=endpoints)
     shards = assign_shards(desired, endpoints,
                            {v: r.endpoint for v, r in table.variants.items()})
     jobs, unchanged = plan_jobs(desired, table, shards)
     canaries = canary_jobs(desired, table, unchanged, policy.canary, policy.seed)
+    repaired = repaired_jobs(verified, desired) if verified is not None else []
     access = open_endpoints_task(backend, endpoints, store_uri, policy.region)
     results: dict[str, str | None] = dict(publish_jobs(access, jobs))
-    to_check = [j for j in jobs if j.variant not in results] + canaries
+    to_check = [j for j in jobs if j.variant not in results] + canaries + repaired
     results.update(validate_jobs_task(access, to_check, policy))
     summary = commit_task(store_uri, table, jobs, results, desired, access, policy, build)
     failed = {v: r for v, r in sorted(results.items()) if r}
+    if verified is not None:
+        failed = dict(sorted({**still_broken(verified, summary["live"]), **failed}.items()))
     doc = {"fleet": name, "endpoints": endpoints, "variants": len(desired),
            "published": [j.variant for j in jobs
                          if not (failed.get(j.variant) or "").startswith("publish")],
            "unchanged": len(unchanged), "validated": sorted(j.variant for j in to_check),
            "canaries": [j.variant for j in canaries],
            "moved": sorted(j.variant for j in jobs if j.kind == "moved"),
-           "failed": failed, **summary}
+           "failed": failed, **summary,
+           "verify": verified.summary() if verified is not None else None}
     _report(doc)
     if failed:
         raise FleetDeployFailed(f"fleet {name}: {len(failed)} variant(s) did not go live (their "
@@ -86,6 +95,10 @@ def _report(doc: dict[str, Any]) -> None:
              f"- marked retiring: {len(doc['retiring'])}; un-retired (in build "
              f"`{(doc['build'] or {}).get('id')}` again): {len(doc['unretired'])}; removed: "
              f"{len(doc['removed'])}; objects deleted: {len(doc['deleted'])}"]
+    if doc["verify"]:
+        states = doc["verify"]["states"]
+        lines.append(f"- verified: {doc['verify']['checked']} routed objects ("
+                     + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")")
     if doc["unretired"]:
         lines += ["", "| un-retired variant | sha256 | manifest |", "|---|---|---|"]
         lines += [f"| {v} | `{u['sha256'][:12]}` | `{u['manifest']}` |"

@@ -80,6 +80,9 @@ class DeployPolicy(BaseModel):
     seed: int | None = Field(default=None, description="seed of the canary sample")
     json_body: bool = Field(default=False, description="validate with KServe-v2 JSON bodies, not "
                             "binary+json (for runtimes that only take text, e.g. moto's)")
+    verify: bool = Field(default=False, description="first check every routed object in the store "
+                         "(tasks.fleet_integrity) and re-publish the missing or corrupt ones from "
+                         "the build, then validate them like new versions")
 
     def clock(self) -> datetime:
         return parse_time(self.now) if self.now else datetime.now(UTC)
@@ -108,7 +111,7 @@ class Job:
     size: int
     tarball: Path
     manifest: Path
-    kind: str  # new | changed | moved | canary
+    kind: str  # new | changed | moved | canary | repaired (the last two: invoke only)
 
 
 @dataclass
@@ -353,7 +356,7 @@ def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str |
     now, grace, keep = policy
     done = Committed(refs={**table.endpoints, **{e: a.ref() for e, a in access.items()}})
     for job in jobs:
-        if job.kind == "canary":
+        if job.kind in ("canary", "repaired"):
             continue
         version = RouteVersion(target_model=job.target_model, sha256=job.sha256,
                                since=now.isoformat(timespec="seconds"), endpoint=job.endpoint)

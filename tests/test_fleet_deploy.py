@@ -404,7 +404,7 @@ def _cli(*args: str) -> Any:
 
     from flows.cli import app
 
-    return CliRunner().invoke(app, list(args))
+    return CliRunner().invoke(app, list(args), env={"COLUMNS": "300"})  # tables unwrapped
 
 
 def _lines(output: str) -> list[str]:
@@ -488,3 +488,64 @@ def test_a_deploy_that_unretires_says_which_variants_and_by_which_build(
     assert read_routes(store_uri, fleet).variants[name].retiring_since is None
     again = _deploy(local_fleet)  # nothing retiring any more: nothing to report
     assert again["unretired"] == {} and again["build"]["id"] == build_id
+
+
+def test_verify_refuses_a_fleet_with_no_routing_table(tmp_path: Path, prefect_harness: None) -> None:
+    got = _cli("fleet", "verify", "nosuchfleet", "--store", (tmp_path / "store").as_uri())
+    assert got.exit_code == 2 and "no such fleet 'nosuchfleet'" in got.output
+    assert "(known: none)" in got.output
+
+
+@pytest.mark.triton
+def test_a_routed_object_deleted_behind_the_tools_back_is_found_and_deploy_verify_repairs_it(
+        local_fleet: dict[str, Any], aws_calls: list) -> None:
+    store_uri, fleet, prefix = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["prefix"]
+    _restore_routed(local_fleet, local_fleet["names"][2])  # the garbage build of an earlier test
+    name = local_fleet["names"][0]
+    route = read_routes(store_uri, fleet).variants[name]
+    (prefix / route.target_model).unlink()
+    found = _cli("fleet", "verify", fleet, "--store", store_uri)
+    assert found.exit_code == 1, found.output
+    (row,) = [ln for ln in found.stdout.splitlines() if route.target_model in ln]
+    assert name in row and "current" in row and "missing" in row
+    assert "1 problem(s) remain" in found.output
+    plain = _deploy(local_fleet)  # what a deploy without --verify says: nothing to do
+    assert name not in plain["published"] and not (prefix / route.target_model).exists()
+
+    aws_calls.clear()
+    got = _deploy(local_fleet, verify=True)
+    assert got["verify"]["states"].get("repaired") == 1 and got["verify"]["remaining"] == []
+    assert name in got["validated"] and got["failed"] == {}
+    invoked = [p["TargetModel"] for s, o, p in aws_calls if o == "InvokeEndpoint"]
+    assert invoked == [route.target_model]  # the repaired version answered, by its own name
+    assert sha256_file(prefix / route.target_model) == route.sha256
+    assert read_routes(store_uri, fleet).variants[name] == route  # the route itself is as it was
+    clean = _cli("fleet", "verify", fleet, "--store", store_uri)
+    assert clean.exit_code == 0 and "0 problem(s) remain" in clean.output, clean.output
+
+
+@pytest.mark.triton
+def test_verify_repair_restores_a_corrupt_object_from_the_build_and_drops_a_lost_kept_one(
+        local_fleet: dict[str, Any]) -> None:
+    store_uri, fleet, prefix = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["prefix"]
+    name = local_fleet["names"][1]
+    _restore_routed(local_fleet, local_fleet["names"][2])  # the garbage build of an earlier test
+    _redo(local_fleet["build"], name, "repack")
+    _deploy(local_fleet, keep_versions=1)  # its old version is kept for rollback
+    current = read_routes(store_uri, fleet).variants[name]
+    kept = (name, current.previous[0])
+    (prefix / current.target_model).write_bytes(b"not a model any more")
+    (prefix / kept[1].target_model).unlink()  # a rollback version no build holds any more
+    got = _cli("fleet", "verify", fleet, "--repair", "--store", store_uri, "--build-dir",
+               str(local_fleet["build"]))
+    assert got.exit_code == 0, got.output
+    (fixed,) = [ln for ln in got.stdout.splitlines() if current.target_model in ln]
+    assert name in fixed and "current" in fixed and "repaired" in fixed
+    (lost,) = [ln for ln in got.stdout.splitlines() if kept[1].target_model in ln]
+    assert kept[0] in lost and "previous" in lost and "dropped" in lost
+    assert sha256_file(prefix / current.target_model) == current.sha256
+    after = read_routes(store_uri, fleet)
+    assert kept[1].target_model not in [p.target_model for p in after.variants[kept[0]].previous]
+    assert after.variants[name].target_model == current.target_model
+    assert "0 problem(s) remain" in got.output
+    assert _cli("fleet", "verify", fleet, "--store", store_uri).exit_code == 0

@@ -339,3 +339,97 @@ def test_fleet_file_vs_build_names_every_variant_that_differs(tmp_path: Path) ->
     assert ("in the file but not built: d; built but not in the file: a; built from other "
             "sources: b" in line)
     assert f"run `mme fleet build {spec.file}` first" in line
+
+
+def _published(tmp_path: Path) -> tuple[RoutingTable, Path, dict[str, bytes]]:
+    """Three variants, each with a current and a kept previous version, published to
+    ``store/models/ep-a`` through the sync index as a deploy does; returns the table, the
+    prefix folder and every version's bytes by TargetModel."""
+    import hashlib
+
+    from infra.store_sync import LocalObject, sync_files
+    from tasks.fleet_deploy import Access
+
+    src = tmp_path / "src"
+    src.mkdir()
+    files, payloads = {}, {}
+    table = RoutingTable(fleet="f")
+    for name in ("a", "b", "c"):
+        for i, since in enumerate((T0, T0 + timedelta(hours=1))):
+            data = f"{name} version {i} ".encode() * 50
+            sha = hashlib.sha256(data).hexdigest()
+            tm = versioned_target(f"{name}.tar.gz", sha)
+            (src / tm).write_bytes(data)
+            files[tm], payloads[tm] = LocalObject(src / tm, sha, len(data)), data
+            promote(table, name, RouteVersion(target_model=tm, sha256=sha,
+                                              since=since.isoformat(), endpoint="ep-a"), since)
+    store = FileStore(tmp_path / "store")
+    assert not sync_files(store, "models/ep-a", files).failed
+    table.endpoints = {"ep-a": Access("ep-a", "local", (tmp_path / "store" / "models" / "ep-a")
+                                      .as_uri()).ref()}
+    return table, tmp_path / "store" / "models" / "ep-a", payloads
+
+
+def test_verify_finds_missing_and_corrupt_routed_objects_cheaply(tmp_path: Path) -> None:
+    from tasks.fleet_integrity import check_table
+
+    table, prefix, payloads = _published(tmp_path)
+    clean = check_table(table)
+    assert clean.summary()["states"] == {"ok": 6} and clean.requests == 2  # 1 listing + 1 index GET
+    a, b, c = (table.variants[n] for n in "abc")
+    (prefix / a.target_model).unlink()                       # deleted behind the tool's back
+    (prefix / b.target_model).write_bytes(b"truncated")      # another size
+    same = bytearray(payloads[c.target_model])
+    same[0] ^= 1
+    (prefix / c.target_model).write_bytes(bytes(same))       # same size, other bytes
+    found = {(f.variant, f.current): f for f in check_table(table).findings}
+    assert found["a", True].state == "missing" and found["a", False].state == "ok"
+    assert found["b", True].state == "corrupt" and "size 9, published" in found["b", True].detail
+    assert found["c", True].state == "ok"  # the index vouches and the size agrees: --deep sees it
+    deep = {(f.variant, f.current): f for f in check_table(table, deep=True).findings}
+    assert deep["c", True].state == "corrupt" and "routed" in deep["c", True].detail
+    assert [f.state for f in check_table(table, deep=True).findings].count("ok") == 3
+
+
+def test_verify_asks_the_object_where_the_index_does_not_vouch(tmp_path: Path) -> None:
+    from infra.store_sync import INDEX_NAME
+    from tasks.fleet_integrity import check_table
+
+    table, prefix, _ = _published(tmp_path)
+    (prefix / INDEX_NAME).unlink()  # no index: each object's own sha256 (the file store's head)
+    first = check_table(table)
+    assert first.summary()["states"] == {"ok": 6} and first.requests == 2 + 6
+    (prefix / table.variants["b"].target_model).write_bytes(b"x" * 10)
+    found = {(f.variant, f.current): f.state for f in check_table(table).findings}
+    assert found["b", True] == "corrupt"
+
+
+def test_repair_republishes_from_the_build_and_drops_only_unrestorable_kept_versions(
+        tmp_path: Path) -> None:
+    from tasks.fleet_integrity import check_table, repair
+
+    table, prefix, payloads = _published(tmp_path)
+    a, b, c = (table.variants[n] for n in "abc")
+    build = tmp_path / "build"
+    build.mkdir()
+    sources = {}
+    for r in (a, b):  # the build holds a's and b's current bytes only
+        (build / f"{r.target_model}").write_bytes(payloads[r.target_model])
+        sources[r.sha256] = build / r.target_model
+    for tm in (a.target_model, b.target_model, c.target_model, c.previous[0].target_model):
+        (prefix / tm).unlink()
+    (prefix / b.previous[0].target_model).write_bytes(b"damaged")
+    verified = check_table(table)
+    assert sorted(f.state for f in verified.findings) == ["corrupt"] + ["missing"] * 4 + ["ok"]
+    changed = repair(table, verified, sources)
+    got = {(f.variant, f.current): f for f in verified.findings}
+    assert got["a", True].state == got["b", True].state == "repaired"
+    assert (prefix / a.target_model).read_bytes() == payloads[a.target_model]
+    assert got["c", True].state == "unrepaired"  # routed, and no build has its bytes
+    assert "`mme fleet deploy` routes the build's version" in got["c", True].detail
+    assert got["b", False].state == got["c", False].state == "dropped" and changed
+    assert table.variants["b"].previous == [] and table.variants["c"].previous == []
+    assert [p.sha256 for p in table.variants["a"].previous] != []  # a's kept version was fine
+    again = {(f.variant, f.current): f.state for f in check_table(table).findings}
+    assert again == {("a", True): "ok", ("a", False): "ok", ("b", True): "ok",
+                     ("c", True): "missing"}

@@ -1,5 +1,6 @@
 """``mme fleet deploy | routes | retire | gc``: a built fleet on endpoints (flows/fleet_deploy.py,
-flows/fleet_retire.py). Registered on ``fleet_app`` beside ``show``, ``example`` and ``build``."""
+flows/fleet_retire.py). Registered on ``fleet_app`` beside ``show``, ``example`` and ``build``;
+``verify`` is in :mod:`flows.cli.fleet_verify`."""
 
 from __future__ import annotations
 
@@ -54,6 +55,9 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "keep_versions": (int, typer.Option(1, min=0, help="previous versions kept per variant")),
     "canary": (int, typer.Option(0, min=0, help="unchanged variants invoked as canaries")),
     "concurrency": (int, typer.Option(8, min=1, help="validation invokes in flight")),
+    "verify": (bool, typer.Option(False, "--verify", help="first check every routed object in the "
+                                                          "store; re-publish missing or corrupt "
+                                                          "ones from the build and validate them")),
 }
 
 
@@ -68,7 +72,7 @@ def deploy(**o: Any) -> None:
         _fail(f"--backend {o['backend']!r}: expected local or sagemaker")
     _quiet_env()
     policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
-                          concurrency=o["concurrency"], region=o["region"])
+                          concurrency=o["concurrency"], region=o["region"], verify=o["verify"])
     got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"], o["plan"]),
                     backend=o["backend"], store_uri=o["store"], policy=policy,
                     build_dir=str(o["build_dir"]) if o["build_dir"] else None)
@@ -79,6 +83,10 @@ def deploy(**o: Any) -> None:
                   f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
                   f"{got['routed']} routed -> {got['routes']}", highlight=False)
     _print_unretired(got)
+    if got.get("verify"):
+        from flows.cli.fleet_verify import print_findings
+
+        print_findings(got["verify"])
 
 
 def _print_unretired(got: dict[str, Any]) -> None:
