@@ -433,3 +433,36 @@ def test_repair_republishes_from_the_build_and_drops_only_unrestorable_kept_vers
     again = {(f.variant, f.current): f.state for f in check_table(table).findings}
     assert again == {("a", True): "ok", ("a", False): "ok", ("b", True): "ok",
                      ("c", True): "missing"}
+
+
+def test_verify_on_s3_is_one_listing_and_one_index_get_per_prefix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from infra.store import open_store
+    from infra.store_sync import INDEX_NAME, LocalObject, sync_files
+    from tasks.fleet_integrity import check_table, repair
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="verify-bucket")
+        local, _, payloads = _published(tmp_path)  # the same versions, now published to S3
+        models = "s3://verify-bucket/mme/models/ep-a"
+        store, prefix = open_store(models)
+        files = {tm: LocalObject.from_path(tmp_path / "src" / tm) for tm in payloads}
+        assert not sync_files(store, prefix, files).failed
+        table = local.model_copy(deep=True)
+        table.endpoints["ep-a"].models_url = models
+        assert check_table(table).summary()["states"] == {"ok": 6}
+        gone = table.variants["a"].target_model
+        store.delete(f"{prefix}/{gone}")
+        verified = check_table(table)
+        assert verified.requests == 2  # ListObjectsV2 + the index GET: nothing per object
+        assert [(f.target_model, f.state) for f in verified.findings if f.problem] == [
+            (gone, "missing")]
+        assert repair(table, verified, {table.variants["a"].sha256: tmp_path / "src" / gone}) is False
+        assert store.head(f"{prefix}/{gone}").sha256 == table.variants["a"].sha256
+        store.delete(f"{prefix}/{INDEX_NAME}")  # no index: each object's sha256 metadata (HEAD)
+        again = check_table(table)
+        assert again.summary()["states"] == {"ok": 6} and again.requests == 2 + 6
