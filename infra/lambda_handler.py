@@ -176,8 +176,10 @@ def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every S3 object notification in a Lambda event, normalised.
 
     Understands the S3 notification format (``{"Records": [{"eventSource": "aws:s3", ...}]}``,
-    keys URL-encoded), the EventBridge format (``{"source": "aws.s3", "detail-type": "Object
-    Created", "detail": {...}}``, keys URL-encoded as well), and either of them wrapped in SQS
+    keys URL-encoded: ``red flower.jpg`` arrives as ``red+flower.jpg``, a real ``+`` as ``%2B``),
+    the EventBridge format (``{"source": "aws.s3", "detail-type": "Object Created", "detail":
+    {...}}``, keys as they are: decoding one would turn a real ``+`` into a space and ``%20``
+    into one too, naming an object that does not exist), and either of them wrapped in SQS
     or SNS records.  S3's ``s3:TestEvent`` yields nothing.  Each item: ``created`` (bool),
     ``bucket``, ``key`` (decoded), ``size``, ``etag``, ``sequencer``, ``occurred``, ``kind``.
     """
@@ -192,7 +194,7 @@ def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
             "created": event.get("detail-type") == "Object Created",
             "kind": str(event.get("detail-type")),
             "bucket": (detail.get("bucket") or {}).get("name"),
-            "key": unquote_plus(obj.get("key", "")),
+            "key": obj.get("key", ""),  # not URL-encoded in EventBridge events
             "size": _int_or_none(obj.get("size")),
             "etag": obj.get("etag"),
             "sequencer": obj.get("sequencer"),

@@ -58,7 +58,7 @@ def s3_record(key: str, *, event_name: str = "ObjectCreated:Put", size: int = 10
 
 def eventbridge_event(key: str, *, detail_type: str = "Object Created", size: int = 5,
                       etag: str = "b1946ac92492d2347c6235b4d2611184") -> dict[str, Any]:
-    """The documented EventBridge "Object Created" event (keys URL-encoded as well)."""
+    """The documented EventBridge "Object Created" event (keys as they are, not URL-encoded)."""
     obj: dict[str, Any] = {"key": key, "sequencer": "617f08299329d189", "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"}
     if detail_type == "Object Created":
         obj.update(size=size, etag=etag)
@@ -171,7 +171,7 @@ def test_s3_notification_posts_events(capture: Capture, monkeypatch: pytest.Monk
 
 
 def test_eventbridge_event_posts_same_event(capture: Capture) -> None:
-    key = "text_embedding/model+v2.safetensors"
+    key = "text_embedding/model v2.safetensors"  # EventBridge: the key as it is
     summary = handler(eventbridge_event(key, size=5, etag="b1946ac92492d2347c6235b4d2611184"), None)
     assert summary["posted"] == 1
     (event,) = capture.requests[0]["json"]
@@ -180,12 +180,29 @@ def test_eventbridge_event_posts_same_event(capture: Capture) -> None:
                                 "key": "text_embedding/model v2.safetensors", "size": 5,
                                 "ensemble": "text_embedding"}
     assert event["occurred"].endswith("Z")
-    # the same upload seen through a direct S3 notification gets the same id: one event
-    handler({"Records": [s3_record(key, etag="b1946ac92492d2347c6235b4d2611184")]}, None)
+    # the same upload seen through a direct S3 notification (key URL-encoded) gets the same id
+    handler({"Records": [s3_record("text_embedding/model+v2.safetensors",
+                                   etag="b1946ac92492d2347c6235b4d2611184")]}, None)
     assert capture.requests[1]["json"][0]["id"] == event["id"]
 
     skipped = handler(eventbridge_event("text_embedding/model.onnx", detail_type="Object Deleted"), None)
     assert skipped["posted"] == 0 and len(capture.requests) == 2
+
+
+def test_keys_are_decoded_only_in_s3_notifications(capture: Capture) -> None:
+    """S3 notifications URL-encode the key (space -> '+', '+' -> '%2B', '%' -> '%25'); EventBridge
+    events carry it as it is, so decoding one would name another object ('+' -> ' ')."""
+    from urllib.parse import quote_plus
+
+    real = "text_embedding/a+b%20c d.onnx"
+    etag = "c" * 32
+    handler({"Records": [s3_record(quote_plus(real, safe="/"), etag=etag)]}, None)
+    handler(eventbridge_event(real, etag=etag), None)
+    via_s3, via_eventbridge = (r["json"][0] for r in capture.requests)
+    assert via_s3["payload"]["key"] == real
+    assert via_eventbridge["payload"]["key"] == real
+    assert via_eventbridge["payload"]["uri"] == f"s3://{BUCKET}/{real}"
+    assert via_s3["id"] == via_eventbridge["id"]  # one object version: one event
 
 
 def test_nothing_to_post_makes_no_request(capture: Capture) -> None:
