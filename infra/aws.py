@@ -3,8 +3,9 @@
 Every AWS client of the project comes from here, so a test binds the whole deploy or retire to
 moto (or to a wrapper that injects a failure) by passing an :class:`AwsClients` or a
 :data:`ClientFactory` in, never by patching a module global. The ``sagemaker-runtime`` client
-always gets :func:`runtime_config` (one try per invoke, a read timeout longer than a model load):
-validation does its own retrying of ``ModelNotReadyException``.
+always gets :func:`runtime_config` (one try per invoke, a 70 s read timeout): the Router and
+deploy validation retry invokes themselves, per :mod:`infra.invoke_retry` (which says why not
+botocore's standard mode).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
-READ_TIMEOUT_S = 400.0
-"""A ``sagemaker-runtime`` read timeout above SageMaker's 360 s model-load limit: one invoke
-that waits for a load is never cut short by botocore."""
+READ_TIMEOUT_S = 70.0
+"""The ``sagemaker-runtime`` read timeout. One invoke answers within 60 s: SageMaker holds an
+invoke at most 60 s while the model loads, then answers 429 ``ModelNotReadyException`` (the
+local endpoint's ``ready_wait_s`` is 60 s too), and the load itself goes on for up to 360 s
+across retries (:mod:`infra.invoke_retry`). 70 s is AWS's suggestion: a little over one invoke,
+so a hung connection costs 70 s, not the 400 s this used to be."""
 
 
 def runtime_config() -> Any:
@@ -25,7 +29,8 @@ def runtime_config() -> Any:
     from botocore.config import Config
 
     # total_max_attempts, not max_attempts: botocore reads max_attempts as *retries* (1 would
-    # mean a second invoke after a 400 s read timeout or a 5xx)
+    # mean a second invoke after a read timeout or a 5xx). One attempt per call: the retrying
+    # is infra.invoke_retry's (botocore's standard mode does not retry ModelNotReadyException)
     return Config(retries={"total_max_attempts": 1, "mode": "standard"},
                   read_timeout=READ_TIMEOUT_S, connect_timeout=10)
 

@@ -3,30 +3,49 @@
     from tasks.router import Router
 
     router = Router("s3://my-bucket/mme", "tenants")        # or the local store's file:// URI
-    endpoint, target_model = router.resolve("tenant-0042")  # one GET of routes/tenants.json, cached
+    endpoint, target_model = router.resolve("tenant-0042")  # HEAD + GET of routes/tenants.json
     outputs = router.invoke("tenant-0042", {"INPUT": images})
 
-The table is read once and cached. When an endpoint answers that the TargetModel does not exist
-(the variant moved, or its old version was deleted after a redeploy), the Router reads the table
-again once and retries on the new route; any other error is raised as it came. Invokes go through
-boto3's ``sagemaker-runtime`` client: AWS's for a SageMaker endpoint (the region the table
-records), the running local endpoint's URL for a local one; ``runtime=`` overrides the client
-(one client, or a callable ``endpoint -> client``).
+The table is cached for ``max_age_s`` (30 s): a long-lived Router must follow redeploys, and with
+``--keep-versions 1`` the previous version's object stays, so invoking a stale route would go on
+answering from the old version and never fail over. After that age the next call checks the
+table with one HEAD and GETs it again only when its fingerprint (S3 ETag, or the file store's
+mtime/size/sha256) changed: following a fleet costs a HEAD per ``max_age_s``, not a GET. When
+an endpoint answers that the TargetModel does not exist (404, or ``Failed to download model
+data``: the variant moved, or its old version was retired), the Router checks the table at
+once and, if the route changed, retries that invoke once on the new route; any other error is
+raised as it came.
+
+Each invoke retries 429 ``ModelNotReadyException``, throttles and transient 5xx per
+:class:`~infra.invoke_retry.InvokeRetry` (``retry=``; the policy deploy validation uses), and
+says how many attempts it made when it gives up. Invokes go through boto3's
+``sagemaker-runtime`` client: AWS's for a SageMaker endpoint (the region the table records),
+the running local endpoint's URL for a local one; ``runtime=`` overrides the client (one
+client, or a callable ``endpoint -> client``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from botocore.exceptions import ClientError
 
-from infra.errors import UserError
+from infra.errors import InvalidInput, UserError
+from infra.invoke_retry import DEFAULT_RETRY, InvokeRetry, call_with_retries
 from infra.runtime_client import invoke, runtime_client_for
-from tasks.fleet_routes import RoutingTable, require_routes
+from infra.store import ObjectInfo, ObjectNotFound, ObjectStore, StoreError
+from tasks.fleet_routes import RoutingTable, parse_routes, require_routes, routes_location
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_AGE_S = 30.0
+"""How long the Router trusts its cached table before checking it (one HEAD) again."""
 
 #: What SageMaker (and the local endpoint) answer for a TargetModel with no object behind it.
 MISSING_MODEL = re.compile(r"Failed to download model data|model .*not found|does not exist|"
@@ -50,27 +69,75 @@ def model_missing(exc: BaseException) -> bool:
         MISSING_MODEL.search(str(err.get("Message", ""))))
 
 
+def fingerprint(info: ObjectInfo) -> tuple[Any, ...]:
+    """What identifies a stored table's bytes without reading them: S3's ETag, the file store's
+    mtime and sha256 (its sidecar), and the size."""
+    return (info.etag, info.mtime_ns, info.size, info.sha256)
+
+
 class Router:
-    """Resolve and invoke a fleet's variants through its routing table (thread-safe)."""
+    """Resolve and invoke a fleet's variants through its routing table (thread-safe).
+
+    ``max_age_s``: how long the cached table is used before one HEAD checks it (0: every call).
+    ``retry``: how invokes are retried (:class:`~infra.invoke_retry.InvokeRetry`). ``clock``
+    is injectable so tests age the table without waiting."""
 
     def __init__(self, store_uri: str, fleet: str, *,
-                 runtime: Any | Callable[[str], Any] | None = None) -> None:
+                 runtime: Any | Callable[[str], Any] | None = None,
+                 retry: InvokeRetry | None = None, max_age_s: float = DEFAULT_MAX_AGE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not max_age_s >= 0:
+            raise InvalidInput(f"Router max_age_s {max_age_s}: must be >= 0 seconds")
         self.store_uri, self.fleet = store_uri, fleet
+        self.retry, self.max_age_s, self._clock = retry or DEFAULT_RETRY, max_age_s, clock
         self._runtime = runtime
         self._clients: dict[str, Any] = {}
         self._table: RoutingTable | None = None
+        self._fingerprint: tuple[Any, ...] | None = None
+        self._checked_at = 0.0
+        self._location: tuple[ObjectStore, str] | None = None
         self._lock = threading.Lock()
-        self.reads = 0  # routing-table GETs made (the first read plus refreshes)
+        self.reads = 0  # routing-table GETs made (the first read plus refreshes that found a change)
+        self.checks = 0  # routing-table HEADs made (one before every GET, one per max_age_s)
 
     def table(self, *, refresh: bool = False) -> RoutingTable:
-        """The cached table; ``refresh`` reads it again (one GET). A fleet with no routing table
-        in the store is :class:`~tasks.fleet_routes.NoSuchFleet` ("no such fleet ... (known:
-        ...)"), not a variant that is not routed."""
+        """The cached table, checked again (one HEAD; a GET only if it changed) when older
+        than ``max_age_s`` or when ``refresh``. A fleet with no routing table in the store is
+        :class:`~tasks.fleet_routes.NoSuchFleet` ("no such fleet ... (known: ...)"), not a
+        variant that is not routed. A store that fails an age check keeps the cached table in
+        use (logged; checked again after ``max_age_s``): an S3 hiccup must not stop invokes."""
         with self._lock:
             if self._table is None or refresh:
-                self.reads += 1
-                self._table = require_routes(self.store_uri, self.fleet)
+                return self._load()
+            if self._clock() - self._checked_at >= self.max_age_s:
+                try:
+                    return self._load()
+                except StoreError as e:
+                    log.warning("fleet %s: routing table check failed, keeping the cached "
+                                "table: %s", self.fleet, e)
             return self._table
+
+    def _load(self) -> RoutingTable:
+        """HEAD the table, then GET it unless its fingerprint is the cached one (the HEAD comes
+        first: a write between the two makes the next check read again, never miss it)."""
+        if self._location is None:
+            self._location = routes_location(self.store_uri, self.fleet)
+        store, key = self._location
+        self._checked_at = self._clock()
+        self.checks += 1
+        try:
+            seen: tuple[Any, ...] | None = fingerprint(store.head(key))
+        except ObjectNotFound:
+            seen = None
+        if self._table is not None and seen is not None and seen == self._fingerprint:
+            return self._table
+        self.reads += 1
+        try:
+            table = parse_routes(store.get_bytes(key), store.uri_for(key))
+        except ObjectNotFound:
+            table = require_routes(self.store_uri, self.fleet)  # NoSuchFleet naming the known ones
+        self._table, self._fingerprint = table, seen
+        return table
 
     def resolve(self, variant: str, *, refresh: bool = False) -> tuple[str, str]:
         """(endpoint, TargetModel) of ``variant``'s current version."""
@@ -104,12 +171,29 @@ class Router:
 
     def invoke(self, variant: str, inputs: dict[str, np.ndarray], *,
                binary: bool = True) -> dict[str, np.ndarray]:
-        """Invoke ``variant``; on "model not found", refresh the table once and retry."""
-        endpoint, target = self.resolve(variant)
+        """Invoke ``variant`` (transient answers retried per ``retry``). On "model not found",
+        check the table at once and, if the route moved, invoke the new route once; if it did
+        not, the answer is raised as it came (a second try on the same route would fail too)."""
+        route = self.resolve(variant)
         try:
-            return invoke(self.client(endpoint), endpoint, target, inputs, binary=binary)
+            return self._invoke(variant, route, inputs, binary)
         except ClientError as exc:
             if not model_missing(exc):
                 raise
-        endpoint, target = self.resolve(variant, refresh=True)
-        return invoke(self.client(endpoint), endpoint, target, inputs, binary=binary)
+            moved = self.resolve(variant, refresh=True)
+            if moved == route:
+                raise
+        return self._invoke(variant, moved, inputs, binary)
+
+    def _invoke(self, variant: str, route: tuple[str, str], inputs: dict[str, np.ndarray],
+                binary: bool) -> dict[str, np.ndarray]:
+        """One invoke of ``route`` with :attr:`retry`; giving up is
+        :class:`~infra.invoke_retry.RetriesExhausted` saying how many attempts were made."""
+        endpoint, target = route
+        client = self.client(endpoint)
+        out, _ = call_with_retries(
+            lambda: invoke(client, endpoint, target, inputs, binary=binary), self.retry,
+            operation="sagemaker-runtime.invoke_endpoint",
+            resource=f"fleet {self.fleet} variant {variant} (TargetModel {target}) on endpoint "
+                     f"{endpoint}")
+        return out

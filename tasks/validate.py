@@ -5,16 +5,17 @@ p50/p99. The answers are scored against the expected outputs recorded in the bui
 
 A cold load can outlast one invoke: SageMaker answers ``429 ModelNotReadyException`` when a
 model is still loading after its wait (60 s on AWS, ``ready_wait_s`` on the local endpoint)
-and goes on loading, up to its load limit of 360 s. Those answers (and only those) are
-retried with exponential backoff until :class:`LoadWait`'s limit; any other error fails at
-once, as one line naming the call, the ensemble, its TargetModel and the endpoint.
+and goes on loading, up to its load limit of 360 s. Those answers, throttling and the transient
+5xx (500 ``InternalFailure``, 503 ``ServiceUnavailable``) are retried with jittered exponential
+backoff per :class:`LoadWait` (:class:`infra.invoke_retry.InvokeRetry`, the policy the fleet
+Router uses too), on the cold invoke and on the warm ones: one transient answer must not roll
+back a deploy. Any other error (a 4xx ``ValidationError``, a 424 ``ModelError``) fails at once,
+as one line naming the call, the ensemble, its TargetModel and the endpoint.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,14 @@ from botocore.exceptions import ClientError
 from infra.aws_errors import aws_message
 from infra.aws_errors import describe as aws_describe
 from infra.errors import UserError
+from infra.invoke_retry import (  # noqa: F401 - SAGEMAKER_LOAD_LIMIT_S, is_model_not_ready: re-exported
+    DEFAULT_RETRY,
+    SAGEMAKER_LOAD_LIMIT_S,
+    InvokeRetry,
+    RetriesExhausted,
+    call_with_retries,
+    is_model_not_ready,
+)
 from infra.manifest import Manifest, ManifestError
 from infra.runtime_client import infer_direct, invoke, runtime_client_for
 from tasks.records import DeployedEnsemble
@@ -37,66 +46,67 @@ def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.array(xs), q)) if xs else 0.0
 
 
-SAGEMAKER_LOAD_LIMIT_S = 360.0
-"""How long SageMaker keeps loading a model on an MME before it gives up (its documented
-limit); the default of :attr:`LoadWait.limit_s`."""
+LoadWait = InvokeRetry
+"""How validation retries an invoke (the name callers already use for
+:class:`infra.invoke_retry.InvokeRetry`): ``limit_s`` is ``--load-wait``."""
 
-
-@dataclass(frozen=True)
-class LoadWait:
-    """How long validation keeps retrying ``ModelNotReadyException`` (429) for one model.
-
-    Backoff: ``first_s``, doubling, at most ``max_s`` between tries, never past ``limit_s``
-    from the first try. ``sleep``/``clock`` are injectable so tests count tries, not seconds.
-    """
-
-    limit_s: float = SAGEMAKER_LOAD_LIMIT_S
-    first_s: float = 2.0
-    max_s: float = 30.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-    clock: Callable[[], float] = field(default=time.monotonic, compare=False)
-
-
-def is_model_not_ready(exc: BaseException) -> bool:
-    if not isinstance(exc, ClientError):
-        return False
-    code = exc.response.get("Error", {}).get("Code")
-    return code == "ModelNotReadyException"
+OPERATION = "sagemaker-runtime.invoke_endpoint"
 
 
 def invoke_when_ready(client: Any, endpoint: str, manifest: Manifest,
                       inputs: dict[str, np.ndarray], *, binary: bool = True,
-                      wait: LoadWait = LoadWait()) -> tuple[dict[str, np.ndarray], int]:
-    """Invoke by TargetModel, retrying 429 ModelNotReadyException per ``wait``.
+                      wait: LoadWait = DEFAULT_RETRY) -> tuple[dict[str, np.ndarray], int]:
+    """Invoke by TargetModel, retrying 429 ModelNotReadyException, throttles and transient
+    5xx per ``wait``.
 
-    Returns (outputs, tries). Raises DeployValidationFailed saying it gave up after N tries /
-    S seconds, or an AwsCallError (one line) for any other error, which is not retried.
+    Returns (outputs, tries). Raises DeployValidationFailed when the model was still loading
+    (429) after N tries / S seconds, :class:`~infra.invoke_retry.RetriesExhausted` (one line,
+    with the attempts) when throttles or 5xx outlasted the budget, or an AwsCallError (one line)
+    for any other error, which is not retried.
     """
     target = manifest.target_model
-    start, delay, tries = wait.clock(), wait.first_s, 0
-    while True:
-        tries += 1
+    about = f"ensemble {manifest.ensemble} (TargetModel {target}) on endpoint {endpoint}"
+    try:
+        return call_with_retries(lambda: invoke(client, endpoint, target, inputs, binary=binary),
+                                 wait, operation=OPERATION, resource=about)
+    except RetriesExhausted as exc:
+        if exc.code != "ModelNotReadyException":
+            raise
+        limit = (f"{wait.limit_s:.0f} s" if exc.elapsed_s >= wait.limit_s
+                 else f"{wait.max_attempts} tries")
+        raise DeployValidationFailed(  # a validation failure (exit 2), not AWS's
+            f"{about}: still answering 429 ModelNotReadyException; gave up after {exc.attempts} "
+            f"tries / {exc.elapsed_s:.0f} s (limit {limit}): the model is still loading; raise "
+            f"the load wait, or make the model load faster (last answer: "
+            f"{aws_message(exc.__cause__ or exc)})") from None
+    except ClientError as exc:
+        raise aws_describe(exc, operation=OPERATION, resource=about) from exc
+
+
+def warm_latencies(client: Any, endpoint: str, manifest: Manifest, inputs: dict[str, np.ndarray],
+                   n: int, *, binary: bool = True, wait: LoadWait = DEFAULT_RETRY) -> list[float]:
+    """``n`` warm invoke latencies in ms (after 3 uncounted ones: the first runs after a load
+    are slower: allocator, ORT warm-up). A transient answer is retried like the cold invoke's;
+    only the attempt that answered is timed, so a retry's backoff is not a latency."""
+    def timed() -> float:
+        t = time.perf_counter()
+        invoke(client, endpoint, manifest.target_model, inputs, binary=binary)
+        return (time.perf_counter() - t) * 1000
+
+    about = (f"ensemble {manifest.ensemble} (TargetModel {manifest.target_model}) on endpoint "
+             f"{endpoint}")
+    times: list[float] = []
+    for _ in range(n + 3):
         try:
-            return invoke(client, endpoint, target, inputs, binary=binary), tries
+            times.append(call_with_retries(timed, wait, operation=OPERATION, resource=about)[0])
         except ClientError as exc:
-            about = f"ensemble {manifest.ensemble} (TargetModel {target}) on endpoint {endpoint}"
-            if not is_model_not_ready(exc):
-                raise aws_describe(exc, operation="sagemaker-runtime.invoke_endpoint",
-                                   resource=about) from exc
-            elapsed = wait.clock() - start
-            if elapsed >= wait.limit_s:
-                raise DeployValidationFailed(  # a validation failure (exit 2), not AWS's
-                    f"{about}: still answering 429 ModelNotReadyException; gave up after {tries} "
-                    f"tries / {elapsed:.0f} s (limit {wait.limit_s:.0f} s): the model is still "
-                    f"loading; raise the load wait, or make the model load faster (last answer: "
-                    f"{aws_message(exc)})") from None
-        wait.sleep(min(delay, wait.limit_s - elapsed))
-        delay = min(delay * 2, wait.max_s)
+            raise aws_describe(exc, operation=OPERATION, resource=about) from exc
+    return times[3:]
 
 
 def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
                       warm_invocations: int = 20, binary: bool = True,
-                      runtime_client: Any = None, load_wait: LoadWait = LoadWait()) -> dict[str, Any]:
+                      runtime_client: Any = None, load_wait: LoadWait = DEFAULT_RETRY) -> dict[str, Any]:
     client = runtime_client or runtime_client_for(url)
     sample = Sample.from_json(manifest.required_sample())
     v = manifest.validation
@@ -108,13 +118,8 @@ def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
                                    wait=load_wait)
     cold_ms = (time.perf_counter() - t0) * 1000
     result = score(v.metric, v.threshold, sample, got)
-    for _ in range(3):  # first runs after a load are slower (allocator, ORT warm-up): not counted
-        invoke(client, endpoint, manifest.target_model, sample.inputs, binary=binary)
-    warm: list[float] = []
-    for _ in range(warm_invocations):
-        t = time.perf_counter()
-        invoke(client, endpoint, manifest.target_model, sample.inputs, binary=binary)
-        warm.append((time.perf_counter() - t) * 1000)
+    warm = warm_latencies(client, endpoint, manifest, sample.inputs, warm_invocations,
+                          binary=binary, wait=load_wait)
     return {
         "validation": {k: v for k, v in result.items() if k != "per_item"},
         "latency_ms": {"cold": round(cold_ms, 2), "p50": round(percentile(warm, 50), 2),

@@ -74,7 +74,8 @@ def _manifest(target_model: str) -> Manifest:
 
 def test_a_slow_cold_load_is_retried_until_it_answers(slow_endpoint: Any) -> None:
     t = FakeTime()
-    wait = LoadWait(limit_s=SAGEMAKER_LOAD_LIMIT_S, first_s=1.0, max_s=4.0, sleep=t.sleep, clock=t.clock)
+    wait = LoadWait(limit_s=SAGEMAKER_LOAD_LIMIT_S, first_s=1.0, max_s=4.0, sleep=t.sleep, clock=t.clock,
+                    random=lambda: 0.0)  # no jitter: the exact exponential steps
     result = validate_deployed(slow_endpoint.url, ENDPOINT, _manifest("slow.tar.gz"),
                                warm_invocations=2, load_wait=wait)
     assert result["validation"]["passed"]
@@ -85,7 +86,7 @@ def test_a_slow_cold_load_is_retried_until_it_answers(slow_endpoint: Any) -> Non
 
 def test_validation_gives_up_after_the_limit(slow_endpoint: Any) -> None:
     t = FakeTime()
-    wait = LoadWait(limit_s=3.0, first_s=1.0, sleep=t.sleep, clock=t.clock)
+    wait = LoadWait(limit_s=3.0, first_s=1.0, sleep=t.sleep, clock=t.clock, random=lambda: 0.0)
     with pytest.raises(DeployValidationFailed) as info:
         validate_deployed(slow_endpoint.url, ENDPOINT, _manifest("slower.tar.gz"), load_wait=wait)
     msg = str(info.value)
@@ -107,14 +108,15 @@ def test_other_errors_are_not_retried(slow_endpoint: Any) -> None:
 
 
 def test_runtime_read_timeout_covers_one_invoke(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The read timeout must outlast the longest single invoke (SageMaker holds one while a
-    model loads), and botocore must not retry on its own: validation does the retrying."""
+    """The read timeout must outlast one invoke (SageMaker holds one at most 60 s while a model
+    loads, then answers 429), and botocore must not retry on its own: validation does the
+    retrying (tests/test_invoke_retry.py)."""
     from infra.aws import aws_clients
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     for client in (runtime_client_for("http://127.0.0.1:9"), aws_clients("eu-west-1").runtime):
         cfg = client.meta.config
-        assert cfg.read_timeout >= SAGEMAKER_LOAD_LIMIT_S
+        assert 60 < cfg.read_timeout < SAGEMAKER_LOAD_LIMIT_S
         assert cfg.retries["total_max_attempts"] == 1  # one invoke per try, no hidden retry
     assert aws_clients("eu-west-1").runtime.meta.region_name == "eu-west-1"

@@ -18,13 +18,16 @@ INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "image": (list[Path], typer.Option(None, help="image files to classify (image ensembles)")),
     "endpoint": (str, typer.Option("local-mme")),
     "target_model": (str | None, typer.Option(
-        None, help="default: text_embedding.tar.gz, or image_classifier.tar.gz with --image")),
+        None, help="default: the current TargetModel of text_embedding (image_classifier with "
+                   "--image) in the endpoint's record; a name given is invoked as it is")),
     "url": (str | None, typer.Option(None, help="default: the running local endpoint")),
     "json_body": (bool, typer.Option(False, "--json", help="send a JSON body, not binary+json")),
     "fleet": (str | None, typer.Option(None, help="invoke a fleet's --variant through its routing "
                                                   "table (tasks/router.py)")),
     "variant": (str | None, typer.Option(None, help="the fleet variant to invoke")),
     "store": (str | None, typer.Option(None, help="the routing table's store (with --fleet)")),
+    "max_attempts": (int, typer.Option(10, min=1, help="with --fleet: invoke attempts at most (429, 5xx)")),
+    "retry_budget": (float, typer.Option(360.0, min=1, help="with --fleet: seconds of retrying at most")),
 }
 
 
@@ -32,7 +35,7 @@ INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
 @_takes(INVOKE_OPTIONS)
 def invoke(**o: Any) -> None:
     """Invoke an ensemble by TargetModel (or a fleet's variant) through the SageMaker runtime API."""
-    text, image, endpoint, target_model, url, json_body, fleet, variant, store = (
+    text, image, endpoint, target_model, url, json_body, fleet, variant, store, attempts, budget = (
         o[k] for k in INVOKE_OPTIONS)
     import numpy as np
     from botocore.exceptions import ClientError
@@ -49,14 +52,14 @@ def invoke(**o: Any) -> None:
         url = info.url
     if image:
         inputs = {"INPUT": pack_images([p.read_bytes() for p in image])}
-        target_model = target_model or "image_classifier.tar.gz"
+        target_model = target_model or current_target_model(endpoint, "image_classifier")
     elif text:
         inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
-        target_model = target_model or "text_embedding.tar.gz"
+        target_model = target_model or current_target_model(endpoint, "text_embedding")
     else:
         _fail("give sentences, or --image FILE")
     try:
-        out = (_invoke_variant(fleet, variant, store, inputs, not json_body) if fleet and variant else
+        out = (_invoke_variant(fleet, variant, store, inputs, not json_body, (attempts, budget)) if variant else
                do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body))
     except ClientError as e:
         _fail(f"{e.response['Error'].get('Code')}: {e.response['Error'].get('Message')}")
@@ -74,15 +77,30 @@ def invoke(**o: Any) -> None:
             print(json.dumps({name: arr.round(6).tolist()}))
 
 
+def current_target_model(endpoint: str, ensemble: str) -> str:
+    """The TargetModel ``ensemble`` is served by on ``endpoint``: the current version in the
+    endpoint's record (a deploy publishes ``<ensemble>-<sha256[:12]>.tar.gz``), else the
+    unversioned ``<ensemble>.tar.gz`` (an endpoint started by hand over copied objects)."""
+    from infra import endpoint_record as record
+    from infra.errors import UserError
+    from tasks.package import artifact_name
+
+    try:
+        return record.current_target(endpoint, ensemble) or artifact_name(ensemble)
+    except UserError as e:  # an unreadable record: one line
+        _fail(str(e))
+
+
 def _invoke_variant(fleet: str, variant: str, store: str | None, inputs: dict[str, Any],
-                    binary: bool) -> dict[str, Any]:
+                    binary: bool, limits: tuple[int, float] = (10, 360.0)) -> dict[str, Any]:
     """Invoke through the fleet's :class:`~tasks.router.Router` (refreshes on a moved model)."""
-    from infra import paths
+    from infra import invoke_retry, paths
     from infra.errors import UserError
     from tasks.router import Router
 
+    retry = invoke_retry.InvokeRetry(max_attempts=limits[0], limit_s=limits[1])  # 429 / 5xx retried
     try:
-        return Router(store or paths.store_uri(), fleet).invoke(variant, inputs, binary=binary)
+        return Router(store or paths.store_uri(), fleet, retry=retry).invoke(variant, inputs, binary=binary)
     except UserError as e:  # not routed, endpoint not running, unreadable table: one line
         _fail(str(e))
 
