@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 # the order of these imports is the order of the commands in `mme --help`
-from flows.cli import build, fleet, fleet_deploy, fleet_verify, deploy, endpoint, demo, plan  # noqa: F401  (registers the commands)
+from flows.cli import build, fleet, fleet_deploy, fleet_verify, deploy, preflight, endpoint, demo, plan  # noqa: F401  (registers the commands)
 from flows.cli.common import (_exit_code, _fail, _print_deploy, _print_table, _quiet_env, _report,
                               _run_flow, app, console, endpoint_app)
 from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, _parse_env, _sagemaker_options

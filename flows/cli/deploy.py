@@ -10,14 +10,17 @@ import typer
 
 from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, _takes, app, console
 from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, apply_plan
+from flows.cli.preflight import PREFLIGHT_FLAG, run_preflight_command
 from infra.triton_release import DEFAULT_RELEASE
 
 
 @app.command()
-@_takes({"ctx": (typer.Context, None), **DEPLOY_OPTIONS})  # ctx: which options were given (--plan)
+@_takes({"ctx": (typer.Context, None), **DEPLOY_OPTIONS, **PREFLIGHT_FLAG})  # ctx: which options were given (--plan)
 def deploy(**o: Any) -> None:
     """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
+    if o.pop("preflight"):
+        run_preflight_command(o)  # read-only checks, then exit: deploys nothing
     from flows.deploy import deploy as deploy_flow
     from tasks.records import BuildSource
 
