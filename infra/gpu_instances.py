@@ -74,6 +74,29 @@ def mme_gpu_instance(instance_type: str) -> GpuInstance:
     return row
 
 
+def _cc(value: str) -> tuple[int, int]:
+    major, _, minor = value.partition(".")
+    return int(major), int(minor or 0)
+
+
+def check_release_runs_on(instance_type: str, release: str) -> None:
+    """Refuse (one line naming both) an instance type whose GPU the release's TensorRT no longer
+    supports: ml.p3's V100 (Volta, 7.0) with Triton 24.10 and later (TensorRT 10.5 removed
+    Volta). Why before any AWS call: the endpoint would come up and every TensorRT model on it
+    would fail to load, after ~10 minutes of provisioning."""
+    from infra.triton_release import TritonRelease
+
+    row = mme_gpu_instance(instance_type)
+    parsed = TritonRelease.parse(release)
+    oldest = parsed.min_compute_capability
+    if oldest is not None and _cc(row.compute_capability) < _cc(oldest):
+        raise UnsupportedInstanceType(
+            f"--instance-type {instance_type} ({row.gpu}, {row.architecture}, compute capability "
+            f"{row.compute_capability}) cannot serve --triton-release {release}: its TensorRT "
+            f"{parsed.tensorrt_version or '10.5+'} supports compute capability {oldest} and newer "
+            f"(TensorRT 10.5 removed Volta); use a release before 24.10 or a g4dn/g5 instance type")
+
+
 def _arch_key(gpu: Mapping[str, Any]) -> str | None:
     cc = gpu.get("compute_capability")
     return str(cc) if cc else None

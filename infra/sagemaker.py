@@ -29,6 +29,7 @@ import json
 import logging
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -316,6 +317,39 @@ def check_inference_ami_version(version: str) -> str:
     return version
 
 
+# SageMaker's Tag shape (botocore): key 1-128 and value 0-256 characters of letters, separators,
+# digits and ``_.:/=+-@`` (``[\p{L}\p{Z}\p{N}_.:/=+\-@]*``), at most 50 tags a resource; keys
+# starting ``aws:`` are AWS's. Two of the 50 are ours (MANAGED_BY_KEY, ENDPOINT_TAG_KEY).
+_TAG_KEY_MAX, _TAG_VALUE_MAX, _TAGS_MAX = 128, 256, 50
+_TAG_PUNCTUATION = set("_.:/=+-@")
+
+
+def _tag_text_ok(text: str) -> bool:
+    return all(ch in _TAG_PUNCTUATION or unicodedata.category(ch)[0] in "LZN" for ch in text)
+
+
+def check_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """The caller's tags, or InvalidInput naming the tag: SageMaker would refuse it at the first
+    Create call, after the upload, and an ``aws:`` key or one of ours would be worse (refused, or
+    taking over what marks the resources this tool owns)."""
+    if len(tags) > _TAGS_MAX - 2:
+        raise InvalidInput(f"{len(tags)} tags given: a SageMaker resource takes {_TAGS_MAX}, two of "
+                           f"which are this tool's ({MANAGED_BY_KEY}, {ENDPOINT_TAG_KEY})")
+    for key, value in tags.items():
+        where = f"--tag {key}={value}"
+        if key in (MANAGED_BY_KEY, ENDPOINT_TAG_KEY):
+            raise InvalidInput(f"{where}: tag {key!r} is reserved: it marks what this tool owns")
+        if not isinstance(key, str) or not 1 <= len(key) <= _TAG_KEY_MAX or not _tag_text_ok(key):
+            raise InvalidInput(f"{where}: a tag key is 1-{_TAG_KEY_MAX} letters, digits, spaces "
+                               f"and _.:/=+-@")
+        if key.lower().startswith("aws:"):
+            raise InvalidInput(f"{where}: keys starting 'aws:' are reserved for AWS")
+        if not isinstance(value, str) or len(value) > _TAG_VALUE_MAX or not _tag_text_ok(value):
+            raise InvalidInput(f"{where}: a tag value is 0-{_TAG_VALUE_MAX} letters, digits, "
+                               f"spaces and _.:/=+-@")
+    return dict(tags)
+
+
 # --------------------------------------------------------------------------- plan
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")  # SageMaker resource names
@@ -388,9 +422,7 @@ class EndpointPlan:
                 raise InvalidInput("target_invocations_per_instance must be > 0")
         elif self.autoscaling_min is not None:
             raise InvalidInput("autoscaling_min without autoscaling_max: set both to enable autoscaling")
-        for key in (MANAGED_BY_KEY, ENDPOINT_TAG_KEY):
-            if key in self.tags:
-                raise InvalidInput(f"tag {key!r} is reserved: it marks what this tool owns")
+        check_tags(self.tags)
         object.__setattr__(self, "environment", check_environment(self.environment))
         if self.inference_ami_version is not None:
             check_inference_ami_version(self.inference_ami_version)
@@ -448,13 +480,39 @@ def plan_for(endpoint_name: str, model_data_url: str, execution_role_arn: str, *
     """An EndpointPlan for a GPU MME whose image is SageMaker's Triton ``release`` in ``region``.
 
     Refuses (before any AWS call) an instance type AWS does not document for GPU multi-model
-    endpoints (:mod:`infra.gpu_instances`)."""
-    from infra.gpu_instances import mme_gpu_instance
+    endpoints (:mod:`infra.gpu_instances`), a release whose TensorRT no longer runs on its GPU,
+    and an inference AMI that cannot run the release's CUDA (:mod:`infra.inference_ami`)."""
+    from infra.gpu_instances import check_release_runs_on
+    from infra.inference_ami import check_ami_release
 
-    mme_gpu_instance(instance_type)
+    check_release_runs_on(instance_type, release)  # refuses a type not in the MME GPU table too
+    if options.get("inference_ami_version"):
+        check_ami_release(options["inference_ami_version"], release)
     image = triton_image_uri(region, release, instance_type=instance_type)
     return EndpointPlan(endpoint_name=endpoint_name, image_uri=image, model_data_url=model_data_url,
                         execution_role_arn=execution_role_arn, instance_type=instance_type, **options)
+
+
+def bucket_region(s3_client: Any, bucket: str) -> str:
+    """The region of ``bucket`` from GetBucketLocation (read-only); its ``None`` means
+    us-east-1 and the legacy ``EU`` eu-west-1."""
+    try:
+        where = s3_client.get_bucket_location(Bucket=bucket).get("LocationConstraint")
+    except ClientError as exc:
+        raise aws_describe(exc, operation="s3.get_bucket_location", resource=f"bucket {bucket}") from exc
+    return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(where, where)
+
+
+def check_bucket_region(s3_client: Any, model_data_url: str, region: str) -> None:
+    """Refuse (one line naming both) a model bucket in another region than the endpoint: the
+    endpoint could not download its models ("Failed to download model data"), which SageMaker
+    says only after provisioning. Called before a deploy creates anything."""
+    bucket = model_data_url.removeprefix("s3://").split("/", 1)[0]
+    found = bucket_region(s3_client, bucket)
+    if found != region:
+        raise InvalidInput(f"bucket {bucket} is in {found} but the endpoint would be in {region}: "
+                           f"SageMaker reads model data from its own region; deploy with "
+                           f"--region {found} or use a bucket in {region}")
 
 
 # --------------------------------------------------------------------------- state
@@ -775,34 +833,49 @@ def wait_in_service(sm_client: Any, endpoint: str, *, expected_config: str | Non
     and GPU MME creation routinely takes 10-20 minutes, so the caller wants progress
     lines and a message that says what failed.  ``expected_config`` catches an update
     that failed while SageMaker kept the old fleet: the endpoint is InService again,
-    but on the previous config.
+    but on the previous config. That is judged only once the update was seen to start (a
+    status other than InService) or the config changed: right after UpdateEndpoint,
+    DescribeEndpoint can still answer InService on the old config, which is not a failure.
     """
     deadline = clock() + timeout_s
-    last_status = None
+    last_status, started = None, False
     while True:
         desc = sm_client.describe_endpoint(EndpointName=endpoint)
         status = desc.get("EndpointStatus")
-        reason = desc.get("FailureReason") or "no FailureReason given"
         if status != last_status:
             log(f"endpoint {endpoint}: {status}")
             last_status = status
-        if status == "InService":
-            current = desc.get("EndpointConfigName")
-            if expected_config is not None and current != expected_config:
-                raise EndpointFailed(
-                    f"endpoint {endpoint} is InService on {current}, not {expected_config}: the update "
-                    f"failed and SageMaker kept the previous fleet: {reason}")
+        started = started or status != "InService"
+        if _settled(desc, endpoint, expected_config, started):
             return desc
-        if status in ("Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"):
-            raise EndpointFailed(
-                f"endpoint {endpoint} is {status}: {reason} (container logs: CloudWatch log group "
-                f"/aws/sagemaker/Endpoints/{endpoint})")
         remaining = deadline - clock()
         if remaining <= 0:
+            waited = "" if started else f" on {desc.get('EndpointConfigName')}; the update never showed as started"
             raise EndpointTimeout(
-                f"endpoint {endpoint} still {status} after {timeout_s:.0f} s; stopped waiting "
+                f"endpoint {endpoint} still {status}{waited} after {timeout_s:.0f} s; stopped waiting "
                 "(SageMaker continues; check the console or the endpoint's CloudWatch logs)")
         sleep(min(poll_s, remaining))
+
+
+def _settled(desc: Mapping[str, Any], endpoint: str, expected_config: str | None, started: bool) -> bool:
+    """True when ``desc`` is the endpoint InService on the expected config; raises when it is
+    Failed, or InService on another config after the update started; False: keep waiting."""
+    status = desc.get("EndpointStatus")
+    reason = desc.get("FailureReason") or "no FailureReason given"
+    if status in ("Failed", "UpdateRollbackFailed", "OutOfService", "Deleting"):
+        raise EndpointFailed(
+            f"endpoint {endpoint} is {status}: {reason} (container logs: CloudWatch log group "
+            f"/aws/sagemaker/Endpoints/{endpoint})")
+    if status != "InService":
+        return False
+    current = desc.get("EndpointConfigName")
+    if expected_config is None or current == expected_config:
+        return True
+    if started:
+        raise EndpointFailed(
+            f"endpoint {endpoint} is InService on {current}, not {expected_config}: the update "
+            f"failed and SageMaker kept the previous fleet: {reason}")
+    return False  # the update has not shown yet: DescribeEndpoint still answers the old state
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,23 @@ TENSORRT_BY_RELEASE: dict[str, str] = {
     "25.06": "10.11.0",
 }
 
+#: CUDA (major.minor) of each release's NGC containers, Triton's among them (NGC "Frameworks
+#: Support Matrix"). Why: a container whose CUDA is newer than the host driver's runs only through
+#: CUDA forward compatibility (the ``cuda-compat`` libraries), which the SageMaker inference AMIs
+#: named ``...-2-1``, ``...-3-1``, ``...-4-1`` no longer mount (:mod:`infra.inference_ami`).
+#: Releases missing here are refused on such an AMI rather than guessed.
+CUDA_BY_RELEASE: dict[str, str] = {
+    "21.08": "11.4", "22.05": "11.7", "22.07": "11.7", "22.08": "11.7", "22.09": "11.8",
+    "22.10": "11.8", "22.12": "11.8",
+    "23.01": "12.0", "23.02": "12.0", "23.03": "12.1", "23.04": "12.1", "23.05": "12.1",
+    "23.06": "12.1", "23.07": "12.1", "23.08": "12.2", "23.09": "12.2", "23.10": "12.2",
+    "23.11": "12.3", "23.12": "12.3", "24.01": "12.3", "24.02": "12.3",
+    "24.03": "12.4", "24.04": "12.4", "24.05": "12.4", "24.06": "12.5", "24.07": "12.5",
+    "24.08": "12.6", "24.09": "12.6", "24.10": "12.6", "24.11": "12.6", "24.12": "12.6",
+    "25.01": "12.8", "25.02": "12.8", "25.03": "12.8", "25.04": "12.9", "25.05": "12.9",
+    "25.06": "12.9",
+}
+
 #: (first NGC release "YY.MM", Python major.minor of its python backend stub), ascending.
 #: Sources (CHECK again for every new release -- the env's Python must equal the stub's):
 #:   * 20.12 - 21.xx release notes: "Ubuntu 20.04 including Python 3.8" (20.10 was 18.04/3.6);
@@ -118,6 +135,20 @@ class TritonRelease:
         return 10 if self >= FIRST_TRT10_RELEASE else 8
 
     @property
+    def cuda_version(self) -> str | None:
+        """CUDA ``major.minor`` of the release's containers; None when not in
+        :data:`CUDA_BY_RELEASE`."""
+        return CUDA_BY_RELEASE.get(str(self))
+
+    @property
+    def min_compute_capability(self) -> str | None:
+        """The oldest GPU architecture (compute capability) the release's TensorRT runs on:
+        TensorRT 10.5 (Triton 24.10) removed Volta (7.0) ("NVIDIA Volta support ... has been removed
+        starting with TensorRT 10.5", its release notes), so from then on 7.5 (Turing); None
+        before (every GPU this project serves on is supported)."""
+        return "7.5" if self >= FIRST_RELEASE_WITHOUT_VOLTA else None
+
+    @property
     def python_version(self) -> str:
         """Python ``major.minor`` of the release's Triton image (its Python backend stub).
 
@@ -144,3 +175,5 @@ DEFAULT_RELEASE_TEXT = "24.09"
 DEFAULT_RELEASE = TritonRelease.parse(DEFAULT_RELEASE_TEXT)
 #: TensorRT 10 (no ``--workspace``, INT64 I/O) from this release on.
 FIRST_TRT10_RELEASE = TritonRelease(24, 5)
+#: TensorRT 10.5, which no longer runs on Volta (compute capability 7.0), from this release on.
+FIRST_RELEASE_WITHOUT_VOLTA = TritonRelease(24, 10)

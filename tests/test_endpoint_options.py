@@ -72,7 +72,9 @@ def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:
     sm.apply(calls, aws, sleep=lambda s: None)
 
     model = aws[sm.SAGEMAKER].describe_model(ModelName=plan.model_name)["PrimaryContainer"]
-    assert model["Environment"] == ENV
+    # the Triton settings the container's serve script reads are always explicit (issue 9)
+    assert model["Environment"] == {"SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE": "4194304",
+                                    "SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE": "1048576", **ENV}
     assert model["MultiModelConfig"] == {"ModelCacheSetting": "Disabled"}
     assert model["Mode"] == "MultiModel"
     config = aws[sm.SAGEMAKER].describe_endpoint_config(
@@ -93,7 +95,7 @@ def test_a_changed_option_makes_new_names(no_sdk) -> None:
     assert env.endpoint_config_name != plan.endpoint_config_name  # the config names the model
     cache = make_plan("opts-mme", STORE, _opts(model_cache="enabled"))
     assert cache.model_name != plan.model_name
-    ami = make_plan("opts-mme", STORE, _opts(inference_ami_version="al2-ami-sagemaker-inference-gpu-3-1"))
+    ami = make_plan("opts-mme", STORE, _opts(inference_ami_version="al2023-ami-sagemaker-inference-gpu-4-1"))
     assert ami.model_name == plan.model_name  # a variant setting: only the config changes
     assert ami.endpoint_config_name != plan.endpoint_config_name
     # an update from the old config to the new one is what the planner makes of it

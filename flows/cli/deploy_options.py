@@ -40,7 +40,18 @@ DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "inference_ami": (str | None, typer.Option(
         None, "--inference-ami", help="sagemaker: the variant's InferenceAmiVersion "
                                       "(NVIDIA driver/CUDA of the instances)")),
+    "shm_default_bytes": (int | None, typer.Option(None, help="sagemaker: shared memory each Python-backend "
+                          "model instance starts with (SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE; default 4 MiB)")),
+    "shm_growth_bytes": (int | None, typer.Option(None, help="sagemaker: the step it grows by "
+                         "(SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE; default 1 MiB)")),
+    "triton_log_verbose": (int | None, typer.Option(None, help="sagemaker: Triton's --log-verbose level "
+                           "(SAGEMAKER_TRITON_LOG_VERBOSE; default 0: off; the container's own default "
+                           "logs every request)")),
+    "tag": (list[str], typer.Option(None, "--tag", help="sagemaker: KEY=VALUE tag on the model, config "
+                                    "and endpoint (repeatable)")),
     "warm_invocations": (int, typer.Option(20)),
+    "keep_versions": (int, typer.Option(1, min=0, help="previous versions of each ensemble kept for "
+                                        "rollback; older ones are deleted once the new one validated")),
     "plan": (Path | None, typer.Option(None, "--plan", help="sagemaker: a plan file from `mme plan`: fills "
                                        "instance type, count, autoscaling and model cache (flags given win)")),
 }
@@ -108,10 +119,14 @@ def _sagemaker_options(o: dict[str, Any]) -> Any:
             autoscaling_min=o["autoscaling_min"], autoscaling_max=o["autoscaling_max"],
             target_invocations_per_instance=o["target_invocations"],
             allow_target_mismatch=o["allow_target_mismatch"], load_wait_s=o["load_wait"],
-            model_cache=o["model_cache"], environment=environment, inference_ami_version=o["inference_ami"])
+            model_cache=o["model_cache"], environment=environment, inference_ami_version=o["inference_ami"],
+            shm_default_bytes=o["shm_default_bytes"], shm_growth_bytes=o["shm_growth_bytes"],
+            triton_log_verbose=o["triton_log_verbose"], tags=_parse_tags(o["tag"] or []))
     except (UserError, ValidationError) as e:  # pydantic's refusal of an option too
-        ami = o["inference_ami"]
-        _fail(f"--inference-ami {ami!r}: {e}" if ami and "AMI" in str(e) else str(e))
+        from infra.errors import validation_problems
+
+        ami, text = o["inference_ami"], validation_problems(e) if isinstance(e, ValidationError) else str(e)
+        _fail(f"--inference-ami {ami!r}: {text}" if ami and "AMI" in text else text)
     return options
 
 
@@ -131,5 +146,19 @@ def _parse_env(items: list[str]) -> dict[str, str]:
             check_environment({key: value})
         except UserError as e:
             _fail(f"--env {item!r}: {e}")
+        out[key] = value
+    return out
+
+
+def _parse_tags(items: list[str]) -> dict[str, str]:
+    """``--tag KEY=VALUE`` options -> the tags; a malformed or repeated one fails naming it (the
+    tag rules themselves are SageMakerOptions' check)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--tag {item!r}: expected KEY=VALUE, e.g. team=search")
+        if key in out:
+            _fail(f"--tag {item!r}: {key} is given twice")
         out[key] = value
     return out

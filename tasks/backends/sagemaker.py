@@ -29,6 +29,8 @@ from infra.aws_errors import describe as aws_describe
 from infra.aws_errors import one_line
 from infra.errors import InvalidInput
 from infra.manifest import Manifest
+from infra.store import S3Store, open_store
+from infra.triton_container import triton_environment
 from infra.triton_release import DEFAULT_RELEASE
 from tasks.backends.base import (
     DELETED,
@@ -70,6 +72,16 @@ class SageMakerOptions(BaseModel):
     inference_ami_version: str | None = Field(
         default=None, description="ProductionVariant.InferenceAmiVersion (the instances' AMI: "
                                   "NVIDIA driver and CUDA version); None lets SageMaker choose")
+    shm_default_bytes: int | None = Field(
+        default=None, description="SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE: each Python-backend model "
+                                  "instance's shared memory (None: 4 MiB, infra.triton_container)")
+    shm_growth_bytes: int | None = Field(
+        default=None, description="SAGEMAKER_TRITON_SHM_GROWTH_BYTE_SIZE (None: 1 MiB)")
+    triton_log_verbose: int | None = Field(
+        default=None, description="SAGEMAKER_TRITON_LOG_VERBOSE (None: 0, off; the container's own "
+                                  "default is on: a CloudWatch line per request)")
+    tags: dict[str, str] = Field(default_factory=dict, description="the caller's tags on the model, "
+                                 "endpoint config and endpoint (SageMaker's tag rules are checked)")
     runtime_url: str | None = Field(
         default=None, description="send validation invokes to this runtime URL instead of "
                                   "AWS's (a VPC endpoint, or the local endpoint in tests)")
@@ -100,6 +112,11 @@ class SageMakerOptions(BaseModel):
     def _environment(cls, value: dict[str, str]) -> dict[str, str]:
         return sm.check_environment(value)
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        return sm.check_tags(value)
+
     @field_validator("inference_ami_version")
     @classmethod
     def _ami(cls, value: str | None) -> str | None:
@@ -123,6 +140,9 @@ def check_builds(manifests: list[Manifest], opts: SageMakerOptions, log: Log) ->
 
 
 def make_plan(endpoint: str, store_uri: str, opts: SageMakerOptions) -> sm.EndpointPlan:
+    """The endpoint plan of these options, refused before any AWS call when SageMaker or Triton
+    would refuse it later (store, instance type, release, AMI, tags, Triton settings); the
+    container Environment carries the Triton settings explicitly (:mod:`infra.triton_container`)."""
     if not store_uri.startswith("s3://"):
         raise InvalidInput(f"the sagemaker backend needs an s3:// store (got {store_uri!r}): "
                            f"pass --store s3://bucket/prefix")
@@ -130,11 +150,14 @@ def make_plan(endpoint: str, store_uri: str, opts: SageMakerOptions) -> sm.Endpo
     if opts.autoscaling_max is not None:
         autoscaling = {"autoscaling_min": opts.autoscaling_min, "autoscaling_max": opts.autoscaling_max,
                        "target_invocations_per_instance": opts.target_invocations_per_instance}
+    environment = triton_environment(opts.environment, shm_default_bytes=opts.shm_default_bytes,
+                                     shm_growth_bytes=opts.shm_growth_bytes,
+                                     log_verbose=opts.triton_log_verbose)
     return sm.plan_for(endpoint, model_data_url(store_uri, endpoint), opts.role_arn,
                        region=opts.region, release=opts.triton_release,
                        instance_type=opts.instance_type, initial_instance_count=opts.instance_count,
-                       model_cache_setting=opts.model_cache, environment=opts.environment,
-                       inference_ami_version=opts.inference_ami_version, **autoscaling)
+                       model_cache_setting=opts.model_cache, environment=environment,
+                       inference_ami_version=opts.inference_ami_version, tags=opts.tags, **autoscaling)
 
 
 def plan_to_json(plan: sm.EndpointPlan) -> dict[str, Any]:
@@ -204,6 +227,9 @@ class SageMakerBackend:
 
     def begin(self, manifests: list[Manifest]) -> None:
         plan = self.endpoint_plan  # refuses a bad plan before any client is made
+        store, _ = open_store(self.models_url)
+        if isinstance(store, S3Store):  # always, for an s3:// store: the client that will upload
+            sm.check_bucket_region(store.client, plan.model_data_url, self.opts.region)
         self.before = current_state(self.clients, plan, self.log)
         record.note_ensembles_publishing(self.endpoint, manifests, self.models_url,
                                          **self._record_defaults())
