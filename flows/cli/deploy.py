@@ -51,20 +51,43 @@ def _explicit_options(ctx: typer.Context | None) -> set[str]:
             if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
 
 
+IAM_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "bucket": (str, typer.Option(...)), "prefix": (str, typer.Option(..., help="the store prefix")),
+    "endpoint": (str, typer.Option(...)), "region": (str, typer.Option("us-east-1")),
+    "account_id": (str, typer.Option(..., help="your AWS account id")),
+    "triton_release": (str, typer.Option(str(DEFAULT_RELEASE))),
+    "kms_key_arn": (list[str], typer.Option(None, "--kms-key-arn", help="the bucket's customer-managed "
+                    "KMS key (repeatable): kms:Decrypt for the endpoint, and GenerateDataKey for the deployer")),
+    "deployer": (bool, typer.Option(False, "--deployer", help="print the policy of whoever runs "
+                 "`mme deploy`/`mme retire` (not the endpoint's role)")),
+    "execution_role_arn": (str | None, typer.Option(None, help="--deployer: the endpoint's execution "
+                           "role, which the deployer passes to SageMaker")),
+}
+
+
 @app.command("iam-policy")
-def iam_policy(bucket: str = typer.Option(...), prefix: str = typer.Option(..., help="the store prefix"),
-               endpoint: str = typer.Option(...), region: str = typer.Option("us-east-1"),
-               account_id: str = typer.Option(..., help="your AWS account id"),
-               triton_release: str = typer.Option(str(DEFAULT_RELEASE))) -> None:
-    """Print the least-privilege policy (and trust policy) for the endpoint's execution role."""
-    from infra import iam, sagemaker as sm
+@_takes(IAM_OPTIONS)
+def iam_policy(**o: Any) -> None:
+    """Print the least-privilege policy (and trust policy) for the endpoint's execution role, or
+    with --deployer the policy of the identity that deploys and retires."""
+    from infra import deployer_policy, iam, sagemaker as sm
     from infra.errors import UserError
 
+    keys = o["kms_key_arn"] or []
     try:
-        image = sm.triton_image_uri(region, triton_release)
+        if o["deployer"]:
+            if not o["execution_role_arn"]:
+                _fail("--deployer needs --execution-role-arn (the role `mme deploy --role-arn` names)")
+            policy = deployer_policy.deployer_policy(
+                o["bucket"], o["prefix"], region=o["region"], account_id=o["account_id"],
+                endpoint_name=o["endpoint"], execution_role_arn=o["execution_role_arn"], kms_key_arns=keys)
+            print(json.dumps({"PolicyDocument": policy}, indent=2))
+            return
+        image = sm.triton_image_uri(o["region"], o["triton_release"])
         policy = iam.endpoint_execution_policy(
-            bucket, f"{prefix.strip('/')}/models/{endpoint}", region=region, account_id=account_id,
-            ecr_repository_arns=[iam.ecr_repository_arn(image)], endpoint_name=endpoint)
+            o["bucket"], f"{o['prefix'].strip('/')}/models/{o['endpoint']}", region=o["region"],
+            account_id=o["account_id"], ecr_repository_arns=[iam.ecr_repository_arn(image)],
+            endpoint_name=o["endpoint"], kms_key_arns=[deployer_policy.check_kms_key_arn(k) for k in keys])
     except UserError as e:
         _fail(str(e))
     print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))
