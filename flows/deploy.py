@@ -3,9 +3,12 @@
 The story is the same on every backend (:mod:`tasks.backends`), each step its own task
 (:mod:`tasks.deploy_steps`): read the manifests and check the builds fit the backend; for a dry
 run, say every call and stop; otherwise note what is being published in the endpoint record,
-publish the tarballs, create/update or reuse the endpoint, make replaced objects serve, invoke
-every ensemble by TargetModel and score it. If anything fails, the deploy is rolled back (the
-endpoint serves what it served before) and the flow fails saying why.
+publish the tarballs, each version as its own TargetModel ``<ensemble>-<sha256[:12]>.tar.gz``
+(never over the object that serves), create/update or reuse the endpoint, invoke every
+ensemble by its new TargetModel and score it. If anything fails, the deploy is rolled back (the
+endpoint serves what it served before, which was never touched) and the flow fails saying why.
+Once validated, the record names the new TargetModel as current, keeps the previous ones for
+rollback, and the versions past the keep count are deleted.
 """
 
 # (no ``from __future__ import annotations``: Prefect builds the parameter model of a flow
@@ -23,56 +26,63 @@ from flows.common import endpoint_lock, human_bytes, short
 from infra import paths
 from infra.ownership import owner
 from tasks.backends import DeployBackend, TargetMismatch, backend_for, check_targets  # noqa: F401
-from tasks.backends.base import settle
+from tasks.backends.base import prune_actions, settle, versioned_manifest
 from tasks.backends.sagemaker import SageMakerOptions
 from tasks.deploy_steps import (
     activate_task,
     ensure_endpoint_task,
     plan_task,
+    prune_task,
     publish_task,
     rollback_task,
     validate_task,
 )
 from tasks.package import read_manifest
 from tasks.publish import Published
-from tasks.records import BuildSource, DeployResult
+from tasks.records import BuildSource, DeployResult, Rollout
 from tasks.validate import DeployValidationFailed, check_validations, deploy_entries  # noqa: F401
 
 
 @flow(name="deploy", log_prints=True)
 def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
            backend: Literal["local", "sagemaker"] = "local", store_uri: str | None = None,
-           build: BuildSource | None = None, warm_invocations: int = 20,
+           build: BuildSource | None = None, rollout: Rollout | None = None,
            sagemaker: SageMakerOptions | None = None, dry_run: bool = False) -> dict[str, Any]:
     """Publish ``ensembles`` (already built: ``build`` says where) to ``endpoint`` and
-    validate each by TargetModel.
+    validate each by its new TargetModel.
 
     ``backend="local"``: the embedded store and the local multi-model endpoint.
     ``backend="sagemaker"``: ``store_uri`` is ``s3://bucket/prefix`` and ``sagemaker`` says
-    where and how the endpoint runs. ``dry_run`` lists every call without making one.
+    where and how the endpoint runs. ``rollout``: warm invocations of the validation and the
+    previous versions kept (default 20 and 1). ``dry_run`` lists every call without making one.
     """
+    rollout = rollout or Rollout()
     be = backend_for(backend, endpoint=endpoint, store_uri=store_uri, sagemaker=sagemaker,
                      aws=sagemaker.clients if sagemaker else None)
     manifests = _manifests(ensembles or ["text_embedding"], build or BuildSource(), be)
     for warning in be.check(manifests):  # refuse before anything is uploaded or created
         get_run_logger().warning(warning)
     if dry_run:
-        return plan_task(be, manifests).to_json()
+        plan = plan_task(be, manifests)
+        plan.calls += prune_actions(endpoint, be.store_uri, manifests, rollout.keep_versions)
+        return plan.to_json()
     with endpoint_lock(endpoint):  # a second deploy of this endpoint waits for this one
-        result = _deploy(be, manifests, warm_invocations)
+        result = _deploy(be, manifests, rollout)
     _summary(result)
     return result.to_json()
 
 
 def _manifests(names: list[str], build: BuildSource, be: DeployBackend) -> list[Any]:
-    """Every manifest, read before any upload (a missing build fails the deploy first)."""
+    """Every manifest, read before any upload (a missing build fails the deploy first), with
+    the versioned TargetModel this deploy publishes, validates and records."""
     folder = (Path(build.dir).expanduser() if build.dir
               else paths.artifacts_dir(build.target or be.default_target))
-    return [read_manifest(folder, name) for name in names]
+    return [versioned_manifest(read_manifest(folder, name)) for name in names]
 
 
-def _deploy(be: DeployBackend, manifests: list[Any], warm: int) -> DeployResult:
-    """Publish, ensure the endpoint, activate, validate; roll everything back on failure."""
+def _deploy(be: DeployBackend, manifests: list[Any], rollout: Rollout) -> DeployResult:
+    """Publish, ensure the endpoint, activate, validate; roll everything back on failure.
+    Then the record points to the new versions, and the ones past the keep count go."""
     be.begin(manifests)  # the endpoint record names what is about to be published
     backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-", dir=owner().scratch_root()))
     published: list[Published] = []
@@ -81,7 +91,7 @@ def _deploy(be: DeployBackend, manifests: list[Any], warm: int) -> DeployResult:
         _publish(be, manifests, backup_dir, published)
         handle = ensure_endpoint_task(be)
         activate_task(be, handle, published)
-        results = [validate_task(be, handle, m, warm) for m in manifests]
+        results = [validate_task(be, handle, m, rollout.warm_invocations) for m in manifests]
         check_validations(manifests, results)
     except BaseException as e:
         rollback_task(be, handle, published, e, return_state=True)  # never masks ``e``
@@ -89,7 +99,13 @@ def _deploy(be: DeployBackend, manifests: list[Any], warm: int) -> DeployResult:
         raise
     finally:
         shutil.rmtree(backup_dir, ignore_errors=True)
-    return be.finish(handle, manifests, published, deploy_entries(manifests, published, results))
+    entries = [e.model_copy(update={"target_model": p.target_model})
+               for e, p in zip(deploy_entries(manifests, published, results), published, strict=True)]
+    result = be.finish(handle, manifests, published, entries)
+    pruned = prune_task(be, handle, manifests, rollout.keep_versions, return_state=True)
+    result.pruned = pruned.result() if pruned.is_completed() else [  # the deploy itself succeeded
+        f"older versions not removed ({pruned.message}): the next deploy or `mme retire` removes them"]
+    return result
 
 
 def _publish(be: DeployBackend, manifests: list[Any], backup_dir: Path,

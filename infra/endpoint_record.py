@@ -3,7 +3,13 @@
 ``$MME_HOME/endpoints/<name>/record.json`` says which backend serves the endpoint, the store
 and model prefix it reads, the AWS region, every AWS resource the deploys created for it
 (model, endpoint config, endpoint, scalable target, scaling policy), and the ensembles
-deployed (TargetModel, object, sha256).
+deployed: each one's current TargetModel (object, sha256) and the versions kept for rollback.
+
+Why versions: a deploy publishes ``<ensemble>-<sha256[:12]>.tar.gz``, never over the object
+that serves (an instance of a SageMaker MME keeps serving the bytes it loaded under a name
+until it unloads them). So "which TargetModel is ``text_embedding`` now" is a question for
+this record (:func:`current_target`), and a rollback points the record back to a kept
+version (:func:`point_back`): nothing is overwritten.
 
 Why a local file beside the store's ledger: ``mme retire --endpoint E`` must find a SageMaker
 endpoint without being told the S3 store, the region or the backend, and a deploy that dies
@@ -25,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infra import paths
+from infra.errors import InvalidInput
 from infra.manifest import Manifest
 from infra.schema import RecordError, check_version, field_errors
 from infra.store import atomic_path, file_lock
@@ -77,7 +84,8 @@ class ResourceLine(_Line):
 
 class EnsembleLine(_Line):
     """One ensemble deployed to the endpoint (``state``: publishing | deployed); ``previous``
-    is what it replaced, kept until the deploy settles."""
+    is what it replaced, kept until the deploy settles; ``kept_versions`` the versions that
+    served before it (newest first), whose objects are kept for a rollback."""
 
     target_model: str
     key: str
@@ -86,6 +94,7 @@ class EnsembleLine(_Line):
     model_data_url: str
     state: str | None = None
     previous: dict[str, Any] | None = None
+    kept_versions: list[dict[str, Any]] | None = None
 
 
 class EndpointRecord(_Line):
@@ -228,8 +237,11 @@ def note_ensembles_publishing(endpoint: str, manifests: list[Manifest], models_u
 
 
 def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None:
-    """After the deploy: ``deployed`` marks the new objects served; otherwise (rolled back)
-    each entry goes back to what was served before, or away when nothing was."""
+    """After the deploy: ``deployed`` marks the new objects served, and what served before
+    joins the versions kept for rollback (all of them: pruning to the keep count deletes
+    objects, so it is the backend's step, :func:`forget_versions` after each delete);
+    otherwise (rolled back) each entry goes back to what was served before, or away when
+    nothing was."""
     with updating(endpoint) as doc:
         for name in names:
             entry = doc["ensembles"].get(name)
@@ -238,6 +250,7 @@ def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None
             previous = entry.pop("previous", None)
             if deployed:
                 entry.update(state="deployed", deployed_at=_now())
+                _set_kept(entry, kept_after(previous, entry["key"]))
             elif previous is not None:
                 doc["ensembles"][name] = previous
             else:
@@ -247,3 +260,77 @@ def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None
 def forget_ensemble(endpoint: str, name: str) -> None:
     with updating(endpoint) as doc:
         doc["ensembles"].pop(name, None)
+
+
+# ---------------------------------------------------------------------------------- versions
+VERSION_FIELDS = ("target_model", "key", "uri", "sha256", "model_data_url", "build_target", "deployed_at")
+
+
+def version_line(entry: dict[str, Any]) -> dict[str, Any]:
+    """One version as it is kept for rollback: its TargetModel, its object and digest."""
+    return {k: entry[k] for k in VERSION_FIELDS if entry.get(k) is not None}
+
+
+def kept_after(before: dict[str, Any] | None, current_key: str) -> list[dict[str, Any]]:
+    """The versions kept once the object ``current_key`` serves: what served before (newest
+    first), then what that one kept; each object once, never the one now serving (a redeploy
+    of a kept version makes it current again instead of keeping it twice)."""
+    if before is None:
+        return []
+    seen, out = {current_key}, []
+    for line in [version_line(before), *(before.get("kept_versions") or [])]:
+        if line["key"] not in seen:
+            seen.add(line["key"])
+            out.append(line)
+    return out
+
+
+def _set_kept(entry: dict[str, Any], kept: list[dict[str, Any]]) -> None:
+    if kept:
+        entry["kept_versions"] = kept
+    else:
+        entry.pop("kept_versions", None)
+
+
+def forget_versions(endpoint: str, name: str, keys: set[str]) -> None:
+    """Drop kept versions whose objects were deleted (pruned past the keep count)."""
+    with updating(endpoint) as doc:
+        entry = doc["ensembles"].get(name)
+        if entry is not None:
+            _set_kept(entry, [v for v in entry.get("kept_versions") or [] if v["key"] not in keys])
+
+
+def current_target(endpoint: str, ensemble: str) -> str | None:
+    """The TargetModel ``ensemble`` is served by on ``endpoint`` per this record, or None when
+    no deploy from this machine recorded it. While a deploy is in flight (not validated yet)
+    that is still the version it is replacing."""
+    entry = ((read_record(endpoint) or {}).get("ensembles") or {}).get(ensemble)
+    if entry is not None and entry.get("state") == "publishing":
+        entry = entry.get("previous")
+    return None if entry is None else str(entry["target_model"])
+
+
+def target_model_for(endpoint: str, ensemble: str) -> str:
+    """What to invoke ``ensemble`` by on ``endpoint``: its current TargetModel per this record,
+    else the unversioned ``<ensemble>.tar.gz`` (an endpoint started by hand over copied
+    objects, or one deployed before versions)."""
+    return current_target(endpoint, ensemble) or f"{ensemble}.tar.gz"
+
+
+def point_back(endpoint: str, ensemble: str) -> dict[str, Any]:
+    """Roll ``ensemble`` back: its newest kept version becomes current again, and the current
+    one is kept in its place. Only the record changes (both objects are still in the store:
+    nothing is overwritten or uploaded). Returns the new current entry; refuses (InvalidInput)
+    an ensemble with no kept version, or one whose deploy is in flight."""
+    with updating(endpoint) as doc:
+        entry = doc["ensembles"].get(ensemble)
+        if entry is None or entry.get("state") == "publishing" or not entry.get("kept_versions"):
+            why = ("not deployed" if entry is None else "a deploy of it is in flight"
+                   if entry.get("state") == "publishing" else "no previous version is kept")
+            raise InvalidInput(f"cannot roll {ensemble} on {endpoint} back: {why}")
+        back, *older = entry["kept_versions"]
+        new = {**{k: v for k, v in entry.items() if k not in VERSION_FIELDS and k != "kept_versions"},
+               **back, "state": "deployed", "rolled_back_at": _now()}
+        _set_kept(new, [version_line(entry), *older])
+        doc["ensembles"][ensemble] = new
+        return dict(new)

@@ -84,6 +84,18 @@ def rollback_task(backend: DeployBackend, handle: dict[str, Any] | None,
         get_run_logger().error("%s", line)
 
 
+@task(name="prune", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=BACKOFF,
+      retry_condition_fn=retry_transient, timeout_seconds=900)
+def prune_task(backend: DeployBackend, handle: dict[str, Any], manifests: list[Any],
+               keep_versions: int) -> list[str]:
+    """After a validated deploy: delete the versions past ``keep_versions`` (and unversioned
+    objects of older deploys); the lines say what was deleted or left."""
+    lines = [s.line for s in _logging(backend).prune(handle, manifests, keep_versions)]
+    for line in lines:
+        get_run_logger().info("%s", line)
+    return lines
+
+
 @task(name="retire-ensemble", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=BACKOFF,
       retry_condition_fn=retry_transient)
 def retire_ensemble_task(backend: DeployBackend, ensemble: str, entry: dict[str, Any] | None) -> Step:

@@ -119,7 +119,7 @@ def _referenced(store_uri: str) -> tuple[dict[str, set[str]], dict[str, str], di
         prefixes.update({e: r.models_url for e, r in table.endpoints.items() if r.models_url})
     for endpoint in prefixes:
         ledger = read_ledger(store_uri, endpoint)
-        keep[endpoint] |= {e.target_model for e in ledger.ensembles.values()}
+        keep[endpoint] |= {t for e in ledger.ensembles.values() for t in e.target_models()}  # + kept versions
     return keep, prefixes, tables
 
 

@@ -28,6 +28,7 @@ class DeployedEnsemble(_Record):
 
     name: str
     target: str | None = None
+    target_model: str | None = None  # the versioned TargetModel it is invoked by
     artifact: str
     sha256: str
     bytes: int
@@ -53,6 +54,7 @@ class DeployResult(_Record):
     hourly_cost_usd: float | None = None
     calls: list[str] | None = None
     plan: dict[str, Any] | None = None
+    pruned: list[str] | None = None  # older versions removed after validation (one line each)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document (fields a backend does not set are left out, as before)."""
@@ -88,6 +90,11 @@ class LedgerEntry(_Record):
     sha256: str
     model_data_url: str | None = None
     deployed_at: str | None = None
+    kept_versions: list[dict[str, Any]] | None = None  # older versions kept for rollback, newest first
+
+    def target_models(self) -> set[str]:
+        """Every TargetModel of ours this entry references: the current one and the kept ones."""
+        return {self.target_model, *(v["target_model"] for v in self.kept_versions or [])}
 
 
 class Ledger(_Record):
@@ -123,6 +130,16 @@ class Ledger(_Record):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
+
+
+class Rollout(_Record):
+    """How a deploy validates and what it keeps: ``warm_invocations`` timed invokes after the
+    cold one; ``keep_versions`` previous versions of each ensemble whose objects are kept for a
+    rollback (older ones, and unversioned objects of older deploys, are deleted once the new
+    version validated)."""
+
+    warm_invocations: int = Field(default=20, ge=0)
+    keep_versions: int = Field(default=1, ge=0)
 
 
 class BuildSource(_Record):

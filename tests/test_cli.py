@@ -73,7 +73,8 @@ def test_sagemaker_dry_run_prints_every_call_without_credentials(tmp_path: Path,
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.splitlines()
-    ops = ["s3.PutObject s3://my-bucket/mme/models/dry-mme/image_classifier.tar.gz",
+    sha = built_image_classifier["manifest"].sha256
+    ops = [f"s3.PutObject s3://my-bucket/mme/models/dry-mme/image_classifier-{sha[:12]}.tar.gz",
            "sagemaker.create_model", "sagemaker.create_endpoint_config", "sagemaker.create_endpoint(",
            "sagemaker.wait_in_service", "application-autoscaling.register_scalable_target",
            "application-autoscaling.put_scaling_policy", "sagemaker-runtime.InvokeEndpoint"]

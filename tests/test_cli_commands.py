@@ -139,18 +139,22 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
             assert x["top5"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
         assert lines[0]["top5"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")
 
+        # ---- invoke resolved each ensemble to its versioned TargetModel through the record
+        text_tm = f"text_embedding-{built_text_embedding['manifest'].sha256[:12]}.tar.gz"
+        image_tm = f"image_classifier-{built_image_classifier['manifest'].sha256[:12]}.tar.gz"
         status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP, "--json"], cli_env)).stdout)
         assert {m["target_model"]: m["state"] for m in status["models"]} == {
-            "text_embedding.tar.gz": "loaded", "image_classifier.tar.gz": "loaded"}
+            text_tm: "loaded", image_tm: "loaded"}
+        assert status["metrics"]["models"][text_tm]["invocations"] > 2  # validation + the invokes
 
         # ---- retire one ensemble: unloaded, its object deleted, the other still served
-        store_obj = home / "store" / "models" / EP / "image_classifier.tar.gz"
+        store_obj = home / "store" / "models" / EP / image_tm
         assert store_obj.exists()
         r = _ok(_mme(["retire", "image_classifier", "--endpoint", EP], cli_env))
         assert "image_classifier" in r.stdout + r.stderr
         assert not store_obj.exists()
         status = json.loads(_ok(_mme(["endpoint", "status", "--name", EP, "--json"], cli_env)).stdout)
-        assert "image_classifier.tar.gz" not in {m["target_model"] for m in status["models"]}
+        assert image_tm not in {m["target_model"] for m in status["models"]}
         r = _mme(["invoke", *paths[:2], "--endpoint", EP], cli_env)
         assert r.returncode == 2 and "ValidationError" in r.stderr, (r.stdout, r.stderr)
         assert "image_classifier.tar.gz" in r.stderr
@@ -158,7 +162,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
 
         # ---- retire the endpoint: the rest deleted, the endpoint stopped
         _ok(_mme(["retire", "--endpoint", EP, "--stop"], cli_env))
-        assert not (home / "store" / "models" / EP / "text_embedding.tar.gz").exists()
+        assert not (home / "store" / "models" / EP / text_tm).exists()
         assert not state.exists()
         r = _mme(["endpoint", "status", "--name", EP], cli_env)
         assert r.returncode == 2 and "not running" in r.stderr, r.stderr

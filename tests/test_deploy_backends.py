@@ -27,7 +27,7 @@ def test_backend_is_chosen_once_by_name(tmp_path: Path) -> None:
     assert set(BACKENDS) == {"local", "sagemaker"}
     for backend in (local, sm):  # every step of the protocol is there
         for step in ("check", "plan", "begin", "publish", "ensure_endpoint", "activate", "validate",
-                     "rollback", "finish", "retire_ensemble", "retire_endpoint"):
+                     "rollback", "finish", "prune", "retire_ensemble", "retire_endpoint"):
             assert callable(getattr(backend, step)), (type(backend).__name__, step)
             assert step in DeployBackend.__dict__
     with pytest.raises(ValueError, match="backend 'azure': expected one of local, sagemaker"):
@@ -45,7 +45,7 @@ def test_every_deploy_step_is_a_task_retrying_only_transient_failures() -> None:
     from tasks.retry import retry_transient
 
     tasks = {t.name: t for t in vars(steps).values() if isinstance(t, Task)}
-    assert {"plan", "publish", "ensure-endpoint", "activate", "validate", "rollback",
+    assert {"plan", "publish", "ensure-endpoint", "activate", "validate", "rollback", "prune",
             "retire-ensemble", "retire-endpoint"} <= set(tasks)
     retrying = {n: t for n, t in tasks.items() if t.retries}
     assert {"publish", "ensure-endpoint", "validate"} <= set(retrying)

@@ -97,7 +97,8 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampere
     from flows.retire import RetireIncomplete, retire
     from infra.endpoint_process import find_running
     from infra.runtime_client import invoke, runtime_client_for
-    from tasks.records import BuildSource
+    from infra.endpoint_record import current_target
+    from tasks.records import BuildSource, Rollout
     from tasks.verify import Sample
 
     store_uri = (tmp_path / "store").as_uri()
@@ -105,28 +106,32 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampere
     ep = "flow-ep"
     try:
         first = deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=art_dir),
-                       store_uri=store_uri, warm_invocations=3)
+                       store_uri=store_uri, rollout=Rollout(warm_invocations=3))
         (entry,) = first["ensembles"]
         assert entry["uploaded"] and entry["validation"]["passed"]
         assert entry["latency_ms"]["cold"] > entry["latency_ms"]["p50"] > 0
         pid = find_running(ep).pid
 
         second = deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=art_dir),
-                        store_uri=store_uri, warm_invocations=1)
+                        store_uri=store_uri, rollout=Rollout(warm_invocations=1))
         assert not second["ensembles"][0]["uploaded"], "unchanged artifact re-uploaded"
         assert find_running(ep).pid == pid, "endpoint must be reused, not redeployed"
 
         bad_dir = tampered_text_build
         with pytest.raises(DeployValidationFailed, match="min_cosine"):
             deploy(ensembles=["text_embedding"], endpoint=ep, build=BuildSource(dir=str(bad_dir)),
-                   store_uri=store_uri, warm_invocations=1)
+                   store_uri=store_uri, rollout=Rollout(warm_invocations=1))
         store, _ = open_store(store_uri)
-        key = "models/flow-ep/text_embedding.tar.gz"
-        assert store.head(key).sha256 == built_text_embedding["manifest"].sha256, "not rolled back"
+        sha = built_text_embedding["manifest"].sha256
+        key = f"models/flow-ep/text_embedding-{sha[:12]}.tar.gz"  # a versioned TargetModel
+        assert entry["target_model"] == key.rsplit("/", 1)[-1] == current_target(ep, "text_embedding")
+        assert store.head(key).sha256 == sha, "the serving version must be untouched"
+        assert [i.key for i in store.list("models/flow-ep/")] == [key], "the failed upload is deleted"
         # and the endpoint serves the previous (good) model again
         doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
         sample = Sample.from_json(doc["sample"])
-        got = invoke(runtime_client_for(find_running(ep).url), ep, "text_embedding.tar.gz", sample.inputs)
+        got = invoke(runtime_client_for(find_running(ep).url), ep, current_target(ep, "text_embedding"),
+                     sample.inputs)
         cos = (got["finaloutput"] * sample.expected["finaloutput"]).sum(axis=1)
         assert np.all(cos > 0.999)
 

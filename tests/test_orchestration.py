@@ -212,7 +212,7 @@ def test_second_deploy_of_an_endpoint_waits(prefect_harness, built_image_classif
     from flows.common import endpoint_lock
     from flows.deploy import deploy
     from infra.endpoint_process import stop
-    from tasks.records import BuildSource
+    from tasks.records import BuildSource, Rollout
 
     endpoint = f"lock-{uuid_mod.uuid4().hex[:6]}"
     names = {k: f"{endpoint}-{k}" for k in ("a", "b")}
@@ -222,7 +222,8 @@ def test_second_deploy_of_an_endpoint_waits(prefect_harness, built_image_classif
         try:
             outcome[key] = deploy.with_options(flow_run_name=names[key])(
                 ensembles=["image_classifier"], endpoint=endpoint,
-                build=BuildSource(dir=str(built_image_classifier["output_dir"])), warm_invocations=2,
+                build=BuildSource(dir=str(built_image_classifier["output_dir"])),
+                rollout=Rollout(warm_invocations=2),
                 return_state=True)
         except BaseException as e:  # noqa: BLE001 - reported below
             outcome[key] = e

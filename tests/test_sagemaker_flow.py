@@ -74,17 +74,18 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     from flows.deploy import deploy
     from flows.retire import retire
     from tasks.backends.sagemaker import SageMakerOptions
-    from tasks.records import BuildSource
+    from tasks.records import BuildSource, Rollout
     from tasks.validate import DeployValidationFailed
 
     ep, sm_client = runtime
     s3 = boto3.client("s3", region_name=REGION)
-    key = f"mme/models/{EP}/text_embedding.tar.gz"
+    key = f"mme/models/{EP}/text_embedding-{built_text_embedding['manifest'].sha256[:12]}.tar.gz"
     art = str(built_text_embedding["output_dir"])
     opts = SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09",
                             autoscaling_max=2, poll_s=0, allow_target_mismatch=True)
     common = dict(ensembles=["text_embedding"], endpoint=EP, backend="sagemaker",
-                  build=BuildSource(target="local-cpu", dir=art), store_uri=STORE, warm_invocations=2)
+                  build=BuildSource(target="local-cpu", dir=art), store_uri=STORE,
+                  rollout=Rollout(warm_invocations=2))
 
     # dry run: every call listed, nothing made
     dry = deploy(**common, sagemaker=opts, dry_run=True)
@@ -101,7 +102,7 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     assert first["ensembles"][0]["validation"]["passed"] and first["ensembles"][0]["uploaded"]
     # every step of the SageMaker deploy is its own task run (own retries, own line in the UI)
     assert _task_runs(state.state_details.flow_run_id) == [
-        "publish", "ensure-endpoint", "activate", "validate"]
+        "publish", "ensure-endpoint", "activate", "validate", "prune"]
     assert "sagemaker.create_endpoint" in first["calls"]
     desc = sm_client.describe_endpoint(EndpointName=EP)
     assert desc["EndpointStatus"] == "InService"
@@ -119,7 +120,8 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     again = deploy(**common, sagemaker=opts)
     assert again["calls"] == [] and not again["ensembles"][0]["uploaded"]
 
-    # a new build that answers wrongly, with a new fleet size: rolled back, old object restored
+    # a new build that answers wrongly, with a new fleet size: rolled back, the serving object
+    # untouched (the new version had its own key) and the failed upload deleted
     bigger = opts.model_copy(update={"instance_count": 2, "autoscaling_max": 3})
     with pytest.raises(DeployValidationFailed, match="min_cosine"):
         deploy(**{**common, "build": BuildSource(dir=str(tampered_text_build))},
@@ -128,6 +130,7 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
     assert [u["EndpointConfigName"] for u in sm_client.updates][-1] == first_config
     assert s3.head_object(Bucket=BUCKET, Key=key)["Metadata"]["sha256"] == \
         built_text_embedding["manifest"].sha256
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="mme/models/")["Contents"]] == [key]
 
     lines = retire(endpoint=EP, store_uri=STORE, stop_endpoint=True)
     assert any("deleted" in line for line in lines)

@@ -166,11 +166,11 @@ def _opts(**kw: Any) -> Any:
 
 def _deploy(art: Path | str, endpoint: str, opts: Any) -> dict[str, Any]:
     from flows.deploy import deploy
-    from tasks.records import BuildSource
+    from tasks.records import BuildSource, Rollout
 
     return deploy(ensembles=["text_embedding"], endpoint=endpoint, backend="sagemaker",
                   build=BuildSource(target="local-cpu", dir=str(art)), store_uri=STORE,
-                  warm_invocations=1, sagemaker=opts)
+                  rollout=Rollout(warm_invocations=1), sagemaker=opts)
 
 
 def _aws_leftovers() -> dict[str, list[str]]:
@@ -218,7 +218,8 @@ def test_cli_retire_finds_the_sagemaker_endpoint_from_its_record(built_text_embe
         "model", "endpoint_config", "endpoint", "scalable_target", "scaling_policy"}
     assert all(r["state"] == "created" for r in doc["resources"])
     entry = doc["ensembles"]["text_embedding"]
-    assert entry["target_model"] == "text_embedding.tar.gz" and entry["state"] == "deployed"
+    sha = built_text_embedding["manifest"].sha256
+    assert entry["target_model"] == f"text_embedding-{sha[:12]}.tar.gz" and entry["state"] == "deployed"
     assert entry["sha256"] == built_text_embedding["manifest"].sha256
     assert _aws_leftovers()["endpoints"] == [endpoint]
 

@@ -143,7 +143,8 @@ def _print_deploy(result: dict) -> None:
     for e in result["ensembles"]:
         v, lat = e["validation"], e["latency_ms"]
         direct = e.get("direct_triton_latency_ms") or {}
-        rows.append({"ensemble": e["name"], v["metric"]: f"{v['value']:.6f}",
+        rows.append({"ensemble": e["name"], "TargetModel": e.get("target_model") or "-",
+                     v["metric"]: f"{v['value']:.6f}",
                      "ok": "yes" if v["passed"] else "NO",
                      "cold ms": f"{lat['cold']:.0f}", "p50 ms": f"{lat['p50']:.1f}",
                      "p99 ms": f"{lat['p99']:.1f}",
@@ -153,3 +154,5 @@ def _print_deploy(result: dict) -> None:
         if "top5" in e["validation"]:
             _print_table(f"{e['name']}: top-5 on the sample image",
                          [{"label": t["label"], "prob": f"{t['prob']:.4f}"} for t in e["validation"]["top5"]])
+    for line in result.get("pruned") or []:  # older versions deleted after validation
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

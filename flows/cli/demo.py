@@ -41,7 +41,8 @@ def demo(report: Path | None = typer.Option(None, help="also write a JSON report
         "model_data_url": result["model_data_url"],
         "seconds": {"build": round(build_s, 1), "total": round(total_s, 1)},
         "ensembles": [
-            {"name": e["name"], "target": e["target"], "artifact": e["artifact"],
+            {"name": e["name"], "target": e["target"], "target_model": e.get("target_model"),
+             "artifact": e["artifact"],
              "sha256": e["sha256"], "bytes": e["bytes"], "validation": e["validation"],
              "latency_ms": e["latency_ms"],
              "direct_triton_latency_ms": e.get("direct_triton_latency_ms"),

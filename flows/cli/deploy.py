@@ -22,13 +22,14 @@ def deploy(**o: Any) -> None:
     if o.pop("preflight"):
         run_preflight_command(o)  # read-only checks, then exit: deploys nothing
     from flows.deploy import deploy as deploy_flow
-    from tasks.records import BuildSource
+    from tasks.records import BuildSource, Rollout
 
     o = apply_plan(o, _explicit_options(o.pop("ctx", None)))
     result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
                        backend=o["backend"], store_uri=o["store"], build=BuildSource(target=o["target"]),
-                       warm_invocations=o["warm_invocations"], dry_run=o["dry_run"],
-                       sagemaker=_backend_options(o))
+                       rollout=Rollout(warm_invocations=o["warm_invocations"],
+                                       keep_versions=o["keep_versions"]),
+                       dry_run=o["dry_run"], sagemaker=_backend_options(o))
     if not o["dry_run"]:
         _print_deploy(result)
         return

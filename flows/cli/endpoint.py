@@ -18,8 +18,7 @@ INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "image": (list[Path], typer.Option(None, help="image files to classify (image ensembles)")),
     "endpoint": (str, typer.Option("local-mme")),
     "target_model": (str | None, typer.Option(
-        None, help="default: the current TargetModel of text_embedding (image_classifier with "
-                   "--image) in the endpoint's record; a name given is invoked as it is")),
+        None, help="default: text_embedding's (image_classifier's) current one in the endpoint record")),
     "url": (str | None, typer.Option(None, help="default: the running local endpoint")),
     "json_body": (bool, typer.Option(False, "--json", help="send a JSON body, not binary+json")),
     "fleet": (str | None, typer.Option(None, help="invoke a fleet's --variant through its routing "
@@ -41,6 +40,7 @@ def invoke(**o: Any) -> None:
     from botocore.exceptions import ClientError
 
     from infra.endpoint_process import find_running
+    from infra.endpoint_record import target_model_for
     from infra.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
 
     if bool(fleet) != bool(variant):
@@ -52,12 +52,11 @@ def invoke(**o: Any) -> None:
         url = info.url
     if image:
         inputs = {"INPUT": pack_images([p.read_bytes() for p in image])}
-        target_model = target_model or current_target_model(endpoint, "image_classifier")
     elif text:
         inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
-        target_model = target_model or current_target_model(endpoint, "text_embedding")
     else:
         _fail("give sentences, or --image FILE")
+    target_model = target_model or target_model_for(endpoint, "image_classifier" if image else "text_embedding")
     try:
         out = (_invoke_variant(fleet, variant, store, inputs, not json_body, (attempts, budget)) if variant else
                do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body))
@@ -75,20 +74,6 @@ def invoke(**o: Any) -> None:
                     {"label": labels[i], "prob": round(float(row[i]), 6)} for i in top]}))
         else:
             print(json.dumps({name: arr.round(6).tolist()}))
-
-
-def current_target_model(endpoint: str, ensemble: str) -> str:
-    """The TargetModel ``ensemble`` is served by on ``endpoint``: the current version in the
-    endpoint's record (a deploy publishes ``<ensemble>-<sha256[:12]>.tar.gz``), else the
-    unversioned ``<ensemble>.tar.gz`` (an endpoint started by hand over copied objects)."""
-    from infra import endpoint_record as record
-    from infra.errors import UserError
-    from tasks.package import artifact_name
-
-    try:
-        return record.current_target(endpoint, ensemble) or artifact_name(ensemble)
-    except UserError as e:  # an unreadable record: one line
-        _fail(str(e))
 
 
 def _invoke_variant(fleet: str, variant: str, store: str | None, inputs: dict[str, Any],

@@ -2,8 +2,9 @@
 
 The ``deploy`` and ``retire`` flows call a backend's steps, each as its own Prefect task (see
 :mod:`tasks.deploy_steps`), so both backends tell the same story in the UI: plan (dry run),
-check, publish, ensure the endpoint, activate, validate, and on failure roll back; retire
-removes ensembles and the endpoint. The backend is chosen once, by :func:`backend_for`.
+check, publish, ensure the endpoint, activate, validate, and on failure roll back; after a
+validated deploy, prune the versions past the keep count; retire removes ensembles and the
+endpoint. The backend is chosen once, by :func:`backend_for`.
 
 A new backend: a class with these methods in ``tasks/backends/<name>.py``, one line in
 :func:`backend_for`, and its build targets in :data:`BACKEND_TARGETS`.
@@ -44,13 +45,15 @@ class DeployBackend(Protocol):
         """Note in the endpoint record what is about to be published (before any upload)."""
 
     def publish(self, manifest: Manifest, backup_dir: Path) -> Published:
-        """Upload one tarball under the endpoint's model prefix (skipped when unchanged)."""
+        """Upload one tarball under the endpoint's model prefix as the manifest's TargetModel
+        (versioned: :func:`~tasks.backends.base.versioned_manifest`), skipped when unchanged."""
 
     def ensure_endpoint(self) -> dict[str, Any]:
         """Create, update or reuse the endpoint; returns how to reach it (the handle)."""
 
     def activate(self, handle: dict[str, Any], published: list[Published]) -> None:
-        """Make replaced objects serve their new bytes (local: unload; SageMaker: warn)."""
+        """Make a replaced object serve its new bytes (local: unload; SageMaker: warn). With
+        versioned TargetModels that is only a corrupt object of the same version re-published."""
 
     def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
         """Invoke by TargetModel and score the answer (validation, latency_ms, cold_tries)."""
@@ -63,8 +66,13 @@ class DeployBackend(Protocol):
                published: list[Published], entries: list[DeployedEnsemble]) -> DeployResult:
         """Settle the endpoint record, write the ledger, and say what was deployed."""
 
+    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
+        """After the deploy validated and the record points to the new versions: delete each
+        ensemble's kept versions past ``keep`` (and unversioned objects of older deploys)."""
+
     def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
-        """Remove one ensemble we deployed (only an object that still has our digest)."""
+        """Remove one ensemble we deployed: its current object and the kept versions' (only
+        objects that still have our digest)."""
 
     def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
         """Stop or delete the endpoint and everything of ours around it."""

@@ -1,10 +1,11 @@
 """The ``local`` backend: the embedded store and the local multi-model endpoint.
 
-The artifacts go to the store under the endpoint's model prefix; the endpoint is started once
-(or reused: it is never redeployed to add a model); a replaced object is unloaded so the next
-request loads the new bytes; each ensemble is invoked by TargetModel and scored. A failed
-deploy puts back the replaced objects and unloads them: the endpoint keeps serving what it
-served before.
+The artifacts go to the store under the endpoint's model prefix, each version under its own
+TargetModel (``<ensemble>-<sha256[:12]>.tar.gz``); the endpoint is started once (or reused: it
+is never redeployed to add a model); each ensemble is invoked by its new TargetModel and
+scored. A failed deploy deletes what it uploaded and unloads it: the previous version, never
+touched, keeps serving. After a validated deploy the versions past the keep count are deleted
+and unloaded.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from tasks.backends.base import (
     DELETED,
     INFO,
     Step,
-    delete_object,
+    delete_versions,
     missing_entry,
+    other_versions,
+    prune_versions,
     publish_actions,
     restore_objects,
     settle,
@@ -107,13 +110,21 @@ class LocalBackend:
         return DeployResult(endpoint=self.endpoint, url=handle["url"], model_data_url=self.models_url,
                             ensembles=entries, endpoint_info=handle)
 
+    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
+        client = LocalEndpointClient(handle["url"], timeout=60)
+        return prune_versions(self.endpoint, self.store_uri, [m.ensemble for m in manifests], keep,
+                              unload=lambda target: client.unload(target, check=False))
+
     def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
         if entry is None:
             return missing_entry(self.endpoint, ensemble)
         running = find_running(self.endpoint)
         if running:
-            LocalEndpointClient(running.url).unload(entry["target_model"])
-        return delete_object(ensemble, entry, "unloaded; " if running else "")
+            client = LocalEndpointClient(running.url)
+            client.unload(entry["target_model"])
+            for kept in other_versions(entry):  # loaded if a client still used it
+                client.unload(kept["target_model"], check=False)
+        return delete_versions(ensemble, entry, "unloaded; " if running else "")
 
     def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
         outcome = stop(self.endpoint)

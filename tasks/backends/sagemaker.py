@@ -1,7 +1,9 @@
 """The ``sagemaker`` backend: a SageMaker multi-model endpoint.
 
 The same steps as the local backend, against AWS: publish the tarballs to the endpoint's S3
-model prefix (skipped when the sha256 in the object's metadata already matches), create or
+model prefix, each version under its own TargetModel ``<ensemble>-<sha256[:12]>.tar.gz`` (never
+over an object an instance may have loaded; skipped when the sha256 in the object's metadata
+already matches), create or
 update the model / endpoint config / endpoint and its autoscaling (the calls come from one
 plan, so the dry run prints exactly what would run and a re-run with the same inputs makes no
 call), wait for ``InService``, then invoke every ensemble by ``TargetModel`` and score it. A
@@ -39,8 +41,9 @@ from tasks.backends.base import (
     MISSING,
     Step,
     check_targets,
-    delete_object,
+    delete_versions,
     missing_entry,
+    prune_versions,
     publish_actions,
     restore_objects,
     settle,
@@ -253,9 +256,9 @@ class SageMakerBackend:
         an object was replaced under an endpoint that may have loaded the old one."""
         for pub in published:
             if pub.uploaded and pub.previous_backup and self.before.endpoint_status:
-                self.log(f"{pub.ensemble}: WARNING {pub.target_model} replaced in place; instances "
-                         f"that already loaded it keep the old version until SageMaker unloads it "
-                         f"(use a new TargetModel name per version to switch at once)")
+                self.log(f"{pub.ensemble}: WARNING {pub.target_model} held other bytes and was "
+                         f"replaced in place; instances that already loaded it keep those until "
+                         f"SageMaker unloads it")
 
     def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
         return validate_deployed(None, self.endpoint, manifest, warm_invocations=warm,
@@ -286,10 +289,15 @@ class SageMakerBackend:
         return {"backend": "sagemaker", "store_uri": self.store_uri, "region": self.opts.region,
                 "model_data_url": plan.model_data_url, "plan": plan_to_json(plan)}
 
+    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
+        # nothing to unload: SageMaker unloads an idle model on its own (the pruned versions
+        # are ones no client is told to invoke any more)
+        return prune_versions(self.endpoint, self.store_uri, [m.ensemble for m in manifests], keep)
+
     def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
         # (a deleted object stays loaded on instances that have it until SageMaker unloads
         # it; requests for it fail once it is unloaded)
-        return missing_entry(self.endpoint, ensemble) if entry is None else delete_object(ensemble, entry)
+        return missing_entry(self.endpoint, ensemble) if entry is None else delete_versions(ensemble, entry)
 
     def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
         """Delete the endpoint and every config, model, scaling policy and scalable target of
