@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 # The retry policy lives beside the tasks that declare their retries (tasks/ imports nothing
 # from flows/); re-exported here for the flows and the CLI.
 from tasks.report import human_bytes, short  # noqa: F401 - formatting shared with tasks/
@@ -35,9 +38,37 @@ def ensure_endpoint_limit(endpoint: str) -> str:
     return name
 
 
-def endpoint_lock(endpoint: str):
-    """``with endpoint_lock(name):`` - at most one deploy or retire touches an endpoint at once;
-    a second one waits for the first to finish."""
-    from prefect.concurrency.sync import concurrency
+#: Seconds a Prefect concurrency lease lives without renewal (the holder renews it while it
+#: runs): how long a real Prefect server keeps the slot of a deploy that was killed.
+ENDPOINT_LEASE_S = 60.0
 
-    return concurrency(ensure_endpoint_limit(endpoint), occupy=1, strict=True)
+
+@contextlib.contextmanager
+def endpoint_lock(endpoint: str) -> Iterator[None]:
+    """``with endpoint_lock(name):`` - at most one deploy or retire touches an endpoint at once;
+    a second one waits for the first to finish.
+
+    Two locks, because a killed holder must never block the next run forever:
+
+    * an ``flock`` on ``$MME_HOME/locks/endpoint-<name>.lock``: the kernel drops it the moment
+      its holder dies (``kill -9`` included). Serializes runs on this machine.
+    * with a real Prefect server (``PREFECT_API_URL``), also the server's global concurrency
+      limit, so that workers on other machines wait too. Its slot is held under a lease of
+      ``ENDPOINT_LEASE_S`` that the holder renews; the server's repossessor frees a dead
+      holder's slot when the lease runs out. Not in ephemeral mode: each command's temporary
+      server keeps leases in memory, so a killed run's slot would stay taken in the database
+      for good (measured: every later deploy of that endpoint waited forever).
+    """
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
+
+    from infra import paths
+    from infra.store import file_lock
+
+    with file_lock(paths.home() / "locks" / f"{endpoint_lock_name(endpoint)}.lock"):
+        if not PREFECT_API_URL.value():
+            yield
+            return
+        with concurrency(ensure_endpoint_limit(endpoint), occupy=1, strict=True,
+                         lease_duration=ENDPOINT_LEASE_S):
+            yield

@@ -294,3 +294,126 @@ def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home:
     wait_for("the rerun's run folder to go", lambda: not any((home / "run").iterdir()))
     assert not (home / "work").exists() or not any((home / "work").iterdir())
     assert temp_entries() <= before
+
+
+# ------------------------------------------------------------------ fleet deploy, killed
+FLEET_ENDPOINT = "crash-fleet"
+
+
+@pytest.fixture(scope="module")
+def built_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path, prefect_harness: None) -> dict[str, Any]:
+    """A 4-tenant example fleet built for real (its build folder is what the deploys read)."""
+    from flows.fleet import fleet_build
+    from tasks.fleet_example import make_example_fleet
+
+    root = tmp_path_factory.mktemp("crash-fleet")
+    make_example_fleet(4, (root / "models").as_uri(), seed=5, fleet_file=root / "fleet.yaml")
+    build = root / "build"
+    fleet_build(str(root / "fleet.yaml"), output_dir=str(build), triton_sample=1)
+    index = json.loads((build / "fleet-index.json").read_text())
+    return {"build": build, "fleet": index["fleet"], "names": sorted(index["variants"])}
+
+
+def fleet_cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flows.cli", "fleet", *args]
+
+
+def fleet_env(built: dict[str, Any], home: Path) -> dict[str, str]:
+    """A user's run: Prefect's temporary server over a PREFECT_HOME that outlives the kill
+    (a killed deploy's concurrency slot once stayed taken there, and every rerun waited)."""
+    return cli_env(home, home.parent / "prefect")
+
+
+def endpoint_loading(home: Path) -> bool:
+    """True once the deploy's validation made the endpoint load (or hold) any variant."""
+    from infra.local_client import LocalEndpointClient
+
+    info = endpoint_process.find_running(FLEET_ENDPOINT)
+    if info is None:
+        return False
+    try:
+        return bool(LocalEndpointClient(info.url).models())
+    except httpx.HTTPError:
+        return False
+
+
+def published_any(store: Path) -> bool:
+    return any((store / "models" / FLEET_ENDPOINT).glob("**/*.tar.gz"))
+
+
+@pytest.mark.parametrize("moment", ["publish", "validate"])
+def test_fleet_deploy_killed_mid_way_leaves_a_consistent_store_after_the_rerun(
+        moment: str, built_fleet: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("MME_HOME", str(home))  # find_running() here looks where the CLI runs
+    store = tmp_path / "store"
+    env = fleet_env(built_fleet, home)
+    deploy = fleet_cli("deploy", built_fleet["fleet"], "--endpoint", FLEET_ENDPOINT,
+                       "--store", store.as_uri(), "--build-dir", str(built_fleet["build"]))
+    before = temp_entries()
+    proc = subprocess.Popen(deploy, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        reached = (lambda: published_any(store)) if moment == "publish" else (lambda: endpoint_loading(home))
+        wait_for(f"the deploy to reach {moment}", lambda: reached() or proc.poll() is not None, 300)
+        assert proc.poll() is None, f"the deploy ended (rc {proc.returncode}) before {moment}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_for("the killed run's folder to go", lambda: owner_run_folder(home, proc.pid) is None)
+        assert temp_entries() <= before, "files left in the system's temporary folder"
+        # the next run completes; the store and the routing table agree, object by object
+        r = subprocess.run(deploy, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        check = subprocess.run(fleet_cli("verify", built_fleet["fleet"], "--deep",
+                                         "--store", store.as_uri()),
+                               cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=300)
+        assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
+        from tasks.fleet_routes import read_routes
+
+        table = read_routes(store.as_uri(), built_fleet["fleet"])
+        assert sorted(table.variants) == built_fleet["names"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        stop(FLEET_ENDPOINT)
+
+
+LOCK_HOLDER = """
+import sys, time
+from flows.common import endpoint_lock
+with endpoint_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_deploy_never_keeps_the_endpoint_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deploy lock of a killed holder is free at once (the kernel drops its flock)."""
+    import time
+
+    from flows.common import endpoint_lock
+
+    env = cli_env(tmp_path / "home", tmp_path / "prefect")
+    monkeypatch.setenv("MME_HOME", env["MME_HOME"])
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, "locked-ep"], cwd=str(PROJECT_ROOT),
+                              env=env, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    got: list[float] = []
+
+    def take() -> None:
+        with endpoint_lock("locked-ep"):
+            got.append(time.monotonic())
+
+    waiter = threading.Thread(target=take, daemon=True)
+    try:
+        waiter.start()
+        waiter.join(1.0)
+        assert not got, "the lock was taken while its holder lived"
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+        waiter.join(60)
+        assert got, "the lock of a killed holder was never released"
+    finally:
+        if holder.poll() is None:
+            holder.kill()
