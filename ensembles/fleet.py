@@ -31,6 +31,7 @@ import hashlib
 import json
 import os
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,11 +45,24 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from ensembles.spec import EnsembleSpec, SpecError, Target, load_spec
 from infra.errors import UserError, validation_problems
 from infra.store import ObjectInfo, StoreRefused, open_store
+from infra.triton_release import DEFAULT_RELEASE, TritonRelease
 
 FLEETS_DIR = Path(__file__).resolve().parent / "fleets"
 # the catalog's folder, not its module: tasks/ may import this module but no catalog entry
 CATALOG_DIR = Path(__file__).resolve().parent / "catalog"
-MAX_VARIANT_NAME = 1024 - len(".tar.gz")  # the TargetModel "<name>.tar.gz" fits in 1024
+#: SageMaker's X-Amzn-SageMaker-Target-Model header holds at most 1,024 characters, and a fleet
+#: deploy sends ``<name>-<sha256[:12]>.tar.gz`` (:func:`tasks.fleet_routes.versioned_target`):
+#: a name of at most 1,004 characters keeps that TargetModel within the limit. (The S3 key adds
+#: the endpoint's model prefix: that is checked at deploy time, where the prefix is known.)
+MAX_TARGET_MODEL = 1024
+VERSION_SUFFIX = len("-") + 12 + len(".tar.gz")  # "-<sha256[:12]>.tar.gz"
+MAX_VARIANT_NAME = MAX_TARGET_MODEL - VERSION_SUFFIX
+#: A variant name travels as an HTTP header (TargetModel), an S3 key and, from Triton 24.09, part
+#: of Triton model names: ASCII letters and digits, then also ``.``, ``_`` and ``-``. Anything
+#: else (non-ASCII, ``% + ? # :``, spaces) is sent raw in a header, needs escaping in a URL or
+#: is a separator somewhere on the way.
+VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _FLEET_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _SAFE = re.compile(r"[^A-Za-z0-9_-]")
 SOURCE_PARAM = ".source"
@@ -158,17 +172,21 @@ class Resolved:
 
 def variant_name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a variant (TargetModel) name, or None when it can: 1 to
-    :data:`MAX_VARIANT_NAME` printable characters, no whitespace, ``/`` or ``\\``, not starting
-    with ``.`` (store keys reserve it) and not ending in ``.tar.gz`` (the name gets that suffix)."""
+    :data:`MAX_VARIANT_NAME` characters of :data:`VARIANT_NAME` (a letter or digit first), not
+    ending in ``.tar.gz`` (the name gets that suffix). Each refused character is named (with its
+    Unicode name: an invisible one must be findable in the file)."""
     if not isinstance(name, str) or not name:
         return "a variant name must not be empty"
     if len(name) > MAX_VARIANT_NAME:
-        return f"a variant name has at most {MAX_VARIANT_NAME} characters (got {len(name)})"
-    bad = sorted({c for c in name if not c.isprintable() or c.isspace() or c in "/\\"})
+        return (f"a variant name has at most {MAX_VARIANT_NAME} characters (got {len(name)}): its "
+                f"versioned TargetModel '<name>-<sha12>.tar.gz' must fit in {MAX_TARGET_MODEL}")
+    bad = sorted({c for c in name if c not in _NAME_CHARS})
     if bad:
-        return f"variant name {name!r} has characters not allowed in a TargetModel: {bad}"
-    if name.startswith("."):
-        return f"variant name {name!r} must not start with '.'"
+        named = ", ".join(f"{c!r} ({unicodedata.name(c, f'U+{ord(c):04X}')})" for c in bad)
+        return (f"variant name {name!r} has characters not allowed in a TargetModel: {named} "
+                f"(allowed: {VARIANT_NAME.pattern[1:-1]})")
+    if not VARIANT_NAME.match(name):
+        return f"variant name {name!r} must start with a letter or digit, not {name[0]!r}"
     if name.endswith(".tar.gz"):
         return f"variant name {name!r} must not end in '.tar.gz' (the build appends it)"
     return None
@@ -185,6 +203,53 @@ def variant_ensemble_name(variant_name: str) -> str:
     if safe == variant_name and len(safe) <= 100:
         return safe
     return f"{safe[:100]}-{hashlib.sha256(variant_name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+# ------------------------------------------------------------------------------ serving release
+
+#: Every variant keeps its template's model names (``preprocess``, ``classifier``, ...): on one
+#: endpoint they are kept apart only by Triton's ``--model-namespacing``, which SageMaker's
+#: Triton container (its ``serve`` script) passes from this release on
+#: (triton-inference-server/server PR 5540). On an older release a second variant's load fails
+#: ("... is not unique across all model repositories").
+FIRST_NAMESPACING_RELEASE = TritonRelease(23, 4)
+
+
+def namespacing_problem(release: str | TritonRelease, where: str) -> str | None:
+    """Why a fleet cannot be served by Triton ``release`` (one line naming ``where``), or None."""
+    got = TritonRelease.parse(release)
+    if got >= FIRST_NAMESPACING_RELEASE:
+        return None
+    return (f"{where}: Triton {got} cannot serve a fleet: its variants share the template's model "
+            f"names, which only Triton's --model-namespacing keeps apart, and SageMaker's Triton "
+            f"container passes that flag from {FIRST_NAMESPACING_RELEASE} on (server PR 5540); on "
+            f"{got} the second variant's load fails ('not unique across all model repositories'): "
+            f"use Triton {FIRST_NAMESPACING_RELEASE} or later")
+
+
+def check_fleet_release(fleet: FleetSpec, spec: EnsembleSpec, variants: Iterable[Variant]) -> None:
+    """For target ``sagemaker-gpu``, refuse (FleetError) a fleet whose TensorRT plans are compiled
+    for a release before :data:`FIRST_NAMESPACING_RELEASE` (the release they must be served with:
+    the template's ``triton_release`` of each ``compile_tensorrt`` artifact, or a variant's
+    ``<artifact>.triton_release``). A template without a plan says nothing of its release: the
+    deploy checks the endpoint's own image then."""
+    if fleet.target != "sagemaker-gpu":
+        return
+    plans = {name: str(a.params.get("triton_release", DEFAULT_RELEASE))
+             for name, a in spec.artifacts.items()
+             if a.producer == "compile_tensorrt" and fleet.target in a.targets}
+    seen: set[tuple[str, str]] = set()
+    members: list[Variant | None] = [*variants] or [None]
+    for v in members:
+        for name, default in plans.items():
+            release = str(v.params.get(f"{name}.triton_release", default)) if v else default
+            if (name, release) in seen:
+                continue
+            seen.add((name, release))
+            origin = (v.origin or f"variant {v.name!r}") if v else f"{fleet.where}: template {spec.name!r}"
+            problem = namespacing_problem(release, f"{origin} ({name}.triton_release)")
+            if problem:
+                raise FleetError(problem)
 
 
 # ------------------------------------------------------------------------------ loading
@@ -238,7 +303,8 @@ def load_template(fleet: FleetSpec) -> tuple[EnsembleSpec, Path]:
 def check_fleet(fleet: FleetSpec, template_spec: EnsembleSpec, variants: Iterable[Variant] = ()) -> None:
     """Refuse params that name no artifact of the template: in the defaults, the inline
     variants or the prefix's params, and in ``variants`` (resolved ones: a table's columns).
-    Each distinct key is checked once, so 10,000 variants cost one dict lookup each."""
+    Each distinct key is checked once, so 10,000 variants cost one dict lookup each. Then the
+    serving release (:func:`check_fleet_release`)."""
     arts = template_spec.artifacts
     where: dict[str, str] = {}
     for key in fleet.defaults:
@@ -258,6 +324,7 @@ def check_fleet(fleet: FleetSpec, template_spec: EnsembleSpec, variants: Iterabl
             raise FleetError(f"{origin}: param {key!r} names no artifact of template "
                              f"{template_spec.name!r} (use <artifact>.<param>; artifacts: "
                              f"{', '.join(sorted(arts))})")
+    check_fleet_release(fleet, template_spec, variants)
 
 
 # ------------------------------------------------------------------------------ resolving

@@ -7,7 +7,8 @@ endpoint prefix); invoke each by TargetModel with its manifest's sample (bounded
 plus ``canary`` unchanged ones; route the ones that passed and write the table (one PUT); retire
 variants that left the fleet after the grace period and delete versions beyond ``keep_versions``.
 A variant that fails keeps its previous version routed; the run ends Failed naming it.
-No SageMaker control-plane call: the endpoints are existing MMEs.
+No SageMaker control-plane change: the endpoints are existing MMEs, whose model prefix, region
+and Triton release are read (describe only) and checked first (:mod:`tasks.fleet_endpoints`).
 """
 
 # (no ``from __future__ import annotations``: Prefect builds the flow's parameter model from
@@ -31,6 +32,7 @@ from tasks.fleet_deploy import (
     read_state_task,
     validate_jobs_task,
 )
+from tasks.fleet_endpoints import ServedEndpoint, sagemaker_endpoints_task
 from tasks.fleet_integrity import repaired_jobs, still_broken, verify_task
 from tasks.fleet_routes import assign_shards
 
@@ -43,15 +45,20 @@ def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sa
     across ``endpoints``. Returns what was published, validated, routed, retired, deleted;
     raises :class:`FleetDeployFailed` naming each variant that did not go live."""
     policy = policy or DeployPolicy()
+    served = None
+    if backend == "sagemaker":  # where the endpoints really load from, before anything is written
+        store_uri, region, served = sagemaker_endpoints_task(endpoints, store_uri, policy.region)
+        policy = policy.model_copy(update={"region": region})
     store_uri = store_uri or paths.store_uri()
     with contextlib.ExitStack() as locks:
         for endpoint in sorted(endpoints):  # one deploy or retire per endpoint at a time
             locks.enter_context(endpoint_lock(endpoint))
-        return _deploy(fleet, endpoints, backend, store_uri, build_dir, policy)
+        return _deploy(fleet, endpoints, backend, store_uri, build_dir, policy, served)
 
 
 def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
-            build_dir: str | None, policy: DeployPolicy) -> dict[str, Any]:
+            build_dir: str | None, policy: DeployPolicy,
+            served: dict[str, ServedEndpoint] | None = None) -> dict[str, Any]:
     name, desired, table, build = read_state_task(fleet, build_dir, store_uri)
     verified = None
     if policy.verify:  # the store as the table says, first: re-publish what is gone or damaged
@@ -62,7 +69,7 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
     jobs, unchanged = plan_jobs(desired, table, shards)
     canaries = canary_jobs(desired, table, unchanged, policy.canary, policy.seed)
     repaired = repaired_jobs(verified, desired) if verified is not None else []
-    access = open_endpoints_task(backend, endpoints, store_uri, policy.region)
+    access = open_endpoints_task(backend, endpoints, store_uri, policy.region, served)
     results: dict[str, str | None] = dict(publish_jobs(access, jobs))
     to_check = [j for j in jobs if j.variant not in results] + canaries + repaired
     results.update(validate_jobs_task(access, to_check, policy))

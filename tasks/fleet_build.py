@@ -31,7 +31,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from ensembles.fleet import FleetSpec, Variant, load_template
+from ensembles.fleet import FleetSpec, Variant, check_fleet_release, load_template
 from infra.errors import UserError
 from infra.manifest import Validation
 from infra.store import atomic_path
@@ -111,8 +111,10 @@ class VariantOutcome:
 
 
 def prepare_template(fleet: FleetSpec, variants: Sequence[Variant]) -> FleetTemplate:
-    """Load the template, make its shared artifacts once, and compute its key."""
+    """Load the template, make its shared artifacts once, and compute its key. A fleet for a
+    Triton release that cannot keep its variants apart is refused first (nothing is made)."""
     spec, folder = load_template(fleet)
+    check_fleet_release(fleet, spec, variants)
     target = fleet.target
     keys = {k for v in variants for k in v.params}
     owned = owned_artifacts(spec, keys, target)

@@ -11,8 +11,9 @@ passed are routed to their new version; the table is written after validation, t
 it no longer points to (expired retirees, versions beyond ``keep_versions``, failed new
 versions) are deleted.
 
-No SageMaker control-plane call is made on any path here: the endpoint is an existing MME
-(``mme deploy`` made it); adding, changing and removing variants is S3 plus InvokeEndpoint.
+No SageMaker call that changes anything is made on any path here: the endpoint is an existing
+MME (``mme deploy`` made it); adding, changing and removing variants is S3 plus InvokeEndpoint.
+Its real model prefix and release are read first (:mod:`tasks.fleet_endpoints`, describe only).
 """
 
 from __future__ import annotations
@@ -26,18 +27,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from ensembles.fleet import variant_name_problem
 from infra import paths
+from infra.aws import aws_clients
 from infra.errors import MissingInput, UserError
 from infra.manifest import MANIFEST_SUFFIX, load_manifest
 from infra.runtime_client import runtime_client_for
-from infra.store import ObjectNotFound, open_store
+from infra.store import TMP_PREFIX, ObjectNotFound, open_store
 from infra.store_sync import INDEX_NAME, LocalObject, SyncIndex
 from tasks.fleet_build import INDEX_FILE, FleetIndex
+from tasks.fleet_endpoints import ServedEndpoint
 from tasks.fleet_publish import publish_fleet_task
 from tasks.fleet_routes import (
     EndpointRef,
@@ -178,11 +183,16 @@ def load_desired(build_dir: Path, fleet: str | None = None) -> tuple[str, dict[s
     return index.fleet, desired_of(index, build_dir)
 
 
-def open_access(backend: str, endpoint: str, store_uri: str, region: str | None) -> Access:
+def open_access(backend: str, endpoint: str, store_uri: str, region: str | None,
+                served: ServedEndpoint | None = None) -> Access:
     """Reach ``endpoint``: local starts (or reuses) the local endpoint on its model prefix;
-    SageMaker makes a runtime client only (the endpoint must exist: no control-plane call)."""
+    SageMaker makes a runtime client only (the endpoint must exist: no control-plane call).
+    ``served`` (what SageMaker said of the endpoint) gives its real model prefix and region."""
     from tasks.backends import backend_for
 
+    if served is not None:
+        runtime = aws_clients(served.region).runtime
+        return Access(endpoint, backend, served.model_data_url, runtime, region=served.region)
     be: Any = backend_for(backend, endpoint=endpoint, store_uri=store_uri, region=region)
     if backend == "local":
         url = be.ensure_endpoint()["url"]
@@ -218,10 +228,55 @@ def canary_jobs(desired: Mapping[str, Desired], table: RoutingTable, unchanged: 
     return out
 
 
+#: An S3 object key is at most 1,024 bytes of UTF-8, the endpoint's model prefix included.
+MAX_S3_KEY_BYTES = 1024
+#: A file name (one path component) is at most 255 bytes on the file systems a file:// store
+#: lives on (NAME_MAX of ext4, XFS, APFS); the store's longest is the temp file of an object's
+#: sha256 sidecar, ``.tmp-.sha256-<name>-<8 random>``: 22 bytes more than the object's name.
+MAX_FILE_NAME_BYTES = 255 - len(TMP_PREFIX) - len(".sha256-") - len("-12345678")
+
+
+def key_problem(job: Job, models_url: str) -> str | None:
+    """Why ``job``'s version cannot be stored under ``models_url``, or None: its variant name
+    (a build older than the name rules), or its object key too long for the store. The name
+    alone is capped (:data:`ensembles.fleet.MAX_VARIANT_NAME`); the prefix is only known here."""
+    problem = variant_name_problem(job.variant)
+    if problem:
+        return f"variant {job.variant!r}: {problem}; rename it and rebuild"
+    where = urlsplit(models_url)
+    if where.scheme == "s3":
+        prefix = where.path.strip("/")
+        key = f"{prefix}/{job.target_model}" if prefix else job.target_model
+        size = len(key.encode("utf-8"))
+        if size > MAX_S3_KEY_BYTES:
+            return (f"variant {job.variant!r} on endpoint {job.endpoint}: its S3 key would be {size} "
+                    f"bytes (model prefix '{prefix}/' + TargetModel of {len(job.target_model)}), "
+                    f"over S3's {MAX_S3_KEY_BYTES}: shorten the name by {size - MAX_S3_KEY_BYTES} "
+                    f"characters or use a shorter model prefix")
+    elif len(job.target_model.encode("utf-8")) > MAX_FILE_NAME_BYTES:
+        return (f"variant {job.variant!r} on endpoint {job.endpoint}: its file name "
+                f"{job.target_model[:40]}... is {len(job.target_model.encode('utf-8'))} bytes, over "
+                f"the {MAX_FILE_NAME_BYTES} a file store can write (255-byte file names, less its "
+                f"temp-file affixes)")
+    return None
+
+
+def check_keys(access: Mapping[str, Access], jobs: Sequence[Job]) -> None:
+    """Refuse the deploy, before anything is uploaded, when a version cannot be stored or
+    addressed (:func:`key_problem`): one line naming the variants."""
+    problems = [p for j in jobs if (p := key_problem(j, access[j.endpoint].models_url))]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UserError(f"{len(problems)} variant(s) cannot be published: "
+                        + "; ".join(problems[:3]) + more)
+
+
 def publish_jobs(access: Mapping[str, Access], jobs: Sequence[Job],
                  workers: int = 16) -> dict[str, str]:
     """Publish every job's tarball to its endpoint's model prefix (one ``publish-fleet`` task,
-    i.e. one sync, per endpoint); returns ``{variant: reason}`` for failed uploads."""
+    i.e. one sync, per endpoint); returns ``{variant: reason}`` for failed uploads. A version
+    whose name or key the store cannot take refuses the deploy first (:func:`check_keys`)."""
+    check_keys(access, jobs)
     by_endpoint: dict[str, list[Job]] = defaultdict(list)
     for job in jobs:
         by_endpoint[job.endpoint].append(job)
@@ -404,10 +459,11 @@ def read_state_task(fleet: str, build_dir: str | None, store_uri: str
 
 
 @task(name="open-endpoints", cache_policy=NO_CACHE)
-def open_endpoints_task(backend: str, endpoints: Sequence[str], store_uri: str,
-                        region: str | None) -> dict[str, Access]:
-    """An :class:`Access` per endpoint (local: started or reused; SageMaker: a runtime client)."""
-    return {e: open_access(backend, e, store_uri, region) for e in endpoints}
+def open_endpoints_task(backend: str, endpoints: Sequence[str], store_uri: str, region: str | None,
+                        served: Mapping[str, ServedEndpoint] | None = None) -> dict[str, Access]:
+    """An :class:`Access` per endpoint (local: started or reused; SageMaker: a runtime client on
+    the model prefix ``served`` read from the endpoint, see :mod:`tasks.fleet_endpoints`)."""
+    return {e: open_access(backend, e, store_uri, region, (served or {}).get(e)) for e in endpoints}
 
 
 @task(name="commit-fleet-routes", cache_policy=NO_CACHE)

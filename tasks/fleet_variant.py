@@ -74,8 +74,8 @@ class StagedVariant:
 
 
 def file_stem(variant: Variant) -> str:
-    """The variant's file name stem in the output folder (variant names may hold any
-    printable character but ``/``; file names may not)."""
+    """The variant's file name stem in the output folder: a name may hold ``.`` and be 1,004
+    characters long (:data:`ensembles.fleet.VARIANT_NAME`), a file name stem is kept short."""
     return variant_ensemble_name(variant.name)
 
 

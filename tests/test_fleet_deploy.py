@@ -55,12 +55,14 @@ def _manifest(name: str, tarball: Path, sha: str, size: int) -> dict[str, Any]:
             "fleet": {"name": "synthetic", "template": "none", "variant": name, "labels": {}}}
 
 
-def _write_variant(out: Path, index: dict[str, Any], name: str, payload: bytes) -> None:
-    """A tiny fake tarball + manifest + index entry, as the fleet build lays them out."""
-    tarball = out / f"{name}.tar.gz"
+def _write_variant(out: Path, index: dict[str, Any], name: str, payload: bytes,
+                   stem: str | None = None) -> None:
+    """A tiny fake tarball + manifest + index entry, as the fleet build lays them out (files
+    named ``stem``, by default the name: the build's file-safe form of a long name is short)."""
+    tarball = out / f"{stem or name}.tar.gz"
     tarball.write_bytes(payload)
     sha, size = sha256_file(tarball), tarball.stat().st_size
-    (out / f"{name}.manifest.json").write_text(json.dumps(_manifest(name, tarball, sha, size)))
+    (out / f"{stem or name}.manifest.json").write_text(json.dumps(_manifest(name, tarball, sha, size)))
     index["variants"][name] = {"key": sha, "file": tarball.name, "target_model": f"{name}.tar.gz",
                                "sha256": sha, "bytes": size, "status": "ok"}
 
@@ -75,22 +77,44 @@ def _synthetic_build(out: Path, count: int) -> dict[str, Any]:
     return index
 
 
-def _queue_answers(n: int) -> None:
+def _queue_answers(n: int, region: str = "us-east-1") -> None:
     """moto's sagemaker-runtime answers each new (TargetModel, body) with the next queued
-    result: queue the KServe answer every variant's sample expects."""
+    result (per region): queue the KServe answer every variant's sample expects."""
     import requests
 
     body = json.dumps({"model_name": "ensemble", "outputs": [
         {"name": "y", "datatype": "FP32", "shape": [1, 4], "data": Y}]})
+    answer = {"Body": body, "ContentType": "application/json",
+              "InvokedProductionVariant": "AllTraffic", "CustomAttributes": ""}
     requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
-                  json={"results": [{"Body": body, "ContentType": "application/json",
-                                     "InvokedProductionVariant": "AllTraffic",
-                                     "CustomAttributes": ""}] * n}, timeout=10)
+                  json={"region": region, "results": [answer] * n}, timeout=10)
 
 
 def _count(calls: list[tuple[str, str, dict[str, Any]]], service: str,
            operation: str | None = None) -> int:
     return sum(1 for s, o, _ in calls if s == service and (operation is None or o == operation))
+
+
+def _changes(calls: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    """SageMaker calls that are not read-only (anything but Describe*/List*)."""
+    return [o for s, o, _ in calls if s == "sagemaker" and not o.startswith(("Describe", "List"))]
+
+
+def _mme(endpoint: str, store_uri: str, release: str = "24.09", region: str = "us-east-1",
+         model_data_url: str | None = None) -> None:
+    """An existing multi-model endpoint in moto, as `mme deploy` makes it: its model loads from
+    ``<store>/models/<endpoint>/`` with SageMaker's Triton image of ``release``."""
+    import boto3
+
+    sm = boto3.client("sagemaker", region_name=region)
+    image = f"785573368785.dkr.ecr.{region}.amazonaws.com/sagemaker-tritonserver:{release}-py3"
+    sm.create_model(ModelName=f"{endpoint}-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
+                    PrimaryContainer={"Image": image, "Mode": "MultiModel", "ModelDataUrl":
+                                      model_data_url or f"{store_uri}/models/{endpoint}/"})
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": f"{endpoint}-model",
+        "InstanceType": "ml.g4dn.xlarge", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
 
 
 def test_1000_variant_fleet_on_moto_redeploys_10_changed_with_no_control_plane_call(
@@ -107,13 +131,14 @@ def test_1000_variant_fleet_on_moto_redeploys_10_changed_with_no_control_plane_c
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
         _queue_answers(COUNT + CHANGED + 50)
-        boto3.client("sagemaker", region_name="us-east-1").list_endpoints()
-        assert _count(aws_calls, "sagemaker") == 1, "the hook sees a control-plane call"
+        _mme("fleet-ep", store_uri)
+        assert _changes(aws_calls) == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"], \
+            "the hook sees control-plane calls"
         aws_calls.clear()
         first = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=store_uri,
                              build_dir=str(build), policy=DeployPolicy(concurrency=16, json_body=True))
         assert len(first["live"]) == COUNT and first["routed"] == COUNT and not first["failed"]
-        assert _count(aws_calls, "sagemaker") == 0
+        assert _changes(aws_calls) == [] and _count(aws_calls, "sagemaker") == 3  # 3 describes
         assert _count(aws_calls, "sagemaker-runtime", "InvokeEndpoint") == COUNT
 
         changed = [f"t{i:04d}" for i in range(0, COUNT, COUNT // CHANGED)]
@@ -128,7 +153,7 @@ def test_1000_variant_fleet_on_moto_redeploys_10_changed_with_no_control_plane_c
                 and p["Key"].endswith(".tar.gz")]
         assert sorted(k.rsplit("/", 1)[-1] for k in puts) == sorted(
             versioned_target(f"{n}.tar.gz", index["variants"][n]["sha256"]) for n in changed)
-        assert _count(aws_calls, "sagemaker") == 0, "no SageMaker control-plane call"
+        assert _changes(aws_calls) == [], "no SageMaker control-plane change"
         invoked = [p["TargetModel"] for s, o, p in aws_calls if (s, o) == ("sagemaker-runtime",
                                                                            "InvokeEndpoint")]
         assert len(invoked) == CHANGED + CANARY
@@ -155,6 +180,8 @@ def test_dropping_a_shard_moves_only_its_variants_validated_on_their_new_endpoin
     with mock_aws():
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
         _queue_answers(200)
+        _mme("ep-a", store_uri)
+        _mme("ep-b", store_uri)
         fleet_deploy("synthetic", ["ep-a", "ep-b"], backend="sagemaker", store_uri=store_uri,
                      build_dir=str(build), policy=DeployPolicy(json_body=True))
         before = read_routes(store_uri, "synthetic")
@@ -167,13 +194,233 @@ def test_dropping_a_shard_moves_only_its_variants_validated_on_their_new_endpoin
         invoked = {(p["EndpointName"], p["TargetModel"]) for s, o, p in aws_calls
                    if o == "InvokeEndpoint"}
         assert invoked == {("ep-a", before.variants[n].target_model) for n in on_b}
-        assert _count(aws_calls, "sagemaker") == 0
+        assert _changes(aws_calls) == []
         after = read_routes(store_uri, "synthetic")
         assert {n for n, r in after.variants.items() if r.endpoint == "ep-a"} == set(after.variants)
         assert all(after.variants[n] == before.variants[n] for n in before.variants if n not in on_b)
         moved = after.variants[on_b[0]]  # its ep-b copy is kept as the previous version
         assert [(p.endpoint, p.target_model) for p in moved.previous] == [("ep-b", moved.target_model)]
         assert set(after.endpoints) == {"ep-a", "ep-b"}
+
+
+# ------------------------------------------------------------------ the endpoint as SageMaker has it
+def _no_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No region anywhere: not in the environment, not in an AWS profile."""
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "aws-config").write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
+
+
+def _writes(calls: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    """Every call that uploads, invokes or changes something."""
+    return _changes(calls) + [o for s, o, _ in calls if (s, o) in (
+        ("s3", "PutObject"), ("s3", "CreateMultipartUpload"), ("s3", "DeleteObject"),
+        ("sagemaker-runtime", "InvokeEndpoint"))]
+
+
+def test_a_store_other_than_the_endpoints_model_data_url_is_refused_before_any_write(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model prefix is the endpoint's ModelDataUrl, not whatever --store says: another
+    --store would publish where SageMaker never looks. One line naming both, exit 2."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+    from infra.errors import UserError
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    _synthetic_build(build, 3)
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _mme("fleet-ep", f"s3://{BUCKET}/mme")
+        aws_calls.clear()
+        with pytest.raises(UserError) as e:
+            fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=f"s3://{BUCKET}/other",
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        line = str(e.value)
+        assert "\n" not in line
+        assert f"--store s3://{BUCKET}/other would publish to s3://{BUCKET}/other/models/fleet-ep/" in line
+        assert f"endpoint fleet-ep (in us-east-1) loads models from s3://{BUCKET}/mme/models/fleet-ep/" in line
+        assert f"give --store s3://{BUCKET}/mme or leave --store out" in line
+        assert _writes(aws_calls) == [] and _count(aws_calls, "s3") == 0
+        aws_calls.clear()
+        got = _cli("fleet", "deploy", "synthetic", "--endpoint", "fleet-ep", "--backend", "sagemaker",
+                   "--store", f"s3://{BUCKET}/other", "--build-dir", str(build))
+        assert got.exit_code == 2, got.output
+        (err,) = [ln for ln in _lines(got.output) if ln.startswith("error:")]
+        assert f"s3://{BUCKET}/other/models/fleet-ep/" in err and f"s3://{BUCKET}/mme/models/fleet-ep/" in err
+        assert _writes(aws_calls) == []
+
+
+def test_without_store_the_prefix_and_store_come_from_the_endpoint_in_the_callers_region(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --store: the endpoint's ModelDataUrl says where to publish (and the routing table goes
+    to its store); the region is AWS_REGION's, and the table records it. Triton 23.04 (the first
+    release whose serve script namespaces models) is accepted."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+
+    _no_region(monkeypatch, tmp_path)
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    build = tmp_path / "build"
+    index = _synthetic_build(build, 3)
+    store_uri = f"s3://{BUCKET}/team/mme"
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _queue_answers(10, region="eu-west-1")
+        _mme("fleet-ep", store_uri, release="23.04", region="eu-west-1")
+        aws_calls.clear()
+        got = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=None,
+                           build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert len(got["live"]) == 3 and not got["failed"]
+        assert got["routes"] == f"{store_uri}/routes/synthetic.json"
+        puts = sorted(p["Key"] for s, o, p in aws_calls if (s, o) == ("s3", "PutObject")
+                      and p["Key"].endswith(".tar.gz"))
+        assert puts == sorted(f"team/mme/models/fleet-ep/{versioned_target(f'{n}.tar.gz', v['sha256'])}"
+                              for n, v in index["variants"].items())
+        table = read_routes(store_uri, "synthetic")
+        assert table.endpoints["fleet-ep"].region == "eu-west-1"
+        assert table.endpoints["fleet-ep"].models_url == f"{store_uri}/models/fleet-ep"
+        assert {ep for _, o, p in aws_calls if o == "InvokeEndpoint" for ep in [p["EndpointName"]]} == {"fleet-ep"}
+        assert _changes(aws_calls) == []
+
+
+def test_no_region_is_refused_before_any_aws_call(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+    from infra.errors import UserError
+
+    _no_region(monkeypatch, tmp_path)
+    build = tmp_path / "build"
+    _synthetic_build(build, 2)
+    with mock_aws():
+        aws_calls.clear()
+        with pytest.raises(UserError, match=r"no AWS region for the SageMaker endpoints: give --region, "
+                                            r"or set AWS_REGION or AWS_DEFAULT_REGION"):
+            fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=f"s3://{BUCKET}/mme",
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert aws_calls == []
+
+
+@pytest.mark.parametrize("release", ["21.08", "22.12", "23.03"])
+def test_an_endpoint_on_triton_before_23_04_is_refused_naming_the_release(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch,
+        release: str) -> None:
+    """SageMaker's serve script passes --model-namespacing from 23.04: before, the second
+    variant (same model names as the first) would fail to load. Refused before any write."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+    from infra.errors import UserError
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    _synthetic_build(build, 2)
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _mme("old-ep", f"s3://{BUCKET}/mme", release=release)
+        aws_calls.clear()
+        with pytest.raises(UserError) as e:
+            fleet_deploy("synthetic", ["old-ep"], backend="sagemaker", store_uri=None,
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        line = str(e.value)
+        assert "\n" not in line
+        assert f"endpoint old-ep (785573368785.dkr.ecr.us-east-1.amazonaws.com/sagemaker-tritonserver:" \
+               f"{release}-py3): Triton {release} cannot serve a fleet" in line
+        assert "--model-namespacing" in line and "from 23.04 on" in line
+        assert "not unique across all model repositories" in line
+        assert _writes(aws_calls) == [] and _count(aws_calls, "s3") == 0
+
+
+def test_a_missing_endpoint_or_a_foreign_model_prefix_is_refused(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+    from infra.errors import UserError
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    _synthetic_build(build, 2)
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        with pytest.raises(UserError, match=r"endpoint nowhere does not exist in us-east-1: .*--region"):
+            fleet_deploy("synthetic", ["nowhere"], backend="sagemaker", store_uri=None,
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        _mme("theirs", "", model_data_url=f"s3://{BUCKET}/their-models/")
+        with pytest.raises(UserError, match=rf"loads models from s3://{BUCKET}/their-models/, not "
+                                            r"<store>/models/theirs/"):
+            fleet_deploy("synthetic", ["theirs"], backend="sagemaker", store_uri=None,
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert _writes(aws_calls)[-3:] == ["CreateModel", "CreateEndpointConfig", "CreateEndpoint"]
+
+
+def test_the_s3_key_may_be_1024_bytes_with_its_prefix_and_not_one_more(
+        tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prefix ``mme/models/fleet-ep/`` (20) + ``<name>-<sha12>.tar.gz`` (name + 20): a name of
+    984 makes a key of exactly 1,024 bytes (published); 985 is refused naming the variant,
+    before anything is uploaded."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+    from infra.errors import UserError
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    build.mkdir()
+    index: dict[str, Any] = {"schema_version": 1, "fleet": "synthetic", "target": "sagemaker-gpu",
+                             "variants": {}}
+    _write_variant(build, index, "k" * 984, b"at the cap", stem="at-cap")
+    (build / INDEX_FILE).write_text(json.dumps(index))
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _queue_answers(5)
+        _mme("fleet-ep", f"s3://{BUCKET}/mme")
+        aws_calls.clear()
+        got = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=None,
+                           build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert got["live"] == ["k" * 984]
+        (key,) = [p["Key"] for s, o, p in aws_calls if (s, o) == ("s3", "PutObject")
+                  and p["Key"].endswith(".tar.gz")]
+        assert len(key.encode()) == 1024
+        _write_variant(build, index, "m" * 985, b"one over", stem="one-over")
+        (build / INDEX_FILE).write_text(json.dumps(index))
+        aws_calls.clear()
+        with pytest.raises(UserError) as e:
+            fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=None,
+                         build_dir=str(build), policy=DeployPolicy(json_body=True))
+        line = str(e.value)
+        assert "\n" not in line and f"variant {'m' * 985!r} on endpoint fleet-ep: its S3 key would be " \
+            "1025 bytes (model prefix 'mme/models/fleet-ep/' + TargetModel of 1005), over S3's 1024: " \
+            "shorten the name by 1 characters" in line
+        assert _writes(aws_calls) == []
+
+
+def test_a_built_name_the_rules_refuse_or_a_file_name_too_long_refuses_the_publish() -> None:
+    """A build from before the name rules (a Unicode name) is refused at deploy, naming the
+    character; a file store writes file names of at most 255 bytes (its temp name included)."""
+    from tasks.fleet_deploy import Job, key_problem
+
+    def job(name: str) -> Job:
+        return Job(name, "ep", versioned_target(f"{name}.tar.gz", "ab" * 32), "ab" * 32, 1,
+                   Path("x.tar.gz"), Path("x.manifest.json"), "new")
+
+    problem = key_problem(job("tenant-é"), "s3://b/mme/models/ep")
+    assert problem is not None and "'é' (LATIN SMALL LETTER E WITH ACUTE)" in problem
+    assert "rename it and rebuild" in problem
+    # the store's longest file name is '.tmp-.sha256-<name>-<8 random>': 233 + 22 = 255, NAME_MAX
+    assert key_problem(job("f" * 213), "file:///srv/store/models/ep") is None  # 233 bytes
+    problem = key_problem(job("f" * 214), "file:///srv/store/models/ep")
+    assert problem is not None and "is 234 bytes, over the 233 a file store can write" in problem
 
 
 # ------------------------------------------------------------------ a real fleet, local endpoint

@@ -227,7 +227,8 @@ def test_duplicate_names_refuse_the_fleet_naming_both_rows(tmp_path: Path) -> No
 
 
 BAD_NAMES = ["", "a/b", "a b", "tab\tname", "new\nline", "bell\x07", "model.tar.gz", ".hidden",
-             "back\\slash", "x" * (MAX_VARIANT_NAME + 1), "nbsp\u00a0name"]
+             "back\\slash", "x" * (MAX_VARIANT_NAME + 1), "nbsp\u00a0name", "ünïcode", "名前",
+             "a%20b", "a+b", "a?b", "a#b", "a:b", "_lead", "-lead"]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
@@ -238,8 +239,41 @@ def test_invalid_names_refuse_the_fleet_naming_the_row(tmp_path: Path, bad: str)
 
 
 def test_good_names_pass() -> None:
-    for good in ("tenant-0001", "Acme_Corp", "ünïcode-名前", "a.b.c", "x" * MAX_VARIANT_NAME):
+    for good in ("tenant-0001", "Acme_Corp", "a.b.c", "0", "9lives", "x" * MAX_VARIANT_NAME):
         assert variant_name_problem(good) is None, good
+
+
+def test_the_longest_name_makes_a_versioned_target_model_of_exactly_1024() -> None:
+    """At the cap the deploy's TargetModel '<name>-<sha12>.tar.gz' is SageMaker's header limit
+    (1,024); one more character is refused, saying why."""
+    from tasks.fleet_routes import versioned_target
+
+    assert MAX_VARIANT_NAME == 1004
+    at_cap = "n" * MAX_VARIANT_NAME
+    assert variant_name_problem(at_cap) is None
+    assert len(versioned_target(f"{at_cap}.tar.gz", "ab" * 32)) == 1024
+    problem = variant_name_problem(at_cap + "n")
+    assert problem is not None and "at most 1004 characters (got 1005)" in problem
+    assert "'<name>-<sha12>.tar.gz' must fit in 1024" in problem
+
+
+@pytest.mark.parametrize("char, unicode_name", [
+    ("%", "PERCENT SIGN"), ("+", "PLUS SIGN"), ("?", "QUESTION MARK"), ("#", "NUMBER SIGN"),
+    (":", "COLON"), (" ", "SPACE"), ("/", "SOLIDUS"), ("\\", "REVERSE SOLIDUS"), ("~", "TILDE"),
+    ("é", "LATIN SMALL LETTER E WITH ACUTE"), ("名", "CJK UNIFIED IDEOGRAPH-540D"),
+    ("\u00a0", "NO-BREAK SPACE"), ("\u200b", "ZERO WIDTH SPACE"), ("\x07", "U+0007"),
+    ("\U0001F600", "GRINNING FACE"),
+])
+def test_each_refused_character_is_named(char: str, unicode_name: str) -> None:
+    problem = variant_name_problem(f"tenant{char}1")
+    assert problem is not None and f"{char!r} ({unicode_name})" in problem, problem
+    assert "allowed: [A-Za-z0-9][A-Za-z0-9._-]*" in problem
+
+
+@pytest.mark.parametrize("first", [".", "_", "-"])
+def test_a_name_starts_with_a_letter_or_digit(first: str) -> None:
+    problem = variant_name_problem(f"{first}tenant")
+    assert problem is not None and f"must start with a letter or digit, not {first!r}" in problem
 
 
 def test_an_invalid_name_in_a_prefix_is_that_variants_problem(tmp_path: Path) -> None:
@@ -338,11 +372,11 @@ def test_variant_ensemble_name_is_injective_on_tricky_names() -> None:
 
 
 def test_a_name_spelling_anothers_safe_form_is_refused(tmp_path: Path) -> None:
-    """'a_b-<8 hex of "a:b">' is a valid name in its own right, and 'a:b' maps onto it."""
-    path2 = _fleet_file(tmp_path, {"variants": [{"name": "a:b"}, {"name": variant_ensemble_name("a:b")}]},
+    """'a_b-<8 hex of "a.b">' is a valid name in its own right, and 'a.b' maps onto it."""
+    path2 = _fleet_file(tmp_path, {"variants": [{"name": "a.b"}, {"name": variant_ensemble_name("a.b")}]},
                         "f2.yaml")
     with pytest.raises(FleetError, match=r"variants\[1\]: variant 'a_b-[0-9a-f]{8}' has the same file-safe "
-                                         r"name .* as 'a:b'"):
+                                         r"name .* as 'a.b'"):
         resolve_variants(load_fleet(path2))
 
 
@@ -368,3 +402,49 @@ def test_a_prefix_that_lists_no_variant_is_refused_naming_it(s3, tmp_path: Path)
                                          r"pattern 'tenants/\{variant\}/model.onnx' \(1 listed, e.g. "
                                          r"'tenants/t1/model.onnx.bak'\)"):
         resolve_variants(other, s3_client=s3)
+
+
+# ------------------------------------------------------------------------------ serving release
+
+
+def _te_fleet(tmp_path: Path, doc: dict, target: str = "sagemaker-gpu") -> FleetSpec:
+    """A fleet of the catalog's text_embedding (its encoder_plan is a compile_tensorrt artifact
+    for sagemaker-gpu: the serving release is known at build time)."""
+    return load_fleet(_fleet_file(tmp_path, {"template": "text_embedding", "target": target, **doc}))
+
+
+@pytest.mark.parametrize("release", ["21.08", "22.12", "23.03"])
+def test_a_sagemaker_fleet_for_triton_before_23_04_is_refused_before_anything_is_built(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: str) -> None:
+    """Variants keep the template's model names: only --model-namespacing (passed by SageMaker's
+    serve script from 23.04) keeps them apart. The build refuses before making anything."""
+    from tasks import fleet_build
+
+    fleet = _te_fleet(tmp_path, {"variants": [
+        {"name": "a"}, {"name": "b", "params": {"encoder_plan.triton_release": release}}]})
+    spec, _ = load_template(fleet)
+    variants = resolve_variants(fleet).variants
+    said = (re.escape(f"{fleet.where} variants[1] (encoder_plan.triton_release): Triton {release} "
+                      f"cannot serve a fleet") + r".*--model-namespacing.*from 23\.04 on.*not unique "
+            r"across all model repositories.*use Triton 23\.04 or later")
+    with pytest.raises(FleetError, match=said):
+        check_fleet(fleet, spec, variants)  # mme fleet show
+
+    def made(*a: object, **k: object) -> None:
+        raise AssertionError("an artifact was made for a refused fleet")
+
+    monkeypatch.setattr(fleet_build.cache, "produce_cached", made)
+    with pytest.raises(FleetError, match=said):
+        fleet_build.prepare_template(fleet, variants)
+
+
+def test_the_release_check_reads_defaults_and_spares_23_04_and_local_fleets(tmp_path: Path) -> None:
+    old = {"defaults": {"encoder_plan.triton_release": "23.03"}, "variants": [{"name": "a"}]}
+    fleet = _te_fleet(tmp_path, old)
+    spec, _ = load_template(fleet)
+    with pytest.raises(FleetError, match=r"variants\[0\] \(encoder_plan.triton_release\): Triton 23.03"):
+        check_fleet(fleet, spec, resolve_variants(fleet).variants)
+    for ok in (_te_fleet(tmp_path, {**old, "defaults": {"encoder_plan.triton_release": "23.04"}}),
+               _te_fleet(tmp_path, {"variants": [{"name": "a"}]}),  # the template's default, 24.09
+               _te_fleet(tmp_path, old, target="local-cpu")):  # the local endpoint namespaces itself
+        check_fleet(ok, spec, resolve_variants(ok).variants)

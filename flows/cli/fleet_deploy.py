@@ -45,10 +45,12 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "endpoints": (str | None, typer.Option(None, help="several endpoints (shards): E1,E2,...")),
     "plan": (Path | None, typer.Option(None, help="a capacity plan (mme plan --out): its shard "
                                                   "count; --endpoint E then means E-1 ... E-N")),
-    "backend": (str, typer.Option("local", help="local | sagemaker (an existing MME: no "
-                                                "control-plane call is made)")),
-    "store": (str | None, typer.Option(None, help="default: the embedded store; s3://... for sagemaker")),
-    "region": (str | None, typer.Option(None, help="SageMaker region")),
+    "backend": (str, typer.Option("local", help="local | sagemaker (an existing MME: read with "
+                                                "describe calls, never changed)")),
+    "store": (str | None, typer.Option(None, help="default: the embedded store; sagemaker: the "
+                                                  "store of the endpoint's ModelDataUrl (another is refused)")),
+    "region": (str | None, typer.Option(None, help="SageMaker region (default: AWS_REGION, "
+                                                   "AWS_DEFAULT_REGION or the AWS profile's; required)")),
     "build_dir": (Path | None, typer.Option(None, help="default: $MME_HOME/artifacts/<target>/fleets/<fleet>")),
     "grace": (float, typer.Option(3600.0, min=0, help="seconds before a variant that left the "
                                                       "fleet is removed")),
