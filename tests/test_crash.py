@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from test_endpoint_supervision import shm_segments, wait_for
+from test_endpoint_supervision import HOLD_CONFIG, shm_segments, wait_for
 from test_local_mme import ENDPOINT as LOCAL_ENDPOINT
 from test_local_mme import PIPE_CONFIG, X, call, post, processes_mentioning
 
@@ -42,16 +42,7 @@ pytestmark = [
 
 # ``add`` answers Y = X + 1, but its initialize() first creates <gate>.entered and then waits
 # for <gate>: a load the test knows to be in progress (a stub mid-initialisation) when it kills.
-SLOW_INIT_CONFIG = """\
-name: "add"
-backend: "python"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-parameters { key: "gate" value: { string_value: "%s" } }
-"""
-
+# (The config is the supervision tests' gated model's; only model.py differs.)
 SLOW_INIT_MODEL = """\
 import json
 import os
@@ -80,7 +71,7 @@ def publish_slow_init(store_dir: Path, target: str, gate: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="slow-src-") as tmp:
         repo = Path(tmp) / "repo"
         (repo / "add" / "1").mkdir(parents=True)
-        (repo / "add" / "config.pbtxt").write_text(SLOW_INIT_CONFIG % gate)
+        (repo / "add" / "config.pbtxt").write_text(HOLD_CONFIG % gate)
         (repo / "add" / "1" / "model.py").write_text(SLOW_INIT_MODEL)
         (repo / "pipe" / "1").mkdir(parents=True)
         (repo / "pipe" / "config.pbtxt").write_text(PIPE_CONFIG.format(mbs=0))
@@ -127,10 +118,9 @@ def start_load_in_background(url: str, target: str) -> threading.Thread:
     return t
 
 
-def kill_during_load(home: Path, tmp_path: Path) -> tuple[Path, dict[str, Any], str]:
-    """Start the endpoint, start a load that blocks in the stub's initialize(), SIGKILL the
-    endpoint process. Returns its run folder, its ledger (read before the kill) and the
-    launch token of its tritonserver."""
+def endpoint_mid_load(home: Path, tmp_path: Path) -> tuple[endpoint_process.EndpointInfo, Path, dict[str, Any]]:
+    """Start the endpoint and a load that blocks in the stub's initialize() (until
+    ``tmp_path/gate`` exists); return the endpoint, its run folder and its ledger."""
     store = tmp_path / "store"
     store.mkdir()
     gate = tmp_path / "gate"
@@ -138,7 +128,13 @@ def kill_during_load(home: Path, tmp_path: Path) -> tuple[Path, dict[str, Any], 
     info = start_background(ENDPOINT, store.as_uri())
     start_load_in_background(info.url, "slow.tar.gz")
     wait_for("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
-    folder, ledger = ledger_of(home, info)
+    return (info, *ledger_of(home, info))
+
+
+def kill_during_load(home: Path, tmp_path: Path) -> tuple[Path, dict[str, Any], str]:
+    """SIGKILL the endpoint process mid-load. Returns its run folder, its ledger (read before
+    the kill) and the launch token of its tritonserver."""
+    info, folder, ledger = endpoint_mid_load(home, tmp_path)
     (group,) = ledger["groups"]
     token = group["token"]
     assert len(processes_mentioning(token)) >= 2, "tritonserver and the loading stub"
@@ -170,14 +166,8 @@ def test_endpoint_killed_during_a_load_leaves_nothing_and_restarts(home: Path, t
 
 
 def test_next_start_sweeps_what_a_dead_endpoint_and_its_warden_left(home: Path, tmp_path: Path) -> None:
-    store = tmp_path / "store"
-    store.mkdir()
-    gate = tmp_path / "gate"
-    publish_slow_init(store, "slow.tar.gz", gate)
-    info = start_background(ENDPOINT, store.as_uri())
-    start_load_in_background(info.url, "slow.tar.gz")
-    wait_for("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
-    folder, ledger = ledger_of(home, info)
+    info, folder, ledger = endpoint_mid_load(home, tmp_path)
+    store, gate = tmp_path / "store", tmp_path / "gate"
     token = ledger["groups"][0]["token"]
     os.kill(ledger["warden"]["pid"], signal.SIGKILL)  # both die: nobody sweeps at once
     os.kill(info.pid, signal.SIGKILL)
