@@ -47,7 +47,8 @@ from infra.cache_model import lru_hits, top_k_hit_ratio
 from infra.local_mme import EndpointConfig, LocalEndpoint
 from infra.manifest import MANIFEST_SUFFIX, load_manifest
 from infra.mme_app import EndpointApp
-from infra.mme_models import ModelManager, _tree_rss_bytes
+from infra.mme_models import ModelManager
+from infra.procfs import Memory, tree_memory
 from infra.runtime_client import decode_response, encode_request
 from infra.tarball import pack_deterministic
 
@@ -252,19 +253,21 @@ def run_phase(ep: LocalEndpoint, sender: Sender, sequence: list[str], clients: i
     return results
 
 
-class RssSampler:
-    """Peak RSS of Triton's process tree, sampled every ``period`` s in a thread."""
+class MemorySampler:
+    """Peak memory of Triton's process tree (PSS, what the endpoint's limit counts; summed RSS
+    for comparison), sampled every ``period`` s in a thread by the endpoint's own probe."""
 
     def __init__(self, pid: Callable[[], int | None], period: float = 0.5) -> None:
-        self.pid, self.period, self.peak = pid, period, 0
+        self.pid, self.period, self.peak_pss, self.peak_rss = pid, period, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
-            self.peak = max(self.peak, _tree_rss_bytes(self.pid()))
+            m: Memory = tree_memory(self.pid())
+            self.peak_pss, self.peak_rss = max(self.peak_pss, m.pss), max(self.peak_rss, m.rss)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> MemorySampler:
         self._thread.start()
         return self
 
@@ -358,7 +361,7 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
                          max_loaded_models=budget, max_concurrent_loads=args.max_concurrent_loads)
     targets = [v.target for v in variants]
     sequence, probs = zipf_sequence(targets, args.requests, args.zipf, args.seed)
-    with LocalEndpoint(cfg) as ep, RssSampler(lambda: ep.triton.pid) as rss:
+    with LocalEndpoint(cfg) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
         sender = Sender(ep.url, cfg.name, {v.target: v for v in variants})
         for t in targets[:10]:  # 10 models known to the endpoint
             sender.send("touch", t)
@@ -376,7 +379,8 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
         hottest = max(set(sequence), key=sequence.count)
         doc["quiet_10_models_known"] = quiet_10
         doc["quiet_all_models_known"] = quiet_phase(ep, sender, hottest, args.quiet_requests)
-    doc["peak_rss_triton_mb"] = round(rss.peak / 2**20, 1)
+    doc["peak_pss_triton_mb"] = round(mem.peak_pss / 2**20, 1)
+    doc["peak_rss_triton_mb"] = round(mem.peak_rss / 2**20, 1)  # summed RSS, for comparison
     return doc
 
 

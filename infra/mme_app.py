@@ -108,6 +108,7 @@ class EndpointApp:
             mgr.forget(target)
             return json_answer(200, {"target_model": target, "unloaded": ok})
         if path == "/metrics" and method == "GET":
+            await mgr.refresh_memory()
             return json_answer(200, mgr.report())
         raise NotFound(f"No route for {method} {path}")
 

@@ -47,6 +47,7 @@ from infra.mme_errors import (
 from infra.mme_state import EndpointConfig, Metrics, ModelEntry, ThrashGuard
 from infra.mme_supervisor import TritonSupervisor
 from infra.model_repo import ModelRepoError, NamespacedModel, namespace_for, namespace_repository
+from infra.procfs import Memory, tree_memory
 from infra.request_check import ContractError, ModelContract, contract_from_config
 from infra.store import ObjectNotFound, StoreError, open_store
 from infra.tarball import UnsafeArchive, safe_extract
@@ -71,32 +72,11 @@ def is_oom(text: str) -> bool:
     return OOM_PATTERN.search(text) is not None
 
 
-def _tree_rss_bytes(pid: int | None) -> int:
-    """RSS of a process and its descendants (Triton plus its Python-backend stubs), from /proc;
-    0 when there is no process."""
-    if pid is None:
-        return 0
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total, todo = 0, [pid]
-    page = os.sysconf("SC_PAGE_SIZE")
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * page
-        except (OSError, ValueError, IndexError):
-            pass
-        todo.extend(children.get(p, []))
-    return total
+def _triton_memory(pid: int | None) -> Memory:
+    """Triton's memory: the server and its Python-backend stubs (its process tree), by
+    :func:`infra.procfs.tree_memory`. The limit reads its PSS: summed RSS would count the
+    libraries every stub maps once per stub (about 2x a variant's real cost, DESIGN.md)."""
+    return tree_memory(pid)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -122,8 +102,9 @@ class ModelManager:
         self.disk_used = 0
         self._load_slots = asyncio.Semaphore(max(1, cfg.max_concurrent_loads))
         self._room = asyncio.Event()  # replaced after each wake-up (see _changed)
-        self._base_rss: int | None = None  # Triton with nothing loaded
-        self._model_rss = 0  # the most memory one loaded model was seen to take
+        self._base_pss: int | None = None  # Triton with nothing loaded (PSS bytes)
+        self._model_pss = 0  # the most memory (PSS) one loaded model was seen to take
+        self._memory = Memory()  # Triton's memory at the last admission check or /metrics
         self.metrics = Metrics(thrash=ThrashGuard(cfg.thrash_window, cfg.thrash_miss_rate,
                                                   cfg.thrash_warn_interval_s, cfg.thrash_min_requests))
         self.sup = TritonSupervisor(triton, cfg, self.metrics, on_down=self.triton_down,
@@ -462,20 +443,22 @@ class ModelManager:
         return min(idle, key=lambda x: x.last_used) if idle else None
 
     async def _over_memory(self, m: ModelEntry) -> bool:
-        """Would loading ``m`` pass the memory limit? Triton's memory (server and stubs) is
-        measured; the models still loading (and ``m``) are counted at the largest memory one
-        loaded model was seen to take, so concurrent loads cannot overshoot together."""
+        """Would loading ``m`` pass the memory limit? Triton's memory (server and stubs, PSS:
+        shared pages split among the processes that map them) is measured; the models still
+        loading (and ``m``) are counted at the largest memory one loaded model was seen to
+        take, so concurrent loads cannot overshoot together."""
         limit = self.cfg.memory_limit_bytes
         if not limit:
             return False
-        rss = await asyncio.to_thread(_tree_rss_bytes, self.triton.pid)
-        if not self.resident or self._base_rss is None:
-            self._base_rss = rss if not self.resident else (self._base_rss or rss)
+        self._memory = await asyncio.to_thread(_triton_memory, self.triton.pid)
+        pss = self._memory.pss
+        if not self.resident or self._base_pss is None:
+            self._base_pss = pss if not self.resident else (self._base_pss or pss)
         others = sum(1 for x in self.resident.values() if x is not m)  # all hold some memory
         if others:
-            self._model_rss = max(self._model_rss, (rss - self._base_rss) // others)
+            self._model_pss = max(self._model_pss, (pss - self._base_pss) // others)
         loading = sum(1 for x in self.resident.values() if x.state == "loading" and x is not m)
-        return rss + self._model_rss * (loading + (0 if m.state == "loading" else 1)) > limit
+        return pss + self._model_pss * (loading + (0 if m.state == "loading" else 1)) > limit
 
     async def _wait_room(self, m: ModelEntry, deadline: float, why: str) -> None:
         room = self._room
@@ -483,7 +466,7 @@ class ModelManager:
             await asyncio.wait_for(room.wait(), max(deadline - time.monotonic(), 0.0))
         except TimeoutError:
             limit = (f"{self.cfg.max_loaded_models} models are loaded" if why == "count"
-                     else "the memory limit is reached")
+                     else "the memory limit (Triton's PSS) is reached")
             raise InsufficientMemory(
                 f"Failed to load model {m.target}: {limit} and none became idle within "
                 f"{self.cfg.load_timeout_s:.0f} s") from None
@@ -559,10 +542,26 @@ class ModelManager:
     def report(self) -> dict:
         """``GET /metrics``: the endpoint's metrics and, under "models", each TargetModel's."""
         doc = self.metrics.report(self.loaded_count())
+        doc.update(self.memory_report())
         now_mono, now_wall = time.monotonic(), time.time()
         doc["models"] = {m.target: m.report(now_mono, now_wall)
                          for m in sorted(self.models.values(), key=lambda x: x.target)}
         return doc
+
+    async def refresh_memory(self) -> Memory:
+        """Read Triton's memory now (in a worker thread: ``/proc`` reads stay off the loop)."""
+        self._memory = await asyncio.to_thread(_triton_memory, self.triton.pid)
+        return self._memory
+
+    def memory_report(self) -> dict:
+        """Triton's memory (at the last :meth:`refresh_memory` or admission check) in /metrics,
+        each figure named by its basis: the limit counts PSS (``MemoryLimitBasis``); RSS stays
+        for comparison (it counts shared library pages once per stub)."""
+        mem = self._memory
+        return {"TritonMemoryPss": mem.pss, "TritonMemoryUss": mem.uss, "TritonMemoryRss": mem.rss,
+                "TritonPageTables": mem.page_tables, "TritonProcesses": mem.processes,
+                "MemoryLimitBytes": self.cfg.memory_limit_bytes, "MemoryLimitBasis": "pss",
+                "ModelMemoryPss": self._model_pss}
 
     def triton_status(self) -> dict:
         return {"state": self.sup.state, "pid": self.triton.pid,

@@ -27,7 +27,7 @@ class EndpointConfig:
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port
     max_loaded_models: int | None = None
-    memory_limit_bytes: int | None = None  # None: 70% of physical memory
+    memory_limit_bytes: int | None = None  # on Triton's PSS (server + stubs); None: 70% of physical memory
     disk_cache_bytes: int = 20 * 2**30
     ready_wait_s: float = 60.0  # SageMaker answers ModelNotReadyException after 60 s
     load_timeout_s: float = 360.0  # ... and keeps loading up to 360 s

@@ -13,8 +13,8 @@ warden) and imports this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,3 +118,104 @@ class ProcessIdentity:
         if now == self:
             return f"pid {self.pid}"
         return f"pid {self.pid} (now another process: {cmdline(self.pid)[:60].strip() or '?'})"
+
+
+# ------------------------------------------------------------------------------ memory
+#: ``/proc/<pid>/smaps_rollup`` fields (kB) a :class:`Memory` adds up.
+_ROLLUP_FIELDS = {"Rss": "rss", "Pss": "pss", "Private_Clean": "uss", "Private_Dirty": "uss"}
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Memory of a set of processes, in bytes, counted three ways.
+
+    Why three: RSS counts every page a process maps, so a shared library's pages count once
+    per process that maps it. N Python stubs mapping the same libpython, numpy, ... are
+    counted N times, and a limit over summed RSS admits about half the models that fit.
+    PSS (proportional set size) splits each shared page among the processes that map it, so
+    summed over all processes it is what the kernel really holds for them: the endpoint's
+    limit and the footprints use it. USS (private pages only) is what ending the process
+    would free. ``page_tables`` (VmPTE) is the kernel's own memory for the mappings, in none
+    of the three.
+    """
+
+    pss: int = 0
+    uss: int = 0
+    rss: int = 0
+    page_tables: int = 0
+    processes: int = 0  # how many processes were read
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def __sub__(self, other: Memory) -> Memory:
+        return Memory(*(a - b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def process_memory(pid: int) -> Memory | None:
+    """One process's memory: ``smaps_rollup`` (Pss, Private_*, Rss: one read, the kernel sums
+    the mappings) plus VmPTE from ``status``. None when the process is gone or unreadable
+    (another user's process, or a kernel older than 4.14 without ``smaps_rollup``)."""
+    kb = {"rss": 0, "pss": 0, "uss": 0}
+    try:
+        for line in (_PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in _ROLLUP_FIELDS:
+                kb[_ROLLUP_FIELDS[key]] += int(rest.split()[0])
+        status = (_PROC / str(pid) / "status").read_text()
+    except (OSError, ValueError, IndexError):
+        return None
+    pte = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmPTE:")), 0)
+    return Memory(pss=kb["pss"] * 1024, uss=kb["uss"] * 1024, rss=kb["rss"] * 1024,
+                  page_tables=pte * 1024, processes=1)
+
+
+def memory_of(pids: Iterable[int]) -> Memory:
+    """The summed memory of ``pids``; processes that are gone (or unreadable) count nothing."""
+    total = Memory()
+    for pid in pids:
+        m = process_memory(pid)
+        if m is not None:
+            total = total + m
+    return total
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (tritonserver and the Python-backend stubs it forked),
+    from one pass over ``/proc``; [] when ``pid`` is gone."""
+    children: dict[int, list[int]] = {}
+    alive = False
+    for p, fields in proc_stats():
+        alive = alive or p == pid
+        children.setdefault(int(fields[1]), []).append(p)
+    if not alive:
+        return []
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_memory(pid: int | None) -> Memory:
+    """The memory of a process and its descendants (nothing when ``pid`` is None or gone): the
+    one probe of Triton's memory (the endpoint's limit, /metrics, ``mme profile``, benches)."""
+    return memory_of(process_tree(pid)) if pid is not None else Memory()
+
+
+def system_anon_bytes() -> int:
+    """The kernel's own count of anonymous + shared-memory pages, system-wide
+    (``/proc/meminfo`` AnonPages + Shmem): what a check of the probe compares its change to."""
+    kb = 0
+    try:
+        for line in (_PROC / "meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("AnonPages", "Shmem"):
+                kb += int(rest.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return kb * 1024

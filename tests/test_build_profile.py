@@ -25,6 +25,8 @@ def test_build_with_profile_records_a_measured_footprint(built_image_classifier:
                  "service_max_batch_s"):
         assert fp[name]["status"] == "measured", name
         assert fp[name]["value"] > 0, name
+    assert fp["host_memory_bytes"]["basis"] == "pss"  # counted as the endpoint's limit counts
+    assert fp["host_memory_uss_bytes"]["basis"] == "uss"
     assert fp["gpu_memory_bytes"]["status"] == "estimated"  # no GPU here: said so, with its formula
     assert fp["max_batch"] == 8
     assert "profile" in doc["steps"]

@@ -504,8 +504,10 @@ def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatc
 
     import infra.mme_models as mm
 
-    rss = {"now": 100}
-    monkeypatch.setattr(mm, "_tree_rss_bytes", lambda pid: rss["now"])
+    from infra.procfs import Memory
+
+    rss = {"now": 100}  # PSS, the limit's basis
+    monkeypatch.setattr(mm, "_triton_memory", lambda pid: Memory(pss=rss["now"], rss=3 * rss["now"]))
     mgr, loaded = _manager(tmp_path, HeldTriton(), memory_limit_bytes=1000)
 
     async def scenario() -> list[bool]:

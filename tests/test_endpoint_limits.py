@@ -175,6 +175,35 @@ def test_memory_limit_evicts_the_least_recently_used_idle_model(tmp_path: Path) 
         e.ep.stop()
 
 
+def test_memory_limit_counts_pss_so_models_that_fit_stay_loaded(tmp_path: Path) -> None:
+    """The limit counts Triton's PSS (shared library pages split among the stubs that map them),
+    not summed RSS (those pages once per stub): a limit with room for 2 more models by PSS
+    loads them without an eviction, although summed RSS is then over it. /metrics names both."""
+    e = start_endpoint(tmp_path, memory_limit_bytes=2**50)
+    try:
+        targets = [f"pss-{i}.tar.gz" for i in range(4)]
+        for i, target in enumerate(targets):
+            publish_pipe(e.store_dir, target, k=i + 1)
+        m0 = metrics(e.url)
+        assert m0["MemoryLimitBasis"] == "pss" and m0["TritonProcesses"] == 1, m0
+        assert 0 < m0["TritonMemoryUss"] <= m0["TritonMemoryPss"] <= m0["TritonMemoryRss"], m0
+        for i, target in enumerate(targets[:2]):
+            np.testing.assert_array_equal(call(e.url, target), X + i + 1)
+        m2 = metrics(e.url)
+        per_pss = (m2["TritonMemoryPss"] - m0["TritonMemoryPss"]) / 2
+        per_rss = (m2["TritonMemoryRss"] - m0["TritonMemoryRss"]) / 2
+        limit = int(m2["TritonMemoryPss"] + 2.5 * per_pss)
+        assert m2["TritonMemoryRss"] + 2 * per_rss > limit, (m2, per_pss, per_rss)  # RSS: no room
+        e.ep.manager.cfg.memory_limit_bytes = limit
+        for i, target in enumerate(targets[2:], start=2):
+            np.testing.assert_array_equal(call(e.url, target), X + i + 1)
+        m4 = metrics(e.url)
+        assert (m4["MemoryEvictions"], m4["LoadedModelCount"], m4["TritonProcesses"]) == (0, 4, 5), m4
+        assert m4["TritonMemoryPss"] <= limit < m4["TritonMemoryRss"], m4
+    finally:
+        e.ep.stop()
+
+
 # ---------------------------------------------------------------------------------- disk
 def test_disk_cache_drops_least_recently_used_unloaded_models(tmp_path: Path) -> None:
     """A disk cache smaller than one model: after each download the least recently used models

@@ -1,5 +1,5 @@
-"""`mme profile`: the footprint of a real built ensemble, measured in a real Triton (host RSS of
-Triton + its Python stubs, load/unload and service times); GPU memory by NVML only where a GPU
+"""`mme profile`: the footprint of a real built ensemble, measured in a real Triton (host PSS and
+USS of Triton + its Python stubs, load/unload and service times); GPU memory by NVML only where a GPU
 is, otherwise estimated and said so."""
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ def test_measure_footprint_of_a_real_build(built_text_embedding: dict) -> None:
         assert fig.status == "measured" and fig.value > 0 and fig.hardware
     assert fp.unpacked_bytes.value > fp.tarball_bytes.value * 0.5  # extracted files, not the gzip
     assert fp.host_memory_bytes.value > 10 * 2 ** 20  # a loaded MiniLM + Python stub: tens of MiB at least
+    assert fp.host_memory_bytes.basis == "pss" and fp.host_memory_uss_bytes is not None
+    assert fp.host_memory_uss_bytes.basis == "uss"
+    assert 0 < fp.host_memory_uss_bytes.value <= fp.host_memory_bytes.value * 1.1  # private <= proportional
+    assert fp.summary()["host mem"].endswith(" pss")
     assert fp.load_cold_s.value >= fp.load_disk_s.value * 0.5
     assert fp.gpu_memory_bytes.status == "estimated"  # no GPU here (the CPU build: 0 bytes)
 
@@ -43,6 +47,20 @@ def test_profile_cli_writes_the_footprint_into_the_manifest(built_text_embedding
     assert "estimated" in result.output  # GPU memory: no NVML/GPU here
     doc = json.loads((tmp_path / "text_embedding.manifest.json").read_text())
     assert doc["footprint"]["service_batch1_s"]["status"] == "measured"
+
+
+def test_old_rss_footprints_still_read_and_say_so() -> None:
+    """A footprint recorded before the PSS probe (summed RSS, no basis) reads as basis "rss",
+    and its table row says it overcounts; estimated figures carry no basis."""
+    from tasks.planning.footprints import Footprint, estimate_footprint
+
+    doc = estimate_footprint("old", 10 * 2 ** 20, gpu=False).model_dump(mode="json")
+    doc["host_memory_bytes"] = {"value": 208 * 2 ** 20, "status": "measured", "where": "mme profile"}
+    old = Footprint.model_validate(doc)
+    assert old.host_memory_bytes.basis == "rss" and old.host_memory_uss_bytes is None
+    assert "rss (old record" in old.summary()["host mem"]
+    assert Footprint.model_validate(old.model_dump(mode="json")).host_memory_bytes.basis == "rss"
+    assert estimate_footprint("new", 10 * 2 ** 20, gpu=False).host_memory_bytes.basis is None
 
 
 @pytest.mark.gpu

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 
 from infra.manifest import Manifest
 from infra.ownership import owner
+from infra.procfs import Memory, tree_memory
 
 MIB = 1024 ** 2
 # The estimate formulas, named in every estimated figure.
@@ -51,6 +52,9 @@ class Figure(BaseModel):
     where: str | None = None  # measured: the command/host; estimated: the input it was derived from
     hardware: str | None = None
     formula: str | None = None  # a key of FORMULAS when estimated
+    # memory figures: how the pages were counted ("pss": shared pages split among the processes
+    # that map them; "uss": private pages; "rss": every mapped page, shared ones once per process)
+    basis: str | None = None
 
 
 class Footprint(BaseModel):
@@ -68,13 +72,27 @@ class Footprint(BaseModel):
     service_batch1_s: Figure
     service_max_batch_s: Figure
     max_batch: int = 1
+    host_memory_uss_bytes: Figure | None = None  # private pages only: what unloading frees
+
+    @model_validator(mode="after")
+    def _old_records_counted_rss(self) -> Footprint:
+        """Footprints measured before the PSS probe recorded summed RSS without saying so: read
+        them as basis "rss" (an overcount: shared library pages once per Python stub, ~2x)."""
+        if self.host_memory_bytes.status == "measured" and self.host_memory_bytes.basis is None:
+            self.host_memory_bytes.basis = "rss"
+        return self
 
     def summary(self) -> dict[str, Any]:
-        """One table row: value plus m(easured)/e(stimated)."""
+        """One table row: value plus m(easured)/e(stimated), and how measured memory was counted."""
         def cell(f: Figure, scale: float, unit: str) -> str:
             return f"{f.value / scale:.3g} {unit} ({f.status[0]})"
+        host = cell(self.host_memory_bytes, MIB, "MiB")
+        if self.host_memory_bytes.basis == "rss":
+            host += " rss (old record: counts shared pages per stub; re-run mme profile)"
+        elif self.host_memory_bytes.basis:
+            host += f" {self.host_memory_bytes.basis}"
         return {"target_model": self.target_model, "tarball": cell(self.tarball_bytes, MIB, "MiB"),
-                "host mem": cell(self.host_memory_bytes, MIB, "MiB"),
+                "host mem": host,
                 "GPU mem": cell(self.gpu_memory_bytes, MIB, "MiB"),
                 "load cold": cell(self.load_cold_s, 1, "s"), "load disk": cell(self.load_disk_s, 1, "s"),
                 "service b1": cell(self.service_batch1_s, 1e-3, "ms")}
@@ -146,24 +164,10 @@ def _verify_figure(extra: dict[str, Any], key: str) -> Figure | None:
 # ------------------------------------------------------------------------------ measurement
 
 
-def group_rss(pid: int) -> int:
-    """Resident bytes of the process group led by ``pid`` (Triton and its Python stubs)."""
-    import os
-
-    import psutil
-
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return 0
-    total = 0
-    for p in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(p.pid) == pgid:
-                total += p.memory_info().rss
-        except (psutil.Error, ProcessLookupError, PermissionError):
-            continue
-    return total
+def triton_memory(pid: int) -> Memory:
+    """Triton's memory (the server and its Python stubs: its process tree) by the one probe,
+    :func:`infra.procfs.tree_memory`, so a footprint counts what the endpoint's limit counts."""
+    return tree_memory(pid)
 
 
 def _timed(fn: Callable[[], Any]) -> float:
@@ -202,10 +206,11 @@ def _entry_model(repo: Path, model: str) -> str:
 
 def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], max_batch: int = 8,
                       gpu_memory: Callable[[], int | None] | None = None, repeats: int = 20) -> Footprint:
-    """Load ``tarball`` in a real Triton and measure: host RSS added (Triton + Python stubs, the
-    process group), cold load (extract + load), unload, load from the disk cache (already
-    extracted), service time at batch 1 and ``max_batch``; GPU memory from ``gpu_memory()``
-    (NVML) before/after when given, else estimated."""
+    """Load ``tarball`` in a real Triton and measure: host memory added (Triton + Python stubs,
+    its process tree) as PSS (basis "pss": what the endpoint's limit counts) and USS, cold load
+    (extract + load), unload, load from the disk cache (already extracted), service time at
+    batch 1 and ``max_batch``; GPU memory from ``gpu_memory()`` (NVML) before/after when
+    given, else estimated."""
     from infra.tarball import safe_extract
     from infra.triton_server import TritonServer
 
@@ -219,9 +224,9 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
         entry = _entry_model(repo, model)
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
             assert server.pid is not None
-            rss0, gpu0 = group_rss(server.pid), gpu_memory() if gpu_memory else None
+            mem0, gpu0 = triton_memory(server.pid), gpu_memory() if gpu_memory else None
             cold = extract_s + _timed(lambda: server.load(entry))
-            rss1, gpu1 = group_rss(server.pid), gpu_memory() if gpu_memory else None
+            added, gpu1 = triton_memory(server.pid) - mem0, gpu_memory() if gpu_memory else None
             s1 = _service_time(server.url, entry, _batched(inputs, 1), repeats)
             sb = _service_time(server.url, entry, _batched(inputs, max_batch), max(3, repeats // 4))
             unload = _timed(lambda: server.unload(entry))
@@ -232,7 +237,8 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
                else est.gpu_memory_bytes)
     return Footprint(target_model=model, tarball_bytes=Figure(value=tarball.stat().st_size, **m),
                      unpacked_bytes=Figure(value=unpacked, **m),
-                     host_memory_bytes=Figure(value=max(0, rss1 - rss0), **m),
+                     host_memory_bytes=Figure(value=max(0, added.pss), basis="pss", **m),
+                     host_memory_uss_bytes=Figure(value=max(0, added.uss), basis="uss", **m),
                      gpu_memory_bytes=gpu_fig, load_cold_s=Figure(value=cold, **m), load_disk_s=Figure(value=disk, **m),
                      unload_s=Figure(value=unload, **m), service_batch1_s=Figure(value=s1, **m),
                      service_max_batch_s=Figure(value=sb, **m), max_batch=max_batch)

@@ -1,0 +1,131 @@
+"""What one loaded example-fleet variant costs, counted four ways, and what each basis admits.
+
+    python bench/memory_basis.py --count 8                # builds the example fleet first
+    python bench/memory_basis.py --dir FLEET_BUILD_OUT    # a fleet build's output folder
+
+It starts a local endpoint in this process (no memory limit in the way) and loads the
+variants one at a time with one request each (the manifest's validation sample). After each
+load it reads Triton's memory with the endpoint's own probe (``infra.procfs.tree_memory``:
+summed RSS, PSS, USS, page tables, from ``/proc/<pid>/smaps_rollup``) and the system's
+anonymous + shared memory (``/proc/meminfo`` AnonPages + Shmem, which moves with every other
+process on the host: the load average is recorded beside it). Per added variant it reports the
+median of each figure's steps, and how many variants fit under the endpoint's default limit
+(70% of this host's memory, and of a 16 GiB instance) on the PSS basis the limit now uses vs
+the summed-RSS basis it used before. JSON goes to ``bench/results/memory_basis.json``.
+Nothing here is asserted: tests/test_memory_probe.py checks the probe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.fleet_traffic import Sender, Variant, read_fleet  # noqa: E402
+from infra.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
+from infra.procfs import Memory, system_anon_bytes, tree_memory  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+MIB = 2 ** 20
+LIMIT_FRACTION = 0.7  # the endpoint's default memory limit: 70% of physical memory
+INSTANCE_GIB = 16  # e.g. ml.m5.xlarge / ml.g4dn.xlarge host memory
+
+
+def build_example_fleet(count: int, work: Path) -> Path:
+    """``count`` example-fleet variants built by the real fleet-build flow; its output folder."""
+    from flows.fleet import fleet_build
+    from tasks.fleet_example import make_example_fleet
+
+    make_example_fleet(count, (work / "models").as_uri(), fleet_file=work / "fleet.yaml")
+    fleet_build(str(work / "fleet.yaml"), output_dir=str(work / "out"))
+    return work / "out"
+
+
+def snapshot(pid: int | None) -> dict[str, int]:
+    """Triton's memory by the endpoint's probe, and the system's anonymous + shared memory."""
+    mem: Memory = tree_memory(pid)
+    return {**mem.to_dict(), "anon": system_anon_bytes()}
+
+
+def load_one_by_one(variants: list[Variant], prefix: Path, cache: Path) -> list[dict[str, int]]:
+    """Snapshots before any load and after each variant's first request (answered 200)."""
+    cfg = EndpointConfig(name="memory-basis", model_data_url=prefix.as_uri(), cache_dir=cache,
+                         memory_limit_bytes=2 ** 50, max_concurrent_loads=1)
+    with LocalEndpoint(cfg) as ep:
+        sender = Sender(ep.url, cfg.name, {v.target: v for v in variants})
+        sender.send("warm-up", variants[0].target)  # imports, first-load caches: not a variant's cost
+        snaps = [snapshot(ep.triton.pid)]
+        for v in variants[1:]:
+            r = sender.send(v.target, v.target)
+            if r.status != 200 or r.wrong:
+                raise SystemExit(f"{v.target}: {r.status} {r.error or 'wrong answer'}")
+            time.sleep(0.5)  # let the stub's first-request allocations settle
+            snaps.append(snapshot(ep.triton.pid))
+    return snaps
+
+
+def per_variant(snaps: list[dict[str, int]]) -> dict[str, Any]:
+    """Each figure's step per added variant: median, min, max (MiB)."""
+    out: dict[str, Any] = {}
+    for key in ("rss", "pss", "uss", "page_tables", "anon", "processes"):
+        steps = [b[key] - a[key] for a, b in zip(snaps, snaps[1:], strict=False)]
+        scale = 1 if key == "processes" else MIB
+        out[key] = {"median": round(statistics.median(steps) / scale, 1),
+                    "min": round(min(steps) / scale, 1), "max": round(max(steps) / scale, 1)}
+    return out
+
+
+def fits(base: dict[str, int], per: dict[str, Any], memory_bytes: int) -> dict[str, Any]:
+    """Variants admitted under the default limit (70% of ``memory_bytes``) per basis: (limit -
+    Triton with one variant loaded) / per-variant median, plus that one."""
+    limit = memory_bytes * LIMIT_FRACTION
+    out: dict[str, Any] = {"limit_mib": round(limit / MIB)}
+    for basis in ("pss", "rss"):
+        out[basis] = 1 + int((limit - base[basis]) / (per[basis]["median"] * MIB))
+    out["pss_over_rss"] = round(out["pss"] / out["rss"], 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dir", type=Path, help="a fleet build's output (*.tar.gz with manifests)")
+    src.add_argument("--count", type=int, help="build this many example-fleet variants first")
+    ap.add_argument("--out", type=Path, default=RESULTS / "memory_basis.json")
+    args = ap.parse_args()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="memory-basis-") as tmp:
+        folder = args.dir or build_example_fleet(args.count, Path(tmp) / "fleet")
+        variants = read_fleet(folder)
+        prefix = Path(tmp) / "prefix"
+        prefix.mkdir()
+        for v in variants:
+            (prefix / v.target).symlink_to((folder / v.target).resolve())
+        snaps = load_one_by_one(variants, prefix, Path(tmp) / "cache")
+    per = per_variant(snaps)
+    phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    doc = {"variants_loaded": len(variants), "per_variant_mib": per,
+           "triton_with_first_variant_mib": {k: round(v / MIB, 1) for k, v in snaps[0].items()
+                                             if k not in ("processes", "anon")},
+           "fit_this_host": fits(snaps[0], per, phys), "fit_16gib_instance": fits(snaps[0], per, INSTANCE_GIB * 2**30),
+           "host": {"cpus": os.cpu_count(), "memory_gib": round(phys / 2**30, 1),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+           "snapshots_mib": [{k: round(v / MIB, 1) if k != "processes" else v for k, v in s.items()}
+                             for s in snaps]}
+    print(json.dumps(doc, indent=2))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
