@@ -26,6 +26,10 @@ PLAN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "footprint_from": (Path | None, typer.Option(None, help="... each with this manifest's footprint")),
     "workers": (int | None, typer.Option(None, help="requests one instance serves at once "
                                                     "(default 4 on GPU types, the vCPUs on CPU types)")),
+    "max_instances": (int | None, typer.Option(None, help="the most instances the plan may use, all shards "
+                                                          "together (default 256: DEFAULT_MAX_INSTANCES)")),
+    "instance_types": (str | None, typer.Option(None, help="the instance types to consider, comma-separated "
+                                                           "(default: the catalog's types for the fleet's target)")),
 }
 
 
@@ -42,10 +46,15 @@ def plan(**o: Any) -> None:
         _fail("give FLEET (a manifest directory) or --variants N --footprint-from MANIFEST")
     if o["p99_ms"] <= 0 or (o["max_cold_share"] is not None and not 0 <= o["max_cold_share"] <= 1):
         _fail(f"--p99-ms {o['p99_ms']} must be > 0 and --max-cold-share {o['max_cold_share']} within 0..1")
+    if o["max_instances"] is not None and o["max_instances"] < 1:
+        _fail(f"--max-instances {o['max_instances']}: must be >= 1")
+    types = tuple(t.strip() for t in (o["instance_types"] or "").split(",") if t.strip()) or None
     result = _run_flow(plan_flow, source=FleetSource(o["fleet"], o["variants"], o["footprint_from"]),
                        traffic=o["traffic"], p99_ms=o["p99_ms"], max_cold_share=o["max_cold_share"],
                        region=o["region"], out=o["out"], peak_factor=o["peak_factor"],
-                       options=SearchOptions(workers=o["workers"]))
+                       options=SearchOptions(workers=o["workers"], instance_types=types,
+                                             **({} if o["max_instances"] is None else
+                                                {"max_instances": o["max_instances"]})))
     _print_plan(result, o["p99_ms"])
 
 
@@ -62,6 +71,10 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
     a = result["autoscaling"]
     print(f"fleet: {result['variants']} variants; {result['stale_manifests_skipped']} stale manifests skipped "
           f"(variants no longer in their fleet index, left on disk until gc)")
+    if result.get("footprints"):
+        print("footprints used ((e) = estimated, not measured: `mme profile --write` measures one):")
+        for line in result["footprints"]:
+            print(f"  {line}")
     print(f"chosen: {result['plan']}: USD {result['monthly_usd']:,.0f}/month = "
           f"{result['share_of_baseline']:.1%} of one endpoint per variant (USD {result['baseline_monthly_usd']:,.0f})")
     print(f"autoscaling per endpoint: min {a['min']}, max {a['max']}, target {a['target']} invocations/instance/min")

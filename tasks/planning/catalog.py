@@ -9,7 +9,7 @@ import datetime as dt
 from infra.instance_catalog import GIB, Catalog, CatalogError, InstanceType, load_catalog
 
 __all__ = ["GIB", "Catalog", "CatalogError", "InstanceType", "candidate_types", "load_catalog",
-           "price_age_line"]
+           "price_age_line", "select_types"]
 
 
 def price_age_line(catalog: Catalog, region: str, today: dt.date | None = None) -> str:
@@ -37,3 +37,24 @@ def candidate_types(catalog: Catalog, region: str, needs_gpu: bool) -> tuple[lis
             continue
         keep.append(row)
     return keep, skipped
+
+
+def select_types(catalog: Catalog, region: str, needs_gpu: bool,
+                 names: tuple[str, ...] | None) -> tuple[list[InstanceType], list[str]]:
+    """The candidate types, narrowed to ``names`` (``mme plan --instance-types``) when given: a
+    name the catalog does not hold, or one this fleet cannot use there (a GPU type for a CPU
+    fleet, no price in the region), is refused naming it and why, rather than silently dropped."""
+    keep, skipped = candidate_types(catalog, region, needs_gpu)
+    if not names:
+        return keep, skipped
+    usable = {r.name: r for r in keep}
+    bad = []
+    for name in names:
+        if name not in catalog.instances:
+            bad.append(f"{name}: not in the catalog (infra/instances.yaml)")
+        elif name not in usable:
+            why = next((s for s in skipped if s.startswith(f"{name}:")), None)
+            bad.append(why or f"{name}: not a {'GPU multi-model' if needs_gpu else 'CPU'} type, as this fleet needs")
+    if bad:
+        raise CatalogError("--instance-types: " + "; ".join(bad))
+    return [usable[n] for n in dict.fromkeys(names)], []

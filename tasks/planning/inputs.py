@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.errors import UserError
-from infra.manifest import MANIFEST_SUFFIX, load_manifest
+from infra.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
 from tasks.fleet_build import INDEX_FILE, FleetIndex
 from tasks.planning.footprints import Footprint, from_manifest
 
@@ -29,8 +29,15 @@ def fleet_from_dir(path: Path, gpu: bool | None = None) -> tuple[list[str], list
     if not current:
         raise FleetInputError(f"{path}: none of its {len(files)} build manifests is of a variant its fleet "
                               f"index ({INDEX_FILE}) lists: build the fleet again (`mme fleet build`)")
-    fps = [from_manifest(load_manifest(f), gpu) for f in current]
+    fps = [_tagged(load_manifest(f), gpu) for f in current]
     return [fp.target_model.removesuffix(".tar.gz") for fp in fps], fps, len(files) - len(current)
+
+
+def _tagged(manifest: Manifest, gpu: bool | None) -> Footprint:
+    """The manifest's footprint tagged with its template (a fleet variant's, else its ensemble),
+    so the report can set one variant's measurement against its siblings' estimates."""
+    template = (manifest.fleet or {}).get("template") or manifest.ensemble
+    return from_manifest(manifest, gpu).model_copy(update={"template": str(template)})
 
 
 def _current(files: list[Path]) -> list[Path]:
@@ -65,7 +72,7 @@ def synthetic_fleet(n: int, manifest: Path, gpu: bool | None = None) -> tuple[li
     """``n`` variants with the footprint of ``manifest``'s ensemble (named ``<ensemble>-v00001``...)."""
     if n < 1:
         raise FleetInputError(f"--variants {n}: must be >= 1")
-    fp = from_manifest(load_manifest(Path(manifest)), gpu)
+    fp = _tagged(load_manifest(Path(manifest)), gpu)
     stem = fp.target_model.removesuffix(".tar.gz")
     names = [f"{stem}-v{i:05d}" for i in range(1, n + 1)]
     return names, [fp.model_copy(update={"target_model": name}) for name in names], 0

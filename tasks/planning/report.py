@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.planning.footprints import FORMULAS, Footprint
+from tasks.planning.footprints import FORMULAS, MIB, Footprint, estimate_footprint
 from tasks.planning.plan import Evaluated, PlanResult, instance_config, slot_sizes
 from tasks.planning.simulate import che_hit_ratio
 from tasks.planning.traffic import Traffic
@@ -84,5 +84,65 @@ def markdown(result: PlanResult, footprints: list[Footprint], traffic: Traffic, 
         f"- traffic: {traffic.source}; mean {traffic.total_rate:.3g} req/s, peak factor {traffic.peak_factor:g}",
         "", "## Plans simulated", _md_table(plan_rows(result)),
         "## Footprints used", _md_table(footprint_rows(footprints)),
+        *[f"- {line}" for line in estimate_lines(footprints)], "",
         "Estimate formulas: " + "; ".join(f"`{k}`: {v}" for k, v in FORMULAS.items()), "",
         "## Charts", *[f"- {name}: [{p.name}]({p.as_uri()})" for name, p in charts.items()]])
+
+
+# The figures the terminal says are estimated or measured: field, label, scale, unit.
+_SHOWN = (("host_memory_bytes", "host memory", MIB, "MiB"), ("gpu_memory_bytes", "GPU memory", MIB, "MiB"),
+          ("load_disk_s", "load from disk", 1.0, "s"), ("service_batch1_s", "service at batch 1", 1e-3, "ms"))
+
+
+def _template(fp: Footprint) -> str:
+    """The template a variant was made from (inputs.py tags it), else its own name."""
+    return str((fp.model_extra or {}).get("template") or fp.target_model.removesuffix(".tar.gz"))
+
+
+def _fmt(value: float, scale: float, unit: str) -> str:
+    return f"{value / scale:,.3g} {unit}"
+
+
+def estimate_lines(footprints: list[Footprint]) -> list[str]:
+    """What the terminal says about the footprints the plan used, per template: which figures
+    are estimated (and from what), and where a variant of the template was measured, how far
+    the estimate was off -- an estimate 3x low makes a plan 3x too small, so it must be seen
+    where the plan is read, not only in the Prefect artifact."""
+    groups: dict[str, list[Footprint]] = {}
+    for fp in footprints:
+        groups.setdefault(_template(fp), []).append(fp)
+    lines = []
+    for name, fps in groups.items():
+        gpu = any(fp.gpu_memory_bytes.value > 0 for fp in fps)
+        for key, label, scale, unit in _SHOWN:
+            if key == "gpu_memory_bytes" and not gpu:
+                continue
+            lines.extend(_figure_lines(name, fps, key, label, (scale, unit), gpu))
+    return lines
+
+
+def _figure_lines(name: str, fps: list[Footprint], key: str, label: str, shown: tuple[float, str],
+                  gpu: bool) -> list[str]:
+    """One template's lines for one figure: the estimate and its basis (when some variants
+    have it estimated), and the estimate against a measurement (when one variant has one)."""
+    est = [fp for fp in fps if getattr(fp, key).status == "estimated"]
+    measured = next((fp for fp in fps if getattr(fp, key).status == "measured"), None)
+    out = []
+    if est:
+        fig = getattr(est[0], key)
+        value = float(np.mean([getattr(fp, key).value for fp in est]))
+        basis = FORMULAS.get(fig.formula or "", fig.formula or "?")
+        out.append(f"(e) {name}: {label} estimated {_fmt(value, *shown)} per variant for {len(est)} of "
+                   f"{len(fps)} variants; basis: {basis} ({fig.where or 'no input named'})")
+    if measured is not None:
+        m = getattr(measured, key)
+        guess = (value if est else
+                 getattr(estimate_footprint(measured.target_model, int(measured.tarball_bytes.value), gpu=gpu),
+                         key).value)
+        ratio = m.value / guess if guess else float("inf")
+        verdict = (f"estimate was {ratio:.1f}x low" if ratio >= 1.05 else
+                   f"estimate was {1 / ratio:.1f}x high" if ratio <= 1 / 1.05 else "estimate was within 5%")
+        out.append(f"{name}: {label} estimated {_fmt(guess, *shown)} per variant, measured {_fmt(m.value, *shown)} "
+                   f"on {measured.target_model.removesuffix('.tar.gz')} ({m.where or 'measured'}"
+                   f"{', ' + m.hardware if m.hardware else ''}): {verdict}")
+    return out

@@ -11,10 +11,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.planning import charts, report
-from tasks.planning.catalog import candidate_types, load_catalog, price_age_line
+from tasks.planning.catalog import load_catalog, price_age_line, select_types
 from tasks.planning.footprints import Footprint
 from tasks.planning.inputs import fleet_from_dir, synthetic_fleet
-from tasks.planning.plan import Goal, PlanResult, SearchOptions, fleet_arrays, make_plan, plan_file
+from tasks.planning.plan import (Goal, PlanRefused, PlanResult, SearchOptions, fleet_arrays, make_plan,
+                                 plan_file)
 from tasks.planning.planfile import write_plan_file
 from tasks.planning.traffic import Traffic, parse_spec
 
@@ -58,8 +59,12 @@ def search_task(footprints: list[Footprint], traffic: Traffic, goal: Goal, regio
     """The plan, and the line saying which prices (and how old) it used."""
     catalog = load_catalog()
     needs_gpu = any(fp.gpu_memory_bytes.value > 0 for fp in footprints)
-    types, skipped = candidate_types(catalog, region, needs_gpu)
-    result = make_plan(types, footprints, traffic, goal, region, options)
+    types, skipped = select_types(catalog, region, needs_gpu, options.instance_types)
+    try:
+        result = make_plan(types, footprints, traffic, goal, region, options)
+    except PlanRefused as e:  # a refusal made on estimated footprints must say so where it is read
+        notes = report.estimate_lines(footprints)
+        raise PlanRefused("\n".join([str(e), *(["footprints used:"] + notes if notes else [])])) from None
     result.notes.extend(skipped)
     return result, price_age_line(catalog, region)
 
