@@ -49,3 +49,54 @@ def test_mme_plan_refuses_bad_input_naming_it(tmp_path: Path) -> None:
     assert r.exit_code == 2 and "--variants N --footprint-from" in r.output
     r = CliRunner().invoke(app, ["plan", str(empty), "--traffic", "zipf:1.1:5", "--p99-ms", "0"])
     assert r.exit_code == 2 and "--p99-ms 0.0 must be > 0" in r.output
+
+
+def _fleet_manifests(folder: Path, n: int, measured: int | None = None) -> Path:
+    """``n`` variants of one template (``tpl``), 3 MB tarballs; variant ``measured`` (if any)
+    carries a footprint with host memory, load and service measured (208 MiB, 1.5 s, 17 ms)."""
+    from tasks.planning.footprints import MIB, Figure, estimate_footprint
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        doc: dict = {"schema_version": 2, "ensemble": "tpl_entry", "target": "local-cpu",
+                     "target_model": f"tpl-v{i}.tar.gz", "artifact": str(folder / f"tpl-v{i}.tar.gz"),
+                     "sha256": "0" * 64, "bytes": 3_000_000,
+                     "fleet": {"name": "f", "template": "tpl", "variant": f"tpl-v{i}"}}
+        if i == measured:
+            m = {"status": "measured", "where": "mme profile (real Triton)", "hardware": "test host"}
+            fp = estimate_footprint(f"tpl-v{i}.tar.gz", 3_000_000, gpu=False).model_copy(update={
+                "host_memory_bytes": Figure(value=208 * MIB, basis="pss", **m),
+                "load_disk_s": Figure(value=1.5, **m), "service_batch1_s": Figure(value=0.017, **m)})
+            doc["footprint"] = fp.model_dump(mode="json")
+        (folder / f"tpl-v{i}.manifest.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_mme_plan_says_which_figures_are_estimated_and_how_far_off(tmp_path: Path, prefect_harness) -> None:
+    """Without footprints every figure is estimated ((e), with its formula); with one variant
+    measured, the terminal sets the estimate against the measurement (208 MiB vs 67.9 MiB)."""
+    args = ["--traffic", "zipf:1.1:5", "--p99-ms", "2000", "--out", str(tmp_path / "out" / "plan.yaml")]
+    r = CliRunner().invoke(app, ["plan", str(_fleet_manifests(tmp_path / "est", 8)), *args])
+    assert r.exit_code == 0, r.output
+    assert "(e) tpl: host memory estimated 67.9 MiB per variant for 8 of 8 variants; basis: host memory = " \
+           "unpacked bytes x 1.25" in r.output
+    assert "(e) tpl: service at batch 1 estimated 10 ms per variant for 8 of 8 variants" in r.output
+    assert "measured" not in r.output.split("chosen:")[0].split("footprints used")[1].replace("not measured", "")
+    r = CliRunner().invoke(app, ["plan", str(_fleet_manifests(tmp_path / "mixed", 8, measured=3)), *args])
+    assert r.exit_code == 0, r.output
+    assert "(e) tpl: host memory estimated 67.9 MiB per variant for 7 of 8 variants" in r.output
+    assert ("tpl: host memory estimated 67.9 MiB per variant, measured 208 MiB (pss) on tpl-v3 "
+            "(mme profile (real Triton), test host): estimate was 3.1x low") in r.output
+    assert "tpl: load from disk estimated 0.516 s per variant, measured 1.5 s on tpl-v3" in r.output
+
+
+def test_mme_plan_refusals_name_the_bound_and_the_estimates(tmp_path: Path, prefect_harness) -> None:
+    fleet = str(_fleet_manifests(tmp_path / "est", 4))
+    base = ["plan", fleet, "--traffic", "zipf:1.1:5", "--out", str(tmp_path / "plan.yaml")]
+    r = CliRunner().invoke(app, [*base, "--p99-ms", "5"])
+    assert r.exit_code == 2 and "the service time alone (p99 10 ms" in r.output
+    assert "footprints used:" in r.output and "(e) tpl: service at batch 1 estimated 10 ms" in r.output
+    r = CliRunner().invoke(app, [*base, "--p99-ms", "1000", "--instance-types", "ml.m5.large,ml.x9.huge"])
+    assert r.exit_code == 2 and "--instance-types: ml.x9.huge: not in the catalog" in r.output
+    r = CliRunner().invoke(app, [*base, "--p99-ms", "1000", "--max-instances", "0"])
+    assert r.exit_code == 2 and "--max-instances 0: must be >= 1" in r.output

@@ -103,21 +103,24 @@ def _fmt(value: float, scale: float, unit: str) -> str:
     return f"{value / scale:,.3g} {unit}"
 
 
-def estimate_lines(footprints: list[Footprint]) -> list[str]:
+def estimate_lines(footprints: list[Footprint], templates: int = 5) -> list[str]:
     """What the terminal says about the footprints the plan used, per template: which figures
     are estimated (and from what), and where a variant of the template was measured, how far
     the estimate was off -- an estimate 3x low makes a plan 3x too small, so it must be seen
-    where the plan is read, not only in the Prefect artifact."""
+    where the plan is read, not only in the Prefect artifact. The first ``templates`` templates
+    are described (a folder of unrelated ensembles would otherwise print a line per ensemble)."""
     groups: dict[str, list[Footprint]] = {}
     for fp in footprints:
         groups.setdefault(_template(fp), []).append(fp)
     lines = []
-    for name, fps in groups.items():
+    for name, fps in list(groups.items())[:templates]:
         gpu = any(fp.gpu_memory_bytes.value > 0 for fp in fps)
         for key, label, scale, unit in _SHOWN:
             if key == "gpu_memory_bytes" and not gpu:
                 continue
             lines.extend(_figure_lines(name, fps, key, label, (scale, unit), gpu))
+    if len(groups) > templates:
+        lines.append(f"... and {len(groups) - templates} more templates (the markdown artifact lists the footprints)")
     return lines
 
 
@@ -142,7 +145,9 @@ def _figure_lines(name: str, fps: list[Footprint], key: str, label: str, shown: 
         ratio = m.value / guess if guess else float("inf")
         verdict = (f"estimate was {ratio:.1f}x low" if ratio >= 1.05 else
                    f"estimate was {1 / ratio:.1f}x high" if ratio <= 1 / 1.05 else "estimate was within 5%")
-        out.append(f"{name}: {label} estimated {_fmt(guess, *shown)} per variant, measured {_fmt(m.value, *shown)} "
+        basis = getattr(m, "basis", None)  # memory: pss / uss / rss (old records: an overcount)
+        out.append(f"{name}: {label} estimated {_fmt(guess, *shown)} per variant, measured {_fmt(m.value, *shown)}"
+                   f"{f' ({basis})' if basis else ''} "
                    f"on {measured.target_model.removesuffix('.tar.gz')} ({m.where or 'measured'}"
                    f"{', ' + m.hardware if m.hardware else ''}): {verdict}")
     return out
