@@ -143,13 +143,15 @@ def _print_deploy(result: dict) -> None:
     for e in result["ensembles"]:
         v, lat = e["validation"], e["latency_ms"]
         direct = e.get("direct_triton_latency_ms") or {}
-        rows.append({"ensemble": e["name"], "TargetModel": e.get("target_model") or "-",
-                     v["metric"]: f"{v['value']:.6f}",
+        rows.append({"ensemble": e["name"], v["metric"]: f"{v['value']:.6f}",
                      "ok": "yes" if v["passed"] else "NO",
                      "cold ms": f"{lat['cold']:.0f}", "p50 ms": f"{lat['p50']:.1f}",
                      "p99 ms": f"{lat['p99']:.1f}",
                      "Triton p50": f"{direct.get('p50', float('nan')):.1f}"})
     _print_table(f"Endpoint {result['endpoint']} ({result['url']})", rows)
+    for e in result["ensembles"]:  # what to invoke it by (a new name per version)
+        if e.get("target_model"):
+            console.print(f"{e['name']}: TargetModel {e['target_model']}", markup=False, highlight=False)
     for e in result["ensembles"]:
         if "top5" in e["validation"]:
             _print_table(f"{e['name']}: top-5 on the sample image",
