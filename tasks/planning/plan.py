@@ -258,6 +258,7 @@ class _Search:
     screened_out: int = 0
     bounds: set[str] = field(default_factory=set)
     best: Evaluated | None = None
+    closest_screen: tuple[float, float, str] | None = None  # (rough p99 ms, -Che hit, plan) seen screening
 
     def candidate(self, row: InstanceType, count: int, shards: int, cache: str) -> Candidate:
         return Candidate(row.name, count, shards, cache, (row.hourly(self.region) or 0.0) * count * shards)
@@ -268,6 +269,8 @@ class _Search:
         sc = screen(cand, row, self.fleet, self.seq[2], self.options)
         cold = None if self.goal.max_cold_share is None else min(1.0, self.goal.max_cold_share * 1.5)
         ok = sc["utilisation"] < 0.95 and Goal(self.goal.p99_ms * SCREEN_P99_SLACK, cold).met_by(sc)
+        seen = (sc["p99_ms"], -sc["che_hit_ratio"], cand.label())
+        self.closest_screen = min(self.closest_screen or seen, seen)
         self.screened_out += not ok
         return ok
 
@@ -458,7 +461,9 @@ def _refusal(s: _Search, traffic: Traffic) -> PlanRefused:
     best = min(s.done, key=lambda e: (e.figures or {}).get("p99_ms", math.inf), default=None)
     closest = (f"; closest simulated: {best.candidate.label()} p99 {(best.figures or {})['p99_ms']:,.0f} ms, "
                f"cold share {(best.figures or {})['cold_share']:.3f}" if best else
-               "; none passed the analytic screen")
+               f"; none passed the analytic screen (closest: {s.closest_screen[2]}, Che hit "
+               f"{-s.closest_screen[1]:.3f}, rough p99 {s.closest_screen[0]:,.0f} ms)" if s.closest_screen else
+               "; none was screened")
     bounds = "; ".join(sorted(s.bounds)) or "every combination was tried"
     cap = f"--max-instances {s.options.max_instances}"
     return PlanRefused(f"no plan meets p99 <= {goal.p99_ms:g} ms"
