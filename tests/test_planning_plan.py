@@ -159,3 +159,23 @@ def test_prices_say_how_old_they_are_and_unknown_regions_are_refused() -> None:
         candidate_types(CAT, "ap-south-1", needs_gpu=True)
     _, skipped = candidate_types(CAT, "us-east-1", needs_gpu=False)
     assert any("ml.c5.large: no us-east-1 price" in s for s in skipped)
+
+
+def test_a_simulation_runs_longer_only_while_its_hit_ratio_is_unsettled() -> None:
+    """At 200 req/s the first span is ~100,000 counted requests; a tolerance nothing meets
+    doubles it up to the full hour; a loose one stops at the first span."""
+    from tasks.planning.plan import Candidate, fleet_arrays, request_sequence, short_spans, simulate_settled
+
+    row = CAT.get("ml.g4dn.xlarge")
+    fleet = fleet_arrays(_fleet(500))
+    traffic = zipf([f"v{i}" for i in range(500)], 1.1, 200.0, seed=0)
+    opts = SearchOptions(sim_hours=0.5, warmup_hours=0.05)
+    seq = request_sequence(traffic.peak_rates, opts)
+    cand = Candidate(row.name, 8, 1, "enabled", 1.0)  # ~270 of the 500 held, utilisation well under 1
+    first = short_spans(200.0, opts).sim_hours
+    assert first < opts.sim_hours and 90_000 < first * 3600 * 200 < 110_000
+    loose = simulate_settled(cand, row, fleet, seq, Goal(10_000.0), dataclasses.replace(opts, hit_tolerance=1.0))
+    assert loose["simulated_hours"] == pytest.approx(first)
+    strict = simulate_settled(cand, row, fleet, seq, Goal(10_000.0), dataclasses.replace(opts, hit_tolerance=0.0))
+    assert strict["simulated_hours"] == opts.sim_hours and strict["requests"] > 3 * loose["requests"]
+    assert abs(strict["warm_hit_ratio"] - loose["warm_hit_ratio"]) <= loose["hit_ratio_ci"] + strict["hit_ratio_ci"]
