@@ -8,10 +8,12 @@ variants one at a time with one request each (the manifest's validation sample).
 load it reads Triton's memory with the endpoint's own probe (``infra.procfs.tree_memory``:
 summed RSS, PSS, USS, page tables, from ``/proc/<pid>/smaps_rollup``) and the system's
 anonymous + shared memory (``/proc/meminfo`` AnonPages + Shmem, which moves with every other
-process on the host: the load average is recorded beside it). Per added variant it reports the
+process on the host: the load average is recorded beside it), and, as a cross-check that the
+host does not move, the kernel's RssAnon + RssShmem counters summed over Triton's tree. Per added variant it reports the
 median of each figure's steps, and how many variants fit under the endpoint's default limit
 (70% of this host's memory, and of a 16 GiB instance) on the PSS basis the limit now uses vs
-the summed-RSS basis it used before. JSON goes to ``bench/results/memory_basis.json``.
+the summed-RSS basis it used before; and what ``mme profile`` records for the first variant.
+JSON goes to ``bench/results/memory_basis.json``.
 Nothing here is asserted: tests/test_memory_probe.py checks the probe.
 """
 
@@ -32,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.fleet_traffic import Sender, Variant, read_fleet  # noqa: E402
 from infra.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
-from infra.procfs import Memory, system_anon_bytes, tree_memory  # noqa: E402
+from infra.procfs import Memory, process_memory, process_tree, system_anon_bytes, tree_memory  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MIB = 2 ** 20
@@ -50,10 +52,29 @@ def build_example_fleet(count: int, work: Path) -> Path:
     return work / "out"
 
 
+def tree_anon_counters(pid: int | None) -> int:
+    """The kernel's per-process counters RssAnon + RssShmem (``/proc/<pid>/status``) summed
+    over Triton's tree: a cross-check of the probe that other processes on the host do not
+    move (anonymous pages of exec'd processes are private; only the stubs' small shared-memory
+    regions count twice here)."""
+    total = 0
+    for p in process_tree(pid) if pid is not None else []:
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) * 1024 for line in lines
+                     if line.startswith(("RssAnon:", "RssShmem:")))
+    return total
+
+
 def snapshot(pid: int | None) -> dict[str, int]:
-    """Triton's memory by the endpoint's probe, and the system's anonymous + shared memory."""
+    """Triton's memory by the endpoint's probe, the system's anonymous + shared memory, and this
+    process's own PSS (the endpoint runs here: its growth is in the system figure, not Triton's)."""
     mem: Memory = tree_memory(pid)
-    return {**mem.to_dict(), "anon": system_anon_bytes()}
+    me = process_memory(os.getpid()) or Memory()
+    return {**mem.to_dict(), "anon": system_anon_bytes(), "tree_anon_counters": tree_anon_counters(pid),
+            "endpoint_process_pss": me.pss}
 
 
 def load_one_by_one(variants: list[Variant], prefix: Path, cache: Path) -> list[dict[str, int]]:
@@ -73,13 +94,29 @@ def load_one_by_one(variants: list[Variant], prefix: Path, cache: Path) -> list[
     return snaps
 
 
+def profile_first(folder: Path, variant: Variant) -> dict[str, Any]:
+    """What ``mme profile`` records for one variant (a fresh Triton, this one model): its host
+    memory figures, each with its basis."""
+    from infra.manifest import MANIFEST_SUFFIX, load_manifest
+    from tasks.planning.footprints import measure_footprint
+
+    manifest = load_manifest(folder / (variant.target.removesuffix(".tar.gz") + MANIFEST_SUFFIX))
+    fp = measure_footprint(folder / variant.target, manifest.ensemble, variant.inputs, max_batch=1, repeats=3)
+    figs = [fp.host_memory_bytes] + ([fp.host_memory_uss_bytes] if fp.host_memory_uss_bytes else [])
+    return {str(f.basis): round(f.value / MIB, 1) for f in figs}
+
+
 def per_variant(snaps: list[dict[str, int]]) -> dict[str, Any]:
-    """Each figure's step per added variant: median, min, max (MiB)."""
+    """Each figure's step per added variant: median, min, max, and the mean over the whole run
+    (last - first over the steps: the system figure's noise from other processes averages out
+    there, not in one step) (MiB)."""
     out: dict[str, Any] = {}
-    for key in ("rss", "pss", "uss", "page_tables", "anon", "processes"):
+    for key in ("rss", "pss", "uss", "page_tables", "anon", "tree_anon_counters", "endpoint_process_pss",
+                "processes"):
         steps = [b[key] - a[key] for a, b in zip(snaps, snaps[1:], strict=False)]
         scale = 1 if key == "processes" else MIB
         out[key] = {"median": round(statistics.median(steps) / scale, 1),
+                    "mean": round((snaps[-1][key] - snaps[0][key]) / len(steps) / scale, 1),
                     "min": round(min(steps) / scale, 1), "max": round(max(steps) / scale, 1)}
     return out
 
@@ -111,11 +148,12 @@ def main() -> None:
         for v in variants:
             (prefix / v.target).symlink_to((folder / v.target).resolve())
         snaps = load_one_by_one(variants, prefix, Path(tmp) / "cache")
+        profiled = profile_first(folder, variants[0])
     per = per_variant(snaps)
     phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    doc = {"variants_loaded": len(variants), "per_variant_mib": per,
+    doc = {"variants_loaded": len(variants), "per_variant_mib": per, "mme_profile_first_variant_mib": profiled,
            "triton_with_first_variant_mib": {k: round(v / MIB, 1) for k, v in snaps[0].items()
-                                             if k not in ("processes", "anon")},
+                                             if k in ("pss", "uss", "rss", "page_tables")},
            "fit_this_host": fits(snaps[0], per, phys), "fit_16gib_instance": fits(snaps[0], per, INSTANCE_GIB * 2**30),
            "host": {"cpus": os.cpu_count(), "memory_gib": round(phys / 2**30, 1),
                     "loadavg_before": [round(x, 2) for x in load_before],
