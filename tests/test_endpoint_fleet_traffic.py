@@ -262,6 +262,16 @@ def test_status_table_lists_each_target_model() -> None:
     text = console.export_text()
     assert "m-1.tar.gz" in text and "THRASHING" in text and "0.400" in text
     assert " 7 " in text and " 5 " in text
+    assert "Triton memory" not in text  # an endpoint that does not report it: nothing invented
+
+
+def test_status_names_the_memory_basis() -> None:
+    """`mme endpoint status` shows Triton's memory on the limit's basis, summed RSS beside it."""
+    from flows.cli.endpoint import memory_note
+
+    m = {"TritonMemoryPss": 300 * 2**20, "TritonMemoryRss": 650 * 2**20, "MemoryLimitBytes": 1000 * 2**20,
+         "MemoryLimitBasis": "pss"}
+    assert memory_note(m) == ", Triton memory 300 MiB pss of 1,000 MiB limit (summed rss 650 MiB)"
 
 
 # ---------------------------------------------------------------------------------- real Triton
