@@ -76,6 +76,8 @@ class SearchOptions:
     sim_requests: int = 100_000  # counted requests of a first simulation (fewer at low rates)
     warmup_requests: int = 50_000  # warm-up requests at most (the variants are preloaded)
     hit_tolerance: float = 0.005  # 95% half-width of the warm-hit ratio that ends a simulation
+    settle_requests: int = 800_000  # the most counted requests one simulation extends to
+    max_simulated_requests: int = 3_000_000  # all simulations of one search together (its time bound)
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,8 @@ def simulate_settled(cand: Candidate, row: InstanceType, fleet: FleetArrays,
         fig = simulate_candidate(cand, row, fleet, seq, opts)
         near = abs(fig["p99_ms"] - goal.p99_ms) <= 0.05 * goal.p99_ms \
             or abs(fig["cold_share"] - P99_SHARE) <= fig["hit_ratio_ci"]  # p99: a miss or not, undecided
-        if opts.sim_hours >= options.sim_hours or (fig["hit_ratio_ci"] <= options.hit_tolerance and not near):
+        if opts.sim_hours >= options.sim_hours or (fig["hit_ratio_ci"] <= options.hit_tolerance and not near) \
+                or fig["requests"] * 2 > options.settle_requests:
             return fig
         opts = replace(opts, sim_hours=min(options.sim_hours, opts.sim_hours * 2))
 
@@ -276,8 +279,10 @@ class _Search:
 
     def run(self, cand: Candidate, row: InstanceType) -> Evaluated | None:
         """Simulate one plan (None when the simulation budget is spent)."""
-        if len(self.done) >= self.options.max_simulations:
-            self.bounds.add(f"the simulation budget ({self.options.max_simulations} simulations) was spent")
+        spent = sum((e.figures or {}).get("requests", 0.0) for e in self.done)
+        if len(self.done) >= self.options.max_simulations or spent >= self.options.max_simulated_requests:
+            self.bounds.add(f"the simulation budget ({self.options.max_simulations} simulations, "
+                            f"{self.options.max_simulated_requests:,} requests) was spent")
             return None
         sc = screen(cand, row, self.fleet, self.seq[2], self.options)
         ev = Evaluated(cand, sc, simulate_settled(cand, row, self.fleet, self.seq, self.goal, self.options))
