@@ -57,3 +57,14 @@ class LocalEndpointClient:
         from infra.runtime_client import invoke, runtime_client_for
 
         return invoke(runtime_client_for(self.url), endpoint, target_model, inputs, binary=binary)
+
+
+def memory_note(m: dict) -> str:
+    """Triton's memory on the limit's basis (PSS), with summed RSS beside it for comparison
+    ("" from an endpoint too old to report it)."""
+    if "TritonMemoryPss" not in m:
+        return ""
+    limit = m.get("MemoryLimitBytes")
+    of = f" of {limit / 2**20:,.0f} MiB limit" if limit else ""
+    return (f", Triton memory {m['TritonMemoryPss'] / 2**20:,.0f} MiB "
+            f"{m.get('MemoryLimitBasis', 'pss')}{of} (summed rss {m.get('TritonMemoryRss', 0) / 2**20:,.0f} MiB)")

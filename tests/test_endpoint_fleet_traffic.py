@@ -267,7 +267,7 @@ def test_status_table_lists_each_target_model() -> None:
 
 def test_status_names_the_memory_basis() -> None:
     """`mme endpoint status` shows Triton's memory on the limit's basis, summed RSS beside it."""
-    from flows.cli.endpoint import memory_note
+    from infra.local_client import memory_note
 
     m = {"TritonMemoryPss": 300 * 2**20, "TritonMemoryRss": 650 * 2**20, "MemoryLimitBytes": 1000 * 2**20,
          "MemoryLimitBasis": "pss"}

@@ -11,7 +11,7 @@ from typing import Any
 import typer
 
 from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console, endpoint_app
-
+from infra.local_client import memory_note
 
 INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "text": (list[str], typer.Argument(None, help="sentences to embed (text ensembles)")),
@@ -174,17 +174,6 @@ def endpoint_status(name: str = typer.Option("local-mme"),
     Console().print(status_table(doc))
 
 
-def memory_note(m: dict) -> str:
-    """Triton's memory on the limit's basis (PSS), with summed RSS beside it for comparison
-    ("" from an endpoint too old to report it)."""
-    if "TritonMemoryPss" not in m:
-        return ""
-    limit = m.get("MemoryLimitBytes")
-    of = f" of {limit / 2**20:,.0f} MiB limit" if limit else ""
-    return (f", Triton memory {m['TritonMemoryPss'] / 2**20:,.0f} MiB "
-            f"{m.get('MemoryLimitBasis', 'pss')}{of} (summed rss {m.get('TritonMemoryRss', 0) / 2**20:,.0f} MiB)")
-
-
 def status_table(doc: dict) -> Any:
     """``mme endpoint status`` as a table: a summary line, then one row per TargetModel."""
     from rich.table import Table
@@ -195,9 +184,8 @@ def status_table(doc: dict) -> Any:
              f"(peak {m.get('PeakLoadedModelCount', 0)}), {m.get('Invocations', 0)} requests, "
              f"{m.get('ModelCacheHit', 0)} warm, {m.get('MemoryEvictions', 0)} evictions, "
              f"admission p50/p99 {adm.get('p50', 0):.3f}/{adm.get('p99', 0):.3f} ms, miss rate "
-             f"{100 * thrash.get('MissRate', 0):.0f}%" + (" THRASHING" if thrash.get("Thrashing") else "")
-             + memory_note(m))
-    table = Table(title=title)
+             f"{100 * thrash.get('MissRate', 0):.0f}%" + (" THRASHING" if thrash.get("Thrashing") else ""))
+    table = Table(title=title + memory_note(m))
     for col in ("TargetModel", "state", "invocations", "hits", "loads", "last load s",
                 "total load s", "evictions", "errors", "last used"):
         table.add_column(col, justify="left" if col in ("TargetModel", "state") else "right")
