@@ -31,7 +31,7 @@ from typing import Any, Literal
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
 from infra.aws_errors import aws_message, error_code
-from infra.errors import UserError
+from infra.errors import MMEError, UserError
 
 Status = Literal["ok", "problem", "unchecked"]
 Clients = Callable[[str], Any]
@@ -52,7 +52,7 @@ _NO_CREDENTIALS = (NoCredentialsError, PartialCredentialsError)
 _IMAGE_URI = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?/([^:@]+):(.+)$")
 
 
-class WriteRefused(RuntimeError):
+class WriteRefused(MMEError, RuntimeError):
     """A pre-flight client was asked to make a call that is not a read: a bug in the
     pre-flight, stopped before botocore sent anything."""
 

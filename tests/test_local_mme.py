@@ -658,11 +658,11 @@ def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pyte
         assert any("tritonserver" in cmd for cmd in running.values()), running
     finally:
         stopped = proc.stop(name)
-    assert stopped is True
+    assert stopped is proc.StopOutcome.STOPPED
     assert not proc.state_file(name).exists()
     assert proc.find_running(name) is None
     assert wait_gone(str(paths.endpoint_dir(name))) == {}
-    assert proc.stop(name) is False  # nothing left to stop
+    assert proc.stop(name) is proc.StopOutcome.NOT_RUNNING  # nothing left to stop
 
 
 # ---------------------------------------------------------------------------------- 10. stop
