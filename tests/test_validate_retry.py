@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from runtime_stub import FakeTime
+
 from infra.aws_errors import AwsCallError
 from infra.local_mme import EndpointConfig, LocalEndpoint
 from infra.manifest import Manifest, Validation
@@ -30,21 +32,6 @@ pytestmark = [
 
 ENDPOINT = "retry-mme"
 READY_WAIT_S = 0.5  # the endpoint answers 429 after this long; the models load for longer
-
-
-class FakeTime:
-    """A clock that moves only when the code under test sleeps (the sleep returns at once)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture(scope="module")
