@@ -33,6 +33,7 @@ from ensembles.fleet import FIRST_NAMESPACING_RELEASE, namespacing_problem
 from infra import aws
 from infra.aws_errors import describe as aws_describe
 from infra.errors import InvalidInput, UserError
+from infra.preflight import Check, Clients, check_bucket, check_credentials, clients_for
 from infra.sagemaker import _describe as describe_or_none
 from infra.triton_release import TritonRelease
 from tasks.publish import model_data_url
@@ -165,3 +166,47 @@ def sagemaker_endpoints_task(endpoints: Sequence[str], store_uri: str | None, re
     for s in served.values():
         check_release(s, log.warning)
     return store_for(served, store_uri), region, served
+
+
+def _endpoint_check(sm_client: Any, endpoint: str, region: str) -> tuple[Check, ServedEndpoint | None]:
+    """One endpoint, read-only: it exists, is multi-model, loads from one prefix, and runs a
+    Triton release that keeps variants apart; one pre-flight line either way."""
+    try:
+        served = describe_served(sm_client, endpoint, region)
+    except UserError as e:
+        return Check(f"endpoint {endpoint}", "problem", str(e)), None
+    notes: list[str] = []
+    try:
+        check_release(served, notes.append)
+    except UserError as e:
+        return Check(f"endpoint {endpoint}", "problem", str(e)), served
+    return Check(f"endpoint {endpoint}", "ok", f"MultiModel, loads from {served.model_data_url}/, "
+                 f"image {served.image or '?'}" + (f" ({notes[0]})" if notes else "")), served
+
+
+def fleet_preflight(endpoints: Sequence[str], store_uri: str | None, region: str | None,
+                    clients: Clients | None = None) -> list[Check]:
+    """What a first real ``mme fleet deploy --backend sagemaker`` needs, read-only, every check
+    run whatever the others found: a chosen region, credentials, each endpoint as SageMaker
+    describes it, the store its ModelDataUrl names (and ``--store`` agreeing), and that
+    bucket in the endpoints' region. No call but Describe/Get/List is ever sent."""
+    try:
+        chosen = require_region(region)
+    except UserError as e:
+        return [Check("region", "problem", str(e))]
+    get = clients or clients_for(chosen)
+    lines = [Check("region", "ok", f"{chosen} ({'--region' if region else 'AWS config'})"),
+             check_credentials(get("sts"))[0]]
+    served: dict[str, ServedEndpoint] = {}
+    for endpoint in endpoints:
+        line, found = _endpoint_check(get("sagemaker"), endpoint, chosen)
+        lines.append(line)
+        if found is not None:
+            served[endpoint] = found
+    if len(served) < len(endpoints):
+        return [*lines, Check("store", "unchecked", "an endpoint could not be read (see above)")]
+    try:
+        store = store_for(served, store_uri)
+    except UserError as e:
+        return [*lines, Check("store", "problem", str(e))]
+    return [*lines, Check("store", "ok", store), check_bucket(get("s3"), store, chosen)]

@@ -376,3 +376,62 @@ def test_unknown_region_reports_every_check() -> None:
 def test_unsupported_instance_type_is_a_problem() -> None:
     check = pf.check_instance("ml.m5.large", REGION)
     assert check.status == "problem" and "not one AWS supports for GPU multi-model endpoints" in check.detail
+
+
+# ----------------------------------------------------------------- mme fleet deploy --preflight
+def existing_mme(endpoint: str, model_data_url: str, release: str = "24.09") -> None:
+    """A multi-model endpoint in moto, as `mme deploy` makes it (tests/test_fleet_deploy.py's
+    shape): its model loads from ``model_data_url`` with SageMaker's Triton image."""
+    sm = boto3.client("sagemaker", region_name=REGION)
+    image = f"785573368785.dkr.ecr.{REGION}.amazonaws.com/sagemaker-tritonserver:{release}-py3"
+    sm.create_model(ModelName=f"{endpoint}-model", ExecutionRoleArn=ROLE_ARN,
+                    PrimaryContainer={"Image": image, "Mode": "MultiModel", "ModelDataUrl": model_data_url})
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": f"{endpoint}-model",
+        "InstanceType": "ml.g4dn.xlarge", "InitialInstanceCount": 1}])
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
+
+
+def fleet_args(*extra: str) -> list[str]:
+    return ["fleet", "deploy", "tenants", "--backend", "sagemaker", "--preflight",
+            "--region", REGION, *extra]
+
+
+def test_fleet_preflight_ready_exits_0_with_only_reads(aws: Aws) -> None:
+    existing_mme("fleet-ep", f"s3://{BUCKET}/mme/models/fleet-ep/")
+    r = CliRunner().invoke(app, fleet_args("--endpoint", "fleet-ep"))
+    assert r.exit_code == 0, r.output
+    got = lines(r.output)
+    assert set(got) == {"region", "credentials", "endpoint", "store", "bucket"}, r.output
+    assert all(v.startswith("ok") for v in got.values()), got
+    assert f"s3://{BUCKET}/mme" in got["store"]
+    aws.only_reads()
+    assert "CreateBucket" not in aws.calls and "PutObject" not in aws.calls
+
+
+def test_fleet_preflight_names_every_problem_in_one_run(aws: Aws) -> None:
+    existing_mme("old-ep", f"s3://{BUCKET}/mme/models/old-ep/", release="23.03")
+    existing_mme("far-ep", "s3://elsewhere/mme/models/far-ep/")
+    r = CliRunner().invoke(app, fleet_args("--endpoints", "old-ep,far-ep,no-ep"))
+    assert r.exit_code == 2, r.output
+    text = r.output
+    assert "23.03" in text and "namespacing" in text, text  # Triton too old for fleets
+    assert "no-ep does not exist" in text, text
+    assert "could not check" in text and "store" in text  # not checked with an endpoint unread
+    assert "endpoint" in text.splitlines()[-1], text  # the summary names the problems
+    aws.only_reads()
+
+
+def test_fleet_preflight_refuses_another_store_and_a_missing_bucket(aws: Aws) -> None:
+    existing_mme("gone-ep", "s3://no-such-bucket/mme/models/gone-ep/")
+    r = CliRunner().invoke(app, fleet_args("--endpoint", "gone-ep", "--store", f"s3://{BUCKET}/mme"))
+    assert r.exit_code == 2 and "SageMaker would never see them" in r.output, r.output
+    r = CliRunner().invoke(app, fleet_args("--endpoint", "gone-ep"))
+    got = lines(r.output)
+    assert r.exit_code == 2 and got["bucket"].startswith("PROBLEM"), r.output
+    aws.only_reads()
+
+
+def test_fleet_preflight_needs_the_sagemaker_backend() -> None:
+    r = CliRunner().invoke(app, ["fleet", "deploy", "tenants", "--preflight", "--endpoint", "e"])
+    assert r.exit_code == 2 and "--backend sagemaker" in r.output

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, console
 from flows.cli.fleet import _exit_for, fleet_app
+from flows.cli.preflight import FLEET_PREFLIGHT_FLAG, run_fleet_preflight
 
 
 def _endpoints(endpoint: str | None, endpoints: str | None, plan: Path | None = None) -> list[str]:
@@ -60,6 +61,7 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "verify": (bool, typer.Option(False, "--verify", help="first check every routed object in the "
                                                           "store; re-publish missing or corrupt "
                                                           "ones from the build and validate them")),
+    **FLEET_PREFLIGHT_FLAG,
 }
 
 
@@ -72,6 +74,9 @@ def deploy(**o: Any) -> None:
 
     if o["backend"] not in ("local", "sagemaker"):
         _fail(f"--backend {o['backend']!r}: expected local or sagemaker")
+    if o["preflight"]:
+        run_fleet_preflight(o["backend"], _endpoints(o["endpoint"], o["endpoints"], o["plan"]),
+                            o["store"], o["region"])
     _quiet_env()
     policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
                           concurrency=o["concurrency"], region=o["region"], verify=o["verify"])

@@ -61,3 +61,27 @@ def run_preflight_command(o: dict[str, Any]) -> NoReturn:
         print(check.line())
     print(summary(checks))
     raise typer.Exit(exit_code(checks))
+
+
+FLEET_PREFLIGHT_FLAG: dict[str, tuple[Any, Any]] = {
+    "preflight": (bool, typer.Option(
+        False, "--preflight", help="sagemaker: check, read-only, what this fleet deploy needs "
+        "(region, credentials, each endpoint, its store and bucket), one line each, and deploy "
+        "nothing; exit 0 when ready, 2 naming each problem")),
+}
+
+
+def run_fleet_preflight(backend: str, endpoints: list[str], store: str | None, region: str | None) -> NoReturn:
+    """``mme fleet deploy --backend sagemaker --preflight``: print
+    :func:`tasks.fleet_endpoints.fleet_preflight`'s lines and a summary, exit 0 or 2."""
+    from infra.preflight import exit_code, summary
+    from tasks.fleet_endpoints import fleet_preflight
+
+    if backend != "sagemaker":
+        _fail(f"--preflight checks what a SageMaker fleet deploy needs: --backend {backend} needs "
+              f"no AWS (give --backend sagemaker)")
+    checks = fleet_preflight(endpoints, store, region)
+    for check in checks:
+        print(check.line())
+    print(summary(checks))
+    raise typer.Exit(exit_code(checks))
