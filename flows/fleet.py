@@ -21,6 +21,7 @@ from infra import paths
 from infra.ownership import owner
 from tasks.fleet_build import (
     FleetIndex,
+    TemplateFootprint,
     VariantOutcome,
     build_canaries_task,
     build_chunk_task,
@@ -64,28 +65,33 @@ def _problem_outcomes(problems: list[tuple[str, str]]) -> list[VariantOutcome]:
 
 
 def _canaries(template: Any, shared: Any, todo: list[Variant], sample: int, all_in_triton: bool,
-              work: Path, out: Path) -> tuple[list[VariantOutcome], Any, list[Variant]]:
+              work: Path, out: Path) -> tuple[list[VariantOutcome], Any, list[Variant], TemplateFootprint]:
     """Verify canaries in Triton until one passes; returns their outcomes, the structure
-    the rest is checked against, and the variants still to build."""
+    the rest is checked against, the variants still to build, and the footprint measured on
+    the canary that passed (every variant records it)."""
     outcomes: list[VariantOutcome] = []
     structure = None
+    footprint = TemplateFootprint(reason="no variant to build in this run")
     remaining = list(todo)
     for _ in range(CANARY_ROUNDS):
         if not remaining or (structure is not None and not all_in_triton):
             break
         picked = remaining if all_in_triton else pick_canaries(remaining, sample, template.fleet)
-        got, found = build_canaries_task(template, shared, picked, work, out)
+        got, found, measured = build_canaries_task(template, shared, picked, work, out)
         outcomes += got
+        footprint = measured if structure is None else footprint
         structure = structure or found
         names = {v.name for v in picked}
         remaining = [v for v in remaining if v.name not in names]
-    return outcomes, structure, remaining
+    return outcomes, structure, remaining, footprint
 
 
-def _rest(template: Any, shared: Any, structure: Any, remaining: list[Variant],
+def _rest(template: Any, shared: Any, checked: tuple[Any, TemplateFootprint], remaining: list[Variant],
           dirs: tuple[Path, Path], progress: tuple[Any, int, int]) -> list[VariantOutcome]:
     """Build the variants that are not canaries, in chunks side by side. ``dirs``: (work,
-    output); ``progress``: (bar, variants done before, variants to build in all)."""
+    output); ``progress``: (bar, variants done before, variants to build in all); ``checked``:
+    (the canary's structure, its footprint)."""
+    structure, footprint = checked
     if structure is None:  # no canary passed Triton: nothing to check the rest against
         return [VariantOutcome(name=v.name, status="failed", file="", target_model=f"{v.name}.tar.gz",
                                reason="not built: no canary of this fleet passed Triton "
@@ -93,7 +99,7 @@ def _rest(template: Any, shared: Any, structure: Any, remaining: list[Variant],
                 for v in remaining]
     bar, done, total = progress
     size = chunk_size(len(remaining), max_workers_from_env())
-    futures = [build_chunk_task.submit(template, shared, structure, chunk, *dirs)
+    futures = [build_chunk_task.submit(template, shared, structure, chunk, *dirs, footprint)
                for chunk in chunked(remaining, size)]
     outcomes: list[VariantOutcome] = []
     for fut in as_completed(futures):
@@ -128,15 +134,18 @@ def fleet_build(fleet: str, output_dir: str | None = None, triton_sample: int = 
     log.info("fleet %s: %d variants, %d unchanged, %d to build, %d refused", spec.name,
              len(resolved.variants), len(unchanged), len(todo), len(resolved.problems))
     progress = start_fleet_progress(spec.name, len(todo))
-    canary, structure, remaining = _canaries(template, shared, todo, triton_sample,
+    canary, structure, remaining, footprint = _canaries(template, shared, todo, triton_sample,
                                              all_in_triton, work, out)
     advance(progress, len(canary), len(todo))
-    built = _rest(template, shared, structure, remaining, (work, out),
+    built = _rest(template, shared, (structure, footprint), remaining, (work, out),
                   (progress, len(canary), len(todo)))
     outcomes = (unchanged + canary + built + skipped(later, index)
                 + _problem_outcomes(resolved.problems))
     write_index(out, template, index, outcomes, resolved.variants)
     extra = [f"Output: `{out}`", f"Template key: `{template.key[:12]}`"]
+    if todo:
+        extra.append(footprint.note())
+        log.info("fleet %s: %s", spec.name, extra[-1])
     if publish_to:
         extra.append(_publish(out, publish_to, outcomes))
     report_fleet(spec.name, spec.target, outcomes, extra)

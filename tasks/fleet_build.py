@@ -110,6 +110,51 @@ class VariantOutcome:
     labels: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class TemplateFootprint:
+    """The footprint every variant of this build records (``manifest.footprint``): measured on
+    one canary in the Triton that verifies them (memory by the endpoint's probe, basis PSS;
+    load, unload, service times), or, when that failed, why -- then each manifest carries the
+    named estimate and says why, and the build report says so: never an estimate in silence."""
+
+    measured: dict[str, Any] | None = None
+    reason: str | None = None
+
+    def for_variant(self, target_model: str, tarball_bytes: int, target: str) -> dict[str, Any]:
+        from tasks.planning.footprints import variant_footprint
+
+        return variant_footprint(self.measured, self.reason, target_model, tarball_bytes,
+                                 gpu=target.endswith("gpu"))
+
+    def note(self) -> str:
+        """The build report's line about it."""
+        if self.measured is None:
+            return (f"Footprint: NOT measured ({self.reason or 'no canary passed'}); every variant built "
+                    f"in this run records the named estimate (formulas, `source.estimated`)")
+        fp, src = self.measured, self.measured["source"]
+        return (f"Footprint: measured on canary `{src['measured_on']}` and recorded on every variant built: "
+                f"host memory {fp['host_memory_bytes']['value'] / 2**20:.1f} MiB (pss), "
+                f"load {fp['load_disk_s']['value']:.2f} s, unload {fp['unload_s']['value']:.2f} s, "
+                f"service {fp['service_batch1_s']['value'] * 1e3:.1f} ms at batch 1, "
+                f"{fp['service_max_batch_s']['value'] * 1e3:.1f} ms at batch {fp.get('max_batch', 1)}")
+
+
+def measured_footprint(template: FleetTemplate, canary: str, result: dict[str, Any]) -> TemplateFootprint:
+    """The template's footprint from a passing canary's verify result (its ``footprint_times``,
+    taken out of the result so the validation record stays as it was), or why there is none."""
+    from tasks.planning.footprints import canary_footprint
+
+    times = result.pop("footprint_times", None)
+    if times is None:
+        return TemplateFootprint(reason=f"canary {canary} was verified without a measurement")
+    if "loaded" not in times:
+        return TemplateFootprint(reason=f"measuring canary {canary} failed: "
+                                        f"{times.get('footprint_error', 'Triton process unknown')}")
+    doc = canary_footprint(canary, template.key, times, times["loaded"],
+                           gpu=template.target.endswith("gpu"), hardware=str(result.get("measured_on")))
+    return TemplateFootprint(measured=doc)
+
+
 def prepare_template(fleet: FleetSpec, variants: Sequence[Variant]) -> FleetTemplate:
     """Load the template, make its shared artifacts once, and compute its key. A fleet for a
     Triton release that cannot keep its variants apart is refused first (nothing is made)."""
@@ -218,11 +263,13 @@ def _failed(v: Variant, reason: str, t0: float) -> VariantOutcome:
 
 
 def _committed(staged: StagedVariant, template: FleetTemplate, output_dir: Path, sample: Sample,
-               result: dict[str, Any], checked_by: str, t0: float) -> VariantOutcome:
-    """Write the manifest, move the tarball in, and say so."""
+               result: dict[str, Any], checked_by: str, t0: float,
+               footprint: TemplateFootprint) -> VariantOutcome:
+    """Write the manifest (with the template's footprint), move the tarball in, and say so."""
     validation = Validation.model_validate({**result, "checked_by": checked_by})
     seconds = time.perf_counter() - t0
     manifest = manifest_for(staged, template, output_dir, validation, sample.to_record(), seconds)
+    manifest.footprint = footprint.for_variant(manifest.target_model, staged.bytes, template.target)
     commit_variant(staged, manifest, output_dir)
     v = staged.variant
     return VariantOutcome(name=v.name, status="built", file=f"{file_stem(v)}.tar.gz",
@@ -234,7 +281,7 @@ def _committed(staged: StagedVariant, template: FleetTemplate, output_dir: Path,
 
 def build_checked(template: FleetTemplate, shared: SharedReference | None,
                   structure: Structure | None, v: Variant, work_root: Path,
-                  output_dir: Path) -> VariantOutcome:
+                  output_dir: Path, footprint: TemplateFootprint) -> VariantOutcome:
     """Stage one variant, check it against the canary's structure and its own reference
     with ONNX Runtime, and commit it; any failure is this variant's outcome, not an error."""
     t0 = time.perf_counter()
@@ -252,7 +299,8 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
             raise VariantError(f"variant {v.name!r}: {result['metric']} = {result['value']:.6f} "
                                f"is below {result['threshold']} "
                                f"({result.get('failure') or result.get('top5')})")
-        return _committed(staged, template, output_dir, sample, result, "onnxruntime+structure", t0)
+        return _committed(staged, template, output_dir, sample, result, "onnxruntime+structure", t0,
+                          footprint)
     except UserError as e:
         return _failed(v, str(e), t0)
     except Exception as e:  # noqa: BLE001 - one variant's surprise must not stop the others
@@ -264,10 +312,11 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
 @task(name="build-variants", cache_policy=NO_CACHE)
 def build_chunk_task(template: FleetTemplate, shared: SharedReference | None,
                      structure: Structure | None, variants: list[Variant], work_root: Path,
-                     output_dir: Path) -> list[VariantOutcome]:
+                     output_dir: Path, footprint: TemplateFootprint) -> list[VariantOutcome]:
     """A chunk of variants, one after the other (chunks run side by side): one task per
     chunk, not per variant, keeps a thousand-variant run's API traffic small."""
-    return [build_checked(template, shared, structure, v, work_root, output_dir) for v in variants]
+    return [build_checked(template, shared, structure, v, work_root, output_dir, footprint)
+            for v in variants]
 
 
 def _stage_canaries(template: FleetTemplate, shared: SharedReference | None,
@@ -290,14 +339,20 @@ def _stage_canaries(template: FleetTemplate, shared: SharedReference | None,
 @task(name="verify-canaries", cache_policy=NO_CACHE)
 def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
                         canaries: list[Variant], work_root: Path,
-                        output_dir: Path) -> tuple[list[VariantOutcome], Structure | None]:
+                        output_dir: Path,
+                        ) -> tuple[list[VariantOutcome], Structure | None, TemplateFootprint]:
     """Stage the canaries, verify each in one long-lived Triton, commit those that pass.
-    Returns their outcomes and the structure of the first that passed (what the others are
-    checked against), or None when none did."""
+    Returns their outcomes, the structure of the first that passed (what the others are
+    checked against), or None when none did, and the footprint measured on it."""
     log = run_logger()
     staged, outcomes = _stage_canaries(template, shared, canaries, work_root)
     results = verify_in_triton([(s, sample) for s, sample, _ in staged], log=log.info)
     structure: Structure | None = None
+    passed = [(n, r) for n, r in results.items() if not isinstance(r, Exception)]
+    footprint = (measured_footprint(template, *passed[0]) if passed
+                 else TemplateFootprint(reason="no canary passed Triton verification"))
+    if footprint.reason:
+        log.warning("footprint of %s not measured: %s", template.fleet, footprint.reason)
     for s, sample, t0 in staged:
         got = results[s.variant.name]
         if isinstance(got, Exception):
@@ -306,8 +361,9 @@ def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
             continue
         if structure is None:
             structure = Structure.of(read_members(s.tarball))
-        outcomes.append(_committed(s, template, output_dir, sample, got, "triton", t0))
-    return outcomes, structure
+        got.pop("footprint_times", None)
+        outcomes.append(_committed(s, template, output_dir, sample, got, "triton", t0, footprint))
+    return outcomes, structure, footprint
 
 
 def chunked(items: Sequence[Variant], size: int) -> Iterable[list[Variant]]:

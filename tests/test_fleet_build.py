@@ -71,6 +71,45 @@ def test_first_build_verifies_every_variant(example):
     assert {e.status for e in index.variants.values()} == {"ok"}
 
 
+def test_every_variant_records_the_footprint_measured_on_one_canary(example):
+    """One canary per template is measured in the verifying Triton (memory by the endpoint's
+    probe, basis pss; load, unload, service); every variant's manifest carries it with its
+    source, and the planner's inputs have no estimated figure left."""
+    from tasks.planning.footprints import Figure, Footprint
+    from tasks.planning.inputs import fleet_from_dir
+
+    manifests = _manifests(example["out"])
+    canaries = {n for n, m in manifests.items() if m["validation"]["checked_by"] == "triton"}
+    sources = {json.dumps(m["footprint"]["source"], sort_keys=True) for m in manifests.values()}
+    assert len(sources) == 1  # one measurement, recorded on every variant
+    source = json.loads(sources.pop())
+    assert source["measured_on"] in canaries
+    assert source["template_key"] == manifests[source["measured_on"]]["fleet"]["template_key"]
+    for name, m in manifests.items():
+        fp = Footprint.model_validate(m["footprint"])
+        assert fp.target_model == m["target_model"]
+        assert fp.tarball_bytes.value == m["bytes"]  # its own bytes; the rest the canary's
+        assert fp.host_memory_bytes.basis == "pss" and fp.host_memory_bytes.value > 0
+        assert fp.load_disk_s.value > 0 and fp.service_batch1_s.value > 0
+        assert "validation" in m and "footprint_times" not in m["validation"]
+    names, fps, stale = fleet_from_dir(example["out"])
+    assert (len(names), stale) == (COUNT, 0)
+    figures = [getattr(fp, k) for fp in fps for k in type(fp).model_fields
+               if isinstance(getattr(fp, k), Figure)]
+    assert [f for f in figures if f.status == "estimated"] == []
+
+
+def test_a_footprint_that_cannot_be_measured_falls_back_to_a_named_estimate():
+    from tasks.fleet_build import TemplateFootprint
+    from tasks.planning.footprints import Footprint
+
+    fp = TemplateFootprint(reason="measuring canary tenant-0001 failed: OSError: no /proc")
+    doc = fp.for_variant("tenant-0002.tar.gz", 1000, "local")
+    assert doc["source"]["reason"] == fp.reason
+    assert Footprint.model_validate(doc).host_memory_bytes.status == "estimated"
+    assert "NOT measured" in fp.note() and fp.reason in fp.note()
+
+
 def test_each_reference_is_the_base_model_restricted_to_the_variants_classes(example):
     """The exact, independent reference of the example fleet: the base SqueezeNet's class
     scores on the same DALI output, restricted to the variant's classes, then softmax. Every

@@ -306,3 +306,65 @@ def _at_once(fn: Callable[[str], Any], names: list[str]) -> list[float]:
 
     with ThreadPoolExecutor(len(names)) as pool:
         return list(pool.map(lambda n: _timed(lambda: fn(n)), names))
+
+
+# ----------------------------------------------------------- measured on a fleet's canary
+
+
+def measure_loaded(pid: int, url: str, entry: str, inputs: dict[str, np.ndarray], max_batch: int,
+                   before: Memory, repeats: int = 5) -> dict[str, float]:
+    """What a model already loaded (and served once) in a running Triton adds to its process
+    tree (PSS and USS, against ``before``, taken before the load) and its service time at batch
+    1 and ``max_batch`` (medians). The fleet build calls it on one canary per template, in the
+    Triton that verifies the canaries, so every variant's footprint is measured, not guessed;
+    a template without batching (``max_batch`` 0) is served as its sample is."""
+    added = triton_memory(pid) - before
+    one = _batched(inputs, 1) if max_batch > 0 else inputs
+    s1 = _service_time(url, entry, one, repeats)
+    sb = (_service_time(url, entry, _batched(inputs, max_batch), max(3, repeats // 2))
+          if max_batch > 1 else s1)
+    return {"host_pss": float(max(0, added.pss)), "host_uss": float(max(0, added.uss)),
+            "service_batch1_s": s1, "service_max_batch_s": sb, "max_batch": float(max(1, max_batch))}
+
+
+def canary_footprint(canary: str, template_key: str, times: dict[str, float], loaded: dict[str, float],
+                     gpu: bool, hardware: str) -> dict[str, Any]:
+    """The footprint record measured on one canary (``times``: tarball_bytes, unpacked_bytes,
+    extract_s, load_s, unload_s from the verify step; ``loaded``: :func:`measure_loaded`),
+    with its ``source`` naming the canary and the template key, so a manifest that carries it
+    says which variant it was measured on. GPU memory: zero on a CPU target (it uses none);
+    on a GPU target estimated by formula (the verify step has no NVML reading), and said so."""
+    m: dict[str, Any] = {"status": "measured", "where": f"fleet build, canary {canary} (Triton)",
+                         "hardware": hardware}
+    est = estimate_footprint(canary, int(times["tarball_bytes"]), gpu=gpu)
+    gpu_fig = (est.gpu_memory_bytes if gpu else
+               Figure(value=0.0, status="measured", where="CPU target: no GPU used", hardware=hardware))
+    fp = Footprint(
+        target_model=canary, tarball_bytes=Figure(value=times["tarball_bytes"], **m),
+        unpacked_bytes=Figure(value=times["unpacked_bytes"], **m),
+        host_memory_bytes=Figure(value=loaded["host_pss"], basis="pss", **m),
+        host_memory_uss_bytes=Figure(value=loaded["host_uss"], basis="uss", **m),
+        gpu_memory_bytes=gpu_fig, load_disk_s=Figure(value=times["load_s"], **m),
+        load_cold_s=Figure(value=times["extract_s"] + times["load_s"], **m),
+        unload_s=Figure(value=times["unload_s"], **m),
+        service_batch1_s=Figure(value=loaded["service_batch1_s"], **m),
+        service_max_batch_s=Figure(value=loaded["service_max_batch_s"], **m),
+        max_batch=int(loaded["max_batch"]))
+    return {**fp.model_dump(mode="json", exclude_none=True),
+            "source": {"measured_on": canary, "template_key": template_key}}
+
+
+def variant_footprint(measured: dict[str, Any] | None, reason: str | None, target_model: str,
+                      tarball_bytes: int, gpu: bool) -> dict[str, Any]:
+    """One variant's footprint record: the template's canary measurement under the variant's
+    name and its own tarball bytes (a variant differs from its canary in its weights, not its
+    graph), else the named estimate with ``source.estimated`` saying why nothing was measured,
+    so no manifest carries an estimate silently."""
+    if measured is not None:
+        doc = {**measured, "target_model": target_model}
+        doc["tarball_bytes"] = Figure(value=tarball_bytes, status="measured", where="manifest bytes").model_dump(
+            mode="json", exclude_none=True)
+        return doc
+    est = estimate_footprint(target_model, tarball_bytes, gpu=gpu)
+    return {**est.model_dump(mode="json", exclude_none=True),
+            "source": {"estimated": "formulas (FORMULAS)", "reason": reason or "not measured"}}
