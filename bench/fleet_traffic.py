@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextvars
 import json
+import os
 import resource
 import tempfile
 import threading
@@ -48,6 +49,7 @@ from infra.local_mme import EndpointConfig, LocalEndpoint
 from infra.manifest import MANIFEST_SUFFIX, load_manifest
 from infra.mme_app import EndpointApp
 from infra.mme_models import ModelManager
+from infra.mme_state import spare_slots
 from infra.procfs import Memory, tree_memory
 from infra.runtime_client import decode_response, encode_request
 from infra.tarball import pack_deterministic
@@ -311,6 +313,8 @@ def summarize(ep: LocalEndpoint, sender: Sender, results: list[Result], before: 
             c: round((lru_hits(sender.sent, c) - lru_hits(sender.sent[:sent_before], c)) / max(n, 1), 4)
             for c in range(max(1, budget - 4), budget + 1)},
         "misses_by_reason": {k: v - before["Misses"][k] for k, v in m["Misses"].items()},
+        "load_admission": {k: v - before["LoadAdmission"][k] for k, v in m["LoadAdmission"].items()},
+        "background_evictions": m["BackgroundEvictions"] - before["BackgroundEvictions"],
         "warm_ms": pct(warm), "cold_ms": pct(cold),
         "errors": sum(r.status != 200 for r in results),
         "error_samples": sorted({f"{r.status} {r.error[:120]}" for r in results if r.status != 200})[:5],
@@ -337,6 +341,8 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=1.1)
     ap.add_argument("--quiet-requests", type=int, default=200)
     ap.add_argument("--max-concurrent-loads", type=int, default=2)
+    ap.add_argument("--spare-slots", type=int, default=None,
+                    help="places kept free by background unloads (default: derived; 0: none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet_traffic.json")
     args = ap.parse_args()
     _capture_hits()
@@ -358,7 +364,8 @@ def main() -> None:
 def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cache: Path) -> dict:
     budget = max(1, round(args.budget_fraction * len(variants)))
     cfg = EndpointConfig(name="fleet-bench", model_data_url=prefix.as_uri(), cache_dir=cache,
-                         max_loaded_models=budget, max_concurrent_loads=args.max_concurrent_loads)
+                         max_loaded_models=budget, max_concurrent_loads=args.max_concurrent_loads,
+                         spare_slots=args.spare_slots)
     targets = [v.target for v in variants]
     sequence, probs = zipf_sequence(targets, args.requests, args.zipf, args.seed)
     with LocalEndpoint(cfg) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
@@ -368,11 +375,14 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
         quiet_10 = quiet_phase(ep, sender, targets[min(9, len(targets) - 1)], args.quiet_requests)
         before, sent_before = ep.manager.report(), len(sender.sent)
         admission_before = ep.manager.metrics.admission_ms.count
+        load_before = os.getloadavg()
         t0 = time.perf_counter()
         results = run_phase(ep, sender, sequence, args.clients)
         seconds = time.perf_counter() - t0
         run = {"probs": probs, "sent_before": sent_before, "clients": args.clients,
                "zipf": args.zipf, "seed": args.seed, "max_concurrent_loads": cfg.max_concurrent_loads,
+               "spare_slots": spare_slots(cfg), "load_average_1_5_15": {
+                   "before_run": load_before, "after_run": os.getloadavg()},
                "run_seconds": round(seconds, 1), "requests_per_s": round(len(results) / seconds, 2),
                "endpoint_admission_ms_under_churn": admission_since(ep, admission_before)}
         doc = summarize(ep, sender, results, before, run)

@@ -19,6 +19,11 @@ The rules that keep it honest under fleet traffic:
   passes the budget and no other load can take the place meanwhile. It waits for that one
   unload only, not for the others in the server;
 * at most ``max_concurrent_loads`` loads run at once;
+* spare room (``spare_slots``): once the models staying in Triton (not unloading) pass the
+  budget minus the spare places, the least recently used idle model is unloaded in a
+  background task, so a miss finds a free place instead of waiting >= 1.2 s for its victim's
+  unload. A load that still finds the budget full joins such an unload (it inherits that
+  place) before it evicts another model. ``spare_slots=0``: none of this, as before;
 * the work per load follows the models in Triton (``resident``), never the models cached on
   disk or seen in the store: no scan of the model table, no repository index.
 """
@@ -44,7 +49,7 @@ from infra.mme_errors import (
     ServiceUnavailable,
     ValidationError,
 )
-from infra.mme_state import EndpointConfig, Metrics, ModelEntry, ThrashGuard
+from infra.mme_state import EndpointConfig, Metrics, ModelEntry, ThrashGuard, spare_slots
 from infra.mme_supervisor import TritonSupervisor
 from infra.model_repo import ModelRepoError, NamespacedModel, namespace_for, namespace_repository
 from infra.procfs import Memory, tree_memory
@@ -105,6 +110,11 @@ class ModelManager:
         self._base_pss: int | None = None  # Triton with nothing loaded (PSS bytes)
         self._model_pss = 0  # the most memory (PSS) one loaded model was seen to take
         self._memory = Memory()  # Triton's memory at the last admission check or /metrics
+        # spare room: background unloads under way that no load has joined yet (by identity),
+        # their tasks (kept referenced until done), and "no idle model to unload last time"
+        self._spare_unloads: dict[int, ModelEntry] = {}
+        self._background: set[asyncio.Task] = set()
+        self._spare_short = False
         self.metrics = Metrics(thrash=ThrashGuard(cfg.thrash_window, cfg.thrash_miss_rate,
                                                   cfg.thrash_warn_interval_s, cfg.thrash_min_requests))
         self.sup = TritonSupervisor(triton, cfg, self.metrics, on_down=self.triton_down,
@@ -202,6 +212,8 @@ class ModelManager:
         m.in_flight = max(0, m.in_flight - 1)
         if m.in_flight == 0 and m.state == "loaded":
             self._changed()  # it may be the idle model a waiting load can evict
+            if self._spare_short:  # O(1) unless the spare room is short of a victim
+                self._keep_spare()
 
     def _changed(self) -> None:
         """Wake the loads waiting for room (a model became idle, loaded, or unloaded)."""
@@ -413,7 +425,7 @@ class ModelManager:
         memory). A model alone in Triton loads even over the memory limit: Triton decides.
         ``force_one`` (after an out-of-memory load failure) evicts one idle model regardless.
         """
-        forced = force_one
+        forced, waits = force_one, set()
         deadline = time.monotonic() + self.cfg.load_timeout_s
         while True:
             over_count = self._over_count(m)
@@ -421,16 +433,76 @@ class ModelManager:
             over_count = self._over_count(m)  # the memory was read in a thread: look again
             if not (over_count or over_mem or forced):
                 break
+            if not forced and m.state not in OCCUPYING and self._spare_unloads:
+                waits.add("WaitedForBackgroundUnload")
+                await self._join_background_unload(m)
+                continue
             victim = self._idle_victim(m)
             if victim is not None:
                 forced = False
+                waits.add("WaitedForEviction")
                 await self._evict(victim, heir=None if m.state in OCCUPYING else m)
                 continue
             if not over_count and (forced or not any(x is not m for x in self.resident.values())):
                 break
+            waits.add("WaitedForIdle")
             await self._wait_room(m, deadline, "count" if over_count else "memory")
         if m.state not in OCCUPYING:
             self._set_state(m, "loading")
+        if not force_one:
+            how = next((w for w in self.metrics.load_admission if w in waits), "Free")
+            self.metrics.load_admission[how] += 1
+            self._keep_spare()
+
+    async def _join_background_unload(self, m: ModelEntry) -> None:
+        """Inherit the place of a background unload already under way (the oldest one no load
+        has joined): it ends sooner than a new eviction would, and costs no second unload."""
+        key = next(iter(self._spare_unloads))
+        victim = self._spare_unloads.pop(key)
+        done = victim.unloaded
+        victim.heir = m
+        if done is not None:
+            await done.wait()
+
+    def _keep_spare(self) -> None:
+        """Spare room: while the models that stay in Triton (loading or loaded, not unloading)
+        pass the budget minus ``spare_slots``, unload the least recently used idle model in a
+        background task. Runs on the loop, in the step a place was taken (or, when no model was
+        idle then, when one becomes idle): O(models in Triton), never on the warm path."""
+        budget, spare = self.cfg.max_loaded_models, spare_slots(self.cfg)
+        self._spare_short = False
+        if not spare or budget is None or not self.sup.live:
+            return
+        staying = sum(1 for x in self.resident.values() if x.state != "unloading")
+        while staying > budget - spare:
+            victim = self._spare_victim()
+            if victim is None:
+                self._spare_short = True  # tried again when a model becomes idle (release)
+                return
+            done = self._mark_unloading(victim)  # this step: no one else picks or is handed it
+            self._spare_unloads[id(victim)] = victim
+            task = asyncio.create_task(self._background_unload(victim, done))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            staying -= 1
+
+    def _spare_victim(self) -> ModelEntry | None:
+        """The least recently used idle loaded model that no request is waiting for (a model
+        whose load just ended is idle until its requests, holding its lock, take it)."""
+        idle = [x for x in self.resident.values()
+                if x.state == "loaded" and x.in_flight == 0 and not x.lock.locked()]
+        return min(idle, key=lambda x: x.last_used) if idle else None
+
+    async def _background_unload(self, m: ModelEntry, done: asyncio.Event) -> None:
+        """A spare-room unload, off the request path: counted as an eviction and as a
+        background one; a failure is logged (the supervisor deals with a dead Triton)."""
+        try:
+            await self._run_unload(m, done, evicted=True)
+            self.metrics.background_evictions += 1
+        except Exception as e:  # noqa: BLE001 - a background task has no caller to raise to
+            log.warning("background unload of %s failed: %s", m.target, self.public(str(e)))
+        finally:
+            self._spare_unloads.pop(id(m), None)
 
     def _over_count(self, m: ModelEntry) -> bool:
         budget = self.cfg.max_loaded_models
@@ -503,8 +575,15 @@ class ModelManager:
     async def _triton_unload(self, m: ModelEntry, evicted: bool) -> None:
         """One Triton unload of ``m``, which is "unloading" from this very step; when it ends
         (or fails) the place passes to ``m.heir`` in the same step as ``m`` leaves."""
+        await self._run_unload(m, self._mark_unloading(m), evicted)
+
+    def _mark_unloading(self, m: ModelEntry) -> asyncio.Event:
+        """``m`` is "unloading" from this step on (the event is set when the unload ends)."""
         self._set_state(m, "unloading")
         m.unloaded = done = asyncio.Event()
+        return done
+
+    async def _run_unload(self, m: ModelEntry, done: asyncio.Event, evicted: bool) -> None:
         t0 = time.perf_counter()
         self.metrics.unload_calls += 1
         try:
@@ -542,6 +621,7 @@ class ModelManager:
     def report(self) -> dict:
         """``GET /metrics``: the endpoint's metrics and, under "models", each TargetModel's."""
         doc = self.metrics.report(self.loaded_count())
+        doc["SpareSlots"] = spare_slots(self.cfg)
         doc.update(self.memory_report())
         now_mono, now_wall = time.monotonic(), time.time()
         doc["models"] = {m.target: m.report(now_mono, now_wall)

@@ -44,6 +44,10 @@ class EndpointConfig:
     # stub process starts and imports numpy); on a 2-core machine more than 2 at a time only
     # makes each one slower and starves the warm requests of CPU. Raise it with the cores.
     max_concurrent_loads: int = 2
+    # Spare room: places of max_loaded_models kept free by unloading the least recently used
+    # idle model in the background, so a miss finds room instead of waiting for an eviction
+    # (a Python model's unload takes >= 1.2 s). None: derived (see spare_slots); 0: none.
+    spare_slots: int | None = None
     # Thrash guard: over the last thrash_window requests, a miss rate above thrash_miss_rate
     # logs a WARNING (at most once per thrash_warn_interval_s) and shows in /metrics. Before the
     # window has filled (a cold start), the rate over the requests so far counts once there are
@@ -56,6 +60,24 @@ class EndpointConfig:
     log_file: Path | None = None
     log_max_bytes: int = 10 * 2**20
     log_backup_count: int = 3
+
+
+def spare_slots(cfg: EndpointConfig) -> int:
+    """The places of the model budget the endpoint keeps free (its *spare room*).
+
+    Why: a miss that must first evict waits for the victim's unload (>= 1.2 s for a Python
+    model, its stub's health check sleeps 1 s), so unloading ahead of time, off the request
+    path, takes that wait off the cold path. Each spare place costs one warm model, so:
+    derived (``spare_slots`` None) it is ``max_concurrent_loads`` (more misses cannot be
+    admitted at once) but at most a quarter of the budget; set, at most ``budget - 1`` (one
+    place stays for a loaded model). Without a count budget there is no spare room.
+    """
+    budget = cfg.max_loaded_models
+    if not budget:
+        return 0
+    if cfg.spare_slots is None:
+        return max(0, min(cfg.max_concurrent_loads, budget // 4))
+    return max(0, min(cfg.spare_slots, budget - 1))
 
 
 def settings_json(cfg: EndpointConfig) -> str:
@@ -239,6 +261,13 @@ class Metrics:
     # (another request started it), or it was being unloaded (evicted a moment before)
     misses: dict[str, int] = field(default_factory=lambda: {"Absent": 0, "JoinedLoad": 0,
                                                             "Unloading": 0})
+    # spare room: models unloaded in the background to keep places free (also MemoryEvictions)
+    background_evictions: int = 0
+    # how each load got its place: free at once, after its own victim's unload (the wait the
+    # spare room avoids), after a background unload already under way, after waiting for a
+    # model to become idle
+    load_admission: dict[str, int] = field(default_factory=lambda: {
+        "Free": 0, "WaitedForEviction": 0, "WaitedForBackgroundUnload": 0, "WaitedForIdle": 0})
 
     def report(self, loaded: int) -> dict:
         return {
@@ -261,4 +290,6 @@ class Metrics:
             "TritonUnloadCalls": self.unload_calls,
             "Thrash": self.thrash.report(),
             "Misses": dict(self.misses),
+            "BackgroundEvictions": self.background_evictions,
+            "LoadAdmission": dict(self.load_admission),
         }

@@ -30,6 +30,7 @@ from test_local_mme import X, call, metrics, models, post, publish_pipe, start_e
 from infra.cache_model import lru_hits, top_k_hit_ratio
 from infra.local_mme import configure_logging
 from infra.mme_state import EndpointConfig, Reservoir, ThrashGuard
+from infra.model_repo import namespace_for
 from infra.runtime_client import decode_response, encode_request
 from infra.tarball import pack_deterministic
 
@@ -433,6 +434,53 @@ def test_skewed_sequence_hits_exactly_as_lru_with_per_model_metrics(
         e.ep.stop()
 
 
+@pytest.mark.triton
+@linux_only
+@pytest.mark.parametrize("spare", [1, 0])
+def test_spare_room_unloads_an_idle_model_before_the_next_miss(tmp_path: Path, spare: int) -> None:
+    """Budget 3, ``spare_slots=1``: the third load's place passes the budget minus the spare
+    place, so the least recently used idle model (a) is unloaded in the background; the next
+    miss (d) then finds a free place (its admission waited for no eviction) and sets off the
+    next background unload (b). Never more than 3 models in Triton, one unload per victim.
+    ``spare_slots=0`` is the endpoint as before: nothing unloaded ahead, d waits for a's unload."""
+    budget = 3
+    e = start_endpoint(tmp_path, max_loaded_models=budget, spare_slots=spare)
+    try:
+        calls = TritonCalls(e.ep.triton)
+        targets = [f"spare-{i + 1}.tar.gz" for i in range(4)]
+        for t in targets:
+            publish_pipe(e.store_dir, t, k=k_of(t))
+        a, b, c, d = targets
+        for t in (a, b, c):
+            np.testing.assert_array_equal(call(e.url, t), X + k_of(t))
+        if spare:
+            wait_for("a unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 1)
+            assert models(e.url)[a]["state"] == "absent"
+        m = metrics(e.url)
+        assert m["SpareSlots"] == spare and m["LoadAdmission"]["Free"] == 3, m
+        assert m["MemoryEvictions"] == spare and m["LoadedModelCount"] == budget - spare, m
+
+        np.testing.assert_array_equal(call(e.url, d), X + k_of(d))  # the miss
+        adm = metrics(e.url)["LoadAdmission"]
+        assert (adm["Free"], adm["WaitedForEviction"], adm["WaitedForBackgroundUnload"]) == \
+            ((4, 0, 0) if spare else (3, 1, 0)), adm
+        if spare:
+            wait_for("b unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 2)
+        m = metrics(e.url)
+        states = {t: r["state"] for t, r in models(e.url).items()}
+        expected = {a: "absent", b: "absent" if spare else "loaded", c: "loaded", d: "loaded"}
+        assert states == expected, states
+        order = [(kind, n.split("_")[0]) for kind, n in calls.calls]
+        ns_a, ns_d = (namespace_for(t) for t in (a, d))
+        assert order.index(("unload", ns_a)) < order.index(("load", ns_d)), calls.calls
+        assert m["MemoryEvictions"] == m["TritonUnloadCalls"] == 1 + spare, m
+        assert m["PeakLoadedModelCount"] <= budget and calls.peak <= budget, (m, calls.peak)
+        for name, kinds in calls.per_model().items():
+            assert kinds in (["load"], ["load", "unload"]), (name, kinds)  # one unload per victim
+    finally:
+        e.ep.stop()
+
+
 def _lru_misses(sequence: list[str], capacity: int) -> list[bool]:
     """Per request: did it miss an LRU cache of ``capacity`` (built from lru_hits itself)."""
     return [lru_hits(sequence[:i + 1], capacity) == lru_hits(sequence[:i], capacity)
@@ -532,3 +580,55 @@ def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatc
         return out
 
     assert asyncio.run(scenario()) == [False, False, False, True]
+
+
+def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -> None:
+    """Budget 2, one spare place: with a and b loaded, a (least recently used) is unloaded in
+    the background. A load for c that arrives while that unload runs (the budget is full)
+    inherits a's place instead of evicting b: no second unload, c "loading" the moment a's
+    unload ends, and then b goes in the background. The count never passes 2."""
+    import asyncio
+
+    triton = HeldTriton()
+    mgr, loaded = _manager(tmp_path, triton, max_loaded_models=2, memory_limit_bytes=0,
+                           spare_slots=1)
+
+    async def scenario() -> None:
+        a, b = loaded("a"), loaded("b")
+        a.last_used, b.last_used = 1.0, 2.0
+        mgr._keep_spare()
+        assert (a.state, b.state) == ("unloading", "loaded")  # in this very step
+        while len(triton.unloads) != 1:
+            await asyncio.sleep(0.01)  # the unload call reaches "Triton"
+        c = mgr.entry("c")
+        t = asyncio.create_task(mgr._make_room(c))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not t.done() and c.state == "absent" and a.heir is c and b.state == "loaded"
+        triton.release.set()
+        await t
+        assert (a.state, c.state, b.state) == ("absent", "loading", "unloading")
+        await asyncio.gather(*mgr._background)
+        assert mgr.metrics.peak_loaded == 2 and len(mgr.resident) == 1  # c alone
+
+    asyncio.run(scenario())
+    assert triton.unloads == ["a_pipe", "b_pipe"]
+    assert (mgr.metrics.background_evictions, mgr.metrics.evictions) == (2, 2)
+    adm = mgr.metrics.load_admission
+    assert (adm["WaitedForBackgroundUnload"], adm["WaitedForEviction"], adm["Free"]) == (1, 0, 0), adm
+
+
+def test_spare_slots_default_and_bounds(tmp_path: Path) -> None:
+    """Derived: the load concurrency, at most a quarter of the budget; set: at most budget - 1;
+    no count budget, no spare room."""
+    from infra.mme_state import spare_slots
+
+    def cfg(**kw: Any) -> EndpointConfig:
+        return EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path, **kw)
+
+    assert [spare_slots(cfg(max_loaded_models=n)) for n in (1, 2, 3, 4, 7, 8, 10, 100)] == \
+        [0, 0, 0, 1, 1, 2, 2, 2]
+    assert spare_slots(cfg(max_loaded_models=100, max_concurrent_loads=4)) == 4
+    assert spare_slots(cfg(max_loaded_models=3, spare_slots=5)) == 2
+    assert spare_slots(cfg(max_loaded_models=10, spare_slots=0)) == 0
+    assert spare_slots(cfg(spare_slots=3)) == 0
