@@ -59,6 +59,7 @@ from fleet_traffic import (  # noqa: E402
 
 from infra.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
 from infra.mme_models import ModelManager  # noqa: E402
+from infra.mme_state import spare_slots  # noqa: E402
 from tasks.planning.simulate import FleetArrays, InstanceConfig, SimResult, simulate_closed_loop  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -131,7 +132,8 @@ def instance_config(cfg: EndpointConfig, workers: int, conc: dict[str, Any] | No
                           load_slowdown=slow((conc or {}).get("load_s", [])),
                           unload_slowdown=slow((conc or {}).get("unload_s", [])),
                           load_cv=float((conc or {}).get("load_cv", 0.0)),
-                          unload_cv=float((conc or {}).get("unload_cv", 0.0)))
+                          unload_cv=float((conc or {}).get("unload_cv", 0.0)),
+                          spare_slots=spare_slots(cfg))
 
 
 def replay(records: list[Record], targets: list[str], fp: dict[str, float], cfg: EndpointConfig,
@@ -228,6 +230,7 @@ def measure_budget(variants: list[Variant], prefix: Path, fraction: float, seque
             "host_load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "endpoint_settings": {"max_loaded_models": cfg.max_loaded_models,
                                   "max_concurrent_loads": cfg.max_concurrent_loads,
+                                  "spare_slots": spare_slots(cfg),
                                   "disk_cache_bytes": cfg.disk_cache_bytes,
                                   "model_cache_enabled": cfg.model_cache_enabled},
             "endpoint_metrics": endpoint, "records": [asdict(r) for r in records]}
@@ -240,7 +243,8 @@ def predict(row: dict[str, Any], targets: list[str], fp: dict[str, Any], workers
     s = row["endpoint_settings"]
     cfg = EndpointConfig(name="planner-check", model_data_url="file:///", cache_dir=Path("."),
                          max_loaded_models=s["max_loaded_models"], max_concurrent_loads=s["max_concurrent_loads"],
-                         disk_cache_bytes=s["disk_cache_bytes"], model_cache_enabled=s["model_cache_enabled"])
+                         disk_cache_bytes=s["disk_cache_bytes"], model_cache_enabled=s["model_cache_enabled"],
+                         spare_slots=s.get("spare_slots", 0))  # runs recorded before it had none
     fp = row.get("footprint", fp)  # measured just before this budget's run (--profile-each)
     sim = replay(records, targets, fp["median"], cfg, row["clients"], workers, fp.get("load_concurrency"))
     alone = replay(records, targets, fp["median"], cfg, row["clients"], workers)

@@ -116,17 +116,19 @@ def settings_file(name: str) -> Path:
 
 
 def endpoint_settings(name: str, model_data_url: str, *, host: str = "127.0.0.1", port: int = 0,
-                      max_loaded_models: int | None = None) -> EndpointConfig:
+                      max_loaded_models: int | None = None,
+                      spare_slots: int | None = None) -> EndpointConfig:
     """The settings of endpoint ``name``: the one typed object the CLI (foreground ``mme
     endpoint serve``) and the background launcher both hand to the server."""
     folder = paths.endpoint_dir(name)
     return EndpointConfig(name=name, model_data_url=model_data_url, cache_dir=folder / "cache",
                           host=host, port=port, max_loaded_models=max_loaded_models or None,
-                          triton_log=folder / "triton.log")
+                          spare_slots=spare_slots, triton_log=folder / "triton.log")
 
 
 def start_background(name: str, model_data_url: str, *, port: int = 0, host: str = "127.0.0.1",
-                     max_loaded_models: int | None = None, timeout: float = 120) -> EndpointInfo:
+                     max_loaded_models: int | None = None, timeout: float = 120,
+                     spare_slots: int | None = None) -> EndpointInfo:
     """Start the endpoint (or return the one already running with the same model prefix)."""
     running = find_running(name)
     if running:
@@ -138,7 +140,7 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
     if port:
         check_port_free(host, port)
     cfg = endpoint_settings(name, model_data_url, host=host, port=port,
-                            max_loaded_models=max_loaded_models)
+                            max_loaded_models=max_loaded_models, spare_slots=spare_slots)
     cfg.log_file = log_file(name)  # the process logs there itself, rotating (stdout: crashes only)
     paths.endpoint_dir(name).mkdir(parents=True, exist_ok=True)
     state = state_file(name)

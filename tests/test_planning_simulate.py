@@ -115,3 +115,47 @@ def test_che_approximation_agrees_with_the_simulation(instances: int, capacity: 
     sim = simulate(times, ids, _fleet(2000, service=0.001), cfg, warmup_s=3600.0)
     che = che_hit_ratio(traffic.rates, np.ones(2000), instances * capacity)
     assert abs(sim.warm_hit_ratio - che) < 0.02, (sim.warm_hit_ratio, che)
+
+
+def _unloading_fleet(n: int, load: float, unload: float) -> FleetArrays:
+    f = _fleet(n, load=load)
+    return FleetArrays(f.gpu_bytes, f.host_bytes, f.disk_bytes, f.load_disk_s, f.download_s,
+                       np.full(n, unload), f.service_s)
+
+
+@pytest.mark.parametrize("spare", [1, 2])
+def test_spare_slots_make_the_warm_set_an_lru_of_capacity_minus_spare(spare: int) -> None:
+    """The endpoint's spare room, simulated: after each load the least recently used idle
+    models go (in the background) until ``spare`` places are free, so with instant loads and
+    unloads the hits are exactly an LRU cache's of ``capacity - spare``; 0 is plain LRU."""
+    traffic = zipf([f"v{i}" for i in range(100)], 0.9, 10.0, seed=3)
+    times, ids = poisson_sequence(traffic.rates, 600.0, seed=4)
+    capacity = 10
+    cfg = InstanceConfig(count=1, gpu_bytes=capacity, host_bytes=capacity, disk_bytes=INF,
+                         workers=1, usable_fraction=1.0, spare_slots=spare)
+    assert simulate(times, ids, _fleet(100), cfg).hits == _exact_lru_hits(ids, capacity - spare)
+
+
+@pytest.mark.parametrize("spare", [0, 1])
+def test_with_spare_room_a_miss_does_not_pay_an_unload(spare: int) -> None:
+    """Budget 3, loads of 1 s, unloads of 2 s, requests 10 s apart: from the 4th model on,
+    a miss pays its victim's unload (3 s) without spare room, only its load (1 s) with it."""
+    ids = np.arange(6)
+    times = np.arange(6) * 10.0
+    cfg = InstanceConfig(1, 3, 3, INF, workers=1, usable_fraction=1.0, spare_slots=spare)
+    lat = simulate(times, ids, _unloading_fleet(6, load=1.0, unload=2.0), cfg).latencies_s
+    expected = [1.0] * 3 + [3.0 if spare == 0 else 1.0] * 3
+    np.testing.assert_allclose(lat, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("spare,latency", [(0, 2.1), (1, 1.6)])
+def test_a_miss_with_no_room_waits_for_the_background_unload(spare: int, latency: float) -> None:
+    """Budget 3, one spare place: the 3rd load (t=20) sends model 0 away in the background
+    (its 2 s unload ends at 22). A miss at 20.5 finds no room and waits for that unload (1.5 s)
+    instead of evicting model 1 (2 s); without spare room it evicts model 0 itself."""
+    ids = np.array([0, 1, 2, 3, 2])
+    times = np.array([0.0, 10.0, 20.0, 20.5, 21.0])
+    cfg = InstanceConfig(1, 3, 3, INF, workers=1, usable_fraction=1.0, spare_slots=spare)
+    result = simulate(times, ids, _unloading_fleet(4, load=0.1, unload=2.0), cfg)
+    assert result.latencies_s[3] == pytest.approx(latency, abs=1e-6)
+    assert bool(result.warm[4]) and result.loads == 4  # model 2 stayed loaded either way

@@ -112,18 +112,25 @@ def cache_clear() -> None:
     console.print(f"removed {folder}")
 
 
+SPARE_HELP = ("places of --max-loaded-models kept free by unloading idle models in the background, "
+              "so a miss waits for no unload (default: the load concurrency, at most a quarter "
+              "of the budget; 0: none)")
+
+
 @endpoint_app.command("start")
 def endpoint_start(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None, help="default: the embedded store's models/<name>"),
                    port: int = typer.Option(0),
-                   max_loaded_models: int | None = typer.Option(None)) -> None:
+                   max_loaded_models: int | None = typer.Option(None),
+                   spare_slots: int | None = typer.Option(
+                       None, help=SPARE_HELP)) -> None:
     """Start the local endpoint in the background (or show the running one)."""
     from infra import paths
     from infra.endpoint_process import start_background
     from tasks.publish import model_data_url as default_url
 
     info = start_background(name, model_data_url or default_url(paths.store_uri(), name),
-                            port=port, max_loaded_models=max_loaded_models)
+                            port=port, max_loaded_models=max_loaded_models, spare_slots=spare_slots)
     console.print(f"endpoint {name} serving on {info.url} (models from {info.model_data_url})")
 
 
@@ -131,14 +138,17 @@ def endpoint_start(name: str = typer.Option("local-mme"),
 def endpoint_serve(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None),
                    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-                   max_loaded_models: int | None = typer.Option(None)) -> None:
+                   max_loaded_models: int | None = typer.Option(None),
+                   spare_slots: int | None = typer.Option(
+                       None, help=SPARE_HELP)) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
     from infra import local_mme, paths
     from infra.endpoint_process import endpoint_settings
     from tasks.publish import model_data_url as default_url
 
     local_mme.serve(endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name),
-                                      host=host, port=port, max_loaded_models=max_loaded_models),
+                                      host=host, port=port, max_loaded_models=max_loaded_models,
+                                      spare_slots=spare_slots),
                     state_file=paths.endpoint_dir(name) / "endpoint.json")
 
 

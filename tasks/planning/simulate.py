@@ -25,7 +25,14 @@ Model (SageMaker's documented MME behaviour, simplified where said):
 - requests either arrive at the given times (:func:`simulate`) or come from a closed loop of
   clients that each send the next request of the sequence when their last one is answered
   (:func:`simulate_closed_loop`: how a load generator with N threads replays a sequence);
-- ``cache_enabled=False`` (``ModelCacheSetting=Disabled``) unloads the model after each request.
+- ``cache_enabled=False`` (``ModelCacheSetting=Disabled``) unloads the model after each request;
+- ``spare_slots`` (the local endpoint's spare room; 0: none, SageMaker's behaviour): once a load
+  has taken its place, the least recently used idle models are unloaded in the background (off
+  that load's path, at no cost to it) until room for ``spare_slots`` more models of the fleet's
+  median size is free. An unloading model holds its memory until its unload ends; a request
+  for it waits for that end; a load that finds no room while such an unload runs waits for it
+  (inherits its place) rather than evicting another model. Simplification: the room is restored
+  when a load takes a place, not also when a model becomes idle later.
 
 Figures: warm-hit ratio, p50/p95/p99 latency, loads and downloads per hour, utilisation, and the
 share of requests over 60 s (SageMaker's ``ModelNotReadyException``).
@@ -92,6 +99,9 @@ class InstanceConfig:
     load_cv: float = 0.0
     unload_cv: float = 0.0
     seed: int = 0
+    # places kept free by background unloads (the local endpoint's EndpointConfig.spare_slots,
+    # resolved: infra.mme_state.spare_slots); 0: none (SageMaker's behaviour)
+    spare_slots: int = 0
 
 
 @dataclass
@@ -130,7 +140,8 @@ class _Instance:
     use, its workers' free times (a heap), its load slots' free times, the span of the load
     (after its download and unloads) each slot ran last, and when the unloads in progress end."""
 
-    __slots__ = ("loaded", "busy", "disk", "gpu", "host", "disk_used", "free", "slots", "spans", "gone")
+    __slots__ = ("loaded", "busy", "disk", "gpu", "host", "disk_used", "free", "slots", "spans", "gone",
+                 "draining")
 
     def __init__(self, workers: int, load_slots: int | None) -> None:
         self.loaded: OrderedDict[int, float] = OrderedDict()
@@ -141,6 +152,22 @@ class _Instance:
         self.slots = [0.0] * load_slots if load_slots else []
         self.spans = [(0.0, 0.0)] * len(self.slots)
         self.gone: dict[int, float] = {}  # models being unloaded -> when their unload ends
+        # background (spare-room) unloads: (end, gpu bytes, host bytes), a heap; their bytes
+        # stay in gpu/host until they end
+        self.draining: list[tuple[float, float, float]] = []
+
+    def drain(self, t: float) -> None:
+        """Free the bytes of the background unloads that have ended by ``t``."""
+        while self.draining and self.draining[0][0] <= t:
+            _, g, h = heapq.heappop(self.draining)
+            self.gpu -= g
+            self.host -= h
+
+    def idle_victim(self, t: float) -> int | None:
+        """The least recently used model idle at ``t``, or None (the spare room takes only
+        idle models: it never delays a request)."""
+        return next((u for u, ready in self.loaded.items()
+                     if ready <= t and self.busy.get(u, 0.0) <= t), None)
 
     def victim(self, t: float) -> int:
         """The least recently used model idle at ``t`` (loaded, none of its requests in
@@ -185,6 +212,9 @@ class _Endpoint:
         self.loads = self.downloads = self.turn = 0
         self.rng = np.random.default_rng(cfg.seed)
         self.spread = (_lognormal_params(cfg.load_cv), _lognormal_params(cfg.unload_cv))
+        # the room one spare place stands for: a model of the fleet's median size
+        self.spare_g = float(np.median(f.gpu_bytes)) * cfg.spare_slots if len(f.gpu_bytes) else 0.0
+        self.spare_h = float(np.median(f.host_bytes)) * cfg.spare_slots if len(f.host_bytes) else 0.0
 
     def draw(self, which: int) -> float:
         """A factor of mean 1 for one load (0) or unload (1) time (1.0 when no spread)."""
@@ -242,16 +272,55 @@ class _Endpoint:
                 st.disk_used -= self.disk[old]
             st.disk[v] = None
             st.disk_used += self.disk[v]
-        while st.loaded and (st.gpu + self.gpu[v] > self.cap_g or st.host + self.host[v] > self.cap_h):
-            u = st.victim(t)
-            self.unload(i, u)
-            cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
-            st.gone[u] = t + cost  # a request for u before then waits for its unload
+        cost = self._make_room(i, v, t, cost, slow_unload)
         st.gpu += self.gpu[v]
         st.host += self.host[v]
         self.loads += 1
         self.holders.setdefault(v, []).append(i)
+        if self.cfg.spare_slots:
+            self._keep_spare(i, t + cost)
         return cost, alone
+
+    def _make_room(self, i: int, v: int, t: float, cost: float, slow_unload: float) -> float:
+        """Free room for ``v`` on instance ``i`` (its load began at ``t``, ``cost`` seconds
+        spent so far): wait for a background unload under way if there is one (its place is
+        inherited), else unload LRU victims on the load's path. Returns the new cost."""
+        st, f = self.inst[i], self.f
+        st.drain(t + cost)
+        while (st.loaded or st.draining) and (st.gpu + self.gpu[v] > self.cap_g
+                                              or st.host + self.host[v] > self.cap_h):
+            if st.draining:
+                cost = max(cost, st.draining[0][0] - t)
+                st.drain(t + cost)
+                continue
+            u = st.victim(t)
+            self.unload(i, u)
+            cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
+            st.gone[u] = t + cost  # a request for u before then waits for its unload
+        return cost
+
+    def _keep_spare(self, i: int, t: float) -> None:
+        """Spare room, as the local endpoint keeps it: at ``t`` (a load has just taken its
+        place) unload idle LRU models in the background until room for ``spare_slots`` more
+        median-sized models is free, not counting the bytes already being unloaded."""
+        st = self.inst[i]
+        st.drain(t)
+        drain_g = sum(g for _, g, _ in st.draining)
+        drain_h = sum(h for _, _, h in st.draining)
+        while (st.gpu - drain_g + self.spare_g > self.cap_g
+               or st.host - drain_h + self.spare_h > self.cap_h):
+            u = st.idle_victim(t)
+            if u is None:
+                return
+            g, h = self.gpu[u], self.host[u]
+            self.unload(i, u)
+            end = t + float(self.f.unload_s[u]) * self.draw(1)
+            st.gpu += g  # held until the unload ends
+            st.host += h
+            heapq.heappush(st.draining, (end, g, h))
+            st.gone[u] = end
+            drain_g += g
+            drain_h += h
 
     def serve(self, t: float, v: int) -> tuple[float, bool, float]:
         """One request for ``v`` arriving at ``t``: (when it is answered, whether its model was
