@@ -72,7 +72,8 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
     access = open_endpoints_task(backend, endpoints, store_uri, policy.region, served)
     results: dict[str, str | None] = dict(publish_jobs(access, jobs))
     to_check = [j for j in jobs if j.variant not in results] + canaries + repaired
-    results.update(validate_jobs_task(access, to_check, policy))
+    checked, progress = validate_jobs_task(access, to_check, policy)
+    results.update(checked)
     summary = commit_task(store_uri, table, jobs, results, desired, access, policy, build)
     failed = {v: r for v, r in sorted(results.items()) if r}
     if verified is not None:
@@ -83,7 +84,7 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
            "unchanged": len(unchanged), "validated": sorted(j.variant for j in to_check),
            "canaries": [j.variant for j in canaries],
            "moved": sorted(j.variant for j in jobs if j.kind == "moved"),
-           "failed": failed, **summary,
+           "failed": failed, "validation": progress, **summary,
            "verify": verified.summary() if verified is not None else None}
     _report(doc)
     if failed:
@@ -97,7 +98,9 @@ def _report(doc: dict[str, Any]) -> None:
     lines = [f"# Fleet deploy of `{doc['fleet']}` to {', '.join(doc['endpoints'])}", "",
              f"- variants in the build: {doc['variants']}; unchanged: {doc['unchanged']}",
              f"- published (new, changed or moved): {len(doc['published'])}; validated: "
-             f"{len(doc['validated'])} (canaries: {len(doc['canaries'])})",
+             f"{len(doc['validated'])} (canaries: {len(doc['canaries'])}); validated variants "
+             f"unloaded beyond keep_loaded={doc['validation']['keep_loaded']}: "
+             f"{doc['validation']['unloaded']}",
              f"- live now: {len(doc['live'])}; routed: {doc['routed']}; table: `{doc['routes']}`",
              f"- marked retiring: {len(doc['retiring'])}; un-retired (in build "
              f"`{(doc['build'] or {}).get('id')}` again): {len(doc['unretired'])}; removed: "

@@ -26,8 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
+from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -61,6 +62,7 @@ from tasks.fleet_routes import (
     versioned_target,
     write_routes,
 )
+from tasks.fleet_progress import LoadedBudget, ValidationProgress
 from tasks.run_context import run_logger
 from tasks.validate import LoadWait, invoke_when_ready
 from tasks.verify import Sample, score
@@ -78,6 +80,9 @@ class DeployPolicy(BaseModel):
     keep_versions: int = Field(default=1, ge=0, description="previous versions kept per variant")
     canary: int = Field(default=0, ge=0, description="unchanged variants invoked as canaries")
     concurrency: int = Field(default=8, ge=1, description="validation invokes in flight")
+    keep_loaded: int | None = Field(default=None, ge=0, description="local endpoints: validated "
+                                    "variants left loaded (the oldest beyond it are unloaded as "
+                                    "validation goes); default: concurrency")
     load_wait_s: float = Field(default=360.0, gt=0, description="429 ModelNotReady retried this long")
     region: str | None = None
     now: str | None = Field(default=None, description="the clock (ISO time; tests, replays): "
@@ -314,19 +319,49 @@ def validate_job(access: Access, job: Job, wait: LoadWait, binary: bool = True) 
 
 @task(name="validate-fleet-versions", cache_policy=NO_CACHE)
 def validate_jobs_task(access: Mapping[str, Access], jobs: Sequence[Job],
-                       policy: DeployPolicy) -> dict[str, str | None]:
+                       policy: DeployPolicy) -> tuple[dict[str, str | None], dict[str, int]]:
     """Validate ``jobs`` with at most ``policy.concurrency`` invokes in flight: ``{variant: reason or
-    None}``. A failure is that variant's alone."""
+    None}``. A failure is that variant's alone. Progress (n/N, failures) is said as it goes
+    (:class:`tasks.fleet_progress.ValidationProgress`: log lines and the
+    ``fleet-deploy-progress`` artifact); on a local endpoint at most ``policy.keep_loaded`` of the
+    validated variants stay loaded (:class:`tasks.fleet_progress.LoadedBudget`). Returns the
+    results and the progress's counts (validated, failed, lines said, unloaded)."""
+    progress = validation_progress(len(jobs))
+    keep = policy.concurrency if policy.keep_loaded is None else policy.keep_loaded
+    budget = LoadedBudget(keep, lambda endpoint, tm: _unload_local(endpoint, [tm]))
     wait = LoadWait(limit_s=policy.load_wait_s)
+
+    def one(job: Job) -> str | None:
+        reason = validate_job(access[job.endpoint], job, wait, not policy.json_body)
+        progress.record(job.variant, reason)
+        if access[job.endpoint].backend == "local":
+            budget.validated(job.endpoint, job.target_model)
+        return reason
+
     with ThreadPoolExecutor(max_workers=policy.concurrency, thread_name_prefix="fleet-validate") as pool:
-        futures = {j.variant: pool.submit(validate_job, access[j.endpoint], j, wait,
-                                          not policy.json_body) for j in jobs}
+        futures = {j.variant: pool.submit(one, j) for j in jobs}
         results = {name: fut.result() for name, fut in futures.items()}
+    if budget.unloaded:
+        run_logger().info("unloaded %d validated variants beyond keep_loaded=%d (they load again "
+                          "on their first request)", len(budget.unloaded), keep)
+    return results, {**progress.summary(), "unloaded": len(budget.unloaded), "keep_loaded": keep}
+
+
+def validation_progress(total: int) -> ValidationProgress:
+    """Progress of ``total`` validations: lines on the run's log and a progress artifact."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
     log = run_logger()
-    for name, reason in sorted(results.items()):
-        if reason:
-            log.error("variant %s failed validation: %s", name, reason)
-    return results
+    progress = ValidationProgress(total, emit=log.info, error=log.error)
+    if total:
+        key = create_progress_artifact(progress=0.0, key="fleet-deploy-progress",
+                                       description=f"Variants validated of {total}")
+
+        def move(pct: float) -> None:
+            update_progress_artifact(cast(UUID, key), pct)
+
+        progress.artifact = move
+    return progress
 
 
 def forget_index_entries(store: Any, prefix: str, keys: set[str]) -> None:

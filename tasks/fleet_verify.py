@@ -98,7 +98,7 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
     result["measured_on"] = _hardware()
     if measure:
         result["footprint_times"] = {**times, "extract_s": extract_s, "unpacked_bytes": unpacked,
-                                     "tarball_bytes": staged.bytes}
+                                     "tarball_bytes": staged.tarball.stat().st_size}
     if not result["passed"]:
         raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result['value']:.6f} is "
                            f"below {v.threshold} ({result.get('failure') or result.get('top5')})")

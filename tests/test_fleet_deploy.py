@@ -540,6 +540,79 @@ def test_first_deploy_routes_every_variant_and_the_router_answers(local_fleet: d
     assert router.resolve(names[0]) == (ENDPOINT, table.variants[names[0]].target_model)
 
 
+def test_validation_progress_says_n_of_n_every_k_variants_and_each_failure() -> None:
+    """Lines (and progress-artifact states) every ``every`` variants and at the end, whatever
+    the time; each failure said as it happens."""
+    from tasks.fleet_progress import ValidationProgress
+
+    lines: list[str] = []
+    errors: list[str] = []
+    states: list[float] = []
+    p = ValidationProgress(10, emit=lines.append, error=errors.append, artifact=states.append,
+                           every=3, clock=lambda: 0.0)
+    for i in range(10):
+        p.record(f"v{i}", "wrong answer" if i == 4 else None)
+    assert lines == ["validated 3/10", "validated 6/10, 1 failed (latest: v4)",
+                     "validated 9/10, 1 failed (latest: v4)", "validated 10/10, 1 failed (latest: v4)"]
+    assert states == [30.0, 60.0, 90.0, 100.0]
+    assert len(errors) == 1 and "v4" in errors[0] and "5/10" in errors[0]
+    assert p.summary() == {"validated": 10, "total": 10, "failed": 1, "updates": 4}
+
+
+def test_validation_progress_says_so_after_the_interval_even_between_k() -> None:
+    """A slow fleet: every record past ``interval_s`` since the last line says one (a fake
+    clock advancing 6 s a record, 5 s interval), though ``every`` was not reached."""
+    from tasks.fleet_progress import ValidationProgress, progress_every
+
+    ticks = iter(range(0, 1000, 6))  # the clock is read once per record
+    lines: list[str] = []
+    p = ValidationProgress(4, emit=lines.append, error=lambda _: None, every=100,
+                           clock=lambda: float(next(ticks)))
+    for i in range(4):
+        p.record(f"v{i}", None)
+    assert lines == ["validated 2/4", "validated 3/4", "validated 4/4"]
+    assert (progress_every(4), progress_every(100), progress_every(1000)) == (1, 5, 50)
+
+
+def test_loaded_budget_unloads_the_oldest_validated_beyond_keep() -> None:
+    from tasks.fleet_progress import LoadedBudget
+
+    gone: list[tuple[str, str]] = []
+    budget = LoadedBudget(2, lambda endpoint, tm: gone.append((endpoint, tm)))
+    for i in range(5):
+        budget.validated("a", f"t{i}.tar.gz")
+    budget.validated("b", "u0.tar.gz")  # per endpoint
+    assert gone == [("a", "t0.tar.gz"), ("a", "t1.tar.gz"), ("a", "t2.tar.gz")]
+
+
+@pytest.mark.triton
+def test_a_local_deploy_reports_progress_and_leaves_at_most_keep_loaded(
+        local_fleet: dict[str, Any]) -> None:
+    """Every variant validated again (canaries), one at a time, ``keep_loaded=1``: one progress
+    line and artifact state per variant (4 variants: every 1), the artifact at 100 %, and of
+    the fleet's versions only one left loaded on the endpoint."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from infra.endpoint_process import find_running
+    from infra.local_client import LocalEndpointClient
+
+    assert local_fleet["first"]["validation"]["updates"] == SMALL
+    got = _deploy(local_fleet, canary=SMALL, concurrency=1, keep_loaded=1)
+    assert got["validation"] == {"validated": SMALL, "total": SMALL, "failed": 0, "updates": SMALL,
+                                 "unloaded": SMALL - 1, "keep_loaded": 1}
+    running = find_running(ENDPOINT)
+    assert running is not None
+    routed = {r.target_model for r in read_routes(local_fleet["store_uri"], local_fleet["fleet"]).variants.values()}
+    loaded = [m for m in LocalEndpointClient(running.url).models()
+              if m["target_model"] in routed and m["state"] == "loaded"]
+    assert len(loaded) <= 1
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["fleet-deploy-progress"])))
+    assert arts and max(arts, key=lambda a: a.created).data == 100.0
+
+
 @pytest.mark.triton
 def test_redeploy_with_one_changed_variant_uploads_and_validates_only_it(
         local_fleet: dict[str, Any], aws_calls: list) -> None:

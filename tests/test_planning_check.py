@@ -195,12 +195,16 @@ def test_fleet_verify_records_load_unload_and_service_and_the_planner_reads_them
     (v,) = make_tiny(tmp_path, 1)  # tiny-00000: Y = X + 0
     staged = SimpleNamespace(variant=SimpleNamespace(name="tiny-00000"), tarball=tmp_path / v.target,
                              spec=SimpleNamespace(validation=SimpleNamespace(metric="matches_reference",
-                                                                             threshold=1.0)))
+                                                                             threshold=1.0),
+                                                  max_batch_size=0))
     sample = Sample({"X": TINY_X}, {"Y": TINY_X[None, :]}, {"labels": ["a", "b", "c"]})  # one row, 3 classes
     result = verify_in_triton([(staged, sample)], log=lambda _: None)["tiny-00000"]  # type: ignore[list-item]
     assert isinstance(result, dict), result
     assert result["passed"] and result["load_seconds"] > 0 and result["unload_seconds"] > 0
     assert result["service_seconds"] > 0 and isinstance(result["measured_on"], str)
+    times = result["footprint_times"]  # the first canary is measured too (its footprint)
+    assert "footprint_error" not in times and times["loaded"]["host_pss"] > 0
+    assert times["loaded"]["service_batch1_s"] > 0 and times["unpacked_bytes"] > 0
     manifest = parse_manifest({"ensemble": "tiny-00000", "target": "local-cpu", "target_model": v.target,
                                "artifact": v.target, "sha256": "0" * 64, "bytes": 1000,
                                "validation": {**result, "checked_by": "triton"}}, "m.json")

@@ -58,6 +58,8 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "keep_versions": (int, typer.Option(1, min=0, help="previous versions kept per variant")),
     "canary": (int, typer.Option(0, min=0, help="unchanged variants invoked as canaries")),
     "concurrency": (int, typer.Option(8, min=1, help="validation invokes in flight")),
+    "keep_loaded": (int | None, typer.Option(None, min=0, help="local endpoint: validated variants "
+                                                               "left loaded (default: --concurrency)")),
     "verify": (bool, typer.Option(False, "--verify", help="first check every routed object in the "
                                                           "store; re-publish missing or corrupt "
                                                           "ones from the build and validate them")),
@@ -79,7 +81,8 @@ def deploy(**o: Any) -> None:
                             o["store"], o["region"])
     _quiet_env()
     policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
-                          concurrency=o["concurrency"], region=o["region"], verify=o["verify"])
+                          concurrency=o["concurrency"], region=o["region"], verify=o["verify"],
+                          keep_loaded=o["keep_loaded"])
     got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"], o["plan"]),
                     backend=o["backend"], store_uri=o["store"], policy=policy,
                     build_dir=str(o["build_dir"]) if o["build_dir"] else None)
