@@ -69,14 +69,17 @@ def spare_slots(cfg: EndpointConfig) -> int:
     model, its stub's health check sleeps 1 s), so unloading ahead of time, off the request
     path, takes that wait off the cold path. Each spare place costs one warm model, so:
     derived (``spare_slots`` None) it is ``max_concurrent_loads`` (more misses cannot be
-    admitted at once) but at most a quarter of the budget; set, at most ``budget - 1`` (one
+    admitted at once) where that is at most a quarter of the budget, else none (fewer spare
+    places than load slots barely help when misses come back to back: the second concurrent
+    miss evicts as before, README "Spare room side by side"); set, at most ``budget - 1`` (one
     place stays for a loaded model). Without a count budget there is no spare room.
     """
     budget = cfg.max_loaded_models
     if not budget:
         return 0
     if cfg.spare_slots is None:
-        return max(0, min(cfg.max_concurrent_loads, budget // 4))
+        loads = max(0, cfg.max_concurrent_loads)
+        return loads if 4 * loads <= budget else 0
     return max(0, min(cfg.spare_slots, budget - 1))
 
 

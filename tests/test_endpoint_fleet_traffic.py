@@ -619,16 +619,17 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
 
 
 def test_spare_slots_default_and_bounds(tmp_path: Path) -> None:
-    """Derived: the load concurrency, at most a quarter of the budget; set: at most budget - 1;
-    no count budget, no spare room."""
+    """Derived: the load concurrency when that is at most a quarter of the budget, else none;
+    set: at most budget - 1; no count budget, no spare room."""
     from infra.mme_state import spare_slots
 
     def cfg(**kw: Any) -> EndpointConfig:
         return EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path, **kw)
 
     assert [spare_slots(cfg(max_loaded_models=n)) for n in (1, 2, 3, 4, 7, 8, 10, 100)] == \
-        [0, 0, 0, 1, 1, 2, 2, 2]
+        [0, 0, 0, 0, 0, 2, 2, 2]
     assert spare_slots(cfg(max_loaded_models=100, max_concurrent_loads=4)) == 4
+    assert spare_slots(cfg(max_loaded_models=10, max_concurrent_loads=4)) == 0
     assert spare_slots(cfg(max_loaded_models=3, spare_slots=5)) == 2
     assert spare_slots(cfg(max_loaded_models=10, spare_slots=0)) == 0
     assert spare_slots(cfg(spare_slots=3)) == 0

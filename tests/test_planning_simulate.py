@@ -159,3 +159,16 @@ def test_a_miss_with_no_room_waits_for_the_background_unload(spare: int, latency
     result = simulate(times, ids, _unloading_fleet(4, load=0.1, unload=2.0), cfg)
     assert result.latencies_s[3] == pytest.approx(latency, abs=1e-6)
     assert bool(result.warm[4]) and result.loads == 4  # model 2 stayed loaded either way
+
+
+def test_a_load_does_not_wait_for_a_background_unload_that_has_not_started() -> None:
+    """Requests are placed in arrival order, but a load placed earlier may take its place
+    later (after a wait) and start a background unload then. Capacity 2, one spare place, 2
+    load slots: v2 (t=1.5) joins v0's background unload and takes its place at t=3, which sends
+    v1 away from t=3. v3 (t=2) finds no room; at t=2 no background unload is under way, so it
+    evicts (2 s) and loads (0.1 s), as the endpoint does, instead of waiting until v1's ends."""
+    ids = np.array([0, 1, 2, 3])
+    times = np.array([0.0, 1.0, 1.5, 2.0])
+    cfg = InstanceConfig(1, 2, 2, INF, workers=2, usable_fraction=1.0, load_slots=2, spare_slots=1)
+    result = simulate(times, ids, _unloading_fleet(4, load=0.1, unload=2.0), cfg)
+    np.testing.assert_allclose(result.latencies_s, [0.1, 0.1, 1.6, 2.1], atol=1e-6)

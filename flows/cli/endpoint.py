@@ -113,8 +113,8 @@ def cache_clear() -> None:
 
 
 SPARE_HELP = ("places of --max-loaded-models kept free by unloading idle models in the background, "
-              "so a miss waits for no unload (default: the load concurrency, at most a quarter "
-              "of the budget; 0: none)")
+              "so a miss waits for no unload (default: the load concurrency if at most a quarter "
+              "of the budget, else none; 0: none)")
 
 
 @endpoint_app.command("start")

@@ -152,14 +152,14 @@ class _Instance:
         self.slots = [0.0] * load_slots if load_slots else []
         self.spans = [(0.0, 0.0)] * len(self.slots)
         self.gone: dict[int, float] = {}  # models being unloaded -> when their unload ends
-        # background (spare-room) unloads: (end, gpu bytes, host bytes), a heap; their bytes
-        # stay in gpu/host until they end
-        self.draining: list[tuple[float, float, float]] = []
+        # background (spare-room) unloads: (end, start, gpu bytes, host bytes), a heap; their
+        # bytes stay in gpu/host until they end
+        self.draining: list[tuple[float, float, float, float]] = []
 
     def drain(self, t: float) -> None:
         """Free the bytes of the background unloads that have ended by ``t``."""
         while self.draining and self.draining[0][0] <= t:
-            _, g, h = heapq.heappop(self.draining)
+            _, _, g, h = heapq.heappop(self.draining)
             self.gpu -= g
             self.host -= h
 
@@ -283,16 +283,20 @@ class _Endpoint:
 
     def _make_room(self, i: int, v: int, t: float, cost: float, slow_unload: float) -> float:
         """Free room for ``v`` on instance ``i`` (its load began at ``t``, ``cost`` seconds
-        spent so far): wait for a background unload under way if there is one (its place is
-        inherited), else unload LRU victims on the load's path. Returns the new cost."""
+        spent so far): wait for a background unload under way then if there is one (its place
+        is inherited; one started later, by a load placed before this one but ending after
+        ``t + cost``, does not exist yet), else unload LRU victims on the load's path. Returns
+        the new cost."""
         st, f = self.inst[i], self.f
         st.drain(t + cost)
-        while (st.loaded or st.draining) and (st.gpu + self.gpu[v] > self.cap_g
-                                              or st.host + self.host[v] > self.cap_h):
-            if st.draining:
-                cost = max(cost, st.draining[0][0] - t)
+        while st.gpu + self.gpu[v] > self.cap_g or st.host + self.host[v] > self.cap_h:
+            ends = [end for end, start, _, _ in st.draining if start <= t + cost]
+            if ends:
+                cost = max(cost, min(ends) - t)
                 st.drain(t + cost)
                 continue
+            if not st.loaded:
+                break
             u = st.victim(t)
             self.unload(i, u)
             cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
@@ -305,8 +309,8 @@ class _Endpoint:
         median-sized models is free, not counting the bytes already being unloaded."""
         st = self.inst[i]
         st.drain(t)
-        drain_g = sum(g for _, g, _ in st.draining)
-        drain_h = sum(h for _, _, h in st.draining)
+        drain_g = sum(g for _, _, g, _ in st.draining)
+        drain_h = sum(h for _, _, _, h in st.draining)
         while (st.gpu - drain_g + self.spare_g > self.cap_g
                or st.host - drain_h + self.spare_h > self.cap_h):
             u = st.idle_victim(t)
@@ -317,7 +321,7 @@ class _Endpoint:
             end = t + float(self.f.unload_s[u]) * self.draw(1)
             st.gpu += g  # held until the unload ends
             st.host += h
-            heapq.heappush(st.draining, (end, g, h))
+            heapq.heappush(st.draining, (end, t, g, h))
             st.gone[u] = end
             drain_g += g
             drain_h += h
