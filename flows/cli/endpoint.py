@@ -28,6 +28,7 @@ INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "max_attempts": (int, typer.Option(10, min=1, help="with --fleet: invoke attempts at most (429, 5xx)")),
     "retry_budget": (float, typer.Option(360.0, min=1, help="with --fleet: seconds of retrying at most")),
 }
+SPARE = typer.Option(None, help="places of the budget kept free by background unloads (default: derived; 0: none)")
 
 
 @app.command()
@@ -112,18 +113,11 @@ def cache_clear() -> None:
     console.print(f"removed {folder}")
 
 
-SPARE_HELP = ("places of --max-loaded-models kept free by unloading idle models in the background, "
-              "so a miss waits for no unload (default: the load concurrency if at most a quarter "
-              "of the budget, else none; 0: none)")
-
-
 @endpoint_app.command("start")
 def endpoint_start(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None, help="default: the embedded store's models/<name>"),
                    port: int = typer.Option(0),
-                   max_loaded_models: int | None = typer.Option(None),
-                   spare_slots: int | None = typer.Option(
-                       None, help=SPARE_HELP)) -> None:
+                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
     """Start the local endpoint in the background (or show the running one)."""
     from infra import paths
     from infra.endpoint_process import start_background
@@ -138,18 +132,15 @@ def endpoint_start(name: str = typer.Option("local-mme"),
 def endpoint_serve(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None),
                    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-                   max_loaded_models: int | None = typer.Option(None),
-                   spare_slots: int | None = typer.Option(
-                       None, help=SPARE_HELP)) -> None:
+                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
     from infra import local_mme, paths
     from infra.endpoint_process import endpoint_settings
     from tasks.publish import model_data_url as default_url
 
-    local_mme.serve(endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name),
-                                      host=host, port=port, max_loaded_models=max_loaded_models,
-                                      spare_slots=spare_slots),
-                    state_file=paths.endpoint_dir(name) / "endpoint.json")
+    settings = endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name), host=host, port=port,
+                                 max_loaded_models=max_loaded_models, spare_slots=spare_slots)
+    local_mme.serve(settings, state_file=paths.endpoint_dir(name) / "endpoint.json")
 
 
 @endpoint_app.command("stop")
