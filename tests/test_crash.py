@@ -247,6 +247,43 @@ def owner_run_folder(home: Path, pid: int) -> Path | None:
     return found[0] if found else None
 
 
+def children_of(pid: int, *needles: str) -> list[int]:
+    """Live children of ``pid`` whose command line holds every needle (ours, not a look-alike
+    another job started)."""
+    return [p for p, cmd in processes_mentioning(needles[0]).items()
+            if all(n in cmd for n in needles) and (ProcessIdentity.of(p) is not None)
+            and _ppid(p) == pid]
+
+
+def _ppid(pid: int) -> int | None:
+    from infra.procfs import stat_fields
+
+    fields = stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def test_build_killed_while_prefect_starts_leaves_no_server(home: Path, tmp_path: Path) -> None:
+    """The temporary Prefect server is claimed at its spawn: a kill while it is still starting
+    (migrating its database) takes it along."""
+    env = cli_env(home, tmp_path / "prefect")
+    build = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "image_classifier"],
+                             cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        (server,) = wait_for("Prefect's temporary server to be spawned", lambda: children_of(
+            build.pid, "uvicorn", "prefect.server.api.server:create_app"), 120)
+        ident = ProcessIdentity.of(server)
+        assert ident is not None
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+    finally:
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+    wait_for("the temporary server to be killed", lambda: not ident.alive(), 60)
+    wait_for("the build's run folder to go", lambda: owner_run_folder(home, build.pid) is None)
+
+
 def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home: Path, tmp_path: Path) -> None:
     before = temp_entries()
     env = cli_env(home, tmp_path / "prefect")
@@ -255,8 +292,7 @@ def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home:
                              stderr=subprocess.DEVNULL)
     try:
         # the verify step: a tritonserver serving the freshly packed tarball from our scratch
-        wait_for("the build's verify step", lambda: {
-            p: c for p, c in processes_mentioning("mme-verify-").items() if "tritonserver" in c}, 300)
+        wait_for("the build's verify step", lambda: children_of(build.pid, "tritonserver", "mme-verify-"), 300)
         folder = owner_run_folder(home, build.pid)
         assert folder is not None and folder.is_relative_to(home)
         ledger = leftovers.read_ledger(folder)
