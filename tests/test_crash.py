@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -265,46 +265,58 @@ def _ppid(pid: int) -> int | None:
 def test_build_killed_while_prefect_starts_leaves_no_server(home: Path, tmp_path: Path) -> None:
     """The temporary Prefect server is claimed at its spawn: a kill while it is still starting
     (migrating its database) takes it along."""
-    env = cli_env(home, tmp_path / "prefect")
-    build = subprocess.Popen([sys.executable, "-m", "flows.cli", "build", "image_classifier"],
-                             cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+    seen: dict[str, Any] = {}
+
+    def spawned(pid: int) -> bool:
+        found = children_of(pid, "uvicorn", "prefect.server.api.server:create_app")
+        seen["server"] = ProcessIdentity.of(found[0]) if found else None
+        return seen["server"] is not None
+
+    pid = kill_build_when(cli_env(home, tmp_path / "prefect"), "Prefect's temporary server to be spawned",
+                          spawned, 120)
+    wait_for("the temporary server to be killed", lambda: not seen["server"].alive(), 60)
+    wait_for("the build's run folder to go", lambda: owner_run_folder(home, pid) is None)
+
+
+BUILD = [sys.executable, "-m", "flows.cli", "build", "image_classifier"]
+
+
+def kill_build_when(env: dict[str, str], what: str, reached: Callable[[int], bool], timeout: float,
+                    before_kill: Callable[[int], None] | None = None) -> int:
+    """Run ``mme build image_classifier``; SIGKILL it once ``reached(pid)`` holds (after
+    ``before_kill(pid)`` looked at it); return its pid."""
+    build = subprocess.Popen(BUILD, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        (server,) = wait_for("Prefect's temporary server to be spawned", lambda: children_of(
-            build.pid, "uvicorn", "prefect.server.api.server:create_app"), 120)
-        ident = ProcessIdentity.of(server)
-        assert ident is not None
+        wait_for(what, lambda: reached(build.pid), timeout)
+        if before_kill is not None:
+            before_kill(build.pid)
         build.send_signal(signal.SIGKILL)
         build.wait()
     finally:
         if build.poll() is None:
             build.kill()
             build.wait()
-    wait_for("the temporary server to be killed", lambda: not ident.alive(), 60)
-    wait_for("the build's run folder to go", lambda: owner_run_folder(home, build.pid) is None)
+    return build.pid
 
 
 def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home: Path, tmp_path: Path) -> None:
     before = temp_entries()
     env = cli_env(home, tmp_path / "prefect")
-    cmd = [sys.executable, "-m", "flows.cli", "build", "image_classifier"]
-    build = subprocess.Popen(cmd, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        # the verify step: a tritonserver serving the freshly packed tarball from our scratch
-        wait_for("the build's verify step", lambda: children_of(build.pid, "tritonserver", "mme-verify-"), 300)
-        folder = owner_run_folder(home, build.pid)
+    seen: dict[str, Any] = {}
+
+    def look(pid: int) -> None:
+        folder = owner_run_folder(home, pid)
         assert folder is not None and folder.is_relative_to(home)
-        ledger = leftovers.read_ledger(folder)
-        assert ledger is not None
-        whats = [p.get("what", "") for p in ledger["processes"]]
+        seen["folder"], seen["ledger"] = folder, leftovers.read_ledger(folder)
+        assert seen["ledger"] is not None
+        whats = [p.get("what", "") for p in seen["ledger"]["processes"]]
         assert "prefect temporary server" in whats and any("tritonserver" in w for w in whats), whats
-        build.send_signal(signal.SIGKILL)
-        build.wait()
-    finally:
-        if build.poll() is None:
-            build.kill()
-            build.wait()
+
+    # the verify step: a tritonserver serving the freshly packed tarball from our scratch
+    kill_build_when(env, "the build's verify step",
+                    lambda pid: bool(children_of(pid, "tritonserver", "mme-verify-")), 300, look)
+    folder, ledger = seen["folder"], seen["ledger"]
     owned = [ProcessIdentity.from_dict(p) for p in ledger["processes"]]
     wait_for("the build's processes (Prefect's server, Triton) to die",
              lambda: not any(i is not None and i.alive() for i in owned), 60)
@@ -314,7 +326,7 @@ def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home:
     wait_for("the dead build's scratch to be removed", lambda: not folder.exists())
     assert temp_entries() <= before, "files left in the system's temporary folder"
     # the rerun completes and leaves no run folder and no scratch behind
-    r = subprocess.run(cmd, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(BUILD, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (home / "artifacts" / "local-cpu" / "image_classifier.tar.gz").is_file()
     wait_for("the rerun's run folder to go", lambda: not any((home / "run").iterdir()))
