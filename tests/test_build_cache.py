@@ -251,7 +251,8 @@ def test_task_runner_from_env(monkeypatch):
     r = task_runner_from_env({})
     assert isinstance(r, ThreadPoolTaskRunner) and r._max_workers == 2
     assert task_runner_from_env({"MME_TASK_RUNNER": "Threads", "MME_MAX_WORKERS": "5"})._max_workers == 5
-    with pytest.raises(TaskRunnerConfigError, match=r"MME_TASK_RUNNER='processes' is not a task runner: use one of threads, dask"):
+    with pytest.raises(TaskRunnerConfigError,
+                       match=r"MME_TASK_RUNNER='processes' is not a task runner: use one of threads, dask"):
         task_runner_from_env({"MME_TASK_RUNNER": "processes"})
     with pytest.raises(TaskRunnerConfigError, match="MME_MAX_WORKERS='0'"):
         task_runner_from_env({"MME_MAX_WORKERS": "0"})
@@ -299,7 +300,7 @@ def counted(monkeypatch) -> dict[str, collections.Counter]:
             return wrapper
         monkeypatch.setitem(produce.PRODUCERS, name, wrap())
     for step in ("verify_archive", "reference_sample"):
-        def wrap_step(fn=getattr(fb, step), step=step):
+        def wrap_step(fn=getattr(fb, step), step=step):  # noqa: B008 - bound per loop turn
             @functools.wraps(fn)
             def wrapper(*a, **k):
                 calls["steps"][step] += 1

@@ -134,7 +134,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
         lines = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
         assert [Path(x["image"]).name for x in lines] == list(images)
         labels = imagenet_label_names()
-        for x, (fname, data) in zip(lines, images.items()):
+        for x, (fname, data) in zip(lines, images.items(), strict=True):
             assert len(x["top5"]) == 5
             assert x["top5"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
         assert lines[0]["top5"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")

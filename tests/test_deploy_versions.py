@@ -248,7 +248,8 @@ def s3_puts() -> Iterator[list[tuple[str, str]]]:
 
 
 def test_sagemaker_deploys_never_overwrite_an_object(
-        runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        runtime: Any,  # noqa: F811 - the runtime fixture, imported above
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         s3_puts: list[tuple[str, str]], prefect_harness: Any) -> None:
     """v1, a v2 that answers wrongly (rolled back), v2 (twice), v3 on the sagemaker backend:
     every model key is written once, and only the current and the kept version stay."""

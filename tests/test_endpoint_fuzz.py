@@ -4,8 +4,8 @@ One real endpoint (real tritonserver) serves two tiny Python-backend ensembles, 
 a BYTES one (tests/endpoint_fuzz_cases.py). Generated requests go to
 ``POST /endpoints/<name>/invocations``; after EVERY case :class:`EndpointWatch` checks that the
 answer is a 2xx exactly when the endpoint's rules accept the request (and then the right
-numbers) or else a 4xx with a JSON ``message``, that ``/ping`` is 200, that Triton's pid is unchanged with no death, restart or stub
-failure counted, and that a good request to the other model still answers correctly.
+numbers) or else a 4xx with a JSON ``message``, that ``/ping`` is 200, that Triton's pid is unchanged with
+no death, restart or stub failure counted, and that a good request to the other model still answers correctly.
 
 The suite runs 150 cases in all, derandomized (the same cases on every run); set
 ``MME_FUZZ_EXAMPLES`` to run more (the split between the tests is kept). ``bench/fuzz.py`` runs

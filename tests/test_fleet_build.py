@@ -85,7 +85,7 @@ def test_every_variant_records_the_footprint_measured_on_one_canary(example):
     source = json.loads(sources.pop())
     assert source["measured_on"] in canaries
     assert source["template_key"] == manifests[source["measured_on"]]["fleet"]["template_key"]
-    for name, m in manifests.items():
+    for m in manifests.values():
         fp = Footprint.model_validate(m["footprint"])
         assert fp.target_model == m["target_model"]
         assert fp.tarball_bytes.value == m["bytes"]  # its own bytes; the rest the canary's

@@ -45,7 +45,8 @@ def s3_record(key: str, *, event_name: str = "ObjectCreated:Put", size: int = 10
         "userIdentity": {"principalId": "AWS:AIDAINPONIXQXHT3IKHL2"},
         "requestParameters": {"sourceIPAddress": "205.255.255.255"},
         "responseElements": {"x-amz-request-id": "D82B88E5F771F645",
-                             "x-amz-id-2": "vlR7PnpV2Ce81l0PRw6jlUpck7Jo5ZsQjryTjKlc5aLWGVHPZLj5NeC6qMa0emYBDXOo6QBU0Wo="},
+                             "x-amz-id-2": "vlR7PnpV2Ce81l0PRw6jlUpck7Jo5ZsQjryTjKlc5aLWGVHPZLj5NeC6"
+                                           "qMa0emYBDXOo6QBU0Wo="},
         "s3": {
             "s3SchemaVersion": "1.0",
             "configurationId": "mme-model-landed",
@@ -59,7 +60,8 @@ def s3_record(key: str, *, event_name: str = "ObjectCreated:Put", size: int = 10
 def eventbridge_event(key: str, *, detail_type: str = "Object Created", size: int = 5,
                       etag: str = "b1946ac92492d2347c6235b4d2611184") -> dict[str, Any]:
     """The documented EventBridge "Object Created" event (keys as they are, not URL-encoded)."""
-    obj: dict[str, Any] = {"key": key, "sequencer": "617f08299329d189", "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"}
+    obj: dict[str, Any] = {"key": key, "sequencer": "617f08299329d189",
+                           "version-id": "IYV3p45BT0ac8hjHg1houSdS1a.Mro8e"}
     if detail_type == "Object Created":
         obj.update(size=size, etag=etag)
     return {
@@ -139,7 +141,8 @@ def test_s3_notification_posts_events(capture: Capture, monkeypatch: pytest.Monk
 
     assert summary["posted"] == 2
     assert summary["endpoint"] == capture.url + "/events"
-    assert [s["reason"].split(" (")[0] for s in summary["skipped"]] == ["not a model file", "not an object-created event"]
+    assert [s["reason"].split(" (")[0] for s in summary["skipped"]] == ["not a model file",
+                                                                       "not an object-created event"]
     (req,) = capture.requests
     assert req["method"] == "POST" and req["path"] == "/api/events"
     assert req["headers"]["Content-Type"] == "application/json"
@@ -272,7 +275,8 @@ def test_handler_needs_only_the_standard_library() -> None:
     folder = Path(lh.__file__).parent
     code = (f"import sys; sys.path.insert(0, {str(folder)!r}); import lambda_handler; "
             "print(lambda_handler.handler.__name__)")
-    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-S", "-I", "-c", code], check=False, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "handler"
 

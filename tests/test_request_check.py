@@ -324,7 +324,8 @@ def test_bytes_length_prefixes_are_walked() -> None:
     assert "BYTES element 0 declares 999 bytes, past the end" in err.message
     # elements that end before the input's binary data does
     body, ct = _bytes_body([b"hello", b"a cat"], extra=b"xxxx")
-    assert "2 BYTES elements end after 18 bytes, but parameters.binary_data_size is 22" in _rejected(ct, body, TEXT).message
+    assert ("2 BYTES elements end after 18 bytes, but parameters.binary_data_size is 22"
+            in _rejected(ct, body, TEXT).message)
     # more elements than prefixes fit / than are present
     body, ct = _bytes_body([b"hello"], count=3)
     assert "need at least 12 bytes" in _rejected(ct, body, TEXT).message
@@ -334,7 +335,8 @@ def test_bytes_length_prefixes_are_walked() -> None:
 
 # ---------------------------------------------------------------------------------- rule 6
 @pytest.mark.parametrize("body, words", [
-    (_one(name="IMAGE", data=[1, 2, 3]), "input 'IMAGE' is not an input of model 'image_classifier' (its inputs: INPUT)"),
+    (_one(name="IMAGE", data=[1, 2, 3]),
+     "input 'IMAGE' is not an input of model 'image_classifier' (its inputs: INPUT)"),
     (_one(datatype="FP32", data=[1, 2, 3]), "datatype FP32, but model 'image_classifier' expects UINT8"),
     (_one(shape=[3], data=[1, 2, 3]), "rank 1, model 'image_classifier' expects rank 2: [1..8, -1]"),
     (_one(shape=[1, 1, 3], data=[1, 2, 3]), "has rank 3"),
@@ -357,12 +359,15 @@ def test_contract_fixed_dims_missing_inputs_batch_and_optional() -> None:
     a = {"name": "A", "shape": [2, 2], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}
     b = {"name": "B", "shape": [2], "datatype": "INT64", "data": [1, 2]}
     assert check_request("application/json", _json({"inputs": [a, b]}), two)  # C is optional
-    assert "needs input 'B' (INT64, shape [1..4]): not given" in _rejected("application/json", _json({"inputs": [a]}), two).message
+    assert ("needs input 'B' (INT64, shape [1..4]): not given"
+            in _rejected("application/json", _json({"inputs": [a]}), two).message)
     b3 = {**b, "shape": [3], "data": [1, 2, 3]}
-    assert "batch size 3 differs from input 'A''s 2" in _rejected("application/json", _json({"inputs": [a, b3]}), two).message
+    assert ("batch size 3 differs from input 'A''s 2"
+            in _rejected("application/json", _json({"inputs": [a, b3]}), two).message)
     flat = ModelContract("n", {"X": TensorSpec("X", "FP32", (2, -1))}, frozenset(), 0)
     assert check_request("application/json", _one("X", shape=[2, 3], datatype="FP32", data=[0.0] * 6), flat)
-    assert "has rank 3, model 'n' expects rank 2: [2, -1]" in _rejected("application/json", _one("X", shape=[1, 2, 3], datatype="FP32", data=[0.0] * 6), flat).message
+    bad = _one("X", shape=[1, 2, 3], datatype="FP32", data=[0.0] * 6)
+    assert "has rank 3, model 'n' expects rank 2: [2, -1]" in _rejected("application/json", bad, flat).message
 
 
 # ---------------------------------------------------------------------------------- rule 7
