@@ -27,6 +27,7 @@ Standard library only (the warden runs with ``-I -S``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -126,15 +127,33 @@ def remove_paths(run_dir: Path, paths: list[Any]) -> list[str]:
     return removed
 
 
-def sweep(run_dir: Path) -> dict[str, list[Any]]:
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    """What one sweep of a run folder did: pids killed (by identity, by group token), shm
+    segments and paths removed."""
+
+    run: str
+    processes: list[int]
+    groups: list[int]
+    shm: list[str]
+    paths: list[str]
+
+    def counts(self) -> str:
+        """``"2 processes, 1 shm"``: the non-empty parts, for a log line ("" when nothing)."""
+        return ", ".join(f"{len(v)} {k}" for k, v in
+                         (("processes", self.processes), ("groups", self.groups), ("shm", self.shm),
+                          ("paths", self.paths)) if v)
+
+
+def sweep(run_dir: Path) -> SweepReport:
     """Act on everything the ledger in ``run_dir`` still lists, then remove the run folder."""
     ledger = read_ledger(run_dir) or {}
-    done: dict[str, list[Any]] = {
-        "processes": kill_processes(list(ledger.get("processes") or [])),
-        "groups": kill_groups(list(ledger.get("groups") or [])),
-    }
-    done["shm"] = remove_shm(list(ledger.get("shm") or []))
-    done["paths"] = remove_paths(run_dir, list(ledger.get("paths") or []))
+    done = SweepReport(
+        run=run_dir.name,
+        processes=kill_processes(list(ledger.get("processes") or [])),
+        groups=kill_groups(list(ledger.get("groups") or [])),
+        shm=remove_shm(list(ledger.get("shm") or [])),
+        paths=remove_paths(run_dir, list(ledger.get("paths") or [])))
     shutil.rmtree(run_dir, ignore_errors=True)
     return done
 
@@ -154,17 +173,16 @@ def owner_alive(run_dir: Path) -> bool:
     return owner.alive()
 
 
-def sweep_dead_owners(run_root: Path) -> list[dict[str, Any]]:
+def sweep_dead_owners(run_root: Path) -> list[SweepReport]:
     """Sweep every run folder under ``run_root`` whose owner is gone; what each sweep did."""
-    reports: list[dict[str, Any]] = []
+    reports: list[SweepReport] = []
     try:
         folders = sorted(p for p in run_root.iterdir() if p.is_dir())
     except OSError:
         return reports
     for run_dir in folders:
         if not owner_alive(run_dir):
-            report: dict[str, Any] = {"run": run_dir.name, **sweep(run_dir)}
-            reports.append(report)
+            reports.append(sweep(run_dir))
     return reports
 
 

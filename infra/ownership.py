@@ -160,11 +160,10 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def sweep_dead_owners() -> list[dict[str, Any]]:
+def sweep_dead_owners() -> list[leftovers.SweepReport]:
     """Remove what dead owners left (processes proven ours, shm, folders); log each sweep."""
     reports = leftovers.sweep_dead_owners(run_root())
     for r in reports:
-        what = [f"{len(r[k])} {k}" for k in ("processes", "groups", "shm", "paths") if r[k]]
-        if what:
-            log.warning("removed what a dead run (%s) left: %s", r["run"], ", ".join(what))
+        if r.counts():
+            log.warning("removed what a dead run (%s) left: %s", r.run, r.counts())
     return reports

@@ -82,7 +82,7 @@ def test_sweep_kills_only_processes_whose_identity_matches(tmp_path: Path) -> No
         d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
                                "processes": [me.to_dict(), stale]})
         done = leftovers.sweep(d)
-        assert done["processes"] == [ours.pid]
+        assert done.processes == [ours.pid]
         wait_for("our process to die", lambda: not alive(ours))
         assert alive(not_ours), "a process with a reused pid was signalled"
         assert not d.exists()
@@ -104,7 +104,7 @@ def test_group_sweep_kills_only_members_carrying_the_token(tmp_path: Path) -> No
         plain = next(p for p in members if p != leader.pid)
         d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
                                "groups": [{"pgid": leader.pid, "token": token}]})
-        assert leftovers.sweep(d)["groups"] == [leader.pid]
+        assert leftovers.sweep(d).groups == [leader.pid]
         wait_for("the token-bearing member to die", lambda: not alive(leader))
         assert ProcessIdentity.of(plain) is not None, "a member without the token was signalled"
         assert alive(outsider), "a process of another group was signalled"
@@ -129,8 +129,8 @@ def test_shm_and_path_records_remove_only_what_is_ours(tmp_path: Path) -> None:
         d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
                                "shm": [prefix, "", "other_"], "paths": [str(inside), str(outside)]})
         done = leftovers.sweep(d)
-        assert done["shm"] == [ours.name] and not ours.exists() and theirs.exists()
-        assert done["paths"] == [str(inside)] and not inside.exists() and outside.exists()
+        assert done.shm == [ours.name] and not ours.exists() and theirs.exists()
+        assert done.paths == [str(inside)] and not inside.exists() and outside.exists()
     finally:
         theirs.unlink(missing_ok=True)
         ours.unlink(missing_ok=True)
@@ -151,7 +151,7 @@ def test_sweep_dead_owners_leaves_a_live_owner_alone(tmp_path: Path) -> None:
                                                "processes": [kept.to_dict()]})
         # the dead owner's record names our live child too: it is killed (proven by identity)
         reports = leftovers.sweep_dead_owners(root)
-        assert [r["run"] for r in reports] == ["dead"]
+        assert [r.run for r in reports] == ["dead"]
         assert (root / "live").is_dir() and not (root / "dead").exists()
         wait_for("the dead owner's process to die", lambda: not alive(live_child))
     finally:
