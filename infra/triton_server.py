@@ -57,7 +57,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -67,8 +67,9 @@ from urllib.parse import quote
 import httpx
 
 from infra.errors import MMEError, TransientError, UserError
+from infra.leftovers import kill_groups
 from infra.ownership import Claim, owner
-from infra.procfs import ProcessIdentity
+from infra.procfs import ProcessIdentity, live_group_members, proc_stats, stat_fields
 from infra.store import atomic_dir
 
 __all__ = [
@@ -395,30 +396,10 @@ def describe_returncode(rc: int) -> str:
     return f"exit code {rc}"
 
 
-def _proc_stats() -> Iterator[tuple[Path, list[str]]]:
-    """Every process's ``/proc/<pid>`` folder and its ``stat`` fields after the command name
-    (state, ppid, pgrp, ...); processes that vanish while being read are skipped."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 19:
-            yield entry, fields
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    """Processes of group ``pgid`` that are not zombies (from ``/proc/<pid>/stat``)."""
-    return [int(entry.name) for entry, fields in _proc_stats()
-            if fields[2] == str(pgid) and fields[0] not in ("Z", "X")]
-
-
 def _wait_group_dead(pgid: int, timeout: float) -> list[int]:
     """Poll until no live process is left in group ``pgid``; return those left at the timeout."""
     deadline = time.monotonic() + timeout
-    while (left := _live_group_members(pgid)) and time.monotonic() < deadline:
+    while (left := live_group_members(pgid)) and time.monotonic() < deadline:
         time.sleep(0.01)
     return left
 
@@ -426,11 +407,8 @@ def _wait_group_dead(pgid: int, timeout: float) -> list[int]:
 def _process_alive(pid: int, start_time: str) -> bool:
     """True while ``pid`` runs and is the process that started at ``start_time`` (clock ticks,
     field 22 of ``/proc/<pid>/stat``): a reused pid or a zombie counts as gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return False
-    return len(fields) > 19 and fields[19] == start_time and fields[0] not in ("Z", "X")
+    fields = stat_fields(pid)
+    return fields is not None and fields[19] == start_time and fields[0] not in ("Z", "X")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -824,17 +802,7 @@ class TritonServer:
 
     def _kill_own_members(self, pgid: int) -> None:
         """SIGKILL the processes of group ``pgid`` that carry this launch's token (its stubs)."""
-        marker = self._shm_prefix
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                    continue
-                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                continue
+        kill_groups([{"pgid": pgid, "token": self._shm_prefix}])  # the warden's own rule
 
     def _cleanup_shm(self) -> None:
         shm = Path("/dev/shm")
@@ -1022,15 +990,15 @@ class TritonServer:
         if pid is None or not wanted:
             return []
         found = []
-        for entry, fields in _proc_stats():
+        for child, fields in proc_stats():
             if fields[1] != str(pid):
                 continue
             try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
             if len(argv) > 1 and Path(argv[1].decode(errors="replace")).parent.parent.name in wanted:
-                found.append((int(entry.name), fields[19]))
+                found.append((child, fields[19]))
         return found
 
     def is_ready(self, name: str) -> bool:
