@@ -60,8 +60,8 @@ def _touch_one_model(prefix: Path) -> str:
 
 def _fleet_objects(out: Path) -> dict[str, Any]:
     """What a publish of the built fleet uploads: every tarball and manifest."""
-    from infra.store_sync import LocalObject
-    from tasks.fleet_build import FleetIndex
+    from infra.store.sync import LocalObject
+    from tasks.fleet.build import FleetIndex
 
     index = FleetIndex.model_validate_json((out / "fleet-index.json").read_text())
     objects: dict[str, LocalObject] = {}
@@ -77,8 +77,8 @@ def _fleet_objects(out: Path) -> dict[str, Any]:
 
 
 def _publish_file_store(objects: dict[str, Any], root: Path) -> dict[str, float]:
-    from infra.store import open_store
-    from infra.store_sync import sync_files
+    from infra.store.objects import open_store
+    from infra.store.sync import sync_files
 
     shutil.rmtree(root, ignore_errors=True)
     store, base = open_store(root.as_uri())
@@ -95,8 +95,8 @@ def _publish_s3(objects: dict[str, Any]) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "bench"))
     from publish_sync import s3_backend  # the publish benchmark's moto server
 
-    from infra.store import open_store
-    from infra.store_sync import sync_files
+    from infra.store.objects import open_store
+    from infra.store.sync import sync_files
 
     with s3_backend("server") as client:
         client.create_bucket(Bucket="baseline")
@@ -117,8 +117,8 @@ def _publish_s3(objects: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_size(count: int, root: Path, seed: int, publish: bool) -> dict[str, Any]:
-    from flows.fleet import fleet_build
-    from tasks.fleet_example import make_example_fleet
+    from flows.fleet_build import fleet_build
+    from tasks.fleet.example import make_example_fleet
 
     work = root / f"n{count}"
     shutil.rmtree(work, ignore_errors=True)

@@ -44,15 +44,15 @@ from typing import Any
 import httpx
 import numpy as np
 
-from infra.cache_model import lru_hits, top_k_hit_ratio
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.manifest import MANIFEST_SUFFIX, load_manifest
-from infra.mme_app import EndpointApp
-from infra.mme_models import ModelManager
-from infra.mme_state import spare_slots
-from infra.procfs import Memory, tree_memory
-from infra.runtime_client import decode_response, encode_request
-from infra.tarball import pack_deterministic
+from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
+from infra.endpoint.app import EndpointApp
+from infra.endpoint.models import ModelManager
+from infra.endpoint.state import spare_slots
+from infra.processes.procfs import Memory, tree_memory
+from infra.aws.runtime_client import decode_response, encode_request
+from infra.store.tarball import pack_deterministic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_ID = b"x-mme-bench-id"
@@ -122,7 +122,7 @@ def make_tiny(prefix: Path, n: int) -> list[Variant]:
 
 def read_fleet(folder: Path) -> list[Variant]:
     """The ``*.tar.gz`` of ``folder``; each manifest's sample gives its request and answer."""
-    from tasks.verify import Sample
+    from tasks.build.verify import Sample
 
     out = []
     for archive in sorted(folder.glob("*.tar.gz")):

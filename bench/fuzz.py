@@ -45,7 +45,7 @@ from endpoint_fuzz_cases import (
     publish_models,
 )
 
-from infra.local_mme import EndpointConfig, LocalEndpoint
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 
 BATCH = 200  # cases per hypothesis run (each run a fresh seed)
 

@@ -29,16 +29,16 @@ import httpx
 import numpy as np
 
 from infra import paths
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.manifest import Manifest
-from infra.runtime_client import (
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.records.manifest import Manifest
+from infra.aws.runtime_client import (
     encode_request,
     invoke,
     runtime_client_for,
     triton_headers,
 )
-from tasks.package import read_manifest
-from tasks.verify import Sample
+from tasks.build.package import read_manifest
+from tasks.build.verify import Sample
 
 
 def _stats(ms: list[float]) -> dict[str, float]:

@@ -5,7 +5,7 @@
 
 It starts a local endpoint in this process (no memory limit in the way) and loads the
 variants one at a time with one request each (the manifest's validation sample). After each
-load it reads Triton's memory with the endpoint's own probe (``infra.procfs.tree_memory``:
+load it reads Triton's memory with the endpoint's own probe (``infra.processes.procfs.tree_memory``:
 summed RSS, PSS, USS, page tables, from ``/proc/<pid>/smaps_rollup``) and the system's
 anonymous + shared memory (``/proc/meminfo`` AnonPages + Shmem, which moves with every other
 process on the host: the load average is recorded beside it), and, as a cross-check that the
@@ -33,8 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.fleet_traffic import Sender, Variant, read_fleet  # noqa: E402
-from infra.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
-from infra.procfs import Memory, process_memory, process_tree, system_anon_bytes, tree_memory  # noqa: E402
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
+from infra.processes.procfs import Memory, process_memory, process_tree, system_anon_bytes, tree_memory  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MIB = 2 ** 20
@@ -44,8 +44,8 @@ INSTANCE_GIB = 16  # e.g. ml.m5.xlarge / ml.g4dn.xlarge host memory
 
 def build_example_fleet(count: int, work: Path) -> Path:
     """``count`` example-fleet variants built by the real fleet-build flow; its output folder."""
-    from flows.fleet import fleet_build
-    from tasks.fleet_example import make_example_fleet
+    from flows.fleet_build import fleet_build
+    from tasks.fleet.example import make_example_fleet
 
     make_example_fleet(count, (work / "models").as_uri(), fleet_file=work / "fleet.yaml")
     fleet_build(str(work / "fleet.yaml"), output_dir=str(work / "out"))
@@ -97,8 +97,8 @@ def load_one_by_one(variants: list[Variant], prefix: Path, cache: Path) -> list[
 def profile_first(folder: Path, variant: Variant) -> dict[str, Any]:
     """What ``mme profile`` records for one variant (a fresh Triton, this one model): its host
     memory figures, each with its basis."""
-    from infra.manifest import MANIFEST_SUFFIX, load_manifest
-    from tasks.planning.footprints import measure_footprint
+    from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
+    from tasks.build.footprints import measure_footprint
 
     manifest = load_manifest(folder / (variant.target.removesuffix(".tar.gz") + MANIFEST_SUFFIX))
     fp = measure_footprint(folder / variant.target, manifest.ensemble, variant.inputs, max_batch=1, repeats=3)

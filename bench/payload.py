@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from infra import paths
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import encode_request, invoke, runtime_client_for
-from tasks.package import read_manifest
-from tasks.verify import sample_image
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.aws.runtime_client import encode_request, invoke, runtime_client_for
+from tasks.build.package import read_manifest
+from tasks.build.verify import sample_image
 
 
 def main() -> None:

@@ -57,9 +57,9 @@ from fleet_traffic import (  # noqa: E402
     zipf_sequence,
 )
 
-from infra.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
-from infra.mme_models import ModelManager  # noqa: E402
-from infra.mme_state import spare_slots  # noqa: E402
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
+from infra.endpoint.models import ModelManager  # noqa: E402
+from infra.endpoint.state import spare_slots  # noqa: E402
 from tasks.planning.simulate import FleetArrays, InstanceConfig, SimResult, simulate_closed_loop  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -87,9 +87,9 @@ FIGURES = ("load_cold_s", "load_disk_s", "unload_s", "service_batch1_s", "servic
 def profile(folder: Path, names: list[str], concurrent: int, max_batch: int = 8) -> dict[str, Any]:
     """Each variant's footprint measured in a real Triton, the medians of each figure, and the
     seconds a load and an unload take when 1 .. ``concurrent`` run at once."""
-    from infra.manifest import load_manifest
-    from tasks.planning.footprints import measure_footprint, measure_load_concurrency
-    from tasks.verify import Sample
+    from infra.records.manifest import load_manifest
+    from tasks.build.footprints import measure_footprint, measure_load_concurrency
+    from tasks.build.verify import Sample
 
     load_before = os.getloadavg()[0]
     per: dict[str, dict[str, float]] = {}

@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
-from infra.store import S3_MAX_POOL_CONNECTIONS, FileStore, ObjectStore, S3Store  # noqa: E402
-from infra.store_sync import LocalObject, sync_files  # noqa: E402
+from infra.store.objects import S3_MAX_POOL_CONNECTIONS, FileStore, ObjectStore, S3Store  # noqa: E402
+from infra.store.sync import LocalObject, sync_files  # noqa: E402
 
 BUCKET = "bench"
 RESULTS = Path(__file__).resolve().parent / "results" / "publish_sync.json"

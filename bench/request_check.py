@@ -1,4 +1,4 @@
-"""Cost of the endpoint's request validation (``infra.request_check.check_request``).
+"""Cost of the endpoint's request validation (``infra.endpoint.request_check.check_request``).
 
 Usage:  python bench/request_check.py [--n 5000]
 Runs on every invoke, so it must stay far below the cost of the hop to Triton: the goal is a
@@ -21,9 +21,9 @@ import numpy as np
 
 from ensembles.catalog import load_ensemble
 from ensembles.render import render_repository
-from infra.request_check import ModelContract, check_request, contract_from_config
-from infra.runtime_client import encode_request, pack_images
-from tasks.verify import sample_image
+from infra.endpoint.request_check import ModelContract, check_request, contract_from_config
+from infra.aws.runtime_client import encode_request, pack_images
+from tasks.build.verify import sample_image
 
 
 def _contract(name: str, target: str = "local-cpu") -> ModelContract:

@@ -28,10 +28,10 @@ from typing import Any
 import httpx
 import numpy as np
 
-from infra.local_client import LocalEndpointClient
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import decode_response, encode_request
-from infra.tarball import pack_deterministic
+from infra.endpoint.client import LocalEndpointClient
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.aws.runtime_client import decode_response, encode_request
+from infra.store.tarball import pack_deterministic
 
 TINY_ADD = """\
 name: "add"
@@ -76,8 +76,8 @@ def _tiny(prefix: Path) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarra
 
 def _seed(prefix: Path, ensemble: str) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
     from infra import paths
-    from tasks.package import read_manifest
-    from tasks.verify import Sample
+    from tasks.build.package import read_manifest
+    from tasks.build.verify import Sample
 
     manifest = read_manifest(paths.artifacts_dir("local-cpu"), ensemble)
     shutil.copyfile(Path(manifest.artifact.removeprefix("file://")),

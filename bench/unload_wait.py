@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from infra.triton_server import TritonPorts, TritonServer
+from infra.triton.server import TritonPorts, TritonServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ADD = """\

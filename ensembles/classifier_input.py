@@ -1,7 +1,7 @@
 """The image classifiers' input contract, shared by the catalog's DALI pipelines and tasks/.
 
 Why here: the DALI pipeline (``ensembles/catalog/image_classifier/pipelines.py``), the ONNX
-export and the numpy reference (``tasks.classifiers``, ``tasks.image_reference``) must agree on
+export and the numpy reference (``tasks.producers.classifiers``, ``tasks.producers.image_reference``) must agree on
 these numbers. ``ensembles/`` is below ``tasks/`` in the layering (a catalog entry imports
 nothing from ``tasks/``), so the one definition lives in ``ensembles/`` and both sides import it.
 """

@@ -6,7 +6,7 @@ tensor name, another data type (TensorRT before 10 has no INT64 I/O, so an ONNX 
 becomes an INT32 binding), another rank, or a ``max_batch_size`` / fixed dim outside the
 engine's optimization profile. That refusal only shows when the endpoint loads the model, on a
 GPU instance, long after the build. So the compile step records the engine's I/O beside the
-plan (:data:`SIDECAR_NAME`, read back by :mod:`tasks.trt_bindings`) and the render step
+plan (:data:`SIDECAR_NAME`, read back by :mod:`tasks.producers.trt_bindings`) and the render step
 (:func:`ensembles.render.render_repository`) checks it here against the rendered config
 *before* the plan is packed. This half lives in ``ensembles/`` because rendering uses it and
 ``ensembles/`` imports nothing from ``tasks/``.
@@ -148,6 +148,6 @@ def check_engine_io(io: EngineIO, cfg: Any, *, where: str) -> None:
 
 
 def read_sidecar(plan_dir: Any) -> dict[str, Any] | None:
-    """The ``engine_io.json`` that :func:`tasks.compile.compile_tensorrt` writes beside a plan."""
+    """The ``engine_io.json`` that :func:`tasks.producers.compile.compile_tensorrt` writes beside a plan."""
     path = Path(plan_dir) / SIDECAR_NAME
     return json.loads(path.read_text()) if path.is_file() else None

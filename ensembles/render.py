@@ -23,7 +23,7 @@ from ensembles.spec import (
     TensorSpec,
     validate,
 )
-from infra.triton_release import DEFAULT_RELEASE, TritonRelease
+from infra.triton.release import DEFAULT_RELEASE, TritonRelease
 
 # shared model code usable by any ensemble (``runtime:onnx_model.py`` in a spec's files)
 RUNTIME_DIR = Path(__file__).resolve().parent / "runtime"
@@ -69,7 +69,7 @@ def ensemble_config(spec: EnsembleSpec) -> mc.ModelConfig:
 def serving_release(spec: EnsembleSpec, target: str) -> str | None:
     """The Triton release the target's TensorRT plans are compiled for (and so served with):
     the ``triton_release`` of its ``compile_tensorrt`` artifacts, default
-    :data:`infra.triton_release.DEFAULT_RELEASE`; None when the target compiles no plan."""
+    :data:`infra.triton.release.DEFAULT_RELEASE`; None when the target compiles no plan."""
     releases = {str(a.params.get("triton_release", DEFAULT_RELEASE))
                 for a in spec.artifacts.values()
                 if a.producer == "compile_tensorrt" and target in a.targets}

@@ -163,7 +163,7 @@ class StepSpec(_Strict):
 class ArtifactSpec(_Strict):
     """Something the build makes before rendering, e.g. an ONNX export or tokenizer files.
 
-    ``producer`` names a function registered in :mod:`tasks.produce`; ``params`` are its
+    ``producer`` names a function registered in :mod:`tasks.producers.produce`; ``params`` are its
     keyword arguments. Artifacts are produced once per build and shared by every target.
     """
 

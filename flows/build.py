@@ -4,16 +4,16 @@ For each ensemble: load and validate the spec (a miswired spec stops here, befor
 produce its artifacts (fetch the model, export ONNX, tokenizer files...), render the model
 repository for the target, pack it deterministically, verify the packed tarball in a real
 Triton against the framework reference, and only then publish it with its manifest. The steps
-are tasks in ``tasks/`` (:mod:`tasks.ensemble_build` strings them together).
+are tasks in ``tasks/`` (:mod:`tasks.build.ensemble` strings them together).
 
-Unchanged inputs skip their step (:mod:`tasks.cache`): a rebuild with nothing changed exports,
+Unchanged inputs skip their step (:mod:`tasks.producers.cache`): a rebuild with nothing changed exports,
 compiles and verifies nothing, and the UI shows those steps as *Cached*.
 
 Ensembles build in parallel, one ``build-ensemble`` task each, on the task runner that
-``MME_TASK_RUNNER`` names when the flow run starts (:mod:`tasks.runner`: ``threads`` by
+``MME_TASK_RUNNER`` names when the flow run starts (:mod:`tasks.runtime.runner`: ``threads`` by
 default, or ``dask``). Each run leaves the ``build-summary`` table, the ``build-report``
-markdown, a link per tarball and a ``build-progress`` bar (:mod:`tasks.report`), and an asset
-per tarball with its source models upstream (:mod:`tasks.lineage`).
+markdown, a link per tarball and a ``build-progress`` bar (:mod:`tasks.build.report`), and an asset
+per tarball with its source models upstream (:mod:`tasks.build.lineage`).
 """
 
 
@@ -26,16 +26,16 @@ from prefect.futures import PrefectFuture, as_completed
 from ensembles.catalog import ensemble_dir, load_ensemble
 from ensembles.spec import SpecError
 from infra import paths
-from infra.manifest import Manifest
-from infra.ownership import owner
-from tasks.ensemble_build import (
+from infra.records.manifest import Manifest
+from infra.processes.ownership import owner
+from tasks.build.ensemble import (
     build_ensemble_task,
     check_overrides,
     outcomes_of,
     raise_first_failure,
 )
-from tasks.report import advance_progress, report_build, start_progress
-from tasks.runner import ConfiguredTaskRunner
+from tasks.build.report import advance_progress, report_build, start_progress
+from tasks.runtime.runner import ConfiguredTaskRunner
 
 
 def _submit(name: str, target: str, out: Path, work_root: Path,

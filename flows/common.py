@@ -7,8 +7,8 @@ from collections.abc import Iterator
 
 # The retry policy lives beside the tasks that declare their retries (tasks/ imports nothing
 # from flows/); re-exported here for the flows and the CLI.
-from tasks.report import human_bytes, short  # noqa: F401 - formatting shared with tasks/
-from tasks.retry import TRANSIENT, is_transient, retry_transient  # noqa: F401
+from tasks.runtime.text import human_bytes, short  # noqa: F401 - formatting shared with tasks/
+from tasks.runtime.retry import TRANSIENT, is_transient, retry_transient  # noqa: F401
 
 
 def endpoint_lock_name(endpoint: str) -> str:
@@ -63,7 +63,7 @@ def endpoint_lock(endpoint: str) -> Iterator[None]:
     from prefect.settings import PREFECT_API_URL
 
     from infra import paths
-    from infra.store import file_lock
+    from infra.store.objects import file_lock
 
     with file_lock(paths.home() / "locks" / f"{endpoint_lock_name(endpoint)}.lock"):
         if not PREFECT_API_URL.value():

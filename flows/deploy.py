@@ -1,7 +1,7 @@
 """The ``deploy`` flow: publish built ensembles to an endpoint and validate them there.
 
-The story is the same on every backend (:mod:`tasks.backends`), each step its own task
-(:mod:`tasks.deploy_steps`): read the manifests and check the builds fit the backend; for a dry
+The story is the same on every backend (:mod:`tasks.deploy.backends`), each step its own task
+(:mod:`tasks.deploy.steps`): read the manifests and check the builds fit the backend; for a dry
 run, say every call and stop; otherwise note what is being published in the endpoint record,
 publish the tarballs, each version as its own TargetModel ``<ensemble>-<sha256[:12]>.tar.gz``
 (never over the object that serves), create/update or reuse the endpoint, invoke every
@@ -24,11 +24,11 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 
 from flows.common import endpoint_lock, human_bytes, short
 from infra import paths
-from infra.ownership import owner
-from tasks.backends import DeployBackend, TargetMismatch, backend_for, check_targets  # noqa: F401
-from tasks.backends.base import prune_actions, settle, versioned_manifest
-from tasks.backends.sagemaker import SageMakerOptions
-from tasks.deploy_steps import (
+from infra.processes.ownership import owner
+from tasks.deploy.backends import DeployBackend, TargetMismatch, backend_for, check_targets  # noqa: F401
+from tasks.deploy.backends.base import prune_actions, settle, versioned_manifest
+from tasks.deploy.backends.sagemaker import SageMakerOptions
+from tasks.deploy.steps import (
     activate_task,
     ensure_endpoint_task,
     plan_task,
@@ -37,10 +37,10 @@ from tasks.deploy_steps import (
     rollback_task,
     validate_task,
 )
-from tasks.package import read_manifest
-from tasks.publish import Published
-from tasks.records import BuildSource, DeployResult, Rollout
-from tasks.validate import DeployValidationFailed, check_validations, deploy_entries  # noqa: F401
+from tasks.build.package import read_manifest
+from tasks.deploy.publish import Published
+from tasks.deploy.records import BuildSource, DeployResult, Rollout
+from tasks.deploy.validate import DeployValidationFailed, check_validations, deploy_entries  # noqa: F401
 
 
 @flow(name="deploy", log_prints=True)

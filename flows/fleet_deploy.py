@@ -1,6 +1,6 @@
 """The ``fleet-deploy`` flow: a built fleet onto its endpoints, validated, routed, pruned.
 
-Composes the tasks of :mod:`tasks.fleet_deploy`: read the fleet's latest build (the desired
+Composes the tasks of :mod:`tasks.fleet.deploy`: read the fleet's latest build (the desired
 state) and its routing table (one GET); give each variant its shard (rendezvous hashing, sticky);
 publish the new, changed or moved versions under versioned TargetModels (one incremental sync per
 endpoint prefix); invoke each by TargetModel with its manifest's sample (bounded concurrency),
@@ -8,7 +8,7 @@ plus ``canary`` unchanged ones; route the ones that passed and write the table (
 variants that left the fleet after the grace period and delete versions beyond ``keep_versions``.
 A variant that fails keeps its previous version routed; the run ends Failed naming it.
 No SageMaker control-plane change: the endpoints are existing MMEs, whose model prefix, region
-and Triton release are read (describe only) and checked first (:mod:`tasks.fleet_endpoints`).
+and Triton release are read (describe only) and checked first (:mod:`tasks.fleet.endpoints`).
 """
 
 # (no ``from __future__ import annotations``: Prefect builds the flow's parameter model from
@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import endpoint_lock
 from infra import paths
-from tasks.fleet_deploy import (
+from tasks.fleet.deploy import (
     DeployPolicy,
     FleetDeployFailed,
     canary_jobs,
@@ -32,9 +32,9 @@ from tasks.fleet_deploy import (
     read_state_task,
     validate_jobs_task,
 )
-from tasks.fleet_endpoints import ServedEndpoint, sagemaker_endpoints_task
-from tasks.fleet_integrity import repaired_jobs, still_broken, verify_task
-from tasks.fleet_routes import assign_shards
+from tasks.fleet.endpoints import ServedEndpoint, sagemaker_endpoints_task
+from tasks.fleet.integrity import repaired_jobs, still_broken, verify_task
+from tasks.fleet.routes import assign_shards
 
 
 @flow(name="fleet-deploy", log_prints=True)

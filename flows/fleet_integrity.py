@@ -1,11 +1,11 @@
 """The ``fleet-verify`` flow: is every object a fleet's routing table points to in the store,
-with the bytes the table records? (tasks in :mod:`tasks.fleet_integrity`)
+with the bytes the table records? (tasks in :mod:`tasks.fleet.integrity`)
 
 Reads the routing table (a fleet without one is refused), checks every version it references,
 current and kept, with one listing and one sync-index GET per endpoint model prefix (``deep``:
 every object read and hashed), and with ``repair`` re-publishes the missing and corrupt ones
 from the fleet's build(s), holding the endpoints' deploy locks. Ends Failed
-(:class:`~tasks.fleet_integrity.FleetInconsistent`) when problems remain, unless
+(:class:`~tasks.fleet.integrity.FleetInconsistent`) when problems remain, unless
 ``fail_on_problems`` is off (the CLI prints the table and sets the exit code itself).
 """
 
@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.common import endpoint_lock
 from infra import paths
-from tasks.fleet_integrity import (
+from tasks.fleet.integrity import (
     FleetInconsistent,
     build_sources_task,
     fleet_table_task,

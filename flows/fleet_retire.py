@@ -1,4 +1,4 @@
-"""The ``fleet-retire`` and ``fleet-gc`` flows (tasks in :mod:`tasks.fleet_retire`).
+"""The ``fleet-retire`` and ``fleet-gc`` flows (tasks in :mod:`tasks.fleet.retire`).
 
 ``fleet-retire`` marks a fleet, some variants or a shard retiring in the routing table (or, with
 ``now``, removes them and deletes their objects after writing the table); retirees past the grace
@@ -17,8 +17,8 @@ from prefect import flow
 
 from flows.common import endpoint_lock
 from infra import paths
-from tasks.fleet_retire import fleet_endpoints_task, gc_task, retire_task
-from tasks.fleet_routes import parse_time
+from tasks.fleet.retire import fleet_endpoints_task, gc_task, retire_task
+from tasks.fleet.routes import parse_time
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from tasks.planning import report
-from tasks.planning.plan import Goal, SearchOptions
+from tasks.planning.search import Goal, SearchOptions
 from tasks.planning.tasks import (FleetSource, charts_task, fleet_task, search_task, summary, traffic_task,
                                   write_task)
 

@@ -1,7 +1,7 @@
 """The ``release`` flow: build one ensemble, then deploy it. What a new model triggers.
 
 The watcher (``flows/watch.py``) or the S3 -> EventBridge -> Lambda path
-(``infra/lambda_handler.py``) emits ``mme.model.landed`` with the ensemble as a resource
+(``infra/aws/lambda_handler.py``) emits ``mme.model.landed`` with the ensemble as a resource
 label; the ``deploy-on-new-model`` deployment in ``prefect.yaml`` matches that event and runs
 this flow with ``ensemble`` taken from the event.
 """
@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from ensembles.spec import Target
 from flows.build import build
 from flows.deploy import deploy
-from tasks.records import BuildSource
+from tasks.deploy.records import BuildSource
 
 
 @flow(name="release", log_prints=True)

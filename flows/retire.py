@@ -5,7 +5,7 @@ Where the endpoint lives comes from the endpoint record that deploy wrote
 ensembles), then from the store's ledger; ``backend``/``store_uri``/``region`` say it
 explicitly. Only what we published is deleted, and only if the object still has the digest
 we published (someone else's upload under the same name is left alone); on SageMaker only
-resources tagged as ours (see :mod:`infra.sagemaker_cleanup`).
+resources tagged as ours (see :mod:`infra.aws.sagemaker_cleanup`).
 
 The flow fails (:class:`RetireIncomplete`, the CLI exits 1) when it could not delete
 something it was asked to, or could not find it, or deleted nothing at all; ``missing_ok``
@@ -21,14 +21,14 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from infra import endpoint_record as record
+from infra.records import endpoint as record
 from infra import paths
 from infra.errors import MMEError
-from tasks.backends import backend_for
-from tasks.backends.base import DELETED, LEFT, MISSING, Step
-from tasks.deploy_steps import retire_endpoint_task, retire_ensemble_task
-from tasks.publish import read_ledger, write_ledger
-from tasks.records import Ledger
+from tasks.deploy.backends import backend_for
+from tasks.deploy.backends.base import DELETED, LEFT, MISSING, Step
+from tasks.deploy.steps import retire_endpoint_task, retire_ensemble_task
+from tasks.deploy.publish import read_ledger, write_ledger
+from tasks.deploy.records import Ledger
 
 
 class RetireIncomplete(MMEError, RuntimeError):
@@ -81,7 +81,7 @@ def retire(ensembles: list[str] | None = None, endpoint: str = "local-mme",
            missing_ok: bool = False, aws: Any = None) -> list[str]:
     """Retire ``ensembles`` from ``endpoint``; with ``stop_endpoint`` (or no ensembles given)
     also remove the endpoint: stop a local one and delete its cache, or delete a SageMaker
-    one with its configs, models and autoscaling. ``aws``: an :data:`infra.aws.ClientFactory`
+    one with its configs, models and autoscaling. ``aws``: an :data:`infra.aws.clients.ClientFactory`
     (tests); None uses boto3's default chain."""
     where = locate(endpoint, backend, store_uri, region)
     be = backend_for(where.backend, endpoint=endpoint, store_uri=where.store_uri,

@@ -1,10 +1,10 @@
-"""Composition only: the SageMaker backend lives in :mod:`tasks.backends.sagemaker`.
+"""Composition only: the SageMaker backend lives in :mod:`tasks.deploy.backends.sagemaker`.
 
 Kept so ``from flows.sagemaker_backend import SageMakerOptions`` (older scripts, notebooks)
-goes on working; new code imports from ``tasks.backends.sagemaker``.
+goes on working; new code imports from ``tasks.deploy.backends.sagemaker``.
 """
 
-from tasks.backends.sagemaker import (  # noqa: F401
+from tasks.deploy.backends.sagemaker import (  # noqa: F401
                                       SageMakerBackend,
                                       SageMakerOptions,
                                       check_builds,

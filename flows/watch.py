@@ -1,8 +1,8 @@
 """The ``watch`` flow: poll a model source location and emit ``mme.model.landed`` events.
 
-The polling alternative to S3 notifications -> :mod:`infra.lambda_handler` (Prefect open source
+The polling alternative to S3 notifications -> :mod:`infra.aws.lambda_handler` (Prefect open source
 has no webhooks).  Each run lists the source (``file://`` or ``s3://``, through
-:func:`infra.store.open_store`), compares the listing with what the previous run reported, and
+:func:`infra.store.objects.open_store`), compares the listing with what the previous run reported, and
 emits one Prefect event per NEW or CHANGED model file; a deployment with a
 ``DeploymentEventTrigger(expect={"mme.model.landed"}, ...)`` reacts to them.  Serve it on a
 schedule, e.g.::
@@ -10,9 +10,9 @@ schedule, e.g.::
     watch.serve(name="watch-models", interval=60,
                 parameters={"source_uri": "s3://models-bucket/incoming"})
 
-Rules (pure functions in :mod:`tasks.watch`, tested without Prefect):
+Rules (pure functions in :mod:`tasks.deploy.watch`, tested without Prefect):
 
-- model file: the key ends with one of ``suffixes`` (:func:`infra.lambda_handler.is_model_key`);
+- model file: the key ends with one of ``suffixes`` (:func:`infra.aws.lambda_handler.is_model_key`);
 - ensemble: the longest ``ensemble_map`` key prefix, else the key's first path segment
   (``text_embedding/model.safetensors`` -> ``text_embedding``); a top-level key with no map
   match has no ensemble: it is not tracked (a warning each run names it);
@@ -35,15 +35,15 @@ from urllib.parse import urlsplit
 
 from prefect import flow
 
-from infra.lambda_handler import (
+from infra.aws.lambda_handler import (
     DEFAULT_SUFFIXES,
     EVENT_NAME,
     ensemble_for,
     landed_event,
     stable_event_id,
 )
-from tasks.run_context import run_logger
-from tasks.watch import (
+from tasks.runtime.run_context import run_logger
+from tasks.deploy.watch import (
     default_state_uri,
     diff_listing,
     read_state,

@@ -13,8 +13,8 @@ branch (``class SpecError(UserError, ValueError)``) where callers catch the buil
 adding the tree changed no ``except`` clause's meaning.
 
 Where the policies live: the CLI's exit codes in ``flows/cli/common.py`` (``_exit_code``), which asks
-:mod:`infra.aws_errors` first when an AWS error is in the cause chain (AWS's own code decides
-whether it is the user's); the retry condition in ``tasks/retry.py`` (``is_transient``).
+:mod:`infra.aws.errors` first when an AWS error is in the cause chain (AWS's own code decides
+whether it is the user's); the retry condition in ``tasks/runtime/retry.py`` (``is_transient``).
 
 This module imports nothing, so every layer (``infra/`` included) may raise from the tree.
 """
@@ -41,7 +41,7 @@ class UserError(MMEError):
 class TransientError(MMEError):
     """A second try can fix it: a connection refused or reset, a timeout, Triton losing the
     race for its ports, a store or service that is briefly unavailable. Tasks whose
-    ``retry_condition_fn`` is ``tasks.retry.retry_transient`` retry it (with backoff); when
+    ``retry_condition_fn`` is ``tasks.runtime.retry.retry_transient`` retry it (with backoff); when
     the retries run out the CLI prints one line and exits 1."""
 
 

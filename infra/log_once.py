@@ -34,7 +34,7 @@ def _plain(text: str) -> str:
 
 def record_error(record: logging.LogRecord) -> BaseException | None:
     """The exception a record is about: its ``exc_info``, or the one the one-line filter
-    (:mod:`infra.aws_errors`) took off it when a handler before this one saw it."""
+    (:mod:`infra.aws.errors`) took off it when a handler before this one saw it."""
     if record.exc_info and record.exc_info[1] is not None:
         return record.exc_info[1]
     return getattr(record, "mme_error", None)

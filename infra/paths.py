@@ -4,7 +4,7 @@ artifacts/<target>/   built tarballs and manifests
 store/                the embedded object store (file://), the endpoints' model prefixes
 endpoints/<name>/     a local endpoint's state file, disk cache and logs
 work/                 kept intermediate work (the example fleet's exported base model)
-run/<pid>-<start>/    one running owner's ledger and scratch (infra.ownership): removed when
+run/<pid>-<start>/    one running owner's ledger and scratch (infra.processes.ownership): removed when
                       it exits or dies
 """
 

@@ -71,7 +71,7 @@ def built_image_classifier(mme_home: Path, prefect_harness) -> dict:
     """The real image ensemble build (DALI CPU pipeline, SqueezeNet ONNX, verified in Triton).
     Its ``manifest`` is the one on disk (with the validation sample), read as readers do."""
     from flows.build import build
-    from tasks.package import read_manifest
+    from tasks.build.package import read_manifest
 
     out = mme_home / "artifacts" / "local-cpu"
     build(ensembles=["image_classifier"], target="local-cpu", output_dir=str(out))
@@ -85,7 +85,7 @@ def tampered_text_build(built_text_embedding: dict, tmp_path: Path) -> Path:
     that loads fine and answers wrongly (for rollback tests). Returns its artifacts folder."""
     import json
 
-    from infra.tarball import pack_deterministic, safe_extract
+    from infra.store.tarball import pack_deterministic, safe_extract
 
     repo = safe_extract(built_text_embedding["archive"], tmp_path / "tamper")
     model_py = repo / "text_embedding__postprocess" / "1" / "model.py"

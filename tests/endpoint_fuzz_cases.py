@@ -36,8 +36,8 @@ from hypothesis import strategies as st
 from test_local_mme import ENDPOINT, write_pipe_repo
 from test_request_check import _any_request, _dims, _numbers, _params, _values
 
-from infra.model_repo import namespace_for
-from infra.request_check import (
+from infra.triton.model_repo import namespace_for
+from infra.endpoint.request_check import (
     BINARY_MIME_PREFIX,
     DTYPE_SIZES,
     MAX_PAYLOAD_BYTES,
@@ -46,8 +46,8 @@ from infra.request_check import (
     check_request,
     contract_from_config,
 )
-from infra.runtime_client import BINARY_CT, decode_response, encode_request
-from infra.tarball import pack_deterministic
+from infra.aws.runtime_client import BINARY_CT, decode_response, encode_request
+from infra.store.tarball import pack_deterministic
 
 FP32_TARGET = "pipe.tar.gz"
 BYTES_TARGET = "words.tar.gz"

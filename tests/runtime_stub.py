@@ -1,6 +1,6 @@
 """A scripted ``sagemaker-runtime`` InvokeEndpoint on 127.0.0.1, for retry and routing tests.
 
-Real boto3 clients (``infra.runtime_client.runtime_client_for(stub.url)``) talk to it, so what
+Real boto3 clients (``infra.aws.runtime_client.runtime_client_for(stub.url)``) talk to it, so what
 is counted is what botocore really sent: its own retries (there must be none) included. Each
 request pops the next scripted answer (``(status, error type, message)``, or ``None`` for a
 success); an empty script answers success. A TargetModel in ``missing`` is answered 400

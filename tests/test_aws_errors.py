@@ -16,7 +16,7 @@ import pytest
 from botocore.exceptions import ClientError, NoCredentialsError
 from moto import mock_aws
 
-from infra.aws_errors import (
+from infra.aws.errors import (
     AwsCallError,
     client_error,
     describe,
@@ -24,8 +24,8 @@ from infra.aws_errors import (
     one_line,
     strip_html,
 )
-from infra.sagemaker import SAGEMAKER, AwsCallFailed, Call, SageMakerDeployError, apply
-from infra.store import StoreError, open_store
+from infra.aws.sagemaker import SAGEMAKER, AwsCallFailed, Call, SageMakerDeployError, apply
+from infra.store.objects import StoreError, open_store
 
 REGION = "us-east-1"
 HTML_403 = ("<html>\n<head><title>403 Forbidden</title><style>h1 {color: red}</style></head>\n"

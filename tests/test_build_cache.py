@@ -15,9 +15,8 @@ import pytest
 import yaml
 
 from ensembles.catalog import CATALOG_DIR, load_ensemble
-from infra.store import sha256_file
-from tasks import cache
-
+from infra.store.objects import sha256_file
+from tasks.producers import cache
 # ----------------------------------------------------------------------------- pure key tests
 
 
@@ -99,7 +98,7 @@ def test_same_inputs_same_key(image_spec):
 
 
 def test_changed_param_changes_only_that_key(image_spec):
-    from tasks.ensemble_build import apply_overrides
+    from tasks.build.ensemble import apply_overrides
 
     before = {n: cache.artifact_key(image_spec, n, {}, "local-cpu", FAKES)
               for n in ("dali_cpu", "classifier_onnx", "labels")}
@@ -208,7 +207,7 @@ def test_failed_producer_leaves_no_entry(image_spec, tmp_path: Path):
 
 
 def test_verify_and_reference_keys(image_spec, tmp_path: Path, monkeypatch):
-    from tasks.ensemble_build import apply_overrides
+    from tasks.build.ensemble import apply_overrides
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     sample = {"inputs": {}, "expected": {"OUTPUT": {"dtype": "float32", "shape": [1], "data": [0.5]}}}
@@ -246,7 +245,7 @@ def test_verify_and_reference_keys(image_spec, tmp_path: Path, monkeypatch):
 def test_task_runner_from_env(monkeypatch):
     from prefect.task_runners import ThreadPoolTaskRunner
 
-    from tasks.runner import TaskRunnerConfigError, task_runner_from_env
+    from tasks.runtime.runner import TaskRunnerConfigError, task_runner_from_env
 
     r = task_runner_from_env({})
     assert isinstance(r, ThreadPoolTaskRunner) and r._max_workers == 2
@@ -265,7 +264,7 @@ def test_dask_runner_when_installed():
     # the README's test command installs the `dask` extra: its absence is an install bug
     from prefect_dask import DaskTaskRunner
 
-    from tasks.runner import task_runner_from_env
+    from tasks.runtime.runner import task_runner_from_env
 
     r = task_runner_from_env({"MME_TASK_RUNNER": "dask", "MME_MAX_WORKERS": "3"})
     assert isinstance(r, DaskTaskRunner) and r.cluster_kwargs["n_workers"] == 3
@@ -287,9 +286,8 @@ def fresh_home(tmp_path: Path, mme_home: Path, monkeypatch) -> Path:
 @pytest.fixture
 def counted(monkeypatch) -> dict[str, collections.Counter]:
     """Counts producer, reference and verification calls made by the build flow."""
-    from tasks import produce
-    from tasks import verify as fb  # the reference and verify tasks call these
-
+    from tasks.producers import produce
+    from tasks.build import verify as fb  # the reference and verify tasks call these
     calls: dict[str, collections.Counter] = {"producers": collections.Counter(), "steps": collections.Counter()}
     for name, fn in list(produce.PRODUCERS.items()):
         def wrap(fn=fn, name=name):
@@ -432,7 +430,7 @@ def test_two_ensembles_build_in_parallel_on_threads(fresh_home: Path, tmp_path: 
 @pytest.mark.prefect
 def test_unknown_task_runner_is_refused(tmp_path: Path, fresh_home: Path, monkeypatch, prefect_harness):
     from flows.build import build
-    from tasks.runner import TaskRunnerConfigError
+    from tasks.runtime.runner import TaskRunnerConfigError
 
     monkeypatch.setenv("MME_TASK_RUNNER", "processes")
     with pytest.raises(TaskRunnerConfigError, match="MME_TASK_RUNNER='processes' is not a task runner"):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.manifest import load_manifest
-from tasks.planning.footprints import from_manifest
+from infra.records.manifest import load_manifest
+from tasks.build.footprints import from_manifest
 
 pytestmark = [pytest.mark.triton, pytest.mark.prefect]
 

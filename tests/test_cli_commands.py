@@ -73,7 +73,7 @@ def _images() -> dict[str, bytes]:
     import skimage.data as skdata
     from PIL import Image
 
-    from tasks.verify import sample_image
+    from tasks.build.verify import sample_image
 
     def enc(a: np.ndarray, fmt: str, **kw: Any) -> bytes:
         buf = io.BytesIO()
@@ -90,8 +90,8 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
                                                     built_image_classifier: dict) -> None:
     from test_image_formats import reference_top1
 
-    from tasks.classifiers import imagenet_label_names
-    from tasks.verify import Sample, min_cosine
+    from tasks.producers.classifiers import imagenet_label_names
+    from tasks.build.verify import Sample, min_cosine
 
     home = Path(cli_env["MME_HOME"])
     state = home / "endpoints" / EP / "endpoint.json"

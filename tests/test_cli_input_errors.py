@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.fleet_build import INDEX_FILE, FleetIndex, IndexEntry
+from tasks.fleet.build import INDEX_FILE, FleetIndex, IndexEntry
 from tasks.planning.inputs import FleetInputError, fleet_from_dir
 
 MME = [sys.executable, "-m", "flows.cli"]

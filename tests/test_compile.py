@@ -1,4 +1,4 @@
-"""TensorRT compile (tasks/compile.py): the trtexec argv per release, the release pairing rule,
+"""TensorRT compile (tasks/producers/compile.py): the trtexec argv per release, the release pairing rule,
 the Docker route against an injected fake Docker client (no engine needed), the host route with
 fake ``run``/``which``, runner selection, and one real compile of the text encoder that runs
 only where a Docker engine with a GPU or a host TensorRT exists.
@@ -17,8 +17,8 @@ import docker
 import pytest
 import requests
 
-from infra.triton_release import TENSORRT_BY_RELEASE, TritonRelease
-from tasks.compile import (
+from infra.triton.release import TENSORRT_BY_RELEASE, TritonRelease
+from tasks.producers.compile import (
     CompileError,
     CompileHost,
     CompileOptions,
@@ -574,7 +574,7 @@ def test_producer_rejects_unknown_runner(tmp_path: Path) -> None:
 
 def _real_route() -> tuple[str, str]:
     """(runner, release) able to really compile here, or skip saying what is missing."""
-    from tasks.compile import trtexec_version
+    from tasks.producers.compile import trtexec_version
 
     reasons = []
     exe = shutil.which("trtexec")
@@ -624,8 +624,8 @@ def test_real_compile_of_the_text_encoder(tmp_path: Path) -> None:
     runner, release = _real_route()
     import yaml
 
-    from tasks.export import export_transformer_onnx
-    from tasks.fetch import packaged_hf_model
+    from tasks.producers.export import export_transformer_onnx
+    from tasks.producers.fetch import packaged_hf_model
 
     spec = yaml.safe_load((PROJECT_ROOT / "ensembles" / "catalog" / "text_embedding"
                            / "ensemble.yaml").read_text())

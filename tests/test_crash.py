@@ -27,11 +27,13 @@ from test_endpoint_supervision import HOLD_CONFIG, shm_segments, wait_for
 from test_local_mme import ENDPOINT as LOCAL_ENDPOINT
 from test_local_mme import PIPE_CONFIG, X, call, post, processes_mentioning
 
-from infra import endpoint_process, leftovers
-from infra.endpoint_process import StopOutcome, start_background, stop
-from infra.procfs import ProcessIdentity
-from infra.runtime_client import encode_request
-from infra.tarball import pack_deterministic
+from infra.endpoint import process as endpoint_process
+
+from infra.processes import leftovers
+from infra.endpoint.process import StopOutcome, start_background, stop
+from infra.processes.procfs import ProcessIdentity
+from infra.aws.runtime_client import encode_request
+from infra.store.tarball import pack_deterministic
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = LOCAL_ENDPOINT  # the name post() and call() address
@@ -256,7 +258,7 @@ def children_of(pid: int, *needles: str) -> list[int]:
 
 
 def _ppid(pid: int) -> int | None:
-    from infra.procfs import stat_fields
+    from infra.processes.procfs import stat_fields
 
     fields = stat_fields(pid)
     return int(fields[1]) if fields else None
@@ -341,8 +343,8 @@ FLEET_ENDPOINT = "crash-fleet"
 @pytest.fixture(scope="module")
 def built_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path, prefect_harness: None) -> dict[str, Any]:
     """A 4-tenant example fleet built for real (its build folder is what the deploys read)."""
-    from flows.fleet import fleet_build
-    from tasks.fleet_example import make_example_fleet
+    from flows.fleet_build import fleet_build
+    from tasks.fleet.example import make_example_fleet
 
     root = tmp_path_factory.mktemp("crash-fleet")
     make_example_fleet(4, (root / "models").as_uri(), seed=5, fleet_file=root / "fleet.yaml")
@@ -364,7 +366,7 @@ def fleet_env(built: dict[str, Any], home: Path) -> dict[str, str]:
 
 def endpoint_loading(home: Path) -> bool:
     """True once the deploy's validation made the endpoint load (or hold) any variant."""
-    from infra.local_client import LocalEndpointClient
+    from infra.endpoint.client import LocalEndpointClient
 
     info = endpoint_process.find_running(FLEET_ENDPOINT)
     if info is None:
@@ -406,7 +408,7 @@ def test_fleet_deploy_killed_mid_way_leaves_a_consistent_store_after_the_rerun(
                                          "--store", store.as_uri()),
                                cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=300)
         assert check.returncode == 0, check.stdout[-3000:] + check.stderr[-3000:]
-        from tasks.fleet_routes import read_routes
+        from tasks.fleet.routes import read_routes
 
         table = read_routes(store.as_uri(), built_fleet["fleet"])
         assert sorted(table.variants) == built_fleet["names"]

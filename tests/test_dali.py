@@ -18,21 +18,21 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from infra.runtime_client import pack_images
+from infra.aws.runtime_client import pack_images
 
 # DALI, Pillow and scikit-image are project dependencies: missing means a broken install
 import nvidia.dali as dali  # noqa: E402
 import skimage.data as skdata  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tasks.dali import (  # noqa: E402
+from tasks.producers.dali import (  # noqa: E402
     DaliPipelineError,
     check_external_source,
     external_source_names,
     parse_serialized,
     serialize_pipeline,
 )
-from tasks.image_reference import (  # noqa: E402
+from tasks.producers.image_reference import (  # noqa: E402
     MAX_ABS_TOLERANCE,
     MEAN_ABS_TOLERANCE,
     diff_stats,
@@ -221,7 +221,7 @@ def _write_model(repo: Path, name: str, dali_file: Path, *, input_name: str = "I
 def triton(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     if not sys.platform.startswith("linux"):
         pytest.skip("the pytriton tritonserver is Linux-only")
-    from infra.triton_server import TritonServer
+    from infra.triton.server import TritonServer
 
     work = tmp_path_factory.mktemp("dali")
     dali_file, _ = serialize_pipeline(work / "art", pipeline=SQUEEZENET, device="cpu",
@@ -341,7 +341,7 @@ def test_triton_bad_request_does_not_fail_its_batch_neighbours(triton, chelsea_j
 
 @pytest.mark.triton
 def test_triton_refuses_pipeline_with_other_input_name(triton) -> None:
-    from infra.triton_server import TritonModelError
+    from infra.triton.server import TritonModelError
 
     with pytest.raises(TritonModelError, match="no external source named 'IMAGE'"):
         triton.load("preprocess_badname")

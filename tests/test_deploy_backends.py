@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from infra.aws import AwsClients, aws_clients, using
+from infra.aws.clients import AwsClients, aws_clients, using
 
 
 # ---------------------------------------------------------------------------------- backends
 def test_backend_is_chosen_once_by_name(tmp_path: Path) -> None:
-    from tasks.backends import BACKENDS, DeployBackend, backend_for
-    from tasks.backends.local import LocalBackend
-    from tasks.backends.sagemaker import SageMakerBackend, SageMakerOptions
+    from tasks.deploy.backends import BACKENDS, DeployBackend, backend_for
+    from tasks.deploy.backends.local import LocalBackend
+    from tasks.deploy.backends.sagemaker import SageMakerBackend, SageMakerOptions
 
     local = backend_for("local", endpoint="ep", store_uri=tmp_path.as_uri())
     assert isinstance(local, LocalBackend) and local.models_url == f"{tmp_path.as_uri()}/models/ep"
@@ -41,8 +41,8 @@ def test_every_deploy_step_is_a_task_retrying_only_transient_failures() -> None:
     in the UI, each with its own retries; a retry never repeats a refused step."""
     from prefect import Task
 
-    import tasks.deploy_steps as steps
-    from tasks.retry import retry_transient
+    import tasks.deploy.steps as steps
+    from tasks.runtime.retry import retry_transient
 
     tasks = {t.name: t for t in vars(steps).values() if isinstance(t, Task)}
     assert {"plan", "publish", "ensure-endpoint", "activate", "validate", "rollback", "prune",
@@ -64,9 +64,9 @@ def test_flows_contain_no_backend_string_checks() -> None:
 
 # ---------------------------------------------------------------------------------- records
 def test_ledger_old_file_is_read_and_a_newer_one_refused(tmp_path: Path) -> None:
-    from infra.schema import RecordError
-    from infra.store import open_store
-    from tasks.publish import read_ledger, write_ledger
+    from infra.records.schema import RecordError
+    from infra.store.objects import open_store
+    from tasks.deploy.publish import read_ledger, write_ledger
 
     store_uri = (tmp_path / "store").as_uri()
     store, _ = open_store(store_uri)
@@ -91,8 +91,8 @@ def test_ledger_old_file_is_read_and_a_newer_one_refused(tmp_path: Path) -> None
 
 
 def test_endpoint_record_is_typed_and_versioned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra import endpoint_record as record
-    from infra.schema import RecordError
+    from infra.records import endpoint as record
+    from infra.records.schema import RecordError
 
     monkeypatch.setenv("MME_HOME", str(tmp_path))
     record.note_call("ep", "create_model", {"ModelName": "m1"}, record.CREATING, backend="sagemaker")
@@ -113,7 +113,7 @@ def test_endpoint_record_is_typed_and_versioned(tmp_path: Path, monkeypatch: pyt
 
 
 def test_deploy_result_keeps_the_documented_json_shape() -> None:
-    from tasks.records import DeployedEnsemble, DeployResult
+    from tasks.deploy.records import DeployedEnsemble, DeployResult
 
     entry = DeployedEnsemble(name="t", target="local-cpu", artifact="file:///s/t.tar.gz",
                              sha256="0" * 64, bytes=10, uploaded=True, cold_tries=1,
@@ -133,8 +133,8 @@ def test_deploy_result_keeps_the_documented_json_shape() -> None:
 # ---------------------------------------------------------------------------------- settings
 def test_endpoint_settings_travel_as_one_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The launcher writes an EndpointConfig as JSON; the server reads the same type back."""
-    from infra.endpoint_process import endpoint_settings
-    from infra.mme_state import EndpointConfig, read_settings, settings_json
+    from infra.endpoint.process import endpoint_settings
+    from infra.endpoint.state import EndpointConfig, read_settings, settings_json
 
     monkeypatch.setenv("MME_HOME", str(tmp_path))
     cfg = endpoint_settings("ep", "file:///m", port=9, max_loaded_models=2)
@@ -163,8 +163,8 @@ def test_aws_clients_are_bound_by_context_not_by_patching() -> None:
 
 
 def test_sagemaker_backend_uses_the_clients_it_is_given() -> None:
-    from infra.sagemaker import plan_calls
-    from tasks.backends.sagemaker import (
+    from infra.aws.sagemaker import plan_calls
+    from tasks.deploy.backends.sagemaker import (
         SageMakerBackend,
         SageMakerOptions,
         current_state,
@@ -177,7 +177,7 @@ def test_sagemaker_backend_uses_the_clients_it_is_given() -> None:
 
         def __getattr__(self, operation: str) -> Any:
             def describe(**params: Any) -> Any:
-                from infra.aws_errors import client_error
+                from infra.aws.errors import client_error
 
                 calls.append(operation)
                 raise client_error("ValidationException", "Could not find it", operation)
@@ -202,8 +202,8 @@ def test_local_endpoint_client_speaks_the_admin_api(tmp_path: Path) -> None:
     import numpy as np
     from test_local_mme import X, publish_pipe
 
-    from infra.local_client import LocalEndpointClient
-    from infra.local_mme import EndpointConfig, LocalEndpoint
+    from infra.endpoint.client import LocalEndpointClient
+    from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 
     prefix = tmp_path / "models"
     prefix.mkdir()

@@ -25,9 +25,9 @@ from botocore import handlers
 
 from test_sagemaker_flow import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
 
-from infra.manifest import Manifest, Validation
-from infra.store import sha256_file
-from tasks.verify import Sample
+from infra.records.manifest import Manifest, Validation
+from infra.store.objects import sha256_file
+from tasks.build.verify import Sample
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
@@ -57,14 +57,14 @@ def _name(sha: str) -> str:
 
 
 def _answer(url: str, endpoint: str, target_model: str) -> np.ndarray:
-    from infra.runtime_client import invoke, runtime_client_for
+    from infra.aws.runtime_client import invoke, runtime_client_for
 
     return np.asarray(invoke(runtime_client_for(url), endpoint, target_model, {"X": X})["Y"])
 
 
 def _invocations(url: str) -> dict[str, int]:
     """Requests per TargetModel loaded now, and in all (``"*"``), as the local endpoint counted them."""
-    from infra.local_client import LocalEndpointClient
+    from infra.endpoint.client import LocalEndpointClient
 
     metrics = LocalEndpointClient(url).metrics()
     return {"*": metrics["Invocations"],
@@ -78,11 +78,11 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _old_unversioned_deploy(endpoint: str, store_uri: str, folder: str) -> str:
     """What a deploy before versioning left: ``pipe.tar.gz`` in the model prefix, named as the
     current TargetModel in the endpoint record and the ledger. Returns its key."""
-    from infra import endpoint_record as record
-    from infra.manifest import load_manifest
-    from infra.store import open_store
-    from tasks.backends.base import write_deploy_ledger
-    from tasks.publish import model_data_url, publish_artifact
+    from infra.records import endpoint as record
+    from infra.records.manifest import load_manifest
+    from infra.store.objects import open_store
+    from tasks.deploy.backends.base import write_deploy_ledger
+    from tasks.deploy.publish import model_data_url, publish_artifact
 
     manifest = load_manifest(Path(folder) / "pipe.manifest.json")
     models_url = model_data_url(store_uri, endpoint)
@@ -100,11 +100,11 @@ def test_local_deploys_publish_validate_keep_and_prune_versions(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: Any) -> None:
     from flows.deploy import DeployValidationFailed, deploy
     from flows.retire import retire
-    from infra import endpoint_record as record
-    from infra.endpoint_process import find_running
-    from infra.store import open_store
-    from tasks.publish import read_ledger
-    from tasks.records import BuildSource, Rollout
+    from infra.records import endpoint as record
+    from infra.endpoint.process import find_running
+    from infra.store.objects import open_store
+    from tasks.deploy.publish import read_ledger
+    from tasks.deploy.records import BuildSource, Rollout
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     ep, store_uri = "versions-ep", (tmp_path / "store").as_uri()
@@ -197,9 +197,9 @@ def test_record_versions_and_rollback_refusals(tmp_path: Path, monkeypatch: pyte
     """The record's version bookkeeping alone: a redeploy of a kept version makes it current
     (kept once), pruning picks unversioned objects and those past the keep count, and a
     rollback with nothing kept is refused naming why."""
-    from infra import endpoint_record as record
+    from infra.records import endpoint as record
     from infra.errors import InvalidInput
-    from tasks.backends.base import past_keep, versioned_manifest
+    from tasks.deploy.backends.base import past_keep, versioned_manifest
 
     monkeypatch.setenv("MME_HOME", str(tmp_path))
 
@@ -257,9 +257,9 @@ def test_sagemaker_deploys_never_overwrite_an_object(
 
     from flows.deploy import DeployValidationFailed, deploy
     from flows.retire import retire
-    from infra import endpoint_record as record
-    from tasks.backends.sagemaker import SageMakerOptions
-    from tasks.records import BuildSource, Rollout
+    from infra.records import endpoint as record
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.records import BuildSource, Rollout
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     ep, _ = runtime

@@ -25,11 +25,11 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from typer.testing import CliRunner
 
-import infra.sagemaker as sm
-from infra import sagemaker_cleanup as cleanup
-from infra.deployer_policy import deployer_policy
+import infra.aws.sagemaker as sm
+from infra.aws import sagemaker_cleanup as cleanup
+from infra.aws.deployer_policy import deployer_policy
 from infra.errors import UserError
-from infra.store import S3Store
+from infra.store.objects import S3Store
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = "us-east-1"
@@ -40,7 +40,7 @@ ENDPOINT = "deployer-mme"
 ROLE = f"arn:aws:iam::{ACCOUNT}:role/mme-endpoint"
 KEY = f"arn:aws:kms:{REGION}:{ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 # the services a deploy, its rollback and a retire call (the read-only pre-flight's own reads,
-# infra/preflight.py PREFLIGHT_ACTIONS, are optional: without them it says "could not check")
+# infra/aws/preflight.py PREFLIGHT_ACTIONS, are optional: without them it says "could not check")
 SCANNED_SERVICES = ("sagemaker", "sagemaker-runtime", "application-autoscaling", "s3", "cloudwatch")
 # names the scan finds that are not AWS calls: Python's own re.search / str methods
 NOT_AWS_CALLS = {"search"}

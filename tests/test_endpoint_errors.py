@@ -34,10 +34,10 @@ from test_local_mme import (
     write_pipe_repo,
 )
 
-from infra.local_mme import _rename_model
-from infra.model_repo import namespace_for
-from infra.runtime_client import BINARY_CT, decode_response, encode_request
-from infra.tarball import pack_deterministic
+from infra.endpoint.local_mme import _rename_model
+from infra.triton.model_repo import namespace_for
+from infra.aws.runtime_client import BINARY_CT, decode_response, encode_request
+from infra.store.tarball import pack_deterministic
 
 pytestmark = [
     pytest.mark.triton,
@@ -209,8 +209,8 @@ def test_oversize_body_is_sagemakers_413(ep: Endpoint) -> None:
     so boto3's ClientError code is "413", as against SageMaker."""
     from botocore.exceptions import ClientError
 
-    from infra.request_check import MAX_PAYLOAD_BYTES
-    from infra.runtime_client import runtime_client_for
+    from infra.endpoint.request_check import MAX_PAYLOAD_BYTES
+    from infra.aws.runtime_client import runtime_client_for
 
     big = b" " * (MAX_PAYLOAD_BYTES + 1)
     r = post(ep.url, "any.tar.gz", big, "application/json")

@@ -5,7 +5,7 @@ The Triton tests use the tiny ``pipe -> add`` ensembles of tests/test_local_mme.
 so each answer says which model gave it). Loads and unloads are held open by Python models
 whose ``initialize`` / ``finalize`` wait for a gate file the test creates: the tests assert
 order and states, never durations. Triton's repository calls are counted by wrapping the
-endpoint's own :class:`~infra.triton_server.TritonServer` methods (the real calls still run).
+endpoint's own :class:`~infra.triton.server.TritonServer` methods (the real calls still run).
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_local_mme import X, call, metrics, models, post, publish_pipe, start_endpoint, write_pipe_repo
 
-from infra.cache_model import lru_hits, top_k_hit_ratio
-from infra.local_mme import configure_logging
-from infra.mme_state import EndpointConfig, Reservoir, ThrashGuard
-from infra.model_repo import namespace_for
-from infra.runtime_client import decode_response, encode_request
-from infra.tarball import pack_deterministic
+from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
+from infra.endpoint.local_mme import configure_logging
+from infra.endpoint.state import EndpointConfig, Reservoir, ThrashGuard
+from infra.triton.model_repo import namespace_for
+from infra.aws.runtime_client import decode_response, encode_request
+from infra.store.tarball import pack_deterministic
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the pytriton tritonserver is Linux-only")
@@ -268,7 +268,7 @@ def test_status_table_lists_each_target_model() -> None:
 
 def test_status_names_the_memory_basis() -> None:
     """`mme endpoint status` shows Triton's memory on the limit's basis, summed RSS beside it."""
-    from infra.local_client import memory_note
+    from infra.endpoint.client import memory_note
 
     m = {"TritonMemoryPss": 300 * 2**20, "TritonMemoryRss": 650 * 2**20, "MemoryLimitBytes": 1000 * 2**20,
          "MemoryLimitBasis": "pss"}
@@ -508,8 +508,8 @@ class HeldTriton:
 
 
 def _manager(tmp_path: Path, triton: Any, **cfg: Any) -> Any:
-    from infra.mme_models import ModelManager
-    from infra.model_repo import NamespacedModel
+    from infra.endpoint.models import ModelManager
+    from infra.triton.model_repo import NamespacedModel
 
     mgr = ModelManager(EndpointConfig(name="e", model_data_url=tmp_path.as_uri(),
                                       cache_dir=tmp_path / "cache", **cfg), triton)
@@ -560,9 +560,9 @@ def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatc
     largest per-model memory seen, so concurrent loads cannot overshoot the limit together."""
     import asyncio
 
-    import infra.mme_models as mm
+    import infra.endpoint.models as mm
 
-    from infra.procfs import Memory
+    from infra.processes.procfs import Memory
 
     rss = {"now": 100}  # PSS, the limit's basis
     monkeypatch.setattr(mm, "_triton_memory", lambda pid: Memory(pss=rss["now"], rss=3 * rss["now"]))
@@ -621,7 +621,7 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
 def test_spare_slots_default_and_bounds(tmp_path: Path) -> None:
     """Derived: the load concurrency when that is at most a quarter of the budget, else none;
     set: at most budget - 1; no count budget, no spare room."""
-    from infra.mme_state import spare_slots
+    from infra.endpoint.state import spare_slots
 
     def cfg(**kw: Any) -> EndpointConfig:
         return EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path, **kw)

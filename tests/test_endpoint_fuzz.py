@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from test_local_mme import ENDPOINT
 
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.request_check import BINARY_MIME_PREFIX, RequestRejected, check_request
-from infra.runtime_client import encode_request
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.endpoint.request_check import BINARY_MIME_PREFIX, RequestRejected, check_request
+from infra.aws.runtime_client import encode_request
 
 pytestmark = [
     pytest.mark.triton,

@@ -29,9 +29,9 @@ from test_local_mme import (
     write_pipe_repo,
 )
 
-from infra.model_repo import namespace_for
-from infra.runtime_client import encode_request
-from infra.tarball import pack_deterministic
+from infra.triton.model_repo import namespace_for
+from infra.aws.runtime_client import encode_request
+from infra.store.tarball import pack_deterministic
 
 pytestmark = [
     pytest.mark.triton,
@@ -236,7 +236,7 @@ def test_disk_cache_drops_least_recently_used_unloaded_models(tmp_path: Path) ->
 def _concurrent_calls(url: str, targets: list[str], n: int, workers: int = 8) -> None:
     """``n`` requests spread over ``targets`` from ``workers`` threads, both body kinds; every
     answer must come from the model asked (Y = X + j + k)."""
-    from infra.runtime_client import decode_response
+    from infra.aws.runtime_client import decode_response
 
     def one(j: int) -> tuple[int, np.ndarray]:
         target = targets[j % len(targets)]

@@ -18,8 +18,8 @@ import pytest
 from moto import mock_aws
 from typer.testing import CliRunner
 
-import infra.sagemaker as sm
-from infra.manifest import Manifest, parse_manifest
+import infra.aws.sagemaker as sm
+from infra.records.manifest import Manifest, parse_manifest
 
 REGION = "us-east-1"
 BUCKET = "mme-options"
@@ -48,7 +48,7 @@ def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _opts(**kw: Any):
-    from tasks.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
 
     base: dict[str, Any] = {"region": REGION, "role_arn": ROLE, "triton_release": "24.09",
                             "model_cache": "disabled", "environment": ENV,
@@ -65,7 +65,7 @@ def _manifest() -> Manifest:
 
 
 def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     plan = make_plan("opts-mme", STORE, _opts())
     calls = sm.plan_calls(plan, sm.describe_state(aws[sm.SAGEMAKER], aws[sm.AUTOSCALING], plan))
@@ -85,7 +85,7 @@ def test_options_reach_the_created_model_and_config(aws, no_sdk) -> None:
 
 
 def test_a_changed_option_makes_new_names(no_sdk) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     plan = make_plan("opts-mme", STORE, _opts())
     assert make_plan("opts-mme", STORE, _opts()) == plan  # same options: same names, no update
@@ -112,8 +112,8 @@ def test_a_changed_option_makes_new_names(no_sdk) -> None:
 
 
 def test_dry_run_shows_the_options(aws, no_sdk, tmp_path: Path) -> None:
-    from infra.aws import AwsClients
-    from tasks.backends.sagemaker import SageMakerBackend
+    from infra.aws.clients import AwsClients
+    from tasks.deploy.backends.sagemaker import SageMakerBackend
 
     backend = SageMakerBackend("opts-mme", STORE, _opts(), aws=lambda region, url: AwsClients(
         region=region, sagemaker=aws[sm.SAGEMAKER], autoscaling=aws[sm.AUTOSCALING]))
@@ -168,7 +168,7 @@ def test_unknown_release_is_refused_without_the_sdk(no_sdk) -> None:
     with pytest.raises(ValueError, match="no CPU Triton image"):
         sm.triton_image_uri(REGION, "23.03", instance_type="ml.c5.xlarge")
     # and the planner refuses before any AWS call
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     with pytest.raises(ValueError, match="24.07"):
         make_plan("opts-mme", STORE, _opts(triton_release="24.07"))

@@ -38,12 +38,12 @@ from test_local_mme import (
     wait_gone,
 )
 
-from infra.local_mme import EndpointConfig, LocalEndpoint, Metrics, TritonSupervisor
-from infra.model_repo import namespace_for
-from infra.procfs import ProcessIdentity
-from infra.runtime_client import encode_request
-from infra.tarball import pack_deterministic
-from infra.triton_server import TritonServer
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint, Metrics, TritonSupervisor
+from infra.triton.model_repo import namespace_for
+from infra.processes.procfs import ProcessIdentity
+from infra.aws.runtime_client import encode_request
+from infra.store.tarball import pack_deterministic
+from infra.triton.server import TritonServer
 
 pytestmark = [
     pytest.mark.triton,
@@ -329,8 +329,7 @@ def test_ping_follows_triton_liveness(held_endpoint: tuple[Endpoint, Held],
     """/ping is 200 while Triton is live, 5xx once it is not: the old code said 200 regardless.
     ``mme endpoint start`` still finds the endpoint while its Triton restarts (a second one
     started over the same cache folder would wipe the first one's models)."""
-    from infra import endpoint_process
-
+    from infra.endpoint import process as endpoint_process
     e, held = held_endpoint
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     state = endpoint_process.state_file(ENDPOINT)

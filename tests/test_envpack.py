@@ -1,4 +1,4 @@
-"""Tests for tasks.envpack: Python execution environments for Triton's Python backend.
+"""Tests for tasks.producers.envpack: Python execution environments for Triton's Python backend.
 
 The proof (``test_packed_env_serves_a_package_the_venv_lacks``) builds a conda-free wheel env
 for this machine's Python, ships it as ``$$TRITON_MODEL_DIRECTORY/processing_env.tar.gz`` and
@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from infra.triton_release import TritonRelease
-from tasks import envpack
-from tasks.envpack import (
+from infra.triton.release import TritonRelease
+from tasks.producers import envpack
+from tasks.producers.envpack import (
     EnvPackError,
     EnvPackOptions,
     EnvPackTools,
@@ -465,7 +465,7 @@ def probe_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 @pytest.mark.triton
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pytriton tritonserver is Linux-only")
 def test_packed_env_serves_a_package_the_venv_lacks(tmp_path: Path, probe_env: tuple[Path, dict]) -> None:
-    from infra.triton_server import TritonModelError, TritonServer
+    from infra.triton.server import TritonModelError, TritonServer
 
     tarball, meta = probe_env
     assert meta["packages"][ENV_ONLY_PACKAGE] == "0.9.0" and meta["packages"]["numpy"] == "1.26.4"

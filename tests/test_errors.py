@@ -32,14 +32,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # Exception classes that stay outside the tree on purpose, and why:
 OUTSIDE_THE_TREE = {
     # shipped to AWS Lambda as this one standard-library file: it cannot import infra.errors
-    "infra.lambda_handler.PrefectPostError",
+    "infra.aws.lambda_handler.PrefectPostError",
     # the local endpoint's HTTP answers (status + x-amzn-ErrorType): raised and answered inside
     # the server, never seen by the CLI or the retry policy
-    "infra.mme_errors.EndpointError", "infra.mme_errors.ValidationError",
-    "infra.mme_errors.ModelNotReady", "infra.mme_errors.InsufficientMemory",
-    "infra.mme_errors.ModelError", "infra.mme_errors.Rejected",
-    "infra.mme_errors.ServiceUnavailable", "infra.mme_errors.InternalFailure",
-    "infra.mme_errors.NotFound", "infra.request_check.RequestRejected",
+    "infra.endpoint.errors.EndpointError", "infra.endpoint.errors.ValidationError",
+    "infra.endpoint.errors.ModelNotReady", "infra.endpoint.errors.InsufficientMemory",
+    "infra.endpoint.errors.ModelError", "infra.endpoint.errors.Rejected",
+    "infra.endpoint.errors.ServiceUnavailable", "infra.endpoint.errors.InternalFailure",
+    "infra.endpoint.errors.NotFound", "infra.endpoint.request_check.RequestRejected",
 }
 
 
@@ -82,11 +82,11 @@ def test_every_project_exception_is_an_mme_error() -> None:
 def test_classes_keep_the_builtin_base_their_callers_catch() -> None:
     """Adding the tree changed no ``except`` clause: the old built-in bases are still there."""
     from ensembles.spec import SpecError
-    from infra.store import StoreError, StoreRefused, StoreUnavailable
-    from infra.triton_http import UpstreamError
-    from infra.triton_server import TritonStartError
-    from tasks.compile import CompileTimeout, ReleaseMismatch
-    from tasks.fetch import DownloadInterrupted, DownloadTimeout, FetchError
+    from infra.store.objects import StoreError, StoreRefused, StoreUnavailable
+    from infra.endpoint.triton_http import UpstreamError
+    from infra.triton.server import TritonStartError
+    from tasks.producers.compile import CompileTimeout, ReleaseMismatch
+    from tasks.producers.fetch import DownloadInterrupted, DownloadTimeout, FetchError
 
     assert issubclass(SpecError, UserError) and issubclass(SpecError, ValueError)
     assert issubclass(ReleaseMismatch, UserError) and issubclass(ReleaseMismatch, ValueError)
@@ -104,19 +104,19 @@ def test_classes_keep_the_builtin_base_their_callers_catch() -> None:
 
 
 def _bad_release() -> Any:
-    from infra.triton_release import TritonRelease
+    from infra.triton.release import TritonRelease
 
     return TritonRelease.parse("24-09")
 
 
 def _bad_environment() -> Any:
-    from infra.sagemaker import check_environment
+    from infra.aws.sagemaker import check_environment
 
     return check_environment({"BAD KEY": "v"})
 
 
 def _bad_bucket() -> Any:
-    from infra.iam import endpoint_execution_policy
+    from infra.aws.iam import endpoint_execution_policy
 
     return endpoint_execution_policy("b", "mme/models/ep", region="us-east-1",
                                      account_id="123456789012", ecr_repository_arns=[],
@@ -124,13 +124,13 @@ def _bad_bucket() -> Any:
 
 
 def _bad_store_uri() -> Any:
-    from infra.store import open_store
+    from infra.store.objects import open_store
 
     return open_store("ftp://host/x")
 
 
 def _missing_build() -> Any:
-    from tasks.package import read_manifest
+    from tasks.build.package import read_manifest
 
     return read_manifest(Path("/nonexistent-out"), "tiny")
 
@@ -157,9 +157,9 @@ def test_cli_exit_code_keys_on_the_tree() -> None:
     """2 for the user's, 1 for another MMEError, None (a traceback) for anything else; an
     AWS error in the cause chain is classified by AWS's code first (issue 8)."""
     from flows.cli import _exit_code
-    from infra.aws_errors import client_error, describe
-    from infra.store import ObjectNotFound, StoreError
-    from tasks.compile import CompileError
+    from infra.aws.errors import client_error, describe
+    from infra.store.objects import ObjectNotFound, StoreError
+    from tasks.producers.compile import CompileError
 
     assert _exit_code(UserError("x")) == 2
     assert _exit_code(ObjectNotFound("file:///s/models/x.tar.gz")) == 2
@@ -180,7 +180,7 @@ _PROBE = textwrap.dedent("""
 
     from flows import cli
     from ensembles.spec import SpecError
-    from tasks.compile import CompileError
+    from tasks.producers.compile import CompileError
 
     RAISE = {
         "user": lambda: SpecError("ensemble 'probe': step 'pool' reads tensor 'x' nobody writes"),
@@ -278,8 +278,8 @@ def test_an_unreachable_s3_store_is_transient(monkeypatch: pytest.MonkeyPatch) -
     """The real S3 store against a port nothing listens on: StoreUnavailable (a
     TransientError) with botocore's connection error as its cause; a bad store URI is the
     user's (StoreRefused), not retried."""
-    from infra.store import StoreRefused, StoreUnavailable, open_store
-    from tasks.retry import is_transient
+    from infra.store.objects import StoreRefused, StoreUnavailable, open_store
+    from tasks.runtime.retry import is_transient
 
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
@@ -298,9 +298,9 @@ def test_an_unreachable_s3_store_is_transient(monkeypatch: pytest.MonkeyPatch) -
 
 def test_retry_condition_keys_on_the_tree() -> None:
     from ensembles.spec import SpecError
-    from infra.triton_server import TritonStartError
-    from tasks.compile import CompileError, CompileTimeout
-    from tasks.retry import is_transient
+    from infra.triton.server import TritonStartError
+    from tasks.producers.compile import CompileError, CompileTimeout
+    from tasks.runtime.retry import is_transient
 
     def raised(inner: BaseException, outer: BaseException) -> BaseException:
         try:
@@ -334,10 +334,10 @@ def test_prefect_retries_transient_errors_only(prefect_harness: Any) -> None:
     from prefect import flow, task
 
     from ensembles.spec import SpecError
-    from infra.triton_server import TritonStartError
-    from tasks.compile import CompileError
-    from tasks.fetch import DownloadInterrupted
-    from tasks.retry import retry_transient
+    from infra.triton.server import TritonStartError
+    from tasks.producers.compile import CompileError
+    from tasks.producers.fetch import DownloadInterrupted
+    from tasks.runtime.retry import retry_transient
 
     tries: dict[str, int] = {}
 

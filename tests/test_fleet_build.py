@@ -12,8 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
-from ensembles.fleet import Variant
-from tasks.fleet_build import (
+from ensembles.fleet_spec import Variant
+from tasks.fleet.build import (
     INDEX_FILE,
     FleetIndex,
     IndexEntry,
@@ -21,14 +21,14 @@ from tasks.fleet_build import (
     plan_builds,
     select_variants,
 )
-from tasks.fleet_variant import FleetTemplate, input_key
+from tasks.fleet.variant import FleetTemplate, input_key
 
 COUNT = 20
 SAMPLE = 3
 
 
 def _run(fleet_file: Path, out: Path, **kw):
-    from flows.fleet import fleet_build
+    from flows.fleet_build import fleet_build
 
     return fleet_build(str(fleet_file), output_dir=str(out), triton_sample=SAMPLE, **kw)
 
@@ -40,7 +40,7 @@ def _manifests(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory, mme_home, prefect_harness):
-    from tasks.fleet_example import make_example_fleet
+    from tasks.fleet.example import make_example_fleet
 
     root = tmp_path_factory.mktemp("fleet")
     prefix = root / "models"
@@ -75,7 +75,7 @@ def test_every_variant_records_the_footprint_measured_on_one_canary(example):
     """One canary per template is measured in the verifying Triton (memory by the endpoint's
     probe, basis pss; load, unload, service); every variant's manifest carries it with its
     source, and the planner's inputs have no estimated figure left."""
-    from tasks.planning.footprints import Figure, Footprint
+    from tasks.build.footprints import Figure, Footprint
     from tasks.planning.inputs import fleet_from_dir
 
     manifests = _manifests(example["out"])
@@ -100,8 +100,8 @@ def test_every_variant_records_the_footprint_measured_on_one_canary(example):
 
 
 def test_a_footprint_that_cannot_be_measured_falls_back_to_a_named_estimate():
-    from tasks.fleet_build import TemplateFootprint
-    from tasks.planning.footprints import Footprint
+    from tasks.fleet.build import TemplateFootprint
+    from tasks.build.footprints import Footprint
 
     fp = TemplateFootprint(reason="measuring canary tenant-0001 failed: OSError: no /proc")
     doc = fp.for_variant("tenant-0002.tar.gz", 1000, "local")
@@ -114,10 +114,10 @@ def test_each_reference_is_the_base_model_restricted_to_the_variants_classes(exa
     """The exact, independent reference of the example fleet: the base SqueezeNet's class
     scores on the same DALI output, restricted to the variant's classes, then softmax. Every
     variant's recorded expected answer (what the endpoint is validated against) matches it."""
-    from ensembles.fleet import load_fleet, resolve_variants
-    from tasks.fleet_build import prepare_template
-    from tasks.fleet_example import base_scores, subset_reference
-    from tasks.verify import run_dali_cpu, sample_image
+    from ensembles.fleet_spec import load_fleet, resolve_variants
+    from tasks.fleet.build import prepare_template
+    from tasks.fleet.example import base_scores, subset_reference
+    from tasks.build.verify import run_dali_cpu, sample_image
 
     fleet = load_fleet(example["fleet"])
     template = prepare_template(fleet, resolve_variants(fleet).variants)
@@ -203,8 +203,8 @@ def _check_artifacts(flow_run_id, names: list[str], broken: dict[str, str]) -> N
 
 
 def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_home, prefect_harness):
-    from tasks.fleet_example import make_example_fleet
-    from tasks.fleet_report import FleetBuildFailed
+    from tasks.fleet.example import make_example_fleet
+    from tasks.fleet.report import FleetBuildFailed
 
     prefix = tmp_path / "models"
     make_example_fleet(6, prefix.as_uri(), seed=3, fleet_file=tmp_path / "fleet.yaml")
@@ -241,7 +241,7 @@ def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_ho
 
 
 def _template(key: str) -> FleetTemplate:
-    from ensembles.fleet import load_fleet  # noqa: F401 - the template spec is not needed here
+    from ensembles.fleet_spec import load_fleet  # noqa: F401 - the template spec is not needed here
     from ensembles.spec import load_spec
     from ensembles.catalog import CATALOG_DIR
 

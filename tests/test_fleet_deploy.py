@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 from botocore import handlers
 
-from infra.store import sha256_file
-from tasks.fleet_build import INDEX_FILE
-from tasks.fleet_deploy import DeployPolicy, FleetDeployFailed
-from tasks.fleet_routes import read_routes, versioned_target
+from infra.store.objects import sha256_file
+from tasks.fleet.build import INDEX_FILE
+from tasks.fleet.deploy import DeployPolicy, FleetDeployFailed
+from tasks.deploy.publish import versioned_target
+from tasks.fleet.routes import read_routes
 
 BUCKET = "fleet-bucket"
 COUNT = 1000
@@ -408,7 +409,7 @@ def test_the_s3_key_may_be_1024_bytes_with_its_prefix_and_not_one_more(
 def test_a_built_name_the_rules_refuse_or_a_file_name_too_long_refuses_the_publish() -> None:
     """A build from before the name rules (a Unicode name) is refused at deploy, naming the
     character; a file store writes file names of at most 255 bytes (its temp name included)."""
-    from tasks.fleet_deploy import Job, key_problem
+    from tasks.fleet.deploy import Job, key_problem
 
     def job(name: str) -> Job:
         return Job(name, "ep", versioned_target(f"{name}.tar.gz", "ab" * 32), "ab" * 32, 1,
@@ -432,10 +433,10 @@ SMALL = 4
 def local_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path,
                 prefect_harness: None) -> Iterator[dict[str, Any]]:
     """A 4-tenant example fleet built for real, deployed once to a local endpoint."""
-    from flows.fleet import fleet_build
+    from flows.fleet_build import fleet_build
     from flows.fleet_deploy import fleet_deploy
-    from infra.endpoint_process import stop
-    from tasks.fleet_example import make_example_fleet
+    from infra.endpoint.process import stop
+    from tasks.fleet.example import make_example_fleet
 
     root = tmp_path_factory.mktemp("fleet-deploy")
     make_example_fleet(SMALL, (root / "models").as_uri(), seed=3, fleet_file=root / "fleet.yaml")
@@ -458,7 +459,7 @@ def _redo(build: Path, name: str, change: str) -> str:
     """Give variant ``name`` a new build output: ``"repack"`` adds a harmless file (a new digest,
     the same answers), ``"garbage"`` replaces the tarball with bytes that are no archive.
     The fleet index and manifest follow, as a rebuild would write them; returns the new sha256."""
-    from infra.tarball import pack_deterministic, safe_extract
+    from infra.store.tarball import pack_deterministic, safe_extract
 
     doc = json.loads((build / INDEX_FILE).read_text())
     entry = doc["variants"][name]
@@ -513,8 +514,8 @@ def _deploy(fleet: dict[str, Any], **policy: Any) -> dict[str, Any]:
 
 
 def _answers_right(router: Any, build: Path, name: str) -> bool:
-    from infra.manifest import load_manifest
-    from tasks.verify import Sample, score
+    from infra.records.manifest import load_manifest
+    from tasks.build.verify import Sample, score
 
     m = load_manifest(next(build.glob(f"{name}.manifest.json")))
     sample = Sample.from_json(m.required_sample())
@@ -524,7 +525,7 @@ def _answers_right(router: Any, build: Path, name: str) -> bool:
 
 @pytest.mark.triton
 def test_first_deploy_routes_every_variant_and_the_router_answers(local_fleet: dict[str, Any]) -> None:
-    from tasks.router import Router
+    from tasks.fleet.router import Router
 
     first, names = local_fleet["first"], local_fleet["names"]
     assert sorted(first["live"]) == names and sorted(first["validated"]) == names
@@ -543,7 +544,7 @@ def test_first_deploy_routes_every_variant_and_the_router_answers(local_fleet: d
 def test_validation_progress_says_n_of_n_every_k_variants_and_each_failure() -> None:
     """Lines (and progress-artifact states) every ``every`` variants and at the end, whatever
     the time; each failure said as it happens."""
-    from tasks.fleet_progress import ValidationProgress
+    from tasks.fleet.progress import ValidationProgress
 
     lines: list[str] = []
     errors: list[str] = []
@@ -562,7 +563,7 @@ def test_validation_progress_says_n_of_n_every_k_variants_and_each_failure() -> 
 def test_validation_progress_says_so_after_the_interval_even_between_k() -> None:
     """A slow fleet: every record past ``interval_s`` since the last line says one (a fake
     clock advancing 6 s a record, 5 s interval), though ``every`` was not reached."""
-    from tasks.fleet_progress import ValidationProgress, progress_every
+    from tasks.fleet.progress import ValidationProgress, progress_every
 
     ticks = iter(range(0, 1000, 6))  # the clock is read once per record
     lines: list[str] = []
@@ -575,7 +576,7 @@ def test_validation_progress_says_so_after_the_interval_even_between_k() -> None
 
 
 def test_loaded_budget_unloads_the_oldest_validated_beyond_keep() -> None:
-    from tasks.fleet_progress import LoadedBudget
+    from tasks.fleet.progress import LoadedBudget
 
     gone: list[tuple[str, str]] = []
     budget = LoadedBudget(2, lambda endpoint, tm: gone.append((endpoint, tm)))
@@ -594,8 +595,8 @@ def test_a_local_deploy_reports_progress_and_leaves_at_most_keep_loaded(
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from infra.endpoint_process import find_running
-    from infra.local_client import LocalEndpointClient
+    from infra.endpoint.process import find_running
+    from infra.endpoint.client import LocalEndpointClient
 
     assert local_fleet["first"]["validation"]["updates"] == SMALL
     got = _deploy(local_fleet, canary=SMALL, concurrency=1, keep_loaded=1)
@@ -635,7 +636,7 @@ def test_redeploy_with_one_changed_variant_uploads_and_validates_only_it(
 
 @pytest.mark.triton
 def test_router_refreshes_its_table_when_the_route_changed(local_fleet: dict[str, Any]) -> None:
-    from tasks.router import Router
+    from tasks.fleet.router import Router
 
     name = local_fleet["names"][1]
     router = Router(local_fleet["store_uri"], local_fleet["fleet"])
@@ -734,8 +735,8 @@ def _lines(output: str) -> list[str]:
 def test_retire_takes_the_whole_fleet_only_with_all(tmp_path: Path, prefect_harness: None) -> None:
     from flows.fleet_retire import fleet_retire
     from infra.errors import UserError
-    from tasks.fleet_routes import RouteVersion, RoutingTable, promote, write_routes
-    from tasks.fleet_routes import parse_time as t
+    from tasks.fleet.routes import RouteVersion, RoutingTable, promote, write_routes
+    from tasks.fleet.routes import parse_time as t
 
     uri = (tmp_path / "store").as_uri()
     table = RoutingTable(fleet="whole")
@@ -758,7 +759,7 @@ def _inline_copy(fleet: dict[str, Any], path: Path, drop: str, extra: str) -> Pa
     params (sources) it was built from, plus ``extra`` (another tenant's files, never built)."""
     import yaml
 
-    from ensembles.fleet import load_fleet, resolve_variants
+    from ensembles.fleet_spec import load_fleet, resolve_variants
 
     spec = load_fleet(fleet["root"] / "fleet.yaml")
     variants = {v.name: v for v in resolve_variants(spec).variants}

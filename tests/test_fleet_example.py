@@ -1,4 +1,4 @@
-"""The example fleet (tasks/fleet_example.py), its template (image_classifier_tenant), the
+"""The example fleet (tasks/fleet/example.py), its template (image_classifier_tenant), the
 ``matches_reference`` metric, s3:// model sources, and ``mme fleet`` on the command line."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from moto import mock_aws
 
 from ensembles.catalog import load_ensemble
-from ensembles.fleet import load_fleet, load_template, resolve_variants
+from ensembles.fleet_spec import load_fleet, load_template, resolve_variants
 from ensembles.render import parse_pbtxt, render_repository
-from tasks.classifiers import CAT_CLASSES, check_image, imagenet_label_names, preprocess_reference
-from tasks.fetch import ChecksumMismatch, SourceNotFound, fetch_model_file
-from tasks.fleet_example import (
+from tasks.producers.classifiers import CAT_CLASSES, check_image, imagenet_label_names, preprocess_reference
+from tasks.producers.fetch import ChecksumMismatch, SourceNotFound, fetch_model_file
+from tasks.fleet.example import (
     MAX_CLASSES,
     MIN_CLASSES,
     base_scores,
@@ -29,7 +29,7 @@ from tasks.fleet_example import (
     make_example_fleet,
     subset_reference,
 )
-from tasks.verify import Sample, matches_reference
+from tasks.build.verify import Sample, matches_reference
 
 COUNT = 5
 
@@ -172,8 +172,8 @@ def test_fetch_model_file_from_s3(s3, tmp_path: Path) -> None:
 def test_a_model_retrained_into_the_same_s3_key_is_a_new_build_input(s3) -> None:
     """The artifact cache key of an s3:// source without a sha256 pin follows the object's
     size and ETag: otherwise a rebuild would reuse the old model fetched from the same URI."""
-    from tasks.cache import artifact_key
-    from tasks.ensemble_build import apply_overrides
+    from tasks.producers.cache import artifact_key
+    from tasks.build.ensemble import apply_overrides
 
     spec, _ = load_ensemble("image_classifier_tenant")
     spec = apply_overrides(spec, {"classifier_onnx.source": "s3://models/t/model.onnx"})
@@ -209,7 +209,7 @@ def test_the_template_builds_alone_and_verifies_in_triton(local_fleet, prefect_h
     """`mme build image_classifier_tenant --set ...` with one tenant's files: the real build
     flow fetches them, renders the [-1] output, packs, and verifies the tarball in Triton."""
     from flows.build import build
-    from tasks.package import read_manifest
+    from tasks.build.package import read_manifest
 
     out, made = local_fleet
     tenant = next(t for t in made.tenants if not t.has_cat)  # no cat class: top1_is_cat could not pass

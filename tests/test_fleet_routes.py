@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.schema import RecordError
-from infra.store import FileStore
-from tasks.fleet_deploy import Access, Job, commit
-from tasks.fleet_routes import (
+from infra.records.schema import RecordError
+from infra.store.objects import FileStore
+from tasks.fleet.deploy import Access, Job, commit
+from tasks.fleet.routes import (
     RouteVersion,
     RoutingTable,
     assign_shards,
@@ -26,10 +26,10 @@ from tasks.fleet_routes import (
     retire_missing,
     routes_location,
     unreferenced,
-    versioned_target,
     write_routes,
 )
-from tasks.router import model_missing
+from tasks.deploy.publish import versioned_target
+from tasks.fleet.router import model_missing
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 VARIANTS = [f"tenant-{i:04d}" for i in range(1000)]
@@ -170,7 +170,7 @@ def test_router_refreshes_only_on_model_not_found_answers() -> None:
 
 def test_retire_picks_named_variants_a_shard_or_the_whole_fleet() -> None:
     from infra.errors import UserError
-    from tasks.fleet_retire import pick_retirees
+    from tasks.fleet.retire import pick_retirees
 
     table = RoutingTable(fleet="f")
     for name, endpoint in (("a", "ep-1"), ("b", "ep-2"), ("c", "ep-2")):
@@ -190,7 +190,7 @@ def test_retire_picks_named_variants_a_shard_or_the_whole_fleet() -> None:
 
 def test_gc_finds_local_outputs_of_variants_no_index_or_table_names(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.fleet_retire import Garbage, find_local_garbage
+    from tasks.fleet.retire import Garbage, find_local_garbage
 
     monkeypatch.setenv("MME_HOME", str(tmp_path))
     out = tmp_path / "artifacts" / "local-cpu" / "fleets" / "f"
@@ -220,8 +220,8 @@ def _store_with_table(tmp_path: Path, fleet: str = "f", names: tuple[str, ...] =
 
 
 def test_an_unknown_fleet_is_no_such_fleet_for_the_table_and_the_router(tmp_path: Path) -> None:
-    from tasks.fleet_routes import NoSuchFleet, require_routes
-    from tasks.router import Router, VariantNotRouted
+    from tasks.fleet.routes import NoSuchFleet, require_routes
+    from tasks.fleet.router import Router, VariantNotRouted
 
     uri = _store_with_table(tmp_path, "f")
     _store_with_table(tmp_path, "g")
@@ -281,7 +281,7 @@ def test_cli_retire_without_variant_shard_or_all_refuses_and_changes_nothing(tmp
 
 
 def test_commit_reports_the_retiring_variants_it_brings_back() -> None:
-    from tasks.fleet_routes import mark_retiring
+    from tasks.fleet.routes import mark_retiring
 
     table = RoutingTable(fleet="f")
     for name in ("back", "still", "stay"):
@@ -309,10 +309,10 @@ def _inline_fleet(tmp_path: Path, names: list[str], sources: dict[str, Path]) ->
 def test_fleet_file_vs_build_names_every_variant_that_differs(tmp_path: Path) -> None:
     import os
 
-    from ensembles.fleet import load_fleet, resolve_variants
-    from tasks.fleet_build import FleetIndex, IndexEntry
-    from tasks.fleet_drift import FleetBuildStale, file_vs_build, refuse_stale_build
-    from tasks.fleet_variant import input_key
+    from ensembles.fleet_spec import load_fleet, resolve_variants
+    from tasks.fleet.build import FleetIndex, IndexEntry
+    from tasks.fleet.drift import FleetBuildStale, file_vs_build, refuse_stale_build
+    from tasks.fleet.variant import input_key
 
     sources = {}
     for n in ("a", "b", "c", "d"):
@@ -347,8 +347,8 @@ def _published(tmp_path: Path) -> tuple[RoutingTable, Path, dict[str, bytes]]:
     prefix folder and every version's bytes by TargetModel."""
     import hashlib
 
-    from infra.store_sync import LocalObject, sync_files
-    from tasks.fleet_deploy import Access
+    from infra.store.sync import LocalObject, sync_files
+    from tasks.fleet.deploy import Access
 
     src = tmp_path / "src"
     src.mkdir()
@@ -371,7 +371,7 @@ def _published(tmp_path: Path) -> tuple[RoutingTable, Path, dict[str, bytes]]:
 
 
 def test_verify_finds_missing_and_corrupt_routed_objects_cheaply(tmp_path: Path) -> None:
-    from tasks.fleet_integrity import check_table
+    from tasks.fleet.integrity import check_table
 
     table, prefix, payloads = _published(tmp_path)
     clean = check_table(table)
@@ -392,8 +392,8 @@ def test_verify_finds_missing_and_corrupt_routed_objects_cheaply(tmp_path: Path)
 
 
 def test_verify_asks_the_object_where_the_index_does_not_vouch(tmp_path: Path) -> None:
-    from infra.store_sync import INDEX_NAME
-    from tasks.fleet_integrity import check_table
+    from infra.store.sync import INDEX_NAME
+    from tasks.fleet.integrity import check_table
 
     table, prefix, _ = _published(tmp_path)
     (prefix / INDEX_NAME).unlink()  # no index: each object's own sha256 (the file store's head)
@@ -406,7 +406,7 @@ def test_verify_asks_the_object_where_the_index_does_not_vouch(tmp_path: Path) -
 
 def test_repair_republishes_from_the_build_and_drops_only_unrestorable_kept_versions(
         tmp_path: Path) -> None:
-    from tasks.fleet_integrity import check_table, repair
+    from tasks.fleet.integrity import check_table, repair
 
     table, prefix, payloads = _published(tmp_path)
     a, b, c = (table.variants[n] for n in "abc")
@@ -440,9 +440,9 @@ def test_verify_on_s3_is_one_listing_and_one_index_get_per_prefix(
     import boto3
     from moto import mock_aws
 
-    from infra.store import open_store
-    from infra.store_sync import INDEX_NAME, LocalObject, sync_files
-    from tasks.fleet_integrity import check_table, repair
+    from infra.store.objects import open_store
+    from infra.store.sync import INDEX_NAME, LocalObject, sync_files
+    from tasks.fleet.integrity import check_table, repair
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     with mock_aws():

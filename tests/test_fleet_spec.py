@@ -1,4 +1,4 @@
-"""Fleet declarations (ensembles/fleet.py): the three variant sources resolve with their
+"""Fleet declarations (ensembles/fleet_spec.py): the three variant sources resolve with their
 fingerprints, every refusal names the file and row, and names map safely to files."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from ensembles.fleet import (
+from ensembles.fleet_spec import (
     MAX_VARIANT_NAME,
     FleetError,
     FleetSpec,
@@ -25,7 +25,7 @@ from ensembles.fleet import (
     variant_ensemble_name,
     variant_name_problem,
 )
-from infra.store import FileStore, S3Store
+from infra.store.objects import FileStore, S3Store
 
 SHA = "ab" * 32
 TEMPLATE = "image_classifier_tenant"
@@ -246,7 +246,7 @@ def test_good_names_pass() -> None:
 def test_the_longest_name_makes_a_versioned_target_model_of_exactly_1024() -> None:
     """At the cap the deploy's TargetModel '<name>-<sha12>.tar.gz' is SageMaker's header limit
     (1,024); one more character is refused, saying why."""
-    from tasks.fleet_routes import versioned_target
+    from tasks.deploy.publish import versioned_target
 
     assert MAX_VARIANT_NAME == 1004
     at_cap = "n" * MAX_VARIANT_NAME
@@ -418,8 +418,7 @@ def test_a_sagemaker_fleet_for_triton_before_23_04_is_refused_before_anything_is
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, release: str) -> None:
     """Variants keep the template's model names: only --model-namespacing (passed by SageMaker's
     serve script from 23.04) keeps them apart. The build refuses before making anything."""
-    from tasks import fleet_build
-
+    from tasks.fleet import build as fleet_build
     fleet = _te_fleet(tmp_path, {"variants": [
         {"name": "a"}, {"name": "b", "params": {"encoder_plan.triton_release": release}}]})
     spec, _ = load_template(fleet)

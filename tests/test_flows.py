@@ -13,9 +13,9 @@ import yaml
 from ensembles.catalog import CATALOG_DIR
 from ensembles.spec import SpecError
 from flows.common import is_transient
-from infra.store import open_store, sha256_file
-from infra.tarball import safe_extract
-from tasks.verify import VerificationFailed
+from infra.store.objects import open_store, sha256_file
+from infra.store.tarball import safe_extract
+from tasks.build.verify import VerificationFailed
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
@@ -95,11 +95,11 @@ def test_deploy_validate_rollback_and_retire(built_text_embedding: dict, tampere
                                              tmp_path: Path, mme_home: Path, prefect_harness):
     from flows.deploy import DeployValidationFailed, deploy
     from flows.retire import RetireIncomplete, retire
-    from infra.endpoint_process import find_running
-    from infra.runtime_client import invoke, runtime_client_for
-    from infra.endpoint_record import current_target
-    from tasks.records import BuildSource, Rollout
-    from tasks.verify import Sample
+    from infra.endpoint.process import find_running
+    from infra.aws.runtime_client import invoke, runtime_client_for
+    from infra.records.endpoint import current_target
+    from tasks.deploy.records import BuildSource, Rollout
+    from tasks.build.verify import Sample
 
     store_uri = (tmp_path / "store").as_uri()
     art_dir = str(built_text_embedding["output_dir"])
@@ -194,7 +194,7 @@ def test_gpu_target_builds_are_ready_to_upload(tmp_path: Path, mme_home: Path, p
     assert len((repo / "image_classifier_inception__classifier" / "inception_labels.txt")
                .read_text().splitlines()) == 1001
     # the GPU DALI pipeline decodes on the GPU ("mixed") and feeds the step input by name
-    from tasks.dali import external_source_names, parse_serialized
+    from tasks.producers.dali import external_source_names, parse_serialized
 
     dali = repo / "image_classifier_inception__preprocess" / "1" / "model.dali"
     assert external_source_names(dali) == ["INPUT"]
@@ -217,7 +217,7 @@ def test_unknown_override_is_refused(tmp_path: Path, mme_home: Path, prefect_har
 
 def test_text_embedding_gpu_build_says_what_is_missing(tmp_path: Path, mme_home: Path, prefect_harness):
     from flows.build import build
-    from tasks.produce import NotAvailableHere
+    from tasks.producers.produce import NotAvailableHere
 
     with pytest.raises(NotAvailableHere, match="compile_tensorrt"):
         build(ensembles=["text_embedding"], target="sagemaker-gpu", output_dir=str(tmp_path / "o"))

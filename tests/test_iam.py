@@ -1,4 +1,4 @@
-"""Tests for infra.iam: the endpoint execution role's least-privilege policy and trust policy."""
+"""Tests for infra.aws.iam: the endpoint execution role's least-privilege policy and trust policy."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra.iam import (
+from infra.aws.iam import (
     ecr_repository_arn,
     endpoint_execution_policy,
     triton_repository_arns,

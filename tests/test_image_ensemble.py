@@ -26,8 +26,8 @@ from botocore.exceptions import ClientError
 
 from ensembles.catalog import CATALOG_DIR, load_ensemble
 from ensembles.render import parse_pbtxt, render_repository
-from infra.runtime_client import pack_images, encode_request, invoke, runtime_client_for
-from tasks.verify import sample_image
+from infra.aws.runtime_client import pack_images, encode_request, invoke, runtime_client_for
+from tasks.build.verify import sample_image
 
 ENS = "image_classifier"
 PRE, CLS = f"{ENS}__preprocess", f"{ENS}__classifier"
@@ -162,7 +162,7 @@ def test_built_artifact(built_image_classifier: dict, tmp_path: Path) -> None:
         assert all("cat" in label.lower() for label in labels[282:286]), labels[281:286]
         assert extras["top5"][0]["label"] == labels[extras["top5"][0]["index"]]
         dali_file = tar.extractfile(members[f"{PRE}/1/model.dali"]).read()
-    from tasks.dali import external_source_names
+    from tasks.producers.dali import external_source_names
 
     assert external_source_names(dali_file) == ["INPUT"]
 
@@ -178,7 +178,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, built_image_classifier: dict) -> Iterator[Served]:
     """A local endpoint with the built tarball in its model prefix (``image_classifier.tar.gz``)."""
-    from infra.local_mme import EndpointConfig, LocalEndpoint
+    from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the pytriton tritonserver is Linux-only")
@@ -339,7 +339,7 @@ def test_endpoint_empty_request(endpoint, served: Served, chelsea: bytes) -> Non
 def test_build_refuses_dali_pipeline_with_other_input_name(tmp_path: Path, mme_home: Path,
                                                            prefect_harness) -> None:
     from flows.build import build
-    from tasks.dali import DaliPipelineError
+    from tasks.producers.dali import DaliPipelineError
 
     folder = tmp_path / ENS
     shutil.copytree(CATALOG_DIR / ENS, folder, ignore=shutil.ignore_patterns("__pycache__"))

@@ -2,7 +2,7 @@
 
 The built ``image_classifier`` tarball (session fixture) is served by a local endpoint; each
 image's top-1 class must equal the top-1 the project's own reference gives for the same bytes:
-``tasks.image_reference.reference_preprocess`` (PIL decode with EXIF orientation, 16-bit
+``tasks.producers.image_reference.reference_preprocess`` (PIL decode with EXIF orientation, 16-bit
 scaling, the DALI-equivalent resize) fed to the tarball's own ``model.onnx`` in ONNX Runtime.
 A decoder that drops the EXIF rotation, clips 16-bit values or mixes up CMYK gives another
 top-1 (checked below for the rotation: the rotated file's class is not the raw pixels' class).
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from infra.runtime_client import invoke, pack_images, runtime_client_for
+from infra.aws.runtime_client import invoke, pack_images, runtime_client_for
 
 pytestmark = [
     pytest.mark.triton,
@@ -49,7 +49,7 @@ def _session(archive: str) -> Any:
 
 def reference_probs(archive: Path, image: bytes) -> np.ndarray:
     """The class probabilities the reference pipeline gives for one encoded image."""
-    from tasks.image_reference import reference_preprocess
+    from tasks.producers.image_reference import reference_preprocess
 
     sess = _session(str(archive))
     x = reference_preprocess(image)[None]
@@ -107,7 +107,7 @@ def format_cases() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def formats_client(tmp_path_factory: pytest.TempPathFactory,
                    built_image_classifier: dict) -> Iterator[Any]:
-    from infra.local_mme import EndpointConfig, LocalEndpoint
+    from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 
     root = tmp_path_factory.mktemp("formats-mme")
     store = root / "store"

@@ -1,7 +1,7 @@
 """GPU MME instance types and the build GPU of TensorRT plans (issue 8, point 10).
 
 The table of single-GPU instance types AWS documents for GPU multi-model endpoints
-(infra/gpu_instances.py) is looked up in planning: anything else is refused, with the list,
+(infra/aws/gpu_instances.py) is looked up in planning: anything else is refused, with the list,
 before any AWS call and in ``--dry-run``. A compile records the GPU it built on (trtexec's
 "Selected Device" / "Compute Capability" lines, else nvidia-smi); a deploy whose instance has
 another GPU architecture warns, and one serving another Triton release than the plans were
@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from infra.gpu_instances import (
+from infra.aws.gpu_instances import (
     MME_GPU_INSTANCES,
     UnsupportedInstanceType,
     mme_gpu_instance,
     plan_gpu_warnings,
     plan_release_problems,
 )
-from infra.manifest import Manifest, parse_manifest
+from infra.records.manifest import Manifest, parse_manifest
 
 ROLE = "arn:aws:iam::123456789012:role/mme-endpoint"
 STORE = "s3://mme-instances/mme"
@@ -73,8 +73,8 @@ def test_other_instance_types_are_refused_with_the_list(instance_type: str) -> N
 
 
 def test_planning_refuses_before_any_aws_call(tmp_path: Path) -> None:
-    from infra.sagemaker import plan_for
-    from tasks.backends.sagemaker import SageMakerBackend, SageMakerOptions
+    from infra.aws.sagemaker import plan_for
+    from tasks.deploy.backends.sagemaker import SageMakerBackend, SageMakerOptions
 
     with pytest.raises(UnsupportedInstanceType, match="ml.g5.12xlarge"):
         plan_for("ep", f"{STORE}/models/ep/", ROLE, region="us-east-1", release="24.09",
@@ -102,7 +102,7 @@ def test_cli_dry_run_refuses_the_instance_type(monkeypatch: pytest.MonkeyPatch) 
     from flows import cli
 
     def fake_flow(**kw: Any) -> dict:  # the flow's planning step, without Prefect
-        from tasks.backends.sagemaker import make_plan
+        from tasks.deploy.backends.sagemaker import make_plan
 
         make_plan(kw["endpoint"], kw["store_uri"], kw["sagemaker"])
         raise AssertionError("planning must refuse first")
@@ -138,7 +138,7 @@ def test_gpu_architecture_warning() -> None:
 
 
 def test_deploy_planning_warns_and_refuses_another_release(tmp_path: Path) -> None:
-    import tasks.backends.sagemaker as backend
+    import tasks.deploy.backends.sagemaker as backend
 
     lines: list[str] = []
     opts = backend.SageMakerOptions(role_arn=ROLE, instance_type="ml.g5.xlarge")
@@ -155,7 +155,7 @@ def test_deploy_planning_warns_and_refuses_another_release(tmp_path: Path) -> No
 
 def test_compile_records_the_build_gpu(tmp_path: Path) -> None:
     """trtexec's own device lines win; nvidia-smi (name, compute_cap) is the fallback."""
-    from tasks.compile import CompileHost, CompileOptions, compile_tensorrt, host_gpu
+    from tasks.producers.compile import CompileHost, CompileOptions, compile_tensorrt, host_gpu
 
     banner = "&&&& RUNNING TensorRT.trtexec [TensorRT v100400] # trtexec\n"
     device = ("[12/01/2026-04:00:00] [I] === Device Information ===\n"

@@ -1,6 +1,6 @@
 """Invoke retries (issue "The first real AWS deploy works", items 4, 5 and 10): the Router and
 deploy validation retry 429 ModelNotReadyException, throttles and transient 5xx with one
-jittered, bounded backoff policy (infra/invoke_retry.py), and nothing else; the runtime client
+jittered, bounded backoff policy (infra/aws/invoke_retry.py), and nothing else; the runtime client
 itself sends exactly one request per call and times out a read after 70 s.
 
 Every test talks through a real boto3 ``sagemaker-runtime`` client to a scripted stub on
@@ -28,15 +28,15 @@ from runtime_stub import (
     RuntimeStub,
 )
 
-from infra.aws_errors import AwsCallError
+from infra.aws.errors import AwsCallError
 from infra.errors import InvalidInput
-from infra.invoke_retry import InvokeRetry, RetriesExhausted, is_retryable
-from infra.manifest import Manifest, Validation
-from infra.runtime_client import runtime_client_for
-from tasks.fleet_routes import EndpointRef, RoutingTable, RouteVersion, promote, write_routes
-from tasks.router import Router
-from tasks.validate import DeployValidationFailed, LoadWait, invoke_when_ready, validate_deployed
-from tasks.verify import Sample
+from infra.aws.invoke_retry import InvokeRetry, RetriesExhausted, is_retryable
+from infra.records.manifest import Manifest, Validation
+from infra.aws.runtime_client import runtime_client_for
+from tasks.fleet.routes import EndpointRef, RoutingTable, RouteVersion, promote, write_routes
+from tasks.fleet.router import Router
+from tasks.deploy.validate import DeployValidationFailed, LoadWait, invoke_when_ready, validate_deployed
+from tasks.build.verify import Sample
 
 ENDPOINT = "stub-mme"
 
@@ -122,7 +122,7 @@ def test_a_jittered_wait_stays_within_its_step() -> None:
 
 
 def test_what_is_retried() -> None:
-    from infra.aws_errors import client_error
+    from infra.aws.errors import client_error
 
     for code, status in (("ModelNotReadyException", 429), ("ThrottlingException", 400),
                          ("Throttling", 400), ("InternalFailure", 500), ("ServiceUnavailable", 503),
@@ -192,7 +192,7 @@ def test_validation_that_runs_out_says_how_many_attempts() -> None:
 # ------------------------------------------------------------------ the client: item 10, and why not botocore's retries
 def test_runtime_client_reads_for_70_s_and_sends_one_request_per_call(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.aws import aws_clients
+    from infra.aws.clients import aws_clients
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-import infra.lambda_handler as lh
-from infra.lambda_handler import EVENT_NAME, PrefectPostError, handler, stable_event_id
+import infra.aws.lambda_handler as lh
+from infra.aws.lambda_handler import EVENT_NAME, PrefectPostError, handler, stable_event_id
 
 BUCKET = "amzn-s3-demo-bucket"
 

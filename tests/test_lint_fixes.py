@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks import classifiers as C
-from tasks.fetch import FetchError, packaged_hf_model
+from tasks.producers import classifiers as C
+from tasks.producers.fetch import FetchError, packaged_hf_model
 
 
 def _load(data: bytes) -> object:

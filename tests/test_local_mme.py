@@ -1,4 +1,4 @@
-"""The local multi-model endpoint (infra.local_mme) against a real tritonserver.
+"""The local multi-model endpoint (infra.endpoint.local_mme) against a real tritonserver.
 
 Clients talk to it the way they talk to SageMaker (boto3 ``sagemaker-runtime`` with a
 TargetModel, or raw HTTP), and it loads tarballs from a ``file://`` model prefix on demand.
@@ -33,10 +33,10 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.local_mme import BINARY_CT, EndpointConfig, LocalEndpoint
-from infra.model_repo import namespace_for
-from infra.runtime_client import decode_response, encode_request, invoke, runtime_client_for
-from infra.tarball import pack_deterministic
+from infra.endpoint.local_mme import BINARY_CT, EndpointConfig, LocalEndpoint
+from infra.triton.model_repo import namespace_for
+from infra.aws.runtime_client import decode_response, encode_request, invoke, runtime_client_for
+from infra.store.tarball import pack_deterministic
 
 pytestmark = [
     pytest.mark.triton,
@@ -321,8 +321,8 @@ def test_boto3_target_models_with_shared_composing_names(tmp_path: Path) -> None
 
 # ---------------------------------------------------------------------------------- 2. real ensemble
 def test_real_text_embedding_ensemble(shared: Endpoint, client: Any, built_text_embedding: dict) -> None:
-    from tasks.package import read_manifest
-    from tasks.verify import Sample, min_cosine
+    from tasks.build.package import read_manifest
+    from tasks.build.verify import Sample, min_cosine
 
     shutil.copyfile(built_text_embedding["archive"], shared.store_dir / "text_embedding.tar.gz")
     manifest = built_text_embedding["manifest"]
@@ -415,7 +415,7 @@ def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint, clien
     assert_error(r, 400, "ValidationError", "other-endpoint")
 
     # well-formed, wrong for the model: refused by the front end with the entry model's config
-    # (infra.request_check) -> 400 naming the input, and the user's model name, not the
+    # (infra.endpoint.request_check) -> 400 naming the input, and the user's model name, not the
     # endpoint's internal (namespaced) one. Triton's own refusals stay 424 ModelError (see the
     # real ensemble's UTF-8 case and tests/test_endpoint_errors.py).
     wrong = json.dumps({"inputs": [{"name": "NOPE", "shape": [3], "datatype": "FP32",
@@ -630,7 +630,7 @@ def test_delete_model_then_remove_from_store(shared: Endpoint) -> None:
 
 # ---------------------------------------------------------------------------------- 9. background process
 def test_background_endpoint_process_lifecycle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra import endpoint_process as proc
+    from infra.endpoint import process as proc
     from infra import paths
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))

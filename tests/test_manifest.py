@@ -1,4 +1,4 @@
-"""The typed build manifest (infra/manifest.py) and the build's house plan.
+"""The typed build manifest (infra/records/manifest.py) and the build's house plan.
 
 A manifest is read into one typed record whatever its age: a version-1 file (no
 ``schema_version``, with or without ``sample``) is upgraded in memory; a file this tool cannot
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.manifest import (
+from infra.records.manifest import (
     SCHEMA_VERSION,
     Manifest,
     ManifestError,
@@ -23,8 +23,8 @@ from infra.manifest import (
     StepRecord,
     Validation,
 )
-from tasks.package import publish_build, read_manifest
-from tasks.verify import Sample
+from tasks.build.package import publish_build, read_manifest
+from tasks.build.verify import Sample
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,16 +174,16 @@ def test_every_flows_module_is_under_200_lines() -> None:
 
 
 def test_build_tasks_live_beside_what_they_wrap() -> None:
-    from tasks.ensemble_build import build_ensemble_task
-    from tasks.package import package_task
-    from tasks.produce import produce_task
-    from tasks.render import load_spec_task, render_task
-    from tasks.verify import reference_task, verify_task
+    from tasks.build.ensemble import build_ensemble_task
+    from tasks.build.package import package_task
+    from tasks.producers.produce import produce_task
+    from tasks.build.render import load_spec_task, render_task
+    from tasks.build.verify import reference_task, verify_task
 
     where = {t.name: t.fn.__module__ for t in (load_spec_task, produce_task, render_task,
                                                package_task, reference_task, verify_task,
                                                build_ensemble_task)}
-    assert where == {"load-spec": "tasks.render", "produce-artifact": "tasks.produce",
-                     "render-repository": "tasks.render", "package": "tasks.package",
-                     "reference": "tasks.verify", "verify": "tasks.verify",
-                     "build-ensemble": "tasks.ensemble_build"}
+    assert where == {"load-spec": "tasks.build.render", "produce-artifact": "tasks.producers.produce",
+                     "render-repository": "tasks.build.render", "package": "tasks.build.package",
+                     "reference": "tasks.build.verify", "verify": "tasks.build.verify",
+                     "build-ensemble": "tasks.build.ensemble"}

@@ -1,4 +1,4 @@
-"""The one memory probe (infra.procfs.memory_of / tree_memory) counts what the kernel counts.
+"""The one memory probe (infra.processes.procfs.memory_of / tree_memory) counts what the kernel counts.
 
 Summed RSS counts a shared library's pages once per process that maps it, so N Python stubs
 count libpython, numpy ... N times; PSS splits shared pages among their mappers. The real-Triton
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.procfs import Memory, memory_of, process_memory, process_tree, system_anon_bytes, tree_memory
+from infra.processes.procfs import Memory, memory_of, process_memory, process_tree, system_anon_bytes, tree_memory
 
 MIB = 2 ** 20
 
@@ -97,7 +97,7 @@ def test_pss_growth_matches_the_kernels_anonymous_memory(tmp_path: Path) -> None
     moves with every other process on the host (hundreds of MiB in seconds on a busy one), so
     the blocks are large, the loads run at once (a short window), and the median of 3 rounds
     (after one that warms the imports) is compared."""
-    from infra.triton_server import TritonServer
+    from infra.triton.server import TritonServer
 
     names, mib = [f"hold{i}" for i in range(5)], 400
     repo = write_hold_repo(tmp_path / "repo", names, mib)

@@ -1,4 +1,4 @@
-"""Tests for infra.model_repo: per-tarball namespacing of extracted Triton repositories."""
+"""Tests for infra.triton.model_repo: per-tarball namespacing of extracted Triton repositories."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ensembles.render import parse_pbtxt
-from infra.model_repo import ModelRepoError, find_models, namespace_for, namespace_repository
+from infra.triton.model_repo import ModelRepoError, find_models, namespace_for, namespace_repository
 
 
 def _python_model(root: Path, name: str, body: str = "") -> Path:

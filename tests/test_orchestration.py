@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.triton_server import free_port
+from infra.triton.server import free_port
 
 pytestmark = [pytest.mark.prefect]
 REPO = Path(__file__).resolve().parents[1]
@@ -211,8 +211,8 @@ def test_second_deploy_of_an_endpoint_waits(prefect_harness, built_image_classif
 
     from flows.common import endpoint_lock
     from flows.deploy import deploy
-    from infra.endpoint_process import stop
-    from tasks.records import BuildSource, Rollout
+    from infra.endpoint.process import stop
+    from tasks.deploy.records import BuildSource, Rollout
 
     endpoint = f"lock-{uuid_mod.uuid4().hex[:6]}"
     names = {k: f"{endpoint}-{k}" for k in ("a", "b")}
@@ -284,7 +284,7 @@ def test_model_event_builds_and_publishes_its_fleet_variant_only(prefect_server:
     """A model file landing under a fleet's prefix (the event the watch flow and the Lambda
     emit) runs the served fleet-build with that file's URI: that variant alone is built,
     verified and published; the fleet's other variants are not touched."""
-    from tasks.fleet_example import make_example_fleet
+    from tasks.fleet.example import make_example_fleet
 
     env = {**prefect_server["env"], "MME_HOME": str(tmp_path / "home")}
     prefix = tmp_path / "models"
@@ -293,7 +293,7 @@ def test_model_event_builds_and_publishes_its_fleet_variant_only(prefect_server:
     served = tmp_path / "serve_fleet.py"
     served.write_text(textwrap.dedent(f"""
         from prefect.events import DeploymentEventTrigger
-        from flows.fleet import fleet_build
+        from flows.fleet_build import fleet_build
 
         if __name__ == "__main__":
             fleet_build.serve(

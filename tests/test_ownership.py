@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from infra import leftovers
-from infra.procfs import ProcessIdentity, cmdline, live_group_members
+from infra.processes import leftovers
+from infra.processes.procfs import ProcessIdentity, cmdline, live_group_members
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
@@ -160,8 +160,8 @@ def test_sweep_dead_owners_leaves_a_live_owner_alone(tmp_path: Path) -> None:
 
 OWNER_SCRIPT = """
 import subprocess, sys, time
-from infra.ownership import owner
-from infra.procfs import ProcessIdentity
+from infra.processes.ownership import owner
+from infra.processes.procfs import ProcessIdentity
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
 o = owner()
 o.claim(processes=[ProcessIdentity.of(child.pid)], what="test child")
@@ -199,7 +199,7 @@ def test_warden_kills_what_a_sigkilled_owner_left(tmp_path: Path) -> None:
 def test_a_clean_exit_leaves_no_run_folder(tmp_path: Path) -> None:
     env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
-    code = ("from infra.ownership import owner\n"
+    code = ("from infra.processes.ownership import owner\n"
             "with owner().scratch('x-') as d: (d / 'f').write_text('1')\n"
             "print(owner().run_dir)")
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(PROJECT_ROOT),

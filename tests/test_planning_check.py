@@ -138,7 +138,7 @@ def test_replay_matches_the_endpoint_request_by_request(planner_check, tmp_path:
     the endpoint saw it, decides warm/cold as the endpoint did for every request."""
     from fleet_traffic import make_tiny, zipf_sequence
 
-    from tasks.planning.footprints import estimate_footprint
+    from tasks.build.footprints import estimate_footprint
 
     prefix = tmp_path / "models"
     prefix.mkdir()
@@ -167,7 +167,7 @@ def test_measure_footprint_of_a_variant_whose_entry_has_another_name(planner_che
     variant's name."""
     from fleet_traffic import TINY_X, make_tiny
 
-    from tasks.planning.footprints import measure_footprint
+    from tasks.build.footprints import measure_footprint
 
     (v,) = make_tiny(tmp_path, 1)
     fp = measure_footprint(tmp_path / v.target, "tiny-00000", {"X": TINY_X}, max_batch=2, repeats=3)
@@ -187,10 +187,10 @@ def test_fleet_verify_records_load_unload_and_service_and_the_planner_reads_them
 
     from fleet_traffic import TINY_X, make_tiny
 
-    from infra.manifest import parse_manifest
-    from tasks.fleet_verify import verify_in_triton
-    from tasks.planning.footprints import from_manifest
-    from tasks.verify import Sample
+    from infra.records.manifest import parse_manifest
+    from tasks.fleet.verify import verify_in_triton
+    from tasks.build.footprints import from_manifest
+    from tasks.build.verify import Sample
 
     (v,) = make_tiny(tmp_path, 1)  # tiny-00000: Y = X + 0
     staged = SimpleNamespace(variant=SimpleNamespace(name="tiny-00000"), tarball=tmp_path / v.target,

@@ -54,7 +54,7 @@ def test_mme_plan_refuses_bad_input_naming_it(tmp_path: Path) -> None:
 def _fleet_manifests(folder: Path, n: int, measured: int | None = None) -> Path:
     """``n`` variants of one template (``tpl``), 3 MB tarballs; variant ``measured`` (if any)
     carries a footprint with host memory, load and service measured (208 MiB, 1.5 s, 17 ms)."""
-    from tasks.planning.footprints import MIB, Figure, estimate_footprint
+    from tasks.build.footprints import MIB, Figure, estimate_footprint
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):

@@ -12,13 +12,13 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.cli.deploy_options import DEPLOY_OPTIONS, _sagemaker_options, apply_plan
-from infra.manifest import parse_manifest
+from infra.records.manifest import parse_manifest
 from tasks.planning import charts
-from tasks.planning.footprints import FORMULAS, estimate_footprint, from_manifest
-from tasks.planning.plan import Goal, SearchOptions, make_plan, plan_file
+from tasks.build.footprints import FORMULAS, estimate_footprint, from_manifest
+from tasks.planning.search import Goal, SearchOptions, make_plan, plan_file
 from tasks.planning.planfile import PlanFileError, read_plan_file, write_plan_file
 from tasks.planning.traffic import zipf
-from infra.instance_catalog import load_catalog
+from infra.aws.instance_catalog import load_catalog
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

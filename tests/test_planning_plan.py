@@ -9,12 +9,12 @@ import dataclasses
 
 import pytest
 
-from infra.gpu_instances import MME_GPU_INSTANCES
-from infra.instance_catalog import CatalogError, load_catalog
-from infra.sagemaker import estimate_hourly_cost
+from infra.aws.gpu_instances import MME_GPU_INSTANCES
+from infra.aws.instance_catalog import CatalogError, load_catalog
+from infra.aws.sagemaker import estimate_hourly_cost
 from tasks.planning.catalog import candidate_types, price_age_line, select_types
-from tasks.planning.footprints import estimate_footprint
-from tasks.planning.plan import Goal, PlanRefused, SearchOptions, make_plan
+from tasks.build.footprints import estimate_footprint
+from tasks.planning.search import Goal, PlanRefused, SearchOptions, make_plan
 from tasks.planning.traffic import zipf
 
 CAT = load_catalog()
@@ -164,7 +164,7 @@ def test_prices_say_how_old_they_are_and_unknown_regions_are_refused() -> None:
 def test_a_simulation_runs_longer_only_while_its_hit_ratio_is_unsettled() -> None:
     """At 200 req/s the first span is ~100,000 counted requests; a tolerance nothing meets
     doubles it up to the full hour; a loose one stops at the first span."""
-    from tasks.planning.plan import Candidate, fleet_arrays, request_sequence, short_spans, simulate_settled
+    from tasks.planning.search import Candidate, fleet_arrays, request_sequence, short_spans, simulate_settled
 
     row = CAT.get("ml.g4dn.xlarge")
     fleet = fleet_arrays(_fleet(500))

@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.planning.footprints import measure_footprint, nvml_used_bytes
-from tasks.verify import Sample
+from tasks.build.footprints import measure_footprint, nvml_used_bytes
+from tasks.build.verify import Sample
 
 
 @pytest.mark.triton
@@ -52,7 +52,7 @@ def test_profile_cli_writes_the_footprint_into_the_manifest(built_text_embedding
 def test_old_rss_footprints_still_read_and_say_so() -> None:
     """A footprint recorded before the PSS probe (summed RSS, no basis) reads as basis "rss",
     and its table row says it overcounts; estimated figures carry no basis."""
-    from tasks.planning.footprints import Footprint, estimate_footprint
+    from tasks.build.footprints import Footprint, estimate_footprint
 
     doc = estimate_footprint("old", 10 * 2 ** 20, gpu=False).model_dump(mode="json")
     doc["host_memory_bytes"] = {"value": 208 * 2 ** 20, "status": "measured", "where": "mme profile"}

@@ -30,8 +30,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from flows.cli import app
-from infra import preflight as pf
-
+from infra.aws import preflight as pf
 REGION = "us-east-1"
 ACCOUNT = "123456789012"  # moto's account
 BUCKET = "mme-models"

@@ -9,9 +9,9 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from infra.manifest import Manifest
-from infra.store import open_store, sha256_file
-from tasks.publish import (
+from infra.records.manifest import Manifest
+from infra.store.objects import open_store, sha256_file
+from tasks.deploy.publish import (
     model_data_url,
     publish_artifact,
     read_ledger,

@@ -1,6 +1,6 @@
-"""Tests for infra.request_check: every request is checked before it can reach Triton.
+"""Tests for infra.endpoint.request_check: every request is checked before it can reach Triton.
 
-Bodies are the real ones: built with tritonclient's encoder (``infra.runtime_client``), the AWS
+Bodies are the real ones: built with tritonclient's encoder (``infra.aws.runtime_client``), the AWS
 sample's KServe JSON, and the catalog ensembles' own configs rendered by ``ensembles.render``.
 """
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from ensembles.catalog import load_ensemble
 from ensembles.render import render_repository
-from infra.request_check import (
+from infra.endpoint.request_check import (
     BINARY_MIME_PREFIX,
     DTYPE_SIZES,
     MAX_PAYLOAD_BYTES,
@@ -30,8 +30,8 @@ from infra.request_check import (
     check_request,
     contract_from_config,
 )
-from infra.runtime_client import encode_request, pack_images
-from tasks.verify import sample_image
+from infra.aws.runtime_client import encode_request, pack_images
+from tasks.build.verify import sample_image
 
 OCTET = "application/octet-stream"
 IMAGE = ModelContract("image_classifier", {"INPUT": TensorSpec("INPUT", "UINT8", (-1,))},

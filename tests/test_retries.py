@@ -31,8 +31,8 @@ def _publish_once(manifest: Any, models_url: str, backup_dir: Path) -> Any:
     """Run the real ``publish`` task in a flow; return its final state."""
     from prefect import flow
 
-    from tasks.backends.local import LocalBackend
-    from tasks.deploy_steps import publish_task
+    from tasks.deploy.backends.local import LocalBackend
+    from tasks.deploy.steps import publish_task
 
     fast = publish_task.with_options(retry_delay_seconds=0)  # same retries, same condition
     store_uri, _, endpoint = models_url.rpartition("/models/")
@@ -62,7 +62,7 @@ def _attempts(state: Any) -> tuple[int, list[str]]:
 
 
 def _manifest(tmp_path: Path, exists: bool = True) -> Any:
-    from infra.manifest import Manifest
+    from infra.records.manifest import Manifest
 
     archive = tmp_path / "tiny.tar.gz"
     if exists:
@@ -74,7 +74,7 @@ def _manifest(tmp_path: Path, exists: bool = True) -> Any:
 def test_transient_failure_is_retried(prefect_harness, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """An S3 store that refuses connections: every one of the task's tries is made."""
-    from tasks.deploy_steps import publish_task
+    from tasks.deploy.steps import publish_task
 
     for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",
@@ -118,7 +118,7 @@ def test_every_retrying_task_retries_only_transient_failures() -> None:
 
     import flows
     import tasks
-    from tasks.retry import retry_transient
+    from tasks.runtime.retry import retry_transient
 
     # every module of tasks/ (where the tasks live) and flows/ (where none should be left)
     modules = [importlib.import_module(info.name) for pkg in (tasks, flows)
@@ -137,8 +137,8 @@ def test_wrapped_transient_causes_count() -> None:
     from botocore.exceptions import EndpointConnectionError
 
     from flows.common import is_transient
-    from infra.store import StoreError
-    from tasks.compile import CompileTimeout
+    from infra.store.objects import StoreError
+    from tasks.producers.compile import CompileTimeout
 
     def wrapped(inner: BaseException, outer: BaseException) -> BaseException:
         try:

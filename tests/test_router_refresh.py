@@ -20,9 +20,9 @@ import pytest
 from botocore.exceptions import ClientError
 from runtime_stub import X, FakeTime, RuntimeStub
 
-from infra.runtime_client import runtime_client_for
-from tasks.fleet_routes import EndpointRef, RoutingTable, RouteVersion, promote, write_routes
-from tasks.router import Router
+from infra.aws.runtime_client import runtime_client_for
+from tasks.fleet.routes import EndpointRef, RoutingTable, RouteVersion, promote, write_routes
+from tasks.fleet.router import Router
 
 ENDPOINT = "stub-mme"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""Tests for infra.sagemaker: image URIs, plans, apply/describe against moto, wait, rollback, delete."""
+"""Tests for infra.aws.sagemaker: image URIs, plans, apply/describe against moto, wait, rollback, delete."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sagemaker.models import sagemaker_backends
 
-import infra.sagemaker as sm_mod
-from infra.sagemaker import (
+import infra.aws.sagemaker as sm_mod
+from infra.aws.sagemaker import (
     AUTOSCALING,
     SAGEMAKER,
     WAIT_IN_SERVICE,
@@ -562,7 +562,7 @@ def test_delete_refuses_an_endpoint_it_did_not_create(aws: Any) -> None:
 
 
 def test_estimate_hourly_cost() -> None:
-    assert estimate_hourly_cost("ml.g4dn.xlarge", 1) == pytest.approx(0.7364)  # catalog: infra/instances.yaml
+    assert estimate_hourly_cost("ml.g4dn.xlarge", 1) == pytest.approx(0.7364)  # catalog: infra/aws/instances.yaml
     assert estimate_hourly_cost("ml.g5.xlarge", 2) == pytest.approx(2.816)
     assert estimate_hourly_cost("ml.g5.4xlarge", 0) == 0
     assert estimate_hourly_cost("ml.unknown.xlarge", 1) is None

@@ -21,7 +21,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-import infra.sagemaker as sm
+import infra.aws.sagemaker as sm
 from infra.errors import UserError
 
 REGION = "us-east-1"
@@ -37,14 +37,14 @@ def sdk_knows_every_release(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _opts(**kw: Any) -> Any:
-    from tasks.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
 
     return SageMakerOptions(region=REGION, role_arn=ROLE, **kw)
 
 
 def _backend(opts: Any) -> Any:
     """A SageMaker backend whose AWS clients must never be made."""
-    from tasks.backends.sagemaker import SageMakerBackend
+    from tasks.deploy.backends.sagemaker import SageMakerBackend
 
     def no_aws(region: str, url: str | None) -> Any:
         raise AssertionError("an AWS client was made before the refusal")
@@ -64,7 +64,7 @@ def _refused(opts: Any) -> str:
 
 
 def test_triton_settings_are_explicit_in_the_container_environment(sdk_knows_every_release) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     env = make_plan("checks-mme", STORE, _opts()).environment
     assert env == {"SAGEMAKER_TRITON_SHM_DEFAULT_BYTE_SIZE": str(4 * 1024 * 1024),
@@ -106,7 +106,7 @@ def test_an_ami_without_cuda_compat_is_refused_with_a_newer_cuda(sdk_knows_every
 
 
 def test_amis_that_can_run_the_release_pass(sdk_knows_every_release) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     for release, ami in (("24.09", "al2-ami-sagemaker-inference-gpu-2"),  # compat mounted
                          ("24.09", "al2023-ami-sagemaker-inference-gpu-4-1"),  # CUDA 13.0 driver
@@ -122,7 +122,7 @@ def test_amis_that_can_run_the_release_pass(sdk_knows_every_release) -> None:
 
 
 def test_volta_is_refused_with_a_tensorrt_that_dropped_it(sdk_knows_every_release) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     for release in ("24.10", "25.04"):
         text = _refused(_opts(instance_type="ml.p3.2xlarge", triton_release=release))
@@ -159,7 +159,7 @@ def test_tags_are_checked_against_sagemakers_rules() -> None:
 
 
 def test_tags_reach_every_resource(sdk_knows_every_release) -> None:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     plan = make_plan("checks-mme", STORE, _opts(tags={"team": "search"}))
     calls = sm.plan_calls(plan, sm.DeployState())
@@ -184,7 +184,7 @@ def _description(status: str, config: str, reason: str | None = None) -> dict[st
 
 
 def _update_calls(sdk: None) -> tuple[sm.EndpointPlan, list[sm.Call]]:
-    from tasks.backends.sagemaker import make_plan
+    from tasks.deploy.backends.sagemaker import make_plan
 
     plan = make_plan("checks-mme", STORE, _opts())
     state = sm.DeployState(model_exists=True, config_exists=True, endpoint_status="InService",
@@ -269,8 +269,8 @@ def test_bucket_region_is_compared_with_the_endpoints(s3: Any) -> None:
 
 def test_a_deploy_refuses_a_bucket_in_another_region_before_creating_anything(
         s3: Any, sdk_knows_every_release, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from infra.aws import AwsClients
-    from tasks.backends.sagemaker import SageMakerBackend
+    from infra.aws.clients import AwsClients
+    from tasks.deploy.backends.sagemaker import SageMakerBackend
 
     monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
     s3.create_bucket(Bucket="in-ireland", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})

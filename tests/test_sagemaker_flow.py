@@ -17,8 +17,8 @@ import httpx
 import pytest
 from moto import mock_aws
 
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import runtime_client_for
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.aws.runtime_client import runtime_client_for
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
@@ -44,7 +44,7 @@ def runtime(aws, tmp_path: Path):
     """The local endpoint serving the MME's S3 model prefix, and clients bound to moto."""
     from test_sagemaker import SageMakerWithUpdate
 
-    from infra.aws import AwsClients, using
+    from infra.aws.clients import AwsClients, using
 
     cfg = EndpointConfig(name=EP, model_data_url=f"{STORE}/models/{EP}", cache_dir=tmp_path / "cache")
     with LocalEndpoint(cfg) as ep:
@@ -73,9 +73,9 @@ def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_te
                                          runtime, tmp_path: Path, prefect_harness):
     from flows.deploy import deploy
     from flows.retire import retire
-    from tasks.backends.sagemaker import SageMakerOptions
-    from tasks.records import BuildSource, Rollout
-    from tasks.validate import DeployValidationFailed
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.records import BuildSource, Rollout
+    from tasks.deploy.validate import DeployValidationFailed
 
     ep, sm_client = runtime
     s3 = boto3.client("s3", region_name=REGION)

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 
 import flows.retire  # noqa: F401 - imports Prefect now, so its log handlers bind to pytest's
 #                       stream, not to a CliRunner's stream that is closed after the invoke
-from infra.aws_errors import client_error
-from infra.endpoint_record import read_record, record_path
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.runtime_client import runtime_client_for
+from infra.aws.errors import client_error
+from infra.records.endpoint import read_record, record_path
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.aws.runtime_client import runtime_client_for
 
 pytestmark = [pytest.mark.prefect]
 
@@ -126,8 +126,8 @@ class AutoScaling:
 @pytest.fixture
 def bind():
     """``bind(sm_client, runtime_url)``: every AWS client the deploy and retire flows (and the
-    CLI running them) make comes from these, for the rest of the test (infra.aws.using)."""
-    from infra.aws import AwsClients, using
+    CLI running them) make comes from these, for the rest of the test (infra.aws.clients.using)."""
+    from infra.aws.clients import AwsClients, using
 
     with contextlib.ExitStack() as stack:
         def _bind(sm_client: Any, runtime_url: str | None) -> None:
@@ -157,7 +157,7 @@ def fleet(aws, tmp_path: Path, bind):
 
 
 def _opts(**kw: Any) -> Any:
-    from tasks.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
 
     # local-cpu builds stand in for GPU ones here (no GPU Triton): the target check is waived
     return SageMakerOptions(region=REGION, role_arn=ROLE, triton_release="24.09", poll_s=0,
@@ -166,7 +166,7 @@ def _opts(**kw: Any) -> Any:
 
 def _deploy(art: Path | str, endpoint: str, opts: Any) -> dict[str, Any]:
     from flows.deploy import deploy
-    from tasks.records import BuildSource, Rollout
+    from tasks.deploy.records import BuildSource, Rollout
 
     return deploy(ensembles=["text_embedding"], endpoint=endpoint, backend="sagemaker",
                   build=BuildSource(target="local-cpu", dir=str(art)), store_uri=STORE,
@@ -247,7 +247,7 @@ def test_local_retire_of_an_unknown_endpoint_exits_1(home: Path, prefect_harness
 def test_timed_out_create_is_rolled_back(built_text_embedding: dict, aws, bind, prefect_harness) -> None:
     """Issue 8.6: create_endpoint succeeded, the wait timed out: the new endpoint, its config
     and model are deleted, the uploaded object removed, the record left with nothing."""
-    from infra.sagemaker import EndpointTimeout
+    from infra.aws.sagemaker import EndpointTimeout
 
     endpoint = "stuck-new"
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
@@ -265,7 +265,7 @@ def test_timed_out_update_keeps_the_old_fleet_and_retire_deletes_everything(
     endpoint is still Updating: the old config keeps serving, every resource of both deploys is
     in the record, and a later retire (found from the record alone) deletes all of it."""
     from flows.retire import retire
-    from infra.sagemaker import EndpointTimeout
+    from infra.aws.sagemaker import EndpointTimeout
 
     endpoint, sm_client = fleet
     first = _deploy(built_text_embedding["output_dir"], endpoint, _opts(autoscaling_max=2))
@@ -297,7 +297,7 @@ def test_new_endpoint_that_fails_validation_is_deleted(tampered_text_build: Path
                                                         prefect_harness) -> None:
     """A brand-new endpoint whose ensemble answers wrongly: endpoint, configs, models,
     autoscaling and the uploaded object are all deleted; nothing is left to retire."""
-    from tasks.validate import DeployValidationFailed
+    from tasks.deploy.validate import DeployValidationFailed
 
     endpoint, _ = fleet
     with pytest.raises(DeployValidationFailed, match="min_cosine"):
@@ -392,7 +392,7 @@ def test_a_local_cpu_build_is_refused_before_anything_is_made(built_text_embeddi
     Triton container: refused (dry run too), naming ensemble, target and backend, before any
     upload or AWS call."""
     from flows.deploy import TargetMismatch, deploy
-    from tasks.records import BuildSource
+    from tasks.deploy.records import BuildSource
 
     sm_client = StuckSageMaker(boto3.client("sagemaker", region_name=REGION))
     sm_client.fail["create_model"] = AssertionError("no AWS call may be made")
@@ -412,7 +412,7 @@ def test_a_local_cpu_build_is_refused_before_anything_is_made(built_text_embeddi
 
 def test_an_old_manifest_without_a_target_is_refused(built_text_embedding: dict, tmp_path: Path) -> None:
     from flows.deploy import TargetMismatch, check_targets
-    from infra.manifest import parse_manifest
+    from infra.records.manifest import parse_manifest
 
     doc = json.loads((built_text_embedding["output_dir"] / "text_embedding.manifest.json").read_text())
     doc.pop("target")

@@ -1,4 +1,4 @@
-"""Tests for infra.store: FileStore semantics/atomicity, S3Store against moto, open_store."""
+"""Tests for infra.store.objects: FileStore semantics/atomicity, S3Store against moto, open_store."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from moto import mock_aws
 
-import infra.store as store_mod
-from infra.store import (
+import infra.store.objects as store_mod
+from infra.store.objects import (
     FileStore,
     ObjectInfo,
     ObjectNotFound,

@@ -1,4 +1,4 @@
-"""infra.store_sync: a fleet published to moto S3 and to the FileStore, request by request.
+"""infra.store.sync: a fleet published to moto S3 and to the FileStore, request by request.
 
 S3 requests are counted at the botocore level (a ``before-parameter-build`` event hook on the
 client sees every API operation the store makes, with its parameters, so "0 PUT/HEAD" is what
@@ -24,8 +24,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-import infra.store_sync as sync_mod
-from infra.store import (
+import infra.store.sync as sync_mod
+from infra.store.objects import (
     MULTIPART_THRESHOLD,
     S3_MAX_POOL_CONNECTIONS,
     FileStore,
@@ -34,7 +34,7 @@ from infra.store import (
     StoreRefused,
     StoreUnavailable,
 )
-from infra.store_sync import INDEX_NAME, LocalObject, sync_files
+from infra.store.sync import INDEX_NAME, LocalObject, sync_files
 
 MiB = 1024 * 1024
 PREFIX = "fleets/tenants"
@@ -393,7 +393,7 @@ def test_publish_fleet_task_reports_progress_and_failures(prefect_harness, tmp_p
     from prefect import flow, get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    from tasks.fleet_publish import publish_fleet_task
+    from tasks.fleet.publish import publish_fleet_task
 
     files = _make_files(tmp_path / "built", 30)
     files["tenant-0099.tar.gz"] = LocalObject(path=tmp_path / "never-built.tar.gz",

@@ -1,4 +1,4 @@
-"""Tests for infra.tarball: deterministic packing and safe, atomic extraction."""
+"""Tests for infra.store.tarball: deterministic packing and safe, atomic extraction."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.tarball import UnsafeArchive, pack_deterministic, safe_extract
+from infra.store.tarball import UnsafeArchive, pack_deterministic, safe_extract
 
 
 def _make_repo(root: Path) -> Path:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from infra.triton_http import TritonHTTP, UpstreamError
+from infra.endpoint.triton_http import TritonHTTP, UpstreamError
 
 
 async def _serve(handler) -> tuple[asyncio.AbstractServer, int]:

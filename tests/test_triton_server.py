@@ -1,4 +1,4 @@
-"""Tests for infra.triton_server against the real tritonserver from the pytriton wheel.
+"""Tests for infra.triton.server against the real tritonserver from the pytriton wheel.
 
 Why real: ensembles, explicit model control, the Python backend stub and
 process cleanup are exactly the parts a fake server would get wrong.
@@ -19,9 +19,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from infra.endpoint_process import process_alive
+from infra.endpoint.process import process_alive
 
-from infra.triton_server import (
+from infra.triton.server import (
     TritonModelError,
     TritonNotFound,
     TritonPorts,
@@ -379,7 +379,7 @@ def test_explicit_port_in_use_fails(server: TritonServer, repo: Path) -> None:
 
 def test_auto_port_collision_is_retried(server: TritonServer, repo: Path) -> None:
     """The first "free" port is taken by another Triton, which must not be mistaken for ours."""
-    from infra.triton_server import free_port
+    from infra.triton.server import free_port
 
     ports = [server.http_port]
     other = TritonServer(repo)
@@ -395,7 +395,7 @@ def test_auto_port_collision_is_retried(server: TritonServer, repo: Path) -> Non
 CHILD_SCRIPT = """\
 import sys
 from pathlib import Path
-from infra.triton_server import TritonServer
+from infra.triton.server import TritonServer
 srv = TritonServer(Path(sys.argv[1]), log_path=Path(sys.argv[2])).start()
 srv.load("add_one")
 print(srv.pid, flush=True)

@@ -30,8 +30,8 @@ from ensembles.render import (
     step_config,
 )
 from ensembles.spec import EnsembleSpec, SpecError
-from tasks import trt_bindings
-from tasks.trt_bindings import parse_trtexec_log
+from tasks.producers import trt_bindings
+from tasks.producers.trt_bindings import parse_trtexec_log
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trtexec"
 ENS = "text_embedding"
@@ -108,7 +108,7 @@ def test_local_cpu_stays_int64_whatever_the_release(spec, tmp_path: Path) -> Non
 
 
 def test_release_comes_from_the_compile_artifact(spec) -> None:
-    assert serving_release(spec, "sagemaker-gpu") == "24.09"  # infra.triton_release.DEFAULT_RELEASE
+    assert serving_release(spec, "sagemaker-gpu") == "24.09"  # infra.triton.release.DEFAULT_RELEASE
     assert serving_release(spec, "local-cpu") is None  # no plan compiled for local-cpu
     arts = dict(spec.artifacts)
     arts["encoder_plan"] = arts["encoder_plan"].model_copy(update={"params": {
@@ -139,7 +139,7 @@ def test_tokenizer_emits_the_dtype_its_config_declares(spec, built_text_embeddin
     """The real preprocess model.py in a real Triton, rendered with INT32 token outputs."""
     import tarfile
 
-    from infra.triton_server import TritonServer
+    from infra.triton.server import TritonServer
 
     name = f"{ENS}__preprocess"
     with tarfile.open(built_text_embedding["archive"]) as tar:
@@ -382,7 +382,7 @@ def _host(log: str, banner: str):
     ("trt10.4_minilm.log", "24.09", ["--verbose", "--dumpOptimizationProfile"])])
 def test_compile_writes_the_engine_report(tmp_path: Path, log: str, release: str,
                                           flags: list[str]) -> None:
-    from tasks.compile import CompileHost, CompileOptions, compile_tensorrt
+    from tasks.producers.compile import CompileHost, CompileOptions, compile_tensorrt
 
     text = (FIXTURES / log).read_text()
     host = _host(text, text.splitlines()[0] + "\n")
@@ -409,7 +409,7 @@ def test_compile_writes_the_engine_report(tmp_path: Path, log: str, release: str
 def test_docker_route_reads_the_engine_with_the_image_tensorrt(tmp_path: Path) -> None:
     from test_compile import FakeDocker, _spec
 
-    from tasks.compile import compile_in_docker
+    from tasks.producers.compile import compile_in_docker
 
     api = {"tensorrt": "10.4.0", "tensors": [
         {"name": "input_ids", "mode": "input", "dtype": "INT64", "shape": [-1, -1]},

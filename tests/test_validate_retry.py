@@ -13,17 +13,17 @@ import pytest
 
 from runtime_stub import FakeTime
 
-from infra.aws_errors import AwsCallError
-from infra.local_mme import EndpointConfig, LocalEndpoint
-from infra.manifest import Manifest, Validation
-from infra.runtime_client import runtime_client_for
-from tasks.validate import (
+from infra.aws.errors import AwsCallError
+from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
+from infra.records.manifest import Manifest, Validation
+from infra.aws.runtime_client import runtime_client_for
+from tasks.deploy.validate import (
     SAGEMAKER_LOAD_LIMIT_S,
     DeployValidationFailed,
     LoadWait,
     validate_deployed,
 )
-from tasks.verify import Sample
+from tasks.build.verify import Sample
 
 pytestmark = [
     pytest.mark.triton,
@@ -98,7 +98,7 @@ def test_runtime_read_timeout_covers_one_invoke(monkeypatch: pytest.MonkeyPatch)
     """The read timeout must outlast one invoke (SageMaker holds one at most 60 s while a model
     loads, then answers 429), and botocore must not retry on its own: validation does the
     retrying (tests/test_invoke_retry.py)."""
-    from infra.aws import aws_clients
+    from infra.aws.clients import aws_clients
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")

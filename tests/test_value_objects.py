@@ -12,8 +12,8 @@ import yaml
 
 from ensembles.catalog import CATALOG_DIR, load_ensemble
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, artifact_refs, load_spec
-from infra.store import TMP_PREFIX, atomic_dir
-from infra.triton_release import DEFAULT_RELEASE, TENSORRT_BY_RELEASE, TritonRelease
+from infra.store.objects import TMP_PREFIX, atomic_dir
+from infra.triton.release import DEFAULT_RELEASE, TENSORRT_BY_RELEASE, TritonRelease
 
 # --------------------------------------------------------------------------- ArtifactRef
 
@@ -105,8 +105,8 @@ def test_triton_release_versions() -> None:
 
 def test_one_default_release() -> None:
     """The CLI, the SageMaker backend and compile_tensorrt all default to DEFAULT_RELEASE."""
-    from tasks.backends.sagemaker import SageMakerOptions
-    from tasks.compile import CompileOptions, CompileSpec
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
+    from tasks.producers.compile import CompileOptions, CompileSpec
 
     assert SageMakerOptions.model_fields["triton_release"].default == str(DEFAULT_RELEASE)
     assert CompileSpec.__dataclass_fields__["triton_release"].default == str(DEFAULT_RELEASE)

@@ -20,7 +20,7 @@ from moto import mock_aws
 
 import flows.watch as watch_mod
 from flows.watch import watch
-from tasks.watch import (
+from tasks.deploy.watch import (
     Change,
     change_reasons,
     default_state_uri,
@@ -28,8 +28,8 @@ from tasks.watch import (
     read_state,
     record_of,
 )
-from infra.lambda_handler import EVENT_NAME, ensemble_for, is_model_key
-from infra.store import ObjectInfo
+from infra.aws.lambda_handler import EVENT_NAME, ensemble_for, is_model_key
+from infra.store.objects import ObjectInfo
 
 
 def info(key: str, size: int = 10, mtime: float = 1000.0, sha256: str | None = None) -> ObjectInfo:

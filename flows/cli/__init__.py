@@ -23,7 +23,7 @@ __all__ = ["DEPLOY_OPTIONS", "_backend_options", "_exit_code", "_fail", "_parse_
 def main() -> None:
     """The ``mme`` entry point. A project error that escapes a command outside a flow (``mme
     endpoint start`` on a taken port) is one line with the tree's exit code too."""
-    from infra.ownership import sweep_dead_owners
+    from infra.processes.ownership import sweep_dead_owners
 
     sweep_dead_owners()  # processes, shm and scratch a killed earlier run left (proven ours)
     try:

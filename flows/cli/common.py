@@ -36,8 +36,8 @@ def _exit_code(e: BaseException) -> int | None:
     way), None for anything else: a bug, whose traceback is let through. An AWS error (or one
     raised from an AWS error) is classified by AWS's code (issue 8: access, credentials,
     invalid requests and quotas are the user's), before the tree."""
-    from infra.aws_errors import exit_code as aws_exit_code
-    from infra.aws_errors import find_aws_error
+    from infra.aws.errors import exit_code as aws_exit_code
+    from infra.aws.errors import find_aws_error
     from infra.errors import MMEError, UserError
 
     if find_aws_error(e) is not None:
@@ -76,7 +76,7 @@ def _typed_path_error(e: BaseException) -> str | None:
 def _report(e: BaseException) -> int | None:
     """Print the one ``error:`` line for a project or AWS error and return its exit code; None
     (nothing printed) for a bug, whose traceback the caller lets through."""
-    from infra.aws_errors import find_aws_error, one_line
+    from infra.aws.errors import find_aws_error, one_line
 
     code = _exit_code(e)
     if code is not None:
@@ -90,10 +90,10 @@ def _report(e: BaseException) -> int | None:
 
 def _run_flow(fn, **kwargs):
     from flows.retire import RetireIncomplete
-    from infra.aws_errors import quiet_tracebacks
+    from infra.aws.errors import quiet_tracebacks
     from infra.errors import MMEError
     from infra.log_once import said_once
-    from infra.prefect_server import own_temporary_server
+    from infra.processes.prefect_server import own_temporary_server
 
     own_temporary_server()  # a kill -9 of this command takes Prefect's temporary server with it
     try:

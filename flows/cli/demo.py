@@ -20,7 +20,7 @@ def demo(report: Path | None = typer.Option(None, help="also write a JSON report
     _quiet_env()
     from flows.build import build as build_flow
     from flows.deploy import deploy as deploy_flow
-    from infra.endpoint_process import stop
+    from infra.endpoint.process import stop
 
     ensembles = ["text_embedding", "image_classifier"]
     t0 = time.perf_counter()

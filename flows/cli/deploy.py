@@ -11,7 +11,7 @@ import typer
 from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, _takes, app, console
 from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, apply_plan
 from flows.cli.preflight import PREFLIGHT_FLAG, run_preflight_command
-from infra.triton_release import DEFAULT_RELEASE
+from infra.triton.release import DEFAULT_RELEASE
 
 
 @app.command()
@@ -22,7 +22,7 @@ def deploy(**o: Any) -> None:
     if o.pop("preflight"):
         run_preflight_command(o)  # read-only checks, then exit: deploys nothing
     from flows.deploy import deploy as deploy_flow
-    from tasks.records import BuildSource, Rollout
+    from tasks.deploy.records import BuildSource, Rollout
 
     o = apply_plan(o, _explicit_options(o.pop("ctx", None)))
     result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
@@ -71,7 +71,9 @@ IAM_OPTIONS: dict[str, tuple[Any, Any]] = {
 def iam_policy(**o: Any) -> None:
     """Print the least-privilege policy (and trust policy) for the endpoint's execution role, or
     with --deployer the policy of the identity that deploys and retires."""
-    from infra import deployer_policy, iam, sagemaker as sm
+    from infra.aws import deployer_policy
+    from infra.aws import iam
+    from infra.aws import sagemaker as sm
     from infra.errors import UserError
 
     keys = o["kms_key_arn"] or []
@@ -112,7 +114,7 @@ def retire(ensembles: list[str] = typer.Argument(None),
     _quiet_env()
     from flows.retire import retire as retire_flow
 
-    from tasks.backends import BACKENDS
+    from tasks.deploy.backends import BACKENDS
 
     if backend is not None and backend not in BACKENDS:
         _fail(f"--backend {backend!r}: expected {' or '.join(BACKENDS)}")

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from flows.cli.common import _fail
-from infra.triton_release import DEFAULT_RELEASE
+from infra.triton.release import DEFAULT_RELEASE
 
 DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
     "ensembles": (list[str], typer.Argument(None)),
@@ -89,7 +89,7 @@ def apply_plan(o: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
 
 def _backend_options(o: dict[str, Any]) -> Any:
     """The options object of the chosen backend (None: the backend takes none)."""
-    from tasks.backends import BACKENDS
+    from tasks.deploy.backends import BACKENDS
 
     if o["backend"] not in BACKENDS:
         _fail(f"--backend {o['backend']!r}: expected {' or '.join(BACKENDS)}")
@@ -100,7 +100,7 @@ def _sagemaker_options(o: dict[str, Any]) -> Any:
     """The SageMaker options of ``mme deploy``; a bad one fails naming the option."""
     from pydantic import ValidationError
 
-    from tasks.backends.sagemaker import SageMakerOptions
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
     from infra.errors import UserError
 
     if not o["store"] or not o["store"].startswith("s3://"):
@@ -133,7 +133,7 @@ def _sagemaker_options(o: dict[str, Any]) -> Any:
 def _parse_env(items: list[str]) -> dict[str, str]:
     """``--env KEY=VALUE`` options -> the container Environment; a bad one fails naming it."""
     from infra.errors import UserError
-    from infra.sagemaker import check_environment
+    from infra.aws.sagemaker import check_environment
 
     out: dict[str, str] = {}
     for item in items:

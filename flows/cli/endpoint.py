@@ -11,7 +11,8 @@ from typing import Any
 import typer
 
 from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console, endpoint_app
-from infra.local_client import memory_note
+from infra import paths
+from infra.endpoint.client import memory_note
 
 INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "text": (list[str], typer.Argument(None, help="sentences to embed (text ensembles)")),
@@ -22,7 +23,7 @@ INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
     "url": (str | None, typer.Option(None, help="default: the running local endpoint")),
     "json_body": (bool, typer.Option(False, "--json", help="send a JSON body, not binary+json")),
     "fleet": (str | None, typer.Option(None, help="invoke a fleet's --variant through its routing "
-                                                  "table (tasks/router.py)")),
+                                                  "table (tasks/fleet/router.py)")),
     "variant": (str | None, typer.Option(None, help="the fleet variant to invoke")),
     "store": (str | None, typer.Option(None, help="the routing table's store (with --fleet)")),
     "max_attempts": (int, typer.Option(10, min=1, help="with --fleet: invoke attempts at most (429, 5xx)")),
@@ -40,9 +41,9 @@ def invoke(**o: Any) -> None:
     import numpy as np
     from botocore.exceptions import ClientError
 
-    from infra.endpoint_process import find_running
-    from infra.endpoint_record import target_model_for
-    from infra.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
+    from infra.endpoint.process import find_running
+    from infra.records.endpoint import target_model_for
+    from infra.aws.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
 
     if bool(fleet) != bool(variant):
         _fail("--fleet and --variant go together")
@@ -66,7 +67,7 @@ def invoke(**o: Any) -> None:
     for name, arr in out.items():
         arr = np.asarray(arr)
         if image and arr.ndim == 2 and arr.shape[1] in (1000, 1001):
-            from tasks.classifiers import imagenet_label_names
+            from tasks.producers.classifiers import imagenet_label_names
 
             labels = imagenet_label_names(offset=arr.shape[1] - 1000)
             for path, row in zip(image, arr, strict=False):
@@ -79,10 +80,10 @@ def invoke(**o: Any) -> None:
 
 def _invoke_variant(fleet: str, variant: str, store: str | None, inputs: dict[str, Any],
                     binary: bool, limits: tuple[int, float] = (10, 360.0)) -> dict[str, Any]:
-    """Invoke through the fleet's :class:`~tasks.router.Router` (refreshes on a moved model)."""
-    from infra import invoke_retry, paths
+    """Invoke through the fleet's :class:`~tasks.fleet.router.Router` (refreshes on a moved model)."""
+    from infra.aws import invoke_retry
     from infra.errors import UserError
-    from tasks.router import Router
+    from tasks.fleet.router import Router
 
     retry = invoke_retry.InvokeRetry(max_attempts=limits[0], limit_s=limits[1])  # 429 / 5xx retried
     try:
@@ -106,7 +107,6 @@ def cache_clear() -> None:
     """Delete the build cache ($MME_HOME/cache): always safe, the next build redoes the work."""
     import shutil
 
-    from infra import paths
 
     folder = paths.home() / "cache"
     shutil.rmtree(folder, ignore_errors=True)
@@ -119,9 +119,8 @@ def endpoint_start(name: str = typer.Option("local-mme"),
                    port: int = typer.Option(0),
                    max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
     """Start the local endpoint in the background (or show the running one)."""
-    from infra import paths
-    from infra.endpoint_process import start_background
-    from tasks.publish import model_data_url as default_url
+    from infra.endpoint.process import start_background
+    from tasks.deploy.publish import model_data_url as default_url
 
     info = start_background(name, model_data_url or default_url(paths.store_uri(), name),
                             port=port, max_loaded_models=max_loaded_models, spare_slots=spare_slots)
@@ -134,9 +133,9 @@ def endpoint_serve(name: str = typer.Option("local-mme"),
                    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
                    max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
-    from infra import local_mme, paths
-    from infra.endpoint_process import endpoint_settings
-    from tasks.publish import model_data_url as default_url
+    from infra.endpoint import local_mme
+    from infra.endpoint.process import endpoint_settings
+    from tasks.deploy.publish import model_data_url as default_url
 
     settings = endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name), host=host, port=port,
                                  max_loaded_models=max_loaded_models, spare_slots=spare_slots)
@@ -146,7 +145,7 @@ def endpoint_serve(name: str = typer.Option("local-mme"),
 @endpoint_app.command("stop")
 def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
     """Stop a background endpoint (its Triton server goes with it)."""
-    from infra.endpoint_process import stop
+    from infra.endpoint.process import stop
 
     console.print(f"endpoint {name}: {stop(name).value}")
 
@@ -157,8 +156,8 @@ def endpoint_status(name: str = typer.Option("local-mme"),
     """Show the endpoint's metrics and one row per TargetModel (invocations, hits, loads...)."""
     from rich.console import Console
 
-    from infra.endpoint_process import find_running, read_state
-    from infra.local_client import LocalEndpointClient
+    from infra.endpoint.process import find_running, read_state
+    from infra.endpoint.client import LocalEndpointClient
 
     stale = read_state(name)
     info = find_running(name)

@@ -1,8 +1,8 @@
-"""``mme fleet``: fleets of ensembles from one template (ensembles/fleet.py).
+"""``mme fleet``: fleets of ensembles from one template (ensembles/fleet_spec.py).
 
 ``show`` resolves a fleet file and prints its variants (no build work, no Prefect);
-``example`` writes the offline example fleet (tasks/fleet_example.py); ``build`` runs the
-``fleet-build`` flow (flows/fleet.py).
+``example`` writes the offline example fleet (tasks/fleet/example.py); ``build`` runs the
+``fleet-build`` flow (flows/fleet_build.py).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def show(fleet: str = typer.Argument(..., help="a fleet name (ensembles/fleets/<
                                               "fleet file"),
          as_json: bool = typer.Option(False, "--json", help="print the resolved fleet as JSON")) -> None:
     """Resolve a fleet and print its variants; exit 1 when some variants have problems."""
-    from ensembles.fleet import check_fleet, load_fleet, load_template, resolve_variants
+    from ensembles.fleet_spec import check_fleet, load_fleet, load_template, resolve_variants
 
     try:
         spec = load_fleet(fleet)
@@ -84,7 +84,7 @@ def example(count: int = typer.Option(20, min=1, help="number of tenants"),
                 None, help="where to write the fleet file (default: <out>/fleet.yaml for a local "
                            "prefix; none for S3)")) -> None:
     """Write N per-customer classifiers (SqueezeNet cut to each one's classes) and their fleet file."""
-    from tasks.fleet_example import make_example_fleet
+    from tasks.fleet.example import make_example_fleet
 
     try:
         made = make_example_fleet(count, out, seed=seed, fleet_file=fleet_file)
@@ -112,7 +112,7 @@ def build(fleet: str = typer.Argument(..., help="a fleet name (ensembles/fleets/
           only: list[str] = typer.Option(None, help="build only these variants (repeatable)")) -> None:
     """Build, verify and (optionally) publish every changed variant of a fleet (a Prefect flow run)."""
     from flows.cli.common import _quiet_env, _run_flow
-    from flows.fleet import fleet_build
+    from flows.fleet_build import fleet_build
 
     _quiet_env()
     got = _run_flow(fleet_build, fleet=fleet, output_dir=str(output_dir) if output_dir else None,

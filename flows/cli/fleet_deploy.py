@@ -72,7 +72,7 @@ FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
 def deploy(**o: Any) -> None:
     """Publish the new and changed variants under versioned names, validate them, route them."""
     from flows.fleet_deploy import fleet_deploy
-    from tasks.fleet_deploy import DeployPolicy
+    from tasks.fleet.deploy import DeployPolicy
 
     if o["backend"] not in ("local", "sagemaker"):
         _fail(f"--backend {o['backend']!r}: expected local or sagemaker")
@@ -118,7 +118,7 @@ def routes(fleet: str = typer.Argument(..., help="the fleet's name"),
            store: str | None = typer.Option(None, help="default: the embedded store")) -> None:
     """Print the fleet's routing table (JSON); a fleet with none is refused (exit 2)."""
     from infra import paths
-    from tasks.fleet_routes import require_routes
+    from tasks.fleet.routes import require_routes
 
     try:
         table = require_routes(store or paths.store_uri(), fleet)
@@ -156,7 +156,7 @@ def _refuse_whole_fleet(fleet: str, store: str | None, now: bool, grace: float) 
     """A retire that names no variant or shard would take the whole fleet: say what it would do
     (one line, exit 2) and how to confirm it."""
     from infra import paths
-    from tasks.fleet_routes import require_routes
+    from tasks.fleet.routes import require_routes
 
     try:
         count = len(require_routes(store or paths.store_uri(), fleet).variants)

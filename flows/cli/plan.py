@@ -39,7 +39,7 @@ def plan(**o: Any) -> None:
     """Find the cheapest endpoint plan that meets --p99-ms at the peak rate; write it to --out."""
     _quiet_env()
     from flows.plan import plan as plan_flow
-    from tasks.planning.plan import SearchOptions
+    from tasks.planning.search import SearchOptions
     from tasks.planning.tasks import FleetSource
 
     if o["fleet"] is None and o["variants"] is None:
@@ -92,9 +92,9 @@ def profile(target: Path = typer.Argument(..., help="a built tarball (its manife
     """Measure an ensemble's footprint in a real Triton (GPU memory by NVML where a GPU is)."""
     _quiet_env()
     from infra.errors import UserError
-    from infra.manifest import MANIFEST_SUFFIX, load_manifest
-    from tasks.planning.footprints import measure_footprint, nvml_used_bytes
-    from tasks.verify import Sample
+    from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
+    from tasks.build.footprints import measure_footprint, nvml_used_bytes
+    from tasks.build.verify import Sample
 
     manifest_path = target if target.name.endswith(MANIFEST_SUFFIX) else \
         target.with_name(target.name.removesuffix(".tar.gz") + MANIFEST_SUFFIX)

@@ -1,5 +1,5 @@
 """``mme preflight`` and ``mme deploy --backend sagemaker --preflight``: the read-only check of
-what a first real deploy needs, one line per need (:mod:`infra.preflight` does the checking;
+what a first real deploy needs, one line per need (:mod:`infra.aws.preflight` does the checking;
 this module only turns the deploy's options into its inputs and prints the lines).
 
 Why both: ``mme preflight`` takes exactly ``mme deploy``'s options (swap the word to check a
@@ -40,9 +40,9 @@ def preflight(**o: Any) -> None:
 
 def run_preflight_command(o: dict[str, Any]) -> NoReturn:
     """Run every pre-flight check for the deploy options ``o`` (with its ``ctx``), print one
-    line per check and a summary, and exit with :func:`infra.preflight.exit_code`."""
+    line per check and a summary, and exit with :func:`infra.aws.preflight.exit_code`."""
     from flows.cli.deploy import _explicit_options
-    from infra.preflight import PreflightInputs, exit_code, run_preflight, summary
+    from infra.aws.preflight import PreflightInputs, exit_code, run_preflight, summary
 
     if o["backend"] != "sagemaker":
         _fail(f"--preflight checks what a SageMaker deploy needs: --backend {o['backend']} needs "
@@ -73,9 +73,9 @@ FLEET_PREFLIGHT_FLAG: dict[str, tuple[Any, Any]] = {
 
 def run_fleet_preflight(backend: str, endpoints: list[str], store: str | None, region: str | None) -> NoReturn:
     """``mme fleet deploy --backend sagemaker --preflight``: print
-    :func:`tasks.fleet_endpoints.fleet_preflight`'s lines and a summary, exit 0 or 2."""
-    from infra.preflight import exit_code, summary
-    from tasks.fleet_endpoints import fleet_preflight
+    :func:`tasks.fleet.endpoints.fleet_preflight`'s lines and a summary, exit 0 or 2."""
+    from infra.aws.preflight import exit_code, summary
+    from tasks.fleet.endpoints import fleet_preflight
 
     if backend != "sagemaker":
         _fail(f"--preflight checks what a SageMaker fleet deploy needs: --backend {backend} needs "

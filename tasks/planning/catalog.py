@@ -1,4 +1,4 @@
-"""The planner's view of the instance catalog (``infra/instances.yaml``, shared with the deploy
+"""The planner's view of the instance catalog (``infra/aws/instances.yaml``, shared with the deploy
 path's GPU table so there is one source of truth): the candidate types of a region and a line
 saying how old the prices are."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from infra.instance_catalog import GIB, Catalog, CatalogError, InstanceType, load_catalog
+from infra.aws.instance_catalog import GIB, Catalog, CatalogError, InstanceType, load_catalog
 
 __all__ = ["GIB", "Catalog", "CatalogError", "InstanceType", "candidate_types", "load_catalog",
            "price_age_line", "select_types"]
@@ -51,7 +51,7 @@ def select_types(catalog: Catalog, region: str, needs_gpu: bool,
     bad = []
     for name in names:
         if name not in catalog.instances:
-            bad.append(f"{name}: not in the catalog (infra/instances.yaml)")
+            bad.append(f"{name}: not in the catalog (infra/aws/instances.yaml)")
         elif name not in usable:
             why = next((s for s in skipped if s.startswith(f"{name}:")), None)
             bad.append(why or f"{name}: not a {'GPU multi-model' if needs_gpu else 'CPU'} type, as this fleet needs")

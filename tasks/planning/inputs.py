@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from infra.errors import UserError
-from infra.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
-from tasks.fleet_build import INDEX_FILE, FleetIndex
-from tasks.planning.footprints import Footprint, from_manifest
+from infra.records.manifest import MANIFEST_SUFFIX, Manifest, load_manifest
+from tasks.fleet.build import INDEX_FILE, FleetIndex
+from tasks.build.footprints import Footprint, from_manifest
 
 
 class FleetInputError(UserError, ValueError):

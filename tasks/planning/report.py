@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from tasks.planning.footprints import FORMULAS, MIB, Footprint, estimate_footprint
-from tasks.planning.plan import Evaluated, PlanResult, instance_config, slot_sizes
+from tasks.build.footprints import FORMULAS, MIB, Footprint, estimate_footprint
+from tasks.planning.search import Evaluated, PlanResult, instance_config, slot_sizes
 from tasks.planning.simulate import che_hit_ratio
 from tasks.planning.traffic import Traffic
 

@@ -100,7 +100,7 @@ class InstanceConfig:
     unload_cv: float = 0.0
     seed: int = 0
     # places kept free by background unloads (the local endpoint's EndpointConfig.spare_slots,
-    # resolved: infra.mme_state.spare_slots); 0: none (SageMaker's behaviour)
+    # resolved: infra.endpoint.state.spare_slots); 0: none (SageMaker's behaviour)
     spare_slots: int = 0
 
 

@@ -12,9 +12,9 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.planning import charts, report
 from tasks.planning.catalog import load_catalog, price_age_line, select_types
-from tasks.planning.footprints import Footprint
+from tasks.build.footprints import Footprint
 from tasks.planning.inputs import fleet_from_dir, synthetic_fleet
-from tasks.planning.plan import (Goal, PlanRefused, PlanResult, SearchOptions, fleet_arrays, make_plan,
+from tasks.planning.search import (Goal, PlanRefused, PlanResult, SearchOptions, fleet_arrays, make_plan,
                                  plan_file)
 from tasks.planning.planfile import write_plan_file
 from tasks.planning.traffic import Traffic, parse_spec

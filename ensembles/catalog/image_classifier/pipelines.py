@@ -3,7 +3,7 @@
 The seed's image ensemble is "DALI decode/resize -> classifier". The pipeline is defined once
 here, named by module path in ``ensemble.yaml`` (``pipeline:
 "ensembles.catalog.image_classifier.pipelines:squeezenet"``) and serialized by
-:func:`tasks.dali.serialize_pipeline` (``model.dali``):
+:func:`tasks.producers.dali.serialize_pipeline` (``model.dali``):
 
 * **sagemaker-gpu**: the file is served by Triton's DALI backend; the decoder runs as
   ``device="mixed"`` (nvJPEG: bitstream parsing on the CPU, decoding on the GPU) and every
@@ -82,7 +82,7 @@ def _squeezenet_graph(input_name: str, device: str):
     images = _decode(input_name, device, types.DALIImageType.BGR)
     # Straight to 227x227 (aspect ratio not kept), like the Keras SqueezeNet example; no
     # shorter-side-256 + centre crop. Linear filter with antialiasing (DALI's default): PIL's
-    # BILINEAR resize with edge pixels replicated at the border (tasks.image_reference).
+    # BILINEAR resize with edge pixels replicated at the border (tasks.producers.image_reference).
     images = _resize(images, SQUEEZENET_SIZE)
     return fn.crop_mirror_normalize(
         images, dtype=types.DALIDataType.FLOAT, output_layout="CHW",
@@ -130,7 +130,7 @@ def inception_pipeline(device: Device = "mixed", batch_size: int = 16, *,
 @dataclass(frozen=True)
 class PipelineDef:
     """A pipeline as a spec names it: ``pipeline: "<module>:<name>"`` in the params of a
-    ``serialize_dali_pipeline`` artifact, loaded by :func:`tasks.dali.load_pipeline` (so
+    ``serialize_dali_pipeline`` artifact, loaded by :func:`tasks.producers.dali.load_pipeline` (so
     ``tasks/`` imports no catalog entry). Calling it builds the DALI ``Pipeline``; the output
     fields describe the step output it feeds (dims without the batch dimension)."""
 

@@ -1,0 +1,1 @@
+"""Processes we own: /proc identity, the ownership ledger and its warden, Prefect's temporary server."""

@@ -1,0 +1,199 @@
+"""What a process of ours owns, written down so that nothing outlives it: ledgers and the warden.
+
+Why: a ``kill -9`` of ``mme build`` or of an endpoint used to leave Python stubs spinning for
+good, ``/dev/shm`` segments, Prefect's temporary server and scratch folders. The process that
+dies cannot clean up, so two others do, each acting only on what the ledger proves is ours:
+
+* Every owner (a CLI run, an endpoint, a test session) keeps a *run folder*
+  ``$MME_HOME/run/<pid>-<start>/`` holding ``ledger.json`` (its identity and what it owns:
+  processes by :class:`~infra.processes.procfs.ProcessIdentity`, process groups with a token that must
+  appear in a member's command line, ``/dev/shm`` prefixes, folders) and its scratch space.
+* The *warden*, this module run as a bare script (``python -I -S leftovers.py RUN_DIR``), is
+  started by the owner in its own session with a pipe as stdin. It blocks reading; the pipe
+  reaches end-of-file only when the owner is gone (the write end is held by the owner alone),
+  however it died. Then it sweeps the ledger and removes the run folder, and exits.
+* :func:`sweep_dead_owners`, called when a command or endpoint starts, does the same for any
+  run folder whose owner is no longer running (a warden killed with its owner, a reboot).
+
+Matching rules (nothing else is ever signalled or deleted): a process record is killed only
+if pid, start time and boot id all match; a group record kills only members of that process
+group whose command line contains the record's token (our per-launch shm prefix, a uuid);
+shm records remove only ``/dev/shm/<prefix>*``; path records remove only folders inside the
+run folder's ``$MME_HOME``.
+
+Standard library only (the warden runs with ``-I -S``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as the warden script: make ``infra`` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from infra.processes.procfs import ProcessIdentity, cmdline, proc_stats  # noqa: E402
+
+LEDGER = "ledger.json"
+SHM_DIR = Path("/dev/shm")
+
+
+def empty_ledger(owner: ProcessIdentity) -> dict[str, Any]:
+    return {"owner": owner.to_dict(), "warden": None, "processes": [], "groups": [], "shm": [], "paths": []}
+
+
+def read_ledger(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((run_dir / LEDGER).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_ledger(run_dir: Path, ledger: dict[str, Any]) -> None:
+    """Atomic: a reader sees the old ledger or the new one, never half of one."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / f".{LEDGER}.tmp"
+    tmp.write_text(json.dumps(ledger, indent=1))
+    os.replace(tmp, run_dir / LEDGER)
+
+
+def _kill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def kill_processes(records: list[Any]) -> list[int]:
+    """SIGKILL each recorded process that is still the very process recorded."""
+    killed = []
+    for rec in records:
+        ident = ProcessIdentity.from_dict(rec)
+        if ident is not None and ident.alive() and _kill(ident.pid):
+            killed.append(ident.pid)
+    return killed
+
+
+def kill_groups(records: list[Any]) -> list[int]:
+    """SIGKILL the members of each recorded group whose command line carries its token."""
+    wanted = {}
+    for rec in records:
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            if str(rec["token"]):
+                wanted[str(int(rec["pgid"]))] = str(rec["token"])
+    killed = []
+    for pid, fields in proc_stats():
+        token = wanted.get(fields[2])
+        if token and fields[0] not in ("Z", "X") and token in cmdline(pid) and _kill(pid):
+            killed.append(pid)
+    return killed
+
+
+def remove_shm(prefixes: list[Any]) -> list[str]:
+    removed = []
+    for prefix in prefixes:
+        if not isinstance(prefix, str) or not prefix.startswith("mme_") or "/" in prefix:
+            continue  # only our own per-launch prefixes, never a bare glob
+        for seg in SHM_DIR.glob(f"{prefix}*") if SHM_DIR.is_dir() else []:
+            with contextlib.suppress(OSError):
+                seg.unlink()
+                removed.append(seg.name)
+    return removed
+
+
+def remove_paths(run_dir: Path, paths: list[Any]) -> list[str]:
+    """Remove recorded folders and files that lie inside this owner's ``$MME_HOME``."""
+    home = run_dir.resolve().parents[1]
+    removed = []
+    for p in paths:
+        path = Path(str(p))
+        if not path.is_absolute() or home not in path.resolve().parents:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        removed.append(str(path))
+    return removed
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepReport:
+    """What one sweep of a run folder did: pids killed (by identity, by group token), shm
+    segments and paths removed."""
+
+    run: str
+    processes: list[int]
+    groups: list[int]
+    shm: list[str]
+    paths: list[str]
+
+    def counts(self) -> str:
+        """``"2 processes, 1 shm"``: the non-empty parts, for a log line ("" when nothing)."""
+        return ", ".join(f"{len(v)} {k}" for k, v in
+                         (("processes", self.processes), ("groups", self.groups), ("shm", self.shm),
+                          ("paths", self.paths)) if v)
+
+
+def sweep(run_dir: Path) -> SweepReport:
+    """Act on everything the ledger in ``run_dir`` still lists, then remove the run folder."""
+    ledger = read_ledger(run_dir) or {}
+    done = SweepReport(
+        run=run_dir.name,
+        processes=kill_processes(list(ledger.get("processes") or [])),
+        groups=kill_groups(list(ledger.get("groups") or [])),
+        shm=remove_shm(list(ledger.get("shm") or [])),
+        paths=remove_paths(run_dir, list(ledger.get("paths") or [])))
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return done
+
+
+def owner_alive(run_dir: Path) -> bool:
+    """True while the run folder's owner runs. A folder without a readable ledger counts as
+    alive when it is young (its owner may be writing the first one) and dead when older."""
+    ledger = read_ledger(run_dir)
+    owner = ProcessIdentity.from_dict(ledger.get("owner")) if ledger else None
+    if owner is None:
+        try:
+            import time
+
+            return time.time() - run_dir.stat().st_mtime < 60
+        except OSError:
+            return False
+    return owner.alive()
+
+
+def sweep_dead_owners(run_root: Path) -> list[SweepReport]:
+    """Sweep every run folder under ``run_root`` whose owner is gone; what each sweep did."""
+    reports: list[SweepReport] = []
+    try:
+        folders = sorted(p for p in run_root.iterdir() if p.is_dir())
+    except OSError:
+        return reports
+    for run_dir in folders:
+        if not owner_alive(run_dir):
+            reports.append(sweep(run_dir))
+    return reports
+
+
+def warden_main(run_dir: Path) -> None:
+    """Block until the owner is gone (stdin reaches EOF), then sweep its ledger."""
+    with contextlib.suppress(OSError, KeyboardInterrupt):
+        while sys.stdin.buffer.read(65536):
+            pass
+    sweep(run_dir)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the owner
+    warden_main(Path(sys.argv[1]))

@@ -1,0 +1,1 @@
+"""The documents this project persists (endpoint record, build manifest) and their versions."""

@@ -1,0 +1,1 @@
+"""Triton itself: the tritonserver process, its model repository, and what each release fixes."""

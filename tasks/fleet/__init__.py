@@ -1,0 +1,1 @@
+"""Fleets: many variants of one template built, checked, verified, published, deployed, routed, retired."""

@@ -1,0 +1,1 @@
+"""Artifact producers named by ``ensemble.yaml``: fetch, export, compile, DALI, envpack, classifiers."""
