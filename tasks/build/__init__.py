@@ -1,1 +1,2 @@
-"""One ensemble's build: render, package, verify (in Triton), the step cache, reports and lineage."""
+"""One ensemble's build: render, package, verify (in Triton), the footprint measured in Triton,
+the build's reports and lineage."""

@@ -1,1 +1,2 @@
-"""What every task needs from Prefect: retry rules, the run context, the task runner."""
+"""What every task needs from Prefect and from the terminal: retry rules, the run context, the
+task runner, how hashes and sizes are written."""
