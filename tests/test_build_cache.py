@@ -225,7 +225,7 @@ def test_verify_and_reference_keys(image_spec, tmp_path: Path, monkeypatch):
         cache.store_verify(k, {"passed": False, "value": 0.2})
     assert cache.lookup_verify(k) is None
     nonce = cache.store_verify(k, {"passed": True, "value": 1.0})
-    assert cache.lookup_verify(k) == {"result": {"passed": True, "value": 1.0}, "nonce": nonce}
+    assert cache.lookup_verify(k) == cache.CachedJson(value={"passed": True, "value": 1.0}, nonce=nonce)
 
     files = {n: tmp_path / n for n in ("p", "m", "l")}
     for p in files.values():

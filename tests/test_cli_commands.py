@@ -120,8 +120,8 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
             (name, rows), = json.loads(r.stdout).items()
             got = {name: np.asarray(rows, dtype=np.float32)}
             assert got[name].shape == (len(sentences), 384)
-            value, extras = min_cosine(sample, got)
-            assert value >= 0.999, (extra, extras)
+            found = min_cosine(sample, got)
+            assert found.value >= 0.999, (extra, found)
 
         # ---- invoke --image: three formats, three sizes, one padded batch
         images = _images()

@@ -520,7 +520,7 @@ def _answers_right(router: Any, build: Path, name: str) -> bool:
     m = load_manifest(next(build.glob(f"{name}.manifest.json")))
     sample = Sample.from_json(m.required_sample())
     got = router.invoke(name, sample.inputs)
-    return bool(score(m.validation.metric or "", m.validation.threshold or 0.0, sample, got)["passed"])
+    return bool(score(m.validation.metric or "", m.validation.threshold or 0.0, sample, got).passed)
 
 
 @pytest.mark.triton

@@ -228,13 +228,13 @@ def test_matches_reference_scores_agreement_not_a_class() -> None:
     want = np.array([[0.7, 0.2, 0.1]], np.float32)
     sample = Sample(inputs={}, expected={"OUTPUT": want},
                     context={"labels": ["a", "b", "c"], "max_abs_diff_tolerance": 1e-4})
-    value, extras = matches_reference(sample, {"OUTPUT": want + 5e-5})
-    assert value == 1.0 and extras["top5"][0]["label"] == "a" and "failure" not in extras
-    value, extras = matches_reference(sample, {"OUTPUT": want[:, ::-1].copy()})
-    assert value == 0.0 and "differ from the classifier run directly" in extras["failure"]
+    found = matches_reference(sample, {"OUTPUT": want + 5e-5})
+    assert found.value == 1.0 and found.top5 and found.top5[0].label == "a" and found.failure is None
+    found = matches_reference(sample, {"OUTPUT": want[:, ::-1].copy()})
+    assert found.value == 0.0 and "differ from the classifier run directly" in (found.failure or "")
     two_labels = Sample(inputs={}, expected={"OUTPUT": want}, context={"labels": ["a", "b"]})
-    value, extras = matches_reference(two_labels, {"OUTPUT": want})
-    assert value == 0.0 and extras["failure"] == "2 labels for 3 classes"
+    found = matches_reference(two_labels, {"OUTPUT": want})
+    assert found.value == 0.0 and found.failure == "2 labels for 3 classes"
 
 
 # ------------------------------------------------------------------------------ the CLI

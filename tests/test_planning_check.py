@@ -190,7 +190,7 @@ def test_fleet_verify_records_load_unload_and_service_and_the_planner_reads_them
     from infra.records.manifest import parse_manifest
     from tasks.fleet.verify import verify_in_triton
     from tasks.build.footprints import from_manifest
-    from tasks.build.verify import Sample
+    from tasks.build.verify import Sample, Verification
 
     (v,) = make_tiny(tmp_path, 1)  # tiny-00000: Y = X + 0
     staged = SimpleNamespace(variant=SimpleNamespace(name="tiny-00000"), tarball=tmp_path / v.target,
@@ -199,18 +199,20 @@ def test_fleet_verify_records_load_unload_and_service_and_the_planner_reads_them
                                                   max_batch_size=0))
     sample = Sample({"X": TINY_X}, {"Y": TINY_X[None, :]}, {"labels": ["a", "b", "c"]})  # one row, 3 classes
     result = verify_in_triton([(staged, sample)], log=lambda _: None)["tiny-00000"]  # type: ignore[list-item]
-    assert isinstance(result, dict), result
-    assert result["passed"] and result["load_seconds"] > 0 and result["unload_seconds"] > 0
-    assert result["service_seconds"] > 0 and isinstance(result["measured_on"], str)
-    times = result["footprint_times"]  # the first canary is measured too (its footprint)
+    assert isinstance(result, Verification), result
+    assert result.passed and (result.load_seconds or 0) > 0 and (result.unload_seconds or 0) > 0
+    assert (result.service_seconds or 0) > 0 and isinstance(result.measured_on, str)
+    times = result.footprint_times  # the first canary is measured too (its footprint)
+    assert times is not None
     assert "footprint_error" not in times and times["loaded"]["host_pss"] > 0
     assert times["loaded"]["service_batch1_s"] > 0 and times["unpacked_bytes"] > 0
     manifest = parse_manifest({"ensemble": "tiny-00000", "target": "local-cpu", "target_model": v.target,
                                "artifact": v.target, "sha256": "0" * 64, "bytes": 1000,
-                               "validation": {**result, "checked_by": "triton"}}, "m.json")
+                               "validation": result.to_validation(checked_by="triton").model_dump()},
+                         "m.json")
     fp = from_manifest(manifest)
     for fig, key in ((fp.load_disk_s, "load_seconds"), (fp.unload_s, "unload_seconds"),
                      (fp.service_batch1_s, "service_seconds")):
-        assert fig.status == "measured" and fig.value == result[key]
-        assert fig.hardware == result["measured_on"] and "verify" in (fig.where or "")
+        assert fig.status == "measured" and fig.value == getattr(result, key)
+        assert fig.hardware == result.measured_on and "verify" in (fig.where or "")
     assert fp.host_memory_bytes.status == "estimated" and fp.load_cold_s.status == "estimated"

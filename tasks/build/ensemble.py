@@ -118,7 +118,7 @@ def _reference_and_verify(spec: EnsembleSpec, target: str, packed: Mapping[str, 
         spec, Path(packed["path"]), packed["sha256"], sample, target, return_state=True)
     result, hit = ver_state.result()
     steps["verify"] = _step(time.perf_counter() - t0, cached=bool(hit or ver_state.name == "Cached"))
-    return sample, Validation.model_validate({k: v for k, v in result.items() if k != "per_item"})
+    return sample, result.to_validation()
 
 
 def _footprint(spec: EnsembleSpec, target: str, tarball: Path, sample: Sample) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from prefect import task
 from prefect.context import TaskRunContext
+from pydantic import BaseModel, ConfigDict, Field
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 from infra.errors import UserError
@@ -34,6 +35,67 @@ from tasks.runtime.run_context import run_id, run_logger
 
 class VerificationFailed(UserError, RuntimeError):
     """The ensemble's answers do not match the reference: never retried, never shipped."""
+
+
+class TopClass(BaseModel):
+    """One of the five most probable classes of a classifier's first answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    prob: float
+    index: int
+
+
+class MetricResult(BaseModel):
+    """What a metric found: its value and the details a failure message or report names
+    (fields a metric does not measure stay None)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: float
+    per_item: list[float] | None = None
+    top5: list[TopClass] | None = None
+    max_abs_diff: float | None = None
+    max_abs_diff_tolerance: float | None = None
+    classes: int | None = None
+    failure: str | None = None
+
+
+class Verification(Validation):
+    """A scored answer: the manifest's :class:`Validation` with every number the verify steps
+    measure as a named field, so readers get attributes, not string keys. Times are set by the
+    step that loaded the tarball (None where it was not loaded, e.g. an ONNX Runtime check)."""
+
+    passed: bool
+    metric: str
+    value: float
+    threshold: float
+    per_item: list[float] | None = None
+    top5: list[TopClass] | None = None
+    max_abs_diff: float | None = None
+    max_abs_diff_tolerance: float | None = None
+    classes: int | None = None
+    failure: str | None = None
+    load_seconds: float | None = None
+    unload_seconds: float | None = None
+    service_seconds: float | None = None
+    measured_on: str | None = None
+    #: the canary's raw footprint readings (tasks/build/footprints.py canary_footprint's input:
+    #: seconds, byte counts and a memory reading); never part of the manifest record
+    footprint_times: dict[str, Any] | None = Field(default=None, exclude=True)
+
+    def detail(self) -> str:
+        """Why it failed, or what it saw: the failure, else the top five classes."""
+        if self.failure:
+            return self.failure
+        return str([t.model_dump() for t in self.top5] if self.top5 is not None else None)
+
+    def to_validation(self, **extra: str) -> Validation:
+        """The manifest's record: the fields that were measured (per-item numbers left out, as
+        the manifest always left them out), plus ``extra`` (who checked it)."""
+        doc = self.model_dump(mode="json", exclude_none=True, exclude={"per_item"})
+        return Validation.model_validate(doc | extra)
 
 
 @dataclass
@@ -102,16 +164,16 @@ def _output(sample: Sample, got: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
     return want.astype(np.float32), have.reshape(want.shape)
 
 
-def min_cosine(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+def min_cosine(sample: Sample, got: dict[str, np.ndarray]) -> MetricResult:
     """Smallest cosine similarity between expected and actual rows (1.0 = identical)."""
     want, have = _output(sample, got)
     num = (want * have).sum(axis=1)
     den = np.linalg.norm(want, axis=1) * np.linalg.norm(have, axis=1)
     cos = (num / np.clip(den, 1e-12, None)).tolist()
-    return float(min(cos)), {"per_item": [float(c) for c in cos]}
+    return MetricResult(value=float(min(cos)), per_item=[float(c) for c in cos])
 
 
-def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> MetricResult:
     """Share of images whose top-1 class is a cat class; probabilities must also match the
     classifier run directly (max abs difference within the sample's tolerance)."""
     ctx = sample.context
@@ -129,22 +191,23 @@ def top1_is_cat(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict
     value = float(np.mean([int(i) in cats for i in top1]))
     max_diff = float(np.abs(have - want).max())
     tol = float(ctx.get("max_abs_diff_tolerance") or 1e-4)
-    extras = {"top5": _top5(have, labels), "max_abs_diff": max_diff, "max_abs_diff_tolerance": tol}
+    failure = None
     if max_diff > tol:
-        extras["failure"] = (f"probabilities differ from the classifier run directly by "
-                             f"{max_diff:.3g} (tolerance {tol:.3g})")
+        failure = (f"probabilities differ from the classifier run directly by "
+                   f"{max_diff:.3g} (tolerance {tol:.3g})")
         value = 0.0
-    return value, extras
+    return MetricResult(value=value, top5=_top5(have, labels), max_abs_diff=max_diff,
+                        max_abs_diff_tolerance=tol, failure=failure)
 
 
-def _top5(have: np.ndarray, labels: list[str]) -> list[dict[str, Any]]:
+def _top5(have: np.ndarray, labels: list[str]) -> list[TopClass]:
     """The first image's five most probable classes, named by ``labels``."""
     order = np.argsort(-have[0])[:5]
-    return [{"label": labels[i] if i < len(labels) else str(i), "prob": round(float(have[0, i]), 6),
-             "index": int(i)} for i in order]
+    return [TopClass(label=labels[i] if i < len(labels) else str(i), prob=round(float(have[0, i]), 6),
+                     index=int(i)) for i in order]
 
 
-def matches_reference(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float, dict[str, Any]]:
+def matches_reference(sample: Sample, got: dict[str, np.ndarray]) -> MetricResult:
     """1.0 when the answer equals the classifier run directly on the same pre-processed input
     (max abs difference within the sample's tolerance) and there is one label per class, else
     0.0. For classifiers whose classes need not include the sample image's (a fleet customer's
@@ -156,14 +219,15 @@ def matches_reference(sample: Sample, got: dict[str, np.ndarray]) -> tuple[float
     labels: list[str] = sample.context.get("labels", [])
     max_diff = float(np.abs(have - want).max())
     tol = float(sample.context.get("max_abs_diff_tolerance") or 1e-4)
-    extras: dict[str, Any] = {"top5": _top5(have, labels), "max_abs_diff": max_diff,
-                              "max_abs_diff_tolerance": tol, "classes": int(have.shape[-1])}
+    failure = None
     if len(labels) != have.shape[-1]:
-        extras["failure"] = f"{len(labels)} labels for {have.shape[-1]} classes"
+        failure = f"{len(labels)} labels for {have.shape[-1]} classes"
     elif max_diff > tol:
-        extras["failure"] = (f"probabilities differ from the classifier run directly by "
-                             f"{max_diff:.3g} (tolerance {tol:.3g})")
-    return (0.0 if "failure" in extras else 1.0), extras
+        failure = (f"probabilities differ from the classifier run directly by "
+                   f"{max_diff:.3g} (tolerance {tol:.3g})")
+    return MetricResult(value=0.0 if failure else 1.0, top5=_top5(have, labels),
+                        max_abs_diff=max_diff, max_abs_diff_tolerance=tol,
+                        classes=int(have.shape[-1]), failure=failure)
 
 
 def sample_image(name: str) -> bytes:
@@ -247,7 +311,7 @@ REFERENCES: dict[str, Callable[[EnsembleSpec, dict[str, Any]], Sample]] = {
     "image_classification": _image_reference,
     "image_labels_only": _image_labels_only,
 }
-METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], tuple[float, dict[str, Any]]]] = {
+METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], MetricResult]] = {
     "min_cosine": min_cosine,
     "top1_is_cat": top1_is_cat,
     "matches_reference": matches_reference,
@@ -269,14 +333,15 @@ def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path], target: str
     return REFERENCES[v.kind](spec, params)
 
 
-def score(metric: str, threshold: float, sample: Sample, got: dict[str, np.ndarray]) -> dict[str, Any]:
-    value, extras = METRICS[metric](sample, got)
-    return {"passed": bool(value >= threshold), "metric": metric, "value": value,
-            "threshold": threshold, **extras}
+def score(metric: str, threshold: float, sample: Sample, got: dict[str, np.ndarray]) -> Verification:
+    """``got`` scored with ``metric``: passed when its value reaches ``threshold``."""
+    found = METRICS[metric](sample, got)
+    return Verification(passed=bool(found.value >= threshold), metric=metric,
+                        threshold=threshold, **found.model_dump(exclude_none=True))
 
 
 def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
+                   log: Callable[[str], None] = print) -> Verification:
     """Extract ``archive``, load it in a real Triton, run the sample, score it.
 
     Raises VerificationFailed (saying by how much) when the metric misses the threshold.
@@ -300,16 +365,16 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
                     got = infer_direct(client, spec.name, sample.inputs)
                 except RuntimeError as e:
                     raise VerificationFailed(f"ensemble {spec.name!r}: {e}") from None
-    result = score(v.metric, v.threshold, sample, got)
-    result["load_seconds"] = round(load_s, 3)
-    log(f"verify {spec.name}: {v.metric} = {result['value']:.6f} (threshold {v.threshold})")
-    if not result["passed"]:
-        detail = result.get("failure") or (
-            f"per item: {[round(x, 6) for x in result['per_item']]}" if "per_item" in result
-            else f"top5: {result.get('top5')}")
+    result = score(v.metric, v.threshold, sample, got).model_copy(
+        update={"load_seconds": round(load_s, 3)})
+    log(f"verify {spec.name}: {v.metric} = {result.value:.6f} (threshold {v.threshold})")
+    if not result.passed:
+        detail = result.failure or (
+            f"per item: {[round(x, 6) for x in result.per_item]}" if result.per_item is not None
+            else f"top5: {result.detail()}")
         raise VerificationFailed(
-            f"ensemble {spec.name!r}: {v.metric} = {result['value']:.6f} is below the threshold "
-            f"{v.threshold} by {v.threshold - result['value']:.6f} ({detail})")
+            f"ensemble {spec.name!r}: {v.metric} = {result.value:.6f} is below the threshold "
+            f"{v.threshold} by {v.threshold - result.value:.6f} ({detail})")
     return result
 
 
@@ -319,7 +384,7 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
 def _reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     key = cache.reference_key(parameters["spec"], parameters["artifacts"], parameters["target"])
     hit = cache.lookup_reference(key)
-    return cache.prefect_cache_key("reference", key, hit["nonce"] if hit else None, context.task_run.id)
+    return cache.prefect_cache_key("reference", key, hit.nonce if hit else None, context.task_run.id)
 
 
 @task(name="reference", cache_key_fn=_reference_cache_key, persist_result=True, timeout_seconds=900)
@@ -328,7 +393,7 @@ def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) 
     key = cache.reference_key(spec, artifacts, target)
     hit = cache.lookup_reference(key)
     if hit is not None:
-        return Sample.from_json(hit["sample"]), True
+        return Sample.from_json(hit.value), True
     sample = reference_sample(spec, artifacts, target)
     try:
         cache.store_reference(key, sample.to_json(), nonce=run_id())
@@ -357,13 +422,13 @@ def _verify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
     key = cache.verify_key(parameters["spec"], parameters["archive_sha256"],
                            parameters["sample"].to_json(), parameters["target"])
     hit = cache.lookup_verify(key)
-    return cache.prefect_cache_key("verify", key, hit["nonce"] if hit else None, context.task_run.id)
+    return cache.prefect_cache_key("verify", key, hit.nonce if hit else None, context.task_run.id)
 
 
 @task(name="verify", cache_key_fn=_verify_cache_key, persist_result=True, retries=1,
       retry_condition_fn=retry_transient, timeout_seconds=900)
 def verify_task(spec: EnsembleSpec, archive: Path, archive_sha256: str, sample: Sample,
-                target: str) -> tuple[dict[str, Any], bool]:
+                target: str) -> tuple[Verification, bool]:
     """Verify the tarball in a real Triton, unless these very bytes already passed against
     this validation section and sample (only a pass is remembered)."""
     key = cache.verify_key(spec, archive_sha256, sample.to_json(), target)
@@ -371,7 +436,7 @@ def verify_task(spec: EnsembleSpec, archive: Path, archive_sha256: str, sample: 
     if hit is not None:
         run_logger().info("%s: tarball %s already verified (%s); not loading it again", spec.name,
                           short(archive_sha256), short(key))
-        return hit["result"], True
+        return Verification.model_validate(hit.value), True
     result = verify_archive(spec, archive, sample, log=run_logger().info)
-    cache.store_verify(key, result, nonce=run_id())
+    cache.store_verify(key, result.model_dump(mode="json", exclude_none=True), nonce=run_id())
     return result, False

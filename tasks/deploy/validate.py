@@ -121,7 +121,7 @@ def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
     warm = warm_latencies(client, endpoint, manifest, sample.inputs, warm_invocations,
                           binary=binary, wait=load_wait)
     return {
-        "validation": {k: v for k, v in result.items() if k != "per_item"},
+        "validation": result.model_dump(mode="json", exclude_none=True, exclude={"per_item"}),
         "latency_ms": {"cold": round(cold_ms, 2), "p50": round(percentile(warm, 50), 2),
                        "p99": round(percentile(warm, 99), 2), "n": len(warm)},
         "cold_tries": tries,

@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict
 
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_template
 from infra.errors import UserError
-from infra.records.manifest import Validation
 from infra.store.objects import atomic_path
 from tasks.producers import cache
 from tasks.build.ensemble import TOOL_VERSION
@@ -61,7 +60,7 @@ from tasks.fleet.variant import (
 from tasks.fleet.verify import verify_in_triton
 from tasks.producers.produce import artifacts_for, check_artifacts
 from tasks.runtime.run_context import run_logger
-from tasks.build.verify import Sample
+from tasks.build.verify import Sample, Verification
 
 INDEX_FILE = "fleet-index.json"
 
@@ -139,19 +138,19 @@ class TemplateFootprint:
                 f"{fp['service_max_batch_s']['value'] * 1e3:.1f} ms at batch {fp.get('max_batch', 1)}")
 
 
-def measured_footprint(template: FleetTemplate, canary: str, result: dict[str, Any]) -> TemplateFootprint:
+def measured_footprint(template: FleetTemplate, canary: str, result: Verification) -> TemplateFootprint:
     """The template's footprint from a passing canary's verify result (its ``footprint_times``,
-    taken out of the result so the validation record stays as it was), or why there is none."""
+    which the validation record leaves out), or why there is none."""
     from tasks.build.footprints import canary_footprint
 
-    times = result.pop("footprint_times", None)
+    times = result.footprint_times
     if times is None:
         return TemplateFootprint(reason=f"canary {canary} was verified without a measurement")
     if "loaded" not in times:
         return TemplateFootprint(reason=f"measuring canary {canary} failed: "
                                         f"{times.get('footprint_error', 'Triton process unknown')}")
     doc = canary_footprint(canary, template.key, times, times["loaded"],
-                           gpu=template.target.endswith("gpu"), hardware=str(result.get("measured_on")))
+                           gpu=template.target.endswith("gpu"), hardware=str(result.measured_on))
     return TemplateFootprint(measured=doc)
 
 
@@ -263,10 +262,10 @@ def _failed(v: Variant, reason: str, t0: float) -> VariantOutcome:
 
 
 def _committed(staged: StagedVariant, template: FleetTemplate, output_dir: Path, sample: Sample,
-               result: dict[str, Any], checked_by: str, t0: float,
+               result: Verification, checked_by: str, t0: float,
                footprint: TemplateFootprint) -> VariantOutcome:
     """Write the manifest (with the template's footprint), move the tarball in, and say so."""
-    validation = Validation.model_validate({**result, "checked_by": checked_by})
+    validation = result.to_validation(checked_by=checked_by)
     seconds = time.perf_counter() - t0
     manifest = manifest_for(staged, template, output_dir, validation, sample.to_record(), seconds)
     manifest.footprint = footprint.for_variant(manifest.target_model, staged.bytes, template.target)
@@ -295,10 +294,9 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
         members = read_members(staged.tarball)
         check_structure(structure, staged, template.target, template.owned, members)
         result = check_numbers(shared, staged, sample, template.target, template.owned, members)
-        if not result["passed"]:
-            raise VariantError(f"variant {v.name!r}: {result['metric']} = {result['value']:.6f} "
-                               f"is below {result['threshold']} "
-                               f"({result.get('failure') or result.get('top5')})")
+        if not result.passed:
+            raise VariantError(f"variant {v.name!r}: {result.metric} = {result.value:.6f} "
+                               f"is below {result.threshold} ({result.detail()})")
         return _committed(staged, template, output_dir, sample, result, "onnxruntime+structure", t0,
                           footprint)
     except UserError as e:
@@ -361,7 +359,6 @@ def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
             continue
         if structure is None:
             structure = Structure.of(read_members(s.tarball))
-        got.pop("footprint_times", None)
         outcomes.append(_committed(s, template, output_dir, sample, got, "triton", t0, footprint))
     return outcomes, structure, footprint
 

@@ -32,7 +32,14 @@ from google.protobuf import text_format
 
 from ensembles.spec import ArtifactRef, EnsembleSpec
 from tasks.fleet.variant import StagedVariant, VariantError
-from tasks.build.verify import Sample, reference_sample, run_dali_cpu, sample_image, score
+from tasks.build.verify import (
+    Sample,
+    Verification,
+    reference_sample,
+    run_dali_cpu,
+    sample_image,
+    score,
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,7 @@ def owned_members(staged: StagedVariant, target: str, owned: tuple[str, ...]) ->
 
 
 def check_numbers(shared: SharedReference, staged: StagedVariant, sample: Sample,
-                  target: str, owned: tuple[str, ...], members: dict[str, bytes]) -> dict[str, Any]:
+                  target: str, owned: tuple[str, ...], members: dict[str, bytes]) -> Verification:
     """The packed model file, run with ONNX Runtime on the shared tensor, scored against the
     variant's reference with the template's metric and threshold."""
     v = staged.spec.validation
@@ -142,9 +149,8 @@ def check_numbers(shared: SharedReference, staged: StagedVariant, sample: Sample
         raise VariantError(f"variant {staged.variant.name!r}: no model file of artifact "
                            f"{model_art} in the tarball")
     probs = _run_onnx(members[found[0]], shared.tensor)
-    result = score(v.metric, v.threshold, sample, {shared.output_name: probs})
-    result.pop("per_item", None)
-    return result
+    return score(v.metric, v.threshold, sample, {shared.output_name: probs}).model_copy(
+        update={"per_item": None})
 
 
 def _config_without_dims(data: bytes) -> str:

@@ -311,10 +311,10 @@ def validate_job(access: Access, job: Job, wait: LoadWait, binary: bool = True) 
         result = score(v.metric, v.threshold, sample, got)
     except Exception as e:  # noqa: BLE001 - one variant's failure, whatever it is, is its own
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if result["passed"]:
+    if result.passed:
         return None
-    return (f"answered wrongly on {job.endpoint} as {job.target_model}: {result['metric']} = "
-            f"{result['value']:.6f} < {result['threshold']}")
+    return (f"answered wrongly on {job.endpoint} as {job.target_model}: {result.metric} = "
+            f"{result.value:.6f} < {result.threshold}")
 
 
 @task(name="validate-fleet-versions", cache_policy=NO_CACHE)

@@ -17,7 +17,7 @@ from infra.triton.model_repo import namespace_repository
 from infra.store.tarball import safe_extract
 from infra.processes.ownership import owner
 from tasks.fleet.variant import StagedVariant, VariantError, target_model_for
-from tasks.build.verify import Sample, score
+from tasks.build.verify import Sample, Verification, score
 
 
 def _hardware() -> str:
@@ -66,7 +66,7 @@ def _serve(server: Any, client: Any, entry: str, staged: StagedVariant, sample: 
 
 
 def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
-               sample: Sample, scratch: Path, measure: bool = False) -> dict[str, Any]:
+               sample: Sample, scratch: Path, measure: bool = False) -> Verification:
     """Load one tarball under its namespace, run its sample, score it, unload it. ``measure``
     also measures its footprint (``result["footprint_times"]``: what
     :func:`tasks.build.footprints.canary_footprint` takes)."""
@@ -90,30 +90,27 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
         for model in ns.models:
             shutil.rmtree(repo / model, ignore_errors=True)
         shutil.rmtree(scratch / "x", ignore_errors=True)
-    result = score(v.metric, v.threshold, sample, got)
-    result.pop("per_item", None)
-    result["load_seconds"] = round(times["load_s"], 3)
-    result["unload_seconds"] = round(times["unload_s"], 3)
-    result["service_seconds"] = round(times["service_s"], 4)
-    result["measured_on"] = _hardware()
-    if measure:
-        result["footprint_times"] = {**times, "extract_s": extract_s, "unpacked_bytes": unpacked,
-                                     "tarball_bytes": staged.tarball.stat().st_size}
-    if not result["passed"]:
-        raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result['value']:.6f} is "
-                           f"below {v.threshold} ({result.get('failure') or result.get('top5')})")
+    result = score(v.metric, v.threshold, sample, got).model_copy(update={
+        "per_item": None, "load_seconds": round(times["load_s"], 3),
+        "unload_seconds": round(times["unload_s"], 3),
+        "service_seconds": round(times["service_s"], 4), "measured_on": _hardware(),
+        "footprint_times": ({**times, "extract_s": extract_s, "unpacked_bytes": unpacked,
+                             "tarball_bytes": staged.tarball.stat().st_size} if measure else None)})
+    if not result.passed:
+        raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result.value:.6f} is "
+                           f"below {v.threshold} ({result.detail()})")
     return result
 
 
 def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
-                     log: Callable[[str], None] = print) -> dict[str, dict[str, Any] | Exception]:
+                     log: Callable[[str], None] = print) -> dict[str, Verification | Exception]:
     """Each staged variant's tarball checked in one Triton server; per variant its result or
     the error it failed with (a server that cannot start fails them all)."""
     import httpx
 
     from infra.triton.server import TritonServer
 
-    out: dict[str, dict[str, Any] | Exception] = {}
+    out: dict[str, Verification | Exception] = {}
     if not items:
         return out
     with owner().scratch("mme-fleet-verify-") as tmp:
@@ -128,7 +125,7 @@ def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
                     result = _check_one(server, client, repo, staged, sample, Path(tmp), measure)
                     out[name] = result
                     measure = False
-                    log(f"triton verified {name}: {result['metric']} = {result['value']:.6f}")
+                    log(f"triton verified {name}: {result.metric} = {result.value:.6f}")
                 except Exception as e:  # noqa: BLE001 - reported per variant by the caller
                     out[name] = e
                     log(f"triton refused {name}: {e}")

@@ -60,6 +60,7 @@ from urllib.request import url2pathname
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
 from infra import paths
 from infra.errors import MissingInput
+from infra.jsontypes import JsonObject
 from infra.store.objects import TMP_PREFIX, atomic_dir, atomic_path, discard_path, file_lock
 
 LOGGER = logging.getLogger("mme.cache")
@@ -551,25 +552,36 @@ def _write_json_entry(kind: str, key: str, value: Any, nonce: str | None) -> str
     return nonce
 
 
-def lookup_reference(key: str) -> dict[str, Any] | None:
-    """``{"sample": <Sample.to_json()>, "nonce": ...}`` or None."""
+@dataclass(frozen=True)
+class CachedJson:
+    """A cached JSON entry's value (a reference sample's or a passed verification's JSON
+    form: the caller parses it into its model) and the nonce of the run that wrote it."""
+
+    value: JsonObject
+    nonce: str
+
+
+def lookup_reference(key: str) -> CachedJson | None:
+    """The cached ``Sample.to_json()`` of ``key``, or None."""
     doc = _read_json_entry("reference", key)
-    return {"sample": doc["value"], "nonce": doc["nonce"]} if doc else None
+    if not doc or not isinstance(doc["value"], dict):
+        return None
+    return CachedJson(value=doc["value"], nonce=str(doc["nonce"]))
 
 
 def store_reference(key: str, sample_doc: dict[str, Any], nonce: str | None = None) -> str:
     return _write_json_entry("reference", key, sample_doc, nonce)
 
 
-def lookup_verify(key: str) -> dict[str, Any] | None:
-    """``{"result": <a passed verification>, "nonce": ...}`` or None."""
+def lookup_verify(key: str) -> CachedJson | None:
+    """The cached JSON of a passed verification of ``key``, or None."""
     doc = _read_json_entry("verify", key)
     if not doc or not isinstance(doc["value"], dict) or doc["value"].get("passed") is not True:
         return None
-    return {"result": doc["value"], "nonce": doc["nonce"]}
+    return CachedJson(value=doc["value"], nonce=str(doc["nonce"]))
 
 
-def store_verify(key: str, result: dict[str, Any], nonce: str | None = None) -> str:
+def store_verify(key: str, result: JsonObject, nonce: str | None = None) -> str:
     """Record a verification; only a passed one is ever recorded."""
     if result.get("passed") is not True:
         raise ValueError("only a passed verification may be cached")
