@@ -1,23 +1,98 @@
-"""Shared fixtures: an isolated MME_HOME, one Prefect test server, one real build.
+"""Shared fixtures (an isolated MME_HOME, one Prefect test server, one real build) and the lanes.
 
 The Prefect harness starts a real (SQLite) Prefect server once per session (~15 s); the
 text-embedding ensemble is built once per session through the real build flow (~25 s) and
 reused by the endpoint, deploy and CLI tests.
+
+Lanes: ``pytest -m "not triton and not prefect"`` is the fast lane (no tritonserver, no Prefect
+server); plain ``pytest`` runs everything. The markers are kept true by the spawn guard
+(:mod:`fixtures.spawn_guard`): a test using a server-starting fixture is marked automatically,
+and any test that starts a tritonserver or a Prefect server (or runs a flow) without the marker
+fails, in every lane. Tests marked ``network`` need the internet (PyPI) and run only with
+``--run-network``; tests marked ``gpu`` skip themselves where there is no GPU.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Generator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fixtures import spawn_guard
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+#: Set at import, before anything is spawned: every child inherits this session's id.
+_SPAWNS = spawn_guard.new_session()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-network", action="store_true", default=False,
+                     help="also run the tests marked 'network' (they need PyPI)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    spawn_guard.install(_SPAWNS)
+    _SPAWNS.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _SPAWNS.stop()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the automatic markers must be there
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    spawn_guard.auto_mark(items)
+    if config.getoption("--run-network"):
+        return
+    network = [i for i in items if i.get_closest_marker("network") is not None]
+    if network:
+        items[:] = [i for i in items if i.get_closest_marker("network") is None]
+        config.hook.pytest_deselected(items=network)
+        config.stash[_NETWORK_LEFT] = len(network)
+
+
+_NETWORK_LEFT = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    left = config.stash.get(_NETWORK_LEFT, 0)
+    if left:
+        terminalreporter.write_line(f"{left} test(s) marked 'network' not run: they need PyPI "
+                                    f"(run them with --run-network)")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Fail a test that started a kind of server its markers do not name (see the module doc)."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "setup" and report.passed:
+        return  # checked after the call, which sees what setup started too
+    _SPAWNS.scan()
+    missing = spawn_guard.unmarked(_SPAWNS, item) - item.stash.get(_GUARD_REPORTED, set())
+    if not missing:
+        return
+    item.stash[_GUARD_REPORTED] = item.stash.get(_GUARD_REPORTED, set()) | missing
+    names = " and ".join(spawn_guard.WHAT[k] for k in sorted(missing))
+    msg = (f"spawn guard: this test {names} but is not marked so: add "
+           + ", ".join(f"@pytest.mark.{k.value}" for k in sorted(missing))
+           + " (or use a fixture conftest marks), so the fast lane leaves it out")
+    if report.passed:
+        report.outcome = "failed"
+        report.longrepr = msg
+    else:
+        report.sections.append(("spawn guard", msg))
+
+
+_GUARD_REPORTED = pytest.StashKey[set[spawn_guard.Kind]]()
 
 
 @pytest.fixture(scope="session")

@@ -463,6 +463,7 @@ def probe_env(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 @pytest.mark.triton
+@pytest.mark.network  # pip fetches tabulate and numpy wheels from PyPI
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pytriton tritonserver is Linux-only")
 def test_packed_env_serves_a_package_the_venv_lacks(tmp_path: Path, probe_env: tuple[Path, dict]) -> None:
     from infra.triton.server import TritonModelError, TritonServer
