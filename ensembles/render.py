@@ -20,6 +20,7 @@ from ensembles.spec import (
     EnsembleSpec,
     SpecError,
     StepSpec,
+    Target,
     TensorSpec,
     validate,
 )
@@ -66,7 +67,7 @@ def ensemble_config(spec: EnsembleSpec) -> mc.ModelConfig:
     return cfg
 
 
-def serving_release(spec: EnsembleSpec, target: str) -> str | None:
+def serving_release(spec: EnsembleSpec, target: Target) -> str | None:
     """The Triton release the target's TensorRT plans are compiled for (and so served with):
     the ``triton_release`` of its ``compile_tensorrt`` artifacts, default
     :data:`infra.triton.release.DEFAULT_RELEASE`; None when the target compiles no plan."""
@@ -80,7 +81,7 @@ def serving_release(spec: EnsembleSpec, target: str) -> str | None:
     return releases.pop() if releases else None
 
 
-def int64_free_tensors(spec: EnsembleSpec, target: str, release: str | None) -> set[str]:
+def int64_free_tensors(spec: EnsembleSpec, target: Target, release: str | None) -> set[str]:
     """Ensemble tensors a TensorRT step reads or writes as ``TYPE_INT64`` while the release's
     TensorRT has no INT64 I/O (TensorRT 8, Triton before 24.05): its ONNX parser turns such
     inputs and outputs into INT32 bindings, so these tensors are rendered ``TYPE_INT32`` on
@@ -91,7 +92,7 @@ def int64_free_tensors(spec: EnsembleSpec, target: str, release: str | None) -> 
         return set()
     marked: set[str] = set()
     for step in spec.steps:
-        be = step.backends.get(target)  # type: ignore[call-overload]
+        be = step.backends.get(target)
         if be is None or be.backend != "tensorrt":
             continue
         marked |= {step.input_map[t.name] for t in step.inputs if t.dtype == "TYPE_INT64"}
@@ -156,7 +157,7 @@ def parse_pbtxt(text: str) -> mc.ModelConfig:
 
 def render_repository(
     spec: EnsembleSpec,
-    target: str,
+    target: Target,
     out_dir: Path,
     *,
     catalog_dir: Path | None = None,
@@ -193,7 +194,7 @@ def render_repository(
     (ens_dir / "config.pbtxt").write_text(to_pbtxt(ensemble_config(spec)))
 
     for step in spec.steps:
-        be = step.backends[target]  # type: ignore[index]
+        be = step.backends[target]
         model_dir = out_dir / spec.model_name(step.name)
         (model_dir / "1").mkdir(parents=True)
         cfg = step_config(spec, step, be, int32)
@@ -207,7 +208,7 @@ def render_repository(
     return out_dir
 
 
-def _check_plan(spec: EnsembleSpec, step: StepSpec, target: str, be: BackendSpec,
+def _check_plan(spec: EnsembleSpec, step: StepSpec, target: Target, be: BackendSpec,
                 cfg: mc.ModelConfig, artifacts: dict[str, Path]) -> None:
     """Refuse a compiled plan whose engine I/O does not match ``cfg`` (see ensembles.engine_io).
 
@@ -231,7 +232,7 @@ def _check_plan(spec: EnsembleSpec, step: StepSpec, target: str, be: BackendSpec
 
 
 def _copy_into(
-    spec: EnsembleSpec, step: StepSpec, target: str, dest: Path, src: ArtifactRef | str,
+    spec: EnsembleSpec, step: StepSpec, target: Target, dest: Path, src: ArtifactRef | str,
     catalog_dir: Path | None, artifacts: dict[str, Path],
 ) -> None:
     where = f"ensemble {spec.name!r}, step {step.name!r}, target {target!r}"

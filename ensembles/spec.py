@@ -32,6 +32,15 @@ from infra.errors import UserError, validation_problems
 Target = Literal["local-cpu", "sagemaker-gpu"]
 TARGETS: tuple[Target, ...] = get_args(Target)  # ("local-cpu", "sagemaker-gpu"), in that order
 
+
+def as_target(value: str) -> Target:
+    """``value`` (a command line's string) as a :data:`Target`; an unknown one is the caller's
+    one-line error, naming the known targets, before any work starts."""
+    for known in TARGETS:
+        if value == known:
+            return known
+    raise SpecError(f"unknown target {value!r}: use one of {', '.join(TARGETS)}")
+
 DType = Literal[
     "TYPE_BOOL", "TYPE_UINT8", "TYPE_UINT16", "TYPE_UINT32", "TYPE_UINT64",
     "TYPE_INT8", "TYPE_INT16", "TYPE_INT32", "TYPE_INT64",

@@ -24,7 +24,7 @@ from prefect import flow
 from prefect.futures import PrefectFuture, as_completed
 
 from ensembles.catalog import ensemble_dir, load_ensemble
-from ensembles.spec import SpecError
+from ensembles.spec import SpecError, Target
 from infra import paths
 from infra.records.manifest import Manifest
 from infra.processes.ownership import owner
@@ -38,7 +38,7 @@ from tasks.build.report import advance_progress, report_build, start_progress
 from tasks.runtime.runner import ConfiguredTaskRunner
 
 
-def _submit(name: str, target: str, out: Path, work_root: Path,
+def _submit(name: str, target: Target, out: Path, work_root: Path,
             overrides: dict[str, str] | None, profile: bool) -> PrefectFuture[Manifest] | SpecError:
     """Start one ensemble's build; an unknown name fails that ensemble only."""
     try:

@@ -19,11 +19,13 @@ def render(ensemble: str = typer.Argument("text_embedding"),
     """Render an ensemble's config.pbtxt files for a target (no build work)."""
     from ensembles.catalog import load_ensemble
     from ensembles.render import render_repository
+    from ensembles.spec import as_target
     from infra.errors import UserError
 
     try:
         spec, _ = load_ensemble(ensemble)
-        render_repository(spec, target, out, configs_only=True, triton_release=triton_release)
+        render_repository(spec, as_target(target), out, configs_only=True,
+                          triton_release=triton_release)
     except (UserError, FileExistsError) as e:
         _fail(str(e))
     for cfg in sorted(out.glob("*/config.pbtxt")):

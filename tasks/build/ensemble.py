@@ -24,7 +24,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
-from ensembles.spec import EnsembleSpec, SpecError, validate
+from ensembles.spec import EnsembleSpec, SpecError, Target, validate
 from infra.records.manifest import Manifest, StepRecord, Validation
 from tasks.build.lineage import publish_with_lineage
 from tasks.build.package import artifact_name, package_task
@@ -79,7 +79,7 @@ def _timed(steps: dict[str, StepRecord], name: str) -> Iterator[None]:
     steps[name] = _step(time.perf_counter() - t0)
 
 
-def _produce_all(spec: EnsembleSpec, target: str, steps: dict[str, StepRecord],
+def _produce_all(spec: EnsembleSpec, target: Target, steps: dict[str, StepRecord],
                  limits: dict[str, Any]) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
     """Every artifact the target needs, in order: their paths and their producers' metadata."""
     produce = produce_task.with_options(result_storage=result_storage(), **limits)
@@ -97,7 +97,7 @@ def _produce_all(spec: EnsembleSpec, target: str, steps: dict[str, StepRecord],
     return produced, sources
 
 
-def _reference_and_verify(spec: EnsembleSpec, target: str, packed: Mapping[str, Any],
+def _reference_and_verify(spec: EnsembleSpec, target: Target, packed: Mapping[str, Any],
                           produced: dict[str, Path], steps: dict[str, StepRecord],
                           limits: dict[str, Any]) -> tuple[Sample, Validation]:
     """The reference sample, and the tarball verified against it (or deferred)."""
@@ -121,7 +121,7 @@ def _reference_and_verify(spec: EnsembleSpec, target: str, packed: Mapping[str, 
     return sample, result.to_validation()
 
 
-def _footprint(spec: EnsembleSpec, target: str, tarball: Path, sample: Sample) -> dict[str, Any] | None:
+def _footprint(spec: EnsembleSpec, target: Target, tarball: Path, sample: Sample) -> dict[str, Any] | None:
     """The tarball's footprint measured in a real Triton (host memory added, load, unload,
     service at batch 1 and the max batch; GPU memory by NVML where there is one), for the
     capacity planner: only for targets this host can load."""
@@ -136,7 +136,7 @@ def _footprint(spec: EnsembleSpec, target: str, tarball: Path, sample: Sample) -
     return fp.model_dump(mode="json")
 
 
-def build_ensemble(folder: Path, target: str, output_dir: Path, work_root: Path,
+def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Path,
                    overrides: Mapping[str, str] | None = None, profile: bool = False) -> Manifest:
     """Build the ensemble in ``folder`` (inside a flow or task run; each step is a task).
     ``profile`` also measures its footprint (``manifest.footprint``) for the capacity planner."""
@@ -179,7 +179,7 @@ def build_ensemble(folder: Path, target: str, output_dir: Path, work_root: Path,
 
 
 @task(name="build-ensemble", cache_policy=NO_CACHE)
-def build_ensemble_task(folder: Path, target: str, output_dir: Path, work_root: Path,
+def build_ensemble_task(folder: Path, target: Target, output_dir: Path, work_root: Path,
                         overrides: dict[str, str] | None = None, profile: bool = False) -> Manifest:
     """One ensemble's whole build, submitted to the flow's task runner; its steps run as
     nested tasks. Returns the manifest (a pydantic record: picklable for Dask)."""

@@ -32,7 +32,8 @@ def _valid_asset_key(key: str) -> bool:
 
 def tarball_asset(uri: str, ensemble: str, target: str) -> Asset:
     """The built tarball as a Prefect asset: its ``file://`` URI, or ``mme://artifact/<target>/
-    <ensemble>`` where the URI has characters asset keys refuse (``%``-escapes, spaces...)."""
+    <ensemble>`` where the URI has characters asset keys refuse (``%``-escapes, spaces...).
+    ``target`` is a ``str``: it is what a manifest records (empty for version-1 files)."""
     key = uri if _valid_asset_key(uri) else f"mme://artifact/{slug(target)}/{slug(ensemble)}"
     return Asset(key=key, properties=AssetProperties(
         name=f"{ensemble} ({target})",

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ensembles.render import render_repository
-from ensembles.spec import EnsembleSpec, load_spec
+from ensembles.spec import EnsembleSpec, Target, load_spec
 
 
 @task(name="load-spec", cache_policy=NO_CACHE)
@@ -23,6 +23,6 @@ def load_spec_task(folder: Path) -> EnsembleSpec:
 
 
 @task(name="render-repository", cache_policy=NO_CACHE)
-def render_task(spec: EnsembleSpec, target: str, out: Path, folder: Path,
+def render_task(spec: EnsembleSpec, target: Target, out: Path, folder: Path,
                 artifacts: dict[str, Path]) -> Path:
     return render_repository(spec, target, out, catalog_dir=folder, artifacts=artifacts)

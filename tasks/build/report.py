@@ -18,6 +18,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from ensembles.spec import Target
 from infra.records.manifest import Manifest, StepRecord
 from tasks.runtime.text import human_bytes, short
 
@@ -31,7 +32,8 @@ def slug(text: str) -> str:
 
 
 def link_artifact_key(ensemble: str, target: str) -> str:
-    """The key of a tarball's link artifact: one per ensemble and target, so it keeps history."""
+    """The key of a tarball's link artifact: one per ensemble and target, so it keeps history.
+    ``target`` is a ``str``: it is what a manifest records (empty for version-1 files)."""
     return f"artifact-{slug(ensemble)}-{slug(target)}"
 
 
@@ -60,7 +62,7 @@ def _steps_section(name: str, m: Manifest) -> list[str]:
     return lines
 
 
-def build_report(outcomes: Sequence[Outcome], target: str) -> str:
+def build_report(outcomes: Sequence[Outcome], target: Target) -> str:
     """The ``build-report`` markdown: one row per ensemble, then each one's steps."""
     lines = [f"# Build for `{target}`", "",
              "| ensemble | sha256 | size | artifact | validation | cached | seconds |",
@@ -89,7 +91,7 @@ def summary_rows(manifests: Sequence[Manifest]) -> list[dict[str, object]]:
             for m in manifests]
 
 
-def report_build(outcomes: Sequence[Outcome], ensembles: Sequence[str], target: str) -> None:
+def report_build(outcomes: Sequence[Outcome], ensembles: Sequence[str], target: Target) -> None:
     """The run's ``build-summary`` table (when something was built) and ``build-report``."""
     manifests = [m for _, m, _ in outcomes if m is not None]
     if manifests:
@@ -108,7 +110,7 @@ def link_tarball(m: Manifest) -> None:
                     f"{m.validation.summary()}")
 
 
-def start_progress(ensembles: Sequence[str], target: str) -> UUID:
+def start_progress(ensembles: Sequence[str], target: Target) -> UUID:
     """The ``build-progress`` bar at 0 %; :func:`advance_progress` moves it."""
     return cast(UUID, create_progress_artifact(  # sync here (called in a sync flow)
         progress=0.0, key="build-progress",

@@ -23,7 +23,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from pydantic import BaseModel, ConfigDict, Field
 
-from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target
 from infra.errors import UserError
 from infra.records.manifest import SampleRecord, Validation
 from infra.processes.ownership import owner
@@ -318,7 +318,7 @@ METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], MetricResult]] = {
 }
 
 
-def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path], target: str = "local-cpu") -> Sample:
+def reference_sample(spec: EnsembleSpec, artifacts: dict[str, Path], target: Target = "local-cpu") -> Sample:
     v = spec.validation
     if v is None:
         raise SpecError(f"ensemble {spec.name!r} has no validation section: nothing to verify against")
@@ -388,7 +388,7 @@ def _reference_cache_key(context: TaskRunContext, parameters: dict[str, Any]) ->
 
 
 @task(name="reference", cache_key_fn=_reference_cache_key, persist_result=True, timeout_seconds=900)
-def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) -> tuple[Sample, bool]:
+def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path], target: Target) -> tuple[Sample, bool]:
     """The framework's answers on the spec's sample (cached on the inputs that shape them)."""
     key = cache.reference_key(spec, artifacts, target)
     hit = cache.lookup_reference(key)
@@ -407,7 +407,7 @@ def reference_task(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) 
 LOCALLY_VERIFIABLE = ("local-cpu",)
 
 
-def deferred_validation(spec: EnsembleSpec, target: str) -> Validation:
+def deferred_validation(spec: EnsembleSpec, target: Target) -> Validation:
     """The manifest's validation for a target this host cannot load: checked at deploy time."""
     v = spec.validation
     return Validation(passed=None, metric=v.metric if v else None, value=None,
@@ -428,7 +428,7 @@ def _verify_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> st
 @task(name="verify", cache_key_fn=_verify_cache_key, persist_result=True, retries=1,
       retry_condition_fn=retry_transient, timeout_seconds=900)
 def verify_task(spec: EnsembleSpec, archive: Path, archive_sha256: str, sample: Sample,
-                target: str) -> tuple[Verification, bool]:
+                target: Target) -> tuple[Verification, bool]:
     """Verify the tarball in a real Triton, unless these very bytes already passed against
     this validation section and sample (only a pass is remembered)."""
     key = cache.verify_key(spec, archive_sha256, sample.to_json(), target)

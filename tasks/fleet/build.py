@@ -32,6 +32,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_template
+from ensembles.spec import Target
 from infra.errors import UserError
 from infra.store.objects import atomic_path
 from tasks.producers import cache
@@ -119,7 +120,7 @@ class TemplateFootprint:
     measured: dict[str, Any] | None = None
     reason: str | None = None
 
-    def for_variant(self, target_model: str, tarball_bytes: int, target: str) -> dict[str, Any]:
+    def for_variant(self, target_model: str, tarball_bytes: int, target: Target) -> dict[str, Any]:
         from tasks.build.footprints import variant_footprint
 
         return variant_footprint(self.measured, self.reason, target_model, tarball_bytes,
@@ -183,7 +184,7 @@ def prepare_template(fleet: FleetSpec, variants: Sequence[Variant]) -> FleetTemp
                          spec_sha256=spec_sha, tool_version=TOOL_VERSION)
 
 
-def load_index(output_dir: Path, fleet: str, target: str) -> FleetIndex:
+def load_index(output_dir: Path, fleet: str, target: Target) -> FleetIndex:
     """The fleet index in ``output_dir``, or an empty one (an unreadable index only costs a
     full rebuild, so it is not an error)."""
     path = output_dir / INDEX_FILE

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import text_format
 
-from ensembles.spec import ArtifactRef, EnsembleSpec
+from ensembles.spec import ArtifactRef, EnsembleSpec, Target
 from tasks.fleet.variant import StagedVariant, VariantError
 from tasks.build.verify import (
     Sample,
@@ -55,7 +55,7 @@ class SharedReference:
     context: dict[str, Any]
 
 
-def _params(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) -> dict[str, Any]:
+def _params(spec: EnsembleSpec, artifacts: dict[str, Path], target: Target) -> dict[str, Any]:
     v = spec.validation
     assert v is not None
     params = {k: (artifacts.get(val.name) if isinstance(val, ArtifactRef) else val)
@@ -64,7 +64,7 @@ def _params(spec: EnsembleSpec, artifacts: dict[str, Path], target: str) -> dict
             for k, val in params.items()}
 
 
-def shared_reference(spec: EnsembleSpec, artifacts: dict[str, Path], target: str,
+def shared_reference(spec: EnsembleSpec, artifacts: dict[str, Path], target: Target,
                      owned: tuple[str, ...]) -> SharedReference | None:
     """What every variant's reference shares, or None when the validation kind has no cheap
     per-variant form (every variant is then verified in Triton)."""
@@ -103,7 +103,7 @@ def _run_onnx(model: bytes | str, tensor: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: tensor})[0], dtype=np.float32)
 
 
-def variant_sample(shared: SharedReference | None, staged: StagedVariant, target: str) -> Sample:
+def variant_sample(shared: SharedReference | None, staged: StagedVariant, target: Target) -> Sample:
     """The variant's reference: its own model run directly on the shared pre-processed
     sample (or the template's full reference when there is no shared form)."""
     if shared is None:
@@ -124,11 +124,11 @@ def variant_sample(shared: SharedReference | None, staged: StagedVariant, target
                   context={**shared.context, "labels": labels})
 
 
-def owned_members(staged: StagedVariant, target: str, owned: tuple[str, ...]) -> dict[str, str]:
+def owned_members(staged: StagedVariant, target: Target, owned: tuple[str, ...]) -> dict[str, str]:
     """Tarball members that come from the variant's own artifacts -> that artifact."""
     out: dict[str, str] = {}
     for step in staged.spec.steps:
-        be = step.backends.get(target)  # type: ignore[call-overload]
+        be = step.backends.get(target)
         for dest, src in (be.files.items() if be else ()):
             if isinstance(src, ArtifactRef) and src.name in owned:
                 out[f"{staged.spec.model_name(step.name)}/{dest}"] = src.name
@@ -136,7 +136,7 @@ def owned_members(staged: StagedVariant, target: str, owned: tuple[str, ...]) ->
 
 
 def check_numbers(shared: SharedReference, staged: StagedVariant, sample: Sample,
-                  target: str, owned: tuple[str, ...], members: dict[str, bytes]) -> Verification:
+                  target: Target, owned: tuple[str, ...], members: dict[str, bytes]) -> Verification:
     """The packed model file, run with ONNX Runtime on the shared tensor, scored against the
     variant's reference with the template's metric and threshold."""
     v = staged.spec.validation
@@ -178,7 +178,7 @@ class Structure:
         return cls(digests=digests, configs=configs)
 
 
-def check_structure(reference: Structure, staged: StagedVariant, target: str,
+def check_structure(reference: Structure, staged: StagedVariant, target: Target,
                     owned: tuple[str, ...], members: dict[str, bytes]) -> None:
     """Refuse a tarball that differs from the verified canary's in anything but the variant's
     own files and tensor dims."""

@@ -16,6 +16,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from ensembles.spec import Target
 from infra.errors import TransientError, UserError
 from tasks.fleet.build import VariantOutcome
 from tasks.runtime.text import human_bytes, short
@@ -42,7 +43,7 @@ def counts(outcomes: Sequence[VariantOutcome]) -> dict[str, int]:
     return {s: c.get(s, 0) for s in ("built", "unchanged", "failed", "skipped")}
 
 
-def fleet_markdown(fleet: str, target: str, outcomes: Sequence[VariantOutcome],
+def fleet_markdown(fleet: str, target: Target, outcomes: Sequence[VariantOutcome],
                    extra: Sequence[str] = ()) -> str:
     n = counts(outcomes)
     lines = [f"# Fleet `{fleet}` for {target}", "",
@@ -58,7 +59,7 @@ def fleet_markdown(fleet: str, target: str, outcomes: Sequence[VariantOutcome],
     return "\n".join(lines) + "\n"
 
 
-def report_fleet(fleet: str, target: str, outcomes: Sequence[VariantOutcome],
+def report_fleet(fleet: str, target: Target, outcomes: Sequence[VariantOutcome],
                  extra: Sequence[str] = ()) -> None:
     create_table_artifact(key="fleet-variants", table=variant_rows(outcomes),
                           description=f"Fleet {fleet}: every variant")

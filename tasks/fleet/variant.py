@@ -26,7 +26,7 @@ from typing import Any
 
 from ensembles.fleet_spec import Variant, variant_ensemble_name
 from ensembles.render import render_repository
-from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, validate
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target, validate
 from infra.errors import UserError
 from infra.records.manifest import MANIFEST_SUFFIX, Manifest, SampleRecord, StepRecord, Validation
 from infra.store.objects import atomic_path
@@ -47,7 +47,7 @@ class FleetTemplate:
     """What every variant of a fleet shares, made once per build (picklable for Dask)."""
 
     fleet: str
-    target: str
+    target: Target
     folder: Path
     spec: EnsembleSpec
     owned: tuple[str, ...]  # artifacts each variant makes itself (its params name them)
@@ -84,7 +84,7 @@ def target_model_for(variant: Variant) -> str:
     return f"{variant.name}.tar.gz"
 
 
-def owned_artifacts(spec: EnsembleSpec, param_keys: set[str], target: str) -> tuple[str, ...]:
+def owned_artifacts(spec: EnsembleSpec, param_keys: set[str], target: Target) -> tuple[str, ...]:
     """Artifacts some variant overrides, plus every artifact made from one of them: those are
     made per variant; the rest once per fleet."""
     owned = {key.partition(".")[0] for key in param_keys} & set(spec.artifacts)
@@ -190,7 +190,7 @@ def _source_name(meta: dict[str, Any] | None, path: Path) -> str:
     return str((meta or {}).get("source") or path.name)
 
 
-def fit_to_variant(spec: EnsembleSpec, target: str, produced: dict[str, Path],
+def fit_to_variant(spec: EnsembleSpec, target: Target, produced: dict[str, Path],
                    sources: dict[str, dict[str, Any]], variant: Variant) -> EnsembleSpec:
     """The spec with its open (-1) dims taken from the variant's ONNX models (a classifier's
     class count), checked: each model's input must be what the template feeds it, and a

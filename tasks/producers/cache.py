@@ -57,7 +57,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target
 from infra import paths
 from infra.errors import MissingInput
 from infra.jsontypes import JsonObject
@@ -320,7 +320,7 @@ def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], wh
 
 
 def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path],
-                     target: str, producers: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
+                     target: Target, producers: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
     """Everything :func:`artifact_key` hashes, as a document (kept in ``done.json``)."""
     if producers is None:
         from tasks.producers.produce import PRODUCERS
@@ -344,7 +344,7 @@ def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path]
     }
 
 
-def artifact_key(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: str,
+def artifact_key(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: Target,
                  producers: Mapping[str, Callable[..., Any]] | None = None) -> str:
     """The content key of artifact ``name``: equal keys -> interchangeable artifacts.
 
@@ -360,12 +360,13 @@ def _validation_doc(spec: EnsembleSpec) -> dict[str, Any]:
     return spec.validation.model_dump(mode="json")
 
 
-def reference_key(spec: EnsembleSpec, artifacts: Mapping[str, Path], target: str) -> str:
+def reference_key(spec: EnsembleSpec, artifacts: Mapping[str, Path], target: Target) -> str:
     """Key of the reference sample: validation section, tensors it names, artifact contents."""
     v = _validation_doc(spec)
+    params = spec.validation.params if spec.validation else {}  # None was refused just above
     inputs = {k: ({"artifact_content": content_hash(artifacts[val.name])}
                   if isinstance(val, ArtifactRef) else v["params"][k])
-              for k, val in spec.validation.params.items()}  # type: ignore[union-attr]
+              for k, val in params.items()}
     return _sha256_json({
         "schema": KEY_SCHEMA, "kind": "reference", "validation": {**v, "params": inputs},
         "inputs": [t.name for t in spec.inputs], "outputs": [t.name for t in spec.outputs],
@@ -376,7 +377,7 @@ def reference_key(spec: EnsembleSpec, artifacts: Mapping[str, Path], target: str
     })
 
 
-def verify_key(spec: EnsembleSpec, archive_sha256: str, sample_doc: Mapping[str, Any], target: str) -> str:
+def verify_key(spec: EnsembleSpec, archive_sha256: str, sample_doc: Mapping[str, Any], target: Target) -> str:
     """Key of a passed verification of a tarball (its sha256) against a sample."""
     return _sha256_json({
         "schema": KEY_SCHEMA, "kind": "verify", "archive_sha256": archive_sha256,
@@ -484,7 +485,7 @@ def artifact_nonce(key: str) -> str | None:
     return hit.nonce if hit else None
 
 
-def produce_cached(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: str, *,
+def produce_cached(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: Target, *,
                    nonce: str | None = None, producers: Mapping[str, Callable[..., Any]] | None = None,
                    root: Path | None = None) -> CachedArtifact:
     """Artifact ``name`` from the cache, or produced into it (see the module docstring).

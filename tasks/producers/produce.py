@@ -18,7 +18,7 @@ from prefect import task
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, artifact_refs
+from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target, artifact_refs
 from tasks.producers import cache
 from tasks.runtime.text import short
 from tasks.runtime.retry import retry_transient
@@ -79,11 +79,11 @@ def resolve_params(params: Mapping[str, object], produced: Mapping[str, Path], w
     return out
 
 
-def artifacts_for(spec: EnsembleSpec, target: str) -> list[str]:
+def artifacts_for(spec: EnsembleSpec, target: Target) -> list[str]:
     """Artifacts the target needs (in declaration order), including the ones they depend on."""
     needed: set[str] = set()
     for step in spec.steps:
-        be = step.backends.get(target)  # type: ignore[call-overload]
+        be = step.backends.get(target)
         if be:
             needed |= {r.name for r in artifact_refs(be.files.values())}
     if spec.validation:
@@ -99,7 +99,7 @@ def artifacts_for(spec: EnsembleSpec, target: str) -> list[str]:
     return [n for n in spec.artifacts if n in needed]
 
 
-def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) -> None:
+def check_artifacts(spec: EnsembleSpec, target: Target, produced: dict[str, Path]) -> None:
     """Cross-checks between artifacts and the spec that only the built files can answer.
 
     A DALI pipeline's external source must be named like the input of the step that runs it
@@ -107,7 +107,7 @@ def check_artifacts(spec: EnsembleSpec, target: str, produced: dict[str, Path]) 
     not at the first request on the endpoint.
     """
     for step in spec.steps:
-        be = step.backends.get(target)  # type: ignore[call-overload]
+        be = step.backends.get(target)
         if be is None:
             continue
         for ref in artifact_refs(be.files.values()):
@@ -131,7 +131,7 @@ def _artifact_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
 @task(name="produce-artifact", cache_key_fn=_artifact_cache_key, persist_result=True,
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
       retry_condition_fn=retry_transient, timeout_seconds=4 * 3600)
-def produce_task(spec: EnsembleSpec, name: str, produced: dict[str, Path], target: str) -> dict[str, Any]:
+def produce_task(spec: EnsembleSpec, name: str, produced: dict[str, Path], target: Target) -> dict[str, Any]:
     """The artifact from the content-addressed cache, produced into it on a miss. Returns
     ``path``, the producer's ``meta``, ``hit``, the content ``key`` and ``seconds``."""
     art = cache.produce_cached(spec, name, produced, target, nonce=run_id())
