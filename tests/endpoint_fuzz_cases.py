@@ -7,7 +7,7 @@ survives any request", and the test and the long run must not drift apart.
 
 The endpoint serves two tiny Python-backend ensembles, so both request paths are fuzzed:
 
-* ``pipe.tar.gz``: ``pipe`` -> ``add`` (tests/test_local_mme.py), FP32 ``X`` dims [-1],
+* ``pipe.tar.gz``: ``pipe`` -> ``add`` (tests/fixtures/tiny_models.py), FP32 ``X`` dims [-1],
   ``max_batch_size`` 0, answers ``Y = X + 1``;
 * ``words.tar.gz``: ``words`` -> ``count``, BYTES (``TYPE_STRING``) ``S`` dims [1],
   ``max_batch_size`` 4, answers ``N`` = the byte length of each string (INT32).
@@ -33,7 +33,8 @@ import httpx
 import numpy as np
 import orjson
 from hypothesis import strategies as st
-from test_local_mme import ENDPOINT, write_pipe_repo
+from fixtures.local_endpoint import ENDPOINT
+from fixtures.tiny_models import write_pipe_repo
 from test_request_check import _any_request, _dims, _numbers, _params, _values
 
 from infra.triton.model_repo import namespace_for

@@ -24,8 +24,9 @@ import httpx
 import numpy as np
 import pytest
 from test_endpoint_supervision import HOLD_CONFIG, shm_segments, wait_for
-from test_local_mme import ENDPOINT as LOCAL_ENDPOINT
-from test_local_mme import PIPE_CONFIG, X, call, post, processes_mentioning
+from fixtures.local_endpoint import X, call, post, processes_mentioning
+from fixtures.local_endpoint import ENDPOINT as LOCAL_ENDPOINT
+from fixtures.tiny_models import PIPE_CONFIG
 
 from infra.endpoint import process as endpoint_process
 

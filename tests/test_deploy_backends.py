@@ -216,6 +216,6 @@ def test_local_endpoint_client_speaks_the_admin_api(tmp_path: Path) -> None:
         out = client.invoke("client", "pipe.tar.gz", {"X": X})
         assert np.allclose(out["Y"], X + 2.0)
         assert client.internal_name("pipe.tar.gz") is not None
-        assert client.metrics()["Invocations"] == 1
+        assert client.metrics().invocations == 1
         client.unload("pipe.tar.gz")
         assert client.internal_name("pipe.tar.gz") is None

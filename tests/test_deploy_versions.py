@@ -37,7 +37,7 @@ X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
 def _build(root: Path, name: str, k: float, expect_k: float | None = None) -> tuple[str, str]:
     """A build folder holding ``pipe.tar.gz`` (Y = X + k) and its manifest, whose sample
     expects X + ``expect_k`` (default k: a build that answers right). Returns (folder, sha256)."""
-    from test_local_mme import publish_pipe
+    from fixtures.tiny_models import publish_pipe
 
     folder = root / name
     folder.mkdir(parents=True)

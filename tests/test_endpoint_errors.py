@@ -15,24 +15,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_local_mme import (
-    ADD_MODEL,
-    ENDPOINT,
-    Endpoint,
-    X,
-    _link,
-    _reg,
-    assert_error,
-    call,
-    metrics,
-    models,
-    post,
-    publish_pipe,
-    repo_members,
-    start_endpoint,
-    tar_gz,
-    write_pipe_repo,
-)
+from fixtures.local_endpoint import ENDPOINT, Endpoint, X, assert_error, call, metrics, models, post, start_endpoint
+from fixtures.tiny_models import ADD_MODEL, link_member, reg_member, publish_pipe, repo_members, tar_gz, write_pipe_repo
 
 from infra.endpoint.local_mme import _rename_model
 from infra.triton.model_repo import namespace_for
@@ -86,8 +70,8 @@ def _with_config_dir() -> list[tuple[tarfile.TarInfo, bytes | None]]:
 
 def test_bad_tarball_errors_name_the_target_and_member_not_a_host_path(ep: Endpoint) -> None:
     bad = {
-        "paths-dotdot.tar.gz": (tar_gz(repo_members() + [_reg("../escape", b"x")]), "'../escape'"),
-        "paths-link.tar.gz": (tar_gz(repo_members() + [_link("add/1/l", "/etc/passwd",
+        "paths-dotdot.tar.gz": (tar_gz(repo_members() + [reg_member("../escape", b"x")]), "'../escape'"),
+        "paths-link.tar.gz": (tar_gz(repo_members() + [link_member("add/1/l", "/etc/passwd",
                                                               tarfile.SYMTYPE)]), "'add/1/l'"),
         "paths-corrupt.tar.gz": (b"\x1f\x8b" + b"\0" * 200, "not a valid tar.gz"),
         # a config.pbtxt that is a folder: an OSError, whose text would name the host path

@@ -1,7 +1,7 @@
 """The local endpoint under fleet traffic (issue 11): budget, one unload per victim, warm
 requests that never wait on other models, LRU-exact hits, per-model metrics, bounded logs.
 
-The Triton tests use the tiny ``pipe -> add`` ensembles of tests/test_local_mme.py (Y = X + k,
+The Triton tests use the tiny ``pipe -> add`` ensembles of tests/fixtures/tiny_models.py (Y = X + k,
 so each answer says which model gave it). Loads and unloads are held open by Python models
 whose ``initialize`` / ``finalize`` wait for a gate file the test creates: the tests assert
 order and states, never durations. Triton's repository calls are counted by wrapping the
@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_local_mme import X, call, metrics, models, post, publish_pipe, start_endpoint, write_pipe_repo
+from fixtures.local_endpoint import X, call, metrics, models, post, start_endpoint
+from fixtures.tiny_models import publish_pipe, write_pipe_repo
 
 from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
 from infra.endpoint.local_mme import configure_logging

@@ -35,7 +35,7 @@ from endpoint_fuzz_cases import (
 )
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
-from test_local_mme import ENDPOINT
+from fixtures.local_endpoint import ENDPOINT
 
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 from infra.endpoint.request_check import BINARY_MIME_PREFIX, RequestRejected, check_request

@@ -1,7 +1,7 @@
 """What the README promises when the local endpoint runs out of time, memory or disk.
 
 Each test starts its own endpoint (a real tritonserver) with the limit under test set low, and
-uses the tiny ``pipe -> add`` ensembles of tests/test_local_mme.py (Y = X + k, so every answer
+uses the tiny ``pipe -> add`` ensembles of tests/fixtures/tiny_models.py (Y = X + k, so every answer
 says which model gave it). Only the endpoint's public behaviour is checked: HTTP answers,
 ``GET /models`` and ``GET /metrics``.
 """
@@ -17,17 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_local_mme import (
-    X,
-    assert_error,
-    call,
-    metrics,
-    models,
-    post,
-    publish_pipe,
-    start_endpoint,
-    write_pipe_repo,
-)
+from fixtures.local_endpoint import X, assert_error, call, metrics, models, post, start_endpoint
+from fixtures.tiny_models import publish_pipe, write_pipe_repo
 
 from infra.triton.model_repo import namespace_for
 from infra.aws.runtime_client import encode_request

@@ -23,9 +23,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from test_local_mme import (
+from fixtures.local_endpoint import (
     ENDPOINT,
-    PIPE_CONFIG,
     Endpoint,
     X,
     assert_error,
@@ -34,9 +33,9 @@ from test_local_mme import (
     models,
     post,
     processes_mentioning,
-    publish_pipe,
     wait_gone,
 )
+from fixtures.tiny_models import PIPE_CONFIG, publish_pipe
 
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint, Metrics, TritonSupervisor
 from infra.triton.model_repo import namespace_for

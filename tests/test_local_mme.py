@@ -12,18 +12,14 @@ order. Tests that need exact counters or a special configuration start their own
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import sys
 import tarfile
-import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator
@@ -33,218 +29,29 @@ import numpy as np
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.endpoint.local_mme import BINARY_CT, EndpointConfig, LocalEndpoint
+from infra.endpoint.local_mme import BINARY_CT
 from infra.triton.model_repo import namespace_for
 from infra.aws.runtime_client import decode_response, encode_request, invoke, runtime_client_for
 from infra.store.tarball import pack_deterministic
+from fixtures.local_endpoint import (
+    ENDPOINT,
+    X,
+    post,
+    call,
+    assert_error,
+    metrics,
+    models,
+    processes_mentioning,
+    wait_gone,
+    Endpoint,
+    start_endpoint,
+)
+from fixtures.tiny_models import write_add_model, publish_pipe, tar_gz, repo_members, reg_member, link_member
 
 pytestmark = [
     pytest.mark.triton,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the pytriton tritonserver is Linux-only"),
 ]
-
-ENDPOINT = "test-mme"
-
-# ---------------------------------------------------------------------------------- tiny ensembles
-# ``pipe`` (ensemble) -> ``add`` (Python backend): Y = X + k. Every tarball has a model named
-# ``add``, as SageMaker allows (each tarball is its own namespace); k tells them apart.
-ADD_CONFIG = """\
-name: "add"
-backend: "python"
-max_batch_size: {mbs}
-input [ {{ name: "X", data_type: TYPE_FP32, dims: [ -1 ] }} ]
-output [ {{ name: "Y", data_type: TYPE_FP32, dims: [ -1 ] }} ]
-instance_group [ {{ kind: KIND_CPU, count: 1 }} ]
-parameters {{ key: "k" value: {{ string_value: "{k}" }} }}
-parameters {{ key: "init_sleep_s" value: {{ string_value: "{sleep}" }} }}
-parameters {{ key: "gate" value: {{ string_value: "{gate}" }} }}
-"""
-
-ADD_MODEL = """\
-import json
-import os
-import time
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        params = json.loads(args["model_config"])["parameters"]
-        self.k = np.float32(float(params["k"]["string_value"]))
-        time.sleep(float(params["init_sleep_s"]["string_value"]))  # a slow model to load
-        gate = params.get("gate", {}).get("string_value", "")
-        while gate and not os.path.exists(gate):  # a load that ends when the test says so
-            time.sleep(0.01)
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            x = pb_utils.get_input_tensor_by_name(request, "X").as_numpy()
-            y = (x + self.k).astype(np.float32)
-            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("Y", y)]))
-        return responses
-"""
-
-PIPE_CONFIG = """\
-name: "pipe"
-platform: "ensemble"
-max_batch_size: {mbs}
-input [ {{ name: "X", data_type: TYPE_FP32, dims: [ -1 ] }} ]
-output [ {{ name: "Y", data_type: TYPE_FP32, dims: [ -1 ] }} ]
-ensemble_scheduling {{
-  step [
-    {{
-      model_name: "add"
-      model_version: -1
-      input_map {{ key: "X" value: "X" }}
-      output_map {{ key: "Y" value: "Y" }}
-    }}
-  ]
-}}
-"""
-
-
-def write_add_model(repo: Path, k: float, *, mbs: int = 0, init_sleep_s: float = 0,
-                    gate: str = "") -> None:
-    """``gate``: a file path; the model's initialize waits until that file exists."""
-    (repo / "add" / "1").mkdir(parents=True, exist_ok=True)
-    (repo / "add" / "config.pbtxt").write_text(ADD_CONFIG.format(k=k, mbs=mbs, sleep=init_sleep_s,
-                                                                 gate=gate))
-    (repo / "add" / "1" / "model.py").write_text(ADD_MODEL)
-
-
-def write_pipe_repo(repo: Path, k: float, *, mbs: int = 0, init_sleep_s: float = 0,
-                    gate: str = "") -> Path:
-    """A model repository: ensemble ``pipe`` -> python ``add`` (Y = X + k)."""
-    write_add_model(repo, k, mbs=mbs, init_sleep_s=init_sleep_s, gate=gate)
-    (repo / "pipe" / "1").mkdir(parents=True, exist_ok=True)  # ensembles need a version folder
-    (repo / "pipe" / "config.pbtxt").write_text(PIPE_CONFIG.format(mbs=mbs))
-    return repo
-
-
-def publish_pipe(store_dir: Path, target: str, k: float, **kw: Any) -> Path:
-    """Pack a ``pipe`` repository into the model prefix as TargetModel ``target``."""
-    with tempfile.TemporaryDirectory(prefix="pipe-src-") as tmp:
-        dest = store_dir / target
-        pack_deterministic(write_pipe_repo(Path(tmp) / "repo", k, **kw), dest)
-    return dest
-
-
-def tar_gz(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    """A .tar.gz written member by member, so tests can craft unsafe archives."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for info, data in members:
-            if data is not None:
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-            else:
-                tar.addfile(info)
-    return buf.getvalue()
-
-
-def repo_members(k: float = 1) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    """The members of a valid ``pipe`` tarball (to hide a bad member among good ones)."""
-    out: list[tuple[tarfile.TarInfo, bytes | None]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = write_pipe_repo(Path(tmp), k)
-        for path in sorted(repo.rglob("*")):
-            info = tarfile.TarInfo(path.relative_to(repo).as_posix())
-            if path.is_dir():
-                info.type, info.mode = tarfile.DIRTYPE, 0o755
-                out.append((info, None))
-            else:
-                info.mode = 0o644
-                out.append((info, path.read_bytes()))
-    return out
-
-
-# ---------------------------------------------------------------------------------- helpers
-X = np.array([1.0, 2.0, 3.0], dtype=np.float32)
-
-
-def post(url: str, target: str | None, body: bytes, content_type: str, *,
-         endpoint: str = ENDPOINT, timeout: float = 120) -> httpx.Response:
-    headers = {"Content-Type": content_type}
-    if target is not None:
-        headers["X-Amzn-SageMaker-Target-Model"] = target
-    return httpx.post(f"{url}/endpoints/{endpoint}/invocations", content=body, headers=headers,
-                      timeout=timeout)
-
-
-def call(url: str, target: str, x: np.ndarray = X, *, binary: bool = True) -> np.ndarray:
-    """Invoke over raw HTTP; return Y (fails the test on any error answer)."""
-    body, ct = encode_request({"X": x}, binary=binary)
-    r = post(url, target, body, ct)
-    assert r.status_code == 200, r.text
-    return decode_response(r.content, r.headers["content-type"])["Y"]
-
-
-def assert_error(r: httpx.Response, status: int, code: str, *needles: str) -> dict:
-    """A SageMaker-shaped error: status, x-amzn-ErrorType header, JSON body with a message."""
-    assert r.status_code == status, (r.status_code, r.text)
-    assert r.headers.get("x-amzn-ErrorType") == code, r.headers
-    doc = r.json()
-    assert doc["__type"] == code
-    for needle in needles:
-        assert needle in doc["message"], (needle, doc["message"])
-    return doc
-
-
-def metrics(url: str) -> dict:
-    return httpx.get(f"{url}/metrics", timeout=10).json()
-
-
-def models(url: str) -> dict[str, dict]:
-    doc = httpx.get(f"{url}/models", timeout=10).json()
-    return {m["target_model"]: m for m in doc["models"]}
-
-
-def processes_mentioning(text: str) -> dict[int, str]:
-    """Live (non-zombie) processes, other than this one, whose command line contains ``text``."""
-    found: dict[int, str] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != "Z" and text in cmd:
-            found[int(entry.name)] = cmd
-    return found
-
-
-def wait_gone(text: str, timeout: float = 5) -> dict[int, str]:
-    """Processes mentioning ``text`` still there after ``timeout`` (killed stubs take a moment)."""
-    deadline = time.monotonic() + timeout
-    while (left := processes_mentioning(text)) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return left
-
-
-@dataclass
-class Endpoint:
-    ep: LocalEndpoint
-    store_dir: Path
-    cache_dir: Path
-
-    @property
-    def url(self) -> str:
-        return self.ep.url
-
-
-def start_endpoint(root: Path, **cfg: Any) -> Endpoint:
-    store_dir = root / "store"
-    cache_dir = root / "cache"
-    store_dir.mkdir(parents=True, exist_ok=True)
-    ep = LocalEndpoint(EndpointConfig(name=ENDPOINT, model_data_url=store_dir.as_uri(),
-                                      cache_dir=cache_dir, triton_log=root / "triton.log", **cfg))
-    return Endpoint(ep.start(), store_dir, cache_dir)
-
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
@@ -438,18 +245,6 @@ def test_malformed_requests_are_400_and_model_errors_424(shared: Endpoint, clien
 
 
 # ---------------------------------------------------------------------------------- 5. bad tarballs
-def _reg(name: str, data: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.mode = 0o644
-    return info, data
-
-
-def _link(name: str, target: str, kind: bytes) -> tuple[tarfile.TarInfo, None]:
-    info = tarfile.TarInfo(name)
-    info.type, info.linkname = kind, target
-    return info, None
-
-
 def test_bad_tarballs_are_refused_and_write_nothing_outside(shared: Endpoint, tmp_path: Path) -> None:
     token = f"evil-{uuid.uuid4().hex[:8]}"  # the name every escaping member would write
     abs_target = tmp_path / "abs" / token  # where the absolute member points
@@ -459,13 +254,13 @@ def test_bad_tarballs_are_refused_and_write_nothing_outside(shared: Endpoint, tm
     bad = {
         "bad-corrupt.tar.gz": np.random.default_rng(0).bytes(8192),
         "bad-truncated.tar.gz": tar_gz(repo_members())[:-40],
-        "bad-dotdot.tar.gz": tar_gz(repo_members() + [_reg(f"../{token}", b"pwned")]),
-        "bad-deep-dotdot.tar.gz": tar_gz([_reg(f"pipe/{'../' * 12}{token}", b"pwned")]
+        "bad-dotdot.tar.gz": tar_gz(repo_members() + [reg_member(f"../{token}", b"pwned")]),
+        "bad-deep-dotdot.tar.gz": tar_gz([reg_member(f"pipe/{'../' * 12}{token}", b"pwned")]
                                          + repo_members()),
-        "bad-absolute.tar.gz": tar_gz(repo_members() + [_reg(str(abs_target), b"pwned")]),
-        "bad-symlink.tar.gz": tar_gz(repo_members() + [_link(f"add/1/{token}", "/etc/passwd",
+        "bad-absolute.tar.gz": tar_gz(repo_members() + [reg_member(str(abs_target), b"pwned")]),
+        "bad-symlink.tar.gz": tar_gz(repo_members() + [link_member(f"add/1/{token}", "/etc/passwd",
                                                              tarfile.SYMTYPE)]),
-        "bad-hardlink.tar.gz": tar_gz(repo_members() + [_link(f"add/1/{token}", "/etc/passwd",
+        "bad-hardlink.tar.gz": tar_gz(repo_members() + [link_member(f"add/1/{token}", "/etc/passwd",
                                                               tarfile.LNKTYPE)]),
         "bad-bls-only.tar.gz": (bls_only / "bls.tar.gz").read_bytes(),
     }

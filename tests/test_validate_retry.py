@@ -38,7 +38,7 @@ READY_WAIT_S = 0.5  # the endpoint answers 429 after this long; the models load 
 def slow_endpoint(tmp_path_factory: pytest.TempPathFactory):
     """The local endpoint over a file:// prefix holding ``pipe`` models (Y = X + k) whose
     initialize() sleeps longer than the endpoint's ready wait."""
-    from test_local_mme import publish_pipe
+    from fixtures.tiny_models import publish_pipe
 
     root = tmp_path_factory.mktemp("retry")
     prefix = root / "store" / "models" / ENDPOINT

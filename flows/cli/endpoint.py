@@ -166,8 +166,10 @@ def endpoint_status(name: str = typer.Option("local-mme"),
         _fail(f"endpoint {name!r} is not running" + (
             "" if stale is None else
             f" (removed its stale state file: {ident.describe() if ident else f'pid {stale.pid}, unproven'})"))
-    client = LocalEndpointClient(info.url)
-    doc = {"endpoint": name, "url": info.url, "models": client.models(), "metrics": client.metrics()}
+    with LocalEndpointClient(info.url) as client:  # the raw documents, as the endpoint sent them
+        doc = {"endpoint": name, "url": info.url,
+               "models": [row.model_dump(mode="json") for row in client.models()],
+               "metrics": client.metrics().model_dump(mode="json", exclude_unset=True)}
     if as_json:
         print(json.dumps(doc, indent=2))
         return
