@@ -186,7 +186,7 @@ def _infer(srv: TritonServer, model: str, x: np.ndarray) -> np.ndarray:
 
 
 def _states(srv: TritonServer) -> dict[str, str]:
-    return {m["name"]: m.get("state", "") for m in srv.repository_index()}
+    return {m.name: m.state or "" for m in srv.repository_index()}
 
 
 # --------------------------------------------------------------------------- locate
@@ -308,7 +308,7 @@ def test_python_model_load_time(server: TritonServer) -> None:
     elapsed = time.monotonic() - t0
     print(f"\nload('add_one') (one python model): {elapsed:.3f}s")
     assert server.is_ready("add_one")  # no polling needed: load() returned after READY
-    ready = {m["name"]: m.get("state") for m in server.repository_index()}
+    ready = {m.name: m.state for m in server.repository_index()}
     assert ready.get("add_one") == "READY", ready
     np.testing.assert_allclose(_infer(server, "add_one", np.array([1.0, 2.5], dtype=np.float32)),
                                [2.0, 3.5])
@@ -325,7 +325,7 @@ def test_stop_leaves_no_process(repo: Path) -> None:
     assert pid is not None
     members = _group_members(pid)
     assert pid in members and len(members) >= 2, "expected tritonserver plus a python stub"
-    shm = list(Path("/dev/shm").glob(f"{srv._shm_prefix}*"))
+    shm = list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
     assert shm, "python backend should have created its shm region"
     t0 = time.monotonic()
     srv.stop()
@@ -333,7 +333,7 @@ def test_stop_leaves_no_process(repo: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped, not just dead
     assert _wait_dead(members, 1.0) == []
-    assert not list(Path("/dev/shm").glob(f"{srv._shm_prefix}*"))
+    assert not list(Path("/dev/shm").glob(f"{srv.shm_prefix}*"))
     assert not srv.running
     srv.stop()  # idempotent
     assert "successfully loaded 'add_one'" in srv.log_text()
@@ -383,7 +383,7 @@ def test_auto_port_collision_is_retried(server: TritonServer, repo: Path) -> Non
 
     ports = [server.http_port]
     other = TritonServer(repo)
-    other.port_picker = lambda: ports.pop() if ports else free_port()  # type: ignore[method-assign]
+    other.process.port_picker = lambda: ports.pop() if ports else free_port()  # type: ignore[method-assign]
     with other:
         assert other.http_port != server.http_port
         import httpx

@@ -60,6 +60,16 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def argv(pid: int) -> list[str]:
+    """The process's arguments, each as it was given ([] when gone): unlike :func:`cmdline`,
+    an argument with spaces in it stays one argument."""
+    try:
+        raw = (_PROC / str(pid) / "cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")[:-1]] if raw else []
+
+
 def live_group_members(pgid: int) -> list[int]:
     """Processes of group ``pgid`` that are not zombies."""
     return [pid for pid, fields in proc_stats() if fields[2] == str(pgid) and fields[0] not in ("Z", "X")]
@@ -118,6 +128,14 @@ class ProcessIdentity:
         if now == self:
             return f"pid {self.pid}"
         return f"pid {self.pid} (now another process: {cmdline(self.pid)[:60].strip() or '?'})"
+
+
+def children(pid: int) -> list[ProcessIdentity]:
+    """The processes whose parent is ``pid`` (one pass over ``/proc``), each by its identity, so
+    that a later check that one has exited cannot be fooled by its pid being reused."""
+    boot = boot_id()
+    return [ProcessIdentity(pid=child, start=int(fields[19]), boot=boot)
+            for child, fields in proc_stats() if fields[1] == str(pid)]
 
 
 # ------------------------------------------------------------------------------ memory
