@@ -28,7 +28,6 @@ a test: this is the measurement the README quotes.
 from __future__ import annotations
 
 import argparse
-import contextvars
 import json
 import os
 import resource
@@ -47,8 +46,7 @@ import numpy as np
 from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
-from infra.endpoint.app import EndpointApp
-from infra.endpoint.models import ModelManager
+from infra.endpoint.app import Admission
 from infra.endpoint.state import spare_slots
 from infra.processes.procfs import Memory, tree_memory
 from infra.aws.runtime_client import decode_response, encode_request
@@ -140,26 +138,20 @@ def read_fleet(folder: Path) -> list[Variant]:
 
 # ---------------------------------------------------------------------------------- hit capture
 # Which requests were warm is known only inside the endpoint: the bench runs it in-process and
-# wraps admit() to note each request's hit flag under the id the client sent in a header.
-_REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("bench_request_id", default="")
+# notes each request's hit flag (the endpoint's on_admission hook) under the id the client
+# sent in a header.
 HITS: dict[str, bool] = {}
 
 
-def _capture_hits() -> None:
-    invoke, admit = EndpointApp.invoke, ModelManager.admit
+def request_id(admission: Admission) -> str:
+    """The bench's id of the admitted request (its BENCH_ID header)."""
+    return admission.headers.get(BENCH_ID, b"").decode()
 
-    async def traced_invoke(self: EndpointApp, name: str, headers: dict[bytes, bytes],
-                            body: bytes | None) -> Any:
-        _REQUEST_ID.set(headers.get(BENCH_ID, b"").decode())
-        return await invoke(self, name, headers, body)
 
-    async def traced_admit(self: ModelManager, target: str) -> Any:
-        m, hit = await admit(self, target)
-        HITS[_REQUEST_ID.get()] = hit
-        return m, hit
-
-    EndpointApp.invoke = traced_invoke  # type: ignore[method-assign]
-    ModelManager.admit = traced_admit  # type: ignore[method-assign]
+def note_hit(admission: Admission) -> None:
+    """``LocalEndpoint(on_admission=...)``: note whether each admitted request was warm."""
+    if admission.warm is not None:
+        HITS[request_id(admission)] = admission.warm
 
 
 # ---------------------------------------------------------------------------------- requests
@@ -292,7 +284,7 @@ def summarize(ep: LocalEndpoint, sender: Sender, results: list[Result], before: 
     document at its start). The LRU simulation replays every request as sent, the warm-up
     included (the endpoint did not start the run empty either), and counts the run's hits."""
     budget = ep.cfg.max_loaded_models or 0
-    m = ep.manager.report()
+    m = ep.manager.report().model_dump()
     sent_before, n = run.pop("sent_before"), len(results)
     sim_hits = lru_hits(sender.sent, budget) - lru_hits(sender.sent[:sent_before], budget)
     warm = [r.ms for r in results if r.status == 200 and HITS.get(r.rid)]
@@ -345,7 +337,6 @@ def main() -> None:
                     help="places kept free by background unloads (default: derived; 0: none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet_traffic.json")
     args = ap.parse_args()
-    _capture_hits()
     with tempfile.TemporaryDirectory(prefix="fleet-traffic-") as tmp:
         prefix = Path(tmp) / "models"
         prefix.mkdir()
@@ -368,12 +359,12 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
                          spare_slots=args.spare_slots)
     targets = [v.target for v in variants]
     sequence, probs = zipf_sequence(targets, args.requests, args.zipf, args.seed)
-    with LocalEndpoint(cfg) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
+    with LocalEndpoint(cfg, on_admission=note_hit) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
         sender = Sender(ep.url, cfg.name, {v.target: v for v in variants})
         for t in targets[:10]:  # 10 models known to the endpoint
             sender.send("touch", t)
         quiet_10 = quiet_phase(ep, sender, targets[min(9, len(targets) - 1)], args.quiet_requests)
-        before, sent_before = ep.manager.report(), len(sender.sent)
+        before, sent_before = ep.manager.report().model_dump(), len(sender.sent)
         admission_before = ep.manager.metrics.admission_ms.count
         load_before = os.getloadavg()
         t0 = time.perf_counter()

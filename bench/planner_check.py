@@ -47,18 +47,18 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # fleet_traffic, beside this file
 
 from fleet_traffic import (  # noqa: E402
-    _REQUEST_ID,
     HITS,
     Sender,
     Variant,
-    _capture_hits,
+    note_hit,
     read_fleet,
+    request_id,
     run_phase,
     zipf_sequence,
 )
 
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
-from infra.endpoint.models import ModelManager  # noqa: E402
+from infra.endpoint.app import Admission  # noqa: E402
 from infra.endpoint.state import spare_slots  # noqa: E402
 from tasks.planning.simulate import FleetArrays, InstanceConfig, SimResult, simulate_closed_loop  # noqa: E402
 
@@ -163,16 +163,11 @@ def compare(records: list[Record], sim: SimResult) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------- the endpoint
-def _capture_arrivals() -> None:
-    """Note when the endpoint admits each request (under the id the sender put in a header),
-    on top of fleet_traffic's capture of its warm/cold decision."""
-    admit = ModelManager.admit
-
-    async def timed_admit(self: ModelManager, target: str) -> Any:
-        ARRIVALS[_REQUEST_ID.get()] = time.perf_counter()
-        return await admit(self, target)
-
-    ModelManager.admit = timed_admit  # type: ignore[method-assign]
+def note_admission(admission: Admission) -> None:
+    """``LocalEndpoint(on_admission=...)``: note when the endpoint admits each request (under
+    the id the sender put in a header), and fleet_traffic's note of its warm/cold decision."""
+    ARRIVALS[request_id(admission)] = admission.started
+    note_hit(admission)
 
 
 def send_one_at_a_time(ep: LocalEndpoint, sender: Sender, sequence: list[str]) -> list[Record]:
@@ -203,11 +198,11 @@ def endpoint_run(variants: list[Variant], prefix: Path, cache: Path, budget: int
     records, its settings, and its own load/unload metrics for the run."""
     cfg = EndpointConfig(name="planner-check", model_data_url=prefix.as_uri(), cache_dir=cache,
                          max_loaded_models=budget)
-    with LocalEndpoint(cfg) as ep:
+    with LocalEndpoint(cfg, on_admission=note_admission) as ep:
         sender = Sender(ep.url, cfg.name, {v.target: v for v in variants})
         records = (send_one_at_a_time(ep, sender, sequence) if clients == 1
                    else send_concurrently(ep, sender, sequence, clients))
-        m = ep.manager.report()
+        m = ep.manager.report().model_dump()
     endpoint = {k: m.get(k) for k in ("TritonLoadCalls", "TritonUnloadCalls", "MemoryEvictions",
                                       "PeakLoadedModelCount", "ModelLoadingTime", "ModelUnloadingTime")}
     return records, cfg, endpoint
@@ -318,8 +313,6 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     fp = profile(args.dir, names, concurrent)
     print(json.dumps({"footprint_median": fp["median"], "load_concurrency": fp["load_concurrency"]}), flush=True)
     sequence, _ = zipf_sequence(targets, args.requests, args.zipf, args.seed)
-    _capture_hits()
-    _capture_arrivals()
     rows = []
     with tempfile.TemporaryDirectory(prefix="planner-check-") as tmp:
         prefix = Path(tmp) / "models"

@@ -140,7 +140,7 @@ def main() -> None:
                       "triton_start_ms": [t["triton_start_ms"] for t in trials],
                       "answers_while_down": sum((Counter(t["answers_while_down"]) for t in trials),
                                                 Counter()),
-                      "TritonRestarts": m["TritonRestarts"], "TritonDeaths": m["TritonDeaths"]}))
+                      "TritonRestarts": m.triton_restarts, "TritonDeaths": m.triton_deaths}))
 
 
 if __name__ == "__main__":

@@ -67,8 +67,7 @@ def _invocations(url: str) -> dict[str, int]:
     from infra.endpoint.client import LocalEndpointClient
 
     metrics = LocalEndpointClient(url).metrics()
-    return {"*": metrics["Invocations"],
-            **{t: r["invocations"] for t, r in metrics.get("models", {}).items()}}
+    return {"*": metrics.invocations, **{t: r.invocations for t, r in metrics.models.items()}}
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

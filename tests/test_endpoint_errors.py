@@ -18,7 +18,7 @@ import pytest
 from fixtures.local_endpoint import ENDPOINT, Endpoint, X, assert_error, call, metrics, models, post, start_endpoint
 from fixtures.tiny_models import ADD_MODEL, link_member, reg_member, publish_pipe, repo_members, tar_gz, write_pipe_repo
 
-from infra.endpoint.local_mme import _rename_model
+from infra.endpoint.app import rename_model
 from infra.triton.model_repo import namespace_for
 from infra.aws.runtime_client import BINARY_CT, decode_response, encode_request
 from infra.store.tarball import pack_deterministic
@@ -130,12 +130,12 @@ def test_answers_carry_the_tarballs_model_name(ep: Endpoint, binary: bool) -> No
 def test_rename_keeps_the_binary_section() -> None:
     header = b'{"model_name":"ns-1_pipe","model_version":"1","outputs":[{"name":"Y"}]}'
     tail = bytes(range(256)) * 3
-    content, size = _rename_model(header + tail, len(header), "ns-1_pipe", "p\u00e9 \"q\"")
+    content, size = rename_model(header + tail, len(header), "ns-1_pipe", "p\u00e9 \"q\"")
     assert content[size:] == tail
     assert json.loads(content[:size])["model_name"] == "p\u00e9 \"q\""
     # another layout (spaces): parsed and rewritten
     spaced = b'{"model_version": "1", "model_name": "ns-1_pipe"}'
-    content, size = _rename_model(spaced, None, "ns-1_pipe", "pipe")
+    content, size = rename_model(spaced, None, "ns-1_pipe", "pipe")
     assert size is None and json.loads(content) == {"model_version": "1", "model_name": "pipe"}
 
 

@@ -184,7 +184,7 @@ def test_thrash_guard_rolling_miss_rate_and_one_warning_per_interval(
     for _ in range(4):
         guard.record(True)
     assert guard.miss_rate == 0.0 and not guard.thrashing
-    assert guard.report()["Warnings"] == 1
+    assert guard.report().warnings == 1
 
 
 def test_thrash_guard_warns_on_a_cold_start_before_the_window_is_full(
@@ -200,7 +200,7 @@ def test_thrash_guard_warns_on_a_cold_start_before_the_window_is_full(
     assert guard.thrashing and guard.warnings == 1
     for _ in range(80):
         guard.record(False)
-    assert guard.report()["Requests"] == 100 and guard.warnings == 1
+    assert guard.report().requests == 100 and guard.warnings == 1
     (line,) = [r.getMessage() for r in caplog.records if "thrashing" in r.getMessage()]
     assert "100% of the last 20 requests" in line  # the requests it saw, not the window's 200
     quiet = ThrashGuard(window=200, threshold=0.5, interval_s=3600, min_requests=20)
@@ -218,8 +218,8 @@ def test_reservoir_is_bounded_and_reports_percentiles() -> None:
     for i in range(1, 1001):
         r.append(float(i))
     rep = r.report()
-    assert rep["count"] == 1000 and rep["window"] == 100  # only the last 100 are kept
-    assert (rep["p50"], rep["p99"], rep["max"]) == (950.0, 999.0, 1000.0)
+    assert rep.count == 1000 and rep.window == 100  # only the last 100 are kept
+    assert (rep.p50, rep.p99, rep.max) == (950.0, 999.0, 1000.0)
 
 
 def test_endpoint_log_rotates_and_request_lines_are_debug(tmp_path: Path) -> None:
@@ -510,6 +510,7 @@ class HeldTriton:
 
 def _manager(tmp_path: Path, triton: Any, **cfg: Any) -> Any:
     from infra.endpoint.models import ModelManager
+    from infra.endpoint.reports import ModelState
     from infra.triton.model_repo import NamespacedModel
 
     mgr = ModelManager(EndpointConfig(name="e", model_data_url=tmp_path.as_uri(),
@@ -519,7 +520,7 @@ def _manager(tmp_path: Path, triton: Any, **cfg: Any) -> Any:
     def loaded(target: str) -> Any:
         m = mgr.entry(target)
         m.ns = NamespacedModel(entry=f"{target}_pipe", models=(f"{target}_pipe",), original_entry="pipe")
-        mgr._set_state(m, "loaded")
+        mgr.residency.set_state(m, ModelState.LOADED)
         return m
 
     return mgr, loaded
@@ -537,9 +538,9 @@ def test_an_evicting_load_inherits_its_victims_place(tmp_path: Path) -> None:
     async def scenario() -> None:
         victim = loaded("v")
         first, second = mgr.entry("a"), mgr.entry("b")
-        t1 = asyncio.create_task(mgr._make_room(first))
+        t1 = asyncio.create_task(mgr.evictor.make_room(first))
         await asyncio.sleep(0)  # let the first choose its victim (a loop turn, not a time)
-        t2 = asyncio.create_task(mgr._make_room(second))
+        t2 = asyncio.create_task(mgr.evictor.make_room(second))
         while victim.state != "unloading" or len(triton.unloads) != 1:
             await asyncio.sleep(0.01)  # wait for the unload call to reach "Triton"
         assert (first.state, second.state) == ("absent", "absent") and not t2.done()
@@ -561,23 +562,25 @@ def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatc
     largest per-model memory seen, so concurrent loads cannot overshoot the limit together."""
     import asyncio
 
-    import infra.endpoint.models as mm
+    import infra.endpoint.memory as mm
+
+    from infra.endpoint.reports import ModelState
 
     from infra.processes.procfs import Memory
 
     rss = {"now": 100}  # PSS, the limit's basis
-    monkeypatch.setattr(mm, "_triton_memory", lambda pid: Memory(pss=rss["now"], rss=3 * rss["now"]))
+    monkeypatch.setattr(mm, "triton_memory", lambda pid: Memory(pss=rss["now"], rss=3 * rss["now"]))
     mgr, loaded = _manager(tmp_path, HeldTriton(), memory_limit_bytes=1000)
 
     async def scenario() -> list[bool]:
-        out = [await mgr._over_memory(mgr.entry("a"))]  # nothing in Triton: base 100
+        out = [await mgr.memory.over_limit(mgr.entry("a"), mgr.resident)]  # nothing in Triton: base 100
         loaded("v")
         rss["now"] = 400  # one model: 300 each
-        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 <= 1000
-        mgr._set_state(mgr.entry("b"), "loading")
-        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 x 2 = 1000: fits
-        mgr._set_state(mgr.entry("c"), "loading")
-        out.append(await mgr._over_memory(mgr.entry("a")))  # 400 + 300 x 3 > 1000
+        out.append(await mgr.memory.over_limit(mgr.entry("a"), mgr.resident))  # 400 + 300 <= 1000
+        mgr.residency.set_state(mgr.entry("b"), ModelState.LOADING)
+        out.append(await mgr.memory.over_limit(mgr.entry("a"), mgr.resident))  # 400 + 300 x 2 = 1000: fits
+        mgr.residency.set_state(mgr.entry("c"), ModelState.LOADING)
+        out.append(await mgr.memory.over_limit(mgr.entry("a"), mgr.resident))  # 400 + 300 x 3 > 1000
         return out
 
     assert asyncio.run(scenario()) == [False, False, False, True]
@@ -597,19 +600,19 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
     async def scenario() -> None:
         a, b = loaded("a"), loaded("b")
         a.last_used, b.last_used = 1.0, 2.0
-        mgr._keep_spare()
+        mgr.evictor.keep_spare()
         assert (a.state, b.state) == ("unloading", "loaded")  # in this very step
         while len(triton.unloads) != 1:
             await asyncio.sleep(0.01)  # the unload call reaches "Triton"
         c = mgr.entry("c")
-        t = asyncio.create_task(mgr._make_room(c))
+        t = asyncio.create_task(mgr.evictor.make_room(c))
         for _ in range(20):
             await asyncio.sleep(0)
         assert not t.done() and c.state == "absent" and a.heir is c and b.state == "loaded"
         triton.release.set()
         await t
         assert (a.state, c.state, b.state) == ("absent", "loading", "unloading")
-        await asyncio.gather(*mgr._background)
+        await asyncio.gather(*mgr.evictor.background)
         assert mgr.metrics.peak_loaded == 2 and len(mgr.resident) == 1  # c alone
 
     asyncio.run(scenario())

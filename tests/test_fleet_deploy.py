@@ -606,7 +606,7 @@ def test_a_local_deploy_reports_progress_and_leaves_at_most_keep_loaded(
     assert running is not None
     routed = {r.target_model for r in read_routes(local_fleet["store_uri"], local_fleet["fleet"]).variants.values()}
     loaded = [m for m in LocalEndpointClient(running.url).models()
-              if m["target_model"] in routed and m["state"] == "loaded"]
+              if m.target_model in routed and m.state == "loaded"]
     assert len(loaded) <= 1
     with get_client(sync_client=True) as client:
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(

@@ -17,6 +17,8 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
@@ -34,6 +36,7 @@ from infra.endpoint.errors import (
     json_answer,
 )
 from infra.endpoint.models import STUB_DEAD_MARKERS, ModelManager, unprefix
+from infra.endpoint.reports import ModelsDoc, ModelState
 from infra.endpoint.state import ModelEntry
 from infra.endpoint.request_check import MAX_PAYLOAD_BYTES, oversize
 from infra.aws.runtime_client import BINARY_CT
@@ -49,6 +52,25 @@ TARGET_HEADER = b"x-amzn-sagemaker-target-model"
 #: takes ~0.5 s to walk, which must not stall every other request on the event loop.
 INLINE_CHECK_BYTES = 64 * 1024
 _VARIANT = (b"x-amzn-invoked-production-variant", b"AllTraffic")
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """One request's admission, as :attr:`LocalEndpoint.on_admission` sees it.
+
+    Why: whether a request found its model loaded is known only inside the endpoint; a bench
+    running it in-process tells warm from cold answers (and when each request was admitted)
+    by this, under an id its client put in a header, instead of patching the endpoint.
+    """
+
+    headers: Mapping[bytes, bytes]  # the request's headers (lower-case names)
+    target: str  # the TargetModel
+    started: float  # time.perf_counter() as the admission began
+    warm: bool | None  # found loaded; None: refused (the request is answered with an error)
+
+
+#: Called on the serving loop after each admission: keep it short, it must not block.
+AdmissionHook = Callable[[Admission], None]
 
 
 class EndpointApp:
@@ -100,8 +122,9 @@ class EndpointApp:
             return await self.ping()
         mgr = self.endpoint.manager
         if path == "/models" and method == "GET":
-            return json_answer(200, {"endpoint": self.endpoint.cfg.name,
-                                     "triton": mgr.triton_status(), "models": mgr.describe()})
+            doc = ModelsDoc(endpoint=self.endpoint.cfg.name, triton=mgr.triton_status(),
+                            models=mgr.describe())
+            return json_answer(200, doc.model_dump())
         if path.startswith("/models/") and method == "DELETE":
             target = unquote(path[len("/models/"):])
             ok = await mgr.unload(target, delete_files=True)
@@ -109,7 +132,7 @@ class EndpointApp:
             return json_answer(200, {"target_model": target, "unloaded": ok})
         if path == "/metrics" and method == "GET":
             await mgr.refresh_memory()
-            return json_answer(200, mgr.report())
+            return json_answer(200, mgr.report().model_dump())
         raise NotFound(f"No route for {method} {path}")
 
     async def ping(self) -> Answer:
@@ -142,15 +165,20 @@ class EndpointApp:
         known = mgr.models.get(target)
         # refused before the model is looked up: with its contract if it is loaded, else
         # structurally (shapes capped by the payload limit), then again with the contract
-        contract = known.contract if known is not None and known.state == "loaded" else None
+        contract = known.contract if known is not None and known.state == ModelState.LOADED else None
         req = await _check(ct, body, contract)
         mgr.metrics.invocations += 1
         generation = mgr.sup.check()
+        hook, started = self.endpoint.on_admission, time.perf_counter()
         try:
             m, warm = await mgr.admit(target)
         except EndpointError:
             mgr.count_error(target)
+            if hook is not None:
+                hook(Admission(headers, target, started, None))
             raise
+        if hook is not None:
+            hook(Admission(headers, target, started, warm))
         try:
             if m.contract is not contract:
                 req = await _check(ct, body, m.contract)

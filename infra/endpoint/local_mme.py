@@ -42,7 +42,7 @@ import httpx
 import uvicorn
 
 from infra.errors import UserError
-from infra.endpoint.app import EndpointApp, rename_model
+from infra.endpoint.app import Admission, AdmissionHook, EndpointApp
 from infra.endpoint.errors import (
     Answer,
     EndpointError,
@@ -63,13 +63,12 @@ from infra.endpoint.triton_http import TritonHTTP, UpstreamError, UpstreamRespon
 from infra.triton.server import TritonPorts, TritonServer, check_port_free, free_port
 
 __all__ = [
-    "BINARY_CT", "EndpointConfig", "EndpointError", "InsufficientMemory", "InternalFailure",
+    "Admission", "BINARY_CT", "EndpointConfig", "EndpointError", "InsufficientMemory", "InternalFailure",
     "LocalEndpoint", "Metrics", "ModelEntry", "ModelError", "ModelManager", "ModelNotReady",
     "ServiceUnavailable", "TritonSupervisor", "ValidationError", "main",
 ]
 
 log = logging.getLogger("mme.local")
-_rename_model = rename_model  # kept for callers of the old private name
 
 
 def _uvicorn_impl() -> tuple[str, str]:
@@ -101,12 +100,17 @@ class LocalEndpoint:
     ``before_restart(old_pid)``, if given, runs in a worker thread after a dead Triton was
     cleaned up and before it is started again (alerting; tests use it to hold the endpoint in
     its "down" state while they look at it).
+
+    ``on_admission``, if given, is told each request's admission (an :class:`Admission`:
+    warm or cold, when): the public hook for benches that run the endpoint in-process.
     """
 
     def __init__(self, cfg: EndpointConfig,
-                 before_restart: Callable[[int | None], None] | None = None):
+                 before_restart: Callable[[int | None], None] | None = None,
+                 on_admission: AdmissionHook | None = None):
         self.cfg = cfg
         self.before_restart = before_restart
+        self.on_admission = on_admission
         self._triton: TritonServer | None = None
         self._manager: ModelManager | None = None
         self._http: httpx.AsyncClient | None = None

@@ -100,7 +100,8 @@ def find_running(name: str) -> EndpointInfo | None:
         path.unlink(missing_ok=True)
         return None
     try:
-        r = LocalEndpointClient(info.url).ping()
+        with LocalEndpointClient(info.url) as client:
+            r = client.ping()
     except httpx.HTTPError:
         return None
     # 200: serving. A SageMaker-shaped 5xx (x-amzn-ErrorType): the endpoint runs but its Triton

@@ -16,6 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.triton.model_repo import NamespacedModel
+from infra.endpoint.reports import (
+    CountersReport,
+    ModelReport,
+    ModelState,
+    PercentileReport,
+    StatReport,
+    ThrashReport,
+)
 from infra.endpoint.request_check import ModelContract
 
 
@@ -95,18 +103,19 @@ def read_settings(path: Path) -> EndpointConfig:
     """The :class:`EndpointConfig` in ``path``; a bad document fails naming the file and field."""
     from pydantic import TypeAdapter, ValidationError
 
-    from infra.records.schema import RecordError, field_errors
+    from infra.errors import validation_problems
+    from infra.versioned import RecordError
 
     try:
         return TypeAdapter(EndpointConfig).validate_json(path.read_text())
     except ValidationError as e:
-        raise RecordError(f"{path}: not valid endpoint settings: {field_errors(e)}") from None
+        raise RecordError(f"{path}: not valid endpoint settings: {validation_problems(e)}") from None
 
 
 @dataclass
 class ModelEntry:
     target: str
-    state: str = "absent"  # absent | loading | loaded | unloading | failed
+    state: ModelState = ModelState.ABSENT  # changed only by ModelManager (its state machine)
     ns: NamespacedModel | None = None
     disk_bytes: int = 0
     last_used: float = 0.0
@@ -127,12 +136,14 @@ class ModelEntry:
     last_load_s: float = 0.0
     total_load_s: float = 0.0
 
-    def report(self, now_mono: float, now_wall: float) -> dict:
+    def report(self, now_mono: float, now_wall: float) -> ModelReport:
+        """Its counters, ``last_used`` as wall-clock time (it is kept monotonic, so a clock
+        change cannot make a model look recently used)."""
         last_used = now_wall - (now_mono - self.last_used) if self.last_used else None
-        return {"state": self.state, "invocations": self.invocations, "hits": self.hits,
-                "loads": self.loads, "last_load_s": round(self.last_load_s, 4),
-                "total_load_s": round(self.total_load_s, 4), "evictions": self.evictions,
-                "errors": self.errors, "last_used": last_used}
+        return ModelReport(state=self.state, invocations=self.invocations, hits=self.hits,
+                           loads=self.loads, last_load_s=round(self.last_load_s, 4),
+                           total_load_s=round(self.total_load_s, 4), evictions=self.evictions,
+                           errors=self.errors, last_used=last_used)
 
     @property
     def repo(self) -> NamespacedModel:
@@ -155,9 +166,9 @@ class RunningStat:
         self.total += x
         self.max = max(self.max, x)
 
-    def report(self) -> dict:
-        return {"count": self.count, "avg": self.total / self.count if self.count else 0.0,
-                "max": self.max}
+    def report(self) -> StatReport:
+        return StatReport(count=self.count, avg=self.total / self.count if self.count else 0.0,
+                          max=self.max)
 
 
 class Reservoir:
@@ -178,9 +189,10 @@ class Reservoir:
             return 0.0
         return xs[min(len(xs) - 1, max(0, math.ceil(q / 100 * len(xs)) - 1))]
 
-    def report(self) -> dict:
-        return {"count": self.count, "window": len(self.samples), "p50": self.percentile(50),
-                "p99": self.percentile(99), "max": max(self.samples, default=0.0)}
+    def report(self) -> PercentileReport:
+        return PercentileReport(count=self.count, window=len(self.samples),
+                                p50=self.percentile(50), p99=self.percentile(99),
+                                max=max(self.samples, default=0.0))
 
 
 class ThrashGuard:
@@ -231,10 +243,10 @@ class ThrashGuard:
             "spread the models over more endpoints", 100 * self.miss_rate, len(self._last),
             100 * self.threshold)
 
-    def report(self) -> dict:
-        return {"MissRate": round(self.miss_rate, 4), "Window": self.window,
-                "Requests": len(self._last), "Threshold": self.threshold,
-                "Thrashing": self.thrashing, "Warnings": self.warnings}
+    def report(self) -> ThrashReport:
+        return ThrashReport(miss_rate=round(self.miss_rate, 4), window=self.window,
+                            requests=len(self._last), threshold=self.threshold,
+                            thrashing=self.thrashing, warnings=self.warnings)
 
 
 @dataclass
@@ -272,27 +284,30 @@ class Metrics:
     load_admission: dict[str, int] = field(default_factory=lambda: {
         "Free": 0, "WaitedForEviction": 0, "WaitedForBackgroundUnload": 0, "WaitedForIdle": 0})
 
-    def report(self, loaded: int) -> dict:
-        return {
-            "LoadedModelCount": loaded,
-            "Invocations": self.invocations,
-            "ModelCacheHit": self.model_cache_hit,
-            "ModelLoadingWaitTime": self.loading_wait_ms.report(),
-            "ModelDownloadingTime": self.downloading_ms.report(),
-            "ModelLoadingTime": self.loading_ms.report(),
-            "ModelUnloadingTime": self.unloading_ms.report(),
-            "MemoryEvictions": self.evictions,
-            "DiskEvictions": self.disk_evictions,
-            "TritonDeaths": self.triton_deaths,
-            "TritonRestarts": self.triton_restarts,
-            "TritonFailedStarts": self.triton_failed_starts,
-            "StubFailures": self.stub_failures,
-            "AdmissionTime": self.admission_ms.report(),
-            "PeakLoadedModelCount": self.peak_loaded,
-            "TritonLoadCalls": self.load_calls,
-            "TritonUnloadCalls": self.unload_calls,
-            "Thrash": self.thrash.report(),
-            "Misses": dict(self.misses),
-            "BackgroundEvictions": self.background_evictions,
-            "LoadAdmission": dict(self.load_admission),
-        }
+    def report(self, loaded: int, spare: int) -> CountersReport:
+        """The counters as ``GET /metrics`` shows them (``loaded`` and ``spare`` slots are the
+        manager's to tell: these records do not know the models)."""
+        return CountersReport(
+            loaded_model_count=loaded,
+            invocations=self.invocations,
+            model_cache_hit=self.model_cache_hit,
+            model_loading_wait_time=self.loading_wait_ms.report(),
+            model_downloading_time=self.downloading_ms.report(),
+            model_loading_time=self.loading_ms.report(),
+            model_unloading_time=self.unloading_ms.report(),
+            memory_evictions=self.evictions,
+            disk_evictions=self.disk_evictions,
+            triton_deaths=self.triton_deaths,
+            triton_restarts=self.triton_restarts,
+            triton_failed_starts=self.triton_failed_starts,
+            stub_failures=self.stub_failures,
+            admission_time=self.admission_ms.report(),
+            peak_loaded_model_count=self.peak_loaded,
+            triton_load_calls=self.load_calls,
+            triton_unload_calls=self.unload_calls,
+            thrash=self.thrash.report(),
+            misses=dict(self.misses),
+            background_evictions=self.background_evictions,
+            load_admission=dict(self.load_admission),
+            spare_slots=spare,
+        )

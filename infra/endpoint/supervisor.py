@@ -12,6 +12,7 @@ from collections.abc import Callable
 import httpx
 
 from infra.endpoint.errors import EndpointError, InternalFailure, ServiceUnavailable
+from infra.endpoint.reports import TritonState
 from infra.endpoint.state import EndpointConfig, Metrics
 from infra.triton.server import TritonNotFound, TritonServer, TritonStartError, describe_returncode
 
@@ -41,7 +42,7 @@ class TritonSupervisor:
         self.triton = triton
         self.cfg = cfg
         self.metrics = metrics
-        self.state = "live"  # live | restarting | failed
+        self.state = TritonState.LIVE
         self.generation = 1  # +1 per launch; a request remembers the one it used
         self.reason = ""  # why the last server went down
         self.stopping = False
@@ -80,16 +81,16 @@ class TritonSupervisor:
 
     @property
     def live(self) -> bool:
-        return self.state == "live"
+        return self.state == TritonState.LIVE
 
     def check(self) -> int:
         """Raise the 5xx answer unless Triton is live; else return its generation."""
-        if self.state != "live":
+        if self.state != TritonState.LIVE:
             raise self.down_error()
         return self.generation
 
     def down_error(self) -> EndpointError:
-        if self.state == "failed":
+        if self.state == TritonState.FAILED:
             return InternalFailure(
                 f"The model server (Triton) died more than {self.cfg.max_triton_restarts} times "
                 f"within {self.cfg.triton_restart_window_s:.0f} s and the endpoint stopped "
@@ -105,10 +106,10 @@ class TritonSupervisor:
         and no path: one tenant's answer never names another's model. ``during`` (what was
         running when it was seen: "a request to <TargetModel>") goes to the log only.
         """
-        if self.stopping or generation != self.generation or self.state != "live":
+        if self.stopping or generation != self.generation or self.state != TritonState.LIVE:
             return
         log.error("Triton is down: %s%s; restarting it", reason, f" (seen during {during})" if during else "")
-        self.state, self.reason = "restarting", reason
+        self.state, self.reason = TritonState.RESTARTING, reason
         self.metrics.triton_deaths += 1
         self._on_down()
         self._task = asyncio.get_running_loop().create_task(self._restart())
@@ -126,7 +127,7 @@ class TritonSupervisor:
 
     async def after_error(self, generation: int, what: str) -> EndpointError | None:
         """A call to Triton failed: return the 5xx to answer if Triton is (now) down, else None."""
-        if generation == self.generation and self.state == "live":
+        if generation == self.generation and self.state == TritonState.LIVE:
             if await self.probe():
                 return None
             rc = self.triton.returncode
@@ -153,7 +154,7 @@ class TritonSupervisor:
                 if self._before_restart is not None:
                     await asyncio.to_thread(self._before_restart, old_pid)
                 if self._give_up():
-                    self.state = "failed"
+                    self.state = TritonState.FAILED
                     log.error("Triton died %d times in %.0f s: not restarting it again",
                               len(self._deaths), self.cfg.triton_restart_window_s)
                     return
@@ -167,7 +168,7 @@ class TritonSupervisor:
                     continue
                 self.generation += 1
                 self.metrics.triton_restarts += 1
-                self.state = "live"
+                self.state = TritonState.LIVE
                 log.warning("Triton restarted as pid %s (restart %d)", self.triton.pid,
                             self.metrics.triton_restarts)
                 return
