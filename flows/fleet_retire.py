@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.common import endpoint_lock
 from infra import paths
-from tasks.fleet.retire import fleet_endpoints_task, gc_task, retire_task
+from tasks.fleet.retire import Retirement, fleet_endpoints_task, gc_task, retire_task
 from tasks.fleet.routes import parse_time
 
 
@@ -40,8 +40,9 @@ def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | Non
     store_uri = store_uri or paths.store_uri()
     when = parse_time(clock) if clock else datetime.now(UTC)
     with _locked(fleet_endpoints_task(store_uri, [fleet])):
-        return retire_task(store_uri, fleet, (variants or [], shard, all_variants), now,
-                           (when, timedelta(seconds=grace_s)))
+        asked = Retirement(variants=tuple(variants or ()), shard=shard, everything=all_variants,
+                           immediately=now, now=when, grace=timedelta(seconds=grace_s))
+        return retire_task(store_uri, fleet, asked).model_dump()
 
 
 @flow(name="fleet-gc", log_prints=True)
@@ -49,4 +50,4 @@ def fleet_gc(store_uri: str | None = None, dry_run: bool = False) -> dict[str, A
     """Delete (or with ``dry_run`` list) what no routing table, kept version or ledger uses."""
     store_uri = store_uri or paths.store_uri()
     with _locked([] if dry_run else fleet_endpoints_task(store_uri, None)):
-        return gc_task(store_uri, dry_run)
+        return gc_task(store_uri, dry_run).model_dump()

@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError
 
 from infra.records.schema import RecordError
 from infra.store.objects import FileStore
-from tasks.fleet.deploy import Access, Job, commit
+from tasks.fleet.deploy import Access, DeployPolicy, Job, commit
 from tasks.fleet.routes import (
     RouteVersion,
     RoutingTable,
@@ -124,7 +124,7 @@ def test_commit_routes_what_passed_and_keeps_the_failed_ones_previous_version() 
     access = {"ep-a": Access("ep-a", "local", "file:///store/models/ep-a")}
     jobs = [_job("good", "1" * 64), _job("bad", "2" * 64), _job("new", "3" * 64, "new")]
     done = commit(table, jobs, {"good": None, "bad": "answered wrongly", "new": None},
-                  ["good", "bad", "new"], access, (T0, timedelta(0), 1))
+                  ["good", "bad", "new"], access, DeployPolicy(grace_s=0, keep_versions=1), T0)
     assert sorted(done.live) == ["good", "new"]
     assert table.variants["good"].sha256 == "1" * 64
     assert [p.sha256 for p in table.variants["good"].previous] == ["0" * 64]
@@ -288,8 +288,8 @@ def test_commit_reports_the_retiring_variants_it_brings_back() -> None:
         promote(table, name, _version(name, "0" * 64), T0)
     assert mark_retiring(table, ["back", "still"], T0) == ["back", "still"]
     access = {"ep-a": Access("ep-a", "local", "file:///store/models/ep-a")}
-    done = commit(table, [], {}, ["back", "stay"], access, (T0 + timedelta(minutes=1),
-                                                             timedelta(hours=1), 1))
+    done = commit(table, [], {}, ["back", "stay"], access,
+                  DeployPolicy(grace_s=3600, keep_versions=1), T0 + timedelta(minutes=1))
     assert done.unretired == ["back"] and done.retiring == []
     assert table.variants["back"].retiring_since is None
     assert table.variants["still"].retiring_since == T0.isoformat(timespec="seconds")

@@ -437,13 +437,13 @@ class Committed:
 
 def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str | None],
            desired: Sequence[str], access: Mapping[str, Access],
-           policy: tuple[datetime, timedelta, int]) -> Committed:
+           policy: DeployPolicy, now: datetime) -> Committed:
     """Route every job that passed to its new version; un-retire the retiring variants that are
     ``desired`` again (``unretired``); mark variants that left the fleet retiring, remove those
-    past ``grace``, drop versions beyond ``keep_versions``; the failed new
+    past ``policy.grace_s``, drop versions beyond ``policy.keep_versions``; the failed new
     versions, the removed and the dropped are returned to delete (after the table is written).
-    ``policy``: (now, grace, keep_versions)."""
-    now, grace, keep = policy
+    ``now`` is the deploy's one clock reading (``policy.clock()``, read once by the caller)."""
+    grace, keep = timedelta(seconds=policy.grace_s), policy.keep_versions
     done = Committed(refs={**table.endpoints, **{e: a.ref() for e, a in access.items()}})
     for job in jobs:
         if job.kind in ("canary", "repaired"):
@@ -512,8 +512,7 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
     with the sha256 and manifest it is routed by."""
     now = policy.clock()
     before = table.model_dump(exclude={"updated_at"})
-    done = commit(table, jobs, results, sorted(desired), access,
-                  (now, timedelta(seconds=policy.grace_s), policy.keep_versions))
+    done = commit(table, jobs, results, sorted(desired), access, policy, now)
     if table.model_dump(exclude={"updated_at"}) != before:
         uri = write_routes(store_uri, table, now)
     else:  # nothing changed: no write (a no-op deploy is one GET of the table)

@@ -22,10 +22,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from ensembles.fleet_spec import variant_ensemble_name
 from infra import paths
@@ -72,14 +72,39 @@ def pick_retirees(table: RoutingTable, variants: Sequence[str], shard: str | Non
     return sorted(table.variants)
 
 
+@dataclass(frozen=True)
+class Retirement:
+    """What a retire run is asked: which variants (by name, by ``shard``, or ``everything``:
+    exactly one of them), whether to remove them at once (``immediately``) rather than mark
+    them retiring, the run's clock, and how long a retiree is kept before it is removed."""
+
+    variants: tuple[str, ...]
+    shard: str | None
+    everything: bool
+    immediately: bool
+    now: datetime
+    grace: timedelta
+
+
+class RetireReport(BaseModel):
+    """What a retire run did: the table written, the variants marked and removed, the objects
+    deleted, and how many variants the table still routes."""
+
+    fleet: str
+    routes: str
+    marked: list[str]
+    removed: list[str]
+    deleted: list[str]
+    routed: int
+
+
 @task(name="retire-fleet-variants", cache_policy=NO_CACHE)
-def retire_task(store_uri: str, fleet: str, picked: tuple[Sequence[str], str | None, bool],
-                now_flag: bool, when: tuple[datetime, timedelta]) -> dict[str, Any]:
-    """Mark ``picked`` (variants, shard, everything) retiring, or remove them at once
-    (``now_flag``); also remove every retiree past its grace. ``when``: (now, grace)."""
-    now, grace = when
+def retire_task(store_uri: str, fleet: str, asked: Retirement) -> RetireReport:
+    """Mark the variants ``asked`` names retiring, or remove them at once
+    (``asked.immediately``); also remove every retiree past its grace."""
+    now, grace, now_flag = asked.now, asked.grace, asked.immediately
     table = require_routes(store_uri, fleet)
-    names = pick_retirees(table, *picked)
+    names = pick_retirees(table, asked.variants, asked.shard, asked.everything)
     refs: dict[str, EndpointRef] = dict(table.endpoints)
     marked = [] if now_flag else mark_retiring(table, names, now)
     gone = sorted(set(names if now_flag else []) | set(expired(table, grace, now)))
@@ -88,8 +113,8 @@ def retire_task(store_uri: str, fleet: str, picked: tuple[Sequence[str], str | N
     deleted = delete_versions(table, versions, refs)
     run_logger().info("fleet %s: %d marked retiring, %d removed, %d objects deleted (%s)",
                       fleet, len(marked), len(gone), len(deleted), uri)
-    return {"fleet": fleet, "routes": uri, "marked": marked, "removed": gone, "deleted": deleted,
-            "routed": len(table.variants)}
+    return RetireReport(fleet=fleet, routes=uri, marked=marked, removed=gone, deleted=deleted,
+                        routed=len(table.variants))
 
 
 @task(name="fleet-endpoints", cache_policy=NO_CACHE)
@@ -171,8 +196,16 @@ def _delete_objects(store_uri: str, keys: Sequence[tuple[str, str]]) -> None:
         forget_index_entries(store, prefix, {k.rsplit("/", 1)[-1] for k in full})
 
 
+class GcReport(BaseModel):
+    """What gc found (and, unless ``dry_run``, deleted): store object URIs and local files."""
+
+    dry_run: bool
+    objects: list[str]
+    files: list[str]
+
+
 @task(name="fleet-gc", cache_policy=NO_CACHE)
-def gc_task(store_uri: str, dry_run: bool) -> dict[str, Any]:
+def gc_task(store_uri: str, dry_run: bool) -> GcReport:
     """List (``dry_run``) or delete what nothing references; the tables are re-read right
     before deleting and any object they name now is spared."""
     found = Garbage()
@@ -184,4 +217,4 @@ def gc_task(store_uri: str, dry_run: bool) -> dict[str, Any]:
             Path(f).unlink(missing_ok=True)
     run_logger().info("gc%s: %d store objects, %d local files", " (dry run)" if dry_run else "",
                       len(found.objects), len(found.files))
-    return {"dry_run": dry_run, "objects": found.objects, "files": found.files}
+    return GcReport(dry_run=dry_run, objects=found.objects, files=found.files)
