@@ -38,7 +38,7 @@ from infra.endpoint.errors import (
 from infra.endpoint.models import STUB_DEAD_MARKERS, ModelManager, unprefix
 from infra.endpoint.reports import ModelsDoc, ModelState
 from infra.endpoint.state import ModelEntry
-from infra.endpoint.request_check import MAX_PAYLOAD_BYTES, oversize
+from infra.endpoint.request_check import MAX_PAYLOAD_BYTES, ModelContract, TritonRequest, oversize
 from infra.aws.runtime_client import BINARY_CT
 from infra.endpoint.triton_http import UpstreamResponse
 
@@ -220,7 +220,8 @@ async def _read_body(receive: Any, limit: int) -> bytes | None:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _check(ct: str, body: bytes, contract: Any) -> Any:
+async def _check(ct: str, body: bytes, contract: ModelContract | None) -> TritonRequest:
+    """The request checked (in a worker thread when large: see INLINE_CHECK_BYTES)."""
     if len(body) > INLINE_CHECK_BYTES:
         return await asyncio.to_thread(check_body, ct, body, contract)
     return check_body(ct, body, contract)
