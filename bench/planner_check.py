@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -61,6 +60,7 @@ from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint  # noqa: E402
 from infra.endpoint.app import Admission  # noqa: E402
 from infra.endpoint.state import spare_slots  # noqa: E402
 from tasks.planning.simulate import FleetArrays, InstanceConfig, SimResult, simulate_closed_loop  # noqa: E402
+from tasks.runtime.hardware import hardware  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_HIT_POINTS = 3.0
@@ -104,8 +104,7 @@ def profile(folder: Path, names: list[str], concurrent: int, max_batch: int = 8)
     return {"variants": per, "median": median, "status": "measured", "load_concurrency": conc,
             "host_load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "where": "bench/planner_check.py: measure_footprint (a real Triton, one model at a time)",
-            "hardware": " ".join(x for x in (platform.machine(), platform.processor()) if x)
-            + f", {os.cpu_count()} cores"}
+            "hardware": hardware(with_node=False)}
 
 
 def fleet_arrays(n: int, fp: dict[str, float]) -> FleetArrays:

@@ -18,15 +18,8 @@ from infra.store.tarball import safe_extract
 from infra.processes.ownership import owner
 from tasks.fleet.variant import StagedVariant, VariantError, target_model_for
 from tasks.build.verify import Sample, Verification, score
+from tasks.runtime.hardware import hardware
 
-
-def _hardware() -> str:
-    """Where the verify step's times were measured (the planner says so beside each figure)."""
-    import os
-    import platform
-
-    cpu = " ".join(x for x in (platform.machine(), platform.processor()) if x)
-    return f"{cpu}, {os.cpu_count()} cores ({platform.node()})"
 
 
 def _serve(server: Any, client: Any, entry: str, staged: StagedVariant, sample: Sample,
@@ -93,7 +86,7 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
     result = score(v.metric, v.threshold, sample, got).model_copy(update={
         "per_item": None, "load_seconds": round(times["load_s"], 3),
         "unload_seconds": round(times["unload_s"], 3),
-        "service_seconds": round(times["service_s"], 4), "measured_on": _hardware(),
+        "service_seconds": round(times["service_s"], 4), "measured_on": hardware(),
         "footprint_times": ({**times, "extract_s": extract_s, "unpacked_bytes": unpacked,
                              "tarball_bytes": staged.tarball.stat().st_size} if measure else None)})
     if not result.passed:
