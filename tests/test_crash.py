@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from test_endpoint_supervision import HOLD_CONFIG, shm_segments, wait_for
-from fixtures.local_endpoint import X, call, post, processes_mentioning
+from fixtures.wait import wait_until
+from fixtures.local_endpoint import X, call, post, processes_mentioning, shm_segments
 from fixtures.local_endpoint import ENDPOINT as LOCAL_ENDPOINT
-from fixtures.tiny_models import PIPE_CONFIG
+from fixtures.tiny_models import HOLD_CONFIG, PIPE_CONFIG
 
 from infra.endpoint import process as endpoint_process
 
@@ -130,7 +130,7 @@ def endpoint_mid_load(home: Path, tmp_path: Path) -> tuple[endpoint_process.Endp
     publish_slow_init(store, "slow.tar.gz", gate)
     info = start_background(ENDPOINT, store.as_uri())
     start_load_in_background(info.url, "slow.tar.gz")
-    wait_for("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
+    wait_until("the stub to be inside initialize()", Path(f"{gate}.entered").exists)
     return (info, *ledger_of(home, info))
 
 
@@ -150,13 +150,13 @@ def test_endpoint_killed_during_a_load_leaves_nothing_and_restarts(home: Path, t
     before = temp_entries()
     folder, ledger, token = kill_during_load(home, tmp_path)
     # the warden saw its owner die: tritonserver and the stub in initialize() are killed
-    left = wait_for("no process of the dead endpoint", lambda: not processes_mentioning(token) or None, 60)
+    left = wait_until("no process of the dead endpoint", lambda: not processes_mentioning(token) or None, 60)
     assert left is None or not processes_mentioning(token)
-    wait_for("its shm segments to be removed", lambda: not shm_segments(token))
-    wait_for("its run folder to be removed", lambda: not folder.exists())
+    wait_until("its shm segments to be removed", lambda: not shm_segments(token))
+    wait_until("its run folder to be removed", lambda: not folder.exists())
     warden = ProcessIdentity.from_dict(ledger["warden"])
     assert warden is not None
-    wait_for("the warden to exit", lambda: not warden.alive())
+    wait_until("the warden to exit", lambda: not warden.alive())
     # the state file is stale: stop removes it and signals nothing
     assert stop(ENDPOINT) is StopOutcome.STALE
     assert not endpoint_process.state_file(ENDPOINT).exists()
@@ -174,12 +174,12 @@ def test_next_start_sweeps_what_a_dead_endpoint_and_its_warden_left(home: Path, 
     token = ledger["groups"][0]["token"]
     os.kill(ledger["warden"]["pid"], signal.SIGKILL)  # both die: nobody sweeps at once
     os.kill(info.pid, signal.SIGKILL)
-    wait_for("the endpoint to die", lambda: not info.identity.alive())  # type: ignore[union-attr]
+    wait_until("the endpoint to die", lambda: not info.identity.alive())  # type: ignore[union-attr]
     assert folder.is_dir(), "with its warden dead too, the ledger stays for the next start"
     gate.touch()
     again = start_background(ENDPOINT, store.as_uri())  # its serve() sweeps dead owners first
     assert not folder.exists()
-    wait_for("the old launch's processes to be gone", lambda: not processes_mentioning(token))
+    wait_until("the old launch's processes to be gone", lambda: not processes_mentioning(token))
     assert not shm_segments(token)
     np.testing.assert_array_equal(call(again.url, "slow.tar.gz"), X + 1)
 
@@ -277,8 +277,8 @@ def test_build_killed_while_prefect_starts_leaves_no_server(home: Path, tmp_path
 
     pid = kill_build_when(cli_env(home, tmp_path / "prefect"), "Prefect's temporary server to be spawned",
                           spawned, 120)
-    wait_for("the temporary server to be killed", lambda: not seen["server"].alive(), 60)
-    wait_for("the build's run folder to go", lambda: owner_run_folder(home, pid) is None)
+    wait_until("the temporary server to be killed", lambda: not seen["server"].alive(), 60)
+    wait_until("the build's run folder to go", lambda: owner_run_folder(home, pid) is None)
 
 
 BUILD = [sys.executable, "-m", "flows.cli", "build", "image_classifier"]
@@ -291,7 +291,7 @@ def kill_build_when(env: dict[str, str], what: str, reached: Callable[[int], boo
     build = subprocess.Popen(BUILD, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_for(what, lambda: reached(build.pid), timeout)
+        wait_until(what, lambda: reached(build.pid), timeout)
         if before_kill is not None:
             before_kill(build.pid)
         build.send_signal(signal.SIGKILL)
@@ -321,18 +321,18 @@ def test_build_killed_during_verify_leaves_nothing_and_the_rerun_completes(home:
                     lambda pid: bool(children_of(pid, "tritonserver", "mme-verify-")), 300, look)
     folder, ledger = seen["folder"], seen["ledger"]
     owned = [ProcessIdentity.from_dict(p) for p in ledger["processes"]]
-    wait_for("the build's processes (Prefect's server, Triton) to die",
+    wait_until("the build's processes (Prefect's server, Triton) to die",
              lambda: not any(i is not None and i.alive() for i in owned), 60)
     tokens = [g["token"] for g in ledger["groups"]]
-    wait_for("the verify stubs to die", lambda: not any(processes_mentioning(t) for t in tokens), 60)
+    wait_until("the verify stubs to die", lambda: not any(processes_mentioning(t) for t in tokens), 60)
     assert not any(shm_segments(t) for t in tokens)
-    wait_for("the dead build's scratch to be removed", lambda: not folder.exists())
+    wait_until("the dead build's scratch to be removed", lambda: not folder.exists())
     assert temp_entries() <= before, "files left in the system's temporary folder"
     # the rerun completes and leaves no run folder and no scratch behind
     r = subprocess.run(BUILD, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert (home / "artifacts" / "local-cpu" / "image_classifier.tar.gz").is_file()
-    wait_for("the rerun's run folder to go", lambda: not any((home / "run").iterdir()))
+    wait_until("the rerun's run folder to go", lambda: not any((home / "run").iterdir()))
     assert not (home / "work").exists() or not any((home / "work").iterdir())
     assert temp_entries() <= before
 
@@ -396,11 +396,11 @@ def test_fleet_deploy_killed_mid_way_leaves_a_consistent_store_after_the_rerun(
                             stderr=subprocess.DEVNULL)
     try:
         reached = (lambda: published_any(store)) if moment == "publish" else (lambda: endpoint_loading(home))
-        wait_for(f"the deploy to reach {moment}", lambda: reached() or proc.poll() is not None, 300)
+        wait_until(f"the deploy to reach {moment}", lambda: reached() or proc.poll() is not None, 300)
         assert proc.poll() is None, f"the deploy ended (rc {proc.returncode}) before {moment}"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        wait_for("the killed run's folder to go", lambda: owner_run_folder(home, proc.pid) is None)
+        wait_until("the killed run's folder to go", lambda: owner_run_folder(home, proc.pid) is None)
         assert temp_entries() <= before, "files left in the system's temporary folder"
         # the next run completes; the store and the routing table agree, object by object
         r = subprocess.run(deploy, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from fixtures.local_endpoint import X, call, metrics, models, post, start_endpoint
 from fixtures.tiny_models import publish_pipe, write_pipe_repo
+from fixtures.wait import wait_until, wait_until_async
 
 from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
 from infra.endpoint.local_mme import configure_logging
@@ -69,14 +69,6 @@ def publish_sticky(store_dir: Path, target: str, k: float, gate: Path) -> None:
         repo = write_pipe_repo(Path(tmp) / "repo", k)
         (repo / "add" / "1" / "model.py").write_text(FINALIZE_GATE_MODEL.format(k=k, gate=str(gate)))
         pack_deterministic(repo, store_dir / target)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 120) -> None:
-    """Wait on a state (not a time): fails only if it never comes."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        time.sleep(0.02)  # polling interval
 
 
 class TritonCalls:
@@ -326,7 +318,7 @@ def test_warm_requests_are_admitted_while_another_model_loads_or_unloads(tmp_pat
         np.testing.assert_array_equal(call(e.url, "sticky-3.tar.gz"), X + 3)
         with ThreadPoolExecutor(3) as pool:
             slow = pool.submit(ask, e.url, "slow-2.tar.gz")
-            wait_for("slow-2 loading",
+            wait_until("slow-2 loading",
                      lambda: models(e.url).get("slow-2.tar.gz", {}).get("state") == "loading")
             before = metrics(e.url)["AdmissionTime"]["count"]
             for _ in range(10):
@@ -335,13 +327,13 @@ def test_warm_requests_are_admitted_while_another_model_loads_or_unloads(tmp_pat
             assert metrics(e.url)["AdmissionTime"]["count"] == before + 10
 
             dropping = pool.submit(httpx.delete, f"{e.url}/models/sticky-3.tar.gz", timeout=300)
-            wait_for("sticky-3's finalize", Path(f"{unload_gate}.entered").exists)
+            wait_until("sticky-3's finalize", Path(f"{unload_gate}.entered").exists)
             assert models(e.url)["sticky-3.tar.gz"]["state"] == "unloading"
             for _ in range(10):
                 np.testing.assert_array_equal(call(e.url, "warm-1.tar.gz"), X + 1)
             assert models(e.url)["sticky-3.tar.gz"]["state"] == "unloading" and not dropping.done()
             again = pool.submit(ask, e.url, "sticky-3.tar.gz")  # waits for the unload, reloads
-            wait_for("a request for sticky-3 waiting",
+            wait_until("a request for sticky-3 waiting",
                      lambda: metrics(e.url)["Misses"]["Unloading"] == 1)
             assert not again.done() and models(e.url)["sticky-3.tar.gz"]["state"] == "unloading"
             load_gate.touch()
@@ -375,7 +367,7 @@ def test_a_cold_request_waits_for_its_victim_not_for_every_unload(tmp_path: Path
         np.testing.assert_array_equal(call(e.url, "b-2.tar.gz"), X + 2)
         with ThreadPoolExecutor(1) as pool:
             dropping = pool.submit(httpx.delete, f"{e.url}/models/sticky-1.tar.gz", timeout=300)
-            wait_for("sticky-1's finalize", Path(f"{gate}.entered").exists)
+            wait_until("sticky-1's finalize", Path(f"{gate}.entered").exists)
             np.testing.assert_array_equal(call(e.url, "c-3.tar.gz"), X + 3)
             listed = models(e.url)
             assert listed["sticky-1.tar.gz"]["state"] == "unloading" and not dropping.done()
@@ -455,7 +447,7 @@ def test_spare_room_unloads_an_idle_model_before_the_next_miss(tmp_path: Path, s
         for t in (a, b, c):
             np.testing.assert_array_equal(call(e.url, t), X + k_of(t))
         if spare:
-            wait_for("a unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 1)
+            wait_until("a unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 1)
             assert models(e.url)[a]["state"] == "absent"
         m = metrics(e.url)
         assert m["SpareSlots"] == spare and m["LoadAdmission"]["Free"] == 3, m
@@ -466,7 +458,7 @@ def test_spare_room_unloads_an_idle_model_before_the_next_miss(tmp_path: Path, s
         assert (adm["Free"], adm["WaitedForEviction"], adm["WaitedForBackgroundUnload"]) == \
             ((4, 0, 0) if spare else (3, 1, 0)), adm
         if spare:
-            wait_for("b unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 2)
+            wait_until("b unloaded in the background", lambda: metrics(e.url)["BackgroundEvictions"] == 2)
         m = metrics(e.url)
         states = {t: r["state"] for t, r in models(e.url).items()}
         expected = {a: "absent", b: "absent" if spare else "loaded", c: "loaded", d: "loaded"}
@@ -541,8 +533,8 @@ def test_an_evicting_load_inherits_its_victims_place(tmp_path: Path) -> None:
         t1 = asyncio.create_task(mgr.evictor.make_room(first))
         await asyncio.sleep(0)  # let the first choose its victim (a loop turn, not a time)
         t2 = asyncio.create_task(mgr.evictor.make_room(second))
-        while victim.state != "unloading" or len(triton.unloads) != 1:
-            await asyncio.sleep(0.01)  # wait for the unload call to reach "Triton"
+        await wait_until_async('the unload call to reach "Triton"',
+                               lambda: victim.state == "unloading" and len(triton.unloads) == 1)
         assert (first.state, second.state) == ("absent", "absent") and not t2.done()
         triton.release.set()
         await t1
@@ -602,8 +594,7 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
         a.last_used, b.last_used = 1.0, 2.0
         mgr.evictor.keep_spare()
         assert (a.state, b.state) == ("unloading", "loaded")  # in this very step
-        while len(triton.unloads) != 1:
-            await asyncio.sleep(0.01)  # the unload call reaches "Triton"
+        await wait_until_async('the unload call to reach "Triton"', lambda: len(triton.unloads) == 1)
         c = mgr.entry("c")
         t = asyncio.create_task(mgr.evictor.make_room(c))
         for _ in range(20):

@@ -15,7 +15,6 @@ import signal
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,11 @@ from fixtures.local_endpoint import (
     models,
     post,
     processes_mentioning,
+    shm_segments,
     wait_gone,
 )
-from fixtures.tiny_models import PIPE_CONFIG, publish_pipe
+from fixtures.tiny_models import HOLD_CONFIG, PIPE_CONFIG, publish_pipe
+from fixtures.wait import wait_until
 
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint, Metrics, TritonSupervisor
 from infra.triton.model_repo import namespace_for
@@ -51,15 +52,6 @@ pytestmark = [
 
 # ``hold`` answers Y = X + 1, but each request first creates <gate>.entered and then waits
 # until <gate> exists: a request the test knows to be inside Triton when it kills Triton.
-HOLD_CONFIG = """\
-name: "add"
-backend: "python"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-parameters { key: "gate" value: { string_value: "%s" } }
-"""
 
 HOLD_MODEL = """\
 import json
@@ -96,15 +88,6 @@ def publish_hold(store_dir: Path, target: str, gate: Path) -> None:
         pack_deterministic(repo, store_dir / target)
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 120) -> Any:
-    """Poll a state until it holds (fails the test with ``what`` after ``timeout``)."""
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.02)
-    return value
-
-
 def group_members(pgid: int) -> dict[int, str]:
     """{pid: state letter} of every process (zombies included) in process group ``pgid``."""
     found: dict[int, str] = {}
@@ -118,10 +101,6 @@ def group_members(pgid: int) -> dict[int, str]:
         if int(fields[2]) == pgid:  # state, ppid, pgrp, ...
             found[int(entry.name)] = fields[0]
     return found
-
-
-def shm_segments(prefix: str) -> list[str]:
-    return sorted(p.name for p in Path("/dev/shm").glob(f"{prefix}*"))
 
 
 class Held:
@@ -181,13 +160,13 @@ def test_sigkilled_triton_is_cleaned_up_answers_503_and_restarts(
     thread = threading.Thread(target=lambda: in_flight.setdefault(
         "r", post(e.url, "hold.tar.gz", body, ct)), daemon=True)
     thread.start()
-    wait_for("the request to reach the model", Path(f"{gate}.entered").exists)
+    wait_until("the request to reach the model", Path(f"{gate}.entered").exists)
     os.kill(old_pid, signal.SIGKILL)
     thread.join(60)
     assert_error(in_flight["r"], 503, "ServiceUnavailable", "restarting", "retry")
 
     # held down (before_restart blocks): every answer is the clear 503, /ping included
-    wait_for("the cleanup to finish", held.entered.is_set)
+    wait_until("the cleanup to finish", held.entered.is_set)
     assert_error(httpx.get(f"{e.url}/ping", timeout=10), 503, "ServiceUnavailable", "restarting")
     doc = assert_error(post(e.url, "other.tar.gz", body, ct), 503, "ServiceUnavailable")
     # tenant isolation: another TargetModel's caller is told Triton is down, not what ran
@@ -204,13 +183,13 @@ def test_sigkilled_triton_is_cleaned_up_answers_503_and_restarts(
     (seen,) = held.calls
     assert seen["pid"] == old_pid and not seen["proc_exists"], seen
     assert not {p: s for p, s in seen["group"].items() if s != "Z"}, seen
-    wait_for("the orphaned stubs' zombies to be reaped", lambda: not group_members(old_pid), 30)
+    wait_until("the orphaned stubs' zombies to be reaped", lambda: not group_members(old_pid), 30)
     assert shm_segments(old_prefix) == []
     # the files stayed in the disk cache
     assert (e.cache_dir / "repo" / listed["other.tar.gz"]["internal_name"] / "config.pbtxt").exists()
 
     held.release.set()
-    wait_for("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
+    wait_until("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
     new = triton_state(e.url)
     assert new["state"] == "live" and new["pid"] != old_pid and new["generation"] == 2
     gate.touch()
@@ -239,7 +218,7 @@ def test_triton_abort_on_bad_alloc_is_survived(tmp_path: Path) -> None:
         huge = b'{"inputs":[{"name":"X","shape":[1000000000000],"datatype":"FP32","data":[1,2,3]}]}'
         with pytest.raises(httpx.TransportError):
             httpx.post(f"{e.ep.triton.url}/v2/models/{internal}/infer", content=huge, timeout=120)
-        state = wait_for("the restart", lambda: (s := triton_state(e.url))["generation"] == 2
+        state = wait_until("the restart", lambda: (s := triton_state(e.url))["generation"] == 2
                          and s["state"] == "live" and s)
         assert "SIGABRT" in state["reason"]
         assert str(old_pid) not in state["reason"], "the reason every tenant reads names no pid"
@@ -268,8 +247,8 @@ def test_restart_that_fails_is_retried(held_endpoint: tuple[Endpoint, Held]) -> 
     held.on_call = lambda n: repo.rename(aside) if n == 1 else aside.rename(repo)
     held.release.set()
     os.kill(e.ep.triton.pid, signal.SIGKILL)
-    wait_for("two restart attempts", lambda: len(held.calls) == 2)
-    wait_for("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
+    wait_until("two restart attempts", lambda: len(held.calls) == 2)
+    wait_until("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
     m = metrics(e.url)
     assert (m["TritonDeaths"], m["TritonFailedStarts"], m["TritonRestarts"]) == (1, 1, 1)
     np.testing.assert_array_equal(call(e.url, "a.tar.gz"), X + 1)
@@ -288,12 +267,12 @@ def test_endpoint_gives_up_after_repeated_deaths(tmp_path: Path) -> None:
         np.testing.assert_array_equal(call(ep.url, "a.tar.gz"), X + 1)
         first = ep.triton.pid
         os.kill(first, signal.SIGKILL)
-        wait_for("the first restart", lambda: triton_state(ep.url)["generation"] == 2
+        wait_until("the first restart", lambda: triton_state(ep.url)["generation"] == 2
                  and triton_state(ep.url)["state"] == "live")
         np.testing.assert_array_equal(call(ep.url, "a.tar.gz"), X + 1)
         second = ep.triton.pid
         os.kill(second, signal.SIGKILL)
-        wait_for("giving up", lambda: triton_state(ep.url)["state"] == "failed")
+        wait_until("giving up", lambda: triton_state(ep.url)["state"] == "failed")
         assert_error(httpx.get(f"{ep.url}/ping", timeout=10), 500, "InternalFailure",
                      "stopped restarting")
         body, ct = encode_request({"X": X})
@@ -305,7 +284,7 @@ def test_endpoint_gives_up_after_repeated_deaths(tmp_path: Path) -> None:
         assert not ep.triton.running
         for pid in (first, second):  # both reaped, nothing left of their groups
             assert not Path(f"/proc/{pid}").exists()
-            wait_for(f"group {pid} gone", lambda pid=pid: not group_members(pid), 30)
+            wait_until(f"group {pid} gone", lambda pid=pid: not group_members(pid), 30)
     finally:
         ep.stop()
 
@@ -340,13 +319,13 @@ def test_ping_follows_triton_liveness(held_endpoint: tuple[Endpoint, Held],
                                  "owner": ProcessIdentity.current().to_dict()}))
     assert httpx.get(f"{e.url}/ping", timeout=10).status_code == 200
     os.kill(e.ep.triton.pid, signal.SIGKILL)
-    wait_for("the cleanup to finish", held.entered.is_set)
+    wait_until("the cleanup to finish", held.entered.is_set)
     r = httpx.get(f"{e.url}/ping", timeout=10)
     assert r.status_code == 503 and "message" in r.json()
     found = endpoint_process.find_running(ENDPOINT)
     assert found is not None and found.url == e.url
     held.release.set()
-    wait_for("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
+    wait_until("/ping 200", lambda: httpx.get(f"{e.url}/ping", timeout=10).status_code == 200)
 
 
 # ---------------------------------------------------------------------------------- B. a stub dies

@@ -12,26 +12,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.wait import wait_until
 
 from infra.processes import leftovers
 from infra.processes.procfs import ProcessIdentity, cmdline, live_group_members
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
-
-
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for: {what}"
-        time.sleep(0.02)
-    return value
 
 
 def alive(p: subprocess.Popen[Any]) -> bool:
@@ -83,7 +74,7 @@ def test_sweep_kills_only_processes_whose_identity_matches(tmp_path: Path) -> No
                                "processes": [me.to_dict(), stale]})
         done = leftovers.sweep(d)
         assert done.processes == [ours.pid]
-        wait_for("our process to die", lambda: not alive(ours))
+        wait_until("our process to die", lambda: not alive(ours))
         assert alive(not_ours), "a process with a reused pid was signalled"
         assert not d.exists()
     finally:
@@ -98,14 +89,14 @@ def test_group_sweep_kills_only_members_carrying_the_token(tmp_path: Path) -> No
         env={**os.environ, "PY": sys.executable, "TOKEN": token}, start_new_session=True)
     outsider = sleeper(token)  # carries the token but is in another group
     try:
-        wait_for("the group to form", lambda: len(live_group_members(leader.pid)) == 2
+        wait_until("the group to form", lambda: len(live_group_members(leader.pid)) == 2
                  and token in cmdline(leader.pid))
         members = live_group_members(leader.pid)
         plain = next(p for p in members if p != leader.pid)
         d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
                                "groups": [{"pgid": leader.pid, "token": token}]})
         assert leftovers.sweep(d).groups == [leader.pid]
-        wait_for("the token-bearing member to die", lambda: not alive(leader))
+        wait_until("the token-bearing member to die", lambda: not alive(leader))
         assert ProcessIdentity.of(plain) is not None, "a member without the token was signalled"
         assert alive(outsider), "a process of another group was signalled"
     finally:
@@ -153,7 +144,7 @@ def test_sweep_dead_owners_leaves_a_live_owner_alone(tmp_path: Path) -> None:
         reports = leftovers.sweep_dead_owners(root)
         assert [r.run for r in reports] == ["dead"]
         assert (root / "live").is_dir() and not (root / "dead").exists()
-        wait_for("the dead owner's process to die", lambda: not alive(live_child))
+        wait_until("the dead owner's process to die", lambda: not alive(live_child))
     finally:
         kill(live_child)
 
@@ -186,9 +177,9 @@ def test_warden_kills_what_a_sigkilled_owner_left(tmp_path: Path) -> None:
         assert ledger["warden"]["pid"] == int(warden_pid)
         owner_proc.send_signal(signal.SIGKILL)  # no atexit, no finally
         owner_proc.wait()
-        wait_for("the owned child to be killed", lambda: not child.alive())
-        wait_for("the run folder to be removed", lambda: not Path(folder).exists())
-        wait_for("the warden to exit", lambda: ProcessIdentity.of(int(warden_pid)) is None
+        wait_until("the owned child to be killed", lambda: not child.alive())
+        wait_until("the run folder to be removed", lambda: not Path(folder).exists())
+        wait_until("the warden to exit", lambda: ProcessIdentity.of(int(warden_pid)) is None
                  or not ProcessIdentity.of(int(warden_pid)).alive())  # type: ignore[union-attr]
     finally:
         if child is not None and child.alive():
@@ -205,4 +196,4 @@ def test_a_clean_exit_leaves_no_run_folder(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(PROJECT_ROOT),
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out.startswith(str(tmp_path / "home" / "run"))
-    wait_for("the run folder to go", lambda: not Path(out).exists())
+    wait_until("the run folder to go", lambda: not Path(out).exists())
