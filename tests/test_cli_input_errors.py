@@ -17,7 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.fleet.build import INDEX_FILE, FleetIndex, IndexEntry
+from tasks.fleet.build import INDEX_FILE, FleetIndex, FleetIndexEntry
 from tasks.planning.inputs import FleetInputError, fleet_from_dir
 
 MME = [sys.executable, "-m", "flows.cli"]
@@ -48,7 +48,7 @@ def _manifests(folder: Path, names: list[str]) -> Path:
 
 def _index(folder: Path, names: list[str]) -> None:
     index = FleetIndex(fleet="f1", target="sagemaker-gpu", variants={
-        n: IndexEntry(file=f"{n}.tar.gz", target_model=f"{n}.tar.gz", status="ok") for n in names})
+        n: FleetIndexEntry(file=f"{n}.tar.gz", target_model=f"{n}.tar.gz", status="ok") for n in names})
     (folder / INDEX_FILE).write_text(index.model_dump_json())
 
 

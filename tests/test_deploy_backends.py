@@ -64,7 +64,7 @@ def test_flows_contain_no_backend_string_checks() -> None:
 
 # ---------------------------------------------------------------------------------- records
 def test_ledger_old_file_is_read_and_a_newer_one_refused(tmp_path: Path) -> None:
-    from infra.records.schema import RecordError
+    from infra.versioned import RecordError
     from infra.store.objects import open_store
     from tasks.deploy.publish import read_ledger, write_ledger
 
@@ -82,7 +82,7 @@ def test_ledger_old_file_is_read_and_a_newer_one_refused(tmp_path: Path) -> None
     assert doc["schema_version"] == 1 and doc["ensembles"] == old["ensembles"]
 
     store.put_bytes("deployments/ep.json", json.dumps({**old, "schema_version": 7}).encode())
-    with pytest.raises(RecordError, match=r"deployments/ep\.json: schema_version 7"):
+    with pytest.raises(RecordError, match=r"deployments/ep\.json: deploy ledger schema_version 7"):
         read_ledger(store_uri, "ep")
     store.put_bytes("deployments/ep.json", json.dumps({"endpoint": "ep", "ensembles": {
         "a": {"sha256": "x"}}}).encode())
@@ -92,7 +92,7 @@ def test_ledger_old_file_is_read_and_a_newer_one_refused(tmp_path: Path) -> None
 
 def test_endpoint_record_is_typed_and_versioned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from infra.records import endpoint as record
-    from infra.records.schema import RecordError
+    from infra.versioned import RecordError
 
     monkeypatch.setenv("MME_HOME", str(tmp_path))
     record.note_call("ep", "create_model", {"ModelName": "m1"}, record.CREATING, backend="sagemaker")
@@ -105,7 +105,7 @@ def test_endpoint_record_is_typed_and_versioned(tmp_path: Path, monkeypatch: pyt
     path.write_text(json.dumps(doc))
     assert record.read_record("ep")["resources"][0]["state"] == record.CREATING
     path.write_text(json.dumps({**doc, "schema_version": 2}))
-    with pytest.raises(RecordError, match=rf"{path}: schema_version 2"):
+    with pytest.raises(RecordError, match=rf"{path}: endpoint record schema_version 2"):
         record.read_record("ep")
     path.write_text(json.dumps({**doc, "resources": [{"kind": "model"}]}))
     with pytest.raises(RecordError, match=rf"{path}: .*resources\.0\.name"):
@@ -200,7 +200,8 @@ def test_sagemaker_backend_uses_the_clients_it_is_given() -> None:
 def test_local_endpoint_client_speaks_the_admin_api(tmp_path: Path) -> None:
     """ping, models, unload, metrics, invoke against a real endpoint over a real Triton."""
     import numpy as np
-    from test_local_mme import X, publish_pipe
+    from fixtures.local_endpoint import X
+    from fixtures.tiny_models import publish_pipe
 
     from infra.endpoint.client import LocalEndpointClient
     from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint

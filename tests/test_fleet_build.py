@@ -16,7 +16,7 @@ from ensembles.fleet_spec import Variant
 from tasks.fleet.build import (
     INDEX_FILE,
     FleetIndex,
-    IndexEntry,
+    FleetIndexEntry,
     pick_canaries,
     plan_builds,
     select_variants,
@@ -261,7 +261,7 @@ def test_new_template_key_rebuilds_every_variant(tmp_path):
     variants = _variants(5)
     old = _template("a")
     index = FleetIndex(fleet="f", target="local-cpu", template_key="a", variants={
-        v.name: IndexEntry(key=input_key("a", v), file=f"{v.name}.tar.gz",
+        v.name: FleetIndexEntry(key=input_key("a", v), file=f"{v.name}.tar.gz",
                            target_model=f"{v.name}.tar.gz", status="ok") for v in variants})
     for v in variants:
         (tmp_path / f"{v.name}.tar.gz").write_bytes(b"x")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from infra.records.schema import RecordError
+from infra.versioned import RecordError
 from infra.store.objects import FileStore
 from tasks.fleet.deploy import Access, DeployPolicy, Job, commit
 from tasks.fleet.routes import (
@@ -310,7 +310,7 @@ def test_fleet_file_vs_build_names_every_variant_that_differs(tmp_path: Path) ->
     import os
 
     from ensembles.fleet_spec import load_fleet, resolve_variants
-    from tasks.fleet.build import FleetIndex, IndexEntry
+    from tasks.fleet.build import FleetIndex, FleetIndexEntry
     from tasks.fleet.drift import FleetBuildStale, file_vs_build, refuse_stale_build
     from tasks.fleet.variant import input_key
 
@@ -320,7 +320,7 @@ def test_fleet_file_vs_build_names_every_variant_that_differs(tmp_path: Path) ->
         sources[n].write_bytes(n.encode() * 10)
     spec = load_fleet(_inline_fleet(tmp_path, ["a", "b", "c"], sources))
     index = FleetIndex(fleet="drift", target="local-cpu", template_key="T", variants={
-        v.name: IndexEntry(key=input_key("T", v), file=f"{v.name}.tar.gz",
+        v.name: FleetIndexEntry(key=input_key("T", v), file=f"{v.name}.tar.gz",
                            target_model=f"{v.name}.tar.gz", sha256="1" * 64, bytes=1, status="ok")
         for v in resolve_variants(spec).variants})
     assert file_vs_build(spec, index) == {}

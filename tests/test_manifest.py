@@ -70,8 +70,8 @@ def test_a_version_1_file_is_read_and_upgraded(tmp_path: Path, with_sample: bool
 def test_a_newer_version_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = tmp_path / "tiny.manifest.json"
     path.write_text(json.dumps({**_v1_doc(True), "schema_version": 3}))
-    with pytest.raises(ManifestError, match=r"tiny\.manifest\.json: manifest schema_version 3 is "
-                                            r"not one this tool reads \(1 to 2\)"):
+    with pytest.raises(ManifestError, match=r"tiny\.manifest\.json: build manifest schema_version 3 is "
+                                            r"newer than this tool reads \(1\.\.2\)"):
         read_manifest(tmp_path, "tiny")
 
 

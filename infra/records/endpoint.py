@@ -26,14 +26,14 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from infra import paths
 from infra.errors import InvalidInput
-from infra.records.manifest import Manifest
-from infra.records.schema import RecordError, check_version, field_errors
+from infra.records.manifest import Manifest, OpenRecord
+from infra.versioned import VersionedDocument
 from infra.store.objects import atomic_path, file_lock
 
 RECORD_NAME = "record.json"
@@ -68,11 +68,7 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-class _Line(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ResourceLine(_Line):
+class ResourceLine(OpenRecord):
     """One AWS resource a deploy created (``state``: creating | created)."""
 
     kind: str
@@ -82,7 +78,7 @@ class ResourceLine(_Line):
     resource_id: str | None = None
 
 
-class EnsembleLine(_Line):
+class EnsembleLine(OpenRecord):
     """One ensemble deployed to the endpoint (``state``: publishing | deployed); ``previous``
     is what it replaced, kept until the deploy settles; ``kept_versions`` the versions that
     served before it (newest first), whose objects are kept for a rollback."""
@@ -97,11 +93,12 @@ class EnsembleLine(_Line):
     kept_versions: list[dict[str, Any]] | None = None
 
 
-class EndpointRecord(_Line):
+class EndpointRecord(VersionedDocument):
     """The record's typed shape, checked on every read (a hand edit gone wrong, or a file from
     a newer tool, fails naming the file)."""
 
-    schema_version: int = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "endpoint record"
     endpoint: str | None = None
     backend: str | None = None
     store_uri: str | None = None
@@ -118,19 +115,10 @@ def read_record(endpoint: str) -> dict[str, Any] | None:
     None when no deploy of it left one on this machine."""
     path = record_path(endpoint)
     try:
-        doc = json.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return None
-    except json.JSONDecodeError as e:  # atomic writes make this a hand edit gone wrong
-        raise RecordError(f"{path}: not valid JSON ({e}); fix or delete it") from None
-    if not isinstance(doc, dict):
-        raise RecordError(f"{path}: not an endpoint record (a JSON object); fix or delete it")
-    check_version(doc, str(path), SCHEMA_VERSION)
-    try:
-        typed = EndpointRecord.model_validate(doc)
-    except ValidationError as e:
-        raise RecordError(f"{path}: not an endpoint record this tool reads ({field_errors(e)}); "
-                          f"fix or delete it") from None
+    typed = EndpointRecord.read(text, str(path))  # atomic writes: a bad one is a hand edit
     return typed.model_dump(mode="json", exclude_none=True)
 
 

@@ -16,28 +16,29 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from infra.errors import UserError, validation_problems
+from infra.errors import UserError
+from infra.versioned import RecordError, VersionedDocument
 
 SCHEMA_VERSION = 2
 MANIFEST_SUFFIX = ".manifest.json"
 
 
-class ManifestError(UserError, ValueError):
+class ManifestError(RecordError):
     """A manifest file that cannot be read as any known version."""
 
 
-class _Record(BaseModel):
-    """Base of the manifest's records: unknown fields are kept (a newer minor field, or a
-    producer's extra validation numbers) and round-trip to disk unchanged."""
+class OpenRecord(BaseModel):
+    """Base of the records inside persisted documents: unknown fields are kept (a newer minor
+    field, or a producer's extra validation numbers) and round-trip to disk unchanged."""
 
     model_config = ConfigDict(extra="allow")
 
 
-class ArrayRecord(_Record):
+class ArrayRecord(OpenRecord):
     """One array of the validation sample: dtype (``bytes`` for strings), shape, flat data."""
 
     dtype: str
@@ -45,7 +46,7 @@ class ArrayRecord(_Record):
     data: list[Any]
 
 
-class SampleRecord(_Record):
+class SampleRecord(OpenRecord):
     """The validation sample: request inputs, the framework's expected outputs, and what
     scoring needs (labels, tolerances) in ``context``. ``tasks.build.verify.Sample`` is its array form."""
 
@@ -54,7 +55,7 @@ class SampleRecord(_Record):
     context: dict[str, Any] = {}
 
 
-class Validation(_Record):
+class Validation(OpenRecord):
     """The verification's outcome; ``passed`` is None when it is deferred to the endpoint
     (``deferred`` says why). Metric-specific numbers (``top5``, ``load_seconds``) are extras."""
 
@@ -71,7 +72,7 @@ class Validation(_Record):
         return f"{self.metric}={self.value:.6f} ({'passed' if self.passed else 'FAILED'})"
 
 
-class StepRecord(_Record):
+class StepRecord(OpenRecord):
     """One build step's wall time; ``cached`` only for steps that can be cached."""
 
     seconds: float
@@ -80,12 +81,16 @@ class StepRecord(_Record):
     deferred: bool | None = None
 
 
-class Manifest(_Record):
+class Manifest(VersionedDocument):
     """One built ensemble: where its tarball is, its digest, how it was verified, and the
     sample the endpoint is validated with at deploy time (``sample`` is left out of what the
     build flow returns, to keep run results small; it is always in the file)."""
 
-    schema_version: int = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "build manifest"
+    remedy: ClassVar[str] = "rebuild it (`mme build`), or use the tool that wrote it"
+    error: ClassVar[type[UserError]] = ManifestError
+
     ensemble: str
     target: str | None = None  # version-1 files from before targets lack it
     target_model: str
@@ -124,30 +129,13 @@ class Manifest(_Record):
         return self.sample
 
 
-def parse_manifest(doc: Any, where: str) -> Manifest:
+def parse_manifest(doc: object, where: str) -> Manifest:
     """``doc`` (a parsed manifest file) as a :class:`Manifest`, version 1 upgraded.
     ``where`` names the file in the error."""
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{where}: not a build manifest (a JSON object is expected)")
-    version = doc.get("schema_version", 1)
-    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
-        raise ManifestError(f"{where}: manifest schema_version {version!r} is not one this tool "
-                            f"reads (1 to {SCHEMA_VERSION}): rebuild it with this version "
-                            f"(`mme build`), or use the tool that wrote it")
-    try:
-        return Manifest.model_validate({**doc, "schema_version": SCHEMA_VERSION})
-    except ValidationError as e:
-        problems = validation_problems(e, 5)
-        raise ManifestError(f"{where}: not a readable version-{version} build manifest "
-                            f"({problems}): rebuild it (`mme build`)") from None
+    return Manifest.parse(doc, where)
 
 
 def load_manifest(path: Path) -> Manifest:
     """The manifest file at ``path``. A missing file raises FileNotFoundError (the caller
     says which build is missing); an unreadable one :class:`ManifestError` naming it."""
-    text = Path(path).read_text()
-    try:
-        doc = json.loads(text)
-    except ValueError as e:
-        raise ManifestError(f"{path}: not JSON ({e}): rebuild it (`mme build`)") from None
-    return parse_manifest(doc, str(path))
+    return Manifest.read(Path(path).read_text(), str(path))

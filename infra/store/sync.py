@@ -36,7 +36,6 @@ last with the other's objects missing or stale. Flows serialize publishes of a p
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -46,9 +45,9 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from infra.errors import InvalidInput, MMEError
 from infra.store.objects import (
@@ -60,11 +59,12 @@ from infra.store.objects import (
     check_key,
     sha256_file,
 )
+from infra.versioned import VersionedDocument
 
 log = logging.getLogger(__name__)
 
 INDEX_NAME = "_index.json"
-INDEX_SCHEMA_VERSION: Literal[1] = 1
+INDEX_SCHEMA_VERSION = 1
 RETRY_ATTEMPTS = 3
 """Tries per store call when the store is unavailable (connection refused, reset, timed out)."""
 RETRY_BASE_DELAY_S = 0.5
@@ -89,7 +89,7 @@ class LocalObject:
         return cls(path=p, sha256=sha256_file(p), size=p.stat().st_size)
 
 
-class IndexEntry(BaseModel):
+class SyncedObject(BaseModel):
     """What the index says one object under the prefix holds."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -97,13 +97,15 @@ class IndexEntry(BaseModel):
     size: int = Field(ge=0)
 
 
-class SyncIndex(BaseModel):
+class SyncIndex(VersionedDocument):
     """The ``_index.json`` object of a prefix."""
 
     model_config = ConfigDict(extra="forbid")
-    schema_version: Literal[1]
+    current_version: ClassVar[int] = INDEX_SCHEMA_VERSION
+    kind: ClassVar[str] = "sync index"
+    remedy: ClassVar[str] = "delete it (the next publish rebuilds it from a listing)"
     updated_at: str
-    objects: dict[str, IndexEntry]
+    objects: dict[str, SyncedObject]
 
 
 @dataclass
@@ -190,7 +192,7 @@ def _pool_workers(store: ObjectStore, workers: int) -> int:
     return workers
 
 
-def _read_index(call: _Counted, prefix: str) -> dict[str, IndexEntry] | None:
+def _read_index(call: _Counted, prefix: str) -> dict[str, SyncedObject] | None:
     """The index's entries, or None when it is missing or unreadable (logged)."""
     key = _join(prefix, INDEX_NAME)
     try:
@@ -198,8 +200,8 @@ def _read_index(call: _Counted, prefix: str) -> dict[str, IndexEntry] | None:
     except ObjectNotFound:
         return None
     try:
-        return dict(SyncIndex.model_validate(json.loads(raw)).objects)
-    except (ValueError, ValidationError) as exc:
+        return dict(SyncIndex.read(raw, key).objects)
+    except ValueError as exc:
         log.warning("index %s is unreadable, rebuilding it from a listing: %s",
                     call.store.uri_for(key), str(exc).splitlines()[0])
         return None
@@ -213,26 +215,26 @@ def _listing(call: _Counted, prefix: str) -> dict[str, ObjectInfo]:
 
 
 def _rebuild_index(call: _Counted, prefix: str, files: Mapping[str, LocalObject],
-                   pool: ThreadPoolExecutor) -> dict[str, IndexEntry]:
+                   pool: ThreadPoolExecutor) -> dict[str, SyncedObject]:
     """Entries for the objects that are there and could be unchanged: a listing, then a HEAD
     (for the stored sha256) only where the listed size equals the local file's."""
     listed = _listing(call, prefix)
     candidates = [k for k, obj in files.items() if k in listed and listed[k].size == obj.size]
     heads = {k: pool.submit(call, "head", _join(prefix, k)) for k in candidates}
-    entries: dict[str, IndexEntry] = {}
+    entries: dict[str, SyncedObject] = {}
     for key, fut in heads.items():
         try:
             info = fut.result()
         except ObjectNotFound:
             continue  # deleted since the listing
         if info.sha256:
-            entries[key] = IndexEntry(sha256=info.sha256, size=info.size)
+            entries[key] = SyncedObject(sha256=info.sha256, size=info.size)
     log.info("index of %s rebuilt from a listing: %d objects listed, %d headed, %d indexed",
              call.store.uri_for(_join(prefix, INDEX_NAME)), len(listed), len(heads), len(entries))
     return entries
 
 
-def _verified(call: _Counted, prefix: str, entries: dict[str, IndexEntry]) -> dict[str, IndexEntry]:
+def _verified(call: _Counted, prefix: str, entries: dict[str, SyncedObject]) -> dict[str, SyncedObject]:
     """Entries whose object one listing still shows with the indexed size."""
     listed = _listing(call, prefix)
     kept = {k: e for k, e in entries.items() if k in listed and listed[k].size == e.size}
@@ -242,9 +244,9 @@ def _verified(call: _Counted, prefix: str, entries: dict[str, IndexEntry]) -> di
     return kept
 
 
-def _upload(call: _Counted, key: str, obj: LocalObject) -> IndexEntry:
+def _upload(call: _Counted, key: str, obj: LocalObject) -> SyncedObject:
     info = call("put_file", key, obj.path, sha256=obj.sha256)
-    return IndexEntry(sha256=info.sha256 or obj.sha256, size=info.size)
+    return SyncedObject(sha256=info.sha256 or obj.sha256, size=info.size)
 
 
 def _delete(call: _Counted, key: str) -> None:
@@ -254,7 +256,7 @@ def _delete(call: _Counted, key: str) -> None:
 def _run_changes(call: _Counted, prefix: str, changes: tuple[Mapping[str, LocalObject], list[str]],
                  pool: ThreadPoolExecutor, tick: Callable[[], None]) -> dict[str, Any]:
     """Upload ``changes[0]`` and delete ``changes[1]`` concurrently; each outcome by key: the
-    new IndexEntry of an upload, None for a delete, or the exception it failed with."""
+    new SyncedObject of an upload, None for a delete, or the exception it failed with."""
     uploads, deletes = changes
     futures: dict[Future[Any], str] = {
         pool.submit(_upload, call, _join(prefix, k), obj): k for k, obj in uploads.items()}
@@ -270,7 +272,7 @@ def _run_changes(call: _Counted, prefix: str, changes: tuple[Mapping[str, LocalO
     return outcomes
 
 
-def _apply(report: SyncReport, entries: dict[str, IndexEntry], outcomes: dict[str, Any],
+def _apply(report: SyncReport, entries: dict[str, SyncedObject], outcomes: dict[str, Any],
            files: Mapping[str, LocalObject]) -> None:
     """Fold the outcomes into the report and the entries: a failed key keeps its old entry
     (the old object is still there, whole), a deleted key loses its entry."""
@@ -289,9 +291,9 @@ def _apply(report: SyncReport, entries: dict[str, IndexEntry], outcomes: dict[st
             entries[key] = outcome
 
 
-def _write_index(call: _Counted, prefix: str, entries: Mapping[str, IndexEntry]) -> None:
-    index = SyncIndex(schema_version=INDEX_SCHEMA_VERSION, updated_at=datetime.now(UTC).isoformat(),
-                      objects=dict(sorted(entries.items())))
+def _write_index(call: _Counted, prefix: str, entries: Mapping[str, SyncedObject]) -> None:
+    index = SyncIndex(updated_at=datetime.now(UTC).isoformat(),
+                  objects=dict(sorted(entries.items())))
     call("put_bytes", _join(prefix, INDEX_NAME), index.model_dump_json().encode())
 
 
@@ -310,7 +312,7 @@ def _progress_ticker(progress: Progress | None, done: int, total: int) -> Callab
     return tick
 
 
-def _plan(files: Mapping[str, LocalObject], entries: Mapping[str, IndexEntry],
+def _plan(files: Mapping[str, LocalObject], entries: Mapping[str, SyncedObject],
           delete_missing: bool) -> tuple[dict[str, LocalObject], list[str], list[str]]:
     """(uploads, skipped keys, deletes): an object is skipped when its entry has its sha256 and
     size; with ``delete_missing`` every indexed key not in ``files`` is deleted."""
@@ -327,8 +329,8 @@ def _plan(files: Mapping[str, LocalObject], entries: Mapping[str, IndexEntry],
 
 
 def _index_entries(call: _Counted, prefix: str, files: Mapping[str, LocalObject],
-                   pool: ThreadPoolExecutor, verify_index: bool) -> tuple[dict[str, IndexEntry] | None,
-                                                                     dict[str, IndexEntry]]:
+                   pool: ThreadPoolExecutor, verify_index: bool) -> tuple[dict[str, SyncedObject] | None,
+                                                                     dict[str, SyncedObject]]:
     """(the index as read, or None; the entries to plan with)."""
     read = _read_index(call, prefix)
     if read is None:

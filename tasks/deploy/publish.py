@@ -99,7 +99,7 @@ def read_ledger(store_uri: str, endpoint: str) -> Ledger:
         data = store.get_bytes(key)
     except ObjectNotFound:
         return Ledger(endpoint=endpoint)
-    return Ledger.parse(data, store.uri_for(key))
+    return Ledger.read(data, store.uri_for(key))
 
 
 def write_ledger(store_uri: str, endpoint: str, ledger: Ledger | dict[str, Any]) -> None:

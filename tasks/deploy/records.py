@@ -8,22 +8,17 @@ and the tests read (see the README), so ``to_json()`` is what a flow returns.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from infra.records.schema import RecordError, check_version, field_errors
+from infra.records.manifest import OpenRecord
+from infra.versioned import VersionedDocument
 
 SCHEMA_VERSION = 1
 
 
-class _Record(BaseModel):
-    """Unknown fields are kept (a newer minor field round-trips unchanged)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class DeployedEnsemble(_Record):
+class DeployedEnsemble(OpenRecord):
     """One line of a deploy result (and of ``mme demo --report``)."""
 
     name: str
@@ -39,11 +34,11 @@ class DeployedEnsemble(_Record):
     direct_triton_latency_ms: dict[str, Any] | None = None
 
 
-class DeployResult(_Record):
+class DeployResult(VersionedDocument):
     """What a deploy did: where the ensembles are served and how each validated. SageMaker
     deploys also say the image, the endpoint config, the AWS calls made and the plan."""
 
-    schema_version: int = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
     endpoint: str
     url: str
     model_data_url: str
@@ -65,10 +60,10 @@ class DeployResult(_Record):
         return doc
 
 
-class DeployPlan(_Record):
+class DeployPlan(VersionedDocument):
     """A dry run: every call a deploy would make, in order, and nothing made."""
 
-    schema_version: int = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
     endpoint: str
     dry_run: bool = True
     calls: list[str]
@@ -81,7 +76,7 @@ class DeployPlan(_Record):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-class LedgerEntry(_Record):
+class LedgerEntry(OpenRecord):
     """An object a deploy published: retire deletes it only while it still has ``sha256``."""
 
     target_model: str
@@ -97,10 +92,11 @@ class LedgerEntry(_Record):
         return {self.target_model, *(v["target_model"] for v in self.kept_versions or [])}
 
 
-class Ledger(_Record):
+class Ledger(VersionedDocument):
     """``deployments/<endpoint>.json`` in the store: what we own under the model prefix."""
 
-    schema_version: int = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "deploy ledger"
     endpoint: str
     model_data_url: str | None = None
     backend: str | None = None
@@ -108,31 +104,11 @@ class Ledger(_Record):
     plan: dict[str, Any] | None = None
     ensembles: dict[str, LedgerEntry] = Field(default_factory=dict)
 
-    @classmethod
-    def parse(cls, data: bytes | str, where: str) -> Ledger:
-        """Read a ledger file (any known version), or refuse it naming ``where``."""
-        import json
-
-        def refuse(why: str) -> RecordError:
-            return RecordError(f"{where}: not a deploy ledger this tool reads ({why}); fix or delete it")
-
-        try:
-            doc = json.loads(data)
-        except ValueError as e:
-            raise refuse(str(e)) from None
-        if not isinstance(doc, dict):
-            raise refuse("not a JSON object")
-        check_version(doc, where, SCHEMA_VERSION)
-        try:
-            return cls.model_validate({**doc, "schema_version": SCHEMA_VERSION})
-        except ValidationError as e:
-            raise refuse(field_errors(e)) from None
-
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
 
 
-class Rollout(_Record):
+class Rollout(OpenRecord):
     """How a deploy validates and what it keeps: ``warm_invocations`` timed invokes after the
     cold one; ``keep_versions`` previous versions of each ensemble whose objects are kept for a
     rollback (older ones, and unversioned objects of older deploys, are deleted once the new
@@ -142,7 +118,7 @@ class Rollout(_Record):
     keep_versions: int = Field(default=1, ge=0)
 
 
-class BuildSource(_Record):
+class BuildSource(OpenRecord):
     """Which builds a deploy reads: ``dir`` (a folder of manifests and tarballs), or the
     default folder of ``target`` (the backend's own target when None)."""
 

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -35,6 +35,7 @@ from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_t
 from ensembles.spec import Target
 from infra.errors import UserError
 from infra.store.objects import atomic_path
+from infra.versioned import VersionedDocument
 from tasks.producers import cache
 from tasks.build.ensemble import TOOL_VERSION
 from tasks.fleet.check import (
@@ -66,7 +67,7 @@ from tasks.build.verify import Sample, Verification
 INDEX_FILE = "fleet-index.json"
 
 
-class IndexEntry(BaseModel):
+class FleetIndexEntry(BaseModel):
     """What the fleet index remembers of one variant."""
 
     model_config = ConfigDict(extra="allow")
@@ -81,15 +82,15 @@ class IndexEntry(BaseModel):
     built_at: float | None = None
 
 
-class FleetIndex(BaseModel):
+class FleetIndex(VersionedDocument):
     """``fleet-index.json``: the fleet's variants as last built, by name."""
 
-    model_config = ConfigDict(extra="allow")
-    schema_version: int = 1
+    kind: ClassVar[str] = "fleet index"
+    remedy: ClassVar[str] = "build the fleet again (`mme fleet build`)"
     fleet: str
     target: str
     template_key: str | None = None
-    variants: dict[str, IndexEntry] = {}
+    variants: dict[str, FleetIndexEntry] = {}
 
 
 @dataclass
@@ -189,7 +190,7 @@ def load_index(output_dir: Path, fleet: str, target: Target) -> FleetIndex:
     full rebuild, so it is not an error)."""
     path = output_dir / INDEX_FILE
     try:
-        index = FleetIndex.model_validate_json(path.read_text())
+        index = FleetIndex.read(path.read_text(), str(path))
     except (OSError, ValueError):
         return FleetIndex(fleet=fleet, target=target)
     if index.fleet != fleet or index.target != target:
@@ -381,7 +382,7 @@ def write_index(output_dir: Path, template: FleetTemplate, index: FleetIndex,
     variant keeps its previous tarball's record with ``status: failed`` and the reason;
     variants no longer declared are dropped from the index (their files stay until gc)."""
     declared = {v.name for v in variants}
-    entries: dict[str, IndexEntry] = {}
+    entries: dict[str, FleetIndexEntry] = {}
     for o in outcomes:
         old = index.variants.get(o.name)
         if o.status == "skipped":
@@ -390,10 +391,10 @@ def write_index(output_dir: Path, template: FleetTemplate, index: FleetIndex,
             continue
         if o.status == "failed":
             base = old.model_dump() if old else {"file": o.file, "target_model": o.target_model}
-            entries[o.name] = IndexEntry.model_validate({**base, "status": "failed", "reason": o.reason,
+            entries[o.name] = FleetIndexEntry.model_validate({**base, "status": "failed", "reason": o.reason,
                                                          "key": None})
         else:
-            entries[o.name] = IndexEntry(key=o.key, file=o.file, target_model=o.target_model,
+            entries[o.name] = FleetIndexEntry(key=o.key, file=o.file, target_model=o.target_model,
                                          sha256=o.sha256, bytes=o.bytes, status="ok",
                                          checked_by=o.checked_by,
                                          built_at=time.time() if o.status == "built" else

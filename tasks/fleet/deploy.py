@@ -157,7 +157,7 @@ def read_build(build_dir: Path, fleet: str | None = None) -> tuple[FleetIndex, B
     path = build_dir / INDEX_FILE
     try:
         raw = path.read_bytes()
-        index = FleetIndex.model_validate_json(raw)
+        index = FleetIndex.read(raw, str(path))
     except FileNotFoundError:
         raise MissingInput(f"{path}: no fleet index: build the fleet first (`mme fleet build`) "
                            f"or give --build-dir") from None
@@ -369,7 +369,7 @@ def forget_index_entries(store: Any, prefix: str, keys: set[str]) -> None:
     again instead of trusting an entry whose object is gone."""
     key = f"{prefix}/{INDEX_NAME}" if prefix else INDEX_NAME
     try:
-        index = SyncIndex.model_validate_json(store.get_bytes(key))
+        index = SyncIndex.read(store.get_bytes(key), key)
     except ObjectNotFound:
         return
     except ValueError:

@@ -100,7 +100,7 @@ def _index_entries(store: ObjectStore, prefix: str) -> dict[str, Any]:
     """The prefix's sync index entries (one GET); none when it is missing or unreadable."""
     try:
         raw = store.get_bytes(f"{prefix}/{INDEX_NAME}" if prefix else INDEX_NAME)
-        return dict(SyncIndex.model_validate_json(raw).objects)
+        return dict(SyncIndex.read(raw, INDEX_NAME).objects)
     except (ObjectNotFound, ValueError):
         return {}
 
@@ -178,7 +178,7 @@ def build_sources(fleet: str, build_dirs: Sequence[Path] = ()) -> dict[str, Path
     out: dict[str, Path] = {}
     for d in dirs:
         try:
-            index = FleetIndex.model_validate_json((d / INDEX_FILE).read_text())
+            index = FleetIndex.read((d / INDEX_FILE).read_text(), str(d / INDEX_FILE))
         except (OSError, ValueError):
             continue
         if index.fleet != fleet:

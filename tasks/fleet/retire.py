@@ -166,7 +166,7 @@ def find_local_garbage(tables: dict[str, RoutingTable], found: Garbage) -> None:
     """Fill ``found`` with build outputs of variants no fleet index or routing table names."""
     for index_path in sorted(paths.home().glob(f"artifacts/*/fleets/*/{INDEX_FILE}")):
         try:
-            index = FleetIndex.model_validate_json(index_path.read_text())
+            index = FleetIndex.read(index_path.read_text(), str(index_path))
         except (OSError, ValueError):
             continue  # an unreadable index: leave its folder alone
         routed = tables.get(index.fleet, RoutingTable(fleet=index.fleet)).variants

@@ -25,12 +25,12 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from infra.errors import InvalidInput, UserError, validation_problems
-from infra.records.schema import RecordError
+from infra.errors import InvalidInput, UserError
+from infra.versioned import VersionedDocument
 from infra.store.objects import ObjectNotFound, ObjectStore, open_store
 
 ROUTES_PREFIX = "routes"
@@ -75,11 +75,12 @@ class EndpointRef(BaseModel):
     models_url: str | None = None
 
 
-class RoutingTable(BaseModel):
+class RoutingTable(VersionedDocument):
     """``routes/<fleet>.json``."""
 
-    model_config = ConfigDict(extra="allow")
-    schema_version: Literal[1] = SCHEMA_VERSION
+    current_version: ClassVar[int] = SCHEMA_VERSION
+    kind: ClassVar[str] = "routing table"
+    remedy: ClassVar[str] = "use the tool that wrote it"
     fleet: str
     updated_at: str = ""
     endpoints: dict[str, EndpointRef] = Field(default_factory=dict)
@@ -133,19 +134,7 @@ def require_routes(store_uri: str, fleet: str) -> RoutingTable:
 
 def parse_routes(raw: bytes, where: str) -> RoutingTable:
     """A table's bytes as a :class:`RoutingTable`; ``where`` names it in the error."""
-    try:
-        doc = json.loads(raw)
-    except ValueError as e:
-        raise RecordError(f"{where}: not JSON ({e})") from None
-    version = doc.get("schema_version") if isinstance(doc, dict) else None
-    if version != SCHEMA_VERSION:
-        raise RecordError(f"{where}: routing table schema_version {version!r} is not one this "
-                          f"tool reads ({SCHEMA_VERSION}): use the tool that wrote it")
-    try:
-        return RoutingTable.model_validate(doc)
-    except ValidationError as e:
-        problems = validation_problems(e, 5)
-        raise RecordError(f"{where}: not a readable routing table ({problems})") from None
+    return RoutingTable.read(raw, where)
 
 
 def write_routes(store_uri: str, table: RoutingTable, now: datetime) -> str:

@@ -59,7 +59,7 @@ def _indexed_stems(folder: Path) -> frozenset[str] | None:
     index (single builds: every manifest counts). An unreadable index is refused naming it."""
     index_path = folder / INDEX_FILE
     try:
-        index = FleetIndex.model_validate_json(index_path.read_text())
+        index = FleetIndex.read(index_path.read_text(), str(index_path))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

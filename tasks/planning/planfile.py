@@ -6,12 +6,13 @@ kept for the reader and ignored by deploy."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, Field
 
-from infra.errors import UserError, validation_problems
+from infra.errors import UserError
+from infra.versioned import VersionedDocument
 
 
 class PlanFileError(UserError, ValueError):
@@ -24,8 +25,11 @@ class Autoscaling(BaseModel):
     target: float = Field(gt=0, description="SageMakerVariantInvocationsPerInstance (per minute)")
 
 
-class PlanFile(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class PlanFile(VersionedDocument):
+    kind: ClassVar[str] = "plan file"
+    remedy: ClassVar[str] = "write one with `mme plan ... --out FILE`"
+    error: ClassVar[type[UserError]] = PlanFileError
+
     instance_type: str
     instance_count: int = Field(ge=1)
     autoscaling: Autoscaling
@@ -48,8 +52,4 @@ def read_plan_file(path: Path) -> PlanFile:
         raise PlanFileError(f"plan file {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise PlanFileError(f"plan file {path}: not YAML ({e})") from None
-    try:
-        return PlanFile.model_validate(doc)
-    except ValidationError as e:
-        problems = validation_problems(e, 5)
-        raise PlanFileError(f"plan file {path}: {problems} (write one with `mme plan ... --out FILE`)") from None
+    return PlanFile.parse(doc, f"plan file {path}")
