@@ -91,7 +91,7 @@ class TenantCheck:
 def _load(model: Any) -> Any:
     import onnx
 
-    return onnx.load_from_string(model) if isinstance(model, bytes | bytearray) else model
+    return onnx.load_from_string(bytes(model)) if isinstance(model, bytes | bytearray) else model
 
 
 def _node_key(node: Any) -> tuple[Any, ...]:
