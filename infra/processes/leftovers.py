@@ -21,7 +21,11 @@ group whose command line contains the record's token (our per-launch shm prefix,
 shm records remove only ``/dev/shm/<prefix>*``; path records remove only folders inside the
 run folder's ``$MME_HOME``.
 
-Standard library only (the warden runs with ``-I -S``).
+Standard library only (the warden runs with ``-I -S``), so the ledger is a ``TypedDict``
+(:class:`OwnershipLedger`), not a pydantic document; it follows the one version rule of every
+persisted document (``infra/versioned.py``) in stdlib code: no ``schema_version`` is version 1,
+a newer one is refused (the sweep then acts on nothing it cannot read), a malformed one is
+unreadable.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 if __package__ in (None, ""):  # run as the warden script: make ``infra`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -42,22 +46,47 @@ if __package__ in (None, ""):  # run as the warden script: make ``infra`` import
 from infra.processes.procfs import ProcessIdentity, cmdline, proc_stats  # noqa: E402
 
 LEDGER = "ledger.json"
+LEDGER_VERSION = 1
 SHM_DIR = Path("/dev/shm")
 
 
-def empty_ledger(owner: ProcessIdentity) -> dict[str, Any]:
-    return {"owner": owner.to_dict(), "warden": None, "processes": [], "groups": [], "shm": [], "paths": []}
+class OwnershipLedger(TypedDict):
+    """``ledger.json``: the owner, its warden, and what it owns (records as :func:`sweep` reads
+    them: process identities, ``{pgid, token}`` groups, shm prefixes, paths)."""
+
+    schema_version: int
+    owner: dict[str, Any]
+    warden: dict[str, Any] | None
+    processes: list[dict[str, Any]]
+    groups: list[dict[str, Any]]
+    shm: list[str]
+    paths: list[str]
 
 
-def read_ledger(run_dir: Path) -> dict[str, Any] | None:
+def empty_ledger(owner: ProcessIdentity) -> OwnershipLedger:
+    return {"schema_version": LEDGER_VERSION, "owner": owner.to_dict(), "warden": None,
+            "processes": [], "groups": [], "shm": [], "paths": []}
+
+
+def read_ledger(run_dir: Path) -> OwnershipLedger | None:
+    """The ledger, or None when it is missing, malformed, or from a newer tool (the version
+    rule: no ``schema_version`` is 1; one above :data:`LEDGER_VERSION` is not acted on)."""
     try:
         data = json.loads((run_dir / LEDGER).read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    version = data.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= LEDGER_VERSION:
+        return None
+    return {"schema_version": LEDGER_VERSION, "owner": data.get("owner") or {},
+            "warden": data.get("warden"), "processes": list(data.get("processes") or []),
+            "groups": list(data.get("groups") or []), "shm": list(data.get("shm") or []),
+            "paths": list(data.get("paths") or [])}
 
 
-def write_ledger(run_dir: Path, ledger: dict[str, Any]) -> None:
+def write_ledger(run_dir: Path, ledger: OwnershipLedger) -> None:
     """Atomic: a reader sees the old ledger or the new one, never half of one."""
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = run_dir / f".{LEDGER}.tmp"
@@ -147,13 +176,11 @@ class SweepReport:
 
 def sweep(run_dir: Path) -> SweepReport:
     """Act on everything the ledger in ``run_dir`` still lists, then remove the run folder."""
-    ledger = read_ledger(run_dir) or {}
-    done = SweepReport(
-        run=run_dir.name,
-        processes=kill_processes(list(ledger.get("processes") or [])),
-        groups=kill_groups(list(ledger.get("groups") or [])),
-        shm=remove_shm(list(ledger.get("shm") or [])),
-        paths=remove_paths(run_dir, list(ledger.get("paths") or [])))
+    ledger = read_ledger(run_dir)
+    done = SweepReport(run=run_dir.name, processes=[], groups=[], shm=[], paths=[]) if ledger is None \
+        else SweepReport(run=run_dir.name, processes=kill_processes(ledger["processes"]),
+                         groups=kill_groups(ledger["groups"]), shm=remove_shm(ledger["shm"]),
+                         paths=remove_paths(run_dir, ledger["paths"]))
     shutil.rmtree(run_dir, ignore_errors=True)
     return done
 
@@ -162,7 +189,7 @@ def owner_alive(run_dir: Path) -> bool:
     """True while the run folder's owner runs. A folder without a readable ledger counts as
     alive when it is young (its owner may be writing the first one) and dead when older."""
     ledger = read_ledger(run_dir)
-    owner = ProcessIdentity.from_dict(ledger.get("owner")) if ledger else None
+    owner = ProcessIdentity.from_dict(ledger["owner"]) if ledger else None
     if owner is None:
         try:
             import time

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from infra import paths
 
@@ -50,6 +50,16 @@ class Claim:
     groups: list[dict[str, Any]] = field(default_factory=list)
     shm: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+
+
+_T = TypeVar("_T")
+
+
+def _forget(held: list[_T], gone: list[_T]) -> None:
+    """Remove each of ``gone`` from ``held`` once (what is not there any more is skipped)."""
+    for item in gone:
+        with contextlib.suppress(ValueError):
+            held.remove(item)
 
 
 class Owner:
@@ -97,18 +107,20 @@ class Owner:
                   groups=[{"pgid": g, "token": t, "what": what} for g, t in groups],
                   shm=list(shm), paths=[str(p) for p in paths])
         with self._lock:
-            for key in ("processes", "groups", "shm", "paths"):
-                self._ledger[key].extend(getattr(c, key))
+            self._ledger["processes"].extend(c.processes)
+            self._ledger["groups"].extend(c.groups)
+            self._ledger["shm"].extend(c.shm)
+            self._ledger["paths"].extend(c.paths)
             self._write()
         return c
 
     def release(self, claim: Claim) -> None:
         """Forget what was claimed (it was stopped or removed by its owner)."""
         with self._lock:
-            for key in ("processes", "groups", "shm", "paths"):
-                for item in getattr(claim, key):
-                    with contextlib.suppress(ValueError):
-                        self._ledger[key].remove(item)
+            _forget(self._ledger["processes"], claim.processes)
+            _forget(self._ledger["groups"], claim.groups)
+            _forget(self._ledger["shm"], claim.shm)
+            _forget(self._ledger["paths"], claim.paths)
             self._write()
 
     def scratch_root(self) -> Path:
