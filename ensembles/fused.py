@@ -1,0 +1,40 @@
+"""The ensemble of a fused shard: the fleet's template with one more input, ``TENANT``.
+
+A fused shard serves many tenants from one model whose head is chosen by the tenant's index
+(:mod:`tasks.fleet.fusion`). Its ensemble is the template, unchanged, except that the ensemble
+takes ``TENANT`` (INT32, one value per request) and hands it to the step that runs the fused
+model. The class-score output loses its ``label_filename``: labels are each tenant's own, so
+the router answers with the tenant's labels, never a shard-wide file. Dynamic batching stays as
+the template has it (off in the catalog's templates): one request is one tenant.
+"""
+
+from __future__ import annotations
+
+from ensembles.spec import EnsembleSpec, SpecError, StepSpec, TensorSpec, validate
+
+TENANT = "TENANT"
+TENANT_TENSOR = TensorSpec(name=TENANT, dtype="TYPE_INT32", dims=[1])
+
+
+def fused_spec(template: EnsembleSpec, step: str, name: str) -> EnsembleSpec:
+    """``template`` as the ensemble ``name`` of a fused shard whose ``step`` runs the fused
+    model. Refuses a template that already has a ``TENANT`` tensor, or a step it lacks."""
+    if any(t.name == TENANT for t in template.inputs):
+        raise SpecError(f"ensemble {template.name!r}: already has an input named {TENANT}")
+    if step not in {s.name for s in template.steps}:
+        raise SpecError(f"ensemble {template.name!r}: no step {step!r} to run the fused model")
+    if any(b.dynamic_batching for b in template.step(step).backends.values()):
+        raise SpecError(f"ensemble {template.name!r}: step {step!r} batches requests dynamically; "
+                        "a fused step must answer one request (one tenant) at a time")
+    steps = [_with_tenant(s) if s.name == step else s for s in template.steps]
+    outputs = [o.model_copy(update={"label_filename": None}) for o in template.outputs]
+    spec = template.model_copy(update={"name": name, "inputs": [*template.inputs, TENANT_TENSOR],
+                                       "outputs": outputs, "steps": steps, "validation": None})
+    validate(spec)
+    return spec
+
+
+def _with_tenant(step: StepSpec) -> StepSpec:
+    outputs = [o.model_copy(update={"label_filename": None}) for o in step.outputs]
+    return step.model_copy(update={"inputs": [*step.inputs, TENANT_TENSOR], "outputs": outputs,
+                                    "input_map": {**step.input_map, TENANT: TENANT}})
