@@ -4,6 +4,7 @@ formulas, or read from a manifest's `footprint` field)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from flows.cli.deploy_options import DEPLOY_OPTIONS, _sagemaker_options, apply_plan
+from flows.cli.deploy_options import DeployOptions, _sagemaker_options, apply_plan
 from infra.records.manifest import parse_manifest
 from tasks.planning import charts
 from tasks.build.footprints import FORMULAS, estimate_footprint, from_manifest
@@ -21,15 +22,6 @@ from tasks.planning.traffic import zipf
 from infra.aws.instance_catalog import load_catalog
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _defaults() -> dict[str, Any]:
-    """The deploy options at their defaults, as Typer would pass them."""
-    out = {}
-    for name, (_, info) in DEPLOY_OPTIONS.items():
-        default = getattr(info, "default", None)
-        out[name] = None if default is ... else default
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +37,8 @@ def written_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_plan_file_round_trips_into_the_deploy_options(written_plan: Path) -> None:
     plan = read_plan_file(written_plan)
-    o = _defaults() | {"plan": written_plan, "backend": "sagemaker", "store": "s3://b/p", "dry_run": True,
-                       "ensembles": [], "env": []}
+    o = DeployOptions(plan=written_plan, backend="sagemaker", store="s3://b/p", dry_run=True,
+                      ensembles=[], env=[])  # the other options at their defaults
     filled = apply_plan(o, explicit=set())
     options = _sagemaker_options(filled)
     assert options.instance_type == plan.instance_type
@@ -55,10 +47,10 @@ def test_plan_file_round_trips_into_the_deploy_options(written_plan: Path) -> No
     assert options.target_invocations_per_instance == plan.autoscaling.target
     assert options.model_cache.lower() == plan.model_cache
     # a flag given on the command line wins over the file
-    mine = apply_plan(o | {"instance_count": 7, "instance_type": "ml.g5.2xlarge"},
+    mine = apply_plan(replace(o, instance_count=7, instance_type="ml.g5.2xlarge"),
                       explicit={"instance_count", "instance_type"})
-    assert (mine["instance_count"], mine["instance_type"]) == (7, "ml.g5.2xlarge")
-    assert mine["autoscaling_max"] == plan.autoscaling.max
+    assert (mine.instance_count, mine.instance_type) == (7, "ml.g5.2xlarge")
+    assert mine.autoscaling_max == plan.autoscaling.max
 
 
 def test_deploy_refuses_a_bad_plan_file_naming_it(tmp_path: Path) -> None:

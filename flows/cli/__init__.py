@@ -1,8 +1,9 @@
 """The ``mme`` command line: build, deploy, retire, the local endpoint, and the demo.
 
-One module per command group (:mod:`.build`, :mod:`.fleet`, :mod:`.deploy`, :mod:`.endpoint`, :mod:`.demo`),
-the shared error reporting in :mod:`.common`. Importing them here registers their commands on
-``app``, in the order ``mme --help`` lists them; the console script is ``flows.cli:main``.
+One module per command group (:mod:`.build`, :mod:`.fleet`, :mod:`.deploy`, :mod:`.invoke`,
+:mod:`.endpoint`, :mod:`.demo`), the shared error reporting in :mod:`.common`. Importing them
+here registers their commands on ``app``, in the order ``mme --help`` lists them; the console
+script is ``flows.cli:main``.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import sys
 
 # the order of these imports is the order of the commands in `mme --help`
-from flows.cli import build, fleet, fleet_deploy, fleet_verify, deploy, preflight, endpoint, demo, plan  # noqa: F401  (registers the commands)
+from flows.cli import build, fleet, fleet_deploy, fleet_verify, deploy, preflight, invoke, endpoint, demo, plan  # noqa: F401  (registers the commands)
 from flows.cli.common import (_exit_code, _fail, _print_deploy, _print_table, _quiet_env, _report,
                               _run_flow, app, console, endpoint_app)
-from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, _parse_env, _sagemaker_options
+from flows.cli.deploy_options import DeployOptions, _backend_options, _parse_env, _sagemaker_options
 
-__all__ = ["DEPLOY_OPTIONS", "_backend_options", "_exit_code", "_fail", "_parse_env", "_print_deploy",
+__all__ = ["DeployOptions", "_backend_options", "_exit_code", "_fail", "_parse_env", "_print_deploy",
            "_print_table", "_quiet_env", "_report", "_run_flow", "_sagemaker_options", "app", "console",
            "endpoint_app", "main"]
 

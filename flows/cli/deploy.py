@@ -4,71 +4,75 @@ deploy options and their checks are in :mod:`flows.cli.deploy_options`."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated
 
 import typer
 
-from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, _takes, app, console
-from flows.cli.deploy_options import DEPLOY_OPTIONS, _backend_options, apply_plan
-from flows.cli.preflight import PREFLIGHT_FLAG, run_preflight_command
+from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, app, console, takes_options
+from flows.cli.deploy_options import DeployOptions, _backend_options, apply_plan
+from flows.cli.preflight import PREFLIGHT_OPTION, run_preflight_command
 from infra.triton.release import DEFAULT_RELEASE
 
 
+@dataclass(frozen=True, kw_only=True)
+class DeployCommandOptions(DeployOptions):
+    """``mme deploy``'s options and its ``--preflight`` (check, deploy nothing)."""
+
+    preflight: Annotated[bool, PREFLIGHT_OPTION] = False
+
+
 @app.command()
-@_takes({"ctx": (typer.Context, None), **DEPLOY_OPTIONS, **PREFLIGHT_FLAG})  # ctx: which options were given (--plan)
-def deploy(**o: Any) -> None:
+@takes_options(DeployCommandOptions)
+def deploy(o: DeployCommandOptions) -> None:
     """Publish built ensembles, create/update or reuse the endpoint, validate each by TargetModel."""
     _quiet_env()
-    if o.pop("preflight"):
+    if o.preflight:
         run_preflight_command(o)  # read-only checks, then exit: deploys nothing
     from flows.deploy import deploy as deploy_flow
     from tasks.deploy.records import BuildSource, Rollout
 
-    o = apply_plan(o, _explicit_options(o.pop("ctx", None)))
-    result = _run_flow(deploy_flow, ensembles=o["ensembles"] or None, endpoint=o["endpoint"],
-                       backend=o["backend"], store_uri=o["store"], build=BuildSource(target=o["target"]),
-                       rollout=Rollout(warm_invocations=o["warm_invocations"],
-                                       keep_versions=o["keep_versions"]),
-                       dry_run=o["dry_run"], sagemaker=_backend_options(o))
-    if not o["dry_run"]:
+    o = apply_plan(o, o.given)  # --plan: the plan file's values, flags given win
+    result = _run_flow(deploy_flow, ensembles=o.ensembles or None, endpoint=o.endpoint,
+                       backend=o.backend, store_uri=o.store, build=BuildSource(target=o.target),
+                       rollout=Rollout(warm_invocations=o.warm_invocations,
+                                       keep_versions=o.keep_versions),
+                       dry_run=o.dry_run, sagemaker=_backend_options(o))
+    if not o.dry_run:
         _print_deploy(result)
         return
-    print(f"# dry run: what deploying to {o['endpoint']} ({o['backend']}) would do, in order")
+    print(f"# dry run: what deploying to {o.endpoint} ({o.backend}) would do, in order")
     for line in result.get("warnings") or []:
         print(f"# WARNING: {line}")
     for line in result["calls"]:
         print(line)
     if result.get("hourly_cost_usd") is not None:
         print(f"# instance cost: about ${result['hourly_cost_usd']:.2f}/hour "
-              f"({o['instance_count']} x {o['instance_type']}, on-demand, before autoscaling)")
+              f"({o.instance_count} x {o.instance_type}, on-demand, before autoscaling)")
 
 
-def _explicit_options(ctx: typer.Context | None) -> set[str]:
-    """The options given on the command line (or by environment), not left at their default:
-    those win over a plan file's values."""
-    if ctx is None:
-        return set()
-    return {name for name in ctx.params
-            if getattr(ctx.get_parameter_source(name), "name", None) in ("COMMANDLINE", "ENVIRONMENT")}
+@dataclass(frozen=True, kw_only=True)
+class IamPolicyOptions:
+    """``mme iam-policy``'s options, typed (more than a function's 8 parameters)."""
 
-
-IAM_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "bucket": (str, typer.Option(...)), "prefix": (str, typer.Option(..., help="the store prefix")),
-    "endpoint": (str, typer.Option(...)), "region": (str, typer.Option("us-east-1")),
-    "account_id": (str, typer.Option(..., help="your AWS account id")),
-    "triton_release": (str, typer.Option(str(DEFAULT_RELEASE))),
-    "kms_key_arn": (list[str], typer.Option(None, "--kms-key-arn", help="the bucket's customer-managed "
-                    "KMS key (repeatable): kms:Decrypt for the endpoint, and GenerateDataKey for the deployer")),
-    "deployer": (bool, typer.Option(False, "--deployer", help="print the policy of whoever runs "
-                 "`mme deploy`/`mme retire` (not the endpoint's role)")),
-    "execution_role_arn": (str | None, typer.Option(None, help="--deployer: the endpoint's execution "
-                           "role, which the deployer passes to SageMaker")),
-}
+    bucket: Annotated[str, typer.Option()]
+    prefix: Annotated[str, typer.Option(help="the store prefix")]
+    endpoint: Annotated[str, typer.Option()]
+    region: Annotated[str, typer.Option()] = "us-east-1"
+    account_id: Annotated[str, typer.Option(help="your AWS account id")]
+    triton_release: Annotated[str, typer.Option()] = str(DEFAULT_RELEASE)
+    kms_key_arn: Annotated[list[str] | None, typer.Option(
+        "--kms-key-arn", help="the bucket's customer-managed KMS key (repeatable): kms:Decrypt for "
+                              "the endpoint, and GenerateDataKey for the deployer")] = None
+    deployer: Annotated[bool, typer.Option("--deployer", help="print the policy of whoever runs "
+                        "`mme deploy`/`mme retire` (not the endpoint's role)")] = False
+    execution_role_arn: Annotated[str | None, typer.Option(help="--deployer: the endpoint's execution "
+                                  "role, which the deployer passes to SageMaker")] = None
 
 
 @app.command("iam-policy")
-@_takes(IAM_OPTIONS)
-def iam_policy(**o: Any) -> None:
+@takes_options(IamPolicyOptions)
+def iam_policy(o: IamPolicyOptions) -> None:
     """Print the least-privilege policy (and trust policy) for the endpoint's execution role, or
     with --deployer the policy of the identity that deploys and retires."""
     from infra.aws import deployer_policy
@@ -76,21 +80,21 @@ def iam_policy(**o: Any) -> None:
     from infra.aws import sagemaker as sm
     from infra.errors import UserError
 
-    keys = o["kms_key_arn"] or []
+    keys = o.kms_key_arn or []
     try:
-        if o["deployer"]:
-            if not o["execution_role_arn"]:
+        if o.deployer:
+            if not o.execution_role_arn:
                 _fail("--deployer needs --execution-role-arn (the role `mme deploy --role-arn` names)")
             policy = deployer_policy.deployer_policy(
-                o["bucket"], o["prefix"], region=o["region"], account_id=o["account_id"],
-                endpoint_name=o["endpoint"], execution_role_arn=o["execution_role_arn"], kms_key_arns=keys)
+                o.bucket, o.prefix, region=o.region, account_id=o.account_id,
+                endpoint_name=o.endpoint, execution_role_arn=o.execution_role_arn, kms_key_arns=keys)
             print(json.dumps({"PolicyDocument": policy}, indent=2))
             return
-        image = sm.triton_image_uri(o["region"], o["triton_release"])
+        image = sm.triton_image_uri(o.region, o.triton_release)
         policy = iam.endpoint_execution_policy(
-            o["bucket"], f"{o['prefix'].strip('/')}/models/{o['endpoint']}", region=o["region"],
-            account_id=o["account_id"], ecr_repository_arns=[iam.ecr_repository_arn(image)],
-            endpoint_name=o["endpoint"], kms_key_arns=[deployer_policy.check_kms_key_arn(k) for k in keys])
+            o.bucket, f"{o.prefix.strip('/')}/models/{o.endpoint}", region=o.region,
+            account_id=o.account_id, ecr_repository_arns=[iam.ecr_repository_arn(image)],
+            endpoint_name=o.endpoint, kms_key_arns=[deployer_policy.check_kms_key_arn(k) for k in keys])
     except UserError as e:
         _fail(str(e))
     print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))

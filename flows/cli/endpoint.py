@@ -1,95 +1,19 @@
-"""``mme invoke``, ``mme watch``, ``mme cache-clear`` and ``mme endpoint start|serve|stop|status``:
-the commands around a running endpoint and the model source."""
+"""``mme watch``, ``mme cache-clear`` and ``mme endpoint start|serve|stop|status``: the commands
+around a running endpoint and the model source (``mme invoke`` is in :mod:`flows.cli.invoke`)."""
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import typer
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console, endpoint_app
+from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, endpoint_app
 from infra import paths
 from infra.endpoint.client import memory_note
 
-INVOKE_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "text": (list[str], typer.Argument(None, help="sentences to embed (text ensembles)")),
-    "image": (list[Path], typer.Option(None, help="image files to classify (image ensembles)")),
-    "endpoint": (str, typer.Option("local-mme")),
-    "target_model": (str | None, typer.Option(
-        None, help="default: text_embedding's (image_classifier's) current one in the endpoint record")),
-    "url": (str | None, typer.Option(None, help="default: the running local endpoint")),
-    "json_body": (bool, typer.Option(False, "--json", help="send a JSON body, not binary+json")),
-    "fleet": (str | None, typer.Option(None, help="invoke a fleet's --variant through its routing "
-                                                  "table (tasks/fleet/router.py)")),
-    "variant": (str | None, typer.Option(None, help="the fleet variant to invoke")),
-    "store": (str | None, typer.Option(None, help="the routing table's store (with --fleet)")),
-    "max_attempts": (int, typer.Option(10, min=1, help="with --fleet: invoke attempts at most (429, 5xx)")),
-    "retry_budget": (float, typer.Option(360.0, min=1, help="with --fleet: seconds of retrying at most")),
-}
 SPARE = typer.Option(None, help="places of the budget kept free by background unloads (default: derived; 0: none)")
-
-
-@app.command()
-@_takes(INVOKE_OPTIONS)
-def invoke(**o: Any) -> None:
-    """Invoke an ensemble by TargetModel (or a fleet's variant) through the SageMaker runtime API."""
-    text, image, endpoint, target_model, url, json_body, fleet, variant, store, attempts, budget = (
-        o[k] for k in INVOKE_OPTIONS)
-    import numpy as np
-    from botocore.exceptions import ClientError
-
-    from infra.endpoint.process import find_running
-    from infra.records.endpoint import target_model_for
-    from infra.aws.runtime_client import invoke as do_invoke, pack_images, runtime_client_for
-
-    if bool(fleet) != bool(variant):
-        _fail("--fleet and --variant go together")
-    if url is None and not fleet:
-        info = find_running(endpoint)
-        if info is None:
-            _fail(f"endpoint {endpoint!r} is not running (mme endpoint start, or mme deploy)")
-        url = info.url
-    if image:
-        inputs = {"INPUT": pack_images([p.read_bytes() for p in image])}
-    elif text:
-        inputs = {"INPUT0": np.array([t.encode() for t in text], dtype=object).reshape(-1, 1)}
-    else:
-        _fail("give sentences, or --image FILE")
-    target_model = target_model or target_model_for(endpoint, "image_classifier" if image else "text_embedding")
-    try:
-        out = (_invoke_variant(fleet, variant, store, inputs, not json_body, (attempts, budget)) if variant else
-               do_invoke(runtime_client_for(url), endpoint, target_model, inputs, binary=not json_body))
-    except ClientError as e:
-        _fail(f"{e.response['Error'].get('Code')}: {e.response['Error'].get('Message')}")
-    for name, arr in out.items():
-        arr = np.asarray(arr)
-        if image and arr.ndim == 2 and arr.shape[1] in (1000, 1001):
-            from tasks.producers.classifiers import imagenet_label_names
-
-            labels = imagenet_label_names(offset=arr.shape[1] - 1000)
-            for path, row in zip(image, arr, strict=False):
-                top = np.argsort(-row)[:5]
-                print(json.dumps({"image": str(path), "top5": [
-                    {"label": labels[i], "prob": round(float(row[i]), 6)} for i in top]}))
-        else:
-            print(json.dumps({name: arr.round(6).tolist()}))
-
-
-def _invoke_variant(fleet: str, variant: str, store: str | None, inputs: dict[str, Any],
-                    binary: bool, limits: tuple[int, float] = (10, 360.0)) -> dict[str, Any]:
-    """Invoke through the fleet's :class:`~tasks.fleet.router.Router` (refreshes on a moved model)."""
-    from infra.aws import invoke_retry
-    from infra.errors import UserError
-    from tasks.fleet.router import Router
-
-    retry = invoke_retry.InvokeRetry(max_attempts=limits[0], limit_s=limits[1])  # 429 / 5xx retried
-    try:
-        return Router(store or paths.store_uri(), fleet, retry=retry).invoke(variant, inputs, binary=binary)
-    except UserError as e:  # not routed, endpoint not running, unreadable table: one line
-        _fail(str(e))
 
 
 @app.command()

@@ -5,15 +5,16 @@ flows/fleet_retire.py). Registered on ``fleet_app`` beside ``show``, ``example``
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.markup import escape
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, console
+from flows.cli.common import _fail, _quiet_env, _run_flow, console, takes_options
 from flows.cli.fleet import _exit_for, fleet_app
-from flows.cli.preflight import FLEET_PREFLIGHT_FLAG, run_fleet_preflight
+from flows.cli.preflight import FLEET_PREFLIGHT_OPTION, run_fleet_preflight
 
 
 def _endpoints(endpoint: str | None, endpoints: str | None, plan: Path | None = None) -> list[str]:
@@ -40,52 +41,54 @@ def _endpoints(endpoint: str | None, endpoints: str | None, plan: Path | None = 
     return [n for n in names if n]
 
 
-FLEET_DEPLOY_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "fleet": (str, typer.Argument(..., help="the fleet's name or file (its latest build is deployed)")),
-    "endpoint": (str | None, typer.Option(None, help="one endpoint")),
-    "endpoints": (str | None, typer.Option(None, help="several endpoints (shards): E1,E2,...")),
-    "plan": (Path | None, typer.Option(None, help="a capacity plan (mme plan --out): its shard "
-                                                  "count; --endpoint E then means E-1 ... E-N")),
-    "backend": (str, typer.Option("local", help="local | sagemaker (an existing MME: read with "
-                                                "describe calls, never changed)")),
-    "store": (str | None, typer.Option(None, help="default: the embedded store; sagemaker: the "
-                                                  "store of the endpoint's ModelDataUrl (another is refused)")),
-    "region": (str | None, typer.Option(None, help="SageMaker region (default: AWS_REGION, "
-                                                   "AWS_DEFAULT_REGION or the AWS profile's; required)")),
-    "build_dir": (Path | None, typer.Option(None, help="default: $MME_HOME/artifacts/<target>/fleets/<fleet>")),
-    "grace": (float, typer.Option(3600.0, min=0, help="seconds before a variant that left the "
-                                                      "fleet is removed")),
-    "keep_versions": (int, typer.Option(1, min=0, help="previous versions kept per variant")),
-    "canary": (int, typer.Option(0, min=0, help="unchanged variants invoked as canaries")),
-    "concurrency": (int, typer.Option(8, min=1, help="validation invokes in flight")),
-    "keep_loaded": (int | None, typer.Option(None, min=0, help="local endpoint: validated variants "
-                                                               "left loaded (default: --concurrency)")),
-    "verify": (bool, typer.Option(False, "--verify", help="first check every routed object in the "
+@dataclass(frozen=True, kw_only=True)
+class FleetDeployOptions:
+    """``mme fleet deploy``'s options, typed (more than a function's 8 parameters)."""
+
+    fleet: Annotated[str, typer.Argument(help="the fleet's name or file (its latest build is deployed)")]
+    endpoint: Annotated[str | None, typer.Option(help="one endpoint")] = None
+    endpoints: Annotated[str | None, typer.Option(help="several endpoints (shards): E1,E2,...")] = None
+    plan: Annotated[Path | None, typer.Option(help="a capacity plan (mme plan --out): its shard "
+                                                   "count; --endpoint E then means E-1 ... E-N")] = None
+    backend: Annotated[str, typer.Option(help="local | sagemaker (an existing MME: read with "
+                                              "describe calls, never changed)")] = "local"
+    store: Annotated[str | None, typer.Option(help="default: the embedded store; sagemaker: the "
+                                                   "store of the endpoint's ModelDataUrl (another is refused)")] = None
+    region: Annotated[str | None, typer.Option(help="SageMaker region (default: AWS_REGION, "
+                                                    "AWS_DEFAULT_REGION or the AWS profile's; required)")] = None
+    build_dir: Annotated[Path | None, typer.Option(
+        help="default: $MME_HOME/artifacts/<target>/fleets/<fleet>")] = None
+    grace: Annotated[float, typer.Option(min=0, help="seconds before a variant that left the "
+                                                     "fleet is removed")] = 3600.0
+    keep_versions: Annotated[int, typer.Option(min=0, help="previous versions kept per variant")] = 1
+    canary: Annotated[int, typer.Option(min=0, help="unchanged variants invoked as canaries")] = 0
+    concurrency: Annotated[int, typer.Option(min=1, help="validation invokes in flight")] = 8
+    keep_loaded: Annotated[int | None, typer.Option(min=0, help="local endpoint: validated variants "
+                                                                "left loaded (default: --concurrency)")] = None
+    verify: Annotated[bool, typer.Option("--verify", help="first check every routed object in the "
                                                           "store; re-publish missing or corrupt "
-                                                          "ones from the build and validate them")),
-    **FLEET_PREFLIGHT_FLAG,
-}
+                                                          "ones from the build and validate them")] = False
+    preflight: Annotated[bool, FLEET_PREFLIGHT_OPTION] = False
 
 
 @fleet_app.command("deploy")
-@_takes(FLEET_DEPLOY_OPTIONS)
-def deploy(**o: Any) -> None:
+@takes_options(FleetDeployOptions)
+def deploy(o: FleetDeployOptions) -> None:
     """Publish the new and changed variants under versioned names, validate them, route them."""
     from flows.fleet_deploy import fleet_deploy
     from tasks.fleet.deploy import DeployPolicy
 
-    if o["backend"] not in ("local", "sagemaker"):
-        _fail(f"--backend {o['backend']!r}: expected local or sagemaker")
-    if o["preflight"]:
-        run_fleet_preflight(o["backend"], _endpoints(o["endpoint"], o["endpoints"], o["plan"]),
-                            o["store"], o["region"])
+    if o.backend not in ("local", "sagemaker"):
+        _fail(f"--backend {o.backend!r}: expected local or sagemaker")
+    if o.preflight:
+        run_fleet_preflight(o.backend, _endpoints(o.endpoint, o.endpoints, o.plan), o.store, o.region)
     _quiet_env()
-    policy = DeployPolicy(grace_s=o["grace"], keep_versions=o["keep_versions"], canary=o["canary"],
-                          concurrency=o["concurrency"], region=o["region"], verify=o["verify"],
-                          keep_loaded=o["keep_loaded"])
-    got = _run_flow(fleet_deploy, fleet=o["fleet"], endpoints=_endpoints(o["endpoint"], o["endpoints"], o["plan"]),
-                    backend=o["backend"], store_uri=o["store"], policy=policy,
-                    build_dir=str(o["build_dir"]) if o["build_dir"] else None)
+    policy = DeployPolicy(grace_s=o.grace, keep_versions=o.keep_versions, canary=o.canary,
+                          concurrency=o.concurrency, region=o.region, verify=o.verify,
+                          keep_loaded=o.keep_loaded)
+    got = _run_flow(fleet_deploy, fleet=o.fleet, endpoints=_endpoints(o.endpoint, o.endpoints, o.plan),
+                    backend=o.backend, store_uri=o.store, policy=policy,
+                    build_dir=str(o.build_dir) if o.build_dir else None)
     console.print(f"fleet {got['fleet']}: {len(got['published'])} published, "
                   f"{len(got['validated'])} validated ({len(got['canaries'])} canaries), "
                   f"{got['unchanged']} unchanged, {len(got['retiring'])} marked retiring, "

@@ -4,58 +4,62 @@ one ensemble's footprint in a real Triton, GPU memory through NVML where there i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, _takes, app, console
+from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, takes_options
 
 
-# `mme plan`'s options, declared as data (as `mme deploy`'s are): the command takes them as one mapping
-PLAN_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "fleet": (Path | None, typer.Argument(None, help="a directory of build manifests (*.manifest.json) "
-                                                 "or one manifest")),
-    "traffic": (str, typer.Option(..., help="zipf:S:TOTAL_RPS | csv:PATH | metrics:URL")),
-    "p99_ms": (float, typer.Option(..., help="the p99 latency goal at the peak rate (ms)")),
-    "max_cold_share": (float | None, typer.Option(None, help="most requests that may miss (0..1)")),
-    "region": (str, typer.Option("us-east-1")),
-    "out": (Path, typer.Option(Path("plan.yaml"), help="the plan file (`mme deploy --plan` reads it)")),
-    "peak_factor": (float, typer.Option(1.0, help="diurnal peak-to-mean rate factor")),
-    "variants": (int | None, typer.Option(None, help="plan a synthetic fleet of N variants ...")),
-    "footprint_from": (Path | None, typer.Option(None, help="... each with this manifest's footprint")),
-    "workers": (int | None, typer.Option(None, help="requests one instance serves at once "
-                                                    "(default 4 on GPU types, the vCPUs on CPU types)")),
-    "max_instances": (int | None, typer.Option(None, help="the most instances the plan may use, all shards "
-                                                          "together (default 256: DEFAULT_MAX_INSTANCES)")),
-    "instance_types": (str | None, typer.Option(None, help="the instance types to consider, comma-separated "
-                                                           "(default: the catalog's types for the fleet's target)")),
-}
+@dataclass(frozen=True, kw_only=True)
+class PlanOptions:
+    """``mme plan``'s options, typed (more than a function's 8 parameters)."""
+
+    fleet: Annotated[Path | None, typer.Argument(help="a directory of build manifests (*.manifest.json) "
+                                                      "or one manifest")] = None
+    traffic: Annotated[str, typer.Option(help="zipf:S:TOTAL_RPS | csv:PATH | metrics:URL")]
+    p99_ms: Annotated[float, typer.Option(help="the p99 latency goal at the peak rate (ms)")]
+    max_cold_share: Annotated[float | None, typer.Option(help="most requests that may miss (0..1)")] = None
+    region: Annotated[str, typer.Option()] = "us-east-1"
+    out: Annotated[Path, typer.Option(help="the plan file (`mme deploy --plan` reads it)")] = Path("plan.yaml")
+    peak_factor: Annotated[float, typer.Option(help="diurnal peak-to-mean rate factor")] = 1.0
+    variants: Annotated[int | None, typer.Option(help="plan a synthetic fleet of N variants ...")] = None
+    footprint_from: Annotated[Path | None, typer.Option(help="... each with this manifest's footprint")] = None
+    workers: Annotated[int | None, typer.Option(help="requests one instance serves at once "
+                                                     "(default 4 on GPU types, the vCPUs on CPU types)")] = None
+    max_instances: Annotated[int | None, typer.Option(
+        help="the most instances the plan may use, all shards together (default 256: "
+             "DEFAULT_MAX_INSTANCES)")] = None
+    instance_types: Annotated[str | None, typer.Option(
+        help="the instance types to consider, comma-separated (default: the catalog's types for "
+             "the fleet's target)")] = None
 
 
 @app.command()
-@_takes(PLAN_OPTIONS)
-def plan(**o: Any) -> None:
+@takes_options(PlanOptions)
+def plan(o: PlanOptions) -> None:
     """Find the cheapest endpoint plan that meets --p99-ms at the peak rate; write it to --out."""
     _quiet_env()
     from flows.plan import plan as plan_flow
     from tasks.planning.search import SearchOptions
     from tasks.planning.tasks import FleetSource
 
-    if o["fleet"] is None and o["variants"] is None:
+    if o.fleet is None and o.variants is None:
         _fail("give FLEET (a manifest directory) or --variants N --footprint-from MANIFEST")
-    if o["p99_ms"] <= 0 or (o["max_cold_share"] is not None and not 0 <= o["max_cold_share"] <= 1):
-        _fail(f"--p99-ms {o['p99_ms']} must be > 0 and --max-cold-share {o['max_cold_share']} within 0..1")
-    if o["max_instances"] is not None and o["max_instances"] < 1:
-        _fail(f"--max-instances {o['max_instances']}: must be >= 1")
-    types = tuple(t.strip() for t in (o["instance_types"] or "").split(",") if t.strip()) or None
-    result = _run_flow(plan_flow, source=FleetSource(o["fleet"], o["variants"], o["footprint_from"]),
-                       traffic=o["traffic"], p99_ms=o["p99_ms"], max_cold_share=o["max_cold_share"],
-                       region=o["region"], out=o["out"], peak_factor=o["peak_factor"],
-                       options=SearchOptions(workers=o["workers"], instance_types=types,
-                                             **({} if o["max_instances"] is None else
-                                                {"max_instances": o["max_instances"]})))
-    _print_plan(result, o["p99_ms"])
+    if o.p99_ms <= 0 or (o.max_cold_share is not None and not 0 <= o.max_cold_share <= 1):
+        _fail(f"--p99-ms {o.p99_ms} must be > 0 and --max-cold-share {o.max_cold_share} within 0..1")
+    if o.max_instances is not None and o.max_instances < 1:
+        _fail(f"--max-instances {o.max_instances}: must be >= 1")
+    types = tuple(t.strip() for t in (o.instance_types or "").split(",") if t.strip()) or None
+    search = SearchOptions(workers=o.workers, instance_types=types)
+    if o.max_instances is not None:
+        search = replace(search, max_instances=o.max_instances)
+    result = _run_flow(plan_flow, source=FleetSource(o.fleet, o.variants, o.footprint_from),
+                       traffic=o.traffic, p99_ms=o.p99_ms, max_cold_share=o.max_cold_share,
+                       region=o.region, out=o.out, peak_factor=o.peak_factor, options=search)
+    _print_plan(result, o.p99_ms)
 
 
 def _print_plan(result: dict[str, Any], p99_ms: float) -> None:

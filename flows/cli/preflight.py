@@ -8,54 +8,55 @@ deploy command before running it), and ``--preflight`` on the deploy itself does
 
 from __future__ import annotations
 
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from typing import Annotated, NoReturn
 
 import typer
 
-from flows.cli.common import _fail, _takes, app
-from flows.cli.deploy_options import DEPLOY_OPTIONS, apply_plan
+from flows.cli.common import _fail, app, takes_options
+from flows.cli.deploy_options import DeployOptions, fill_from_plan, read_plan
 
-PREFLIGHT_FLAG: dict[str, tuple[Any, Any]] = {
-    "preflight": (bool, typer.Option(
-        False, "--preflight", help="sagemaker: check, read-only, what a first real deploy needs "
-        "(credentials, region, bucket, role, PassRole, quota, image), one line each, and deploy "
-        "nothing; exit 0 when ready, 2 naming each problem")),
-}
+#: ``--preflight`` on ``mme deploy``: the same checks as ``mme preflight``, then exit
+PREFLIGHT_OPTION = typer.Option(
+    "--preflight", help="sagemaker: check, read-only, what a first real deploy needs "
+    "(credentials, region, bucket, role, PassRole, quota, image), one line each, and deploy "
+    "nothing; exit 0 when ready, 2 naming each problem")
 
-PREFLIGHT_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "ctx": (typer.Context, None),  # which options were given: a defaulted --region is a problem
-    **DEPLOY_OPTIONS,
-    "backend": (str, typer.Option("sagemaker", help="sagemaker (a local deploy needs no AWS)")),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class PreflightOptions(DeployOptions):
+    """``mme deploy``'s options, where a local deploy needs no pre-flight: the backend
+    defaults to sagemaker (the field keeps its place among the deploy options)."""
+
+    backend: Annotated[str, typer.Option(help="sagemaker (a local deploy needs no AWS)")] = "sagemaker"
 
 
 @app.command()
-@_takes(PREFLIGHT_OPTIONS)
-def preflight(**o: Any) -> None:
+@takes_options(PreflightOptions)
+def preflight(o: PreflightOptions) -> None:
     """Check, read-only, what a first real SageMaker deploy needs (takes `mme deploy`'s options).
 
     Makes no create/update/delete call. Exits 0 when ready, 2 naming each problem."""
     run_preflight_command(o)
 
 
-def run_preflight_command(o: dict[str, Any]) -> NoReturn:
-    """Run every pre-flight check for the deploy options ``o`` (with its ``ctx``), print one
-    line per check and a summary, and exit with :func:`infra.aws.preflight.exit_code`."""
-    from flows.cli.deploy import _explicit_options
+def run_preflight_command(o: DeployOptions) -> NoReturn:
+    """Run every pre-flight check for the deploy options ``o`` (the plan file's values filled
+    in), print one line per check and a summary, and exit with
+    :func:`infra.aws.preflight.exit_code`."""
     from infra.aws.preflight import PreflightInputs, exit_code, run_preflight, summary
 
-    if o["backend"] != "sagemaker":
-        _fail(f"--preflight checks what a SageMaker deploy needs: --backend {o['backend']} needs "
+    if o.backend != "sagemaker":
+        _fail(f"--preflight checks what a SageMaker deploy needs: --backend {o.backend} needs "
               f"no AWS (give --backend sagemaker)")
-    explicit = _explicit_options(o.pop("ctx", None))
-    default_region = o["region"]
-    # region None going in: whatever comes out was filled by the plan file
-    o = apply_plan(o if "region" in explicit else {**o, "region": None}, explicit)
-    source = "--region" if "region" in explicit else "the plan file" if o["region"] else None
+    plan = read_plan(o)  # a defaulted --region is a problem, a plan file's is not
+    source = ("--region" if "region" in o.given else
+              "the plan file" if plan is not None and plan.region else None)
+    o = fill_from_plan(o, plan, o.given)
     inputs = PreflightInputs(
-        region=o["region"] or default_region, region_source=source, store=o["store"],
-        role_arn=o["role_arn"], instance_type=o["instance_type"], triton_release=o["triton_release"],
-        instance_count=o["instance_count"], autoscaling_max=o["autoscaling_max"])
+        region=o.region, region_source=source, store=o.store,
+        role_arn=o.role_arn, instance_type=o.instance_type, triton_release=o.triton_release,
+        instance_count=o.instance_count, autoscaling_max=o.autoscaling_max)
     checks = run_preflight(inputs)
     for check in checks:
         print(check.line())
@@ -63,12 +64,11 @@ def run_preflight_command(o: dict[str, Any]) -> NoReturn:
     raise typer.Exit(exit_code(checks))
 
 
-FLEET_PREFLIGHT_FLAG: dict[str, tuple[Any, Any]] = {
-    "preflight": (bool, typer.Option(
-        False, "--preflight", help="sagemaker: check, read-only, what this fleet deploy needs "
-        "(region, credentials, each endpoint, its store and bucket), one line each, and deploy "
-        "nothing; exit 0 when ready, 2 naming each problem")),
-}
+#: ``--preflight`` on ``mme fleet deploy``
+FLEET_PREFLIGHT_OPTION = typer.Option(
+    "--preflight", help="sagemaker: check, read-only, what this fleet deploy needs "
+    "(region, credentials, each endpoint, its store and bucket), one line each, and deploy "
+    "nothing; exit 0 when ready, 2 naming each problem")
 
 
 def run_fleet_preflight(backend: str, endpoints: list[str], store: str | None, region: str | None) -> NoReturn:
