@@ -95,6 +95,7 @@ def test_planning_refuses_before_any_aws_call(tmp_path: Path) -> None:
     assert made == []
 
 
+@pytest.mark.prefect  # the dry run is a flow run
 def test_cli_dry_run_refuses_the_instance_type(monkeypatch: pytest.MonkeyPatch) -> None:
     """`mme deploy --dry-run` fails with the list (the flow's ValueError becomes one line)."""
     from typer.testing import CliRunner
