@@ -5,12 +5,18 @@ branches, so that neither the CLI nor the retry policy keeps a hand list of clas
 
     MMEError                  failed, not the user's to fix   CLI: one line, exit 1; not retried
     ├── UserError             the user's to fix               CLI: one line, exit 2; not retried
-    └── TransientError        a second try may succeed        CLI: one line, exit 1; retried
+    ├── TransientError        a second try may succeed        CLI: one line, exit 1; retried
+    └── RetriedOut            transient, but already retried  CLI: one line, exit 1; not retried
+                              by the one layer that owns it
 
 Anything that is not an ``MMEError`` (a ``KeyError`` from a typo, an ``AttributeError``) is a
 bug: the CLI lets its traceback through. A class keeps its old built-in base next to its
 branch (``class SpecError(UserError, ValueError)``) where callers catch the built-in, so
 adding the tree changed no ``except`` clause's meaning.
+
+Foreign errors are translated where they enter (botocore's in ``infra/aws/errors.py`` and the
+S3 store), so the retry policy decides on these classes only. Which layer retries which kind of
+failure, and how often, is the table in ``docs/retries.md``: one layer per kind, never a product.
 
 Where the policies live: the CLI's exit codes in ``flows/cli/common.py`` (``_exit_code``), which asks
 :mod:`infra.aws.errors` first when an AWS error is in the cause chain (AWS's own code decides
@@ -43,6 +49,14 @@ class TransientError(MMEError):
     race for its ports, a store or service that is briefly unavailable. Tasks whose
     ``retry_condition_fn`` is ``tasks.runtime.retry.retry_transient`` retry it (with backoff); when
     the retries run out the CLI prints one line and exits 1."""
+
+
+class RetriedOut(MMEError):
+    """A transient failure that the one layer owning its retries has already retried as often
+    as ``docs/retries.md`` allows: an AWS call (S3 included) that botocore's standard retry
+    mode tried ``infra.aws.clients.AWS_ATTEMPTS`` times (throttling, 5xx, a dropped
+    connection). Not a :class:`TransientError`: a task retry on top would multiply the attempts
+    (and the wait) instead of adding one layer. The CLI prints one line and exits 1."""
 
 
 class InvalidInput(UserError, ValueError):

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from infra.errors import InvalidInput, MissingInput, MMEError, TransientError, UserError
+from infra.errors import InvalidInput, MissingInput, MMEError, RetriedOut, TransientError, UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,8 @@ def test_classes_keep_the_builtin_base_their_callers_catch() -> None:
     # a compile that timed out is a TimeoutError for its callers but will time out again
     assert issubclass(CompileTimeout, TimeoutError) and not issubclass(CompileTimeout, TransientError)
     assert issubclass(StoreRefused, StoreError) and issubclass(StoreRefused, UserError)
-    assert issubclass(StoreUnavailable, StoreError) and issubclass(StoreUnavailable, TransientError)
+    assert issubclass(StoreUnavailable, StoreError) and issubclass(StoreUnavailable, RetriedOut)
+    assert not issubclass(StoreUnavailable, TransientError)  # botocore retried it: docs/retries.md
 
 
 def _bad_release() -> Any:
@@ -274,10 +275,10 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_s3_store_is_transient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real S3 store against a port nothing listens on: StoreUnavailable (a
-    TransientError) with botocore's connection error as its cause; a bad store URI is the
-    user's (StoreRefused), not retried."""
+def test_an_unreachable_s3_store_is_retried_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real S3 store against a port nothing listens on: StoreUnavailable (RetriedOut:
+    botocore's standard mode retried the connection, no task retries it again) with botocore's
+    connection error as its cause; a bad store URI is the user's (StoreRefused), not retried."""
     from infra.store.objects import StoreRefused, StoreUnavailable, open_store
     from tasks.runtime.retry import is_transient
 
@@ -290,7 +291,7 @@ def test_an_unreachable_s3_store_is_transient(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(StoreUnavailable) as info:
         store.put_bytes(f"{prefix}/models/ep/x.tar.gz", b"x")
     assert "s3://models-bucket/mme/models/ep/x.tar.gz" in str(info.value)
-    assert is_transient(info.value) and info.value.__cause__ is not None
+    assert not is_transient(info.value) and info.value.__cause__ is not None
     with pytest.raises(StoreRefused) as bad:
         open_store("s3://")
     assert isinstance(bad.value, UserError) and not is_transient(bad.value)

@@ -24,7 +24,6 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from moto import mock_aws
 
-import infra.store.sync as sync_mod
 from infra.store.objects import (
     MULTIPART_THRESHOLD,
     S3_MAX_POOL_CONNECTIONS,
@@ -244,10 +243,11 @@ def test_a_failed_replacement_keeps_the_old_object_and_its_entry(s3, tmp_path: P
     assert store.head(f"{PREFIX}/tenant-0001.tar.gz").sha256 == old["tenant-0001.tar.gz"].sha256
 
 
-def test_a_transient_store_error_is_retried_per_object(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(sync_mod, "RETRY_BASE_DELAY_S", 0.0)
+def test_an_unavailable_store_is_not_retried_again_by_the_sync(tmp_path: Path) -> None:
+    """StoreUnavailable is what is left after botocore's retries: the sync reports it for that
+    object (one call, no loop of its own) and the next sync uploads only what failed."""
     inner = FileStore(tmp_path / "store")
-    failures = {"tenant-0002.tar.gz": 2}
+    failures = {"tenant-0002.tar.gz": 1}
 
     class Flaky(CountingStore):
         def put_file(self, key: str, path: Any, *, sha256: str | None = None) -> Any:
@@ -259,14 +259,54 @@ def test_a_transient_store_error_is_retried_per_object(tmp_path: Path, monkeypat
 
     files = _make_files(tmp_path / "built", 4)
     report = sync_files(Flaky(inner), PREFIX, files, workers=2)
-    assert report.ok and len(report.uploaded) == 4
-    assert report.calls["put_file"] == 4 + 2  # two retries of one object, nothing else again
-
-    failures["tenant-0003.tar.gz"] = sync_mod.RETRY_ATTEMPTS  # never comes back
-    _rewrite(files, "tenant-0003.tar.gz", b"changed")
-    report = sync_files(Flaky(inner), PREFIX, files, workers=2)
-    assert [k for k, _ in report.failed] == ["tenant-0003.tar.gz"]
+    assert [k for k, _ in report.failed] == ["tenant-0002.tar.gz"]
     assert "StoreUnavailable" in report.failed[0][1]
+    assert report.calls["put_file"] == 4  # one call per object: nothing retried here
+    again = sync_files(Flaky(inner), PREFIX, files, workers=2)
+    assert again.ok and again.uploaded == ["tenant-0002.tar.gz"]
+
+
+class _Raw:
+    """A response body botocore can read (what ``before-send`` answers with)."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
+
+
+def test_a_transient_s3_failure_is_tried_at_most_aws_attempts_in_total(tmp_path: Path) -> None:
+    """One retry layer per kind of failure (docs/retries.md): S3 answering 503 to every PUT
+    is attempted AWS_ATTEMPTS times by botocore's standard mode, and that is all: the sync does
+    not loop again, and the task retry policy does not retry the StoreUnavailable left (3
+    attempts, not 3 x 3 x 4)."""
+    from botocore.awsrequest import AWSResponse
+
+    from infra.aws import clients
+    from tasks.runtime.retry import is_transient
+
+    sent: list[str] = []
+    body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+            b"<Message>Please reduce your request rate.</Message></Error>")
+
+    def answer_503(request: Any, **_: Any) -> AWSResponse | None:
+        if request.method == "PUT":
+            sent.append(request.url)
+            return AWSResponse(request.url, 503, {}, _Raw(body))
+        return None
+
+    with mock_aws():
+        client = clients.client("s3", region="us-east-1")
+        client.create_bucket(Bucket="models")
+        client.meta.events.register("before-send.s3.PutObject", answer_503)
+        store = S3Store("models", client=client)
+        files = _make_files(tmp_path / "built", 1)
+        report = sync_files(store, PREFIX, files, workers=1)
+    assert [k for k, _ in report.failed] == ["tenant-0000.tar.gz", INDEX_NAME]
+    assert "StoreUnavailable" in report.failed[0][1]
+    assert len(sent) == 2 * clients.AWS_ATTEMPTS  # the tarball's PUT and the index's, 3 each
+    assert not is_transient(StoreUnavailable(report.failed[0][1]))
 
 
 # ---------------------------------------------------------------------------------- transfers

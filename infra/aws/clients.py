@@ -16,6 +16,11 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+AWS_ATTEMPTS = 3
+"""Attempts per AWS control-plane or S3 call (first try included): botocore's standard retry
+mode retries throttling, 5xx and dropped connections with jittered backoff. It is the one
+layer that retries those failures (docs/retries.md): the store and the tasks do not again."""
+
 READ_TIMEOUT_S = 70.0
 """The ``sagemaker-runtime`` read timeout. One invoke answers within 60 s: SageMaker holds an
 invoke at most 60 s while the model loads, then answers 429 ``ModelNotReadyException`` (the
@@ -35,6 +40,15 @@ def runtime_config() -> Any:
                   read_timeout=READ_TIMEOUT_S, connect_timeout=10)
 
 
+def control_config(**kwargs: Any) -> Any:
+    """The botocore Config of every other client (SageMaker, Application Auto Scaling, S3, the
+    preflight's): standard retry mode, :data:`AWS_ATTEMPTS` attempts in total. ``kwargs``: other
+    Config settings (the S3 store's connection pool)."""
+    from botocore.config import Config
+
+    return Config(retries={"total_max_attempts": AWS_ATTEMPTS, "mode": "standard"}, **kwargs)
+
+
 def session(region: str | None = None) -> Any:
     """A boto3 session on the default credential chain (env, profile, instance role)."""
     import boto3
@@ -43,9 +57,9 @@ def session(region: str | None = None) -> Any:
 
 
 def client(service: str, region: str | None = None, **kwargs: Any) -> Any:
-    """One boto3 client of ``service``; ``sagemaker-runtime`` gets :func:`runtime_config`."""
-    if service == "sagemaker-runtime":
-        kwargs.setdefault("config", runtime_config())
+    """One boto3 client of ``service``; ``sagemaker-runtime`` gets :func:`runtime_config`, every
+    other service :func:`control_config`."""
+    kwargs.setdefault("config", runtime_config() if service == "sagemaker-runtime" else control_config())
     return session(region).client(service, **kwargs)
 
 
@@ -106,5 +120,6 @@ def aws_clients(region: str, runtime_url: str | None = None) -> AwsClients:
     s = session(region)
     runtime = (runtime_client_for(runtime_url, region=region) if runtime_url
                else s.client("sagemaker-runtime", config=runtime_config()))
-    return AwsClients(region=region, sagemaker=s.client("sagemaker"),
-                      autoscaling=s.client("application-autoscaling"), runtime=runtime)
+    return AwsClients(region=region, sagemaker=s.client("sagemaker", config=control_config()),
+                      autoscaling=s.client("application-autoscaling", config=control_config()),
+                      runtime=runtime)

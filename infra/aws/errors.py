@@ -25,7 +25,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from infra.errors import MMEError
+from infra.errors import MMEError, RetriedOut, UserError
 
 # Error codes that mean "fix your request, role or account", not "AWS had a problem".
 USER_ERROR_CODES = frozenset({
@@ -93,15 +93,49 @@ class AwsCallError(MMEError, RuntimeError):
         return is_user_code(self.code)
 
 
+class AwsRefused(AwsCallError, UserError):
+    """An AWS call refused for the caller's reason (access, credentials, an invalid request, a
+    quota): the user's to fix, never retried (CLI: exit 2)."""
+
+
+class AwsUnavailable(AwsCallError, RetriedOut):
+    """An AWS call that failed for AWS's reason (throttled, a 5xx, unreachable) after botocore's
+    standard mode retried it (:data:`infra.aws.clients.AWS_ATTEMPTS` attempts): the one retry
+    layer for it is spent, so no task retries it again (docs/retries.md)."""
+
+
 def describe(exc: BaseException, *, operation: str | None = None, resource: str | None = None,
              service: str | None = None) -> AwsCallError:
-    """An :class:`AwsCallError` for ``exc`` (a ClientError or other botocore error)."""
+    """``exc`` (a ClientError or other botocore error) translated into the project's tree: an
+    :class:`AwsRefused` when it is the caller's to fix, an :class:`AwsUnavailable` when botocore
+    retried it (throttling, 5xx, connection), else a plain :class:`AwsCallError`."""
     if isinstance(exc, AwsCallError):
         return exc
     op = operation or operation_of(exc) or "AWS call"
     if service and "." not in op:
         op = f"{service}.{op}"
-    return AwsCallError(op, resource, error_code(exc), aws_message(exc))
+    code = error_code(exc)
+    kind = AwsRefused if is_user_code(code) else AwsUnavailable if _retried(exc, code) else AwsCallError
+    return kind(op, resource, code, aws_message(exc))
+
+
+_RETRIED_CODES = frozenset({"Throttling", "ThrottlingException", "ThrottledException",
+                            "RequestThrottled", "TooManyRequestsException", "SlowDown",
+                            "RequestLimitExceeded", "ServiceUnavailable", "InternalFailure",
+                            "InternalError", "InternalServerError", "429"})
+
+
+def _retried(exc: BaseException, code: str) -> bool:
+    """What botocore's standard mode retries: throttling, 5xx, dropped connections."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import ReadTimeoutError
+
+    if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
+        return True
+    if isinstance(exc, ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return int(status) >= 500 or code in _RETRIED_CODES
+    return False
 
 
 def is_aws_error(exc: BaseException) -> bool:

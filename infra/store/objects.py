@@ -31,7 +31,7 @@ from botocore.exceptions import BotoCoreError, ClientError, ReadTimeoutError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from infra.aws import clients as aws
-from infra.errors import MMEError, TransientError, UserError
+from infra.errors import MMEError, RetriedOut, UserError
 
 CHUNK_SIZE = 1024 * 1024
 TMP_PREFIX = ".tmp-"
@@ -62,9 +62,22 @@ class StoreRefused(StoreError, UserError):
     """A key or store URI the store cannot use; the message names it (CLI: exit 2)."""
 
 
-class StoreUnavailable(StoreError, TransientError):
-    """The store could not be reached (connection refused, reset or timed out): retried by the
-    task retry policy; the botocore error stays the ``__cause__``."""
+class StoreUnavailable(StoreError, RetriedOut):
+    """The store could not be reached (connection refused, reset or timed out) or kept failing
+    (throttled, 5xx) through every attempt botocore's standard mode made
+    (:data:`infra.aws.clients.AWS_ATTEMPTS`): the one retry layer for it is spent, so neither the
+    sync nor a task retries it again (docs/retries.md); the botocore error stays the ``__cause__``."""
+
+
+def _retried_out(exc: BaseException) -> bool:
+    """A ClientError botocore's standard mode retries (throttling, a 5xx): after its attempts
+    it is as unavailable as a refused connection."""
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    return int(status) >= 500 or code in ("SlowDown", "Throttling", "ThrottlingException",
+                                          "RequestLimitExceeded", "TooManyRequestsException")
 
 
 class ObjectNotFound(StoreError, UserError):
@@ -443,9 +456,7 @@ class S3Store:
         if self.prefix:
             check_key(self.prefix)
         if client is None:
-            from botocore.config import Config
-
-            client = aws.client("s3", config=Config(max_pool_connections=S3_MAX_POOL_CONNECTIONS))
+            client = aws.client("s3", config=aws.control_config(max_pool_connections=S3_MAX_POOL_CONNECTIONS))
         self.client = client
         self.transfer_config = (transfer_config if transfer_config is not None else TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_THRESHOLD))
@@ -460,11 +471,13 @@ class S3Store:
     def _error(self, exc: Exception, key: str, action: str) -> StoreError:
         """Translate boto errors: 404s become ObjectNotFound, the rest StoreError."""
         uri = self.uri_for(key)
+        if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+            exc = exc.__context__  # boto3's transfer manager raises it while handling the ClientError
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:
                 return ObjectNotFound(uri)
-        if isinstance(exc, (BotoConnectionError, ReadTimeoutError)):
+        if isinstance(exc, (BotoConnectionError, ReadTimeoutError)) or _retried_out(exc):
             return StoreUnavailable(f"{action} {uri} failed: {exc}")
         return StoreError(f"{action} {uri} failed: {exc}")
 
@@ -557,7 +570,7 @@ class S3Store:
                         )
                     )
         except (ClientError, BotoCoreError) as exc:
-            unreachable = isinstance(exc, (BotoConnectionError, ReadTimeoutError))
+            unreachable = isinstance(exc, (BotoConnectionError, ReadTimeoutError)) or _retried_out(exc)
             raise (StoreUnavailable if unreachable else StoreError)(
                 f"list of s3://{self.bucket}/{base + prefix} failed: {exc}") from exc
         return sorted(found, key=lambda info: info.key)

@@ -25,10 +25,11 @@ a sequential upload leaves the network idle between requests. :func:`sync_files`
   or none, and is reported in :attr:`SyncReport.failed`; the caller decides what a partial
   publish means. A retry then skips everything that did succeed.
 
-Transient store errors (:class:`~infra.store.objects.StoreUnavailable`) are retried per object here,
-:data:`RETRY_ATTEMPTS` tries with exponential backoff, on top of botocore's own per-request
-retries (throttling, 5xx, dropped connections inside one request). It is a local loop because
-``infra/`` may not import the task retry policy of ``tasks/runtime/retry.py``.
+Transient store errors are retried in one place: botocore's standard mode, per request
+(:data:`infra.aws.clients.AWS_ATTEMPTS` attempts: throttling, 5xx, dropped connections). What
+still fails after that (:class:`~infra.store.objects.StoreUnavailable`) is not tried again here:
+it is reported in :attr:`SyncReport.failed`, and the next publish skips what did succeed. The
+table of which layer retries what is ``docs/retries.md``.
 
 One publisher per prefix at a time: two concurrent syncs of one prefix can each write the index
 last with the other's objects missing or stale. Flows serialize publishes of a prefix.
@@ -55,7 +56,6 @@ from infra.store.objects import (
     ObjectNotFound,
     ObjectStore,
     StoreRefused,
-    StoreUnavailable,
     check_key,
     sha256_file,
 )
@@ -65,10 +65,6 @@ log = logging.getLogger(__name__)
 
 INDEX_NAME = "_index.json"
 INDEX_SCHEMA_VERSION = 1
-RETRY_ATTEMPTS = 3
-"""Tries per store call when the store is unavailable (connection refused, reset, timed out)."""
-RETRY_BASE_DELAY_S = 0.5
-"""Backoff before the second try; doubled before each further one."""
 
 Progress = Callable[[int, int], None]
 
@@ -139,7 +135,8 @@ class SyncReport:
 
 
 class _Counted:
-    """The store, with every call counted (thread-safe) and retried while unavailable."""
+    """The store, with every call counted (thread-safe). Not retried here: the store's client
+    already retried what a retry can fix (one layer, docs/retries.md)."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -147,18 +144,9 @@ class _Counted:
         self._lock = threading.Lock()
 
     def __call__(self, op: str, *args: Any, **kwargs: Any) -> Any:
-        for attempt in range(RETRY_ATTEMPTS):
-            with self._lock:
-                self.calls[op] += 1
-            try:
-                return getattr(self.store, op)(*args, **kwargs)
-            except StoreUnavailable as exc:
-                if attempt == RETRY_ATTEMPTS - 1:
-                    raise
-                delay = RETRY_BASE_DELAY_S * 2**attempt
-                log.warning("%s: %s; try %d of %d in %.1f s", op, exc, attempt + 2, RETRY_ATTEMPTS, delay)
-                time.sleep(delay)  # backoff before a retry, not synchronisation
-        raise AssertionError("unreachable")  # pragma: no cover
+        with self._lock:
+            self.calls[op] += 1
+        return getattr(self.store, op)(*args, **kwargs)
 
 
 def _join(prefix: str, key: str) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 
 from tasks.build.footprints import FORMULAS, MIB, Footprint, estimate_footprint
 from tasks.planning.search import Evaluated, PlanResult, instance_config, slot_sizes
-from tasks.planning.simulate import che_hit_ratio
+from tasks.planning.cache_model import che_hit_ratio
 from tasks.planning.traffic import Traffic
 
 
@@ -33,7 +33,7 @@ def footprint_rows(footprints: list[Footprint], limit: int = 10) -> list[dict[st
     """Distinct footprints (a synthetic fleet has one), at most ``limit`` rows."""
     seen: dict[str, dict[str, Any]] = {}
     for fp in footprints:
-        row = fp.summary().cells()
+        row = fp.summary()
         key = str({k: v for k, v in row.items() if k != "target_model"})
         seen.setdefault(key, row | {"variants": 0})["variants"] += 1
     return list(seen.values())[:limit]

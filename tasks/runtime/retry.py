@@ -2,8 +2,12 @@
 
 A wrong spec, a failed export check or a failed verification fails at once (retrying would
 hide nothing and cost minutes); a dropped connection or a Triton that did not come up is tried
-again. Every ``@task`` with ``retries`` in ``tasks/`` names :func:`retry_transient` as its
-``retry_condition_fn`` (tests/test_retries.py checks that). It lives in ``tasks/`` because the
+again. It decides on the project's error tree only: foreign errors are translated where they
+enter ``infra/`` (botocore's into :mod:`infra.aws.errors` and the S3 store's errors), and an
+AWS failure botocore already retried arrives as :class:`~infra.errors.RetriedOut`, which is
+not retried again (one layer per kind of failure: ``docs/retries.md``). Every ``@task`` with
+``retries`` in ``tasks/`` names :func:`retry_transient` as its ``retry_condition_fn``
+(tests/test_retries.py checks that). It lives in ``tasks/`` because the
 tasks declare their retries here, and ``tasks/`` imports nothing from ``flows/``.
 """
 
@@ -11,18 +15,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.errors import MMEError, TransientError
+from infra.errors import MMEError, RetriedOut, TransientError
 
-# Transient errors that code outside the project raises (the project's own derive from
-# infra.errors.TransientError).
+# The standard library's own transport errors (a socket to the local endpoint or to Triton):
+# no client library under them retries, so the task retry is their one layer. The project's
+# own transient errors derive from infra.errors.TransientError.
 TRANSIENT: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError)
-try:
-    from botocore.exceptions import ConnectionError as BotoConnectionError
-    from botocore.exceptions import EndpointConnectionError
-
-    TRANSIENT += (BotoConnectionError, EndpointConnectionError)
-except ImportError:  # pragma: no cover
-    pass
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -38,20 +36,20 @@ def _causes(exc: BaseException) -> list[BaseException]:
 def is_transient(exc: BaseException | None) -> bool:
     """True when a second try may succeed: ``exc``, or an exception it was raised ``from``, is a
     :class:`~infra.errors.TransientError` (the project's own: Triton's port race, a dropped
-    download, an unreachable store) or one of the built-in and botocore connection errors that
-    third-party code raises (:data:`TRANSIENT`). The cause chain counts because wrappers keep
-    the transient cause as ``__cause__``, and a wrapped connection failure is as worth retrying
-    as a bare one.
+    download) or one of the standard library's connection errors (:data:`TRANSIENT`).
+    The cause chain counts because wrappers keep the transient cause as ``__cause__``, and a
+    wrapped connection failure is as worth retrying as a bare one.
 
     A project error that is *not* a ``TransientError`` but keeps a transient-looking built-in
     base for its callers (``CompileTimeout`` is a ``TimeoutError``) has said it is permanent:
-    anywhere in the chain it vetoes the retry (a compile that timed out will time out again).
+    anywhere in the chain it vetoes the retry (a compile that timed out will time out again);
+    so does a :class:`~infra.errors.RetriedOut` (its retries were made by its own layer).
     """
     if exc is None:
         return False
     chain = _causes(exc)
-    if any(isinstance(e, MMEError) and not isinstance(e, TransientError)
-           and isinstance(e, TRANSIENT) for e in chain):
+    if any(isinstance(e, RetriedOut) or (isinstance(e, MMEError) and not isinstance(e, TransientError)
+                                         and isinstance(e, TRANSIENT)) for e in chain):
         return False
     return any(isinstance(e, (TransientError, *TRANSIENT)) for e in chain)
 
