@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
+from tasks.planning.cache_model import lru_hits, top_k_hit_ratio
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
 from infra.endpoint.app import Admission

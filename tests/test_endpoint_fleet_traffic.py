@@ -28,7 +28,7 @@ from fixtures.local_endpoint import X, call, metrics, models, post, start_endpoi
 from fixtures.tiny_models import publish_pipe, write_pipe_repo
 from fixtures.wait import wait_until, wait_until_async
 
-from infra.endpoint.cache_model import lru_hits, top_k_hit_ratio
+from tasks.planning.cache_model import lru_hits, top_k_hit_ratio
 from infra.endpoint.local_mme import configure_logging
 from infra.endpoint.state import EndpointConfig, Reservoir, ThrashGuard
 from infra.triton.model_repo import namespace_for

@@ -4,12 +4,11 @@ sequence, the utilisation law (rate x service), ModelCacheSetting=Disabled, a fu
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import numpy as np
 import pytest
 
-from tasks.planning.simulate import FleetArrays, InstanceConfig, SimulationError, che_hit_ratio, simulate
+from tasks.planning.cache_model import che_hit_ratio, lru_hits
+from tasks.planning.simulate import FleetArrays, InstanceConfig, SimulationError, simulate
 from tasks.planning.traffic import poisson_sequence, zipf
 
 INF = float("inf")
@@ -23,20 +22,6 @@ def _fleet(n: int, size: float = 1.0, load: float = 0.0, download: float = 0.0, 
                        service_s=full(service))
 
 
-def _exact_lru_hits(ids: np.ndarray, capacity: int) -> int:
-    cache: OrderedDict[int, None] = OrderedDict()
-    hits = 0
-    for v in ids.tolist():
-        if v in cache:
-            hits += 1
-            cache.move_to_end(v)
-        else:
-            cache[v] = None
-            if len(cache) > capacity:
-                cache.popitem(last=False)
-    return hits
-
-
 @pytest.mark.parametrize("capacity", [1, 5, 20, 60])
 def test_hit_ratio_equals_an_exact_lru_on_a_replayed_sequence(capacity: int) -> None:
     """One instance, unit-size models, ~zero service and load time: the simulator's hits are
@@ -46,7 +31,7 @@ def test_hit_ratio_equals_an_exact_lru_on_a_replayed_sequence(capacity: int) -> 
     cfg = InstanceConfig(count=1, gpu_bytes=capacity, host_bytes=capacity, disk_bytes=INF,
                          workers=1, usable_fraction=1.0)
     result = simulate(times, ids, _fleet(100), cfg)
-    expected = _exact_lru_hits(ids, capacity)
+    expected = lru_hits(ids.tolist(), capacity)
     assert 0 < expected < len(ids)
     assert result.hits == expected
     assert result.loads == len(ids) - expected
@@ -133,7 +118,7 @@ def test_spare_slots_make_the_warm_set_an_lru_of_capacity_minus_spare(spare: int
     capacity = 10
     cfg = InstanceConfig(count=1, gpu_bytes=capacity, host_bytes=capacity, disk_bytes=INF,
                          workers=1, usable_fraction=1.0, spare_slots=spare)
-    assert simulate(times, ids, _fleet(100), cfg).hits == _exact_lru_hits(ids, capacity - spare)
+    assert simulate(times, ids, _fleet(100), cfg).hits == lru_hits(ids.tolist(), capacity - spare)
 
 
 @pytest.mark.parametrize("spare", [0, 1])

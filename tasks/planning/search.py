@@ -29,7 +29,8 @@ from infra.errors import UserError
 from tasks.planning.catalog import InstanceType
 from tasks.build.footprints import Footprint
 from tasks.planning.planfile import Autoscaling, PlanFile
-from tasks.planning.simulate import FleetArrays, InstanceConfig, che_hit_ratio, simulate
+from tasks.planning.cache_model import che_hit_ratio
+from tasks.planning.simulate import FleetArrays, InstanceConfig, simulate
 from tasks.planning.traffic import Traffic, poisson_sequence
 
 HOURS_PER_MONTH = 730.0

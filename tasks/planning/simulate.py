@@ -37,19 +37,20 @@ Model (SageMaker's documented MME behaviour, simplified where said):
 Figures: warm-hit ratio, p50/p95/p99 latency, loads and downloads per hour, utilisation, and the
 share of requests over 60 s (SageMaker's ``ModelNotReadyException``).
 
-:func:`che_hit_ratio` is the analytic shortcut for screening (Che's approximation of an LRU
-cache under independent requests); the planner simulates every plan it reports.
+:func:`tasks.planning.cache_model.che_hit_ratio` is the analytic shortcut for screening (Che's
+approximation of an LRU cache under independent requests); the planner simulates every plan it
+reports. The LRU order itself is the one cache model's (:class:`~tasks.planning.cache_model.Recency`).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from infra.errors import UserError
+from tasks.planning.cache_model import Recency
 
 MODEL_NOT_READY_S = 60.0
 
@@ -144,9 +145,9 @@ class _Instance:
                  "draining")
 
     def __init__(self, workers: int, load_slots: int | None) -> None:
-        self.loaded: OrderedDict[int, float] = OrderedDict()
+        self.loaded: Recency[int, float] = Recency()
         self.busy: dict[int, float] = {}
-        self.disk: OrderedDict[int, None] = OrderedDict()
+        self.disk: Recency[int, None] = Recency()
         self.gpu = self.host = self.disk_used = 0.0
         self.free = [0.0] * workers
         self.slots = [0.0] * load_slots if load_slots else []
@@ -166,16 +167,17 @@ class _Instance:
     def idle_victim(self, t: float) -> int | None:
         """The least recently used model idle at ``t``, or None (the spare room takes only
         idle models: it never delays a request)."""
-        return next((u for u, ready in self.loaded.items()
-                     if ready <= t and self.busy.get(u, 0.0) <= t), None)
+        loaded, busy = self.loaded, self.busy
+        return loaded.oldest(lambda u: loaded[u] <= t and busy.get(u, 0.0) <= t)
 
     def victim(self, t: float) -> int:
         """The least recently used model idle at ``t`` (loaded, none of its requests in
         service), else the least recently used one."""
-        for u, ready in self.loaded.items():
-            if ready <= t and self.busy.get(u, 0.0) <= t:
-                return u
-        return next(iter(self.loaded))
+        u = self.idle_victim(t)
+        if u is None:
+            u = self.loaded.oldest()
+        assert u is not None, "a victim is only asked of an instance with a model loaded"
+        return u
 
 
 def _lognormal_params(cv: float) -> tuple[float, float] | None:
@@ -260,12 +262,12 @@ class _Endpoint:
         st, f = self.inst[i], self.f
         alone, cost = float(f.load_disk_s[v]) * self.draw(0), 0.0
         if v in st.disk:
-            st.disk.move_to_end(v)
+            st.disk.touch(v)
         else:
             self.downloads += 1
             cost += float(f.download_s[v])
             while st.disk_used + self.disk[v] > self.cfg.disk_bytes:
-                old = next((x for x in st.disk if x not in st.loaded), None)
+                old = st.disk.oldest(lambda x: x not in st.loaded)
                 if old is None:
                     break
                 del st.disk[old]
@@ -335,7 +337,7 @@ class _Endpoint:
             i = min(hs, key=lambda j: self.inst[j].free[0]) if len(hs) > 1 else hs[0]
             st = self.inst[i]
             ready = st.loaded[v]
-            st.loaded.move_to_end(v)
+            st.loaded.touch(v)
             warm, cost = ready <= t, self.service[v]
             start = max(t, st.free[0], ready)
         else:
@@ -467,27 +469,3 @@ def simulate_closed_loop(ids: np.ndarray, fleet: FleetArrays, cfg: InstanceConfi
         heapq.heapreplace(free, tally.serve(t, v))
     start = tally.at[warmup] if warmup < len(tally.at) else tally.end
     return tally.result(tally.end - start)
-
-
-def che_hit_ratio(rates: np.ndarray, sizes: np.ndarray, capacity: float) -> float:
-    """Che's approximation of the hit ratio of an LRU cache of ``capacity`` (same unit as
-    ``sizes``) under independent Poisson requests at ``rates``: the characteristic time T solves
-    sum_i size_i (1 - exp(-rate_i T)) = capacity; hit ratio = sum_i rate_i (1 - exp(-rate_i T)) /
-    sum_i rate_i. Used to screen plans before simulating them."""
-    total = float(rates.sum())
-    if total <= 0:
-        return 1.0
-    if float(sizes[rates > 0].sum()) <= capacity:
-        return 1.0
-    lo, hi = 0.0, 1.0
-    while float((sizes * -np.expm1(-rates * hi)).sum()) < capacity:
-        hi *= 2.0
-        if hi > 1e12:
-            return 1.0
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        if float((sizes * -np.expm1(-rates * mid)).sum()) < capacity:
-            lo = mid
-        else:
-            hi = mid
-    return float((rates * -np.expm1(-rates * lo)).sum() / total)
