@@ -100,7 +100,7 @@ def profile(folder: Path, names: list[str], concurrent: int, max_batch: int = 8)
         per[name] = {k: float(getattr(fp, k).value) for k in FIGURES}
     median = {k: float(np.median([p[k] for p in per.values()])) for k in FIGURES}
     tarballs = [folder / f"{names[i % len(names)]}.tar.gz" for i in range(concurrent)]
-    conc = measure_load_concurrency(tarballs)
+    conc = measure_load_concurrency(tarballs).model_dump(mode="json")
     return {"variants": per, "median": median, "status": "measured", "load_concurrency": conc,
             "host_load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "where": "bench/planner_check.py: measure_footprint (a real Triton, one model at a time)",

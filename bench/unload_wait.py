@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from infra.triton.measure import LoadRun
 from infra.triton.server import TritonPorts, TritonServer
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -65,17 +66,18 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(cached: int, rounds: int) -> dict:
+def measure(cached: int, rounds: int) -> dict[str, float | int]:
     with tempfile.TemporaryDirectory(prefix="unload-wait-") as tmp:
         repo = Path(tmp) / "repo"
         write_repo(repo, cached)
         with TritonServer(repo, ports=TritonPorts(grpc=0)) as srv:
-            walls, cpus, index_ms = [], [], []
+            walls: list[float] = []
+            cpus: list[float] = []
+            index_ms: list[float] = []
             for _ in range(rounds):
-                srv.load("pipe")
-                cpu0, t0 = cpu_seconds(srv.pid), time.perf_counter()
-                srv.unload("pipe")
-                walls.append(time.perf_counter() - t0)
+                with LoadRun(srv, "pipe") as run:  # the one harness: timed load, timed unload
+                    cpu0 = cpu_seconds(srv.pid)
+                walls.append(run.unload_s or 0.0)
                 cpus.append(cpu_seconds(srv.pid) - cpu0)
                 t1 = time.perf_counter()
                 listed = len(srv.repository_index())

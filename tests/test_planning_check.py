@@ -204,8 +204,8 @@ def test_fleet_verify_records_load_unload_and_service_and_the_planner_reads_them
     assert (result.service_seconds or 0) > 0 and isinstance(result.measured_on, str)
     times = result.footprint_times  # the first canary is measured too (its footprint)
     assert times is not None
-    assert "footprint_error" not in times and times["loaded"]["host_pss"] > 0
-    assert times["loaded"]["service_batch1_s"] > 0 and times["unpacked_bytes"] > 0
+    assert times.error is None and times.loaded is not None and times.loaded.host_pss > 0
+    assert times.loaded.service_batch1_s > 0 and times.unpacked_bytes > 0
     manifest = parse_manifest({"ensemble": "tiny-00000", "target": "local-cpu", "target_model": v.target,
                                "artifact": v.target, "sha256": "0" * 64, "bytes": 1000,
                                "validation": result.to_validation(checked_by="triton").model_dump()},

@@ -29,7 +29,7 @@ def test_measure_footprint_of_a_real_build(built_text_embedding: dict) -> None:
     assert fp.host_memory_bytes.basis == "pss" and fp.host_memory_uss_bytes is not None
     assert fp.host_memory_uss_bytes.basis == "uss"
     assert 0 < fp.host_memory_uss_bytes.value <= fp.host_memory_bytes.value * 1.1  # private <= proportional
-    assert fp.summary()["host mem"].endswith(" pss")
+    assert fp.summary().host_mem.endswith(" pss")
     assert fp.load_cold_s.value >= fp.load_disk_s.value * 0.5
     assert fp.gpu_memory_bytes.status == "estimated"  # no GPU here (the CPU build: 0 bytes)
 
@@ -58,7 +58,7 @@ def test_old_rss_footprints_still_read_and_say_so() -> None:
     doc["host_memory_bytes"] = {"value": 208 * 2 ** 20, "status": "measured", "where": "mme profile"}
     old = Footprint.model_validate(doc)
     assert old.host_memory_bytes.basis == "rss" and old.host_memory_uss_bytes is None
-    assert "rss (old record" in old.summary()["host mem"]
+    assert "rss (old record" in old.summary().host_mem
     assert Footprint.model_validate(old.model_dump(mode="json")).host_memory_bytes.basis == "rss"
     assert estimate_footprint("new", 10 * 2 ** 20, gpu=False).host_memory_bytes.basis is None
 

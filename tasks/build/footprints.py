@@ -8,18 +8,20 @@ estimated from the manifest's tarball bytes by the formulas below (stated in the
 
 from __future__ import annotations
 
-import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest
 from infra.processes.ownership import owner
-from infra.processes.procfs import Memory, tree_memory
+from infra.triton.measure import MEMORY_BASIS, LoadRun, timed_load, timed_unload
+from tasks.runtime.hardware import hardware
 
 MIB = 1024 ** 2
 # The estimate formulas, named in every estimated figure.
@@ -57,6 +59,37 @@ class Figure(BaseModel):
     basis: str | None = None
 
 
+class FootprintSource(BaseModel):
+    """Where a fleet variant's footprint came from: the canary it was measured on (and the
+    template key), or, when nothing was measured, that it is estimated and why."""
+
+    model_config = ConfigDict(extra="allow")
+    measured_on: str | None = None
+    template_key: str | None = None
+    estimated: str | None = None
+    reason: str | None = None
+
+
+class FootprintRow(BaseModel):
+    """One footprint as a table row (``mme plan``'s report): each figure as text with its
+    m(easured)/e(stimated) mark; the field aliases are the column headers."""
+
+    model_config = ConfigDict(frozen=True)
+    target_model: str
+    tarball: str
+    host_mem: str
+    gpu_mem: str
+    load_cold: str
+    load_disk: str
+    service_b1: str
+
+    def cells(self) -> dict[str, str]:
+        """Column header -> cell, in column order."""
+        headers = {"host_mem": "host mem", "gpu_mem": "GPU mem", "load_cold": "load cold",
+                   "load_disk": "load disk", "service_b1": "service b1"}
+        return {headers.get(k, k): v for k, v in self.model_dump().items()}
+
+
 class Footprint(BaseModel):
     """The per-ensemble footprint record (bytes, seconds)."""
 
@@ -73,6 +106,7 @@ class Footprint(BaseModel):
     service_max_batch_s: Figure
     max_batch: int = 1
     host_memory_uss_bytes: Figure | None = None  # private pages only: what unloading frees
+    source: FootprintSource | None = None  # a fleet variant's: the canary, or why estimated
 
     @model_validator(mode="after")
     def _old_records_counted_rss(self) -> Footprint:
@@ -82,7 +116,11 @@ class Footprint(BaseModel):
             self.host_memory_bytes.basis = "rss"
         return self
 
-    def summary(self) -> dict[str, Any]:
+    def to_record(self) -> JsonObject:
+        """The manifest's ``footprint`` document (unset figures left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def summary(self) -> FootprintRow:
         """One table row: value plus m(easured)/e(stimated), and how measured memory was counted."""
         def cell(f: Figure, scale: float, unit: str) -> str:
             return f"{f.value / scale:.3g} {unit} ({f.status[0]})"
@@ -91,11 +129,10 @@ class Footprint(BaseModel):
             host += " rss (old record: counts shared pages per stub; re-run mme profile)"
         elif self.host_memory_bytes.basis:
             host += f" {self.host_memory_bytes.basis}"
-        return {"target_model": self.target_model, "tarball": cell(self.tarball_bytes, MIB, "MiB"),
-                "host mem": host,
-                "GPU mem": cell(self.gpu_memory_bytes, MIB, "MiB"),
-                "load cold": cell(self.load_cold_s, 1, "s"), "load disk": cell(self.load_disk_s, 1, "s"),
-                "service b1": cell(self.service_batch1_s, 1e-3, "ms")}
+        return FootprintRow(target_model=self.target_model, tarball=cell(self.tarball_bytes, MIB, "MiB"),
+                            host_mem=host, gpu_mem=cell(self.gpu_memory_bytes, MIB, "MiB"),
+                            load_cold=cell(self.load_cold_s, 1, "s"), load_disk=cell(self.load_disk_s, 1, "s"),
+                            service_b1=cell(self.service_batch1_s, 1e-3, "ms"))
 
 
 def _est(value: float, formula: str, where: str) -> Figure:
@@ -110,7 +147,7 @@ def estimate_footprint(target_model: str, tarball_bytes: int, *, gpu: bool, pyth
     unpacked = tarball_bytes * UNPACK_FACTOR
     disk_load = LOAD_FIXED_S + unpacked / DISK_LOAD_BYTES_PER_S
     load_disk = (Figure(value=measured_load_s, status="measured", where="build verify step (Triton load)",
-                        hardware=platform.processor() or platform.machine())
+                        hardware=hardware())
                  if measured_load_s is not None else _est(disk_load, "fixed+disk-throughput", where))
     return Footprint(
         target_model=target_model,
@@ -150,7 +187,7 @@ VERIFY_FIGURES = {"load_seconds": "load_disk_s", "unload_seconds": "unload_s",
                   "service_seconds": "service_batch1_s"}
 
 
-def _verify_figure(extra: dict[str, Any], key: str) -> Figure | None:
+def _verify_figure(extra: Mapping[str, object], key: str) -> Figure | None:
     """A validation time as a measured figure (where: the verify step; hardware: as it recorded,
     unknown in manifests written before it did)."""
     value = extra.get(key)
@@ -162,30 +199,23 @@ def _verify_figure(extra: dict[str, Any], key: str) -> Figure | None:
 
 
 # ------------------------------------------------------------------------------ measurement
+# Every load below goes through the one harness (infra.triton.measure: LoadRun, timed_load,
+# timed_unload), and every memory figure through its one probe (basis MEMORY_BASIS, "pss").
 
 
-def triton_memory(pid: int) -> Memory:
-    """Triton's memory (the server and its Python stubs: its process tree) by the one probe,
-    :func:`infra.processes.procfs.tree_memory`, so a footprint counts what the endpoint's limit counts."""
-    return tree_memory(pid)
+def _measured(where: str, hardware: str) -> Callable[..., Figure]:
+    """A maker of measured figures that share one provenance: ``m(value=..., basis=...)``."""
+    return partial(Figure, status="measured", where=where, hardware=hardware)
 
 
-def _timed(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _service_time(url: str, model: str, inputs: dict[str, np.ndarray], repeats: int) -> float:
-    """Median seconds of one inference (after one warm-up call)."""
+def _service_time(run: LoadRun, inputs: dict[str, np.ndarray], repeats: int) -> float:
+    """Median seconds of one inference of the loaded model (after one warm-up call)."""
     import httpx
 
     from infra.aws.runtime_client import infer_direct
 
-    with httpx.Client(base_url=url, timeout=120) as client:
-        infer_direct(client, model, inputs)
-        times = [_timed(lambda: infer_direct(client, model, inputs)) for _ in range(repeats)]
-    return float(np.median(times))
+    with httpx.Client(base_url=run.server.url, timeout=120) as client:
+        return run.service_time(lambda: infer_direct(client, run.model, inputs), repeats)
 
 
 def _batched(inputs: dict[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -214,8 +244,6 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
     from infra.store.tarball import safe_extract
     from infra.triton.server import TritonServer
 
-    hw = f"{platform.machine()} {platform.processor() or ''} ({platform.node()})".strip()
-    here = "mme profile (real Triton)"
     with owner().scratch("mme-profile-") as tmp:
         t0 = time.perf_counter()
         repo = safe_extract(tarball, Path(tmp) / "repo")
@@ -223,25 +251,25 @@ def measure_footprint(tarball: Path, model: str, inputs: dict[str, np.ndarray], 
         unpacked = sum(p.stat().st_size for p in repo.rglob("*") if p.is_file())
         entry = _entry_model(repo, model)
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
-            assert server.pid is not None
-            mem0, gpu0 = triton_memory(server.pid), gpu_memory() if gpu_memory else None
-            cold = extract_s + _timed(lambda: server.load(entry))
-            added, gpu1 = triton_memory(server.pid) - mem0, gpu_memory() if gpu_memory else None
-            s1 = _service_time(server.url, entry, _batched(inputs, 1), repeats)
-            sb = _service_time(server.url, entry, _batched(inputs, max_batch), max(3, repeats // 4))
-            unload = _timed(lambda: server.unload(entry))
-            disk = _timed(lambda: server.load(entry))
+            gpu0 = gpu_memory() if gpu_memory else None
+            with LoadRun(server, entry, memory=True) as run:
+                added, gpu1 = run.memory_added(), gpu_memory() if gpu_memory else None
+                s1 = _service_time(run, _batched(inputs, 1), repeats)
+                sb = _service_time(run, _batched(inputs, max_batch), max(3, repeats // 4))
+            unload = run.unload_s or 0.0
+            disk = timed_load(server, entry)
     est = estimate_footprint(model, tarball.stat().st_size, gpu=gpu_memory is not None)
-    m: dict[str, Any] = {"status": "measured", "where": here, "hardware": hw}
-    gpu_fig = (Figure(value=max(0, (gpu1 or 0) - (gpu0 or 0)), **m) if gpu0 is not None and gpu1 is not None
+    m = _measured("mme profile (real Triton)", hardware())
+    gpu_fig = (m(value=max(0, (gpu1 or 0) - (gpu0 or 0))) if gpu0 is not None and gpu1 is not None
                else est.gpu_memory_bytes)
-    return Footprint(target_model=model, tarball_bytes=Figure(value=tarball.stat().st_size, **m),
-                     unpacked_bytes=Figure(value=unpacked, **m),
-                     host_memory_bytes=Figure(value=max(0, added.pss), basis="pss", **m),
-                     host_memory_uss_bytes=Figure(value=max(0, added.uss), basis="uss", **m),
-                     gpu_memory_bytes=gpu_fig, load_cold_s=Figure(value=cold, **m), load_disk_s=Figure(value=disk, **m),
-                     unload_s=Figure(value=unload, **m), service_batch1_s=Figure(value=s1, **m),
-                     service_max_batch_s=Figure(value=sb, **m), max_batch=max_batch)
+    return Footprint(target_model=model, tarball_bytes=m(value=tarball.stat().st_size),
+                     unpacked_bytes=m(value=unpacked),
+                     host_memory_bytes=m(value=max(0, added.pss), basis=MEMORY_BASIS),
+                     host_memory_uss_bytes=m(value=max(0, added.uss), basis="uss"),
+                     gpu_memory_bytes=gpu_fig, load_cold_s=m(value=extract_s + run.load_s),
+                     load_disk_s=m(value=disk), unload_s=m(value=unload),
+                     service_batch1_s=m(value=s1), service_max_batch_s=m(value=sb),
+                     max_batch=max_batch)
 
 
 def nvml_used_bytes() -> Callable[[], int | None] | None:
@@ -256,7 +284,23 @@ def nvml_used_bytes() -> Callable[[], int | None] | None:
     return lambda: int(pynvml.nvmlDeviceGetMemoryInfo(handle).used)
 
 
-def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> dict[str, Any]:
+class LoadConcurrency(BaseModel):
+    """Seconds one load and one unload take when k run at once (index k-1: medians), their
+    spread, the samples, and where they were measured."""
+
+    model_config = ConfigDict(frozen=True)
+    load_s: list[float]
+    unload_s: list[float]
+    load_cv: float
+    unload_cv: float
+    load_samples: dict[int, list[float]]
+    unload_samples: dict[int, list[float]]
+    status: Literal["measured"] = "measured"
+    where: str = "measure_load_concurrency (real Triton)"
+    hardware: str
+
+
+def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> LoadConcurrency:
     """Seconds one load and one unload take in a real Triton when ``k`` of them run at once,
     for k = 1 .. len(tarballs) (medians over ``rounds``, each round going through every k, so a
     change in the host's other load touches every k alike): a property of the host and Triton,
@@ -264,8 +308,6 @@ def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> dict[str,
     ~2.5 s each where one alone took ~1 s (with ~1 CPU-second of work each): an endpoint that
     runs loads two at a time (``max_concurrent_loads``) pays that, and a simulator that charges
     the alone time per load predicts half its miss latency."""
-    import os
-
     from infra.triton.model_repo import namespace_repository
     from infra.store.tarball import safe_extract
     from infra.triton.server import TritonServer
@@ -280,16 +322,14 @@ def measure_load_concurrency(tarballs: list[Path], rounds: int = 4) -> dict[str,
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
             for _ in range(rounds):
                 for k in range(1, len(entries) + 1):
-                    load.setdefault(k, []).extend(_at_once(server.load, entries[:k]))
-                    unload.setdefault(k, []).extend(_at_once(server.unload, entries[:k]))
-    cpu = " ".join(x for x in (platform.machine(), platform.processor()) if x)
-    hw = f"{cpu}, {os.cpu_count()} cores ({platform.node()})"
-    return {"load_s": [float(np.median(load[k])) for k in sorted(load)],
-            "unload_s": [float(np.median(unload[k])) for k in sorted(unload)],
-            "load_cv": _spread(load), "unload_cv": _spread(unload),
-            "load_samples": {k: load[k] for k in sorted(load)},
-            "unload_samples": {k: unload[k] for k in sorted(unload)},
-            "status": "measured", "where": "measure_load_concurrency (real Triton)", "hardware": hw}
+                    load.setdefault(k, []).extend(_at_once(lambda n: timed_load(server, n), entries[:k]))
+                    unload.setdefault(k, []).extend(_at_once(lambda n: timed_unload(server, n), entries[:k]))
+    return LoadConcurrency(load_s=[float(np.median(load[k])) for k in sorted(load)],
+                           unload_s=[float(np.median(unload[k])) for k in sorted(unload)],
+                           load_cv=_spread(load), unload_cv=_spread(unload),
+                           load_samples={k: load[k] for k in sorted(load)},
+                           unload_samples={k: unload[k] for k in sorted(unload)},
+                           hardware=hardware())
 
 
 def _spread(samples: dict[int, list[float]]) -> float:
@@ -299,72 +339,94 @@ def _spread(samples: dict[int, list[float]]) -> float:
     return float(np.std(scaled) / np.mean(scaled)) if len(scaled) > 1 else 0.0
 
 
-def _at_once(fn: Callable[[str], Any], names: list[str]) -> list[float]:
-    """Run ``fn(name)`` for every name at once (one thread each); the seconds each took (an
-    error in any is raised)."""
+def _at_once(fn: Callable[[str], float], names: list[str]) -> list[float]:
+    """Run ``fn(name)`` (a timed load or unload) for every name at once, one thread each; what
+    each returned (an error in any is raised)."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(names)) as pool:
-        return list(pool.map(lambda n: _timed(lambda: fn(n)), names))
+        return list(pool.map(fn, names))
 
 
 # ----------------------------------------------------------- measured on a fleet's canary
 
 
-def measure_loaded(pid: int, url: str, entry: str, inputs: dict[str, np.ndarray], max_batch: int,
-                   before: Memory, repeats: int = 5) -> dict[str, float]:
-    """What a model already loaded (and served once) in a running Triton adds to its process
-    tree (PSS and USS, against ``before``, taken before the load) and its service time at batch
-    1 and ``max_batch`` (medians). The fleet build calls it on one canary per template, in the
+class LoadedFigures(BaseModel):
+    """What a loaded model adds to Triton (host memory, by the one probe) and its service
+    times: :func:`measure_loaded`'s answer."""
+
+    model_config = ConfigDict(frozen=True)
+    host_pss: float
+    host_uss: float
+    service_batch1_s: float
+    service_max_batch_s: float
+    max_batch: int
+
+
+class CanaryTimes(BaseModel):
+    """A canary's readings from the fleet build's verify step (tasks/fleet/verify.py):
+    :func:`canary_footprint`'s input. ``loaded`` is None when measuring failed (``error``)."""
+
+    model_config = ConfigDict(frozen=True)
+    tarball_bytes: int
+    unpacked_bytes: int
+    extract_s: float
+    load_s: float
+    unload_s: float
+    loaded: LoadedFigures | None = None
+    error: str | None = None
+
+
+def measure_loaded(run: LoadRun, inputs: dict[str, np.ndarray], max_batch: int,
+                   repeats: int = 5) -> LoadedFigures:
+    """What the model ``run`` loaded (and served once) adds to Triton's process tree (PSS and
+    USS, against the reading ``run`` took before the load) and its service time at batch 1 and
+    ``max_batch`` (medians). The fleet build calls it on one canary per template, in the
     Triton that verifies the canaries, so every variant's footprint is measured, not guessed;
     a template without batching (``max_batch`` 0) is served as its sample is."""
-    added = triton_memory(pid) - before
+    added = run.memory_added()
     one = _batched(inputs, 1) if max_batch > 0 else inputs
-    s1 = _service_time(url, entry, one, repeats)
-    sb = (_service_time(url, entry, _batched(inputs, max_batch), max(3, repeats // 2))
+    s1 = _service_time(run, one, repeats)
+    sb = (_service_time(run, _batched(inputs, max_batch), max(3, repeats // 2))
           if max_batch > 1 else s1)
-    return {"host_pss": float(max(0, added.pss)), "host_uss": float(max(0, added.uss)),
-            "service_batch1_s": s1, "service_max_batch_s": sb, "max_batch": float(max(1, max_batch))}
+    return LoadedFigures(host_pss=float(max(0, added.pss)), host_uss=float(max(0, added.uss)),
+                         service_batch1_s=s1, service_max_batch_s=sb, max_batch=max(1, max_batch))
 
 
-def canary_footprint(canary: str, template_key: str, times: dict[str, float], loaded: dict[str, float],
-                     gpu: bool, hardware: str) -> dict[str, Any]:
-    """The footprint record measured on one canary (``times``: tarball_bytes, unpacked_bytes,
-    extract_s, load_s, unload_s from the verify step; ``loaded``: :func:`measure_loaded`),
-    with its ``source`` naming the canary and the template key, so a manifest that carries it
-    says which variant it was measured on. GPU memory: zero on a CPU target (it uses none);
-    on a GPU target estimated by formula (the verify step has no NVML reading), and said so."""
-    m: dict[str, Any] = {"status": "measured", "where": f"fleet build, canary {canary} (Triton)",
-                         "hardware": hardware}
-    est = estimate_footprint(canary, int(times["tarball_bytes"]), gpu=gpu)
+def canary_footprint(canary: str, template_key: str, times: CanaryTimes, loaded: LoadedFigures,
+                     gpu: bool, hardware: str) -> Footprint:
+    """The footprint measured on one canary (``times`` from the verify step; ``loaded``:
+    :func:`measure_loaded`), with its ``source`` naming the canary and the template key, so a
+    manifest that carries it says which variant it was measured on. GPU memory: zero on a CPU
+    target (it uses none); on a GPU target estimated by formula (the verify step has no NVML
+    reading), and said so."""
+    m = _measured(f"fleet build, canary {canary} (Triton)", hardware)
+    est = estimate_footprint(canary, times.tarball_bytes, gpu=gpu)
     gpu_fig = (est.gpu_memory_bytes if gpu else
                Figure(value=0.0, status="measured", where="CPU target: no GPU used", hardware=hardware))
-    fp = Footprint(
-        target_model=canary, tarball_bytes=Figure(value=times["tarball_bytes"], **m),
-        unpacked_bytes=Figure(value=times["unpacked_bytes"], **m),
-        host_memory_bytes=Figure(value=loaded["host_pss"], basis="pss", **m),
-        host_memory_uss_bytes=Figure(value=loaded["host_uss"], basis="uss", **m),
-        gpu_memory_bytes=gpu_fig, load_disk_s=Figure(value=times["load_s"], **m),
-        load_cold_s=Figure(value=times["extract_s"] + times["load_s"], **m),
-        unload_s=Figure(value=times["unload_s"], **m),
-        service_batch1_s=Figure(value=loaded["service_batch1_s"], **m),
-        service_max_batch_s=Figure(value=loaded["service_max_batch_s"], **m),
-        max_batch=int(loaded["max_batch"]))
-    return {**fp.model_dump(mode="json", exclude_none=True),
-            "source": {"measured_on": canary, "template_key": template_key}}
+    return Footprint(
+        target_model=canary, tarball_bytes=m(value=times.tarball_bytes),
+        unpacked_bytes=m(value=times.unpacked_bytes),
+        host_memory_bytes=m(value=loaded.host_pss, basis=MEMORY_BASIS),
+        host_memory_uss_bytes=m(value=loaded.host_uss, basis="uss"),
+        gpu_memory_bytes=gpu_fig, load_disk_s=m(value=times.load_s),
+        load_cold_s=m(value=times.extract_s + times.load_s),
+        unload_s=m(value=times.unload_s),
+        service_batch1_s=m(value=loaded.service_batch1_s),
+        service_max_batch_s=m(value=loaded.service_max_batch_s),
+        max_batch=loaded.max_batch, source=FootprintSource(measured_on=canary, template_key=template_key))
 
 
-def variant_footprint(measured: dict[str, Any] | None, reason: str | None, target_model: str,
-                      tarball_bytes: int, gpu: bool) -> dict[str, Any]:
-    """One variant's footprint record: the template's canary measurement under the variant's
-    name and its own tarball bytes (a variant differs from its canary in its weights, not its
-    graph), else the named estimate with ``source.estimated`` saying why nothing was measured,
-    so no manifest carries an estimate silently."""
+def variant_footprint(measured: Footprint | None, reason: str | None, target_model: str,
+                      tarball_bytes: int, gpu: bool) -> Footprint:
+    """One variant's footprint: the template's canary measurement under the variant's name and
+    its own tarball bytes (a variant differs from its canary in its weights, not its graph),
+    else the named estimate with ``source.estimated`` saying why nothing was measured, so no
+    manifest carries an estimate silently."""
     if measured is not None:
-        doc = {**measured, "target_model": target_model}
-        doc["tarball_bytes"] = Figure(value=tarball_bytes, status="measured", where="manifest bytes").model_dump(
-            mode="json", exclude_none=True)
-        return doc
+        return measured.model_copy(update={
+            "target_model": target_model,
+            "tarball_bytes": Figure(value=tarball_bytes, status="measured", where="manifest bytes")})
     est = estimate_footprint(target_model, tarball_bytes, gpu=gpu)
-    return {**est.model_dump(mode="json", exclude_none=True),
-            "source": {"estimated": "formulas (FORMULAS)", "reason": reason or "not measured"}}
+    return est.model_copy(update={"source": FootprintSource(estimated="formulas (FORMULAS)",
+                                                            reason=reason or "not measured")})

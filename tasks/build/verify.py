@@ -12,7 +12,6 @@ and ``verify`` (a pass is cached on the tarball's sha256: same bytes, same answe
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target
 from infra.errors import UserError
 from infra.records.manifest import SampleRecord, Validation
 from infra.processes.ownership import owner
+from tasks.build.footprints import CanaryTimes
 from tasks.producers import cache
 from tasks.runtime.text import short
 from tasks.runtime.retry import retry_transient
@@ -83,7 +83,7 @@ class Verification(Validation):
     measured_on: str | None = None
     #: the canary's raw footprint readings (tasks/build/footprints.py canary_footprint's input:
     #: seconds, byte counts and a memory reading); never part of the manifest record
-    footprint_times: dict[str, Any] | None = Field(default=None, exclude=True)
+    footprint_times: CanaryTimes | None = Field(default=None, exclude=True)
 
     def detail(self) -> str:
         """Why it failed, or what it saw: the failure, else the top five classes."""
@@ -350,16 +350,16 @@ def verify_archive(spec: EnsembleSpec, archive: Path, sample: Sample,
 
     from infra.aws.runtime_client import infer_direct
     from infra.store.tarball import safe_extract
+    from infra.triton.measure import LoadRun
     from infra.triton.server import TritonServer
 
     v = spec.validation
     assert v is not None
     with owner().scratch("mme-verify-") as tmp:
         repo = safe_extract(archive, Path(tmp) / "repo")
-        with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server:
-            t0 = time.perf_counter()
-            server.load(spec.name)
-            load_s = time.perf_counter() - t0
+        with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server, \
+                LoadRun(server, spec.name, unload=False) as run:
+            load_s = run.load_s
             with httpx.Client(base_url=server.url, timeout=120) as client:
                 try:
                     got = infer_direct(client, spec.name, sample.inputs)

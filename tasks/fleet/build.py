@@ -62,6 +62,7 @@ from tasks.fleet.variant import (
 from tasks.fleet.verify import verify_in_triton
 from tasks.producers.produce import artifacts_for, check_artifacts
 from tasks.runtime.run_context import run_logger
+from tasks.build.footprints import Footprint
 from tasks.build.verify import Sample, Verification
 
 INDEX_FILE = "fleet-index.json"
@@ -118,26 +119,27 @@ class TemplateFootprint:
     load, unload, service times), or, when that failed, why -- then each manifest carries the
     named estimate and says why, and the build report says so: never an estimate in silence."""
 
-    measured: dict[str, Any] | None = None
+    measured: Footprint | None = None
     reason: str | None = None
 
     def for_variant(self, target_model: str, tarball_bytes: int, target: Target) -> dict[str, Any]:
         from tasks.build.footprints import variant_footprint
 
         return variant_footprint(self.measured, self.reason, target_model, tarball_bytes,
-                                 gpu=target.endswith("gpu"))
+                                 gpu=target.endswith("gpu")).to_record()
 
     def note(self) -> str:
         """The build report's line about it."""
         if self.measured is None:
             return (f"Footprint: NOT measured ({self.reason or 'no canary passed'}); every variant built "
                     f"in this run records the named estimate (formulas, `source.estimated`)")
-        fp, src = self.measured, self.measured["source"]
-        return (f"Footprint: measured on canary `{src['measured_on']}` and recorded on every variant built: "
-                f"host memory {fp['host_memory_bytes']['value'] / 2**20:.1f} MiB (pss), "
-                f"load {fp['load_disk_s']['value']:.2f} s, unload {fp['unload_s']['value']:.2f} s, "
-                f"service {fp['service_batch1_s']['value'] * 1e3:.1f} ms at batch 1, "
-                f"{fp['service_max_batch_s']['value'] * 1e3:.1f} ms at batch {fp.get('max_batch', 1)}")
+        fp = self.measured
+        canary = fp.source.measured_on if fp.source else None
+        return (f"Footprint: measured on canary `{canary}` and recorded on every variant built: "
+                f"host memory {fp.host_memory_bytes.value / 2**20:.1f} MiB ({fp.host_memory_bytes.basis}), "
+                f"load {fp.load_disk_s.value:.2f} s, unload {fp.unload_s.value:.2f} s, "
+                f"service {fp.service_batch1_s.value * 1e3:.1f} ms at batch 1, "
+                f"{fp.service_max_batch_s.value * 1e3:.1f} ms at batch {fp.max_batch}")
 
 
 def measured_footprint(template: FleetTemplate, canary: str, result: Verification) -> TemplateFootprint:
@@ -148,12 +150,12 @@ def measured_footprint(template: FleetTemplate, canary: str, result: Verificatio
     times = result.footprint_times
     if times is None:
         return TemplateFootprint(reason=f"canary {canary} was verified without a measurement")
-    if "loaded" not in times:
+    if times.loaded is None:
         return TemplateFootprint(reason=f"measuring canary {canary} failed: "
-                                        f"{times.get('footprint_error', 'Triton process unknown')}")
-    doc = canary_footprint(canary, template.key, times, times["loaded"],
-                           gpu=template.target.endswith("gpu"), hardware=str(result.measured_on))
-    return TemplateFootprint(measured=doc)
+                                        f"{times.error or 'Triton process unknown'}")
+    fp = canary_footprint(canary, template.key, times, times.loaded,
+                          gpu=template.target.endswith("gpu"), hardware=str(result.measured_on))
+    return TemplateFootprint(measured=fp)
 
 
 def prepare_template(fleet: FleetSpec, variants: Sequence[Variant]) -> FleetTemplate:

@@ -10,58 +10,54 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+import httpx
+import numpy as np
 
 from infra.errors import MMEError
+from infra.triton.measure import LoadRun
 from infra.triton.model_repo import namespace_repository
 from infra.store.tarball import safe_extract
 from infra.processes.ownership import owner
 from tasks.fleet.variant import StagedVariant, VariantError, target_model_for
+from tasks.build.footprints import CanaryTimes, LoadedFigures
 from tasks.build.verify import Sample, Verification, score
 from tasks.runtime.hardware import hardware
 
+if TYPE_CHECKING:
+    from infra.triton.server import TritonServer
 
 
-def _serve(server: Any, client: Any, entry: str, staged: StagedVariant, sample: Sample,
-           measure: bool) -> tuple[Any, dict[str, Any]]:
-    """Load ``entry``, run its sample twice (the second, warm call is the planner's service
-    time), measure the footprint when ``measure`` (memory against a reading taken before the
-    load), unload. Returns the output and the times (a failed measurement is recorded as
-    ``footprint_error``: the variant's check does not depend on it)."""
-    import time
-
+def _serve(server: TritonServer, client: httpx.Client, entry: str, staged: StagedVariant, sample: Sample,
+           measure: bool) -> tuple[dict[str, np.ndarray], LoadRun, LoadedFigures | str | None]:
+    """Load ``entry`` through the one harness, run its sample twice (the second, warm call is
+    the planner's service time), measure the footprint when ``measure`` (memory against a
+    reading taken before the load), unload. Returns the output, the run (its times), and the
+    measurement, or why it failed (the variant's check does not depend on it)."""
     from infra.aws.runtime_client import infer_direct
-    from tasks.build.footprints import measure_loaded, triton_memory
+    from tasks.build.footprints import measure_loaded
 
     name = staged.variant.name
-    before = triton_memory(server.pid) if measure and server.pid is not None else None
-    t0 = time.perf_counter()
-    server.load(entry)
-    times: dict[str, Any] = {"load_s": time.perf_counter() - t0}
-    try:
-        got = infer_direct(client, entry, sample.inputs)
-        t1 = time.perf_counter()
-        infer_direct(client, entry, sample.inputs)
-        times["service_s"] = time.perf_counter() - t1
-        if before is not None:
-            try:
-                times["loaded"] = measure_loaded(server.pid, server.url, entry, sample.inputs,
-                                                 staged.spec.max_batch_size, before)
-            except Exception as e:  # noqa: BLE001 - the footprint falls back to a named estimate
-                times["footprint_error"] = f"{type(e).__name__}: {e}"
-    except RuntimeError as e:
-        raise VariantError(f"variant {name!r}: Triton refused the sample: {e}") from None
-    finally:
-        t2 = time.perf_counter()
-        server.unload(entry)
-        times["unload_s"] = time.perf_counter() - t2
-    return got, times
+    loaded: LoadedFigures | str | None = None
+    with LoadRun(server, entry, memory=measure) as run:
+        try:
+            got = infer_direct(client, entry, sample.inputs)
+            run.service_time(lambda: infer_direct(client, entry, sample.inputs), warm_up=False)
+            if run.measures_memory:
+                try:
+                    loaded = measure_loaded(run, sample.inputs, staged.spec.max_batch_size)
+                except Exception as e:  # noqa: BLE001 - the footprint falls back to a named estimate
+                    loaded = f"{type(e).__name__}: {e}"
+        except RuntimeError as e:
+            raise VariantError(f"variant {name!r}: Triton refused the sample: {e}") from None
+    return got, run, loaded
 
 
-def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
+def _check_one(server: TritonServer, client: httpx.Client, repo: Path, staged: StagedVariant,
                sample: Sample, scratch: Path, measure: bool = False) -> Verification:
     """Load one tarball under its namespace, run its sample, score it, unload it. ``measure``
-    also measures its footprint (``result["footprint_times"]``: what
+    also measures its footprint (``result.footprint_times``: what
     :func:`tasks.build.footprints.canary_footprint` takes)."""
     import time
 
@@ -74,7 +70,7 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
     unpacked = sum(p.stat().st_size for p in extracted.rglob("*") if p.is_file())
     ns = namespace_repository(extracted, repo, target_model_for(staged.variant))
     try:
-        got, times = _serve(server, client, ns.entry, staged, sample, measure)
+        got, run, loaded = _serve(server, client, ns.entry, staged, sample, measure)
     except MMEError as e:
         if isinstance(e, VariantError):
             raise
@@ -83,12 +79,16 @@ def _check_one(server: Any, client: Any, repo: Path, staged: StagedVariant,
         for model in ns.models:
             shutil.rmtree(repo / model, ignore_errors=True)
         shutil.rmtree(scratch / "x", ignore_errors=True)
+    took = run.result
+    times = CanaryTimes(tarball_bytes=staged.tarball.stat().st_size, unpacked_bytes=unpacked,
+                        extract_s=extract_s, load_s=took.load_s, unload_s=took.unload_s or 0.0,
+                        loaded=loaded if isinstance(loaded, LoadedFigures) else None,
+                        error=loaded if isinstance(loaded, str) else None)
     result = score(v.metric, v.threshold, sample, got).model_copy(update={
-        "per_item": None, "load_seconds": round(times["load_s"], 3),
-        "unload_seconds": round(times["unload_s"], 3),
-        "service_seconds": round(times["service_s"], 4), "measured_on": hardware(),
-        "footprint_times": ({**times, "extract_s": extract_s, "unpacked_bytes": unpacked,
-                             "tarball_bytes": staged.tarball.stat().st_size} if measure else None)})
+        "per_item": None, "load_seconds": round(took.load_s, 3),
+        "unload_seconds": round(took.unload_s or 0.0, 3),
+        "service_seconds": round(took.service_s or 0.0, 4), "measured_on": hardware(),
+        "footprint_times": times if measure else None})
     if not result.passed:
         raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result.value:.6f} is "
                            f"below {v.threshold} ({result.detail()})")
@@ -99,8 +99,6 @@ def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
                      log: Callable[[str], None] = print) -> dict[str, Verification | Exception]:
     """Each staged variant's tarball checked in one Triton server; per variant its result or
     the error it failed with (a server that cannot start fails them all)."""
-    import httpx
-
     from infra.triton.server import TritonServer
 
     out: dict[str, Verification | Exception] = {}

@@ -33,7 +33,7 @@ def footprint_rows(footprints: list[Footprint], limit: int = 10) -> list[dict[st
     """Distinct footprints (a synthetic fleet has one), at most ``limit`` rows."""
     seen: dict[str, dict[str, Any]] = {}
     for fp in footprints:
-        row = fp.summary()
+        row = fp.summary().cells()
         key = str({k: v for k, v in row.items() if k != "target_model"})
         seen.setdefault(key, row | {"variants": 0})["variants"] += 1
     return list(seen.values())[:limit]

