@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from infra.errors import UserError
+
 #: The fused model's extra input: the tenant's index in its shard, INT32 [batch, 1].
 TENANT_INPUT = "TENANT"
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
@@ -37,7 +39,7 @@ TAIL_OPS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Identity", "Add",
                       "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Softmax"})
 
 
-class FusionError(ValueError):
+class FusionError(UserError, ValueError):
     """A fleet (or a shard) that cannot be fused as asked, said in one line."""
 
 
