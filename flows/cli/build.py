@@ -43,15 +43,20 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
                                                    "(memory, load/unload/service times) for mme plan")) -> None:
     """Build, verify and package ensembles (a Prefect flow run)."""
     _quiet_env()
+    from ensembles.spec import SpecError, as_target
     from flows.build import build as build_flow
 
+    try:
+        checked = as_target(target)  # one line naming the known targets, before any work
+    except SpecError as e:
+        _fail(str(e))
     overrides = {}
     for item in set_ or []:
         key, sep, value = item.partition("=")
         if not sep:
             _fail(f"--set {item!r}: expected ARTIFACT.PARAM=VALUE")
         overrides[key] = value
-    manifests = _run_flow(build_flow, ensembles=ensembles or None, target=target,
+    manifests = _run_flow(build_flow, ensembles=ensembles or None, target=checked,
                           output_dir=str(output_dir) if output_dir else None,
                           overrides=overrides or None, profile=profile)
     _print_table("Built", [{"ensemble": m.ensemble, "sha256": m.sha256[:12],

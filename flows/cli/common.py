@@ -4,16 +4,20 @@ or AWS error; a bug keeps its traceback)."""
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable
-from dataclasses import MISSING, fields
-from typing import TYPE_CHECKING, NoReturn, TypeVar, get_type_hints
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from prefect import Flow
+
+P = ParamSpec("P")  # a flow's parameters ...
+R = TypeVar("R")  # ... and its result, through _run_flow
 
 app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endpoints.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -91,7 +95,9 @@ def _report(e: BaseException) -> int | None:
     return code
 
 
-def _run_flow(fn, **kwargs):
+def _run_flow(fn: Flow[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Run the flow ``fn`` for a command and return its result; an error that ends it is one
+    ``error:`` line and the tree's exit code (a bug keeps its traceback)."""
     from flows.retire import RetireIncomplete
     from infra.aws.errors import quiet_tracebacks
     from infra.errors import MMEError
@@ -103,7 +109,7 @@ def _run_flow(fn, **kwargs):
         # AWS errors and the project's own errors are one line in the logs, not tracebacks,
         # and said once: by the error line below, not by every Prefect logger that saw them
         with said_once(lambda e: _exit_code(e) is not None), quiet_tracebacks(also=(MMEError,)):
-            return fn(**kwargs)
+            return fn(*args, **kwargs)
     except RetireIncomplete as e:
         for line in e.lines:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -118,51 +124,8 @@ def _run_flow(fn, **kwargs):
 
 
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
-OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
-
-
-#: the metadata that marks a field of an options dataclass as the names of the options given on
-#: the command line (``given: frozenset[str] = field(default=frozenset(), metadata=GIVEN)``)
-GIVEN = {"mme_cli": "given"}
-
-
-def takes_options(options: type[OptionsT]) -> Callable[[Callable[[OptionsT], None]], Callable[..., None]]:
-    """Declare a command's options once, as a frozen dataclass whose fields are Typer's own
-    ``Annotated[type, typer.Option(...)] = default`` parameters, and hand the command one typed
-    object (``opts.image``, checked by mypy) instead of a dozen loose parameters: a command with
-    more options than the house's 8-parameter rule allows keeps them typed, and Typer reads
-    the same parameters (so ``--help`` is what they declare, field by field, in order). A
-    field marked :data:`GIVEN` is no option: it gets the names of the options given on the
-    command line (or by environment), not left at their default (a plan file fills the rest)."""
-    hints = get_type_hints(options, include_extras=True)
-    given = [f.name for f in fields(options) if f.metadata == GIVEN]
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context)]
-    parameters += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name],
-                                     default=inspect.Parameter.empty if f.default is MISSING else f.default)
-                   for f in fields(options) if f.name not in given]
-
-    def wrap(fn: Callable[[OptionsT], None]) -> Callable[..., None]:
-        def command(ctx: typer.Context, **values: object) -> None:
-            fn(options(**values, **{name: _given_options(ctx) for name in given}))
-
-        # what Typer reads: the command's name and help from fn, its parameters from the fields
-        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
-            setattr(command, attribute, getattr(fn, attribute))
-        command.__dict__["__signature__"] = inspect.Signature(parameters)  # inspect.signature reads it
-        return command
-    return wrap
-
-
-def _given_options(ctx: typer.Context) -> frozenset[str]:
-    """The options of this command given on the command line or by environment."""
-    return frozenset(name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None)
-                     in ("COMMANDLINE", "ENVIRONMENT"))
-
-
-def _print_table(title: str, rows: list[dict]) -> None:
+def _print_table(title: str, rows: Sequence[Mapping[str, object]]) -> None:
     if not rows:
         return
     table = Table(title=title, title_justify="left")

@@ -9,8 +9,9 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, app, console, takes_options
+from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, app, console
 from flows.cli.deploy_options import DeployOptions, _backend_options, apply_plan
+from flows.cli.options import checked_backend, takes_options
 from flows.cli.preflight import PREFLIGHT_OPTION, run_preflight_command
 from infra.triton.release import DEFAULT_RELEASE
 
@@ -33,8 +34,9 @@ def deploy(o: DeployCommandOptions) -> None:
     from tasks.deploy.records import BuildSource, Rollout
 
     o = apply_plan(o, o.given)  # --plan: the plan file's values, flags given win
+    backend = checked_backend(o.backend)
     result = _run_flow(deploy_flow, ensembles=o.ensembles or None, endpoint=o.endpoint,
-                       backend=o.backend, store_uri=o.store, build=BuildSource(target=o.target),
+                       backend=backend, store_uri=o.store, build=BuildSource(target=o.target),
                        rollout=Rollout(warm_invocations=o.warm_invocations,
                                        keep_versions=o.keep_versions),
                        dry_run=o.dry_run, sagemaker=_backend_options(o))
@@ -118,11 +120,8 @@ def retire(ensembles: list[str] = typer.Argument(None),
     _quiet_env()
     from flows.retire import retire as retire_flow
 
-    from tasks.deploy.backends import BACKENDS
-
-    if backend is not None and backend not in BACKENDS:
-        _fail(f"--backend {backend!r}: expected {' or '.join(BACKENDS)}")
+    checked = None if backend is None else checked_backend(backend)
     for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
-                          stop_endpoint=stop_endpoint, store_uri=store, backend=backend,
+                          stop_endpoint=stop_endpoint, store_uri=store, backend=checked,
                           region=region, missing_ok=missing_ok):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

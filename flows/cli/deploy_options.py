@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from flows.cli.common import GIVEN, _fail
+from flows.cli.common import _fail
+from flows.cli.options import GIVEN, checked_backend
 from infra.triton.release import DEFAULT_RELEASE
 
 if TYPE_CHECKING:
@@ -121,11 +122,7 @@ def apply_plan(o: OptionsT, explicit: AbstractSet[str]) -> OptionsT:
 
 def _backend_options(o: DeployOptions) -> SageMakerOptions | None:
     """The options object of the chosen backend (None: the backend takes none)."""
-    from tasks.deploy.backends import BACKENDS
-
-    if o.backend not in BACKENDS:
-        _fail(f"--backend {o.backend!r}: expected {' or '.join(BACKENDS)}")
-    return _sagemaker_options(o) if o.backend == "sagemaker" else None
+    return _sagemaker_options(o) if checked_backend(o.backend) == "sagemaker" else None
 
 
 def _sagemaker_options(o: DeployOptions) -> SageMakerOptions:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 import typer
+from rich.table import Table
 
 from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, endpoint_app
 from infra import paths
@@ -100,10 +100,8 @@ def endpoint_status(name: str = typer.Option("local-mme"),
     Console().print(status_table(doc))
 
 
-def status_table(doc: dict) -> Any:
+def status_table(doc: dict) -> Table:
     """``mme endpoint status`` as a table: a summary line, then one row per TargetModel."""
-    from rich.table import Table
-
     m = doc["metrics"]
     adm, thrash = m.get("AdmissionTime", {}), m.get("Thrash", {})
     title = (f"{doc['endpoint']} at {doc['url']}: {m.get('LoadedModelCount', 0)} loaded "

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
 from flows.cli.common import _print_table, _report, app, console
+
+if TYPE_CHECKING:
+    from ensembles.fleet_spec import Resolved
 
 fleet_app = typer.Typer(help="Fleets: many ensembles from one template, declared once.",
                         no_args_is_help=True)
@@ -37,7 +40,7 @@ def _shorten(value: str, prefix: str | None) -> str:
     return value if len(value) <= SHORT else "…" + value[-(SHORT - 1):]
 
 
-def _rows(resolved: Any, prefix: str | None) -> list[dict[str, str]]:
+def _rows(resolved: Resolved, prefix: str | None) -> list[dict[str, str]]:
     return [{"variant": v.name,
              "params": "\n".join(f"{k}={_shorten(val, prefix)}" for k, val in sorted(v.params.items())),
              "labels": "\n".join(f"{k}={val}" for k, val in sorted(v.labels.items()))}

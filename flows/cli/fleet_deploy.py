@@ -12,8 +12,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.markup import escape
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, console, takes_options
+from flows.cli.common import _fail, _quiet_env, _run_flow, console
 from flows.cli.fleet import _exit_for, fleet_app
+from flows.cli.options import checked_backend, takes_options
 from flows.cli.preflight import FLEET_PREFLIGHT_OPTION, run_fleet_preflight
 
 
@@ -78,16 +79,15 @@ def deploy(o: FleetDeployOptions) -> None:
     from flows.fleet_deploy import fleet_deploy
     from tasks.fleet.deploy import DeployPolicy
 
-    if o.backend not in ("local", "sagemaker"):
-        _fail(f"--backend {o.backend!r}: expected local or sagemaker")
+    backend = checked_backend(o.backend)
     if o.preflight:
-        run_fleet_preflight(o.backend, _endpoints(o.endpoint, o.endpoints, o.plan), o.store, o.region)
+        run_fleet_preflight(backend, _endpoints(o.endpoint, o.endpoints, o.plan), o.store, o.region)
     _quiet_env()
     policy = DeployPolicy(grace_s=o.grace, keep_versions=o.keep_versions, canary=o.canary,
                           concurrency=o.concurrency, region=o.region, verify=o.verify,
                           keep_loaded=o.keep_loaded)
     got = _run_flow(fleet_deploy, fleet=o.fleet, endpoints=_endpoints(o.endpoint, o.endpoints, o.plan),
-                    backend=o.backend, store_uri=o.store, policy=policy,
+                    backend=backend, store_uri=o.store, policy=policy,
                     build_dir=str(o.build_dir) if o.build_dir else None)
     console.print(f"fleet {got['fleet']}: {len(got['published'])} published, "
                   f"{len(got['validated'])} validated ({len(got['canaries'])} canaries), "

@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from flows.cli.common import _fail, app, takes_options
+from flows.cli.common import _fail, app
+from flows.cli.options import takes_options
 from infra import paths
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +84,7 @@ def invoke(opts: InvokeOptions) -> None:
             print(json.dumps({name: arr.round(6).tolist()}))
 
 
-def _invoke_variant(opts: InvokeOptions, inputs: dict[str, Any]) -> dict[str, Any]:
+def _invoke_variant(opts: InvokeOptions, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Invoke ``--variant`` through the ``--fleet``'s :class:`~tasks.fleet.router.Router`
     (refreshes on a moved model)."""
     from infra.aws import invoke_retry

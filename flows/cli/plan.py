@@ -10,7 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, takes_options
+from flows.cli.common import _fail, _quiet_env, _run_flow, app, console
+from flows.cli.options import takes_options
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,8 +13,9 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from flows.cli.common import _fail, app, takes_options
+from flows.cli.common import _fail, app
 from flows.cli.deploy_options import DeployOptions, fill_from_plan, read_plan
+from flows.cli.options import takes_options
 
 #: ``--preflight`` on ``mme deploy``: the same checks as ``mme preflight``, then exit
 PREFLIGHT_OPTION = typer.Option(
