@@ -51,6 +51,7 @@ def example(tmp_path_factory, mme_home, prefect_harness):
             "first": first, "made": made}
 
 
+@pytest.mark.triton  # its canaries are verified in a real tritonserver
 def test_first_build_verifies_every_variant(example):
     first, out = example["first"], example["out"]
     assert (first["built"], first["unchanged"], first["failed"]) == (COUNT, 0, 0)
@@ -71,6 +72,7 @@ def test_first_build_verifies_every_variant(example):
     assert {e.status for e in index.variants.values()} == {"ok"}
 
 
+@pytest.mark.triton
 def test_every_variant_records_the_footprint_measured_on_one_canary(example):
     """One canary per template is measured in the verifying Triton (memory by the endpoint's
     probe, basis pss; load, unload, service); every variant's manifest carries it with its
@@ -110,6 +112,7 @@ def test_a_footprint_that_cannot_be_measured_falls_back_to_a_named_estimate():
     assert "NOT measured" in fp.note() and fp.reason in fp.note()
 
 
+@pytest.mark.triton
 def test_each_reference_is_the_base_model_restricted_to_the_variants_classes(example):
     """The exact, independent reference of the example fleet: the base SqueezeNet's class
     scores on the same DALI output, restricted to the variant's classes, then softmax. Every
@@ -129,6 +132,7 @@ def test_each_reference_is_the_base_model_restricted_to_the_variants_classes(exa
         assert np.abs(recorded - subset_reference(scores, classes)[0]).max() < 1e-5, name
 
 
+@pytest.mark.triton
 def test_noop_rebuild_builds_nothing(example):
     out = example["out"]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")}
@@ -137,6 +141,7 @@ def test_noop_rebuild_builds_nothing(example):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.tar.gz")} == before
 
 
+@pytest.mark.triton
 def test_one_changed_model_rebuilds_that_variant_only(example):
     out, tenants = example["out"], example["prefix"] / "tenants"
     names = sorted(p.name for p in tenants.iterdir())
@@ -153,6 +158,7 @@ def test_one_changed_model_rebuilds_that_variant_only(example):
     assert m["sources"]["classifier_onnx"]["sha256"] == _manifests(out)[donor]["sources"]["classifier_onnx"]["sha256"]
 
 
+@pytest.mark.triton
 def test_event_uri_builds_only_its_variant(example):
     out, tenants = example["out"], example["prefix"] / "tenants"
     names = sorted(p.name for p in tenants.iterdir())
@@ -202,6 +208,7 @@ def _check_artifacts(flow_run_id, names: list[str], broken: dict[str, str]) -> N
     assert arts["fleet-progress"].data == 100.0
 
 
+@pytest.mark.triton
 def test_bad_variants_fail_alone_and_nothing_of_them_is_written(tmp_path, mme_home, prefect_harness):
     from tasks.fleet.example import make_example_fleet
     from tasks.fleet.report import FleetBuildFailed
@@ -296,6 +303,7 @@ def test_select_by_event_uri_or_name():
     assert select_variants(variants, None, None) == (variants, [])
 
 
+@pytest.mark.triton
 def test_cli_fleet_build_reports_counts(example):
     from typer.testing import CliRunner
 
