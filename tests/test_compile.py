@@ -26,6 +26,7 @@ from tasks.producers.compile import (
     CompileTimeout,
     CompileUnavailable,
     ReleaseMismatch,
+    TimingCacheUse,
     check_release_pair,
     compile_in_docker,
     compile_on_host,
@@ -294,7 +295,7 @@ def test_docker_success(tmp_path: Path) -> None:
     assert kw["working_dir"] == "/workspace/build"
     cmd = kw["command"]
     assert cmd[:2] == ["/bin/sh", "-c"] and cmd[3] == "trtexec"
-    assert cmd[3:] == meta["command"]
+    assert cmd[3:] == meta.command
     assert "--onnx=/workspace/onnx/model.onnx" in cmd
     assert "--saveEngine=/workspace/build/model.plan" in cmd
     assert "--fp16" in cmd and "--memPoolSize=workspace:14000M" in cmd
@@ -312,11 +313,11 @@ def test_docker_success(tmp_path: Path) -> None:
     assert not Path(build_dir).exists() and _leftovers(spec.output.parent) == []
     import hashlib
 
-    assert meta["plan_sha256"] == hashlib.sha256(PLAN).hexdigest()
-    assert meta["plan_bytes"] == len(PLAN)
-    assert meta["image"] == "nvcr.io/nvidia/pytorch:24.09-py3" and meta["runner"] == "docker"
-    assert meta["tensorrt"] == "10.4.0" and meta["seconds"] >= 0
-    assert meta["log_tail"][-1] == "[I] Engine built"
+    assert meta.plan_sha256 == hashlib.sha256(PLAN).hexdigest()
+    assert meta.plan_bytes == len(PLAN)
+    assert meta.image == "nvcr.io/nvidia/pytorch:24.09-py3" and meta.runner == "docker"
+    assert meta.tensorrt == "10.4.0" and meta.seconds >= 0
+    assert meta.log_tail[-1] == "[I] Engine built"
     assert "timing_cache" not in meta
     assert not [c for c in fake.calls if c[0] == "pull"]
 
@@ -331,14 +332,14 @@ def test_docker_timing_cache_used_and_updated(tmp_path: Path) -> None:
     assert "--timingCacheFile=/workspace/build/timing.cache" in fake.run_kwargs()["command"]
     assert fake.container.cache_seen == b"old cache"  # the build got a copy of the shared cache
     assert cache.read_bytes() == b"new cache"
-    assert meta["timing_cache"] == {"path": str(cache), "used": True, "updated": True}
+    assert meta.timing_cache == TimingCacheUse(path=str(cache), used=True, updated=True)
     assert _leftovers(cache.parent) == []
 
     fresh = tmp_path / "cache2" / "gpu.cache"  # no cache yet: created
     meta = compile_in_docker(_spec(tmp_path, timing_cache=fresh),
                              client=FakeDocker(write_cache=b"c"), log=Lines())
     assert fresh.read_bytes() == b"c"
-    assert meta["timing_cache"] == {"path": str(fresh), "used": False, "updated": True}
+    assert meta.timing_cache == TimingCacheUse(path=str(fresh), used=False, updated=True)
 
 
 def test_docker_nonzero_exit_is_compile_error_with_log_tail(tmp_path: Path) -> None:
@@ -397,7 +398,7 @@ def test_docker_pulls_missing_image_with_progress(tmp_path: Path) -> None:
     assert ("pull", "nvcr.io/nvidia/pytorch", "24.09-py3") in fake.calls
     assert any(line.startswith("pulling nvcr.io/nvidia/pytorch:24.09-py3") for line in lines)
     assert any("layers done" in line for line in lines)
-    assert meta["image_pulled"] is True
+    assert meta.image_pulled is True
 
 
 def test_docker_without_gpu_support_is_unavailable(tmp_path: Path) -> None:
@@ -452,8 +453,8 @@ def test_host_trtexec_success(tmp_path: Path) -> None:
     save = next(a for a in build if a.startswith("--saveEngine="))
     assert Path(save.split("=", 1)[1]).parent.name.startswith(".tmp-trt-build-")  # not the dest
     assert spec.output.read_bytes() == PLAN and cache.read_bytes() == b"host cache"
-    assert meta["runner"] == "host-trtexec" and meta["tensorrt"] == "10.4.0"
-    assert meta["timing_cache"] == {"path": str(cache), "used": False, "updated": True}
+    assert meta.runner == "host-trtexec" and meta.tensorrt == "10.4.0"
+    assert meta.timing_cache == TimingCacheUse(path=str(cache), used=False, updated=True)
     assert "[I] Engine built" in lines
     assert _leftovers(spec.output.parent) == []
 

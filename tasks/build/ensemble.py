@@ -27,11 +27,11 @@ from prefect.futures import PrefectFuture
 from ensembles.spec import EnsembleSpec, SpecError, Target, validate
 from infra.records.manifest import Manifest, StepRecord, Validation
 from tasks.build.lineage import publish_with_lineage
-from tasks.build.package import artifact_name, package_task
-from tasks.producers.produce import artifacts_for, check_artifacts, produce_task
+from tasks.build.package import Packed, artifact_name, package_task
+from tasks.producers.produce import ProducedArtifact, artifacts_for, check_artifacts, produce_task
 from tasks.build.render import load_spec_task, render_task
 from tasks.build.report import Outcome, cached_text, link_tarball
-from tasks.runtime.run_context import result_storage, run_logger, step_limits
+from tasks.runtime.run_context import StepLimits, result_storage, run_logger, step_limits
 from tasks.build.verify import (
     LOCALLY_VERIFIABLE,
     Sample,
@@ -80,7 +80,7 @@ def _timed(steps: dict[str, StepRecord], name: str) -> Iterator[None]:
 
 
 def _produce_all(spec: EnsembleSpec, target: Target, steps: dict[str, StepRecord],
-                 limits: dict[str, Any]) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+                 limits: StepLimits) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
     """Every artifact the target needs, in order: their paths and their producers' metadata."""
     produce = produce_task.with_options(result_storage=result_storage(), **limits)
     produced: dict[str, Path] = {}
@@ -88,18 +88,18 @@ def _produce_all(spec: EnsembleSpec, target: Target, steps: dict[str, StepRecord
     for name in artifacts_for(spec, target):
         t0 = time.perf_counter()
         state = produce(spec, name, dict(produced), target, return_state=True)
-        got = state.result()
-        produced[name] = Path(got["path"])
-        sources[name] = got["meta"]
-        steps[f"artifact:{name}"] = _step(time.perf_counter() - t0, key=got["key"],
-                                          cached=bool(got["hit"] or state.name == "Cached"))
+        got = ProducedArtifact.of(state.result())
+        produced[name] = got.path
+        sources[name] = got.meta
+        steps[f"artifact:{name}"] = _step(time.perf_counter() - t0, key=got.key,
+                                          cached=bool(got.hit or state.name == "Cached"))
     check_artifacts(spec, target, produced)
     return produced, sources
 
 
-def _reference_and_verify(spec: EnsembleSpec, target: Target, packed: Mapping[str, Any],
+def _reference_and_verify(spec: EnsembleSpec, target: Target, packed: Packed,
                           produced: dict[str, Path], steps: dict[str, StepRecord],
-                          limits: dict[str, Any]) -> tuple[Sample, Validation]:
+                          limits: StepLimits) -> tuple[Sample, Validation]:
     """The reference sample, and the tarball verified against it (or deferred)."""
     storage = result_storage()
     t0 = time.perf_counter()
@@ -115,7 +115,7 @@ def _reference_and_verify(spec: EnsembleSpec, target: Target, packed: Mapping[st
         return sample, validation
     t0 = time.perf_counter()
     ver_state = verify_task.with_options(result_storage=storage, **limits)(
-        spec, Path(packed["path"]), packed["sha256"], sample, target, return_state=True)
+        spec, packed.path, packed.sha256, sample, target, return_state=True)
     result, hit = ver_state.result()
     steps["verify"] = _step(time.perf_counter() - t0, cached=bool(hit or ver_state.name == "Cached"))
     return sample, result.to_validation()
@@ -160,7 +160,7 @@ def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Pa
         manifest = Manifest(
             ensemble=spec.name, target=target, target_model=artifact_name(spec.name),
             artifact=(output_dir / artifact_name(spec.name)).resolve().as_uri(),
-            sha256=packed["sha256"], bytes=packed["bytes"],
+            sha256=packed.sha256, bytes=packed.bytes,
             built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 1),
             spec_sha256=hashlib.sha256((Path(folder) / "ensemble.yaml").read_bytes()).hexdigest(),
@@ -168,9 +168,9 @@ def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Pa
             sample=sample.to_record())
         if profile:
             with _timed(manifest.steps, "profile"):
-                manifest.footprint = _footprint(spec, target, Path(packed["path"]), sample)
+                manifest.footprint = _footprint(spec, target, packed.path, sample)
         with _timed(manifest.steps, "publish"):  # after the write: the file has no publish time
-            publish_with_lineage(Path(packed["path"]), manifest, output_dir, spec)
+            publish_with_lineage(packed.path, manifest, output_dir, spec)
     link_tarball(manifest)
     manifest.build_seconds = round(time.perf_counter() - started, 1)
     run_logger().info("%s: built %s for %s in %.1f s (%s)", spec.name, manifest.artifact, target,

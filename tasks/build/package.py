@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +23,7 @@ from infra.store.tarball import pack_deterministic
 from tasks.runtime.text import human_bytes, short
 from tasks.runtime.run_context import run_logger
 
-__all__ = ["MANIFEST_SUFFIX", "Manifest", "artifact_name", "manifest_path", "package_repository",
+__all__ = ["MANIFEST_SUFFIX", "Manifest", "Packed", "artifact_name", "manifest_path", "package_repository",
            "package_task", "publish_build", "read_manifest"]
 
 
@@ -32,22 +32,33 @@ def artifact_name(ensemble: str) -> str:
     return f"{ensemble}.tar.gz"
 
 
-def package_repository(repo_dir: Path, staging_dir: Path, ensemble: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Packed:
+    """A packed tarball: where it is, its sha256 (what verification is cached on and the
+    manifest records), its size and how long packing took."""
+
+    path: Path
+    sha256: str
+    bytes: int
+    seconds: float
+
+
+def package_repository(repo_dir: Path, staging_dir: Path, ensemble: str) -> Packed:
+    """Pack ``repo_dir`` deterministically into ``staging_dir`` (same inputs, same bytes)."""
     staging_dir.mkdir(parents=True, exist_ok=True)
     dest = staging_dir / artifact_name(ensemble)
     t0 = time.perf_counter()
     sha, size = pack_deterministic(repo_dir, dest)
-    return {"path": str(dest), "sha256": sha, "bytes": size,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    return Packed(path=dest, sha256=sha, bytes=size, seconds=round(time.perf_counter() - t0, 3))
 
 
 @task(name="package", cache_policy=NO_CACHE, timeout_seconds=900)
-def package_task(repo: Path, staging: Path, ensemble: str) -> dict[str, Any]:
+def package_task(repo: Path, staging: Path, ensemble: str) -> Packed:
     """:func:`package_repository` as a task (never cached: packing is fast and its sha256 is
     what the verification cache is keyed on)."""
     info = package_repository(repo, staging, ensemble)
-    run_logger().info("%s: packed %s (%s) in %.1f s, sha256 %s", ensemble, Path(info["path"]).name,
-                      human_bytes(info["bytes"]), info["seconds"], short(info["sha256"]))
+    run_logger().info("%s: packed %s (%s) in %.1f s, sha256 %s", ensemble, info.path.name,
+                      human_bytes(info.bytes), info.seconds, short(info.sha256))
     return info
 
 

@@ -36,11 +36,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import JsonValue as PydanticJson
 
 from infra.errors import InvalidInput, MissingInput, MMEError, UserError
 from infra.store.objects import TMP_PREFIX, atomic_path, sha256_file
 from infra.triton.release import DEFAULT_RELEASE, TritonRelease
+from infra.jsontypes import JsonObject
 from tasks.producers import trt_bindings
 # The release tables (TensorRT per release) and the one default live in infra.triton.release.
 FIRST_SKIP_INFERENCE_RELEASE = TritonRelease(23, 4)  # TensorRT 8.6: --skipInference (build only)
@@ -263,6 +267,81 @@ def io_report_flags(spec: CompileSpec) -> list[str]:
 # --------------------------------------------------------------------------- shared plumbing
 
 
+class TimingCacheUse(BaseModel):
+    """What a build did with the shared timing cache: its file, whether it was read (it
+    existed) and whether the build changed it (then it was written back)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    used: bool
+    updated: bool
+
+
+class PlanWritten(BaseModel):
+    """The plan a build wrote: its sha256 and size, and the timing cache's use (when one)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan_sha256: str
+    plan_bytes: int
+    timing_cache: TimingCacheUse | None = None
+
+
+class CompileReport(BaseModel):
+    """One compile, as the manifest's ``sources`` entry records it (:meth:`meta`): which
+    runner built the plan (the Docker image and whether it was pulled, or the host trtexec, or
+    the tensorrt package), the command, TensorRT and Triton versions, time, the plan written,
+    the log's last lines, the engine's I/O read back and the GPU that built it. A model, not a
+    dict, so every reader of a field is checked; the file keeps its keys (:meth:`meta`)."""
+
+    runner: Literal["docker", "host-trtexec", "host-tensorrt-python"]
+    image: str | None = None
+    image_pulled: bool | None = None
+    trtexec: str | None = None
+    command: list[str] | None = None
+    triton_release: str
+    tensorrt: str | None  # None: the image printed no version and the release table has none
+    seconds: float
+    plan_sha256: str
+    plan_bytes: int
+    timing_cache: TimingCacheUse | None = None
+    log_tail: list[str] | None = None
+    engine_io: dict[str, PydanticJson] | None = None  # pydantic's JSON type: a field it validates
+    build_gpu: dict[str, str] | None = None
+    # the profile it was built for (set by compile_tensorrt, the producer)
+    min_shapes: str | None = None
+    opt_shapes: str | None = None
+    max_shapes: str | None = None
+    fp16: bool | None = None
+    workspace_mib: int | None = None
+
+    @classmethod
+    def of(cls, written: PlanWritten, engine: EngineReport,
+           **run: str | bool | float | list[str] | None) -> CompileReport:
+        """The report of a build that wrote ``written``; ``run``: the runner's own fields
+        (validated: a misspelt or mistyped one is refused)."""
+        return cls.model_validate({**run, **written.model_dump(exclude_none=True),
+                                   "engine_io": engine.engine_io, "build_gpu": engine.build_gpu})
+
+    def meta(self) -> JsonObject:
+        """The producer's metadata document: the fields a runner has (``tensorrt``,
+        ``engine_io`` and ``build_gpu`` always, null when unknown), the same keys the dict had."""
+        doc: JsonObject = self.model_dump(mode="json", exclude_none=True)
+        doc.setdefault("tensorrt", None)
+        doc.setdefault("engine_io", None)
+        doc.setdefault("build_gpu", None)
+        return doc
+
+
+@dataclass(frozen=True)
+class EngineReport:
+    """The engine's I/O (``EngineIO.to_json()``) and the GPU that built it, as far as known."""
+
+    engine_io: dict[str, PydanticJson] | None = None  # pydantic's JSON type: a field it validates
+    build_gpu: dict[str, str] | None = None
+
+
 class _Build:
     """A private temp folder next to the destination, holding the plan being built and this
     build's copy of the shared timing cache; ``finish`` publishes both atomically."""
@@ -278,15 +357,16 @@ class _Build:
             shutil.copyfile(spec.timing_cache, self.cache)
             self.cache_before = sha256_file(self.cache)
 
-    def finish(self, log_tail: list[str], log: Log) -> dict:
+    def finish(self, log_tail: list[str], log: Log) -> PlanWritten:
+        """Move the plan into place (atomically) and keep the timing cache when it changed."""
         if not self.plan.is_file() or self.plan.stat().st_size == 0:
             raise CompileError(f"TensorRT reported success but wrote no plan ({PLAN_NAME} is "
                                f"{'empty' if self.plan.exists() else 'missing'}); last lines:\n"
                                + "\n".join(log_tail))
         with atomic_path(self.spec.output) as tmp:
             os.replace(self.plan, tmp)
-        meta: dict[str, Any] = {"plan_sha256": sha256_file(self.spec.output),
-                                "plan_bytes": self.spec.output.stat().st_size}
+        written = PlanWritten(plan_sha256=sha256_file(self.spec.output),
+                              plan_bytes=self.spec.output.stat().st_size)
         tc = self.spec.timing_cache
         if tc is not None:
             updated = False
@@ -296,9 +376,9 @@ class _Build:
                     with atomic_path(tc) as tmp:
                         shutil.copyfile(self.cache, tmp)
                     log(f"timing cache {tc} {'updated' if self.cache_before else 'created'}")
-            meta["timing_cache"] = {"path": str(tc), "used": self.cache_before is not None,
-                                    "updated": updated}
-        return meta
+            written = written.model_copy(update={"timing_cache": TimingCacheUse(
+                path=str(tc), used=self.cache_before is not None, updated=updated)})
+        return written
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -488,7 +568,7 @@ def _image_tensorrt(spec: CompileSpec, image: str, banner: list[str], log: Log) 
 
 
 def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print,
-                      image: str | None = None) -> dict:
+                      image: str | None = None) -> CompileReport:
     """Compile with trtexec in the release's NGC PyTorch image; return metadata."""
     image = image or pytorch_image_for(spec.triton_release)
     check_release_pair(image, spec.triton_release)
@@ -516,18 +596,17 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
             hint = " (137: killed, often out of memory)" if status == 137 else ""
             raise CompileError(f"trtexec exited with status {status}{hint} in {image}. "
                                f"Last lines:\n" + "\n".join(tail))
-        meta = build.finish(list(tail), log)
+        written = build.finish(list(tail), log)
     finally:
         if container is not None:
             _remove_container(container, log)
         build.cleanup()
 
     trt_version = _image_tensorrt(spec, image, splitter.all_text, log)
-    log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
-    return {"runner": "docker", "image": image, "image_pulled": pulled, "command": argv,
-            "triton_release": spec.triton_release, "tensorrt": trt_version,
-            "seconds": round(seconds, 1), **meta, "log_tail": list(tail),
-            **_log_report(splitter.io_lines)}
+    log(f"compiled {spec.output} ({written.plan_bytes} bytes) in {seconds:.0f} s")
+    return CompileReport.of(written, _log_report(splitter.io_lines), runner="docker", image=image,
+                            image_pulled=pulled, command=argv, triton_release=spec.triton_release,
+                            tensorrt=trt_version, seconds=round(seconds, 1), log_tail=list(tail))
 
 
 # --------------------------------------------------------------------------- host route
@@ -553,7 +632,7 @@ def trtexec_version(exe: str, *, run: Callable[..., Any] = subprocess.run) -> st
 
 def compile_on_host(spec: CompileSpec, *, run: Callable[..., Any] = subprocess.run,
                     which: Callable[[str], str | None] = shutil.which, log: Log = print,
-                    import_tensorrt: Callable[[], Any] = _import_tensorrt) -> dict:
+                    import_tensorrt: Callable[[], Any] = _import_tensorrt) -> CompileReport:
     """Compile without Docker: ``trtexec`` on PATH, else the ``tensorrt`` Python package.
     Its TensorRT must be the serving release's (else :class:`ReleaseMismatch`)."""
     onnx = spec.onnx.resolve()
@@ -574,7 +653,7 @@ def compile_on_host(spec: CompileSpec, *, run: Callable[..., Any] = subprocess.r
 
 
 def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
-                          run: Callable[..., Any], log: Log) -> dict:
+                          run: Callable[..., Any], log: Log) -> CompileReport:
     build = _Build(spec)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     splitter = _LineSplitter(log, tail, verbose=spec.verbose)
@@ -599,17 +678,16 @@ def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
         if proc.returncode != 0:
             raise CompileError(f"trtexec exited with status {proc.returncode}. Last lines:\n"
                                + "\n".join(tail))
-        meta = build.finish(list(tail), log)
+        written = build.finish(list(tail), log)
     finally:
         build.cleanup()
-    log(f"compiled {spec.output} ({meta['plan_bytes']} bytes) in {seconds:.0f} s")
-    return {"runner": "host-trtexec", "trtexec": exe, "command": argv,
-            "triton_release": spec.triton_release, "tensorrt": version,
-            "seconds": round(seconds, 1), **meta, "log_tail": list(tail),
-            **_log_report(splitter.io_lines)}
+    log(f"compiled {spec.output} ({written.plan_bytes} bytes) in {seconds:.0f} s")
+    return CompileReport.of(written, _log_report(splitter.io_lines), runner="host-trtexec", trtexec=exe,
+                            command=argv, triton_release=spec.triton_release, tensorrt=version,
+                            seconds=round(seconds, 1), log_tail=list(tail))
 
 
-def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> dict:
+def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> CompileReport:
     """The trtexec build, with the TensorRT Python API (8.6 / 10.x)."""
     build = _Build(spec)
     t0 = time.monotonic()
@@ -658,12 +736,12 @@ def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> dict:
         if spec.timing_cache is not None:
             build.cache.write_bytes(bytes(config.get_timing_cache().serialize()))
         seconds = time.monotonic() - t0
-        meta = build.finish(list(tail), log)
+        written = build.finish(list(tail), log)
     finally:
         build.cleanup()
-    return {"runner": "host-tensorrt-python", "triton_release": spec.triton_release,
-            "tensorrt": str(trt.__version__), "seconds": round(seconds, 1), **meta,
-            "log_tail": list(tail), **_engine_report(engine_io)}
+    return CompileReport.of(written, _engine_report(engine_io), runner="host-tensorrt-python",
+                            triton_release=spec.triton_release, tensorrt=str(trt.__version__),
+                            seconds=round(seconds, 1), log_tail=list(tail))
 
 
 def _inspect_with_api(trt: Any, serialized: bytes) -> trt_bindings.EngineIO | None:
@@ -678,20 +756,19 @@ def _inspect_with_api(trt: Any, serialized: bytes) -> trt_bindings.EngineIO | No
         return None
 
 
-def _engine_report(io: trt_bindings.EngineIO | None) -> dict[str, Any]:
+def _engine_report(io: trt_bindings.EngineIO | None) -> EngineReport:
     """``engine_io`` (tensors, source) and ``build_gpu`` as trtexec reported them."""
-    out: dict[str, Any] = {"engine_io": io.to_json() if io is not None else None}
-    if io is not None and io.device:
-        out["build_gpu"] = dict(io.device)
-    return out
+    if io is None:
+        return EngineReport()
+    return EngineReport(engine_io=io.to_json(), build_gpu=dict(io.device) if io.device else None)
 
 
-def _log_report(lines: list[str]) -> dict[str, Any]:
+def _log_report(lines: list[str]) -> EngineReport:
     """:func:`_engine_report` from trtexec's log; the build device even without I/O lines."""
     out = _engine_report(trt_bindings.parse_trtexec_log(lines))
     device = trt_bindings.parse_device(lines)
-    if device and "build_gpu" not in out:
-        out["build_gpu"] = device
+    if device and out.build_gpu is None:
+        return EngineReport(engine_io=out.engine_io, build_gpu=device)
     return out
 
 
@@ -766,7 +843,7 @@ class CompileHost:
 
 
 def compile_tensorrt(out_dir: Path, options: CompileOptions,
-                     host: CompileHost | None = None) -> tuple[Path, dict]:
+                     host: CompileHost | None = None) -> tuple[Path, JsonObject]:
     """Producer: ``options.onnx`` -> ``out_dir/model.plan`` for Triton ``options.triton_release``.
 
     ``options.runner``: ``host`` (trtexec / tensorrt package of the release's TensorRT),
@@ -792,42 +869,43 @@ def compile_tensorrt(out_dir: Path, options: CompileOptions,
                        extra_args=tuple(o.extra_args))
 
     if o.runner == "host":
-        meta = compile_on_host(spec, run=h.run, which=h.which, log=log,
-                               import_tensorrt=h.import_tensorrt)
+        report = compile_on_host(spec, run=h.run, which=h.which, log=log,
+                                 import_tensorrt=h.import_tensorrt)
     elif o.runner == "docker":
-        meta = compile_in_docker(spec, client=h.client, log=log)
+        report = compile_in_docker(spec, client=h.client, log=log)
     else:
-        meta = _compile_auto(spec, client=h.client, run=h.run, which=h.which,
-                             import_tensorrt=h.import_tensorrt, log=log)
-    meta.update({"min_shapes": spec.min_shapes, "opt_shapes": spec.opt_shapes,
-                 "max_shapes": spec.max_shapes, "fp16": spec.fp16,
-                 "workspace_mib": spec.workspace_mib})
-    _record_engine(spec, meta, run=h.run, which=h.which, log=log)
-    return spec.output, meta
+        report = _compile_auto(spec, client=h.client, run=h.run, which=h.which,
+                               import_tensorrt=h.import_tensorrt, log=log)
+    report = report.model_copy(update={"min_shapes": spec.min_shapes, "opt_shapes": spec.opt_shapes,
+                                       "max_shapes": spec.max_shapes, "fp16": spec.fp16,
+                                       "workspace_mib": spec.workspace_mib})
+    report = _record_engine(spec, report, run=h.run, which=h.which, log=log)
+    return spec.output, report.meta()
 
 
-def _record_engine(spec: CompileSpec, meta: dict, *, run: Callable[..., Any],
-                   which: Callable[[str], str | None], log: Log) -> None:
-    """Put the build GPU into ``meta`` (the manifest's sources keep it, so a deploy can warn
-    when the serving instance has another GPU architecture) and write ``engine_io.json``
+def _record_engine(spec: CompileSpec, report: CompileReport, *, run: Callable[..., Any],
+                   which: Callable[[str], str | None], log: Log) -> CompileReport:
+    """The report with the build GPU (the manifest's sources keep it, so a deploy can warn
+    when the serving instance has another GPU architecture), after writing ``engine_io.json``
     beside the plan (the render step checks it against the config before packing)."""
-    gpu = meta.get("build_gpu") or host_gpu(run=run, which=which) or None
-    meta["build_gpu"] = gpu
+    gpu = report.build_gpu or host_gpu(run=run, which=which) or None
+    report = report.model_copy(update={"build_gpu": gpu})
     if gpu is None:
         log("warning: could not tell which GPU built this plan (no 'Selected Device' line from "
             "trtexec, no nvidia-smi); a deploy cannot check it against the instance's GPU")
-    if meta.get("engine_io") is None:
+    if report.engine_io is None:
         log("warning: could not read the engine's inputs and outputs back (no tensorrt API, no "
             "binding lines in trtexec's log); the render step will refuse this plan")
-    sidecar = {"engine_io": meta.get("engine_io"), "build_gpu": gpu,
-               "triton_release": spec.triton_release, "tensorrt": meta.get("tensorrt")}
+    sidecar = {"engine_io": report.engine_io, "build_gpu": gpu,
+               "triton_release": spec.triton_release, "tensorrt": report.tensorrt}
     with atomic_path(spec.output.parent / trt_bindings.SIDECAR_NAME) as tmp:
         Path(tmp).write_text(json.dumps(sidecar, indent=2, sort_keys=True))
+    return report
 
 
 def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],
                   which: Callable[[str], str | None], import_tensorrt: Callable[[], Any],
-                  log: Log) -> dict:
+                  log: Log) -> CompileReport:
     rel = spec.triton_release
     want = TritonRelease.parse(rel).tensorrt_version or "unknown (release not in the table)"
     looked: list[str] = []

@@ -17,6 +17,7 @@ from typing import Any
 from prefect import task
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
+from pydantic import BaseModel, ConfigDict
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target, artifact_refs
 from tasks.producers import cache
@@ -122,6 +123,27 @@ def check_artifacts(spec: EnsembleSpec, target: Target, produced: dict[str, Path
                                   pipeline_name=f"{spec.name}/{step.name} ({name})")
 
 
+class ProducedArtifact(BaseModel):
+    """What ``produce-artifact`` returns: the artifact's ``path``, its producer's ``meta``
+    (the manifest's ``sources`` entry), whether it was a cache ``hit``, its content ``key`` and
+    how long the producer took (``seconds``). A pydantic model because Prefect persists it: a
+    result persisted by an older version (a dict of these fields, under the same cache key)
+    reads back through :meth:`of`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: Path
+    meta: dict[str, Any]
+    hit: bool
+    key: str
+    seconds: float
+
+    @classmethod
+    def of(cls, result: ProducedArtifact | Mapping[str, Any]) -> ProducedArtifact:
+        """The task's result, whether this version returned it or an older one persisted it."""
+        return result if isinstance(result, ProducedArtifact) else cls.model_validate(result)
+
+
 def _artifact_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     key = cache.artifact_key(parameters["spec"], parameters["name"], parameters["produced"],
                              parameters["target"])
@@ -131,13 +153,12 @@ def _artifact_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> 
 @task(name="produce-artifact", cache_key_fn=_artifact_cache_key, persist_result=True,
       retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=2),
       retry_condition_fn=retry_transient, timeout_seconds=4 * 3600)
-def produce_task(spec: EnsembleSpec, name: str, produced: dict[str, Path], target: Target) -> dict[str, Any]:
-    """The artifact from the content-addressed cache, produced into it on a miss. Returns
-    ``path``, the producer's ``meta``, ``hit``, the content ``key`` and ``seconds``."""
+def produce_task(spec: EnsembleSpec, name: str, produced: dict[str, Path], target: Target) -> ProducedArtifact:
+    """The artifact from the content-addressed cache, produced into it on a miss."""
     art = cache.produce_cached(spec, name, produced, target, nonce=run_id())
     if art.hit:
         run_logger().info("%s: artifact %s cached (key %s)", spec.name, name, short(art.key))
     else:
         run_logger().info("%s: artifact %s ready in %.1f s (key %s)", spec.name, name, art.seconds,
                           short(art.key))
-    return {"path": art.path, "meta": art.meta, "hit": art.hit, "key": art.key, "seconds": art.seconds}
+    return ProducedArtifact(path=art.path, meta=art.meta, hit=art.hit, key=art.key, seconds=art.seconds)

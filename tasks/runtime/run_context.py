@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from prefect import get_run_logger
 from prefect.context import TaskRunContext
@@ -32,7 +32,14 @@ def result_storage() -> Path:
     return paths.home() / "cache" / "prefect-results"
 
 
-def step_limits() -> dict[str, Any]:
+class StepLimits(TypedDict, total=False):
+    """Prefect task options a build step runs with (a TypedDict: it is spread into
+    ``Task.with_options(**limits)``, so its keys are that method's keyword names)."""
+
+    timeout_seconds: int
+
+
+def step_limits() -> StepLimits:
     """Task options for the build's steps on this thread.
 
     Prefect enforces task timeouts with a signal on the main thread only; in a worker thread
