@@ -25,6 +25,7 @@ from prefect.artifacts import create_link_artifact, create_table_artifact
 from flows.common import endpoint_lock, human_bytes, short
 from infra import paths
 from infra.processes.ownership import owner
+from infra.records.manifest import Manifest
 from tasks.deploy.backends import DeployBackend, TargetMismatch, backend_for, check_targets  # noqa: F401
 from tasks.deploy.backends.base import prune_actions, settle, versioned_manifest
 from tasks.deploy.backends.sagemaker import SageMakerOptions
@@ -39,7 +40,7 @@ from tasks.deploy.steps import (
 )
 from tasks.build.package import read_manifest
 from tasks.deploy.publish import Published
-from tasks.deploy.records import BuildSource, DeployResult, Rollout
+from tasks.deploy.records import BuildSource, DeployResult, EndpointHandle, Rollout
 from tasks.deploy.validate import DeployValidationFailed, check_validations, deploy_entries  # noqa: F401
 
 
@@ -55,6 +56,10 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     ``backend="sagemaker"``: ``store_uri`` is ``s3://bucket/prefix`` and ``sagemaker`` says
     where and how the endpoint runs. ``rollout``: warm invocations of the validation and the
     previous versions kept (default 20 and 1). ``dry_run`` lists every call without making one.
+
+    Returns the result's JSON document (:meth:`DeployResult.to_json`, or the plan's for a dry
+    run): what the CLI prints and reads. ``Any``, not :data:`~infra.jsontypes.JsonObject`, while
+    its readers index it without narrowing.
     """
     rollout = rollout or Rollout()
     be = backend_for(backend, endpoint=endpoint, store_uri=store_uri, sagemaker=sagemaker,
@@ -72,7 +77,7 @@ def deploy(ensembles: list[str] | None = None, endpoint: str = "local-mme",
     return result.to_json()
 
 
-def _manifests(names: list[str], build: BuildSource, be: DeployBackend) -> list[Any]:
+def _manifests(names: list[str], build: BuildSource, be: DeployBackend) -> list[Manifest]:
     """Every manifest, read before any upload (a missing build fails the deploy first), with
     the versioned TargetModel this deploy publishes, validates and records."""
     folder = (Path(build.dir).expanduser() if build.dir
@@ -80,13 +85,13 @@ def _manifests(names: list[str], build: BuildSource, be: DeployBackend) -> list[
     return [versioned_manifest(read_manifest(folder, name)) for name in names]
 
 
-def _deploy(be: DeployBackend, manifests: list[Any], rollout: Rollout) -> DeployResult:
+def _deploy(be: DeployBackend, manifests: list[Manifest], rollout: Rollout) -> DeployResult:
     """Publish, ensure the endpoint, activate, validate; roll everything back on failure.
     Then the record points to the new versions, and the ones past the keep count go."""
     be.begin(manifests)  # the endpoint record names what is about to be published
     backup_dir = Path(tempfile.mkdtemp(prefix="mme-deploy-backup-", dir=owner().scratch_root()))
     published: list[Published] = []
-    handle: dict[str, Any] | None = None
+    handle: EndpointHandle | None = None
     try:
         _publish(be, manifests, backup_dir, published)
         handle = ensure_endpoint_task(be)
@@ -108,7 +113,7 @@ def _deploy(be: DeployBackend, manifests: list[Any], rollout: Rollout) -> Deploy
     return result
 
 
-def _publish(be: DeployBackend, manifests: list[Any], backup_dir: Path,
+def _publish(be: DeployBackend, manifests: list[Manifest], backup_dir: Path,
              published: list[Published]) -> None:
     """Upload the tarballs concurrently (one task each) into ``published``; when one fails,
     the first error is raised after every upload ended, and ``published`` holds the ones that
@@ -131,8 +136,8 @@ def _summary(result: DeployResult) -> None:
         table=[{"ensemble": e.name, "sha256": short(e.sha256), "size": human_bytes(e.bytes),
                 "uri": e.artifact, "endpoint": result.url,
                 "validation": f"{e.validation['metric']}={e.validation['value']:.6f}",
-                "cold_ms": e.latency_ms["cold"], "p50_ms": e.latency_ms["p50"],
-                "p99_ms": e.latency_ms["p99"]} for e in result.ensembles],
+                "cold_ms": e.latency_ms.cold, "p50_ms": e.latency_ms.p50,
+                "p99_ms": e.latency_ms.p99} for e in result.ensembles],
         description=f"Deployed to endpoint {result.endpoint} ({result.url})")
     for e in result.ensembles:
         create_link_artifact(key=_artifact_key(f"deployed-{e.name}-{result.endpoint}"),

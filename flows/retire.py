@@ -22,12 +22,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from infra.records import endpoint as record
+from infra.records.endpoint import EndpointRecord, EnsembleLine
 from infra import paths
 from infra.errors import MMEError
-from tasks.deploy.backends import backend_for
+from tasks.deploy.backends import Backend, as_backend, backend_for
 from tasks.deploy.backends.base import DELETED, LEFT, MISSING, Step
 from tasks.deploy.steps import retire_endpoint_task, retire_ensemble_task
-from tasks.deploy.publish import read_ledger, write_ledger
+from tasks.deploy.publish import model_data_url, read_ledger, write_ledger
 from tasks.deploy.records import Ledger
 
 
@@ -46,31 +47,34 @@ class RetireIncomplete(MMEError, RuntimeError):
 class Where:
     """Where an endpoint lives: its backend, store, region, record and ledger."""
 
-    backend: str
+    backend: Backend
     store_uri: str
     region: str
-    record: dict[str, Any]
+    record: EndpointRecord
     ledger: Ledger
 
-    def entries(self) -> dict[str, dict[str, Any]]:
+    def entries(self) -> dict[str, EnsembleLine]:
         """Ensembles we deployed: the ledger's, and the record's (which also holds a deploy
         that died before its ledger was written)."""
-        out = {name: dict(e) for name, e in self.record.get("ensembles", {}).items()}
+        out = dict(self.record.ensembles)
         for name, e in self.ledger.ensembles.items():
-            out[name] = {**e.model_dump(), "model_data_url": e.model_data_url or self.ledger.model_data_url,
-                         "previous": out.get(name, {}).get("previous")}
+            before = out.get(name)
+            out[name] = EnsembleLine.model_validate({
+                **e.model_dump(), "previous": None if before is None else before.previous,
+                "model_data_url": (e.model_data_url or self.ledger.model_data_url
+                                   or model_data_url(self.store_uri, self.ledger.endpoint))})
         return out
 
 
 def locate(endpoint: str, backend: str | None, store_uri: str | None, region: str | None) -> Where:
     """Explicit arguments first, then the endpoint record, then the ledger in the store, then
     the defaults (local, the embedded store)."""
-    rec = record.read_record(endpoint) or {"resources": [], "ensembles": {}}
-    store_uri = store_uri or rec.get("store_uri") or paths.store_uri()
+    rec = record.read_record(endpoint) or record.EndpointRecord(endpoint=endpoint)
+    store_uri = store_uri or rec.store_uri or paths.store_uri()
     ledger = read_ledger(store_uri, endpoint)
-    return Where(backend=backend or rec.get("backend") or ledger.backend or "local",
+    return Where(backend=as_backend(backend or rec.backend or ledger.backend or "local"),
                  store_uri=store_uri, record=rec, ledger=ledger,
-                 region=(region or rec.get("region") or ledger.region
+                 region=(region or rec.region or ledger.region
                          or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"))
 
 
@@ -96,7 +100,7 @@ def retire(ensembles: list[str] | None = None, endpoint: str = "local-mme",
             record.forget_ensemble(endpoint, name)
     write_ledger(where.store_uri, endpoint, where.ledger)
     if stop_endpoint or not ensembles:
-        steps += retire_endpoint_task(be, where.ledger.plan or where.record.get("plan"))
+        steps += retire_endpoint_task(be, where.ledger.plan or where.record.plan)
         if not any(s.status == LEFT for s in steps) and where.ledger.plan:
             where.ledger.plan = None
             write_ledger(where.store_uri, endpoint, where.ledger)

@@ -103,7 +103,8 @@ def test_endpoint_record_is_typed_and_versioned(tmp_path: Path, monkeypatch: pyt
 
     doc.pop("schema_version")  # a record from before the field: read as version 1
     path.write_text(json.dumps(doc))
-    assert record.read_record("ep")["resources"][0]["state"] == record.CREATING
+    rec = record.read_record("ep")
+    assert rec is not None and rec.resources[0].state == record.CREATING
     path.write_text(json.dumps({**doc, "schema_version": 2}))
     with pytest.raises(RecordError, match=rf"{path}: endpoint record schema_version 2"):
         record.read_record("ep")

@@ -25,6 +25,7 @@ from botocore import handlers
 
 from test_sagemaker_flow import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
 
+from infra.records.endpoint import EndpointRecord
 from infra.records.manifest import Manifest, Validation
 from infra.store.objects import sha256_file
 from tasks.build.verify import Sample
@@ -130,7 +131,7 @@ def test_local_deploys_publish_validate_keep_and_prune_versions(
         assert not store.exists(legacy), "the unversioned object of the older deploy must be retired"
         assert len(first["pruned"]) == 1 and "unversioned, from an older deploy" in first["pruned"][0]
         assert record.current_target(ep, "pipe") == _name(sha1) == record.target_model_for(ep, "pipe")
-        assert "kept_versions" not in record.read_record(ep)["ensembles"]["pipe"]
+        assert _record(ep).ensembles["pipe"].kept_versions is None
 
         # ---- a v2 that answers wrongly: rolled back; v1 current and serving, untouched
         before = _invocations(url)
@@ -154,9 +155,9 @@ def test_local_deploys_publish_validate_keep_and_prune_versions(
         assert after[_name(sha1)] == before[_name(sha1)], "validation must not invoke v1"
         np.testing.assert_allclose(_answer(url, ep, _name(sha2)), X + 2)
         assert second["pruned"] == []
-        entry = record.read_record(ep)["ensembles"]["pipe"]
-        assert entry["target_model"] == _name(sha2) and entry["state"] == "deployed"
-        assert [v["target_model"] for v in entry["kept_versions"]] == [_name(sha1)]
+        entry = _record(ep).ensembles["pipe"]
+        assert entry.target_model == _name(sha2) and entry.state == "deployed"
+        assert [v.target_model for v in entry.kept_versions or []] == [_name(sha1)]
         assert store.head(f"models/{ep}/{_name(sha1)}").sha256 == sha1, "v1 kept for rollback"
         np.testing.assert_allclose(_answer(url, ep, _name(sha1)), X + 1)
         assert record.target_model_for(ep, "pipe") == _name(sha2)
@@ -170,15 +171,15 @@ def test_local_deploys_publish_validate_keep_and_prune_versions(
         assert store.exists(f"models/{ep}/{_name(sha2)}")
         names = sorted(i.key.rsplit("/", 1)[-1] for i in store.list(f"models/{ep}/"))
         assert names == sorted([_name(sha2), _name(sha3)])
-        entry = record.read_record(ep)["ensembles"]["pipe"]
-        assert [v["target_model"] for v in entry["kept_versions"]] == [_name(sha2)]
+        entry = _record(ep).ensembles["pipe"]
+        assert [v.target_model for v in entry.kept_versions or []] == [_name(sha2)]
         ledger = read_ledger(store_uri, ep).ensembles["pipe"]
         assert ledger.target_model == _name(sha3) and ledger.target_models() == {_name(sha2), _name(sha3)}
 
         # ---- rollback: the record points back to v2; nothing uploaded or deleted
-        back = record.point_back(ep, "pipe")
-        assert back["target_model"] == _name(sha2) == record.target_model_for(ep, "pipe")
-        assert [v["target_model"] for v in back["kept_versions"]] == [_name(sha3)]
+        back = record.rollback_version(ep, "pipe")
+        assert back.target_model == _name(sha2) == record.target_model_for(ep, "pipe")
+        assert [v.target_model for v in back.kept_versions or []] == [_name(sha3)]
         np.testing.assert_allclose(_answer(url, ep, record.target_model_for(ep, "pipe")), X + 2)
         assert sorted(i.key.rsplit("/", 1)[-1] for i in store.list(f"models/{ep}/")) == names
 
@@ -186,7 +187,8 @@ def test_local_deploys_publish_validate_keep_and_prune_versions(
         lines = retire(ensembles=["pipe"], endpoint=ep, store_uri=store_uri)
         assert lines[0].count("deleted") == 2, lines
         assert list(store.list(f"models/{ep}/")) == []
-        assert "pipe" not in (record.read_record(ep) or {}).get("ensembles", {})
+        rec = record.read_record(ep)
+        assert rec is None or "pipe" not in rec.ensembles
     finally:
         retire(endpoint=ep, stop_endpoint=True, store_uri=store_uri, missing_ok=True)
     assert find_running(ep) is None
@@ -206,27 +208,28 @@ def test_record_versions_and_rollback_refusals(tmp_path: Path, monkeypatch: pyte
         m = Manifest(ensemble="e", target_model="e.tar.gz", artifact="file:///x", sha256=sha, bytes=1)
         return versioned_manifest(m) if versioned else m
 
-    def deploy(m: Manifest) -> dict[str, Any]:
+    def deploy(m: Manifest) -> record.EnsembleLine:
         record.note_ensembles_publishing("ep", [m], "file:///s/models/ep")
         record.settle_ensembles("ep", ["e"], deployed=True)
-        return record.read_record("ep")["ensembles"]["e"]
+        return _record("ep").ensembles["e"]
 
     a, b = manifest("a" * 64), manifest("b" * 64)
     assert a.target_model == "e-aaaaaaaaaaaa.tar.gz" and versioned_manifest(a) is a
     with pytest.raises(InvalidInput, match="no previous version is kept"):
-        deploy(a) and record.point_back("ep", "e")
+        deploy(a) and record.rollback_version("ep", "e")
     entry = deploy(b)
-    assert [v["target_model"] for v in entry["kept_versions"]] == [a.target_model]
+    assert [v.target_model for v in entry.kept_versions or []] == [a.target_model]
     entry = deploy(a)  # a kept version deployed again: current, not kept twice
-    assert entry["target_model"] == a.target_model
-    assert [v["target_model"] for v in entry["kept_versions"]] == [b.target_model]
+    assert entry.target_model == a.target_model
+    assert [v.target_model for v in entry.kept_versions or []] == [b.target_model]
 
-    old = {"target_model": "e.tar.gz", "key": "e.tar.gz", "sha256": "c" * 64}
-    kept = [{"target_model": f"e-{s * 12}.tar.gz", "key": s, "sha256": s * 64} for s in "def"]
+    old = record.VersionLine(target_model="e.tar.gz", key="e.tar.gz", uri="file:///e", sha256="c" * 64)
+    kept = [record.VersionLine(target_model=f"e-{s * 12}.tar.gz", key=s, uri=f"file:///{s}",
+                               sha256=s * 64) for s in "def"]
     assert past_keep([kept[0], old, *kept[1:]], 1) == [old, *kept[1:]]
     assert past_keep(kept, 0) == kept and past_keep(kept, 5) == []
     with pytest.raises(InvalidInput, match="not deployed"):
-        record.point_back("ep", "other")
+        record.rollback_version("ep", "other")
 
 
 # ------------------------------------------------------------------------- sagemaker (moto)
@@ -299,3 +302,12 @@ def test_sagemaker_deploys_never_overwrite_an_object(
     assert all(sha.startswith(k.rsplit("-", 1)[-1].removesuffix(".tar.gz")) for k, sha in models)
     retire(endpoint=EP, store_uri=STORE, stop_endpoint=True)
     assert objects() == []
+
+
+def _record(endpoint: str) -> EndpointRecord:
+    """The endpoint's record, which the test's deploys must have written."""
+    from infra.records.endpoint import read_record
+
+    rec = read_record(endpoint)
+    assert rec is not None, f"no record of {endpoint}"
+    return rec

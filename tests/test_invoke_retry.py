@@ -151,8 +151,8 @@ def test_validation_retries_transient_answers_on_cold_and_warm_invokes() -> None
     with RuntimeStub(script) as stub:
         result = validate_deployed(stub.url, ENDPOINT, _manifest(), warm_invocations=2,
                                    load_wait=_policy(t))
-    assert result["validation"]["passed"] and result["cold_tries"] == 4
-    assert result["latency_ms"]["n"] == 2
+    assert result.validation.passed and result.cold_tries == 4
+    assert result.latency_ms.n == 2
     assert len(stub.requests) == 4 + 4 + 2  # cold 4, warm-up 3 (one retried once), warm 2
     assert t.sleeps == [1.5, 3.0, 6.0, 1.5]
 

@@ -15,7 +15,7 @@ from tasks.deploy.publish import (
     model_data_url,
     publish_artifact,
     read_ledger,
-    restore_previous,
+    rollback_object,
     write_ledger,
 )
 
@@ -61,10 +61,10 @@ def test_publish_is_idempotent_and_restorable(tmp_path: Path, request: pytest.Fi
     store, prefix = open_store(url)
     assert store.head(f"{prefix}/text.tar.gz" if prefix else "text.tar.gz").sha256 == v2.sha256
 
-    assert restore_previous(second, url) == "restored previous"
+    assert rollback_object(second, url) == "restored previous"
     key = f"{prefix}/text.tar.gz" if prefix else "text.tar.gz"
     assert store.get_bytes(key) == b"version one" * 1000
-    assert restore_previous(first, url) == "deleted"
+    assert rollback_object(first, url) == "deleted"
     assert not store.exists(key)
 
 

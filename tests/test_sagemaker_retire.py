@@ -193,10 +193,10 @@ NOTHING = {"endpoints": [], "configs": [], "models": [], "targets": [], "policie
 
 
 def _kinds(endpoint: str) -> dict[str, list[str]]:
-    doc = read_record(endpoint) or {"resources": []}
+    rec = read_record(endpoint)
     out: dict[str, list[str]] = {}
-    for r in doc["resources"]:
-        out.setdefault(r["kind"], []).append(r["name"])
+    for r in [] if rec is None else rec.resources:
+        out.setdefault(r.kind, []).append(r.name)
     return out
 
 
@@ -212,15 +212,16 @@ def test_cli_retire_finds_the_sagemaker_endpoint_from_its_record(built_text_embe
 
     endpoint, sm_client = fleet
     _deploy(built_text_embedding["output_dir"], endpoint, _opts(autoscaling_max=2))
-    doc = read_record(endpoint)
-    assert doc["backend"] == "sagemaker" and doc["store_uri"] == STORE and doc["region"] == REGION
-    assert {r["kind"] for r in doc["resources"]} == {
+    rec = read_record(endpoint)
+    assert rec is not None
+    assert rec.backend == "sagemaker" and rec.store_uri == STORE and rec.region == REGION
+    assert {r.kind for r in rec.resources} == {
         "model", "endpoint_config", "endpoint", "scalable_target", "scaling_policy"}
-    assert all(r["state"] == "created" for r in doc["resources"])
-    entry = doc["ensembles"]["text_embedding"]
+    assert all(r.state == "created" for r in rec.resources)
+    entry = rec.ensembles["text_embedding"]
     sha = built_text_embedding["manifest"].sha256
-    assert entry["target_model"] == f"text_embedding-{sha[:12]}.tar.gz" and entry["state"] == "deployed"
-    assert entry["sha256"] == built_text_embedding["manifest"].sha256
+    assert entry.target_model == f"text_embedding-{sha[:12]}.tar.gz" and entry.state == "deployed"
+    assert entry.sha256 == built_text_embedding["manifest"].sha256
     assert _aws_leftovers()["endpoints"] == [endpoint]
 
     runner = CliRunner()

@@ -14,7 +14,24 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
+
+SageMakerClient: TypeAlias = Any
+"""A boto3 ``sagemaker`` client. Each client alias here is ``Any``: boto3 makes its clients at
+run time and no type stubs are installed for them (a third-party gap); the names say which
+service a parameter wants."""
+AutoScalingClient: TypeAlias = Any
+"""A boto3 ``application-autoscaling`` client (``Any``: see :data:`SageMakerClient`)."""
+RuntimeClient: TypeAlias = Any
+"""A boto3 ``sagemaker-runtime`` client (``Any``: see :data:`SageMakerClient`)."""
+S3Client: TypeAlias = Any
+"""A boto3 ``s3`` client (``Any``: see :data:`SageMakerClient`)."""
+BotoClient: TypeAlias = Any
+"""A boto3 client of any other service (``Any``: see :data:`SageMakerClient`)."""
+BotoConfig: TypeAlias = Any
+"""A ``botocore.config.Config`` (imported lazily: ``Any`` until it is)."""
+BotoSession: TypeAlias = Any
+"""A ``boto3.session.Session`` (imported lazily, no stubs: ``Any``)."""
 
 AWS_ATTEMPTS = 3
 """Attempts per AWS control-plane or S3 call (first try included): botocore's standard retry
@@ -29,7 +46,7 @@ across retries (:mod:`infra.aws.invoke_retry`). 70 s is AWS's suggestion: a litt
 so a hung connection costs 70 s, not the 400 s this used to be."""
 
 
-def runtime_config() -> Any:
+def runtime_config() -> BotoConfig:
     """The botocore Config of every ``sagemaker-runtime`` client this project makes."""
     from botocore.config import Config
 
@@ -40,7 +57,7 @@ def runtime_config() -> Any:
                   read_timeout=READ_TIMEOUT_S, connect_timeout=10)
 
 
-def control_config(**kwargs: Any) -> Any:
+def control_config(**kwargs: Any) -> BotoConfig:
     """The botocore Config of every other client (SageMaker, Application Auto Scaling, S3, the
     preflight's): standard retry mode, :data:`AWS_ATTEMPTS` attempts in total. ``kwargs``: other
     Config settings (the S3 store's connection pool)."""
@@ -49,21 +66,21 @@ def control_config(**kwargs: Any) -> Any:
     return Config(retries={"total_max_attempts": AWS_ATTEMPTS, "mode": "standard"}, **kwargs)
 
 
-def session(region: str | None = None) -> Any:
+def session(region: str | None = None) -> BotoSession:
     """A boto3 session on the default credential chain (env, profile, instance role)."""
     import boto3
 
     return boto3.session.Session(region_name=region)
 
 
-def client(service: str, region: str | None = None, **kwargs: Any) -> Any:
+def client(service: str, region: str | None = None, **kwargs: Any) -> BotoClient:
     """One boto3 client of ``service``; ``sagemaker-runtime`` gets :func:`runtime_config`, every
     other service :func:`control_config`."""
     kwargs.setdefault("config", runtime_config() if service == "sagemaker-runtime" else control_config())
     return session(region).client(service, **kwargs)
 
 
-def runtime_client_for(url: str | None = None, region: str = "us-east-1") -> Any:
+def runtime_client_for(url: str | None = None, region: str = "us-east-1") -> RuntimeClient:
     """A ``sagemaker-runtime`` client; ``url`` points it at a local endpoint.
 
     The local endpoint does not check signatures, so dummy credentials are used when none
@@ -82,15 +99,18 @@ class AwsClients:
     """The clients a SageMaker deploy or retire uses, made once per flow run."""
 
     region: str
-    sagemaker: Any
-    autoscaling: Any
-    runtime: Any = None
+    sagemaker: SageMakerClient
+    autoscaling: AutoScalingClient
+    runtime: RuntimeClient | None = None
 
-    def by_service(self) -> dict[str, Any]:
+    def by_service(self) -> ClientsByService:
         """The ``{service: client}`` map :func:`infra.aws.sagemaker.apply` dispatches calls on."""
         return {"sagemaker": self.sagemaker, "application-autoscaling": self.autoscaling,
                 "runtime": self.runtime}
 
+
+ClientsByService: TypeAlias = "dict[str, BotoClient]"
+"""``{service name: client}``: what :func:`infra.aws.sagemaker.apply` dispatches each call on."""
 
 ClientFactory = Callable[[str, "str | None"], AwsClients]
 """``(region, runtime_url) -> AwsClients``: what a backend is given to make its clients."""

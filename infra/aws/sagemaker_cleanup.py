@@ -22,8 +22,9 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from infra.aws import sagemaker as sm
+from infra.aws.clients import AutoScalingClient, SageMakerClient
 from infra.aws.errors import describe
-from infra.records.endpoint import CREATED, DELETE_ORDER
+from infra.records.endpoint import CREATED, DELETE_ORDER, ResourceLine
 
 Log = Callable[[str], None]
 OnDeleted = Callable[[str, str], None]
@@ -67,17 +68,17 @@ class _Seen:
             self.candidates[key].recorded = True
 
 
-def _owned_arn(sm_client: Any, arn: str, endpoint: str) -> bool:
+def _owned_arn(sm_client: SageMakerClient, arn: str, endpoint: str) -> bool:
     return sm._owned(sm._tags(sm_client, arn), endpoint)
 
 
-def gather(sm_client: Any, aas_client: Any, endpoint: str, resources: list[dict[str, Any]],
+def gather(sm_client: SageMakerClient, aas_client: AutoScalingClient, endpoint: str,
+           resources: list[ResourceLine],
            *, names: dict[str, list[str]] | None = None, discover: bool = True) -> _Seen:
     """Every candidate for deletion (read-only: describe/list calls only)."""
     seen = _Seen()
     for r in resources:
-        seen.add(r["kind"], r["name"], recorded=r.get("state") == CREATED,
-                 resource_id=r.get("resource_id"))
+        seen.add(r.kind, r.name, recorded=r.state == CREATED, resource_id=r.resource_id)
     for kind, extra in (names or {}).items():
         for name in extra:
             seen.add(kind, name)
@@ -113,7 +114,7 @@ def gather(sm_client: Any, aas_client: Any, endpoint: str, resources: list[dict[
     return seen
 
 
-def _exists_and_owned(sm_client: Any, aas_client: Any, cand: Candidate, seen: _Seen,
+def _exists_and_owned(sm_client: SageMakerClient, aas_client: AutoScalingClient, cand: Candidate, seen: _Seen,
                       endpoint: str) -> tuple[bool, bool]:
     """(exists, ours) for one candidate."""
     if cand.kind == "endpoint":
@@ -150,7 +151,7 @@ def _delete_call(cand: Candidate, endpoint: str) -> sm.Call:
     return sm.Call(sm.SAGEMAKER, f"delete_{cand.kind}", {param[cand.kind]: cand.name})
 
 
-def delete_owned(sm_client: Any, aas_client: Any, endpoint: str, seen: _Seen, *,
+def delete_owned(sm_client: SageMakerClient, aas_client: AutoScalingClient, endpoint: str, seen: _Seen, *,
                  dry_run: bool = False, log: Log = print,
                  on_deleted: OnDeleted | None = None) -> list[Outcome]:
     """Delete every owned candidate (scaling, endpoint, configs, models in that order).

@@ -9,7 +9,7 @@ Why versions: a deploy publishes ``<ensemble>-<sha256[:12]>.tar.gz``, never over
 that serves (an instance of a SageMaker MME keeps serving the bytes it loaded under a name
 until it unloads them). So "which TargetModel is ``text_embedding`` now" is a question for
 this record (:func:`current_target`), and a rollback points the record back to a kept
-version (:func:`point_back`): nothing is overwritten.
+version (:func:`rollback_version`): nothing is overwritten.
 
 Why a local file beside the store's ledger: ``mme retire --endpoint E`` must find a SageMaker
 endpoint without being told the S3 store, the region or the backend, and a deploy that dies
@@ -25,20 +25,23 @@ import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar, Final, Literal, Protocol
 
 from pydantic import Field
 
 from infra import paths
 from infra.errors import InvalidInput
-from infra.records.manifest import Manifest, OpenRecord
+from infra.jsontypes import JsonObject
+from infra.records.manifest import JsonField, Manifest, OpenRecord
 from infra.versioned import VersionedDocument
 from infra.store.objects import atomic_path, file_lock
 
 RECORD_NAME = "record.json"
 SCHEMA_VERSION = 1
-CREATING, CREATED = "creating", "created"
+CREATING: Final = "creating"
+CREATED: Final = "created"
 
 # boto3 create/register operations -> (resource kind, the parameter naming the resource)
 CREATES: dict[str, tuple[str, str]] = {
@@ -68,14 +71,31 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+ResourceState = Literal["creating", "created"]
+EnsembleState = Literal["publishing", "deployed"]
+
+
 class ResourceLine(OpenRecord):
     """One AWS resource a deploy created (``state``: creating | created)."""
 
     kind: str
     name: str
-    state: str | None = None
+    state: ResourceState | None = None
     since: str | None = None
     resource_id: str | None = None
+
+
+class VersionLine(OpenRecord):
+    """One version as it is kept for rollback (in the record and in the store's ledger): its
+    TargetModel, its object and digest, where it was published and when."""
+
+    target_model: str
+    key: str
+    uri: str
+    sha256: str
+    model_data_url: str | None = None
+    build_target: str | None = None
+    deployed_at: str | None = None
 
 
 class EnsembleLine(OpenRecord):
@@ -88,9 +108,13 @@ class EnsembleLine(OpenRecord):
     uri: str
     sha256: str
     model_data_url: str
-    state: str | None = None
-    previous: dict[str, Any] | None = None
-    kept_versions: list[dict[str, Any]] | None = None
+    build_target: str | None = None
+    state: EnsembleState | None = None
+    since: str | None = None
+    deployed_at: str | None = None
+    rolled_back_at: str | None = None
+    previous: EnsembleLine | None = None
+    kept_versions: list[VersionLine] | None = None
 
 
 class EndpointRecord(VersionedDocument):
@@ -104,124 +128,143 @@ class EndpointRecord(VersionedDocument):
     store_uri: str | None = None
     region: str | None = None
     model_data_url: str | None = None
-    plan: dict[str, Any] | None = None
+    plan: JsonField | None = None
     resources: list[ResourceLine] = Field(default_factory=list)
     ensembles: dict[str, EnsembleLine] = Field(default_factory=dict)
     updated_at: str | None = None
 
+    def find(self, kind: str, name: str) -> ResourceLine | None:
+        """The line of resource ``kind``/``name``, or None."""
+        return next((r for r in self.resources if r.kind == kind and r.name == name), None)
 
-def read_record(endpoint: str) -> dict[str, Any] | None:
-    """The endpoint's record (checked against :class:`EndpointRecord`, as its JSON dict), or
-    None when no deploy of it left one on this machine."""
+
+RecordDefault = str | JsonObject | None
+"""A top-level field a deploy sets on the record (backend, store_uri, region, model_data_url,
+plan); None leaves the field as it is."""
+
+
+def read_record(endpoint: str) -> EndpointRecord | None:
+    """The endpoint's record (checked against :class:`EndpointRecord`), or None when no deploy
+    of it left one on this machine."""
     path = record_path(endpoint)
     try:
         text = path.read_text()
     except FileNotFoundError:
         return None
-    typed = EndpointRecord.read(text, str(path))  # atomic writes: a bad one is a hand edit
-    return typed.model_dump(mode="json", exclude_none=True)
+    return EndpointRecord.read(text, str(path))  # atomic writes: a bad one is a hand edit
 
 
-def write_record(endpoint: str, doc: dict[str, Any]) -> None:
-    """Write ``doc`` atomically; an empty record (nothing left to retire) is removed."""
+def write_record(endpoint: str, rec: EndpointRecord) -> None:
+    """Write ``rec`` atomically; an empty record (nothing left to retire) is removed. Fields
+    that are None are left out of the file."""
     path = record_path(endpoint)
-    if not doc.get("resources") and not doc.get("ensembles"):
+    if not rec.resources and not rec.ensembles:
         path.unlink(missing_ok=True)
         return
-    doc["updated_at"] = _now()
-    doc["schema_version"] = SCHEMA_VERSION
+    rec.updated_at = _now()
+    rec.schema_version = SCHEMA_VERSION
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
+        tmp.write_text(json.dumps(rec.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True))
 
 
 @contextmanager
-def updating(endpoint: str, **defaults: Any) -> Iterator[dict[str, Any]]:
+def updating(endpoint: str, **defaults: RecordDefault) -> Iterator[EndpointRecord]:
     """``with updating(name) as rec:`` read-modify-write under a file lock (a deploy and a
     retire of one endpoint, or two threads of one deploy, never lose each other's lines)."""
     path = record_path(endpoint)
     with file_lock(path.with_name(RECORD_NAME + ".lock")):
-        doc = read_record(endpoint) or {"endpoint": endpoint, "resources": [], "ensembles": {}}
+        rec = read_record(endpoint) or EndpointRecord(endpoint=endpoint)
         for key, value in defaults.items():
             if value is not None:
-                doc[key] = value
-        yield doc
-        write_record(endpoint, doc)
+                setattr(rec, key, value)
+        yield rec
+        write_record(endpoint, rec)
 
 
-def _find(doc: dict[str, Any], kind: str, name: str) -> dict[str, Any] | None:
-    return next((r for r in doc["resources"] if r["kind"] == kind and r["name"] == name), None)
-
-
-def note_resource(doc: dict[str, Any], kind: str, name: str, state: str, **extra: Any) -> None:
+def note_resource(rec: EndpointRecord, kind: str, name: str, state: ResourceState,
+                  resource_id: str | None = None) -> None:
     """Add or update one resource line (``state``: creating | created)."""
-    line = _find(doc, kind, name)
+    line = rec.find(kind, name)
     if line is None:
-        line = {"kind": kind, "name": name, "since": _now()}
-        doc["resources"].append(line)
-    if line.get("state") == CREATED:  # a re-create of what exists stays "created"
-        state = CREATED
-    line.update(state=state, **{k: v for k, v in extra.items() if v is not None})
+        line = ResourceLine(kind=kind, name=name, since=_now())
+        rec.resources.append(line)
+    line.state = CREATED if line.state == CREATED else state  # a re-create of what exists stays "created"
+    if resource_id is not None:
+        line.resource_id = resource_id
 
 
-def drop_resource(doc: dict[str, Any], kind: str, name: str) -> None:
-    doc["resources"] = [r for r in doc["resources"] if not (r["kind"] == kind and r["name"] == name)]
+def drop_resource(rec: EndpointRecord, kind: str, name: str) -> None:
+    rec.resources = [r for r in rec.resources if not (r.kind == kind and r.name == name)]
     if kind == "scalable_target":  # deregistering a target deletes its policies with it
-        doc["resources"] = [r for r in doc["resources"]
-                            if not (r["kind"] == "scaling_policy" and r.get("resource_id") == name)]
+        rec.resources = [r for r in rec.resources
+                         if not (r.kind == "scaling_policy" and r.resource_id == name)]
 
 
-def resource_of(operation: str, params: dict[str, Any]) -> tuple[str, str, dict[str, Any]] | None:
-    """(kind, name, extra) of the resource a create/register or delete call is about."""
+@dataclass(frozen=True)
+class ResourceRef:
+    """The resource an AWS create/register or delete call is about (``resource_id``: the
+    scalable target a scaling policy belongs to)."""
+
+    kind: str
+    name: str
+    resource_id: str | None = None
+
+
+def resource_of(operation: str, params: JsonObject) -> ResourceRef | None:
+    """The resource a create/register or delete call is about, or None for any other call."""
     spec = CREATES.get(operation) or DELETES.get(operation)
     if spec is None or spec[1] not in params:
         return None
-    extra = {"resource_id": params["ResourceId"]} if operation.endswith("scaling_policy") else {}
-    return spec[0], str(params[spec[1]]), extra
+    resource_id = str(params["ResourceId"]) if operation.endswith("scaling_policy") else None
+    return ResourceRef(spec[0], str(params[spec[1]]), resource_id)
 
 
-def note_call(endpoint: str, operation: str, params: dict[str, Any], state: str,
-              **defaults: Any) -> None:
+CallState = Literal["creating", "created", "refused", "deleted"]
+
+
+def note_call(endpoint: str, operation: str, params: JsonObject, state: CallState,
+              **defaults: RecordDefault) -> None:
     """Record a create (``state`` creating before the call, created after), a create AWS
     refused (``state`` "refused": a line still ``creating`` goes) or a completed delete
     (``state`` "deleted") of the resource ``operation`` is about."""
     found = resource_of(operation, params)
     if found is None:
         return
-    kind, name, extra = found
-    with updating(endpoint, **defaults) as doc:
+    with updating(endpoint, **defaults) as rec:
         if state == "deleted":
-            drop_resource(doc, kind, name)
+            drop_resource(rec, found.kind, found.name)
         elif state == "refused":
-            line = _find(doc, kind, name)
-            if line is not None and line.get("state") == CREATING:
-                drop_resource(doc, kind, name)
+            line = rec.find(found.kind, found.name)
+            if line is not None and line.state == CREATING:
+                drop_resource(rec, found.kind, found.name)
         elif operation in CREATES:
-            note_resource(doc, kind, name, state, **extra)
+            note_resource(rec, found.kind, found.name, state, found.resource_id)
 
 
 # ---------------------------------------------------------------------------------- ensembles
-def _ensemble_entry(manifest: Manifest, models_url: str) -> dict[str, Any]:
+def _ensemble_entry(manifest: Manifest, models_url: str) -> EnsembleLine:
     from infra.store.objects import open_store
 
     store, prefix = open_store(models_url)
     key = f"{prefix}/{manifest.target_model}" if prefix else manifest.target_model
-    return {"target_model": manifest.target_model, "key": key, "uri": store.uri_for(key),
-            "sha256": manifest.sha256, "model_data_url": models_url,
-            "build_target": manifest.target}
+    return EnsembleLine(target_model=manifest.target_model, key=key, uri=store.uri_for(key),
+                        sha256=manifest.sha256, model_data_url=models_url,
+                        build_target=manifest.target)
 
 
 def note_ensembles_publishing(endpoint: str, manifests: list[Manifest], models_url: str,
-                              **defaults: Any) -> None:
+                              **defaults: RecordDefault) -> None:
     """Before uploading: each ensemble's object, digest and TargetModel (state ``publishing``);
     what the endpoint served before is kept as ``previous`` until the deploy settles."""
-    with updating(endpoint, **defaults) as doc:
+    with updating(endpoint, **defaults) as rec:
         for m in manifests:
-            before = doc["ensembles"].get(m.ensemble)
-            entry = {**_ensemble_entry(m, models_url), "state": "publishing", "since": _now()}
+            before = rec.ensembles.get(m.ensemble)
+            entry = _ensemble_entry(m, models_url)
+            entry.state, entry.since = "publishing", _now()
             if before is not None:
-                entry["previous"] = before.get("previous") if before.get("state") == "publishing" \
-                    else {k: v for k, v in before.items() if k != "previous"}
-            doc["ensembles"][m.ensemble] = entry
+                entry.previous = before.previous if before.state == "publishing" \
+                    else before.model_copy(update={"previous": None})
+            rec.ensembles[m.ensemble] = entry
 
 
 def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None:
@@ -230,72 +273,77 @@ def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None
     objects, so it is the backend's step, :func:`forget_versions` after each delete);
     otherwise (rolled back) each entry goes back to what was served before, or away when
     nothing was."""
-    with updating(endpoint) as doc:
+    with updating(endpoint) as rec:
         for name in names:
-            entry = doc["ensembles"].get(name)
+            entry = rec.ensembles.get(name)
             if entry is None:
                 continue
-            previous = entry.pop("previous", None)
+            previous, entry.previous = entry.previous, None
             if deployed:
-                entry.update(state="deployed", deployed_at=_now())
-                _set_kept(entry, kept_after(previous, entry["key"]))
+                entry.state, entry.deployed_at = "deployed", _now()
+                entry.kept_versions = kept_after(previous, entry.key) or None
             elif previous is not None:
-                doc["ensembles"][name] = previous
+                rec.ensembles[name] = previous
             else:
-                del doc["ensembles"][name]
+                del rec.ensembles[name]
 
 
 def forget_ensemble(endpoint: str, name: str) -> None:
-    with updating(endpoint) as doc:
-        doc["ensembles"].pop(name, None)
+    with updating(endpoint) as rec:
+        rec.ensembles.pop(name, None)
 
 
 # ---------------------------------------------------------------------------------- versions
 VERSION_FIELDS = ("target_model", "key", "uri", "sha256", "model_data_url", "build_target", "deployed_at")
 
 
-def version_line(entry: dict[str, Any]) -> dict[str, Any]:
+class KeepsVersions(Protocol):
+    """What versions are cut from: a record's :class:`EnsembleLine`, a ledger's entry."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def kept_versions(self) -> list[VersionLine] | None: ...
+
+
+def version_line(entry: KeepsVersions | VersionLine) -> VersionLine:
     """One version as it is kept for rollback: its TargetModel, its object and digest."""
-    return {k: entry[k] for k in VERSION_FIELDS if entry.get(k) is not None}
+    return VersionLine.model_validate(
+        {k: getattr(entry, k, None) for k in VERSION_FIELDS if getattr(entry, k, None) is not None})
 
 
-def kept_after(before: dict[str, Any] | None, current_key: str) -> list[dict[str, Any]]:
+def kept_after(before: KeepsVersions | None, current_key: str) -> list[VersionLine]:
     """The versions kept once the object ``current_key`` serves: what served before (newest
     first), then what that one kept; each object once, never the one now serving (a redeploy
     of a kept version makes it current again instead of keeping it twice)."""
     if before is None:
         return []
     seen, out = {current_key}, []
-    for line in [version_line(before), *(before.get("kept_versions") or [])]:
-        if line["key"] not in seen:
-            seen.add(line["key"])
+    for line in [version_line(before), *(before.kept_versions or [])]:
+        if line.key not in seen:
+            seen.add(line.key)
             out.append(line)
     return out
 
 
-def _set_kept(entry: dict[str, Any], kept: list[dict[str, Any]]) -> None:
-    if kept:
-        entry["kept_versions"] = kept
-    else:
-        entry.pop("kept_versions", None)
-
-
 def forget_versions(endpoint: str, name: str, keys: set[str]) -> None:
     """Drop kept versions whose objects were deleted (pruned past the keep count)."""
-    with updating(endpoint) as doc:
-        entry = doc["ensembles"].get(name)
+    with updating(endpoint) as rec:
+        entry = rec.ensembles.get(name)
         if entry is not None:
-            _set_kept(entry, [v for v in entry.get("kept_versions") or [] if v["key"] not in keys])
+            entry.kept_versions = [v for v in entry.kept_versions or [] if v.key not in keys] or None
 
 
 def current_target(endpoint: str, ensemble: str) -> str | None:
     """The TargetModel ``ensemble`` is served by on ``endpoint`` per this record, or None when
     no deploy from this machine recorded it. While a deploy is in flight (not validated yet)
     that is still the version it is replacing."""
-    entry = ((read_record(endpoint) or {}).get("ensembles") or {}).get(ensemble)
-    if entry is not None and entry.get("state") == "publishing":
-        entry = entry.get("previous")
-    return None if entry is None else str(entry["target_model"])
+    rec = read_record(endpoint)
+    entry = None if rec is None else rec.ensembles.get(ensemble)
+    if entry is not None and entry.state == "publishing":
+        entry = entry.previous
+    return None if entry is None else entry.target_model
 
 
 def target_model_for(endpoint: str, ensemble: str) -> str:
@@ -305,20 +353,21 @@ def target_model_for(endpoint: str, ensemble: str) -> str:
     return current_target(endpoint, ensemble) or f"{ensemble}.tar.gz"
 
 
-def point_back(endpoint: str, ensemble: str) -> dict[str, Any]:
+def rollback_version(endpoint: str, ensemble: str) -> EnsembleLine:
     """Roll ``ensemble`` back: its newest kept version becomes current again, and the current
     one is kept in its place. Only the record changes (both objects are still in the store:
     nothing is overwritten or uploaded). Returns the new current entry; refuses (InvalidInput)
     an ensemble with no kept version, or one whose deploy is in flight."""
-    with updating(endpoint) as doc:
-        entry = doc["ensembles"].get(ensemble)
-        if entry is None or entry.get("state") == "publishing" or not entry.get("kept_versions"):
+    with updating(endpoint) as rec:
+        entry = rec.ensembles.get(ensemble)
+        if entry is None or entry.state == "publishing" or not entry.kept_versions:
             why = ("not deployed" if entry is None else "a deploy of it is in flight"
-                   if entry.get("state") == "publishing" else "no previous version is kept")
+                   if entry.state == "publishing" else "no previous version is kept")
             raise InvalidInput(f"cannot roll {ensemble} on {endpoint} back: {why}")
-        back, *older = entry["kept_versions"]
-        new = {**{k: v for k, v in entry.items() if k not in VERSION_FIELDS and k != "kept_versions"},
-               **back, "state": "deployed", "rolled_back_at": _now()}
-        _set_kept(new, [version_line(entry), *older])
-        doc["ensembles"][ensemble] = new
-        return dict(new)
+        back, *older = entry.kept_versions
+        rest = entry.model_dump(exclude_none=True, exclude={*VERSION_FIELDS, "kept_versions"})
+        new = EnsembleLine.model_validate({**rest, **back.model_dump(exclude_none=True),
+                                           "state": "deployed", "rolled_back_at": _now()})
+        new.kept_versions = [version_line(entry), *older]
+        rec.ensembles[ensemble] = new
+        return new.model_copy(deep=True)

@@ -73,8 +73,8 @@ def publish_artifact(manifest: Manifest, models_url: str, backup_dir: Path) -> P
                      seconds=round(time.perf_counter() - t0, 3))
 
 
-def restore_previous(pub: Published, models_url: str) -> str:
-    """Undo a publish: put back the replaced bytes, or delete an object that was new."""
+def rollback_object(pub: Published, models_url: str) -> str:
+    """Roll one publish back: put back the replaced bytes, or delete an object that was new."""
     store, _ = open_store(models_url)
     if not pub.uploaded:
         return "unchanged"

@@ -8,14 +8,57 @@ and the tests read (see the README), so ``to_json()`` is what a flow returns.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from infra.records.manifest import OpenRecord
+from infra.jsontypes import JsonObject, JsonValue
+
+from infra.records.endpoint import VersionLine
+from infra.records.manifest import JsonField, OpenRecord
 from infra.versioned import VersionedDocument
+from tasks.build.verify import Verification
 
 SCHEMA_VERSION = 1
+
+
+class LatencyMs(OpenRecord):
+    """Invoke latencies in ms: ``cold`` the first (load included; None for a measure without
+    one), ``p50``/``p99`` of the ``n`` warm ones."""
+
+    cold: float | None = None
+    p50: float
+    p99: float
+    n: int
+
+
+class EndpointHandle(BaseModel):
+    """How the steps after ``ensure-endpoint`` reach the endpoint: ``url`` (``http://...`` for
+    the local endpoint, ``sagemaker://<region>/<name>``), the local endpoint's Triton URL, and
+    what the backend reports about it for the deploy result (``info``: the local endpoint's
+    process; None on SageMaker)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    url: str
+    triton_url: str | None = None
+    info: JsonField | None = None
+
+
+class ValidationReport(BaseModel):
+    """One ensemble invoked on the endpoint and scored: the scored answer, its latencies, how
+    many tries the cold invoke took, and (local endpoint, informative only) the same request
+    straight to Triton, or why that was not measured."""
+
+    validation: Verification
+    latency_ms: LatencyMs
+    cold_tries: int = 1
+    direct_triton_latency_ms: LatencyMs | None = None
+    direct_triton_error: str | None = None
+
+    def validation_json(self) -> JsonObject:
+        """The scored answer as the deploy result documents it (per-item values left out)."""
+        return self.validation.model_dump(mode="json", exclude_none=True, exclude={"per_item"})
 
 
 class DeployedEnsemble(OpenRecord):
@@ -28,10 +71,10 @@ class DeployedEnsemble(OpenRecord):
     sha256: str
     bytes: int
     uploaded: bool
-    validation: dict[str, Any]
-    latency_ms: dict[str, Any]
+    validation: JsonField
+    latency_ms: LatencyMs
     cold_tries: int = 1
-    direct_triton_latency_ms: dict[str, Any] | None = None
+    direct_triton_latency_ms: LatencyMs | None = None
 
 
 class DeployResult(VersionedDocument):
@@ -43,20 +86,24 @@ class DeployResult(VersionedDocument):
     url: str
     model_data_url: str
     ensembles: list[DeployedEnsemble]
-    endpoint_info: dict[str, Any] | None = None
+    endpoint_info: JsonField | None = None
     image: str | None = None
     endpoint_config: str | None = None
     hourly_cost_usd: float | None = None
     calls: list[str] | None = None
-    plan: dict[str, Any] | None = None
+    plan: JsonField | None = None
     pruned: list[str] | None = None  # older versions removed after validation (one line each)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """The JSON document (fields a backend does not set are left out, as before)."""
         doc = self.model_dump(mode="json", exclude_none=True)
-        for entry, model in zip(doc["ensembles"], self.ensembles, strict=True):
+        entries: list[JsonValue] = []
+        for model in self.ensembles:
+            entry = model.model_dump(mode="json", exclude_none=True)
             entry["validation"] = model.validation  # keep None values the scorer wrote
             entry["target"] = model.target  # read by `mme demo --report`, even when unknown
+            entries.append(entry)
+        doc["ensembles"] = entries
         return doc
 
 
@@ -72,7 +119,7 @@ class DeployPlan(VersionedDocument):
     hourly_cost_usd: float | None = None
     warnings: list[str] = Field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return self.model_dump(mode="json", exclude_none=True)
 
 
@@ -85,11 +132,11 @@ class LedgerEntry(OpenRecord):
     sha256: str
     model_data_url: str | None = None
     deployed_at: str | None = None
-    kept_versions: list[dict[str, Any]] | None = None  # older versions kept for rollback, newest first
+    kept_versions: list[VersionLine] | None = None  # older versions kept for rollback, newest first
 
     def target_models(self) -> set[str]:
         """Every TargetModel of ours this entry references: the current one and the kept ones."""
-        return {self.target_model, *(v["target_model"] for v in self.kept_versions or [])}
+        return {self.target_model, *(v.target_model for v in self.kept_versions or [])}
 
 
 class Ledger(VersionedDocument):
@@ -101,10 +148,10 @@ class Ledger(VersionedDocument):
     model_data_url: str | None = None
     backend: str | None = None
     region: str | None = None
-    plan: dict[str, Any] | None = None
+    plan: JsonField | None = None
     ensembles: dict[str, LedgerEntry] = Field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         return self.model_dump(mode="json", exclude_none=True)
 
 

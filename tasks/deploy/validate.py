@@ -16,11 +16,11 @@ as one line naming the call, the ensemble, its TargetModel and the endpoint.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from botocore.exceptions import ClientError
 
+from infra.aws.clients import RuntimeClient
 from infra.aws.errors import aws_message
 from infra.aws.errors import describe as aws_describe
 from infra.errors import UserError
@@ -34,7 +34,8 @@ from infra.aws.invoke_retry import (  # noqa: F401 - SAGEMAKER_LOAD_LIMIT_S, is_
 )
 from infra.records.manifest import Manifest, ManifestError
 from infra.aws.runtime_client import infer_direct, invoke, runtime_client_for
-from tasks.deploy.records import DeployedEnsemble
+from tasks.deploy.publish import Published
+from tasks.deploy.records import DeployedEnsemble, LatencyMs, ValidationReport
 from tasks.build.verify import Sample, score
 
 
@@ -53,7 +54,7 @@ LoadWait = InvokeRetry
 OPERATION = "sagemaker-runtime.invoke_endpoint"
 
 
-def invoke_when_ready(client: Any, endpoint: str, manifest: Manifest,
+def invoke_when_ready(client: RuntimeClient, endpoint: str, manifest: Manifest,
                       inputs: dict[str, np.ndarray], *, binary: bool = True,
                       wait: LoadWait = DEFAULT_RETRY) -> tuple[dict[str, np.ndarray], int]:
     """Invoke by TargetModel, retrying 429 ModelNotReadyException, throttles and transient
@@ -83,7 +84,7 @@ def invoke_when_ready(client: Any, endpoint: str, manifest: Manifest,
         raise aws_describe(exc, operation=OPERATION, resource=about) from exc
 
 
-def warm_latencies(client: Any, endpoint: str, manifest: Manifest, inputs: dict[str, np.ndarray],
+def warm_latencies(client: RuntimeClient, endpoint: str, manifest: Manifest, inputs: dict[str, np.ndarray],
                    n: int, *, binary: bool = True, wait: LoadWait = DEFAULT_RETRY) -> list[float]:
     """``n`` warm invoke latencies in ms (after 3 uncounted ones: the first runs after a load
     are slower: allocator, ORT warm-up). A transient answer is retried like the cold invoke's;
@@ -106,7 +107,11 @@ def warm_latencies(client: Any, endpoint: str, manifest: Manifest, inputs: dict[
 
 def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
                       warm_invocations: int = 20, binary: bool = True,
-                      runtime_client: Any = None, load_wait: LoadWait = DEFAULT_RETRY) -> dict[str, Any]:
+                      runtime_client: RuntimeClient | None = None,
+                      load_wait: LoadWait = DEFAULT_RETRY) -> ValidationReport:
+    """Invoke ``manifest``'s ensemble by its TargetModel on ``endpoint`` (through ``url``, or
+    ``runtime_client``: SageMaker's), score the answer against the manifest's sample, and time
+    ``warm_invocations`` more."""
     client = runtime_client or runtime_client_for(url)
     sample = Sample.from_json(manifest.required_sample())
     v = manifest.validation
@@ -120,16 +125,14 @@ def validate_deployed(url: str | None, endpoint: str, manifest: Manifest, *,
     result = score(v.metric, v.threshold, sample, got)
     warm = warm_latencies(client, endpoint, manifest, sample.inputs, warm_invocations,
                           binary=binary, wait=load_wait)
-    return {
-        "validation": result.model_dump(mode="json", exclude_none=True, exclude={"per_item"}),
-        "latency_ms": {"cold": round(cold_ms, 2), "p50": round(percentile(warm, 50), 2),
-                       "p99": round(percentile(warm, 99), 2), "n": len(warm)},
-        "cold_tries": tries,
-    }
+    return ValidationReport(
+        validation=result, cold_tries=tries,
+        latency_ms=LatencyMs(cold=round(cold_ms, 2), p50=round(percentile(warm, 50), 2),
+                             p99=round(percentile(warm, 99), 2), n=len(warm)))
 
 
 def direct_triton_latency(triton_url: str, model_name: str, manifest: Manifest,
-                          n: int = 20) -> dict[str, float]:
+                          n: int = 20) -> LatencyMs:
     """The same request straight to Triton's HTTP API, to show what the front end costs."""
     import httpx
 
@@ -141,21 +144,23 @@ def direct_triton_latency(triton_url: str, model_name: str, manifest: Manifest,
             infer_direct(c, model_name, sample.inputs)
             times.append((time.perf_counter() - t) * 1000)
     times = times[3:]
-    return {"p50": round(percentile(times, 50), 2), "p99": round(percentile(times, 99), 2), "n": n}
+    return LatencyMs(p50=round(percentile(times, 50), 2), p99=round(percentile(times, 99), 2), n=n)
 
 
-def check_validations(manifests: list[Manifest], results: list[dict[str, Any]]) -> None:
+def check_validations(manifests: list[Manifest], results: list[ValidationReport]) -> None:
     """Raise DeployValidationFailed naming every ensemble that answered wrongly."""
-    failed = [(m, r) for m, r in zip(manifests, results, strict=True) if not r["validation"]["passed"]]
+    failed = [(m, r.validation) for m, r in zip(manifests, results, strict=True)
+              if not r.validation.passed]
     if failed:
         raise DeployValidationFailed("; ".join(
-            f"{m.ensemble}: {r['validation']['metric']} = {r['validation']['value']:.6f} "
-            f"< {r['validation']['threshold']}" for m, r in failed))
+            f"{m.ensemble}: {v.metric} = {v.value:.6f} < {v.threshold}" for m, v in failed))
 
 
-def deploy_entries(manifests: list[Manifest], published: list[Any],
-                   results: list[dict[str, Any]]) -> list[DeployedEnsemble]:
+def deploy_entries(manifests: list[Manifest], published: list[Published],
+                   results: list[ValidationReport]) -> list[DeployedEnsemble]:
     """The per-ensemble lines of a deploy result (and of `mme demo --report`)."""
     return [DeployedEnsemble(name=m.ensemble, target=m.target, artifact=p.uri,
-                             sha256=p.sha256, bytes=p.bytes, uploaded=p.uploaded, **r)
+                             sha256=p.sha256, bytes=p.bytes, uploaded=p.uploaded,
+                             validation=r.validation_json(), latency_ms=r.latency_ms,
+                             cold_tries=r.cold_tries, direct_triton_latency_ms=r.direct_triton_latency_ms)
             for m, p, r in zip(manifests, published, results, strict=True)]

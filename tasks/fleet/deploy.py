@@ -193,14 +193,14 @@ def open_access(backend: str, endpoint: str, store_uri: str, region: str | None,
     """Reach ``endpoint``: local starts (or reuses) the local endpoint on its model prefix;
     SageMaker makes a runtime client only (the endpoint must exist: no control-plane call).
     ``served`` (what SageMaker said of the endpoint) gives its real model prefix and region."""
-    from tasks.deploy.backends import backend_for
+    from tasks.deploy.backends import as_backend, backend_for
 
     if served is not None:
         runtime = aws_clients(served.region).runtime
         return Access(endpoint, backend, served.model_data_url, runtime, region=served.region)
-    be: Any = backend_for(backend, endpoint=endpoint, store_uri=store_uri, region=region)
+    be: Any = backend_for(as_backend(backend), endpoint=endpoint, store_uri=store_uri, region=region)
     if backend == "local":
-        url = be.ensure_endpoint()["url"]
+        url = be.ensure_endpoint().url
         return Access(endpoint, backend, be.models_url, runtime_client_for(url))
     return Access(endpoint, backend, be.models_url, be.clients.runtime, region=be.opts.region)
 

@@ -14,14 +14,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, get_args
 
 from infra.aws.clients import ClientFactory
 from infra.errors import InvalidInput
+from ensembles.spec import Target
+from infra.jsontypes import JsonObject
+from infra.records.endpoint import EnsembleLine
 from infra.records.manifest import Manifest
 from tasks.deploy.backends.base import Step, TargetMismatch, check_targets  # noqa: F401 (re-exported)
 from tasks.deploy.publish import Published
-from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult
+from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult, EndpointHandle, ValidationReport
+
+if TYPE_CHECKING:  # imported when the backend is made: retire never loads the SageMaker options
+    from tasks.deploy.backends.sagemaker import SageMakerOptions
 
 
 class DeployBackend(Protocol):
@@ -32,7 +38,7 @@ class DeployBackend(Protocol):
     name: str
     endpoint: str
     store_uri: str
-    default_target: str
+    default_target: Target
     log: Callable[[str], None]  # where a step says what it does (the task binds its logger)
 
     def check(self, manifests: list[Manifest]) -> list[str]:
@@ -48,41 +54,51 @@ class DeployBackend(Protocol):
         """Upload one tarball under the endpoint's model prefix as the manifest's TargetModel
         (versioned: :func:`~tasks.deploy.backends.base.versioned_manifest`), skipped when unchanged."""
 
-    def ensure_endpoint(self) -> dict[str, Any]:
+    def ensure_endpoint(self) -> EndpointHandle:
         """Create, update or reuse the endpoint; returns how to reach it (the handle)."""
 
-    def activate(self, handle: dict[str, Any], published: list[Published]) -> None:
+    def activate(self, handle: EndpointHandle, published: list[Published]) -> None:
         """Make a replaced object serve its new bytes (local: unload; SageMaker: warn). With
         versioned TargetModels that is only a corrupt object of the same version re-published."""
 
-    def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
+    def validate(self, handle: EndpointHandle, manifest: Manifest, warm: int) -> ValidationReport:
         """Invoke by TargetModel and score the answer (validation, latency_ms, cold_tries)."""
 
-    def rollback(self, handle: dict[str, Any] | None, published: list[Published],
+    def rollback(self, handle: EndpointHandle | None, published: list[Published],
                  error: BaseException) -> list[str]:
         """Undo a failed deploy (never raises); the lines say what was done."""
 
-    def finish(self, handle: dict[str, Any], manifests: list[Manifest],
+    def finish(self, handle: EndpointHandle, manifests: list[Manifest],
                published: list[Published], entries: list[DeployedEnsemble]) -> DeployResult:
         """Settle the endpoint record, write the ledger, and say what was deployed."""
 
-    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
+    def prune(self, handle: EndpointHandle, manifests: list[Manifest], keep: int) -> list[Step]:
         """After the deploy validated and the record points to the new versions: delete each
         ensemble's kept versions past ``keep`` (and unversioned objects of older deploys)."""
 
-    def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
+    def retire_ensemble(self, ensemble: str, entry: EnsembleLine | None) -> Step:
         """Remove one ensemble we deployed: its current object and the kept versions' (only
         objects that still have our digest)."""
 
-    def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
+    def retire_endpoint(self, plan_doc: JsonObject | None) -> list[Step]:
         """Stop or delete the endpoint and everything of ours around it."""
 
 
-BACKENDS = ("local", "sagemaker")
+Backend = Literal["local", "sagemaker"]
+"""A backend's name, as the flows and the CLI spell it."""
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 
-def backend_for(name: str, *, endpoint: str, store_uri: str | None = None,
-                sagemaker: Any = None, region: str | None = None,
+def as_backend(name: str) -> Backend:
+    """``name`` as a :data:`Backend`, refused on one line when it is none (the CLI's boundary)."""
+    for backend in BACKENDS:
+        if name == backend:
+            return backend
+    raise InvalidInput(f"backend {name!r}: expected one of {', '.join(BACKENDS)}")
+
+
+def backend_for(name: Backend, *, endpoint: str, store_uri: str | None = None,
+                sagemaker: SageMakerOptions | None = None, region: str | None = None,
                 aws: ClientFactory | None = None) -> DeployBackend:
     """The backend called ``name`` for ``endpoint``: the one place a backend name is read.
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from infra.records import endpoint as record
-from infra.errors import UserError
+from infra.errors import InvalidInput, UserError
+from infra.jsontypes import JsonObject
+from infra.records.endpoint import EnsembleLine, VersionLine
 from infra.records.manifest import Manifest
 from infra.store.objects import ObjectNotFound, open_store
 from tasks.deploy.publish import versioned_target
-from tasks.deploy.publish import Published, model_data_url, read_ledger, restore_previous, write_ledger
+from tasks.deploy.publish import Published, model_data_url, read_ledger, rollback_object, write_ledger
 from tasks.deploy.records import Ledger, LedgerEntry
 
 DELETED, MISSING, LEFT, INFO = "deleted", "missing", "left", "info"
@@ -69,25 +70,35 @@ def check_targets(manifests: list[Manifest], backend: str, *, allow_mismatch: bo
 
 def restore_objects(published: list[Published], models_url: str, error: BaseException) -> list[str]:
     """Put back what each publish replaced (or delete what was new): the rollback's store part."""
-    return [f"{pub.ensemble}: deploy failed ({error}); object {restore_previous(pub, models_url)}"
+    return [f"{pub.ensemble}: deploy failed ({error}); object {rollback_object(pub, models_url)}"
             for pub in published]
 
 
-def delete_object(ensemble: str, entry: dict[str, Any], unloaded: str = "") -> Step:
-    """Delete the object of ``entry`` if it still has the digest we published (or the one it
-    replaced, while a deploy was in flight); someone else's upload under the name is left."""
-    store, _ = open_store(entry["model_data_url"])
+def delete_object(ensemble: str, version: VersionLine, unloaded: str = "", *,
+                  replaced_sha256: str | None = None) -> Step:
+    """Delete the object of ``version`` if it still has the digest we published (or
+    ``replaced_sha256``, the one it replaced while a deploy was in flight); someone else's
+    upload under the name is left."""
+    store, _ = open_store(_models_url(version))
     try:
-        current = store.head(entry["key"])
+        current = store.head(version.key)
     except ObjectNotFound:
         current = None
-    ours = {entry["sha256"], (entry.get("previous") or {}).get("sha256")}
+    ours = {version.sha256, replaced_sha256}
     if current is None:
-        return Step(MISSING, f"{ensemble}: {unloaded}object {entry['uri']} already gone")
+        return Step(MISSING, f"{ensemble}: {unloaded}object {version.uri} already gone")
     if current.sha256 not in ours:
-        return Step(LEFT, f"{ensemble}: object {entry['uri']} was replaced by someone else; left in place")
-    store.delete(entry["key"])
-    return Step(DELETED, f"{ensemble}: {unloaded}deleted {entry['uri']}")
+        return Step(LEFT, f"{ensemble}: object {version.uri} was replaced by someone else; left in place")
+    store.delete(version.key)
+    return Step(DELETED, f"{ensemble}: {unloaded}deleted {version.uri}")
+
+
+def _models_url(version: VersionLine) -> str:
+    """Where ``version`` was published (every line a deploy wrote says so)."""
+    if version.model_data_url is None:
+        raise InvalidInput(f"version {version.target_model} names no model_data_url: its record "
+                           f"or ledger line was edited by hand")
+    return version.model_data_url
 
 
 def missing_entry(endpoint: str, ensemble: str) -> Step:
@@ -96,14 +107,17 @@ def missing_entry(endpoint: str, ensemble: str) -> Step:
 
 
 def write_deploy_ledger(store_uri: str, endpoint: str, models_url: str,
-                        published: list[Published], **extra: Any) -> None:
-    """Add what this deploy published to the store's ledger (``extra``: backend, region, plan);
-    what served before joins the entry's kept versions, as in the endpoint record (a retire
-    or gc from another machine reads the ledger, and must know every object that is ours)."""
+                        published: list[Published], *, backend: str | None = None,
+                        region: str | None = None, plan: JsonObject | None = None) -> None:
+    """Add what this deploy published to the store's ledger (and, when given, the backend,
+    region and endpoint plan); what served before joins the entry's kept versions, as in the
+    endpoint record (a retire or gc from another machine reads the ledger, and must know every
+    object that is ours)."""
     ledger = read_ledger(store_uri, endpoint)
     ledger.model_data_url = models_url
-    for key, value in extra.items():
-        setattr(ledger, key, value)
+    ledger.backend = backend or ledger.backend
+    ledger.region = region or ledger.region
+    ledger.plan = plan or ledger.plan
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     for pub in published:
         before = ledger.ensembles.get(pub.ensemble)
@@ -114,10 +128,9 @@ def write_deploy_ledger(store_uri: str, endpoint: str, models_url: str,
     write_ledger(store_uri, endpoint, ledger)
 
 
-def _ledger_line(entry: LedgerEntry, ledger: Ledger) -> dict[str, Any]:
-    """A ledger entry as a record line (an old entry without its own prefix: the ledger's)."""
-    return {**entry.model_dump(exclude_none=True),
-            "model_data_url": entry.model_data_url or ledger.model_data_url}
+def _ledger_line(entry: LedgerEntry, ledger: Ledger) -> LedgerEntry:
+    """A ledger entry with its prefix (an old entry without its own: the ledger's)."""
+    return entry.model_copy(update={"model_data_url": entry.model_data_url or ledger.model_data_url})
 
 
 def settle(endpoint: str, manifests: list[Manifest], *, deployed: bool) -> None:
@@ -160,32 +173,32 @@ def is_versioned(target_model: str, sha256: str) -> bool:
     return target_model.endswith(f"-{sha256[:12]}.tar.gz")
 
 
-def past_keep(kept: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
+def past_keep(kept: list[VersionLine], keep: int) -> list[VersionLine]:
     """The kept versions to delete: every unversioned one (an older deploy's
     ``<ensemble>.tar.gz``, whose name may still serve stale bytes) and the versioned ones past
     the newest ``keep``."""
-    versioned = [v for v in kept if is_versioned(v["target_model"], v["sha256"])]
+    versioned = [v for v in kept if is_versioned(v.target_model, v.sha256)]
     return [v for v in kept if v not in versioned] + versioned[keep:]
 
 
-def _why(version: dict[str, Any], keep: int) -> str:
-    if not is_versioned(version["target_model"], version["sha256"]):
+def _why(version: VersionLine, keep: int) -> str:
+    if not is_versioned(version.target_model, version.sha256):
         return "unversioned, from an older deploy"
     return f"older than the {keep} kept version{'s' if keep != 1 else ''}"
 
 
 def prune_actions(endpoint: str, store_uri: str, manifests: list[Manifest], keep: int) -> list[str]:
     """What pruning would delete after validation (for --dry-run), per the endpoint record."""
-    entries = (record.read_record(endpoint) or {}).get("ensembles", {})
+    entries = _entries(endpoint)
     _, prefix = open_store(model_data_url(store_uri, endpoint))
     lines = []
     for m in manifests:
         before = entries.get(m.ensemble)
-        if before is not None and before.get("state") == "publishing":
-            before = before.get("previous")
+        if before is not None and before.state == "publishing":
+            before = before.previous
         key = f"{prefix}/{m.target_model}" if prefix else m.target_model
         for v in past_keep(record.kept_after(before, key), keep):
-            lines.append(f"s3.DeleteObject {v['uri']} (after validation: {_why(v, keep)})")
+            lines.append(f"s3.DeleteObject {v.uri} (after validation: {_why(v, keep)})")
     return lines
 
 
@@ -196,49 +209,62 @@ def prune_versions(endpoint: str, store_uri: str, names: list[str], keep: int,
     the record and the ledger. The current version of the record or the ledger is never
     touched. A delete that raises leaves the version listed: the next deploy or a retire tries
     again. ``unload``: called with each deleted TargetModel (the local endpoint frees it)."""
-    entries = (record.read_record(endpoint) or {}).get("ensembles", {})
+    entries = _entries(endpoint)
     ledger = read_ledger(store_uri, endpoint)
     steps: list[Step] = []
     for name in names:
         rec, led = entries.get(name), ledger.ensembles.get(name)
-        current = {(rec or {}).get("key"), None if led is None else led.key}
-        kept = _union((rec or {}).get("kept_versions") or [], [] if led is None else [
-            {"model_data_url": led.model_data_url or ledger.model_data_url, **v}
+        current = {None if rec is None else rec.key, None if led is None else led.key}
+        kept = _union([] if rec is None else rec.kept_versions or [], [] if led is None else [
+            _with_models_url(v, led.model_data_url or ledger.model_data_url)
             for v in led.kept_versions or []])
         gone = set()
-        for v in past_keep([v for v in kept if v["key"] not in current], keep):
+        for v in past_keep([v for v in kept if v.key not in current], keep):
             step = delete_object(name, v)
             if unload is not None:
-                unload(v["target_model"])
+                unload(v.target_model)
             steps.append(Step(step.status, f"{step.line} ({_why(v, keep)})"))
-            gone.add(v["key"])
+            gone.add(v.key)
         if gone:
             record.forget_versions(endpoint, name, gone)
         if gone and led is not None and led.kept_versions:
-            led.kept_versions = [v for v in led.kept_versions if v["key"] not in gone] or None
+            led.kept_versions = [v for v in led.kept_versions if v.key not in gone] or None
     if steps:
         write_ledger(store_uri, endpoint, ledger)
     return steps
 
 
-def _union(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _entries(endpoint: str) -> dict[str, EnsembleLine]:
+    rec = record.read_record(endpoint)
+    return {} if rec is None else rec.ensembles
+
+
+def _with_models_url(version: VersionLine, models_url: str | None) -> VersionLine:
+    """``version`` with where it was published (its own, else ``models_url``)."""
+    if version.model_data_url is not None:
+        return version
+    return version.model_copy(update={"model_data_url": models_url})
+
+
+def _union(first: list[VersionLine], second: list[VersionLine]) -> list[VersionLine]:
     """``first``, then the lines of ``second`` whose object it does not list."""
-    keys = {v["key"] for v in first}
-    return [*first, *(v for v in second if v["key"] not in keys)]
+    keys = {v.key for v in first}
+    return [*first, *(v for v in second if v.key not in keys)]
 
 
-def other_versions(entry: dict[str, Any]) -> list[dict[str, Any]]:
+def other_versions(entry: EnsembleLine) -> list[VersionLine]:
     """Every version of ``entry`` besides its current one: the kept ones, and (a deploy that
     died before it settled) the one it was replacing and that one's kept versions."""
-    return _union(entry.get("kept_versions") or [], record.kept_after(entry.get("previous"), entry["key"]))
+    return _union(entry.kept_versions or [], record.kept_after(entry.previous, entry.key))
 
 
-def delete_versions(ensemble: str, entry: dict[str, Any], unloaded: str = "") -> Step:
+def delete_versions(ensemble: str, entry: EnsembleLine, unloaded: str = "") -> Step:
     """Retire one ensemble: delete its current object and every other version's (each only
     while it has our digest). One step: ``left`` if any object was left, else ``deleted`` if
     any was deleted, else ``missing``."""
-    steps = [delete_object(ensemble, entry, unloaded)] + [
-        delete_object(ensemble, {"model_data_url": entry["model_data_url"], **v})
-        for v in other_versions(entry) if v["key"] != entry["key"]]
+    replaced = None if entry.previous is None else entry.previous.sha256
+    steps = [delete_object(ensemble, record.version_line(entry), unloaded, replaced_sha256=replaced)] + [
+        delete_object(ensemble, _with_models_url(v, entry.model_data_url))
+        for v in other_versions(entry) if v.key != entry.key]
     status = next((s for s in (LEFT, DELETED) if any(x.status == s for x in steps)), MISSING)
     return Step(status, "; ".join(s.line for s in steps))

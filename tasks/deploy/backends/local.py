@@ -14,7 +14,6 @@ import shutil
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -22,6 +21,9 @@ from infra.records import endpoint as record
 from infra import paths
 from infra.endpoint.process import StopOutcome, find_running, start_background, stop
 from infra.endpoint.client import LocalEndpointClient
+from ensembles.spec import Target
+from infra.jsontypes import JsonObject
+from infra.records.endpoint import EnsembleLine
 from infra.records.manifest import Manifest
 from tasks.deploy.backends.base import (
     DELETED,
@@ -37,7 +39,7 @@ from tasks.deploy.backends.base import (
     write_deploy_ledger,
 )
 from tasks.deploy.publish import Published, model_data_url, publish_artifact
-from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult
+from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult, EndpointHandle, ValidationReport
 from tasks.deploy.validate import direct_triton_latency, validate_deployed
 
 
@@ -45,7 +47,7 @@ class LocalBackend:
     """:class:`~tasks.deploy.backends.DeployBackend` on this machine."""
 
     name = "local"
-    default_target = "local-cpu"
+    default_target: Target = "local-cpu"
 
     def __init__(self, endpoint: str, store_uri: str | None = None) -> None:
         self.endpoint = endpoint
@@ -69,33 +71,35 @@ class LocalBackend:
     def publish(self, manifest: Manifest, backup_dir: Path) -> Published:
         return publish_artifact(manifest, self.models_url, backup_dir)
 
-    def ensure_endpoint(self) -> dict[str, Any]:
-        return asdict(start_background(self.endpoint, self.models_url))
+    def ensure_endpoint(self) -> EndpointHandle:
+        info = start_background(self.endpoint, self.models_url)
+        return EndpointHandle(url=info.url, triton_url=info.triton_url, info=asdict(info))
 
-    def activate(self, handle: dict[str, Any], published: list[Published]) -> None:
+    def activate(self, handle: EndpointHandle, published: list[Published]) -> None:
         """A replaced object must not keep serving from memory: unload it so it reloads."""
-        client = LocalEndpointClient(handle["url"])
+        client = LocalEndpointClient(handle.url)
         for pub in published:
             if pub.uploaded:
                 client.unload(pub.target_model)
 
-    def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
-        result = validate_deployed(handle["url"], self.endpoint, manifest, warm_invocations=warm)
+    def validate(self, handle: EndpointHandle, manifest: Manifest, warm: int) -> ValidationReport:
+        result = validate_deployed(handle.url, self.endpoint, manifest, warm_invocations=warm)
         try:  # informative only: what the same request costs straight to Triton
-            internal = LocalEndpointClient(handle["url"]).internal_name(manifest.target_model)
+            internal = LocalEndpointClient(handle.url).internal_name(manifest.target_model)
             if internal is None:
                 raise LookupError(f"{manifest.target_model} is not loaded")
-            result["direct_triton_latency_ms"] = direct_triton_latency(
-                handle["triton_url"], internal, manifest, n=warm)
+            if handle.triton_url is None:
+                raise LookupError(f"endpoint {self.endpoint} names no Triton URL")
+            direct = direct_triton_latency(handle.triton_url, internal, manifest, n=warm)
         except (httpx.HTTPError, LookupError, KeyError) as e:
-            result["direct_triton_error"] = str(e)
-        return result
+            return result.model_copy(update={"direct_triton_error": str(e)})
+        return result.model_copy(update={"direct_triton_latency_ms": direct})
 
-    def rollback(self, handle: dict[str, Any] | None, published: list[Published],
+    def rollback(self, handle: EndpointHandle | None, published: list[Published],
                  error: BaseException) -> list[str]:
         lines = restore_objects(published, self.models_url, error)
         if handle is not None:  # unload what failed; the next request loads the restored object
-            client = LocalEndpointClient(handle["url"], timeout=60)
+            client = LocalEndpointClient(handle.url, timeout=60)
             for pub in published:
                 try:
                     client.unload(pub.target_model, check=False)
@@ -103,30 +107,30 @@ class LocalBackend:
                     pass
         return lines
 
-    def finish(self, handle: dict[str, Any], manifests: list[Manifest], published: list[Published],
+    def finish(self, handle: EndpointHandle, manifests: list[Manifest], published: list[Published],
                entries: list[DeployedEnsemble]) -> DeployResult:
         settle(self.endpoint, manifests, deployed=True)
         write_deploy_ledger(self.store_uri, self.endpoint, self.models_url, published)
-        return DeployResult(endpoint=self.endpoint, url=handle["url"], model_data_url=self.models_url,
-                            ensembles=entries, endpoint_info=handle)
+        return DeployResult(endpoint=self.endpoint, url=handle.url, model_data_url=self.models_url,
+                            ensembles=entries, endpoint_info=handle.info)
 
-    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
-        client = LocalEndpointClient(handle["url"], timeout=60)
+    def prune(self, handle: EndpointHandle, manifests: list[Manifest], keep: int) -> list[Step]:
+        client = LocalEndpointClient(handle.url, timeout=60)
         return prune_versions(self.endpoint, self.store_uri, [m.ensemble for m in manifests], keep,
                               unload=lambda target: client.unload(target, check=False))
 
-    def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
+    def retire_ensemble(self, ensemble: str, entry: EnsembleLine | None) -> Step:
         if entry is None:
             return missing_entry(self.endpoint, ensemble)
         running = find_running(self.endpoint)
         if running:
             client = LocalEndpointClient(running.url)
-            client.unload(entry["target_model"])
+            client.unload(entry.target_model)
             for kept in other_versions(entry):  # loaded if a client still used it
-                client.unload(kept["target_model"], check=False)
+                client.unload(kept.target_model, check=False)
         return delete_versions(ensemble, entry, "unloaded; " if running else "")
 
-    def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
+    def retire_endpoint(self, plan_doc: JsonObject | None) -> list[Step]:
         outcome = stop(self.endpoint)
         was_running = outcome is StopOutcome.STOPPED
         cache = paths.endpoint_dir(self.endpoint) / "cache"

@@ -18,10 +18,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, TypeAdapter, field_validator
 
 from infra.records import endpoint as record
 from infra.aws import sagemaker as sm
@@ -30,6 +29,9 @@ from infra.aws.clients import AwsClients, ClientFactory, aws_clients
 from infra.aws.errors import describe as aws_describe
 from infra.aws.errors import one_line
 from infra.errors import InvalidInput
+from ensembles.spec import Target
+from infra.jsontypes import JsonObject
+from infra.records.endpoint import EnsembleLine
 from infra.records.manifest import Manifest
 from infra.store.objects import S3Store, open_store
 from infra.aws.triton_container import triton_environment
@@ -50,7 +52,7 @@ from tasks.deploy.backends.base import (
     write_deploy_ledger,
 )
 from tasks.deploy.publish import Published, model_data_url, publish_artifact
-from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult
+from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult, EndpointHandle, ValidationReport
 from tasks.deploy.validate import LoadWait, validate_deployed
 
 Log = Callable[[str], None]
@@ -95,7 +97,7 @@ class SageMakerOptions(BaseModel):
     load_wait_s: float = Field(
         default=360.0, gt=0, description="validation retries 429 ModelNotReadyException for this "
                                          "long per model (SageMaker's load limit)")
-    clients: Any = Field(
+    clients: ClientFactory | None = Field(
         default=None, exclude=True,
         description="how AWS clients are made: an infra.aws.clients.ClientFactory (region, runtime_url) "
                     "-> AwsClients; None: boto3's default chain. Tests pass moto-bound ones; "
@@ -163,8 +165,15 @@ def make_plan(endpoint: str, store_uri: str, opts: SageMakerOptions) -> sm.Endpo
                        inference_ami_version=opts.inference_ami_version, tags=opts.tags, **autoscaling)
 
 
-def plan_to_json(plan: sm.EndpointPlan) -> dict[str, Any]:
+def plan_to_json(plan: sm.EndpointPlan) -> JsonObject:
+    """The plan as the endpoint record and the ledger keep it (its constructor's fields), for
+    a retire from any machine to find what it named."""
     return {f.name: getattr(plan, f.name) for f in dataclasses.fields(plan) if f.init}
+
+
+def plan_from_json(doc: JsonObject) -> sm.EndpointPlan:
+    """A plan :func:`plan_to_json` wrote, as the plan again (its fields checked)."""
+    return TypeAdapter(sm.EndpointPlan).validate_python(doc)
 
 
 def current_state(clients: AwsClients, plan: sm.EndpointPlan, log: Log) -> sm.DeployState:
@@ -184,7 +193,7 @@ class SageMakerBackend:
     on first use: a plan that is refused never makes one)."""
 
     name = "sagemaker"
-    default_target = "sagemaker-gpu"
+    default_target: Target = "sagemaker-gpu"
 
     def __init__(self, endpoint: str, store_uri: str, opts: SageMakerOptions, *,
                  aws: ClientFactory | None = None, log: Log | None = None) -> None:
@@ -240,7 +249,7 @@ class SageMakerBackend:
     def publish(self, manifest: Manifest, backup_dir: Path) -> Published:
         return publish_artifact(manifest, self.models_url, backup_dir)
 
-    def ensure_endpoint(self) -> dict[str, Any]:
+    def ensure_endpoint(self) -> EndpointHandle:
         """Bring the endpoint to the plan. The calls are re-planned from what AWS has now, so
         a retry after a transient failure does not repeat a create that succeeded."""
         plan = self.endpoint_plan
@@ -249,9 +258,9 @@ class SageMakerBackend:
             apply_recorded(calls, self.clients, self.endpoint, self.opts, self.attempted, self.log)
         else:
             self.log(f"endpoint {self.endpoint} already matches the plan: no control-plane call needed")
-        return {"url": f"sagemaker://{self.opts.region}/{self.endpoint}"}
+        return EndpointHandle(url=f"sagemaker://{self.opts.region}/{self.endpoint}")
 
-    def activate(self, handle: dict[str, Any], published: list[Published]) -> None:
+    def activate(self, handle: EndpointHandle, published: list[Published]) -> None:
         """Nothing to call: SageMaker loads the object on the first request for it. Said when
         an object was replaced under an endpoint that may have loaded the old one."""
         for pub in published:
@@ -260,51 +269,51 @@ class SageMakerBackend:
                          f"replaced in place; instances that already loaded it keep those until "
                          f"SageMaker unloads it")
 
-    def validate(self, handle: dict[str, Any], manifest: Manifest, warm: int) -> dict[str, Any]:
+    def validate(self, handle: EndpointHandle, manifest: Manifest, warm: int) -> ValidationReport:
         return validate_deployed(None, self.endpoint, manifest, warm_invocations=warm,
                                  runtime_client=self.clients.runtime,
                                  load_wait=LoadWait(limit_s=self.opts.load_wait_s))
 
-    def rollback(self, handle: dict[str, Any] | None, published: list[Published],
+    def rollback(self, handle: EndpointHandle | None, published: list[Published],
                  error: BaseException) -> list[str]:
         self.log(f"deploy of {self.endpoint} failed: {error}")
         roll_back(self.clients, self.endpoint_plan, self.before, self.attempted, self.opts, self.log)
         return restore_objects(published, self.models_url, error)
 
-    def finish(self, handle: dict[str, Any], manifests: list[Manifest], published: list[Published],
+    def finish(self, handle: EndpointHandle, manifests: list[Manifest], published: list[Published],
                entries: list[DeployedEnsemble]) -> DeployResult:
         plan = self.endpoint_plan
         settle(self.endpoint, manifests, deployed=True)
         write_deploy_ledger(self.store_uri, self.endpoint, plan.model_data_url.rstrip("/"), published,
                             backend="sagemaker", region=self.opts.region, plan=plan_to_json(plan))
         return DeployResult(
-            endpoint=self.endpoint, url=handle["url"], model_data_url=plan.model_data_url,
+            endpoint=self.endpoint, url=handle.url, model_data_url=plan.model_data_url,
             image=plan.image_uri, endpoint_config=plan.endpoint_config_name,
             hourly_cost_usd=plan.hourly_cost(), ensembles=entries, plan=plan_to_json(plan),
             calls=[f"{c.service}.{c.operation}" for c in self.attempted])
 
-    def _record_defaults(self) -> dict[str, Any]:
+    def _record_defaults(self) -> dict[str, record.RecordDefault]:
         """What the endpoint record says about a SageMaker endpoint besides its resources."""
         plan = self.endpoint_plan
         return {"backend": "sagemaker", "store_uri": self.store_uri, "region": self.opts.region,
                 "model_data_url": plan.model_data_url, "plan": plan_to_json(plan)}
 
-    def prune(self, handle: dict[str, Any], manifests: list[Manifest], keep: int) -> list[Step]:
+    def prune(self, handle: EndpointHandle, manifests: list[Manifest], keep: int) -> list[Step]:
         # nothing to unload: SageMaker unloads an idle model on its own (the pruned versions
         # are ones no client is told to invoke any more)
         return prune_versions(self.endpoint, self.store_uri, [m.ensemble for m in manifests], keep)
 
-    def retire_ensemble(self, ensemble: str, entry: dict[str, Any] | None) -> Step:
+    def retire_ensemble(self, ensemble: str, entry: EnsembleLine | None) -> Step:
         # (a deleted object stays loaded on instances that have it until SageMaker unloads
         # it; requests for it fail once it is unloaded)
         return missing_entry(self.endpoint, ensemble) if entry is None else delete_versions(ensemble, entry)
 
-    def retire_endpoint(self, plan_doc: dict[str, Any] | None) -> list[Step]:
+    def retire_endpoint(self, plan_doc: JsonObject | None) -> list[Step]:
         """Delete the endpoint and every config, model, scaling policy and scalable target of
         it that we own: those in the endpoint record, those a plan names, those found by name."""
         names: dict[str, list[str]] = {}
         if plan_doc:
-            plan = sm.EndpointPlan(**plan_doc)
+            plan = plan_from_json(plan_doc)
             names = {"model": [plan.model_name], "endpoint_config": [plan.endpoint_config_name]}
         outcomes = _delete(self.clients, self.endpoint, names, discover=True, log=self.log)
         status = {cleanup.DELETED: DELETED, cleanup.MISSING: MISSING}
@@ -355,8 +364,8 @@ def roll_back(clients: AwsClients, plan: sm.EndpointPlan, state: sm.DeployState,
     endpoint = plan.endpoint_name
     if not attempted:
         return
-    made = {"model": [c.params["ModelName"] for c in attempted if c.operation == "create_model"],
-            "endpoint_config": [c.params["EndpointConfigName"] for c in attempted
+    made = {"model": [str(c.params["ModelName"]) for c in attempted if c.operation == "create_model"],
+            "endpoint_config": [str(c.params["EndpointConfigName"]) for c in attempted
                                 if c.operation == "create_endpoint_config"]}
     try:
         if state.endpoint_status is None:  # brand-new: delete it and all of ours around it
@@ -386,9 +395,10 @@ def _delete(clients: AwsClients, endpoint: str, names: dict[str, list[str]], *,
     """Delete owned resources of ``endpoint`` (record + ``names`` + discovery), keeping the
     endpoint record in step: each deleted resource leaves it at once."""
     sm_client, aas = clients.sagemaker, clients.autoscaling
-    doc = record.read_record(endpoint) or {"resources": []}
-    resources = doc["resources"] if discover else [
-        r for r in doc["resources"] if r["name"] in {n for ns in names.values() for n in ns}]
+    rec = record.read_record(endpoint)
+    recorded = [] if rec is None else rec.resources
+    resources = recorded if discover else [
+        r for r in recorded if r.name in {n for ns in names.values() for n in ns}]
     try:
         seen = cleanup.gather(sm_client, aas, endpoint, resources, names=names, discover=discover)
     except ClientError as e:
