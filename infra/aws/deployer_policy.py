@@ -33,9 +33,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from infra.errors import InvalidInput
+from infra.jsontypes import JsonObject, JsonValue
 from infra.aws.iam import POLICY_VERSION, _check_literal, _checked_target, _statement, partition
 from infra.aws.sagemaker import _NAME_RE, _derived_name
 
@@ -83,7 +83,7 @@ def check_kms_key_arn(arn: str) -> str:
 
 def deployer_policy(bucket: str, store_prefix: str, *, region: str, account_id: str,
                     endpoint_name: str, execution_role_arn: str,
-                    kms_key_arns: Sequence[str] = ()) -> dict[str, Any]:
+                    kms_key_arns: Sequence[str] = ()) -> JsonObject:
     """The deployer's identity policy for one endpoint (see the module docstring for why each
     statement is there). ``store_prefix`` is the ``--store`` prefix (``s3://bucket/<prefix>``)."""
     prefix = _checked_target(bucket, store_prefix, region, account_id)
@@ -117,7 +117,7 @@ def _name_prefix(endpoint: str, kind: str) -> str:
     return _derived_name(endpoint, kind, "0" * 8)[:-8]
 
 
-def _sagemaker_statements(part: str, region: str, account_id: str, endpoint: str) -> list[dict[str, Any]]:
+def _sagemaker_statements(part: str, region: str, account_id: str, endpoint: str) -> list[JsonValue]:
     """Models, configs and the endpoint of this endpoint only; ListEndpointConfigs on '*'."""
     if not _NAME_RE.match(endpoint or ""):
         raise InvalidInput(f"--endpoint {endpoint!r}: not a SageMaker endpoint name (1-63 letters, "
@@ -134,12 +134,12 @@ def _sagemaker_statements(part: str, region: str, account_id: str, endpoint: str
     ]
 
 
-def _autoscaling_statements(part: str, region: str, account_id: str) -> list[dict[str, Any]]:
+def _autoscaling_statements(part: str, region: str, account_id: str) -> list[JsonValue]:
     """Scaling of SageMaker variants: reads on '*' (no resource-level form), writes on '*' held to
     SageMaker variant counts by condition keys, target-tracking alarms by name (AWS names them
     ``TargetTracking-...``, as its own service-linked role policy scopes them), and the
     service-linked role Application Auto Scaling creates on first use."""
-    scoped = {"StringEquals": {"application-autoscaling:service-namespace": "sagemaker",
+    scoped: JsonObject = {"StringEquals": {"application-autoscaling:service-namespace": "sagemaker",
                                "application-autoscaling:scalable-dimension": SCALABLE_DIMENSION}}
     alarms = f"arn:{part}:cloudwatch:{region}:{account_id}:alarm:TargetTracking*"
     role = (f"arn:{part}:iam::{account_id}:role/aws-service-role/{AUTOSCALING_PRINCIPAL}/"
@@ -153,7 +153,7 @@ def _autoscaling_statements(part: str, region: str, account_id: str) -> list[dic
     ]
 
 
-def _store_statements(part: str, bucket: str, prefix: str) -> list[dict[str, Any]]:
+def _store_statements(part: str, bucket: str, prefix: str) -> list[JsonValue]:
     """Objects under the store prefix, listing only that prefix, and the bucket's region."""
     return [
         _statement("StoreObjects", OBJECT_ACTIONS, [f"arn:{part}:s3:::{bucket}/{prefix}/*"]),

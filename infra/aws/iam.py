@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from infra.errors import InvalidInput
+from infra.jsontypes import JsonObject, JsonValue
 from infra.aws.sagemaker import (
     TRITON_DLC_ACCOUNTS,
     TRITON_LEGACY_ACCOUNTS,
@@ -76,7 +76,7 @@ def endpoint_execution_policy(
     log_group_prefix: str = "/aws/sagemaker/Endpoints",
     endpoint_name: str | None = None,
     kms_key_arns: Sequence[str] = (),
-) -> dict[str, Any]:
+) -> JsonObject:
     """Identity policy for the endpoint's execution role, granting only what an MME needs.
 
     - ``s3:GetObject`` on ``bucket/model_prefix/*`` and ``s3:ListBucket`` on the bucket
@@ -141,15 +141,16 @@ def _log_group_arn(part: str, region: str, account_id: str, log_group_prefix: st
 
 
 def _statement(sid: str, actions: list[str], resource: str | list[str],
-               condition: dict[str, Any] | None = None) -> dict[str, Any]:
+               condition: JsonObject | None = None) -> JsonObject:
     """One ``Allow`` statement (with its ``Condition`` when given)."""
-    out: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resource}
+    out: JsonObject = {"Sid": sid, "Effect": "Allow", "Action": [*actions],
+                       "Resource": resource if isinstance(resource, str) else [*resource]}
     if condition is not None:
         out["Condition"] = condition
     return out
 
 
-def _model_read_statements(part: str, bucket: str, prefix: str) -> list[dict[str, Any]]:
+def _model_read_statements(part: str, bucket: str, prefix: str) -> list[JsonValue]:
     """Read the objects under ``prefix/`` and list only that prefix (the trailing '/' keeps
     ``models/ep`` from reaching ``models/ep2``)."""
     return [
@@ -159,7 +160,7 @@ def _model_read_statements(part: str, bucket: str, prefix: str) -> list[dict[str
     ]
 
 
-def _image_pull_statements(repos: list[str]) -> list[dict[str, Any]]:
+def _image_pull_statements(repos: list[str]) -> list[JsonValue]:
     """ECR pull: the auth token (no resource-level form, hence ``*``) and the layer/image reads
     on ``repos`` only."""
     return [
@@ -169,19 +170,19 @@ def _image_pull_statements(repos: list[str]) -> list[dict[str, Any]]:
     ]
 
 
-def _logs_statement(log_group_arn: str) -> dict[str, Any]:
+def _logs_statement(log_group_arn: str) -> JsonObject:
     return _statement("EndpointLogs", ["logs:CreateLogGroup", "logs:CreateLogStream",
                                        "logs:DescribeLogStreams", "logs:PutLogEvents"],
                       [log_group_arn, f"{log_group_arn}:log-stream:*"])
 
 
-def _metrics_statement() -> dict[str, Any]:
+def _metrics_statement() -> JsonObject:
     """PutMetricData has no resource-level form; the namespace is the limit."""
     return _statement("EndpointMetrics", ["cloudwatch:PutMetricData"], "*",
                       {"StringEquals": {"cloudwatch:namespace": ENDPOINT_METRICS_NAMESPACE}})
 
 
-def trust_policy() -> dict[str, Any]:
+def trust_policy() -> JsonObject:
     """Trust policy letting SageMaker (and only SageMaker) assume the execution role."""
     return {
         "Version": POLICY_VERSION,
