@@ -36,7 +36,7 @@ def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float
     create_markdown_artifact(key="capacity-plan",
                              markdown=report.markdown(result, footprints, rates, price_line, chart_paths))
     create_table_artifact(key="capacity-plan-table", table=report.plan_rows(result))
-    return summary(result) | {"variants": len(variants), "stale_manifests_skipped": stale,
-                              "footprints": report.estimate_lines(footprints),
-                              "plan_file": str(written), "prices": price_line,
-                              "charts": {k: str(v) for k, v in chart_paths.items()}}
+    return summary(result).model_dump() | {
+        "variants": len(variants), "stale_manifests_skipped": stale,
+        "footprints": report.estimate_lines(footprints), "plan_file": str(written), "prices": price_line,
+        "charts": {k: str(v) for k, v in chart_paths.items()}}

@@ -90,7 +90,7 @@ def test_charts_are_png_files(tmp_path: Path) -> None:
     a = charts.cost_vs_p99([{"label": "1x2 g4dn", "monthly_usd": 1000.0, "p99_ms": 12.0, "chosen": True},
                             {"label": "1x1 g4dn", "monthly_usd": 500.0, "p99_ms": 2100.0}],
                            baseline_monthly=50_000.0, goal_ms=1000.0, path=tmp_path / "a.png")
-    b = charts.hit_vs_memory([{"memory_gib": m, "warm_hit_ratio": h, "source": s}
+    b = charts.hit_vs_memory([charts.HitPoint(memory_gib=m, warm_hit_ratio=h, source=s)
                               for m, h, s in [(10, 0.5, "che"), (20, 0.8, "che"), (20, 0.79, "simulated")]],
                              tmp_path / "b.png")
     for path in (a, b):

@@ -34,9 +34,9 @@ def test_seed_arithmetic_two_ensembles_on_one_g4dn_4xlarge() -> None:
     result = make_plan([row], _fleet(2), traffic, Goal(p99_ms=1000.0), "us-east-1", SMALL)
     chosen = result.chosen.candidate
     assert (chosen.instance_type, chosen.count, chosen.shards) == ("ml.g4dn.4xlarge", 1, 1)
-    assert result.baseline["instances"] == {"ml.g4dn.4xlarge": 2}
-    saved_per_year = (result.baseline["hourly_usd"] - chosen.hourly_usd) * 8760
-    assert chosen.hourly_usd / result.baseline["hourly_usd"] == pytest.approx(0.5)
+    assert result.baseline.instances == {"ml.g4dn.4xlarge": 2}
+    saved_per_year = (result.baseline.hourly_usd - chosen.hourly_usd) * 8760
+    assert chosen.hourly_usd / result.baseline.hourly_usd == pytest.approx(0.5)
     assert saved_per_year == pytest.approx(row.hourly("us-east-1") * 8760)
     assert 12_500 < saved_per_year < 13_500  # 1.505 $/h x 8760 h = $13,184
 
@@ -83,8 +83,8 @@ def test_ten_thousand_variants_are_planned() -> None:
         assert abs(fig["warm_hit_ratio"] - e.screen["che_hit_ratio"]) <= 0.02
     c = result.chosen.candidate
     assert c.count * c.shards <= opts.max_instances
-    assert result.baseline["endpoints"] == 10_000
-    assert result.chosen.candidate.hourly_usd < 0.1 * result.baseline["hourly_usd"]
+    assert result.baseline.endpoints == 10_000
+    assert result.chosen.candidate.hourly_usd < 0.1 * result.baseline.hourly_usd
 
 
 def _big_fleet(n: int = 900) -> tuple[list, object]:
@@ -139,8 +139,8 @@ def test_thousand_variant_target_is_within_ten_percent_of_per_variant_endpoints(
     types, _ = candidate_types(CAT, "us-east-1", needs_gpu=True)
     traffic = zipf([f"v{i}" for i in range(1000)], 1.1, 20.0, seed=0)
     result = make_plan(types, _fleet(1000), traffic, Goal(1000.0), "us-east-1")
-    assert result.chosen.candidate.hourly_usd <= 0.10 * result.baseline["hourly_usd"]
-    assert result.one_instance is not None and not Goal(1000.0).met_by(result.one_instance["figures"])
+    assert result.chosen.candidate.hourly_usd <= 0.10 * result.baseline.hourly_usd
+    assert result.one_instance is not None and not Goal(1000.0).met_by(result.one_instance.figures)
 
 
 def test_catalog_is_the_one_source_of_truth() -> None:

@@ -4,8 +4,9 @@ warm-hit ratio vs memory per instance."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 
 def _pyplot() -> Any:
@@ -43,14 +44,25 @@ def cost_vs_p99(points: list[dict[str, Any]], baseline_monthly: float, goal_ms: 
     return path
 
 
-def hit_vs_memory(points: list[dict[str, Any]], path: Path) -> Path:
-    """``points``: {memory_gib (per endpoint), warm_hit_ratio, source}; one line per source
-    (``simulated`` and ``che``: the screen's approximation beside what the simulation gave)."""
+@dataclass(frozen=True)
+class HitPoint:
+    """One point of the warm-hit vs memory chart: usable model memory per endpoint (GiB, all
+    its instances), the warm-hit ratio there, and where it came from (Che's approximation or a
+    simulated plan)."""
+
+    memory_gib: float
+    warm_hit_ratio: float
+    source: Literal["che", "simulated"]
+
+
+def hit_vs_memory(points: list[HitPoint], path: Path) -> Path:
+    """One line per source (``simulated`` and ``che``: the screen's approximation beside what
+    the simulation gave)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for source in sorted({p["source"] for p in points}):
-        pts = sorted((p for p in points if p["source"] == source), key=lambda p: p["memory_gib"])
-        ax.plot([p["memory_gib"] for p in pts], [p["warm_hit_ratio"] for p in pts],
+    for source in sorted({p.source for p in points}):
+        pts = sorted((p for p in points if p.source == source), key=lambda p: p.memory_gib)
+        ax.plot([p.memory_gib for p in pts], [p.warm_hit_ratio for p in pts],
                 marker="o" if source == "simulated" else None,
                 linestyle="none" if source == "simulated" else "-", label=source)
     ax.legend(fontsize=8)

@@ -3,24 +3,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from tasks.build.footprints import FORMULAS, MIB, Footprint, estimate_footprint
-from tasks.planning.search import Evaluated, PlanResult, instance_config, slot_sizes
+from tasks.planning.catalog import InstanceType
+from tasks.planning.charts import HitPoint
+from tasks.planning.search import Evaluated, PlanResult, SearchOptions, instance_config, slot_sizes
+from tasks.planning.simulate import FleetArrays
 from tasks.planning.cache_model import che_hit_ratio
 from tasks.planning.traffic import Traffic
 
 
-def plan_rows(result: PlanResult, top: int = 6) -> list[dict[str, Any]]:
+def plan_rows(result: PlanResult, top: int = 6) -> list[dict[str, str]]:
     """The chosen plan first, then the other simulated plans by cost: predicted figures and cost."""
     rows = sorted(result.simulated, key=lambda e: (e is not result.chosen, e.candidate.hourly_usd))[:top]
     return [_row(e, e is result.chosen) for e in rows]
 
 
-def _row(e: Evaluated, chosen: bool) -> dict[str, Any]:
+def _row(e: Evaluated, chosen: bool) -> dict[str, str]:
     f, c = e.figures or {}, e.candidate
     return {"plan": ("* " if chosen else "") + c.label(), "USD/month": f"{c.monthly_usd:,.0f}",
             "meets goal": "yes" if e.meets else "no", "warm hit": f"{f.get('warm_hit_ratio', 0):.4f}",
@@ -29,33 +32,37 @@ def _row(e: Evaluated, chosen: bool) -> dict[str, Any]:
             "util": f"{f.get('utilisation', 0):.3f}", ">60s": f"{f.get('over_60s_share', 0):.4f}"}
 
 
-def footprint_rows(footprints: list[Footprint], limit: int = 10) -> list[dict[str, Any]]:
-    """Distinct footprints (a synthetic fleet has one), at most ``limit`` rows."""
-    seen: dict[str, dict[str, Any]] = {}
+def footprint_rows(footprints: list[Footprint], limit: int = 10) -> list[dict[str, str | int]]:
+    """Distinct footprints (a synthetic fleet has one), at most ``limit`` rows: a footprint's
+    cells and how many ``variants`` have it (table rows, for the markdown artifact)."""
+    seen: dict[str, dict[str, str]] = {}
+    count: dict[str, int] = {}
     for fp in footprints:
         row = fp.summary().cells()
         key = str({k: v for k, v in row.items() if k != "target_model"})
-        seen.setdefault(key, row | {"variants": 0})["variants"] += 1
-    return list(seen.values())[:limit]
+        seen.setdefault(key, row)
+        count[key] = count.get(key, 0) + 1
+    return [{**row, "variants": count[key]} for key, row in list(seen.items())[:limit]]
 
 
-def hit_curve(result: PlanResult, row: Any, fleet: Any, traffic: Traffic, options: Any) -> list[dict[str, Any]]:
+def hit_curve(result: PlanResult, row: InstanceType, fleet: FleetArrays, traffic: Traffic,
+              options: SearchOptions) -> list[HitPoint]:
     """Warm-hit ratio vs memory: Che's curve for the chosen type, and the simulated plans of it."""
     c = result.chosen.candidate
     cfg = instance_config(row, 1, "enabled", options)
     usable = min(cfg.gpu_bytes, cfg.host_bytes) * cfg.usable_fraction / 2 ** 30
     sizes = slot_sizes(fleet, cfg)
     idx = np.arange(0, len(traffic.rates), c.shards)
-    pts = [{"memory_gib": usable * n, "warm_hit_ratio": che_hit_ratio(traffic.peak_rates[idx], sizes[idx], n),
-            "source": "che"} for n in options.counts]
-    pts += [{"memory_gib": usable * e.candidate.count, "warm_hit_ratio": (e.figures or {})["warm_hit_ratio"],
-             "source": "simulated"} for e in result.simulated
+    pts = [HitPoint(memory_gib=usable * n, source="che",
+                    warm_hit_ratio=che_hit_ratio(traffic.peak_rates[idx], sizes[idx], n)) for n in options.counts]
+    pts += [HitPoint(memory_gib=usable * e.candidate.count, source="simulated",
+                     warm_hit_ratio=(e.figures or {})["warm_hit_ratio"]) for e in result.simulated
             if e.candidate.instance_type == c.instance_type and e.candidate.model_cache == "enabled"
             and e.candidate.shards == c.shards]
     return pts
 
 
-def _md_table(rows: list[dict[str, Any]]) -> str:
+def _md_table(rows: Sequence[Mapping[str, object]]) -> str:
     if not rows:
         return "(none)\n"
     head = "| " + " | ".join(rows[0]) + " |\n|" + "---|" * len(rows[0]) + "\n"
@@ -66,18 +73,18 @@ def markdown(result: PlanResult, footprints: list[Footprint], traffic: Traffic, 
              charts: dict[str, Path]) -> str:
     """The Prefect artifact: goal, chosen plan, comparisons, inputs and charts."""
     c, b = result.chosen.candidate, result.baseline
-    share = c.hourly_usd / b["hourly_usd"] if b["hourly_usd"] else float("nan")
+    share = c.hourly_usd / b.hourly_usd if b.hourly_usd else float("nan")
     one = result.one_instance
-    one_line = (f"everything on one {one['candidate'].instance_type}: p99 {one['figures']['p99_ms']:.0f} ms, "
-                f"warm hit {one['figures']['warm_hit_ratio']:.3f}, USD {one['candidate'].monthly_usd:,.0f}/month"
+    one_line = (f"everything on one {one.candidate.instance_type}: p99 {one.figures['p99_ms']:.0f} ms, "
+                f"warm hit {one.figures['warm_hit_ratio']:.3f}, USD {one.candidate.monthly_usd:,.0f}/month"
                 if one else "everything on one instance: no single type holds every model")
     a = result.autoscaling
     return "\n".join([
         f"# Plan: {c.label()}, USD {c.monthly_usd:,.0f}/month ({share:.1%} of one endpoint per variant)",
-        f"- one endpoint per variant: {b['endpoints']} endpoints, {b['instances']}, USD {b['monthly_usd']:,.0f}/month",
+        f"- one endpoint per variant: {b.endpoints} endpoints, {b.instances}, USD {b.monthly_usd:,.0f}/month",
         f"- {one_line}",
-        f"- autoscaling per endpoint: min {a['min']}, max {a['max']}, target {a['target']} invocations/instance/min "
-        f"({a['formula']}; s = {a['busy_s_per_request'] * 1000:.1f} ms)",
+        f"- autoscaling per endpoint: min {a.min}, max {a.max}, target {a.target} invocations/instance/min "
+        f"({a.formula}; s = {a.busy_s_per_request * 1000:.1f} ms)",
         f"- candidates evaluated: {result.candidates_evaluated} (screened out analytically: {result.screened_out}, "
         f"simulated: {len(result.simulated)})",
         f"- {price_line}",

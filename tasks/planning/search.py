@@ -105,15 +105,47 @@ class Evaluated:
     meets: bool | None = None
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """One endpoint per variant (what the plan is compared with): how many endpoints, the
+    instances by type, and what they cost."""
+
+    endpoints: int
+    instances: dict[str, int]
+    hourly_usd: float
+    monthly_usd: float
+
+
+@dataclass(frozen=True)
+class OneInstance:
+    """Everything on one instance of the cheapest type every model fits, and its figures."""
+
+    candidate: Candidate
+    figures: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ScalingAdvice:
+    """The autoscaling recommendation per endpoint (see :func:`autoscaling`): min, max and
+    target invocations per instance per minute, with the inputs and the formula it came from."""
+
+    min: int
+    max: int
+    target: float
+    busy_s_per_request: float
+    workers: int
+    formula: str
+
+
 @dataclass
 class PlanResult:
     chosen: Evaluated
     simulated: list[Evaluated]
     candidates_evaluated: int
     screened_out: int
-    baseline: dict[str, Any]
-    one_instance: dict[str, Any] | None
-    autoscaling: dict[str, Any]
+    baseline: Baseline
+    one_instance: OneInstance | None
+    autoscaling: ScalingAdvice
     region: str
     notes: list[str] = field(default_factory=list)
 
@@ -394,7 +426,7 @@ def run_search(types: list[InstanceType], fleet: FleetArrays, traffic: Traffic, 
 
 
 def per_variant_baseline(types: list[InstanceType], fleet: FleetArrays, traffic: Traffic,
-                         region: str, options: SearchOptions) -> dict[str, Any]:
+                         region: str, options: SearchOptions) -> Baseline:
     """One endpoint per variant: each on the cheapest type its model fits, with enough
     instances (min 1) to serve its peak rate at 70% utilisation."""
     by_price = sorted(types, key=lambda r: r.hourly(region) or math.inf)
@@ -408,8 +440,8 @@ def per_variant_baseline(types: list[InstanceType], fleet: FleetArrays, traffic:
         count = max(1, math.ceil(rates[v] * fleet.service_s[v] / (workers_of(row, options) * 0.7)))
         hourly += (row.hourly(region) or 0.0) * count
         used[row.name] = used.get(row.name, 0) + count
-    return {"endpoints": len(rates), "instances": used, "hourly_usd": hourly,
-            "monthly_usd": hourly * HOURS_PER_MONTH}
+    return Baseline(endpoints=len(rates), instances=used, hourly_usd=hourly,
+                    monthly_usd=hourly * HOURS_PER_MONTH)
 
 
 class PlanResultError(UserError, ValueError):
@@ -417,18 +449,18 @@ class PlanResultError(UserError, ValueError):
 
 
 def one_instance(types: list[InstanceType], fleet: FleetArrays, traffic: Traffic, region: str,
-                 options: SearchOptions) -> dict[str, Any] | None:
+                 options: SearchOptions) -> OneInstance | None:
     """Everything on one instance of the cheapest type every model fits: the figures it gives."""
     for row in sorted(types, key=lambda r: r.hourly(region) or math.inf):
         if float(slot_sizes(fleet, instance_config(row, 1, "enabled", options)).max()) <= 1.0:
             cand = Candidate(row.name, 1, 1, "enabled", row.hourly(region) or 0.0)
             seq = request_sequence(traffic.peak_rates, options)
             short = short_spans(float(traffic.peak_rates.sum()), options)
-            return {"candidate": cand, "figures": simulate_candidate(cand, row, fleet, seq, short)}
+            return OneInstance(candidate=cand, figures=simulate_candidate(cand, row, fleet, seq, short))
     return None
 
 
-def autoscaling(chosen: Evaluated, workers: int, goal: Goal, peak_factor: float) -> dict[str, Any]:
+def autoscaling(chosen: Evaluated, workers: int, goal: Goal, peak_factor: float) -> ScalingAdvice:
     """The autoscaling recommendation for each endpoint of the chosen plan.
 
     target (SageMakerVariantInvocationsPerInstance, per minute) = 60 x lambda_max, where
@@ -444,9 +476,10 @@ def autoscaling(chosen: Evaluated, workers: int, goal: Goal, peak_factor: float)
     mu = workers / s
     lam = min(0.8 * mu, max(0.1 * mu, mu - math.log(100) / (goal.p99_ms / 1000.0)))
     count = chosen.candidate.count
-    return {"min": max(1, math.ceil(count / peak_factor)), "max": max(count, math.ceil(count * 1.5)),
-            "target": round(60.0 * lam, 1), "busy_s_per_request": s, "workers": workers,
-            "formula": "target/min = 60 x min(0.8 mu, max(0.1 mu, mu - ln(100)/goal_s)), mu = workers / s"}
+    return ScalingAdvice(min=max(1, math.ceil(count / peak_factor)), max=max(count, math.ceil(count * 1.5)),
+                         target=round(60.0 * lam, 1), busy_s_per_request=s, workers=workers,
+                         formula="target/min = 60 x min(0.8 mu, max(0.1 mu, mu - ln(100)/goal_s)), "
+                                 "mu = workers / s")
 
 
 def _no_fit(types: list[InstanceType], fleet: FleetArrays, options: SearchOptions) -> PlanRefused:
@@ -511,9 +544,9 @@ def plan_file(result: PlanResult, prices_checked: str) -> PlanFile:
     a = result.autoscaling
     return PlanFile.model_validate({
         "instance_type": c.instance_type, "instance_count": c.count,
-        "autoscaling": Autoscaling(min=a["min"], max=a["max"], target=a["target"]),
+        "autoscaling": Autoscaling(min=a.min, max=a.max, target=a.target),
         "shards": c.shards, "model_cache": c.model_cache, "region": result.region,
         # for the reader (deploy ignores these): what the plan costs and predicts, and the price date
         "monthly_cost_usd": round(c.monthly_usd, 2),
-        "baseline_monthly_cost_usd": round(result.baseline["monthly_usd"], 2),
+        "baseline_monthly_cost_usd": round(result.baseline.monthly_usd, 2),
         "predicted": {k: round(v, 4) for k, v in fig.items()}, "prices_checked": prices_checked})

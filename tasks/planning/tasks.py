@@ -5,16 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
 
 from tasks.planning import charts, report
 from tasks.planning.catalog import load_catalog, price_age_line, select_types
 from tasks.build.footprints import Footprint
 from tasks.planning.inputs import fleet_from_dir, synthetic_fleet
-from tasks.planning.search import (Goal, PlanRefused, PlanResult, SearchOptions, fleet_arrays, make_plan,
+from tasks.planning.search import (Goal, PlanRefused, PlanResult, ScalingAdvice, SearchOptions, fleet_arrays, make_plan,
                                  plan_file)
 from tasks.planning.planfile import write_plan_file
 from tasks.planning.traffic import Traffic, parse_spec
@@ -77,7 +77,7 @@ def charts_task(result: PlanResult, footprints: list[Footprint], traffic: Traffi
               for e in result.simulated]
     row = load_catalog().get(result.chosen.candidate.instance_type)
     curve = report.hit_curve(result, row, fleet_arrays(footprints), traffic, options)
-    return {"cost vs p99": charts.cost_vs_p99(points, result.baseline["monthly_usd"], goal.p99_ms,
+    return {"cost vs p99": charts.cost_vs_p99(points, result.baseline.monthly_usd, goal.p99_ms,
                                               out_dir / "plan-cost-vs-p99.png"),
             "warm-hit vs memory": charts.hit_vs_memory(curve, out_dir / "plan-hit-vs-memory.png")}
 
@@ -87,13 +87,36 @@ def write_task(result: PlanResult, out: Path) -> Path:
     return write_plan_file(plan_file(result, load_catalog().prices_checked.isoformat()), out)
 
 
-def summary(result: PlanResult) -> dict[str, Any]:
-    """What the flow returns (and the CLI prints): small and JSON-able."""
+class PlanSummary(BaseModel):
+    """What the flow returns (and the CLI prints): small and JSON-able. ``model_dump()`` is the
+    document it always was (same keys, same order; ``autoscaling`` a plain object)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: str
+    instance_type: str
+    instance_count: int
+    shards: int
+    model_cache: str
+    monthly_usd: float
+    baseline_monthly_usd: float
+    share_of_baseline: float
+    predicted: dict[str, float] | None
+    autoscaling: ScalingAdvice
+    candidates_evaluated: int
+    simulated: int
+    rows: list[dict[str, str]]
+    notes: list[str]
+
+
+def summary(result: PlanResult) -> PlanSummary:
+    """The chosen plan, its cost beside the one-endpoint-per-variant baseline, its figures and
+    autoscaling, and the table of the plans simulated."""
     c = result.chosen.candidate
-    return {"plan": c.label(), "instance_type": c.instance_type, "instance_count": c.count, "shards": c.shards,
-            "model_cache": c.model_cache, "monthly_usd": c.monthly_usd,
-            "baseline_monthly_usd": result.baseline["monthly_usd"],
-            "share_of_baseline": c.hourly_usd / result.baseline["hourly_usd"],
-            "predicted": result.chosen.figures, "autoscaling": result.autoscaling,
-            "candidates_evaluated": result.candidates_evaluated, "simulated": len(result.simulated),
-            "rows": report.plan_rows(result), "notes": result.notes}
+    return PlanSummary(plan=c.label(), instance_type=c.instance_type, instance_count=c.count, shards=c.shards,
+                       model_cache=c.model_cache, monthly_usd=c.monthly_usd,
+                       baseline_monthly_usd=result.baseline.monthly_usd,
+                       share_of_baseline=c.hourly_usd / result.baseline.hourly_usd,
+                       predicted=result.chosen.figures, autoscaling=result.autoscaling,
+                       candidates_evaluated=result.candidates_evaluated, simulated=len(result.simulated),
+                       rows=report.plan_rows(result), notes=result.notes)
