@@ -77,15 +77,15 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
     summary = commit_task(store_uri, table, jobs, results, desired, access, policy, build)
     failed = {v: r for v, r in sorted(results.items()) if r}
     if verified is not None:
-        failed = dict(sorted({**still_broken(verified, summary["live"]), **failed}.items()))
+        failed = dict(sorted({**still_broken(verified, summary.live), **failed}.items()))
     doc = {"fleet": name, "endpoints": endpoints, "variants": len(desired),
            "published": [j.variant for j in jobs
                          if not (failed.get(j.variant) or "").startswith("publish")],
            "unchanged": len(unchanged), "validated": sorted(j.variant for j in to_check),
            "canaries": [j.variant for j in canaries],
            "moved": sorted(j.variant for j in jobs if j.kind == "moved"),
-           "failed": failed, "validation": progress, **summary,
-           "verify": verified.summary() if verified is not None else None}
+           "failed": failed, "validation": progress, **summary.model_dump(mode="json"),
+           "verify": verified.summary().model_dump(mode="json") if verified is not None else None}
     _report(doc)
     if failed:
         raise FleetDeployFailed(f"fleet {name}: {len(failed)} variant(s) did not go live (their "

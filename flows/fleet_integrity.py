@@ -41,7 +41,7 @@ def fleet_verify(fleet: str, store_uri: str | None = None, repair: bool = False,
             table = fleet_table_task(store_uri, fleet)  # as it is now, under the locks
         sources = build_sources_task(table.fleet, build_dir) if repair else {}
         verified, _ = verify_task(store_uri, table, sources, repair, deep)
-    doc = {**verified.summary(), "repair": repair, "deep": deep}
+    doc = {**verified.summary().model_dump(mode="json"), "repair": repair, "deep": deep}
     _report(doc)
     if doc["remaining"] and fail_on_problems:
         raise FleetInconsistent(f"fleet {fleet}: {len(doc['remaining'])} routed object(s) missing "

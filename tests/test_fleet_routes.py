@@ -375,7 +375,7 @@ def test_verify_finds_missing_and_corrupt_routed_objects_cheaply(tmp_path: Path)
 
     table, prefix, payloads = _published(tmp_path)
     clean = check_table(table)
-    assert clean.summary()["states"] == {"ok": 6} and clean.requests == 2  # 1 listing + 1 index GET
+    assert clean.summary().states == {"ok": 6} and clean.requests == 2  # 1 listing + 1 index GET
     a, b, c = (table.variants[n] for n in "abc")
     (prefix / a.target_model).unlink()                       # deleted behind the tool's back
     (prefix / b.target_model).write_bytes(b"truncated")      # another size
@@ -398,7 +398,7 @@ def test_verify_asks_the_object_where_the_index_does_not_vouch(tmp_path: Path) -
     table, prefix, _ = _published(tmp_path)
     (prefix / INDEX_NAME).unlink()  # no index: each object's own sha256 (the file store's head)
     first = check_table(table)
-    assert first.summary()["states"] == {"ok": 6} and first.requests == 2 + 6
+    assert first.summary().states == {"ok": 6} and first.requests == 2 + 6
     (prefix / table.variants["b"].target_model).write_bytes(b"x" * 10)
     found = {(f.variant, f.current): f.state for f in check_table(table).findings}
     assert found["b", True] == "corrupt"
@@ -454,7 +454,7 @@ def test_verify_on_s3_is_one_listing_and_one_index_get_per_prefix(
         assert not sync_files(store, prefix, files).failed
         table = local.model_copy(deep=True)
         table.endpoints["ep-a"].models_url = models
-        assert check_table(table).summary()["states"] == {"ok": 6}
+        assert check_table(table).summary().states == {"ok": 6}
         gone = table.variants["a"].target_model
         store.delete(f"{prefix}/{gone}")
         verified = check_table(table)
@@ -465,4 +465,4 @@ def test_verify_on_s3_is_one_listing_and_one_index_get_per_prefix(
         assert store.head(f"{prefix}/{gone}").sha256 == table.variants["a"].sha256
         store.delete(f"{prefix}/{INDEX_NAME}")  # no index: each object's sha256 metadata (HEAD)
         again = check_table(table)
-        assert again.summary()["states"] == {"ok": 6} and again.requests == 2 + 6
+        assert again.summary().states == {"ok": 6} and again.requests == 2 + 6

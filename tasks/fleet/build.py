@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_template
 from ensembles.spec import Target
 from infra.errors import UserError
+from infra.jsontypes import JsonObject
 from infra.store.objects import atomic_path
 from infra.versioned import VersionedDocument
 from tasks.producers import cache
@@ -122,7 +123,9 @@ class TemplateFootprint:
     measured: Footprint | None = None
     reason: str | None = None
 
-    def for_variant(self, target_model: str, tarball_bytes: int, target: Target) -> dict[str, Any]:
+    def for_variant(self, target_model: str, tarball_bytes: int, target: Target) -> JsonObject:
+        """The footprint record a variant's manifest carries (measured on the canary, else the
+        named estimate): a document, as the manifest stores it."""
         from tasks.build.footprints import variant_footprint
 
         return variant_footprint(self.measured, self.reason, target_model, tarball_bytes,

@@ -23,7 +23,7 @@ import random
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -32,7 +32,7 @@ from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ensembles.fleet_spec import variant_name_problem
 from infra import paths
@@ -501,11 +501,37 @@ def open_endpoints_task(backend: str, endpoints: Sequence[str], store_uri: str, 
     return {e: open_access(backend, e, store_uri, region, (served or {}).get(e)) for e in endpoints}
 
 
+class Unretired(BaseModel):
+    """A retiring variant a deploy brought back: the sha256 and manifest it is routed by."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    manifest: str
+
+
+class CommitSummary(BaseModel):
+    """What committing a fleet deploy did: the table's URI, the variants live, marked
+    retiring, un-retired, removed, the objects deleted, how many are routed, and the build.
+    ``model_dump(mode="json")`` is the part of ``mme fleet deploy``'s JSON it always was."""
+
+    model_config = ConfigDict(frozen=True)
+
+    routes: str
+    live: list[str]
+    retiring: list[str]
+    unretired: dict[str, Unretired]
+    build: BuildRef | None
+    removed: list[str]
+    deleted: list[str]
+    routed: int
+
+
 @task(name="commit-fleet-routes", cache_policy=NO_CACHE)
 def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
                 results: Mapping[str, str | None], desired: Mapping[str, Desired],
                 access: Mapping[str, Access], policy: DeployPolicy,
-                build: BuildRef | None = None) -> dict[str, Any]:
+                build: BuildRef | None = None) -> CommitSummary:
     """Route what passed, retire and prune (:func:`commit`), write the table (one PUT), then
     delete the objects it no longer points to. Returns the counts and names; ``unretired``
     names the retiring variants this deploy brought back (they are in ``build`` again), each
@@ -527,8 +553,8 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
         log.warning("%d retiring variant(s) un-retired: %s is in %s again (remove it from the "
                     "fleet file and rebuild to retire it for good)", len(done.unretired),
                     ", ".join(done.unretired[:10]), build.describe() if build else "the build")
-    unretired = {n: {"sha256": table.variants[n].sha256, "manifest": str(desired[n].manifest)}
+    unretired = {n: Unretired(sha256=table.variants[n].sha256, manifest=str(desired[n].manifest))
                  for n in done.unretired}
-    return {"routes": uri, "live": sorted(done.live), "retiring": done.retiring,
-            "unretired": unretired, "build": asdict(build) if build else None,
-            "removed": done.removed, "deleted": deleted, "routed": len(table.variants)}
+    return CommitSummary(routes=uri, live=sorted(done.live), retiring=done.retiring,
+                         unretired=unretired, build=build, removed=done.removed, deleted=deleted,
+                         routed=len(table.variants))

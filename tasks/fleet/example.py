@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from ensembles.classifier_input import SQUEEZENET_INPUT
+from infra.jsontypes import JsonObject
 from infra.paths import work_dir
 from infra.store.objects import FileStore, ObjectStore, S3Store, atomic_dir, atomic_path, file_lock, open_store
 from tasks.producers.classifiers import (
@@ -209,7 +210,7 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     return True
 
 
-def fleet_document(prefix_uri: str) -> dict[str, Any]:
+def fleet_document(prefix_uri: str) -> JsonObject:
     """The example's fleet file: a ``prefix`` source over the written tenants."""
     return {
         "name": FLEET_NAME,

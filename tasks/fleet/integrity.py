@@ -30,13 +30,14 @@ from __future__ import annotations
 import tempfile
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
 
 from infra import paths
 from infra.errors import MMEError
@@ -79,15 +80,33 @@ class Verified:
     findings: list[Finding] = field(default_factory=list)
     requests: int = 0  # store requests of the check (listings, index GETs, HEADs, reads)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> IntegritySummary:
+        """The counts by state, the endpoints, and the findings that are not ``ok``
+        (``remaining``: the problems left after any repair)."""
         states: dict[str, int] = defaultdict(int)
         for f in self.findings:
             states[f.state] += 1
-        return {"fleet": self.fleet, "checked": len(self.findings), "states": dict(states),
-                "endpoints": sorted({f.endpoint for f in self.findings}),
-                "requests": self.requests,
-                "remaining": [asdict(f) for f in self.findings if f.problem],
-                "findings": [asdict(f) for f in self.findings if f.state != "ok"]}
+        return IntegritySummary(fleet=self.fleet, checked=len(self.findings), states=dict(states),
+                                endpoints=sorted({f.endpoint for f in self.findings}),
+                                requests=self.requests,
+                                remaining=[f for f in self.findings if f.problem],
+                                findings=[f for f in self.findings if f.state != "ok"])
+
+
+class IntegritySummary(BaseModel):
+    """A fleet check's summary, as ``mme fleet verify`` (and ``fleet deploy --verify``) print
+    it: ``model_dump(mode="json")`` is the JSON document they always printed (same keys, same
+    order; each finding a plain object)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    fleet: str
+    checked: int
+    states: dict[str, int]
+    endpoints: list[str]
+    requests: int
+    remaining: list[Finding]
+    findings: list[Finding]
 
 
 def table_versions(table: RoutingTable) -> list[tuple[str, RouteVersion, bool]]:
@@ -294,8 +313,7 @@ def verify_task(store_uri: str, table: RoutingTable, sources: Mapping[str, Path]
     s = verified.summary()
     log = run_logger()
     log.info("fleet %s: %d routed objects checked (%s), %d store requests", table.fleet,
-             s["checked"], ", ".join(f"{n} {k}" for k, n in sorted(s["states"].items())),
-             s["requests"])
+             s.checked, ", ".join(f"{n} {k}" for k, n in sorted(s.states.items())), s.requests)
     for f in verified.findings:
         if f.state != "ok":
             (log.error if f.problem else log.warning)(
