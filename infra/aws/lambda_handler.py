@@ -57,7 +57,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Union
 from urllib.parse import unquote_plus
 
 EVENT_NAME = "mme.model.landed"
@@ -67,6 +67,38 @@ EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mme:event:" + EVENT_NAME)
 
 DEFAULT_TIMEOUT_S = 10.0
 USER_AGENT = "mme-s3-landed-lambda/1"
+
+
+# This file is the Lambda's whole code (stdlib only), so it spells a JSON document itself
+# rather than importing infra.jsontypes (the same shape).
+JsonValue = Union[str, int, float, bool, None, "list[JsonValue]", "dict[str, JsonValue]"]
+JsonObject = dict[str, JsonValue]
+LambdaEvent = Mapping[str, Any]
+"""An event as Lambda hands it: parsed JSON of one of several shapes, read defensively with
+``.get`` (``Any``: its shape is what :func:`s3_objects` checks)."""
+
+
+class LandedEvent(TypedDict):
+    """``event``, ``resource``, ``related`` and ``payload`` of one ``mme.model.landed`` event
+    (what ``prefect.events.emit_event`` takes, and the body the Lambda posts)."""
+
+    event: str
+    resource: dict[str, str]
+    related: list[dict[str, str]]
+    payload: JsonObject
+
+
+class S3Object(TypedDict):
+    """One S3 object notification, normalised from whichever format carried it."""
+
+    created: bool
+    kind: str
+    bucket: str | None
+    key: str
+    size: int | None
+    etag: str | None
+    sequencer: str | None
+    occurred: str
 
 
 class PrefectPostError(RuntimeError):
@@ -97,7 +129,7 @@ def ensemble_for(key: str, ensemble_map: Mapping[str, str] | None = None) -> str
     return first if sep and first else None
 
 
-def landed_event(uri: str, key: str, size: int | None, ensemble: str) -> dict[str, Any]:
+def landed_event(uri: str, key: str, size: int | None, ensemble: str) -> LandedEvent:
     """``event``, ``resource``, ``related`` and ``payload`` of one ``mme.model.landed`` event."""
     return {
         "event": EVENT_NAME,
@@ -172,7 +204,7 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
+def s3_objects(event: LambdaEvent) -> list[S3Object]:
     """Every S3 object notification in a Lambda event, normalised.
 
     Understands the S3 notification format (``{"Records": [{"eventSource": "aws:s3", ...}]}``,
@@ -201,7 +233,7 @@ def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
             "occurred": event.get("time") or _now_iso(),
         }]
     if isinstance(event.get("Records"), list):
-        found: list[dict[str, Any]] = []
+        found: list[S3Object] = []
         for record in event["Records"]:
             source = record.get("eventSource") or record.get("EventSource")
             if source == "aws:s3":
@@ -232,7 +264,7 @@ def s3_objects(event: Mapping[str, Any]) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- posting
 
 
-def post_events(api_url: str, events: list[dict[str, Any]], *, timeout: float = DEFAULT_TIMEOUT_S,
+def post_events(api_url: str, events: list[JsonObject], *, timeout: float = DEFAULT_TIMEOUT_S,
                 headers: Mapping[str, str] | None = None) -> int:
     """``POST {api_url}/events`` with a JSON list of events; the HTTP status, or raise."""
     url = f"{api_url.rstrip('/')}/events"
@@ -253,7 +285,7 @@ def post_events(api_url: str, events: list[dict[str, Any]], *, timeout: float = 
     return status
 
 
-def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
+def handler(event: LambdaEvent, context: object = None) -> JsonObject:
     """Lambda entry point: post one ``mme.model.landed`` event per created model object.
 
     Returns ``{"posted": n, "event_ids": [...], "uris": [...], "skipped": [{"key", "reason"}],
@@ -265,8 +297,9 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
     source_prefix = os.environ.get("MME_SOURCE_PREFIX", "").strip("/")
     timeout = float(os.environ.get("MME_HTTP_TIMEOUT") or DEFAULT_TIMEOUT_S)
 
-    events: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
+    events: list[JsonObject] = []
+    uris: list[JsonValue] = []
+    skipped: list[JsonValue] = []
     for obj in s3_objects(event):
         full_key = obj["key"]
         if not obj["created"]:
@@ -290,18 +323,21 @@ def handler(event: Mapping[str, Any], context: Any = None) -> dict[str, Any]:
         uri = f"s3://{obj['bucket']}/{full_key}"
         etag = (obj["etag"] or "").strip('"') or None
         version = etag if etag is not None else obj["sequencer"]
+        landed = landed_event(uri, key, obj["size"], ensemble)
         events.append({
             "id": str(stable_event_id(obj["bucket"], full_key, version)),
             "occurred": obj["occurred"],
-            **landed_event(uri, key, obj["size"], ensemble),
+            "event": landed["event"], "resource": {**landed["resource"]},
+            "related": [{**r} for r in landed["related"]], "payload": landed["payload"],
         })
+        uris.append(uri)
 
     if events:
         post_events(api_url, events, timeout=timeout)
     return {
         "posted": len(events),
         "event_ids": [e["id"] for e in events],
-        "uris": [e["payload"]["uri"] for e in events],
+        "uris": uris,
         "skipped": skipped,
         "endpoint": f"{api_url}/events",
     }
