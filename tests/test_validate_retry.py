@@ -65,9 +65,9 @@ def test_a_slow_cold_load_is_retried_until_it_answers(slow_endpoint: Any) -> Non
                     random=lambda: 0.0)  # no jitter: the exact exponential steps
     result = validate_deployed(slow_endpoint.url, ENDPOINT, _manifest("slow.tar.gz"),
                                warm_invocations=2, load_wait=wait)
-    assert result["validation"]["passed"]
-    assert result["cold_tries"] >= 2, "the first invoke must have been answered 429"
-    assert len(t.sleeps) == result["cold_tries"] - 1
+    assert result.validation.passed
+    assert result.cold_tries >= 2, "the first invoke must have been answered 429"
+    assert len(t.sleeps) == result.cold_tries - 1
     assert t.sleeps == [min(1.0 * 2 ** i, 4.0) for i in range(len(t.sleeps))]  # exponential, capped
 
 
