@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
+from infra.aws.clients import BotoClient
 from infra.aws.errors import aws_message, error_code
 from infra.errors import MMEError, UserError
 
@@ -344,14 +345,25 @@ def check_instance(instance_type: str, region: str) -> Check:
     return Check("instance", "ok", f"{instance_type}: {gpu.gpu}, {gpu.gpu_memory_gib} GiB; {cost}")
 
 
-def find_quota(quotas: Any, name: str) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class Quota:
+    """One SageMaker service quota: its name, its code (what an increase request names) and
+    its value (applied, else the default)."""
+
+    name: str
+    code: str
+    value: float
+
+
+def find_quota(quotas: BotoClient, name: str) -> Quota | None:
     """The SageMaker quota called ``name``: its applied value, else its default (Service
     Quotas lists a quota's applied value only once the account has one)."""
     for operation in ("list_service_quotas", "list_aws_default_service_quotas"):
         for page in quotas.get_paginator(operation).paginate(ServiceCode="sagemaker"):
             for quota in page.get("Quotas", []):
                 if quota.get("QuotaName") == name:
-                    return dict(quota)
+                    return Quota(name=name, code=str(quota.get("QuotaCode", "?")),
+                                 value=float(quota.get("Value", 0)))
     return None
 
 
@@ -366,7 +378,7 @@ def check_quota(quotas: Any, instance_type: str, region: str, needed: int) -> Ch
         return _not_answered("quota", "service-quotas listing", exc)
     if quota is None:
         return Check("quota", "unchecked", f"Service Quotas lists no SageMaker quota {name!r} in {region}")
-    value, code = quota.get("Value", 0), quota.get("QuotaCode", "?")
+    value, code = quota.value, quota.code
     if value < needed:
         return Check("quota", "problem", f"SageMaker quota {name!r} ({code}) is {value:g} in {region}, "
                      f"this deploy needs {needed}: request an increase (aws service-quotas "
