@@ -35,7 +35,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -122,13 +122,24 @@ class PrefixSource(_Strict):
         return self
 
 
+#: How a fleet's variants are packed: ``separate`` (one tarball per variant), ``fused`` (the
+#: variants that share a trunk served by shards of one model each, :mod:`tasks.fleet.fusion`;
+#: the others built separately), ``auto`` (for now: ``fused``; the planner will pick by cost).
+Layout = Literal["fused", "separate", "auto"]
+#: Tenants per fused shard at most (one shard is one TargetModel, one model in memory).
+DEFAULT_SHARD_SIZE = 1000
+
+
 class FleetSpec(_Strict):
-    """A fleet file: the template, the target, the defaults and one source of variants."""
+    """A fleet file: the template, the target, the defaults and one source of variants, and
+    how they are packed (``layout``, ``shard_size``)."""
 
     name: str = Field(pattern=_FLEET_NAME.pattern, min_length=1, max_length=100)
     template: str
     target: Target = "local-cpu"
     description: str = ""
+    layout: Layout = "separate"
+    shard_size: int = Field(default=DEFAULT_SHARD_SIZE, ge=1, le=100_000)
     defaults: dict[str, str] = Field(default_factory=dict)
     variants: list[InlineVariant] | None = None
     table: str | None = None
@@ -142,6 +153,11 @@ class FleetSpec(_Strict):
             raise ValueError(f"give exactly one variant source of variants, table, prefix "
                              f"(got {', '.join(given) if given else 'none'})")
         return self
+
+    @property
+    def fused(self) -> bool:
+        """Whether the build fuses the variants that can be (``fused``, or ``auto`` for now)."""
+        return self.layout != "separate"
 
     @property
     def file(self) -> Path | None:
@@ -324,7 +340,16 @@ def check_fleet(fleet: FleetSpec, template_spec: EnsembleSpec, variants: Iterabl
             raise FleetError(f"{origin}: param {key!r} names no artifact of template "
                              f"{template_spec.name!r} (use <artifact>.<param>; artifacts: "
                              f"{', '.join(sorted(arts))})")
+    check_fleet_layout(fleet, template_spec)
     check_fleet_release(fleet, template_spec, variants)
+
+
+def check_fleet_layout(fleet: FleetSpec, template_spec: EnsembleSpec) -> None:
+    """A fused (or auto) layout needs a template that names what fuses (``fusion``)."""
+    if fleet.fused and template_spec.fusion is None:
+        raise FleetError(f"{fleet.where}: layout {fleet.layout!r} needs a template that says what "
+                         f"fuses (a 'fusion: {{step, artifact}}' section); template "
+                         f"{template_spec.name!r} has none: use layout 'separate'")
 
 
 # ------------------------------------------------------------------------------ resolving

@@ -35,6 +35,12 @@ def fused_spec(template: EnsembleSpec, step: str, name: str) -> EnsembleSpec:
 
 
 def _with_tenant(step: StepSpec) -> StepSpec:
+    """The step with the ``TENANT`` input; its label files go with its ``label_filename``s (the
+    tenants' labels travel in the shard's tenants sidecar, not in a model folder)."""
+    label_files = {o.label_filename for o in step.outputs if o.label_filename}
     outputs = [o.model_copy(update={"label_filename": None}) for o in step.outputs]
+    backends = {t: b.model_copy(update={"files": {d: f for d, f in b.files.items() if d not in label_files}})
+                for t, b in step.backends.items()}
     return step.model_copy(update={"inputs": [*step.inputs, TENANT_TENSOR], "outputs": outputs,
-                                    "input_map": {**step.input_map, TENANT: TENANT}})
+                                    "input_map": {**step.input_map, TENANT: TENANT},
+                                    "backends": backends})

@@ -190,6 +190,15 @@ class ValidationSpec(_Strict):
     params: dict[str, Param] = Field(default_factory=dict)
 
 
+class FusionSpec(_Strict):
+    """What a fused fleet of this template stacks (:mod:`tasks.fleet.fusion`): the ``step`` that
+    runs each tenant's own model and the ``artifact`` that model comes from. Why the template
+    says so: a template may run several models; only it knows which one is the tenant's own."""
+
+    step: str
+    artifact: str
+
+
 class EnsembleSpec(_Strict):
     name: str
     description: str = ""
@@ -199,6 +208,7 @@ class EnsembleSpec(_Strict):
     steps: list[StepSpec] = Field(min_length=1)
     artifacts: dict[str, ArtifactSpec] = Field(default_factory=dict)
     validation: ValidationSpec | None = None
+    fusion: FusionSpec | None = None
 
     def model_name(self, step: str) -> str:
         """Composing-model name, unique to this ensemble so thousands can share one server."""
@@ -251,7 +261,27 @@ def validate(spec: EnsembleSpec) -> list[str]:
     _check_outputs(ens, spec, produced)
     order = _toposort(ens, deps)
     _check_artifact_refs(spec, ens)
+    _check_fusion(spec, ens)
     return order
+
+
+def _check_fusion(spec: EnsembleSpec, ens: str) -> None:
+    """A ``fusion`` section names a step of the ensemble and an artifact one of that step's
+    backends reads as a file (the model a fused shard replaces)."""
+    fusion = spec.fusion
+    if fusion is None:
+        return
+    if fusion.step not in {s.name for s in spec.steps}:
+        raise SpecError(f"{ens}: fusion.step {fusion.step!r} is not a step "
+                        f"(steps: {', '.join(s.name for s in spec.steps)})")
+    if fusion.artifact not in spec.artifacts:
+        raise SpecError(f"{ens}: fusion.artifact {fusion.artifact!r} is not an artifact "
+                        f"(artifacts: {', '.join(sorted(spec.artifacts))})")
+    read = {src.name for be in spec.step(fusion.step).backends.values()
+            for src in be.files.values() if isinstance(src, ArtifactRef)}
+    if fusion.artifact not in read:
+        raise SpecError(f"{ens}: fusion.artifact {fusion.artifact!r} is not a file of step "
+                        f"{fusion.step!r}")
 
 
 def _check_step(where: str, step: StepSpec, produced: _Produced) -> None:
