@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ensembles.spec import SpecError
+from infra.jsontypes import JsonObject
 
 SIDECAR_NAME = "engine_io.json"
 
@@ -47,8 +48,9 @@ class EngineIO:
     tensors: dict[str, EngineTensor] = field(default_factory=dict)
     device: dict[str, str] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        return {"source": self.source, "device": self.device,
+    def to_json(self) -> JsonObject:
+        """The I/O as the sidecar and the manifest's sources record it."""
+        return {"source": self.source, "device": {**self.device} if self.device is not None else None,
                 "tensors": [asdict(t) for t in self.tensors.values()]}
 
     @classmethod
@@ -147,7 +149,7 @@ def check_engine_io(io: EngineIO, cfg: Any, *, where: str) -> None:
                              f"{io.source}):\n  - " + "\n  - ".join(problems))
 
 
-def read_sidecar(plan_dir: Any) -> dict[str, Any] | None:
+def read_sidecar(plan_dir: Path | str) -> JsonObject | None:
     """The ``engine_io.json`` that :func:`tasks.producers.compile.compile_tensorrt` writes beside a plan."""
     path = Path(plan_dir) / SIDECAR_NAME
     return json.loads(path.read_text()) if path.is_file() else None

@@ -223,11 +223,12 @@ def _check_plan(spec: EnsembleSpec, step: StepSpec, target: Target, be: BackendS
     name = ref.name
     path = Path(artifacts[name])
     report = engine_io.read_sidecar(path if path.is_dir() else path.parent)
-    if report is None or report.get("engine_io") is None:
+    io = report.get("engine_io") if report is not None else None
+    if not isinstance(io, dict):
         raise SpecError(f"{where}: artifact {name!r} has no record of the engine's inputs and "
                         f"outputs ({engine_io.SIDECAR_NAME}), so it cannot be checked against "
                         f"config.pbtxt; refusing to pack an unchecked plan (rebuild the artifact)")
-    engine_io.check_engine_io(engine_io.EngineIO.from_json(report["engine_io"]), cfg,
+    engine_io.check_engine_io(engine_io.EngineIO.from_json(io), cfg,
                                  where=f"{where}, artifact {name!r}")
 
 

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 
 from ensembles.spec import EnsembleSpec, SpecError, Target, validate
+from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest, StepRecord, Validation
 from tasks.build.lineage import publish_with_lineage
 from tasks.build.package import Packed, artifact_name, package_task
@@ -66,9 +67,10 @@ def check_overrides(specs: Sequence[EnsembleSpec], overrides: Mapping[str, str])
                             f"{sorted(a.rstrip('.') for a in known)}")
 
 
-def _step(seconds: float, **flags: Any) -> StepRecord:
+def _step(seconds: float, **flags: bool | str | None) -> StepRecord:
     """A step's record; flags that do not apply (None) are left out of the manifest."""
-    return StepRecord(seconds=round(seconds, 3), **{k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    return StepRecord.model_validate({"seconds": round(seconds, 3), **given})
 
 
 @contextlib.contextmanager
@@ -121,7 +123,7 @@ def _reference_and_verify(spec: EnsembleSpec, target: Target, packed: Packed,
     return sample, result.to_validation()
 
 
-def _footprint(spec: EnsembleSpec, target: Target, tarball: Path, sample: Sample) -> dict[str, Any] | None:
+def _footprint(spec: EnsembleSpec, target: Target, tarball: Path, sample: Sample) -> JsonObject | None:
     """The tarball's footprint measured in a real Triton (host memory added, load, unload,
     service at batch 1 and the max batch; GPU memory by NVML where there is one), for the
     capacity planner: only for targets this host can load."""

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target
 from infra.errors import UserError
+from infra.jsontypes import JsonObject
 from infra.records.manifest import SampleRecord, Validation
 from infra.processes.ownership import owner
 from tasks.build.footprints import CanaryTimes
@@ -106,7 +107,8 @@ class Sample:
     expected: dict[str, np.ndarray]
     context: dict[str, Any] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
+        """The sample as JSON (numpy arrays as dtype, shape and flat data)."""
         return {
             "inputs": {k: _arr_to_json(v) for k, v in self.inputs.items()},
             "expected": {k: _arr_to_json(v) for k, v in self.expected.items()},

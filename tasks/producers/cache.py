@@ -321,7 +321,7 @@ def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], wh
 
 
 def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path],
-                     target: Target, producers: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Any]:
+                     target: Target, producers: Mapping[str, Callable[..., Any]] | None = None) -> JsonObject:
     """Everything :func:`artifact_key` hashes, as a document (kept in ``done.json``)."""
     if producers is None:
         from tasks.producers.produce import PRODUCERS
@@ -336,8 +336,8 @@ def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path]
         "schema": KEY_SCHEMA,
         "producer": art.producer,
         "params": _resolved_params(art.params, produced, where),
-        "code": code_fingerprint(fn, PRODUCER_CODE.get(art.producer, ())),
-        "versions": package_versions(PRODUCER_VERSIONS.get(art.producer, ())),
+        "code": {**code_fingerprint(fn, PRODUCER_CODE.get(art.producer, ()))},  # {**...}: read as a JSON object
+        "versions": {**package_versions(PRODUCER_VERSIONS.get(art.producer, ()))},
         "extras": _producer_extras(art.producer, art.params),
         "python": f"{sys.version_info.major}.{sys.version_info.minor}",
         "machine": platform.machine(),

@@ -32,7 +32,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -278,7 +278,16 @@ def load_labels(path: str | Path) -> list[str]:
     return Path(path).read_text(encoding="utf-8").splitlines()
 
 
-def top_k(probs: np.ndarray, labels: Sequence[str], k: int = 5) -> list[dict]:
+class TopClass(TypedDict):
+    """One of an image's most probable classes (a TypedDict: it goes into the check's JSON
+    metadata as it is)."""
+
+    label: str
+    prob: float
+    index: int
+
+
+def top_k(probs: np.ndarray, labels: Sequence[str], k: int = 5) -> list[TopClass]:
     """The ``k`` most probable classes of one image: ``[{label, prob, index}]``, most probable
     first (ties by lower index). ``probs`` is [classes] or [1, classes]."""
     p = np.asarray(probs, dtype=np.float64)
@@ -289,7 +298,7 @@ def top_k(probs: np.ndarray, labels: Sequence[str], k: int = 5) -> list[dict]:
     if len(labels) != p.shape[0]:
         raise ValueError(f"{len(labels)} labels for {p.shape[0]} classes")
     order = np.lexsort((np.arange(p.shape[0]), -p))[:max(0, int(k))]
-    return [{"label": labels[i], "prob": float(p[i]), "index": int(i)} for i in order]
+    return [TopClass(label=labels[i], prob=float(p[i]), index=int(i)) for i in order]
 
 
 # ----------------------------------------------------------------------------- ONNX export
@@ -354,7 +363,7 @@ def _check_against_torch(path: Path, model: Any, dest: Path,
     return got1, err1, err
 
 
-def _check_top5(probs: np.ndarray) -> list[dict]:
+def _check_top5(probs: np.ndarray) -> list[TopClass]:
     """The top 5 of the check image, named when the label package is installed."""
     labels = None
     try:

@@ -64,6 +64,7 @@ from typing import Any
 
 from infra import paths
 from infra.errors import MMEError, UserError
+from infra.jsontypes import JsonObject
 from infra.store.objects import TMP_PREFIX, atomic_dir, atomic_path, sha256_file
 from infra.store.tarball import pack_deterministic
 from tasks.producers.cache import cached_entry
@@ -222,7 +223,7 @@ def conda_pack_env(
     conda: str = "conda",
     run: Runner = subprocess.run,
     which: Callable[[str], str | None] = shutil.which,
-) -> tuple[Path, dict]:
+) -> tuple[Path, JsonObject]:
     """Build ``<out_dir>/<name>.tar.gz`` with conda + pip + conda-pack, as the seed did.
 
     ``conda create -p <tmp>/env python=X.Y pip numpy`` (numpy: the stub imports it, and a
@@ -249,12 +250,12 @@ def conda_pack_env(
             sha256, size = sha256_file(tmp), tmp.stat().st_size
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    meta = {
+    meta: JsonObject = {  # the env's meta.json ([*...], {**...}: typed as JSON values)
         "method": "conda-pack",
-        "requirements": reqs,
+        "requirements": [*reqs],
         "python_version": python_version,
         "platform": f"{sys.platform}-{host_platform.machine()} (build host)",
-        "packages": packages,
+        "packages": {**packages},
         "bytes": size,
         "sha256": sha256,
         "build_seconds": round(time.perf_counter() - t0, 1),
@@ -419,7 +420,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _fill_wheel_env(env: Path, reqs: list[str], python_version: str, platform: str,
-                    pip: PipRunner) -> dict[str, Any]:
+                    pip: PipRunner) -> JsonObject:
     """Install ``reqs`` for the target into the new folder ``env`` and write its activate
     script, python3 shim, pyvenv.cfg and :data:`ENV_INFO_FILE`; return the env's metadata."""
     site = env / "lib" / f"python{python_version}" / "site-packages"
@@ -448,14 +449,14 @@ def _fill_wheel_env(env: Path, reqs: list[str], python_version: str, platform: s
     _write(env / ENV_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
     files, unpacked = _tree_stats(env)
 
-    meta: dict[str, Any] = {
+    meta: JsonObject = {  # the env's meta.json ([*...], {**...}: typed as JSON values)
         "method": "wheel",
-        "requirements": reqs,
+        "requirements": [*reqs],
         "python_version": python_version,
         "platform": platform,
-        "pip_platforms": pip_platforms(platform),
-        "packages": packages,
-        "removed_scripts": removed,
+        "pip_platforms": [*pip_platforms(platform)],
+        "packages": {**packages},
+        "removed_scripts": [*removed],
         "files": files,
         "unpacked_bytes": unpacked,
     }
@@ -471,7 +472,7 @@ def wheel_env(
     name: str = "processing_env",
     pip: PipRunner | None = None,
     packed: bool = True,
-) -> tuple[Path, dict]:
+) -> tuple[Path, JsonObject]:
     """Build a conda-free env for the Triton image's own Python; see the module docstring.
 
     pip (``sys.executable -m pip``, or the injected ``pip`` runner, which gets the arguments
@@ -534,7 +535,7 @@ def _resolve_method(method: str, platform: str, conda: str, which: Callable[[str
     return "conda" if host_ok and which(conda) and which("conda-pack") else "wheel"
 
 
-def _valid_entry(entry: Path, tar_name: str) -> dict | None:
+def _valid_entry(entry: Path, tar_name: str) -> JsonObject | None:
     """The cached meta if ``entry`` holds an intact tarball, else None."""
     tarball, meta_file = entry / tar_name, entry / CACHE_META_FILE
     if not (tarball.is_file() and meta_file.is_file()):
@@ -585,7 +586,7 @@ class EnvPackTools:
 
 
 def _build_env(staging: Path, options: EnvPackOptions, tools: EnvPackTools, *, method: str,
-               key: str) -> dict:
+               key: str) -> JsonObject:
     """Build the env (``options`` already normalized) with the resolved ``method`` into the
     cache's staging folder, beside the meta.json a later :func:`_valid_entry` checks it against."""
     o = options
@@ -604,7 +605,7 @@ def _build_env(staging: Path, options: EnvPackOptions, tools: EnvPackTools, *, m
 
 
 def pack_python_env(out_dir: Path, options: EnvPackOptions,
-                    tools: EnvPackTools | None = None) -> tuple[Path, dict]:
+                    tools: EnvPackTools | None = None) -> tuple[Path, JsonObject]:
     """Producer ``pack_python_env``: ``<out_dir>/<name>.tar.gz`` for ``EXECUTION_ENV_PATH``.
 
     ``options.method``: ``"conda"`` (:func:`conda_pack_env`), ``"wheel"`` (:func:`wheel_env`)
@@ -633,7 +634,7 @@ def pack_python_env(out_dir: Path, options: EnvPackOptions,
     cache_root = Path(o.cache_dir) if o.cache_dir is not None else paths.home() / "envs"
     tar_name = f"{o.name}.tar.gz"
 
-    def build(staging: Path) -> dict:
+    def build(staging: Path) -> JsonObject:
         return _build_env(staging, o, tools, method=resolved, key=key)
 
     with cached_entry(cache_root, key, lambda entry: _valid_entry(entry, tar_name), build,
