@@ -30,6 +30,8 @@ from infra.aws.sagemaker import (
     EndpointTimeout,
     NotOwned,
     SageMakerDeployError,
+    ScalableTarget,
+    ScalingPolicy,
     apply,
     delete_endpoint_and_resources,
     describe_state,
@@ -282,11 +284,11 @@ def test_planned_requests_match_the_aws_api_shapes() -> None:
     calls += plan_calls(replace(plan, instance_type="ml.g4dn.2xlarge"), DeployState(
         model_exists=True, endpoint_status="InService", endpoint_config_name="old",
         endpoint_instance_type=INSTANCE, endpoint_instance_count=1,
-        scalable_target={"MinCapacity": 1, "MaxCapacity": 3}))
+        scalable_target=ScalableTarget(plan.scaling_resource_id, 1, 3)))
     calls += plan_calls(replace(plan, autoscaling_min=None, autoscaling_max=None), DeployState(
         model_exists=True, config_exists=True, endpoint_status="InService",
         endpoint_config_name=plan.endpoint_config_name,
-        scalable_target={"MinCapacity": 1, "MaxCapacity": 3}, scaling_policy={"PolicyName": "p"}))
+        scalable_target=ScalableTarget(plan.scaling_resource_id, 1, 3), scaling_policy=ScalingPolicy("p")))
     session = boto3.session.Session(region_name=REGION)
     models = {s: session.client(s, region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
               .meta.service_model for s in (SAGEMAKER, AUTOSCALING)}
@@ -445,7 +447,7 @@ def test_wait_in_service_polls_until_in_service() -> None:
     clock, lines = FakeClock(), []
     desc = wait_in_service(fake, "ep", expected_config="cfg-new", poll_s=30, sleep=clock.sleep,
                            clock=clock, log=lines.append)
-    assert desc["EndpointStatus"] == "InService"
+    assert desc.status == "InService"
     assert fake.polls == 3 and clock.sleeps == [30, 30]
     assert lines == ["endpoint ep: Creating", "endpoint ep: InService"]
 

@@ -216,7 +216,7 @@ def test_in_service_right_after_update_endpoint_is_waited_on(sdk_knows_every_rel
     with stub:
         results = sm.apply(calls, {sm.SAGEMAKER: client}, sleep=lambda s: None, poll_s=0, log=lines.append)
     stub.assert_no_pending_responses()
-    assert results[-1]["EndpointConfigName"] == new
+    assert results[-1].config_name == new
     assert "endpoint checks-mme: Updating" in lines
 
 

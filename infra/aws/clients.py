@@ -28,6 +28,8 @@ S3Client: TypeAlias = Any
 """A boto3 ``s3`` client (``Any``: see :data:`SageMakerClient`)."""
 BotoClient: TypeAlias = Any
 """A boto3 client of any other service (``Any``: see :data:`SageMakerClient`)."""
+AwsResponse: TypeAlias = dict[str, Any]
+"""A boto3 call's parsed answer (its shape is the AWS API's; no stubs describe it)."""
 BotoConfig: TypeAlias = Any
 """A ``botocore.config.Config`` (imported lazily: ``Any`` until it is)."""
 BotoSession: TypeAlias = Any

@@ -36,9 +36,11 @@ from typing import Any, NamedTuple
 
 from botocore.exceptions import ClientError
 
+from infra.aws.clients import AutoScalingClient, AwsResponse, BotoClient, S3Client, SageMakerClient
 from infra.aws.errors import AwsCallError
 from infra.aws.errors import describe as aws_describe
 from infra.errors import InvalidInput, MMEError, UserError
+from infra.jsontypes import JsonObject, JsonValue
 from infra.triton.release import TritonRelease
 
 _logger = logging.getLogger(__name__)
@@ -457,14 +459,14 @@ class EndpointPlan:
         tags = {MANAGED_BY_KEY: MANAGED_BY_VALUE, ENDPOINT_TAG_KEY: self.endpoint_name, **self.tags}
         return [{"Key": k, "Value": v} for k, v in tags.items()]
 
-    def scalable_target_params(self) -> dict[str, Any]:
+    def scalable_target_params(self) -> JsonObject:
         return {"ServiceNamespace": "sagemaker", "ResourceId": self.scaling_resource_id,
                 "ScalableDimension": SCALABLE_DIMENSION,
                 "MinCapacity": (self.autoscaling_min if self.autoscaling_min is not None
                                 else self.initial_instance_count),
                 "MaxCapacity": self.autoscaling_max}
 
-    def target_tracking_config(self) -> dict[str, Any]:
+    def target_tracking_config(self) -> JsonObject:
         return {"TargetValue": float(self.target_invocations_per_instance),
                 "PredefinedMetricSpecification": {"PredefinedMetricType": INVOCATIONS_METRIC},
                 "ScaleInCooldown": self.scale_in_cooldown_s,
@@ -493,7 +495,7 @@ def plan_for(endpoint_name: str, model_data_url: str, execution_role_arn: str, *
                         execution_role_arn=execution_role_arn, instance_type=instance_type, **options)
 
 
-def bucket_region(s3_client: Any, bucket: str) -> str:
+def bucket_region(s3_client: S3Client, bucket: str) -> str:
     """The region of ``bucket`` from GetBucketLocation (read-only); its ``None`` means
     us-east-1 and the legacy ``EU`` eu-west-1."""
     try:
@@ -503,7 +505,7 @@ def bucket_region(s3_client: Any, bucket: str) -> str:
     return {None: "us-east-1", "": "us-east-1", "EU": "eu-west-1"}.get(where, where)
 
 
-def check_bucket_region(s3_client: Any, model_data_url: str, region: str) -> None:
+def check_bucket_region(s3_client: S3Client, model_data_url: str, region: str) -> None:
     """Refuse (one line naming both) a model bucket in another region than the endpoint: the
     endpoint could not download its models ("Failed to download model data"), which SageMaker
     says only after provisioning. Called before a deploy creates anything."""
@@ -534,8 +536,46 @@ class DeployState:
     endpoint_instance_type: str | None = None
     endpoint_instance_count: int | None = None
     failure_reason: str | None = None
-    scalable_target: dict[str, Any] | None = None
-    scaling_policy: dict[str, Any] | None = None
+    scalable_target: ScalableTarget | None = None
+    scaling_policy: ScalingPolicy | None = None
+
+
+@dataclass(frozen=True)
+class ScalableTarget:
+    """A variant's scalable target, as much of Application Auto Scaling's description as a
+    deploy compares with its plan and a rollback registers again."""
+
+    resource_id: str
+    min_capacity: int
+    max_capacity: int
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """A scaling policy on a variant: its name and type, and (target tracking) its
+    configuration as AWS describes it, which a rollback puts back as it was."""
+
+    name: str
+    policy_type: str | None = None
+    target_tracking: JsonObject | None = None
+
+
+class Scaling(NamedTuple):
+    """(scalable target, our policy) on a variant, each None when absent."""
+
+    target: ScalableTarget | None
+    policy: ScalingPolicy | None
+
+
+@dataclass(frozen=True)
+class EndpointDescription:
+    """What :func:`wait_in_service` saw last: the endpoint's status, the config it serves, and
+    SageMaker's reason when it failed."""
+
+    endpoint: str
+    status: str | None
+    config_name: str | None = None
+    failure_reason: str | None = None
 
 
 def _is_not_found(exc: ClientError) -> bool:
@@ -546,7 +586,7 @@ def _is_not_found(exc: ClientError) -> bool:
         code == "ValidationException" and "could not find" in str(err.get("Message", "")).lower())
 
 
-def _describe(fn: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any] | None:
+def _describe(fn: Callable[..., AwsResponse], **params: str) -> AwsResponse | None:
     try:
         return fn(**params)
     except ClientError as exc:
@@ -555,27 +595,33 @@ def _describe(fn: Callable[..., dict[str, Any]], **params: Any) -> dict[str, Any
         raise
 
 
-def _variant(config: Mapping[str, Any], variant_name: str) -> Mapping[str, Any] | None:
+def _variant(config: AwsResponse, variant_name: str) -> AwsResponse | None:
     return next((v for v in config.get("ProductionVariants", []) if v.get("VariantName") == variant_name), None)
 
 
-def describe_scaling(aas_client: Any, resource_id: str, policy_name: str | None
-                     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+def describe_scaling(aas_client: AutoScalingClient, resource_id: str, policy_name: str | None
+                     ) -> Scaling:
     """(scalable target, our policy) on a variant, each None when absent."""
     targets = aas_client.describe_scalable_targets(
         ServiceNamespace="sagemaker", ResourceIds=[resource_id],
         ScalableDimension=SCALABLE_DIMENSION).get("ScalableTargets", [])
-    target = next((t for t in targets if t.get("ResourceId") == resource_id), None)
+    found = next((t for t in targets if t.get("ResourceId") == resource_id), None)
+    if found is None:
+        return Scaling(None, None)
+    target = ScalableTarget(resource_id, int(found["MinCapacity"]), int(found["MaxCapacity"]))
     policy = None
-    if target is not None and policy_name is not None:
+    if policy_name is not None:
         policies = aas_client.describe_scaling_policies(
             ServiceNamespace="sagemaker", ResourceId=resource_id, ScalableDimension=SCALABLE_DIMENSION,
             PolicyNames=[policy_name]).get("ScalingPolicies", [])
-        policy = next((p for p in policies if p.get("PolicyName") == policy_name), None)
-    return target, policy
+        p = next((p for p in policies if p.get("PolicyName") == policy_name), None)
+        if p is not None:
+            policy = ScalingPolicy(policy_name, p.get("PolicyType"),
+                                   p.get("TargetTrackingScalingPolicyConfiguration"))
+    return Scaling(target, policy)
 
 
-def describe_state(sm_client: Any, aas_client: Any, plan: EndpointPlan) -> DeployState:
+def describe_state(sm_client: SageMakerClient, aas_client: AutoScalingClient, plan: EndpointPlan) -> DeployState:
     """Read (only) what exists for ``plan``: model, config, endpoint, autoscaling."""
     state = DeployState()
     state.model_exists = _describe(sm_client.describe_model, ModelName=plan.model_name) is not None
@@ -611,7 +657,7 @@ class Call(NamedTuple):
 
     service: str
     operation: str
-    params: dict[str, Any]
+    params: JsonObject
 
     @property
     def mutating(self) -> bool:
@@ -628,21 +674,21 @@ def format_calls(calls: Iterable[Call]) -> str:
 
 
 def _create_model_call(plan: EndpointPlan) -> Call:
-    container: dict[str, Any] = {
+    container: JsonObject = {
         "Image": plan.image_uri,
         "ModelDataUrl": plan.model_data_url,
         "Mode": "MultiModel",
         "MultiModelConfig": {"ModelCacheSetting": plan.model_cache_setting},
     }
     if plan.environment:
-        container["Environment"] = dict(plan.environment)
+        container["Environment"] = {**plan.environment}
     return Call(SAGEMAKER, "create_model", {
         "ModelName": plan.model_name, "ExecutionRoleArn": plan.execution_role_arn,
-        "PrimaryContainer": container, "Tags": plan.aws_tags()})
+        "PrimaryContainer": container, "Tags": _json_tags(plan)})
 
 
 def _create_config_call(plan: EndpointPlan) -> Call:
-    variant: dict[str, Any] = {
+    variant: JsonObject = {
         "VariantName": plan.variant_name, "ModelName": plan.model_name,
         "InstanceType": plan.instance_type, "InitialInstanceCount": plan.initial_instance_count,
         "InitialVariantWeight": 1.0}
@@ -650,7 +696,12 @@ def _create_config_call(plan: EndpointPlan) -> Call:
         variant["InferenceAmiVersion"] = plan.inference_ami_version
     return Call(SAGEMAKER, "create_endpoint_config", {
         "EndpointConfigName": plan.endpoint_config_name, "ProductionVariants": [variant],
-        "Tags": plan.aws_tags()})
+        "Tags": _json_tags(plan)})
+
+
+def _json_tags(plan: EndpointPlan) -> list[JsonValue]:
+    """:meth:`EndpointPlan.aws_tags` as request parameters."""
+    return [{**tag} for tag in plan.aws_tags()]
 
 
 def _wait_call(endpoint: str, config: str) -> Call:
@@ -662,13 +713,14 @@ def _deregister_call(resource_id: str) -> Call:
         "ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION})
 
 
-def _policy_matches(policy: Mapping[str, Any] | None, plan: EndpointPlan) -> bool:
-    if policy is None or policy.get("PolicyType") != "TargetTrackingScaling":
+def _policy_matches(policy: ScalingPolicy | None, plan: EndpointPlan) -> bool:
+    if policy is None or policy.policy_type != "TargetTrackingScaling":
         return False
-    have = policy.get("TargetTrackingScalingPolicyConfiguration", {})
+    have = policy.target_tracking or {}
     want = plan.target_tracking_config()
-    return (float(have.get("TargetValue", -1)) == want["TargetValue"]
-            and have.get("PredefinedMetricSpecification", {}).get("PredefinedMetricType") == INVOCATIONS_METRIC
+    metric = have.get("PredefinedMetricSpecification")
+    return (have.get("TargetValue", -1) == want["TargetValue"]
+            and isinstance(metric, dict) and metric.get("PredefinedMetricType") == INVOCATIONS_METRIC
             and have.get("ScaleInCooldown") == want["ScaleInCooldown"]
             and have.get("ScaleOutCooldown") == want["ScaleOutCooldown"]
             and not have.get("DisableScaleIn", False))
@@ -716,13 +768,13 @@ def _endpoint_calls(plan: EndpointPlan, s: DeployState) -> tuple[list[Call], boo
     if s.endpoint_status is None:
         return [Call(SAGEMAKER, "create_endpoint", {
             "EndpointName": plan.endpoint_name, "EndpointConfigName": plan.endpoint_config_name,
-            "Tags": plan.aws_tags()}), _wait_call(plan.endpoint_name, plan.endpoint_config_name)], False
+            "Tags": _json_tags(plan)}), _wait_call(plan.endpoint_name, plan.endpoint_config_name)], False
     if s.endpoint_config_name == plan.endpoint_config_name:
         return [], False
     calls: list[Call] = []
     scaling_cleared = False
-    params: dict[str, Any] = {"EndpointName": plan.endpoint_name,
-                              "EndpointConfigName": plan.endpoint_config_name}
+    params: JsonObject = {"EndpointName": plan.endpoint_name,
+                          "EndpointConfigName": plan.endpoint_config_name}
     same_type = s.endpoint_instance_type == plan.instance_type
     if s.scalable_target is not None and not same_type:
         calls.append(_deregister_call(plan.scaling_resource_id))  # also deletes its policies
@@ -735,15 +787,15 @@ def _endpoint_calls(plan: EndpointPlan, s: DeployState) -> tuple[list[Call], boo
     return calls, scaling_cleared
 
 
-def _autoscaling_calls(plan: EndpointPlan, target: Mapping[str, Any] | None,
-                       policy: Mapping[str, Any] | None) -> list[Call]:
+def _autoscaling_calls(plan: EndpointPlan, target: ScalableTarget | None,
+                       policy: ScalingPolicy | None) -> list[Call]:
     """Register the scalable target and put the policy where they differ from the plan; with
     autoscaling off, remove them, but only where our named policy shows that we set them up
     (a target someone registered by hand is left alone)."""
     calls: list[Call] = []
     if plan.autoscaling:
         want = plan.scalable_target_params()
-        if target is None or (target.get("MinCapacity"), target.get("MaxCapacity")) != (
+        if target is None or (target.min_capacity, target.max_capacity) != (
                 want["MinCapacity"], want["MaxCapacity"]):
             calls.append(Call(AUTOSCALING, "register_scalable_target", want))
         if not _policy_matches(policy, plan):
@@ -767,17 +819,17 @@ def _default_log(message: str) -> None:
     _logger.info("%s", message)
 
 
-def apply(calls: Iterable[Call], clients: Mapping[str, Any], *, log: Log = _default_log,
+def apply(calls: Iterable[Call], clients: Mapping[str, BotoClient], *, log: Log = _default_log,
           timeout_s: float = 1800, poll_s: float = 30, sleep: Callable[[float], None] = time.sleep,
           clock: Callable[[], float] = time.monotonic,
-          on_applied: Callable[[Call], None] | None = None) -> list[Any]:
+          on_applied: Callable[[Call], None] | None = None) -> list[AwsResponse | EndpointDescription]:
     """Execute ``calls`` in order with ``clients`` (keyed ``"sagemaker"``, ``"application-autoscaling"``).
 
     Returns each call's response.  Stops at the first failure: the error names the call
     (the ClientError is chained), and the calls already made stay made (a re-plan
     picks up from there because every create is keyed by a content-addressed name).
     """
-    results: list[Any] = []
+    results: list[AwsResponse | EndpointDescription] = []
     for call in calls:
         client = clients.get(call.service)
         if client is None:
@@ -785,8 +837,10 @@ def apply(calls: Iterable[Call], clients: Mapping[str, Any], *, log: Log = _defa
         log(f"{call.service}.{call.operation} {_brief(call.params)}")
         try:
             if call.operation == WAIT_IN_SERVICE:
+                config = call.params.get("EndpointConfigName")
                 results.append(wait_in_service(
-                    client, call.params["EndpointName"], expected_config=call.params.get("EndpointConfigName"),
+                    client, str(call.params["EndpointName"]),
+                    expected_config=None if config is None else str(config),
                     timeout_s=timeout_s, poll_s=poll_s, sleep=sleep, clock=clock, log=log))
                 continue
             results.append(getattr(client, call.operation)(**call.params))
@@ -807,7 +861,7 @@ class AwsCallFailed(AwsCallError, SageMakerDeployError):
         return cls(err.operation, err.resource, err.code, err.message)
 
 
-def _resource(params: Mapping[str, Any]) -> str | None:
+def _resource(params: JsonObject) -> str | None:
     """What a call is about, in words: ``endpoint my-mme``, ``model my-mme-model-1a2b``."""
     for key, word in (("ModelName", "model"), ("EndpointConfigName", "endpoint config"),
                       ("EndpointName", "endpoint"), ("PolicyName", "scaling policy"),
@@ -817,17 +871,18 @@ def _resource(params: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _brief(params: Mapping[str, Any]) -> str:
+def _brief(params: JsonObject) -> str:
     names = [f"{k}={params[k]}" for k in ("EndpointName", "EndpointConfigName", "ModelName",
                                            "ResourceId", "PolicyName") if k in params]
     return " ".join(names)
 
 
-def wait_in_service(sm_client: Any, endpoint: str, *, expected_config: str | None = None,
+def wait_in_service(sm_client: SageMakerClient, endpoint: str, *, expected_config: str | None = None,
                     timeout_s: float = 1800, poll_s: float = 30,
                     sleep: Callable[[float], None] = time.sleep,
-                    clock: Callable[[], float] = time.monotonic, log: Log = _default_log) -> dict[str, Any]:
-    """Poll DescribeEndpoint until InService; return the last description.
+                    clock: Callable[[], float] = time.monotonic,
+                    log: Log = _default_log) -> EndpointDescription:
+    """Poll DescribeEndpoint until InService; return what it said last.
 
     Why not boto3's waiter: it hides ``FailureReason`` behind a generic WaiterError,
     and GPU MME creation routinely takes 10-20 minutes, so the caller wants progress
@@ -847,7 +902,8 @@ def wait_in_service(sm_client: Any, endpoint: str, *, expected_config: str | Non
             last_status = status
         started = started or status != "InService"
         if _settled(desc, endpoint, expected_config, started):
-            return desc
+            return EndpointDescription(endpoint, status, desc.get("EndpointConfigName"),
+                                       desc.get("FailureReason"))
         remaining = deadline - clock()
         if remaining <= 0:
             waited = "" if started else f" on {desc.get('EndpointConfigName')}; the update never showed as started"
@@ -857,7 +913,7 @@ def wait_in_service(sm_client: Any, endpoint: str, *, expected_config: str | Non
         sleep(min(poll_s, remaining))
 
 
-def _settled(desc: Mapping[str, Any], endpoint: str, expected_config: str | None, started: bool) -> bool:
+def _settled(desc: AwsResponse, endpoint: str, expected_config: str | None, started: bool) -> bool:
     """True when ``desc`` is the endpoint InService on the expected config; raises when it is
     Failed, or InService on another config after the update started; False: keep waiting."""
     status = desc.get("EndpointStatus")
@@ -890,13 +946,14 @@ class ApplySettings:
     clock: Callable[[], float] = time.monotonic
     on_applied: Callable[[Call], None] | None = None
 
-    def apply(self, calls: Iterable[Call], clients: Mapping[str, Any]) -> list[Any]:
+    def apply(self, calls: Iterable[Call], clients: Mapping[str, BotoClient]
+              ) -> list[AwsResponse | EndpointDescription]:
         return apply(calls, clients, log=self.log, timeout_s=self.timeout_s, poll_s=self.poll_s,
                      sleep=self.sleep, clock=self.clock, on_applied=self.on_applied)
 
 
-def rollback_endpoint(sm_client: Any, endpoint: str, previous_config_name: str, *,
-                      aas_client: Any = None, previous_state: DeployState | None = None,
+def rollback_endpoint(sm_client: SageMakerClient, endpoint: str, previous_config_name: str, *,
+                      aas_client: AutoScalingClient | None = None, previous_state: DeployState | None = None,
                       variant_name: str = "AllTraffic",
                       settings: ApplySettings = ApplySettings()) -> list[Call]:
     """Blue/green back: ``UpdateEndpoint`` to ``previous_config_name`` and wait until InService.
@@ -929,20 +986,20 @@ def _restore_scaling_calls(resource_id: str, previous_state: DeployState) -> lis
         return []
     calls = [Call(AUTOSCALING, "register_scalable_target", {
         "ServiceNamespace": "sagemaker", "ResourceId": resource_id, "ScalableDimension": SCALABLE_DIMENSION,
-        "MinCapacity": old["MinCapacity"], "MaxCapacity": old["MaxCapacity"]})]
+        "MinCapacity": old.min_capacity, "MaxCapacity": old.max_capacity})]
     pol = previous_state.scaling_policy
-    if pol is not None and "TargetTrackingScalingPolicyConfiguration" in pol:
+    if pol is not None and pol.target_tracking is not None:
         calls.append(Call(AUTOSCALING, "put_scaling_policy", {
-            "PolicyName": pol["PolicyName"], "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
-            "ScalableDimension": SCALABLE_DIMENSION, "PolicyType": pol["PolicyType"],
-            "TargetTrackingScalingPolicyConfiguration": pol["TargetTrackingScalingPolicyConfiguration"]}))
+            "PolicyName": pol.name, "ServiceNamespace": "sagemaker", "ResourceId": resource_id,
+            "ScalableDimension": SCALABLE_DIMENSION, "PolicyType": pol.policy_type,
+            "TargetTrackingScalingPolicyConfiguration": pol.target_tracking}))
     return calls
 
 
 # --------------------------------------------------------------------------- delete
 
 
-def _tags(sm_client: Any, arn: str) -> dict[str, str]:
+def _tags(sm_client: SageMakerClient, arn: str) -> dict[str, str]:
     tags: dict[str, str] = {}
     for page in sm_client.get_paginator("list_tags").paginate(ResourceArn=arn):
         tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
@@ -953,8 +1010,8 @@ def _owned(tags: Mapping[str, str], endpoint: str) -> bool:
     return tags.get(MANAGED_BY_KEY) == MANAGED_BY_VALUE and tags.get(ENDPOINT_TAG_KEY) == endpoint
 
 
-def plan_delete(sm_client: Any, aas_client: Any, plan: EndpointPlan, *, delete_model: bool = True,
-                delete_config: bool = True) -> list[Call]:
+def plan_delete(sm_client: SageMakerClient, aas_client: AutoScalingClient, plan: EndpointPlan, *,
+                delete_model: bool = True, delete_config: bool = True) -> list[Call]:
     """The calls that remove the endpoint and what we created for it (read-only to compute).
 
     Removes only what carries our tags for this endpoint: the endpoint itself (refused
@@ -998,7 +1055,7 @@ def plan_delete(sm_client: Any, aas_client: Any, plan: EndpointPlan, *, delete_m
     return calls
 
 
-def delete_endpoint_and_resources(sm_client: Any, aas_client: Any, plan: EndpointPlan, *,
+def delete_endpoint_and_resources(sm_client: SageMakerClient, aas_client: AutoScalingClient, plan: EndpointPlan, *,
                                   delete_model: bool = True, delete_config: bool = True,
                                   dry_run: bool = False, log: Log = _default_log) -> list[Call]:
     """Deregister autoscaling, delete the endpoint, then our configs and models; return the calls.

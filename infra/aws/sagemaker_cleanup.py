@@ -110,7 +110,7 @@ def gather(sm_client: SageMakerClient, aas_client: AutoScalingClient, endpoint: 
             if target is not None:
                 seen.add("scalable_target", resource_id)
             if policy is not None:
-                seen.add("scaling_policy", policy["PolicyName"], resource_id=resource_id)
+                seen.add("scaling_policy", policy.name, resource_id=resource_id)
     return seen
 
 
