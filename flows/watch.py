@@ -131,9 +131,9 @@ def watch(
     if reported:
         _flush_events()
     for gone in removed:
-        log.info("%s removed since the last scan", gone.get("uri") or gone["key"])
-        reported.append({"uri": gone.get("uri"), "key": gone["key"], "size": gone.get("size"),
-                         "ensemble": ensemble_for(gone["key"], ensemble_map), "change": "removed"})
+        log.info("%s removed since the last scan", gone.record.uri or gone.key)
+        reported.append({"uri": gone.record.uri, "key": gone.key, "size": gone.record.size,
+                         "ensemble": ensemble_for(gone.key, ensemble_map), "change": "removed"})
     if changes or removed or not previous:
         write_state(state_uri, source_uri, new_state)
     log.info("scanned %s: %d model files, %d events, %d removed", source_uri, len(listing),

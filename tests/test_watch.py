@@ -22,6 +22,8 @@ import flows.watch as watch_mod
 from flows.watch import watch
 from tasks.deploy.watch import (
     Change,
+    Remembered,
+    Removed,
     change_reasons,
     default_state_uri,
     diff_listing,
@@ -47,7 +49,7 @@ def test_diff_new_objects() -> None:
 
 
 def test_diff_unchanged_reports_nothing_and_keeps_known_sha() -> None:
-    prev = {"a/m.onnx": {**record_of(info("a/m.onnx")), "sha256": "abc"}}
+    prev = {"a/m.onnx": record_of(info("a/m.onnx")).model_copy(update={"sha256": "abc"})}
     changes, removed, state = diff_listing(prev, [info("a/m.onnx")])  # listings carry no sha256
     assert changes == [] and removed == []
     assert state == prev
@@ -57,18 +59,18 @@ def test_diff_changed_size() -> None:
     prev = {"a/m.onnx": record_of(info("a/m.onnx"))}
     changes, _, state = diff_listing(prev, [info("a/m.onnx", size=11)])
     assert changes == [Change(info("a/m.onnx", size=11), "changed", ("size",))]
-    assert state["a/m.onnx"]["size"] == 11
+    assert state["a/m.onnx"].size == 11
 
 
 def test_diff_changed_mtime() -> None:
     prev = {"a/m.onnx": record_of(info("a/m.onnx"))}
     changes, _, state = diff_listing(prev, [info("a/m.onnx", mtime=1000.5)])
     assert [(c.kind, c.reasons) for c in changes] == [("changed", ("last_modified",))]
-    assert state["a/m.onnx"]["last_modified"] == 1000.5
+    assert state["a/m.onnx"].last_modified == 1000.5
 
 
 def test_diff_sha256_only_when_both_known() -> None:
-    old = {**record_of(info("a/m.onnx")), "sha256": "aaa"}
+    old = record_of(info("a/m.onnx")).model_copy(update={"sha256": "aaa"})
     assert change_reasons(old, info("a/m.onnx", sha256="bbb")) == ("sha256",)
     assert change_reasons(old, info("a/m.onnx", sha256=None)) == ()
     assert change_reasons(record_of(info("a/m.onnx")), info("a/m.onnx", sha256="bbb")) == ()
@@ -78,7 +80,7 @@ def test_diff_removed() -> None:
     prev = {"a/m.onnx": record_of(info("a/m.onnx")), "b/gone.onnx": record_of(info("b/gone.onnx"))}
     changes, removed, state = diff_listing(prev, [info("a/m.onnx")])
     assert changes == []
-    assert removed == [{"key": "b/gone.onnx", **record_of(info("b/gone.onnx"))}]
+    assert removed == [Removed("b/gone.onnx", record_of(info("b/gone.onnx")))]
     assert list(state) == ["a/m.onnx"]
 
 
@@ -86,7 +88,8 @@ def test_state_round_trips_through_json() -> None:
     """A re-read state (floats through JSON) compares equal: a re-run reports nothing."""
     listing = [info("a/m.onnx", mtime=1712345678.123456789)]
     _, _, state = diff_listing({}, listing)
-    changes, _, _ = diff_listing(json.loads(json.dumps(state)), listing)
+    read_back = json.loads(json.dumps({k: v.model_dump() for k, v in state.items()}))
+    changes, _, _ = diff_listing({k: Remembered.model_validate(v) for k, v in read_back.items()}, listing)
     assert changes == []
 
 

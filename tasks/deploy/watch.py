@@ -22,8 +22,10 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict
 
 from infra import paths
 from infra.errors import InvalidInput
@@ -33,8 +35,28 @@ from tasks.runtime.run_context import run_logger
 
 STATE_VERSION = 1
 
-__all__ = ["Change", "change_reasons", "default_state_uri", "diff_listing", "read_state",
-           "record_of", "scan", "state_object_uri", "write_state"]
+__all__ = ["Change", "Diff", "Remembered", "Removed", "change_reasons", "default_state_uri",
+           "diff_listing", "read_state", "record_of", "scan", "state_object_uri", "write_state"]
+
+
+class Remembered(BaseModel):
+    """What the state remembers of one object (see :func:`record_of`); fields a hand edit or a
+    newer tool added are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    uri: str | None = None
+    size: int | None = None
+    last_modified: int | float | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """An object reported before and gone from the listing now: its key and what was remembered."""
+
+    key: str
+    record: Remembered
 
 
 @dataclass(frozen=True)
@@ -46,35 +68,41 @@ class Change:
     reasons: tuple[str, ...] = ()
 
 
-def record_of(info: ObjectInfo) -> dict[str, Any]:
+def record_of(info: ObjectInfo) -> Remembered:
     """What the state remembers of an object."""
-    return {"uri": info.uri, "size": info.size, "last_modified": info.last_modified, "sha256": info.sha256}
+    return Remembered(uri=info.uri, size=info.size, last_modified=info.last_modified, sha256=info.sha256)
 
 
-def change_reasons(old: Mapping[str, Any], info: ObjectInfo) -> tuple[str, ...]:
+def change_reasons(old: Remembered, info: ObjectInfo) -> tuple[str, ...]:
     """Why ``info`` differs from the remembered record ``old`` (empty: unchanged)."""
     reasons = []
-    if old.get("size") != info.size:
+    if old.size != info.size:
         reasons.append("size")
-    if old.get("last_modified") != info.last_modified:
+    if old.last_modified != info.last_modified:
         reasons.append("last_modified")
-    if old.get("sha256") is not None and info.sha256 is not None and old["sha256"] != info.sha256:
+    if old.sha256 is not None and info.sha256 is not None and old.sha256 != info.sha256:
         reasons.append("sha256")
     return tuple(reasons)
 
 
-def diff_listing(
-    previous_state: Mapping[str, Mapping[str, Any]], listing: Iterable[ObjectInfo]
-) -> tuple[list[Change], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+class Diff(NamedTuple):
+    """A listing compared with the state: the new or changed objects (sorted by key), the ones
+    gone, and the state to remember."""
+
+    changes: list[Change]
+    removed: list[Removed]
+    state: dict[str, Remembered]
+
+
+def diff_listing(previous_state: Mapping[str, Remembered], listing: Iterable[ObjectInfo]) -> Diff:
     """Compare a listing with the previously reported objects.
 
     ``previous_state`` maps key -> record (see :func:`record_of`); ``listing`` holds the
-    current (already filtered) objects.  Returns ``(new_or_changed, removed, new_state)``:
-    the changes sorted by key, the removed records (each with its ``key``), and the state to
-    remember.  An unchanged object keeps its old record, so a known sha256 is not forgotten.
+    current (already filtered) objects.  An unchanged object keeps its old record, so a known
+    sha256 is not forgotten.
     """
     new_or_changed: list[Change] = []
-    new_state: dict[str, dict[str, Any]] = {}
+    new_state: dict[str, Remembered] = {}
     for info in sorted(listing, key=lambda i: i.key):
         old = previous_state.get(info.key)
         if old is None:
@@ -86,9 +114,9 @@ def diff_listing(
             new_or_changed.append(Change(info, "changed", reasons))
             new_state[info.key] = record_of(info)
         else:
-            new_state[info.key] = dict(old)
-    removed = [{"key": key, **dict(old)} for key, old in sorted(previous_state.items()) if key not in new_state]
-    return new_or_changed, removed, new_state
+            new_state[info.key] = old
+    removed = [Removed(key, old) for key, old in sorted(previous_state.items()) if key not in new_state]
+    return Diff(new_or_changed, removed, new_state)
 
 
 def default_state_uri(source_uri: str) -> str:
@@ -135,7 +163,7 @@ def _store(loc: _StateLocation) -> ObjectStore:
     return loc.store
 
 
-def read_state(state_uri: str, source_uri: str) -> dict[str, dict[str, Any]]:
+def read_state(state_uri: str, source_uri: str) -> dict[str, Remembered]:
     """The remembered objects (key -> record); empty when there is no state yet."""
     loc = _state_location(state_uri)
     try:
@@ -147,19 +175,21 @@ def read_state(state_uri: str, source_uri: str) -> dict[str, dict[str, Any]]:
         objects = doc["objects"]
         if not isinstance(objects, dict):
             raise TypeError("objects is not a mapping")
-    except (ValueError, KeyError, TypeError) as exc:
+        remembered = {key: Remembered.model_validate(record) for key, record in objects.items()}
+    except (ValueError, KeyError, TypeError) as exc:  # (pydantic's ValidationError is a ValueError)
         # Written atomically, so only a hand edit gets here.  Starting over re-emits every
         # object, which the stable event ids make harmless.
         run_logger("mme.watch").warning("watch state %s unreadable (%s): starting from an empty state", loc.uri, exc)
         return {}
     if doc.get("source_uri") not in (None, source_uri):
         raise InvalidInput(f"watch state {loc.uri} belongs to {doc.get('source_uri')!r}, not {source_uri!r}")
-    return objects
+    return remembered
 
 
-def write_state(state_uri: str, source_uri: str, objects: Mapping[str, Mapping[str, Any]]) -> None:
+def write_state(state_uri: str, source_uri: str, objects: Mapping[str, Remembered]) -> None:
     """Replace the state object atomically (temp file + rename locally; one PUT on S3)."""
-    body = json.dumps({"version": STATE_VERSION, "source_uri": source_uri, "objects": objects},
+    records = {key: record.model_dump(mode="json") for key, record in objects.items()}
+    body = json.dumps({"version": STATE_VERSION, "source_uri": source_uri, "objects": records},
                       indent=1, sort_keys=True).encode()
     loc = _state_location(state_uri)
     if loc.path is not None:
