@@ -23,11 +23,15 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _du(path: Path) -> int:
@@ -40,7 +44,8 @@ def _peak_rss_mb() -> dict[str, float]:
     return {"self_mb": round(own, 1), "largest_child_mb": round(children, 1)}
 
 
-def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, float]:
+def _timed(fn: Callable[P, T], *args: P.args, **kw: P.kwargs) -> tuple[T, float]:
+    """``fn``'s result and the wall seconds it took."""
     t0 = time.perf_counter()
     got = fn(*args, **kw)
     return got, time.perf_counter() - t0

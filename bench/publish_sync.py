@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 os.environ.setdefault("MOTO_S3_DEFAULT_MAX_BUFFER_SIZE", str(1024 * 1024))
 for _var, _value in {"AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "bench",
@@ -57,6 +57,9 @@ from infra.store.sync import LocalObject, sync_files  # noqa: E402
 
 BUCKET = "bench"
 RESULTS = Path(__file__).resolve().parent / "results" / "publish_sync.json"
+
+
+T = TypeVar("T")
 
 
 def make_files(folder: Path, count: int, size: int) -> dict[str, LocalObject]:
@@ -143,7 +146,8 @@ def s3_backend(kind: str, latency_s: float = 0.0) -> Iterator[Any]:
         proc.join(10)
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(fn: Callable[[], T]) -> tuple[float, T]:
+    """The wall seconds ``fn`` took, and its result."""
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
