@@ -12,7 +12,7 @@ Failed naming it.
 from prefect import flow
 
 from tasks.fleet.report import advance, counts, raise_failures, report_fleet, start_fleet_progress
-from tasks.fleet.stages import all_outcomes, build_rest, plan_run, record_run, verify_canaries
+from tasks.fleet.stages import all_outcomes, build_rest, fuse_shards, plan_run, record_run, verify_canaries
 from tasks.runtime.runner import ConfiguredTaskRunner
 
 
@@ -30,7 +30,7 @@ def fleet_build(fleet: str, output_dir: str | None = None, triton_sample: int = 
     Returns the counts and the output folder; raises naming the
     variants that failed, after building and publishing the others.
     """
-    run = plan_run(fleet, output_dir, only, changed_uri)
+    run = fuse_shards(plan_run(fleet, output_dir, only, changed_uri))
     progress = start_fleet_progress(run.spec.name, len(run.todo))
     canaries = verify_canaries(run, triton_sample, all_in_triton)
     advance(progress, len(canaries.outcomes), len(run.todo))

@@ -22,10 +22,10 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -82,6 +82,11 @@ class FleetIndexEntry(BaseModel):
     reason: str | None = None
     checked_by: str | None = None
     built_at: float | None = None
+    #: ``fused``: served by shard ``shard`` as its tenant ``tenant`` (a TENANT value); a
+    #: shard's own entry (:attr:`FleetIndex.shards`) says ``fused`` with no shard.
+    layout: Literal["separate", "fused"] = "separate"
+    shard: str | None = None
+    tenant: int | None = None
 
 
 class FleetIndex(VersionedDocument):
@@ -93,6 +98,8 @@ class FleetIndex(VersionedDocument):
     target: str
     template_key: str | None = None
     variants: dict[str, FleetIndexEntry] = {}
+    #: A fused fleet's shards by name (``<fleet>-shard-000``): one tarball each.
+    shards: dict[str, FleetIndexEntry] = {}
 
 
 @dataclass
@@ -111,6 +118,9 @@ class VariantOutcome:
     reason: str | None = None
     seconds: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)
+    layout: Literal["separate", "fused"] = "separate"
+    shard: str | None = None  # fused: the shard that serves it, as its tenant ``tenant``
+    tenant: int | None = None
 
 
 @dataclass
@@ -382,10 +392,12 @@ def chunk_size(count: int, workers: int) -> int:
 
 
 def write_index(output_dir: Path, template: FleetTemplate, index: FleetIndex,
-                outcomes: Sequence[VariantOutcome], variants: Sequence[Variant]) -> FleetIndex:
+                outcomes: Sequence[VariantOutcome], variants: Sequence[Variant],
+                shards: Mapping[str, FleetIndexEntry] | None = None) -> FleetIndex:
     """The new fleet index (atomically): built and unchanged variants are ``ok``; a failed
     variant keeps its previous tarball's record with ``status: failed`` and the reason;
-    variants no longer declared are dropped from the index (their files stay until gc)."""
+    variants no longer declared are dropped from the index (their files stay until gc).
+    ``shards``: a fused fleet's shards of this build (None: the index's are kept)."""
     declared = {v.name for v in variants}
     entries: dict[str, FleetIndexEntry] = {}
     for o in outcomes:
@@ -403,9 +415,11 @@ def write_index(output_dir: Path, template: FleetTemplate, index: FleetIndex,
                                          sha256=o.sha256, bytes=o.bytes, status="ok",
                                          checked_by=o.checked_by,
                                          built_at=time.time() if o.status == "built" else
-                                         (old.built_at if old else None))
+                                         (old.built_at if old else None),
+                                         layout=o.layout, shard=o.shard, tenant=o.tenant)
     new = FleetIndex(fleet=template.fleet, target=template.target, template_key=template.key,
-                     variants={k: entries[k] for k in sorted(entries) if k in declared})
+                     variants={k: entries[k] for k in sorted(entries) if k in declared},
+                     shards=dict(index.shards if shards is None else shards))
     output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(output_dir / INDEX_FILE) as tmp:
         tmp.write_text(new.model_dump_json(indent=1))

@@ -10,7 +10,7 @@ their names (``resolve-fleet``, ``prepare-template``, ``verify-canaries``, ``bui
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from uuid import UUID
 
@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 
-from ensembles.fleet_spec import FleetSpec, Resolved, Variant, load_fleet, resolve_variants
+from ensembles.fleet_spec import FleetSpec, Resolved, Variant, check_fleet_layout, load_fleet, resolve_variants
 from infra import paths
 from infra.processes.ownership import owner
 from tasks.fleet.build import (
@@ -38,6 +38,7 @@ from tasks.fleet.build import (
     write_index,
 )
 from tasks.fleet.check import SharedReference, Structure
+from tasks.fleet.fused import FusedBuild
 from tasks.fleet.publish import publish_fleet_task
 from tasks.fleet.report import FleetPublishFailed, advance
 from tasks.fleet.variant import FleetTemplate
@@ -73,6 +74,7 @@ class FleetRun:
     todo: list[Variant]
     unchanged: list[VariantOutcome]
     later: list[Variant]
+    fused: FusedBuild | None = None  # a fused fleet's shards and tenants (None: separate)
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,33 @@ def plan_run(fleet: str, output_dir: str | None, only: list[str] | None,
                       len(resolved.variants), len(unchanged), len(todo), len(resolved.problems))
     return FleetRun(spec=spec, resolved=resolved, out=out, work=work, template=template, shared=shared,
                     index=index, todo=todo, unchanged=unchanged, later=later)
+
+
+@task(name="fuse-shards", cache_policy=NO_CACHE)
+def fuse_shards_task(run: FleetRun) -> FusedBuild:
+    """The fused part of a fused fleet's build (:func:`tasks.fleet.fused_build.build_fused`)."""
+    from tasks.fleet.fused_build import build_fused
+
+    check_fleet_layout(run.spec, run.template.spec)
+    return build_fused(run.template, run.shared, run.resolved.variants, run.index, run.out, run.work,
+                       run.spec.shard_size, log=run_logger().info)
+
+
+def fuse_shards(run: FleetRun) -> FleetRun:
+    """For a fused (or auto) layout, fuse what fuses into shards first; the run goes on with
+    the variants that could not fuse only (built separately, as a separate fleet's are).
+    A fused fleet's shards are rebuilt by content, so ``only`` and ``changed_uri`` narrow the
+    separate builds only."""
+    if not run.spec.fused:
+        return run
+    fused = fuse_shards_task(run)
+    apart = set(fused.refused)
+    run_logger().info("fleet %s: %d tenants fused in %d shards, %d built separately", run.spec.name,
+                      sum(1 for o in fused.outcomes if o.status != "failed"), len(fused.shards),
+                      len(apart))
+    return replace(run, fused=fused, todo=[v for v in run.todo if v.name in apart],
+                   unchanged=[o for o in run.unchanged if o.name in apart],
+                   later=[v for v in run.later if v.name in apart])
 
 
 def verify_canaries(run: FleetRun, sample: int, all_in_triton: bool) -> Canaries:
@@ -151,7 +180,9 @@ def all_outcomes(run: FleetRun, canaries: Canaries, built: list[VariantOutcome])
     later (skipped), and the ones the fleet file could not resolve (failed, with the reason)."""
     problems = [VariantOutcome(name=name, status="failed", file="", target_model=f"{name}.tar.gz",
                                reason=reason) for name, reason in run.resolved.problems]
-    return run.unchanged + canaries.outcomes + built + skipped(run.later, run.index) + problems
+    fused = run.fused.outcomes if run.fused else []
+    return (run.unchanged + fused + canaries.outcomes + built + skipped(run.later, run.index)
+            + problems)
 
 
 def record_run(run: FleetRun, outcomes: list[VariantOutcome], footprint: TemplateFootprint,
@@ -159,8 +190,10 @@ def record_run(run: FleetRun, outcomes: list[VariantOutcome], footprint: Templat
     """Write the fleet index, then publish when asked; returns the report's extra lines
     (output folder, template key, the footprint's note when anything was built, the publish
     line)."""
-    write_index(run.out, run.template, run.index, outcomes, run.resolved.variants)
-    extra = [f"Output: `{run.out}`", f"Template key: `{run.template.key[:12]}`"]
+    write_index(run.out, run.template, run.index, outcomes, run.resolved.variants,
+                run.fused.shards if run.fused else {})
+    extra = [f"Output: `{run.out}`", f"Template key: `{run.template.key[:12]}`",
+             *(run.fused.lines if run.fused else [])]
     if run.todo:
         extra.append(footprint.note())
         run_logger().info("fleet %s: %s", run.spec.name, extra[-1])
