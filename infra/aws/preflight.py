@@ -30,12 +30,13 @@ from typing import Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
 
-from infra.aws.clients import BotoClient
+from infra.aws.clients import BotoClient, S3Client
 from infra.aws.errors import aws_message, error_code
 from infra.errors import MMEError, UserError
+from infra.jsontypes import JsonObject, JsonValue
 
 Status = Literal["ok", "problem", "unchecked"]
-Clients = Callable[[str], Any]
+Clients = Callable[[str], BotoClient]
 """``service -> boto3 client`` in the pre-flight's region (``sts``, ``s3``, ``iam``,
 ``service-quotas``, ``ecr``)."""
 
@@ -99,12 +100,12 @@ class Caller:
     arn: str
 
 
-def _refuse_writes(model: Any, **_: Any) -> None:
+def _refuse_writes(model: Any, **_: object) -> None:  # model: a botocore OperationModel
     if not model.name.startswith(READ_ONLY_PREFIXES):
         raise WriteRefused(f"pre-flight is read-only, but {model.name} was called")
 
 
-def read_only(client: Any) -> Any:
+def read_only(client: BotoClient) -> BotoClient:
     """``client``, refusing every operation that is not a Describe/Get/List/Simulate before
     it is sent (registered first, so no later hook or stub can answer it instead)."""
     client.meta.events.register_first("before-call", _refuse_writes)
@@ -133,11 +134,11 @@ def clients_for(region: str) -> Clients:
         make = bound(region)
     else:
         from infra.aws import clients as aws
-        def make(service: str) -> Any:
+        def make(service: str) -> BotoClient:
             return aws.client(service, region)
-    made: dict[str, Any] = {}
+    made: dict[str, BotoClient] = {}
 
-    def get(service: str) -> Any:
+    def get(service: str) -> BotoClient:
         if service not in made:
             made[service] = read_only(make(service))
         return made[service]
@@ -178,7 +179,7 @@ def check_region(inputs: PreflightInputs, configured: str | None, known: set[str
     return Check("region", "ok", f"{region} (from {inputs.region_source})")
 
 
-def check_credentials(sts: Any) -> tuple[Check, Caller | None]:
+def check_credentials(sts: BotoClient) -> tuple[Check, Caller | None]:
     """Credentials resolve and are valid: STS GetCallerIdentity answers who they are."""
     try:
         who = sts.get_caller_identity()
@@ -199,7 +200,7 @@ def bucket_of(store: str | None) -> str | None:
     return store.removeprefix("s3://").split("/", 1)[0] or None
 
 
-def check_bucket(s3: Any, store: str | None, region: str) -> Check:
+def check_bucket(s3: S3Client, store: str | None, region: str) -> Check:
     """The bucket exists and is in the endpoint's region: SageMaker reads model data from its
     own region only, and says so after ~10 minutes of provisioning."""
     bucket = bucket_of(store)
@@ -232,29 +233,30 @@ def role_name_of(role_arn: str) -> str | None:
     return resource.rsplit("/", 1)[-1] or None
 
 
-def _statement_lets_sagemaker(statement: dict[str, Any]) -> bool:
-    actions = statement.get("Action", [])
-    actions = [actions] if isinstance(actions, str) else actions
+def _listed(value: JsonValue) -> list[JsonValue]:
+    """A policy field that holds one value or a list of them, as a list."""
+    return value if isinstance(value, list) else [value]
+
+
+def _statement_lets_sagemaker(statement: JsonObject) -> bool:
+    actions = _listed(statement.get("Action", []))
     principal = statement.get("Principal", {})
-    services = principal.get("Service", []) if isinstance(principal, dict) else principal
-    services = [services] if isinstance(services, str) else services
+    services = _listed(principal.get("Service", []) if isinstance(principal, dict) else principal)
     return (any(a in ("sts:AssumeRole", "sts:*", "*") for a in actions)
             and (SAGEMAKER_PRINCIPAL in services or "*" in services))
 
 
-def trusts_sagemaker(document: Any) -> bool:
+def trusts_sagemaker(document: str | JsonObject) -> bool:
     """True when a role's trust policy (a dict, or IAM's URL-encoded JSON) lets
     ``sagemaker.amazonaws.com`` assume it: an Allow that names it, and no Deny that does."""
-    if isinstance(document, str):
-        document = json.loads(urllib.parse.unquote(document))
-    statements = document.get("Statement", [])
-    statements = [statements] if isinstance(statements, dict) else statements
-    matching = [s for s in statements if _statement_lets_sagemaker(s)]
+    doc = json.loads(urllib.parse.unquote(document)) if isinstance(document, str) else document
+    statements = _listed(doc.get("Statement", []) if isinstance(doc, dict) else [])
+    matching = [s for s in statements if isinstance(s, dict) and _statement_lets_sagemaker(s)]
     return (any(s.get("Effect") == "Allow" for s in matching)
             and not any(s.get("Effect") == "Deny" for s in matching))
 
 
-def check_role(iam: Any, role_arn: str | None) -> Check:
+def check_role(iam: BotoClient, role_arn: str | None) -> Check:
     """The execution role exists and SageMaker may assume it (else CreateModel refuses it)."""
     name = role_name_of(role_arn) if role_arn else None
     if role_arn is None or name is None:
@@ -279,7 +281,7 @@ def check_role(iam: Any, role_arn: str | None) -> Check:
     return Check("role", "ok", f"{name} exists; {SAGEMAKER_PRINCIPAL} may assume it")
 
 
-def simulation_source(iam: Any, caller: Caller) -> tuple[str | None, str]:
+def simulation_source(iam: BotoClient, caller: Caller) -> tuple[str | None, str]:
     """The IAM ARN the policy simulator evaluates for ``caller``, or None and why there is
     none. An assumed role's STS ARN has lost the role's path: GetRole gives it back when
     allowed (SSO roles live under ``/aws-reserved/...``), else the path-less ARN is tried."""
@@ -301,7 +303,7 @@ def simulation_source(iam: Any, caller: Caller) -> tuple[str | None, str]:
     return None, f"{caller.arn} is not an IAM user or role the simulator can evaluate"
 
 
-def check_pass_role(iam: Any, caller: Caller | None, role_arn: str | None) -> Check:
+def check_pass_role(iam: BotoClient, caller: Caller | None, role_arn: str | None) -> Check:
     """The caller may pass the role to SageMaker (CreateModel needs ``iam:PassRole``), asked of
     the IAM policy simulator: identity policies and boundaries, not a session policy."""
     if caller is None or not role_arn or role_name_of(role_arn) is None:
@@ -367,7 +369,7 @@ def find_quota(quotas: BotoClient, name: str) -> Quota | None:
     return None
 
 
-def check_quota(quotas: Any, instance_type: str, region: str, needed: int) -> Check:
+def check_quota(quotas: BotoClient, instance_type: str, region: str, needed: int) -> Check:
     """The account may run ``needed`` instances of the type on endpoints: a quota of 0 (the
     default for many GPU types in a new account) fails CreateEndpoint with
     ResourceLimitExceeded, after the upload."""
@@ -388,7 +390,7 @@ def check_quota(quotas: Any, instance_type: str, region: str, needed: int) -> Ch
                  f"{needed} (account-wide: running endpoints count too)")
 
 
-def check_image(ecr: Any, region: str, release: str, instance_type: str) -> Check:
+def check_image(ecr: BotoClient, region: str, release: str, instance_type: str) -> Check:
     """The Triton image the deploy will name exists in the region's registry: a wrong URI fails
     the endpoint only after ~10 minutes of provisioning. The URI is the deploy's own
     (:func:`infra.aws.sagemaker.triton_image_uri`: the SDK, else the project's tables)."""
