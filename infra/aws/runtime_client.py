@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
+import httpx
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import np_to_triton_dtype
 
 # The runtime client and its botocore Config come from the one AWS client factory.
-from infra.aws.clients import READ_TIMEOUT_S, runtime_client_for, runtime_config  # noqa: F401
+from infra.aws.clients import READ_TIMEOUT_S, RuntimeClient, runtime_client_for, runtime_config  # noqa: F401
+from infra.jsontypes import JsonObject
 
 BINARY_CT = "application/vnd.sagemaker-triton.binary+json"
 HEADER_SIZE = re.compile(r"json-header-size\s*=\s*(\d+)")
@@ -43,14 +44,14 @@ def encode_request(inputs: dict[str, np.ndarray], *, binary: bool = True,
     return body, f"{BINARY_CT};json-header-size={json_size}"
 
 
-def _json_input(name: str, arr: np.ndarray) -> dict[str, Any]:
+def _json_input(name: str, arr: np.ndarray) -> JsonObject:
     dtype = np_to_triton_dtype(arr.dtype)
     flat = arr.reshape(-1)
     if dtype == "BYTES":
         data = [x.decode() if isinstance(x, bytes) else str(x) for x in flat]
     else:
         data = flat.tolist()
-    return {"name": name, "shape": list(arr.shape), "datatype": dtype, "data": data}
+    return {"name": name, "shape": [*arr.shape], "datatype": dtype, "data": data}
 
 
 def decode_response(body: bytes, content_type: str) -> dict[str, np.ndarray]:
@@ -79,13 +80,13 @@ def triton_headers(content_type: str) -> dict[str, str]:
     return {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": m.group(1)}
 
 
-def decode_triton_response(response: Any) -> dict[str, np.ndarray]:
+def decode_triton_response(response: httpx.Response) -> dict[str, np.ndarray]:
     """Parse a response of Triton's own HTTP API (an ``httpx.Response``)."""
     size = response.headers.get("inference-header-content-length")
     return decode_response(response.content, f"{BINARY_CT};json-header-size={size}" if size else "")
 
 
-def infer_direct(client: Any, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def infer_direct(client: httpx.Client, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One inference straight to Triton (``client``: an ``httpx.Client`` on its URL)."""
     body, ct = encode_request(inputs, binary=True)
     r = client.post(f"/v2/models/{model}/infer", content=body, headers=triton_headers(ct))
@@ -94,7 +95,7 @@ def infer_direct(client: Any, model: str, inputs: dict[str, np.ndarray]) -> dict
     return decode_triton_response(r)
 
 
-def invoke(runtime_client: Any, endpoint: str, target_model: str, inputs: dict[str, np.ndarray],
+def invoke(runtime_client: RuntimeClient, endpoint: str, target_model: str, inputs: dict[str, np.ndarray],
            *, binary: bool = True) -> dict[str, np.ndarray]:
     """``invoke_endpoint`` with a TargetModel; works against SageMaker and the local endpoint."""
     body, ct = encode_request(inputs, binary=binary)

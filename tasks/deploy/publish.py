@@ -12,10 +12,10 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 from infra.errors import InvalidInput
+from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest
 from infra.store.objects import ObjectNotFound, ObjectStore, open_store
 from tasks.deploy.records import Ledger
@@ -102,7 +102,7 @@ def read_ledger(store_uri: str, endpoint: str) -> Ledger:
     return Ledger.read(data, store.uri_for(key))
 
 
-def write_ledger(store_uri: str, endpoint: str, ledger: Ledger | dict[str, Any]) -> None:
+def write_ledger(store_uri: str, endpoint: str, ledger: Ledger | JsonObject) -> None:
     """Write the ledger; one that owns nothing (no ensemble, no plan) is deleted instead."""
     store, key = _ledger_location(store_uri, endpoint)
     if isinstance(ledger, dict):
