@@ -28,7 +28,7 @@ from fixtures.local_endpoint import X, call, metrics, models, post, start_endpoi
 from fixtures.tiny_models import publish_pipe, write_pipe_repo
 from fixtures.wait import wait_until, wait_until_async
 
-from tasks.planning.cache_model import lru_hits, top_k_hit_ratio
+from tasks.planning.cache_model import lru_hits, lru_warm, top_k_hit_ratio
 from infra.endpoint.local_mme import configure_logging
 from infra.endpoint.state import EndpointConfig, Reservoir, ThrashGuard
 from infra.triton.model_repo import namespace_for
@@ -475,9 +475,8 @@ def test_spare_room_unloads_an_idle_model_before_the_next_miss(tmp_path: Path, s
 
 
 def _lru_misses(sequence: list[str], capacity: int) -> list[bool]:
-    """Per request: did it miss an LRU cache of ``capacity`` (built from lru_hits itself)."""
-    return [lru_hits(sequence[:i + 1], capacity) == lru_hits(sequence[:i], capacity)
-            for i in range(len(sequence))]
+    """Per request: did it miss an LRU cache of ``capacity`` (the cache model's lru_warm)."""
+    return [not warm for warm in lru_warm(sequence, capacity)]
 
 
 # ---------------------------------------------------------------------------------- manager alone

@@ -14,12 +14,12 @@ Exact checks only (counts, orders, per-request decisions; no timing bounds):
 from __future__ import annotations
 
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tasks.planning.cache_model import lru_warm
 from tasks.planning.simulate import FleetArrays, InstanceConfig, simulate, simulate_closed_loop
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -34,18 +34,6 @@ def _fleet(n: int, load: float = 0.0, service: float | list[float] = 0.0, unload
                        service_s=np.array(service, dtype=float) if isinstance(service, list) else full(service))
 
 
-def _lru_warm(ids: list[int], capacity: int) -> list[bool]:
-    cache: OrderedDict[int, None] = OrderedDict()
-    out = []
-    for v in ids:
-        out.append(v in cache)
-        cache[v] = None
-        cache.move_to_end(v)
-        if len(cache) > capacity:
-            cache.popitem(last=False)
-    return out
-
-
 @pytest.mark.parametrize("load", [0.0, 0.5, 30.0])
 def test_one_client_closed_loop_is_an_exact_lru_whatever_the_load_time(load: float) -> None:
     rng = np.random.default_rng(5)
@@ -53,7 +41,7 @@ def test_one_client_closed_loop_is_an_exact_lru_whatever_the_load_time(load: flo
     cfg = InstanceConfig(count=1, gpu_bytes=INF, host_bytes=3, disk_bytes=INF, workers=2,
                          usable_fraction=1.0, load_slots=2)
     sim = simulate_closed_loop(ids, _fleet(8, load=load, service=0.01, unload=0.2), cfg, clients=1)
-    expected = _lru_warm(ids.tolist(), 3)
+    expected = list(lru_warm(ids.tolist(), 3))
     assert sim.warm is not None and sim.warm.tolist() == expected
     assert 0 < sum(expected) < len(expected)
     assert sim.loads == len(ids) - sum(expected)

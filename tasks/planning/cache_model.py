@@ -13,7 +13,7 @@ it actually sent: all reason with this one model, so a change to the LRU rule is
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
@@ -37,27 +37,33 @@ class Recency(OrderedDict[K, V]):
         return next((k for k in self if where(k)), None)
 
 
-def lru_hits(sequence: Iterable[Hashable], capacity: int) -> int:
-    """How many requests of ``sequence`` find their model loaded in an LRU cache of ``capacity``
-    models, starting empty (a miss loads the model and evicts the least recently used one).
-
-    O(1) per request. ``capacity`` 0 means nothing is ever kept (every request misses).
+def lru_warm(sequence: Iterable[Hashable], capacity: int) -> Iterator[bool]:
+    """Per request of ``sequence``: does it find its model loaded in an LRU cache of
+    ``capacity`` models, starting empty (a miss loads the model and evicts the least recently
+    used one). O(1) per request. ``capacity`` 0 means nothing is ever kept (every request misses).
     """
     if capacity < 0:
         raise ValueError(f"capacity {capacity}: must be >= 0")
     cache: Recency[Hashable, None] = Recency()
-    hits = 0
     for key in sequence:
         if key in cache:
-            hits += 1
             cache.touch(key)
+            yield True
             continue
+        yield False
         if capacity == 0:
             continue
         if len(cache) >= capacity:
             cache.popitem(last=False)
         cache[key] = None
-    return hits
+
+
+def lru_hits(sequence: Iterable[Hashable], capacity: int) -> int:
+    """How many requests of ``sequence`` hit an LRU cache of ``capacity`` models
+    (:func:`lru_warm`, counted)."""
+    if capacity < 0:  # before the first request: an empty sequence is refused too
+        raise ValueError(f"capacity {capacity}: must be >= 0")
+    return sum(lru_warm(sequence, capacity))
 
 
 def lru_hit_ratio(sequence: Sequence[Hashable], capacity: int) -> float:
