@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.context import TaskRunContext
@@ -31,15 +31,25 @@ from tasks.producers.dali import check_external_source, serialize_pipeline
 from tasks.producers.fetch import fetch_model_file, packaged_hf_model, tokenizer_files
 
 
+T = TypeVar("T")
+
+
 class NotAvailableHere(UserError, RuntimeError):
     """The producer needs something this host lacks (a GPU, TensorRT, Docker, conda)."""
+
+
+def _options(cls: Callable[..., T], params: Mapping[str, object]) -> T:
+    """A producer's YAML params as its options dataclass: an unknown name is refused by the
+    dataclass itself (TypeError, named by the registry), and its values are checked where the
+    options check them (``__post_init__``), not here."""
+    return cls(**params)
 
 
 def _compile_tensorrt(out_dir: Path, **params: object) -> tuple[Path, dict]:
     from tasks.producers.compile import CompileOptions, CompileUnavailable, compile_tensorrt
 
     try:
-        return compile_tensorrt(out_dir, CompileOptions(**params))  # type: ignore[arg-type]
+        return compile_tensorrt(out_dir, _options(CompileOptions, params))
     except CompileUnavailable as e:
         raise NotAvailableHere(f"compile_tensorrt: {e}") from e
 
@@ -48,7 +58,7 @@ def _pack_python_env(out_dir: Path, **params: object) -> tuple[Path, dict]:
     from tasks.producers.envpack import EnvPackOptions, EnvPackUnavailable, pack_python_env
 
     try:
-        return pack_python_env(out_dir, EnvPackOptions(**params))  # type: ignore[arg-type]
+        return pack_python_env(out_dir, _options(EnvPackOptions, params))
     except EnvPackUnavailable as e:
         raise NotAvailableHere(f"pack_python_env: {e}") from e
 
