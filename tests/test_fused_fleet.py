@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 import yaml
@@ -89,3 +90,67 @@ def test_the_build_fuses_what_shares_the_trunk_and_builds_the_rest_separately(fu
         assert manifest["validation"]["passed"] and manifest["fleet"]["tenants"] == len(members)
     assert {t for s in index.shards for t in
             [x["name"] for x in json.loads((out / f"{s}.tenants.json").read_text())["tenants"]]} == set(fusedv)
+
+
+def _own_answers(out: Path, models: Path, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Every tenant's own ONNX on the DALI output of ``image`` (the pipeline a shard ships)."""
+    import onnxruntime as ort
+
+    from tasks.build.verify import run_dali_cpu
+    from tasks.fleet.variant import read_members
+
+    shard = sorted(out.glob("*-shard-000.tar.gz"))[0]
+    dali = next(data for name, data in read_members(shard).items() if name.endswith("model.dali"))
+    (out.parent / "model.dali").write_bytes(dali)
+    tensor = run_dali_cpu(out.parent / "model.dali", [image.tobytes()], "INPUT")
+    answers = {}
+    for folder in sorted((models / "tenants").iterdir()):
+        sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+        answers[folder.name] = np.asarray(sess.run(None, {sess.get_inputs()[0].name: tensor})[0])
+    return answers
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_deployed_tenants_answer_as_their_own_models_and_a_changed_head_rebuilds_its_shard(
+        fused: dict[str, Any]) -> None:
+    from flows.fleet_build import fleet_build
+    from flows.fleet_deploy import fleet_deploy
+    from infra.endpoint.process import stop
+    from infra.records.manifest import load_manifest
+    from tasks.build.verify import Sample
+    from tasks.fleet.router import Router
+    from tasks.fleet.routes import read_routes
+
+    out, models, store_uri = fused["out"], fused["models"], fused["store_uri"]
+    fleet = yaml.safe_load((fused["root"] / "fleet.yaml").read_text())["name"]
+    try:
+        got = fleet_deploy(str(fused["root"] / "fleet.yaml"), [ENDPOINT], store_uri=store_uri,
+                           build_dir=str(out))
+        assert not got["failed"]
+        table = read_routes(store_uri, fleet)
+        tenants = {n: r for n, r in table.variants.items() if r.tenant is not None}
+        assert len(tenants) == COUNT - 1 and table.variants[ODD].tenant is None
+        image = Sample.from_json(load_manifest(out / f"{fleet}-shard-000.manifest.json")
+                                 .required_sample()).inputs["INPUT"]
+        own = _own_answers(out, models, image)
+        router = Router(store_uri, fleet, max_age_s=0)
+        for name in sorted(own):
+            answer = router.invoke(name, {"INPUT": image})["OUTPUT"]
+            assert answer.shape == own[name].shape, name  # the tenant's own classes
+            assert np.array_equal(np.argsort(-answer[0])[:5], np.argsort(-own[name][0])[:5]), name
+            assert float(np.abs(answer - own[name]).max()) <= 1e-4, name
+    finally:
+        stop(ENDPOINT)
+
+    before = _tarballs(out)
+    again = fleet_build(str(fused["root"] / "fleet.yaml"), output_dir=str(out), triton_sample=1)
+    assert (again["built"], again["unchanged"]) == (0, COUNT) and _tarballs(out) == before
+    _edit(models / "tenants" / CHANGED / "model.onnx", "head")
+    third = fleet_build(str(fused["root"] / "fleet.yaml"), output_dir=str(out), triton_sample=1)
+    after = _tarballs(out)
+    changed = sorted(n for n in after if after[n] != before.get(n))
+    index = FleetIndex.read((out / INDEX_FILE).read_text(), "index")
+    assert changed == [f"{index.variants[CHANGED].shard}.tar.gz"]
+    members = [n for n, e in index.variants.items() if e.shard == index.variants[CHANGED].shard]
+    assert third["built"] == len(members) and third["failed"] == 0

@@ -108,6 +108,8 @@ class Desired:
     size: int
     tarball: Path
     manifest: Path
+    shard: str | None = None  # a fused tenant: served by this shard (its tarball) as ``tenant``
+    tenant: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,15 +172,19 @@ def read_build(build_dir: Path, fleet: str | None = None) -> tuple[FleetIndex, B
 
 
 def desired_of(index: FleetIndex, build_dir: Path) -> dict[str, Desired]:
-    """The build's ``ok`` variants (tarball and manifest under ``build_dir``)."""
+    """The build's ``ok`` variants and fused shards (tarball and manifest under ``build_dir``);
+    a fused tenant is desired as its shard's tarball with its ``tenant`` index (routed, never
+    published on its own)."""
     desired = {}
-    for name, e in index.variants.items():
+    for name, e in [*index.variants.items(), *index.shards.items()]:
         if e.status != "ok" or not e.sha256 or e.bytes is None:
             continue
         tarball = build_dir / e.file
         desired[name] = Desired(name=name, target_model=e.target_model, sha256=e.sha256,
                                 size=e.bytes, tarball=tarball,
-                                manifest=tarball.with_name(e.file.removesuffix(".tar.gz") + MANIFEST_SUFFIX))
+                                manifest=tarball.with_name(e.file.removesuffix(".tar.gz") + MANIFEST_SUFFIX),
+                                shard=e.shard if e.layout == "fused" else None,
+                                tenant=e.tenant if e.layout == "fused" else None)
     return desired
 
 
@@ -212,6 +218,8 @@ def plan_jobs(desired: Mapping[str, Desired], table: RoutingTable,
     jobs, unchanged = [], []
     for name in sorted(desired):
         d, route, shard = desired[name], table.variants.get(name), shards[name]
+        if d.shard is not None:  # a fused tenant: routed with its shard (route_tenants)
+            continue
         if route is not None and route.sha256 == d.sha256 and route.endpoint == shard:
             unchanged.append(name)
             continue
@@ -302,13 +310,17 @@ def validate_job(access: Access, job: Job, wait: LoadWait, binary: bool = True) 
     it passed, else the reason (one line)."""
     try:
         manifest = load_manifest(job.manifest).model_copy(update={"target_model": job.target_model})
-        sample = Sample.from_json(manifest.required_sample())
         v = manifest.validation
         if v.metric is None or v.threshold is None:
             return f"{job.manifest}: no validation metric and threshold: rebuild it"
-        got, _ = invoke_when_ready(access.runtime, access.endpoint, manifest, sample.inputs,
-                                   binary=binary, wait=wait)
-        result = score(v.metric, v.threshold, sample, got)
+        # a fused shard also carries samples of a few more tenants: each is invoked
+        extra = (manifest.fleet or {}).get("tenant_samples") or []
+        for sample in [Sample.from_json(manifest.required_sample()), *map(Sample.from_json, extra)]:
+            got, _ = invoke_when_ready(access.runtime, access.endpoint, manifest, sample.inputs,
+                                       binary=binary, wait=wait)
+            result = score(v.metric, v.threshold, sample, got)
+            if not result.passed:
+                break
     except Exception as e:  # noqa: BLE001 - one variant's failure, whatever it is, is its own
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if result.passed:
@@ -435,9 +447,30 @@ class Committed:
     refs: dict[str, EndpointRef] = field(default_factory=dict)
 
 
+def route_tenants(table: RoutingTable, tenants: Mapping[str, Desired], now: datetime) -> list[str]:
+    """Route each fused tenant to its shard's route (same endpoint and TargetModel, its own
+    ``tenant`` index) once that shard serves the build's version; returns those that moved.
+    A tenant whose shard failed keeps its previous route."""
+    moved = []
+    for name, d in sorted(tenants.items()):
+        shard = table.variants.get(d.shard or "")
+        if shard is None or shard.sha256 != d.sha256:
+            continue
+        old = table.variants.get(name)
+        if old is not None and (old.endpoint, old.target_model, old.tenant) == (
+                shard.endpoint, shard.target_model, d.tenant):
+            continue
+        promote(table, name, RouteVersion(target_model=shard.target_model, sha256=shard.sha256,
+                                          since=now.isoformat(timespec="seconds"),
+                                          endpoint=shard.endpoint, tenant=d.tenant), now)
+        moved.append(name)
+    return moved
+
+
 def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str | None],
            desired: Sequence[str], access: Mapping[str, Access],
-           policy: DeployPolicy, now: datetime) -> Committed:
+           policy: DeployPolicy, now: datetime,
+           tenants: Mapping[str, Desired] | None = None) -> Committed:
     """Route every job that passed to its new version; un-retire the retiring variants that are
     ``desired`` again (``unretired``); mark variants that left the fleet retiring, remove those
     past ``policy.grace_s``, drop versions beyond ``policy.keep_versions``; the failed new
@@ -455,6 +488,7 @@ def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str |
             done.live.append(job.variant)
         else:
             done.doomed.append(version)
+    done.live += route_tenants(table, tenants or {}, now)
     done.unretired = unretire(table, desired)
     done.retiring = retire_missing(table, desired, now)
     done.removed = expired(table, grace, now)
@@ -538,7 +572,8 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
     with the sha256 and manifest it is routed by."""
     now = policy.clock()
     before = table.model_dump(exclude={"updated_at"})
-    done = commit(table, jobs, results, sorted(desired), access, policy, now)
+    done = commit(table, jobs, results, sorted(desired), access, policy, now,
+                  {n: d for n, d in desired.items() if d.shard is not None})
     if table.model_dump(exclude={"updated_at"}) != before:
         uri = write_routes(store_uri, table, now)
     else:  # nothing changed: no write (a no-op deploy is one GET of the table)

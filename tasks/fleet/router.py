@@ -40,6 +40,7 @@ from infra.errors import InvalidInput, UserError
 from infra.aws.invoke_retry import DEFAULT_RETRY, InvokeRetry, call_with_retries
 from infra.aws.runtime_client import invoke, runtime_client_for
 from infra.store.objects import ObjectInfo, ObjectNotFound, ObjectStore, StoreError
+from tasks.fleet.fusion import TENANT_INPUT
 from tasks.fleet.routes import RoutingTable, parse_routes, require_routes, routes_location
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,16 @@ class Router:
 
     def resolve(self, variant: str, *, refresh: bool = False) -> tuple[str, str]:
         """(endpoint, TargetModel) of ``variant``'s current version."""
+        endpoint, target, _ = self._resolve(variant, refresh=refresh)
+        return endpoint, target
+
+    def _resolve(self, variant: str, *, refresh: bool = False) -> tuple[str, str, int | None]:
+        """(endpoint, TargetModel, tenant index in a fused shard or None) of ``variant``."""
         route = self.table(refresh=refresh).variants.get(variant)
         if route is None:
             raise VariantNotRouted(f"fleet {self.fleet}: variant {variant!r} is not routed (routes "
                                    f"in {self.store_uri}; deploy it with `mme fleet deploy`)")
-        return route.endpoint, route.target_model
+        return route.endpoint, route.target_model, route.tenant
 
     def client(self, endpoint: str) -> Any:
         """The runtime client for ``endpoint`` (made once)."""
@@ -173,23 +179,28 @@ class Router:
                binary: bool = True) -> dict[str, np.ndarray]:
         """Invoke ``variant`` (transient answers retried per ``retry``). On "model not found",
         check the table at once and, if the route moved, invoke the new route once; if it did
-        not, the answer is raised as it came (a second try on the same route would fail too)."""
-        route = self.resolve(variant)
+        not, the answer is raised as it came (a second try on the same route would fail too).
+        A fused fleet's tenant is asked of its shard with its ``TENANT`` index added to the
+        inputs (one value per row); the answer is the tenant's own classes, as its own model's."""
+        route = self._resolve(variant)
         try:
             return self._invoke(variant, route, inputs, binary)
         except ClientError as exc:
             if not model_missing(exc):
                 raise
-            moved = self.resolve(variant, refresh=True)
+            moved = self._resolve(variant, refresh=True)
             if moved == route:
                 raise
         return self._invoke(variant, moved, inputs, binary)
 
-    def _invoke(self, variant: str, route: tuple[str, str], inputs: dict[str, np.ndarray],
+    def _invoke(self, variant: str, route: tuple[str, str, int | None], inputs: dict[str, np.ndarray],
                 binary: bool) -> dict[str, np.ndarray]:
         """One invoke of ``route`` with :attr:`retry`; giving up is
         :class:`~infra.aws.invoke_retry.RetriesExhausted` saying how many attempts were made."""
-        endpoint, target = route
+        endpoint, target, tenant = route
+        if tenant is not None:
+            rows = next(iter(inputs.values())).shape[0] if inputs else 1
+            inputs = {**inputs, TENANT_INPUT: np.full((rows, 1), tenant, dtype=np.int32)}
         client = self.client(endpoint)
         out, _ = call_with_retries(
             lambda: invoke(client, endpoint, target, inputs, binary=binary), self.retry,

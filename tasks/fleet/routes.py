@@ -25,7 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,7 +34,8 @@ from infra.versioned import VersionedDocument
 from infra.store.objects import ObjectNotFound, ObjectStore, open_store
 
 ROUTES_PREFIX = "routes"
-SCHEMA_VERSION: Literal[1] = 1
+#: 2: a route may name a ``tenant`` (its index in a fused shard, :mod:`tasks.fleet.fused`).
+SCHEMA_VERSION: Literal[2] = 2
 
 
 class RouteVersion(BaseModel):
@@ -45,6 +46,7 @@ class RouteVersion(BaseModel):
     sha256: str
     since: str
     endpoint: str | None = None  # the endpoint it was served on (None: the route's endpoint)
+    tenant: int | None = None  # its TENANT value in a fused shard (None: a variant's own tarball)
 
 
 class Route(BaseModel):
@@ -57,11 +59,14 @@ class Route(BaseModel):
     since: str
     previous: list[RouteVersion] = Field(default_factory=list)
     retiring_since: str | None = None
+    #: A fused fleet's tenant: its index in the shard ``target_model`` is (the request's
+    #: ``TENANT`` input); None for a variant served by its own tarball.
+    tenant: int | None = None
 
     def versions(self) -> list[RouteVersion]:
         """The current version first, then the kept previous ones (each with its endpoint)."""
         current = RouteVersion(target_model=self.target_model, sha256=self.sha256, since=self.since,
-                               endpoint=self.endpoint)
+                               endpoint=self.endpoint, tenant=self.tenant)
         return [current, *[p if p.endpoint else p.model_copy(update={"endpoint": self.endpoint})
                            for p in self.previous]]
 
@@ -85,6 +90,12 @@ class RoutingTable(VersionedDocument):
     updated_at: str = ""
     endpoints: dict[str, EndpointRef] = Field(default_factory=dict)
     variants: dict[str, Route] = Field(default_factory=dict)
+
+    @classmethod
+    def migrate(cls, doc: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 had no fused tenants: every route is a variant's own tarball (``tenant``
+        None), which is what a version-1 route reads as; nothing else changed."""
+        return doc
 
     def referenced(self) -> set[tuple[str, str]]:
         """Every (endpoint, TargetModel) the table points to, current and kept versions: what
@@ -196,14 +207,15 @@ def promote(table: RoutingTable, variant: str, new: RouteVersion, now: datetime)
     endpoint = new.endpoint or ""
     if old is None:
         table.variants[variant] = Route(endpoint=endpoint, target_model=new.target_model,
-                                        sha256=new.sha256, since=now.isoformat(timespec="seconds"))
+                                        sha256=new.sha256, since=now.isoformat(timespec="seconds"),
+                                        tenant=new.tenant)
         return
-    same = (old.endpoint, old.target_model) == (endpoint, new.target_model)
+    same = (old.endpoint, old.target_model, old.tenant) == (endpoint, new.target_model, new.tenant)
     kept = [v for v in old.versions()[0 if not same else 1:]
             if (v.endpoint, v.target_model) != (endpoint, new.target_model)]
     since = old.since if same else now.isoformat(timespec="seconds")
     table.variants[variant] = Route(endpoint=endpoint, target_model=new.target_model,
-                                    sha256=new.sha256, since=since, previous=kept)
+                                    sha256=new.sha256, since=since, previous=kept, tenant=new.tenant)
 
 
 def prune_versions(table: RoutingTable, keep_versions: int) -> list[RouteVersion]:
