@@ -173,7 +173,8 @@ def main() -> None:
     out, result, made_s, build_s = _build(args.count, args.shard_size, root)
     serve = _serve(root, out, args)
     doc = {"count": args.count, "shard_size": args.shard_size, "make_example_s": round(made_s, 1),
-           "build": {"seconds": round(build_s, 1), "result": result,
+           "build": {"seconds": round(build_s, 1),
+                     "result": {k: v for k, v in result.items() if k != "output_dir"},
                      "note": "every tenant checked against its own ONNX in ONNX Runtime; 3 "
                              "tenants per shard through the whole ensemble in Triton"},
            "serve": serve, "cpus": os.cpu_count(),
