@@ -12,7 +12,7 @@ The endpoint serves two tiny Python-backend ensembles, so both request paths are
 * ``words.tar.gz``: ``words`` -> ``count``, BYTES (``TYPE_STRING``) ``S`` dims [1],
   ``max_batch_size`` 4, answers ``N`` = the byte length of each string (INT32).
 
-Bodies: the function-level strategies of tests/test_request_check.py (random JSON and bytes,
+Bodies: the function-level strategies of tests/fixtures/request_strategies.py (random JSON and bytes,
 lying ``json-header-size``, BYTES length prefixes), tritonclient-encoded valid requests and
 mutations of them, the declared shapes that used to kill Triton, and HTTP-level oddities
 (content types, TargetModel strings, endpoint names, chunked and over-size bodies).
@@ -35,7 +35,7 @@ import orjson
 from hypothesis import strategies as st
 from fixtures.local_endpoint import ENDPOINT
 from fixtures.tiny_models import write_pipe_repo
-from test_request_check import _any_request, _dims, _numbers, _params, _values
+from fixtures import request_strategies as rs
 
 from infra.triton.model_repo import namespace_for
 from infra.endpoint.request_check import (
@@ -168,8 +168,8 @@ ATTACK_SHAPES = [[1, 10**12], [10**12], [2**62, 2**62], [2**63], [2**63 - 1], [2
 
 @st.composite
 def random_requests(draw: st.DrawFn) -> Case:
-    """tests/test_request_check.py's any-body strategy, sent over HTTP to a TargetModel."""
-    ct, body = draw(_any_request())
+    """tests/fixtures/request_strategies.py's any-body strategy, sent over HTTP to a TargetModel."""
+    ct, body = draw(rs.any_request())
     return Case("random", draw(targets), sendable(ct), body)
 
 
@@ -212,9 +212,9 @@ def _join(draw: st.DrawFn, doc: dict[str, Any], tail: bytes) -> tuple[str, bytes
 def _lie_field(draw: st.DrawFn, doc: dict[str, Any], tail: bytes) -> tuple[str, bytes]:
     t = doc["inputs"][0]
     key = draw(st.sampled_from(["shape", "shape", "datatype", "data", "parameters", "name"]))
-    t[key] = draw({"shape": st.one_of(st.lists(_dims, max_size=4), st.sampled_from(ATTACK_SHAPES)),
+    t[key] = draw({"shape": st.one_of(st.lists(rs.dims, max_size=4), st.sampled_from(ATTACK_SHAPES)),
                    "datatype": st.sampled_from(sorted(DTYPE_SIZES)),
-                   "data": st.one_of(_numbers, _values), "parameters": _params,
+                   "data": st.one_of(rs.numbers, rs.values), "parameters": rs.params,
                    "name": st.sampled_from(["X", "S", "INPUT", ""])}[key])
     return _join(draw, doc, tail)
 
@@ -247,12 +247,12 @@ def _lie_bytes_prefix(draw: st.DrawFn, doc: dict[str, Any], tail: bytes) -> tupl
 def _lie_outputs(draw: st.DrawFn, doc: dict[str, Any], tail: bytes) -> tuple[str, bytes]:
     """Requested outputs with parameters that change the answer's layout."""
     out_params = st.dictionaries(st.sampled_from(["binary_data", "classification", "x"]),
-                                 st.one_of(st.booleans(), st.integers(-1, 3), _values), max_size=2)
+                                 st.one_of(st.booleans(), st.integers(-1, 3), rs.values), max_size=2)
     doc["outputs"] = draw(st.lists(st.fixed_dictionaries(
         {"name": st.sampled_from(["Y", "N", "OUTPUT"])}, optional={"parameters": out_params}),
         max_size=2, unique_by=lambda o: str(o["name"])))
     if draw(st.booleans()):
-        doc["parameters"] = {"binary_data_output": draw(st.one_of(st.booleans(), _values))}
+        doc["parameters"] = {"binary_data_output": draw(st.one_of(st.booleans(), rs.values))}
     return _join(draw, doc, tail)
 
 

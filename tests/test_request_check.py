@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from fixtures import request_strategies as rs
 
 from ensembles.catalog import load_ensemble
 from ensembles.render import render_repository
 from infra.endpoint.request_check import (
     BINARY_MIME_PREFIX,
-    DTYPE_SIZES,
     MAX_PAYLOAD_BYTES,
     ContractError,
     ModelContract,
@@ -431,66 +431,6 @@ def test_seed_ensembles_real_inputs_pass_in_both_encodings(
 
 
 # ---------------------------------------------------------------------------------- fuzzing
-_DTYPES = sorted(DTYPE_SIZES)
-_dims = st.one_of(st.integers(0, 4), st.integers(0, 4), st.integers(-3, 2**64),
-                  st.sampled_from([10**12, 2**62, 2**63, -1]))
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                     st.floats(allow_nan=False), st.text(max_size=5))
-_values = st.recursive(_scalars, lambda c: st.lists(c, max_size=4), max_leaves=12)
-_numbers = st.one_of(st.lists(st.integers(-2, 300), max_size=9),
-                     st.lists(st.lists(st.integers(0, 3), max_size=3), max_size=3),
-                     st.lists(st.text(max_size=3), max_size=4), st.lists(st.booleans(), max_size=4))
-_params = st.dictionaries(
-    st.sampled_from(["binary_data_size", "binary_data_size", "shared_memory_region",
-                     "shared_memory_offset", "x"]),
-    st.one_of(st.integers(-2, 40), _scalars), max_size=2)
-# mostly well-shaped inputs (so the deep checks run), sometimes anything at all
-_input = st.one_of(
-    st.fixed_dictionaries(
-        {"name": st.sampled_from(["INPUT", "INPUT0", "X"]), "datatype": st.sampled_from(_DTYPES),
-         "shape": st.lists(_dims, max_size=3)},
-        optional={"data": st.one_of(_numbers, _values), "parameters": _params}),
-    st.fixed_dictionaries({}, optional={
-        "name": st.one_of(st.sampled_from(["INPUT", "X"]), _scalars),
-        "shape": st.one_of(st.lists(_dims, max_size=3), _values),
-        "datatype": st.one_of(st.sampled_from(_DTYPES), _scalars),
-        "data": _values, "parameters": st.one_of(_params, _values)}),
-    _values)
-_outputs = st.lists(st.fixed_dictionaries({"name": st.one_of(st.sampled_from(["OUTPUT", "finaloutput"]),
-                                                             _scalars)},
-                                          optional={"parameters": _params}), max_size=2)
-_doc = st.one_of(
-    st.fixed_dictionaries({"inputs": st.lists(_input, min_size=1, max_size=3)},
-                          optional={"outputs": _outputs, "parameters": _params, "id": _scalars}),
-    st.fixed_dictionaries({}, optional={"inputs": _values, "outputs": _values,
-                                        "parameters": _values, "id": _scalars}))
-# a binary section: BYTES-style length prefixes (truthful or lying) or raw bytes
-_tail = st.one_of(
-    st.binary(max_size=64),
-    st.lists(st.tuples(st.integers(0, 12), st.binary(max_size=8)), max_size=4).map(
-        lambda items: b"".join(struct.pack("<I", n) + b for n, b in items)))
-
-
-@st.composite
-def _any_request(draw: st.DrawFn) -> tuple[str, bytes]:
-    kind = draw(st.sampled_from(["doc", "doc+tail", "doc+tail", "bytes", "json"]))
-    if kind == "bytes":
-        body = draw(st.binary(max_size=200))
-    elif kind == "json":
-        body = json.dumps(draw(_values)).encode()
-    else:
-        body = json.dumps(draw(_doc)).encode()
-    header = len(body)
-    if kind == "doc+tail":
-        body += draw(_tail)
-    size = draw(st.one_of(st.just(header), st.just(header), st.integers(-5, header + 10),
-                          st.text("0123456789 +-x;", max_size=6)))
-    ct = draw(st.one_of(st.sampled_from(["application/json", OCTET, "", f"x {BINARY_MIME_PREFIX}1"]),
-                        st.just(f"{BINARY_MIME_PREFIX}{size}"), st.just(f"{BINARY_MIME_PREFIX}{size}"),
-                        st.text(max_size=20)))
-    return ct, body
-
-
 # well-formed requests: a random contract, arrays that fit it, tritonclient's encoder
 _NP = {"BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
        "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
@@ -550,8 +490,8 @@ def _mutated_request(draw: st.DrawFn) -> tuple[ModelContract, str, bytes]:
     elif how == "field":
         t = draw(st.sampled_from(doc["inputs"]))
         key = draw(st.sampled_from(["shape", "datatype", "data", "parameters", "name"]))
-        t[key] = draw({"shape": st.lists(_dims, max_size=4), "datatype": st.sampled_from(_DTYPES),
-                       "data": st.one_of(_numbers, _values), "parameters": _params,
+        t[key] = draw({"shape": st.lists(rs.dims, max_size=4), "datatype": st.sampled_from(rs.DTYPES),
+                       "data": st.one_of(rs.numbers, rs.values), "parameters": rs.params,
                        "name": st.sampled_from(["in0", "in1", "in9"])}[key])
         head = json.dumps(doc).encode()
         body = head + tail
@@ -569,7 +509,7 @@ def _answered_or_rejected(ct: str, body: bytes, contract: ModelContract | None) 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(req=_any_request(), contract=st.sampled_from([None, IMAGE, TEXT]))
+@given(req=rs.any_request(), contract=st.sampled_from([None, IMAGE, TEXT]))
 def test_fuzz_any_body_is_answered_or_rejected_never_crashes(req: tuple[str, bytes],
                                                                contract: ModelContract | None) -> None:
     """Random JSON, wrong types, huge/negative/overflowing shapes, lying header sizes and
