@@ -66,7 +66,7 @@ class Where:
         return out
 
 
-def locate(endpoint: str, backend: str | None, store_uri: str | None, region: str | None) -> Where:
+def locate(endpoint: str, backend: Backend | None, store_uri: str | None, region: str | None) -> Where:
     """Explicit arguments first, then the endpoint record, then the ledger in the store, then
     the defaults (local, the embedded store)."""
     rec = record.read_record(endpoint) or record.EndpointRecord(endpoint=endpoint)

@@ -13,6 +13,7 @@ from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, app, c
 from flows.cli.deploy_options import DeployOptions, _backend_options, apply_plan
 from flows.cli.options import checked_backend, takes_options
 from flows.cli.preflight import PREFLIGHT_OPTION, run_preflight_command
+from ensembles.spec import as_target
 from infra.triton.release import DEFAULT_RELEASE
 
 
@@ -35,8 +36,9 @@ def deploy(o: DeployCommandOptions) -> None:
 
     o = apply_plan(o, o.given)  # --plan: the plan file's values, flags given win
     backend = checked_backend(o.backend)
+    target = as_target(o.target) if o.target else None  # an unknown one: one line, before any work
     result = _run_flow(deploy_flow, ensembles=o.ensembles or None, endpoint=o.endpoint,
-                       backend=backend, store_uri=o.store, build=BuildSource(target=o.target),
+                       backend=backend, store_uri=o.store, build=BuildSource(target=target),
                        rollout=Rollout(warm_invocations=o.warm_invocations,
                                        keep_versions=o.keep_versions),
                        dry_run=o.dry_run, sagemaker=_backend_options(o))

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ensembles.spec import Target
 from infra.jsontypes import JsonObject, JsonValue
 
 from infra.records.endpoint import VersionLine
@@ -169,5 +170,5 @@ class BuildSource(OpenRecord):
     """Which builds a deploy reads: ``dir`` (a folder of manifests and tarballs), or the
     default folder of ``target`` (the backend's own target when None)."""
 
-    target: str | None = None
+    target: Target | None = None
     dir: str | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Protocol, get_args
 
 from infra.aws.clients import ClientFactory
 from infra.errors import InvalidInput
@@ -22,7 +22,7 @@ from ensembles.spec import Target
 from infra.jsontypes import JsonObject
 from infra.records.endpoint import EnsembleLine
 from infra.records.manifest import Manifest
-from tasks.deploy.backends.base import Step, TargetMismatch, check_targets  # noqa: F401 (re-exported)
+from tasks.deploy.backends.base import Backend, Step, TargetMismatch, check_targets  # noqa: F401 (re-exported)
 from tasks.deploy.publish import Published
 from tasks.deploy.records import DeployedEnsemble, DeployPlan, DeployResult, EndpointHandle, ValidationReport
 
@@ -35,7 +35,7 @@ class DeployBackend(Protocol):
     flow run of one endpoint: it may keep what it learned (the state before the deploy, the
     calls it attempted) between steps, for the rollback."""
 
-    name: str
+    name: Backend
     endpoint: str
     store_uri: str
     default_target: Target
@@ -84,8 +84,6 @@ class DeployBackend(Protocol):
         """Stop or delete the endpoint and everything of ours around it."""
 
 
-Backend = Literal["local", "sagemaker"]
-"""A backend's name, as the flows and the CLI spell it."""
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
+from ensembles.spec import Target
 from infra.records import endpoint as record
 from infra.errors import InvalidInput, UserError
 from infra.jsontypes import JsonObject
@@ -35,12 +37,15 @@ class TargetMismatch(UserError, ValueError):
     """A build made for one target sent to a backend that cannot run it."""
 
 
+Backend = Literal["local", "sagemaker"]
+"""A backend's name, as the flows and the CLI spell it."""
+
 # Which build targets each backend runs. A local-cpu build's Python models import packages
 # from the build host's virtualenv, which SageMaker's Triton container does not have.
-BACKEND_TARGETS: dict[str, tuple[str, ...]] = {"sagemaker": ("sagemaker-gpu",)}
+BACKEND_TARGETS: dict[Backend, tuple[Target, ...]] = {"sagemaker": ("sagemaker-gpu",)}
 
 
-def check_targets(manifests: list[Manifest], backend: str, *, allow_mismatch: bool) -> list[str]:
+def check_targets(manifests: list[Manifest], backend: Backend, *, allow_mismatch: bool) -> list[str]:
     """Refuse (TargetMismatch naming ensemble, target and backend) a build the backend cannot
     run, before anything is uploaded or created; with ``allow_mismatch`` return the warnings.
 
@@ -107,7 +112,7 @@ def missing_entry(endpoint: str, ensemble: str) -> Step:
 
 
 def write_deploy_ledger(store_uri: str, endpoint: str, models_url: str,
-                        published: list[Published], *, backend: str | None = None,
+                        published: list[Published], *, backend: Backend | None = None,
                         region: str | None = None, plan: JsonObject | None = None) -> None:
     """Add what this deploy published to the store's ledger (and, when given, the backend,
     region and endpoint plan); what served before joins the entry's kept versions, as in the

@@ -26,6 +26,7 @@ from infra.jsontypes import JsonObject
 from infra.records.endpoint import EnsembleLine
 from infra.records.manifest import Manifest
 from tasks.deploy.backends.base import (
+    Backend,
     DELETED,
     INFO,
     Step,
@@ -46,7 +47,7 @@ from tasks.deploy.validate import direct_triton_latency, validate_deployed
 class LocalBackend:
     """:class:`~tasks.deploy.backends.DeployBackend` on this machine."""
 
-    name = "local"
+    name: Backend = "local"
     default_target: Target = "local-cpu"
 
     def __init__(self, endpoint: str, store_uri: str | None = None) -> None:

@@ -37,6 +37,7 @@ from infra.store.objects import S3Store, open_store
 from infra.aws.triton_container import triton_environment
 from infra.triton.release import DEFAULT_RELEASE
 from tasks.deploy.backends.base import (
+    Backend,
     DELETED,
     INFO,
     LEFT,
@@ -192,7 +193,7 @@ class SageMakerBackend:
     """:class:`~tasks.deploy.backends.DeployBackend` on SageMaker. ``aws`` makes its clients (once,
     on first use: a plan that is refused never makes one)."""
 
-    name = "sagemaker"
+    name: Backend = "sagemaker"
     default_target: Target = "sagemaker-gpu"
 
     def __init__(self, endpoint: str, store_uri: str, opts: SageMakerOptions, *,
