@@ -88,7 +88,7 @@ def _images() -> dict[str, bytes]:
 def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp_path: Path,
                                                     built_text_embedding: dict,
                                                     built_image_classifier: dict) -> None:
-    from test_image_formats import reference_top1
+    from fixtures.image_reference import reference_top1
 
     from tasks.producers.classifiers import imagenet_label_names
     from tasks.build.verify import Sample, min_cosine

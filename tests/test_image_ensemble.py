@@ -304,7 +304,7 @@ def test_endpoint_unusual_but_valid_images(endpoint, served: Served, chelsea: by
     """Converted and answered, and answered right: each top-1 is the top-1 of the project's
     reference pipeline (PIL decode + DALI-equivalent resize + the tarball's ONNX model)."""
     import skimage.data as skdata
-    from test_image_formats import reference_probs
+    from fixtures.image_reference import reference_probs
 
     rgb = skdata.coffee()
     cases = {

@@ -10,17 +10,15 @@ top-1 (checked below for the rotation: the rotated file's class is not the raw p
 
 from __future__ import annotations
 
-import functools
 import io
 import shutil
 import sys
-import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from fixtures.image_reference import reference_probs, reference_top1
 
 from infra.aws.runtime_client import invoke, pack_images, runtime_client_for
 
@@ -32,32 +30,6 @@ pytestmark = [
 
 ENDPOINT = "formats-ep"
 TARGET_MODEL = "image_classifier.tar.gz"
-CLASSIFIER_ONNX = "image_classifier__classifier/1/model.onnx"
-
-
-# ---------------------------------------------------------------------------------- reference
-@functools.lru_cache(maxsize=4)
-def _session(archive: str) -> Any:
-    """ONNX Runtime session on the classifier inside the built tarball."""
-    import onnxruntime as ort
-
-    with tarfile.open(archive) as tar:
-        names = {n.removeprefix("./"): n for n in tar.getnames()}
-        data = tar.extractfile(names[CLASSIFIER_ONNX]).read()
-    return ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-
-
-def reference_probs(archive: Path, image: bytes) -> np.ndarray:
-    """The class probabilities the reference pipeline gives for one encoded image."""
-    from tasks.producers.image_reference import reference_preprocess
-
-    sess = _session(str(archive))
-    x = reference_preprocess(image)[None]
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0][0]
-
-
-def reference_top1(archive: Path, image: bytes) -> int:
-    return int(np.argmax(reference_probs(archive, image)))
 
 
 # ---------------------------------------------------------------------------------- images
