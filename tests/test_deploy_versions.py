@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from botocore import handlers
 
-from test_sagemaker_flow import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
+from fixtures.sagemaker_moto import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
 
 from infra.records.endpoint import EndpointRecord
 from infra.records.manifest import Manifest, Validation

@@ -152,7 +152,7 @@ def aws(monkeypatch: pytest.MonkeyPatch):
 
 def _deploy_update_rollback_retire(rec: Recorder, tmp_path: Path) -> None:
     """The calls of a deploy's life, as the deploy and retire code makes them."""
-    from test_sagemaker import SageMakerWithUpdate
+    from fixtures.sagemaker_moto import SageMakerWithUpdate
 
     s3 = rec.attach(boto3.client("s3", region_name=REGION))
     s3.create_bucket(Bucket=BUCKET)

@@ -13,8 +13,7 @@ from botocore import xform_name
 from botocore.exceptions import ClientError
 from botocore.validate import validate_parameters
 from moto import mock_aws
-from moto.core import DEFAULT_ACCOUNT_ID
-from moto.sagemaker.models import sagemaker_backends
+from fixtures.sagemaker_moto import SageMakerWithUpdate
 
 import infra.aws.sagemaker as sm_mod
 from infra.aws.sagemaker import (
@@ -62,32 +61,6 @@ def _call(calls: list[Call], operation: str) -> Call:
 
 
 # --------------------------------------------------------------------------- moto harness
-
-
-class SageMakerWithUpdate:
-    """The moto SageMaker client plus UpdateEndpoint, which moto 5.2.5 does not implement.
-
-    The request is checked against botocore's UpdateEndpoint input shape, then moto's
-    endpoint is moved to the new config (moto endpoints are InService at once).
-    """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.updates: list[dict[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def update_endpoint(self, **params: Any) -> dict[str, Any]:
-        shape = self._client.meta.service_model.operation_model("UpdateEndpoint").input_shape
-        validate_parameters(params, shape)
-        backend = sagemaker_backends[DEFAULT_ACCOUNT_ID][self._client.meta.region_name]
-        endpoint = backend.endpoints[params["EndpointName"]]
-        config = backend.describe_endpoint_config(params["EndpointConfigName"])
-        endpoint.endpoint_config_name = params["EndpointConfigName"]
-        endpoint.production_variants = endpoint._process_production_variants(config["ProductionVariants"])
-        self.updates.append(params)
-        return {"EndpointArn": endpoint.arn}
 
 
 @pytest.fixture

@@ -13,64 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
-from moto import mock_aws
-
-from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
-from infra.aws.runtime_client import runtime_client_for
+from fixtures.sagemaker_moto import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
-REGION = "us-east-1"
-BUCKET = "mme-models"
-STORE = f"s3://{BUCKET}/mme"
-ROLE = "arn:aws:iam::123456789012:role/mme-endpoint"
-EP = "text-mme"
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    for var, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(var, value)
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        yield
-
-
-@pytest.fixture
-def runtime(aws, tmp_path: Path):
-    """The local endpoint serving the MME's S3 model prefix, and clients bound to moto."""
-    from test_sagemaker import SageMakerWithUpdate
-
-    from infra.aws.clients import AwsClients, using
-
-    cfg = EndpointConfig(name=EP, model_data_url=f"{STORE}/models/{EP}", cache_dir=tmp_path / "cache")
-    with LocalEndpoint(cfg) as ep:
-
-        class NewFleetOnUpdate(SageMakerWithUpdate):
-            """UpdateEndpoint brings up a new fleet, which starts with no model loaded."""
-
-            def update_endpoint(self, **params: Any) -> dict[str, Any]:
-                out = super().update_endpoint(**params)
-                for m in httpx.get(f"{ep.url}/models").json()["models"]:
-                    httpx.delete(f"{ep.url}/models/{m['target_model']}").raise_for_status()
-                return out
-
-        sm_client = NewFleetOnUpdate(boto3.client("sagemaker", region_name=REGION))
-
-        def clients(region: str, runtime_url: str | None) -> AwsClients:
-            return AwsClients(region=region, sagemaker=sm_client,
-                              autoscaling=boto3.client("application-autoscaling", region_name=region),
-                              runtime=runtime_client_for(ep.url, region=region))
-
-        with using(clients):  # every AWS client of the deploy and retire flows
-            yield ep, sm_client
-
 
 def test_deploy_validate_rollback_retire(built_text_embedding: dict, tampered_text_build: Path,
-                                         runtime, tmp_path: Path, prefect_harness):
+                                         runtime, tmp_path: Path, prefect_harness):  # noqa: F811 - the runtime fixture, imported above
     from flows.deploy import deploy
     from flows.retire import retire
     from tasks.deploy.backends.sagemaker import SageMakerOptions

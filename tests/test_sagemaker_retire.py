@@ -42,7 +42,7 @@ class StuckSageMaker:
     refused while it is transitional; ``fail[operation]`` raised instead of the call."""
 
     def __init__(self, client: Any, on_update: Any = None) -> None:
-        from test_sagemaker import SageMakerWithUpdate
+        from fixtures.sagemaker_moto import SageMakerWithUpdate
 
         self._inner = SageMakerWithUpdate(client)
         self._client = client
