@@ -9,20 +9,19 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 import requests
+from fixtures.fake_docker import BANNER_8, BANNER_10, MAX, MIN, OPT, PLAN, FakeDocker, compile_spec
 
 from infra.triton.release import TENSORRT_BY_RELEASE, TritonRelease
 from tasks.producers.compile import (
     CompileError,
     CompileHost,
     CompileOptions,
-    CompileSpec,
     CompileTimeout,
     CompileUnavailable,
     ReleaseMismatch,
@@ -38,126 +37,9 @@ from tasks.producers.compile import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-MIN = "input_ids:1x1,attention_mask:1x1"
-OPT = "input_ids:16x128,attention_mask:16x128"
-MAX = "input_ids:16x128,attention_mask:16x128"
-BANNER_10 = "&&&& RUNNING TensorRT.trtexec [TensorRT v100400] # trtexec --onnx=model.onnx\n"
-BANNER_8 = "&&&& RUNNING TensorRT.trtexec [TensorRT v8503] # trtexec --onnx=model.onnx\n"
-PLAN = b"fake-serialized-engine" * 100
 
 
-def _spec(tmp_path: Path, **kw: Any) -> CompileSpec:
-    onnx = tmp_path / "onnx" / "model.onnx"
-    onnx.parent.mkdir(parents=True, exist_ok=True)
-    if not onnx.exists():
-        onnx.write_bytes(b"onnx")
-    base = dict(onnx=onnx, output=tmp_path / "out" / "model.plan", min_shapes=MIN,
-                opt_shapes=OPT, max_shapes=MAX, timeout_s=60)
-    base.update(kw)
-    return CompileSpec(**base)
-
-
-# --------------------------------------------------------------------------- a fake Docker SDK
-
-
-class FakeContainer:
-    def __init__(self, client: FakeDocker, kwargs: dict) -> None:
-        self.client, self.kwargs, self.id = client, kwargs, "c0ffee"
-        self.killed = self.removed = False
-        self.logs_args: dict | None = None
-        binds = {v["bind"]: Path(k) for k, v in kwargs["volumes"].items()}
-        self.build_dir = binds["/workspace/build"]
-        self.cache_seen = (self.build_dir / "timing.cache").read_bytes() \
-            if (self.build_dir / "timing.cache").exists() else None
-        # "trtexec": writes the plan (and cache) into the mounted build folder
-        if client.write_plan is not None:
-            (self.build_dir / "model.plan").write_bytes(client.write_plan)
-        if client.write_cache is not None:
-            (self.build_dir / "timing.cache").write_bytes(client.write_cache)
-
-    def logs(self, **kw: Any):
-        self.logs_args = kw
-        yield from self.client.log_chunks
-
-    def wait(self, timeout: float | None = None) -> dict:
-        self.client.calls.append(("wait", timeout))
-        dest = self.client.watch_dest
-        self.client.dest_during_run = dest.read_bytes() if dest and dest.exists() else None
-        if self.client.wait_raises is not None:
-            time.sleep(min(timeout or 0, 0.05))  # a real wait times out after `timeout`
-            raise self.client.wait_raises
-        return {"StatusCode": self.client.status, "Error": None}
-
-    def kill(self) -> None:
-        self.killed = True
-        self.client.calls.append(("kill",))
-
-    def remove(self, force: bool = False) -> None:
-        self.removed = True
-        self.client.calls.append(("remove", force))
-
-
-class FakeDocker:
-    """Records what the compile asks of the Docker SDK; behaves like trtexec in the container."""
-
-    def __init__(self, *, status: int = 0, write_plan: bytes | None = PLAN,
-                 write_cache: bytes | None = None, log_chunks: list[bytes] | None = None,
-                 wait_raises: BaseException | None = None, have_image: bool = True,
-                 run_raises: BaseException | None = None, ping_raises: BaseException | None = None,
-                 watch_dest: Path | None = None) -> None:
-        self.status, self.write_plan, self.write_cache = status, write_plan, write_cache
-        self.log_chunks = log_chunks if log_chunks is not None else [
-            BANNER_10.encode(), b"[I] Building eng", b"ine...\n[I] Engine built\n"]
-        self.wait_raises, self.have_image, self.run_raises = wait_raises, have_image, run_raises
-        self.ping_raises, self.watch_dest = ping_raises, watch_dest
-        self.dest_during_run: bytes | None = None
-        self.calls: list[tuple] = []
-        self.container: FakeContainer | None = None
-        self.containers = self._Containers(self)
-        self.images = self._Images(self)
-        self.api = self._Api(self)
-
-    def ping(self) -> bool:
-        self.calls.append(("ping",))
-        if self.ping_raises:
-            raise self.ping_raises
-        return True
-
-    class _Containers:
-        def __init__(self, outer: FakeDocker) -> None:
-            self.outer = outer
-
-        def run(self, image: str, **kwargs: Any) -> FakeContainer:
-            self.outer.calls.append(("run", image, kwargs))
-            if self.outer.run_raises:
-                raise self.outer.run_raises
-            self.outer.container = FakeContainer(self.outer, kwargs)
-            return self.outer.container
-
-    class _Images:
-        def __init__(self, outer: FakeDocker) -> None:
-            self.outer = outer
-
-        def get(self, image: str) -> object:
-            self.outer.calls.append(("images.get", image))
-            if not self.outer.have_image:
-                raise docker.errors.ImageNotFound(f"No such image: {image}")
-            return object()
-
-    class _Api:
-        def __init__(self, outer: FakeDocker) -> None:
-            self.outer = outer
-
-        def pull(self, repo: str, tag: str, stream: bool, decode: bool):
-            self.outer.calls.append(("pull", repo, tag))
-            yield {"status": f"Pulling from {repo}", "id": tag}
-            yield {"status": "Pull complete", "id": "layer1"}
-            yield {"status": f"Status: Downloaded newer image for {repo}:{tag}"}
-            self.outer.have_image = True
-
-    def run_kwargs(self) -> dict:
-        (call,) = [c for c in self.calls if c[0] == "run"]
-        return call[2]
+# --------------------------------------------------------------------------- helpers
 
 
 class Lines(list):
@@ -204,7 +86,7 @@ def test_release_mismatch_is_refused_naming_both() -> None:
 def test_compile_in_docker_refuses_a_mismatched_image(tmp_path: Path) -> None:
     fake = FakeDocker()
     with pytest.raises(ReleaseMismatch, match="23.03.*24.09"):
-        compile_in_docker(_spec(tmp_path), client=fake, image="nvcr.io/nvidia/pytorch:23.03-py3",
+        compile_in_docker(compile_spec(tmp_path), client=fake, image="nvcr.io/nvidia/pytorch:23.03-py3",
                           log=Lines())
     assert not [c for c in fake.calls if c[0] == "run"]
 
@@ -213,7 +95,7 @@ def test_compile_in_docker_refuses_a_mismatched_image(tmp_path: Path) -> None:
 
 
 def test_trtexec_command_24_09_trt10(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, fp16=True, timing_cache=tmp_path / "cache" / "t.cache",
+    spec = compile_spec(tmp_path, fp16=True, timing_cache=tmp_path / "cache" / "t.cache",
                  triton_release="24.09", workspace_mib=8000)
     argv = trtexec_command(spec, in_container_paths={
         "onnx": "/workspace/onnx/model.onnx", "plan": "/workspace/build/model.plan",
@@ -226,7 +108,7 @@ def test_trtexec_command_24_09_trt10(tmp_path: Path) -> None:
 
 
 def test_trtexec_command_23_03_trt8_like_the_seed(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, triton_release="23.03",
+    spec = compile_spec(tmp_path, triton_release="23.03",
                  min_shapes="token_ids:1x128,attn_mask:1x128",
                  opt_shapes="token_ids:16x128,attn_mask:16x128",
                  max_shapes="token_ids:32x128,attn_mask:32x128")
@@ -241,11 +123,11 @@ def test_trtexec_command_23_03_trt8_like_the_seed(tmp_path: Path) -> None:
 
 
 def test_trtexec_command_edges(tmp_path: Path) -> None:
-    assert "--workspace=14000" in trtexec_command(_spec(tmp_path, triton_release="24.04"))
+    assert "--workspace=14000" in trtexec_command(compile_spec(tmp_path, triton_release="24.04"))
     assert "--memPoolSize=workspace:14000M" in trtexec_command(
-        _spec(tmp_path, triton_release="24.05"))
+        compile_spec(tmp_path, triton_release="24.05"))
     # a release newer than the table: TensorRT 10 flags by rule
-    argv = trtexec_command(_spec(tmp_path, triton_release="27.01", verbose=True,
+    argv = trtexec_command(compile_spec(tmp_path, triton_release="27.01", verbose=True,
                                  extra_args=("--builderOptimizationLevel=3",)))
     assert "--memPoolSize=workspace:14000M" in argv and argv[-2:] == [
         "--verbose", "--builderOptimizationLevel=3"]
@@ -254,26 +136,26 @@ def test_trtexec_command_edges(tmp_path: Path) -> None:
 def test_spec_validation(tmp_path: Path) -> None:
     assert parse_shapes(" input_ids:1x128 , attention_mask:1x128") == {
         "input_ids": (1, 128), "attention_mask": (1, 128)}
-    assert _spec(tmp_path, min_shapes="input_ids:1x1, attention_mask:1x1").min_shapes == MIN
+    assert compile_spec(tmp_path, min_shapes="input_ids:1x1, attention_mask:1x1").min_shapes == MIN
     for bad in ("input_ids", "input_ids:1xa,attention_mask:1x1", "input_ids:0x1,attention_mask:1x1",
                 "input_ids:1x1,input_ids:1x1"):
         with pytest.raises(ValueError):
-            _spec(tmp_path, min_shapes=bad)
+            compile_spec(tmp_path, min_shapes=bad)
     with pytest.raises(ValueError, match="min <= opt <= max"):
-        _spec(tmp_path, max_shapes="input_ids:8x128,attention_mask:8x128")
+        compile_spec(tmp_path, max_shapes="input_ids:8x128,attention_mask:8x128")
     with pytest.raises(ValueError, match="different inputs"):
-        _spec(tmp_path, max_shapes="input_ids:16x128")
+        compile_spec(tmp_path, max_shapes="input_ids:16x128")
     with pytest.raises(ValueError, match="manages"):
-        _spec(tmp_path, extra_args=("--workspace=1",))
+        compile_spec(tmp_path, extra_args=("--workspace=1",))
     with pytest.raises(ValueError):
-        _spec(tmp_path, triton_release="24.9")
+        compile_spec(tmp_path, triton_release="24.9")
 
 
 # --------------------------------------------------------------------------- docker route
 
 
 def test_docker_success(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, fp16=True)
+    spec = compile_spec(tmp_path, fp16=True)
     spec.output.parent.mkdir(parents=True)
     spec.output.write_bytes(b"old plan")
     fake, lines = FakeDocker(watch_dest=spec.output), Lines()
@@ -326,7 +208,7 @@ def test_docker_timing_cache_used_and_updated(tmp_path: Path) -> None:
     cache = tmp_path / "cache" / "gpu.cache"
     cache.parent.mkdir()
     cache.write_bytes(b"old cache")
-    spec = _spec(tmp_path, timing_cache=cache)
+    spec = compile_spec(tmp_path, timing_cache=cache)
     fake = FakeDocker(write_cache=b"new cache")
     meta = compile_in_docker(spec, client=fake, log=Lines())
     assert "--timingCacheFile=/workspace/build/timing.cache" in fake.run_kwargs()["command"]
@@ -336,14 +218,14 @@ def test_docker_timing_cache_used_and_updated(tmp_path: Path) -> None:
     assert _leftovers(cache.parent) == []
 
     fresh = tmp_path / "cache2" / "gpu.cache"  # no cache yet: created
-    meta = compile_in_docker(_spec(tmp_path, timing_cache=fresh),
+    meta = compile_in_docker(compile_spec(tmp_path, timing_cache=fresh),
                              client=FakeDocker(write_cache=b"c"), log=Lines())
     assert fresh.read_bytes() == b"c"
     assert meta.timing_cache == TimingCacheUse(path=str(fresh), used=False, updated=True)
 
 
 def test_docker_nonzero_exit_is_compile_error_with_log_tail(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
+    spec = compile_spec(tmp_path)
     chunks = [f"log line {i}\n".encode() for i in range(60)]
     fake = FakeDocker(status=1, write_plan=None, log_chunks=chunks)
     with pytest.raises(CompileError) as e:
@@ -356,7 +238,7 @@ def test_docker_nonzero_exit_is_compile_error_with_log_tail(tmp_path: Path) -> N
 
 
 def test_docker_missing_plan_is_compile_error(tmp_path: Path) -> None:
-    spec = _spec(tmp_path)
+    spec = compile_spec(tmp_path)
     fake = FakeDocker(write_plan=None)
     with pytest.raises(CompileError, match="wrote no plan"):
         compile_in_docker(spec, client=fake, log=Lines())
@@ -371,7 +253,7 @@ def test_docker_missing_plan_is_compile_error(tmp_path: Path) -> None:
     requests.exceptions.ConnectionError("UnixHTTPConnectionPool: Read timed out."),
 ])
 def test_docker_wait_timeout_kills_and_raises(tmp_path: Path, exc: Exception) -> None:
-    spec = _spec(tmp_path, timeout_s=0.001)
+    spec = compile_spec(tmp_path, timeout_s=0.001)
     spec.output.parent.mkdir(parents=True)
     spec.output.write_bytes(b"old plan")
     fake = FakeDocker(wait_raises=exc)
@@ -388,13 +270,13 @@ def test_docker_wait_timeout_kills_and_raises(tmp_path: Path, exc: Exception) ->
 def test_docker_connection_error_before_timeout_is_not_a_timeout(tmp_path: Path) -> None:
     fake = FakeDocker(wait_raises=requests.exceptions.ConnectionError("engine went away"))
     with pytest.raises(requests.exceptions.ConnectionError):
-        compile_in_docker(_spec(tmp_path, timeout_s=600), client=fake, log=Lines())
+        compile_in_docker(compile_spec(tmp_path, timeout_s=600), client=fake, log=Lines())
     assert fake.container.removed and not fake.container.killed
 
 
 def test_docker_pulls_missing_image_with_progress(tmp_path: Path) -> None:
     fake, lines = FakeDocker(have_image=False), Lines()
-    meta = compile_in_docker(_spec(tmp_path), client=fake, log=lines)
+    meta = compile_in_docker(compile_spec(tmp_path), client=fake, log=lines)
     assert ("pull", "nvcr.io/nvidia/pytorch", "24.09-py3") in fake.calls
     assert any(line.startswith("pulling nvcr.io/nvidia/pytorch:24.09-py3") for line in lines)
     assert any("layers done" in line for line in lines)
@@ -405,7 +287,7 @@ def test_docker_without_gpu_support_is_unavailable(tmp_path: Path) -> None:
     err = docker.errors.APIError(
         'could not select device driver "" with capabilities: [[gpu]]')
     with pytest.raises(CompileUnavailable, match="GPU"):
-        compile_in_docker(_spec(tmp_path), client=FakeDocker(run_raises=err), log=Lines())
+        compile_in_docker(compile_spec(tmp_path), client=FakeDocker(run_raises=err), log=Lines())
 
 
 # --------------------------------------------------------------------------- host route
@@ -446,7 +328,7 @@ class FakeHost:
 def test_host_trtexec_success(tmp_path: Path) -> None:
     host, lines = FakeHost(), Lines()
     cache = tmp_path / "cache" / "gpu.cache"
-    spec = _spec(tmp_path, timing_cache=cache)
+    spec = compile_spec(tmp_path, timing_cache=cache)
     meta = compile_on_host(spec, run=host.run, which=host.which, log=lines)
     build = host.calls[-1]
     assert build[0] == "/opt/trt/bin/trtexec" and "--memPoolSize=workspace:14000M" in build
@@ -462,24 +344,24 @@ def test_host_trtexec_success(tmp_path: Path) -> None:
 def test_host_trtexec_version_mismatch(tmp_path: Path) -> None:
     host = FakeHost(BANNER_8)
     with pytest.raises(ReleaseMismatch) as e:
-        compile_on_host(_spec(tmp_path), run=host.run, which=host.which, log=Lines())
+        compile_on_host(compile_spec(tmp_path), run=host.run, which=host.which, log=Lines())
     msg = str(e.value)
     assert "8.5.3" in msg and "10.4.0" in msg and "24.09" in msg
     assert "only loads in the TensorRT version it was built with" in msg
     assert len(host.calls) == 1  # only --help ran
     # a release missing from the table cannot be checked: refused on the host
     with pytest.raises(ReleaseMismatch, match="not in"):
-        compile_on_host(_spec(tmp_path, triton_release="27.01"), run=host.run,
+        compile_on_host(compile_spec(tmp_path, triton_release="27.01"), run=host.run,
                         which=host.which, log=Lines())
 
 
 def test_host_trtexec_failure_and_timeout(tmp_path: Path) -> None:
     host = FakeHost(returncode=2, plan=None)
     with pytest.raises(CompileError, match="status 2"):
-        compile_on_host(_spec(tmp_path), run=host.run, which=host.which, log=Lines())
+        compile_on_host(compile_spec(tmp_path), run=host.run, which=host.which, log=Lines())
     host = FakeHost(timeout=True)
     with pytest.raises(CompileTimeout, match="still building"):
-        compile_on_host(_spec(tmp_path), run=host.run, which=host.which, log=Lines())
+        compile_on_host(compile_spec(tmp_path), run=host.run, which=host.which, log=Lines())
     assert not (tmp_path / "out" / "model.plan").exists()
     assert _leftovers(tmp_path / "out") == []
 
@@ -489,7 +371,7 @@ def test_host_without_tensorrt_is_unavailable(tmp_path: Path) -> None:
         raise ImportError("No module named 'tensorrt'")
 
     with pytest.raises(CompileUnavailable, match="trtexec on PATH.*tensorrt"):
-        compile_on_host(_spec(tmp_path), run=FakeHost().run, which=lambda n: None,
+        compile_on_host(compile_spec(tmp_path), run=FakeHost().run, which=lambda n: None,
                         import_tensorrt=no_trt, log=Lines())
 
 

@@ -407,7 +407,7 @@ def test_compile_writes_the_engine_report(tmp_path: Path, log: str, release: str
 
 
 def test_docker_route_reads_the_engine_with_the_image_tensorrt(tmp_path: Path) -> None:
-    from test_compile import FakeDocker, _spec
+    from fixtures.fake_docker import FakeDocker, compile_spec
 
     from tasks.producers.compile import compile_in_docker
 
@@ -417,7 +417,7 @@ def test_docker_route_reads_the_engine_with_the_image_tensorrt(tmp_path: Path) -
     chunks = [(FIXTURES / "trt10.4_minilm.log").read_bytes(),
               f"MME_ENGINE_IO {json.dumps(api)}\n".encode()]
     fake = FakeDocker(log_chunks=chunks)
-    meta = compile_in_docker(_spec(tmp_path), client=fake, log=lambda line: None)
+    meta = compile_in_docker(compile_spec(tmp_path), client=fake, log=lambda line: None)
     kw = fake.run_kwargs()
     assert kw["environment"]["MME_ENGINE_INSPECT"] == trt_bindings.INSPECT_SCRIPT
     assert 'python3 -c "$MME_ENGINE_INSPECT" /workspace/build/model.plan' in kw["command"][2]
