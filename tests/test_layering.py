@@ -3,10 +3,15 @@
 The contract lives in pyproject.toml ([tool.importlinter]); this test runs the same
 ``lint-imports`` check (import-linter follows imports inside functions too), so a change that
 makes a lower layer import a higher one fails the suite, not just a CI lint step.
+
+The tests have a floor of their own: no test module is imported by another module (tests,
+tests/fixtures, bench). What several of them share lives in tests/fixtures/, so running,
+moving or deleting one test file never changes what another one does.
 """
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -57,3 +62,37 @@ def test_contract_catches_an_import_running_back_up(tmp_path: Path) -> None:
     assert proc.returncode != 0, out
     assert "ensembles.upward -> tasks.producers.cache" in out, out
     assert "tasks.reach -> ensembles.catalog.entry" in out, out
+
+
+def _test_module_imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) for each import of a test module (a ``test_*`` name) in ``source``,
+    at any depth: top level or inside a function."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):  # ``from tests import test_x`` names it after import
+            module = node.module or ""
+            names = [module] + [f"{module}.{alias.name}".lstrip(".") for alias in node.names]
+        else:
+            continue
+        hits = [n for n in names if any(part.startswith("test_") for part in n.split("."))]
+        found += [(node.lineno, hits[0])] if hits else []
+    return found
+
+
+def test_no_module_imports_a_test_module() -> None:
+    files = sorted([*(PROJECT_ROOT / "tests").rglob("*.py"), *(PROJECT_ROOT / "bench").rglob("*.py")])
+    assert any(f.name == "test_layering.py" for f in files)
+    bad = [f"{f.relative_to(PROJECT_ROOT)}:{line} imports {name}"
+           for f in files for line, name in _test_module_imports(f.read_text())]
+    assert not bad, ("a module imports a test module (move what it shares into tests/fixtures/):\n"
+                     + "\n".join(bad))
+
+
+def test_the_test_import_scan_sees_every_form() -> None:
+    source = ("import os, test_a\nfrom test_b import x\nfrom tests.test_c import y\n"
+              "from . import test_d\nfrom tests import test_f\nfrom fixtures.wait import wait_until\n"
+              "def f():\n    import test_e as e\n")
+    assert _test_module_imports(source) == [(1, "test_a"), (2, "test_b"), (3, "tests.test_c"),
+                                            (4, "test_d"), (5, "tests.test_f"), (8, "test_e")]
