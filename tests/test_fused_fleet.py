@@ -88,6 +88,12 @@ def test_the_build_fuses_what_shares_the_trunk_and_builds_the_rest_separately(fu
             assert t["classes"] == len(classes) == len(t["labels"])
         manifest = json.loads((out / f"{shard}.manifest.json").read_text())
         assert manifest["validation"]["passed"] and manifest["fleet"]["tenants"] == len(members)
+        footprint = manifest["footprint"]  # measured on the shard itself, in the Triton that verified it
+        assert footprint["source"]["measured_on"] == shard and footprint["target_model"] == f"{shard}.tar.gz"
+        for fig in ("host_memory_bytes", "load_disk_s", "unload_s", "service_batch1_s"):
+            assert footprint[fig]["status"] == "measured" and footprint[fig]["value"] > 0, fig
+        assert footprint["host_memory_bytes"]["basis"] == "pss"
+        assert f"fused shard {shard}" in footprint["load_disk_s"]["where"]
     assert {t for s in index.shards for t in
             [x["name"] for x in json.loads((out / f"{s}.tenants.json").read_text())["tenants"]]} == set(fusedv)
 

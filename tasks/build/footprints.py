@@ -394,13 +394,14 @@ def measure_loaded(run: LoadRun, inputs: dict[str, np.ndarray], max_batch: int,
 
 
 def canary_footprint(canary: str, template_key: str, times: CanaryTimes, loaded: LoadedFigures,
-                     gpu: bool, hardware: str) -> Footprint:
+                     gpu: bool, hardware: str, *, role: str = "canary") -> Footprint:
     """The footprint measured on one canary (``times`` from the verify step; ``loaded``:
     :func:`measure_loaded`), with its ``source`` naming the canary and the template key, so a
-    manifest that carries it says which variant it was measured on. GPU memory: zero on a CPU
+    manifest that carries it says which variant it was measured on (``role``: what it is, a
+    ``canary`` or a fused ``shard`` measured on itself). GPU memory: zero on a CPU
     target (it uses none); on a GPU target estimated by formula (the verify step has no NVML
     reading), and said so."""
-    m = _measured(f"fleet build, canary {canary} (Triton)", hardware)
+    m = _measured(f"fleet build, {role} {canary} (Triton)", hardware)
     est = estimate_footprint(canary, times.tarball_bytes, gpu=gpu)
     gpu_fig = (est.gpu_memory_bytes if gpu else
                Figure(value=0.0, status="measured", where="CPU target: no GPU used", hardware=hardware))

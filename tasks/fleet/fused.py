@@ -27,7 +27,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +42,8 @@ from ensembles.spec import ArtifactRef, EnsembleSpec, Target
 from infra.errors import UserError
 from tasks.build.verify import Sample
 from tasks.fleet.build import FleetIndex, FleetIndexEntry, VariantOutcome
-from tasks.fleet.check import SharedReference
-from tasks.fleet.fusion import FusionAnalysis, FusionError, fuse, verify_fused
+from tasks.fleet.check import SharedReference, onnx_feed
+from tasks.fleet.fusion import FusedShard, FusionAnalysis, FusionError, TenantCheck, fuse, verify_fused
 from tasks.fleet.variant import FleetTemplate, input_key, produce_owned, variant_spec
 from infra.store.tarball import pack_deterministic
 
@@ -102,6 +102,10 @@ class StagedShard:
     samples: list[Sample]  # the tenants to invoke in Triton (and at deploy), first is tenant 0
     work: Path
     max_abs_diff: float
+    max_batch: int = 0  # the template's max batch size: the footprint's max-batch service time
+    #: tenants that answered differently fused (name -> why): not in the shard, they keep
+    #: their previous version (:func:`fuse_checked`)
+    left_out: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -236,29 +240,31 @@ def shard_key(template: FleetTemplate, name: str, tenants: Sequence[TenantModel]
 # ------------------------------------------------------------------------------ staging
 
 
-def _own_answer(model: bytes, tensor: np.ndarray) -> np.ndarray:
+def _own_answer(model: bytes, tensors: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: tensor})[0], dtype=np.float32)
+    feed = onnx_feed([i.name for i in sess.get_inputs()], tensors)
+    return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
 
 
-def _onnx_input(model: bytes) -> str:
+def _model_inputs(model: bytes, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tensors`` by the model's own input names (one image tensor, or a text head's token
+    embeddings and attention mask): what the fused and the tenant's own model are fed."""
     import onnx
 
     graph = onnx.load_from_string(model).graph
     inits = {i.name for i in graph.initializer}
-    return next(i.name for i in graph.input if i.name not in inits)
+    return onnx_feed([i.name for i in graph.input if i.name not in inits], tensors)
 
 
 def tenant_sample(shared: SharedReference, tenant: TenantModel, index: int) -> Sample:
-    """The request that asks the shard for ``tenant`` (the validation image and its index) and
-    the tenant's own model's answer on the same pre-processed input."""
-    image = np.frombuffer(shared.image, dtype=np.uint8).reshape(1, -1)
-    want = _own_answer(tenant.model, shared.tensor)
-    return Sample(inputs={shared.input_name: image, TENANT: np.array([[index]], dtype=np.int32)},
+    """The request that asks the shard for ``tenant`` (the validation image or sentence and its
+    index) and the tenant's own model's answer on the same pre-processed input."""
+    want = _own_answer(tenant.model, shared.tensors)
+    return Sample(inputs={**shared.request, TENANT: np.array([[index]], dtype=np.int32)},
                   expected={shared.output_name: want},
                   context={**shared.context, "labels": tenant.labels, "tenant": tenant.variant.name})
 
@@ -267,21 +273,50 @@ def _checked_indices(count: int) -> list[int]:
     return sorted({0, count // 2, count - 1})[:TRITON_TENANTS]
 
 
-def stage_shard(template: FleetTemplate, shared: SharedReference, name: str, key: str,
-                tenants: list[TenantModel], analysis: FusionAnalysis, work: Path) -> StagedShard:
-    """Fuse ``tenants`` (in that order), check every one against its own model, render the
-    shard's ensemble with the fused model and pack it with its tenants sidecar."""
+@dataclass(frozen=True)
+class CheckedFusion:
+    """A fused model whose every tenant answers as its own model, and the tenants left out
+    because they did not (name -> why): they keep their previous version, the others ship."""
+
+    fused: FusedShard
+    checks: list[TenantCheck]
+    left_out: dict[str, str]
+
+
+def fuse_checked(models: Mapping[str, bytes], order: Sequence[str], analysis: FusionAnalysis,
+                 inputs: Mapping[str, np.ndarray], tolerance: float = ORT_TOLERANCE) -> CheckedFusion:
+    """Fuse ``order`` and check every tenant against its own model; a tenant that answers
+    differently leaves the shard (the shard is fused again without it), so one tenant cannot
+    hold back the others. Refuses (:class:`FusionError`) when no tenant is left."""
+    left_out: dict[str, str] = {}
+    members = list(order)
+    while members:
+        fused = fuse(models, members, analysis)
+        checks = verify_fused(fused, models, inputs)
+        bad = [c for c in checks if not c.ok(tolerance)]
+        if not bad:
+            return CheckedFusion(fused=fused, checks=checks, left_out=left_out)
+        for c in bad:
+            left_out[c.tenant] = (f"answers differently fused (max abs diff {c.max_abs_diff:.3g}, top-5 "
+                                  f"{'same' if c.same_top5 else 'differs'}; tolerance {tolerance:g})")
+        members = [m for m in members if m not in left_out]
+    first = next(iter(left_out.items()))
+    raise FusionError(f"every tenant answers differently fused: {first[0]} {first[1]}"
+                      f"{f' and {len(left_out) - 1} more' if len(left_out) > 1 else ''}")
+
+
+def stage_shard(template: FleetTemplate, shared: SharedReference, name: str, tenants: list[TenantModel],
+                analysis: FusionAnalysis, work: Path) -> StagedShard:
+    """Fuse ``tenants`` (in that order), check every one against its own model (one that answers
+    differently leaves the shard: ``left_out``), render the shard's ensemble with the fused
+    model and pack it with its tenants sidecar. The shard's key is that of the tenants it holds."""
     fusion = template.spec.fusion
     assert fusion is not None
     models = {t.variant.name: t.model for t in tenants}
-    fused = fuse(models, [t.variant.name for t in tenants], analysis)
-    checks = verify_fused(fused, models, {_onnx_input(tenants[0].model): shared.tensor})
-    bad = [c for c in checks if not c.ok(ORT_TOLERANCE)]
-    if bad:
-        c = bad[0]
-        raise FusionError(f"shard {name}: tenant {c.tenant} answers differently fused (max abs diff "
-                          f"{c.max_abs_diff:.3g}, top-5 {'same' if c.same_top5 else 'differs'}; "
-                          f"tolerance {ORT_TOLERANCE:g}) and {len(bad) - 1} more")
+    checked = fuse_checked(models, [t.variant.name for t in tenants], analysis,
+                           _model_inputs(tenants[0].model, shared.tensors))
+    fused = checked.fused
+    tenants = [t for t in tenants if t.variant.name not in checked.left_out]
     work.mkdir(parents=True, exist_ok=True)
     model_path = work / "fused.onnx"
     model_path.write_bytes(fused.model)
@@ -298,9 +333,10 @@ def stage_shard(template: FleetTemplate, shared: SharedReference, name: str, key
     sha, size = pack_deterministic(repo, tarball)
     shutil.rmtree(repo, ignore_errors=True)
     samples = [tenant_sample(shared, tenants[i], i) for i in _checked_indices(len(tenants))]
-    return StagedShard(name=name, key=key, tenants=tenants, tarball=tarball, sha256=sha, bytes=size,
-                       sidecar=sidecar, samples=samples, work=work,
-                       max_abs_diff=max(c.max_abs_diff for c in checks))
+    return StagedShard(name=name, key=shard_key(template, name, tenants), tenants=tenants,
+                       tarball=tarball, sha256=sha, bytes=size, sidecar=sidecar, samples=samples,
+                       work=work, max_abs_diff=max(c.max_abs_diff for c in checked.checks),
+                       max_batch=template.spec.max_batch_size, left_out=checked.left_out)
 
 
 def fused_outcomes(shard: FleetIndexEntry, name: str, tenants: Sequence[TenantModel],

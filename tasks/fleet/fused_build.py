@@ -24,12 +24,14 @@ import httpx
 
 from ensembles.fleet_spec import Variant
 from infra.errors import MMEError
+from infra.jsontypes import JsonObject
 from infra.processes.ownership import owner
 from infra.records.manifest import MANIFEST_SUFFIX, Manifest, Validation
 from infra.store.objects import atomic_path
 from infra.store.tarball import safe_extract
 from infra.triton.measure import LoadRun
 from infra.triton.model_repo import namespace_repository
+from tasks.build.footprints import CanaryTimes, LoadedFigures
 from tasks.build.verify import Verification, score
 from tasks.fleet.build import FleetIndex, FleetIndexEntry
 from tasks.fleet.check import SharedReference
@@ -87,8 +89,10 @@ def build_fused(template: FleetTemplate, shared: SharedReference | None, variant
                 done.outcomes += fused_outcomes(old, name, tenants, template, "unchanged")
                 continue
             try:
-                staged.append(stage_shard(template, shared, name, key, tenants, analysis,
-                                          work / name))
+                staged.append(stage_shard(template, shared, name, tenants, analysis, work / name))
+                done.outcomes += [o for n, why in sorted(staged[-1].left_out.items())
+                                  for o in failed_outcomes([got[n]], f"left out of shard {name}: {why}; "
+                                                           f"it keeps its previous version", t0)]
             except MMEError as e:
                 _shard_failed(done, index, name, tenants, str(e), t0)
             except Exception as e:  # noqa: BLE001 - one shard's surprise must not stop the others
@@ -162,7 +166,7 @@ def commit_shard(s: StagedShard, template: FleetTemplate, out: Path, result: Ver
         built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         build_seconds=round(seconds, 2), spec_sha256=template.spec_sha256,
         tool_version=template.tool_version, validation=validation,
-        sample=s.samples[0].to_record(),
+        sample=s.samples[0].to_record(), footprint=shard_footprint(s, template, result),
         fleet={"name": template.fleet, "template": template.spec.name, "shard": s.name,
                "tenants": len(s.tenants), "template_key": template.key, "layout": "fused",
                "tenant_samples": [x.to_json() for x in s.samples[1:]]})
@@ -176,33 +180,80 @@ def commit_shard(s: StagedShard, template: FleetTemplate, out: Path, result: Ver
 # ------------------------------------------------------------------------------ Triton
 
 
+def _serve_tenants(server: TritonServer, client: httpx.Client, entry: str, s: StagedShard
+                   ) -> tuple[list[Verification], LoadRun, LoadedFigures | str]:
+    """Load the shard through the one harness (memory against a reading before the load),
+    invoke each sampled tenant through the whole ensemble and score it against its own model,
+    then measure what the loaded shard adds and its service times, unload. The first wrong
+    answer raises; a failed measurement is returned as its reason (the check does not depend
+    on it)."""
+    from infra.aws.runtime_client import infer_direct
+    from tasks.build.footprints import measure_loaded
+
+    results: list[Verification] = []
+    loaded: LoadedFigures | str
+    with LoadRun(server, entry, memory=True) as run:
+        for sample in s.samples:
+            got = infer_direct(client, entry, sample.inputs)
+            r = score("matches_reference", 1.0, sample, got)
+            if not r.passed:
+                raise MMEError(f"in Triton, tenant {sample.context['tenant']} answered "
+                               f"unlike its own model: {r.detail()}")
+            results.append(r)
+        try:
+            loaded = measure_loaded(run, s.samples[0].inputs, s.max_batch)
+        except Exception as e:  # noqa: BLE001 - the shard's footprint falls back to a named estimate
+            loaded = f"{type(e).__name__}: {e}"
+    return results, run, loaded
+
+
 def _check_shard(server: TritonServer, client: httpx.Client, repo: Path, s: StagedShard,
                  scratch: Path) -> Verification:
-    """Load the shard's tarball under its namespace, invoke each sampled tenant through the
-    whole ensemble, score each against its own model, unload. The first failure raises."""
-    from infra.aws.runtime_client import infer_direct
-
+    """Load the shard's tarball under its namespace, invoke each sampled tenant, score each
+    against its own model, measure the shard's footprint on itself (``footprint_times``: the
+    raw readings, as a fleet canary's), unload. The first failure raises."""
+    t0 = time.perf_counter()
     extracted = safe_extract(s.tarball, scratch / "x")
+    extract_s = time.perf_counter() - t0
+    unpacked = sum(p.stat().st_size for p in extracted.rglob("*") if p.is_file())
     ns = namespace_repository(extracted, repo, f"{s.name}.tar.gz")
-    results: list[Verification] = []
     try:
-        with LoadRun(server, ns.entry) as run:
-            for sample in s.samples:
-                got = infer_direct(client, ns.entry, sample.inputs)
-                r = score("matches_reference", 1.0, sample, got)
-                if not r.passed:
-                    raise MMEError(f"in Triton, tenant {sample.context['tenant']} answered "
-                                   f"unlike its own model: {r.detail()}")
-                results.append(r)
+        results, run, loaded = _serve_tenants(server, client, ns.entry, s)
     except RuntimeError as e:
         raise MMEError(f"Triton refused the shard's request: {e}") from None
     finally:
         for model in ns.models:
             shutil.rmtree(repo / model, ignore_errors=True)
         shutil.rmtree(scratch / "x", ignore_errors=True)
+    took = run.result
+    times = CanaryTimes(tarball_bytes=s.tarball.stat().st_size, unpacked_bytes=unpacked,
+                        extract_s=extract_s, load_s=took.load_s, unload_s=took.unload_s or 0.0,
+                        loaded=loaded if isinstance(loaded, LoadedFigures) else None,
+                        error=loaded if isinstance(loaded, str) else None)
     worst = max(results, key=lambda r: r.max_abs_diff or 0.0)
-    return worst.model_copy(update={"per_item": None, "load_seconds": round(run.load_s, 3),
-                                    "measured_on": hardware()})
+    service = loaded.service_batch1_s if isinstance(loaded, LoadedFigures) else None
+    return worst.model_copy(update={
+        "per_item": None, "load_seconds": round(took.load_s, 3),
+        "unload_seconds": round(took.unload_s or 0.0, 3),
+        "service_seconds": round(service, 4) if service is not None else None,
+        "measured_on": hardware(), "footprint_times": times})
+
+
+def shard_footprint(s: StagedShard, template: FleetTemplate, result: Verification) -> JsonObject:
+    """The shard's footprint record, measured on the shard itself in the Triton that verified
+    it (``source.measured_on`` names the shard); when measuring failed, the named estimate
+    with ``source.estimated`` saying why: never an estimate in silence."""
+    from tasks.build.footprints import canary_footprint, variant_footprint
+
+    gpu = template.target.endswith("gpu")
+    times = result.footprint_times
+    if times is None or times.loaded is None:
+        reason = times.error if times is not None else "the shard was verified without a measurement"
+        return variant_footprint(None, f"measuring shard {s.name} failed: {reason}",
+                                 f"{s.name}.tar.gz", s.bytes, gpu=gpu).to_record()
+    fp = canary_footprint(s.name, template.key, times, times.loaded, gpu=gpu,
+                          hardware=str(result.measured_on), role="fused shard")
+    return fp.model_copy(update={"target_model": f"{s.name}.tar.gz"}).to_record()
 
 
 def verify_shards_in_triton(staged: Sequence[StagedShard], log: Callable[[str], None] = print
