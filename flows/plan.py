@@ -1,9 +1,10 @@
-"""The ``plan`` flow: the cheapest endpoint fleet meeting a latency goal (issue 12).
+"""The ``plan`` flow: the cheapest endpoint fleet meeting a latency goal (issue 12), for the
+fleet's layout or, where it can be planned both ways, the cheaper of separate and fused (issue 20).
 
-Composes the planner's tasks (tasks/planning/tasks.py): read the fleet's footprints, the
-traffic, search + simulate, draw the charts, write the plan file; the report is published as a
-markdown artifact (footprints, prices and their date, traffic, top plans, baseline, chart
-links) and a table artifact (the plans side by side).
+Composes the planner's tasks (tasks/planning/tasks.py): read the fleet's footprints (per layout),
+the traffic, search + simulate (each layout asked for), draw the charts, write the plan file; the
+report is published as a markdown artifact (layout chosen and why, footprints, prices and their
+date, traffic, top plans, baseline, chart links) and a table artifact (the plans side by side).
 """
 
 from __future__ import annotations
@@ -24,19 +25,21 @@ from tasks.planning.tasks import (FleetSource, charts_task, fleet_task, search_t
 def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float | None = None,
          region: str = "us-east-1", out: Path | None = None, peak_factor: float = 1.0,
          options: SearchOptions | None = None) -> dict[str, Any]:
-    """Plan ``source``'s fleet for ``traffic`` (``zipf:S:RPS`` | ``csv:PATH`` | ``metrics:URL``)."""
+    """Plan ``source``'s fleet for ``traffic`` (``zipf:S:RPS`` | ``csv:PATH`` | ``metrics:URL``), in
+    the layouts ``options.layout`` asks for."""
     options = options or SearchOptions()
     goal = Goal(p99_ms, max_cold_share)
-    variants, footprints, stale = fleet_task(source)
-    rates = traffic_task(traffic, variants, peak_factor, options.seed)
-    result, price_line = search_task(footprints, rates, goal, region, options)
+    fleet = fleet_task(source)
+    rates = traffic_task(traffic, fleet.variants, peak_factor, options.seed)
+    chosen, price_line = search_task(fleet, rates, goal, region, options)
+    result, footprints = chosen.result, chosen.models.footprints
     out = Path(out or "plan.yaml")
-    chart_paths = charts_task(result, footprints, rates, goal, options, out.parent.resolve())
-    written = write_task(result, out)
-    create_markdown_artifact(key="capacity-plan",
-                             markdown=report.markdown(result, footprints, rates, price_line, chart_paths))
+    chart_paths = charts_task(result, footprints, chosen.traffic, goal, options, out.parent.resolve())
+    written = write_task(result, out, chosen.layout)
+    create_markdown_artifact(key="capacity-plan", markdown=report.markdown(
+        result, footprints, chosen.traffic, price_line, chart_paths, chosen.lines))
     create_table_artifact(key="capacity-plan-table", table=report.plan_rows(result))
-    return summary(result).model_dump() | {
-        "variants": len(variants), "stale_manifests_skipped": stale,
+    return summary(result, chosen).model_dump() | {
+        "variants": len(fleet.variants), "stale_manifests_skipped": fleet.stale,
         "footprints": report.estimate_lines(footprints), "plan_file": str(written), "prices": price_line,
         "charts": {k: str(v) for k, v in chart_paths.items()}}

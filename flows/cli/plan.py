@@ -27,7 +27,13 @@ class PlanOptions:
     out: Annotated[Path, typer.Option(help="the plan file (`mme deploy --plan` reads it)")] = Path("plan.yaml")
     peak_factor: Annotated[float, typer.Option(help="diurnal peak-to-mean rate factor")] = 1.0
     variants: Annotated[int | None, typer.Option(help="plan a synthetic fleet of N variants ...")] = None
-    footprint_from: Annotated[Path | None, typer.Option(help="... each with this manifest's footprint")] = None
+    footprint_from: Annotated[Path | None, typer.Option(
+        help="... each with this manifest's footprint (with a fused FLEET: a variant built "
+             "separately, to compare layouts)")] = None
+    fused_footprint_from: Annotated[Path | None, typer.Option(
+        help="with --variants N: a fused shard's manifest (N tenants in shards of its size)")] = None
+    layout: Annotated[str, typer.Option(
+        help="separate | fused | auto (auto: the cheaper layout that meets the goal)")] = "auto"
     workers: Annotated[int | None, typer.Option(help="requests one instance serves at once "
                                                      "(default 4 on GPU types, the vCPUs on CPU types)")] = None
     max_instances: Annotated[int | None, typer.Option(
@@ -44,22 +50,28 @@ def plan(o: PlanOptions) -> None:
     """Find the cheapest endpoint plan that meets --p99-ms at the peak rate; write it to --out."""
     _quiet_env()
     from flows.plan import plan as plan_flow
+    from tasks.planning.layouts import LayoutError, as_layout
     from tasks.planning.search import SearchOptions
     from tasks.planning.tasks import FleetSource
 
     if o.fleet is None and o.variants is None:
         _fail("give FLEET (a manifest directory) or --variants N --footprint-from MANIFEST")
+    try:
+        layout = as_layout(o.layout)
+    except LayoutError as e:
+        _fail(str(e))
     if o.p99_ms <= 0 or (o.max_cold_share is not None and not 0 <= o.max_cold_share <= 1):
         _fail(f"--p99-ms {o.p99_ms} must be > 0 and --max-cold-share {o.max_cold_share} within 0..1")
     if o.max_instances is not None and o.max_instances < 1:
         _fail(f"--max-instances {o.max_instances}: must be >= 1")
     types = tuple(t.strip() for t in (o.instance_types or "").split(",") if t.strip()) or None
-    search = SearchOptions(workers=o.workers, instance_types=types)
+    search = SearchOptions(workers=o.workers, instance_types=types, layout=layout)
     if o.max_instances is not None:
         search = replace(search, max_instances=o.max_instances)
-    result = _run_flow(plan_flow, source=FleetSource(o.fleet, o.variants, o.footprint_from),
-                       traffic=o.traffic, p99_ms=o.p99_ms, max_cold_share=o.max_cold_share,
-                       region=o.region, out=o.out, peak_factor=o.peak_factor, options=search)
+    source = FleetSource(o.fleet, o.variants, o.footprint_from, fused_footprint_from=o.fused_footprint_from)
+    result = _run_flow(plan_flow, source=source, traffic=o.traffic, p99_ms=o.p99_ms,
+                       max_cold_share=o.max_cold_share, region=o.region, out=o.out,
+                       peak_factor=o.peak_factor, options=search)
     _print_plan(result, o.p99_ms)
 
 
@@ -80,6 +92,8 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
         print("footprints used ((e) = estimated, not measured: `mme profile --write` measures one):")
         for line in result["footprints"]:
             print(f"  {line}")
+    for line in result.get("layout_lines") or []:
+        print(line)
     print(f"chosen: {result['plan']}: USD {result['monthly_usd']:,.0f}/month = "
           f"{result['share_of_baseline']:.1%} of one endpoint per variant (USD {result['baseline_monthly_usd']:,.0f})")
     print(f"autoscaling per endpoint: min {a['min']}, max {a['max']}, target {a['target']} invocations/instance/min")

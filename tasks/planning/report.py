@@ -70,8 +70,8 @@ def _md_table(rows: Sequence[Mapping[str, object]]) -> str:
 
 
 def markdown(result: PlanResult, footprints: list[Footprint], traffic: Traffic, price_line: str,
-             charts: dict[str, Path]) -> str:
-    """The Prefect artifact: goal, chosen plan, comparisons, inputs and charts."""
+             charts: dict[str, Path], layout_lines: Sequence[str] = ()) -> str:
+    """The Prefect artifact: goal, chosen plan, comparisons (the layouts too), inputs and charts."""
     c, b = result.chosen.candidate, result.baseline
     share = c.hourly_usd / b.hourly_usd if b.hourly_usd else float("nan")
     one = result.one_instance
@@ -89,6 +89,7 @@ def markdown(result: PlanResult, footprints: list[Footprint], traffic: Traffic, 
         f"simulated: {len(result.simulated)})",
         f"- {price_line}",
         f"- traffic: {traffic.source}; mean {traffic.total_rate:.3g} req/s, peak factor {traffic.peak_factor:g}",
+        *(["", "## Layout", *[f"- {line.strip()}" for line in layout_lines]] if layout_lines else []),
         "", "## Plans simulated", _md_table(plan_rows(result)),
         "## Footprints used", _md_table(footprint_rows(footprints)),
         *[f"- {line}" for line in estimate_lines(footprints)], "",

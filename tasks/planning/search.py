@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,7 @@ from tasks.planning.cache_model import che_hit_ratio
 from tasks.planning.simulate import FleetArrays, InstanceConfig, simulate
 from tasks.planning.traffic import Traffic, poisson_sequence
 
+LayoutRequest = Literal["auto", "separate", "fused"]
 HOURS_PER_MONTH = 730.0
 NO_DISK = float("inf")
 # The screen treats p99 as a miss's cost once more than this share of requests miss (a p99 is
@@ -79,6 +80,9 @@ class SearchOptions:
     hit_tolerance: float = 0.005  # 95% half-width of the warm-hit ratio that ends a simulation
     settle_requests: int = 800_000  # the most counted requests one simulation extends to
     max_simulated_requests: int = 3_000_000  # all simulations of one search together (its time bound)
+    #: the fleet layouts to plan (``mme plan --layout``; :mod:`tasks.planning.layouts`): auto =
+    #: every layout the fleet can be planned as, the cheaper that meets the goal chosen
+    layout: LayoutRequest = "auto"
 
 
 @dataclass(frozen=True)
@@ -538,8 +542,9 @@ def make_plan(types: list[InstanceType], footprints: list[Footprint], traffic: T
                       region=region)
 
 
-def plan_file(result: PlanResult, prices_checked: str) -> PlanFile:
-    """The chosen plan as the file ``mme deploy --plan`` reads."""
+def plan_file(result: PlanResult, prices_checked: str, layout: str = "separate") -> PlanFile:
+    """The chosen plan as the file ``mme deploy --plan`` reads (``layout``: the fleet layout it
+    was planned for, for the reader)."""
     c, fig = result.chosen.candidate, result.chosen.figures or {}
     a = result.autoscaling
     return PlanFile.model_validate({
@@ -549,4 +554,5 @@ def plan_file(result: PlanResult, prices_checked: str) -> PlanFile:
         # for the reader (deploy ignores these): what the plan costs and predicts, and the price date
         "monthly_cost_usd": round(c.monthly_usd, 2),
         "baseline_monthly_cost_usd": round(result.baseline.monthly_usd, 2),
-        "predicted": {k: round(v, 4) for k, v in fig.items()}, "prices_checked": prices_checked})
+        "predicted": {k: round(v, 4) for k, v in fig.items()}, "prices_checked": prices_checked,
+        "layout": layout})

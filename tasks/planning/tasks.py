@@ -13,9 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from tasks.planning import charts, report
 from tasks.planning.catalog import load_catalog, price_age_line, select_types
 from tasks.build.footprints import Footprint
-from tasks.planning.inputs import fleet_from_dir, synthetic_fleet
-from tasks.planning.search import (Goal, PlanRefused, PlanResult, ScalingAdvice, SearchOptions, fleet_arrays, make_plan,
-                                 plan_file)
+from tasks.planning.layouts import LayoutPlan, PlanFleet, plan_layouts, read_fleet
+from tasks.planning.search import Goal, PlanRefused, PlanResult, ScalingAdvice, SearchOptions, fleet_arrays, plan_file
 from tasks.planning.planfile import write_plan_file
 from tasks.planning.traffic import Traffic, parse_spec
 
@@ -26,26 +25,24 @@ from tasks.planning.traffic import Traffic, parse_spec
 
 @dataclass(frozen=True)
 class FleetSource:
-    """Where the fleet comes from: a manifest directory, or N copies of one manifest."""
+    """Where the fleet comes from: a manifest directory, or N copies of one manifest; for
+    comparing layouts, a separately built variant's manifest (``footprint_from``, with a fused
+    build folder) and a fused shard's (``fused_footprint_from``, with ``variants``)."""
 
     path: Path | None = None
     variants: int | None = None
     footprint_from: Path | None = None
     gpu: bool | None = None
+    fused_footprint_from: Path | None = None
 
 
 @task(name="plan-fleet", cache_policy=NO_CACHE)
-def fleet_task(source: FleetSource) -> tuple[list[str], list[Footprint], int]:
-    """The variants, their footprints and how many stale manifests (of variants no longer in
-    their fleet's index) were skipped."""
-    if source.variants is not None:
-        if source.footprint_from is None:
-            from tasks.planning.inputs import FleetInputError
-
-            raise FleetInputError("--variants N needs --footprint-from MANIFEST (whose footprint each copy has)")
-        return synthetic_fleet(source.variants, source.footprint_from, source.gpu)
-    assert source.path is not None
-    return fleet_from_dir(source.path, source.gpu)
+def fleet_task(source: FleetSource) -> PlanFleet:
+    """The variants, every layout they can be planned as (footprints per model, which model
+    serves each variant) and how many stale manifests (of variants no longer in their fleet's
+    index) were skipped."""
+    return read_fleet(source.path, source.variants, source.footprint_from, source.fused_footprint_from,
+                      source.gpu)
 
 
 @task(name="plan-traffic", cache_policy=NO_CACHE)
@@ -54,19 +51,21 @@ def traffic_task(spec: str, variants: list[str], peak_factor: float, seed: int) 
 
 
 @task(name="plan-search", cache_policy=NO_CACHE)
-def search_task(footprints: list[Footprint], traffic: Traffic, goal: Goal, region: str,
-                options: SearchOptions) -> tuple[PlanResult, str]:
-    """The plan, and the line saying which prices (and how old) it used."""
+def search_task(fleet: PlanFleet, traffic: Traffic, goal: Goal, region: str,
+                options: SearchOptions) -> tuple[LayoutPlan, str]:
+    """The plan (of the layout chosen, :func:`tasks.planning.layouts.plan_layouts`), and the
+    line saying which prices (and how old) it used."""
     catalog = load_catalog()
+    footprints = [fp for m in fleet.layouts.values() for fp in m.footprints]
     needs_gpu = any(fp.gpu_memory_bytes.value > 0 for fp in footprints)
     types, skipped = select_types(catalog, region, needs_gpu, options.instance_types)
     try:
-        result = make_plan(types, footprints, traffic, goal, region, options)
+        chosen = plan_layouts(types, fleet, traffic, goal, region, options)
     except PlanRefused as e:  # a refusal made on estimated footprints must say so where it is read
         notes = report.estimate_lines(footprints)
         raise PlanRefused("\n".join([str(e), *(["footprints used:"] + notes if notes else [])])) from None
-    result.notes.extend(skipped)
-    return result, price_age_line(catalog, region)
+    chosen.result.notes.extend(skipped)
+    return chosen, price_age_line(catalog, region)
 
 
 @task(name="plan-charts", cache_policy=NO_CACHE)
@@ -83,13 +82,14 @@ def charts_task(result: PlanResult, footprints: list[Footprint], traffic: Traffi
 
 
 @task(name="plan-write", cache_policy=NO_CACHE)
-def write_task(result: PlanResult, out: Path) -> Path:
-    return write_plan_file(plan_file(result, load_catalog().prices_checked.isoformat()), out)
+def write_task(result: PlanResult, out: Path, layout: str = "separate") -> Path:
+    return write_plan_file(plan_file(result, load_catalog().prices_checked.isoformat(), layout), out)
 
 
 class PlanSummary(BaseModel):
     """What the flow returns (and the CLI prints): small and JSON-able. ``model_dump()`` is the
-    document it always was (same keys, same order; ``autoscaling`` a plain object)."""
+    document it always was (same keys, same order; ``autoscaling`` a plain object), with the
+    layout's fields after them."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -107,11 +107,14 @@ class PlanSummary(BaseModel):
     simulated: int
     rows: list[dict[str, str]]
     notes: list[str]
+    layout: str = "separate"
+    layout_monthly_usd: dict[str, float | None] = {}
+    layout_lines: list[str] = []
 
 
-def summary(result: PlanResult) -> PlanSummary:
+def summary(result: PlanResult, chosen: LayoutPlan | None = None) -> PlanSummary:
     """The chosen plan, its cost beside the one-endpoint-per-variant baseline, its figures and
-    autoscaling, and the table of the plans simulated."""
+    autoscaling, the table of the plans simulated, and the layout chosen and why."""
     c = result.chosen.candidate
     return PlanSummary(plan=c.label(), instance_type=c.instance_type, instance_count=c.count, shards=c.shards,
                        model_cache=c.model_cache, monthly_usd=c.monthly_usd,
@@ -119,4 +122,7 @@ def summary(result: PlanResult) -> PlanSummary:
                        share_of_baseline=c.hourly_usd / result.baseline.hourly_usd,
                        predicted=result.chosen.figures, autoscaling=result.autoscaling,
                        candidates_evaluated=result.candidates_evaluated, simulated=len(result.simulated),
-                       rows=report.plan_rows(result), notes=result.notes)
+                       rows=report.plan_rows(result), notes=result.notes,
+                       layout=chosen.layout if chosen else "separate",
+                       layout_monthly_usd={str(k): v for k, v in chosen.costs.items()} if chosen else {},
+                       layout_lines=chosen.lines if chosen else [])
