@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, NoReturn
 
 import typer
 
-from flows.cli.common import _print_table, _report, app, console
+from flows.cli.common import _fail, _print_table, _report, app, console
 
 if TYPE_CHECKING:
-    from ensembles.fleet_spec import Resolved
+    from ensembles.fleet_spec import Layout, Resolved
+    from tasks.fleet.example import ExampleKind
 
 fleet_app = typer.Typer(help="Fleets: many ensembles from one template, declared once.",
                         no_args_is_help=True)
@@ -82,20 +83,39 @@ def show(fleet: str = typer.Argument(..., help="a fleet name (ensembles/fleets/<
 @fleet_app.command("example")
 def example(count: int = typer.Option(20, min=1, help="number of tenants"),
             out: str = typer.Option(..., help="model prefix: file:///abs/dir, s3://bucket/prefix or a path"),
-            seed: int = typer.Option(0, help="seed of the tenants' class subsets"),
+            seed: int = typer.Option(0, help="seed of the tenants' class subsets (or intent heads)"),
             fleet_file: Path | None = typer.Option(
                 None, help="where to write the fleet file (default: <out>/fleet.yaml for a local "
-                           "prefix; none for S3)")) -> None:
-    """Write N per-customer classifiers (SqueezeNet cut to each one's classes) and their fleet file."""
-    from tasks.fleet.example import make_example_fleet
+                           "prefix; none for S3)"),
+            kind: str = typer.Option("image", help="image: SqueezeNet classifiers; text: intent "
+                                                   "heads over one sentence encoder"),
+            layout: str | None = typer.Option(None, help="the fleet file's layout: fused or "
+                                                         "separate (default separate)")) -> None:
+    """Write N per-customer classifiers (SqueezeNet cut to each one's classes) and their fleet file.
 
+    With --kind text: N customers' own intent heads (3-20 intents each) over one sentence
+    encoder, for the text_intent_tenant template."""
+    from tasks.fleet.example import make_kind_example
+    from tasks.fleet.example_text import TextExampleFleet
+
+    kinds: dict[str, ExampleKind] = {"image": "image", "text": "text"}
+    layouts: dict[str, Layout] = {"fused": "fused", "separate": "separate"}
+    if kind not in kinds:
+        _fail(f"--kind {kind!r}: expected image or text")
+    if layout is not None and layout not in layouts:
+        _fail(f"--layout {layout!r}: expected fused or separate")
     try:
-        made = make_example_fleet(count, out, seed=seed, fleet_file=fleet_file)
+        made = make_kind_example(kinds[kind], count, out, seed=seed, fleet_file=fleet_file,
+                                 layout=layouts[layout] if layout else None)
     except Exception as e:
         _exit_for(e)
-    cats = sum(t.has_cat for t in made.tenants)
-    console.print(f"{len(made.tenants)} tenants under {made.out_uri}/tenants/ ({cats} with cat "
-                  f"classes): {made.written} files written, {made.unchanged} unchanged, "
+    if isinstance(made, TextExampleFleet):
+        intents = sorted(t.intents for t in made.tenants)
+        what = f"intent heads, {intents[0]}-{intents[-1]} intents each"
+    else:
+        what = f"{sum(t.has_cat for t in made.tenants)} with cat classes"
+    console.print(f"{len(made.tenants)} tenants under {made.out_uri}/tenants/ ({what}): "
+                  f"{made.written} files written, {made.unchanged} unchanged, "
                   f"{made.seconds:.1f} s", highlight=False)
     if made.fleet_file is not None:
         console.print(f"fleet file: {made.fleet_file} (mme fleet show {made.fleet_file})", highlight=False)

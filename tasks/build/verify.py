@@ -216,7 +216,7 @@ def matches_reference(sample: Sample, got: dict[str, np.ndarray]) -> MetricResul
     own subset of classes): no particular class is expected to win, every class must agree."""
     if not sample.expected:
         raise VerificationFailed("metric matches_reference needs a framework reference "
-                                 "(validation kind image_classification)")
+                                 "(validation kind image_classification or text_classification)")
     want, have = _output(sample, got)
     labels: list[str] = sample.context.get("labels", [])
     max_diff = float(np.abs(have - want).max())
@@ -294,6 +294,65 @@ def _image_reference(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:
                  "image": str(params.get("image", "skimage:chelsea"))})
 
 
+#: The tensors a text template's tokenizer and encoder steps hand the step after them (the
+#: names in the text templates: ensembles/catalog/text_embedding, text_intent_tenant).
+TEXT_FEATURES = ("token_embeddings", "attention_mask")
+
+
+def encoder_features(tokenizer: Path, encoder: Path, sentences: list[str],
+                     max_length: int = 128) -> dict[str, np.ndarray]:
+    """What a text template's tokenizer and encoder steps give the next step for ``sentences``
+    on local-cpu, computed the way those steps compute it (the bundled tokenizer files, padded
+    to the longest, truncated at ``max_length``; the encoder ONNX in ONNX Runtime):
+    ``token_embeddings`` FP32 [batch, tokens, hidden] and ``attention_mask`` INT64 [batch,
+    tokens]. Why here: a customer's head is checked on exactly what the ensemble feeds it."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
+    enc = tok(sentences, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    mask = np.asarray(enc["attention_mask"], dtype=np.int64)
+    sess = ort.InferenceSession(str(encoder), providers=["CPUExecutionProvider"])
+    hidden = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    return dict(zip(TEXT_FEATURES, (np.asarray(hidden, dtype=np.float32), mask), strict=True))
+
+
+def run_onnx_on(model: Path | bytes, tensors: dict[str, np.ndarray]) -> np.ndarray:
+    """A model's first output on ``tensors`` (fed by the model's input names; a one-input
+    model takes the only tensor whatever its name), FP32, with ONNX Runtime."""
+    import onnxruntime as ort
+
+    model_arg = model if isinstance(model, bytes) else str(model)
+    sess = ort.InferenceSession(model_arg, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) == 1 and len(tensors) == 1:
+        feed = {names[0]: next(iter(tensors.values()))}
+    else:
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise VerificationFailed(f"the model takes inputs {names}; the sample has "
+                                     f"{sorted(tensors)} (missing {missing})")
+        feed = {n: tensors[n] for n in names}
+    return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
+
+
+def _text_classification_reference(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:
+    """A text classifier's (a customer's intent head's) answer on one sentence: the head ONNX
+    run directly on what the template's tokenizer and encoder give for it. The ensemble must
+    give the same probabilities (``matches_reference``): no particular intent is expected."""
+    sentence = str(params["sentence"])
+    features = encoder_features(Path(params["tokenizer"]), Path(params["encoder"]), [sentence],
+                                int(params.get("max_length", 128)))
+    probs = run_onnx_on(Path(params["model"]), features)
+    labels = [ln for ln in Path(params["labels"]).read_text().splitlines() if ln.strip()]
+    texts = np.array([[sentence.encode()]], dtype=object)
+    return Sample(inputs={spec.inputs[0].name: texts}, expected={spec.outputs[0].name: probs},
+                  context={"labels": labels, "sentence": sentence,
+                           "max_abs_diff_tolerance": float(params.get("max_abs_diff_tolerance") or 1e-4)})
+
+
 def _image_labels_only(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:
     """For a classifier no framework here can run (Inception's TensorFlow graph): the sample
     image and its labels; the endpoint's answer is checked for a cat top-1 only."""
@@ -312,6 +371,7 @@ REFERENCES: dict[str, Callable[[EnsembleSpec, dict[str, Any]], Sample]] = {
     "sentence_embedding": _sentence_reference,
     "image_classification": _image_reference,
     "image_labels_only": _image_labels_only,
+    "text_classification": _text_classification_reference,
 }
 METRICS: dict[str, Callable[[Sample, dict[str, np.ndarray]], MetricResult]] = {
     "min_cosine": min_cosine,

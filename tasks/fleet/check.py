@@ -35,6 +35,7 @@ from tasks.fleet.variant import StagedVariant, VariantError
 from tasks.build.verify import (
     Sample,
     Verification,
+    encoder_features,
     reference_sample,
     run_dali_cpu,
     sample_image,
@@ -44,11 +45,12 @@ from tasks.build.verify import (
 
 @dataclass(frozen=True)
 class SharedReference:
-    """The sample request and its pre-processed tensor, computed once per fleet."""
+    """The sample request and what a variant's own model is fed for it, computed once per
+    fleet: an image template's encoded image and its DALI output, a text template's sentence
+    and its encoder's token embeddings and attention mask."""
 
-    image: bytes
-    tensor: np.ndarray  # the DALI pipeline's output for ``image``
-    input_name: str
+    request: dict[str, np.ndarray]  # the ensemble's inputs for the sample
+    tensors: dict[str, np.ndarray]  # the variant model's inputs for it, by the model's input name
     output_name: str
     model_param: str  # the validation parameter that names the variant's model artifact
     labels_param: str | None
@@ -69,29 +71,47 @@ def shared_reference(spec: EnsembleSpec, artifacts: dict[str, Path], target: Tar
     """What every variant's reference shares, or None when the validation kind has no cheap
     per-variant form (every variant is then verified in Triton)."""
     v = spec.validation
-    if v is None or v.kind != "image_classification":
+    if v is None or v.kind not in ("image_classification", "text_classification"):
         return None
     model = v.params.get("model")
     if not isinstance(model, ArtifactRef) or model.name not in owned:
         return None
     params = _params(spec, artifacts, target)
+    labels = v.params.get("labels")
+    labels_param = "labels" if isinstance(labels, ArtifactRef) else None
+    tolerance = float(params.get("max_abs_diff_tolerance") or 1e-4)
+    if v.kind == "text_classification":
+        return _text_reference(spec, params, labels_param, tolerance)
     if params.get("pipeline") is None:
         return None
     image = sample_image(str(params.get("image", "skimage:chelsea")))
     in_name, out_name = spec.inputs[0].name, spec.outputs[0].name
     tensor = run_dali_cpu(Path(params["pipeline"]), [image], in_name)
-    labels = v.params.get("labels")
     from tasks.producers.classifiers import CAT_CLASSES
 
     return SharedReference(
-        image=image, tensor=tensor, input_name=in_name, output_name=out_name, model_param="model",
-        labels_param="labels" if isinstance(labels, ArtifactRef) else None,
-        context={"cat_classes": sorted(CAT_CLASSES),
-                 "max_abs_diff_tolerance": float(params.get("max_abs_diff_tolerance") or 1e-4),
+        request={in_name: np.frombuffer(image, dtype=np.uint8).reshape(1, -1)},
+        tensors={in_name: tensor}, output_name=out_name, model_param="model",
+        labels_param=labels_param,
+        context={"cat_classes": sorted(CAT_CLASSES), "max_abs_diff_tolerance": tolerance,
                  "image": str(params.get("image", "skimage:chelsea"))})
 
 
-def _run_onnx(model: bytes | str, tensor: np.ndarray) -> np.ndarray:
+def _text_reference(spec: EnsembleSpec, params: dict[str, Any], labels_param: str | None,
+                    tolerance: float) -> SharedReference:
+    """A text template's sentence and the encoder's features for it (what each customer's
+    head is fed: its answer on them is the customer's reference)."""
+    sentence = str(params["sentence"])
+    tensors = encoder_features(Path(params["tokenizer"]), Path(params["encoder"]), [sentence],
+                               int(params.get("max_length", 128)))
+    return SharedReference(
+        request={spec.inputs[0].name: np.array([[sentence.encode()]], dtype=object)},
+        tensors=tensors, output_name=spec.outputs[0].name, model_param="model",
+        labels_param=labels_param,
+        context={"max_abs_diff_tolerance": tolerance, "sentence": sentence})
+
+
+def _run_onnx(model: bytes | str, tensors: dict[str, np.ndarray]) -> np.ndarray:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -100,7 +120,20 @@ def _run_onnx(model: bytes | str, tensor: np.ndarray) -> np.ndarray:
     # SqueezeNet: 44 ms to build the session with all of them, 8 ms with the basic ones)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
-    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: tensor})[0], dtype=np.float32)
+    return np.asarray(sess.run(None, onnx_feed([i.name for i in sess.get_inputs()], tensors))[0],
+                      dtype=np.float32)
+
+
+def onnx_feed(names: list[str], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tensors`` as a model with inputs ``names`` takes them: by name, or the only tensor
+    to the only input (an image classifier's input may be called anything)."""
+    if len(names) == 1 and len(tensors) == 1:
+        return {names[0]: next(iter(tensors.values()))}
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise VariantError(f"the model takes inputs {names}; the template's sample gives "
+                           f"{sorted(tensors)}")
+    return {n: tensors[n] for n in names}
 
 
 def variant_sample(shared: SharedReference | None, staged: StagedVariant, target: Target) -> Sample:
@@ -112,15 +145,14 @@ def variant_sample(shared: SharedReference | None, staged: StagedVariant, target
     assert v is not None
     params = _params(staged.spec, staged.produced, target)
     try:
-        probs = _run_onnx(str(params[shared.model_param]), shared.tensor)
+        probs = _run_onnx(str(params[shared.model_param]), shared.tensors)
     except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own exception types
         raise VariantError(f"variant {staged.variant.name!r}: its model does not run on the "
                            f"template's pre-processed sample: {e}") from None
     labels: list[str] = []
     if shared.labels_param and params.get(shared.labels_param):
         labels = Path(params[shared.labels_param]).read_text().splitlines()
-    data = np.frombuffer(shared.image, dtype=np.uint8).reshape(1, -1)
-    return Sample(inputs={shared.input_name: data}, expected={shared.output_name: probs},
+    return Sample(inputs=dict(shared.request), expected={shared.output_name: probs},
                   context={**shared.context, "labels": labels})
 
 
@@ -148,7 +180,7 @@ def check_numbers(shared: SharedReference, staged: StagedVariant, sample: Sample
     if not found:
         raise VariantError(f"variant {staged.variant.name!r}: no model file of artifact "
                            f"{model_art} in the tarball")
-    probs = _run_onnx(members[found[0]], shared.tensor)
+    probs = _run_onnx(members[found[0]], shared.tensors)
     return score(v.metric, v.threshold, sample, {shared.output_name: probs}).model_copy(
         update={"per_item": None})
 

@@ -24,12 +24,13 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import yaml
 
 from ensembles.classifier_input import SQUEEZENET_INPUT
+from ensembles.fleet_spec import Layout
 from infra.jsontypes import JsonObject
 from infra.paths import work_dir
 from infra.store.objects import FileStore, ObjectStore, S3Store, atomic_dir, atomic_path, file_lock, open_store
@@ -49,6 +50,12 @@ PATTERN = "tenants/{variant}/model.onnx"
 MIN_CLASSES, MAX_CLASSES = 5, 100
 CAT_SHARE = 1 / 3
 BASE_OPSET = 17
+#: What ``mme fleet example --kind`` writes: per-customer image classifiers (this module) or
+#: per-customer intent heads over one sentence encoder (:mod:`tasks.fleet.example_text`).
+ExampleKind = Literal["image", "text"]
+
+if TYPE_CHECKING:
+    from tasks.fleet.example_text import TextExampleFleet
 
 
 @dataclass(frozen=True)
@@ -210,9 +217,10 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     return True
 
 
-def fleet_document(prefix_uri: str) -> JsonObject:
-    """The example's fleet file: a ``prefix`` source over the written tenants."""
-    return {
+def fleet_document(prefix_uri: str, layout: Layout | None = None) -> JsonObject:
+    """The example's fleet file: a ``prefix`` source over the written tenants (``layout``:
+    written when given; none means the fleet file's default, separate)."""
+    doc: JsonObject = {
         "name": FLEET_NAME,
         "description": "per-customer SqueezeNet subsets written by `mme fleet example`",
         "template": TEMPLATE,
@@ -225,6 +233,9 @@ def fleet_document(prefix_uri: str) -> JsonObject:
             "labels": {"tenant": "{variant}"},
         },
     }
+    if layout is not None:
+        doc["layout"] = layout
+    return doc
 
 
 def _prefix_uri(store: ObjectStore, base: str) -> str:
@@ -235,15 +246,15 @@ def _prefix_uri(store: ObjectStore, base: str) -> str:
     return store.root.resolve().as_uri()
 
 
-def _write_fleet_file(path: Path, prefix_uri: str) -> Path:
+def _write_fleet_file(path: Path, prefix_uri: str, layout: Layout | None = None) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(fleet_document(prefix_uri), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(fleet_document(prefix_uri, layout), sort_keys=False))
     return path.resolve()
 
 
 def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: Any = None,
-                       fleet_file: Path | None = None) -> ExampleFleet:
+                       fleet_file: Path | None = None, layout: Layout | None = None) -> ExampleFleet:
     """Write ``count`` tenants' ``model.onnx``, ``labels.txt`` and ``classes.txt`` under
     ``out_uri`` (``file://``, ``s3://`` or a path) and the fleet file (default
     ``<out>/fleet.yaml`` for a local prefix; none for S3 unless ``fleet_file`` is given).
@@ -270,6 +281,20 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: An
     if fleet_file is None and isinstance(store, FileStore):
         fleet_file = store.root / "fleet.yaml"
     if fleet_file is not None:
-        result.fleet_file = _write_fleet_file(fleet_file, prefix_uri)
+        result.fleet_file = _write_fleet_file(fleet_file, prefix_uri, layout)
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
+
+
+def make_kind_example(kind: ExampleKind, count: int, out_uri: str, *, seed: int = 0,
+                      s3_client: Any = None, fleet_file: Path | None = None,
+                      layout: Layout | None = None) -> ExampleFleet | TextExampleFleet:
+    """The example fleet of ``kind`` (``mme fleet example --kind``); the text kind's fleet
+    file always names its layout (``separate`` unless asked)."""
+    if kind == "text":
+        from tasks.fleet.example_text import make_text_example_fleet
+
+        return make_text_example_fleet(count, out_uri, seed=seed, s3_client=s3_client,
+                                       fleet_file=fleet_file, layout=layout or "separate")
+    return make_example_fleet(count, out_uri, seed=seed, s3_client=s3_client,
+                              fleet_file=fleet_file, layout=layout)
