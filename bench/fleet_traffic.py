@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import sys
 import tempfile
 import threading
 import time
@@ -50,44 +51,15 @@ from infra.endpoint.app import Admission
 from infra.endpoint.state import spare_slots
 from infra.processes.procfs import Memory, tree_memory
 from infra.aws.runtime_client import decode_response, encode_request
-from infra.store.tarball import pack_deterministic
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # tests/fixtures: the tests' tiny Triton models
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+from fixtures.tiny_models import publish_pipe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_ID = b"x-mme-bench-id"
 
-TINY_ADD = """\
-import json
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        self.k = np.float32(float(json.loads(args["model_config"])["parameters"]["k"]["string_value"]))
-
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-            "Y", (pb_utils.get_input_tensor_by_name(r, "X").as_numpy() + self.k).astype(np.float32))])
-            for r in requests]
-"""
-TINY_ADD_CONFIG = """\
-name: "add"
-backend: "python"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-parameters { key: "k" value: { string_value: "%s" } }
-"""
-TINY_PIPE_CONFIG = """\
-name: "pipe"
-platform: "ensemble"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-ensemble_scheduling { step [ { model_name: "add" model_version: -1
-  input_map { key: "X" value: "X" } output_map { key: "Y" value: "Y" } } ] }
-"""
 TINY_X = np.array([1.0, 2.0, 3.0], dtype=np.float32)
 
 
@@ -102,19 +74,13 @@ class Variant:
 
 
 def make_tiny(prefix: Path, n: int) -> list[Variant]:
-    """``n`` tiny ensembles ``tiny-<i>.tar.gz`` (Y = X + i) in ``prefix``."""
+    """``n`` tiny ensembles ``tiny-<i>.tar.gz`` (Y = X + i) in ``prefix``: the tests' ``pipe -> add``
+    model (tests/fixtures/tiny_models.py), so the bench and the tests load the same thing."""
     out = []
-    with tempfile.TemporaryDirectory(prefix="tiny-src-") as tmp:
-        for i in range(n):
-            repo = Path(tmp) / f"r{i}"
-            (repo / "add" / "1").mkdir(parents=True)
-            (repo / "add" / "config.pbtxt").write_text(TINY_ADD_CONFIG % i)
-            (repo / "add" / "1" / "model.py").write_text(TINY_ADD)
-            (repo / "pipe" / "1").mkdir(parents=True)
-            (repo / "pipe" / "config.pbtxt").write_text(TINY_PIPE_CONFIG)
-            target = f"tiny-{i:05d}.tar.gz"
-            pack_deterministic(repo, prefix / target)
-            out.append(Variant(target, {"X": TINY_X}, {"Y": TINY_X + np.float32(i)}))
+    for i in range(n):
+        target = f"tiny-{i:05d}.tar.gz"
+        publish_pipe(prefix, target, k=i)
+        out.append(Variant(target, {"X": TINY_X}, {"Y": TINY_X + np.float32(i)}))
     return out
 
 

@@ -6,8 +6,9 @@ Starts a throwaway local endpoint, loads one model, then per trial: SIGKILLs tri
 a client keeps sending the same request, and records how long until an answer is 200 and
 correct again (the endpoint notices the death, reaps the process group, removes its shm
 segments, starts a new Triton, reloads the model from the disk cache on that request). Also
-counts what the client got while Triton was down. ``tiny`` (default) is a one-step Python
-ensemble written here; the seed ensembles need a ``mme build`` first. Prints one JSON line.
+counts what the client got while Triton was down. ``tiny`` (default) is the tests' one-step
+Python ensemble (tests/fixtures/tiny_models.py); the seed ensembles need a ``mme build`` first.
+Prints one JSON line.
 The back-off is set to 0 here: every trial measures what a first death costs (in service,
 the 2nd, 3rd ... death within the restart window waits 1 s, 2 s ... more on purpose).
 """
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,45 +33,16 @@ import numpy as np
 from infra.endpoint.client import LocalEndpointClient
 from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
 from infra.aws.runtime_client import decode_response, encode_request
-from infra.store.tarball import pack_deterministic
 
-TINY_ADD = """\
-name: "add"
-backend: "python"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-instance_group [ { kind: KIND_CPU, count: 1 } ]
-"""
-TINY_PIPE = """\
-name: "pipe"
-platform: "ensemble"
-max_batch_size: 0
-input [ { name: "X", data_type: TYPE_FP32, dims: [ -1 ] } ]
-output [ { name: "Y", data_type: TYPE_FP32, dims: [ -1 ] } ]
-ensemble_scheduling { step [ { model_name: "add" model_version: -1
-  input_map { key: "X" value: "X" } output_map { key: "Y" value: "Y" } } ] }
-"""
-TINY_MODEL = """\
-import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def execute(self, requests):
-        return [pb_utils.InferenceResponse([pb_utils.Tensor(
-            "Y", pb_utils.get_input_tensor_by_name(r, "X").as_numpy() + 1)]) for r in requests]
-"""
-
+TESTS = Path(__file__).resolve().parents[1] / "tests"  # tests/fixtures: the tests' tiny Triton models
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+from fixtures.tiny_models import publish_pipe  # noqa: E402
 
 def _tiny(prefix: Path) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
-    with tempfile.TemporaryDirectory() as tmp:
-        repo = Path(tmp)
-        (repo / "add" / "1").mkdir(parents=True)
-        (repo / "add" / "config.pbtxt").write_text(TINY_ADD)
-        (repo / "add" / "1" / "model.py").write_text(TINY_MODEL)
-        (repo / "pipe" / "1").mkdir(parents=True)
-        (repo / "pipe" / "config.pbtxt").write_text(TINY_PIPE)
-        pack_deterministic(repo, prefix / "tiny.tar.gz")
+    """``tiny.tar.gz``: the tests' one-step ``pipe -> add`` ensemble (tests/fixtures/tiny_models.py),
+    Y = X + 1."""
+    publish_pipe(prefix, "tiny.tar.gz", k=1)
     x = np.arange(4, dtype=np.float32)
     return "tiny.tar.gz", {"X": x}, {"Y": x + 1}
 
