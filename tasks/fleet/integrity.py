@@ -4,7 +4,8 @@ An object deleted or overwritten behind the tool's back stays routed: a redeploy
 build with the TABLE (not the store) and says "unchanged", and the local endpoint may go on
 serving a copy it loaded earlier. :func:`check_table` looks, per endpoint model prefix, with
 **one listing and one GET of the prefix's sync index** (``_index.json``, written by every
-publish): a version is
+publish); an object several routes name (a fused shard: every tenant's route) is judged once. A
+version is
 
 - ``missing`` when the listing does not have its TargetModel;
 - ``corrupt`` when its listed size is not the size published for its sha256, or when its own
@@ -156,6 +157,7 @@ def check_prefix(models_url: str, versions: Sequence[tuple[str, RouteVersion, bo
     listed = {i.key[len(base):]: i for i in store.list(base)}
     index = _index_entries(store, prefix)
     requests, out = 2, []
+    judged: dict[tuple[str, str], tuple[str, str]] = {}  # a fused shard: one object, many tenants' routes
     for name, v, current in versions:
         endpoint = v.endpoint or ""
         info = listed.get(v.target_model)
@@ -163,9 +165,12 @@ def check_prefix(models_url: str, versions: Sequence[tuple[str, RouteVersion, bo
             out.append(Finding(name, endpoint, v.target_model, v.sha256, current, "missing",
                                f"not in {store.uri_for(prefix) if prefix else models_url}"))
             continue
-        state, detail, n = _judge(store, base + v.target_model, v, info,
-                                  index.get(v.target_model), deep)
-        requests += n
+        if (v.target_model, v.sha256) not in judged:
+            state, detail, n = _judge(store, base + v.target_model, v, info,
+                                      index.get(v.target_model), deep)
+            judged[(v.target_model, v.sha256)] = (state, detail)
+            requests += n
+        state, detail = judged[(v.target_model, v.sha256)]
         out.append(Finding(name, endpoint, v.target_model, v.sha256, current, state, detail))
     return out, requests
 
@@ -202,7 +207,7 @@ def build_sources(fleet: str, build_dirs: Sequence[Path] = ()) -> dict[str, Path
             continue
         if index.fleet != fleet:
             continue
-        for e in index.variants.values():
+        for e in [*index.variants.values(), *index.shards.values()]:  # a fused shard's tarball too
             if e.status == "ok" and e.sha256 and (d / e.file).is_file():
                 out.setdefault(e.sha256, d / e.file)
     return out
