@@ -19,7 +19,7 @@ import yaml
 
 from ensembles.catalog import load_ensemble
 from ensembles.fleet_spec import check_fleet, load_fleet, load_template, resolve_variants
-from tasks.fleet.check import onnx_feed
+from tasks.build.verify import onnx_feed
 from tasks.fleet.example_text import (
     HIDDEN,
     MAX_INTENTS,

@@ -326,16 +326,20 @@ def run_onnx_on(model: Path | bytes, tensors: dict[str, np.ndarray]) -> np.ndarr
 
     model_arg = model if isinstance(model, bytes) else str(model)
     sess = ort.InferenceSession(model_arg, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    if len(names) == 1 and len(tensors) == 1:
-        feed = {names[0]: next(iter(tensors.values()))}
-    else:
-        missing = [n for n in names if n not in tensors]
-        if missing:
-            raise VerificationFailed(f"the model takes inputs {names}; the sample has "
-                                     f"{sorted(tensors)} (missing {missing})")
-        feed = {n: tensors[n] for n in names}
+    feed = onnx_feed([i.name for i in sess.get_inputs()], tensors)
     return np.asarray(sess.run(None, feed)[0], dtype=np.float32)
+
+
+def onnx_feed(names: list[str], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``tensors`` as a model with inputs ``names`` takes them: by name, or the only tensor
+    to the only input (an image classifier's input may be called anything)."""
+    if len(names) == 1 and len(tensors) == 1:
+        return {names[0]: next(iter(tensors.values()))}
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise VerificationFailed(f"the model takes inputs {names}; the sample gives "
+                                 f"{sorted(tensors)} (missing {missing})")
+    return {n: tensors[n] for n in names}
 
 
 def _text_classification_reference(spec: EnsembleSpec, params: dict[str, Any]) -> Sample:

@@ -36,6 +36,7 @@ from tasks.build.verify import (
     Sample,
     Verification,
     encoder_features,
+    onnx_feed,
     reference_sample,
     run_dali_cpu,
     sample_image,
@@ -122,18 +123,6 @@ def _run_onnx(model: bytes | str, tensors: dict[str, np.ndarray]) -> np.ndarray:
     sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     return np.asarray(sess.run(None, onnx_feed([i.name for i in sess.get_inputs()], tensors))[0],
                       dtype=np.float32)
-
-
-def onnx_feed(names: list[str], tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``tensors`` as a model with inputs ``names`` takes them: by name, or the only tensor
-    to the only input (an image classifier's input may be called anything)."""
-    if len(names) == 1 and len(tensors) == 1:
-        return {names[0]: next(iter(tensors.values()))}
-    missing = [n for n in names if n not in tensors]
-    if missing:
-        raise VariantError(f"the model takes inputs {names}; the template's sample gives "
-                           f"{sorted(tensors)}")
-    return {n: tensors[n] for n in names}
 
 
 def variant_sample(shared: SharedReference | None, staged: StagedVariant, target: Target) -> Sample:

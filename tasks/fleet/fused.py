@@ -40,9 +40,9 @@ from ensembles.fused import TENANT, fused_spec
 from ensembles.render import render_repository
 from ensembles.spec import ArtifactRef, EnsembleSpec, Target
 from infra.errors import UserError
-from tasks.build.verify import Sample
+from tasks.build.verify import Sample, onnx_feed
 from tasks.fleet.build import FleetIndex, FleetIndexEntry, VariantOutcome
-from tasks.fleet.check import SharedReference, onnx_feed
+from tasks.fleet.check import SharedReference
 from tasks.fleet.fusion import FusedShard, FusionAnalysis, FusionError, TenantCheck, fuse, verify_fused
 from tasks.fleet.variant import FleetTemplate, input_key, produce_owned, variant_spec
 from infra.store.tarball import pack_deterministic
