@@ -98,3 +98,27 @@ def test_a_fused_text_fleet_is_built_served_and_each_tenant_answers_as_its_own_h
             assert np.array_equal(answer.argmax(axis=-1), own[name].argmax(axis=-1)), name
     finally:
         stop(ENDPOINT)
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_a_separate_text_fleet_checks_the_variants_past_the_canary_in_onnx_runtime(
+        tmp_path: Path, mme_home: Path, prefect_harness: None) -> None:
+    """``--layout separate``: one tarball per customer; the canary is verified in Triton, the
+    others by structure and by their own head run in ONNX Runtime on the shared sentence's
+    encoder output (the two-input form of the fleet's shared reference)."""
+    from flows.fleet_build import fleet_build
+    from tasks.fleet.example_text import make_text_example_fleet
+
+    made = make_text_example_fleet(3, (tmp_path / "models").as_uri(), seed=2,
+                                   fleet_file=tmp_path / "fleet.yaml", layout="separate")
+    out = tmp_path / "build"
+    got = fleet_build(str(tmp_path / "fleet.yaml"), output_dir=str(out), triton_sample=1)
+    assert (got["built"], got["failed"]) == (3, 0)
+    index = FleetIndex.read((out / INDEX_FILE).read_text(), "index")
+    assert index.shards == {} and all(e.layout == "separate" for e in index.variants.values())
+    assert sorted(e.checked_by for e in index.variants.values()) == [
+        "onnxruntime+structure", "onnxruntime+structure", "triton"]
+    for t in made.tenants:
+        manifest = json.loads(next(out.glob(f"{t.name}*.manifest.json")).read_text())
+        assert manifest["validation"]["passed"] and manifest["validation"]["classes"] == t.intents
