@@ -40,6 +40,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 ENDPOINT = LOCAL_ENDPOINT  # the name post() and call() address
 pytestmark = [
     pytest.mark.triton,
+    pytest.mark.prefect,  # the builds and deploys it kills are flows
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux /proc and the Linux tritonserver"),
 ]
 
