@@ -24,11 +24,20 @@ import hashlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 from infra.errors import UserError
+
+if TYPE_CHECKING:
+    import onnxruntime
+    from onnx import ModelProto, NodeProto, TensorProto
+
+#: A variant's model as the caller has it: the ONNX file's bytes, or the parsed proto.
+ModelLike: TypeAlias = "bytes | ModelProto"
+#: A node as the structure comparison sees it: op, inputs, outputs, serialized attributes.
+NodeKey: TypeAlias = tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, bytes], ...]]
 
 #: The fused model's extra input: the tenant's index in its shard, INT32 [batch, 1].
 TENANT_INPUT = "TENANT"
@@ -90,22 +99,22 @@ class TenantCheck:
 # ------------------------------------------------------------------------------ analysis
 
 
-def _load(model: Any) -> Any:
+def _load(model: ModelLike) -> ModelProto:
     import onnx
 
     return onnx.load_from_string(bytes(model)) if isinstance(model, bytes | bytearray) else model
 
 
-def _node_key(node: Any) -> tuple[Any, ...]:
+def _node_key(node: NodeProto) -> NodeKey:
     attrs = tuple(sorted((a.name, a.SerializeToString()) for a in node.attribute))
     return node.op_type, tuple(node.input), tuple(node.output), attrs
 
 
-def _digests(model: Any) -> dict[str, str]:
+def _digests(model: ModelProto) -> dict[str, str]:
     return {init.name: hashlib.sha256(init.SerializeToString()).hexdigest() for init in model.graph.initializer}
 
 
-def _attr(node: Any, name: str, default: Any) -> Any:
+def _attr(node: NodeProto, name: str, default: object) -> object:
     import onnx
 
     for a in node.attribute:
@@ -114,7 +123,7 @@ def _attr(node: Any, name: str, default: Any) -> Any:
     return default
 
 
-def find_head(model: Any) -> tuple[Head | None, str]:
+def find_head(model: ModelProto) -> tuple[Head | None, str]:
     """The model's head (the last linear node before a per-class tail), or why there is none."""
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -122,7 +131,7 @@ def find_head(model: Any) -> tuple[Head | None, str]:
         return None, f"{len(graph.output)} graph outputs (one class-score output is supported)"
     by_output = {o: n for n in graph.node for o in n.output}
     node = by_output.get(graph.output[0].name)
-    tail: list[Any] = []
+    tail: list[NodeProto] = []
     while node is not None and node.op_type not in LINEAR_OPS:
         if node.op_type not in TAIL_OPS:
             return None, f"op {node.op_type} ({node.name or node.output[0]}) after the head is not supported"
@@ -137,7 +146,8 @@ def find_head(model: Any) -> tuple[Head | None, str]:
     return _head_of(node, tail, inits)
 
 
-def _head_of(node: Any, tail: list[Any], inits: Mapping[str, Any]) -> tuple[Head | None, str]:
+def _head_of(node: NodeProto, tail: list[NodeProto], inits: Mapping[str, TensorProto]
+             ) -> tuple[Head | None, str]:
     name = node.name or node.output[0]
     if node.op_type == "Conv":
         w = inits.get(node.input[1])
@@ -158,7 +168,7 @@ def _head_of(node: Any, tail: list[Any], inits: Mapping[str, Any]) -> tuple[Head
     return Head(name, "MatMul", node.input[1], bias, weight_axis=1, bias_axis=0), ""
 
 
-def analyze_fleet(models: Mapping[str, Any]) -> FusionAnalysis:
+def analyze_fleet(models: Mapping[str, ModelLike]) -> FusionAnalysis:
     """Which variants of ``models`` (name -> ONNX bytes or ModelProto) share one trunk, and the
     head after it. The trunk is what most variants have byte for byte; a variant whose graph or
     trunk weights differ from it is refused with the reason."""
@@ -194,7 +204,7 @@ def analyze_fleet(models: Mapping[str, Any]) -> FusionAnalysis:
     return out
 
 
-def _differs(name: str, shape: tuple[Any, ...], common: tuple[Any, ...], trunk: Mapping[str, str],
+def _differs(name: str, shape: tuple[NodeKey, ...], common: tuple[NodeKey, ...], trunk: Mapping[str, str],
              common_trunk: Mapping[str, str]) -> str:
     if shape != common:
         first = next((i for i, (a, b) in enumerate(zip(shape, common, strict=False)) if a != b),
@@ -208,7 +218,7 @@ def _differs(name: str, shape: tuple[Any, ...], common: tuple[Any, ...], trunk: 
     return ""
 
 
-def _class_count(model: Any, head: Head) -> int:
+def _class_count(model: ModelProto, head: Head) -> int:
     w = next(i for i in model.graph.initializer if i.name == head.weight)
     return int(w.dims[head.weight_axis])
 
@@ -229,13 +239,13 @@ class FusedShard:
         return self.tenants.index(tenant)
 
 
-def _rows(model: Any, name: str) -> np.ndarray:
+def _rows(model: ModelProto, name: str) -> np.ndarray:
     from onnx import numpy_helper
 
     return numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == name))
 
 
-def _stack(models: Sequence[Any], head: Head) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stack(models: Sequence[ModelProto], head: Head) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every tenant's rows, class axis first, one after another; and each tenant's [start, end)."""
     weights = [np.moveaxis(_rows(m, head.weight), head.weight_axis, 0) for m in models]
     biases = [np.moveaxis(_rows(m, head.bias), head.bias_axis, 0) for m in models]
@@ -246,7 +256,7 @@ def _stack(models: Sequence[Any], head: Head) -> tuple[np.ndarray, np.ndarray, n
             np.stack([np.append(starts, 0), np.append(ends, 0)]))
 
 
-def fuse(models: Mapping[str, Any], tenants: Iterable[str], analysis: FusionAnalysis) -> FusedShard:
+def fuse(models: Mapping[str, ModelLike], tenants: Iterable[str], analysis: FusionAnalysis) -> FusedShard:
     """One ONNX model serving ``tenants`` (in that order: a tenant's index is its ``TENANT``
     value), from their own models. Refuses a tenant the analysis did not find fusable."""
     order = tuple(tenants)
@@ -265,7 +275,7 @@ def fuse(models: Mapping[str, Any], tenants: Iterable[str], analysis: FusionAnal
                       classes=tuple(analysis.classes[t] for t in order))
 
 
-def _rewire(model: Any, head: Head, weights: np.ndarray, biases: np.ndarray, ranges: np.ndarray) -> None:
+def _rewire(model: ModelProto, head: Head, weights: np.ndarray, biases: np.ndarray, ranges: np.ndarray) -> None:
     """Replace the head's weight and bias initializers by slices of the stacked tables chosen by
     the ``TENANT`` input; nothing else in the graph changes."""
     import onnx
@@ -313,7 +323,7 @@ def _rewire(model: Any, head: Head, weights: np.ndarray, biases: np.ndarray, ran
     onnx.checker.check_model(model)
 
 
-def _to_head_layout(rows: str, name: str, axis: int, ndim: int) -> list[Any]:
+def _to_head_layout(rows: str, name: str, axis: int, ndim: int) -> list[NodeProto]:
     """The node writing tensor ``name`` (the head's original input) from the class-first slice."""
     from onnx import helper
 
@@ -327,7 +337,7 @@ def _to_head_layout(rows: str, name: str, axis: int, ndim: int) -> list[Any]:
 # ------------------------------------------------------------------------------ checking
 
 
-def _session(model: bytes) -> Any:
+def _session(model: bytes) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -335,14 +345,14 @@ def _session(model: bytes) -> Any:
     return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 
 
-def run_fused(session: Any, inputs: Mapping[str, np.ndarray], tenant: int) -> np.ndarray:
+def run_fused(session: onnxruntime.InferenceSession, inputs: Mapping[str, np.ndarray], tenant: int) -> np.ndarray:
     """The fused model's answer for one tenant (every row of ``inputs`` as that tenant)."""
     batch = next(iter(inputs.values())).shape[0]
     feed = dict(inputs) | {TENANT_INPUT: np.full((batch, 1), tenant, np.int32)}
     return np.asarray(session.run(None, feed)[0])
 
 
-def verify_fused(shard: FusedShard, models: Mapping[str, Any], inputs: Mapping[str, np.ndarray]
+def verify_fused(shard: FusedShard, models: Mapping[str, ModelLike], inputs: Mapping[str, np.ndarray]
                  ) -> list[TenantCheck]:
     """Every tenant of ``shard`` against its own model on the same ``inputs``: the max abs
     difference and whether the top-5 classes (in order) agree."""
