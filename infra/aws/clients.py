@@ -14,7 +14,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+if TYPE_CHECKING:  # boto3 and botocore are imported lazily at run time (the CLI starts faster)
+    from boto3.session import Session as BotoSession
+    from botocore.config import Config as BotoConfig
 
 SageMakerClient: TypeAlias = Any
 """A boto3 ``sagemaker`` client. Each client alias here is ``Any``: boto3 makes its clients at
@@ -30,10 +34,6 @@ BotoClient: TypeAlias = Any
 """A boto3 client of any other service (``Any``: see :data:`SageMakerClient`)."""
 AwsResponse: TypeAlias = dict[str, Any]
 """A boto3 call's parsed answer (its shape is the AWS API's; no stubs describe it)."""
-BotoConfig: TypeAlias = Any
-"""A ``botocore.config.Config`` (imported lazily: ``Any`` until it is)."""
-BotoSession: TypeAlias = Any
-"""A ``boto3.session.Session`` (imported lazily, no stubs: ``Any``)."""
 
 AWS_ATTEMPTS = 3
 """Attempts per AWS control-plane or S3 call (first try included): botocore's standard retry
@@ -59,7 +59,7 @@ def runtime_config() -> BotoConfig:
                   read_timeout=READ_TIMEOUT_S, connect_timeout=10)
 
 
-def control_config(**kwargs: Any) -> BotoConfig:
+def control_config(**kwargs: object) -> BotoConfig:
     """The botocore Config of every other client (SageMaker, Application Auto Scaling, S3, the
     preflight's): standard retry mode, :data:`AWS_ATTEMPTS` attempts in total. ``kwargs``: other
     Config settings (the S3 store's connection pool)."""
@@ -75,7 +75,7 @@ def session(region: str | None = None) -> BotoSession:
     return boto3.session.Session(region_name=region)
 
 
-def client(service: str, region: str | None = None, **kwargs: Any) -> BotoClient:
+def client(service: str, region: str | None = None, **kwargs: object) -> BotoClient:
     """One boto3 client of ``service``; ``sagemaker-runtime`` gets :func:`runtime_config`, every
     other service :func:`control_config`."""
     kwargs.setdefault("config", runtime_config() if service == "sagemaker-runtime" else control_config())
@@ -88,7 +88,7 @@ def runtime_client_for(url: str | None = None, region: str = "us-east-1") -> Run
     The local endpoint does not check signatures, so dummy credentials are used when none
     are configured (boto3 refuses to send an unsigned request otherwise)."""
     s = session()
-    kwargs: dict[str, Any] = {"region_name": s.region_name or region, "config": runtime_config()}
+    kwargs: dict[str, object] = {"region_name": s.region_name or region, "config": runtime_config()}
     if url:
         kwargs["endpoint_url"] = url
         if s.get_credentials() is None:

@@ -36,7 +36,8 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import JsonValue as PydanticJson
@@ -46,6 +47,10 @@ from infra.store.objects import TMP_PREFIX, atomic_path, sha256_file
 from infra.triton.release import DEFAULT_RELEASE, TritonRelease
 from infra.jsontypes import JsonObject
 from tasks.producers import trt_bindings
+
+if TYPE_CHECKING:  # docker is imported only when the Docker route runs
+    from docker import DockerClient
+    from docker.models.containers import Container
 # The release tables (TensorRT per release) and the one default live in infra.triton.release.
 FIRST_SKIP_INFERENCE_RELEASE = TritonRelease(23, 4)  # TensorRT 8.6: --skipInference (build only)
 
@@ -73,7 +78,19 @@ _TRT_RUNNING_RE = re.compile(r"\[TensorRT v(\d+)\]")
 _MANAGED_FLAGS = ("--onnx", "--saveEngine", "--minShapes", "--optShapes", "--maxShapes",
                   "--workspace", "--memPoolSize", "--timingCacheFile", "--fp16")
 
-Log = Callable[[str], Any]
+Log = Callable[[str], object]
+"""Where progress lines go (``print``, a logger's ``info``, a test's list): its result is ignored."""
+
+Run = Callable[..., "subprocess.CompletedProcess[str]"]
+"""``subprocess.run`` (or a test's fake): how nvidia-smi and trtexec are started on the host."""
+
+
+class _Severity(Protocol):
+    """A TensorRT ``ILogger.Severity``: an int-like enum member with a name."""
+
+    name: str
+
+    def __int__(self) -> int: ...
 
 
 class CompileError(MMEError, RuntimeError):
@@ -228,11 +245,11 @@ class CompileSpec:
         return TritonRelease.parse(self.triton_release)
 
 
-def trtexec_command(spec: CompileSpec, *, in_container_paths: Mapping[str, Any] | None = None,
+def trtexec_command(spec: CompileSpec, *, in_container_paths: Mapping[str, Path | PurePosixPath] | None = None,
                     trtexec: str = "trtexec") -> list[str]:
     """The trtexec argv for ``spec``. ``in_container_paths`` overrides the paths trtexec sees
     (keys ``onnx``, ``plan``, ``timing_cache``); without it the spec's own paths are used."""
-    paths: dict[str, Any] = {"onnx": spec.onnx, "plan": spec.output,
+    paths: dict[str, Path | PurePosixPath | None] = {"onnx": spec.onnx, "plan": spec.output,
                              "timing_cache": spec.timing_cache}
     paths.update(in_container_paths or {})
     argv = [trtexec, f"--onnx={paths['onnx']}", f"--saveEngine={paths['plan']}",
@@ -437,7 +454,7 @@ def _docker_unavailable(what: str, err: BaseException) -> CompileUnavailable:
     return CompileUnavailable(f"Docker engine at {host} {what}: {err}")
 
 
-def _ensure_image(client: Any, image: str, log: Log) -> bool:
+def _ensure_image(client: DockerClient, image: str, log: Log) -> bool:
     """Pull ``image`` unless present; True when it was pulled."""
     import docker
 
@@ -472,7 +489,7 @@ def _ensure_image(client: Any, image: str, log: Log) -> bool:
     return True
 
 
-def _docker_client(client: Any) -> Any:
+def _docker_client(client: DockerClient | None) -> DockerClient:
     """``client``, or the engine of the environment (``DOCKER_HOST``) when none is given."""
     if client is not None:
         return client
@@ -484,7 +501,8 @@ def _docker_client(client: Any) -> Any:
         raise _docker_unavailable("cannot be reached", e) from e
 
 
-def _start_container(client: Any, image: str, argv: list[str], onnx: Path, build: _Build) -> Any:
+def _start_container(client: DockerClient, image: str, argv: list[str], onnx: Path,
+                     build: _Build) -> Container:
     """Start trtexec detached in ``image`` with every GPU, the ONNX folder read-only and the
     build folder writable, as the caller's uid:gid; a GPU-less engine is :class:`CompileUnavailable`."""
     import docker
@@ -507,7 +525,7 @@ def _start_container(client: Any, image: str, argv: list[str], onnx: Path, build
         raise
 
 
-def _follow_logs(container: Any, splitter: _LineSplitter) -> threading.Thread:
+def _follow_logs(container: Container, splitter: _LineSplitter) -> threading.Thread:
     """Stream the container's log into ``splitter`` on a daemon thread (started)."""
 
     def pump() -> None:
@@ -524,7 +542,7 @@ def _follow_logs(container: Any, splitter: _LineSplitter) -> threading.Thread:
     return reader
 
 
-def _wait_container(container: Any, reader: threading.Thread, spec: CompileSpec, *,
+def _wait_container(container: Container, reader: threading.Thread, spec: CompileSpec, *,
                     image: str, t0: float, tail: deque[str]) -> int:
     """The container's exit status; past ``spec.timeout_s`` it is killed (:class:`CompileTimeout`)."""
     import requests
@@ -549,7 +567,7 @@ def _wait_container(container: Any, reader: threading.Thread, spec: CompileSpec,
     return int(result.get("StatusCode", -1)) if isinstance(result, dict) else int(result)
 
 
-def _remove_container(container: Any, log: Log) -> None:
+def _remove_container(container: Container, log: Log) -> None:
     try:
         container.remove(force=True)
     except Exception as e:  # noqa: BLE001
@@ -567,7 +585,7 @@ def _image_tensorrt(spec: CompileSpec, image: str, banner: list[str], log: Log) 
     return trt_version or want
 
 
-def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print,
+def compile_in_docker(spec: CompileSpec, *, client: DockerClient | None = None, log: Log = print,
                       image: str | None = None) -> CompileReport:
     """Compile with trtexec in the release's NGC PyTorch image; return metadata."""
     image = image or pytorch_image_for(spec.triton_release)
@@ -612,11 +630,11 @@ def compile_in_docker(spec: CompileSpec, *, client: Any = None, log: Log = print
 # --------------------------------------------------------------------------- host route
 
 
-def _import_tensorrt() -> Any:
+def _import_tensorrt() -> ModuleType:
     return importlib.import_module("tensorrt")
 
 
-def trtexec_version(exe: str, *, run: Callable[..., Any] = subprocess.run) -> str:
+def trtexec_version(exe: str, *, run: Run = subprocess.run) -> str:
     """TensorRT version of a trtexec binary, from the banner that every invocation prints."""
     try:
         proc = run([exe, "--help"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -630,9 +648,9 @@ def trtexec_version(exe: str, *, run: Callable[..., Any] = subprocess.run) -> st
     return version
 
 
-def compile_on_host(spec: CompileSpec, *, run: Callable[..., Any] = subprocess.run,
+def compile_on_host(spec: CompileSpec, *, run: Run = subprocess.run,
                     which: Callable[[str], str | None] = shutil.which, log: Log = print,
-                    import_tensorrt: Callable[[], Any] = _import_tensorrt) -> CompileReport:
+                    import_tensorrt: Callable[[], ModuleType] = _import_tensorrt) -> CompileReport:
     """Compile without Docker: ``trtexec`` on PATH, else the ``tensorrt`` Python package.
     Its TensorRT must be the serving release's (else :class:`ReleaseMismatch`)."""
     onnx = spec.onnx.resolve()
@@ -653,7 +671,7 @@ def compile_on_host(spec: CompileSpec, *, run: Callable[..., Any] = subprocess.r
 
 
 def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
-                          run: Callable[..., Any], log: Log) -> CompileReport:
+                          run: Run, log: Log) -> CompileReport:
     build = _Build(spec)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     splitter = _LineSplitter(log, tail, verbose=spec.verbose)
@@ -687,17 +705,20 @@ def _compile_trtexec_host(spec: CompileSpec, exe: str, version: str, *,
                             seconds=round(seconds, 1), log_tail=list(tail))
 
 
-def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> CompileReport:
+def _compile_tensorrt_api(spec: CompileSpec, trt: ModuleType, *, log: Log) -> CompileReport:
     """The trtexec build, with the TensorRT Python API (8.6 / 10.x)."""
     build = _Build(spec)
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
 
-    class _Logger(trt.ILogger):
-        def __init__(self) -> None:
-            trt.ILogger.__init__(self)
+    # TensorRT's pybind11 logger class: no stubs (a third-party gap), so the base is Any to mypy
+    logger_base: Any = trt.ILogger
 
-        def log(self, severity: Any, msg: str) -> None:  # noqa: A003 - TensorRT's API
+    class _Logger(logger_base):
+        def __init__(self) -> None:
+            logger_base.__init__(self)
+
+        def log(self, severity: _Severity, msg: str) -> None:  # noqa: A003 - TensorRT's API
             if int(severity) <= int(trt.Logger.VERBOSE if spec.verbose else trt.Logger.WARNING):
                 tail.append(f"[{severity.name}] {msg}")
                 log(f"[TRT] {msg}")
@@ -744,13 +765,14 @@ def _compile_tensorrt_api(spec: CompileSpec, trt: Any, *, log: Log) -> CompileRe
                             seconds=round(seconds, 1), log_tail=list(tail))
 
 
-def _inspect_with_api(trt: Any, serialized: bytes) -> trt_bindings.EngineIO | None:
+def _inspect_with_api(trt: ModuleType, serialized: bytes) -> trt_bindings.EngineIO | None:
     """The engine's I/O through the tensorrt API (the same code the container runs)."""
-    namespace: dict[str, Any] = {"__name__": "mme_engine_inspect"}
+    namespace: dict[str, object] = {"__name__": "mme_engine_inspect"}
     try:
         exec(compile(trt_bindings.INSPECT_SCRIPT, "INSPECT_SCRIPT", "exec"), namespace)  # noqa: S102
         engine = trt.Runtime(trt.Logger(trt.Logger.ERROR)).deserialize_cuda_engine(serialized)
-        return trt_bindings.from_api(namespace["describe"](engine, trt)) if engine else None
+        describe = cast(Callable[[object, ModuleType], list[dict[str, object]]], namespace["describe"])
+        return trt_bindings.from_api(describe(engine, trt)) if engine else None
     except Exception:  # no report means the render step refuses the plan
         logging.getLogger("mme.compile").exception("reading the engine's I/O failed")
         return None
@@ -775,7 +797,7 @@ def _log_report(lines: list[str]) -> EngineReport:
 # --------------------------------------------------------------------------- producer
 
 
-def host_gpu(*, run: Callable[..., Any], which: Callable[[str], str | None]) -> dict[str, str]:
+def host_gpu(*, run: Run, which: Callable[[str], str | None]) -> dict[str, str]:
     """The first GPU as nvidia-smi names it: ``{"name": ..., "compute_capability": "8.6"}``
     (``compute_cap`` needs a driver from 2022 on; without it only the name), {} without one."""
     exe = which("nvidia-smi")
@@ -798,7 +820,7 @@ def host_gpu(*, run: Callable[..., Any], which: Callable[[str], str | None]) -> 
     return {}
 
 
-def _gpu_slug(*, run: Callable[..., Any], which: Callable[[str], str | None]) -> str:
+def _gpu_slug(*, run: Run, which: Callable[[str], str | None]) -> str:
     """``nvidia-h100-80gb-hbm3`` for the first GPU, ``unknown-gpu`` when nvidia-smi is absent.
     Timing caches are per GPU model, so the shared cache file is named after it."""
     name = host_gpu(run=run, which=which).get("name", "")
@@ -835,10 +857,10 @@ class CompileHost:
     """How the compile reaches this host: the Docker client, the process runner, the PATH
     lookup, the ``tensorrt`` import and the log. Tests pass fakes here instead of patching."""
 
-    client: Any = None
-    run: Callable[..., Any] = subprocess.run
+    client: DockerClient | None = None
+    run: Run = subprocess.run
     which: Callable[[str], str | None] = shutil.which
-    import_tensorrt: Callable[[], Any] = _import_tensorrt
+    import_tensorrt: Callable[[], ModuleType] = _import_tensorrt
     log: Log | None = None
 
 
@@ -883,7 +905,7 @@ def compile_tensorrt(out_dir: Path, options: CompileOptions,
     return spec.output, report.meta()
 
 
-def _record_engine(spec: CompileSpec, report: CompileReport, *, run: Callable[..., Any],
+def _record_engine(spec: CompileSpec, report: CompileReport, *, run: Run,
                    which: Callable[[str], str | None], log: Log) -> CompileReport:
     """The report with the build GPU (the manifest's sources keep it, so a deploy can warn
     when the serving instance has another GPU architecture), after writing ``engine_io.json``
@@ -903,8 +925,8 @@ def _record_engine(spec: CompileSpec, report: CompileReport, *, run: Callable[..
     return report
 
 
-def _compile_auto(spec: CompileSpec, *, client: Any, run: Callable[..., Any],
-                  which: Callable[[str], str | None], import_tensorrt: Callable[[], Any],
+def _compile_auto(spec: CompileSpec, *, client: DockerClient | None, run: Run,
+                  which: Callable[[str], str | None], import_tensorrt: Callable[[], ModuleType],
                   log: Log) -> CompileReport:
     rel = spec.triton_release
     want = TritonRelease.parse(rel).tensorrt_version or "unknown (release not in the table)"
