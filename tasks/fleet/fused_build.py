@@ -28,10 +28,8 @@ from infra.jsontypes import JsonObject
 from infra.processes.ownership import owner
 from infra.records.manifest import MANIFEST_SUFFIX, Manifest, Validation
 from infra.store.objects import atomic_path
-from infra.store.tarball import safe_extract
 from infra.triton.measure import LoadRun
-from infra.triton.model_repo import namespace_repository
-from tasks.build.footprints import CanaryTimes, LoadedFigures
+from tasks.build.footprints import LoadedFigures
 from tasks.build.verify import Verification, score
 from tasks.fleet.build import FleetIndex, FleetIndexEntry
 from tasks.fleet.check import SharedReference
@@ -50,7 +48,7 @@ from tasks.fleet.fused import (
 )
 from tasks.fleet.fusion import analyze_fleet
 from tasks.fleet.variant import FleetTemplate
-from tasks.runtime.hardware import hardware
+from tasks.fleet.verify import unpacked_into, with_triton_times
 
 if TYPE_CHECKING:
     from infra.triton.server import TritonServer
@@ -212,31 +210,14 @@ def _check_shard(server: TritonServer, client: httpx.Client, repo: Path, s: Stag
     """Load the shard's tarball under its namespace, invoke each sampled tenant, score each
     against its own model, measure the shard's footprint on itself (``footprint_times``: the
     raw readings, as a fleet canary's), unload. The first failure raises."""
-    t0 = time.perf_counter()
-    extracted = safe_extract(s.tarball, scratch / "x")
-    extract_s = time.perf_counter() - t0
-    unpacked = sum(p.stat().st_size for p in extracted.rglob("*") if p.is_file())
-    ns = namespace_repository(extracted, repo, f"{s.name}.tar.gz")
-    try:
-        results, run, loaded = _serve_tenants(server, client, ns.entry, s)
-    except RuntimeError as e:
-        raise MMEError(f"Triton refused the shard's request: {e}") from None
-    finally:
-        for model in ns.models:
-            shutil.rmtree(repo / model, ignore_errors=True)
-        shutil.rmtree(scratch / "x", ignore_errors=True)
-    took = run.result
-    times = CanaryTimes(tarball_bytes=s.tarball.stat().st_size, unpacked_bytes=unpacked,
-                        extract_s=extract_s, load_s=took.load_s, unload_s=took.unload_s or 0.0,
-                        loaded=loaded if isinstance(loaded, LoadedFigures) else None,
-                        error=loaded if isinstance(loaded, str) else None)
+    with unpacked_into(repo, s.tarball, f"{s.name}.tar.gz", scratch) as unpacked:
+        try:
+            results, run, loaded = _serve_tenants(server, client, unpacked.entry, s)
+        except RuntimeError as e:
+            raise MMEError(f"Triton refused the shard's request: {e}") from None
     worst = max(results, key=lambda r: r.max_abs_diff or 0.0)
     service = loaded.service_batch1_s if isinstance(loaded, LoadedFigures) else None
-    return worst.model_copy(update={
-        "per_item": None, "load_seconds": round(took.load_s, 3),
-        "unload_seconds": round(took.unload_s or 0.0, 3),
-        "service_seconds": round(service, 4) if service is not None else None,
-        "measured_on": hardware(), "footprint_times": times})
+    return with_triton_times(worst, run, service, unpacked.canary_times(run, loaded))
 
 
 def shard_footprint(s: StagedShard, template: FleetTemplate, result: Verification) -> JsonObject:

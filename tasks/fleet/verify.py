@@ -8,7 +8,10 @@ unloading it after its check, costs one load and one unload per variant.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,58 @@ from tasks.runtime.hardware import hardware
 
 if TYPE_CHECKING:
     from infra.triton.server import TritonServer
+
+
+@dataclass(frozen=True)
+class Unpacked:
+    """A shipped tarball extracted and namespaced into the verifying Triton's repository (as the
+    endpoint loads it): the model to load (``entry``) and the readings a canary's footprint
+    takes from the unpacking."""
+
+    entry: str
+    tarball_bytes: int
+    unpacked_bytes: int
+    extract_s: float
+
+    def canary_times(self, run: LoadRun, loaded: LoadedFigures | str | None) -> CanaryTimes:
+        """The raw footprint readings of this tarball's load (``loaded``: what
+        :func:`tasks.build.footprints.measure_loaded` found, or why it failed)."""
+        took = run.result
+        return CanaryTimes(tarball_bytes=self.tarball_bytes, unpacked_bytes=self.unpacked_bytes,
+                           extract_s=self.extract_s, load_s=took.load_s, unload_s=took.unload_s or 0.0,
+                           loaded=loaded if isinstance(loaded, LoadedFigures) else None,
+                           error=loaded if isinstance(loaded, str) else None)
+
+
+@contextmanager
+def unpacked_into(repo: Path, tarball: Path, target_model: str, scratch: Path) -> Iterator[Unpacked]:
+    """``tarball`` extracted under ``scratch`` and namespaced into ``repo`` as ``target_model``
+    for the ``with`` block, then removed from both (a variant's check and a fused shard's
+    check load tarballs the same way, one after another, in one server)."""
+    t0 = time.perf_counter()
+    extracted = safe_extract(tarball, scratch / "x")
+    extract_s = time.perf_counter() - t0
+    unpacked = sum(p.stat().st_size for p in extracted.rglob("*") if p.is_file())
+    ns = namespace_repository(extracted, repo, target_model)
+    try:
+        yield Unpacked(entry=ns.entry, tarball_bytes=tarball.stat().st_size, unpacked_bytes=unpacked,
+                       extract_s=extract_s)
+    finally:
+        for model in ns.models:
+            shutil.rmtree(repo / model, ignore_errors=True)
+        shutil.rmtree(scratch / "x", ignore_errors=True)
+
+
+def with_triton_times(result: Verification, run: LoadRun, service_s: float | None,
+                      times: CanaryTimes | None) -> Verification:
+    """``result`` (scored from Triton's answer) with the load's times, where it was measured
+    and the canary's readings; ``per_item`` is dropped (fleet results stay small)."""
+    took = run.result
+    return result.model_copy(update={
+        "per_item": None, "load_seconds": round(took.load_s, 3),
+        "unload_seconds": round(took.unload_s or 0.0, 3),
+        "service_seconds": round(service_s, 4) if service_s is not None else None,
+        "measured_on": hardware(), "footprint_times": times})
 
 
 def _serve(server: TritonServer, client: httpx.Client, entry: str, staged: StagedVariant, sample: Sample,
@@ -59,36 +114,19 @@ def _check_one(server: TritonServer, client: httpx.Client, repo: Path, staged: S
     """Load one tarball under its namespace, run its sample, score it, unload it. ``measure``
     also measures its footprint (``result.footprint_times``: what
     :func:`tasks.build.footprints.canary_footprint` takes)."""
-    import time
-
     v = staged.spec.validation
     assert v is not None
     name = staged.variant.name
-    t0 = time.perf_counter()
-    extracted = safe_extract(staged.tarball, scratch / "x")
-    extract_s = time.perf_counter() - t0
-    unpacked = sum(p.stat().st_size for p in extracted.rglob("*") if p.is_file())
-    ns = namespace_repository(extracted, repo, target_model_for(staged.variant))
-    try:
-        got, run, loaded = _serve(server, client, ns.entry, staged, sample, measure)
-    except MMEError as e:
-        if isinstance(e, VariantError):
-            raise
-        raise VariantError(f"variant {name!r}: Triton could not load its tarball: {e}") from None
-    finally:
-        for model in ns.models:
-            shutil.rmtree(repo / model, ignore_errors=True)
-        shutil.rmtree(scratch / "x", ignore_errors=True)
-    took = run.result
-    times = CanaryTimes(tarball_bytes=staged.tarball.stat().st_size, unpacked_bytes=unpacked,
-                        extract_s=extract_s, load_s=took.load_s, unload_s=took.unload_s or 0.0,
-                        loaded=loaded if isinstance(loaded, LoadedFigures) else None,
-                        error=loaded if isinstance(loaded, str) else None)
-    result = score(v.metric, v.threshold, sample, got).model_copy(update={
-        "per_item": None, "load_seconds": round(took.load_s, 3),
-        "unload_seconds": round(took.unload_s or 0.0, 3),
-        "service_seconds": round(took.service_s or 0.0, 4), "measured_on": hardware(),
-        "footprint_times": times if measure else None})
+    with unpacked_into(repo, staged.tarball, target_model_for(staged.variant), scratch) as unpacked:
+        try:
+            got, run, loaded = _serve(server, client, unpacked.entry, staged, sample, measure)
+        except MMEError as e:
+            if isinstance(e, VariantError):
+                raise
+            raise VariantError(f"variant {name!r}: Triton could not load its tarball: {e}") from None
+    times = unpacked.canary_times(run, loaded) if measure else None
+    result = with_triton_times(score(v.metric, v.threshold, sample, got), run,
+                               run.result.service_s or 0.0, times)
     if not result.passed:
         raise VariantError(f"variant {name!r}: in Triton, {v.metric} = {result.value:.6f} is "
                            f"below {v.threshold} ({result.detail()})")
