@@ -22,15 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 import yaml
 
 from ensembles.classifier_input import SQUEEZENET_INPUT
 from ensembles.fleet_spec import Layout
+from infra.aws.clients import S3Client
 from infra.jsontypes import JsonObject
 from infra.paths import work_dir
 from infra.store.objects import FileStore, ObjectStore, S3Store, atomic_dir, atomic_path, file_lock, open_store
@@ -55,6 +57,8 @@ BASE_OPSET = 17
 ExampleKind = Literal["image", "text"]
 
 if TYPE_CHECKING:
+    from onnx import NodeProto
+
     from tasks.fleet.example_text import TextExampleFleet
 
 
@@ -175,7 +179,7 @@ class SubsetModels:
         return self.model.SerializeToString()
 
 
-def _only(nodes: Any, op_type: str, where: Path, last: bool = False) -> Any:
+def _only(nodes: Iterable[NodeProto], op_type: str, where: Path, last: bool = False) -> NodeProto:
     found = [n for n in nodes if n.op_type == op_type]
     if not found or (len(found) > 1 and not last):
         raise ClassifierError(f"{where}: expected {'a' if last else 'one'} {op_type} node, found {len(found)}")
@@ -207,6 +211,14 @@ def subset_reference(base_logits: np.ndarray, classes: tuple[int, ...] | list[in
 # ------------------------------------------------------------------------------ writing
 
 
+class WriteCounts(Protocol):
+    """What an example fleet counts while it writes (:class:`ExampleFleet`, the text kind's
+    :class:`~tasks.fleet.example_text.TextExampleFleet`)."""
+
+    written: int
+    unchanged: int
+
+
 def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     """Write ``data`` unless the object already holds exactly these bytes (a rerun keeps the
     objects, and so their listing fingerprints: the fleet build sees nothing changed)."""
@@ -217,6 +229,28 @@ def _put_if_changed(store: ObjectStore, key: str, data: bytes) -> bool:
     return True
 
 
+def put_tenant_files(store: ObjectStore, folder: str, files: dict[str, bytes], counts: WriteCounts) -> None:
+    """Write one tenant's ``files`` (name -> bytes) under ``folder``, each unless it already
+    holds these bytes, counting each as written or unchanged in ``counts`` (both example kinds
+    write their tenants this way)."""
+    for filename, data in files.items():
+        if _put_if_changed(store, f"{folder}/{filename}", data):
+            counts.written += 1
+        else:
+            counts.unchanged += 1
+
+
+def prefix_source(prefix_uri: str, params: JsonObject) -> JsonObject:
+    """A fleet file's ``prefix`` source over the tenants an example wrote (``params``: the
+    template's parameters, each tenant's files named from ``{match}`` and ``{variant}``)."""
+    return {
+        "uri": prefix_uri.rstrip("/") + "/",
+        "pattern": PATTERN,
+        "params": params,
+        "labels": {"tenant": "{variant}"},
+    }
+
+
 def fleet_document(prefix_uri: str, layout: Layout | None = None) -> JsonObject:
     """The example's fleet file: a ``prefix`` source over the written tenants (``layout``:
     written when given; none means the fleet file's default, separate)."""
@@ -225,20 +259,15 @@ def fleet_document(prefix_uri: str, layout: Layout | None = None) -> JsonObject:
         "description": "per-customer SqueezeNet subsets written by `mme fleet example`",
         "template": TEMPLATE,
         "target": "local-cpu",
-        "prefix": {
-            "uri": prefix_uri.rstrip("/") + "/",
-            "pattern": PATTERN,
-            "params": {"classifier_onnx.source": "{match}",
-                       "labels.source": "tenants/{variant}/labels.txt"},
-            "labels": {"tenant": "{variant}"},
-        },
+        "prefix": prefix_source(prefix_uri, {"classifier_onnx.source": "{match}",
+                                             "labels.source": "tenants/{variant}/labels.txt"}),
     }
     if layout is not None:
         doc["layout"] = layout
     return doc
 
 
-def _prefix_uri(store: ObjectStore, base: str) -> str:
+def prefix_uri_of(store: ObjectStore, base: str) -> str:
     """The prefix as a URI a fleet file can name (a plain path becomes ``file://``)."""
     if isinstance(store, S3Store):
         return f"s3://{store.bucket}/{base}".rstrip("/")
@@ -246,14 +275,20 @@ def _prefix_uri(store: ObjectStore, base: str) -> str:
     return store.root.resolve().as_uri()
 
 
-def _write_fleet_file(path: Path, prefix_uri: str, layout: Layout | None = None) -> Path:
-    path = Path(path)
+def write_fleet_file(store: ObjectStore, fleet_file: Path | None, doc: JsonObject) -> Path | None:
+    """Write ``doc`` as the example's fleet file, atomically: at ``fleet_file``, else
+    ``<out>/fleet.yaml`` for a local prefix; none for S3 unless asked. Returns where, resolved."""
+    if fleet_file is None and isinstance(store, FileStore):
+        fleet_file = store.root / "fleet.yaml"
+    if fleet_file is None:
+        return None
+    path = Path(fleet_file)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(fleet_document(prefix_uri, layout), sort_keys=False))
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path.resolve()
 
 
-def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: Any = None,
+def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3Client = None,
                        fleet_file: Path | None = None, layout: Layout | None = None) -> ExampleFleet:
     """Write ``count`` tenants' ``model.onnx``, ``labels.txt`` and ``classes.txt`` under
     ``out_uri`` (``file://``, ``s3://`` or a path) and the fleet file (default
@@ -261,7 +296,7 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: An
     Objects that already hold the same bytes are left alone."""
     t0 = time.perf_counter()
     store, base = open_store(out_uri, s3_client=s3_client)
-    prefix_uri = _prefix_uri(store, base)
+    prefix_uri = prefix_uri_of(store, base)
     base_onnx = base_onnx_path()
     models = SubsetModels(base_onnx)
     names = imagenet_label_names()
@@ -269,25 +304,17 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: An
                           tenants=example_tenants(count, seed))
     root = f"{base}/" if base else ""
     for tenant in result.tenants:
-        folder = f"{root}tenants/{tenant.name}"
-        files = {"model.onnx": models.model_bytes(tenant.classes),
-                 "labels.txt": "".join(f"{names[c]}\n" for c in tenant.classes).encode(),
-                 "classes.txt": "".join(f"{c}\n" for c in tenant.classes).encode()}
-        for filename, data in files.items():
-            if _put_if_changed(store, f"{folder}/{filename}", data):
-                result.written += 1
-            else:
-                result.unchanged += 1
-    if fleet_file is None and isinstance(store, FileStore):
-        fleet_file = store.root / "fleet.yaml"
-    if fleet_file is not None:
-        result.fleet_file = _write_fleet_file(fleet_file, prefix_uri, layout)
+        put_tenant_files(store, f"{root}tenants/{tenant.name}", {
+            "model.onnx": models.model_bytes(tenant.classes),
+            "labels.txt": "".join(f"{names[c]}\n" for c in tenant.classes).encode(),
+            "classes.txt": "".join(f"{c}\n" for c in tenant.classes).encode()}, result)
+    result.fleet_file = write_fleet_file(store, fleet_file, fleet_document(prefix_uri, layout))
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
 
 
 def make_kind_example(kind: ExampleKind, count: int, out_uri: str, *, seed: int = 0,
-                      s3_client: Any = None, fleet_file: Path | None = None,
+                      s3_client: S3Client = None, fleet_file: Path | None = None,
                       layout: Layout | None = None) -> ExampleFleet | TextExampleFleet:
     """The example fleet of ``kind`` (``mme fleet example --kind``); the text kind's fleet
     file always names its layout (``separate`` unless asked)."""

@@ -18,15 +18,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import yaml
 
 from ensembles.fleet_spec import Layout
+from infra.aws.clients import S3Client
 from infra.jsontypes import JsonObject
-from infra.store.objects import FileStore, atomic_path, open_store
-from tasks.fleet.example import PATTERN, _prefix_uri, _put_if_changed, tenant_name
+from infra.store.objects import open_store
+from tasks.fleet.example import prefix_source, prefix_uri_of, put_tenant_files, tenant_name, write_fleet_file
+
+if TYPE_CHECKING:
+    from onnx import ModelProto
 
 TEMPLATE = "text_intent_tenant"
 FLEET_NAME = "intents-example"
@@ -76,7 +79,7 @@ def head_weights(index: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return w, b
 
 
-def head_model(w: np.ndarray, b: np.ndarray) -> Any:
+def head_model(w: np.ndarray, b: np.ndarray) -> ModelProto:
     """The head ONNX (a ``ModelProto``): ``token_embeddings`` FP32 [batch, tokens, 384] and
     ``attention_mask`` INT64 [batch, tokens] -> masked mean over the tokens -> ``Gemm`` (the
     customer's rows) -> ``Softmax`` -> ``probabilities`` FP32 [batch, K]. Only W and the bias
@@ -132,16 +135,12 @@ def fleet_document(prefix_uri: str, layout: Layout = "separate") -> JsonObject:
         "template": TEMPLATE,
         "target": "local-cpu",
         "layout": layout,
-        "prefix": {
-            "uri": prefix_uri.rstrip("/") + "/",
-            "pattern": PATTERN,
-            "params": {"head_onnx.source": "{match}", "labels.source": "tenants/{variant}/labels.txt"},
-            "labels": {"tenant": "{variant}"},
-        },
+        "prefix": prefix_source(prefix_uri, {"head_onnx.source": "{match}",
+                                             "labels.source": "tenants/{variant}/labels.txt"}),
     }
 
 
-def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: Any = None,
+def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3Client = None,
                             fleet_file: Path | None = None, layout: Layout = "separate") -> TextExampleFleet:
     """Write ``count`` tenants' ``model.onnx`` and ``labels.txt`` under ``out_uri``
     (``file://``, ``s3://`` or a path) and the fleet file (default ``<out>/fleet.yaml`` for a
@@ -151,25 +150,16 @@ def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_clien
         raise ValueError(f"count must be at least 1, got {count}")
     t0 = time.perf_counter()
     store, base = open_store(out_uri, s3_client=s3_client)
-    prefix_uri = _prefix_uri(store, base)
+    prefix_uri = prefix_uri_of(store, base)
     result = TextExampleFleet(out_uri=prefix_uri, fleet_file=None, layout=layout)
     root = f"{base}/" if base else ""
     for i in range(1, count + 1):
         w, b = head_weights(i, seed)
         tenant = IntentTenant(tenant_name(i), int(w.shape[0]))
         result.tenants.append(tenant)
-        files = {"model.onnx": head_model(w, b).SerializeToString(),
-                 "labels.txt": "".join(f"{label}\n" for label in tenant.labels).encode()}
-        for filename, data in files.items():
-            if _put_if_changed(store, f"{root}tenants/{tenant.name}/{filename}", data):
-                result.written += 1
-            else:
-                result.unchanged += 1
-    if fleet_file is None and isinstance(store, FileStore):
-        fleet_file = store.root / "fleet.yaml"
-    if fleet_file is not None:
-        with atomic_path(Path(fleet_file)) as tmp:
-            tmp.write_text(yaml.safe_dump(fleet_document(prefix_uri, layout), sort_keys=False))
-        result.fleet_file = Path(fleet_file).resolve()
+        put_tenant_files(store, f"{root}tenants/{tenant.name}", {
+            "model.onnx": head_model(w, b).SerializeToString(),
+            "labels.txt": "".join(f"{label}\n" for label in tenant.labels).encode()}, result)
+    result.fleet_file = write_fleet_file(store, fleet_file, fleet_document(prefix_uri, layout))
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
