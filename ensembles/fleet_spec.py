@@ -35,16 +35,16 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from ensembles.spec import EnsembleSpec, SpecError, Target, load_spec
-from infra.errors import UserError, validation_problems
-from infra.store.objects import ObjectInfo, StoreRefused, open_store
+from ensembles.spec import EnsembleSpec, SpecError, Target, load_spec, read_yaml_model
+from infra.aws.clients import S3Client
+from infra.errors import UserError
+from infra.store.objects import ObjectInfo, ObjectStore, StoreRefused, open_store
 from infra.triton.release import DEFAULT_RELEASE, TritonRelease
 
 FLEETS_DIR = Path(__file__).resolve().parent / "fleets"
@@ -287,14 +287,7 @@ def load_fleet(name_or_path: str | os.PathLike[str]) -> FleetSpec:
         known = sorted(p.stem for p in FLEETS_DIR.glob("*.yaml"))
         raise FleetError(f"fleet {os.fspath(name_or_path)!r}: no file {path} (fleets in the "
                          f"catalog: {', '.join(known) or 'none'})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise FleetError(f"{path}: cannot read fleet file: {e}") from e
-    try:
-        fleet = FleetSpec.model_validate(raw)
-    except ValidationError as e:
-        raise FleetError(f"{path}: invalid fleet: {validation_problems(e)}") from e
+    fleet = read_yaml_model(path, FleetSpec, FleetError, "fleet file", "fleet")
     fleet._file = path
     return fleet
 
@@ -355,7 +348,7 @@ def check_fleet_layout(fleet: FleetSpec, template_spec: EnsembleSpec) -> None:
 # ------------------------------------------------------------------------------ resolving
 
 
-def resolve_variants(fleet: FleetSpec, *, s3_client: Any = None) -> Resolved:
+def resolve_variants(fleet: FleetSpec, *, s3_client: S3Client = None) -> Resolved:
     """The fleet's variants (defaults merged under each variant's own params) and the
     problems of the ones that could not be resolved. Refuses the whole fleet (FleetError) on
     duplicate or invalid declared names and on an unreadable table."""
@@ -543,7 +536,8 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(f"^{re.escape(before)}(?P<variant>[^/]+){re.escape(after)}$")
 
 
-def _list_prefix(source: PrefixSource, where: str, s3_client: Any) -> tuple[Any, str, dict[str, ObjectInfo]]:
+def _list_prefix(source: PrefixSource, where: str,
+                 s3_client: S3Client) -> tuple[ObjectStore, str, dict[str, ObjectInfo]]:
     """One listing of the whole prefix: (store, key prefix, {key relative to it: info})."""
     try:
         store, base = open_store(source.uri, s3_client=s3_client)
@@ -554,7 +548,7 @@ def _list_prefix(source: PrefixSource, where: str, s3_client: Any) -> tuple[Any,
     return store, base, {info.key[len(base):]: info for info in listed}
 
 
-def _from_prefix(fleet: FleetSpec, source: PrefixSource, s3_client: Any) -> Resolved:
+def _from_prefix(fleet: FleetSpec, source: PrefixSource, s3_client: S3Client) -> Resolved:
     """A variant per listed object matching the pattern; its ``.source`` params are other
     objects of the same listing, looked up in a dict (no per-variant scan of the listing)."""
     store, base, objects = _list_prefix(source, fleet.where, s3_client)

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -393,18 +393,28 @@ def _toposort(ens: str, deps: dict[str, set[str]]) -> list[str]:
     return order
 
 
-def load_spec(path: Path) -> EnsembleSpec:
-    """Load and validate ``ensemble.yaml``; errors name the file and the field."""
-    path = Path(path)
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def read_yaml_model(path: Path, model: type[_Model], error: type[UserError], file_kind: str,
+                    kind: str) -> _Model:
+    """The YAML file at ``path`` as ``model``, refused as ``error`` on one line naming the file:
+    ``<path>: cannot read <file_kind>: ...`` or ``<path>: invalid <kind>: <field problems>``
+    (an ensemble spec and a fleet file are read and refused the same way)."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise SpecError(f"{path}: cannot read ensemble spec: {e}") from e
+        raise error(f"{path}: cannot read {file_kind}: {e}") from e
     try:
-        spec = EnsembleSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        problems = validation_problems(e)
-        raise SpecError(f"{path}: invalid ensemble spec: {problems}") from e
+        raise error(f"{path}: invalid {kind}: {validation_problems(e)}") from e
+
+
+def load_spec(path: Path) -> EnsembleSpec:
+    """Load and validate ``ensemble.yaml``; errors name the file and the field."""
+    path = Path(path)
+    spec = read_yaml_model(path, EnsembleSpec, SpecError, "ensemble spec", "ensemble spec")
     try:
         validate(spec)
     except SpecError as e:
