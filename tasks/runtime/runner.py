@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Self
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeAlias, TypeVar
 
 from prefect.futures import PrefectFuture, PrefectFutureList
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -20,6 +21,13 @@ if TYPE_CHECKING:  # annotations only, as prefect.task_runners itself does (pref
     from prefect.tasks import Task
 
 from infra.errors import UserError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+InnerRunner: TypeAlias = "TaskRunner[Any]"
+"""The runner :func:`task_runner_from_env` picks: threads or Dask, whose future types differ
+(Prefect's ``TaskRunner`` is invariant in them), so its future parameter is left open."""
 
 
 class TaskRunnerConfigError(UserError, ValueError):
@@ -41,7 +49,7 @@ def max_workers_from_env(env: Mapping[str, str] | None = None) -> int:
     return n
 
 
-def task_runner_from_env(env: Mapping[str, str] | None = None) -> TaskRunner[Any]:
+def task_runner_from_env(env: Mapping[str, str] | None = None) -> InnerRunner:
     """The task runner ``MME_TASK_RUNNER`` names (``threads``, the default, or ``dask``)."""
     env = os.environ if env is None else env
     kind = (env.get("MME_TASK_RUNNER", "").strip() or "threads").lower()
@@ -71,7 +79,7 @@ class ConfiguredTaskRunner(TaskRunner[PrefectFuture[Any]]):
     """
 
     def __init__(self) -> None:
-        self._inner: TaskRunner[Any] | None = None
+        self._inner: InnerRunner | None = None
         super().__init__()
 
     @property
@@ -101,31 +109,31 @@ class ConfiguredTaskRunner(TaskRunner[PrefectFuture[Any]]):
             self._inner = None
             super().__exit__(*exc)
 
-    def _started_inner(self) -> TaskRunner[Any]:
+    def _started_inner(self) -> InnerRunner:
         if self._inner is None:
             raise RuntimeError("The task runner must be started before submitting work.")
         return self._inner
 
     def submit(
         self,
-        task: Task[Any, Any],
-        parameters: dict[str, Any],
-        wait_for: Iterable[PrefectFuture[Any]] | None = None,
+        task: Task[P, R],
+        parameters: dict[str, object],
+        wait_for: Iterable[PrefectFuture[object]] | None = None,
         dependencies: dict[str, set[RunInput]] | None = None,
-    ) -> PrefectFuture[Any]:
+    ) -> PrefectFuture[R]:
         return self._started_inner().submit(task, parameters, wait_for, dependencies)
 
     def map(
         self,
-        task: Task[Any, Any],
-        parameters: dict[str, Any],
-        wait_for: Iterable[PrefectFuture[Any]] | None = None,
-    ) -> PrefectFutureList[PrefectFuture[Any]]:
+        task: Task[P, R | CoroutineType[object, object, R]],
+        parameters: dict[str, object],
+        wait_for: Iterable[PrefectFuture[R]] | None = None,
+    ) -> PrefectFutureList[PrefectFuture[R]]:
         return self._started_inner().map(task, parameters, wait_for)
 
     def cancel_all(self) -> None:
         if self._inner is not None and hasattr(self._inner, "cancel_all"):
             self._inner.cancel_all()
 
-    def __getstate__(self) -> dict[str, Any]:  # shipped to Dask workers inside the flow context
+    def __getstate__(self) -> dict[str, object]:  # shipped to Dask workers inside the flow context
         return {k: v for k, v in self.__dict__.items() if k != "_inner"} | {"_inner": None}
