@@ -23,9 +23,12 @@ import time
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from infra.errors import UserError
+
+if TYPE_CHECKING:  # protobuf is imported where a pipeline is parsed
+    from google.protobuf.message import Message
 
 # The subset of DALI's own schema (dali/pipeline/proto/dali.proto, package dali_proto) that a
 # serialized pipeline uses. DALI ships no Python bindings for it, so the message classes are
@@ -91,7 +94,7 @@ def _pipeline_def_class() -> type:
     return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PROTO_PACKAGE}.PipelineDef"))
 
 
-def _describe(source: Any) -> str:
+def _describe(source: object) -> str:
     if isinstance(source, (str, Path)):
         return f"pipeline file {str(source)!r}"
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -99,7 +102,7 @@ def _describe(source: Any) -> str:
     return f"pipeline {type(source).__name__}"
 
 
-def _serialized_bytes(source: Any) -> bytes:
+def _serialized_bytes(source: object) -> bytes:
     """Bytes of a serialized pipeline from a ``Pipeline`` object, bytes or a file path."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
@@ -117,7 +120,7 @@ def _serialized_bytes(source: Any) -> bytes:
                     f"got {type(source).__name__}")
 
 
-def parse_serialized(source: Any) -> Any:
+def parse_serialized(source: object) -> Message:
     """The ``dali_proto.PipelineDef`` message of a pipeline (object, bytes or file)."""
     from google.protobuf.message import DecodeError
 
@@ -133,7 +136,7 @@ def parse_serialized(source: Any) -> Any:
     return msg
 
 
-def external_source_names(source: Any) -> list[str]:
+def external_source_names(source: object) -> list[str]:
     """Names of the pipeline's external sources (the inputs Triton feeds), in graph order.
 
     An external source is serialized as an ``ExternalSource`` operator whose instance name is
@@ -153,7 +156,7 @@ def external_source_names(source: Any) -> list[str]:
     return names
 
 
-def check_external_source(source: Any, expected_input_name: str, *,
+def check_external_source(source: object, expected_input_name: str, *,
                           pipeline_name: str | None = None) -> list[str]:
     """Refuse a pipeline whose single external source is not ``expected_input_name``.
 
@@ -189,6 +192,13 @@ def strip_origin_info(data: bytes) -> bytes:
     return msg.SerializeToString(deterministic=True)
 
 
+class SerializablePipeline(Protocol):
+    """What :func:`build_pipeline` gives back: a DALI ``Pipeline``, of which only
+    ``serialize()`` is used here."""
+
+    def serialize(self) -> bytes: ...
+
+
 class PipelineDef(Protocol):
     """What a spec's ``pipeline: "<module>:<name>"`` names (e.g. the ``squeezenet`` of
     ``ensembles.catalog.image_classifier.pipelines``): called, it builds a DALI ``Pipeline``;
@@ -199,7 +209,7 @@ class PipelineDef(Protocol):
     output_layout: str
 
     def __call__(self, device: str, batch_size: int, *, input_name: str = ...,
-                 **kw: Any) -> Any: ...
+                 **kw: object) -> SerializablePipeline: ...
 
 
 def load_pipeline(pipeline: str) -> PipelineDef:
@@ -228,7 +238,7 @@ def load_pipeline(pipeline: str) -> PipelineDef:
 
 
 def build_pipeline(pipeline: str, device: str, *, input_name: str = "INPUT",
-                   batch_size: int = 16, **kw: Any) -> Any:
+                   batch_size: int = 16, **kw: object) -> SerializablePipeline:
     """The pipeline named ``"<module>:<name>"`` (:func:`load_pipeline`) as a DALI
     ``Pipeline`` with ``device_id=None`` unless ``device_id`` is given in ``kw``."""
     factory = load_pipeline(pipeline)
@@ -243,7 +253,7 @@ def build_pipeline(pipeline: str, device: str, *, input_name: str = "INPUT",
 
 def serialize_pipeline(out_dir: Path, *, pipeline: str, device: str, input_name: str = "INPUT",
                        batch_size: int = 16, filename: str = "model.dali",
-                       **kw: Any) -> tuple[Path, dict]:
+                       **kw: object) -> tuple[Path, dict]:
     """Producer: serialize pipeline ``pipeline`` (``"<module>:<name>"``, see
     :func:`load_pipeline`) for ``device`` to ``out_dir/model.dali``.
 
