@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from infra.errors import InvalidInput
 from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest
+from infra.records.stored import read_stored
 from infra.store.objects import ObjectNotFound, ObjectStore, open_store
 from tasks.deploy.records import Ledger
 
@@ -95,11 +96,7 @@ def read_ledger(store_uri: str, endpoint: str) -> Ledger:
     """The endpoint's ledger (an empty one when none was written); a ledger file that does not
     parse, or one from a newer tool, is refused naming its URI."""
     store, key = _ledger_location(store_uri, endpoint)
-    try:
-        data = store.get_bytes(key)
-    except ObjectNotFound:
-        return Ledger(endpoint=endpoint)
-    return Ledger.read(data, store.uri_for(key))
+    return read_stored(store, key, Ledger(endpoint=endpoint))
 
 
 def write_ledger(store_uri: str, endpoint: str, ledger: Ledger | JsonObject) -> None:

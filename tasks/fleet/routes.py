@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.errors import InvalidInput, UserError
+from infra.records.stored import read_stored
 from infra.versioned import VersionedDocument
 from infra.store.objects import ObjectNotFound, ObjectStore, open_store
 
@@ -118,11 +119,7 @@ def read_routes(store_uri: str, fleet: str) -> RoutingTable:
     """The fleet's table (one GET), or an empty one when none was written. A table that does not
     parse, or one from a newer tool, is refused naming its URI."""
     store, key = routes_location(store_uri, fleet)
-    try:
-        raw = store.get_bytes(key)
-    except ObjectNotFound:
-        return RoutingTable(fleet=fleet)
-    return parse_routes(raw, store.uri_for(key))
+    return read_stored(store, key, RoutingTable(fleet=fleet))
 
 
 class NoSuchFleet(UserError, LookupError):
