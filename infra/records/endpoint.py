@@ -85,28 +85,31 @@ class ResourceLine(OpenRecord):
     resource_id: str | None = None
 
 
-class VersionLine(OpenRecord):
-    """One version as it is kept for rollback (in the record and in the store's ledger): its
-    TargetModel, its object and digest, where it was published and when."""
+class PublishedObject(OpenRecord):
+    """The object one published version is served from: its TargetModel, its key and URI in
+    the store, its digest. Every line that names a version (a kept version, an ensemble on the
+    endpoint, an entry of the store's ledger) starts with these four fields."""
 
     target_model: str
     key: str
     uri: str
     sha256: str
+
+
+class VersionLine(PublishedObject):
+    """One version as it is kept for rollback (in the record and in the store's ledger): its
+    TargetModel, its object and digest, where it was published and when."""
+
     model_data_url: str | None = None
     build_target: str | None = None
     deployed_at: str | None = None
 
 
-class EnsembleLine(OpenRecord):
+class EnsembleLine(PublishedObject):
     """One ensemble deployed to the endpoint (``state``: publishing | deployed); ``previous``
     is what it replaced, kept until the deploy settles; ``kept_versions`` the versions that
     served before it (newest first), whose objects are kept for a rollback."""
 
-    target_model: str
-    key: str
-    uri: str
-    sha256: str
     model_data_url: str
     build_target: str | None = None
     state: EnsembleState | None = None

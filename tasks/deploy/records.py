@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ensembles.spec import Target
 from infra.jsontypes import JsonObject, JsonValue
 
-from infra.records.endpoint import VersionLine
+from infra.records.endpoint import PublishedObject, VersionLine
 from infra.records.manifest import JsonField, OpenRecord
 from infra.versioned import VersionedDocument
 from tasks.build.verify import Verification
@@ -124,13 +124,9 @@ class DeployPlan(VersionedDocument):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-class LedgerEntry(OpenRecord):
+class LedgerEntry(PublishedObject):
     """An object a deploy published: retire deletes it only while it still has ``sha256``."""
 
-    target_model: str
-    key: str
-    uri: str
-    sha256: str
     model_data_url: str | None = None
     deployed_at: str | None = None
     kept_versions: list[VersionLine] | None = None  # older versions kept for rollback, newest first
