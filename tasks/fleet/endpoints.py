@@ -23,14 +23,13 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
 from botocore.exceptions import ClientError
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ensembles.fleet_spec import FIRST_NAMESPACING_RELEASE, namespacing_problem
 from infra.aws import clients as aws
+from infra.aws.clients import AwsResponse, SageMakerClient
 from infra.aws.errors import describe as aws_describe
 from infra.errors import InvalidInput, UserError
 from infra.aws.preflight import Check, Clients, check_bucket, check_credentials, clients_for
@@ -72,7 +71,7 @@ def require_region(region: str | None) -> str:
     return str(found)
 
 
-def _read(call: Callable[..., dict[str, Any]], what: str, **params: Any) -> dict[str, Any] | None:
+def _read(call: Callable[..., AwsResponse], what: str, **params: str) -> AwsResponse | None:
     """One read-only describe call: its answer, None when the resource does not exist, an AWS
     error as one line naming ``what``."""
     try:
@@ -81,11 +80,11 @@ def _read(call: Callable[..., dict[str, Any]], what: str, **params: Any) -> dict
         raise aws_describe(e, service="sagemaker", resource=what) from e
 
 
-def _containers(sm_client: Any, endpoint: str, config_name: str) -> list[dict[str, Any]]:
+def _containers(sm_client: SageMakerClient, endpoint: str, config_name: str) -> list[AwsResponse]:
     """The containers of every model the endpoint's config serves."""
     config = _read(sm_client.describe_endpoint_config, f"endpoint config {config_name}",
                    EndpointConfigName=config_name)
-    found: list[dict[str, Any]] = []
+    found: list[AwsResponse] = []
     for variant in (config or {}).get("ProductionVariants", []):
         name = variant.get("ModelName")
         model = _read(sm_client.describe_model, f"model {name}", ModelName=name) if name else None
@@ -97,7 +96,7 @@ def _containers(sm_client: Any, endpoint: str, config_name: str) -> list[dict[st
     return found
 
 
-def describe_served(sm_client: Any, endpoint: str, region: str) -> ServedEndpoint:
+def describe_served(sm_client: SageMakerClient, endpoint: str, region: str) -> ServedEndpoint:
     """The endpoint's model prefix and image (three describe calls); refuses a missing endpoint,
     one that is not a multi-model endpoint, or one whose models load from several prefixes."""
     doc = _read(sm_client.describe_endpoint, f"endpoint {endpoint}", EndpointName=endpoint)
@@ -168,7 +167,7 @@ def sagemaker_endpoints_task(endpoints: Sequence[str], store_uri: str | None, re
     return store_for(served, store_uri), region, served
 
 
-def _endpoint_check(sm_client: Any, endpoint: str, region: str) -> tuple[Check, ServedEndpoint | None]:
+def _endpoint_check(sm_client: SageMakerClient, endpoint: str, region: str) -> tuple[Check, ServedEndpoint | None]:
     """One endpoint, read-only: it exists, is multi-model, loads from one prefix, and runs a
     Triton release that keeps variants apart; one pre-flight line either way."""
     try:

@@ -31,12 +31,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 from botocore.exceptions import ClientError
 
 from infra.errors import InvalidInput, UserError
+from infra.aws.clients import RuntimeClient
 from infra.aws.invoke_retry import DEFAULT_RETRY, InvokeRetry, call_with_retries
 from infra.aws.runtime_client import invoke, runtime_client_for
 from infra.store.objects import ObjectInfo, ObjectNotFound, ObjectStore, StoreError
@@ -70,7 +71,11 @@ def model_missing(exc: BaseException) -> bool:
         MISSING_MODEL.search(str(err.get("Message", ""))))
 
 
-def fingerprint(info: ObjectInfo) -> tuple[Any, ...]:
+Fingerprint: TypeAlias = "tuple[str | None, int | None, int, str | None]"
+"""(ETag, mtime in ns, size, sha256) of a stored routing table: see :func:`fingerprint`."""
+
+
+def fingerprint(info: ObjectInfo) -> Fingerprint:
     """What identifies a stored table's bytes without reading them: S3's ETag, the file store's
     mtime and sha256 (its sidecar), and the size."""
     return (info.etag, info.mtime_ns, info.size, info.sha256)
@@ -84,7 +89,7 @@ class Router:
     is injectable so tests age the table without waiting."""
 
     def __init__(self, store_uri: str, fleet: str, *,
-                 runtime: Any | Callable[[str], Any] | None = None,
+                 runtime: RuntimeClient | Callable[[str], RuntimeClient] | None = None,
                  retry: InvokeRetry | None = None, max_age_s: float = DEFAULT_MAX_AGE_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not max_age_s >= 0:
@@ -92,9 +97,9 @@ class Router:
         self.store_uri, self.fleet = store_uri, fleet
         self.retry, self.max_age_s, self._clock = retry or DEFAULT_RETRY, max_age_s, clock
         self._runtime = runtime
-        self._clients: dict[str, Any] = {}
+        self._clients: dict[str, RuntimeClient] = {}
         self._table: RoutingTable | None = None
-        self._fingerprint: tuple[Any, ...] | None = None
+        self._fingerprint: Fingerprint | None = None
         self._checked_at = 0.0
         self._location: tuple[ObjectStore, str] | None = None
         self._lock = threading.Lock()
@@ -127,7 +132,7 @@ class Router:
         self._checked_at = self._clock()
         self.checks += 1
         try:
-            seen: tuple[Any, ...] | None = fingerprint(store.head(key))
+            seen: Fingerprint | None = fingerprint(store.head(key))
         except ObjectNotFound:
             seen = None
         if self._table is not None and seen is not None and seen == self._fingerprint:
@@ -153,13 +158,13 @@ class Router:
                                    f"in {self.store_uri}; deploy it with `mme fleet deploy`)")
         return route.endpoint, route.target_model, route.tenant
 
-    def client(self, endpoint: str) -> Any:
+    def client(self, endpoint: str) -> RuntimeClient:
         """The runtime client for ``endpoint`` (made once)."""
         if endpoint not in self._clients:
             self._clients[endpoint] = self._make_client(endpoint)
         return self._clients[endpoint]
 
-    def _make_client(self, endpoint: str) -> Any:
+    def _make_client(self, endpoint: str) -> RuntimeClient:
         if self._runtime is not None:
             return self._runtime(endpoint) if callable(self._runtime) else self._runtime
         ref = self.table().endpoints.get(endpoint)
