@@ -46,7 +46,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,6 +59,7 @@ from infra.store.objects import (
     check_key,
     sha256_file,
 )
+from infra.jsontypes import JsonObject
 from infra.versioned import VersionedDocument
 
 log = logging.getLogger(__name__)
@@ -125,12 +126,12 @@ class SyncReport:
     def ok(self) -> bool:
         return not self.failed
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """Counts and failures (not the thousand key names) for reports and benchmarks."""
         return {"uploaded": len(self.uploaded), "skipped": len(self.skipped),
                 "deleted": len(self.deleted), "failed": [list(f) for f in self.failed],
                 "bytes_uploaded": self.bytes_uploaded, "seconds": round(self.seconds, 3),
-                "requests": self.requests, "calls": dict(self.calls),
+                "requests": self.requests, "calls": {**self.calls},
                 "index_rebuilt": self.index_rebuilt, "workers": self.workers}
 
 
@@ -237,19 +238,24 @@ def _upload(call: _Counted, key: str, obj: LocalObject) -> SyncedObject:
     return SyncedObject(sha256=info.sha256 or obj.sha256, size=info.size)
 
 
+Outcome: TypeAlias = "SyncedObject | BaseException | None"
+"""One key's outcome in a sync: its new entry (uploaded), the exception it failed with, or
+None (deleted)."""
+
+
 def _delete(call: _Counted, key: str) -> None:
     call("delete", key)
 
 
 def _run_changes(call: _Counted, prefix: str, changes: tuple[Mapping[str, LocalObject], list[str]],
-                 pool: ThreadPoolExecutor, tick: Callable[[], None]) -> dict[str, Any]:
+                 pool: ThreadPoolExecutor, tick: Callable[[], None]) -> dict[str, Outcome]:
     """Upload ``changes[0]`` and delete ``changes[1]`` concurrently; each outcome by key: the
     new SyncedObject of an upload, None for a delete, or the exception it failed with."""
     uploads, deletes = changes
     futures: dict[Future[Any], str] = {
         pool.submit(_upload, call, _join(prefix, k), obj): k for k, obj in uploads.items()}
     futures.update({pool.submit(_delete, call, _join(prefix, k)): k for k in deletes})
-    outcomes: dict[str, Any] = {}
+    outcomes: dict[str, Outcome] = {}
     for fut in as_completed(futures):
         key = futures[fut]
         try:
@@ -260,7 +266,7 @@ def _run_changes(call: _Counted, prefix: str, changes: tuple[Mapping[str, LocalO
     return outcomes
 
 
-def _apply(report: SyncReport, entries: dict[str, SyncedObject], outcomes: dict[str, Any],
+def _apply(report: SyncReport, entries: dict[str, SyncedObject], outcomes: dict[str, Outcome],
            files: Mapping[str, LocalObject]) -> None:
     """Fold the outcomes into the report and the entries: a failed key keeps its old entry
     (the old object is still there, whole), a deleted key loses its entry."""
