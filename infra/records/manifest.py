@@ -49,7 +49,7 @@ class ArrayRecord(OpenRecord):
 
     dtype: str
     shape: list[int]
-    data: list[Any]
+    data: list[JsonValue]
 
 
 class SampleRecord(OpenRecord):

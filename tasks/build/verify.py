@@ -129,7 +129,7 @@ class Sample:
                    context=doc.get("context", {}))
 
 
-def _arr_to_json(a: np.ndarray) -> dict[str, Any]:
+def _arr_to_json(a: np.ndarray) -> JsonObject:
     if a.dtype == object:
         return {"dtype": "bytes", "shape": list(a.shape),
                 "data": [x.decode() if isinstance(x, bytes) else str(x) for x in a.reshape(-1)]}
