@@ -27,6 +27,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from infra.errors import InvalidInput, UserError, validation_problems
+from infra.jsontypes import JsonObject
 
 
 class RecordError(InvalidInput):
@@ -57,7 +58,7 @@ class VersionedDocument(BaseModel):
         return data
 
     @classmethod
-    def migrate(cls, doc: dict[str, Any], version: int) -> dict[str, Any]:
+    def migrate(cls, doc: JsonObject, version: int) -> JsonObject:
         """``doc`` (read as ``version``, older than current) upgraded in memory; the default is
         unchanged (every older version of the subclass has the same fields)."""
         return doc

@@ -16,7 +16,6 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
-from typing import Any
 
 _PROC = Path("/proc")
 
@@ -99,14 +98,16 @@ class ProcessIdentity:
         return me
 
     @classmethod
-    def from_dict(cls, data: Any) -> ProcessIdentity | None:
+    def from_dict(cls, data: object) -> ProcessIdentity | None:
         """Read back :meth:`to_dict`'s output; None for anything that is not one."""
+        if not isinstance(data, dict):
+            return None
         try:
             return cls(pid=int(data["pid"]), start=int(data["start"]), boot=str(data["boot"]))
         except (KeyError, TypeError, ValueError):
             return None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
     @property

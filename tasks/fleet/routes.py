@@ -25,10 +25,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from infra.jsontypes import JsonObject
 from infra.errors import InvalidInput, UserError
 from infra.records.stored import read_stored
 from infra.versioned import VersionedDocument
@@ -93,7 +94,7 @@ class RoutingTable(VersionedDocument):
     variants: dict[str, Route] = Field(default_factory=dict)
 
     @classmethod
-    def migrate(cls, doc: dict[str, Any], version: int) -> dict[str, Any]:
+    def migrate(cls, doc: JsonObject, version: int) -> JsonObject:
         """Version 1 had no fused tenants: every route is a variant's own tarball (``tenant``
         None), which is what a version-1 route reads as; nothing else changed."""
         return doc
