@@ -25,7 +25,6 @@ import httpx
 from ensembles.fleet_spec import Variant
 from infra.errors import MMEError
 from infra.jsontypes import JsonObject
-from infra.processes.ownership import owner
 from infra.records.manifest import MANIFEST_SUFFIX, Manifest, Validation
 from infra.store.objects import atomic_path
 from infra.triton.measure import LoadRun
@@ -48,7 +47,7 @@ from tasks.fleet.fused import (
 )
 from tasks.fleet.fusion import analyze_fleet
 from tasks.fleet.variant import FleetTemplate
-from tasks.fleet.verify import unpacked_into, with_triton_times
+from tasks.fleet.verify import scratch_triton, unpacked_into, with_triton_times
 
 if TYPE_CHECKING:
     from infra.triton.server import TritonServer
@@ -241,26 +240,20 @@ def verify_shards_in_triton(staged: Sequence[StagedShard], log: Callable[[str], 
                             ) -> dict[str, Verification | Exception]:
     """Each staged shard checked in one Triton server; per shard its result (the worst of its
     tenants) or the error it failed with (a server that cannot start fails them all)."""
-    from infra.triton.server import TritonServer
-
     out: dict[str, Verification | Exception] = {}
     if not staged:
         return out
-    with owner().scratch("mme-fleet-fused-") as tmp:
-        repo = Path(tmp) / "repo"
-        repo.mkdir()
-        try:
-            with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server, \
-                    httpx.Client(base_url=server.url, timeout=120) as client:
-                for s in staged:
-                    try:
-                        out[s.name] = _check_shard(server, client, repo, s, Path(tmp))
-                        log(f"triton verified shard {s.name}: {len(s.samples)} tenants answer as "
-                            f"their own models")
-                    except Exception as e:  # noqa: BLE001 - reported per shard by the caller
-                        out[s.name] = e
-                        log(f"triton refused shard {s.name}: {e}")
-        except Exception as e:  # noqa: BLE001 - the server did not start: every shard fails
+    try:
+        with scratch_triton("mme-fleet-fused-") as t:
             for s in staged:
-                out.setdefault(s.name, e)
+                try:
+                    out[s.name] = _check_shard(t.server, t.client, t.repo, s, t.scratch)
+                    log(f"triton verified shard {s.name}: {len(s.samples)} tenants answer as "
+                        f"their own models")
+                except Exception as e:  # noqa: BLE001 - reported per shard by the caller
+                    out[s.name] = e
+                    log(f"triton refused shard {s.name}: {e}")
+    except Exception as e:  # noqa: BLE001 - the server did not start: every shard fails
+        for s in staged:
+            out.setdefault(s.name, e)
     return out

@@ -137,25 +137,44 @@ def verify_in_triton(items: Sequence[tuple[StagedVariant, Sample]],
                      log: Callable[[str], None] = print) -> dict[str, Verification | Exception]:
     """Each staged variant's tarball checked in one Triton server; per variant its result or
     the error it failed with (a server that cannot start fails them all)."""
-    from infra.triton.server import TritonServer
-
     out: dict[str, Verification | Exception] = {}
     if not items:
         return out
-    with owner().scratch("mme-fleet-verify-") as tmp:
+    with scratch_triton("mme-fleet-verify-") as t:
+        measure = True  # the first canary that passes is measured (its footprint)
+        for staged, sample in items:
+            name = staged.variant.name
+            try:
+                result = _check_one(t.server, t.client, t.repo, staged, sample, t.scratch, measure)
+                out[name] = result
+                measure = False
+                log(f"triton verified {name}: {result.metric} = {result.value:.6f}")
+            except Exception as e:  # noqa: BLE001 - reported per variant by the caller
+                out[name] = e
+                log(f"triton refused {name}: {e}")
+    return out
+
+
+@dataclass(frozen=True)
+class ScratchTriton:
+    """A Triton for one run's checks: the server, one HTTP client to it, the (initially empty)
+    repository the checks load into, and the scratch folder around them."""
+
+    server: TritonServer
+    client: httpx.Client
+    repo: Path
+    scratch: Path
+
+
+@contextmanager
+def scratch_triton(prefix: str) -> Iterator[ScratchTriton]:
+    """One long-lived Triton in this owner's scratch (swept if the run is killed), with its log
+    beside its repository: what a fleet build's variant and shard checks share."""
+    from infra.triton.server import TritonServer
+
+    with owner().scratch(prefix) as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
         with TritonServer(repo, log_path=Path(tmp) / "triton.log") as server, \
                 httpx.Client(base_url=server.url, timeout=120) as client:
-            measure = True  # the first canary that passes is measured (its footprint)
-            for staged, sample in items:
-                name = staged.variant.name
-                try:
-                    result = _check_one(server, client, repo, staged, sample, Path(tmp), measure)
-                    out[name] = result
-                    measure = False
-                    log(f"triton verified {name}: {result.metric} = {result.value:.6f}")
-                except Exception as e:  # noqa: BLE001 - reported per variant by the caller
-                    out[name] = e
-                    log(f"triton refused {name}: {e}")
-    return out
+            yield ScratchTriton(server, client, repo, Path(tmp))
