@@ -27,6 +27,7 @@ from typing import Any
 from ensembles.fleet_spec import Variant, variant_ensemble_name
 from ensembles.render import render_repository
 from ensembles.spec import ArtifactRef, EnsembleSpec, SpecError, Target, validate
+from infra.jsontypes import JsonObject
 from infra.errors import UserError
 from infra.records.manifest import MANIFEST_SUFFIX, Manifest, SampleRecord, StepRecord, Validation
 from infra.store.objects import atomic_path
@@ -52,7 +53,7 @@ class FleetTemplate:
     spec: EnsembleSpec
     owned: tuple[str, ...]  # artifacts each variant makes itself (its params name them)
     shared: dict[str, Path]  # the other artifacts, made once
-    shared_sources: dict[str, dict[str, Any]]
+    shared_sources: dict[str, JsonObject]
     key: str  # template key: a change rebuilds every variant
     spec_sha256: str
     tool_version: str
@@ -115,7 +116,7 @@ def variant_spec(template: FleetTemplate, variant: Variant) -> EnsembleSpec:
 
 
 def produce_owned(template: FleetTemplate, variant: Variant, spec: EnsembleSpec,
-                  work: Path) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+                  work: Path) -> tuple[dict[str, Path], dict[str, JsonObject]]:
     """The variant's own artifacts (fetched or made in ``work``), beside the shared ones."""
     produced = dict(template.shared)
     sources = dict(template.shared_sources)
