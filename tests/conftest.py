@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 _GUARD_REPORTED = pytest.StashKey[set[spawn_guard.Kind]]()
+
+
+@pytest.fixture
+def aws_calls() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
+    """Every botocore call made meanwhile (fixtures.sagemaker_moto.botocore_calls): the moto
+    fleet tests count S3 writes and SageMaker calls with it."""
+    from fixtures.sagemaker_moto import botocore_calls
+
+    with botocore_calls() as calls:
+        yield calls
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore import handlers
 
+from fixtures.sagemaker_moto import existing_mme as _mme
 from infra.store.objects import sha256_file
 from tasks.fleet.build import INDEX_FILE
 from tasks.fleet.deploy import DeployPolicy, FleetDeployFailed
@@ -27,23 +27,6 @@ CHANGED = 10
 CANARY = 5
 X = [0.5, -1.0, 2.0, 0.25]
 Y = [1.0, 2.0, 3.0, 4.0]
-
-
-# ------------------------------------------------------------------ botocore call counting
-@pytest.fixture
-def aws_calls() -> Iterator[list[tuple[str, str, dict[str, Any]]]]:
-    """Every botocore call made by any client created meanwhile: (service, operation, params).
-    A builtin handler is how moto itself hooks every session; nothing of ours is patched."""
-    calls: list[tuple[str, str, dict[str, Any]]] = []
-
-    def hook(event_name: str, params: dict[str, Any], **_: Any) -> None:
-        _, service, operation = event_name.split(".", 2)
-        calls.append((service, operation, params))
-
-    entry = ("before-parameter-build", hook)  # fires once per API call, with its parameters
-    handlers.BUILTIN_HANDLERS.append(entry)
-    yield calls
-    handlers.BUILTIN_HANDLERS.remove(entry)
 
 
 def _manifest(name: str, tarball: Path, sha: str, size: int) -> dict[str, Any]:
@@ -99,23 +82,6 @@ def _count(calls: list[tuple[str, str, dict[str, Any]]], service: str,
 def _changes(calls: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
     """SageMaker calls that are not read-only (anything but Describe*/List*)."""
     return [o for s, o, _ in calls if s == "sagemaker" and not o.startswith(("Describe", "List"))]
-
-
-def _mme(endpoint: str, store_uri: str, release: str = "24.09", region: str = "us-east-1",
-         model_data_url: str | None = None) -> None:
-    """An existing multi-model endpoint in moto, as `mme deploy` makes it: its model loads from
-    ``<store>/models/<endpoint>/`` with SageMaker's Triton image of ``release``."""
-    import boto3
-
-    sm = boto3.client("sagemaker", region_name=region)
-    image = f"785573368785.dkr.ecr.{region}.amazonaws.com/sagemaker-tritonserver:{release}-py3"
-    sm.create_model(ModelName=f"{endpoint}-model", ExecutionRoleArn="arn:aws:iam::123456789012:role/r",
-                    PrimaryContainer={"Image": image, "Mode": "MultiModel", "ModelDataUrl":
-                                      model_data_url or f"{store_uri}/models/{endpoint}/"})
-    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": f"{endpoint}-model",
-        "InstanceType": "ml.g4dn.xlarge", "InitialInstanceCount": 1}])
-    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
 
 
 def test_1000_variant_fleet_on_moto_redeploys_10_changed_with_no_control_plane_call(
