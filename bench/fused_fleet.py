@@ -32,27 +32,35 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(1, str(REPO / "tests"))  # tests/fixtures: the tests' changed head
+
+
+def fused_fleet_file(root: Path, shard_size: int) -> Path:
+    """``root/fleet-fused.yaml``: the example fleet file of ``root`` with ``layout: fused``."""
+    import yaml
+
+    doc = yaml.safe_load((root / "fleet.yaml").read_text())
+    path = root / "fleet-fused.yaml"
+    path.write_text(yaml.safe_dump({**doc, "layout": "fused", "shard_size": shard_size}))
+    return path
 
 
 def _build(count: int, shard_size: int, root: Path) -> tuple[Path, dict[str, Any], float, float]:
     """Make the example fleet, fuse it; returns (build folder, flow result, make s, build s)."""
-    import yaml
-
     from flows.fleet_build import fleet_build
     from tasks.fleet.example import make_example_fleet
 
     t0 = time.perf_counter()
     make_example_fleet(count, (root / "models").as_uri(), seed=0, fleet_file=root / "fleet.yaml")
     made = time.perf_counter() - t0
-    doc = yaml.safe_load((root / "fleet.yaml").read_text())
-    (root / "fleet.yaml").write_text(yaml.safe_dump({**doc, "layout": "fused", "shard_size": shard_size}))
     out = root / "build"
     t0 = time.perf_counter()
-    result = fleet_build(str(root / "fleet.yaml"), output_dir=str(out), triton_sample=1)
+    result = fleet_build(str(fused_fleet_file(root, shard_size)), output_dir=str(out), triton_sample=1)
     return out, result, made, time.perf_counter() - t0
 
 
-def _own_answers(root: Path, tenants: list[str], tensor: np.ndarray) -> dict[str, np.ndarray]:
+def own_answers(root: Path, tenants: list[str], tensor: np.ndarray) -> dict[str, np.ndarray]:
+    """Each tenant's own ONNX (``root/models/tenants/<name>``) on the DALI output ``tensor``."""
     import onnxruntime as ort
 
     out = {}
@@ -61,6 +69,34 @@ def _own_answers(root: Path, tenants: list[str], tensor: np.ndarray) -> dict[str
                                     providers=["CPUExecutionProvider"])
         out[name] = np.asarray(sess.run(None, {sess.get_inputs()[0].name: tensor})[0])
     return out
+
+
+def change_head(root: Path, tenant: str) -> str:
+    """Change ``tenant``'s head (its ``model.onnx`` under ``root/models``; the tests' fixture
+    ``fixtures.fused_heads``): it still fuses, into a shard whose content changed."""
+    from fixtures.fused_heads import change_head as change
+
+    change(root / "models" / "tenants" / tenant / "model.onnx")
+    return tenant
+
+
+def shard_request(root: Path, out: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray]:
+    """The first shard of the build ``out``: (its tarball, its tenants in index order, the
+    validation image, that image through the shard's DALI pipeline on the CPU)."""
+    from infra.records.manifest import load_manifest
+    from tasks.build.verify import Sample, run_dali_cpu
+    from tasks.fleet.fused import TenantsSidecar
+    from tasks.fleet.variant import read_members
+
+    shard = sorted(out.glob("*-shard-000.tar.gz"))[0]
+    sidecar = TenantsSidecar.model_validate_json(shard.with_name(
+        shard.name.replace(".tar.gz", ".tenants.json")).read_text())
+    image = Sample.from_json(load_manifest(shard.with_name(shard.name.replace(".tar.gz", ".manifest.json")))
+                             .required_sample()).inputs["INPUT"]
+    dali = next(d for n, d in read_members(shard).items() if n.endswith("model.dali"))
+    (root / "model.dali").write_bytes(dali)
+    tensor = run_dali_cpu(root / "model.dali", [image.tobytes()], "INPUT")
+    return shard, [t.name for t in sidecar.tenants], image, tensor
 
 
 def _zipf(count: int, n: int, s: float, seed: int) -> list[int]:
@@ -118,22 +154,10 @@ def _serve(root: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from infra.aws.runtime_client import invoke, runtime_client_for
     from infra.endpoint.local_mme import EndpointConfig, LocalEndpoint
     from infra.processes.procfs import tree_memory
-    from infra.records.manifest import load_manifest
-    from tasks.build.verify import Sample, run_dali_cpu
-    from tasks.fleet.fused import TenantsSidecar
-    from tasks.fleet.variant import read_members
 
-    shard = sorted(out.glob("*-shard-000.tar.gz"))[0]
-    sidecar = TenantsSidecar.model_validate_json(shard.with_name(
-        shard.name.replace(".tar.gz", ".tenants.json")).read_text())
-    names = [t.name for t in sidecar.tenants]
-    image = Sample.from_json(load_manifest(shard.with_name(shard.name.replace(".tar.gz", ".manifest.json")))
-                             .required_sample()).inputs["INPUT"]
-    dali = next(d for n, d in read_members(shard).items() if n.endswith("model.dali"))
-    (root / "model.dali").write_bytes(dali)
-    tensor = run_dali_cpu(root / "model.dali", [image.tobytes()], "INPUT")
+    shard, names, image, tensor = shard_request(root, out)
     picks = _zipf(len(names), args.requests, args.zipf, args.seed)
-    own = _own_answers(root, sorted({names[k] for k in picks} | {names[0]}), tensor)
+    own = own_answers(root, sorted({names[k] for k in picks} | {names[0]}), tensor)
     prefix = root / "prefix"
     prefix.mkdir(exist_ok=True)
     shutil.copyfile(shard, prefix / shard.name)
