@@ -2,6 +2,7 @@
 
     python bench/fused_fleet.py                      # 1,000 tenants, shard_size 1000
     python bench/fused_fleet.py --count 100 --requests 200
+    python bench/fused_fleet.py --head-change --shard-size 100   # one changed head, republished
 
 Makes the example fleet (``mme fleet example``), sets ``layout: fused`` and builds it through
 the real ``fleet-build`` flow (every tenant checked against its own ONNX in ONNX Runtime, the
@@ -13,6 +14,10 @@ over the tenants, ``--clients`` threads, ``--requests`` requests through boto3's
 tenant's own ONNX on the same DALI output (same top-5, max abs diff <= 1e-4): wrong answers.
 Writes ``bench/results/fused_fleet.json``, with the host's load average (the machine may be
 shared: the figures are this run's, on this host). Nothing is asserted.
+
+``--head-change`` measures instead what a customer's new head costs: the fused build published
+to a ``file://`` store, then one tenant's head changed and ``fleet-build`` run again with
+``publish_to``: ``bench/results/fused_fleet_head_change.json``.
 """
 
 from __future__ import annotations
@@ -78,6 +83,40 @@ def change_head(root: Path, tenant: str) -> str:
 
     change(root / "models" / "tenants" / tenant / "model.onnx")
     return tenant
+
+
+def build_timed(fleet_file: Path, out: Path, publish_to: str | None = None) -> tuple[dict[str, Any], float]:
+    """``fleet-build`` of ``fleet_file`` into ``out`` (publishing to ``publish_to`` when given):
+    (its result without the folder, seconds)."""
+    from flows.fleet_build import fleet_build
+
+    t0 = time.perf_counter()
+    result = fleet_build(str(fleet_file), output_dir=str(out), triton_sample=1, publish_to=publish_to)
+    return {k: v for k, v in result.items() if k != "output_dir"}, round(time.perf_counter() - t0, 1)
+
+
+def head_change(root: Path, fleet_file: Path, out: Path, store: str, tenant: str) -> dict[str, Any]:
+    """Change ``tenant``'s head and run ``fleet-build`` again, publishing to ``store``: the
+    seconds a customer's new head takes to be rebuilt, verified and published."""
+    change_head(root, tenant)
+    result, seconds = build_timed(fleet_file, out, store)
+    return {"tenant": tenant, "seconds": seconds, "build": result,
+            "note": "fleet-build with publish_to a file:// store: fetch and analyse every "
+                    "tenant's model, fuse the changed tenant's shard and check every tenant of "
+                    "it in ONNX Runtime, 3 in Triton, pack, publish that one shard (the other "
+                    "shards' keys unchanged)"}
+
+
+def _head_change_run(root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """``--head-change``: make and fuse the fleet (published), then one changed head."""
+    from tasks.fleet.example import make_example_fleet, tenant_name
+
+    make_example_fleet(args.count, (root / "models").as_uri(), seed=0, fleet_file=root / "fleet.yaml")
+    fleet_file, store = fused_fleet_file(root, args.shard_size), (root / "store").as_uri()
+    first, first_s = build_timed(fleet_file, root / "build", store)
+    return {"first_build": {"seconds": first_s, "result": first},
+            "one_changed_head": head_change(root, fleet_file, root / "build", store,
+                                            tenant_name(args.count // 2))}
 
 
 def shard_request(root: Path, out: Path) -> tuple[Path, list[str], np.ndarray, np.ndarray]:
@@ -186,14 +225,26 @@ def main() -> None:
     ap.add_argument("--zipf", type=float, default=1.1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--root", default="", help="work folder (default: a folder under MME_HOME)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "fused_fleet.json"))
+    ap.add_argument("--head-change", action="store_true",
+                    help="instead of serving: publish the build, change one tenant's head, time "
+                         "the rebuild and publish (default --out: fused_fleet_head_change.json)")
+    ap.add_argument("--out", default="")
     args = ap.parse_args()
+    results = REPO / "bench" / "results"
+    args.out = args.out or str(results / ("fused_fleet_head_change.json" if args.head_change
+                                          else "fused_fleet.json"))
     from infra.paths import work_dir
 
     root = Path(args.root) if args.root else work_dir() / f"bench-fused-{args.count}"
     shutil.rmtree(root / "build", ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
+    if args.head_change:
+        _write(args.out, {"count": args.count, "shard_size": args.shard_size,
+                          **_head_change_run(root, args), "cpus": os.cpu_count(),
+                          "load_average_before": [round(x, 2) for x in load_before],
+                          "load_average_after": [round(x, 2) for x in os.getloadavg()]})
+        return
     out, result, made_s, build_s = _build(args.count, args.shard_size, root)
     serve = _serve(root, out, args)
     doc = {"count": args.count, "shard_size": args.shard_size, "make_example_s": round(made_s, 1),
@@ -204,8 +255,12 @@ def main() -> None:
            "serve": serve, "cpus": os.cpu_count(),
            "load_average_before": [round(x, 2) for x in load_before],
            "load_average_after": [round(x, 2) for x in os.getloadavg()]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, default=str))
+    _write(args.out, doc)
+
+
+def _write(path: str, doc: dict[str, Any]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     print(json.dumps(doc, indent=1, default=str))
 
 

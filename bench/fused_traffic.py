@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import fleet_traffic  # noqa: E402
-from bench.fused_fleet import change_head, fused_fleet_file, own_answers, shard_request  # noqa: E402
-
-
-def _build(fleet_file: Path, out: Path, publish_to: str | None = None) -> tuple[dict[str, Any], float]:
-    """``fleet-build`` of ``fleet_file`` into ``out``: (its result without the folder, seconds)."""
-    from flows.fleet_build import fleet_build
-
-    t0 = time.perf_counter()
-    result = fleet_build(str(fleet_file), output_dir=str(out), triton_sample=1, publish_to=publish_to)
-    return {k: v for k, v in result.items() if k != "output_dir"}, round(time.perf_counter() - t0, 1)
+from bench.fused_fleet import build_timed, fused_fleet_file, head_change, own_answers, shard_request  # noqa: E402
 
 
 def _linked(folder: Path, names: list[str], prefix: Path) -> Path:
@@ -108,17 +98,17 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     make_example_fleet(args.count, (root / "models").as_uri(), seed=0, fleet_file=root / "fleet.yaml")
-    sep_build, sep_s = _build(root / "fleet.yaml", root / "separate")
+    sep_build, sep_s = build_timed(root / "fleet.yaml", root / "separate")
     store = (root / "store").as_uri()
-    fused_build, fused_s = _build(fused_fleet_file(root, args.count), root / "fused", store)
+    fused_file = fused_fleet_file(root, args.count)
+    fused_build, fused_s = build_timed(fused_file, root / "fused", store)
     separate = fleet_traffic.read_fleet(root / "separate")
     sep = _measure(args, separate, _linked(root / "separate", [v.target for v in separate],
                                            root / "prefix-separate"), root / "cache-separate")
     variants = _fused_variants(root, root / "fused", args)
     fused = _measure(args, variants, _linked(root / "fused", [variants[0].target_model],
                                              root / "prefix-fused"), root / "cache-fused")
-    changed = change_head(root, sorted(v.target for v in variants)[len(variants) // 2])
-    head_build, head_s = _build(fused_fleet_file(root, args.count), root / "fused", store)
+    head = head_change(root, fused_file, root / "fused", store, variants[len(variants) // 2].target)
     a, b = _layout(sep), _layout(fused)
     doc = {"count": args.count, "requests": args.requests, "clients": args.clients, "zipf": args.zipf,
            "seed": args.seed, "separate": {**a, "budget": sep["budget"], "build_s": sep_s,
@@ -127,11 +117,7 @@ def main() -> None:
            "fused_over_separate_throughput": round(b["requests_per_s"] / a["requests_per_s"], 1),
            "fused_over_separate_warm_p50": round(b["warm_p50_ms"] / a["warm_p50_ms"], 2),
            "fused_over_separate_quiet_warm_p50": round(b["quiet_warm_p50_ms"] / a["quiet_warm_p50_ms"], 2),
-           "one_changed_head": {"tenant": changed, "seconds": head_s, "build": head_build,
-                                "note": "fleet-build with publish_to a file:// store: fetch and "
-                                        "analyse every tenant, fuse and check the changed "
-                                        "tenant's shard (every tenant in ONNX Runtime, 3 in "
-                                        "Triton), pack, publish that one shard"},
+           "one_changed_head": head,
            "runs": {"separate": sep, "fused": fused}, "cpus": os.cpu_count(),
            "load_average_start": [round(x, 2) for x in load_start],
            "load_average_end": [round(x, 2) for x in os.getloadavg()]}
