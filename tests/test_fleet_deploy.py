@@ -19,7 +19,7 @@ from infra.store.objects import sha256_file
 from tasks.fleet.build import INDEX_FILE
 from tasks.fleet.deploy import DeployPolicy, FleetDeployFailed
 from tasks.deploy.publish import versioned_target
-from tasks.fleet.routes import read_routes
+from tasks.fleet.routes import RoutingTable, read_routes
 
 BUCKET = "fleet-bucket"
 COUNT = 1000
@@ -629,7 +629,7 @@ def test_cli_prints_routes_and_invokes_by_fleet_and_variant(local_fleet: dict[st
     shown = runner.invoke(app, ["fleet", "routes", fleet, "--store", store_uri])
     assert shown.exit_code == 0, shown.output
     doc = json.loads(shown.stdout)
-    assert doc["variants"][name]["endpoint"] == ENDPOINT and doc["schema_version"] == 1
+    assert doc["variants"][name]["endpoint"] == ENDPOINT and doc["schema_version"] == RoutingTable.current_version
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
     got = runner.invoke(app, ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", fleet,
                               "--variant", name, "--store", store_uri])
