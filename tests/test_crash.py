@@ -59,7 +59,10 @@ class TritonPythonModel:
     def initialize(self, args):
         gate = json.loads(args["model_config"])["parameters"]["gate"]["string_value"]
         open(gate + ".entered", "w").close()
+        deadline = time.monotonic() + 300  # a gate never opened fails this step, not the whole suite
         while not os.path.exists(gate):
+            if time.monotonic() > deadline:
+                raise RuntimeError('gate never opened')
             time.sleep(0.01)
 
     def execute(self, requests):
