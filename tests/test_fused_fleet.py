@@ -119,7 +119,7 @@ def _own_answers(out: Path, models: Path, image: np.ndarray) -> dict[str, np.nda
 @pytest.mark.triton
 @pytest.mark.prefect
 def test_deployed_tenants_answer_as_their_own_models_and_a_changed_head_rebuilds_its_shard(
-        fused: dict[str, Any]) -> None:
+        fused: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.fleet_build import fleet_build
     from flows.fleet_deploy import fleet_deploy
     from infra.endpoint.process import stop
@@ -153,6 +153,7 @@ def test_deployed_tenants_answer_as_their_own_models_and_a_changed_head_rebuilds
     again = fleet_build(str(fused["root"] / "fleet.yaml"), output_dir=str(out), triton_sample=1)
     assert (again["built"], again["unchanged"]) == (0, COUNT) and _tarballs(out) == before
     _edit(models / "tenants" / CHANGED / "model.onnx", "head")
+    fetched = _count_fetches(monkeypatch)
     third = fleet_build(str(fused["root"] / "fleet.yaml"), output_dir=str(out), triton_sample=1)
     after = _tarballs(out)
     changed = sorted(n for n in after if after[n] != before.get(n))
@@ -160,3 +161,25 @@ def test_deployed_tenants_answer_as_their_own_models_and_a_changed_head_rebuilds
     assert changed == [f"{index.variants[CHANGED].shard}.tar.gz"]
     members = [n for n, e in index.variants.items() if e.shard == index.variants[CHANGED].shard]
     assert third["built"] == len(members) and third["failed"] == 0
+    # the rebuild fetched its shard's tenants only (the changed one first), analysed no fleet
+    assert sorted(fetched) == sorted(members) and fetched[0] == CHANGED
+
+
+def _count_fetches(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The tenants a build fetches from now on, in order; a whole-fleet analysis fails the test."""
+    import tasks.fleet.fused as fused_mod
+    import tasks.fleet.fused_build as fused_build
+
+    fetched: list[str] = []
+    real = fused_mod.fetch_tenant
+
+    def counting(template: Any, v: Any, work: Path) -> Any:
+        fetched.append(v.name)
+        return real(template, v, work)
+
+    def no_analysis(models: Any) -> Any:
+        raise AssertionError(f"the whole fleet analysed again ({len(models)} models)")
+
+    monkeypatch.setattr(fused_mod, "fetch_tenant", counting)
+    monkeypatch.setattr(fused_build, "analyze_fleet", no_analysis)
+    return fetched

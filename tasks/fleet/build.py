@@ -69,6 +69,21 @@ from tasks.build.verify import Sample, Verification
 INDEX_FILE = "fleet-index.json"
 
 
+class TenantFusion(BaseModel):
+    """What a fused tenant's analysis found, kept in the fleet index so that a rebuild takes an
+    unchanged tenant (same input key) from here without fetching or parsing its model: its
+    model and labels' ``digest`` (what its shard's key is made of), class count, the trunk and
+    graph hashes and head identity it was fused under (a changed tenant must match them)."""
+
+    model_config = ConfigDict(frozen=True)
+    digest: str
+    classes: int
+    trunk_sha256: str
+    trunk_bytes: int
+    graph_sha256: str
+    head: str
+
+
 class FleetIndexEntry(BaseModel):
     """What the fleet index remembers of one variant."""
 
@@ -87,6 +102,7 @@ class FleetIndexEntry(BaseModel):
     layout: Literal["separate", "fused"] = "separate"
     shard: str | None = None
     tenant: int | None = None
+    fusion: TenantFusion | None = None  # fused: what its analysis found (see TenantFusion)
 
 
 class FleetIndex(VersionedDocument):
@@ -121,6 +137,7 @@ class VariantOutcome:
     layout: Literal["separate", "fused"] = "separate"
     shard: str | None = None  # fused: the shard that serves it, as its tenant ``tenant``
     tenant: int | None = None
+    fusion: TenantFusion | None = None  # fused: what the index keeps of its analysis
 
 
 @dataclass
@@ -416,7 +433,8 @@ def write_index(output_dir: Path, template: FleetTemplate, index: FleetIndex,
                                          checked_by=o.checked_by,
                                          built_at=time.time() if o.status == "built" else
                                          (old.built_at if old else None),
-                                         layout=o.layout, shard=o.shard, tenant=o.tenant)
+                                         layout=o.layout, shard=o.shard, tenant=o.tenant,
+                                         fusion=o.fusion)
     new = FleetIndex(fleet=template.fleet, target=template.target, template_key=template.key,
                      variants={k: entries[k] for k in sorted(entries) if k in declared},
                      shards=dict(index.shards if shards is None else shards))

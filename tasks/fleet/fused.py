@@ -41,7 +41,7 @@ from ensembles.render import render_repository
 from ensembles.spec import ArtifactRef, EnsembleSpec, Target
 from infra.errors import UserError
 from tasks.build.verify import Sample, onnx_feed
-from tasks.fleet.build import FleetIndex, FleetIndexEntry, VariantOutcome
+from tasks.fleet.build import FleetIndex, FleetIndexEntry, TenantFusion, VariantOutcome
 from tasks.fleet.check import SharedReference
 from tasks.fleet.fusion import FusedShard, FusionAnalysis, FusionError, TenantCheck, fuse, verify_fused
 from tasks.fleet.variant import FleetTemplate, input_key, produce_owned, variant_spec
@@ -168,7 +168,7 @@ def unchanged_build(template: FleetTemplate, variants: Sequence[Variant], index:
         done.outcomes.append(VariantOutcome(
             name=v.name, status="unchanged", file=e.file, target_model=e.target_model, key=e.key,
             sha256=e.sha256, bytes=e.bytes, checked_by=e.checked_by, labels=v.labels,
-            layout="fused", shard=e.shard, tenant=e.tenant))
+            layout="fused", shard=e.shard, tenant=e.tenant, fusion=e.fusion))
     done.shards = {s: index.shards[s] for s in sorted(used)}
     done.lines.append(f"Fused: {len(done.outcomes)} tenants in {len(used)} shards, all unchanged")
     return done
@@ -340,13 +340,16 @@ def stage_shard(template: FleetTemplate, shared: SharedReference, name: str, ten
 
 
 def fused_outcomes(shard: FleetIndexEntry, name: str, tenants: Sequence[TenantModel],
-                   template: FleetTemplate, status: str, seconds: float = 0.0) -> list[VariantOutcome]:
-    """The outcome of each tenant of a shard that is built (or unchanged)."""
+                   template: FleetTemplate, status: str, seconds: float = 0.0,
+                   fusion: Mapping[str, TenantFusion] | None = None) -> list[VariantOutcome]:
+    """The outcome of each tenant of a shard that is built (or unchanged); ``fusion``: what the
+    index keeps of each tenant's analysis (the next rebuild reads it instead of the model)."""
     return [VariantOutcome(name=t.variant.name, status=status, file=shard.file,
                            target_model=shard.target_model, key=input_key(template.key, t.variant),
                            sha256=shard.sha256, bytes=shard.bytes, checked_by=shard.checked_by,
                            validation=f"fused in {name} as tenant {i}", labels=t.variant.labels,
-                           seconds=seconds, layout="fused", shard=name, tenant=i)
+                           seconds=seconds, layout="fused", shard=name, tenant=i,
+                           fusion=(fusion or {}).get(t.variant.name))
             for i, t in enumerate(tenants)]
 
 

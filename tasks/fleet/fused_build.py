@@ -16,7 +16,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from infra.store.objects import atomic_path
 from infra.triton.measure import LoadRun
 from tasks.build.footprints import LoadedFigures
 from tasks.build.verify import Verification, score
-from tasks.fleet.build import FleetIndex, FleetIndexEntry
+from tasks.fleet.build import FleetIndex, FleetIndexEntry, TenantFusion
 from tasks.fleet.check import SharedReference
 from tasks.fleet.fused import (
     TENANTS_SUFFIX,
@@ -45,8 +46,8 @@ from tasks.fleet.fused import (
     stage_shard,
     unchanged_build,
 )
-from tasks.fleet.fusion import analyze_fleet
-from tasks.fleet.variant import FleetTemplate
+from tasks.fleet.fusion import FusionAnalysis, analyze_fleet, tenant_signature
+from tasks.fleet.variant import FleetTemplate, input_key
 from tasks.fleet.verify import scratch_triton, unpacked_into, with_triton_times
 
 if TYPE_CHECKING:
@@ -55,11 +56,28 @@ if TYPE_CHECKING:
 CHECKED_BY = "fused: onnxruntime every tenant, triton"
 
 
+@dataclass
+class _Plan:
+    """What the shards of a run are made from: the analysis, each fusable tenant's record (from
+    the index for an unchanged tenant, from its model for a fetched one), the variants by name,
+    the models fetched so far and the work folder they go to, and the variants refused (built
+    separately)."""
+
+    analysis: FusionAnalysis
+    records: dict[str, TenantFusion]
+    variants: dict[str, Variant]
+    got: dict[str, TenantModel]
+    work: Path
+    refused: dict[str, str] = field(default_factory=dict)
+
+
 def build_fused(template: FleetTemplate, shared: SharedReference | None, variants: Sequence[Variant],
                 index: FleetIndex, out: Path, work_root: Path, shard_size: int,
                 log: Callable[[str], None] = print) -> FusedBuild:
     """Fuse what fuses of ``variants``; returns the tenants' outcomes, the shards' index
-    entries, and the variants refused (with the reason: the caller builds them separately)."""
+    entries, and the variants refused (with the reason: the caller builds them separately).
+    A rebuild fetches and analyses only the tenants whose input changed (:func:`_plan_changed`)
+    and the tenants of the shards that must be fused again; else every tenant (:func:`_plan_all`)."""
     quick = unchanged_build(template, variants, index, out)
     if quick is not None:
         return quick
@@ -71,39 +89,141 @@ def build_fused(template: FleetTemplate, shared: SharedReference | None, variant
     t0 = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="fused-", dir=work_root))
     try:
-        got, failed = fetch_all(template, variants, work)
-        done.outcomes += [o for name, reason in failed.items()
-                          for o in failed_outcomes([_bare(variants, name)], reason, t0)]
-        analysis = analyze_fleet({n: t.model for n, t in got.items()})
-        done.refused = dict(analysis.refused)
-        shards = split_shards(template.fleet, analysis.fusable, shard_size)
-        staged = []
-        for name, members in shards.items():
-            tenants = [got[n] for n in members]
-            key, old = shard_key(template, name, tenants), index.shards.get(name)
-            if old is not None and old.status == "ok" and old.key == key and (out / old.file).exists():
-                done.shards[name] = old
-                done.outcomes += fused_outcomes(old, name, tenants, template, "unchanged")
-                continue
-            try:
-                staged.append(stage_shard(template, shared, name, tenants, analysis, work / name))
-                done.outcomes += [o for n, why in sorted(staged[-1].left_out.items())
-                                  for o in failed_outcomes([got[n]], f"left out of shard {name}: {why}; "
-                                                           f"it keeps its previous version", t0)]
-            except MMEError as e:
-                _shard_failed(done, index, name, tenants, str(e), t0)
-            except Exception as e:  # noqa: BLE001 - one shard's surprise must not stop the others
-                _shard_failed(done, index, name, tenants, f"{type(e).__name__}: {e}", t0)
-        rebuilt = _verify_and_commit(done, template, index, staged, out, t0, log)
+        plan = _plan_changed(template, variants, index, out, work)
+        if plan is None:
+            plan = _plan_all(template, variants, work, done, t0)
+        done.refused = dict(plan.refused)
+        staged = _stage_shards(done, template, shared, index, out, plan,
+                               split_shards(template.fleet, plan.analysis.fusable, shard_size), t0)
+        rebuilt = _verify_and_commit(done, template, index, staged, out, t0, log, plan.records)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fused = sum(1 for o in done.outcomes if o.status != "failed")
+    analysis = plan.analysis
     done.lines.append(f"Fused: {fused} tenants in {len(done.shards)} shards of at most {shard_size} "
                       f"({rebuilt} built in this run; every tenant within {_max_diff(staged):.3g} "
                       f"of its own model); trunk `{analysis.trunk_sha256[:12]}` "
                       f"({analysis.trunk_bytes / 2**20:.1f} MiB)")
     done.lines += [f"Not fused (built separately): `{n}`: {r}" for n, r in sorted(done.refused.items())]
     return done
+
+
+def _plan_all(template: FleetTemplate, variants: Sequence[Variant], work: Path, done: FusedBuild,
+              t0: float) -> _Plan:
+    """Every tenant fetched and analysed together (a first build, or when the index cannot
+    say what is unchanged); a tenant that cannot be fetched fails here."""
+    got, failed = fetch_all(template, variants, work)
+    done.outcomes += [o for name, reason in failed.items()
+                      for o in failed_outcomes([_bare(variants, name)], reason, t0)]
+    analysis = analyze_fleet({n: t.model for n, t in got.items()})
+    head = analysis.head.identity if analysis.head else ""
+    records = {n: TenantFusion(digest=got[n].digest, classes=c, trunk_sha256=analysis.trunk_sha256,
+                               trunk_bytes=analysis.trunk_bytes, graph_sha256=analysis.graph_sha256,
+                               head=head)
+               for n, c in analysis.classes.items()}
+    return _Plan(analysis=analysis, records=records, variants={v.name: v for v in variants}, got=got,
+                 work=work, refused=dict(analysis.refused))
+
+
+def _recorded(template: FleetTemplate, variants: Sequence[Variant], index: FleetIndex,
+              out: Path) -> tuple[dict[str, TenantFusion], dict[str, str]] | None:
+    """The index's records of the fused tenants whose input key is unchanged, and the unchanged
+    variants built separately (refused, as the unchanged build says), when the index can stand
+    in for the full analysis: same template and variant names, every fused one with its record
+    under one trunk, its shard in place. Else None."""
+    if index.template_key != template.key or {v.name for v in variants} != set(index.variants):
+        return None
+    known: dict[str, TenantFusion] = {}
+    refused: dict[str, str] = {}
+    for v in variants:
+        e = index.variants[v.name]
+        same = e.status == "ok" and e.key is not None and e.key == input_key(template.key, v)
+        if e.layout != "fused":
+            if same:
+                refused[v.name] = e.reason or "built separately"
+            continue
+        shard = index.shards.get(e.shard or "")
+        if e.fusion is None or shard is None or shard.status != "ok" or not (out / shard.file).exists():
+            return None
+        if same:
+            known[v.name] = e.fusion
+    fleet = {(r.trunk_sha256, r.graph_sha256, r.head) for r in known.values()}
+    return (known, refused) if len(fleet) == 1 else None
+
+
+def _plan_changed(template: FleetTemplate, variants: Sequence[Variant], index: FleetIndex, out: Path,
+                  work: Path) -> _Plan | None:
+    """Only the changed tenants fetched, each checked on its own against the recorded trunk,
+    graph and head. None (the caller analyses every tenant, with today's reasons) when the
+    index cannot stand in, a changed tenant cannot be fetched, or one does not match."""
+    recorded = _recorded(template, variants, index, out)
+    if recorded is None:
+        return None
+    known, refused = recorded
+    changed = [v for v in variants if v.name not in known and v.name not in refused]
+    if not changed:
+        return None
+    ref = next(iter(known.values()))
+    got, failed = fetch_all(template, changed, work)
+    if failed:
+        return None
+    records = dict(known)
+    head = None
+    for name, t in got.items():
+        sig = tenant_signature(t.model)
+        if isinstance(sig, str) or (sig.trunk_sha256, sig.graph_sha256, sig.head.identity) != (
+                ref.trunk_sha256, ref.graph_sha256, ref.head):
+            return None
+        head = sig.head
+        records[name] = ref.model_copy(update={"digest": t.digest, "classes": sig.classes})
+    analysis = FusionAnalysis(head=head, reference=min(records), trunk_sha256=ref.trunk_sha256,
+                              trunk_bytes=ref.trunk_bytes, graph_sha256=ref.graph_sha256,
+                              classes={n: r.classes for n, r in records.items()})
+    return _Plan(analysis=analysis, records=records, variants={v.name: v for v in variants}, got=got,
+                 work=work, refused=refused)
+
+
+def _stage_shards(done: FusedBuild, template: FleetTemplate, shared: SharedReference, index: FleetIndex,
+                  out: Path, plan: _Plan, shards: Mapping[str, list[str]], t0: float) -> list[StagedShard]:
+    """Each shard unchanged (its key, from its tenants' recorded digests, is the index's, its
+    tarball in place) or fused again: its tenants' models fetched if not yet, every one checked."""
+    by_name = plan.variants
+    staged: list[StagedShard] = []
+    for name, members in shards.items():
+        light = [plan.got.get(n) or TenantModel(variant=by_name[n], model=b"", labels=[],
+                                                digest=plan.records[n].digest) for n in members]
+        key, old = shard_key(template, name, light), index.shards.get(name)
+        if old is not None and old.status == "ok" and old.key == key and (out / old.file).exists():
+            done.shards[name] = old
+            done.outcomes += fused_outcomes(old, name, light, template, "unchanged", fusion=plan.records)
+            continue
+        try:
+            tenants = _fetched(template, [by_name[n] for n in members], plan)
+            staged.append(stage_shard(template, shared, name, tenants, plan.analysis, plan.work / name))
+            done.outcomes += [o for n, why in sorted(staged[-1].left_out.items())
+                              for o in failed_outcomes([plan.got[n]], f"left out of shard {name}: {why}; "
+                                                       f"it keeps its previous version", t0)]
+        except MMEError as e:
+            _shard_failed(done, index, name, light, str(e), t0)
+        except Exception as e:  # noqa: BLE001 - one shard's surprise must not stop the others
+            _shard_failed(done, index, name, light, f"{type(e).__name__}: {e}", t0)
+    return staged
+
+
+def _fetched(template: FleetTemplate, members: Sequence[Variant], plan: _Plan) -> list[TenantModel]:
+    """The shard's tenants' models (fetched now those not fetched yet: a rebuild's unchanged
+    tenants of a changed shard); a tenant whose content is not the recorded one fails the shard."""
+    missing = [v for v in members if v.name not in plan.got]
+    got, failed = fetch_all(template, missing, plan.work)
+    if failed:
+        name, why = next(iter(failed.items()))
+        raise MMEError(f"fetching tenant {name}: {why}")
+    stale = [n for n, t in got.items() if t.digest != plan.records[n].digest]
+    if stale:
+        raise MMEError(f"tenant {stale[0]}'s model is not the one its index entry records "
+                       f"(its source changed under an unchanged input key): build again")
+    plan.got.update(got)
+    return [plan.got[v.name] for v in members]
 
 
 def _bare(variants: Sequence[Variant], name: str) -> TenantModel:
@@ -127,7 +247,7 @@ def _shard_failed(done: FusedBuild, index: FleetIndex, name: str, tenants: Seque
 
 def _verify_and_commit(done: FusedBuild, template: FleetTemplate, index: FleetIndex,
                        staged: Sequence[StagedShard], out: Path, t0: float,
-                       log: Callable[[str], None]) -> int:
+                       log: Callable[[str], None], records: Mapping[str, TenantFusion]) -> int:
     """Verify the staged shards in Triton and commit those that pass; returns how many."""
     results = verify_shards_in_triton(staged, log)
     committed = 0
@@ -139,7 +259,7 @@ def _verify_and_commit(done: FusedBuild, template: FleetTemplate, index: FleetIn
         entry = commit_shard(s, template, out, got, time.perf_counter() - t0)
         done.shards[s.name] = entry
         done.outcomes += fused_outcomes(entry, s.name, s.tenants, template, "built",
-                                        round(time.perf_counter() - t0, 2))
+                                        round(time.perf_counter() - t0, 2), fusion=records)
         committed += 1
     return committed
 

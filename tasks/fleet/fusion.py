@@ -64,6 +64,25 @@ class Head:
     weight_axis: int
     bias_axis: int = 0
 
+    @property
+    def identity(self) -> str:
+        """The head as one string: what a fleet index records, so a rebuild can tell a
+        changed tenant's head from the fleet's without reading any other tenant."""
+        return f"{self.op} {self.node} w={self.weight}@{self.weight_axis} b={self.bias}@{self.bias_axis}"
+
+
+@dataclass(frozen=True)
+class TenantSignature:
+    """What fusing needs to know of one tenant's model, computed from it alone: its head, class
+    count, trunk hash (as :func:`analyze_fleet` computes the fleet's) and graph hash. Two
+    tenants with equal trunk, graph and head fuse together."""
+
+    head: Head
+    classes: int
+    trunk_sha256: str
+    trunk_bytes: int
+    graph_sha256: str
+
 
 @dataclass
 class FusionAnalysis:
@@ -74,6 +93,7 @@ class FusionAnalysis:
     reference: str | None
     trunk_sha256: str = ""
     trunk_bytes: int = 0
+    graph_sha256: str = ""  # the fused tenants' graph structure (see :func:`graph_sha256`)
     classes: dict[str, int] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
 
@@ -201,7 +221,29 @@ def analyze_fleet(models: Mapping[str, ModelLike]) -> FusionAnalysis:
         ref = loaded[out.reference]
         out.trunk_sha256 = hashlib.sha256("".join(v for _, v in common_trunk).encode()).hexdigest()
         out.trunk_bytes = sum(len(i.SerializeToString()) for i in ref.graph.initializer if i.name not in own)
+        out.graph_sha256 = _shape_sha256(common_shape)
     return out
+
+
+def _shape_sha256(shape: tuple[NodeKey, ...]) -> str:
+    return hashlib.sha256(repr(shape).encode()).hexdigest()
+
+
+def tenant_signature(model: ModelLike) -> TenantSignature | str:
+    """One model's :class:`TenantSignature`, or why it has no head (the reason
+    :func:`analyze_fleet` would give). Why: a rebuild checks a changed tenant against the
+    fleet's recorded trunk without fetching or parsing the unchanged tenants."""
+    loaded = _load(model)
+    head, why = find_head(loaded)
+    if head is None:
+        return why
+    own = {head.weight, head.bias}
+    trunk = sorted((k, v) for k, v in _digests(loaded).items() if k not in own)
+    return TenantSignature(
+        head=head, classes=_class_count(loaded, head),
+        trunk_sha256=hashlib.sha256("".join(v for _, v in trunk).encode()).hexdigest(),
+        trunk_bytes=sum(len(i.SerializeToString()) for i in loaded.graph.initializer if i.name not in own),
+        graph_sha256=_shape_sha256(tuple(_node_key(x) for x in loaded.graph.node)))
 
 
 def _differs(name: str, shape: tuple[NodeKey, ...], common: tuple[NodeKey, ...], trunk: Mapping[str, str],
