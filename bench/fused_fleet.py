@@ -101,10 +101,11 @@ def head_change(root: Path, fleet_file: Path, out: Path, store: str, tenant: str
     change_head(root, tenant)
     result, seconds = build_timed(fleet_file, out, store)
     return {"tenant": tenant, "seconds": seconds, "build": result,
-            "note": "fleet-build with publish_to a file:// store: fetch and analyse every "
-                    "tenant's model, fuse the changed tenant's shard and check every tenant of "
-                    "it in ONNX Runtime, 3 in Triton, pack, publish that one shard (the other "
-                    "shards' keys unchanged)"}
+            "note": "fleet-build with publish_to a file:// store: the unchanged tenants taken "
+                    "from the fleet index (not fetched, not parsed), the changed one fetched and "
+                    "checked against the recorded trunk, its shard's tenants fetched, fused and "
+                    "every one checked in ONNX Runtime, 3 in Triton, pack, publish that one shard "
+                    "(the other shards' keys unchanged)"}
 
 
 def _head_change_run(root: Path, args: argparse.Namespace) -> dict[str, Any]:

@@ -204,12 +204,14 @@ def record_run(run: FleetRun, outcomes: list[VariantOutcome], footprint: Templat
 
 def publish_outcomes(out: Path, publish_to: str, outcomes: list[VariantOutcome]) -> str:
     """Upload the current tarball and manifest of every variant that did not fail, under its
-    TargetModel name (only what changed moves: the store's index of sha256s says what)."""
+    TargetModel name (only what changed moves: the store's index of sha256s says what). A
+    fused shard's tenants share one tarball and manifest: each is hashed once, not once per
+    tenant (a 1,000-tenant fleet's manifests are MBs each)."""
     from infra.store.sync import LocalObject
 
     built: dict[str, LocalObject] = {}
     for o in outcomes:
-        if o.status == "failed" or not o.sha256 or not o.bytes:
+        if o.status == "failed" or not o.sha256 or not o.bytes or o.target_model in built:
             continue
         stem = o.target_model.removesuffix(".tar.gz")
         built[o.target_model] = LocalObject(path=out / o.file, sha256=o.sha256, size=o.bytes)
