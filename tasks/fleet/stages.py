@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import cast
 from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
+from prefect.utilities.annotations import quote
 
 from ensembles.fleet_spec import FleetSpec, Resolved, Variant, check_fleet_layout, load_fleet, resolve_variants
 from infra import paths
@@ -124,7 +126,9 @@ def fuse_shards(run: FleetRun) -> FleetRun:
     separate builds only."""
     if not run.spec.fused:
         return run
-    fused = fuse_shards_task(run)
+    # quote: Prefect does not walk the run (a 1,000-tenant fleet's variants and index) looking
+    # for task inputs -- about a second per rebuild; the task gets the run itself, unwrapped
+    fused = fuse_shards_task(cast(FleetRun, quote(run)))
     apart = set(fused.refused)
     run_logger().info("fleet %s: %d tenants fused in %d shards, %d built separately", run.spec.name,
                       sum(1 for o in fused.outcomes if o.status != "failed"), len(fused.shards),
