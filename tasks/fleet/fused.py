@@ -7,12 +7,16 @@ that differs, called by :func:`tasks.fleet.stages.fuse_shards` before the separa
 
 1. Nothing changed (every variant's input key, :func:`tasks.fleet.variant.input_key`, is the one
    its index entry records, and every shard tarball is in place): nothing is read or built.
-2. Else every variant's own model and labels are fetched, :func:`tasks.fleet.fusion.analyze_fleet`
-   finds the shared trunk; a variant it refuses is built separately as today (the reason goes
-   to the build report). The fusable ones, in name order, are split into shards of
-   ``shard_size`` (``<fleet>-shard-000``...). A shard's key is the content of its tenants (their
-   models' and labels' sha256) with the template key: an equal key with its tarball in place is
-   not rebuilt, so a changed head rebuilds only its shard.
+2. Else, on a rebuild whose index records every fused tenant's analysis
+   (:class:`tasks.fleet.build.TenantFusion`), only the changed tenants are fetched, each checked
+   against the recorded trunk, graph and head (:func:`tasks.fleet.fusion.tenant_signature`);
+   otherwise every variant's own model and labels are fetched and
+   :func:`tasks.fleet.fusion.analyze_fleet` finds the shared trunk; a variant it refuses is
+   built separately as today (the reason goes to the build report). The fusable ones, in
+   name order, are split into shards of ``shard_size`` (``<fleet>-shard-000``...). A shard's
+   key is the content of its tenants (their models' and labels' sha256) with the template key:
+   an equal key with its tarball in place is not rebuilt, so a changed head rebuilds only its
+   shard.
 3. A changed shard is fused (:func:`~tasks.fleet.fusion.fuse`), every tenant checked against its
    own model in ONNX Runtime on the template's pre-processed validation sample (1e-6,
    :func:`~tasks.fleet.fusion.verify_fused`), rendered from :func:`ensembles.fused.fused_spec`
