@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 # The retry policy lives beside the tasks that declare their retries (tasks/ imports nothing
 # from flows/); re-exported here for the flows and the CLI.
-from tasks.runtime.text import human_bytes, short  # noqa: F401 - formatting shared with tasks/
 from tasks.runtime.retry import TRANSIENT, is_transient, retry_transient  # noqa: F401
 
 

@@ -22,7 +22,8 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_table_artifact
 
-from flows.common import endpoint_lock, human_bytes, short
+from flows.common import endpoint_lock
+from tasks.runtime.text import human_bytes, short
 from infra import paths
 from infra.processes.ownership import owner
 from infra.records.manifest import Manifest

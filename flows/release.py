@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict
 from ensembles.spec import Target
 from flows.build import build
 from flows.deploy import deploy
-from infra.records.manifest import JsonField, Manifest
+from infra.jsontypes import JsonObject
+from infra.records.manifest import Manifest
 from tasks.deploy.records import BuildSource
 
 
@@ -24,7 +25,7 @@ class ReleaseResult(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     build: list[Manifest]
-    deploy: JsonField
+    deploy: JsonObject
 
 
 @flow(name="release", log_prints=True)

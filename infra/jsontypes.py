@@ -6,6 +6,11 @@ from __future__ import annotations
 
 from typing import TypeAlias
 
+from pydantic import JsonValue
+
 JsonScalar: TypeAlias = str | int | float | bool | None
-JsonValue: TypeAlias = "JsonScalar | list[JsonValue] | dict[str, JsonValue]"
+#: pydantic's own recursive JSON type: the same shape to mypy, and one pydantic can build a
+#: schema for, so a model field may be a ``JsonObject`` too (one spelling, not two).
 JsonObject: TypeAlias = dict[str, JsonValue]
+
+__all__ = ["JsonObject", "JsonScalar", "JsonValue"]

@@ -34,7 +34,7 @@ from pydantic import Field
 from infra import paths
 from infra.errors import InvalidInput
 from infra.jsontypes import JsonObject
-from infra.records.manifest import JsonField, Manifest, OpenRecord
+from infra.records.manifest import Manifest, OpenRecord
 from infra.versioned import VersionedDocument
 from infra.store.objects import atomic_path, file_lock
 
@@ -131,7 +131,7 @@ class EndpointRecord(VersionedDocument):
     store_uri: str | None = None
     region: str | None = None
     model_data_url: str | None = None
-    plan: JsonField | None = None
+    plan: JsonObject | None = None
     resources: list[ResourceLine] = Field(default_factory=list)
     ensembles: dict[str, EnsembleLine] = Field(default_factory=dict)
     updated_at: str | None = None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue
 
@@ -31,10 +31,6 @@ class ManifestError(RecordError):
     """A manifest file that cannot be read as any known version."""
 
 
-JsonField: TypeAlias = dict[str, JsonValue]
-"""A wire document (:data:`infra.jsontypes.JsonObject`) as a field of a pydantic model: the same
-type to mypy, but one pydantic builds a schema for (it cannot resolve the string-recursive
-alias of :mod:`infra.jsontypes`: a RecursionError at class creation)."""
 
 
 class OpenRecord(BaseModel):

@@ -16,7 +16,7 @@ from ensembles.spec import Target
 from infra.jsontypes import JsonObject, JsonValue
 
 from infra.records.endpoint import PublishedObject, VersionLine
-from infra.records.manifest import JsonField, OpenRecord
+from infra.records.manifest import OpenRecord
 from infra.versioned import VersionedDocument
 from tasks.build.verify import Verification
 
@@ -43,7 +43,7 @@ class EndpointHandle(BaseModel):
 
     url: str
     triton_url: str | None = None
-    info: JsonField | None = None
+    info: JsonObject | None = None
 
 
 class ValidationReport(BaseModel):
@@ -72,7 +72,7 @@ class DeployedEnsemble(OpenRecord):
     sha256: str
     bytes: int
     uploaded: bool
-    validation: JsonField
+    validation: JsonObject
     latency_ms: LatencyMs
     cold_tries: int = 1
     direct_triton_latency_ms: LatencyMs | None = None
@@ -87,12 +87,12 @@ class DeployResult(VersionedDocument):
     url: str
     model_data_url: str
     ensembles: list[DeployedEnsemble]
-    endpoint_info: JsonField | None = None
+    endpoint_info: JsonObject | None = None
     image: str | None = None
     endpoint_config: str | None = None
     hourly_cost_usd: float | None = None
     calls: list[str] | None = None
-    plan: JsonField | None = None
+    plan: JsonObject | None = None
     pruned: list[str] | None = None  # older versions removed after validation (one line each)
 
     def to_json(self) -> JsonObject:
@@ -145,7 +145,7 @@ class Ledger(VersionedDocument):
     model_data_url: str | None = None
     backend: str | None = None
     region: str | None = None
-    plan: JsonField | None = None
+    plan: JsonObject | None = None
     ensembles: dict[str, LedgerEntry] = Field(default_factory=dict)
 
     def to_json(self) -> JsonObject:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
+from ensembles.fused import TENANT as TENANT_INPUT  # the fused model's input: the tenant's index, INT32 [batch, 1]
 from infra.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ ModelLike: TypeAlias = "bytes | ModelProto"
 #: A node as the structure comparison sees it: op, inputs, outputs, serialized attributes.
 NodeKey: TypeAlias = tuple[str, tuple[str, ...], tuple[str, ...], tuple[tuple[str, bytes], ...]]
 
-#: The fused model's extra input: the tenant's index in its shard, INT32 [batch, 1].
-TENANT_INPUT = "TENANT"
 LINEAR_OPS = ("Conv", "Gemm", "MatMul")
 #: Ops allowed after the head: they act per class (or pool over space), so slicing the head's
 #: rows slices their output the same way. A Softmax may only come last.
