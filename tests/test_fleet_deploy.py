@@ -256,6 +256,38 @@ def test_without_store_the_prefix_and_store_come_from_the_endpoint_in_the_caller
         assert _changes(aws_calls) == []
 
 
+def test_a_variant_whose_rebuild_failed_stays_routed_and_is_not_retired(
+        tmp_path: Path, prefect_harness: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A variant still in the fleet whose last build failed (its index entry says so) is not in
+    the deploy's desired set, yet it is a member: the deploy keeps it on the version it is
+    routed by and says so (``held``) instead of marking a live tenant retiring."""
+    import boto3
+    from moto import mock_aws
+
+    from flows.fleet_deploy import fleet_deploy
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    build = tmp_path / "build"
+    index = _synthetic_build(build, 3)
+    store_uri = f"s3://{BUCKET}/mme"
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket=BUCKET)
+        _queue_answers(10)
+        _mme("fleet-ep", store_uri)
+        first = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=store_uri,
+                             build_dir=str(build), policy=DeployPolicy(json_body=True))
+        assert len(first["live"]) == 3 and first["held"] == []
+        before = read_routes(store_uri, "synthetic").variants["t0001"]
+        index["variants"]["t0001"].update(status="failed", reason="model.onnx: unreadable")
+        (build / INDEX_FILE).write_text(json.dumps(index))
+        second = fleet_deploy("synthetic", ["fleet-ep"], backend="sagemaker", store_uri=store_uri,
+                              build_dir=str(build), policy=DeployPolicy(json_body=True, grace_s=0))
+        after = read_routes(store_uri, "synthetic").variants["t0001"]
+    assert second["held"] == ["t0001"] and second["retiring"] == [] and second["removed"] == []
+    assert after.retiring_since is None and after.target_model == before.target_model
+    assert "members" not in (second["build"] or {})  # the index's names stay out of the JSON
+
+
 def test_no_region_is_refused_before_any_aws_call(
         tmp_path: Path, prefect_harness: None, aws_calls: list, monkeypatch: pytest.MonkeyPatch) -> None:
     from moto import mock_aws

@@ -137,6 +137,20 @@ def test_commit_routes_what_passed_and_keeps_the_failed_ones_previous_version() 
     assert table.endpoints["ep-a"].models_url == "file:///store/models/ep-a"
 
 
+def test_commit_keeps_a_member_whose_build_failed_on_its_route() -> None:
+    """A variant still in the fleet whose rebuild failed (in ``members``, without a job) is
+    neither retired nor changed; one that left the fleet is marked retiring."""
+    table = RoutingTable(fleet="f")
+    for name in ("ok", "broken", "gone"):
+        promote(table, name, _version(name, "0" * 64), T0)
+    access = {"ep-a": Access("ep-a", "local", "file:///store/models/ep-a")}
+    done = commit(table, [_job("ok", "1" * 64)], {"ok": None}, ["ok", "broken"], access,
+                  DeployPolicy(grace_s=3600, keep_versions=1), T0)
+    assert done.live == ["ok"] and done.retiring == ["gone"]
+    assert table.variants["broken"].retiring_since is None
+    assert table.variants["broken"].sha256 == "0" * 64
+
+
 def test_table_round_trip_is_one_object(tmp_path: Path) -> None:
     uri = (tmp_path / "store").as_uri()
     assert read_routes(uri, "f").variants == {}  # none yet: an empty table, not an error

@@ -69,3 +69,20 @@ def test_a_tenant_that_comes_back_within_the_grace_is_routed_again() -> None:
                   DeployPolicy(grace_s=3600, keep_versions=0), T0 + timedelta(minutes=5), tenants)
     assert "t1" in done.live and table.variants["t1"].retiring_since is None  # routed again: not retiring
     assert (table.variants["t1"].target_model, table.variants["t1"].tenant) == (NEW, 1)
+
+
+def test_a_tenant_left_out_of_its_rebuilt_shard_stays_on_the_previous_version() -> None:
+    """Issue 20's bad input: one tenant fails its check, the shard is rebuilt without it. The
+    tenant is still in the fleet (its index entry says failed), so the deploy routes the others
+    to the new shard version and keeps that tenant, not retiring, on the version it had."""
+    table = _table()
+    job = Job(variant="f-shard-000", endpoint="ep", target_model=NEW, sha256="b" * 64, size=1,
+              tarball=Path("x"), manifest=Path("y"), kind="changed")
+    tenants = {"t0": _tenant("t0", 0), "t2": _tenant("t2", 1)}  # t1 failed: not desired
+    done = commit(table, [job], {"f-shard-000": None}, ["f-shard-000", "t0", "t1", "t2"], ACCESS,
+                  DeployPolicy(grace_s=0, keep_versions=0), T0 + timedelta(minutes=1), tenants)
+    assert done.retiring == [] and done.removed == []
+    held = table.variants["t1"]
+    assert held.retiring_since is None and (held.target_model, held.tenant) == (OLD, 1)
+    assert (table.variants["t2"].target_model, table.variants["t2"].tenant) == (NEW, 1)
+    assert OLD not in {v.target_model for v in done.doomed}  # t1 still answers from it

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Annotated, Any, cast
 from urllib.parse import urlsplit
 from uuid import UUID
 
@@ -148,6 +148,11 @@ class BuildRef:
     index: str
     id: str
     template_key: str | None = None
+    #: Every variant and shard the index names, whatever its status: a variant whose last
+    #: build failed is still in the fleet, so a deploy keeps it on its current route instead
+    #: of retiring it. Not part of the deploy's JSON (it can be thousands of names).
+    members: Annotated[frozenset[str], Field(exclude=True)] = field(
+        default=frozenset(), repr=False, compare=False)
 
     def describe(self) -> str:
         return f"build {self.id} ({self.index})"
@@ -168,7 +173,8 @@ def read_build(build_dir: Path, fleet: str | None = None) -> tuple[FleetIndex, B
     if fleet is not None and index.fleet != fleet:
         raise UserError(f"{path} is the index of fleet {index.fleet!r}, not {fleet!r}")
     return index, BuildRef(index=str(path), id=hashlib.sha256(raw).hexdigest()[:12],
-                           template_key=index.template_key)
+                           template_key=index.template_key,
+                           members=frozenset(index.variants) | frozenset(index.shards))
 
 
 def desired_of(index: FleetIndex, build_dir: Path) -> dict[str, Desired]:
@@ -468,11 +474,13 @@ def route_tenants(table: RoutingTable, tenants: Mapping[str, Desired], now: date
 
 
 def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str | None],
-           desired: Sequence[str], access: Mapping[str, Access],
+           members: Sequence[str], access: Mapping[str, Access],
            policy: DeployPolicy, now: datetime,
            tenants: Mapping[str, Desired] | None = None) -> Committed:
     """Route every job that passed to its new version; un-retire the retiring variants that are
-    ``desired`` again (``unretired``); mark variants that left the fleet retiring, remove those
+    ``members`` of the fleet again (``unretired``); mark variants that left the fleet (not in
+    ``members``: the build's index, whatever each one's status — a variant whose rebuild failed
+    stays on the version it is routed by) retiring, remove those
     past ``policy.grace_s``, drop versions beyond ``policy.keep_versions``; the failed new
     versions, the removed and the dropped are returned to delete (after the table is written).
     ``now`` is the deploy's one clock reading (``policy.clock()``, read once by the caller)."""
@@ -489,8 +497,8 @@ def commit(table: RoutingTable, jobs: Sequence[Job], results: Mapping[str, str |
         else:
             done.doomed.append(version)
     done.live += route_tenants(table, tenants or {}, now)
-    done.unretired = unretire(table, desired)
-    done.retiring = retire_missing(table, desired, now)
+    done.unretired = unretire(table, members)
+    done.retiring = retire_missing(table, members, now)
     done.removed = expired(table, grace, now)
     done.doomed += remove(table, done.removed) + prune_versions(table, keep)
     done.doomed = unreferenced(table, done.doomed)
@@ -541,7 +549,8 @@ class Unretired(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     sha256: str
-    manifest: str
+    #: None: its last build failed, so it is routed by the version it had (no new manifest).
+    manifest: str | None
 
 
 class CommitSummary(BaseModel):
@@ -559,6 +568,9 @@ class CommitSummary(BaseModel):
     removed: list[str]
     deleted: list[str]
     routed: int
+    #: In the fleet, but its last build failed: kept on the version it is routed by (neither
+    #: retired nor changed) until a build of it passes.
+    held: list[str] = []
 
 
 @task(name="commit-fleet-routes", cache_policy=NO_CACHE)
@@ -572,8 +584,10 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
     with the sha256 and manifest it is routed by."""
     now = policy.clock()
     before = table.model_dump(exclude={"updated_at"})
-    done = commit(table, jobs, results, sorted(desired), access, policy, now,
+    members = sorted(build.members | set(desired)) if build is not None else sorted(desired)
+    done = commit(table, jobs, results, members, access, policy, now,
                   {n: d for n, d in desired.items() if d.shard is not None})
+    held = sorted(n for n in set(members) - set(desired) if n in table.variants)
     if table.model_dump(exclude={"updated_at"}) != before:
         uri = write_routes(store_uri, table, now)
     else:  # nothing changed: no write (a no-op deploy is one GET of the table)
@@ -588,8 +602,12 @@ def commit_task(store_uri: str, table: RoutingTable, jobs: Sequence[Job],
         log.warning("%d retiring variant(s) un-retired: %s is in %s again (remove it from the "
                     "fleet file and rebuild to retire it for good)", len(done.unretired),
                     ", ".join(done.unretired[:10]), build.describe() if build else "the build")
-    unretired = {n: Unretired(sha256=table.variants[n].sha256, manifest=str(desired[n].manifest))
+    if held:
+        log.warning("%d variant(s) of the fleet failed their last build and stay on the version "
+                    "they are routed by: %s", len(held), ", ".join(held[:10]))
+    unretired = {n: Unretired(sha256=table.variants[n].sha256,
+                              manifest=str(desired[n].manifest) if n in desired else None)
                  for n in done.unretired}
     return CommitSummary(routes=uri, live=sorted(done.live), retiring=done.retiring,
                          unretired=unretired, build=build, removed=done.removed, deleted=deleted,
-                         routed=len(table.variants))
+                         routed=len(table.variants), held=held)
