@@ -340,7 +340,9 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
         seconds = time.perf_counter() - t0
         run = {"probs": probs, "sent_before": sent_before, "clients": args.clients,
                "zipf": args.zipf, "seed": args.seed, "max_concurrent_loads": cfg.max_concurrent_loads,
-               "spare_slots": spare_slots(cfg), "load_average_1_5_15": {
+               # the spare room at the run's end (derived: sized by the timed loads/unloads)
+               "spare_slots": spare_slots(cfg, *ep.manager.metrics.load_unload_s()),
+               "load_average_1_5_15": {
                    "before_run": load_before, "after_run": os.getloadavg()},
                "run_seconds": round(seconds, 1), "requests_per_s": round(len(results) / seconds, 2),
                "endpoint_admission_ms_under_churn": admission_since(ep, admission_before)}

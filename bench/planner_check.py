@@ -202,6 +202,9 @@ def endpoint_run(variants: list[Variant], prefix: Path, cache: Path, budget: int
         records = (send_one_at_a_time(ep, sender, sequence) if clients == 1
                    else send_concurrently(ep, sender, sequence, clients))
         m = ep.manager.report().model_dump()
+        # the spare room the endpoint ended the run with (derived: sized by the loads and
+        # unloads it timed), resolved into the settings the simulator replays with
+        cfg.spare_slots = spare_slots(cfg, *ep.manager.metrics.load_unload_s())
     endpoint = {k: m.get(k) for k in ("TritonLoadCalls", "TritonUnloadCalls", "MemoryEvictions",
                                       "PeakLoadedModelCount", "ModelLoadingTime", "ModelUnloadingTime")}
     return records, cfg, endpoint

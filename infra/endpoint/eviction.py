@@ -106,7 +106,7 @@ class Evictor:
         pass the budget minus ``spare_slots``, unload the least recently used idle model in a
         background task. Runs on the loop, in the step a place was taken (or, when no model was
         idle then, when one becomes idle): O(models in Triton), never on the warm path."""
-        budget, spare = self.cfg.max_loaded_models, spare_slots(self.cfg)
+        budget, spare = self.cfg.max_loaded_models, spare_slots(self.cfg, *self.metrics.load_unload_s())
         self.spare_short = False
         if not spare or budget is None or not self.sup.live:
             return

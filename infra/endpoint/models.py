@@ -336,7 +336,8 @@ class ModelManager:
     def report(self) -> EndpointMetrics:
         """``GET /metrics``: the endpoint's metrics, Triton's memory (at the last
         :meth:`refresh_memory` or admission check) and, under "models", each TargetModel's."""
-        counters = self.metrics.report(self.residency.loaded_count(), spare_slots(self.cfg))
+        spare = spare_slots(self.cfg, *self.metrics.load_unload_s())
+        counters = self.metrics.report(self.residency.loaded_count(), spare)
         now_mono, now_wall = time.monotonic(), time.time()
         models = {m.target: m.report(now_mono, now_wall)
                   for m in sorted(self.models.values(), key=lambda x: x.target)}

@@ -70,24 +70,44 @@ class EndpointConfig:
     log_backup_count: int = 3
 
 
-def spare_slots(cfg: EndpointConfig) -> int:
-    """The places of the model budget the endpoint keeps free (its *spare room*).
+#: Loads and unloads the endpoint must have timed before it trusts their ratio (until then the
+#: derived spare room is the load concurrency, the ratio taken as 1).
+SPARE_MIN_SAMPLES = 4
 
-    Why: a miss that must first evict waits for the victim's unload (>= 1.2 s for a Python
-    model, its stub's health check sleeps 1 s), so unloading ahead of time, off the request
-    path, takes that wait off the cold path. Each spare place costs one warm model, so:
-    derived (``spare_slots`` None) it is ``max_concurrent_loads`` (more misses cannot be
-    admitted at once) where that is at most a quarter of the budget, else none (fewer spare
-    places than load slots barely help when misses come back to back: the second concurrent
-    miss evicts as before, README "Spare room side by side"); set, at most ``budget - 1`` (one
-    place stays for a loaded model). Without a count budget there is no spare room.
+
+def derived_spare(budget: int, max_concurrent_loads: int, load_s: float | None = None,
+                  unload_s: float | None = None) -> int:
+    """The spare places a budget of ``budget`` models keeps when none is set.
+
+    Why this number (Little's law): a background unload holds its place until Triton has
+    unloaded it (``unload_s``: >= 1.2 s for a Python model, its stub's health check sleeps 1 s),
+    while misses take places as fast as ``max_concurrent_loads`` loads of ``load_s`` each finish.
+    For a miss never to wait on an unload, the places being freed must keep up:
+    ``max_concurrent_loads * unload_s / load_s`` of them (at least the load concurrency, the
+    ratio taken as 1 until both are known). Each spare place costs one warm model, so the room
+    is capped at a quarter of the budget, and a budget too small to spare even the load
+    concurrency keeps none (fewer spare places than load slots barely help when misses come
+    back to back: the second concurrent miss evicts as before).
     """
+    loads = max(0, max_concurrent_loads)
+    cap = budget // 4
+    if not loads or loads > cap:
+        return 0
+    ratio = unload_s / load_s if load_s and unload_s else 1.0
+    return min(cap, math.ceil(loads * max(1.0, ratio) - 1e-9))
+
+
+def spare_slots(cfg: EndpointConfig, load_s: float | None = None,
+                unload_s: float | None = None) -> int:
+    """The places of the model budget the endpoint keeps free (its *spare room*): set
+    (``cfg.spare_slots``, at most ``budget - 1``: one place stays for a loaded model; 0: none) or
+    derived (:func:`derived_spare`, from the mean ``load_s`` and ``unload_s`` the endpoint has
+    measured so far). Without a count budget there is no spare room."""
     budget = cfg.max_loaded_models
     if not budget:
         return 0
     if cfg.spare_slots is None:
-        loads = max(0, cfg.max_concurrent_loads)
-        return loads if 4 * loads <= budget else 0
+        return derived_spare(budget, cfg.max_concurrent_loads, load_s, unload_s)
     return max(0, min(cfg.spare_slots, budget - 1))
 
 
@@ -283,6 +303,16 @@ class Metrics:
     # model to become idle
     load_admission: dict[str, int] = field(default_factory=lambda: {
         "Free": 0, "WaitedForEviction": 0, "WaitedForBackgroundUnload": 0, "WaitedForIdle": 0})
+
+    def load_unload_s(self) -> tuple[float | None, float | None]:
+        """(mean seconds a load holds its slot: download + Triton load, mean seconds an unload
+        holds its place), each None until :data:`SPARE_MIN_SAMPLES` were timed: what the
+        derived spare room is sized by (:func:`derived_spare`)."""
+        def mean_s(*stats: RunningStat) -> float | None:
+            if stats[0].count < SPARE_MIN_SAMPLES:
+                return None
+            return sum(x.total / x.count for x in stats if x.count) / 1000.0
+        return mean_s(self.loading_ms, self.downloading_ms), mean_s(self.unloading_ms)
 
     def report(self, loaded: int, spare: int) -> CountersReport:
         """The counters as ``GET /metrics`` shows them (``loaded`` and ``spare`` slots are the
