@@ -10,23 +10,28 @@ the template has it (off in the catalog's templates): one request is one tenant.
 
 from __future__ import annotations
 
-from ensembles.spec import EnsembleSpec, SpecError, StepSpec, TensorSpec, validate
+from collections.abc import Mapping
+
+from ensembles.spec import EnsembleSpec, SpecError, StepSpec, Target, TensorSpec, validate
 
 TENANT = "TENANT"
 TENANT_TENSOR = TensorSpec(name=TENANT, dtype="TYPE_INT32", dims=[1])
 
 
-def fused_spec(template: EnsembleSpec, step: str, name: str) -> EnsembleSpec:
+def fused_spec(template: EnsembleSpec, step: str | Mapping[Target, str], name: str) -> EnsembleSpec:
     """``template`` as the ensemble ``name`` of a fused shard whose ``step`` runs the fused
-    model. Refuses a template that already has a ``TENANT`` tensor, or a step it lacks."""
+    model (one step, or one per target: :attr:`ensembles.spec.FusionSpec.step`). Refuses a
+    template that already has a ``TENANT`` tensor, or a step it lacks."""
     if any(t.name == TENANT for t in template.inputs):
         raise SpecError(f"ensemble {template.name!r}: already has an input named {TENANT}")
-    if step not in {s.name for s in template.steps}:
-        raise SpecError(f"ensemble {template.name!r}: no step {step!r} to run the fused model")
-    if any(b.dynamic_batching for b in template.step(step).backends.values()):
-        raise SpecError(f"ensemble {template.name!r}: step {step!r} batches requests dynamically; "
-                        "a fused step must answer one request (one tenant) at a time")
-    steps = [_with_tenant(s) if s.name == step else s for s in template.steps]
+    fused = {step} if isinstance(step, str) else set(step.values())
+    for one in sorted(fused):
+        if one not in {s.name for s in template.steps}:
+            raise SpecError(f"ensemble {template.name!r}: no step {one!r} to run the fused model")
+        if any(b.dynamic_batching for b in template.step(one).backends.values()):
+            raise SpecError(f"ensemble {template.name!r}: step {one!r} batches requests dynamically; "
+                            "a fused step must answer one request (one tenant) at a time")
+    steps = [_with_tenant(s) if s.name in fused else s for s in template.steps]
     outputs = [o.model_copy(update={"label_filename": None}) for o in template.outputs]
     spec = template.model_copy(update={"name": name, "inputs": [*template.inputs, TENANT_TENSOR],
                                        "outputs": outputs, "steps": steps, "validation": None})

@@ -49,9 +49,10 @@ def _add_tensors(field, tensors: list[TensorSpec]) -> None:
             io.label_filename = t.label_filename
 
 
-def ensemble_config(spec: EnsembleSpec) -> mc.ModelConfig:
-    """The entry model: ``platform: "ensemble"`` with one scheduling step per composing model."""
-    order = validate(spec)
+def ensemble_config(spec: EnsembleSpec, target: Target) -> mc.ModelConfig:
+    """The entry model: ``platform: "ensemble"`` with one scheduling step per composing model
+    that ``target``'s ensemble runs."""
+    order = validate(spec, target)
     cfg = mc.ModelConfig(name=spec.name, platform="ensemble", max_batch_size=spec.max_batch_size)
     _add_tensors(cfg.input, spec.inputs)
     _add_tensors(cfg.output, spec.outputs)
@@ -91,7 +92,7 @@ def int64_free_tensors(spec: EnsembleSpec, target: Target, release: str | None) 
     if release is None or TritonRelease.parse(release).tensorrt_major >= 10:
         return set()
     marked: set[str] = set()
-    for step in spec.steps:
+    for step in spec.steps_for(target):
         be = step.backends.get(target)
         if be is None or be.backend != "tensorrt":
             continue
@@ -172,6 +173,8 @@ def render_repository(
         <ensemble>/config.pbtxt, <ensemble>/1/
         <ensemble>__<step>/config.pbtxt, <ensemble>__<step>/1/<files>
 
+    One composing model per step that runs on ``target`` (:attr:`ensembles.spec.StepSpec.targets`).
+
     ``configs_only`` renders the configs without copying files (to inspect a target whose
     artifacts cannot be built on this host, such as TensorRT plans without a GPU).
     ``triton_release`` (default: :func:`serving_release`) decides the token dtypes at TensorRT
@@ -182,7 +185,7 @@ def render_repository(
     validate(spec)
     out_dir = Path(out_dir)
     artifacts = artifacts or {}
-    missing = [s.name for s in spec.steps if target not in s.backends]
+    missing = [s.name for s in spec.steps_for(target) if target not in s.backends]
     if missing:
         raise SpecError(f"ensemble {spec.name!r}: steps {missing} have no backend for target {target!r}")
     release = triton_release or serving_release(spec, target)
@@ -191,9 +194,9 @@ def render_repository(
 
     ens_dir = out_dir / spec.name
     (ens_dir / "1").mkdir(parents=True)
-    (ens_dir / "config.pbtxt").write_text(to_pbtxt(ensemble_config(spec)))
+    (ens_dir / "config.pbtxt").write_text(to_pbtxt(ensemble_config(spec, target)))
 
-    for step in spec.steps:
+    for step in spec.steps_for(target):
         be = step.backends[target]
         model_dir = out_dir / spec.model_name(step.name)
         (model_dir / "1").mkdir(parents=True)

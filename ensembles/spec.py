@@ -167,6 +167,14 @@ class StepSpec(_Strict):
     input_map: dict[str, str]
     output_map: dict[str, str]
     backends: dict[Target, BackendSpec]
+    #: The targets whose ensemble runs this step (default: every target). Why: a target may
+    #: compose a pipeline differently, e.g. local-cpu runs pre-processing and classifier in one
+    #: Python stub where sagemaker-gpu runs Triton's native DALI and ONNX Runtime backends (issue
+    #: 19); each target's steps must form the whole ensemble on their own (:func:`validate`).
+    targets: list[Target] = Field(default_factory=lambda: list(TARGETS), min_length=1)
+
+    def runs_on(self, target: Target) -> bool:
+        return target in self.targets
 
 
 class ArtifactSpec(_Strict):
@@ -193,10 +201,20 @@ class ValidationSpec(_Strict):
 class FusionSpec(_Strict):
     """What a fused fleet of this template stacks (:mod:`tasks.fleet.fusion`): the ``step`` that
     runs each tenant's own model and the ``artifact`` that model comes from. Why the template
-    says so: a template may run several models; only it knows which one is the tenant's own."""
+    says so: a template may run several models; only it knows which one is the tenant's own.
+    ``step`` is one name, or one per target where the targets run different steps."""
 
-    step: str
+    step: str | dict[Target, str]
     artifact: str
+
+    def step_for(self, target: Target) -> str:
+        """The fused step on ``target``; a target the mapping leaves out is refused."""
+        if isinstance(self.step, str):
+            return self.step
+        if target not in self.step:
+            raise SpecError(f"fusion.step names no step for target {target!r} "
+                            f"(it names: {', '.join(self.step)})")
+        return self.step[target]
 
 
 class EnsembleSpec(_Strict):
@@ -213,6 +231,10 @@ class EnsembleSpec(_Strict):
     def model_name(self, step: str) -> str:
         """Composing-model name, unique to this ensemble so thousands can share one server."""
         return f"{self.name}__{step}"
+
+    def steps_for(self, target: Target) -> list[StepSpec]:
+        """The steps ``target``'s ensemble runs (:attr:`StepSpec.targets`), in spec order."""
+        return [s for s in self.steps if s.runs_on(target)]
 
     def step(self, name: str) -> StepSpec:
         for s in self.steps:
@@ -239,12 +261,15 @@ def _check_names(where: str, names: list[str], what: str, pattern: re.Pattern = 
 _Produced = dict[str, tuple[str | None, TensorSpec]]
 
 
-def validate(spec: EnsembleSpec) -> list[str]:
-    """Check the DAG; return the step names in execution (topological) order.
+def validate(spec: EnsembleSpec, target: Target | None = None) -> list[str]:
+    """Check the spec on every target; return the step names ``target``'s ensemble runs in
+    execution (topological) order (without a target: every step, target by target).
 
     Refuses: invalid or duplicate names, unmapped or unknown model tensors, an ensemble
     tensor that nothing produces or that two producers write, dtype or shape mismatches
-    across a connection, cycles, and ensemble outputs that no step writes.
+    across a connection, cycles, and ensemble outputs that no step writes. Where the targets
+    run different steps (:attr:`StepSpec.targets`), each target's steps must form the whole
+    DAG from the ensemble's inputs to its outputs on their own.
     """
     ens = f"ensemble {spec.name!r}"
     if not _NAME.match(spec.name):
@@ -252,45 +277,64 @@ def validate(spec: EnsembleSpec) -> list[str]:
     _check_names(ens, [t.name for t in spec.inputs], "input")
     _check_names(ens, [t.name for t in spec.outputs], "output")
     _check_names(ens, [s.name for s in spec.steps], "step")
-
-    # producer of each ensemble tensor: None for ensemble inputs, else the step name
-    produced: _Produced = {t.name: (None, t) for t in spec.inputs}
     for step in spec.steps:
-        _check_step(f"{ens}, step {step.name!r}", step, produced)
-    deps = _step_dependencies(ens, spec, produced)
-    _check_outputs(ens, spec, produced)
-    order = _toposort(ens, deps)
+        _check_step(f"{ens}, step {step.name!r}", step)
+    same = all(set(s.targets) == set(TARGETS) for s in spec.steps)
+    orders = {t: _check_dag(ens if same else f"{ens}, target {t!r}", spec, spec.steps_for(t))
+              for t in TARGETS}
     _check_artifact_refs(spec, ens)
     _check_fusion(spec, ens)
-    return order
+    if target is not None:
+        return orders[target]
+    return list(dict.fromkeys(name for t in TARGETS for name in orders[t]))
+
+
+def _check_dag(where: str, spec: EnsembleSpec, steps: list[StepSpec]) -> list[str]:
+    """``steps`` (one target's) as a DAG from the ensemble's inputs to its outputs; their
+    execution order."""
+    # producer of each ensemble tensor: None for ensemble inputs, else the step name
+    produced: _Produced = {t.name: (None, t) for t in spec.inputs}
+    for step in steps:
+        _record_outputs(f"{where}, step {step.name!r}", step, produced)
+    deps = _step_dependencies(where, steps, produced)
+    _check_outputs(where, spec, produced)
+    return _toposort(where, deps)
 
 
 def _check_fusion(spec: EnsembleSpec, ens: str) -> None:
-    """A ``fusion`` section names a step of the ensemble and an artifact one of that step's
-    backends reads as a file (the model a fused shard replaces)."""
+    """A ``fusion`` section names a step of the ensemble (per target, where it names one for
+    each) and an artifact that step's backend reads as a file (the model a fused shard
+    replaces)."""
     fusion = spec.fusion
     if fusion is None:
         return
-    if fusion.step not in {s.name for s in spec.steps}:
-        raise SpecError(f"{ens}: fusion.step {fusion.step!r} is not a step "
-                        f"(steps: {', '.join(s.name for s in spec.steps)})")
     if fusion.artifact not in spec.artifacts:
         raise SpecError(f"{ens}: fusion.artifact {fusion.artifact!r} is not an artifact "
                         f"(artifacts: {', '.join(sorted(spec.artifacts))})")
-    read = {src.name for be in spec.step(fusion.step).backends.values()
-            for src in be.files.values() if isinstance(src, ArtifactRef)}
-    if fusion.artifact not in read:
-        raise SpecError(f"{ens}: fusion.artifact {fusion.artifact!r} is not a file of step "
-                        f"{fusion.step!r}")
+    named = ({t: fusion.step for t in TARGETS} if isinstance(fusion.step, str) else fusion.step)
+    for target, name in named.items():
+        field = "fusion.step" if isinstance(fusion.step, str) else f"fusion.step.{target}"
+        if name not in {s.name for s in spec.steps}:
+            raise SpecError(f"{ens}: {field} {name!r} is not a step "
+                            f"(steps: {', '.join(s.name for s in spec.steps)})")
+        step = spec.step(name)
+        if isinstance(fusion.step, dict) and not step.runs_on(target):
+            raise SpecError(f"{ens}: {field} {name!r} does not run on target {target!r} "
+                            f"(its targets: {', '.join(step.targets)})")
+        backends = (step.backends.values() if isinstance(fusion.step, str)
+                    else [step.backends[target]] if target in step.backends else [])
+        read = {src.name for be in backends for src in be.files.values() if isinstance(src, ArtifactRef)}
+        if fusion.artifact not in read:
+            raise SpecError(f"{ens}: fusion.artifact {fusion.artifact!r} is not a file of step "
+                            f"{name!r}")
 
 
-def _check_step(where: str, step: StepSpec, produced: _Produced) -> None:
-    """One step's tensor names, input and output maps and backends; records the ensemble
-    tensors it writes in ``produced`` (refusing one that is already produced)."""
+def _check_step(where: str, step: StepSpec) -> None:
+    """One step's tensor names, input and output maps, targets and backends."""
     _check_names(where, [t.name for t in step.inputs], "model input", _MODEL_TENSOR)
     _check_names(where, [t.name for t in step.outputs], "model output", _MODEL_TENSOR)
     model_in = {t.name for t in step.inputs}
-    model_out = {t.name: t for t in step.outputs}
+    model_out = {t.name for t in step.outputs}
     for k in step.input_map:
         if k not in model_in:
             raise SpecError(f"{where}: input_map names {k!r}, which is not a model input "
@@ -298,27 +342,51 @@ def _check_step(where: str, step: StepSpec, produced: _Produced) -> None:
     for t in step.inputs:
         if t.name not in step.input_map:
             raise SpecError(f"{where}: model input {t.name!r} is not wired (missing from input_map)")
-    for k, tensor in step.output_map.items():
+    for k in step.output_map:
         if k not in model_out:
             raise SpecError(f"{where}: output_map names {k!r}, which is not a model output "
                             f"(model outputs: {sorted(model_out)})")
-        if tensor in produced:
-            other = produced[tensor][0]
-            by = "an ensemble input" if other is None else f"step {other!r}"
-            raise SpecError(f"{where}: tensor {tensor!r} is already produced by {by}")
-        produced[tensor] = (step.name, model_out[k])
     if not step.backends:
         raise SpecError(f"{where}: no backend given for any target")
+    _check_step_targets(where, step)
     for target, be in step.backends.items():
         if be.backend == "python" and "1/model.py" not in be.files:
             raise SpecError(f"{where}, target {target!r}: a python step needs files['1/model.py']")
 
 
-def _step_dependencies(ens: str, spec: EnsembleSpec, produced: _Produced) -> dict[str, set[str]]:
+def _check_step_targets(where: str, step: StepSpec) -> None:
+    """A step that names its targets has a backend for each of them and for no other target
+    (one it does not run on would be dead configuration)."""
+    if len(set(step.targets)) != len(step.targets):
+        raise SpecError(f"{where}: targets {step.targets} names a target twice")
+    if set(step.targets) == set(TARGETS):
+        return  # the default: a missing backend is refused when that target is rendered
+    missing = [t for t in step.targets if t not in step.backends]
+    if missing:
+        raise SpecError(f"{where}: targets names {missing[0]!r} but backends has no {missing[0]!r} entry")
+    extra = [t for t in step.backends if t not in step.targets]
+    if extra:
+        raise SpecError(f"{where}: backends has an entry for target {extra[0]!r}, which is not "
+                        f"among its targets {step.targets}")
+
+
+def _record_outputs(where: str, step: StepSpec, produced: _Produced) -> None:
+    """Record the ensemble tensors ``step`` writes in ``produced``, refusing one that another
+    producer already writes."""
+    model_out = {t.name: t for t in step.outputs}
+    for k, tensor in step.output_map.items():
+        if tensor in produced:
+            other = produced[tensor][0]
+            by = "an ensemble input" if other is None else f"step {other!r}"
+            raise SpecError(f"{where}: tensor {tensor!r} is already produced by {by}")
+        produced[tensor] = (step.name, model_out[k])
+
+
+def _step_dependencies(ens: str, steps: list[StepSpec], produced: _Produced) -> dict[str, set[str]]:
     """The steps each step reads from; every consumed tensor must exist with a matching
     dtype and shape."""
-    deps: dict[str, set[str]] = {s.name: set() for s in spec.steps}
-    for step in spec.steps:
+    deps: dict[str, set[str]] = {s.name: set() for s in steps}
+    for step in steps:
         where = f"{ens}, step {step.name!r}"
         for t in step.inputs:
             tensor = step.input_map[t.name]

@@ -191,12 +191,16 @@ def test_the_template_validates_and_renders_with_a_variable_class_count(tmp_path
     spec, folder = load_ensemble("image_classifier_tenant")
     assert spec.outputs[0].dims == [-1] and spec.validation is not None
     assert spec.validation.metric == "matches_reference"
-    for target in ("local-cpu", "sagemaker-gpu"):
+    # local-cpu: one Python model (pre-processing and classifier in one stub); the GPU: the
+    # native DALI and onnxruntime models
+    for target, models in (("local-cpu", ["classify"]), ("sagemaker-gpu", ["classifier", "preprocess"])):
         out = render_repository(spec, target, tmp_path / target, configs_only=True)
-        cfg = parse_pbtxt((out / "image_classifier_tenant__classifier" / "config.pbtxt").read_text())
+        assert sorted(p.name for p in out.iterdir()) == sorted(
+            ["image_classifier_tenant", *(f"image_classifier_tenant__{m}" for m in models)])
+        cfg = parse_pbtxt((out / f"image_classifier_tenant__{models[0]}" / "config.pbtxt").read_text())
         assert list(cfg.output[0].dims) == [-1]
     # the pre-processing model code is the image classifier's own file, referenced
-    src = spec.step("preprocess").backends["local-cpu"].files["1/model.py"]
+    src = spec.step("classify").backends["local-cpu"].files["1/preprocess_model.py"]
     assert isinstance(src, str) and (folder / src).resolve() == \
         (folder.parent / "image_classifier" / "preprocess" / "model.py").resolve()
     assert {spec.artifacts[a].producer for a in ("classifier_onnx", "labels")} == {"fetch_model_file"}

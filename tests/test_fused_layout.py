@@ -54,13 +54,19 @@ def test_a_fused_layout_needs_a_template_that_names_what_fuses(tmp_path: Path) -
 def test_the_tenant_template_names_its_classifier_and_model() -> None:
     spec = _template()
     assert spec.fusion is not None
-    assert (spec.fusion.step, spec.fusion.artifact) == ("classifier", "classifier_onnx")
+    assert spec.fusion.artifact == "classifier_onnx"
+    # local-cpu runs the model in the one-stub `classify` step, the GPU in `classifier`
+    assert [spec.fusion.step_for(t) for t in ("local-cpu", "sagemaker-gpu")] == ["classify", "classifier"]
 
 
 @pytest.mark.parametrize(("fusion", "says"), [
     ({"step": "head", "artifact": "classifier_onnx"}, "fusion.step 'head' is not a step"),
     ({"step": "classifier", "artifact": "weights"}, "fusion.artifact 'weights' is not an artifact"),
     ({"step": "preprocess", "artifact": "classifier_onnx"}, "is not a file of step 'preprocess'"),
+    ({"step": {"local-cpu": "classifier", "sagemaker-gpu": "classifier"}, "artifact": "classifier_onnx"},
+     r"fusion.step.local-cpu 'classifier' does not run on target 'local-cpu'"),
+    ({"step": {"local-cpu": "classify", "sagemaker-gpu": "preprocess"}, "artifact": "classifier_onnx"},
+     "is not a file of step 'preprocess'"),
 ])
 def test_a_fusion_section_naming_nothing_is_refused(fusion: dict, says: str) -> None:
     doc = _template().model_dump()
@@ -70,7 +76,11 @@ def test_a_fusion_section_naming_nothing_is_refused(fusion: dict, says: str) -> 
 
 
 def test_a_shard_step_carries_no_label_file() -> None:
-    spec = fused_spec(_template(), "classifier", "f1_shard_000")
-    for backend in spec.step("classifier").backends.values():
-        assert "labels.txt" not in backend.files
-        assert "1/model.onnx" in backend.files
+    template = _template()
+    assert template.fusion is not None
+    spec = fused_spec(template, template.fusion.step, "f1_shard_000")
+    for step in ("classify", "classifier"):  # the fused step of each target
+        assert "TENANT" in spec.step(step).input_map
+        for backend in spec.step(step).backends.values():
+            assert "labels.txt" not in backend.files
+            assert "1/model.onnx" in backend.files

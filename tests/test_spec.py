@@ -392,3 +392,63 @@ def test_load_spec_yaml_not_a_mapping(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as exc:
         load_spec(path)
     assert str(exc.value).startswith(f"{path}: ")
+
+
+# --- target-specific steps -------------------------------------------------------------------
+
+
+def _per_target(d: dict) -> dict:
+    """``spec_dict(three=False)`` where local-cpu runs one step ``both`` (pre and post in one
+    model) and sagemaker-gpu runs ``pre`` -> ``post``."""
+    pre, post = _step(d, "pre"), _step(d, "post")
+    for s in (pre, post):
+        s["targets"] = ["sagemaker-gpu"]
+        del s["backends"]["local-cpu"]
+    d["steps"].append({"name": "both", "targets": ["local-cpu"], "inputs": pre["inputs"],
+                       "outputs": post["outputs"], "input_map": pre["input_map"],
+                       "output_map": post["output_map"], "backends": {"local-cpu": _py("both/model.py")}})
+    return d
+
+
+def test_each_target_runs_its_own_steps() -> None:
+    spec = EnsembleSpec.model_validate(_per_target(spec_dict(three=False)))
+    assert validate(spec, "local-cpu") == ["both"]
+    assert validate(spec, "sagemaker-gpu") == ["pre", "post"]
+    assert [s.name for s in spec.steps_for("local-cpu")] == ["both"]
+    # the default: every step on every target
+    plain = EnsembleSpec.model_validate(spec_dict())
+    assert validate(plain, "local-cpu") == validate(plain, "sagemaker-gpu") == validate(plain)
+
+
+def test_a_target_left_without_a_path_is_refused_naming_it() -> None:
+    d = _per_target(spec_dict(three=False))
+    _step(d, "post")["targets"] = ["local-cpu"]  # the GPU: pre, and nothing writes OUT
+    _step(d, "post")["backends"] = {"local-cpu": _py("post/model.py")}
+    msg = _refused(d)
+    assert "target 'local-cpu'" in msg and "'OUT' is already produced by step" in msg
+    d = _per_target(spec_dict(three=False))
+    d["steps"] = [s for s in d["steps"] if s["name"] != "post"]
+    assert "target 'sagemaker-gpu': output 'OUT' is not produced by any step" in _refused(d)
+
+
+def test_a_step_targets_and_backends_must_agree() -> None:
+    d = _per_target(spec_dict(three=False))
+    _step(d, "both")["backends"]["sagemaker-gpu"] = _py("both/model.py")
+    assert "step 'both': backends has an entry for target 'sagemaker-gpu', which is not among its " \
+        "targets" in _refused(d)
+    d = _per_target(spec_dict(three=False))
+    _step(d, "both")["targets"] = ["local-cpu", "sagemaker-gpu"]
+    _step(d, "pre")["targets"] = _step(d, "post")["targets"] = ["local-cpu"]
+    _step(d, "pre")["backends"] = _step(d, "post")["backends"] = {"sagemaker-gpu": _py()}
+    assert "step 'pre': targets names 'local-cpu' but backends has no 'local-cpu' entry" in _refused(d)
+
+
+def test_an_unknown_target_is_refused_naming_the_file_and_field(tmp_path: Path) -> None:
+    d = _per_target(spec_dict(three=False))
+    _step(d, "both")["targets"] = ["local-gpu"]
+    path = tmp_path / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(d))
+    with pytest.raises(SpecError) as exc:
+        load_spec(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "steps.2.targets.0" in msg and "\n" not in msg

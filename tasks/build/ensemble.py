@@ -146,7 +146,7 @@ def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Pa
     spec = load_spec_task(folder)
     if overrides:
         spec = apply_overrides(spec, overrides)
-    missing = [s.name for s in spec.steps if target not in s.backends]
+    missing = [s.name for s in spec.steps_for(target) if target not in s.backends]
     if missing:
         raise SpecError(f"ensemble {spec.name!r} has no {target!r} backend for steps {missing}")
     limits = step_limits()

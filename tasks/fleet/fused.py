@@ -199,7 +199,7 @@ def fetch_tenant(template: FleetTemplate, v: Variant, work: Path) -> TenantModel
     spec = variant_spec(template, v)
     produced, _ = produce_owned(template, v, spec, work)
     model = produced[fusion.artifact].read_bytes()
-    labels_art = label_artifact(spec, fusion.step, template.target)
+    labels_art = label_artifact(spec, fusion.step_for(template.target), template.target)
     labels: list[str] = []
     if labels_art is not None:
         labels = [ln for ln in produced[labels_art].read_text().splitlines() if ln.strip()]

@@ -158,12 +158,26 @@ def _pick(tensors: dict[str, list[int]], name: str) -> list[int] | None:
     return next(iter(tensors.values())) if len(tensors) == 1 else None
 
 
-def _fit_step(spec: EnsembleSpec, step: dict[str, Any], onnx_path: Path, where: str) -> dict[str, list[int]]:
+def _onnx_feeds(step: dict[str, Any], be: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the step's ONNX model is fed: the step's inputs, or, for a step that runs its own
+    pre-processing first (``runtime:dali_onnx_model.py``: local-cpu's one-stub image
+    classifier), the tensor in between, which its parameters describe (``preprocessed_dims``,
+    ``onnx_input``), and any further input of the step."""
+    params = be.get("parameters") or {}
+    if "preprocessed_dims" not in params:
+        return list(step["inputs"])
+    between = {"name": params.get("onnx_input", "preprocessed"),
+               "dims": [int(d) for d in params["preprocessed_dims"].split(",")]}
+    return [between, *step["inputs"][1:]]
+
+
+def _fit_step(spec: EnsembleSpec, step: dict[str, Any], be: dict[str, Any], onnx_path: Path,
+              where: str) -> dict[str, list[int]]:
     """Fill the step's open output dims from its ONNX file; refuse inputs that do not fit.
     Returns the filled output dims by step output name."""
     inputs, outputs = _onnx_io(onnx_path, where)
     skip = 1 if spec.max_batch_size > 0 else 0  # Triton's dims leave the batch dimension out
-    for t in step["inputs"]:
+    for t in _onnx_feeds(step, be):
         have = _pick(inputs, t["name"])
         if have is None:
             continue
@@ -206,7 +220,7 @@ def fit_to_variant(spec: EnsembleSpec, target: Target, produced: dict[str, Path]
                 continue
             where = (f"variant {variant.name!r}, model file "
                      f"{_source_name(sources.get(ref.name), produced[ref.name])}")
-            for out, dims in _fit_step(spec, step, produced[ref.name], where).items():
+            for out, dims in _fit_step(spec, step, be, produced[ref.name], where).items():
                 if out in step["output_map"]:
                     filled_tensors[step["output_map"][out]] = dims
             _check_labels(step, be, produced, sources, variant)
