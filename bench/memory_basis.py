@@ -73,56 +73,6 @@ def build_example_fleet(count: int, work: Path) -> Path:
     return work / "out"
 
 
-def one_stub_variant(archive: Path, dest: Path) -> None:
-    """``archive`` (a built two-stub image-classifier variant) as ``dest``: the same ensemble with
-    one step, ``<ensemble>__classify``, a Python model running ``runtime:dali_onnx_model.py`` over
-    the very files of both steps (pipeline, ONNX, labels, both model codes beside it) with both
-    steps' parameters. What the local-cpu rendering of issue 19's step 3 would write, made here
-    from a build so that it is measured (and its answers compared) before the spec learns it."""
-    import shutil
-    import tarfile
-
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    from ensembles.render import RUNTIME_DIR
-    from infra.store.tarball import pack_deterministic
-
-    work = dest.with_suffix(".d")
-    with tarfile.open(archive) as tar:
-        tar.extractall(work, filter="data")
-    (entry,) = [d for d in work.iterdir() if "__" not in d.name]
-    pre, cls = work / f"{entry.name}__preprocess", work / f"{entry.name}__classifier"
-    ens = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
-    cfg = text_format.Parse((cls / "config.pbtxt").read_text(), mc.ModelConfig())
-    pre_cfg = text_format.Parse((pre / "config.pbtxt").read_text(), mc.ModelConfig())
-    merged = work / f"{entry.name}__classify"
-    (merged / "1").mkdir(parents=True)
-    for folder, names in ((pre / "1", ["model.dali"]), (cls / "1", ["model.onnx"]), (cls, ["labels.txt"])):
-        for name in names:
-            shutil.copy2(folder / name, (merged / "1" if folder.name == "1" else merged) / name)
-    shutil.copy2(pre / "1" / "model.py", merged / "1" / "preprocess_model.py")
-    shutil.copy2(RUNTIME_DIR / "onnx_model.py", merged / "1" / "onnx_model.py")
-    shutil.copy2(RUNTIME_DIR / "dali_onnx_model.py", merged / "1" / "model.py")
-    cfg.name = merged.name
-    del cfg.input[:]
-    cfg.input.extend(pre_cfg.input)
-    cfg.output[0].name = ens.output[0].name
-    for k, v in pre_cfg.parameters.items():
-        cfg.parameters[k].string_value = v.string_value
-    cfg.parameters["preprocessed_dims"].string_value = ",".join(str(d) for d in pre_cfg.output[0].dims)
-    (merged / "config.pbtxt").write_text(text_format.MessageToString(cfg))
-    del ens.ensemble_scheduling.step[:]
-    step = ens.ensemble_scheduling.step.add(model_name=merged.name, model_version=-1)
-    step.input_map[pre_cfg.input[0].name] = ens.input[0].name
-    step.output_map[ens.output[0].name] = ens.output[0].name
-    (entry / "config.pbtxt").write_text(text_format.MessageToString(ens))
-    shutil.rmtree(pre)
-    shutil.rmtree(cls)
-    pack_deterministic(work, dest)
-    shutil.rmtree(work)
-
-
 def tree_anon_counters(pid: int | None) -> int:
     """The kernel's per-process counters RssAnon + RssShmem (``/proc/<pid>/status``) summed
     over Triton's tree: a cross-check of the probe that other processes on the host do not
@@ -318,8 +268,6 @@ def main() -> None:
                     help="default bench/results/memory_basis.json (variant_footprint.json with --footprint)")
     ap.add_argument("--footprint", metavar="STEP", help="record this step in variant_footprint.json instead")
     ap.add_argument("--note", default="", help="what the step changed (kept with --footprint)")
-    ap.add_argument("--one-stub", action="store_true",
-                    help="serve each variant as one Python model (DALI + ONNX Runtime in one stub)")
     args = ap.parse_args()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="memory-basis-") as tmp:
@@ -328,10 +276,7 @@ def main() -> None:
         prefix = Path(tmp) / "prefix"
         prefix.mkdir()
         for v in variants:
-            if args.one_stub:
-                one_stub_variant(folder / v.target, prefix / v.target)
-            else:
-                (prefix / v.target).symlink_to((folder / v.target).resolve())
+            (prefix / v.target).symlink_to((folder / v.target).resolve())
         run = load_one_by_one(variants, prefix, Path(tmp) / "cache")
         if args.footprint:
             entry = footprint_entry(run, host_figures(load_before), args.note)
