@@ -133,6 +133,9 @@ class EndpointApp:
         if path == "/metrics" and method == "GET":
             await mgr.refresh_memory()
             return json_answer(200, mgr.report().model_dump())
+        if path == "/triton/metrics" and method == "GET":
+            status, text = await self.endpoint.triton_metrics()
+            return status, [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")], text
         raise NotFound(f"No route for {method} {path}")
 
     async def ping(self) -> Answer:

@@ -122,6 +122,18 @@ class LocalEndpoint:
     def url(self) -> str:
         return f"http://{self.cfg.host}:{self.cfg.port}"
 
+    def triton_ports(self) -> TritonPorts:
+        """Triton's ports from the settings; a set port that is taken is refused here, naming
+        the setting, before Triton starts (0: a free port, picked at each start)."""
+        cfg = self.cfg
+        for setting, port in (("triton_http_port", cfg.triton_http_port),
+                              ("triton_grpc_port", cfg.triton_grpc_port),
+                              ("triton_metrics_port", cfg.triton_metrics_port)):
+            if port:
+                check_port_free("127.0.0.1", port, what=setting)
+        return TritonPorts(http=cfg.triton_http_port or None, grpc=cfg.triton_grpc_port,
+                           metrics=cfg.triton_metrics_port)
+
     @property
     def triton(self) -> TritonServer:
         if self._triton is None:
@@ -148,7 +160,7 @@ class LocalEndpoint:
         # gRPC for Triton's repository calls (loads, unloads), HTTP for inference: see
         # infra.endpoint.triton_http for why that split lets inference connections stay alive
         self._triton = TritonServer(cache / "repo", log_path=self.cfg.triton_log,
-                                    ports=TritonPorts(grpc=0))
+                                    ports=self.triton_ports())
         self._triton.start()
         self._manager = ModelManager(self.cfg, self._triton, before_restart=self.before_restart)
         loop, http = _uvicorn_impl()
@@ -170,6 +182,19 @@ class LocalEndpoint:
             await self._upstream.aclose()
         if self._http is not None:
             await self._http.aclose()
+
+    async def triton_metrics(self) -> tuple[int, bytes]:
+        """(status, body) of Triton's own Prometheus metrics (``GET /metrics`` on its metrics
+        port): what ``GET /triton/metrics`` on the endpoint passes through, so a scraper needs
+        only the endpoint's address. 404 when the endpoint runs Triton without metrics."""
+        port = self.triton.metrics_port
+        if port is None or self._http is None:
+            return 404, b"tritonserver runs without metrics (triton_metrics_port None)\n"
+        try:
+            r = await self._http.get(f"http://127.0.0.1:{port}/metrics", timeout=5.0)
+        except httpx.HTTPError as e:
+            return 503, f"tritonserver's metrics are not answering: {type(e).__name__}\n".encode()
+        return r.status_code, r.content
 
     def upstream(self) -> TritonHTTP:
         """The keep-alive connection pool to the current Triton (a restart may change its port)."""

@@ -26,7 +26,7 @@ from infra.endpoint.client import LocalEndpointClient
 from infra.endpoint.state import EndpointConfig, settings_json
 from infra.processes.ownership import sweep_dead_owners
 from infra.processes.procfs import ProcessIdentity, stat_fields
-from infra.triton.server import check_port_free
+from infra.triton.server import TritonPorts, check_port_free
 
 
 class EndpointStartError(UserError, RuntimeError):
@@ -116,20 +116,29 @@ def settings_file(name: str) -> Path:
     return paths.endpoint_dir(name) / "settings.json"
 
 
+#: Triton's ports by default: free ones picked at each start, metrics on (served through the
+#: endpoint at ``GET /triton/metrics``).
+FREE_TRITON_PORTS = TritonPorts(http=0, grpc=0, metrics=0)
+
+
 def endpoint_settings(name: str, model_data_url: str, *, host: str = "127.0.0.1", port: int = 0,
-                      max_loaded_models: int | None = None,
-                      spare_slots: int | None = None) -> EndpointConfig:
+                      max_loaded_models: int | None = None, spare_slots: int | None = None,
+                      triton: TritonPorts = FREE_TRITON_PORTS) -> EndpointConfig:
     """The settings of endpoint ``name``: the one typed object the CLI (foreground ``mme
-    endpoint serve``) and the background launcher both hand to the server."""
+    endpoint serve``) and the background launcher both hand to the server. ``triton``: its
+    tritonserver's ports (0: a free one; metrics None: off)."""
     folder = paths.endpoint_dir(name)
     return EndpointConfig(name=name, model_data_url=model_data_url, cache_dir=folder / "cache",
                           host=host, port=port, max_loaded_models=max_loaded_models or None,
-                          spare_slots=spare_slots, triton_log=folder / "triton.log")
+                          spare_slots=spare_slots, triton_log=folder / "triton.log",
+                          triton_http_port=triton.http or 0, triton_grpc_port=triton.grpc or 0,
+                          triton_metrics_port=triton.metrics)
 
 
 def start_background(name: str, model_data_url: str, *, port: int = 0, host: str = "127.0.0.1",
                      max_loaded_models: int | None = None, timeout: float = 120,
-                     spare_slots: int | None = None) -> EndpointInfo:
+                     spare_slots: int | None = None,
+                     triton: TritonPorts = FREE_TRITON_PORTS) -> EndpointInfo:
     """Start the endpoint (or return the one already running with the same model prefix)."""
     running = find_running(name)
     if running:
@@ -141,7 +150,8 @@ def start_background(name: str, model_data_url: str, *, port: int = 0, host: str
     if port:
         check_port_free(host, port)
     cfg = endpoint_settings(name, model_data_url, host=host, port=port,
-                            max_loaded_models=max_loaded_models, spare_slots=spare_slots)
+                            max_loaded_models=max_loaded_models, spare_slots=spare_slots,
+                            triton=triton)
     cfg.log_file = log_file(name)  # the process logs there itself, rotating (stdout: crashes only)
     paths.endpoint_dir(name).mkdir(parents=True, exist_ok=True)
     state = state_file(name)

@@ -34,6 +34,13 @@ class EndpointConfig:
     cache_dir: Path
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port
+    # tritonserver's own ports on 127.0.0.1 (0 = a free one, picked at each start): HTTP for
+    # inference, gRPC for repository calls, metrics (Prometheus text, also served by the
+    # endpoint at GET /triton/metrics; None = Triton's metrics off). Set them to reach Triton
+    # directly (a dashboard, perf_analyzer) at a known address.
+    triton_http_port: int = 0
+    triton_grpc_port: int = 0
+    triton_metrics_port: int | None = 0
     max_loaded_models: int | None = None
     memory_limit_bytes: int | None = None  # on Triton's PSS (server + stubs); None: 70% of physical memory
     disk_cache_bytes: int = 20 * 2**30

@@ -174,15 +174,16 @@ class PortInUse(UserError, RuntimeError):
     pass
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise :class:`PortInUse` (naming host and port) unless ``host:port`` can be bound now."""
+def check_port_free(host: str, port: int, what: str = "--port") -> None:
+    """Raise :class:`PortInUse` (naming host, port and the setting ``what`` that asked for it)
+    unless ``host:port`` can be bound now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             s.bind((host, port))
         except OSError as e:
             raise PortInUse(f"cannot serve on {host}:{port}: {e.strerror or e} "
-                            f"(pick another --port, or 0 for a free one)") from None
+                            f"(pick another {what}, or 0 for a free one)") from None
 
 
 # --------------------------------------------------------------------------- #
