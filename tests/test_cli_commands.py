@@ -109,15 +109,15 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
                   "--warm-invocations", "2"], cli_env))
         assert json.loads(state.read_text())["pid"] == info["pid"]
 
-        # ---- invoke: sentences (binary+json and --json bodies)
+        # ---- invoke: sentences (binary+json and --json-body bodies), the answer as --json
         manifest = json.loads((home / "artifacts" / "local-cpu" /
                                "text_embedding.manifest.json").read_text())
         sample = Sample.from_json(manifest["sample"])
         sentences = [s.decode() if isinstance(s, bytes) else str(s)
                      for s in sample.inputs["INPUT0"].reshape(-1)]
-        for extra in ([], ["--json"]):
-            r = _ok(_mme(["invoke", *sentences, "--endpoint", EP, *extra], cli_env))
-            (name, rows), = json.loads(r.stdout).items()
+        for extra in ([], ["--json-body"]):
+            r = _ok(_mme(["invoke", *sentences, "--endpoint", EP, "--json", *extra], cli_env))
+            (name, rows), = json.loads(r.stdout)["outputs"].items()
             got = {name: np.asarray(rows, dtype=np.float32)}
             assert got[name].shape == (len(sentences), 384)
             found = min_cosine(sample, got)
@@ -130,14 +130,18 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
         for fname, data in images.items():
             (tmp_path / fname).write_bytes(data)
             paths += ["--image", str(tmp_path / fname)]
-        r = _ok(_mme(["invoke", *paths, "--endpoint", EP], cli_env))
-        lines = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-        assert [Path(x["image"]).name for x in lines] == list(images)
+        doc = json.loads(_ok(_mme(["invoke", *paths, "--endpoint", EP, "--json"], cli_env)).stdout)
+        lines = doc["results"]
+        assert [Path(x["input"]).name for x in lines] == list(images)
+        assert doc["target_model"].startswith("image_classifier-")  # the versioned one it hit
         labels = imagenet_label_names()
         for x, (fname, data) in zip(lines, images.items(), strict=True):
-            assert len(x["top5"]) == 5
-            assert x["top5"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
-        assert lines[0]["top5"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")
+            assert len(x["top_k"]) == 5
+            assert x["top_k"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
+        assert lines[0]["top_k"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")
+        shown = _ok(_mme(["invoke", *paths[:1], "--endpoint", EP, "--top-k", "2"], cli_env)).stdout
+        assert doc["target_model"] in shown and lines[0]["top_k"][1]["label"] in shown
+        assert len([ln for ln in shown.splitlines() if "(class " in ln]) == 2  # --top-k 2
 
         # ---- invoke resolved each ensemble to its versioned TargetModel through the record
         text_tm = f"text_embedding-{built_text_embedding['manifest'].sha256[:12]}.tar.gz"

@@ -658,17 +658,16 @@ def test_cli_prints_routes_and_invokes_by_fleet_and_variant(local_fleet: dict[st
 
     store_uri, fleet, name = local_fleet["store_uri"], local_fleet["fleet"], local_fleet["names"][0]
     runner = CliRunner()
-    shown = runner.invoke(app, ["fleet", "routes", fleet, "--store", store_uri])
+    shown = runner.invoke(app, ["fleet", "routes", fleet, "--store", store_uri, "--json"])
     assert shown.exit_code == 0, shown.output
     doc = json.loads(shown.stdout)
     assert doc["variants"][name]["endpoint"] == ENDPOINT and doc["schema_version"] == RoutingTable.current_version
     Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
     got = runner.invoke(app, ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", fleet,
-                              "--variant", name, "--store", store_uri])
+                              "--variant", name, "--store", store_uri, "--json", "--top-k", "1000"])
     assert got.exit_code == 0, got.output
-    (out,) = [json.loads(line) for line in got.stdout.splitlines() if line.startswith("{")]
-    (probs,) = out.values()
-    assert abs(sum(probs[0]) - 1.0) < 1e-3  # the tenant's softmax over its own classes
+    (result,) = json.loads(got.stdout)["results"]
+    assert abs(sum(t["score"] for t in result["top_k"]) - 1.0) < 1e-3  # the tenant's own softmax
     bad = runner.invoke(app, ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", fleet,
                               "--variant", "no-such-tenant", "--store", store_uri])
     assert bad.exit_code != 0 and "no-such-tenant" in bad.output

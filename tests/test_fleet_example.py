@@ -254,7 +254,7 @@ def test_cli_example_then_show_lists_variants_and_problems(work_home: Path, tmp_
     out = tmp_path / "prefix"
     r = _mme(["fleet", "example", "--count", "3", "--out", out.as_uri(), "--seed", "4"], work_home)
     assert r.returncode == 0, r.stderr
-    assert "3 tenants" in r.stderr and str(out / "fleet.yaml") in r.stderr
+    assert "3 tenants" in r.stdout and str(out / "fleet.yaml") in r.stdout  # results: stdout
     shown = _mme(["fleet", "show", str(out / "fleet.yaml"), "--json"], work_home)
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)

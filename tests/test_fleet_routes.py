@@ -262,7 +262,7 @@ def test_cli_routes_and_invoke_refuse_an_unknown_fleet(tmp_path: Path) -> None:
     assert got.exit_code == 2 and got.stdout == ""
     assert "no such fleet 'nosuchfleet'" in got.output and "(known: f)" in got.output
     assert len([ln for ln in got.output.splitlines() if ln.strip()]) == 1
-    ok = runner.invoke(app, ["fleet", "routes", "f", "--store", uri])
+    ok = runner.invoke(app, ["fleet", "routes", "f", "--store", uri, "--json"])
     assert ok.exit_code == 0 and sorted(json.loads(ok.stdout)["variants"]) == ["a", "b", "c"]
     inv = runner.invoke(app, ["invoke", "hello", "--fleet", "nosuchfleet", "--variant", "x",
                               "--store", uri])

@@ -169,7 +169,7 @@ def test_cli_example_kind_text(mme_home: Path, tmp_path: Path, layout: str) -> N
     r = _mme(["fleet", "example", "--kind", "text", "--count", "3", "--out", out.as_uri(),
               "--layout", layout], mme_home)
     assert r.returncode == 0, r.stderr
-    assert "3 tenants" in r.stderr and "intent heads" in r.stderr
+    assert "3 tenants" in r.stdout and "intent heads" in r.stdout  # results: stdout
     doc = yaml.safe_load((out / "fleet.yaml").read_text())
     assert (doc["template"], doc["layout"]) == ("text_intent_tenant", layout)
     shown = _mme(["fleet", "show", str(out / "fleet.yaml"), "--json"], mme_home)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from flows.cli.common import _fail, _print_table, _quiet_env, _run_flow, app, console
+from flows.cli.common import JSON_OPTION, _fail, _print_table, _quiet_env, _run_flow, app, console, emit_json
 
 
 @app.command()
@@ -40,7 +41,8 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
           set_: list[str] = typer.Option(None, "--set", help="ARTIFACT.PARAM=VALUE, e.g. "
                                          "inception_archive.source=/models/inception.tar.gz"),
           profile: bool = typer.Option(False, help="also measure each ensemble's footprint "
-                                                   "(memory, load/unload/service times) for mme plan")) -> None:
+                                                   "(memory, load/unload/service times) for mme plan"),
+          as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Build, verify and package ensembles (a Prefect flow run)."""
     _quiet_env()
     from ensembles.spec import SpecError, as_target
@@ -59,6 +61,9 @@ def build(ensembles: list[str] = typer.Argument(None, help="catalog names (defau
     manifests = _run_flow(build_flow, ensembles=ensembles or None, target=checked,
                           output_dir=str(output_dir) if output_dir else None,
                           overrides=overrides or None, profile=profile)
+    if as_json:
+        emit_json({"manifests": [m.model_dump(mode="json") for m in manifests]})
+        return
     _print_table("Built", [{"ensemble": m.ensemble, "sha256": m.sha256[:12],
                             "bytes": m.bytes, "artifact": m.artifact,
                             "validation": m.validation.summary()}

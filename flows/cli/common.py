@@ -4,9 +4,11 @@ or AWS error; a bug keeps its traceback)."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, NoReturn, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -23,7 +25,37 @@ app = typer.Typer(help="Build Triton ensembles and ship them to multi-model endp
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 endpoint_app = typer.Typer(help="The local multi-model endpoint.", no_args_is_help=True)
 app.add_typer(endpoint_app, name="endpoint")
-console = Console(stderr=True)
+#: notes and progress (stderr; silenced by ``mme --quiet``); soft-wrapped: a piped line is never
+#: broken mid-path at 80 columns
+console = Console(stderr=True, soft_wrap=True)
+#: the ``error:`` lines (stderr), which ``--quiet`` never silences
+errors = Console(stderr=True, soft_wrap=True)
+
+#: ``--json`` on every command that reports: one JSON document on stdout (its shape per command
+#: is in docs/reference/cli-json.md); without it, the human summary
+JSON_OPTION = typer.Option("--json", help="print the result as one JSON document on stdout "
+                                          "(shapes: docs/reference/cli-json.md)")
+#: wide enough that a piped table is never hard-wrapped (rich's width when stdout is no terminal)
+PIPED_WIDTH = 10_000
+
+
+def results() -> Console:
+    """The console for results (stdout). Not a terminal: no width limit and no soft wraps, so
+    piped output keeps whole lines (rich would wrap at 80 columns mid-path)."""
+    if sys.stdout.isatty():
+        return Console(soft_wrap=True)
+    return Console(soft_wrap=True, width=PIPED_WIDTH, color_system=None)
+
+
+def emit_json(doc: Any) -> None:
+    """The result as one JSON document on stdout (the ``--json`` of every command)."""
+    print(json.dumps(doc, indent=2, sort_keys=False, default=str))
+
+
+def say(line: str) -> None:
+    """A result line for people, on stdout (plain text: no markup, no wrapping)."""
+    results().print(line, markup=False, highlight=False)
+
 
 def _quiet_env() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,8 +65,17 @@ def _quiet_env() -> None:
 
 
 def _fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    """One ``error:`` line (the user's to fix) and exit 2."""
+    errors.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(2)
+
+
+def exit_for(e: Exception) -> NoReturn:
+    """One ``error:`` line and the error tree's exit code; a bug keeps its traceback."""
+    code = _report(e)
+    if code is None:
+        raise e
+    raise typer.Exit(code) from None
 
 
 def _exit_code(e: BaseException) -> int | None:
@@ -90,8 +131,7 @@ def _report(e: BaseException) -> int | None:
         # AWS said no: the call, the resource, AWS's words (markup stripped)
         line = (one_line(e) if find_aws_error(e) is not None else _typed_path_error(e)
                 or f"{type(e).__name__}: {e}")
-        console.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False,
-                      soft_wrap=True)
+        errors.print(f"[bold red]error:[/] {escape(line)}", markup=True, highlight=False)
     return code
 
 
@@ -112,17 +152,14 @@ def _run_flow(fn: Flow[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
             return fn(*args, **kwargs)
     except RetireIncomplete as e:
         for line in e.lines:
-            console.print(line, markup=False, highlight=False, soft_wrap=True)
-        console.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False,
-                      soft_wrap=True)
+            errors.print(line, markup=False, highlight=False)
+        errors.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(1) from None
     except Exception as e:
         code = _report(e)
         if code is None:
             raise
         raise typer.Exit(code) from None
-
-
 
 
 def _print_table(title: str, rows: Sequence[Mapping[str, object]]) -> None:
@@ -133,7 +170,7 @@ def _print_table(title: str, rows: Sequence[Mapping[str, object]]) -> None:
         table.add_column(str(col))
     for r in rows:
         table.add_row(*[str(v) for v in r.values()])
-    Console().print(table)
+    results().print(table)
 
 
 def _print_deploy(result: dict) -> None:
@@ -149,10 +186,10 @@ def _print_deploy(result: dict) -> None:
     _print_table(f"Endpoint {result['endpoint']} ({result['url']})", rows)
     for e in result["ensembles"]:  # what to invoke it by (a new name per version)
         if e.get("target_model"):
-            console.print(f"{e['name']}: TargetModel {e['target_model']}", markup=False, highlight=False)
+            say(f"{e['name']}: TargetModel {e['target_model']}")
     for e in result["ensembles"]:
         if "top5" in e["validation"]:
             _print_table(f"{e['name']}: top-5 on the sample image",
                          [{"label": t["label"], "prob": f"{t['prob']:.4f}"} for t in e["validation"]["top5"]])
     for line in result.get("pruned") or []:  # older versions deleted after validation
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+        say(line)

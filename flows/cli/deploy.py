@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from flows.cli.common import _fail, _print_deploy, _quiet_env, _run_flow, app, console
+from flows.cli.common import JSON_OPTION, _fail, _print_deploy, _quiet_env, _run_flow, app, emit_json, say
 from flows.cli.deploy_options import DeployOptions, _backend_options, apply_plan
-from flows.cli.options import checked_backend, takes_options
+from flows.cli.options import BackendName, checked_backend, takes_options
 from flows.cli.preflight import PREFLIGHT_OPTION, run_preflight_command
 from ensembles.spec import as_target
 from infra.triton.release import DEFAULT_RELEASE
@@ -22,6 +22,7 @@ class DeployCommandOptions(DeployOptions):
     """``mme deploy``'s options and its ``--preflight`` (check, deploy nothing)."""
 
     preflight: Annotated[bool, PREFLIGHT_OPTION] = False
+    as_json: Annotated[bool, JSON_OPTION] = False
 
 
 @app.command()
@@ -42,6 +43,9 @@ def deploy(o: DeployCommandOptions) -> None:
                        rollout=Rollout(warm_invocations=o.warm_invocations,
                                        keep_versions=o.keep_versions),
                        dry_run=o.dry_run, sagemaker=_backend_options(o))
+    if o.as_json:
+        emit_json(result)
+        return
     if not o.dry_run:
         _print_deploy(result)
         return
@@ -104,26 +108,61 @@ def iam_policy(o: IamPolicyOptions) -> None:
     print(json.dumps({"PolicyDocument": policy, "AssumeRolePolicyDocument": iam.trust_policy()}, indent=2))
 
 
+@dataclass(frozen=True, kw_only=True)
+class RetireOptions:
+    """``mme retire``'s options, typed (more than a function's 8 parameters)."""
+
+    ensembles: Annotated[list[str] | None, typer.Argument()] = None
+    endpoint: Annotated[str, typer.Option()] = "local-mme"
+    stop_endpoint: Annotated[bool, typer.Option("--stop", help="also stop (local) or delete "
+                                                "(sagemaker) the endpoint")] = False
+    store: Annotated[str | None, typer.Option(help="default: from the endpoint's record "
+                                              "($MME_HOME/endpoints/<name>/record.json)")] = None
+    backend: Annotated[str | None, typer.Option(help="local or sagemaker; default: from the "
+                                                "endpoint's record")] = None
+    region: Annotated[str | None, typer.Option(help="sagemaker: default from the record")] = None
+    missing_ok: Annotated[bool, typer.Option("--missing-ok", help="exit 0 when there is nothing "
+                                             "(left) to delete")] = False
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print what it would remove (from the "
+                                          "endpoint's record and ledger); change nothing")] = False
+    as_json: Annotated[bool, JSON_OPTION] = False
+
+
 @app.command()
-def retire(ensembles: list[str] = typer.Argument(None),
-           endpoint: str = typer.Option("local-mme"),
-           stop_endpoint: bool = typer.Option(False, "--stop", help="also stop (local) or delete "
-                                              "(sagemaker) the endpoint"),
-           store: str | None = typer.Option(None, help="default: from the endpoint's record "
-                                               "($MME_HOME/endpoints/<name>/record.json)"),
-           backend: str | None = typer.Option(None, help="local or sagemaker; default: from "
-                                                 "the endpoint's record"),
-           region: str | None = typer.Option(None, help="sagemaker: default from the record"),
-           missing_ok: bool = typer.Option(False, "--missing-ok", help="exit 0 when there is "
-                                           "nothing (left) to delete")) -> None:
+@takes_options(RetireOptions)
+def retire(o: RetireOptions) -> None:
     """Remove ensembles from an endpoint (only what we deployed), or remove the endpoint.
 
     Exits 1 when something could not be found or deleted, or nothing was deleted."""
     _quiet_env()
     from flows.retire import retire as retire_flow
 
-    checked = None if backend is None else checked_backend(backend)
-    for line in _run_flow(retire_flow, ensembles=ensembles or None, endpoint=endpoint,
-                          stop_endpoint=stop_endpoint, store_uri=store, backend=checked,
-                          region=region, missing_ok=missing_ok):
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    checked = None if o.backend is None else checked_backend(o.backend)
+    if o.dry_run:
+        lines = _retire_plan(o, checked)
+    else:
+        lines = _run_flow(retire_flow, ensembles=o.ensembles or None, endpoint=o.endpoint,
+                          stop_endpoint=o.stop_endpoint, store_uri=o.store, backend=checked,
+                          region=o.region, missing_ok=o.missing_ok)
+    if o.as_json:
+        emit_json({"endpoint": o.endpoint, "dry_run": o.dry_run, "lines": lines})
+        return
+    for line in lines:
+        say(line)
+
+
+def _retire_plan(o: RetireOptions, backend: BackendName | None) -> list[str]:
+    """What ``mme retire`` would do, one line each, read from the endpoint's record and ledger
+    (:func:`flows.retire.locate`: the flow's own lookup); nothing is deleted."""
+    from flows.retire import locate
+
+    where = locate(o.endpoint, backend, o.store, o.region)
+    entries = where.entries()
+    names = list(o.ensembles) if o.ensembles else list(entries)
+    lines = [f"would retire {n}: " + (f"TargetModel {entries[n].target_model} ({entries[n].uri})"
+                                       if n in entries else "not deployed here (nothing to delete)")
+             for n in names]
+    if o.stop_endpoint or not o.ensembles:
+        verb = "delete" if where.backend == "sagemaker" else "stop"
+        lines.append(f"would {verb} endpoint {o.endpoint} ({where.backend})")
+    return lines + ["dry run: nothing changed"]

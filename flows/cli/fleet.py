@@ -7,13 +7,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from flows.cli.common import _fail, _print_table, _report, app, console
+from flows.cli.common import (JSON_OPTION, _fail, _print_table, app, console, emit_json, exit_for,
+                              say)
+from flows.cli.fleet_ref import resolved
 
 if TYPE_CHECKING:
     from ensembles.fleet_spec import Layout, Resolved
@@ -26,12 +27,7 @@ app.add_typer(fleet_app, name="fleet")
 SHORT = 48
 
 
-def _exit_for(e: Exception) -> NoReturn:
-    """One ``error:`` line and the error tree's exit code; a bug keeps its traceback."""
-    code = _report(e)
-    if code is None:
-        raise e
-    raise typer.Exit(code) from None
+_exit_for = exit_for  # the name the fleet commands used before it moved to common
 
 
 def _shorten(value: str, prefix: str | None) -> str:
@@ -49,35 +45,45 @@ def _rows(resolved: Resolved, prefix: str | None) -> list[dict[str, str]]:
 
 
 @fleet_app.command("show")
-def show(fleet: str = typer.Argument(..., help="a fleet name (ensembles/fleets/<name>.yaml) or a "
-                                              "fleet file"),
-         as_json: bool = typer.Option(False, "--json", help="print the resolved fleet as JSON")) -> None:
+def show(fleet: str = typer.Argument(..., help="the fleet: its name (ensembles/fleets/<name>.yaml), "
+                                              "file or build folder"),
+         as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Resolve a fleet and print its variants; exit 1 when some variants have problems."""
     from ensembles.fleet_spec import check_fleet, load_fleet, load_template, resolve_variants
 
     try:
-        spec = load_fleet(fleet)
+        spec = load_fleet(_fleet_file(fleet))
         template, folder = load_template(spec)
         resolved = resolve_variants(spec)
         check_fleet(spec, template, resolved.variants)
     except Exception as e:
         _exit_for(e)
     if as_json:
-        print(json.dumps({"fleet": spec.name, "file": str(spec.file), "template": str(folder),
-                          "target": spec.target,
-                          "variants": [v.model_dump() for v in resolved.variants],
-                          "problems": [{"variant": n, "reason": r} for n, r in resolved.problems]},
-                         indent=2))
+        emit_json({"fleet": spec.name, "file": str(spec.file), "template": str(folder),
+                   "target": spec.target, "variants": [v.model_dump() for v in resolved.variants],
+                   "problems": [{"variant": n, "reason": r} for n, r in resolved.problems]})
     else:
         prefix = spec.prefix.uri if spec.prefix else None
         _print_table(f"Fleet {spec.name} ({spec.file}): template {template.name}, target "
                      f"{spec.target}, {len(resolved.variants)} variants", _rows(resolved, prefix))
-        for name, reason in resolved.problems:
-            console.print(f"[bold red]problem:[/] {name}: {reason}", markup=True, highlight=False,
-                          soft_wrap=True)
+        for name, reason in resolved.problems:  # diagnostics: stderr, beside the exit code
+            console.print(f"[bold red]problem:[/] {name}: {reason}", markup=True, highlight=False)
     if resolved.problems:
         console.print(f"{len(resolved.problems)} variant(s) cannot be built", highlight=False)
         raise typer.Exit(1)
+
+
+def _fleet_file(fleet: str) -> str:
+    """The fleet file behind what was typed (a name, a file, a build folder whose fleet is in
+    the catalog); a fleet with no file here is one line, exit 2."""
+    ref = resolved(fleet)
+    if ref.file is None:
+        from ensembles.fleet_spec import FLEETS_DIR
+
+        if not (FLEETS_DIR / f"{ref.name}.yaml").is_file():
+            _fail(f"fleet {fleet!r}: no fleet file for fleet {ref.name!r} (give the fleet file)")
+        return ref.name
+    return str(ref.file)
 
 
 @fleet_app.command("example")
@@ -90,13 +96,16 @@ def example(count: int = typer.Option(20, min=1, help="number of tenants"),
             kind: str = typer.Option("image", help="image: SqueezeNet classifiers; text: intent "
                                                    "heads over one sentence encoder"),
             layout: str | None = typer.Option(None, help="the fleet file's layout: fused or "
-                                                         "separate (default separate)")) -> None:
+                                                         "separate (default separate)"),
+            name: str | None = typer.Option(None, help="the fleet's name in its file (default: "
+                                                       "tenants-example; text: intents-example)"),
+            as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Write N per-customer classifiers (SqueezeNet cut to each one's classes) and their fleet file.
 
     With --kind text: N customers' own intent heads (3-20 intents each) over one sentence
     encoder, for the text_intent_tenant template."""
+    from ensembles.fleet_spec import _FLEET_NAME
     from tasks.fleet.example import make_kind_example
-    from tasks.fleet.example_text import TextExampleFleet
 
     kinds: dict[str, ExampleKind] = {"image": "image", "text": "text"}
     layouts: dict[str, Layout] = {"fused": "fused", "separate": "separate"}
@@ -104,43 +113,82 @@ def example(count: int = typer.Option(20, min=1, help="number of tenants"),
         _fail(f"--kind {kind!r}: expected image or text")
     if layout is not None and layout not in layouts:
         _fail(f"--layout {layout!r}: expected fused or separate")
+    if name is not None and not _FLEET_NAME.match(name):
+        _fail(f"--name {name!r}: a fleet name is letters, digits, '-' and '_'")
     try:
         made = make_kind_example(kinds[kind], count, out, seed=seed, fleet_file=fleet_file,
                                  layout=layouts[layout] if layout else None)
+        if name is not None and made.fleet_file is not None:
+            _rename_fleet(made.fleet_file, name)
     except Exception as e:
         _exit_for(e)
+    _print_example(made, as_json)
+
+
+def _rename_fleet(fleet_file: Path, name: str) -> None:
+    """``mme fleet example --name``: the written fleet file, with its ``name`` replaced."""
+    import yaml
+
+    from infra.store.objects import atomic_path
+
+    doc = yaml.safe_load(fleet_file.read_text())
+    doc["name"] = name
+    with atomic_path(fleet_file) as tmp:
+        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _print_example(made: Any, as_json: bool) -> None:
+    """What ``mme fleet example`` wrote: one JSON document, or two lines."""
+    from tasks.fleet.example_text import TextExampleFleet
+
+    file = made.fleet_file
+    fleet = None if file is None else _read_name(file)
+    if as_json:
+        emit_json({"fleet": fleet, "fleet_file": None if file is None else str(file),
+                   "out": made.out_uri, "tenants": [t.name for t in made.tenants],
+                   "written": made.written, "unchanged": made.unchanged,
+                   "seconds": round(made.seconds, 3)})
+        return
     if isinstance(made, TextExampleFleet):
         intents = sorted(t.intents for t in made.tenants)
         what = f"intent heads, {intents[0]}-{intents[-1]} intents each"
     else:
         what = f"{sum(t.has_cat for t in made.tenants)} with cat classes"
-    console.print(f"{len(made.tenants)} tenants under {made.out_uri}/tenants/ ({what}): "
-                  f"{made.written} files written, {made.unchanged} unchanged, "
-                  f"{made.seconds:.1f} s", highlight=False)
-    if made.fleet_file is not None:
-        console.print(f"fleet file: {made.fleet_file} (mme fleet show {made.fleet_file})", highlight=False)
-    else:
-        console.print("no fleet file written (give --fleet-file PATH for an s3:// prefix)", highlight=False)
+    say(f"{len(made.tenants)} tenants under {made.out_uri}/tenants/ ({what}): "
+        f"{made.written} files written, {made.unchanged} unchanged, {made.seconds:.1f} s")
+    say(f"fleet {fleet}: {file} (mme fleet show {file})" if file is not None else
+        "no fleet file written (give --fleet-file PATH for an s3:// prefix)")
+
+
+def _read_name(fleet_file: Path) -> str | None:
+    import yaml
+
+    doc = yaml.safe_load(fleet_file.read_text())
+    return doc.get("name") if isinstance(doc, dict) else None
 
 
 @fleet_app.command("build")
-def build(fleet: str = typer.Argument(..., help="a fleet name (ensembles/fleets/<name>.yaml) or a "
-                                                "fleet file"),
+def build(fleet: str = typer.Argument(..., help="the fleet: its name (ensembles/fleets/<name>.yaml), "
+                                                "file or build folder"),
           output_dir: Path | None = typer.Option(
               None, help="default: $MME_HOME/artifacts/<target>/fleets/<fleet>"),
           triton_sample: int = typer.Option(4, min=1, help="changed variants verified in Triton "
                                                            "(the others against them)"),
           all_in_triton: bool = typer.Option(False, help="verify every changed variant in Triton"),
           publish_to: str | None = typer.Option(None, help="publish to this file:// or s3:// prefix"),
-          only: list[str] = typer.Option(None, help="build only these variants (repeatable)")) -> None:
+          only: list[str] = typer.Option(None, help="build only these variants (repeatable)"),
+          as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Build, verify and (optionally) publish every changed variant of a fleet (a Prefect flow run)."""
     from flows.cli.common import _quiet_env, _run_flow
     from flows.fleet_build import fleet_build
 
     _quiet_env()
-    got = _run_flow(fleet_build, fleet=fleet, output_dir=str(output_dir) if output_dir else None,
+    got = _run_flow(fleet_build, fleet=_fleet_file(fleet),
+                    output_dir=str(output_dir) if output_dir else None,
                     triton_sample=triton_sample, all_in_triton=all_in_triton,
                     publish_to=publish_to, only=only or None)
-    console.print(f"fleet {got['fleet']}: {got['variants']} variants, {got['built']} built, "
-                  f"{got['unchanged']} unchanged, {got['failed']} failed -> {got['output_dir']}",
-                  highlight=False)
+    if as_json:
+        emit_json(got)
+        return
+    say(f"fleet {got['fleet']}: {got['variants']} variants, {got['built']} built, "
+        f"{got['unchanged']} unchanged, {got['failed']} failed -> {got['output_dir']}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, app, console
+from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, console, emit_json, results
 from flows.cli.options import takes_options
 
 
@@ -18,8 +18,9 @@ from flows.cli.options import takes_options
 class PlanOptions:
     """``mme plan``'s options, typed (more than a function's 8 parameters)."""
 
-    fleet: Annotated[Path | None, typer.Argument(help="a directory of build manifests (*.manifest.json) "
-                                                      "or one manifest")] = None
+    fleet: Annotated[str | None, typer.Argument(help="the fleet: its name, file or build folder, "
+                                                     "or a directory of build manifests "
+                                                     "(*.manifest.json), or one manifest")] = None
     traffic: Annotated[str, typer.Option(help="zipf:S:TOTAL_RPS | csv:PATH | metrics:URL")]
     p99_ms: Annotated[float, typer.Option(help="the p99 latency goal at the peak rate (ms)")]
     max_cold_share: Annotated[float | None, typer.Option(help="most requests that may miss (0..1)")] = None
@@ -42,6 +43,7 @@ class PlanOptions:
     instance_types: Annotated[str | None, typer.Option(
         help="the instance types to consider, comma-separated (default: the catalog's types for "
              "the fleet's target)")] = None
+    as_json: Annotated[bool, JSON_OPTION] = False
 
 
 @app.command()
@@ -68,15 +70,31 @@ def plan(o: PlanOptions) -> None:
     search = SearchOptions(workers=o.workers, instance_types=types, layout=layout)
     if o.max_instances is not None:
         search = replace(search, max_instances=o.max_instances)
-    source = FleetSource(o.fleet, o.variants, o.footprint_from, fused_footprint_from=o.fused_footprint_from)
+    source = FleetSource(_fleet_source(o.fleet), o.variants, o.footprint_from,
+                         fused_footprint_from=o.fused_footprint_from)
     result = _run_flow(plan_flow, source=source, traffic=o.traffic, p99_ms=o.p99_ms,
                        max_cold_share=o.max_cold_share, region=o.region, out=o.out,
                        peak_factor=o.peak_factor, options=search)
+    if o.as_json:
+        emit_json(result)
+        return
     _print_plan(result, o.p99_ms)
 
 
+def _fleet_source(fleet: str | None) -> Path | None:
+    """``mme plan FLEET``: a manifest or a folder of manifests as given (the planner's own
+    sources), else the fleet's build folder, found by :func:`flows.cli.fleet_ref.resolve_fleet`."""
+    from flows.cli.fleet_ref import require_build_dir, resolved
+
+    if fleet is None:
+        return None
+    path = Path(fleet).expanduser()
+    if path.is_dir() or path.name.endswith(".json"):
+        return path
+    return require_build_dir(resolved(fleet))
+
+
 def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"Plans simulated (goal p99 <= {p99_ms:g} ms; * = chosen)", title_justify="left")
@@ -84,7 +102,7 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
         table.add_column(str(col))
     for r in result["rows"]:
         table.add_row(*[str(v) for v in r.values()])
-    Console(width=200).print(table)  # the plans side by side: wider than a default 80 columns
+    results().print(table)  # the plans side by side: never wrapped when piped
     a = result["autoscaling"]
     print(f"fleet: {result['variants']} variants; {result['stale_manifests_skipped']} stale manifests skipped "
           f"(variants no longer in their fleet index, left on disk until gc)")
@@ -107,8 +125,10 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
 @app.command()
 def profile(target: Path = typer.Argument(..., help="a built tarball (its manifest beside it) or a manifest"),
             max_batch: int = typer.Option(8, help="the batch size of the max-batch service time"),
-            write: bool = typer.Option(False, "--write", help="record the footprint in the manifest")) -> None:
-    """Measure an ensemble's footprint in a real Triton (GPU memory by NVML where a GPU is)."""
+            write: bool = typer.Option(False, "--write", help="record the footprint in the manifest"),
+            as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Measure an ensemble's footprint in a real Triton (GPU memory by NVML where a GPU is): a
+    table, or --json (the footprint document as the manifest records it)."""
     _quiet_env()
     from infra.errors import UserError
     from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
@@ -128,7 +148,23 @@ def profile(target: Path = typer.Argument(..., help="a built tarball (its manife
         _fail(str(e))
     console.print("GPU memory: " + ("measured (NVML)" if fp.gpu_memory_bytes.status == "measured"
                                     else f"estimated ({fp.gpu_memory_bytes.formula}): no GPU/NVML here"))
-    print(json.dumps(fp.model_dump(mode="json"), indent=2))
+    doc = fp.model_dump(mode="json")
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_footprint(doc)
     if write:
         manifest_path.write_text(manifest.model_copy(update={"footprint": fp.model_dump(mode="json")}).to_json())
         console.print(f"footprint recorded in {manifest_path}")
+
+
+def _print_footprint(doc: dict[str, Any]) -> None:
+    """``mme profile`` for people: one row per measure (a nested one flattened, ``a.b``)."""
+    from flows.cli.common import _print_table
+
+    def flat(prefix: str, value: Any) -> list[dict[str, str]]:
+        if isinstance(value, dict):
+            return [row for k, v in value.items() for row in flat(f"{prefix}.{k}" if prefix else k, v)]
+        return [{"measure": prefix, "value": json.dumps(value) if isinstance(value, list) else str(value)}]
+
+    _print_table(f"Footprint of {doc.get('ensemble', 'the ensemble')}", flat("", doc))

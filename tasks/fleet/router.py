@@ -30,7 +30,8 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeAlias
 
 import numpy as np
@@ -158,6 +159,11 @@ class Router:
                                    f"in {self.store_uri}; deploy it with `mme fleet deploy`)")
         return route.endpoint, route.target_model, route.tenant
 
+    def route_of(self, variant: str) -> tuple[str, str, int | None]:
+        """(endpoint, TargetModel, TENANT index in a fused shard or None) of ``variant``: what
+        ``mme invoke`` reports it hit, and the tenant whose labels name the answer."""
+        return self._resolve(variant)
+
     def client(self, endpoint: str) -> RuntimeClient:
         """The runtime client for ``endpoint`` (made once)."""
         if endpoint not in self._clients:
@@ -213,3 +219,35 @@ class Router:
             resource=f"fleet {self.fleet} variant {variant} (TargetModel {target}) on endpoint "
                      f"{endpoint}")
         return out
+
+
+def variant_labels(fleet: str, variant: str, build_dirs: Sequence[Path] = (),
+                   tenant: int | None = None) -> list[str] | None:
+    """The class labels ``variant`` of ``fleet`` answers with, from its build on this machine
+    (``build_dirs``, default every ``$MME_HOME/artifacts/*/fleets/<fleet>/``): a fused tenant's
+    from its shard's tenants sidecar (the shard's output carries none), a variant's own from its
+    manifest's validation sample. ``tenant``: the TENANT index the routing table gives (it wins
+    over the build index's). None when no build here knows the variant (a raw SageMaker caller
+    then has only the indices)."""
+    from infra import paths
+    from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
+    from tasks.fleet.build import INDEX_FILE, FleetIndex
+    from tasks.fleet.fused import TENANTS_SUFFIX, TenantsSidecar
+
+    dirs = list(build_dirs) or [p.parent for p in sorted(
+        paths.home().glob(f"artifacts/*/fleets/{fleet}/{INDEX_FILE}"))]
+    for d in dirs:
+        try:
+            entry = FleetIndex.read((d / INDEX_FILE).read_bytes(), str(d / INDEX_FILE)).variants.get(variant)
+            if entry is None:
+                continue
+            if entry.layout == "fused" and entry.shard:
+                index = entry.tenant if tenant is None else tenant
+                sidecar = TenantsSidecar.model_validate_json((d / f"{entry.shard}{TENANTS_SUFFIX}").read_text())
+                return next((t.labels for t in sidecar.tenants if t.index == index), None)
+            manifest = load_manifest(d / (entry.file.removesuffix(".tar.gz") + MANIFEST_SUFFIX))
+            labels = manifest.sample.context.get("labels") if manifest.sample else None
+            return [str(x) for x in labels] if isinstance(labels, list) else None
+        except (OSError, ValueError) as e:
+            log.debug("fleet %s: no labels for %s in %s: %s", fleet, variant, d, e)
+    return None
