@@ -177,3 +177,90 @@ DEFAULT_RELEASE = TritonRelease.parse(DEFAULT_RELEASE_TEXT)
 FIRST_TRT10_RELEASE = TritonRelease(24, 5)
 #: TensorRT 10.5, which no longer runs on Volta (compute capability 7.0), from this release on.
 FIRST_RELEASE_WITHOUT_VOLTA = TritonRelease(24, 10)
+
+# ------------------------------------------------------------------------------ ONNX runtimes
+
+#: ONNX Runtime inside each release's ``onnxruntime`` backend: the ``ORT`` entry of
+#: ``TRITON_VERSION_MAP`` (to 24.11) / ``DEFAULT_TRITON_VERSION_MAP["ort_version"]`` (from 24.12)
+#: in triton-inference-server/server ``build.py`` on each ``rYY.MM`` release branch, which is
+#: what the NGC image's backend is built from. Why: the backend serves a model only if this ORT
+#: implements the model's opset (:data:`ONNX_OPSET_BY_ONNXRUNTIME`).
+ONNXRUNTIME_BY_RELEASE: dict[str, str] = {
+    "23.01": "1.13.1", "23.02": "1.13.1",
+    "23.03": "1.14.1", "23.04": "1.14.1",
+    "23.05": "1.15.0", "23.06": "1.15.0", "23.07": "1.15.1", "23.08": "1.15.1",
+    "23.09": "1.16.0", "23.10": "1.16.0",
+    "23.11": "1.16.3", "23.12": "1.16.3", "24.01": "1.16.3", "24.02": "1.16.3",
+    "24.03": "1.17.2", "24.04": "1.17.3",
+    "24.05": "1.18.0", "24.06": "1.18.0", "24.07": "1.18.1",
+    "24.08": "1.19.0", "24.09": "1.19.2", "24.10": "1.19.2", "24.11": "1.19.2",
+    "24.12": "1.20.1", "25.01": "1.20.1", "25.02": "1.20.1",
+    "25.03": "1.21.0", "25.04": "1.21.0",
+    "25.05": "1.22.0", "25.06": "1.22.0",
+}
+
+#: The highest default-domain (``ai.onnx``) opset each ONNX Runtime major.minor implements:
+#: ONNX Runtime's published compatibility table (docs/reference/compatibility.md: 1.13 -> 17,
+#: 1.14 -> 18, 1.15 and 1.16 -> 19, 1.17 -> 20, 1.18, 1.19 and 1.20 -> 21), and 1.21 -> 22 (ONNX
+#: 1.17, integrated "for ORT 1.21.0", microsoft/onnxruntime PR 21897). 1.22 is left out: whether
+#: it took ONNX 1.18's opset 23 (PR 24449, merged during its cycle) was not confirmed, so a
+#: release bundling it is refused (:func:`onnxruntime_max_opset`) rather than guessed.
+ONNX_OPSET_BY_ONNXRUNTIME: dict[str, int] = {
+    "1.13": 17, "1.14": 18, "1.15": 19, "1.16": 19, "1.17": 20,
+    "1.18": 21, "1.19": 21, "1.20": 21, "1.21": 22,
+}
+
+#: The highest opset TensorRT's ONNX parser takes, by TensorRT major (onnx/onnx-tensorrt
+#: docs/operators.md on its release branches: 8.5 and 8.6 "up to Opset 17"; 10.0 and 10.1 "opset
+#: 9 to opset 20"). For 10.x the 10.0 bound is kept: a later parser only adds opsets, so it is a
+#: floor that never lets a model through that the release's parser refuses.
+TENSORRT_PARSER_OPSET: dict[int, int] = {8: 17, 10: 20}
+
+#: Ops a fused head (and the catalog templates' trunks) use that TensorRT's ONNX parser lists as
+#: supported, by TensorRT major (the same operators.md tables, 8.5-GA to 10.1-GA: each op "Y").
+#: Deliberately short: an op outside it is refused as unchecked, not assumed to parse.
+TENSORRT_PARSER_OPS: dict[int, frozenset[str]] = {
+    major: frozenset({
+        "Add", "And", "Cast", "Concat", "Conv", "Div", "Flatten", "Gather", "Gemm",
+        "GlobalAveragePool", "GreaterOrEqual", "Identity", "LeakyRelu", "Less", "MatMul", "Max",
+        "MaxPool", "Mul", "ReduceMean", "ReduceSum", "Relu", "Reshape", "Sigmoid", "Slice",
+        "Softmax", "Squeeze", "Tanh", "Transpose", "Unsqueeze", "Where"})
+    for major in (8, 10)
+}
+
+
+def onnxruntime_version(release: str | TritonRelease) -> str:
+    """The ONNX Runtime of ``release``'s onnxruntime backend; raises naming the release when it
+    is not in :data:`ONNXRUNTIME_BY_RELEASE`."""
+    rel = TritonRelease.parse(release)
+    known = ONNXRUNTIME_BY_RELEASE.get(str(rel))
+    if known is None:
+        raise InvalidInput(f"the ONNX Runtime of Triton {rel} is not known here (known: "
+                           f"{min(ONNXRUNTIME_BY_RELEASE)} to {max(ONNXRUNTIME_BY_RELEASE)}); look "
+                           f"it up in the server's build.py on branch r{rel} and extend "
+                           f"infra.triton.release.ONNXRUNTIME_BY_RELEASE")
+    return known
+
+
+def onnxruntime_max_opset(release: str | TritonRelease) -> int:
+    """The highest default-domain opset ``release``'s onnxruntime backend runs; raises naming
+    the release and its ONNX Runtime when either table lacks it."""
+    rel = TritonRelease.parse(release)
+    ort = onnxruntime_version(rel)
+    opset = ONNX_OPSET_BY_ONNXRUNTIME.get(".".join(ort.split(".")[:2]))
+    if opset is None:
+        raise InvalidInput(f"the highest ONNX opset of ONNX Runtime {ort} (Triton {rel}) is not "
+                           f"known here; look it up in ONNX Runtime's compatibility table and "
+                           f"extend infra.triton.release.ONNX_OPSET_BY_ONNXRUNTIME")
+    return opset
+
+
+def tensorrt_parser_max_opset(release: str | TritonRelease) -> int:
+    """The highest opset ``release``'s TensorRT ONNX parser takes; raises naming the release
+    when its TensorRT major is not in :data:`TENSORRT_PARSER_OPSET`."""
+    rel = TritonRelease.parse(release)
+    opset = TENSORRT_PARSER_OPSET.get(rel.tensorrt_major)
+    if opset is None:
+        raise InvalidInput(f"the ONNX opsets TensorRT {rel.tensorrt_major} (Triton {rel}) parses "
+                           f"are not known here; extend infra.triton.release.TENSORRT_PARSER_OPSET")
+    return opset

@@ -48,6 +48,7 @@ from tasks.build.verify import Sample, onnx_feed
 from tasks.fleet.build import FleetIndex, FleetIndexEntry, TenantFusion, VariantOutcome
 from tasks.fleet.check import SharedReference
 from tasks.fleet.fusion import FusedShard, FusionAnalysis, FusionError, TenantCheck, fuse, verify_fused
+from tasks.fleet.fused_gpu import check_staged_model
 from tasks.fleet.variant import FleetTemplate, input_key, produce_owned, variant_spec
 from infra.store.tarball import pack_deterministic
 
@@ -320,6 +321,8 @@ def stage_shard(template: FleetTemplate, shared: SharedReference, name: str, ten
     checked = fuse_checked(models, [t.variant.name for t in tenants], analysis,
                            _model_inputs(tenants[0].model, shared.tensors))
     fused = checked.fused
+    check_staged_model(template.spec, template.target, fusion.step_for(template.target), fused.model,
+                       f"fused shard {name}")
     tenants = [t for t in tenants if t.variant.name not in checked.left_out]
     work.mkdir(parents=True, exist_ok=True)
     model_path = work / "fused.onnx"
