@@ -21,12 +21,39 @@ from tasks.planning.tasks import (FleetSource, charts_task, fleet_task, search_t
                                   write_task)
 
 
+def fleet_build_source(fleet: str) -> FleetSource:
+    """A fleet name's (or fleet file's) latest build: its folder under the artifacts dir, where
+    ``fleet-build`` writes it and ``fleet-deploy`` reads it."""
+    from ensembles.fleet_spec import load_fleet
+    from infra import paths
+
+    spec = load_fleet(fleet)
+    return FleetSource(path=paths.artifacts_dir(spec.target) / "fleets" / spec.name)
+
+
 @flow(name="plan")
-def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float | None = None,
+def plan(source: FleetSource | str, traffic: str, p99_ms: float, max_cold_share: float | None = None,
          region: str = "us-east-1", out: Path | None = None, peak_factor: float = 1.0,
          options: SearchOptions | None = None) -> dict[str, Any]:
-    """Plan ``source``'s fleet for ``traffic`` (``zipf:S:RPS`` | ``csv:PATH`` | ``metrics:URL``), in
-    the layouts ``options.layout`` asks for."""
+    """Plan the cheapest endpoint fleet that serves a fleet's traffic within a latency goal.
+
+    Offline: prices come from the bundled catalog (the report says how old), no AWS call.
+
+    Args:
+        source: A fleet name or fleet file (its latest build, e.g. tenants-example), or
+            {path: <build folder>} / {variants: N, ...} (see FleetSource).
+        traffic: zipf:S:RPS (Zipf exponent, requests per second), csv:PATH or metrics:URL.
+        p99_ms: The latency goal: 99th percentile in milliseconds.
+        max_cold_share: The largest share of requests allowed to meet a cold model (none: no limit).
+        region: The AWS region whose prices are used.
+        out: Where the plan file goes (default: plan.yaml in the build folder for a fleet name,
+            else in the current folder).
+        peak_factor: Multiply the traffic's rate by this (plan for the peak, not the mean).
+        options: Search options: layouts, instance types, simulation sizes, seed.
+    """
+    if isinstance(source, str):
+        source = fleet_build_source(source)
+        out = out or (source.path / "plan.yaml" if source.path else None)
     options = options or SearchOptions()
     goal = Goal(p99_ms, max_cold_share)
     fleet = fleet_task(source)
@@ -34,7 +61,7 @@ def plan(source: FleetSource, traffic: str, p99_ms: float, max_cold_share: float
     chosen, price_line = search_task(fleet, rates, goal, region, options)
     result, footprints = chosen.result, chosen.models.footprints
     out = Path(out or "plan.yaml")
-    chart_paths = charts_task(result, footprints, chosen.traffic, goal, options, out.parent.resolve())
+    chart_paths = charts_task(result, footprints, chosen.traffic, goal, options, out.resolve())
     written = write_task(result, out, chosen.layout)
     create_markdown_artifact(key="capacity-plan", markdown=report.markdown(
         result, footprints, chosen.traffic, price_line, chart_paths, chosen.lines))

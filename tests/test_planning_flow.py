@@ -40,6 +40,13 @@ def test_mme_plan_writes_the_plan_the_charts_and_the_report(tmp_path: Path, pref
     assert md is not None and "Footprints used" in str(md.data) and "one endpoint per variant" in str(md.data)
     assert "prices: on-demand" in str(md.data) and "zipf(s=1.1)" in str(md.data)
     assert Artifact.get("capacity-plan-table") is not None
+    before = (out.parent / "plan-cost-vs-p99.png").read_bytes()
+    other = out.parent / "other.yaml"  # a second plan in the same folder keeps its own charts
+    again = CliRunner().invoke(app, ["plan", str(fleet), "--traffic", "zipf:1.1:50", "--p99-ms", "1000",
+                                     "--out", str(other)])
+    assert again.exit_code == 0, again.output
+    assert (out.parent / "other-cost-vs-p99.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out.parent / "plan-cost-vs-p99.png").read_bytes() == before
 
 
 def test_mme_plan_refuses_bad_input_naming_it(tmp_path: Path) -> None:

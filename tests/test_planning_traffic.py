@@ -95,6 +95,18 @@ def test_metrics_counts_become_rates() -> None:
         from_metrics({"requests": 3}, 60.0)
 
 
+def test_metrics_of_a_fleet_endpoint_map_versioned_names_back_to_variants() -> None:
+    """A fleet deploy serves ``<variant>-<sha256[:12]>.tar.gz``: each version's counts go to its
+    variant (two versions of one variant add up); a name of no variant is still refused."""
+    doc = {"models": {"tenant-0001-0123456789ab.tar.gz": {"invocations": 1800},
+                      "tenant-0001-ba9876543210.tar.gz": {"invocations": 1800},
+                      "tenant-0002-aaaaaaaaaaaa.tar.gz": {"invocations": 360}}}
+    t = from_metrics(doc, 3600.0, ["tenant-0001", "tenant-0002", "tenant-0003"])
+    assert t.rates.tolist() == pytest.approx([1.0, 0.1, 0.0])
+    with pytest.raises(TrafficError, match="not in the fleet: other-0123456789ab"):
+        from_metrics({"models": {"other-0123456789ab.tar.gz": {"invocations": 1}}}, 60.0, ["tenant-0001"])
+
+
 def test_peak_factor_and_spec_parsing() -> None:
     t = parse_spec("zipf:1.1:20", NAMES).with_peak(3.0)
     assert float(t.peak_rates.sum()) == pytest.approx(60.0)

@@ -22,13 +22,16 @@ def cost_vs_p99(points: list[dict[str, Any]], baseline_monthly: float, goal_ms: 
     """``points``: {label, monthly_usd, p99_ms, chosen}. Log-scaled axes: costs span decades."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for p in points:
+    for i, p in enumerate(points):
         ax.scatter(p["p99_ms"], p["monthly_usd"], marker="*" if p.get("chosen") else "o",
                    s=160 if p.get("chosen") else 30, color="tab:red" if p.get("chosen") else "tab:blue",
                    zorder=3)
-        if p.get("chosen"):
-            ax.annotate(f"chosen: {p['label']}", (p["p99_ms"], p["monthly_usd"]), fontsize=8,
-                        xytext=(5, 5), textcoords="offset points")
+        # every plan is labelled (the chosen one larger); offsets alternate so neighbours that
+        # share a cost (the same instance count) do not print over each other
+        ax.annotate(f"chosen: {p['label']}" if p.get("chosen") else p["label"],
+                    (p["p99_ms"], p["monthly_usd"]), fontsize=8 if p.get("chosen") else 5,
+                    xytext=(5, 5 if p.get("chosen") or i % 2 else -8), textcoords="offset points",
+                    color="black" if p.get("chosen") else "dimgray")
     ax.axhline(baseline_monthly, color="tab:gray", linestyle="--", label="one endpoint per variant")
     ax.axvline(goal_ms, color="tab:green", linestyle=":", label="p99 goal")
     ax.set_xscale("log")

@@ -70,15 +70,19 @@ def search_task(fleet: PlanFleet, traffic: Traffic, goal: Goal, region: str,
 
 @task(name="plan-charts", cache_policy=NO_CACHE)
 def charts_task(result: PlanResult, footprints: list[Footprint], traffic: Traffic, goal: Goal,
-                options: SearchOptions, out_dir: Path) -> dict[str, Path]:
+                options: SearchOptions, out: Path) -> dict[str, Path]:
+    """The plan's two charts beside its plan file ``out``, named after it
+    (``<stem>-cost-vs-p99.png``, ``<stem>-hit-vs-memory.png``): two plans in one folder keep
+    their own pictures."""
+    out_dir, stem = out.parent, out.stem
     points = [{"label": e.candidate.label(), "monthly_usd": e.candidate.monthly_usd,
                "p99_ms": max((e.figures or {}).get("p99_ms", 0.0), 1e-3), "chosen": e is result.chosen}
               for e in result.simulated]
     row = load_catalog().get(result.chosen.candidate.instance_type)
     curve = report.hit_curve(result, row, fleet_arrays(footprints), traffic, options)
     return {"cost vs p99": charts.cost_vs_p99(points, result.baseline.monthly_usd, goal.p99_ms,
-                                              out_dir / "plan-cost-vs-p99.png"),
-            "warm-hit vs memory": charts.hit_vs_memory(curve, out_dir / "plan-hit-vs-memory.png")}
+                                              out_dir / f"{stem}-cost-vs-p99.png"),
+            "warm-hit vs memory": charts.hit_vs_memory(curve, out_dir / f"{stem}-hit-vs-memory.png")}
 
 
 @task(name="plan-write", cache_policy=NO_CACHE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,28 @@ def from_metrics(doc: dict[str, Any], window_s: float, variants: list[str] | Non
                            "/metrics answer: is the endpoint new enough to count per model?")
     if window_s <= 0:
         raise TrafficError(f"metrics window {window_s} s: must be > 0")
-    found = {}
+    found: dict[str, float] = {}
     for name, m in models.items():
         if not isinstance(m, dict) or not isinstance(m.get("invocations"), int | float):
             raise TrafficError(f"metrics: models.{name}.invocations is missing or not a number")
-        found[name.removesuffix(".tar.gz")] = float(m["invocations"]) / window_s
+        variant = variant_of(name, variants)
+        found[variant] = found.get(variant, 0.0) + float(m["invocations"]) / window_s
     return _align(found, variants, f"/metrics counts over {window_s:.0f} s", "metrics")
+
+
+_VERSION_SUFFIX = re.compile(r"^(?P<variant>.+)-[0-9a-f]{12}$")
+
+
+def variant_of(target_model: str, variants: list[str] | None) -> str:
+    """The variant a TargetModel serves: its name without ``.tar.gz`` and, for a fleet deploy's
+    versioned name (``<variant>-<sha256[:12]>.tar.gz``, :func:`tasks.deploy.publish.versioned_target`)
+    without the version, so every version's counts add up to its variant's."""
+    name = target_model.removesuffix(".tar.gz")
+    if variants is not None and name not in variants:
+        versioned = _VERSION_SUFFIX.match(name)
+        if versioned and versioned["variant"] in variants:
+            return versioned["variant"]
+    return name
 
 
 def _align(found: dict[str, float], variants: list[str] | None, source: str, where: str) -> Traffic:
