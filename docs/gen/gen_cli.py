@@ -100,7 +100,9 @@ def render(commands: list[Command] | None = None) -> str:
     commands = walk() if commands is None else commands
     lines = ["# CLI reference", "",
              "Generated from the Typer app (`flows.cli.app`) when the site is built: the same usage, "
-             "options and help that `mme COMMAND --help` prints.", ""]
+             "options and help that `mme COMMAND --help` prints. How a fleet is named, `--json` "
+             "and its shapes, `--dry-run`, `--quiet`/`--verbose` and the exit codes: "
+             "[CLI grammar and JSON output](cli-json.md).", ""]
     for c in commands:
         depth = c.path.count(" ")
         first = c.help.split("\n\n")[0].replace("\n", " ")
