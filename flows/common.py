@@ -1,9 +1,10 @@
-"""Shared Prefect plumbing: which failures are retried, and run artifacts."""
+"""Shared Prefect plumbing: which failures are retried, the endpoint locks, and how a fleet's
+runs are named and tagged (so the UI's run list says which fleet and target each one is)."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 # The retry policy lives beside the tasks that declare their retries (tasks/ imports nothing
 # from flows/); re-exported here for the flows and the CLI.
@@ -71,3 +72,46 @@ def endpoint_lock(endpoint: str) -> Iterator[None]:
         with concurrency(ensure_endpoint_limit(endpoint), occupy=1, strict=True,
                          lease_duration=ENDPOINT_LEASE_S):
             yield
+
+
+def fleet_identity(fleet: str) -> tuple[str, str | None]:
+    """(the fleet's name, its target) from its fleet file, read only for naming the run: a
+    fleet that does not load is named as given (the run itself then says what is wrong)."""
+    from ensembles.fleet_spec import load_fleet
+
+    try:
+        spec = load_fleet(fleet)
+    except Exception:  # noqa: BLE001 - naming must not fail a run; resolve-fleet reports it
+        return fleet, None
+    return spec.name, spec.target
+
+
+def fleet_run_name() -> str:
+    """A ``flow_run_name`` callable: ``<flow>: <fleet> for <target>`` from the run's
+    ``fleet`` parameter (a random two-word name says nothing in a list of nightly runs)."""
+    from prefect.runtime import flow_run
+
+    name, target = fleet_identity(str(flow_run.parameters.get("fleet", "?")))
+    return f"{flow_run.flow_name}: {name}" + (f" for {target}" if target else "")
+
+
+def fleet_tags(fleet: str) -> list[str]:
+    """``fleet:<name>`` and ``target:<target>``: what the UI's tag filter finds a fleet's runs by."""
+    name, target = fleet_identity(fleet)
+    return [f"fleet:{name}", *([f"target:{target}"] if target else [])]
+
+
+@contextlib.contextmanager
+def tagged_run(labels: Sequence[str]) -> Iterator[None]:
+    """Add ``labels`` to the current flow run's tags (a flow's tags are fixed at decoration, so
+    the run is updated through the API) and to every task run started inside."""
+    from prefect import get_client, tags
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is not None and ctx.flow_run is not None:
+        run = ctx.flow_run
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(run.id, tags=sorted({*run.tags, *labels}))
+    with tags(*labels):
+        yield

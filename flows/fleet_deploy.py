@@ -6,7 +6,9 @@ publish the new, changed or moved versions under versioned TargetModels (one inc
 endpoint prefix); invoke each by TargetModel with its manifest's sample (bounded concurrency),
 plus ``canary`` unchanged ones; route the ones that passed and write the table (one PUT); retire
 variants that left the fleet after the grace period and delete versions beyond ``keep_versions``.
-A variant that fails keeps its previous version routed; the run ends Failed naming it.
+A variant that fails keeps its previous version routed; the run ends Failed naming it (a
+returned state with a one-line message, not a traceback), and the ``fleet-deploy-variants-<fleet>``
+table lists every variant, failed ones first (:mod:`tasks.fleet.deploy_report`).
 No SageMaker control-plane change: the endpoints are existing MMEs, whose model prefix, region
 and Triton release are read (describe only) and checked first (:mod:`tasks.fleet.endpoints`).
 """
@@ -14,16 +16,14 @@ and Triton release are read (describe only) and checked first (:mod:`tasks.fleet
 # (no ``from __future__ import annotations``: Prefect builds the flow's parameter model from
 # these annotations and must find ``Literal`` as an object)
 import contextlib
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 
-from flows.common import endpoint_lock
+from flows.common import endpoint_lock, fleet_run_name, fleet_tags, tagged_run
 from infra import paths
 from tasks.fleet.deploy import (
     DeployPolicy,
-    FleetDeployFailed,
     canary_jobs,
     commit_task,
     open_endpoints_task,
@@ -32,19 +32,41 @@ from tasks.fleet.deploy import (
     read_state_task,
     validate_jobs_task,
 )
+from tasks.fleet.deploy_report import deploy_failure, report_deploy
 from tasks.fleet.endpoints import ServedEndpoint, sagemaker_endpoints_task
 from tasks.fleet.integrity import repaired_jobs, still_broken, verify_task
 from tasks.fleet.routes import assign_shards
 
 
-@flow(name="fleet-deploy", log_prints=True)
+@flow(name="fleet-deploy", log_prints=True, flow_run_name=fleet_run_name)
 def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sagemaker"] = "local",
                  store_uri: str | None = None, build_dir: str | None = None,
                  policy: DeployPolicy | None = None) -> dict[str, Any]:
-    """Deploy ``fleet`` (a fleet name or file; ``build_dir`` overrides where its build is)
-    across ``endpoints``. Returns what was published, validated, routed, retired, deleted;
-    raises :class:`FleetDeployFailed` naming each variant that did not go live."""
-    policy = policy or DeployPolicy()
+    """Deploy a built fleet across endpoints: publish, validate, route, prune.
+
+    Returns what was published, validated, routed, retired, deleted. When variants did not go
+    live, the others still do and the run ends Failed naming them (calling the flow raises
+    ``FleetDeployFailed``).
+
+    Args:
+        fleet: A fleet name under ensembles/fleets (e.g. tenants-example) or a fleet file; its
+            latest build is deployed.
+        endpoints: The endpoints to spread the variants over (local endpoint names, or
+            SageMaker multi-model endpoint names with backend sagemaker).
+        backend: local (the embedded endpoint, no AWS) or sagemaker (needs AWS credentials
+            and existing multi-model endpoints; no control-plane change is made).
+        store_uri: Where the models and routing table go (default: the embedded store; with
+            sagemaker, read from the endpoints).
+        build_dir: The fleet build folder to deploy (default: the fleet's folder under the
+            artifacts dir, where fleet-build writes).
+        policy: Validation, canaries, grace period, versions kept, region (DeployPolicy).
+    """
+    with tagged_run(fleet_tags(fleet)):
+        return _locked_deploy(fleet, endpoints, backend, store_uri, build_dir, policy or DeployPolicy())
+
+
+def _locked_deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str | None,
+                   build_dir: str | None, policy: DeployPolicy) -> dict[str, Any]:
     served = None
     if backend == "sagemaker":  # where the endpoints really load from, before anything is written
         store_uri, region, served = sagemaker_endpoints_task(endpoints, store_uri, policy.region)
@@ -86,35 +108,8 @@ def _deploy(fleet: str, endpoints: list[str], backend: str, store_uri: str,
            "moved": sorted(j.variant for j in jobs if j.kind == "moved"),
            "failed": failed, "validation": progress, **summary.model_dump(mode="json"),
            "verify": verified.summary().model_dump(mode="json") if verified is not None else None}
-    _report(doc)
-    if failed:
-        raise FleetDeployFailed(f"fleet {name}: {len(failed)} variant(s) did not go live (their "
-                                f"previous version stays routed): " + "; ".join(
-                                    f"{v}: {r}" for v, r in list(failed.items())[:10]))
-    return doc
+    report_deploy(doc, desired, shards)
+    ended = deploy_failure(doc)
+    # a returned state becomes the run's (no traceback); calling the flow raises its data
+    return doc if ended is None else cast(dict[str, Any], ended)
 
-
-def _report(doc: dict[str, Any]) -> None:
-    lines = [f"# Fleet deploy of `{doc['fleet']}` to {', '.join(doc['endpoints'])}", "",
-             f"- variants in the build: {doc['variants']}; unchanged: {doc['unchanged']}",
-             f"- published (new, changed or moved): {len(doc['published'])}; validated: "
-             f"{len(doc['validated'])} (canaries: {len(doc['canaries'])}); validated variants "
-             f"unloaded beyond keep_loaded={doc['validation']['keep_loaded']}: "
-             f"{doc['validation']['unloaded']}",
-             f"- live now: {len(doc['live'])}; routed: {doc['routed']}; table: `{doc['routes']}`",
-             f"- marked retiring: {len(doc['retiring'])}; un-retired (in build "
-             f"`{(doc['build'] or {}).get('id')}` again): {len(doc['unretired'])}; removed: "
-             f"{len(doc['removed'])}; objects deleted: {len(doc['deleted'])}"]
-    if doc["verify"]:
-        states = doc["verify"]["states"]
-        lines.append(f"- verified: {doc['verify']['checked']} routed objects ("
-                     + ", ".join(f"{n} {k}" for k, n in sorted(states.items())) + ")")
-    if doc["unretired"]:
-        lines += ["", "| un-retired variant | sha256 | manifest |", "|---|---|---|"]
-        lines += [f"| {v} | `{u['sha256'][:12]}` | `{u['manifest']}` |"
-                  for v, u in doc["unretired"].items()]
-    if doc["failed"]:
-        lines += ["", "| failed variant | reason |", "|---|---|"]
-        lines += [f"| {v} | {r.replace('|', '/')[:300]} |" for v, r in doc["failed"].items()]
-    create_markdown_artifact(key="fleet-deploy", markdown="\n".join(lines) + "\n",
-                             description=f"Fleet deploy of {doc['fleet']}")

@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.common import endpoint_lock
+from flows.common import endpoint_lock, fleet_run_name, fleet_tags, tagged_run
 from infra import paths
 from tasks.fleet.retire import Retirement, fleet_endpoints_task, gc_task, retire_task
 from tasks.fleet.routes import parse_time
@@ -30,16 +30,27 @@ def _locked(endpoints: Iterable[str]) -> Iterator[None]:
         yield
 
 
-@flow(name="fleet-retire", log_prints=True)
+@flow(name="fleet-retire", log_prints=True, flow_run_name=fleet_run_name)
 def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | None = None,
                  now: bool = False, grace_s: float = 3600.0, store_uri: str | None = None,
                  clock: str | None = None, all_variants: bool = False) -> dict[str, Any]:
-    """Retire ``variants`` of ``fleet``, or those on endpoint ``shard``, or (``all_variants``,
-    which must be given: naming nothing is refused) all of them. ``clock``: the current time as
-    ISO text (tests, replays); default now (UTC)."""
+    """Retire variants of a fleet: mark them retiring in its routing table (removed once the
+    grace period is over), or remove them now. Naming nothing is refused.
+
+    Args:
+        fleet: The fleet's name (as its routing table names it), e.g. tenants-example.
+        variants: The variants to retire (names).
+        shard: Retire every variant routed to this endpoint instead.
+        now: Remove them at once (their objects are deleted after the table is written).
+        grace_s: Seconds a retiring variant stays routed before it is removed.
+        store_uri: The store holding the routing table (default: the embedded store; an
+            s3:// store needs AWS credentials).
+        clock: The current time as ISO text (tests, replays); default now (UTC).
+        all_variants: Retire the whole fleet (must be said: it is never a default).
+    """
     store_uri = store_uri or paths.store_uri()
     when = parse_time(clock) if clock else datetime.now(UTC)
-    with _locked(fleet_endpoints_task(store_uri, [fleet])):
+    with tagged_run(fleet_tags(fleet)), _locked(fleet_endpoints_task(store_uri, [fleet])):
         asked = Retirement(variants=tuple(variants or ()), shard=shard, everything=all_variants,
                            immediately=now, now=when, grace=timedelta(seconds=grace_s))
         return retire_task(store_uri, fleet, asked).model_dump()
@@ -47,7 +58,13 @@ def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | Non
 
 @flow(name="fleet-gc", log_prints=True)
 def fleet_gc(store_uri: str | None = None, dry_run: bool = False) -> dict[str, Any]:
-    """Delete (or with ``dry_run`` list) what no routing table, kept version or ledger uses."""
+    """Delete (or with ``dry_run`` list) what no routing table, kept version or ledger uses.
+
+    Args:
+        store_uri: The store to collect (default: the embedded store; an s3:// store needs
+            AWS credentials).
+        dry_run: List what would be deleted, delete nothing.
+    """
     store_uri = store_uri or paths.store_uri()
     with _locked([] if dry_run else fleet_endpoints_task(store_uri, None)):
         return gc_task(store_uri, dry_run).model_dump()

@@ -197,15 +197,17 @@ def _check_artifacts(flow_run_id, names: list[str], broken: dict[str, str]) -> N
     with get_client(sync_client=True) as client:
         arts = {a.key: a for a in client.read_artifacts(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
-    assert {"fleet-variants", "fleet-report", "fleet-progress", "fleet-publish"} <= set(arts)
-    rows = {r["variant"]: r for r in json.loads(arts["fleet-variants"].data)}
+    key = "tenants-example-local-cpu"  # artifact keys are scoped by fleet and target
+    assert {f"fleet-variants-{key}", f"fleet-report-{key}", f"fleet-progress-{key}",
+            f"fleet-failures-{key}", "fleet-publish"} <= set(arts)
+    rows = {r["variant"]: r for r in json.loads(arts[f"fleet-variants-{key}"].data)}
     assert sorted(rows) == names
     assert {n for n, r in rows.items() if r["status"] == "failed"} == set(broken)
     assert all(r["reason"] for n, r in rows.items() if n in broken)
     assert all(r["status"] == "built" and r["sha256"] for n, r in rows.items() if n not in broken)
-    report = arts["fleet-report"].data
+    report = arts[f"fleet-report-{key}"].data
     assert all(f"`{n}`" in report for n in broken) and "3 failed" in report
-    assert arts["fleet-progress"].data == 100.0
+    assert arts[f"fleet-progress-{key}"].data == 100.0
 
 
 @pytest.mark.triton

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 import tempfile
@@ -25,10 +26,11 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict
 
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_template
@@ -67,6 +69,65 @@ from tasks.build.footprints import Footprint
 from tasks.build.verify import Sample, Verification
 
 INDEX_FILE = "fleet-index.json"
+
+#: The tasks that build variants: each says one line per variant (its outcome), so the
+#: fetch step's own "fetched <source> -> <staging path>" lines are dropped there (two lines
+#: per variant, naming a temporary folder that is gone by the time anyone reads the log).
+VARIANT_TASKS = frozenset({"build-variants", "verify-canaries"})
+
+R = TypeVar("R")
+
+
+class _QuietFetches(logging.Filter):
+    """Drops the INFO lines of ``fetch_model_file`` in the variant-building tasks (their
+    outcome line says what matters; the fetch's names a staging path)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.funcName == "fetch_model_file" and record.levelno <= logging.INFO
+                    and getattr(record, "task_name", None) in VARIANT_TASKS)
+
+
+def _install_quiet_fetches() -> None:
+    task_runs = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _QuietFetches) for f in task_runs.filters):
+        task_runs.addFilter(_QuietFetches())
+
+
+_install_quiet_fetches()
+
+
+def variant_range_name(prefix: str) -> Any:
+    """A ``task_run_name`` callable: ``<prefix>: tenant-0001..tenant-0025`` (the task's
+    ``variants`` or ``canaries`` parameter), so a failed chunk is found by name in the UI."""
+
+    def name(parameters: dict[str, Any]) -> str:
+        got = parameters.get("variants") or parameters.get("canaries") or []
+        names = sorted(v.name for v in got if isinstance(v, Variant))
+        if not names:
+            return prefix
+        return f"{prefix}: {names[0]}" + (f"..{names[-1]} ({len(names)})" if len(names) > 1 else "")
+
+    return name
+
+
+def ended(result: R, outcomes: Sequence[VariantOutcome], what: str) -> R:
+    """What a variant-building task returns: ``result`` itself when none of ``outcomes``
+    failed; else a ``Failed`` state holding it, so that exactly the task runs that held a
+    failure end Failed in the UI while the flow goes on with the others. Prefect makes a
+    returned state the task run's state; its caller reads the same ``result`` with
+    ``state.result(raise_on_failure=False)`` (see :mod:`tasks.fleet.stages`)."""
+    failed = [o.name for o in outcomes if o.status == "failed"]
+    if not failed:
+        return result
+    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    # cast: the engine, not the caller, receives the state (Prefect's typing has no such case)
+    return cast(R, Failed(message=f"{len(failed)} of {len(outcomes)} {what} failed: {shown}",
+                          data=result))
+
+
+def _sources(v: Variant) -> str:
+    """The variant's own source files (its ``<artifact>.source`` parameters), for its log line."""
+    return ", ".join(val for key, val in sorted(v.params.items()) if key.endswith(".source")) or "-"
 
 
 class TenantFusion(BaseModel):
@@ -288,8 +349,11 @@ def pick_canaries(variants: Sequence[Variant], count: int, seed: str) -> list[Va
 
 
 def _failed(v: Variant, reason: str, t0: float) -> VariantOutcome:
+    """The variant's failed outcome, said as one WARNING line (name, its files, reason) in
+    the task it failed in."""
     from tasks.fleet.variant import target_model_for
 
+    run_logger().warning("variant %s FAILED (files: %s): %s", v.name, _sources(v), reason)
     return VariantOutcome(name=v.name, status="failed", file=f"{file_stem(v)}.tar.gz",
                           target_model=target_model_for(v), reason=reason,
                           seconds=round(time.perf_counter() - t0, 2), labels=v.labels)
@@ -305,6 +369,8 @@ def _committed(staged: StagedVariant, template: FleetTemplate, output_dir: Path,
     manifest.footprint = footprint.for_variant(manifest.target_model, staged.bytes, template.target)
     commit_variant(staged, manifest, output_dir)
     v = staged.variant
+    run_logger().info("variant %s built: %s, sha256 %s, checked by %s, %.1f s", v.name,
+                      manifest.target_model, staged.sha256[:12], checked_by, seconds)
     return VariantOutcome(name=v.name, status="built", file=f"{file_stem(v)}.tar.gz",
                           target_model=manifest.target_model, key=input_key(template.key, v),
                           sha256=staged.sha256, bytes=staged.bytes, checked_by=checked_by,
@@ -341,14 +407,16 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
         shutil.rmtree(work, ignore_errors=True)
 
 
-@task(name="build-variants", cache_policy=NO_CACHE)
+@task(name="build-variants", cache_policy=NO_CACHE, task_run_name=variant_range_name("build-variants"))
 def build_chunk_task(template: FleetTemplate, shared: SharedReference | None,
                      structure: Structure | None, variants: list[Variant], work_root: Path,
                      output_dir: Path, footprint: TemplateFootprint) -> list[VariantOutcome]:
     """A chunk of variants, one after the other (chunks run side by side): one task per
-    chunk, not per variant, keeps a thousand-variant run's API traffic small."""
-    return [build_checked(template, shared, structure, v, work_root, output_dir, footprint)
-            for v in variants]
+    chunk, not per variant, keeps a thousand-variant run's API traffic small. Ends Failed
+    (holding every outcome) when one of them failed (:func:`ended`)."""
+    outcomes = [build_checked(template, shared, structure, v, work_root, output_dir, footprint)
+                for v in variants]
+    return ended(outcomes, outcomes, "variants")
 
 
 def _stage_canaries(template: FleetTemplate, shared: SharedReference | None,
@@ -368,14 +436,15 @@ def _stage_canaries(template: FleetTemplate, shared: SharedReference | None,
     return staged, failed
 
 
-@task(name="verify-canaries", cache_policy=NO_CACHE)
+@task(name="verify-canaries", cache_policy=NO_CACHE, task_run_name=variant_range_name("verify-canaries"))
 def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
                         canaries: list[Variant], work_root: Path,
                         output_dir: Path,
                         ) -> tuple[list[VariantOutcome], Structure | None, TemplateFootprint]:
     """Stage the canaries, verify each in one long-lived Triton, commit those that pass.
     Returns their outcomes, the structure of the first that passed (what the others are
-    checked against), or None when none did, and the footprint measured on it."""
+    checked against), or None when none did, and the footprint measured on it; ends Failed
+    holding them when a canary failed (:func:`ended`)."""
     log = run_logger()
     staged, outcomes = _stage_canaries(template, shared, canaries, work_root)
     results = verify_in_triton([(s, sample) for s, sample, _ in staged], log=log.info)
@@ -394,7 +463,7 @@ def build_canaries_task(template: FleetTemplate, shared: SharedReference | None,
         if structure is None:
             structure = Structure.of(read_members(s.tarball))
         outcomes.append(_committed(s, template, output_dir, sample, got, "triton", t0, footprint))
-    return outcomes, structure, footprint
+    return ended((outcomes, structure, footprint), outcomes, "canaries")
 
 
 def chunked(items: Sequence[Variant], size: int) -> Iterable[list[Variant]]:

@@ -5,19 +5,22 @@ build the rest, record and publish, report), and the loops and decisions behind 
 belong with the fleet tasks they call, not in the flow. Each stage calls down only
 (tasks.fleet -> tasks.build/producers -> ensembles -> infra); the Prefect tasks it runs keep
 their names (``resolve-fleet``, ``prepare-template``, ``verify-canaries``, ``build-variants``,
-``publish-fleet``).
+``publish-fleet``). A task that held a failed variant ends Failed and still hands back every
+outcome (:func:`tasks.fleet.build.ended`): its caller reads them with :func:`outcome_of`, so the
+flow goes on with the other variants.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import as_completed
+from prefect.futures import PrefectFuture, as_completed
+from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from ensembles.fleet_spec import FleetSpec, Resolved, Variant, check_fleet_layout, load_fleet, resolve_variants
@@ -52,11 +55,56 @@ from tasks.runtime.runner import max_workers_from_env
 CANARY_ROUNDS = 3
 
 
-@task(name="resolve-fleet", cache_policy=NO_CACHE)
+@task(name="resolve-fleet", cache_policy=NO_CACHE, task_run_name="resolve-fleet: {fleet}")
 def resolve_fleet_task(fleet: str) -> tuple[FleetSpec, Resolved]:
-    """The fleet file and its variants (one listing of a prefix; problems per variant)."""
+    """The fleet file and its variants (one listing of a prefix; problems per variant, each a
+    WARNING line here, and the task run ends Failed holding the result when there are any)."""
     spec = load_fleet(fleet)
-    return spec, resolve_variants(spec)
+    resolved = resolve_variants(spec)
+    for name, reason in resolved.problems:
+        run_logger().warning("variant %s FAILED (fleet file %s): %s", name, fleet, reason)
+    if not resolved.problems:
+        return spec, resolved
+    total = len(resolved.problems) + len(resolved.variants)
+    # cast: a returned state becomes the task run's; its caller reads the tuple (outcome_of)
+    return cast(tuple[FleetSpec, Resolved], Failed(
+        message=f"{len(resolved.problems)} of {total} variants could not be resolved",
+        data=(spec, resolved)))
+
+
+def outcome_of(got: State[Any] | PrefectFuture[Any]) -> Any:
+    """A variant task's result whether it completed or ended Failed holding its outcomes
+    (:func:`tasks.fleet.build.ended`); a task that failed otherwise (a bug, a crash) raises."""
+    if isinstance(got, PrefectFuture):
+        got.wait()
+    state = got.state if isinstance(got, PrefectFuture) else got
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+@task(name="make-example-fleet", cache_policy=NO_CACHE)
+def example_fleet_task(fleet: str, count: int) -> int:
+    """Write ``count`` example tenants under the fleet's model prefix when the fleet is built
+    from the example's template and its prefix holds no variant yet (a fresh machine, a new
+    ``MME_HOME``), so that the example deployment runs as registered; returns how many were
+    written (0: the prefix already held variants, or the fleet is not an example one)."""
+    from infra.errors import UserError
+    from tasks.fleet.example import TEMPLATE, make_example_fleet
+
+    spec = load_fleet(fleet)
+    if count <= 0 or spec.template != TEMPLATE or spec.prefix is None:
+        return 0
+    try:
+        if resolve_variants(spec).variants:
+            return 0
+    except UserError:  # the prefix does not exist yet
+        pass
+    made = make_example_fleet(count, spec.prefix.uri)
+    run_logger().info("fleet %s: wrote %d example tenants under %s (its prefix was empty)",
+                      spec.name, len(made.tenants), spec.prefix.uri)
+    return len(made.tenants)
 
 
 @dataclass(frozen=True)
@@ -95,7 +143,7 @@ def plan_run(fleet: str, output_dir: str | None, only: list[str] | None,
              changed_uri: str | None) -> FleetRun:
     """Resolve the fleet, make the template's shared work once, and split its variants by
     the fleet index (unchanged ones are not rebuilt) and by ``only`` / ``changed_uri``."""
-    spec, resolved = resolve_fleet_task(fleet)
+    spec, resolved = outcome_of(resolve_fleet_task(fleet, return_state=True))
     out = (Path(output_dir).expanduser().resolve() if output_dir
            else paths.artifacts_dir(spec.target) / "fleets" / spec.name)
     work = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
@@ -149,7 +197,8 @@ def verify_canaries(run: FleetRun, sample: int, all_in_triton: bool) -> Canaries
         if not remaining or (structure is not None and not all_in_triton):
             break
         picked = remaining if all_in_triton else pick_canaries(remaining, sample, run.template.fleet)
-        got, found, measured = build_canaries_task(run.template, run.shared, picked, run.work, run.out)
+        got, found, measured = outcome_of(build_canaries_task(
+            run.template, run.shared, picked, run.work, run.out, return_state=True))
         outcomes += got
         footprint = measured if structure is None else footprint
         structure = structure or found
@@ -174,7 +223,7 @@ def build_rest(run: FleetRun, canaries: Canaries, progress: UUID) -> list[Varian
                for chunk in chunked(canaries.remaining, size)]
     outcomes: list[VariantOutcome] = []
     for fut in as_completed(futures):
-        outcomes += fut.result()
+        outcomes += outcome_of(fut)
         advance(progress, done + len(outcomes), total)
     return outcomes
 
