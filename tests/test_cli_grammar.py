@@ -262,3 +262,36 @@ def test_fleet_example_name_renames_the_written_fleet(tmp_path: Path) -> None:
     assert yaml.safe_load(path.read_text()) == {"name": "mine", "template": "t"}
     bad = CliRunner().invoke(app, ["fleet", "example", "--out", str(tmp_path), "--name", "a b"])
     assert bad.exit_code == 2 and "--name 'a b'" in bad.output
+
+
+# ---------------------------------------------------------------- a real fleet (Triton)
+# the 4-tenant example fleet of tests/test_fleet_deploy.py, built and deployed locally (the
+# fixture imported: pytest registers it in this module too)
+from test_fleet_deploy import local_fleet  # noqa: E402,F401
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_invoke_names_a_variants_top_k_by_its_own_labels(local_fleet: dict[str, Any],  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    built_fleet = local_fleet
+    name = built_fleet["names"][0]
+    own = (built_fleet["root"] / "models" / "tenants" / name / "labels.txt").read_text().splitlines()
+    Image.fromarray(data.chelsea()).save(tmp_path / "cat.jpg")
+    args = ["invoke", "--image", str(tmp_path / "cat.jpg"), "--fleet", str(built_fleet["build"]),
+            "--variant", name, "--store", built_fleet["store_uri"], "--top-k", "2"]
+    runner = CliRunner()
+    got = runner.invoke(app, [*args, "--json"])
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    route = read_routes(built_fleet["store_uri"], built_fleet["fleet"]).variants[name]
+    assert (doc["variant"], doc["target_model"], doc["endpoint"]) == (name, route.target_model, route.endpoint)
+    (result,) = doc["results"]
+    assert len(result["top_k"]) == 2 and all(t["label"] == own[t["index"]] for t in result["top_k"])
+    assert result["top_k"][0]["score"] >= result["top_k"][1]["score"]
+    human = runner.invoke(app, args)
+    assert human.exit_code == 0 and route.target_model in human.stdout
+    assert result["top_k"][0]["label"] in human.stdout

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from flows.cli.common import _fail, _quiet_env, _run_flow, app, console, endpoint_app
+from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, console, emit_json, endpoint_app, results
 from infra import paths
 from infra.endpoint.client import memory_note
 
@@ -76,10 +77,9 @@ def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
 
 @endpoint_app.command("status")
 def endpoint_status(name: str = typer.Option("local-mme"),
-                    as_json: bool = typer.Option(False, "--json", help="the raw documents")) -> None:
-    """Show the endpoint's metrics and one row per TargetModel (invocations, hits, loads...)."""
-    from rich.console import Console
-
+                    as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Show the endpoint's metrics and one row per TargetModel (invocations, hits, loads...);
+    --json: the raw documents, as the endpoint sent them."""
     from infra.endpoint.process import find_running, read_state
     from infra.endpoint.client import LocalEndpointClient
 
@@ -95,9 +95,9 @@ def endpoint_status(name: str = typer.Option("local-mme"),
                "models": [row.model_dump(mode="json") for row in client.models()],
                "metrics": client.metrics().model_dump(mode="json", exclude_unset=True)}
     if as_json:
-        print(json.dumps(doc, indent=2))
+        emit_json(doc)
         return
-    Console().print(status_table(doc))
+    results().print(status_table(doc))
 
 
 def status_table(doc: dict) -> Table:
