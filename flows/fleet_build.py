@@ -34,18 +34,18 @@ def fleet_build(fleet: str, output_dir: str | None = None, triton_sample: int = 
     ``FleetBuildFailed``).
 
     Args:
-        fleet: A fleet name under ensembles/fleets (e.g. tenants-example) or a fleet file.
-        output_dir: Where the tarballs, manifests and fleet index go (default: the fleet's
+        fleet (str): A fleet name under ensembles/fleets (e.g. tenants-example) or a fleet file.
+        output_dir (str | None): Where the tarballs, manifests and fleet index go (default: the fleet's
             folder under the artifacts dir, where fleet-deploy looks).
-        triton_sample: How many of the changed variants are verified in a long-lived Triton
+        triton_sample (int): How many of the changed variants are verified in a long-lived Triton
             (canaries); the others are checked against a verified one with ONNX Runtime.
-        all_in_triton: Verify every changed variant in Triton (slower; no sampling).
-        publish_to: A file:// or s3:// prefix to upload what changed to (empty: do not
+        all_in_triton (bool): Verify every changed variant in Triton (slower; no sampling).
+        publish_to (str | None): A file:// or s3:// prefix to upload what changed to (empty: do not
             publish; fleet-deploy publishes to the endpoint's store by itself).
-        only: Build these variants only (names); the others keep their last build.
-        changed_uri: A model file an event reported: build only the variants whose
+        only (list[str] | None): Build these variants only (names); the others keep their last build.
+        changed_uri (str | None): A model file an event reported: build only the variants whose
             parameters name it.
-        example_tenants: When the fleet uses the example template and its model prefix holds
+        example_tenants (int): When the fleet uses the example template and its model prefix holds
             no model yet, write this many example tenants there first (0: never).
     """
     labels = fleet_tags(fleet)

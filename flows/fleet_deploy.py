@@ -49,17 +49,18 @@ def fleet_deploy(fleet: str, endpoints: list[str], backend: Literal["local", "sa
     ``FleetDeployFailed``).
 
     Args:
-        fleet: A fleet name under ensembles/fleets (e.g. tenants-example) or a fleet file; its
+        fleet (str): A fleet name under ensembles/fleets (e.g. tenants-example) or a fleet file; its
             latest build is deployed.
-        endpoints: The endpoints to spread the variants over (local endpoint names, or
+        endpoints (list[str]): The endpoints to spread the variants over (local endpoint names, or
             SageMaker multi-model endpoint names with backend sagemaker).
-        backend: local (the embedded endpoint, no AWS) or sagemaker (needs AWS credentials
+        backend (str): local (the embedded endpoint, no AWS) or sagemaker (needs AWS credentials
             and existing multi-model endpoints; no control-plane change is made).
-        store_uri: Where the models and routing table go (default: the embedded store; with
+        store_uri (str | None): Where the models and routing table go (default: the embedded store; with
             sagemaker, read from the endpoints).
-        build_dir: The fleet build folder to deploy (default: the fleet's folder under the
+        build_dir (str | None): The fleet build folder to deploy (default: the fleet's folder under the
             artifacts dir, where fleet-build writes).
-        policy: Validation, canaries, grace period, versions kept, region (DeployPolicy).
+        policy (DeployPolicy | None): Validation, canaries, grace period, versions kept,
+            region.
     """
     with tagged_run(fleet_tags(fleet)):
         return _locked_deploy(fleet, endpoints, backend, store_uri, build_dir, policy or DeployPolicy())

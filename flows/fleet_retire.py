@@ -38,15 +38,15 @@ def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | Non
     grace period is over), or remove them now. Naming nothing is refused.
 
     Args:
-        fleet: The fleet's name (as its routing table names it), e.g. tenants-example.
-        variants: The variants to retire (names).
-        shard: Retire every variant routed to this endpoint instead.
-        now: Remove them at once (their objects are deleted after the table is written).
-        grace_s: Seconds a retiring variant stays routed before it is removed.
-        store_uri: The store holding the routing table (default: the embedded store; an
+        fleet (str): The fleet's name (as its routing table names it), e.g. tenants-example.
+        variants (list[str] | None): The variants to retire (names).
+        shard (str | None): Retire every variant routed to this endpoint instead.
+        now (bool): Remove them at once (their objects are deleted after the table is written).
+        grace_s (float): Seconds a retiring variant stays routed before it is removed.
+        store_uri (str | None): The store holding the routing table (default: the embedded store; an
             s3:// store needs AWS credentials).
-        clock: The current time as ISO text (tests, replays); default now (UTC).
-        all_variants: Retire the whole fleet (must be said: it is never a default).
+        clock (str | None): The current time as ISO text (tests, replays); default now (UTC).
+        all_variants (bool): Retire the whole fleet (must be said: it is never a default).
     """
     store_uri = store_uri or paths.store_uri()
     when = parse_time(clock) if clock else datetime.now(UTC)
@@ -61,9 +61,9 @@ def fleet_gc(store_uri: str | None = None, dry_run: bool = False) -> dict[str, A
     """Delete (or with ``dry_run`` list) what no routing table, kept version or ledger uses.
 
     Args:
-        store_uri: The store to collect (default: the embedded store; an s3:// store needs
+        store_uri (str | None): The store to collect (default: the embedded store; an s3:// store needs
             AWS credentials).
-        dry_run: List what would be deleted, delete nothing.
+        dry_run (bool): List what would be deleted, delete nothing.
     """
     store_uri = store_uri or paths.store_uri()
     with _locked([] if dry_run else fleet_endpoints_task(store_uri, None)):

@@ -40,16 +40,17 @@ def plan(source: FleetSource | str, traffic: str, p99_ms: float, max_cold_share:
     Offline: prices come from the bundled catalog (the report says how old), no AWS call.
 
     Args:
-        source: A fleet name or fleet file (its latest build, e.g. tenants-example), or
+        source (FleetSource | str): A fleet name or fleet file (its latest build, e.g. tenants-example), or
             {path: <build folder>} / {variants: N, ...} (see FleetSource).
-        traffic: zipf:S:RPS (Zipf exponent, requests per second), csv:PATH or metrics:URL.
-        p99_ms: The latency goal: 99th percentile in milliseconds.
-        max_cold_share: The largest share of requests allowed to meet a cold model (none: no limit).
-        region: The AWS region whose prices are used.
-        out: Where the plan file goes (default: plan.yaml in the build folder for a fleet name,
+        traffic (str): zipf:S:RPS (Zipf exponent, requests per second), csv:PATH or metrics:URL.
+        p99_ms (float): The latency goal: 99th percentile in milliseconds.
+        max_cold_share (float | None): The largest share of requests allowed to meet a cold
+            model (none: no limit).
+        region (str): The AWS region whose prices are used.
+        out (Path | None): Where the plan file goes (default: plan.yaml in the build folder for a fleet name,
             else in the current folder).
-        peak_factor: Multiply the traffic's rate by this (plan for the peak, not the mean).
-        options: Search options: layouts, instance types, simulation sizes, seed.
+        peak_factor (float): Multiply the traffic's rate by this (plan for the peak, not the mean).
+        options (SearchOptions | None): Search options: layouts, instance types, simulation sizes, seed.
     """
     if isinstance(source, str):
         source = fleet_build_source(source)
