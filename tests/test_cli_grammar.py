@@ -180,7 +180,8 @@ def test_fleet_deploy_dry_run_lists_the_jobs_from_the_build_and_the_table(
 # ---------------------------------------------------------------- quiet, errors, exit codes
 
 
-def test_quiet_and_verbose_are_global_and_exclusive(tmp_path: Path) -> None:
+def test_quiet_and_verbose_are_global_and_exclusive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # -q sets it for the process: restored after
     runner = CliRunner()
     both = runner.invoke(app, ["--quiet", "--verbose", "fleet", "routes", "f"])
     assert both.exit_code == 2 and "not both" in both.output
@@ -190,6 +191,33 @@ def test_quiet_and_verbose_are_global_and_exclusive(tmp_path: Path) -> None:
     assert quiet.exit_code == 0 and json.loads(quiet.stdout)["fleet"] == "f"
     missing = runner.invoke(app, ["-q", "fleet", "routes", "nosuch", "--store", uri])
     assert missing.exit_code == 2 and "no such fleet 'nosuch'" in missing.output  # errors stay
+    runner.invoke(app, ["fleet", "routes", "f", "--store", uri])  # no -q: notes are said again
+    from flows.cli.common import console
+
+    assert console.quiet is False
+
+
+@pytest.mark.prefect
+def test_quiet_leaves_stderr_empty_and_stdout_one_json_document(tmp_path: Path, prefect_harness: None) -> None:
+    """A flow command as a script runs it: ``mme -q fleet gc --dry-run --json`` prints the JSON
+    document and nothing else; without -q, Prefect's logs go to stderr, never stdout."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "MME_HOME": str(tmp_path / "home"), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    args = [sys.executable, "-m", "flows.cli", "fleet", "gc", "--dry-run", "--json",
+            "--store", (tmp_path / "store").as_uri()]
+    loud = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert loud.returncode == 0, loud.stderr[-3000:]
+    assert json.loads(loud.stdout) == {"dry_run": True, "objects": [], "files": []}
+    assert loud.stderr.strip()  # Prefect's flow-run lines
+    quiet = subprocess.run([*args[:3], "-q", *args[3:]], capture_output=True, text=True, env=env,
+                           timeout=300, check=False)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr[-3000:]
+    assert json.loads(quiet.stdout) == json.loads(loud.stdout)
 
 
 def test_a_plan_of_a_fleet_without_a_build_is_one_line_exit_2(tmp_path: Path,

@@ -30,8 +30,8 @@ def set_verbosity(mode: Verbosity) -> None:
     if level is not None:
         os.environ["PREFECT_LOGGING_LEVEL"] = level
         logging.basicConfig(level=getattr(logging, level))
-        for name in ("flows", "tasks", "infra", "ensembles"):
-            logging.getLogger(name).setLevel(getattr(logging, level))
+    for name in ("flows", "tasks", "infra", "ensembles"):  # "normal": as the loggers were
+        logging.getLogger(name).setLevel(logging.NOTSET if level is None else getattr(logging, level))
     console.quiet = mode == "quiet"
 
 
