@@ -139,7 +139,7 @@ def test_endpoint_deploy_invoke_retire_from_the_cli(cli_env: dict[str, str], tmp
             assert len(x["top_k"]) == 5
             assert x["top_k"][0]["label"] == labels[reference_top1(built_image_classifier["archive"], data)], (fname, x)
         assert lines[0]["top_k"][0]["label"] in ("Egyptian cat", "tiger cat", "tabby")
-        shown = _ok(_mme(["invoke", *paths[:1], "--endpoint", EP, "--top-k", "2"], cli_env)).stdout
+        shown = _ok(_mme(["invoke", *paths[:2], "--endpoint", EP, "--top-k", "2"], cli_env)).stdout
         assert doc["target_model"] in shown and lines[0]["top_k"][1]["label"] in shown
         assert len([ln for ln in shown.splitlines() if "(class " in ln]) == 2  # --top-k 2
 
