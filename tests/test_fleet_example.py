@@ -93,6 +93,18 @@ def test_each_variant_equals_the_subset_reference(local_fleet) -> None:
         assert np.allclose(got.sum(axis=1), 1.0, atol=1e-5)  # a softmax over the subset itself
 
 
+def test_the_example_writes_a_sample_photo_beside_its_tenants(local_fleet) -> None:
+    """``<out>/cat.jpg`` (the build's check image as a JPEG) lets a newcomer invoke a variant
+    with nothing downloaded; it sits outside the tenants' pattern, so no variant comes of it."""
+    from PIL import Image
+
+    out, made = local_fleet
+    assert made.sample_image == (out / "cat.jpg").as_uri()
+    with Image.open(out / "cat.jpg") as img:
+        assert img.format == "JPEG" and img.size == (451, 300)
+    assert len(made.tenants) == COUNT
+
+
 def test_a_second_run_rewrites_nothing_and_reuses_the_base_export(local_fleet) -> None:
     out, made = local_fleet
     stamp = made.base_onnx.stat().st_mtime_ns

@@ -36,6 +36,7 @@ from infra.aws.clients import S3Client
 from infra.jsontypes import JsonObject
 from infra.paths import work_dir
 from infra.store.objects import FileStore, ObjectStore, S3Store, atomic_dir, atomic_path, file_lock, open_store
+from tasks.build.verify import sample_image
 from tasks.producers.classifiers import (
     CAT_CLASSES,
     NUM_CLASSES,
@@ -85,6 +86,13 @@ class ExampleFleet:
     written: int = 0
     unchanged: int = 0
     seconds: float = 0.0
+    #: A photo to classify (``<out>/cat.jpg``: scikit-image's chelsea, CC0, the image the build
+    #: verifies with), so ``mme invoke --fleet ... --image`` works with nothing downloaded.
+    sample_image: str | None = None
+
+
+#: The sample photo the image example writes beside its tenants (outside the tenants' pattern).
+SAMPLE_IMAGE, SAMPLE_IMAGE_SOURCE = "cat.jpg", "skimage:chelsea"
 
 
 # ------------------------------------------------------------------------------ subsets
@@ -309,6 +317,8 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3
             "labels.txt": "".join(f"{names[c]}\n" for c in tenant.classes).encode(),
             "classes.txt": "".join(f"{c}\n" for c in tenant.classes).encode()}, result)
     result.fleet_file = write_fleet_file(store, fleet_file, fleet_document(prefix_uri, layout))
+    _put_if_changed(store, f"{root}{SAMPLE_IMAGE}", sample_image(SAMPLE_IMAGE_SOURCE))
+    result.sample_image = store.uri_for(f"{root}{SAMPLE_IMAGE}")
     result.seconds = round(time.perf_counter() - t0, 2)
     return result
 
