@@ -323,3 +323,14 @@ def test_invoke_names_a_variants_top_k_by_its_own_labels(local_fleet: dict[str, 
     human = runner.invoke(app, args)
     assert human.exit_code == 0 and route.target_model in human.stdout
     assert result["top_k"][0]["label"] in human.stdout
+
+
+def test_endpoint_triton_port_options_become_the_endpoints_triton_ports() -> None:
+    """``--triton-*-port``: 0 a free port, a number that port, metrics -1 off (None)."""
+    from flows.cli.endpoint import _triton_ports
+    from infra.endpoint.process import endpoint_settings
+
+    cfg = endpoint_settings("ep", "file:///m", triton=_triton_ports(8500, 0, -1))
+    assert (cfg.triton_http_port, cfg.triton_grpc_port, cfg.triton_metrics_port) == (8500, 0, None)
+    cfg = endpoint_settings("ep", "file:///m", triton=_triton_ports(0, 8501, 8502))
+    assert (cfg.triton_http_port, cfg.triton_grpc_port, cfg.triton_metrics_port) == (0, 8501, 8502)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -14,7 +14,21 @@ from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, con
 from infra import paths
 from infra.endpoint.client import memory_note
 
+if TYPE_CHECKING:
+    from infra.triton.process import TritonPorts
+
 SPARE = typer.Option(None, help="places of the budget kept free by background unloads (default: derived; 0: none)")
+TRITON_HTTP = typer.Option(0, min=0, help="tritonserver's HTTP port on 127.0.0.1 (0: a free one)")
+TRITON_GRPC = typer.Option(0, min=0, help="tritonserver's gRPC port on 127.0.0.1 (0: a free one)")
+TRITON_METRICS = typer.Option(0, min=-1, help="tritonserver's metrics port on 127.0.0.1 (0: a free one; "
+                                              "-1: metrics off); also served at GET /triton/metrics")
+
+
+def _triton_ports(http: int, grpc: int, metrics: int) -> TritonPorts:
+    """The ``--triton-*-port`` options as the endpoint's Triton ports (-1 turns metrics off)."""
+    from infra.triton.process import TritonPorts
+
+    return TritonPorts(http=http, grpc=grpc, metrics=None if metrics < 0 else metrics)
 
 
 @app.command()
@@ -42,13 +56,16 @@ def cache_clear() -> None:
 def endpoint_start(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None, help="default: the embedded store's models/<name>"),
                    port: int = typer.Option(0),
-                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
+                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE,
+                   triton_http_port: int = TRITON_HTTP, triton_grpc_port: int = TRITON_GRPC,
+                   triton_metrics_port: int = TRITON_METRICS) -> None:
     """Start the local endpoint in the background (or show the running one)."""
     from infra.endpoint.process import start_background
     from tasks.deploy.publish import model_data_url as default_url
 
     info = start_background(name, model_data_url or default_url(paths.store_uri(), name),
-                            port=port, max_loaded_models=max_loaded_models, spare_slots=spare_slots)
+                            port=port, max_loaded_models=max_loaded_models, spare_slots=spare_slots,
+                            triton=_triton_ports(triton_http_port, triton_grpc_port, triton_metrics_port))
     console.print(f"endpoint {name} serving on {info.url} (models from {info.model_data_url})")
 
 
@@ -56,14 +73,17 @@ def endpoint_start(name: str = typer.Option("local-mme"),
 def endpoint_serve(name: str = typer.Option("local-mme"),
                    model_data_url: str | None = typer.Option(None),
                    host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE) -> None:
+                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE,
+                   triton_http_port: int = TRITON_HTTP, triton_grpc_port: int = TRITON_GRPC,
+                   triton_metrics_port: int = TRITON_METRICS) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
     from infra.endpoint import local_mme
     from infra.endpoint.process import endpoint_settings
     from tasks.deploy.publish import model_data_url as default_url
 
     settings = endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name), host=host, port=port,
-                                 max_loaded_models=max_loaded_models, spare_slots=spare_slots)
+                                 max_loaded_models=max_loaded_models, spare_slots=spare_slots,
+                                 triton=_triton_ports(triton_http_port, triton_grpc_port, triton_metrics_port))
     local_mme.serve(settings, state_file=paths.endpoint_dir(name) / "endpoint.json")
 
 

@@ -147,6 +147,7 @@ def _print_example(made: Any, as_json: bool) -> None:
         emit_json({"fleet": fleet, "fleet_file": None if file is None else str(file),
                    "out": made.out_uri, "tenants": [t.name for t in made.tenants],
                    "written": made.written, "unchanged": made.unchanged,
+                   "sample_image": getattr(made, "sample_image", None),
                    "seconds": round(made.seconds, 3)})
         return
     if isinstance(made, TextExampleFleet):
@@ -158,6 +159,8 @@ def _print_example(made: Any, as_json: bool) -> None:
         f"{made.written} files written, {made.unchanged} unchanged, {made.seconds:.1f} s")
     say(f"fleet {fleet}: {file} (mme fleet show {file})" if file is not None else
         "no fleet file written (give --fleet-file PATH for an s3:// prefix)")
+    if getattr(made, "sample_image", None):
+        say(f"a photo to classify: {made.sample_image}")
 
 
 def _read_name(fleet_file: Path) -> str | None:
