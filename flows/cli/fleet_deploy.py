@@ -114,6 +114,10 @@ def deploy(o: FleetDeployOptions) -> None:
         f"{len(got['unretired'])} un-retired, "
         f"{len(got['removed'])} removed, {len(got['deleted'])} objects deleted; "
         f"{got['routed']} routed -> {got['routes']}")
+    if got.get("held"):
+        held = got["held"]
+        say(f"{len(held)} variant(s) failed their last build and stay on the version they are "
+            f"routed by (not retired): {', '.join(held[:10])}{' ...' if len(held) > 10 else ''}")
     _print_unretired(got)
     if got.get("verify"):
         from flows.cli.fleet_verify import print_findings
