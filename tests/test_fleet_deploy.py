@@ -541,35 +541,38 @@ def test_first_deploy_routes_every_variant_and_the_router_answers(local_fleet: d
 
 def test_validation_progress_says_n_of_n_every_k_variants_and_each_failure() -> None:
     """Lines (and progress-artifact states) every ``every`` variants and at the end, whatever
-    the time; each failure said as it happens."""
-    from tasks.fleet.progress import ValidationProgress
+    the time; each failure said as it happens, in the deploy's words. A clock that stands
+    still gives no rate (nothing can be measured)."""
+    from tasks.fleet.progress import Progress
 
     lines: list[str] = []
     errors: list[str] = []
     states: list[float] = []
-    p = ValidationProgress(10, emit=lines.append, error=errors.append, artifact=states.append,
-                           every=3, clock=lambda: 0.0)
+    p = Progress("validated", 10, emit=lines.append, error=errors.append, artifact=states.append,
+                 every=3, clock=lambda: 0.0,
+                 fail_line="variant {item} failed validation ({done}/{total}): {reason}")
     for i in range(10):
         p.record(f"v{i}", "wrong answer" if i == 4 else None)
     assert lines == ["validated 3/10", "validated 6/10, 1 failed (latest: v4)",
                      "validated 9/10, 1 failed (latest: v4)", "validated 10/10, 1 failed (latest: v4)"]
     assert states == [30.0, 60.0, 90.0, 100.0]
-    assert len(errors) == 1 and "v4" in errors[0] and "5/10" in errors[0]
-    assert p.summary() == {"validated": 10, "total": 10, "failed": 1, "updates": 4}
+    assert errors == ["variant v4 failed validation (5/10): wrong answer"]
+    assert p.summary("validated") == {"validated": 10, "total": 10, "failed": 1, "updates": 4}
 
 
 def test_validation_progress_says_so_after_the_interval_even_between_k() -> None:
     """A slow fleet: every record past ``interval_s`` since the last line says one (a fake
-    clock advancing 6 s a record, 5 s interval), though ``every`` was not reached."""
-    from tasks.fleet.progress import ValidationProgress, progress_every
+    clock advancing 6 s a read: once at the start, once per record; 5 s interval), though
+    ``every`` was not reached; each line with the rate so far and the time left at it."""
+    from tasks.fleet.progress import Progress, progress_every
 
-    ticks = iter(range(0, 1000, 6))  # the clock is read once per record
+    ticks = iter(range(0, 1000, 6))
     lines: list[str] = []
-    p = ValidationProgress(4, emit=lines.append, error=lambda _: None, every=100,
-                           clock=lambda: float(next(ticks)))
+    p = Progress("validated", 4, emit=lines.append, every=100, clock=lambda: float(next(ticks)))
     for i in range(4):
         p.record(f"v{i}", None)
-    assert lines == ["validated 2/4", "validated 3/4", "validated 4/4"]
+    assert lines == ["validated 1/4, 0.17/s, ~18 s left", "validated 2/4, 0.17/s, ~12 s left",
+                     "validated 3/4, 0.17/s, ~6 s left", "validated 4/4 in 24 s, 0.17/s"]
     assert (progress_every(4), progress_every(100), progress_every(1000)) == (1, 5, 50)
 
 

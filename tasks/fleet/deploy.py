@@ -62,7 +62,7 @@ from tasks.fleet.routes import (
     write_routes,
 )
 from tasks.deploy.publish import versioned_target
-from tasks.fleet.progress import LoadedBudget, ValidationProgress
+from tasks.fleet.progress import LoadedBudget, Progress
 from tasks.runtime.run_context import run_logger
 from tasks.deploy.validate import LoadWait, invoke_when_ready
 from tasks.build.verify import Sample, score
@@ -340,7 +340,7 @@ def validate_jobs_task(access: Mapping[str, Access], jobs: Sequence[Job],
                        policy: DeployPolicy) -> tuple[dict[str, str | None], dict[str, int]]:
     """Validate ``jobs`` with at most ``policy.concurrency`` invokes in flight: ``{variant: reason or
     None}``. A failure is that variant's alone. Progress (n/N, failures) is said as it goes
-    (:class:`tasks.fleet.progress.ValidationProgress`: log lines and the
+    (:class:`tasks.fleet.progress.Progress`: log lines with rate and time left, and the
     ``fleet-deploy-progress`` artifact); on a local endpoint at most ``policy.keep_loaded`` of the
     validated variants stay loaded (:class:`tasks.fleet.progress.LoadedBudget`). Returns the
     results and the progress's counts (validated, failed, lines said, unloaded)."""
@@ -362,15 +362,17 @@ def validate_jobs_task(access: Mapping[str, Access], jobs: Sequence[Job],
     if budget.unloaded:
         run_logger().info("unloaded %d validated variants beyond keep_loaded=%d (they load again "
                           "on their first request)", len(budget.unloaded), keep)
-    return results, {**progress.summary(), "unloaded": len(budget.unloaded), "keep_loaded": keep}
+    return results, {**progress.summary("validated"), "unloaded": len(budget.unloaded), "keep_loaded": keep}
 
 
-def validation_progress(total: int) -> ValidationProgress:
-    """Progress of ``total`` validations: lines on the run's log and a progress artifact."""
+def validation_progress(total: int) -> Progress:
+    """Progress of ``total`` validations: lines on the run's log (``validated n/N``, rate,
+    time left; each failure as it happens) and a progress artifact."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     log = run_logger()
-    progress = ValidationProgress(total, emit=log.info, error=log.error)
+    progress = Progress("validated", total, emit=log.info, error=log.error,
+                        fail_line="variant {item} failed validation ({done}/{total}): {reason}")
     if total:
         key = create_progress_artifact(progress=0.0, key="fleet-deploy-progress",
                                        description=f"Variants validated of {total}")
