@@ -151,7 +151,8 @@ def test_example_into_s3_resolves_with_etags(s3, work_home: Path, tmp_path: Path
                               fleet_file=tmp_path / "fleet.yaml")
     assert made.out_uri == "s3://models/fleets/a" and made.written == 3 * COUNT
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"]]
-    assert len(keys) == 3 * COUNT and all(k.startswith("fleets/a/tenants/tenant-") for k in keys)
+    tenant_keys = [k for k in keys if k != "fleets/a/cat.jpg"]  # the sample photo, beside them
+    assert len(keys) == 3 * COUNT + 1 and all(k.startswith("fleets/a/tenants/tenant-") for k in tenant_keys)
     bodies = {s3.get_object(Bucket="models", Key=k)["Body"].read() for k in keys if k.endswith(".onnx")}
     assert len(bodies) == COUNT
     fleet = load_fleet(made.fleet_file)  # type: ignore[arg-type]
@@ -280,3 +281,20 @@ def test_cli_example_then_show_lists_variants_and_problems(work_home: Path, tmp_
     bad.write_text("name: b\ntemplate: image_classifier_tenant\n")
     refused = _mme(["fleet", "show", str(bad)], work_home)
     assert refused.returncode == 2 and "exactly one variant source" in refused.stderr
+
+
+def test_cli_example_says_its_progress_on_stderr_and_nothing_with_quiet(work_home: Path,
+                                                                        tmp_path: Path) -> None:
+    """Issue 21: ``tenants written n/30`` lines (with a rate once time has passed) on stderr as
+    the tenants are written, the result alone on stdout; ``-q`` silences the progress."""
+    import re
+
+    r = _mme(["fleet", "example", "--count", "30", "--out", (tmp_path / "a").as_uri()], work_home)
+    assert r.returncode == 0, r.stderr
+    said = re.findall(r"^tenants written (\d+)/30\b.*$", r.stderr, re.MULTILINE)
+    assert said and said[-1] == "30", r.stderr
+    assert "tenants written" not in r.stdout and "30 tenants" in r.stdout
+    quiet = _mme(["-q", "fleet", "example", "--count", "30", "--out", (tmp_path / "b").as_uri()],
+                 work_home)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "/30" not in quiet.stderr and "30 tenants" in quiet.stdout

@@ -34,6 +34,7 @@ def test_a_line_every_five_percent_with_rate_and_time_left() -> None:
     assert len(lines) == 20
     assert lines[0] == "tenants written 5/100, 1.0/s, ~95 s left"
     assert lines[9] == "tenants written 50/100, 1.0/s, ~50 s left"
+    assert lines[18] == "tenants written 95/100, 1.0/s, ~5 s left"
     assert lines[-1] == "tenants written 100/100 in 100 s, 1.0/s"
     assert p.updates == 20
 
@@ -130,3 +131,12 @@ def test_rates_and_durations_read_at_a_glance() -> None:
         ["250/s", "12/s", "2.5/s", "0.25/s", "3.0/min"]
     assert [duration_text(s) for s in (7.6, 119.0, 150.0, 600.0, 9000.0)] == \
         ["8 s", "119 s", "2.5 min", "10 min", "2.5 h"]
+
+
+def test_under_a_second_left_reads_as_such() -> None:
+    lines: list[str] = []
+    p = Progress("tenants written", 20, emit=lines.append, every=19,
+                 clock=clock(0.0, *[1.0] * 18, 2.0))
+    for i in range(19):
+        p.record(f"t{i}")
+    assert lines == ["tenants written 19/20, 9.5/s, <1 s left"]

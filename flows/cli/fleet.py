@@ -117,7 +117,8 @@ def example(count: int = typer.Option(20, min=1, help="number of tenants"),
         _fail(f"--name {name!r}: a fleet name is letters, digits, '-' and '_'")
     try:
         made = make_kind_example(kinds[kind], count, out, seed=seed, fleet_file=fleet_file,
-                                 layout=layouts[layout] if layout else None)
+                                 layout=layouts[layout] if layout else None,
+                                 say=lambda line: console.print(line, markup=False, highlight=False))
         if name is not None and made.fleet_file is not None:
             _rename_fleet(made.fleet_file, name)
     except Exception as e:

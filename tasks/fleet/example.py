@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, Protocol
@@ -37,6 +37,7 @@ from infra.jsontypes import JsonObject
 from infra.paths import work_dir
 from infra.store.objects import FileStore, ObjectStore, S3Store, atomic_dir, atomic_path, file_lock, open_store
 from tasks.build.verify import sample_image
+from tasks.fleet.progress import Progress
 from tasks.producers.classifiers import (
     CAT_CLASSES,
     NUM_CLASSES,
@@ -296,12 +297,19 @@ def write_fleet_file(store: ObjectStore, fleet_file: Path | None, doc: JsonObjec
     return path.resolve()
 
 
+def tenants_progress(count: int, say: Callable[[str], None] | None) -> Progress | None:
+    """``tenants written n/N, R/s, ~T left`` to ``say`` as an example writes its tenants (a
+    hundred take ~20 s: silence would look stuck); None: nothing said."""
+    return None if say is None else Progress("tenants written", count, emit=say)
+
+
 def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3Client = None,
-                       fleet_file: Path | None = None, layout: Layout | None = None) -> ExampleFleet:
+                       fleet_file: Path | None = None, layout: Layout | None = None,
+                       say: Callable[[str], None] | None = None) -> ExampleFleet:
     """Write ``count`` tenants' ``model.onnx``, ``labels.txt`` and ``classes.txt`` under
     ``out_uri`` (``file://``, ``s3://`` or a path) and the fleet file (default
     ``<out>/fleet.yaml`` for a local prefix; none for S3 unless ``fleet_file`` is given).
-    Objects that already hold the same bytes are left alone."""
+    Objects that already hold the same bytes are left alone. ``say`` gets progress lines."""
     t0 = time.perf_counter()
     store, base = open_store(out_uri, s3_client=s3_client)
     prefix_uri = prefix_uri_of(store, base)
@@ -311,11 +319,14 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3
     result = ExampleFleet(out_uri=prefix_uri, fleet_file=None, base_onnx=base_onnx,
                           tenants=example_tenants(count, seed))
     root = f"{base}/" if base else ""
+    progress = tenants_progress(count, say)
     for tenant in result.tenants:
         put_tenant_files(store, f"{root}tenants/{tenant.name}", {
             "model.onnx": models.model_bytes(tenant.classes),
             "labels.txt": "".join(f"{names[c]}\n" for c in tenant.classes).encode(),
             "classes.txt": "".join(f"{c}\n" for c in tenant.classes).encode()}, result)
+        if progress is not None:
+            progress.record(tenant.name)
     result.fleet_file = write_fleet_file(store, fleet_file, fleet_document(prefix_uri, layout))
     _put_if_changed(store, f"{root}{SAMPLE_IMAGE}", sample_image(SAMPLE_IMAGE_SOURCE))
     result.sample_image = store.uri_for(f"{root}{SAMPLE_IMAGE}")
@@ -325,13 +336,14 @@ def make_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3
 
 def make_kind_example(kind: ExampleKind, count: int, out_uri: str, *, seed: int = 0,
                       s3_client: S3Client = None, fleet_file: Path | None = None,
-                      layout: Layout | None = None) -> ExampleFleet | TextExampleFleet:
+                      layout: Layout | None = None,
+                      say: Callable[[str], None] | None = None) -> ExampleFleet | TextExampleFleet:
     """The example fleet of ``kind`` (``mme fleet example --kind``); the text kind's fleet
-    file always names its layout (``separate`` unless asked)."""
+    file always names its layout (``separate`` unless asked). ``say`` gets progress lines."""
     if kind == "text":
         from tasks.fleet.example_text import make_text_example_fleet
 
         return make_text_example_fleet(count, out_uri, seed=seed, s3_client=s3_client,
-                                       fleet_file=fleet_file, layout=layout or "separate")
+                                       fleet_file=fleet_file, layout=layout or "separate", say=say)
     return make_example_fleet(count, out_uri, seed=seed, s3_client=s3_client,
-                              fleet_file=fleet_file, layout=layout)
+                              fleet_file=fleet_file, layout=layout, say=say)

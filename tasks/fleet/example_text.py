@@ -16,6 +16,7 @@ are written with ``onnx.helper`` from seeded random weights: milliseconds each, 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,7 +27,14 @@ from ensembles.fleet_spec import Layout
 from infra.aws.clients import S3Client
 from infra.jsontypes import JsonObject
 from infra.store.objects import open_store
-from tasks.fleet.example import prefix_source, prefix_uri_of, put_tenant_files, tenant_name, write_fleet_file
+from tasks.fleet.example import (
+    prefix_source,
+    prefix_uri_of,
+    put_tenant_files,
+    tenant_name,
+    tenants_progress,
+    write_fleet_file,
+)
 
 if TYPE_CHECKING:
     from onnx import ModelProto
@@ -141,11 +149,13 @@ def fleet_document(prefix_uri: str, layout: Layout = "separate") -> JsonObject:
 
 
 def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_client: S3Client = None,
-                            fleet_file: Path | None = None, layout: Layout = "separate") -> TextExampleFleet:
+                            fleet_file: Path | None = None, layout: Layout = "separate",
+                            say: Callable[[str], None] | None = None) -> TextExampleFleet:
     """Write ``count`` tenants' ``model.onnx`` and ``labels.txt`` under ``out_uri``
     (``file://``, ``s3://`` or a path) and the fleet file (default ``<out>/fleet.yaml`` for a
     local prefix; none for S3 unless ``fleet_file`` is given). Objects that already hold the
-    same bytes are left alone (a rerun changes nothing the fleet build would see)."""
+    same bytes are left alone (a rerun changes nothing the fleet build would see). ``say``
+    gets progress lines."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     t0 = time.perf_counter()
@@ -153,6 +163,7 @@ def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_clien
     prefix_uri = prefix_uri_of(store, base)
     result = TextExampleFleet(out_uri=prefix_uri, fleet_file=None, layout=layout)
     root = f"{base}/" if base else ""
+    progress = tenants_progress(count, say)
     for i in range(1, count + 1):
         w, b = head_weights(i, seed)
         tenant = IntentTenant(tenant_name(i), int(w.shape[0]))
@@ -160,6 +171,8 @@ def make_text_example_fleet(count: int, out_uri: str, *, seed: int = 0, s3_clien
         put_tenant_files(store, f"{root}tenants/{tenant.name}", {
             "model.onnx": head_model(w, b).SerializeToString(),
             "labels.txt": "".join(f"{label}\n" for label in tenant.labels).encode()}, result)
+        if progress is not None:
+            progress.record(tenant.name)
     result.fleet_file = write_fleet_file(store, fleet_file, fleet_document(prefix_uri, layout))
     result.seconds = round(time.perf_counter() - t0, 2)
     return result

@@ -150,7 +150,8 @@ class Progress:
         if final:
             return f"{head} in {duration_text(elapsed)}, {rate_text(rate)}"
         left = max(0, self.total - self.done) / rate
-        return f"{head}, {rate_text(rate)}, {'at most ' if self.at_most else ''}~{duration_text(left)} left"
+        when = "<1 s" if left < 1 else f"~{duration_text(left)}"
+        return f"{head}, {rate_text(rate)}, {'at most ' if self.at_most else ''}{when} left"
 
     def summary(self, done_key: str = "done") -> dict[str, int]:
         """The counts a step's result carries (``done_key``: what the step calls its items)."""
