@@ -41,6 +41,19 @@ def test_seed_arithmetic_two_ensembles_on_one_g4dn_4xlarge() -> None:
     assert 12_500 < saved_per_year < 13_500  # 1.505 $/h x 8760 h = $13,184
 
 
+def test_the_search_says_its_progress(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 21: the search says ``candidates simulated n (at most N)`` as it simulates, and
+    a last line with how many it simulated, in how long; the count is the plan's own."""
+    traffic = zipf([f"v{i}" for i in range(20)], 1.0, 1.0, seed=0)
+    with caplog.at_level("INFO", logger="mme.plan"):
+        result = make_plan([CAT.get("ml.g5.xlarge")], _fleet(20), traffic, Goal(1000.0),
+                           "us-east-1", SMALL)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mme.plan"]
+    assert lines and all(line.startswith("candidates simulated ") for line in lines)
+    assert lines[-1].startswith(f"candidates simulated {len(result.simulated)} in "), lines
+    assert all(f"(at most {SMALL.max_simulations})" in line for line in lines[:-1])
+
+
 def test_picks_the_cheaper_of_two_types_that_both_meet_the_goal() -> None:
     g4, g5 = CAT.get("ml.g4dn.xlarge"), CAT.get("ml.g5.xlarge")
     traffic = zipf([f"v{i}" for i in range(20)], 1.1, 2.0, seed=0)

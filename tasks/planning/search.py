@@ -28,10 +28,12 @@ import numpy as np
 from infra.errors import UserError
 from tasks.planning.catalog import InstanceType
 from tasks.build.footprints import Footprint
+from tasks.fleet.progress import Progress
 from tasks.planning.planfile import Autoscaling, PlanFile
 from tasks.planning.cache_model import che_hit_ratio
 from tasks.planning.simulate import FleetArrays, InstanceConfig, simulate
 from tasks.planning.traffic import Traffic, poisson_sequence
+from tasks.runtime.run_context import run_logger
 
 LayoutRequest = Literal["auto", "separate", "fused"]
 HOURS_PER_MONTH = 730.0
@@ -299,6 +301,7 @@ class _Search:
     bounds: set[str] = field(default_factory=set)
     best: Evaluated | None = None
     closest_screen: tuple[float, float, str] | None = None  # (rough p99 ms, -Che hit, plan) seen screening
+    progress: Progress | None = None  # ``candidates simulated n (at most N)``, rate, time left
 
     def candidate(self, row: InstanceType, count: int, shards: int, cache: str) -> Candidate:
         return Candidate(row.name, count, shards, cache, (row.hourly(self.region) or 0.0) * count * shards)
@@ -325,6 +328,8 @@ class _Search:
         ev = Evaluated(cand, sc, simulate_settled(cand, row, self.fleet, self.seq, self.goal, self.options))
         ev.meets = self.goal.met_by(ev.figures or {})
         self.done.append(ev)
+        if self.progress is not None:
+            self.progress.record(cand.label())
         if ev.meets and (self.best is None or cand.hourly_usd < self.best.candidate.hourly_usd):
             self.best = ev
         return ev
@@ -410,13 +415,17 @@ def service_floor_ms(fleet: FleetArrays, rates: np.ndarray) -> float:
 def run_search(types: list[InstanceType], fleet: FleetArrays, traffic: Traffic, goal: Goal,
                region: str, options: SearchOptions) -> _Search:
     """Grow every (type, cache, shards) combination that can hold the fleet, cheapest type
-    first; shards double (1, 2, 4 ...) while the per-endpoint cap binds and instances remain."""
+    first; shards double (1, 2, 4 ...) while the per-endpoint cap binds and instances remain.
+    Says ``candidates simulated n (at most N), R/s, at most ~T left`` as it goes (a search
+    takes up to a minute; N is the simulation budget, ``max_simulations``)."""
     s = _Search(fleet, request_sequence(traffic.peak_rates, options), goal, region, options)
     floor = service_floor_ms(fleet, traffic.peak_rates)
     if floor > goal.p99_ms:
         s.bounds.add(f"the service time alone (p99 {floor:,.0f} ms of warm requests on idle instances) exceeds "
                      f"the goal: no count or type of instance lowers it")
         return s
+    s.progress = Progress("candidates simulated", options.max_simulations, emit=run_logger("mme.plan").info,
+                          at_most=True)
     for row in sorted(fitting_types(types, fleet, options), key=lambda r: r.hourly(region) or math.inf):
         for cache in options.caches:
             shards = 1
@@ -426,6 +435,7 @@ def run_search(types: list[InstanceType], fleet: FleetArrays, traffic: Traffic, 
                         or cap < options.max_per_endpoint:
                     break  # met, stalled, or the total cap binds: more endpoints split the same instances
                 shards *= 2
+    s.progress.finish()
     return s
 
 
