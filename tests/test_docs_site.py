@@ -79,6 +79,19 @@ def test_every_env_var_read_is_explained() -> None:
                                            f"explained but not read: {sorted(set(gen_env.MEANINGS) - found)}")
 
 
+def test_endpoint_http_page_lists_every_route_the_app_answers() -> None:
+    """Every path ``infra/endpoint/app.py`` routes (``path == "..."`` or a ``startswith`` prefix)
+    is on the endpoint HTTP API page with its method."""
+    source = (ROOT / "infra" / "endpoint" / "app.py").read_text()
+    page = (ROOT / "docs" / "reference" / "endpoint-http.md").read_text()
+    routes = re.findall(r'path(?: ==|\.startswith\()\s*"([^"]+)"\)?(?:[^\n]*?method == "(\w+)")?', source)
+    assert len(routes) >= 6, routes
+    for path, method in routes:
+        shown = [line for line in page.splitlines() if line.startswith("| `") and f" {path}" in line]
+        assert shown, f"{path}: not on docs/reference/endpoint-http.md"
+        assert not method or any(f"`{method} " in line for line in shown), (path, method)
+
+
 def test_errors_page_lists_the_tree() -> None:
     from infra.errors import InvalidInput, MMEError, UserError
 
