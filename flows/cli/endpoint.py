@@ -5,23 +5,59 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, console, emit_json, endpoint_app, results
+from flows.cli.options import takes_options
 from infra import paths
 from infra.endpoint.client import memory_note
 
 if TYPE_CHECKING:
     from infra.triton.process import TritonPorts
 
-SPARE = typer.Option(None, help="places of the budget kept free by background unloads (default: derived; 0: none)")
-TRITON_HTTP = typer.Option(0, min=0, help="tritonserver's HTTP port on 127.0.0.1 (0: a free one)")
-TRITON_GRPC = typer.Option(0, min=0, help="tritonserver's gRPC port on 127.0.0.1 (0: a free one)")
-TRITON_METRICS = typer.Option(0, min=-1, help="tritonserver's metrics port on 127.0.0.1 (0: a free one; "
-                                              "-1: metrics off); also served at GET /triton/metrics")
+SPARE = "places of the budget kept free by background unloads (default: derived; 0: none)"
+
+
+@dataclass(frozen=True)
+class EndpointOptions:
+    """What ``mme endpoint start`` and ``serve`` share: the endpoint, its budget and spare room,
+    and its tritonserver's ports (a free one each by default, so several endpoints coexist)."""
+
+    name: Annotated[str, typer.Option()] = "local-mme"
+    model_data_url: Annotated[str | None, typer.Option(help="default: the embedded store's models/<name>")] = None
+    max_loaded_models: Annotated[int | None, typer.Option()] = None
+    spare_slots: Annotated[int | None, typer.Option(help=SPARE)] = None
+    triton_http_port: Annotated[int, typer.Option(
+        min=0, help="tritonserver's HTTP port on 127.0.0.1 (0: a free one)")] = 0
+    triton_grpc_port: Annotated[int, typer.Option(
+        min=0, help="tritonserver's gRPC port on 127.0.0.1 (0: a free one)")] = 0
+    triton_metrics_port: Annotated[int, typer.Option(
+        min=-1, help="tritonserver's metrics port on 127.0.0.1 (0: a free one; -1: metrics off); "
+                     "also served at GET /triton/metrics")] = 0
+
+    def triton(self) -> TritonPorts:
+        """The ``--triton-*-port`` options as the endpoint's Triton ports (-1 turns metrics off)."""
+        return _triton_ports(self.triton_http_port, self.triton_grpc_port, self.triton_metrics_port)
+
+    def models_url(self) -> str:
+        from tasks.deploy.publish import model_data_url as default_url
+
+        return self.model_data_url or default_url(paths.store_uri(), self.name)
+
+
+@dataclass(frozen=True)
+class EndpointStartOptions(EndpointOptions):
+    port: Annotated[int, typer.Option(help="the endpoint's port (0: a free one)")] = 0
+
+
+@dataclass(frozen=True)
+class EndpointServeOptions(EndpointOptions):
+    host: Annotated[str, typer.Option()] = "127.0.0.1"
+    port: Annotated[int, typer.Option()] = 8080
 
 
 def _triton_ports(http: int, grpc: int, metrics: int) -> TritonPorts:
@@ -53,38 +89,27 @@ def cache_clear() -> None:
 
 
 @endpoint_app.command("start")
-def endpoint_start(name: str = typer.Option("local-mme"),
-                   model_data_url: str | None = typer.Option(None, help="default: the embedded store's models/<name>"),
-                   port: int = typer.Option(0),
-                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE,
-                   triton_http_port: int = TRITON_HTTP, triton_grpc_port: int = TRITON_GRPC,
-                   triton_metrics_port: int = TRITON_METRICS) -> None:
+@takes_options(EndpointStartOptions)
+def endpoint_start(o: EndpointStartOptions) -> None:
     """Start the local endpoint in the background (or show the running one)."""
     from infra.endpoint.process import start_background
-    from tasks.deploy.publish import model_data_url as default_url
 
-    info = start_background(name, model_data_url or default_url(paths.store_uri(), name),
-                            port=port, max_loaded_models=max_loaded_models, spare_slots=spare_slots,
-                            triton=_triton_ports(triton_http_port, triton_grpc_port, triton_metrics_port))
-    console.print(f"endpoint {name} serving on {info.url} (models from {info.model_data_url})")
+    info = start_background(o.name, o.models_url(), port=o.port, max_loaded_models=o.max_loaded_models,
+                            spare_slots=o.spare_slots, triton=o.triton())
+    console.print(f"endpoint {o.name} serving on {info.url} (models from {info.model_data_url})")
 
 
 @endpoint_app.command("serve")
-def endpoint_serve(name: str = typer.Option("local-mme"),
-                   model_data_url: str | None = typer.Option(None),
-                   host: str = typer.Option("127.0.0.1"), port: int = typer.Option(8080),
-                   max_loaded_models: int | None = typer.Option(None), spare_slots: int | None = SPARE,
-                   triton_http_port: int = TRITON_HTTP, triton_grpc_port: int = TRITON_GRPC,
-                   triton_metrics_port: int = TRITON_METRICS) -> None:
+@takes_options(EndpointServeOptions)
+def endpoint_serve(o: EndpointServeOptions) -> None:
     """Run the local endpoint in the foreground until Ctrl-C."""
     from infra.endpoint import local_mme
     from infra.endpoint.process import endpoint_settings
-    from tasks.deploy.publish import model_data_url as default_url
 
-    settings = endpoint_settings(name, model_data_url or default_url(paths.store_uri(), name), host=host, port=port,
-                                 max_loaded_models=max_loaded_models, spare_slots=spare_slots,
-                                 triton=_triton_ports(triton_http_port, triton_grpc_port, triton_metrics_port))
-    local_mme.serve(settings, state_file=paths.endpoint_dir(name) / "endpoint.json")
+    settings = endpoint_settings(o.name, o.models_url(), host=o.host, port=o.port,
+                                 max_loaded_models=o.max_loaded_models, spare_slots=o.spare_slots,
+                                 triton=o.triton())
+    local_mme.serve(settings, state_file=paths.endpoint_dir(o.name) / "endpoint.json")
 
 
 @endpoint_app.command("stop")
