@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections import Counter
@@ -425,11 +426,23 @@ def test_an_empty_prefix_keeps_the_index_at_the_root(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- the task
 
 
+class _Lines(logging.Handler):
+    """The messages of the log records it sees."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.mark.prefect
 def test_publish_fleet_task_reports_progress_and_failures(prefect_harness, tmp_path: Path) -> None:
     """The Prefect task in a real flow run: the objects land under the URI's prefix, a
-    missing tarball is a failed key (not a crashed task), and the run carries a progress bar
-    at 100 % and a report naming the failure."""
+    missing tarball is a failed key (not a crashed task), the task says its progress
+    (``objects published n/31``), and the run carries a progress bar at 100 % and a report
+    naming the failure."""
     from prefect import flow, get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -444,9 +457,17 @@ def test_publish_fleet_task_reports_progress_and_failures(prefect_harness, tmp_p
     def probe() -> Any:
         return publish_fleet_task(f"{store_root.as_uri()}/fleets", "demo", files, workers=4)
 
-    state = probe(return_state=True)
+    said = _Lines()
+    task_runs = logging.getLogger("prefect.task_runs")
+    task_runs.addHandler(said)
+    try:
+        state = probe(return_state=True)
+    finally:
+        task_runs.removeHandler(said)
     report = state.result()
     assert len(report.uploaded) == 30 and [k for k, _ in report.failed] == ["tenant-0099.tar.gz"]
+    progress = [line for line in said.lines if line.startswith("objects published ")]
+    assert progress and progress[-1].startswith("objects published 31/31 in "), said.lines
     store = FileStore(store_root)
     assert set(_index(store, "fleets/demo")["objects"]) == set(files) - {"tenant-0099.tar.gz"}
     assert store.get_bytes("fleets/demo/tenant-0007.tar.gz") == files["tenant-0007.tar.gz"].path.read_bytes()

@@ -2,8 +2,9 @@
 :func:`infra.store.sync.sync_files` (concurrent uploads, unchanged objects skipped by one index
 read, the index written last).
 
-The task shows a ``fleet-publish-progress`` bar that moves as objects finish (updated at most
-once per percent, so a thousand objects cost about a hundred API calls, not a thousand) and a
+The task says ``objects published n/N, R/s, ~T left`` and moves a ``fleet-publish-progress`` bar
+as objects finish (at most every ~5% or 5 s, so a thousand objects cost about twenty API calls,
+not a thousand: :class:`tasks.fleet.progress.Progress`) and writes a
 ``fleet-publish`` markdown report: counts, bytes, store requests, the failed keys and why.
 A partial publish does not raise: the report's ``failed`` goes back to the flow, which fails
 naming those variants (their previous objects, if any, are still whole in the store and the
@@ -18,13 +19,13 @@ from typing import cast
 from uuid import UUID
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from infra.store.objects import open_store
 from infra.store.sync import LocalObject, SyncReport, sync_files
-from tasks.build.report import advance_progress
+from tasks.fleet.progress import Progress
 from tasks.runtime.text import human_bytes
 from tasks.runtime.retry import retry_transient
 
@@ -36,18 +37,27 @@ def _join(base: str, prefix: str) -> str:
     return f"{base}/{prefix}" if base and prefix else base or prefix
 
 
-def _progress_bar(description: str) -> Callable[[int, int], None]:
-    """A progress artifact and the ``progress(done, total)`` callback that moves it, at most
-    once per whole percent."""
+def _progress(description: str, log: Callable[[str], None]) -> Callable[[int, int], None]:
+    """The ``progress(done, total)`` callback a sync calls as objects finish: ``objects
+    published n/N, R/s, ~T left`` on the run's log and a progress artifact, at most every ~5%
+    or 5 s (:class:`tasks.fleet.progress.Progress`). Its first call (the objects the index says
+    are there already) starts it: they are not in the rate."""
     bar = cast(UUID, create_progress_artifact(progress=0.0, key="fleet-publish-progress",
                                               description=description))
-    last = {"percent": 0}
+    reporter: list[Progress] = []
+
+    def move(percent: float) -> None:
+        update_progress_artifact(bar, percent)
 
     def progress(done: int, total: int) -> None:
-        percent = 100 * done // total if total else 100
-        if percent != last["percent"]:
-            last["percent"] = percent
-            advance_progress(bar, done, total)
+        if not total:  # nothing to publish: the bar full, no line
+            move(100.0)
+            return
+        if not reporter:
+            reporter.append(Progress("objects published", total, emit=log, done=done, artifact=move))
+            if done < total:
+                return
+        reporter[0].advance(done)
 
     return progress
 
@@ -77,10 +87,10 @@ def publish_fleet_task(store_uri: str, prefix: str, built: Mapping[str, LocalObj
     store, base = open_store(store_uri)
     full = _join(base, prefix)
     location = f"{store_uri.rstrip('/')}/{prefix.strip('/')}" if prefix.strip("/") else store_uri
-    progress = _progress_bar(f"Objects published of {len(built)} to {location}")
+    log = get_run_logger()
+    progress = _progress(f"Objects published of {len(built)} to {location}", log.info)
     report = sync_files(store, full, built, workers=workers, delete_missing=delete_missing,
                         progress=progress)
-    log = get_run_logger()
     log.info("published to %s: %d uploaded (%s), %d unchanged, %d deleted, %d failed; "
              "%d store requests in %.2f s", location, len(report.uploaded),
              human_bytes(report.bytes_uploaded), len(report.skipped), len(report.deleted),
