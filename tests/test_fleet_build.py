@@ -5,6 +5,7 @@ canaries), rebuilt with nothing changed, with one changed, and with broken input
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -46,9 +47,26 @@ def example(tmp_path_factory, mme_home, prefect_harness):
     prefix = root / "models"
     made = make_example_fleet(COUNT, prefix.as_uri(), seed=7, fleet_file=root / "fleet.yaml")
     out = root / "out"
-    first = _run(root / "fleet.yaml", out)
+    said = _Lines()
+    flow_runs = logging.getLogger("prefect.flow_runs")
+    flow_runs.addHandler(said)
+    try:
+        first = _run(root / "fleet.yaml", out)
+    finally:
+        flow_runs.removeHandler(said)
     return {"root": root, "prefix": prefix, "fleet": root / "fleet.yaml", "out": out,
-            "first": first, "made": made}
+            "first": first, "made": made, "said": said.lines}
+
+
+class _Lines(logging.Handler):
+    """The messages of the log records it sees (the flow run's log, as a person reads it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 @pytest.mark.triton  # its canaries are verified in a real tritonserver
@@ -70,6 +88,17 @@ def test_first_build_verifies_every_variant(example):
     index = FleetIndex.model_validate_json((out / INDEX_FILE).read_text())
     assert sorted(index.variants) == sorted(manifests)
     assert {e.status for e in index.variants.values()} == {"ok"}
+
+
+@pytest.mark.triton
+def test_the_build_says_its_progress_across_the_chunks(example):
+    """Issue 21: ``variants built n/20`` on the flow run's log as the chunks (side by side)
+    build their variants, counting from the canaries verified before them, to the end."""
+    lines = [line for line in example["said"] if line.startswith("variants built ")]
+    counts = [int(line.split()[2].split("/")[0].rstrip(",")) for line in lines]
+    assert lines and all(f"/{COUNT}" in line for line in lines), example["said"]
+    assert counts == sorted(counts) and counts[0] > SAMPLE and counts[-1] == COUNT
+    assert lines[-1].startswith(f"variants built {COUNT}/{COUNT} in ")
 
 
 @pytest.mark.triton

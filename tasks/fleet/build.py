@@ -62,6 +62,7 @@ from tasks.fleet.variant import (
     read_members,
     stage_variant,
 )
+from tasks.fleet.progress import Progress, record_shared, share
 from tasks.fleet.verify import verify_in_triton
 from tasks.producers.produce import artifacts_for, check_artifacts
 from tasks.runtime.run_context import run_logger
@@ -407,15 +408,28 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
         shutil.rmtree(work, ignore_errors=True)
 
 
+def variants_progress(total: int, done: int) -> str:
+    """The key of a reporter of the build's ``total`` variants (``done`` of them already, the
+    canaries) that every chunk task records on as each variant ends: ``variants built n/N[, f
+    failed], R/s, ~T left`` on the flow run's log, across the chunks running side by side
+    (:class:`tasks.fleet.progress.Progress`; each failure has its own WARNING line already).
+    A chunk on another process (a Dask worker) finds no reporter there and says nothing."""
+    return share(Progress("variants built", total, emit=run_logger().info, done=done))
+
+
 @task(name="build-variants", cache_policy=NO_CACHE, task_run_name=variant_range_name("build-variants"))
 def build_chunk_task(template: FleetTemplate, shared: SharedReference | None,
                      structure: Structure | None, variants: list[Variant], work_root: Path,
-                     output_dir: Path, footprint: TemplateFootprint) -> list[VariantOutcome]:
+                     output_dir: Path, footprint: TemplateFootprint,
+                     progress: str | None = None) -> list[VariantOutcome]:
     """A chunk of variants, one after the other (chunks run side by side): one task per
-    chunk, not per variant, keeps a thousand-variant run's API traffic small. Ends Failed
-    (holding every outcome) when one of them failed (:func:`ended`)."""
-    outcomes = [build_checked(template, shared, structure, v, work_root, output_dir, footprint)
-                for v in variants]
+    chunk, not per variant, keeps a thousand-variant run's API traffic small. Each variant's
+    end is recorded on the run's reporter (``progress``: its key, :func:`variants_progress`).
+    Ends Failed (holding every outcome) when one of them failed (:func:`ended`)."""
+    outcomes = []
+    for v in variants:
+        outcomes.append(build_checked(template, shared, structure, v, work_root, output_dir, footprint))
+        record_shared(progress, v.name, outcomes[-1].reason if outcomes[-1].status == "failed" else None)
     return ended(outcomes, outcomes, "variants")
 
 

@@ -216,10 +216,13 @@ def build_rest(run: FleetRun, canaries: Canaries, progress: UUID) -> list[Varian
                                reason="not built: no canary of this fleet passed Triton "
                                       "verification (see the failed canaries)")
                 for v in canaries.remaining]
+    from tasks.fleet.build import variants_progress
+
     done, total = len(canaries.outcomes), len(run.todo)
     size = chunk_size(len(canaries.remaining), max_workers_from_env())
+    said = variants_progress(total, done)  # "variants built n/N, R/s, ~T left" as variants end
     futures = [build_chunk_task.submit(run.template, run.shared, canaries.structure, chunk, run.work,
-                                       run.out, canaries.footprint)
+                                       run.out, canaries.footprint, progress=said)
                for chunk in chunked(canaries.remaining, size)]
     outcomes: list[VariantOutcome] = []
     for fut in as_completed(futures):
