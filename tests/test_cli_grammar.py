@@ -293,14 +293,16 @@ def test_fleet_example_name_renames_the_written_fleet(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- a real fleet (Triton)
-# the 4-tenant example fleet of tests/test_fleet_deploy.py, built and deployed locally (the
+# the 4-tenant example fleet (tests/fixtures/local_fleet.py), built and deployed locally (the
 # fixture imported: pytest registers it in this module too)
-from test_fleet_deploy import local_fleet  # noqa: E402,F401
+import fixtures.local_fleet as _shared  # noqa: E402
+
+local_fleet = _shared.local_fleet  # the fixture, registered in this module
 
 
 @pytest.mark.triton
 @pytest.mark.prefect
-def test_invoke_names_a_variants_top_k_by_its_own_labels(local_fleet: dict[str, Any],  # noqa: F811
+def test_invoke_names_a_variants_top_k_by_its_own_labels(local_fleet: dict[str, Any],
                                                           tmp_path: Path) -> None:
     from PIL import Image
     from skimage import data

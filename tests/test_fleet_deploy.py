@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -423,34 +422,10 @@ def test_a_built_name_the_rules_refuse_or_a_file_name_too_long_refuses_the_publi
 
 
 # ------------------------------------------------------------------ a real fleet, local endpoint
-ENDPOINT = "fleet-deploy-test"
-SMALL = 4
+import fixtures.local_fleet as _shared  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def local_fleet(tmp_path_factory: pytest.TempPathFactory, mme_home: Path,
-                prefect_harness: None) -> Iterator[dict[str, Any]]:
-    """A 4-tenant example fleet built for real, deployed once to a local endpoint."""
-    from flows.fleet_build import fleet_build
-    from flows.fleet_deploy import fleet_deploy
-    from infra.endpoint.process import stop
-    from tasks.fleet.example import make_example_fleet
-
-    root = tmp_path_factory.mktemp("fleet-deploy")
-    make_example_fleet(SMALL, (root / "models").as_uri(), seed=3, fleet_file=root / "fleet.yaml")
-    build = root / "build"
-    fleet_build(str(root / "fleet.yaml"), output_dir=str(build), triton_sample=1)
-    store_uri = (root / "store").as_uri()
-    index = json.loads((build / INDEX_FILE).read_text())
-    # by its file: the deploy compares the file with the build first (they agree here)
-    first = fleet_deploy(str(root / "fleet.yaml"), [ENDPOINT], store_uri=store_uri,
-                         build_dir=str(build))
-    try:
-        yield {"root": root, "build": build, "store_uri": store_uri, "fleet": index["fleet"],
-               "names": sorted(index["variants"]), "first": first,
-               "prefix": root / "store" / "models" / ENDPOINT}
-    finally:
-        stop(ENDPOINT)
+local_fleet = _shared.local_fleet  # the fixture, registered in this module
+ENDPOINT, SMALL = _shared.ENDPOINT, _shared.SMALL
 
 
 def _redo(build: Path, name: str, change: str) -> str:
