@@ -47,6 +47,7 @@ from tasks.fleet.fused import (
     unchanged_build,
 )
 from tasks.fleet.fusion import FusionAnalysis, analyze_fleet, tenant_signature
+from tasks.fleet.progress import Progress
 from tasks.fleet.variant import FleetTemplate, input_key
 from tasks.fleet.verify import scratch_triton, unpacked_into, with_triton_times
 
@@ -363,6 +364,7 @@ def verify_shards_in_triton(staged: Sequence[StagedShard], log: Callable[[str], 
     out: dict[str, Verification | Exception] = {}
     if not staged:
         return out
+    progress = Progress("shards verified", len(staged), emit=log)  # n/N, rate, time left
     try:
         with scratch_triton("mme-fleet-fused-") as t:
             for s in staged:
@@ -373,6 +375,7 @@ def verify_shards_in_triton(staged: Sequence[StagedShard], log: Callable[[str], 
                 except Exception as e:  # noqa: BLE001 - reported per shard by the caller
                     out[s.name] = e
                     log(f"triton refused shard {s.name}: {e}")
+                progress.record(s.name, "refused" if isinstance(out[s.name], Exception) else None)
     except Exception as e:  # noqa: BLE001 - the server did not start: every shard fails
         for s in staged:
             out.setdefault(s.name, e)
