@@ -72,7 +72,7 @@ def test_items_done_before_the_start_are_not_in_the_rate() -> None:
     p.advance(95)
     p.advance(100)
     assert lines == ["objects published 95/100, 2.0/s, ~2 s left",
-                     "objects published 100/100 in 5 s, 2.0/s"]
+                     "objects published 100/100 in 5.0 s, 2.0/s"]
     assert states == [95.0, 100.0]
 
 
@@ -88,7 +88,7 @@ def test_a_bound_for_a_total_says_so_and_finish_ends_early() -> None:
     p.finish()
     p.finish()
     assert lines == ["candidates simulated 2 (at most 40), 1.0/s, at most ~38 s left",
-                     "candidates simulated 3 in 4 s, 0.75/s"]
+                     "candidates simulated 3 in 4.0 s, 0.75/s"]
     assert states == [5.0, 100.0]
 
 

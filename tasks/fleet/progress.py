@@ -147,8 +147,9 @@ class Progress:
         head = f"{self.label} {count}{failed}"
         if rate is None:
             return head
-        if final:
-            return f"{head} in {duration_text(elapsed)}, {rate_text(rate)}"
+        if final:  # a short step's own time to a tenth (a search of 0.3 s is not "0 s")
+            took = f"{elapsed:.1f} s" if elapsed < 10 else duration_text(elapsed)
+            return f"{head} in {took}, {rate_text(rate)}"
         left = max(0, self.total - self.done) / rate
         when = "<1 s" if left < 1 else f"~{duration_text(left)}"
         return f"{head}, {rate_text(rate)}, {'at most ' if self.at_most else ''}{when} left"
