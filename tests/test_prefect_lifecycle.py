@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import json
-import re
 import shutil
 from pathlib import Path
 from typing import Any
-from uuid import UUID
 
-import onnx
 import pytest
 import yaml
+from fixtures.prefect_runs import break_variants, example_names, named, read_back
 from prefect import Flow
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,36 +73,53 @@ def test_the_deploy_on_build_automation_is_opt_in_and_the_trigger_matches_the_ex
     assert fnmatch.fnmatch(model, on_model["match"]["prefect.resource.id"])
 
 
+def test_a_failed_fused_tenant_is_one_warning_line_and_the_report_lists_failures_first(caplog) -> None:
+    """Without a server: the line a fused tenant's failure is said in (the same shape as a
+    separate variant's, so the same search finds both), and the report's order."""
+    from ensembles.fleet_spec import Variant
+    from tasks.fleet.build import VariantOutcome
+    from tasks.fleet.fused import TenantModel, failed_outcomes
+    from tasks.fleet.report import fleet_markdown
+
+    tenants = [TenantModel(variant=Variant(name=n, params={"classifier_onnx.source": f"s3://b/{n}/model.onnx"}),
+                           model=b"", labels=[], digest="") for n in ("t1", "t2")]
+    with caplog.at_level("WARNING"):
+        got = failed_outcomes(tenants, "shard f-shard-001: every tenant answers differently fused", 0.0)
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert lines == [f"variant {n} FAILED (fused tenant; files: s3://b/{n}/model.onnx): shard f-shard-001: "
+                     f"every tenant answers differently fused" for n in ("t1", "t2")]
+    assert [(o.name, o.status, o.layout) for o in got] == [("t1", "failed", "fused"), ("t2", "failed", "fused")]
+    ok = VariantOutcome(name="t0", status="built", file="f-shard-000.tar.gz", target_model="f-shard-000.tar.gz")
+    report = fleet_markdown("f", "local-cpu", [ok, *got], ["Fused tenants failed: 2 (`t1`, `t2`)"])
+    assert report.index("## Failed") < report.index("- `t1`: shard f-shard-001") < report.index("Fused tenants")
+
+
+def test_the_engine_says_an_expected_failed_end_in_one_line_and_a_bug_with_its_traceback(caplog) -> None:
+    """What a worker's engine logs when a fleet build ends Failed (it raises the state's
+    FleetBuildFailed): one line; any other exception keeps its traceback."""
+    import logging
+
+    from tasks.fleet.build import VariantOutcome
+    from tasks.fleet.report import ENGINE_LOGGERS, FleetBuildFailed, failure_state
+
+    assert failure_state("f", []) is None
+    failed = VariantOutcome(name="t1", status="failed", file="", target_model="t1.tar.gz", reason="bad")
+    assert failure_state("f", [failed]) is not None  # installs the one-line filter
+    logger = logging.getLogger(ENGINE_LOGGERS[0])
+    for exc in (FleetBuildFailed("fleet 'f': 1 of 1 variants failed: t1: bad"), ValueError("a bug")):
+        try:
+            raise exc
+        except Exception:
+            with caplog.at_level("ERROR", logger=logger.name):
+                logger.error("Engine execution exited with unexpected exception", exc_info=True,
+                             extra={"send_to_api": False})
+    expected, bug = [r for r in caplog.records if r.name == logger.name][-2:]
+    text = logging.Formatter().format(expected)
+    assert "Traceback" not in text and "\n" not in text and "1 of 1 variants failed: t1: bad" in text
+    assert "Traceback" in logging.Formatter().format(bug)
+
+
 # ------------------------------------------------------------------------------ a real server
-
-
-def _read_back(flow_run_id: UUID) -> tuple[Any, list[Any], list[Any], dict[str, Any]]:
-    """(the flow run, its task runs, its logs, its artifacts by key) from the API."""
-    from prefect import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, LogFilter, LogFilterFlowRunId
-    from prefect.logging.handlers import APILogHandler
-
-    APILogHandler().flush()
-    with get_client(sync_client=True) as client:
-        run = client.read_flow_run(flow_run_id)
-        only = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        tasks = client.read_task_runs(flow_run_filter=only)
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
-        arts = {a.key: a for a in client.read_artifacts(flow_run_filter=only)}
-    return run, tasks, logs, arts
-
-
-def _break(tenants: Path, names: list[str]) -> set[str]:
-    """A corrupt model, a labels file one line short, a model of the wrong input shape."""
-    corrupt, labels, shape = names
-    (tenants / corrupt / "model.onnx").write_bytes(b"not an onnx model")
-    lines = (tenants / labels / "labels.txt").read_text().splitlines()
-    (tenants / labels / "labels.txt").write_text("\n".join(lines[:-1]) + "\n")
-    model = onnx.load(str(tenants / shape / "model.onnx"))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_value = dims[3].dim_value = 224
-    onnx.save(model, str(tenants / shape / "model.onnx"))
-    return set(names)
 
 
 @pytest.mark.prefect
@@ -116,41 +130,82 @@ def test_failed_variants_are_visible_where_a_prefect_user_looks(tmp_path, mme_ho
 
     prefix = tmp_path / "models"
     make_example_fleet(8, prefix.as_uri(), seed=5, fleet_file=tmp_path / "fleet.yaml")
-    names = sorted(p.name for p in (prefix / "tenants").iterdir())
-    broken = _break(prefix / "tenants", [names[1], names[4], names[6]])
+    names = example_names(prefix / "tenants")
+    broken = break_variants(prefix / "tenants", [names[1], names[4], names[6]])
     state = fleet_build(str(tmp_path / "fleet.yaml"), output_dir=str(tmp_path / "out"),
                         triton_sample=2, return_state=True)
     assert state.is_failed()
-    run, tasks, logs, arts = _read_back(state.state_details.flow_run_id)
+    got = read_back(state.state_details.flow_run_id)
+    run, tasks, logs, arts = got.run, got.tasks, got.logs, got.artifacts
 
     assert run.state.is_failed() and "\n" not in run.state.message
     assert "3 of 8 variants failed" in run.state.message
     assert run.name == "fleet-build: tenants-example for local-cpu"
     assert {"fleet:tenants-example", "target:local-cpu"} <= set(run.tags)
     # one WARNING line per failed variant, said in the task run that built it
-    warned: dict[str, UUID] = {}
-    for log in logs:
-        m = re.match(r"variant (\S+) FAILED", log.message)
-        if m and log.level == 30:
-            assert m[1] not in warned, f"two WARNING lines for {m[1]}"
-            warned[m[1]] = log.task_run_id
+    warned = got.warned()
     assert set(warned) == broken
     held = set(warned.values())
-    building = [t for t in tasks if t.task_key and t.name.startswith(("build-variants", "verify-canaries"))]
+    building = [t for t in named(tasks, "build-variants", "verify-canaries") if t.task_key]
     assert held and held <= {t.id for t in building}
-    assert {t.id for t in tasks if not t.state.is_completed()} == held
+    assert got.not_completed() == held
     assert all(t.name != "build-variants" for t in building)  # named with their variant range
-    assert not [g.message for g in logs if "Traceback" in g.message]
+    assert not got.tracebacks()
     assert not [g.message for g in logs if "fetched " in g.message]
     # artifacts scoped by fleet and target, failed variants first with whole reasons
     key = "tenants-example-local-cpu"
     assert {f"fleet-variants-{key}", f"fleet-failures-{key}", f"fleet-report-{key}",
             f"fleet-progress-{key}"} <= set(arts)
-    rows = json.loads(arts[f"fleet-variants-{key}"].data)
+    rows = got.rows(f"fleet-variants-{key}")
     assert {r["variant"] for r in rows[:3]} == broken and all(r["status"] == "failed" for r in rows[:3])
-    assert {r["variant"] for r in json.loads(arts[f"fleet-failures-{key}"].data)} == broken
+    assert {r["variant"] for r in got.rows(f"fleet-failures-{key}")} == broken
     assert arts[f"fleet-variants-{key}"].description.endswith("5 ok, 3 failed")
     assert "\n\n## Failed\n\n" in arts[f"fleet-report-{key}"].data
+
+
+@pytest.mark.prefect
+@pytest.mark.triton  # the shard that holds a tenant is verified in a real tritonserver
+def test_failed_fused_tenants_are_visible_the_same_way(tmp_path, mme_home, prefect_harness) -> None:
+    """A fused fleet of 4 example tenants in shards of 2, three of them with a diverged (NaN)
+    head: one is left out of shard 000 (it answers differently fused; its partner ships), and
+    shard 001 fails (both its tenants do). Each is one WARNING line in the fuse-shards task run,
+    which alone ends non-Completed; the flow goes on and ends Failed with one line."""
+    from flows.fleet_build import fleet_build
+    from fixtures.fused_heads import poison_head
+    from tasks.fleet.example import make_example_fleet
+
+    prefix = tmp_path / "models"
+    make_example_fleet(4, prefix.as_uri(), seed=5, fleet_file=tmp_path / "fleet.yaml")
+    doc = yaml.safe_load((tmp_path / "fleet.yaml").read_text())
+    (tmp_path / "fleet.yaml").write_text(yaml.safe_dump({**doc, "layout": "fused", "shard_size": 2}))
+    names = example_names(prefix / "tenants")
+    for name in names[1:]:
+        poison_head(prefix / "tenants" / name / "model.onnx")
+    state = fleet_build(str(tmp_path / "fleet.yaml"), output_dir=str(tmp_path / "out"),
+                        triton_sample=1, return_state=True)
+    assert state.is_failed()
+    got = read_back(state.state_details.flow_run_id)
+    fleet = doc["name"]
+
+    assert "\n" not in got.run.state.message and "3 of 4 variants failed" in got.run.state.message
+    warned = got.warned()
+    assert set(warned) == set(names[1:])
+    (fuse,) = named(got.tasks, "fuse-shards")
+    assert set(warned.values()) == {fuse.id} and got.not_completed() == {fuse.id}
+    assert "3 of 4 fused tenants failed" in fuse.state.message
+    # Prefect's own ERROR line for the failed task names the state, not every outcome it holds
+    said = [g.message for g in got.logs if g.task_run_id == fuse.id and "failed with state" in g.message]
+    assert said and all("VariantOutcome(" not in m and len(m) < 1000 for m in said), said
+    assert not got.tracebacks()
+    key = f"{fleet}-local-cpu"
+    rows = got.rows(f"fleet-variants-{key}")
+    assert [r["status"] for r in rows] == ["failed"] * 3 + ["built"] and rows[3]["variant"] == names[0]
+    reasons = {r["variant"]: r["reason"] for r in rows[:3]}
+    assert reasons[names[1]].startswith(f"left out of shard {fleet}-shard-000: answers differently fused")
+    assert all(reasons[n].startswith(f"shard {fleet}-shard-001: every tenant answers differently fused")
+               for n in names[2:])
+    report = got.artifacts[f"fleet-report-{key}"].data
+    assert report.index("## Failed") < report.index("Fused tenants failed: 3") < report.index("Fused: 1 tenants")
 
 
 def _register(name: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from tasks.fleet.check import SharedReference
 from tasks.fleet.fusion import FusedShard, FusionAnalysis, FusionError, TenantCheck, fuse, verify_fused
 from tasks.fleet.fused_gpu import check_staged_model
 from tasks.fleet.variant import FleetTemplate, input_key, produce_owned, variant_spec
+from tasks.runtime.run_context import run_logger
 from infra.store.tarball import pack_deterministic
 
 #: Bump when what a shard's tarball holds changes shape: every shard is rebuilt.
@@ -360,8 +361,20 @@ def fused_outcomes(shard: FleetIndexEntry, name: str, tenants: Sequence[TenantMo
             for i, t in enumerate(tenants)]
 
 
+def _sources(v: Variant) -> str:
+    """The tenant's own source files (its ``<artifact>.source`` parameters), for its log line."""
+    return ", ".join(val for key, val in sorted(v.params.items()) if key.endswith(".source")) or "-"
+
+
 def failed_outcomes(tenants: Sequence[TenantModel], reason: str, t0: float) -> list[VariantOutcome]:
-    """Every tenant of a shard that failed: the shard's reason is each one's."""
+    """Every tenant of a shard that failed (or the one left out of it): the reason is each
+    one's, said as one WARNING line per tenant (name, its files, reason) in the task that found
+    it -- the same line a separately built variant's failure is (:mod:`tasks.fleet.build`), so
+    a Prefect user finds both the same way."""
+    log = run_logger()
+    for t in tenants:
+        log.warning("variant %s FAILED (fused tenant; files: %s): %s", t.variant.name,
+                    _sources(t.variant), reason)
     return [VariantOutcome(name=t.variant.name, status="failed", file="", layout="fused",
                            target_model=f"{t.variant.name}.tar.gz", reason=reason,
                            seconds=round(time.perf_counter() - t0, 2), labels=t.variant.labels)

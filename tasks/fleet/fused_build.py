@@ -99,14 +99,25 @@ def build_fused(template: FleetTemplate, shared: SharedReference | None, variant
         rebuilt = _verify_and_commit(done, template, index, staged, out, t0, log, plan.records)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    fused = sum(1 for o in done.outcomes if o.status != "failed")
-    analysis = plan.analysis
-    done.lines.append(f"Fused: {fused} tenants in {len(done.shards)} shards of at most {shard_size} "
-                      f"({rebuilt} built in this run; every tenant within {_max_diff(staged):.3g} "
-                      f"of its own model); trunk `{analysis.trunk_sha256[:12]}` "
-                      f"({analysis.trunk_bytes / 2**20:.1f} MiB)")
-    done.lines += [f"Not fused (built separately): `{n}`: {r}" for n, r in sorted(done.refused.items())]
+    done.lines += _report_lines(done, plan.analysis, staged, rebuilt, shard_size)
     return done
+
+
+def _report_lines(done: FusedBuild, analysis: FusionAnalysis, staged: Sequence[StagedShard],
+                  rebuilt: int, shard_size: int) -> list[str]:
+    """The fleet report's lines on the fused part: the failed tenants first (a person looks
+    for them; each one's reason is under the report's Failed), then the shards, then the
+    variants not fused."""
+    failed = sorted(o.name for o in done.outcomes if o.status == "failed")
+    lines: list[str] = []
+    if failed:
+        lines.append(f"Fused tenants failed: {len(failed)} (" + ", ".join(f"`{n}`" for n in failed[:10])
+                     + (f" and {len(failed) - 10} more" if len(failed) > 10 else "") + ")")
+    lines.append(f"Fused: {len(done.outcomes) - len(failed)} tenants in {len(done.shards)} shards of at "
+                 f"most {shard_size} ({rebuilt} built in this run; every tenant within "
+                 f"{_max_diff(staged):.3g} of its own model); trunk `{analysis.trunk_sha256[:12]}` "
+                 f"({analysis.trunk_bytes / 2**20:.1f} MiB)")
+    return lines + [f"Not fused (built separately): `{n}`: {r}" for n, r in sorted(done.refused.items())]
 
 
 def _plan_all(template: FleetTemplate, variants: Sequence[Variant], work: Path, done: FusedBuild,

@@ -12,6 +12,7 @@ and a traceback in the UI, the worker's log or the CLI would read like a bug."""
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -81,19 +82,22 @@ def counts_line(outcomes: Sequence[VariantOutcome]) -> str:
 
 def fleet_markdown(fleet: str, target: Target, outcomes: Sequence[VariantOutcome],
                    extra: Sequence[str] = ()) -> str:
-    """The report: one paragraph per fact (blank lines between them: a single newline
-    renders as one run-on paragraph in one UI and as separate lines in another)."""
+    """The report: the counts, the failed variants (first: a person looks for them, a fused
+    fleet's tenants as a separate fleet's variants), then the rest; one paragraph per fact
+    (blank lines between them: a single newline renders as one run-on paragraph in one UI and
+    as separate lines in another)."""
     n = counts(outcomes)
     blocks = [f"# Fleet `{fleet}` for {target}",
               f"{len(outcomes)} variants: {n['built']} built, {n['unchanged']} unchanged, "
-              f"{n['failed']} failed, {n['skipped']} not asked for in this run.", *extra]
+              f"{n['failed']} failed, {n['skipped']} not asked for in this run."]
+    failed = sorted((o for o in outcomes if o.status == "failed"), key=lambda o: o.name)
+    if failed:
+        blocks += ["## Failed", "\n".join(f"- `{o.name}`: {o.reason}" for o in failed), "## Details"]
+    blocks += extra
     checked = Counter(o.checked_by for o in outcomes if o.status == "built")
     if checked:
         blocks.append("Built variants checked by: " +
                       ", ".join(f"{k} {v}" for k, v in sorted(checked.items(), key=str)) + ".")
-    failed = [o for o in outcomes if o.status == "failed"]
-    if failed:
-        blocks += ["## Failed", "\n".join(f"- `{o.name}`: {o.reason}" for o in failed)]
     return "\n\n".join(blocks) + "\n"
 
 
@@ -135,8 +139,42 @@ def failure_message(fleet: str, outcomes: Sequence[VariantOutcome]) -> str | Non
 def failure_state(fleet: str, outcomes: Sequence[VariantOutcome]) -> State | None:
     """The run's end when variants failed: ``Failed`` with the one-line message, its data the
     :class:`FleetBuildFailed` that calling the flow raises (the CLI prints it as one line);
-    None when none failed."""
+    None when none failed. Prefect's engine, run by a worker, then logs that exception with its
+    traceback (:func:`one_line_expected_failures` makes it one line)."""
     message = failure_message(fleet, outcomes)
     if message is None:
         return None
+    one_line_expected_failures()
     return Failed(message=message, data=FleetBuildFailed(message))
+
+
+class _ExpectedFailureLine(logging.Filter):
+    """Says a :class:`FleetBuildFailed` a record carries as one line, without its traceback.
+
+    Why: a flow run started by a worker (``python -m prefect.engine``) asks the engine for the
+    run's result, which raises what a Failed end holds; the engine then logs it with its
+    traceback twice ("Engine execution exited with unexpected exception" in the run's logs,
+    "Execution of flow run ... exited with unexpected exception" in the worker's). For "3
+    variants failed" -- an expected outcome, already the state's one-line message -- a
+    traceback reads like a bug. Every other exception keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, FleetBuildFailed):
+            record.msg, record.args = "%s (the run ended Failed, as reported; not a crash): %s", (
+                record.getMessage(), str(exc))
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_ONE_LINE = _ExpectedFailureLine()
+#: The loggers the engine says a run's raised end on: the run's own, and the engine's.
+ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.engine")
+
+
+def one_line_expected_failures() -> None:
+    """Install :class:`_ExpectedFailureLine` on the engine's loggers (once per process)."""
+    for name in ENGINE_LOGGERS:
+        logger = logging.getLogger(name)
+        if _ONE_LINE not in logger.filters:
+            logger.addFilter(_ONE_LINE)
