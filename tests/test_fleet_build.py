@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 import pytest
 
+from fixtures.log_lines import LogLines
+
 from ensembles.fleet_spec import Variant
 from tasks.fleet.build import (
     INDEX_FILE,
@@ -47,7 +49,7 @@ def example(tmp_path_factory, mme_home, prefect_harness):
     prefix = root / "models"
     made = make_example_fleet(COUNT, prefix.as_uri(), seed=7, fleet_file=root / "fleet.yaml")
     out = root / "out"
-    said = _Lines()
+    said = LogLines()
     flow_runs = logging.getLogger("prefect.flow_runs")
     flow_runs.addHandler(said)
     try:
@@ -56,17 +58,6 @@ def example(tmp_path_factory, mme_home, prefect_harness):
         flow_runs.removeHandler(said)
     return {"root": root, "prefix": prefix, "fleet": root / "fleet.yaml", "out": out,
             "first": first, "made": made, "said": said.lines}
-
-
-class _Lines(logging.Handler):
-    """The messages of the log records it sees (the flow run's log, as a person reads it)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 @pytest.mark.triton  # its canaries are verified in a real tritonserver

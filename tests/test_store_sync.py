@@ -20,6 +20,8 @@ from typing import Any
 
 import boto3
 import pytest
+
+from fixtures.log_lines import LogLines
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -426,17 +428,6 @@ def test_an_empty_prefix_keeps_the_index_at_the_root(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- the task
 
 
-class _Lines(logging.Handler):
-    """The messages of the log records it sees."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.mark.prefect
 def test_publish_fleet_task_reports_progress_and_failures(prefect_harness, tmp_path: Path) -> None:
     """The Prefect task in a real flow run: the objects land under the URI's prefix, a
@@ -457,7 +448,7 @@ def test_publish_fleet_task_reports_progress_and_failures(prefect_harness, tmp_p
     def probe() -> Any:
         return publish_fleet_task(f"{store_root.as_uri()}/fleets", "demo", files, workers=4)
 
-    said = _Lines()
+    said = LogLines()
     task_runs = logging.getLogger("prefect.task_runs")
     task_runs.addHandler(said)
     try:
