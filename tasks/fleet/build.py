@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -111,19 +111,36 @@ def variant_range_name(prefix: str) -> Any:
     return name
 
 
+@dataclass(frozen=True, repr=False)
+class Held(Generic[R]):
+    """A result a task that ended Failed still hands back (``tasks.fleet.stages.outcome_of``
+    unwraps it).
+
+    Why not the value itself: Prefect logs a task's Failed state at ERROR with the repr of its
+    data ("Task run failed with state: Failed(..., result=...)"), and a chunk's or a fused
+    build's repr is every variant's outcome -- megabytes in one log line for a 1,000-variant
+    fleet. This one's repr is its one-line summary."""
+
+    value: R
+    summary: str
+
+    def __repr__(self) -> str:
+        return f"<{self.summary}>"
+
+
 def ended(result: R, outcomes: Sequence[VariantOutcome], what: str) -> R:
     """What a variant-building task returns: ``result`` itself when none of ``outcomes``
-    failed; else a ``Failed`` state holding it, so that exactly the task runs that held a
-    failure end Failed in the UI while the flow goes on with the others. Prefect makes a
-    returned state the task run's state; its caller reads the same ``result`` with
-    ``state.result(raise_on_failure=False)`` (see :mod:`tasks.fleet.stages`)."""
+    failed; else a ``Failed`` state holding it (:class:`Held`), so that exactly the task runs
+    that held a failure end Failed in the UI while the flow goes on with the others. Prefect
+    makes a returned state the task run's state; its caller reads the same ``result`` with
+    ``tasks.fleet.stages.outcome_of``."""
     failed = [o.name for o in outcomes if o.status == "failed"]
     if not failed:
         return result
     shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+    message = f"{len(failed)} of {len(outcomes)} {what} failed: {shown}"
     # cast: the engine, not the caller, receives the state (Prefect's typing has no such case)
-    return cast(R, Failed(message=f"{len(failed)} of {len(outcomes)} {what} failed: {shown}",
-                          data=result))
+    return cast(R, Failed(message=message, data=Held(result, message)))
 
 
 def _sources(v: Variant) -> str:

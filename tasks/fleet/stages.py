@@ -12,10 +12,9 @@ flow goes on with the other variants.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import task
@@ -29,12 +28,14 @@ from infra import paths
 from infra.processes.ownership import owner
 from tasks.fleet.build import (
     FleetIndex,
+    Held,
     TemplateFootprint,
     VariantOutcome,
     build_canaries_task,
     build_chunk_task,
     chunk_size,
     chunked,
+    ended,
     load_index,
     pick_canaries,
     plan_builds,
@@ -51,7 +52,6 @@ from tasks.fleet.variant import FleetTemplate
 from tasks.runtime.run_context import run_logger
 from tasks.runtime.runner import max_workers_from_env
 
-T = TypeVar("T")
 
 #: Rounds of canaries tried before the rest of the variants are given up (a broken template
 #: fails every canary: trying all thousand variants in Triton would only say so slowly).
@@ -75,38 +75,10 @@ def resolve_fleet_task(fleet: str) -> tuple[FleetSpec, Resolved]:
         data=(spec, resolved)))
 
 
-@dataclass(frozen=True, repr=False)
-class Held(Generic[T]):
-    """A result a task that ended Failed still hands back (:func:`outcome_of` unwraps it).
-
-    Why not the value itself: Prefect logs a task's Failed state at ERROR with the repr of its
-    data ("Task run failed with state: Failed(..., result=...)"), and a fused build's repr is
-    every tenant's outcome and shard entry -- megabytes in one log line for a 1,000-tenant
-    fleet. This one's repr is its one-line summary."""
-
-    value: T
-    summary: str
-
-    def __repr__(self) -> str:
-        return f"<{self.summary}>"
-
-
-def ended_held(result: T, outcomes: Sequence[VariantOutcome], what: str) -> T:
-    """:func:`tasks.fleet.build.ended` with the result :class:`Held`: ``result`` itself when
-    none of ``outcomes`` failed, else a ``Failed`` state naming the failed ones that holds it."""
-    failed = [o.name for o in outcomes if o.status == "failed"]
-    if not failed:
-        return result
-    shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-    message = f"{len(failed)} of {len(outcomes)} {what} failed: {shown}"
-    # cast: the engine, not the caller, receives the state (Prefect's typing has no such case)
-    return cast(T, Failed(message=message, data=Held(result, message)))
-
-
 def outcome_of(got: State[Any] | PrefectFuture[Any]) -> Any:
     """A variant task's result whether it completed or ended Failed holding its outcomes
-    (:func:`tasks.fleet.build.ended`, :func:`ended_held`); a task that failed otherwise (a
-    bug, a crash) raises."""
+    (:func:`tasks.fleet.build.ended`, a :class:`~tasks.fleet.build.Held`); a task that failed
+    otherwise (a bug, a crash) raises."""
     if isinstance(got, PrefectFuture):
         got.wait()
     state = got.state if isinstance(got, PrefectFuture) else got
@@ -194,13 +166,13 @@ def fuse_shards_task(run: FleetRun) -> FusedBuild:
     """The fused part of a fused fleet's build (:func:`tasks.fleet.fused_build.build_fused`).
     A tenant that failed (left out of its shard, its shard failed, its model not fetched) is
     one WARNING line here, and the task run ends Failed holding the whole build
-    (:func:`ended_held`): the flow goes on with the other tenants."""
+    (:func:`tasks.fleet.build.ended`): the flow goes on with the other tenants."""
     from tasks.fleet.fused_build import build_fused
 
     check_fleet_layout(run.spec, run.template.spec)
     done = build_fused(run.template, run.shared, run.resolved.variants, run.index, run.out, run.work,
                        run.spec.shard_size, log=run_logger().info)
-    return ended_held(done, done.outcomes, "fused tenants")
+    return ended(done, done.outcomes, "fused tenants")
 
 
 def fuse_shards(run: FleetRun) -> FleetRun:
