@@ -119,6 +119,28 @@ def test_the_engine_says_an_expected_failed_end_in_one_line_and_a_bug_with_its_t
     assert "Traceback" in logging.Formatter().format(bug)
 
 
+def test_a_fleet_deploy_that_ends_failed_is_said_in_one_line_by_the_engine_too(caplog) -> None:
+    """fleet-deploy ends Failed the same way (its state holds FleetDeployFailed): the filter is
+    installed by its failure state and says it in one line."""
+    import logging
+
+    from tasks.fleet.deploy import FleetDeployFailed
+    from tasks.fleet.deploy_report import deploy_failure
+    from tasks.fleet.report import ENGINE_LOGGERS
+
+    assert deploy_failure({"fleet": "f", "failed": {}}) is None
+    state = deploy_failure({"fleet": "f", "failed": {"t1": "answered wrongly"}})
+    assert state is not None and state.is_failed() and "t1: answered wrongly" in (state.message or "")
+    logger = logging.getLogger(ENGINE_LOGGERS[1])
+    try:
+        raise FleetDeployFailed(state.message or "")
+    except FleetDeployFailed:
+        with caplog.at_level("ERROR", logger=logger.name):
+            logger.error("Execution of flow run exited with unexpected exception", exc_info=True)
+    text = logging.Formatter().format([r for r in caplog.records if r.name == logger.name][-1])
+    assert "Traceback" not in text and "\n" not in text and "t1: answered wrongly" in text
+
+
 # ------------------------------------------------------------------------------ a real server
 
 

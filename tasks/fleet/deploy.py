@@ -63,12 +63,13 @@ from tasks.fleet.routes import (
 )
 from tasks.deploy.publish import versioned_target
 from tasks.fleet.progress import LoadedBudget, Progress
+from tasks.fleet.report import ExpectedFailure
 from tasks.runtime.run_context import run_logger
 from tasks.deploy.validate import LoadWait, invoke_when_ready
 from tasks.build.verify import Sample, score
 
 
-class FleetDeployFailed(UserError, RuntimeError):
+class FleetDeployFailed(ExpectedFailure):
     """Some variants did not go live (each named with its reason); the others did."""
 
 

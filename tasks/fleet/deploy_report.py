@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.states import Failed, State
 
 from tasks.fleet.deploy import Desired, FleetDeployFailed
-from tasks.fleet.report import artifact_key
+from tasks.fleet.report import artifact_key, one_line_expected_failures
 from tasks.runtime.text import short
 
 
@@ -102,4 +102,5 @@ def deploy_failure(doc: Mapping[str, Any]) -> State | None:
     message = (f"fleet {doc['fleet']}: {len(failed)} variant(s) did not go live (their previous "
                f"version stays routed): " + "; ".join(f"{v}: {r}" for v, r in list(failed.items())[:10])
                ).replace("\n", " ")
+    one_line_expected_failures()  # a worker's engine says it as one line (tasks.fleet.report)
     return Failed(message=message, data=FleetDeployFailed(message))

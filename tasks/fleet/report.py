@@ -33,7 +33,13 @@ from tasks.fleet.build import VariantOutcome
 from tasks.runtime.text import human_bytes, short
 
 
-class FleetBuildFailed(UserError, RuntimeError):
+class ExpectedFailure(UserError, RuntimeError):
+    """A run that ended Failed on purpose, as reported (some variants failed, the others went
+    on): what a worker's engine says of it is one line, not a traceback
+    (:func:`one_line_expected_failures`)."""
+
+
+class FleetBuildFailed(ExpectedFailure):
     """Some variants failed; the others were built (and published when asked)."""
 
 
@@ -149,7 +155,7 @@ def failure_state(fleet: str, outcomes: Sequence[VariantOutcome]) -> State | Non
 
 
 class _ExpectedFailureLine(logging.Filter):
-    """Says a :class:`FleetBuildFailed` a record carries as one line, without its traceback.
+    """Says an :class:`ExpectedFailure` a record carries as one line, without its traceback.
 
     Why: a flow run started by a worker (``python -m prefect.engine``) asks the engine for the
     run's result, which raises what a Failed end holds; the engine then logs it with its
@@ -160,7 +166,7 @@ class _ExpectedFailureLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, FleetBuildFailed):
+        if isinstance(exc, ExpectedFailure):
             record.msg, record.args = "%s (the run ended Failed, as reported; not a crash): %s", (
                 record.getMessage(), str(exc))
             record.exc_info, record.exc_text = None, None
