@@ -192,11 +192,11 @@ def send_concurrently(ep: LocalEndpoint, sender: Sender, sequence: list[str], cl
 
 
 def endpoint_run(variants: list[Variant], prefix: Path, cache: Path, budget: int, sequence: list[str],
-                 clients: int) -> tuple[list[Record], EndpointConfig, dict[str, Any]]:
+                 clients: int, spare: int | None = None) -> tuple[list[Record], EndpointConfig, dict[str, Any]]:
     """A fresh endpoint (default settings, loaded-model budget ``budget``) over ``prefix``: the
     records, its settings, and its own load/unload metrics for the run."""
     cfg = EndpointConfig(name="planner-check", model_data_url=prefix.as_uri(), cache_dir=cache,
-                         max_loaded_models=budget)
+                         max_loaded_models=budget, spare_slots=spare)
     with LocalEndpoint(cfg, on_admission=note_admission) as ep:
         sender = Sender(ep.url, cfg.name, {v.target: v for v in variants})
         records = (send_one_at_a_time(ep, sender, sequence) if clients == 1
@@ -212,13 +212,14 @@ def endpoint_run(variants: list[Variant], prefix: Path, cache: Path, budget: int
 
 # ---------------------------------------------------------------------------------- the check
 def measure_budget(variants: list[Variant], prefix: Path, fraction: float, sequence: list[str],
-                   clients: int) -> dict[str, Any]:
+                   clients: int, spare: int | None = None) -> dict[str, Any]:
     """One budget on a fresh endpoint: its settings, metrics and every request's record."""
     budget = max(1, round(fraction * len(variants)))
     with tempfile.TemporaryDirectory(prefix="planner-check-cache-") as cache:
         t0 = time.perf_counter()
         load_before = os.getloadavg()[0]
-        records, cfg, endpoint = endpoint_run(variants, prefix, Path(cache), budget, sequence, clients)
+        records, cfg, endpoint = endpoint_run(variants, prefix, Path(cache), budget, sequence, clients,
+                                              spare)
         seconds = time.perf_counter() - t0
     return {"fleet_variants": len(variants), "budget_fraction": fraction, "budget_models": budget,
             "requests": len(records), "errors": sum(r.status != 200 for r in records),
@@ -323,7 +324,7 @@ def measure_all(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
             (prefix / v.target).symlink_to((args.dir / v.target).resolve())
         for n, fraction in enumerate(float(b) for b in args.budgets.split(",")):
             fresh = profile(args.dir, names, concurrent) if args.profile_each and n else fp
-            rows.append(measure_budget(variants, prefix, fraction, sequence, args.clients))
+            rows.append(measure_budget(variants, prefix, fraction, sequence, args.clients, args.spare_slots))
             rows[-1]["zipf"] = args.zipf
             if args.profile_each:
                 rows[-1]["footprint"] = fresh
@@ -353,6 +354,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--profile-each", action="store_true",
                     help="measure the footprints again just before each budget's run (a shared "
                          "host's other load changes within minutes)")
+    ap.add_argument("--spare-slots", type=int, default=None,
+                    help="the endpoint's spare room (default: derived, as the endpoint's own; 0: none)")
     ap.add_argument("--out", type=Path, default=RESULTS / "planner_check.json")
     return ap.parse_args()
 
