@@ -617,15 +617,17 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
 
 def test_derived_spare_keeps_up_with_unloads_slower_than_loads() -> None:
     """Little's law: places freed at ``unload_s`` each must keep up with
-    ``max_concurrent_loads`` loads of ``load_s``; capped at a quarter of the budget; the load
-    concurrency (ratio 1) until both are measured or when unloads are the faster."""
+    ``max_concurrent_loads`` loads of ``load_s``; beyond the load concurrency at most 8 % of the
+    budget; the load concurrency (ratio 1) until both are measured or when unloads are the
+    faster; none when the budget is under 4x the concurrency."""
     from infra.endpoint.state import derived_spare
 
     assert derived_spare(50, 2) == 2  # nothing measured yet
-    assert derived_spare(50, 2, load_s=0.47, unload_s=1.31) == 6  # ceil(2 * 2.79)
+    assert derived_spare(200, 2, load_s=0.47, unload_s=1.31) == 6  # ceil(2 * 2.79)
+    assert derived_spare(50, 2, load_s=0.47, unload_s=1.31) == 4  # 8 % of 50
     assert derived_spare(50, 2, load_s=0.5, unload_s=1.0) == 4  # exactly 2x: no extra place
     assert derived_spare(50, 2, load_s=1.0, unload_s=0.2) == 2  # unloads faster: the concurrency
-    assert derived_spare(10, 2, load_s=0.47, unload_s=1.31) == 2  # a quarter of 10
+    assert derived_spare(10, 2, load_s=0.47, unload_s=1.31) == 2  # the concurrency, not 8 % of 10
     assert derived_spare(1000, 2, load_s=0.1, unload_s=1.3) == 26
     assert derived_spare(7, 2, load_s=0.1, unload_s=1.3) == 0  # cannot even spare the concurrency
 
@@ -647,7 +649,7 @@ def test_the_endpoint_sizes_its_spare_room_from_the_loads_and_unloads_it_timed(t
     m.downloading_ms.append(100.0)
     m.unloading_ms.append(1500.0)
     assert m.load_unload_s() == (0.5, 1.5)
-    assert spare_slots(cfg, *m.load_unload_s()) == 6
+    assert spare_slots(cfg, *m.load_unload_s()) == 4  # ceil(2 * 3) = 6, at most 8 % of 50
     fixed = EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path,
                            max_loaded_models=50, spare_slots=3)
     assert spare_slots(fixed, *m.load_unload_s()) == 3  # set: measurements do not move it
