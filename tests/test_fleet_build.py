@@ -197,14 +197,10 @@ def test_event_uri_builds_only_its_variant(example):
 
 def _break(tenants: Path, names: list[str]) -> dict[str, str]:
     """Corrupt model, labels count mismatch, wrong input shape: variant -> file at fault."""
+    from fixtures.prefect_runs import break_variants
+
     corrupt, labels, shape = names[0], names[1], names[2]
-    (tenants / corrupt / "model.onnx").write_bytes(b"not an onnx model")
-    lines = (tenants / labels / "labels.txt").read_text().splitlines()
-    (tenants / labels / "labels.txt").write_text("\n".join(lines[:-1]) + "\n")
-    model = onnx.load(str(tenants / shape / "model.onnx"))
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    dims[2].dim_value = dims[3].dim_value = 224
-    onnx.save(model, str(tenants / shape / "model.onnx"))
+    break_variants(tenants, [corrupt, labels, shape])
     return {corrupt: "model.onnx", labels: "labels.txt", shape: "model.onnx"}
 
 
