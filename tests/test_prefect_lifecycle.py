@@ -276,3 +276,46 @@ def test_the_fleet_deployments_run_as_registered(tmp_path, monkeypatch, prefect_
     assert {n: s.type.value for n, s in states.items()} == {n: "COMPLETED" for n in FLEET_DEPLOYMENTS}
     built = states["fleet-build"].result()
     assert built["built"] == registered["fleet-build"]["example_tenants"]
+
+
+CATALOG_DEPLOYMENTS = ["nightly-build", "deploy", "watch-models", "retire"]  # run in this order
+EVENT_ONLY = ["deploy-on-new-model", "fleet-build-on-model"]  # their triggers fill the rest
+
+
+def test_every_deployment_is_run_as_registered_by_a_test_or_is_event_only() -> None:
+    """The two lists here and FLEET_DEPLOYMENTS cover prefect.yaml; an event-only deployment's
+    flow needs a parameter its registered defaults lack and its trigger supplies."""
+    assert set(BY_NAME) == set(FLEET_DEPLOYMENTS) | set(CATALOG_DEPLOYMENTS) | set(EVENT_ONLY)
+    for name in EVENT_ONLY:
+        dep = BY_NAME[name]
+        flow = _flow(dep["entrypoint"])
+        from_trigger = {p for t in dep["triggers"] for p in t.get("parameters", {})}
+        assert from_trigger - set(dep.get("parameters") or {}), name
+        required = set(flow.parameters.required or [])
+        assert required <= set(dep.get("parameters") or {}) | from_trigger, name
+
+
+@pytest.mark.prefect
+@pytest.mark.triton  # the build verifies in Triton; the deploy validates on the local endpoint
+def test_the_catalog_deployments_run_as_registered(tmp_path, monkeypatch, prefect_harness) -> None:
+    """nightly-build, deploy, watch-models and retire registered on a real server, then each
+    flow run with the parameters the server holds, in that order, on the embedded default (the
+    flow function called directly: no worker). One change: watch-models scans a folder of this
+    test's (its registered one is the example fleet's folder under /tmp, shared by the machine)."""
+    from infra.endpoint.process import stop
+
+    monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
+    (tmp_path / "models").mkdir()
+    registered = {name: _register(name) for name in CATALOG_DEPLOYMENTS}
+    states = {}
+    try:
+        for name in CATALOG_DEPLOYMENTS:
+            params = dict(registered[name])
+            if name == "watch-models":
+                params["source_uri"] = (tmp_path / "models").as_uri()
+            states[name] = _flow(BY_NAME[name]["entrypoint"])(**params, return_state=True)
+    finally:
+        stop(registered["deploy"]["endpoint"])
+    assert {n: s.type.value for n, s in states.items()} == {n: "COMPLETED" for n in CATALOG_DEPLOYMENTS}
+    built = states["nightly-build"].result()
+    assert len(built) == len(registered["nightly-build"]["ensembles"])
