@@ -25,10 +25,9 @@ def fleet_build_source(fleet: str) -> FleetSource:
     """A fleet name's (or fleet file's) latest build: its folder under the artifacts dir, where
     ``fleet-build`` writes it and ``fleet-deploy`` reads it."""
     from ensembles.fleet_spec import load_fleet
-    from infra import paths
+    from tasks.fleet.build import fleet_build_dir
 
-    spec = load_fleet(fleet)
-    return FleetSource(path=paths.artifacts_dir(spec.target) / "fleets" / spec.name)
+    return FleetSource(path=fleet_build_dir(load_fleet(fleet)))
 
 
 @flow(name="plan")

@@ -50,7 +50,7 @@ def resolve_fleet(text: str) -> FleetRef:
     it is a path to neither a fleet file nor a build folder."""
     from ensembles.fleet_spec import FLEETS_DIR, load_fleet
     from infra.errors import UserError
-    from tasks.fleet.build import INDEX_FILE
+    from tasks.fleet.build import INDEX_FILE, fleet_build_dir
 
     path = Path(text).expanduser()
     if path.is_dir():
@@ -60,7 +60,7 @@ def resolve_fleet(text: str) -> FleetRef:
         return FleetRef(name=_index_fleet(path / INDEX_FILE), given=text, build_dir=path.resolve())
     if _is_path(text) or (FLEETS_DIR / f"{text}.yaml").is_file():
         spec = load_fleet(text)  # FleetError (a UserError) names the file and the field
-        built = paths.artifacts_dir(spec.target) / "fleets" / spec.name
+        built = fleet_build_dir(spec)
         return FleetRef(name=spec.name, given=text, file=spec.file,
                         build_dir=built if (built / INDEX_FILE).is_file() else None)
     builds = sorted(paths.home().glob(f"artifacts/*/fleets/{text}/{INDEX_FILE}"))

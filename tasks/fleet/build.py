@@ -71,6 +71,14 @@ from tasks.build.verify import Sample, Verification
 
 INDEX_FILE = "fleet-index.json"
 
+
+def fleet_build_dir(spec: FleetSpec) -> Path:
+    """Where ``fleet-build`` writes a fleet's build by default (and deploy, plan and the CLI
+    look for it): ``$MME_HOME/artifacts/<target>/fleets/<name>``."""
+    from infra import paths
+
+    return paths.artifacts_dir(spec.target) / "fleets" / spec.name
+
 #: The tasks that build variants: each says one line per variant (its outcome), so the
 #: fetch step's own "fetched <source> -> <staging path>" lines are dropped there (two lines
 #: per variant, naming a temporary folder that is gone by the time anyone reads the log).

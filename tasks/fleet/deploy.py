@@ -35,14 +35,13 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
 from ensembles.fleet_spec import variant_name_problem
-from infra import paths
 from infra.aws.clients import aws_clients
 from infra.errors import MissingInput, UserError
 from infra.records.manifest import MANIFEST_SUFFIX, load_manifest
 from infra.aws.runtime_client import runtime_client_for
 from infra.store.objects import TMP_PREFIX, ObjectNotFound, open_store
 from infra.store.sync import INDEX_NAME, LocalObject, SyncIndex
-from tasks.fleet.build import INDEX_FILE, FleetIndex
+from tasks.fleet.build import INDEX_FILE, FleetIndex, fleet_build_dir
 from tasks.fleet.endpoints import ServedEndpoint
 from tasks.fleet.publish import publish_fleet_task
 from tasks.fleet.routes import (
@@ -526,7 +525,7 @@ def read_state_task(fleet: str, build_dir: str | None, store_uri: str
 
     spec = load_fleet(fleet) if is_fleet_file(fleet) or not build_dir else None
     out = (Path(build_dir).expanduser().resolve() if build_dir else
-           paths.artifacts_dir(spec.target) / "fleets" / spec.name if spec else Path())
+           fleet_build_dir(spec) if spec else Path())
     index, ref = read_build(out, spec.name if spec else None)
     name, desired = index.fleet, desired_of(index, out)
     if spec is None and fleet != name:

@@ -24,10 +24,10 @@ from prefect.states import Failed, State
 from prefect.utilities.annotations import quote
 
 from ensembles.fleet_spec import FleetSpec, Resolved, Variant, check_fleet_layout, load_fleet, resolve_variants
-from infra import paths
 from infra.processes.ownership import owner
 from tasks.fleet.build import (
     FleetIndex,
+    fleet_build_dir,
     Held,
     TemplateFootprint,
     VariantOutcome,
@@ -149,7 +149,7 @@ def plan_run(fleet: str, output_dir: str | None, only: list[str] | None,
     the fleet index (unchanged ones are not rebuilt) and by ``only`` / ``changed_uri``."""
     spec, resolved = outcome_of(resolve_fleet_task(fleet, return_state=True))
     out = (Path(output_dir).expanduser().resolve() if output_dir
-           else paths.artifacts_dir(spec.target) / "fleets" / spec.name)
+           else fleet_build_dir(spec))
     work = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
     template, shared = prepare_template_task(spec, resolved.variants)
     index = load_index(out, spec.name, spec.target)
