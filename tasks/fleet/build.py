@@ -34,7 +34,7 @@ from prefect.states import Failed
 from pydantic import BaseModel, ConfigDict
 
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_template
-from ensembles.spec import Target
+from ensembles.spec import EnsembleSpec, Target
 from infra.errors import UserError
 from infra.jsontypes import JsonObject
 from infra.store.objects import atomic_path
@@ -292,14 +292,24 @@ def prepare_template(fleet: FleetSpec, variants: Sequence[Variant]) -> FleetTemp
         got = cache.produce_cached(spec, name, shared, target)
         shared[name], shared_sources[name], contents[name] = got.path, got.meta, got.content
     check_artifacts(spec, target, shared)
+    return template_from(fleet, spec, folder, owned, shared, shared_sources, contents)
+
+
+def template_from(fleet: FleetSpec, spec: EnsembleSpec, folder: Path, owned: tuple[str, ...],
+                  shared: dict[str, Path], shared_sources: dict[str, Any],
+                  contents: dict[str, str]) -> FleetTemplate:
+    """The template and its key, from its shared artifacts (their paths, producers' metadata
+    and content hashes). Pure: :func:`prepare_template` calls it once it made them, and
+    ``mme fleet build --dry-run`` (:mod:`tasks.fleet.build_plan`) with the ones the cache holds,
+    so both decide "unchanged" by the one key."""
     spec_doc = spec.model_dump(mode="json")
     for name in owned:  # the template's own sample sources do not shape any variant
         spec_doc["artifacts"][name]["params"] = {}
-    key_doc = {"format": FLEET_FORMAT, "tool": TOOL_VERSION, "target": target, "spec": spec_doc,
+    key_doc = {"format": FLEET_FORMAT, "tool": TOOL_VERSION, "target": fleet.target, "spec": spec_doc,
                "folder": cache.content_hash(folder), "shared": contents}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
     spec_sha = hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest()
-    return FleetTemplate(fleet=fleet.name, target=target, folder=folder, spec=spec, owned=owned,
+    return FleetTemplate(fleet=fleet.name, target=fleet.target, folder=folder, spec=spec, owned=owned,
                          shared=shared, shared_sources=shared_sources, key=key,
                          spec_sha256=spec_sha, tool_version=TOOL_VERSION)
 
