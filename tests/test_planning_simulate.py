@@ -157,3 +157,31 @@ def test_a_load_does_not_wait_for_a_background_unload_that_has_not_started() -> 
     cfg = InstanceConfig(1, 2, 2, INF, workers=2, usable_fraction=1.0, load_slots=2, spare_slots=1)
     result = simulate(times, ids, _unloading_fleet(4, load=0.1, unload=2.0), cfg)
     np.testing.assert_allclose(result.latencies_s, [0.1, 0.1, 1.6, 2.1], atol=1e-6)
+
+
+def test_a_model_chosen_to_leave_is_still_loaded_until_its_unload_starts() -> None:
+    """One load slot, capacity 3, loads of 1 s. D (t=4) loads at once, sending A away; E
+    (t=4.1) waits for the slot until 5, and its room will come from B (the least recently used
+    idle model then). B is asked for at 4.5: in the endpoint B is still loaded then (victims
+    are picked when a load starts), so it is a hit, and C, the next least recently used idle
+    model, leaves at 5 in its place: C misses at 6.5, B hits again at 6.6."""
+    a, b, c, d, e = range(5)
+    ids = np.array([a, b, c, d, e, b, c, b])
+    times = np.array([0.0, 1.1, 2.2, 4.0, 4.1, 4.5, 6.5, 6.6])
+    cfg = InstanceConfig(1, 3, 3, INF, workers=1, usable_fraction=1.0, load_slots=1)
+    result = simulate(times, ids, _unloading_fleet(5, load=1.0, unload=0.0), cfg)
+    assert result.warm is not None
+    assert result.warm.tolist() == [False, False, False, False, False, True, False, True]
+
+
+def test_a_loaded_miss_is_as_recent_as_its_load_end() -> None:
+    """Capacity 2, loads of 2 s, one slot. X is requested at 2.5 and served when its load ends
+    (4.5); A is used at 3. The endpoint ranks X by when it was served, so Y (t=5) evicts A, the
+    least recently used: X hits at 7.5 and A misses at 8 (ranked by X's request, X would go)."""
+    a, x, y = range(3)
+    ids = np.array([a, x, a, y, x, a])
+    times = np.array([0.0, 2.5, 3.0, 5.0, 7.5, 8.0])
+    cfg = InstanceConfig(1, 2, 2, INF, workers=1, usable_fraction=1.0, load_slots=1)
+    result = simulate(times, ids, _unloading_fleet(3, load=2.0, unload=0.0), cfg)
+    assert result.warm is not None
+    assert result.warm.tolist() == [False, False, True, False, True, False]

@@ -32,7 +32,12 @@ Model (SageMaker's documented MME behaviour, simplified where said):
   median size is free. An unloading model holds its memory until its unload ends; a request
   for it waits for that end; a load that finds no room while such an unload runs waits for it
   (inherits its place) rather than evicting another model. Simplification: the room is restored
-  when a load takes a place, not also when a model becomes idle later.
+  when a load takes a place, not also when a model becomes idle later;
+- recency and victims as the endpoint has them: a model is as recent as its last request's
+  *service* (a hit: when it came; a miss: when its load ended), and a load that waits for a
+  slot picks its victims when it starts, not when its request came (requests are handled in
+  arrival order, so a victim picked ahead stays loaded for a request that arrives before that
+  start, and the next least recently used idle model leaves in its place: :meth:`_Endpoint.rescue`).
 
 Figures: warm-hit ratio, p50/p95/p99 latency, loads and downloads per hour, utilisation, and the
 share of requests over 60 s (SageMaker's ``ModelNotReadyException``).
@@ -142,7 +147,7 @@ class _Instance:
     (after its download and unloads) each slot ran last, and when the unloads in progress end."""
 
     __slots__ = ("loaded", "busy", "disk", "gpu", "host", "disk_used", "free", "slots", "spans", "gone",
-                 "draining")
+                 "draining", "leaving", "touches")
 
     def __init__(self, workers: int, load_slots: int | None) -> None:
         self.loaded: Recency[int, float] = Recency()
@@ -156,6 +161,13 @@ class _Instance:
         # background (spare-room) unloads: (end, start, gpu bytes, host bytes), a heap; their
         # bytes stay in gpu/host until they end
         self.draining: list[tuple[float, float, float, float]] = []
+        # models chosen as victims whose unload starts later than the request that chose them
+        # arrived: victim -> (when its unload starts, when it had become ready, a background
+        # unload?). Until then it is still loaded (see _Endpoint.rescue).
+        self.leaving: dict[int, tuple[float, float, bool]] = {}
+        # loads in progress, (when each ends, model): a model that a miss loaded was last used
+        # when its load ended and its request was served, not when that request came
+        self.touches: list[tuple[float, int]] = []
 
     def drain(self, t: float) -> None:
         """Free the bytes of the background unloads that have ended by ``t``."""
@@ -163,6 +175,14 @@ class _Instance:
             _, _, g, h = heapq.heappop(self.draining)
             self.gpu -= g
             self.host -= h
+
+    def settle(self, t: float) -> None:
+        """Make the models whose loads have ended by ``t`` the most recently used, in the order
+        their loads ended (their requests were served then: the endpoint's recency)."""
+        while self.touches and self.touches[0][0] <= t:
+            ready, v = heapq.heappop(self.touches)
+            if self.loaded.get(v) == ready:
+                self.loaded.touch(v)
 
     def idle_victim(self, t: float) -> int | None:
         """The least recently used model idle at ``t``, or None (the spare room takes only
@@ -299,7 +319,9 @@ class _Endpoint:
                 continue
             if not st.loaded:
                 break
+            st.settle(t + cost)
             u = st.victim(t)
+            st.leaving[u] = (t + cost, st.loaded[u], False)
             self.unload(i, u)
             cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
             st.gone[u] = t + cost  # a request for u before then waits for its unload
@@ -313,12 +335,14 @@ class _Endpoint:
         st.drain(t)
         drain_g = sum(g for _, _, g, _ in st.draining)
         drain_h = sum(h for _, _, _, h in st.draining)
+        st.settle(t)
         while (st.gpu - drain_g + self.spare_g > self.cap_g
                or st.host - drain_h + self.spare_h > self.cap_h):
             u = st.idle_victim(t)
             if u is None:
                 return
             g, h = self.gpu[u], self.host[u]
+            st.leaving[u] = (t, st.loaded[u], True)
             self.unload(i, u)
             end = t + float(self.f.unload_s[u]) * self.draw(1)
             st.gpu += g  # held until the unload ends
@@ -332,17 +356,21 @@ class _Endpoint:
         """One request for ``v`` arriving at ``t``: (when it is answered, whether its model was
         loaded when it came, the worker seconds it took). A request for a model still loading
         waits for that load and is not warm (SageMaker and the local endpoint count it a miss)."""
-        hs = self.holders.get(v)
+        for st in self.inst:
+            st.settle(t)
+        hs = self.holders.get(v) or self.rescue(t, v)
         if hs:
             i = min(hs, key=lambda j: self.inst[j].free[0]) if len(hs) > 1 else hs[0]
             st = self.inst[i]
             ready = st.loaded[v]
-            st.loaded.touch(v)
+            if ready <= t:  # a request that joins a load is served when it ends (settle)
+                st.loaded.touch(v)
             warm, cost = ready <= t, self.service[v]
             start = max(t, st.free[0], ready)
         else:
             i = self.pick(t)
             st, warm = self.inst[i], False
+            st.leaving.pop(v, None)
             after = max(t, st.gone.pop(v, 0.0))  # a model being unloaded is loaded again after
             if st.slots:  # the load waits for a load slot, not for a worker
                 ready = self._load_in_slot(i, v, after)
@@ -352,6 +380,7 @@ class _Endpoint:
                 ready = start + sum(self.load(i, v, start))
                 cost = ready - start + self.service[v]
             st.loaded[v] = ready
+            heapq.heappush(st.touches, (ready, v))
         finish = start + cost
         if warm or not st.slots:
             heapq.heapreplace(st.free, finish)
@@ -362,6 +391,40 @@ class _Endpoint:
         if not self.cfg.cache_enabled:
             self.unload(i, v)
         return finish, warm, cost
+
+    def rescue(self, t: float, v: int) -> list[int] | None:
+        """``v``'s holders, when a victim's choice made ``v`` leave an instance at a moment
+        after ``t``, else None. Requests are handled in arrival order, but a load that waits
+        for a slot picks its victims when it is handled, for the moment its unloads start: a
+        request that arrives in between still finds ``v`` loaded in the endpoint (which picks
+        victims when the load starts), and the endpoint then unloads the least recently used
+        other idle model. So ``v`` stays and that one takes its unload (same start and end;
+        its own bytes). Without an idle model to take its place, ``v`` leaves as chosen."""
+        for i, st in enumerate(self.inst):
+            start, ready, background = st.leaving.get(v, (0.0, 0.0, False))
+            if start <= t:
+                continue
+            w = st.idle_victim(start)
+            if w is None:
+                return None
+            del st.leaving[v]
+            st.leaving[w] = (start, st.loaded[w], background)
+            g, h = self.gpu[w], self.host[w]
+            self.unload(i, w)
+            st.gone[w] = st.gone.pop(v)
+            st.loaded[v] = ready
+            self.holders.setdefault(v, []).append(i)
+            if background:  # the bytes stay held, now for w until its unload ends
+                st.gpu += g
+                st.host += h
+                st.draining = [(e, b, g, h) if (e, b) == (st.gone[w], start) else (e, b, eg, eh)
+                               for e, b, eg, eh in st.draining]
+                heapq.heapify(st.draining)
+            else:  # v holds its bytes again; w's are freed
+                st.gpu += self.gpu[v]
+                st.host += self.host[v]
+            return self.holders[v]
+        return None
 
     def _load_in_slot(self, i: int, v: int, t: float) -> float:
         """Load ``v`` on instance ``i`` in its first free load slot, as the endpoint does in one
