@@ -13,7 +13,9 @@ Ensembles build in parallel, one ``build-ensemble`` task each, on the task runne
 ``MME_TASK_RUNNER`` names when the flow run starts (:mod:`tasks.runtime.runner`: ``threads`` by
 default, or ``dask``). Each run leaves the ``build-summary`` table, the ``build-report``
 markdown, a link per tarball and a ``build-progress`` bar (:mod:`tasks.build.report`), and an asset
-per tarball with its source models upstream (:mod:`tasks.build.lineage`).
+per tarball with its source models upstream (:mod:`tasks.build.lineage`). The flow says
+``ensembles built n/N, R/s, ~T left`` as each ensemble's task ends, from the futures it holds,
+so a build on Dask workers (whose tasks log in other processes) says it too.
 """
 
 
@@ -35,6 +37,8 @@ from tasks.build.ensemble import (
     raise_first_failure,
 )
 from tasks.build.report import advance_progress, report_build, start_progress
+from tasks.fleet.progress import Progress
+from tasks.runtime.run_context import run_logger
 from tasks.runtime.runner import ConfiguredTaskRunner
 
 
@@ -69,8 +73,13 @@ def build(ensembles: list[str] | None = None,
         check_overrides([load_ensemble(name)[0] for name in names], overrides)
     progress = start_progress(names, target)
     submitted = {name: _submit(name, target, out, work_root, overrides, profile) for name in names}
-    running = [f for f in submitted.values() if isinstance(f, PrefectFuture)]
-    for done, _ in enumerate(as_completed(running), start=1):
+    running = {f.task_run_id: name for name, f in submitted.items() if isinstance(f, PrefectFuture)}
+    said = Progress("ensembles built", len(running), emit=run_logger().info)
+    for done, fut in enumerate(as_completed([f for f in submitted.values()
+                                             if isinstance(f, PrefectFuture)]), start=1):
+        fut.wait()  # its final state held (a Dask future's state read from the API may lag)
+        # recorded here, whatever the runner, once each (its error is said by its task)
+        said.record(running[fut.task_run_id], None if fut.state.is_completed() else "failed")
         advance_progress(progress, done, len(running))
     outcomes = outcomes_of(submitted)
     report_build(outcomes, names, target)

@@ -62,7 +62,7 @@ from tasks.fleet.variant import (
     read_members,
     stage_variant,
 )
-from tasks.fleet.progress import Progress, record_shared, share
+from tasks.fleet.progress import Progress, record_shared, share, unshare
 from tasks.fleet.verify import verify_in_triton
 from tasks.producers.produce import artifacts_for, check_artifacts
 from tasks.runtime.run_context import run_logger
@@ -443,13 +443,36 @@ def build_checked(template: FleetTemplate, shared: SharedReference | None,
         shutil.rmtree(work, ignore_errors=True)
 
 
-def variants_progress(total: int, done: int) -> str:
-    """The key of a reporter of the build's ``total`` variants (``done`` of them already, the
-    canaries) that every chunk task records on as each variant ends: ``variants built n/N[, f
-    failed], R/s, ~T left`` on the flow run's log, across the chunks running side by side
-    (:class:`tasks.fleet.progress.Progress`; each failure has its own WARNING line already).
-    A chunk on another process (a Dask worker) finds no reporter there and says nothing."""
-    return share(Progress("variants built", total, emit=run_logger().info, done=done))
+@dataclass(frozen=True)
+class VariantsProgress:
+    """The build's ``variants built n/N[, f failed], R/s, ~T left`` reporter
+    (:class:`tasks.fleet.progress.Progress`, counting each variant once) and the key by which
+    chunk tasks find it (``key``)."""
+
+    key: str
+    progress: Progress
+
+    def chunk_ended(self, outcomes: Sequence[VariantOutcome]) -> int:
+        """Record a finished chunk's variants, failures included, from the flow: the ones its
+        task could not record itself (it ran where the reporter is not: a Dask worker process)
+        are counted now, as one moment; the ones it recorded (threads) are not counted again.
+        Returns how many were new; the last one unshares the reporter."""
+        new = self.progress.record_all(
+            (o.name, (o.reason or "failed") if o.status == "failed" else None) for o in outcomes)
+        if self.progress.done >= self.progress.total:
+            unshare(self.key)
+        return new
+
+
+def variants_progress(total: int, done: int) -> VariantsProgress:
+    """A reporter of the build's ``total`` variants (``done`` of them already, the canaries)
+    that every chunk task records on as each variant ends: ``variants built n/N[, f failed],
+    R/s, ~T left`` on the flow run's log, across the chunks running side by side (each failure
+    has its own WARNING line already). A chunk on another process (a Dask worker) finds no
+    reporter there: the flow records its variants as it ends (:meth:`VariantsProgress.chunk_ended`),
+    so a Dask build says the same lines at chunk granularity."""
+    progress = Progress("variants built", total, emit=run_logger().info, done=done, distinct=True)
+    return VariantsProgress(key=share(progress), progress=progress)
 
 
 @task(name="build-variants", cache_policy=NO_CACHE, task_run_name=variant_range_name("build-variants"))
@@ -459,8 +482,9 @@ def build_chunk_task(template: FleetTemplate, shared: SharedReference | None,
                      progress: str | None = None) -> list[VariantOutcome]:
     """A chunk of variants, one after the other (chunks run side by side): one task per
     chunk, not per variant, keeps a thousand-variant run's API traffic small. Each variant's
-    end is recorded on the run's reporter (``progress``: its key, :func:`variants_progress`).
-    Ends Failed (holding every outcome) when one of them failed (:func:`ended`)."""
+    end is recorded on the run's reporter (``progress``: its key, :func:`variants_progress`)
+    where this process has it; elsewhere (a Dask worker) the flow records them as the chunk
+    ends. Ends Failed (holding every outcome) when one of them failed (:func:`ended`)."""
     outcomes = []
     for v in variants:
         outcomes.append(build_checked(template, shared, structure, v, work_root, output_dir, footprint))

@@ -12,7 +12,10 @@ runs. It is thread-safe (items finish in worker threads) and pure: the lines go 
 
 Items finished by tasks that run side by side find their run's reporter by a key
 (:func:`share`, :func:`shared`): a reporter lives in the process that made it, so a task on
-another process (a Dask worker) finds none and says nothing per item.
+another process (a Dask worker) finds none and says nothing per item. The flow then records
+each task's items itself as the task ends (:meth:`Progress.record_all`): a reporter made with
+``distinct=True`` counts each item once, so whichever side reaches it first counts it and the
+other's record is a no-op (threads: per item, from the task; Dask: per task, from the flow).
 
 A local endpoint loads every variant it is asked to validate and, by its own default limit
 (70% of physical memory), keeps them: the first deploy of the 100-variant example fleet left 75
@@ -27,7 +30,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 #: Failures named one line each as they happen; beyond these, the progress lines count them
@@ -73,7 +76,9 @@ class Progress:
     worded by ``fail_line``; None: failures are only counted, their step says them itself),
     ``artifact`` the percentage (a Prefect progress artifact). ``done`` given at construction
     counts items already done (unchanged, skipped): they are not in the rate. ``at_most``: the
-    total is a bound (a search's budget), not a count; the time left is then a bound too."""
+    total is a bound (a search's budget), not a count; the time left is then a bound too.
+    ``distinct``: an item recorded again is not counted again (two sides may record the same
+    items: the tasks where the reporter is reachable, the flow as each task ends)."""
 
     label: str
     total: int
@@ -86,27 +91,49 @@ class Progress:
     at_most: bool = False
     fail_line: str = "{item} failed ({done}/{total}): {reason}"
     done: int = 0
+    distinct: bool = False
     failed: list[str] = field(default_factory=list)
     updates: int = 0  # lines said (= artifact updates): what the tests count
     _start: tuple[int, float] = (0, 0.0)
     _last: tuple[int, float] = (0, 0.0)
     _ended: bool = False
+    _seen: set[str] = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         """The rate and the interval count from now (the clock is read once here)."""
         self._start = self._last = (self.done, self.clock())
 
-    def record(self, item: str, reason: str | None = None) -> None:
-        """One item is over (``reason``: why it failed; None: it passed)."""
+    def record(self, item: str, reason: str | None = None) -> bool:
+        """One item is over (``reason``: why it failed; None: it passed). False: ``distinct``
+        and the item was counted before (nothing changes)."""
         with self._lock:
-            self.done += 1
-            if reason:
-                self.failed.append(item)
-                if self.error is not None and len(self.failed) <= FAILURES_NAMED:
-                    self.error(self.fail_line.format(item=item, done=self.done, total=self.total,
-                                                     reason=reason))
+            if not self._count(item, reason):
+                return False
             self._maybe_say()
+            return True
+
+    def record_all(self, items: Iterable[tuple[str, str | None]]) -> int:
+        """Several items are over at once (a task's, as it ends: ``(item, reason)`` each), said
+        as one moment: at most one line for them all. Returns how many were new."""
+        with self._lock:
+            new = sum(self._count(item, reason) for item, reason in items)
+            if new:
+                self._maybe_say()
+            return new
+
+    def _count(self, item: str, reason: str | None) -> bool:
+        if self.distinct:
+            if item in self._seen:
+                return False
+            self._seen.add(item)
+        self.done += 1
+        if reason:
+            self.failed.append(item)
+            if self.error is not None and len(self.failed) <= FAILURES_NAMED:
+                self.error(self.fail_line.format(item=item, done=self.done, total=self.total,
+                                                 reason=reason))
+        return True
 
     def advance(self, done: int) -> None:
         """The count is now ``done`` (for a callback that counts for itself: a store sync)."""
@@ -180,16 +207,22 @@ def shared(key: str | None) -> Progress | None:
         return _SHARED.get(key) if key else None
 
 
-def record_shared(key: str | None, item: str, reason: str | None = None) -> None:
-    """Record one item on the reporter shared under ``key`` (nothing when there is none here);
-    the last item unshares it."""
+def unshare(key: str | None) -> None:
+    """Tasks no longer find the reporter shared under ``key`` (its step is over)."""
+    with _SHARED_LOCK:
+        _SHARED.pop(key or "", None)
+
+
+def record_shared(key: str | None, item: str, reason: str | None = None) -> bool:
+    """Record one item on the reporter shared under ``key``; the last item unshares it.
+    False: there is none here (no key, another process): the caller's flow records it."""
     progress = shared(key)
     if progress is None:
-        return
+        return False
     progress.record(item, reason)
     if progress.done >= progress.total:
-        with _SHARED_LOCK:
-            _SHARED.pop(key or "", None)
+        unshare(key)
+    return True
 
 
 @dataclass

@@ -230,11 +230,13 @@ def build_rest(run: FleetRun, canaries: Canaries, progress: UUID) -> list[Varian
     size = chunk_size(len(canaries.remaining), max_workers_from_env())
     said = variants_progress(total, done)  # "variants built n/N, R/s, ~T left" as variants end
     futures = [build_chunk_task.submit(run.template, run.shared, canaries.structure, chunk, run.work,
-                                       run.out, canaries.footprint, progress=said)
+                                       run.out, canaries.footprint, progress=said.key)
                for chunk in chunked(canaries.remaining, size)]
     outcomes: list[VariantOutcome] = []
     for fut in as_completed(futures):
-        outcomes += outcome_of(fut)
+        chunk = outcome_of(fut)
+        said.chunk_ended(chunk)  # a Dask chunk's variants (a threads chunk counted its own)
+        outcomes += chunk
         advance(progress, done + len(outcomes), total)
     return outcomes
 
