@@ -6,23 +6,34 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from flows.cli.common import _print_deploy, _quiet_env, _run_flow, app, console
+from flows.cli.common import JSON_OPTION, _print_deploy, _quiet_env, _run_flow, app, console, emit_json
+from flows.cli.dry_run import DRY_RUN_OPTION
+
+#: what the demo builds, and deploys to one local endpoint
+ENSEMBLES = ["text_embedding", "image_classifier"]
 
 
 @app.command()
 def demo(report: Path | None = typer.Option(None, help="also write a JSON report here"),
          endpoint: str = typer.Option("mme-demo"),
-         keep_endpoint: bool = typer.Option(False, help="leave the endpoint running afterwards")) -> None:
+         keep_endpoint: bool = typer.Option(False, help="leave the endpoint running afterwards"),
+         dry_run: Annotated[bool, DRY_RUN_OPTION] = False,
+         as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """The main job: build both ensembles, deploy them to one local endpoint, invoke, report."""
     _quiet_env()
+    if dry_run:
+        from flows.cli.dry_run import demo_dry_run
+
+        return demo_dry_run(ENSEMBLES, endpoint, report, keep_endpoint, as_json)
     from flows.build import build as build_flow
     from flows.deploy import deploy as deploy_flow
     from infra.endpoint.process import stop
 
-    ensembles = ["text_embedding", "image_classifier"]
+    ensembles = ENSEMBLES
     t0 = time.perf_counter()
     console.rule("[bold]1/3 build")
     manifests = _run_flow(build_flow, ensembles=ensembles, target="local-cpu")
@@ -50,7 +61,10 @@ def demo(report: Path | None = typer.Option(None, help="also write a JSON report
                 if "top5" in e["validation"] else {})}
             for e in result["ensembles"]],
     }
-    _print_deploy(result)
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_deploy(result)
     console.print(f"build {build_s:.1f} s, total {total_s:.1f} s"
                   + ("" if keep_endpoint else f"; endpoint {endpoint} stopped"))
     if report:

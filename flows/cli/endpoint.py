@@ -1,9 +1,9 @@
-"""``mme watch``, ``mme cache-clear`` and ``mme endpoint start|serve|stop|status``: the commands
-around a running endpoint and the model source (``mme invoke`` is in :mod:`flows.cli.invoke`)."""
+"""``mme endpoint start|serve|stop|status``: the commands around a running endpoint (``mme
+invoke`` is in :mod:`flows.cli.invoke`, ``mme watch`` and ``mme cache-clear`` in
+:mod:`flows.cli.housekeeping`)."""
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, console, emit_json, endpoint_app, results
+from flows.cli.common import JSON_OPTION, _fail, console, emit_json, endpoint_app, results
+from flows.cli import housekeeping  # noqa: F401  (registers `mme watch` and `mme cache-clear` here, in --help's order)
+from flows.cli.dry_run import DRY_RUN_OPTION
 from flows.cli.options import takes_options
 from infra import paths
 from infra.endpoint.client import memory_note
@@ -52,6 +54,8 @@ class EndpointOptions:
 @dataclass(frozen=True)
 class EndpointStartOptions(EndpointOptions):
     port: Annotated[int, typer.Option(help="the endpoint's port (0: a free one)")] = 0
+    dry_run: Annotated[bool, DRY_RUN_OPTION] = False
+    as_json: Annotated[bool, JSON_OPTION] = False
 
 
 @dataclass(frozen=True)
@@ -67,35 +71,21 @@ def _triton_ports(http: int, grpc: int, metrics: int) -> TritonPorts:
     return TritonPorts(http=http, grpc=grpc, metrics=None if metrics < 0 else metrics)
 
 
-@app.command()
-def watch(source_uri: str = typer.Argument(..., help="file:///models or s3://bucket/models")) -> None:
-    """Scan a model source once and emit mme.model.landed for new or changed model files."""
-    _quiet_env()
-    from flows.watch import watch as watch_flow
-
-    for item in _run_flow(watch_flow, source_uri=source_uri):
-        print(json.dumps(item))
-
-
-@app.command("cache-clear")
-def cache_clear() -> None:
-    """Delete the build cache ($MME_HOME/cache): always safe, the next build redoes the work."""
-    import shutil
-
-
-    folder = paths.home() / "cache"
-    shutil.rmtree(folder, ignore_errors=True)
-    console.print(f"removed {folder}")
-
-
 @endpoint_app.command("start")
 @takes_options(EndpointStartOptions)
 def endpoint_start(o: EndpointStartOptions) -> None:
     """Start the local endpoint in the background (or show the running one)."""
     from infra.endpoint.process import start_background
 
+    if o.dry_run:
+        from flows.cli.endpoint_dry_run import start_dry_run
+
+        return start_dry_run(o)
     info = start_background(o.name, o.models_url(), port=o.port, max_loaded_models=o.max_loaded_models,
                             spare_slots=o.spare_slots, triton=o.triton())
+    if o.as_json:
+        return emit_json({"endpoint": o.name, "dry_run": False, "url": info.url, "pid": info.pid,
+                          "model_data_url": info.model_data_url, "cache_dir": info.cache_dir})
     console.print(f"endpoint {o.name} serving on {info.url} (models from {info.model_data_url})")
 
 
@@ -113,11 +103,20 @@ def endpoint_serve(o: EndpointServeOptions) -> None:
 
 
 @endpoint_app.command("stop")
-def endpoint_stop(name: str = typer.Option("local-mme")) -> None:
+def endpoint_stop(name: str = typer.Option("local-mme"),
+                  dry_run: Annotated[bool, DRY_RUN_OPTION] = False,
+                  as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Stop a background endpoint (its Triton server goes with it)."""
     from infra.endpoint.process import stop
 
-    console.print(f"endpoint {name}: {stop(name).value}")
+    if dry_run:
+        from flows.cli.endpoint_dry_run import stop_dry_run
+
+        return stop_dry_run(name, as_json)
+    outcome = stop(name)
+    if as_json:
+        return emit_json({"endpoint": name, "dry_run": False, "outcome": outcome.name.lower()})
+    console.print(f"endpoint {name}: {outcome.value}")
 
 
 @endpoint_app.command("status")

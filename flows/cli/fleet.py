@@ -8,17 +8,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from flows.cli.common import (JSON_OPTION, _fail, _print_table, app, console, emit_json, exit_for,
                               say)
+from flows.cli.dry_run import DRY_RUN_OPTION
+from flows.cli.fleet_example import ExampleOptions, _rename_fleet, run_example  # noqa: F401  (_rename_fleet: its old home)
 from flows.cli.fleet_ref import resolved
+from flows.cli.options import takes_options
 
 if TYPE_CHECKING:
-    from ensembles.fleet_spec import Layout, Resolved
-    from tasks.fleet.example import ExampleKind
+    from ensembles.fleet_spec import Resolved
 
 fleet_app = typer.Typer(help="Fleets: many ensembles from one template, declared once.",
                         no_args_is_help=True)
@@ -87,88 +89,13 @@ def _fleet_file(fleet: str) -> str:
 
 
 @fleet_app.command("example")
-def example(count: int = typer.Option(20, min=1, help="number of tenants"),
-            out: str = typer.Option(..., help="model prefix: file:///abs/dir, s3://bucket/prefix or a path"),
-            seed: int = typer.Option(0, help="seed of the tenants' class subsets (or intent heads)"),
-            fleet_file: Path | None = typer.Option(
-                None, help="where to write the fleet file (default: <out>/fleet.yaml for a local "
-                           "prefix; none for S3)"),
-            kind: str = typer.Option("image", help="image: SqueezeNet classifiers; text: intent "
-                                                   "heads over one sentence encoder"),
-            layout: str | None = typer.Option(None, help="the fleet file's layout: fused or "
-                                                         "separate (default separate)"),
-            name: str | None = typer.Option(None, help="the fleet's name in its file (default: "
-                                                       "tenants-example; text: intents-example)"),
-            as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+@takes_options(ExampleOptions)
+def example(o: ExampleOptions) -> None:
     """Write N per-customer classifiers (SqueezeNet cut to each one's classes) and their fleet file.
 
     With --kind text: N customers' own intent heads (3-20 intents each) over one sentence
     encoder, for the text_intent_tenant template."""
-    from ensembles.fleet_spec import _FLEET_NAME
-    from tasks.fleet.example import make_kind_example
-
-    kinds: dict[str, ExampleKind] = {"image": "image", "text": "text"}
-    layouts: dict[str, Layout] = {"fused": "fused", "separate": "separate"}
-    if kind not in kinds:
-        _fail(f"--kind {kind!r}: expected image or text")
-    if layout is not None and layout not in layouts:
-        _fail(f"--layout {layout!r}: expected fused or separate")
-    if name is not None and not _FLEET_NAME.match(name):
-        _fail(f"--name {name!r}: a fleet name is letters, digits, '-' and '_'")
-    try:
-        made = make_kind_example(kinds[kind], count, out, seed=seed, fleet_file=fleet_file,
-                                 layout=layouts[layout] if layout else None,
-                                 say=lambda line: console.print(line, markup=False, highlight=False))
-        if name is not None and made.fleet_file is not None:
-            _rename_fleet(made.fleet_file, name)
-    except Exception as e:
-        _exit_for(e)
-    _print_example(made, as_json)
-
-
-def _rename_fleet(fleet_file: Path, name: str) -> None:
-    """``mme fleet example --name``: the written fleet file, with its ``name`` replaced."""
-    import yaml
-
-    from infra.store.objects import atomic_path
-
-    doc = yaml.safe_load(fleet_file.read_text())
-    doc["name"] = name
-    with atomic_path(fleet_file) as tmp:
-        tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-
-def _print_example(made: Any, as_json: bool) -> None:
-    """What ``mme fleet example`` wrote: one JSON document, or two lines."""
-    from tasks.fleet.example_text import TextExampleFleet
-
-    file = made.fleet_file
-    fleet = None if file is None else _read_name(file)
-    if as_json:
-        emit_json({"fleet": fleet, "fleet_file": None if file is None else str(file),
-                   "out": made.out_uri, "tenants": [t.name for t in made.tenants],
-                   "written": made.written, "unchanged": made.unchanged,
-                   "sample_image": getattr(made, "sample_image", None),
-                   "seconds": round(made.seconds, 3)})
-        return
-    if isinstance(made, TextExampleFleet):
-        intents = sorted(t.intents for t in made.tenants)
-        what = f"intent heads, {intents[0]}-{intents[-1]} intents each"
-    else:
-        what = f"{sum(t.has_cat for t in made.tenants)} with cat classes"
-    say(f"{len(made.tenants)} tenants under {made.out_uri}/tenants/ ({what}): "
-        f"{made.written} files written, {made.unchanged} unchanged, {made.seconds:.1f} s")
-    say(f"fleet {fleet}: {file} (mme fleet show {file})" if file is not None else
-        "no fleet file written (give --fleet-file PATH for an s3:// prefix)")
-    if getattr(made, "sample_image", None):
-        say(f"a photo to classify: {made.sample_image}")
-
-
-def _read_name(fleet_file: Path) -> str | None:
-    import yaml
-
-    doc = yaml.safe_load(fleet_file.read_text())
-    return doc.get("name") if isinstance(doc, dict) else None
+    run_example(o)
 
 
 @fleet_app.command("build")
@@ -181,12 +108,17 @@ def build(fleet: str = typer.Argument(..., help="the fleet: its name (ensembles/
           all_in_triton: bool = typer.Option(False, help="verify every changed variant in Triton"),
           publish_to: str | None = typer.Option(None, help="publish to this file:// or s3:// prefix"),
           only: list[str] = typer.Option(None, help="build only these variants (repeatable)"),
+          dry_run: Annotated[bool, DRY_RUN_OPTION] = False,
           as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Build, verify and (optionally) publish every changed variant of a fleet (a Prefect flow run)."""
     from flows.cli.common import _quiet_env, _run_flow
-    from flows.fleet_build import fleet_build
+    from flows.cli.fleet_dry_run import build_dry_run
 
     _quiet_env()
+    if dry_run:
+        return build_dry_run(_fleet_file(fleet), output_dir, only or None, publish_to, as_json)
+    from flows.fleet_build import fleet_build
+
     got = _run_flow(fleet_build, fleet=_fleet_file(fleet),
                     output_dir=str(output_dir) if output_dir else None,
                     triton_sample=triton_sample, all_in_triton=all_in_triton,

@@ -1,4 +1,5 @@
-"""``mme fleet deploy --dry-run`` and ``mme fleet retire --dry-run``: what the run would do,
+"""``mme fleet deploy --dry-run``, ``mme fleet retire --dry-run`` and ``mme fleet build
+--dry-run``: what the run would do,
 computed by the same plain functions the flows use (no Prefect run, no lock, no write).
 
 Why in the CLI and not a flow parameter: the plan is the flows' first, read-only steps
@@ -9,6 +10,7 @@ directly shows exactly the jobs a real run would start with, and changes nothing
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from flows.cli.common import emit_json, exit_for, say
@@ -79,3 +81,34 @@ def retire_plan(fleet: str, variants: list[str], shard: str | None, everything: 
     return {"fleet": fleet, "dry_run": True, "marked": marked, "removed": gone,
             "deleted": [f"{v.endpoint or '?'}/{v.target_model}" for v in versions],
             "routed": len(table.variants)}
+
+
+def build_dry_run(fleet: str, output_dir: Path | None, only: list[str] | None, publish_to: str | None,
+                  as_json: bool) -> None:
+    """``mme fleet build --dry-run``: the variants it would build, leave unchanged, leave for a
+    later run or drop from the index, and where it writes (:mod:`tasks.fleet.build_plan`); no
+    artifact made, no Triton, no Prefect."""
+    from flows.cli.dry_run import show_plan
+    from tasks.fleet.build_plan import plan_fleet_build
+
+    try:
+        plan = plan_fleet_build(fleet, str(output_dir) if output_dir else None, only)
+    except Exception as e:
+        exit_for(e)
+    doc = {**plan.model_dump(), "publish_to": publish_to}
+    lines = [f"fleet {plan.fleet} ({plan.target}, {plan.layout}): output {plan.output_dir}"]
+    lines += [f"  shared artifact {name}: {status}" for name, status in plan.shared.items()]
+    if plan.template_key is None:
+        lines.append("  template key unknown until the shared artifacts are produced: every variant "
+                     "would be built (unchanged ones keep their bytes)")
+    lines += [f"would build {name}" for name in plan.build]
+    lines += [f"unchanged {name}" for name in plan.unchanged]
+    lines += [f"left as built (not asked for) {name}" for name in plan.later]
+    lines += [f"would drop {name} from the fleet index (no longer declared; files stay until "
+              f"mme fleet gc)" for name in plan.dropped]
+    lines += [f"refused {name}: {reason}" for name, reason in plan.refused.items()]
+    if publish_to:
+        lines.append(f"would publish what changed to {publish_to}")
+    show_plan(doc, lines, f"fleet {plan.fleet}: would build {len(plan.build)}, leave "
+              f"{len(plan.unchanged)} unchanged, {len(plan.later)} not asked for, drop "
+              f"{len(plan.dropped)}, refuse {len(plan.refused)}", as_json)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from flows.cli.common import JSON_OPTION, _fail, _quiet_env, _run_flow, app, console, emit_json, results
+from flows.cli.dry_run import DRY_RUN_OPTION, profile_dry_run
 from flows.cli.options import takes_options
 
 
@@ -126,6 +127,7 @@ def _print_plan(result: dict[str, Any], p99_ms: float) -> None:
 def profile(target: Path = typer.Argument(..., help="a built tarball (its manifest beside it) or a manifest"),
             max_batch: int = typer.Option(8, help="the batch size of the max-batch service time"),
             write: bool = typer.Option(False, "--write", help="record the footprint in the manifest"),
+            dry_run: Annotated[bool, DRY_RUN_OPTION] = False,
             as_json: Annotated[bool, JSON_OPTION] = False) -> None:
     """Measure an ensemble's footprint in a real Triton (GPU memory by NVML where a GPU is): a
     table, or --json (the footprint document as the manifest records it)."""
@@ -141,6 +143,10 @@ def profile(target: Path = typer.Argument(..., help="a built tarball (its manife
         manifest = load_manifest(manifest_path)
         tarball = Path(manifest.artifact) if target.name.endswith(MANIFEST_SUFFIX) else target
         sample = Sample.from_json(manifest.required_sample())
+        if dry_run:  # the tarball a measurement would open, checked as it would be
+            if not tarball.is_file():
+                raise FileNotFoundError(2, "No such file or directory", str(tarball))
+            return profile_dry_run(manifest_path, tarball, manifest.ensemble, max_batch, write, as_json)
         fp = measure_footprint(tarball, manifest.ensemble, sample.inputs, max_batch, nvml_used_bytes())
     except FileNotFoundError as e:
         _fail(f"{e.filename}: not found (profile takes a built tarball with its manifest beside it)")
