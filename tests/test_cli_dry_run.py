@@ -295,3 +295,65 @@ def test_demo_dry_run_lists_its_steps(home: Path, tmp_path: Path) -> None:
     assert doc["endpoint"] == "mme-demo" and doc["report"] == str(tmp_path / "r.json")
     assert any("stop endpoint mme-demo" in s for s in doc["steps"])
     assert list(home.iterdir()) == [] and not (tmp_path / "r.json").exists()
+
+
+def test_the_mme_script_sweeps_nothing_on_a_dry_run(home: Path) -> None:
+    """``mme`` sweeps what dead runs left before a command (it signals processes and removes
+    folders); before a dry run it does not: a dead owner's run folder stays until a real one."""
+    import subprocess
+    import sys
+
+    from infra.processes import leftovers
+    from infra.processes.procfs import ProcessIdentity
+
+    me = ProcessIdentity.current()
+    dead = ProcessIdentity(pid=me.pid, start=me.start + 1, boot=me.boot)  # this pid, another process
+    leftovers.write_ledger(home / "run" / "dead", leftovers.empty_ledger(dead))
+    before = snapshot(home)
+    env = {**os.environ, "MME_HOME": str(home)}
+    got = subprocess.run([sys.executable, "-m", "flows.cli", "cache-clear", "--dry-run", "--json"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert json.loads(got.stdout)["dry_run"] is True and snapshot(home) == before
+    subprocess.run([sys.executable, "-m", "flows.cli", "cache-clear"], capture_output=True, env=env,
+                   check=True)
+    assert not (home / "run" / "dead").exists()  # the real command swept it: the test can fail
+
+
+def test_build_dry_run_says_up_to_date_when_the_tarball_is_built_from_the_cached_artifacts(
+        home: Path) -> None:
+    """Every artifact of image_classifier produced for real (its steps, a few seconds), then the
+    manifest a build writes beside its tarball: equal keys, spec and tool -> up to date; a
+    manifest of other inputs -> build."""
+    import hashlib
+
+    from ensembles.catalog import load_ensemble
+    from infra.records.manifest import Manifest, StepRecord
+    from tasks.build.ensemble import TOOL_VERSION
+    from tasks.producers import cache
+    from tasks.producers.produce import artifacts_for
+
+    spec, folder = load_ensemble("image_classifier")
+    produced: dict[str, Path] = {}
+    steps: dict[str, StepRecord] = {}
+    for name in artifacts_for(spec, "local-cpu"):
+        got = cache.produce_cached(spec, name, dict(produced), "local-cpu")
+        produced[name] = got.path
+        steps[f"artifact:{name}"] = StepRecord(seconds=0.0, cached=False, key=got.key)
+    assert run_json("build", "image_classifier", "--dry-run")["ensembles"][0]["reason"] == (
+        "every artifact cached; no tarball with a manifest at the output yet")
+    out = home / "artifacts" / "local-cpu"
+    out.mkdir(parents=True)
+    (out / "image_classifier.tar.gz").write_bytes(b"t")
+    manifest = Manifest(ensemble="image_classifier", target="local-cpu", target_model="image_classifier.tar.gz",
+                        artifact=(out / "image_classifier.tar.gz").as_uri(), sha256="0" * 64, bytes=1,
+                        spec_sha256=hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest(),
+                        tool_version=TOOL_VERSION, steps=steps)
+    (out / "image_classifier.manifest.json").write_text(manifest.to_json())
+    before = snapshot(home)
+    plan = run_json("build", "image_classifier", "--dry-run")["ensembles"][0]
+    assert (plan["status"], set(plan["artifacts"].values())) == ("up to date", {"cached"})
+    assert "would build 0, 1 up to date" in run("build", "image_classifier", "--dry-run").stdout
+    assert snapshot(home) == before
+    steps["artifact:labels"] = StepRecord(seconds=0.0, key="another")
+    (out / "image_classifier.manifest.json").write_text(manifest.model_copy(update={"steps": steps}).to_json())
+    assert run_json("build", "image_classifier", "--dry-run")["ensembles"][0]["status"] == "build"

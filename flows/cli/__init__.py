@@ -27,7 +27,8 @@ def main() -> None:
     endpoint start`` on a taken port) is one line with the tree's exit code too."""
     from infra.processes.ownership import sweep_dead_owners
 
-    sweep_dead_owners()  # processes, shm and scratch a killed earlier run left (proven ours)
+    if "--dry-run" not in sys.argv[1:]:  # a dry run signals and removes nothing, leftovers included
+        sweep_dead_owners()  # processes, shm and scratch a killed earlier run left (proven ours)
     try:
         app()
     except Exception as e:
