@@ -303,6 +303,9 @@ def main() -> None:
     ap.add_argument("--max-concurrent-loads", type=int, default=2)
     ap.add_argument("--spare-slots", type=int, default=None,
                     help="places kept free by background unloads (default: derived; 0: none)")
+    ap.add_argument("--recency", choices=("request", "served"), default="request",
+                    help="what least recently used ranks by: a model's last request (default) or its last "
+                         "service (a miss: its load's end; the behaviour before)")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet_traffic.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-traffic-") as tmp:
@@ -324,7 +327,7 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
     budget = max(1, round(args.budget_fraction * len(variants)))
     cfg = EndpointConfig(name="fleet-bench", model_data_url=prefix.as_uri(), cache_dir=cache,
                          max_loaded_models=budget, max_concurrent_loads=args.max_concurrent_loads,
-                         spare_slots=args.spare_slots)
+                         spare_slots=args.spare_slots, recency=args.recency)
     targets = [v.target for v in variants]
     sequence, probs = zipf_sequence(targets, args.requests, args.zipf, args.seed)
     with LocalEndpoint(cfg, on_admission=note_hit) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
@@ -342,6 +345,7 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
                "zipf": args.zipf, "seed": args.seed, "max_concurrent_loads": cfg.max_concurrent_loads,
                # the spare room at the run's end (derived: sized by the timed loads/unloads)
                "spare_slots": spare_slots(cfg, *ep.manager.metrics.load_unload_s()),
+               "recency": cfg.recency,
                "load_average_1_5_15": {
                    "before_run": load_before, "after_run": os.getloadavg()},
                "run_seconds": round(seconds, 1), "requests_per_s": round(len(results) / seconds, 2),

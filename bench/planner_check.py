@@ -132,7 +132,7 @@ def instance_config(cfg: EndpointConfig, workers: int, conc: dict[str, Any] | No
                           unload_slowdown=slow((conc or {}).get("unload_s", [])),
                           load_cv=float((conc or {}).get("load_cv", 0.0)),
                           unload_cv=float((conc or {}).get("unload_cv", 0.0)),
-                          spare_slots=spare_slots(cfg))
+                          spare_slots=spare_slots(cfg), recency=cfg.recency)
 
 
 def replay(records: list[Record], targets: list[str], fp: dict[str, float], cfg: EndpointConfig,
@@ -229,6 +229,7 @@ def measure_budget(variants: list[Variant], prefix: Path, fraction: float, seque
             "endpoint_settings": {"max_loaded_models": cfg.max_loaded_models,
                                   "max_concurrent_loads": cfg.max_concurrent_loads,
                                   "spare_slots": spare_slots(cfg),
+                                  "recency": cfg.recency,
                                   "disk_cache_bytes": cfg.disk_cache_bytes,
                                   "model_cache_enabled": cfg.model_cache_enabled},
             "endpoint_metrics": endpoint, "records": [asdict(r) for r in records]}
@@ -242,7 +243,9 @@ def predict(row: dict[str, Any], targets: list[str], fp: dict[str, Any], workers
     cfg = EndpointConfig(name="planner-check", model_data_url="file:///", cache_dir=Path("."),
                          max_loaded_models=s["max_loaded_models"], max_concurrent_loads=s["max_concurrent_loads"],
                          disk_cache_bytes=s["disk_cache_bytes"], model_cache_enabled=s["model_cache_enabled"],
-                         spare_slots=s.get("spare_slots", 0))  # runs recorded before it had none
+                         spare_slots=s.get("spare_slots", 0),  # runs recorded before it had none
+                         # runs recorded before the setting ranked a miss by its load's end
+                         recency=s.get("recency", "served"))
     fp = row.get("footprint", fp)  # measured just before this budget's run (--profile-each)
     sim = replay(records, targets, fp["median"], cfg, row["clients"], workers, fp.get("load_concurrency"))
     alone = replay(records, targets, fp["median"], cfg, row["clients"], workers)

@@ -166,6 +166,34 @@ def test_memory_limit_evicts_the_least_recently_used_idle_model(tmp_path: Path) 
         e.ep.stop()
 
 
+@pytest.mark.parametrize("recency,evicted,kept", [
+    ("request", "rec-x.tar.gz", "rec-a.tar.gz"),
+    ("served", "rec-a.tar.gz", "rec-x.tar.gz"),
+])
+def test_a_miss_ranks_by_when_it_was_asked_for(tmp_path: Path, recency: str, evicted: str, kept: str) -> None:
+    """Budget 2: a is loaded; x is asked for (its load takes 3 s); a is used while x loads; then
+    y needs a place. Ranked by request (the default, an exact LRU over the requests), x was
+    asked for before a's last use, so x goes; ranked by service (the behaviour before), x
+    counts from its load's end, after a's use, so a goes."""
+    e = start_endpoint(tmp_path, max_loaded_models=2, spare_slots=0, recency=recency)
+    try:
+        publish_pipe(e.store_dir, "rec-a.tar.gz", k=1)
+        publish_pipe(e.store_dir, "rec-x.tar.gz", k=2, init_sleep_s=3)
+        publish_pipe(e.store_dir, "rec-y.tar.gz", k=3)
+        np.testing.assert_array_equal(call(e.url, "rec-a.tar.gz"), X + 1)
+        with ThreadPoolExecutor(1) as pool:
+            x = pool.submit(call, e.url, "rec-x.tar.gz")
+            wait_state(e.url, "rec-x.tar.gz", "loading")
+            np.testing.assert_array_equal(call(e.url, "rec-a.tar.gz"), X + 1)
+            assert models(e.url)["rec-x.tar.gz"]["state"] == "loading", "a's use must come during x's load"
+            np.testing.assert_array_equal(x.result(), X + 2)
+        np.testing.assert_array_equal(call(e.url, "rec-y.tar.gz"), X + 3)
+        listed = models(e.url)
+        assert (listed[evicted]["state"], listed[kept]["state"]) == ("absent", "loaded"), listed
+    finally:
+        e.ep.stop()
+
+
 def test_memory_limit_counts_pss_so_models_that_fit_stay_loaded(tmp_path: Path) -> None:
     """The limit counts Triton's PSS (shared library pages split among the stubs that map them),
     not summed RSS (those pages once per stub): a limit with room for 2 more models by PSS

@@ -4,6 +4,8 @@ sequence, the utilisation law (rate x service), ModelCacheSetting=Disabled, a fu
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import pytest
 
@@ -174,14 +176,21 @@ def test_a_model_chosen_to_leave_is_still_loaded_until_its_unload_starts() -> No
     assert result.warm.tolist() == [False, False, False, False, False, True, False, True]
 
 
-def test_a_loaded_miss_is_as_recent_as_its_load_end() -> None:
+@pytest.mark.parametrize("recency,warm", [
+    ("served", [False, False, True, False, True, False]),
+    ("request", [False, False, True, False, False, False]),
+])
+def test_a_loaded_miss_is_ranked_as_the_endpoint_ranks_it(recency: Literal["request", "served"],
+                                                          warm: list[bool]) -> None:
     """Capacity 2, loads of 2 s, one slot. X is requested at 2.5 and served when its load ends
-    (4.5); A is used at 3. The endpoint ranks X by when it was served, so Y (t=5) evicts A, the
-    least recently used: X hits at 7.5 and A misses at 8 (ranked by X's request, X would go)."""
+    (4.5); A is used at 3. Ranked by service ("served"), X is the more recent, so Y (t=5)
+    evicts A: X hits at 7.5 (and A misses at 8). Ranked by request (the endpoint's default), A
+    is: Y evicts X, which misses at 7.5 (its load then evicts A, the least recent again)."""
     a, x, y = range(3)
     ids = np.array([a, x, a, y, x, a])
     times = np.array([0.0, 2.5, 3.0, 5.0, 7.5, 8.0])
-    cfg = InstanceConfig(1, 2, 2, INF, workers=1, usable_fraction=1.0, load_slots=1)
+    cfg = InstanceConfig(1, 2, 2, INF, workers=1, usable_fraction=1.0, load_slots=1,
+                         recency=recency)
     result = simulate(times, ids, _unloading_fleet(3, load=2.0, unload=0.0), cfg)
     assert result.warm is not None
-    assert result.warm.tolist() == [False, False, True, False, True, False]
+    assert result.warm.tolist() == warm

@@ -148,9 +148,12 @@ class Evictor:
                 and len(self.residency.resident) >= budget)
 
     def _idle_victim(self, m: ModelEntry) -> ModelEntry | None:
-        """The least recently used idle loaded model other than ``m``: O(models in Triton)."""
+        """The least recently used idle loaded model other than ``m`` and not one whose waiting
+        requests are about to take it (its load just ended; they hold its lock): O(models in
+        Triton)."""
         idle = [x for x in self.residency.resident.values()
-                if x.state == ModelState.LOADED and x.in_flight == 0 and x is not m]
+                if x.state == ModelState.LOADED and x.in_flight == 0 and x is not m
+                and not x.lock.locked()]
         return min(idle, key=lambda x: x.last_used) if idle else None
 
     async def _wait_room(self, m: ModelEntry, deadline: float,

@@ -18,6 +18,9 @@ The rules that keep it honest under fleet traffic:
   victim's place passes to it in the same loop step as the unload ends, so the count never
   passes the budget and no other load can take the place meanwhile. It waits for that one
   unload only, not for the others in the server;
+* "recently used" is when a request for the model came (a miss too: not when its load
+  ended), as an exact LRU cache over the request stream ranks it; a model whose load has just
+  ended is not a victim while the requests that waited for it (holding its lock) take it;
 * at most ``max_concurrent_loads`` loads run at once;
 * spare room (``spare_slots``): once the models staying in Triton (not unloading) pass the
   budget minus the spare places, the least recently used idle model is unloaded in a
@@ -144,12 +147,15 @@ class ModelManager:
             return m, True
         self.metrics.thrash.record(False)
         self.metrics.misses[_MISS_REASON.get(m.state, "Absent")] += 1
+        if self.cfg.recency == "request":
+            m.last_used = time.monotonic()  # ranked by when it was asked for, as a hit is
         start = time.perf_counter()
         while True:
             await self._await_load(m, self.cfg.ready_wait_s - (time.perf_counter() - start))
             if m.state == ModelState.LOADED:
                 m.in_flight += 1
-                m.last_used = time.monotonic()
+                if self.cfg.recency == "served":
+                    m.last_used = time.monotonic()
                 self.metrics.loading_wait_ms.append((time.perf_counter() - start) * 1000)
                 return m, False
 
@@ -224,7 +230,8 @@ class ModelManager:
             self.metrics.loading_ms.append(seconds * 1000)
             m.last_load_s, m.total_load_s = seconds, m.total_load_s + seconds
             m.loads += 1
-            m.last_used = time.monotonic()
+            if self.cfg.recency == "served" or not m.last_used:
+                m.last_used = time.monotonic()
             self.residency.set_state(m, ModelState.LOADED)
             self.residency.changed()
             log.debug("loaded %s as %s in %.3f s", m.target, m.repo.entry, seconds)

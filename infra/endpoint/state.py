@@ -14,6 +14,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from infra.triton.model_repo import NamespacedModel
 from infra.endpoint.reports import (
@@ -63,6 +64,10 @@ class EndpointConfig:
     # idle model in the background, so a miss finds room instead of waiting for an eviction
     # (a Python model's unload takes >= 1.2 s). None: derived (see spare_slots); 0: none.
     spare_slots: int | None = None
+    # What "least recently used" ranks by: "request", when a request for the model came (an
+    # exact LRU over the request stream; a miss too), or "served", when it was last served (a
+    # miss: when its load ended -- the behaviour before; kept for side-by-side benchmarks).
+    recency: Literal["request", "served"] = "request"
     # Thrash guard: over the last thrash_window requests, a miss rate above thrash_miss_rate
     # logs a WARNING (at most once per thrash_warn_interval_s) and shows in /metrics. Before the
     # window has filled (a cold start), the rate over the requests so far counts once there are

@@ -33,8 +33,9 @@ Model (SageMaker's documented MME behaviour, simplified where said):
   for it waits for that end; a load that finds no room while such an unload runs waits for it
   (inherits its place) rather than evicting another model. Simplification: the room is restored
   when a load takes a place, not also when a model becomes idle later;
-- recency and victims as the endpoint has them: a model is as recent as its last request's
-  *service* (a hit: when it came; a miss: when its load ended), and a load that waits for a
+- recency and victims as the endpoint has them: a model is as recent as its last request
+  (``recency="request"``, the endpoint's default) or its last service (``"served"``: a miss
+  when its load ended), and a load that waits for a
   slot picks its victims when it starts, not when its request came (requests are handled in
   arrival order, so a victim picked ahead stays loaded for a request that arrives before that
   start, and the next least recently used idle model leaves in its place: :meth:`_Endpoint.rescue`).
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -108,6 +110,9 @@ class InstanceConfig:
     # places kept free by background unloads (the local endpoint's EndpointConfig.spare_slots,
     # resolved: infra.endpoint.state.spare_slots); 0: none (SageMaker's behaviour)
     spare_slots: int = 0
+    # what least recently used ranks by (the local endpoint's EndpointConfig.recency): "request",
+    # when a request for the model came; "served", when it was last served (a miss: its load's end)
+    recency: Literal["request", "served"] = "request"
 
 
 @dataclass
@@ -363,7 +368,7 @@ class _Endpoint:
             i = min(hs, key=lambda j: self.inst[j].free[0]) if len(hs) > 1 else hs[0]
             st = self.inst[i]
             ready = st.loaded[v]
-            if ready <= t:  # a request that joins a load is served when it ends (settle)
+            if ready <= t or self.cfg.recency == "request":  # "served": when the load ends (settle)
                 st.loaded.touch(v)
             warm, cost = ready <= t, self.service[v]
             start = max(t, st.free[0], ready)
@@ -380,7 +385,8 @@ class _Endpoint:
                 ready = start + sum(self.load(i, v, start))
                 cost = ready - start + self.service[v]
             st.loaded[v] = ready
-            heapq.heappush(st.touches, (ready, v))
+            if self.cfg.recency == "served":
+                heapq.heappush(st.touches, (ready, v))
         finish = start + cost
         if warm or not st.slots:
             heapq.heapreplace(st.free, finish)
