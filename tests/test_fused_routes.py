@@ -76,7 +76,7 @@ def test_the_router_adds_the_tenant_of_a_fused_route(tmp_path: Path, monkeypatch
     sent: list[dict[str, np.ndarray]] = []
 
     def fake_invoke(client: Any, endpoint: str, target: str, inputs: dict[str, np.ndarray],
-                    binary: bool = True) -> dict[str, np.ndarray]:
+                    binary: bool = True, classify: Any = None) -> dict[str, np.ndarray]:
         sent.append(inputs)
         return {"OUTPUT": np.ones((1, 3), np.float32)}
 

@@ -1,11 +1,13 @@
 """``mme invoke``: one request to an ensemble through the SageMaker runtime API, by TargetModel
 on an endpoint, or by a fleet's variant through its routing table. A classifier's answer is its
-top-k classes named by the model's own labels, with the TargetModel that answered."""
+top-k classes named by the model's own labels (Triton's where the served model has a label file,
+else ranked here: :func:`~tasks.runtime.invoke_answer.ask_triton`), with the TargetModel hit."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,6 +19,8 @@ from infra import paths
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from tasks.runtime.invoke_answer import LabelsFrom, TopClass
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,13 +47,16 @@ class InvokeOptions:
 
 @dataclass(frozen=True)
 class Answer:
-    """What one invoke got: the arrays, where they came from, and the labels that name a
-    classifier's classes (None: none known)."""
+    """What one invoke got: the arrays, where they came from, the top-k classes Triton ranked
+    and named (``classes``, by output), and the labels that name a classifier's raw scores
+    here (None: none known) with where they came from."""
 
     outputs: dict[str, np.ndarray]
     endpoint: str
     target_model: str
     labels: list[str] | None = None
+    labels_from: LabelsFrom = "build"
+    classes: dict[str, list[list[TopClass]]] = field(default_factory=dict)
     fleet: str | None = None
     variant: str | None = None
     tenant: int | None = None
@@ -69,6 +76,8 @@ def invoke(opts: InvokeOptions) -> None:
         answer = _invoke_variant(opts, inputs) if opts.fleet else _invoke_target(opts, inputs)
     except ClientError as e:
         _fail(f"{e.response['Error'].get('Code')}: {e.response['Error'].get('Message')}")
+    except ValueError as e:  # a classification answer that is not "score:index:label"
+        _fail(f"the endpoint's answer: {e}")
     doc = answer_document(answer, [str(p) for p in opts.image or []], opts.top_k)
     if opts.as_json:
         emit_json(doc)
@@ -94,6 +103,7 @@ def _invoke_target(opts: InvokeOptions, inputs: dict[str, np.ndarray]) -> Answer
     from infra.aws.runtime_client import invoke as do_invoke, runtime_client_for
     from infra.endpoint.process import find_running
     from infra.records.endpoint import target_model_for
+    from tasks.runtime.invoke_answer import ask_triton
 
     url = opts.url
     if url is None:
@@ -103,58 +113,67 @@ def _invoke_target(opts: InvokeOptions, inputs: dict[str, np.ndarray]) -> Answer
         url = info.url
     target = opts.target_model or target_model_for(
         opts.endpoint, "image_classifier" if opts.image else "text_embedding")
-    out = do_invoke(runtime_client_for(url), opts.endpoint, target, inputs, binary=not opts.json_body)
-    return Answer(outputs=out, endpoint=opts.endpoint, target_model=target)
+    call = partial(do_invoke, runtime_client_for(url), opts.endpoint, target, inputs,
+                   binary=not opts.json_body)
+    out, classes = ask_triton(call, opts.top_k) if opts.image else (call(), {})
+    return Answer(outputs=out, endpoint=opts.endpoint, target_model=target, classes=classes)
 
 
 def _invoke_variant(opts: InvokeOptions, inputs: dict[str, np.ndarray]) -> Answer:
     """Invoke ``--variant`` through the ``--fleet``'s :class:`~tasks.fleet.router.Router`
-    (refreshes on a moved model); a classifier's labels are the variant's own (a fused
-    tenant's: its shard's tenants sidecar, by the TENANT index the routing table gives)."""
+    (refreshes on a moved model); a classifier's labels are the variant's own: Triton's from
+    its label file, else its build's here (a fused tenant's always: its shard's tenants
+    sidecar, by the TENANT index the routing table gives)."""
     from flows.cli.fleet_ref import resolved
     from infra.aws import invoke_retry
     from infra.errors import UserError
     from tasks.fleet.router import Router, variant_labels
+    from tasks.runtime.invoke_answer import ask_triton
 
     assert opts.fleet and opts.variant  # invoke() checked they go together
     ref = resolved(opts.fleet)
     retry = invoke_retry.InvokeRetry(max_attempts=opts.max_attempts, limit_s=opts.retry_budget)  # 429 / 5xx
     try:
         router = Router(opts.store or paths.store_uri(), ref.name, retry=retry)
-        out = router.invoke(opts.variant, inputs, binary=not opts.json_body)
+        fused = router.route_of(opts.variant)[2] is not None  # its shard's output has no labels
+        call = partial(router.invoke, opts.variant, inputs, binary=not opts.json_body)
+        out, classes = ask_triton(call, opts.top_k) if opts.image and not fused else (call(), {})
         endpoint, target, tenant = router.route_of(opts.variant)  # after a refresh: the one hit
     except UserError as e:  # not routed, endpoint not running, unreadable table: one line
         _fail(str(e))
     dirs = [ref.build_dir] if ref.build_dir is not None else []
-    labels = variant_labels(ref.name, opts.variant, dirs, tenant) if opts.image else None
-    return Answer(outputs=out, endpoint=endpoint, target_model=target, labels=labels,
+    labels = variant_labels(ref.name, opts.variant, dirs, tenant) if opts.image and not classes else None
+    return Answer(outputs=out, endpoint=endpoint, target_model=target, labels=labels, classes=classes,
                   fleet=ref.name, variant=opts.variant, tenant=tenant)
 
 
 def answer_document(answer: Answer, images: list[str], k: int) -> dict[str, Any]:
-    """``mme invoke --json``'s document: where it went, then per image its top-k classes (a
-    classifier's answer) and any other output as plain lists."""
+    """``mme invoke --json``'s document: where it went, where the labels came from
+    (``labels_from``), then per image its top-k classes (a classifier's answer: Triton's, or
+    ranked here from the scores) and any other output as plain lists."""
     import numpy as np
 
     from tasks.runtime.invoke_answer import is_class_scores, top_k
 
     doc: dict[str, Any] = {"endpoint": answer.endpoint, "target_model": answer.target_model,
-                           "fleet": answer.fleet, "variant": answer.variant,
-                           "tenant": answer.tenant, "results": [], "outputs": {}}
+                           "fleet": answer.fleet, "variant": answer.variant, "tenant": answer.tenant,
+                           "labels_from": "triton" if answer.classes else None, "results": [],
+                           "outputs": {}}
+    classes = dict(answer.classes)
     for name, value in answer.outputs.items():
         arr = np.asarray(value)
-        labels = answer.labels
-        if images and labels is None and is_class_scores(arr) and arr.shape[1] in (1000, 1001):
-            from tasks.producers.classifiers import imagenet_label_names  # the catalog's classifiers
-
-            labels = imagenet_label_names(offset=arr.shape[1] - 1000)
-        if images and is_class_scores(arr):
-            doc["results"] += [{"input": path, "output": name,
-                                "top_k": [t.model_dump() for t in best]}
-                               for path, best in zip(images, top_k(arr, labels, k), strict=False)]
-        else:
+        if not (images and is_class_scores(arr)):
             doc["outputs"][name] = arr.round(6).tolist() if np.issubdtype(arr.dtype, np.floating) \
                 else arr.tolist()
+            continue
+        labels, doc["labels_from"] = answer.labels, answer.labels_from if answer.labels is not None else None
+        if labels is None and arr.shape[1] in (1000, 1001):
+            from tasks.producers.classifiers import imagenet_label_names  # the catalog's classifiers
+
+            labels, doc["labels_from"] = imagenet_label_names(offset=arr.shape[1] - 1000), "imagenet"
+        classes[name] = top_k(arr, labels, k)
+    doc["results"] = [{"input": path, "output": name, "top_k": [t.model_dump() for t in best]}
+                      for name, rows in classes.items() for path, best in zip(images, rows, strict=False)]
     return doc
 
 
@@ -166,9 +185,14 @@ def print_answer(doc: dict[str, Any]) -> None:
         tenant = "" if doc["tenant"] is None else f", tenant {doc['tenant']}"
         where += f" (fleet {doc['fleet']} variant {doc['variant']}{tenant})"
     say(where)
+    if doc["results"]:
+        from tasks.runtime.invoke_answer import labels_line
+
+        say(labels_line(doc["labels_from"], fused=doc["tenant"] is not None))
     for r in doc["results"]:
         say(f"{r['input']}:")
         for t in r["top_k"]:
             say(f"  {t['score']:.4f}  {t['label']}  (class {t['index']})")
     for name, value in doc["outputs"].items():
         print(json.dumps({name: value}, default=str))
+

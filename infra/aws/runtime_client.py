@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 
 import httpx
 import numpy as np
@@ -24,19 +25,28 @@ HEADER_SIZE = re.compile(r"json-header-size\s*=\s*(\d+)")
 
 
 def encode_request(inputs: dict[str, np.ndarray], *, binary: bool = True,
-                   outputs: list[str] | None = None) -> tuple[bytes, str]:
-    """Return (body, content type) for a KServe-v2 inference request."""
+                   outputs: list[str] | None = None,
+                   classify: Mapping[str, int] | None = None) -> tuple[bytes, str]:
+    """Return (body, content type) for a KServe-v2 inference request. ``classify``: outputs
+    asked as Triton's classification extension (output name -> k): the answer for each is
+    its k best classes per row, as BYTES ``"score:index[:label]"`` strings, instead of the
+    scores (the label is there when the output has a ``label_filename`` on the server). Both
+    body kinds carry it (the output's ``"parameters": {"classification": k}``); when
+    ``outputs`` or ``classify`` names any output, only those are answered."""
+    wanted = [(o, 0) for o in outputs or []] + [(o, int(k)) for o, k in (classify or {}).items()]
     if not binary:
-        doc = {"inputs": [_json_input(name, arr) for name, arr in inputs.items()]}
-        if outputs:
-            doc["outputs"] = [{"name": o} for o in outputs]
+        doc: dict[str, object] = {"inputs": [_json_input(name, arr) for name, arr in inputs.items()]}
+        if wanted:
+            doc["outputs"] = [{"name": o, "parameters": {"classification": k}} if k else {"name": o}
+                              for o, k in wanted]
         return json.dumps(doc).encode(), "application/json"
     infer_inputs = []
     for name, arr in inputs.items():
         ii = httpclient.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
         ii.set_data_from_numpy(arr, binary_data=True)
         infer_inputs.append(ii)
-    req_outputs = [httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs] if outputs else None
+    req_outputs = [httpclient.InferRequestedOutput(o, binary_data=True, class_count=k)
+                   for o, k in wanted] or None
     body, json_size = httpclient.InferenceServerClient.generate_request_body(
         infer_inputs, outputs=req_outputs)
     if json_size is None:
@@ -96,10 +106,10 @@ def infer_direct(client: httpx.Client, model: str, inputs: dict[str, np.ndarray]
 
 
 def invoke(runtime_client: RuntimeClient, endpoint: str, target_model: str, inputs: dict[str, np.ndarray],
-           *, binary: bool = True) -> dict[str, np.ndarray]:
-    """``invoke_endpoint`` with a TargetModel; works against SageMaker and the local endpoint."""
-    body, ct = encode_request(inputs, binary=binary)
+           *, binary: bool = True, classify: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """``invoke_endpoint`` with a TargetModel; works against SageMaker and the local endpoint.
+    ``classify``: outputs to answer as their top-k classes (:func:`encode_request`)."""
+    body, ct = encode_request(inputs, binary=binary, classify=classify)
     resp = runtime_client.invoke_endpoint(EndpointName=endpoint, TargetModel=target_model,
                                           ContentType=ct, Body=body)
     return decode_response(resp["Body"].read(), resp["ContentType"])
-

@@ -30,7 +30,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
@@ -186,26 +186,28 @@ class Router:
                             f"`mme endpoint start --name {endpoint}` or `mme fleet deploy`")
         return runtime_client_for(running.url)
 
-    def invoke(self, variant: str, inputs: dict[str, np.ndarray], *,
-               binary: bool = True) -> dict[str, np.ndarray]:
+    def invoke(self, variant: str, inputs: dict[str, np.ndarray], *, binary: bool = True,
+               classify: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """Invoke ``variant`` (transient answers retried per ``retry``). On "model not found",
         check the table at once and, if the route moved, invoke the new route once; if it did
         not, the answer is raised as it came (a second try on the same route would fail too).
         A fused fleet's tenant is asked of its shard with its ``TENANT`` index added to the
-        inputs (one value per row); the answer is the tenant's own classes, as its own model's."""
+        inputs (one value per row); the answer is the tenant's own classes, as its own model's.
+        ``classify``: outputs answered as Triton's top-k classes
+        (:func:`~infra.aws.runtime_client.encode_request`)."""
         route = self._resolve(variant)
         try:
-            return self._invoke(variant, route, inputs, binary)
+            return self._invoke(variant, route, inputs, binary, classify)
         except ClientError as exc:
             if not model_missing(exc):
                 raise
             moved = self._resolve(variant, refresh=True)
             if moved == route:
                 raise
-        return self._invoke(variant, moved, inputs, binary)
+        return self._invoke(variant, moved, inputs, binary, classify)
 
     def _invoke(self, variant: str, route: tuple[str, str, int | None], inputs: dict[str, np.ndarray],
-                binary: bool) -> dict[str, np.ndarray]:
+                binary: bool, classify: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
         """One invoke of ``route`` with :attr:`retry`; giving up is
         :class:`~infra.aws.invoke_retry.RetriesExhausted` saying how many attempts were made."""
         endpoint, target, tenant = route
@@ -214,7 +216,7 @@ class Router:
             inputs = {**inputs, TENANT_INPUT: np.full((rows, 1), tenant, dtype=np.int32)}
         client = self.client(endpoint)
         out, _ = call_with_retries(
-            lambda: invoke(client, endpoint, target, inputs, binary=binary), self.retry,
+            lambda: invoke(client, endpoint, target, inputs, binary=binary, classify=classify), self.retry,
             operation="sagemaker-runtime.invoke_endpoint",
             resource=f"fleet {self.fleet} variant {variant} (TargetModel {target}) on endpoint "
                      f"{endpoint}")
