@@ -180,6 +180,9 @@ def test_endpoint_dry_runs_judge_the_record_and_signal_nothing(home: Path) -> No
     assert (start["action"], start["url"]) == ("none", "http://127.0.0.1:9")
     assert "already running at http://127.0.0.1:9" in run("endpoint", "start", "--name", "live",
                                                            "--model-data-url", "file:///m", "--dry-run").stdout
+    other = runner.invoke(app, ["endpoint", "start", "--name", "live", "--model-data-url", "file:///n",
+                                "--dry-run"])
+    assert other.exit_code == 2 and "already running with model prefix file:///m, not file:///n" in other.output
     stale = run_json("endpoint", "stop", "--name", "dead", "--dry-run")
     assert (stale["action"], stale["state"]) == ("remove stale state file", "stale")
     assert run_json("endpoint", "stop", "--name", "none", "--dry-run")["action"] == "none"
@@ -357,3 +360,22 @@ def test_build_dry_run_says_up_to_date_when_the_tarball_is_built_from_the_cached
     steps["artifact:labels"] = StepRecord(seconds=0.0, key="another")
     (out / "image_classifier.manifest.json").write_text(manifest.model_copy(update={"steps": steps}).to_json())
     assert run_json("build", "image_classifier", "--dry-run")["ensembles"][0]["status"] == "build"
+
+
+def test_endpoint_start_dry_run_refuses_a_taken_port_as_start_does(home: Path) -> None:
+    """The real start refuses a taken --port before it starts anything; the dry run says the
+    same line with the same exit code (both through the ``mme`` script)."""
+    import socket
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MME_HOME": str(home)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        got = [subprocess.run([sys.executable, "-m", "flows.cli", "endpoint", "start", "--port", port, *flag],
+                              capture_output=True, text=True, env=env) for flag in ([], ["--dry-run"])]
+    assert [g.returncode for g in got] == [2, 2], [g.stderr for g in got]
+    assert got[0].stderr == got[1].stderr and f"cannot serve on 127.0.0.1:{port}" in got[1].stderr
+    assert not (home / "endpoints").exists()

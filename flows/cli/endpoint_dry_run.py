@@ -32,18 +32,39 @@ def running_record(name: str) -> dict[str, Any]:
             "process": ident.describe() if ident else None}
 
 
+def _refusal(o: EndpointStartOptions, record: dict[str, Any], url: str) -> Exception | None:
+    """What ``start`` would refuse with, in its words: a running endpoint with another model
+    prefix, or a ``--port`` that cannot be bound now (bound and closed at once, as it checks)."""
+    from infra.endpoint.process import EndpointStartError
+    from infra.triton.process import check_port_free
+
+    if record["state"] == "running" and record["model_data_url"] != url:
+        return EndpointStartError(
+            f"endpoint {o.name!r} is already running with model prefix {record['model_data_url']}, "
+            f"not {url}; retire it first (mme retire --endpoint {o.name} --stop)")
+    try:
+        if record["state"] != "running" and o.port:
+            check_port_free("127.0.0.1", o.port)
+    except Exception as e:
+        return e
+    return None
+
+
 def start_dry_run(o: EndpointStartOptions) -> None:
-    """``mme endpoint start --dry-run``: the settings it would start with, or the running one."""
+    """``mme endpoint start --dry-run``: the settings it would start with, or the running one;
+    what the start would refuse exits as the start does."""
+    from flows.cli.common import exit_for
     from infra.endpoint.process import endpoint_settings, log_file
 
     record = running_record(o.name)
     url = o.models_url()
+    refused = _refusal(o, record, url)
+    if refused is not None:
+        exit_for(refused)
     if record["state"] == "running":
-        same = record["model_data_url"] == url
-        doc = {**record, "action": "none" if same else "refuse"}
         line = (f"endpoint {o.name}: already running at {record['url']} (pid {record['pid']}, models "
-                f"from {record['model_data_url']})" + ("" if same else f"; would refuse: not {url}"))
-        show_plan(doc, [line], f"endpoint {o.name}: would start nothing", o.as_json)
+                f"from {record['model_data_url']})")
+        show_plan({**record, "action": "none"}, [line], f"endpoint {o.name}: would start nothing", o.as_json)
         return
     cfg = endpoint_settings(o.name, url, port=o.port, max_loaded_models=o.max_loaded_models,
                             spare_slots=o.spare_slots, triton=o.triton())
@@ -54,7 +75,8 @@ def start_dry_run(o: EndpointStartOptions) -> None:
     doc = {**record, "action": "start", "host": cfg.host, **ports, "model_data_url": url,
            "cache_dir": str(cfg.cache_dir), "log_file": str(log_file(o.name)), "limits": limits}
     free = "a free one"
-    lines = [f"would start endpoint {o.name} on {cfg.host}:{cfg.port or free} (models from {url})",
+    where = f"{cfg.host}:{cfg.port}" if cfg.port else f"{cfg.host} (a free port)"
+    lines = [f"would start endpoint {o.name} on {where} (models from {url})",
              f"  tritonserver ports: http {cfg.triton_http_port or free}, grpc "
              f"{cfg.triton_grpc_port or free}, metrics "
              f"{'off' if cfg.triton_metrics_port is None else cfg.triton_metrics_port or free}",
