@@ -379,3 +379,20 @@ def test_endpoint_start_dry_run_refuses_a_taken_port_as_start_does(home: Path) -
     assert [g.returncode for g in got] == [2, 2], [g.stderr for g in got]
     assert got[0].stderr == got[1].stderr and f"cannot serve on 127.0.0.1:{port}" in got[1].stderr
     assert not (home / "endpoints").exists()
+
+
+def test_fused_fleet_build_dry_run_says_the_tenants_are_fused_again(tmp_path: Path, home: Path) -> None:
+    """A fused fleet with no build yet: every tenant in ``build`` and the note saying the build
+    fuses them by content (it alone can tell an unchanged tenant apart)."""
+    from ensembles.fleet_spec import load_fleet, resolve_variants
+    from tasks.fleet.build import prepare_template
+
+    out = tmp_path / "fused"
+    run("fleet", "example", "--count", "2", "--out", str(out), "--layout", "fused")
+    spec = load_fleet(str(out / "fleet.yaml"))
+    prepare_template(spec, resolve_variants(spec).variants)  # the shared DALI pipeline (< 1 s)
+    before = snapshot(home, out)
+    doc = run_json("fleet", "build", str(out / "fleet.yaml"), "--dry-run")
+    assert (doc["layout"], doc["build"], doc["shards"]) == ("fused", ["tenant-0001", "tenant-0002"], [])
+    assert doc["note"] is not None and "fuses them again by content" in doc["note"]
+    assert snapshot(home, out) == before

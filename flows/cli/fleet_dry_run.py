@@ -101,6 +101,10 @@ def build_dry_run(fleet: str, output_dir: Path | None, only: list[str] | None, p
     if plan.template_key is None:
         lines.append("  template key unknown until the shared artifacts are produced: every variant "
                      "would be built (unchanged ones keep their bytes)")
+    if plan.note:
+        lines.append(f"  {plan.note}")
+    if plan.shards:
+        lines.append(f"  fused shards unchanged: {', '.join(plan.shards)}")
     lines += [f"would build {name}" for name in plan.build]
     lines += [f"unchanged {name}" for name in plan.unchanged]
     lines += [f"left as built (not asked for) {name}" for name in plan.later]

@@ -18,7 +18,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from ensembles.fleet_spec import FleetSpec, Variant, check_fleet_release, load_fleet, load_template, resolve_variants
-from tasks.fleet.build import fleet_build_dir, load_index, plan_builds, select_variants, template_from
+from tasks.fleet.build import (FleetIndex, fleet_build_dir, load_index, plan_builds, select_variants,
+                               template_from)
 from tasks.fleet.variant import FleetTemplate, owned_artifacts
 from tasks.producers.cache_plan import ArtifactPlan, plan_artifacts
 from tasks.producers.produce import artifacts_for
@@ -42,6 +43,10 @@ class FleetBuildPlan(BaseModel):
     later: list[str]
     dropped: list[str]
     refused: dict[str, str]
+    #: a fused (or auto) layout: the shards kept as they are when nothing changed, else the
+    #: note that the build fuses its tenants again by content (then they are all in ``build``)
+    shards: list[str] = []
+    note: str | None = None
 
 
 def cached_template(fleet: FleetSpec, variants: Sequence[Variant]) -> tuple[FleetTemplate | None,
@@ -71,11 +76,7 @@ def plan_fleet_build(fleet: str, output_dir: str | None = None, only: Sequence[s
     out = Path(output_dir).expanduser().resolve() if output_dir else fleet_build_dir(spec)
     template, shared = cached_template(spec, resolved.variants)
     index = load_index(out, spec.name, spec.target)
-    if template is not None:
-        todo, unchanged = plan_builds(template, resolved.variants, index, out)
-        kept = [o.name for o in unchanged]
-    else:
-        todo, kept = list(resolved.variants), []
+    todo, kept, shards, note = _split(spec, template, resolved.variants, index, out)
     todo, later = select_variants(todo, only, changed_uri)
     declared = {v.name for v in resolved.variants}
     return FleetBuildPlan(
@@ -83,4 +84,32 @@ def plan_fleet_build(fleet: str, output_dir: str | None = None, only: Sequence[s
         template_key=template.key if template else None, shared={p.name: p.status for p in shared},
         build=[v.name for v in todo], unchanged=kept, later=[v.name for v in later],
         dropped=sorted(n for n in index.variants if n not in declared and n not in dict(resolved.problems)),
-        refused=dict(resolved.problems))
+        refused=dict(resolved.problems), shards=shards, note=note)
+
+
+def _split(spec: FleetSpec, template: FleetTemplate | None, variants: Sequence[Variant], index: FleetIndex,
+           out: Path) -> tuple[list[Variant], list[str], list[str], str | None]:
+    """(to build, unchanged, shards kept, note) as the build decides: a fused fleet whose index
+    still fits every tenant is unchanged as a whole (:func:`tasks.fleet.fused.unchanged_build`,
+    the build's own shortcut), its separately built variants then planned as a separate
+    fleet's (:func:`~tasks.fleet.build.plan_builds`); otherwise a fused fleet's tenants are
+    fused again by content, which only the build itself can tell apart."""
+    if template is None:
+        return list(variants), [], [], None
+    shards: list[str] = []
+    if spec.fused:
+        from tasks.fleet.fused import unchanged_build
+
+        quick = unchanged_build(template, variants, index, out)
+        if quick is None:
+            return list(variants), [], [], ("fused layout: the tenants' inputs or the template changed "
+                                            "since the index; the build fuses them again by content "
+                                            "(unchanged tenants keep their bytes)")
+        shards = sorted(quick.shards)
+        apart = set(quick.refused)
+        fused_kept = [o.name for o in quick.outcomes]
+        variants = [v for v in variants if v.name in apart]
+    else:
+        fused_kept = []
+    todo, unchanged = plan_builds(template, variants, index, out)
+    return todo, sorted(fused_kept + [o.name for o in unchanged]), shards, None
