@@ -35,10 +35,13 @@ Model (SageMaker's documented MME behaviour, simplified where said):
   when a load takes a place, not also when a model becomes idle later;
 - recency and victims as the endpoint has them: a model is as recent as its last request
   (``recency="request"``, the endpoint's default) or its last service (``"served"``: a miss
-  when its load ended), and a load that waits for a
-  slot picks its victims when it starts, not when its request came (requests are handled in
-  arrival order, so a victim picked ahead stays loaded for a request that arrives before that
-  start, and the next least recently used idle model leaves in its place: :meth:`_Endpoint.rescue`).
+  when its load ended), and a load that waits for a slot picks its victims when it starts,
+  not when its request came (requests are handled in arrival order, so a victim picked ahead
+  stays loaded for a request that arrives before that start, and the next least recently used
+  idle model leaves in its place: :meth:`_Endpoint.rescue`). Checked against the endpoint
+  where loads queue for seconds (docs/planner.md); where they queue for minutes (a plan far
+  past its capacity, whose requests the endpoint would answer ModelNotReady after 60 s) the
+  figures say "overloaded" and no more.
 
 Figures: warm-hit ratio, p50/p95/p99 latency, loads and downloads per hour, utilisation, and the
 share of requests over 60 s (SageMaker's ``ModelNotReadyException``).
@@ -152,7 +155,7 @@ class _Instance:
     (after its download and unloads) each slot ran last, and when the unloads in progress end."""
 
     __slots__ = ("loaded", "busy", "disk", "gpu", "host", "disk_used", "free", "slots", "spans", "gone",
-                 "draining", "leaving", "touches")
+                 "draining", "touches")
 
     def __init__(self, workers: int, load_slots: int | None) -> None:
         self.loaded: Recency[int, float] = Recency()
@@ -166,10 +169,6 @@ class _Instance:
         # background (spare-room) unloads: (end, start, gpu bytes, host bytes), a heap; their
         # bytes stay in gpu/host until they end
         self.draining: list[tuple[float, float, float, float]] = []
-        # models chosen as victims whose unload starts later than the request that chose them
-        # arrived: victim -> (when its unload starts, when it had become ready, a background
-        # unload?). Until then it is still loaded (see _Endpoint.rescue).
-        self.leaving: dict[int, tuple[float, float, bool]] = {}
         # loads in progress, (when each ends, model): a model that a miss loaded was last used
         # when its load ended and its request was served, not when that request came
         self.touches: list[tuple[float, int]] = []
@@ -242,6 +241,10 @@ class _Endpoint:
         # the room one spare place stands for: a model of the fleet's median size
         self.spare_g = float(np.median(f.gpu_bytes)) * cfg.spare_slots if len(f.gpu_bytes) else 0.0
         self.spare_h = float(np.median(f.host_bytes)) * cfg.spare_slots if len(f.host_bytes) else 0.0
+        # models chosen as victims whose unload starts after the request that chose them came:
+        # victim -> (its instance, when its unload starts, when it had become ready, a background
+        # unload?). Until then it is still loaded there (see rescue).
+        self.leaving: dict[int, tuple[int, float, float, bool]] = {}
 
     def draw(self, which: int) -> float:
         """A factor of mean 1 for one load (0) or unload (1) time (1.0 when no spread)."""
@@ -326,7 +329,7 @@ class _Endpoint:
                 break
             st.settle(t + cost)
             u = st.victim(t)
-            st.leaving[u] = (t + cost, st.loaded[u], False)
+            self.leaving[u] = (i, t + cost, st.loaded[u], False)
             self.unload(i, u)
             cost += float(f.unload_s[u]) * slow_unload * self.draw(1)
             st.gone[u] = t + cost  # a request for u before then waits for its unload
@@ -347,7 +350,7 @@ class _Endpoint:
             if u is None:
                 return
             g, h = self.gpu[u], self.host[u]
-            st.leaving[u] = (t, st.loaded[u], True)
+            self.leaving[u] = (i, t, st.loaded[u], True)
             self.unload(i, u)
             end = t + float(self.f.unload_s[u]) * self.draw(1)
             st.gpu += g  # held until the unload ends
@@ -361,8 +364,9 @@ class _Endpoint:
         """One request for ``v`` arriving at ``t``: (when it is answered, whether its model was
         loaded when it came, the worker seconds it took). A request for a model still loading
         waits for that load and is not warm (SageMaker and the local endpoint count it a miss)."""
-        for st in self.inst:
-            st.settle(t)
+        if self.cfg.recency == "served":
+            for st in self.inst:
+                st.settle(t)
         hs = self.holders.get(v) or self.rescue(t, v)
         if hs:
             i = min(hs, key=lambda j: self.inst[j].free[0]) if len(hs) > 1 else hs[0]
@@ -375,7 +379,7 @@ class _Endpoint:
         else:
             i = self.pick(t)
             st, warm = self.inst[i], False
-            st.leaving.pop(v, None)
+            self.leaving.pop(v, None)
             after = max(t, st.gone.pop(v, 0.0))  # a model being unloaded is loaded again after
             if st.slots:  # the load waits for a load slot, not for a worker
                 ready = self._load_in_slot(i, v, after)
@@ -406,31 +410,30 @@ class _Endpoint:
         victims when the load starts), and the endpoint then unloads the least recently used
         other idle model. So ``v`` stays and that one takes its unload (same start and end;
         its own bytes). Without an idle model to take its place, ``v`` leaves as chosen."""
-        for i, st in enumerate(self.inst):
-            start, ready, background = st.leaving.get(v, (0.0, 0.0, False))
-            if start <= t:
-                continue
-            w = st.idle_victim(start)
-            if w is None:
-                return None
-            del st.leaving[v]
-            st.leaving[w] = (start, st.loaded[w], background)
-            g, h = self.gpu[w], self.host[w]
-            self.unload(i, w)
-            st.gone[w] = st.gone.pop(v)
-            st.loaded[v] = ready
-            self.holders.setdefault(v, []).append(i)
-            if background:  # the bytes stay held, now for w until its unload ends
-                st.gpu += g
-                st.host += h
-                st.draining = [(e, b, g, h) if (e, b) == (st.gone[w], start) else (e, b, eg, eh)
-                               for e, b, eg, eh in st.draining]
-                heapq.heapify(st.draining)
-            else:  # v holds its bytes again; w's are freed
-                st.gpu += self.gpu[v]
-                st.host += self.host[v]
-            return self.holders[v]
-        return None
+        i, start, ready, background = self.leaving.get(v, (0, 0.0, 0.0, False))
+        if start <= t:
+            return None
+        st = self.inst[i]
+        w = st.idle_victim(start)
+        if w is None:
+            return None
+        del self.leaving[v]
+        self.leaving[w] = (i, start, st.loaded[w], background)
+        g, h = self.gpu[w], self.host[w]
+        self.unload(i, w)
+        st.gone[w] = st.gone.pop(v)
+        st.loaded[v] = ready
+        self.holders.setdefault(v, []).append(i)
+        if background:  # the bytes stay held, now for w until its unload ends
+            st.gpu += g
+            st.host += h
+            st.draining = [(e, b, g, h) if (e, b) == (st.gone[w], start) else (e, b, eg, eh)
+                           for e, b, eg, eh in st.draining]
+            heapq.heapify(st.draining)
+        else:  # v holds its bytes again; w's are freed
+            st.gpu += self.gpu[v]
+            st.host += self.host[v]
+        return self.holders[v]
 
     def _load_in_slot(self, i: int, v: int, t: float) -> float:
         """Load ``v`` on instance ``i`` in its first free load slot, as the endpoint does in one
