@@ -3,9 +3,10 @@ do (names, paths, counts), changes nothing on disk (a snapshot of paths, mtimes 
 the same before and after), creates no endpoint state file, and with ``--json`` prints one
 document with ``"dry_run": true``; bad input exits 2 as it does without ``--dry-run``.
 
-Fast: no Triton, no Prefect server, no flow run (the dry runs call plain functions). The one
-real build step here is the example fleet's shared DALI pipeline (under a second), to show a
-fleet build's plan keyed by the build's own template key.
+Fast: no Triton, no Prefect server, no flow run (the dry runs call plain functions). The real
+build steps here are cheap ones (the example fleet's shared DALI pipeline, under a second; the
+image classifier's artifacts, a few seconds), to show plans keyed by the build's own keys. One
+test (marker ``prefect``, full lane) holds ``mme watch --dry-run`` against the real scan.
 """
 
 from __future__ import annotations
@@ -396,3 +397,23 @@ def test_fused_fleet_build_dry_run_says_the_tenants_are_fused_again(tmp_path: Pa
     assert (doc["layout"], doc["build"], doc["shards"]) == ("fused", ["tenant-0001", "tenant-0002"], [])
     assert doc["note"] is not None and "fuses them again by content" in doc["note"]
     assert snapshot(home, out) == before
+
+
+@pytest.mark.prefect
+def test_watch_dry_run_lists_exactly_what_the_real_scan_emits(home: Path, tmp_path: Path,
+                                                              prefect_harness: None) -> None:
+    """The plan against the real run (a flow run on Prefect's test server): the same events;
+    after it, the dry run sees its state and lists nothing, then a changed file as changed."""
+    source = tmp_path / "incoming"
+    for key in ("text_embedding/model.onnx", "image_classifier/model.onnx", "image_classifier/w.bin"):
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(b"m")
+    planned = run_json("watch", source.as_uri(), "--dry-run")["events"]
+    real = json.loads(run("watch", source.as_uri(), "--json").stdout)
+    assert real["dry_run"] is False and len(planned) == 3
+    assert sorted((e["uri"], e["change"]) for e in planned) == sorted(
+        (e["uri"], e["change"]) for e in real["events"])
+    assert run_json("watch", source.as_uri(), "--dry-run")["events"] == []
+    (source / "image_classifier" / "w.bin").write_bytes(b"longer")
+    again = run_json("watch", source.as_uri(), "--dry-run")["events"]
+    assert [(Path(e["uri"]).name, e["change"]) for e in again] == [("w.bin", "changed")]
