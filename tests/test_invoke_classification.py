@@ -191,13 +191,22 @@ def test_the_endpoint_passes_classification_through_an_ensemble(endpoint_url: st
 @pytest.mark.triton
 @pytest.mark.prefect  # the module's endpoint serves the image build (a flow)
 @linux_only
-def test_the_endpoint_refuses_an_output_the_model_lacks_by_its_name(endpoint_url: str) -> None:
-    """What ``ask_triton`` falls back on: the refusal names ``output 'NAME'``."""
+def test_a_model_without_the_class_output_is_asked_again_plainly(endpoint_url: str) -> None:
+    """The endpoint refuses ``OUTPUT`` for a model that lacks it, naming ``output 'OUTPUT'``:
+    ``ask_triton`` then sends the plain request and hands back the scores, no classes."""
+    from functools import partial
+
     from botocore.exceptions import ClientError
 
+    from tasks.runtime.invoke_answer import ask_triton
+
     client = runtime_client_for(endpoint_url)
-    with pytest.raises(ClientError, match="output 'NOPE'"):
-        invoke(client, ENDPOINT, "pipe-labels.tar.gz", {"X": np.zeros((1, 4), np.float32)}, classify={"NOPE": 2})
+    x = np.array([[0.1, 0.9, 0.3, 0.2]], dtype=np.float32)
+    with pytest.raises(ClientError, match=f"output '{CLASS_OUTPUT}'"):
+        invoke(client, ENDPOINT, "pipe-labels.tar.gz", {"X": x}, classify={CLASS_OUTPUT: 2})
+    out, classes = ask_triton(partial(invoke, client, ENDPOINT, "pipe-labels.tar.gz", {"X": x}), 2)
+    assert classes == {} and list(out) == ["Y"]
+    np.testing.assert_array_equal(out["Y"], x)  # Y = X + 0
 
 
 def _mme_invoke(url: str, target: str, image: Path, *extra: str) -> dict[str, Any]:
