@@ -301,3 +301,46 @@ def test_a_fleet_variants_top_k_comes_from_its_own_served_label_file(local_fleet
     want = top_k(raw, own, k)[0]
     assert [(t["index"], t["label"]) for t in top] == [(t.index, t.label) for t in want]
     assert [t["score"] for t in top] == pytest.approx([t.score for t in want], abs=2e-6)
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+@linux_only
+def test_a_fused_tenant_is_ranked_here_with_its_shards_sidecar_labels(
+        tmp_path: Path, mme_home: Path, prefect_harness: None) -> None:
+    """A fused shard's output serves every tenant of the shard, so it carries no label file:
+    the tenant's top-k is ranked here from the scores and named by the build's tenants
+    sidecar (``labels_from: "build"``), and the text says why."""
+    import yaml
+
+    from flows.fleet_build import fleet_build
+    from flows.fleet_deploy import fleet_deploy
+    from infra.endpoint.process import stop
+    from tasks.build.verify import sample_image
+    from tasks.fleet.example import make_example_fleet
+
+    models, fleet_file, build = tmp_path / "models", tmp_path / "fleet.yaml", tmp_path / "build"
+    make_example_fleet(3, models.as_uri(), seed=5, fleet_file=fleet_file)
+    doc = yaml.safe_load(fleet_file.read_text())
+    fleet_file.write_text(yaml.safe_dump({**doc, "layout": "fused", "shard_size": 3}))
+    fleet_build(str(fleet_file), output_dir=str(build), triton_sample=1)
+    store_uri = (tmp_path / "store").as_uri()
+    image = tmp_path / "cat.jpg"
+    image.write_bytes(sample_image("skimage:chelsea"))
+    name = "tenant-0002"
+    own = (models / "tenants" / name / "labels.txt").read_text().splitlines()
+    args = ["invoke", "--image", str(image), "--fleet", str(build), "--variant", name,
+            "--store", store_uri, "--top-k", "2"]
+    try:
+        assert not fleet_deploy(str(fleet_file), ["fused-invoke-test"], store_uri=store_uri,
+                                build_dir=str(build))["failed"]
+        got = CliRunner().invoke(app, [*args, "--json"])
+        human = CliRunner().invoke(app, args)
+    finally:
+        stop("fused-invoke-test")
+    assert got.exit_code == 0, got.output
+    doc = json.loads(got.stdout)
+    assert doc["tenant"] is not None and doc["labels_from"] == "build"
+    top = doc["results"][0]["top_k"]
+    assert len(top) == 2 and all(t["label"] == own[t["index"]] for t in top)
+    assert human.exit_code == 0 and "a fused shard's output serves many tenants" in human.stdout
