@@ -5,8 +5,10 @@ document with ``"dry_run": true``; bad input exits 2 as it does without ``--dry-
 
 Fast: no Triton, no Prefect server, no flow run (the dry runs call plain functions). The real
 build steps here are cheap ones (the example fleet's shared DALI pipeline, under a second; the
-image classifier's artifacts, a few seconds), to show plans keyed by the build's own keys. One
-test (marker ``prefect``, full lane) holds ``mme watch --dry-run`` against the real scan.
+image classifier's artifacts, a few seconds), to show plans keyed by the build's own keys. Two
+tests of the full lane hold the plans against the real runs: ``mme watch --dry-run`` against
+the scan (marker ``prefect``), ``mme fleet build --dry-run`` against a 3-variant build
+(markers ``triton`` and ``prefect``, about 30 s).
 """
 
 from __future__ import annotations
@@ -417,3 +419,30 @@ def test_watch_dry_run_lists_exactly_what_the_real_scan_emits(home: Path, tmp_pa
     (source / "image_classifier" / "w.bin").write_bytes(b"longer")
     again = run_json("watch", source.as_uri(), "--dry-run")["events"]
     assert [(Path(e["uri"]).name, e["change"]) for e in again] == [("w.bin", "changed")]
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_fleet_build_dry_run_agrees_with_the_real_build(tmp_path: Path, home: Path,
+                                                        prefect_harness: None) -> None:
+    """A real 3-variant build (canary in Triton): the plan before it lists the 3 it builds; after
+    it, none to build and 3 unchanged; one tenant's model touched, exactly that one, which is
+    what the next real build builds."""
+    from flows.fleet_build import fleet_build
+
+    out = tmp_path / "fleet"
+    run("fleet", "example", "--count", "3", "--out", str(out))
+    fleet = str(out / "fleet.yaml")
+    names = ["tenant-0001", "tenant-0002", "tenant-0003"]
+    assert run_json("fleet", "build", fleet, "--dry-run")["build"] == names
+    first = fleet_build(fleet, triton_sample=1)
+    assert (first["built"], first["unchanged"]) == (3, 0)
+    after = run_json("fleet", "build", fleet, "--dry-run")
+    assert (after["build"], after["unchanged"]) == ([], names)
+    model = out / "tenants" / "tenant-0002" / "model.onnx"
+    st = model.stat()
+    os.utime(model, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched: a new source fingerprint
+    changed = run_json("fleet", "build", fleet, "--dry-run")
+    assert (changed["build"], changed["unchanged"]) == (["tenant-0002"], ["tenant-0001", "tenant-0003"])
+    second = fleet_build(fleet, triton_sample=1)
+    assert (second["built"], second["unchanged"]) == (1, 2)
