@@ -5,10 +5,11 @@ document with ``"dry_run": true``; bad input exits 2 as it does without ``--dry-
 
 Fast: no Triton, no Prefect server, no flow run (the dry runs call plain functions). The real
 build steps here are cheap ones (the example fleet's shared DALI pipeline, under a second; the
-image classifier's artifacts, a few seconds), to show plans keyed by the build's own keys. Two
+image classifier's artifacts, a few seconds), to show plans keyed by the build's own keys. Three
 tests of the full lane hold the plans against the real runs: ``mme watch --dry-run`` against
-the scan (marker ``prefect``), ``mme fleet build --dry-run`` against a 3-variant build
-(markers ``triton`` and ``prefect``, about 30 s).
+the scan (marker ``prefect``), ``mme fleet build --dry-run`` against a 3-variant build and
+``mme build --dry-run`` against the session's image_classifier build (markers ``triton`` and
+``prefect``).
 """
 
 from __future__ import annotations
@@ -446,3 +447,18 @@ def test_fleet_build_dry_run_agrees_with_the_real_build(tmp_path: Path, home: Pa
     assert (changed["build"], changed["unchanged"]) == (["tenant-0002"], ["tenant-0001", "tenant-0003"])
     second = fleet_build(fleet, triton_sample=1)
     assert (second["built"], second["unchanged"]) == (1, 2)
+
+
+@pytest.mark.triton
+@pytest.mark.prefect
+def test_build_dry_run_says_up_to_date_after_the_real_build(built_image_classifier: dict, mme_home: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the real image_classifier build (the session's, verified in Triton), its plan is
+    up to date with every artifact cached, and the build's output is left as it was."""
+    monkeypatch.setenv("MME_HOME", str(mme_home))
+    out = built_image_classifier["output_dir"]
+    before = snapshot(out)
+    plan = run_json("build", "image_classifier", "--output-dir", str(out), "--dry-run")["ensembles"][0]
+    assert (plan["status"], set(plan["artifacts"].values())) == ("up to date", {"cached"})
+    assert plan["tarball"] == str(built_image_classifier["archive"])
+    assert snapshot(out) == before
