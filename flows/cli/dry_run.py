@@ -14,11 +14,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from flows.cli.common import emit_json, exit_for, say
+
+if TYPE_CHECKING:
+    from ensembles.spec import EnsembleSpec, Target
 
 #: ``--dry-run`` on every command that changes state (issue 21): the plan, nothing changed
 DRY_RUN_OPTION = typer.Option("--dry-run", help="print what it would do (docs/reference/cli-json.md); "
@@ -36,7 +39,7 @@ def show_plan(doc: dict[str, Any], lines: list[str], summary: str, as_json: bool
     say(f"{summary}; nothing changed (dry run)")
 
 
-def build_plans(names: list[str], target: Any, output_dir: Path | None,
+def build_plans(names: list[str], target: Target, output_dir: Path | None,
                 overrides: dict[str, str]) -> list[dict[str, Any]]:
     """Each ensemble's :class:`tasks.build.build_plan.EnsembleBuildPlan` as a document; an
     unknown ensemble or a bad ``--set`` is the build's own one-line error (exit 2)."""
@@ -54,7 +57,7 @@ def build_plans(names: list[str], target: Any, output_dir: Path | None,
         exit_for(e)
 
 
-def build_dry_run(names: list[str], target: Any, output_dir: Path | None,
+def build_dry_run(names: list[str], target: Target, output_dir: Path | None,
                   overrides: dict[str, str], as_json: bool) -> None:
     """``mme build --dry-run``: per ensemble, the artifacts the cache holds or the build would
     produce, where the tarball would go, and whether it is up to date."""
@@ -69,15 +72,15 @@ def build_dry_run(names: list[str], target: Any, output_dir: Path | None,
               f"would build {todo}, {len(plans) - todo} up to date", as_json)
 
 
-def render_dry_run(spec: Any, target: Any, out: Path, triton_release: str | None, as_json: bool) -> None:
+def render_dry_run(spec: EnsembleSpec, target: Target, out: Path, triton_release: str | None, as_json: bool) -> None:
     """``mme render --dry-run``: the config files it would write under ``out`` (rendered in a
     temporary folder that is removed, so the bytes are exactly the ones it would write)."""
     import errno
 
     from ensembles.render import render_repository
 
-    if out.exists():  # what render_repository refuses, in its words
-        exit_for(FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(out)))
+    if out.exists():  # what render_repository refuses, in its words (the command says it)
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(out))
     with tempfile.TemporaryDirectory(prefix="mme-render-") as tmp:
         repo = render_repository(spec, target, Path(tmp) / "repo", configs_only=True,
                                  triton_release=triton_release)
