@@ -29,7 +29,13 @@ from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest, StepRecord, Validation
 from tasks.build.lineage import publish_with_lineage
 from tasks.build.package import Packed, artifact_name, package_task
-from tasks.producers.produce import ProducedArtifact, artifacts_for, check_artifacts, produce_task
+from tasks.producers.produce import (
+    ProducedArtifact,
+    artifacts_for,
+    check_artifacts,
+    produce_task,
+    producer_params,
+)
 from tasks.build.render import load_spec_task, render_task
 from tasks.build.report import Outcome, cached_text, link_tarball
 from tasks.runtime.run_context import StepLimits, result_storage, run_logger, step_limits
@@ -65,6 +71,13 @@ def check_overrides(specs: Sequence[EnsembleSpec], overrides: Mapping[str, str])
         if "." not in key or not any(key.startswith(a) for a in known):
             raise SpecError(f"override {key!r} must be <artifact>.<param>, with an artifact of "
                             f"{sorted(a.rstrip('.') for a in known)}")
+        art, _, param = key.partition(".")
+        for spec in specs:
+            a = spec.artifacts.get(art)
+            takes = producer_params(a.producer) if a is not None else None
+            if a is not None and takes is not None and param not in takes and param not in a.params:
+                raise SpecError(f"override {key!r}: {spec.name}'s artifact {art!r} (producer "
+                                f"{a.producer}) has no parameter {param!r}; it takes {sorted(takes)}")
 
 
 def _step(seconds: float, **flags: bool | str | None) -> StepRecord:

@@ -10,6 +10,8 @@ Prefect task (``produce-artifact``: retried on transient failures, cached on the
 
 from __future__ import annotations
 
+import inspect
+
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -74,6 +76,18 @@ PRODUCERS: dict[str, Callable[..., tuple[Path, dict]]] = {
     "compile_tensorrt": _compile_tensorrt,
     "pack_python_env": _pack_python_env,
 }
+
+
+def producer_params(producer: str) -> frozenset[str] | None:
+    """The parameters ``producer`` takes by name, or None when it takes any (``**params``,
+    checked by its options type) or is not registered (the spec's validation says so)."""
+    fn = PRODUCERS.get(producer)
+    if fn is None:
+        return None
+    sig = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig):
+        return None
+    return frozenset(p.name for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
 def resolve_params(params: Mapping[str, object], produced: Mapping[str, Path], where: str) -> dict[str, object]:
