@@ -220,6 +220,29 @@ def test_fleet_example_dry_run_lists_the_files(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--kind 'sound'" in bad.output
 
 
+def test_fleet_example_dry_run_into_s3_lists_the_objects_and_no_fleet_file(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An s3:// prefix (moto): the objects it would put, one listing of what is there, and no
+    fleet file unless --fleet-file is given; nothing put."""
+    import boto3
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with mock_aws():
+        s3 = boto3.client("s3", region_name="us-east-1")
+        s3.create_bucket(Bucket="models")
+        s3.put_object(Bucket="models", Key="fleets/a/tenants/tenant-0002/labels.txt", Body=b"x\n")
+        doc = run_json("fleet", "example", "--count", "2", "--out", "s3://models/fleets/a", "--dry-run")
+        assert (doc["out"], doc["fleet_file"]) == ("s3://models/fleets/a", None)
+        assert [f["uri"] for f in doc["files"] if f["exists"]] == [
+            "s3://models/fleets/a/tenants/tenant-0002/labels.txt"]
+        assert len(doc["files"]) == 2 * 3 + 1 and doc["files"][-1]["uri"] == "s3://models/fleets/a/cat.jpg"
+        assert [o["Key"] for o in s3.list_objects_v2(Bucket="models")["Contents"]] == [
+            "fleets/a/tenants/tenant-0002/labels.txt"]
+
+
 @pytest.fixture
 def example_fleet(tmp_path: Path) -> Path:
     """A real 3-tenant example fleet (its files, no build)."""
