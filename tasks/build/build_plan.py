@@ -68,10 +68,12 @@ def plan_ensemble_build(folder: Path, target: Target, output_dir: Path,
     old = _existing(manifest_file) if tarball.exists() else None
     keys = {f"artifact:{p.name}": p.key for p in plans}
     spec_sha = hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest()
-    to_make = [p.name for p in plans if p.status != "cached"]
+    to_make = [p.name for p in plans if p.status == "produce"]
+    after = [p.name for p in plans if p.status == "after"]
     if to_make:
         status: BuildStatus = "build"
-        reason = f"would produce {', '.join(to_make)}"
+        reason = f"would produce {', '.join(to_make)}" + (
+            f"; then {', '.join(after)} (made from them: cached or not, known then)" if after else "")
     elif old is None:
         status, reason = "build", "every artifact cached; no tarball with a manifest at the output yet"
     elif ({k: s.key for k, s in old.steps.items() if k.startswith("artifact:")} != keys
