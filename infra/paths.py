@@ -32,3 +32,13 @@ def endpoint_dir(name: str) -> Path:
 
 def work_dir() -> Path:
     return home() / "work"
+
+
+def folder_usage(folder: Path) -> tuple[int, int]:
+    """(files, bytes) under ``folder`` (0, 0 when absent); links are counted, not followed."""
+    files = size = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            files += 1
+            size += os.lstat(os.path.join(root, name)).st_size
+    return files, size

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from flows.cli.common import emit_json, exit_for, say
+from infra.paths import folder_usage
 
 if TYPE_CHECKING:
     from ensembles.spec import EnsembleSpec, Target
@@ -89,16 +90,6 @@ def render_dry_run(spec: EnsembleSpec, target: Target, out: Path, triton_release
     show_plan({"ensemble": spec.name, "target": target, "out": str(out), "files": files},
               [f"would write {f['path']} ({f['bytes']} bytes)" for f in files],
               f"{spec.name}: would write {len(files)} config files under {out}", as_json)
-
-
-def folder_usage(folder: Path) -> tuple[int, int]:
-    """(files, bytes) under ``folder`` (0, 0 when absent); links are counted, not followed."""
-    files = size = 0
-    for root, _, names in os.walk(folder):
-        for name in names:
-            files += 1
-            size += os.lstat(os.path.join(root, name)).st_size
-    return files, size
 
 
 def cache_clear_doc(folder: Path) -> dict[str, Any]:

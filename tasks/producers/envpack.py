@@ -155,16 +155,6 @@ def installed_packages(site_dir: Path) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
 
 
-def _tree_stats(root: Path) -> tuple[int, int]:
-    """(number of files, total bytes) under root."""
-    files = size = 0
-    for dirpath, _dirs, names in os.walk(root):
-        for n in names:
-            files += 1
-            size += os.lstat(os.path.join(dirpath, n)).st_size
-    return files, size
-
-
 # --------------------------------------------------------------------------- #
 # The conda route (the seed's way)
 # --------------------------------------------------------------------------- #
@@ -447,7 +437,7 @@ def _fill_wheel_env(env: Path, reqs: list[str], python_version: str, platform: s
     info = {"format": ENV_FORMAT, "requirements": reqs, "python_version": python_version,
             "platform": platform, "packages": packages}
     _write(env / ENV_INFO_FILE, json.dumps(info, indent=2, sort_keys=True) + "\n")
-    files, unpacked = _tree_stats(env)
+    files, unpacked = paths.folder_usage(env)
 
     meta: JsonObject = {  # the env's meta.json ([*...], {**...}: typed as JSON values)
         "method": "wheel",
