@@ -27,11 +27,11 @@ from prefect.futures import PrefectFuture, as_completed
 
 from ensembles.catalog import ensemble_dir, load_ensemble
 from ensembles.spec import SpecError, Target
-from infra import paths
 from infra.records.manifest import Manifest
 from infra.processes.ownership import owner
 from tasks.build.ensemble import (
     build_ensemble_task,
+    build_output_dir,
     check_overrides,
     outcomes_of,
     raise_first_failure,
@@ -67,7 +67,7 @@ def build(ensembles: list[str] | None = None,
     their validation sample (it is in the manifest files).
     """
     names = list(dict.fromkeys(ensembles or ["text_embedding"]))
-    out = Path(output_dir).expanduser().resolve() if output_dir else paths.artifacts_dir(target)
+    out = build_output_dir(target, output_dir)
     work_root = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
     if overrides:
         check_overrides([load_ensemble(name)[0] for name in names], overrides)

@@ -31,7 +31,6 @@ state and reported in the return value (``"change": "removed"``), never as event
 
 
 import logging
-from urllib.parse import urlsplit
 
 from prefect import flow
 
@@ -43,14 +42,7 @@ from infra.aws.lambda_handler import (
     stable_event_id,
 )
 from tasks.runtime.run_context import run_logger
-from tasks.deploy.watch import (
-    default_state_uri,
-    diff_listing,
-    read_state,
-    scan,
-    state_object_uri,
-    write_state,
-)
+from tasks.deploy.watch import scan_source, write_state
 
 __all__ = ["watch"]
 
@@ -95,18 +87,11 @@ def watch(
     from prefect.events import emit_event
 
     log = run_logger("mme.watch")
-    if urlsplit(source_uri).path.strip("/"):
-        source_uri = source_uri.rstrip("/")
-    state_uri = state_uri or default_state_uri(source_uri)
-
-    previous = read_state(state_uri, source_uri)
-    listing = []
-    for info in scan(source_uri, suffixes, exclude_uris=[state_object_uri(state_uri)]):
-        if ensemble_for(info.key, ensemble_map) is None:
-            log.warning("%s: top-level key without an ensemble_map entry, ignored", info.uri)
-        else:
-            listing.append(info)
-    changes, removed, new_state = diff_listing(previous, listing)
+    found = scan_source(source_uri, state_uri, suffixes, ensemble_map)
+    source_uri, state_uri, previous, listing = found.source_uri, found.state_uri, found.previous, found.listing
+    for info in found.ignored:
+        log.warning("%s: top-level key without an ensemble_map entry, ignored", info.uri)
+    changes, removed, new_state = found.diff
 
     reported: list[dict] = []
     for change in changes:

@@ -45,11 +45,10 @@ def build_plans(names: list[str], target: Target, output_dir: Path | None,
     """Each ensemble's :class:`tasks.build.build_plan.EnsembleBuildPlan` as a document; an
     unknown ensemble or a bad ``--set`` is the build's own one-line error (exit 2)."""
     from ensembles.catalog import ensemble_dir, load_ensemble
-    from infra import paths
     from tasks.build.build_plan import plan_ensemble_build
-    from tasks.build.ensemble import check_overrides
+    from tasks.build.ensemble import build_output_dir, check_overrides
 
-    out = output_dir.expanduser().resolve() if output_dir else paths.artifacts_dir(target)
+    out = build_output_dir(target, output_dir)
     try:
         if overrides:
             check_overrides([load_ensemble(name)[0] for name in names], overrides)

@@ -111,18 +111,12 @@ def watch_dry_run(source_uri: str, as_json: bool) -> None:
     """``mme watch --dry-run``: the ``mme.model.landed`` events one scan would emit (and the
     objects it would report removed), from the watch state and one listing; nothing emitted,
     the state not written. The same rules as the flow (:mod:`tasks.deploy.watch`)."""
-    from urllib.parse import urlsplit
-
     from infra.aws.lambda_handler import DEFAULT_SUFFIXES, EVENT_NAME, ensemble_for, landed_event
-    from tasks.deploy.watch import default_state_uri, diff_listing, read_state, scan, state_object_uri
+    from tasks.deploy.watch import scan_source
 
-    if urlsplit(source_uri).path.strip("/"):
-        source_uri = source_uri.rstrip("/")
-    state_uri = default_state_uri(source_uri)
-    previous = read_state(state_uri, source_uri)
-    listing = [i for i in scan(source_uri, DEFAULT_SUFFIXES, exclude_uris=[state_object_uri(state_uri)])
-               if ensemble_for(i.key, None) is not None]
-    changes, removed, _ = diff_listing(previous, listing)
+    found = scan_source(source_uri, None, DEFAULT_SUFFIXES, None)
+    source_uri, state_uri, previous, listing = found.source_uri, found.state_uri, found.previous, found.listing
+    changes, removed, _ = found.diff
     events = [{**landed_event(c.info.uri, c.info.key, c.info.size, ensemble_for(c.info.key, None) or "")
                ["payload"], "change": c.kind} for c in changes]
     gone = [{"uri": r.record.uri, "key": r.key, "change": "removed"} for r in removed]

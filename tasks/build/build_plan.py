@@ -3,24 +3,23 @@
 Why: a build's expensive steps (export, compile, verify) are skipped on unchanged inputs by the
 step cache; a dry run says which ones would run, and whether the tarball already written is
 what the build would write again, without producing, packing or verifying anything. Its parts
-are the build's own: the spec with ``--set`` applied (:func:`tasks.build.ensemble.apply_overrides`),
+are the build's own: the spec with ``--set`` applied (:func:`tasks.build.ensemble.for_target`),
 the artifacts the target needs (:func:`tasks.producers.produce.artifacts_for`) as the cache holds
 them (:func:`tasks.producers.cache_plan.plan_artifacts`), and the manifest beside the tarball.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from ensembles.spec import SpecError, Target, load_spec
+from ensembles.spec import Target, load_spec
 from infra.errors import MMEError
 from infra.records.manifest import Manifest, load_manifest
-from tasks.build.ensemble import TOOL_VERSION, apply_overrides
+from tasks.build.ensemble import TOOL_VERSION, for_target, spec_digest
 from tasks.build.package import artifact_name, manifest_path
 from tasks.producers.cache_plan import plan_artifacts
 from tasks.producers.produce import artifacts_for
@@ -57,17 +56,12 @@ def plan_ensemble_build(folder: Path, target: Target, output_dir: Path,
     """The plan of building the ensemble in ``folder`` for ``target`` into ``output_dir`` (as
     :func:`tasks.build.ensemble.build_ensemble` would): reads the spec, the step cache and the
     manifest there; writes nothing."""
-    spec = load_spec(folder / "ensemble.yaml")
-    if overrides:
-        spec = apply_overrides(spec, overrides)
-    missing = [s.name for s in spec.steps_for(target) if target not in s.backends]
-    if missing:
-        raise SpecError(f"ensemble {spec.name!r} has no {target!r} backend for steps {missing}")
+    spec = for_target(load_spec(folder / "ensemble.yaml"), target, overrides)
     plans = plan_artifacts(spec, artifacts_for(spec, target), target)
     tarball, manifest_file = output_dir / artifact_name(spec.name), manifest_path(output_dir, spec.name)
     old = _existing(manifest_file) if tarball.exists() else None
     keys = {f"artifact:{p.name}": p.key for p in plans}
-    spec_sha = hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest()
+    spec_sha = spec_digest(folder)
     to_make = [p.name for p in plans if p.status == "produce"]
     after = [p.name for p in plans if p.status == "after"]
     if to_make:

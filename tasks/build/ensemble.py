@@ -63,6 +63,30 @@ def apply_overrides(spec: EnsembleSpec, overrides: Mapping[str, str]) -> Ensembl
     return new
 
 
+def for_target(spec: EnsembleSpec, target: Target, overrides: Mapping[str, str] | None) -> EnsembleSpec:
+    """``spec`` as a build for ``target`` uses it: ``--set`` applied, and refused (naming the
+    steps) when a step the target runs has no backend for it."""
+    if overrides:
+        spec = apply_overrides(spec, overrides)
+    missing = [s.name for s in spec.steps_for(target) if target not in s.backends]
+    if missing:
+        raise SpecError(f"ensemble {spec.name!r} has no {target!r} backend for steps {missing}")
+    return spec
+
+
+def spec_digest(folder: Path) -> str:
+    """The sha256 of the ensemble's spec file, as its manifest records it (``spec_sha256``)."""
+    return hashlib.sha256((Path(folder) / "ensemble.yaml").read_bytes()).hexdigest()
+
+
+def build_output_dir(target: Target, output_dir: str | Path | None = None) -> Path:
+    """Where a build for ``target`` writes its tarballs: ``output_dir`` (resolved), else
+    ``$MME_HOME/artifacts/<target>`` (the build, its dry run and the deploy's default)."""
+    from infra import paths
+
+    return Path(output_dir).expanduser().resolve() if output_dir else paths.artifacts_dir(target)
+
+
 def check_overrides(specs: Sequence[EnsembleSpec], overrides: Mapping[str, str]) -> None:
     """Every override must name an artifact of some ensemble being built (a typo would
     otherwise be skipped silently)."""
@@ -156,12 +180,7 @@ def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Pa
     """Build the ensemble in ``folder`` (inside a flow or task run; each step is a task).
     ``profile`` also measures its footprint (``manifest.footprint``) for the capacity planner."""
     started = time.perf_counter()
-    spec = load_spec_task(folder)
-    if overrides:
-        spec = apply_overrides(spec, overrides)
-    missing = [s.name for s in spec.steps_for(target) if target not in s.backends]
-    if missing:
-        raise SpecError(f"ensemble {spec.name!r} has no {target!r} backend for steps {missing}")
+    spec = for_target(load_spec_task(folder), target, overrides)
     limits = step_limits()
     steps: dict[str, StepRecord] = {}
     with tempfile.TemporaryDirectory(prefix=f"{spec.name}-", dir=work_root) as tmp:
@@ -178,7 +197,7 @@ def build_ensemble(folder: Path, target: Target, output_dir: Path, work_root: Pa
             sha256=packed.sha256, bytes=packed.bytes,
             built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.perf_counter() - started, 1),
-            spec_sha256=hashlib.sha256((Path(folder) / "ensemble.yaml").read_bytes()).hexdigest(),
+            spec_sha256=spec_digest(folder),
             tool_version=TOOL_VERSION, sources=sources, validation=validation, steps=steps,
             sample=sample.to_record())
         if profile:

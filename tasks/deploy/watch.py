@@ -29,14 +29,15 @@ from pydantic import BaseModel, ConfigDict
 
 from infra import paths
 from infra.errors import InvalidInput
-from infra.aws.lambda_handler import is_model_key
+from infra.aws.lambda_handler import ensemble_for, is_model_key
 from infra.store.objects import ObjectInfo, ObjectNotFound, ObjectStore, atomic_path, open_store
 from tasks.runtime.run_context import run_logger
 
 STATE_VERSION = 1
 
-__all__ = ["Change", "Diff", "Remembered", "Removed", "change_reasons", "default_state_uri",
-           "diff_listing", "read_state", "record_of", "scan", "state_object_uri", "write_state"]
+__all__ = ["Change", "Diff", "Remembered", "Removed", "Scan", "change_reasons", "default_state_uri",
+           "diff_listing", "read_state", "record_of", "scan", "scan_source", "state_object_uri",
+           "write_state"]
 
 
 class Remembered(BaseModel):
@@ -117,6 +118,35 @@ def diff_listing(previous_state: Mapping[str, Remembered], listing: Iterable[Obj
             new_state[info.key] = old
     removed = [Removed(key, old) for key, old in sorted(previous_state.items()) if key not in new_state]
     return Diff(new_or_changed, removed, new_state)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One scan of a source, compared with its state: the source and state URIs as used, the
+    state read, the model files that map to an ensemble, the ones that do not (ignored), and
+    the comparison (:func:`diff_listing`)."""
+
+    source_uri: str
+    state_uri: str
+    previous: dict[str, Remembered]
+    listing: list[ObjectInfo]
+    ignored: list[ObjectInfo]
+    diff: Diff
+
+
+def scan_source(source_uri: str, state_uri: str | None, suffixes: Iterable[str],
+                ensemble_map: Mapping[str, str] | None) -> Scan:
+    """What one run of the ``watch`` flow reads and compares, writing nothing: its run and its
+    dry run (``mme watch --dry-run``) share it, so both see the same changes."""
+    if urlsplit(source_uri).path.strip("/"):
+        source_uri = source_uri.rstrip("/")
+    state_uri = state_uri or default_state_uri(source_uri)
+    previous = read_state(state_uri, source_uri)
+    listing: list[ObjectInfo] = []
+    ignored: list[ObjectInfo] = []
+    for info in scan(source_uri, suffixes, exclude_uris=[state_object_uri(state_uri)]):
+        (ignored if ensemble_for(info.key, ensemble_map) is None else listing).append(info)
+    return Scan(source_uri, state_uri, previous, listing, ignored, diff_listing(previous, listing))
 
 
 def default_state_uri(source_uri: str) -> str:

@@ -40,7 +40,7 @@ from infra.jsontypes import JsonObject
 from infra.store.objects import atomic_path
 from infra.versioned import VersionedDocument
 from tasks.producers import cache
-from tasks.build.ensemble import TOOL_VERSION
+from tasks.build.ensemble import TOOL_VERSION, spec_digest
 from tasks.fleet.check import (
     SharedReference,
     Structure,
@@ -72,11 +72,13 @@ from tasks.build.verify import Sample, Verification
 INDEX_FILE = "fleet-index.json"
 
 
-def fleet_build_dir(spec: FleetSpec) -> Path:
-    """Where ``fleet-build`` writes a fleet's build by default (and deploy, plan and the CLI
-    look for it): ``$MME_HOME/artifacts/<target>/fleets/<name>``."""
+def fleet_build_dir(spec: FleetSpec, output_dir: str | Path | None = None) -> Path:
+    """Where ``fleet-build`` writes a fleet's build: ``output_dir`` (resolved), else by default
+    (where deploy, plan and the CLI look for it) ``$MME_HOME/artifacts/<target>/fleets/<name>``."""
     from infra import paths
 
+    if output_dir:
+        return Path(output_dir).expanduser().resolve()
     return paths.artifacts_dir(spec.target) / "fleets" / spec.name
 
 #: The tasks that build variants: each says one line per variant (its outcome), so the
@@ -308,10 +310,9 @@ def template_from(fleet: FleetSpec, spec: EnsembleSpec, folder: Path, owned: tup
     key_doc = {"format": FLEET_FORMAT, "tool": TOOL_VERSION, "target": fleet.target, "spec": spec_doc,
                "folder": cache.content_hash(folder), "shared": contents}
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
-    spec_sha = hashlib.sha256((folder / "ensemble.yaml").read_bytes()).hexdigest()
     return FleetTemplate(fleet=fleet.name, target=fleet.target, folder=folder, spec=spec, owned=owned,
                          shared=shared, shared_sources=shared_sources, key=key,
-                         spec_sha256=spec_sha, tool_version=TOOL_VERSION)
+                         spec_sha256=spec_digest(folder), tool_version=TOOL_VERSION)
 
 
 def load_index(output_dir: Path, fleet: str, target: Target) -> FleetIndex:

@@ -73,7 +73,7 @@ def plan_fleet_build(fleet: str, output_dir: str | None = None, only: Sequence[s
     nothing written, no Triton, no Prefect."""
     spec = load_fleet(fleet)
     resolved = resolve_variants(spec)
-    out = Path(output_dir).expanduser().resolve() if output_dir else fleet_build_dir(spec)
+    out = fleet_build_dir(spec, output_dir)
     template, shared = cached_template(spec, resolved.variants)
     index = load_index(out, spec.name, spec.target)
     todo, kept, shards, note = _split(spec, template, resolved.variants, index, out)

@@ -284,11 +284,18 @@ def prefix_uri_of(store: ObjectStore, base: str) -> str:
     return store.root.resolve().as_uri()
 
 
-def write_fleet_file(store: ObjectStore, fleet_file: Path | None, doc: JsonObject) -> Path | None:
-    """Write ``doc`` as the example's fleet file, atomically: at ``fleet_file``, else
-    ``<out>/fleet.yaml`` for a local prefix; none for S3 unless asked. Returns where, resolved."""
+def fleet_file_path(store: ObjectStore, fleet_file: Path | None) -> Path | None:
+    """Where the example's fleet file goes: ``fleet_file``, else ``<out>/fleet.yaml`` for a
+    local prefix; none for S3 unless asked."""
     if fleet_file is None and isinstance(store, FileStore):
-        fleet_file = store.root / "fleet.yaml"
+        return store.root / "fleet.yaml"
+    return fleet_file
+
+
+def write_fleet_file(store: ObjectStore, fleet_file: Path | None, doc: JsonObject) -> Path | None:
+    """Write ``doc`` as the example's fleet file, atomically, where :func:`fleet_file_path`
+    says. Returns where, resolved."""
+    fleet_file = fleet_file_path(store, fleet_file)
     if fleet_file is None:
         return None
     path = Path(fleet_file)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from infra.store.objects import FileStore, open_store
-from tasks.fleet.example import SAMPLE_IMAGE, ExampleKind, prefix_uri_of, tenant_name
+from infra.store.objects import open_store
+from tasks.fleet.example import SAMPLE_IMAGE, ExampleKind, fleet_file_path, prefix_uri_of, tenant_name
 
 #: each tenant's files, by kind (the image kind keeps its ImageNet class indices too)
 TENANT_FILES: dict[ExampleKind, tuple[str, ...]] = {"image": ("model.onnx", "labels.txt", "classes.txt"),
@@ -52,8 +52,7 @@ def plan_example(kind: ExampleKind, count: int, out_uri: str, fleet_file: Path |
         keys.append(f"{root}{SAMPLE_IMAGE}")
     present = {info.key for info in store.list(root)}
     files = [ExampleFile(uri=store.uri_for(k), exists=k in present) for k in keys]
-    if fleet_file is None and isinstance(store, FileStore):
-        fleet_file = store.root / "fleet.yaml"
+    fleet_file = fleet_file_path(store, fleet_file)
     if fleet_file is not None:
         path = Path(fleet_file).absolute()
         files.append(ExampleFile(uri=path.as_uri(), exists=path.is_file()))

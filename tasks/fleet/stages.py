@@ -148,8 +148,7 @@ def plan_run(fleet: str, output_dir: str | None, only: list[str] | None,
     """Resolve the fleet, make the template's shared work once, and split its variants by
     the fleet index (unchanged ones are not rebuilt) and by ``only`` / ``changed_uri``."""
     spec, resolved = outcome_of(resolve_fleet_task(fleet, return_state=True))
-    out = (Path(output_dir).expanduser().resolve() if output_dir
-           else fleet_build_dir(spec))
+    out = fleet_build_dir(spec, output_dir)
     work = owner().scratch_root()  # under $MME_HOME; swept if this run is killed
     template, shared = prepare_template_task(spec, resolved.variants)
     index = load_index(out, spec.name, spec.target)
