@@ -216,9 +216,11 @@ def run_phase(ep: LocalEndpoint, sender: Sender, sequence: list[str], clients: i
 
 class MemorySampler:
     """Peak memory of Triton's process tree (PSS, what the endpoint's limit counts; summed RSS
-    for comparison), sampled every ``period`` s in a thread by the endpoint's own probe."""
+    for comparison), sampled every ``period`` s in a thread by the endpoint's own probe. Every
+    2 s, not faster: one read costs ~2 ms of CPU per loaded stub (~100 ms with 50 loaded), and
+    at 0.5 s the sampler alone took a fifth of a core from the run it measures."""
 
-    def __init__(self, pid: Callable[[], int | None], period: float = 0.5) -> None:
+    def __init__(self, pid: Callable[[], int | None], period: float = 2.0) -> None:
         self.pid, self.period, self.peak_pss, self.peak_rss = pid, period, 0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -284,7 +286,8 @@ def summarize(ep: LocalEndpoint, sender: Sender, results: list[Result], before: 
         "evictions": m["MemoryEvictions"] - before["MemoryEvictions"],
         "peak_loaded": m["PeakLoadedModelCount"],
         "thrash": m["Thrash"], "unloading_ms": m["ModelUnloadingTime"],
-        "loading_ms": m["ModelLoadingTime"], **run,
+        "loading_ms": m["ModelLoadingTime"], "downloading_ms": m["ModelDownloadingTime"],
+        "loading_wait_ms": m["ModelLoadingWaitTime"], **run,
         "peak_rss_bench_process_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -306,6 +309,9 @@ def main() -> None:
     ap.add_argument("--recency", choices=("request", "served"), default="request",
                     help="what least recently used ranks by: a model's last request (default) or its last "
                          "service (a miss: its load's end; the behaviour before)")
+    ap.add_argument("--unload-nice", type=int, default=19,
+                    help="CPU niceness of background unloads' stubs (default 19; 0: the same priority "
+                         "as loads, the behaviour before)")
     ap.add_argument("--out", type=Path, default=RESULTS / "fleet_traffic.json")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="fleet-traffic-") as tmp:
@@ -327,7 +333,8 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
     budget = max(1, round(args.budget_fraction * len(variants)))
     cfg = EndpointConfig(name="fleet-bench", model_data_url=prefix.as_uri(), cache_dir=cache,
                          max_loaded_models=budget, max_concurrent_loads=args.max_concurrent_loads,
-                         spare_slots=args.spare_slots, recency=args.recency)
+                         spare_slots=args.spare_slots, recency=args.recency,
+                         background_unload_nice=args.unload_nice)
     targets = [v.target for v in variants]
     sequence, probs = zipf_sequence(targets, args.requests, args.zipf, args.seed)
     with LocalEndpoint(cfg, on_admission=note_hit) as ep, MemorySampler(lambda: ep.triton.pid) as mem:
@@ -346,6 +353,7 @@ def measure(args: argparse.Namespace, variants: list[Variant], prefix: Path, cac
                # the spare room at the run's end (derived: sized by the timed loads/unloads)
                "spare_slots": spare_slots(cfg, *ep.manager.metrics.load_unload_s()),
                "recency": cfg.recency,
+               "background_unload_nice": cfg.background_unload_nice,
                "load_average_1_5_15": {
                    "before_run": load_before, "after_run": os.getloadavg()},
                "run_seconds": round(seconds, 1), "requests_per_s": round(len(results) / seconds, 2),

@@ -84,6 +84,7 @@ class TritonCalls:
         self.inside: set[str] = set()
         self.peak = 0
         self.index_calls = 0
+        self.unload_nice: list[int] = []  # the CPU niceness each unload asked for its stubs
         self._lock = threading.Lock()
         load, unload, index = triton.load, triton.unload, triton.repository_index
 
@@ -97,6 +98,7 @@ class TritonCalls:
         def counted_unload(name: str, *a: Any, **kw: Any) -> None:
             with self._lock:
                 self.calls.append(("unload", name))
+                self.unload_nice.append(kw.get("nice", 0))
             unload(name, *a, **kw)
             with self._lock:
                 self.inside.discard(name)
@@ -470,6 +472,8 @@ def test_spare_room_unloads_an_idle_model_before_the_next_miss(tmp_path: Path, s
         ns_a, ns_d = (namespace_for(t) for t in (a, d))
         assert order.index(("unload", ns_a)) < order.index(("load", ns_d)), calls.calls
         assert m["MemoryEvictions"] == m["TritonUnloadCalls"] == 1 + spare, m
+        # background unloads leave at a low CPU priority; one on a request's path does not
+        assert calls.unload_nice == ([19, 19] if spare else [0]), calls.unload_nice
         assert m["PeakLoadedModelCount"] <= budget and calls.peak <= budget, (m, calls.peak)
         for name, kinds in calls.per_model().items():
             assert kinds in (["load"], ["load", "unload"]), (name, kinds)  # one unload per victim
@@ -580,6 +584,51 @@ def test_memory_check_counts_the_models_still_loading(tmp_path: Path, monkeypatc
     assert asyncio.run(scenario()) == [False, False, False, True]
 
 
+def test_memory_check_reads_again_unless_a_recent_reading_bounds_it_far_below_the_limit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admission check far below the limit goes by the last reading (if under a second old)
+    plus the largest per-model memory for every model that came in since; near the limit, or
+    once the reading is old, it reads Triton again: a model that grew is seen."""
+    import asyncio
+
+    import infra.endpoint.memory as mm
+
+    from infra.processes.procfs import Memory
+
+    pss, reads, now = {"now": 100}, [], {"t": 0.0}
+
+    def read(pid: object) -> Memory:
+        reads.append(pss["now"])
+        return Memory(pss=pss["now"])
+
+    monkeypatch.setattr(mm, "triton_memory", read)
+    mgr, loaded = _manager(tmp_path, HeldTriton(), memory_limit_bytes=10_000)
+    probe = mgr.memory
+    probe.clock = lambda: now["t"]
+
+    async def check() -> bool:
+        return await probe.over_limit(mgr.entry("new"), mgr.resident)
+
+    async def scenario() -> list[bool]:
+        out = [await check()]  # nothing in Triton: base 100, read
+        loaded("v")
+        pss["now"] = 400
+        out.append(await check())  # no per-model figure yet: read (300 a model)
+        out.append(await check())  # 400 + 300 <= 9,000: no read
+        loaded("w")
+        out.append(await check())  # bound 400 + 300 (w) + 300: no read
+        pss["now"] = 9_900  # w grew
+        now["t"] = 0.9
+        out.append(await check())  # still recent, bound 1,000: no read (inside the second)
+        now["t"] = 1.1
+        out.append(await check())  # old: read, 9,900 + 300 > 10,000
+        out.append(await check())  # near the limit: read again
+        return out
+
+    assert asyncio.run(scenario()) == [False, False, False, False, False, True, True]
+    assert reads == [100, 400, 9_900, 9_900] and (probe.reads, probe.skipped) == (4, 3)
+
+
 def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -> None:
     """Budget 2, one spare place: with a and b loaded, a (least recently used) is unloaded in
     the background. A load for c that arrives while that unload runs (the budget is full)
@@ -618,11 +667,12 @@ def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -
 def test_derived_spare_keeps_up_with_unloads_slower_than_loads() -> None:
     """Little's law: places freed at ``unload_s`` each must keep up with
     ``max_concurrent_loads`` loads of ``load_s``; beyond the load concurrency at most 8 % of the
-    budget; the load concurrency (ratio 1) until both are measured or when unloads are the
-    faster; none when the budget is under 4x the concurrency."""
+    budget; a Python model's ratio (3) until both are measured; the load concurrency when unloads
+    are the faster; none when the budget is under 4x the concurrency."""
     from infra.endpoint.state import derived_spare
 
-    assert derived_spare(50, 2) == 2  # nothing measured yet
+    assert derived_spare(50, 2) == 4  # nothing measured yet: ceil(2 * 3), at most 8 % of 50
+    assert derived_spare(200, 2) == 6 and derived_spare(10, 2) == 2
     assert derived_spare(200, 2, load_s=0.47, unload_s=1.31) == 6  # ceil(2 * 2.79)
     assert derived_spare(50, 2, load_s=0.47, unload_s=1.31) == 4  # 8 % of 50
     assert derived_spare(50, 2, load_s=0.5, unload_s=1.0) == 4  # exactly 2x: no extra place
@@ -633,39 +683,48 @@ def test_derived_spare_keeps_up_with_unloads_slower_than_loads() -> None:
 
 
 def test_the_endpoint_sizes_its_spare_room_from_the_loads_and_unloads_it_timed(tmp_path: Path) -> None:
-    """Until SPARE_MIN_SAMPLES loads and unloads are timed the derived room is the load
-    concurrency; then it follows their measured ratio (download + load vs unload)."""
+    """Until SPARE_MIN_SAMPLES loads and unloads are timed the derived room assumes a Python
+    model's unload/load ratio (3); then it follows their measured ratio (download + load vs
+    unload): a fleet with fast unloads gives the extra places back."""
     from infra.endpoint.state import SPARE_MIN_SAMPLES, Metrics, spare_slots
 
     cfg = EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path,
-                         max_loaded_models=50)
-    m = Metrics()
+                         max_loaded_models=100)
+    m, fast = Metrics(), Metrics()
     for _ in range(SPARE_MIN_SAMPLES - 1):
         m.loading_ms.append(400.0)
         m.downloading_ms.append(100.0)
-        m.unloading_ms.append(1500.0)
-    assert m.load_unload_s() == (None, None) and spare_slots(cfg, *m.load_unload_s()) == 2
+        m.unloading_ms.append(2000.0)
+        fast.loading_ms.append(400.0)
+        fast.unloading_ms.append(100.0)
+    assert m.load_unload_s() == (None, None) and spare_slots(cfg, *m.load_unload_s()) == 6  # 2 x 3
     m.loading_ms.append(400.0)
     m.downloading_ms.append(100.0)
-    m.unloading_ms.append(1500.0)
-    assert m.load_unload_s() == (0.5, 1.5)
-    assert spare_slots(cfg, *m.load_unload_s()) == 4  # ceil(2 * 3) = 6, at most 8 % of 50
+    m.unloading_ms.append(2000.0)
+    assert m.load_unload_s() == (0.5, 2.0)
+    assert spare_slots(cfg, *m.load_unload_s()) == 8  # ceil(2 * 4), at most 8 % of 100
+    fast.loading_ms.append(400.0)
+    fast.unloading_ms.append(100.0)
+    assert spare_slots(cfg, *fast.load_unload_s()) == 2  # unloads faster: the concurrency
+    cfg.max_loaded_models = 50
+    assert spare_slots(cfg) == 4  # the prior's 6, at most 8 % of 50
     fixed = EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path,
                            max_loaded_models=50, spare_slots=3)
     assert spare_slots(fixed, *m.load_unload_s()) == 3  # set: measurements do not move it
 
 
 def test_spare_slots_default_and_bounds(tmp_path: Path) -> None:
-    """Derived with nothing measured yet: the load concurrency when that is at most a quarter of
-    the budget, else none; set: at most budget - 1; no count budget, no spare room."""
+    """Derived with nothing measured yet: the prior ratio's room (2 loads x 3) within 8 % of
+    the budget and at least the load concurrency, when that is at most a quarter of the budget,
+    else none; set: at most budget - 1; no count budget, no spare room."""
     from infra.endpoint.state import spare_slots
 
     def cfg(**kw: Any) -> EndpointConfig:
         return EndpointConfig(name="e", model_data_url=tmp_path.as_uri(), cache_dir=tmp_path, **kw)
 
-    assert [spare_slots(cfg(max_loaded_models=n)) for n in (1, 2, 3, 4, 7, 8, 10, 100)] == \
-        [0, 0, 0, 0, 0, 2, 2, 2]
-    assert spare_slots(cfg(max_loaded_models=100, max_concurrent_loads=4)) == 4
+    assert [spare_slots(cfg(max_loaded_models=n)) for n in (1, 2, 3, 4, 7, 8, 10, 50, 60, 100, 1000)] == \
+        [0, 0, 0, 0, 0, 2, 2, 4, 4, 6, 6]
+    assert spare_slots(cfg(max_loaded_models=100, max_concurrent_loads=4)) == 8
     assert spare_slots(cfg(max_loaded_models=10, max_concurrent_loads=4)) == 0
     assert spare_slots(cfg(max_loaded_models=3, spare_slots=5)) == 2
     assert spare_slots(cfg(max_loaded_models=10, spare_slots=0)) == 0

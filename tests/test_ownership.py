@@ -64,6 +64,35 @@ def test_identity_tells_a_reused_pid_from_the_process_it_names() -> None:
     assert ProcessIdentity.from_dict({"pid": "x"}) is None
 
 
+def test_lower_priority_sets_every_thread_of_the_named_process_only() -> None:
+    """Niceness is per thread: every thread of the process is lowered (a count of them), never
+    raised; an identity that no longer names the running process changes nothing."""
+    from infra.processes.procfs import lower_priority
+
+    code = ("import threading, time; [threading.Thread(target=time.sleep, args=(120,), daemon=True)"
+            ".start() for _ in range(3)]; print('up', flush=True); time.sleep(120)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == b"up"
+        ident = ProcessIdentity.of(p.pid)
+        assert ident is not None
+        impostor = ProcessIdentity(pid=p.pid, start=ident.start - 1, boot=ident.boot)
+        assert lower_priority(impostor, 19) == 0 and thread_nice(p.pid) == {0}
+        assert lower_priority(ident, 0) == 0 and thread_nice(p.pid) == {0}
+        assert lower_priority(ident, 5) == 4 and thread_nice(p.pid) == {5}
+        assert lower_priority(ident, 3) == 0 and thread_nice(p.pid) == {5}  # never raised
+        assert lower_priority(ident, 19) == 4 and thread_nice(p.pid) == {19}
+    finally:
+        kill(p)
+    assert lower_priority(ident, 19) == 0  # gone
+
+
+def thread_nice(pid: int) -> set[int]:
+    """The niceness of each thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            for t in Path(f"/proc/{pid}/task").iterdir()}
+
+
 def test_sweep_kills_only_processes_whose_identity_matches(tmp_path: Path) -> None:
     ours, not_ours = sleeper(), sleeper()
     try:

@@ -272,6 +272,41 @@ def test_unload_keep_dependents(server: TritonServer) -> None:
     assert server.is_ready("add_one")
 
 
+def test_unload_with_nice_lowers_every_thread_of_the_leaving_stub(server: TritonServer) -> None:
+    """``nice`` > 0: the stub being unloaded tears down at that niceness (all its threads:
+    niceness is per thread), read from /proc while it is still leaving; tritonserver itself
+    and a stub that stays keep theirs. Without ``nice`` an unload changes no priority."""
+    from infra.processes.procfs import lower_priority
+
+    server.load("pipe")
+    server.load("env_probe")
+    [stub] = server.stub_processes(["add_one"])
+    [other] = server.stub_processes(["env_probe"])
+    assert _thread_nice(stub.pid) == {0} and _thread_nice(other.pid) == {0}
+    server.unload("pipe", wait=False, nice=19)
+    leaving = _thread_nice(stub.pid)  # the stub lives on ~1 s after the unload is asked for
+    server.unload("pipe")  # waits until it has gone
+    assert leaving == {19}, leaving
+    assert _thread_nice(other.pid) == {0} and _thread_nice(server.pid) == {0}
+    assert not stub.alive() and lower_priority(stub, 19) == 0  # gone: nothing to change
+    server.load("pipe")
+    [again] = server.stub_processes(["add_one"])
+    server.unload("pipe", wait=False)
+    assert _thread_nice(again.pid) <= {0}  # no nice asked: unchanged (or already gone)
+    server.unload("pipe")
+
+
+def _thread_nice(pid: int | None) -> set[int]:
+    """The niceness of each thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
+    out = set()
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out.add(int(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[16]))
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def test_failed_load_names_model_and_server_keeps_serving(server: TritonServer) -> None:
     server.load("add_one")
     with pytest.raises(TritonModelError) as info:

@@ -135,7 +135,7 @@ class Evictor:
         """A spare-room unload, off the request path: counted as an eviction and as a
         background one; a failure is logged (the supervisor deals with a dead Triton)."""
         try:
-            await self._run_unload(m, done, evicted=True)
+            await self._run_unload(m, done, evicted=True, nice=self.cfg.background_unload_nice)
             self.metrics.background_evictions += 1
         except Exception as e:  # noqa: BLE001 - a background task has no caller to raise to
             log.warning("background unload of %s failed: %s", m.target, self._public(str(e)))
@@ -187,13 +187,14 @@ class Evictor:
         m.unloaded = done = asyncio.Event()
         return done
 
-    async def _run_unload(self, m: ModelEntry, done: asyncio.Event, evicted: bool) -> None:
-        """One Triton unload of ``m``; when it ends (or fails) the place passes to ``m.heir``
-        in the same step as ``m`` leaves."""
+    async def _run_unload(self, m: ModelEntry, done: asyncio.Event, evicted: bool,
+                          nice: int = 0) -> None:
+        """One Triton unload of ``m`` (its stubs at CPU niceness ``nice``); when it ends (or
+        fails) the place passes to ``m.heir`` in the same step as ``m`` leaves."""
         t0 = time.perf_counter()
         self.metrics.unload_calls += 1
         try:
-            await asyncio.to_thread(self.triton.unload, m.repo.entry)
+            await asyncio.to_thread(self.triton.unload, m.repo.entry, nice=nice)
         finally:
             self.residency.set_state(m, ModelState.ABSENT)
             heir, m.heir = m.heir, None

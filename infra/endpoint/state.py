@@ -68,6 +68,10 @@ class EndpointConfig:
     # exact LRU over the request stream; a miss too), or "served", when it was last served (a
     # miss: when its load ended -- the behaviour before; kept for side-by-side benchmarks).
     recency: Literal["request", "served"] = "request"
+    # CPU niceness of a spare-room (background) unload's stubs: they tear down at a lower
+    # priority than the loads a request waits for (0: the same priority, the behaviour before;
+    # kept for side-by-side benchmarks). An unload on a request's path keeps its priority.
+    background_unload_nice: int = 19
     # Thrash guard: over the last thrash_window requests, a miss rate above thrash_miss_rate
     # logs a WARNING (at most once per thrash_warn_interval_s) and shows in /metrics. Before the
     # window has filled (a cold start), the rate over the requests so far counts once there are
@@ -83,7 +87,7 @@ class EndpointConfig:
 
 
 #: Loads and unloads the endpoint must have timed before it trusts their ratio (until then the
-#: derived spare room is the load concurrency, the ratio taken as 1).
+#: derived spare room assumes :data:`SPARE_PRIOR_RATIO`).
 SPARE_MIN_SAMPLES = 4
 
 
@@ -94,6 +98,12 @@ SPARE_MIN_SAMPLES = 4
 #: exact LRU: past 8 % of the budget (4 here) a place bought 2 % more throughput for a point of hits.
 SPARE_SHARE_CAP = 0.08
 
+#: The unload/load time ratio the derived spare room assumes before the endpoint has timed
+#: :data:`SPARE_MIN_SAMPLES` of each: a Python-backend model's (its unload >= 1.2 s, the stub's
+#: health check sleeps 1 s; the example variants load in ~0.45 s). A fleet whose unloads are
+#: faster gives back the extra places once measured: at most a few loads, once.
+SPARE_PRIOR_RATIO = 3.0
+
 
 def derived_spare(budget: int, max_concurrent_loads: int, load_s: float | None = None,
                   unload_s: float | None = None) -> int:
@@ -103,8 +113,11 @@ def derived_spare(budget: int, max_concurrent_loads: int, load_s: float | None =
     unloaded it (``unload_s``: >= 1.2 s for a Python model, its stub's health check sleeps 1 s),
     while misses take places as fast as ``max_concurrent_loads`` loads of ``load_s`` each finish.
     For a miss never to wait on an unload, the places being freed must keep up:
-    ``max_concurrent_loads * unload_s / load_s`` of them (at least the load concurrency, the
-    ratio taken as 1 until both are known). Each spare place costs one warm model, so beyond
+    ``max_concurrent_loads * unload_s / load_s`` of them (at least the load concurrency). Until
+    both are known the ratio is :data:`SPARE_PRIOR_RATIO`, a Python-backend model's: the first
+    unloads come the moment the budget fills, exactly when every miss would otherwise wait on
+    one (with the ratio taken as 1 there, the first misses after a fill waited ~2 s more,
+    `bench/planner_check.py` at a 20 % budget). Each spare place costs one warm model, so beyond
     the load concurrency the room takes at most :data:`SPARE_SHARE_CAP` of the budget (where
     the measured throughput gain flattens and the hit ratio keeps falling), and a budget too
     small to spare even the load concurrency (under 4x it) keeps none (fewer spare places than
@@ -114,7 +127,7 @@ def derived_spare(budget: int, max_concurrent_loads: int, load_s: float | None =
     loads = max(0, max_concurrent_loads)
     if not loads or 4 * loads > budget:
         return 0
-    ratio = unload_s / load_s if load_s and unload_s else 1.0
+    ratio = unload_s / load_s if load_s and unload_s else SPARE_PRIOR_RATIO
     cap = max(loads, int(budget * SPARE_SHARE_CAP))
     return min(cap, math.ceil(loads * max(1.0, ratio) - 1e-9))
 

@@ -131,6 +131,34 @@ class ProcessIdentity:
         return f"pid {self.pid} (now another process: {cmdline(self.pid)[:60].strip() or '?'})"
 
 
+def lower_priority(proc: ProcessIdentity, nice: int) -> int:
+    """Raise every thread of ``proc`` to at least niceness ``nice`` (lower CPU priority);
+    returns how many threads it changed (0 when ``proc`` is gone or ``nice`` <= 0).
+
+    Why: a Python-backend stub that is being unloaded spends its last second tearing down
+    (interpreter exit, freeing its pages) while, with spare room, a load runs beside it; both
+    want the same cores and the load is the one a request waits for. Niceness is per thread on
+    Linux (``setpriority`` on a pid changes that thread only), so each of ``/proc/<pid>/task``
+    is set. Only ever lowered (an unprivileged process cannot raise it back), and only for the
+    very process ``proc`` names: its identity is checked first.
+    """
+    if nice <= 0 or not proc.alive():
+        return 0
+    try:
+        tids = [int(t.name) for t in (_PROC / str(proc.pid) / "task").iterdir()]
+    except OSError:
+        return 0
+    changed = 0
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed += 1
+        except OSError:  # the thread ended meanwhile (or is not ours to change)
+            continue
+    return changed
+
+
 def children(pid: int) -> list[ProcessIdentity]:
     """The processes whose parent is ``pid`` (one pass over ``/proc``), each by its identity, so
     that a later check that one has exited cannot be fooled by its pid being reused."""

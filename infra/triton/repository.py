@@ -20,7 +20,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from infra.errors import MMEError
-from infra.processes.procfs import ProcessIdentity
+from infra.processes.procfs import ProcessIdentity, lower_priority
 from infra.triton.process import TritonProcess
 
 if TYPE_CHECKING:
@@ -130,7 +130,8 @@ class TritonRepository:
         if resp.status_code != 200:
             raise TritonModelError(name, self._error_text(resp))
 
-    def unload(self, name: str, *, unload_dependents: bool = True, wait: bool = True, timeout: float = 120) -> None:
+    def unload(self, name: str, *, unload_dependents: bool = True, wait: bool = True, timeout: float = 120,
+               nice: int = 0) -> None:
         """Unload a model; with ``unload_dependents`` an ensemble's composing models go too.
 
         Triton's unload call returns as soon as the unload has *started* (2.51, measured: 2 ms,
@@ -142,9 +143,15 @@ class TritonRepository:
         Nothing here reads Triton's repository index: that lists every folder in the
         repository (34 ms at 10k folders), which made each unload's wait grow with the disk
         cache and, when any model anywhere was UNLOADING, wait for that one too.
+
+        ``nice`` > 0: the stubs leave at that CPU niceness (:func:`lower_priority`), set before
+        the unload is asked for, while each is certainly alive and named by its identity: an
+        unload no request waits for then yields the cores to the loads that one does.
         """
         names = self.model_family(name) if unload_dependents else [name]
-        stubs = self.process.stubs(names) if wait else []
+        stubs = self.process.stubs(names) if wait or nice > 0 else []
+        for stub in stubs if nice > 0 else []:
+            lower_priority(stub, nice)
         grpc = self._grpc()
         if grpc is not None:
             self._grpc_call(name, "unload", lambda: grpc.unload_model(

@@ -157,9 +157,11 @@ class TritonServer:
         """Load (or reload) a model and its composing models (:meth:`TritonRepository.load`)."""
         self.repository.load(name, timeout)
 
-    def unload(self, name: str, *, unload_dependents: bool = True, wait: bool = True, timeout: float = 120) -> None:
+    def unload(self, name: str, *, unload_dependents: bool = True, wait: bool = True, timeout: float = 120,
+               nice: int = 0) -> None:
         """Unload a model and wait until it is really gone (:meth:`TritonRepository.unload`)."""
-        self.repository.unload(name, unload_dependents=unload_dependents, wait=wait, timeout=timeout)
+        self.repository.unload(name, unload_dependents=unload_dependents, wait=wait, timeout=timeout,
+                               nice=nice)
 
     def is_ready(self, name: str) -> bool:
         return self.repository.is_ready(name)
