@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.niceness import thread_nice
 from fixtures.wait import wait_until
 
 from infra.processes import leftovers
@@ -85,12 +86,6 @@ def test_lower_priority_sets_every_thread_of_the_named_process_only() -> None:
     finally:
         kill(p)
     assert lower_priority(ident, 19) == 0  # gone
-
-
-def thread_nice(pid: int) -> set[int]:
-    """The niceness of each thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
-    return {int((t / "stat").read_text().rsplit(")", 1)[1].split()[16])
-            for t in Path(f"/proc/{pid}/task").iterdir()}
 
 
 def test_sweep_kills_only_processes_whose_identity_matches(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fixtures.niceness import thread_nice
 
 from infra.endpoint.process import process_alive
 
@@ -282,29 +283,18 @@ def test_unload_with_nice_lowers_every_thread_of_the_leaving_stub(server: Triton
     server.load("env_probe")
     [stub] = server.stub_processes(["add_one"])
     [other] = server.stub_processes(["env_probe"])
-    assert _thread_nice(stub.pid) == {0} and _thread_nice(other.pid) == {0}
+    assert thread_nice(stub.pid) == {0} and thread_nice(other.pid) == {0}
     server.unload("pipe", wait=False, nice=19)
-    leaving = _thread_nice(stub.pid)  # the stub lives on ~1 s after the unload is asked for
+    leaving = thread_nice(stub.pid)  # the stub lives on ~1 s after the unload is asked for
     server.unload("pipe")  # waits until it has gone
     assert leaving == {19}, leaving
-    assert _thread_nice(other.pid) == {0} and _thread_nice(server.pid) == {0}
+    assert thread_nice(other.pid) == {0} and thread_nice(server.pid) == {0}
     assert not stub.alive() and lower_priority(stub, 19) == 0  # gone: nothing to change
     server.load("pipe")
     [again] = server.stub_processes(["add_one"])
     server.unload("pipe", wait=False)
-    assert _thread_nice(again.pid) <= {0}  # no nice asked: unchanged (or already gone)
+    assert thread_nice(again.pid) <= {0}  # no nice asked: unchanged (or already gone)
     server.unload("pipe")
-
-
-def _thread_nice(pid: int | None) -> set[int]:
-    """The niceness of each thread of ``pid`` (field 19 of /proc/<pid>/task/<tid>/stat)."""
-    out = set()
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out.add(int(task.joinpath("stat").read_text().rsplit(")", 1)[1].split()[16]))
-        except (OSError, IndexError):
-            continue
-    return out
 
 
 def test_failed_load_names_model_and_server_keeps_serving(server: TritonServer) -> None:

@@ -73,9 +73,10 @@ class MemoryProbe:
         limit = self.cfg.memory_limit_bytes
         if not limit:
             return False
+        # the loads under way and m, each counted at the most one model was seen to take
         loading = sum(1 for x in resident.values() if x.state == ModelState.LOADING and x is not m)
-        need = self.model_pss * (loading + (0 if m.state == ModelState.LOADING else 1))
-        if self._recent_bound(_held(resident)) + need <= TRUSTED_SHARE * limit:
+        coming = loading + (0 if m.state == ModelState.LOADING else 1)
+        if self._recent_bound(_held(resident)) + self.model_pss * coming <= TRUSTED_SHARE * limit:
             self.skipped += 1
             return False
         pss = (await self.refresh()).pss
@@ -86,7 +87,7 @@ class MemoryProbe:
         others = sum(1 for x in resident.values() if x is not m)  # all hold some memory
         if others:
             self.model_pss = max(self.model_pss, (pss - self.base_pss) // others)
-        return pss + self.model_pss * (loading + (0 if m.state == ModelState.LOADING else 1)) > limit
+        return pss + self.model_pss * coming > limit
 
     def _recent_bound(self, held: int) -> float:
         """An upper bound of Triton's PSS now from the last admission check's reading, or inf

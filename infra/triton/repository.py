@@ -150,8 +150,9 @@ class TritonRepository:
         """
         names = self.model_family(name) if unload_dependents else [name]
         stubs = self.process.stubs(names) if wait or nice > 0 else []
-        for stub in stubs if nice > 0 else []:
-            lower_priority(stub, nice)
+        if nice > 0:
+            for stub in stubs:
+                lower_priority(stub, nice)
         grpc = self._grpc()
         if grpc is not None:
             self._grpc_call(name, "unload", lambda: grpc.unload_model(
