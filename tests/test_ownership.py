@@ -128,6 +128,80 @@ def test_group_sweep_kills_only_members_carrying_the_token(tmp_path: Path) -> No
         kill(leader, outsider)
 
 
+def test_spawn_sweep_kills_only_processes_started_with_the_token(tmp_path: Path) -> None:
+    token = f"mme-{os.getpid():x}spawntest"
+    var = leftovers.SPAWN_TOKEN_VAR
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                            env={**os.environ, var: token})
+    other_token = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                                   env={**os.environ, var: token + "x"})
+    in_cmdline_only = sleeper(f"{var}={token}")
+    try:
+        d = run_dir(tmp_path, {**leftovers.empty_ledger(ProcessIdentity.current()),
+                               "spawns": [{"token": token}, {"token": ""}, {"token": "not-ours"}]})
+        assert leftovers.sweep(d).spawns == [ours.pid]
+        wait_until("the process started with the token to die", lambda: not alive(ours))
+        assert alive(other_token), "a process with another token was signalled"
+        assert alive(in_cmdline_only), "the token in a command line is no proof"
+        assert var not in os.environ
+    finally:
+        kill(ours, other_token, in_cmdline_only)
+
+
+# Prefect's spawn of its temporary server, stood in for by a sleeper (the real server is the
+# crash suite's): the hook claims a spawn token first, so a kill right after the spawn, before
+# the child's identity is in the ledger, still leaves nothing behind.
+SPAWN_HOOK_SCRIPT = """
+import os, signal, subprocess, sys, time
+from prefect.server.api.server import SubprocessASGIServer
+from infra.processes import leftovers, prefect_server
+from infra.processes.ownership import owner
+
+def fake_spawn(self):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
+                             env={**os.environ})
+    print(child.pid, flush=True)
+    if self == "die":
+        os.kill(os.getpid(), signal.SIGKILL)  # between the spawn and the identity claim
+    return child
+
+SubprocessASGIServer._run_uvicorn_command = fake_spawn
+prefect_server._install_spawn_hook()
+first = SubprocessASGIServer._run_uvicorn_command("live")
+ledger = leftovers.read_ledger(owner().run_dir)
+print(leftovers.SPAWN_TOKEN_VAR in os.environ, len(ledger["spawns"]),
+      [p["pid"] for p in ledger["processes"]] == [first.pid], owner().run_dir, flush=True)
+SubprocessASGIServer._run_uvicorn_command("die")
+"""
+
+
+def test_a_kill_between_the_server_spawn_and_its_claim_leaves_no_child(tmp_path: Path) -> None:
+    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    script = subprocess.Popen([sys.executable, "-c", SPAWN_HOOK_SCRIPT], stdout=subprocess.PIPE,
+                              text=True, env=env, cwd=str(PROJECT_ROOT))
+    assert script.stdout is not None
+    children: list[ProcessIdentity] = []
+    try:
+        first = ProcessIdentity.of(int(script.stdout.readline()))
+        assert first is not None
+        children.append(first)
+        token_left, spawns_left, claimed, folder = script.stdout.readline().split()
+        assert (token_left, spawns_left, claimed) == ("False", "0", "True"), \
+            "after a spawn: the token is out of the environment, its record released, the identity claimed"
+        second = ProcessIdentity.of(int(script.stdout.readline()))
+        assert second is not None
+        children.append(second)
+        assert script.wait(timeout=60) == -signal.SIGKILL
+        wait_until("both children to be killed", lambda: not first.alive() and not second.alive())
+        wait_until("the run folder to be removed", lambda: not Path(folder).exists())
+    finally:
+        for c in children:
+            if c.alive():
+                os.kill(c.pid, signal.SIGKILL)
+        kill(script)
+
+
 def test_shm_and_path_records_remove_only_what_is_ours(tmp_path: Path) -> None:
     shm = Path("/dev/shm")
     if not shm.is_dir():

@@ -7,7 +7,8 @@ dies cannot clean up, so two others do, each acting only on what the ledger prov
 * Every owner (a CLI run, an endpoint, a test session) keeps a *run folder*
   ``$MME_HOME/run/<pid>-<start>/`` holding ``ledger.json`` (its identity and what it owns:
   processes by :class:`~infra.processes.procfs.ProcessIdentity`, process groups with a token that must
-  appear in a member's command line, ``/dev/shm`` prefixes, folders) and its scratch space.
+  appear in a member's command line, spawn tokens, ``/dev/shm`` prefixes, folders) and its
+  scratch space.
 * The *warden*, this module run as a bare script (``python -I -S leftovers.py RUN_DIR``), is
   started by the owner in its own session with a pipe as stdin. It blocks reading; the pipe
   reaches end-of-file only when the owner is gone (the write end is held by the owner alone),
@@ -18,14 +19,18 @@ dies cannot clean up, so two others do, each acting only on what the ledger prov
 Matching rules (nothing else is ever signalled or deleted): a process record is killed only
 if pid, start time and boot id all match; a group record kills only members of that process
 group whose command line contains the record's token (our per-launch shm prefix, a uuid);
-shm records remove only ``/dev/shm/<prefix>*``; path records remove only folders inside the
-run folder's ``$MME_HOME``.
+a spawn record kills only processes started with ``MME_SPAWN_TOKEN=<its uuid>`` in their
+environment (written into the ledger *before* the spawn, so a kill between the spawn and the
+identity claim still finds the child: :mod:`infra.processes.prefect_server`); shm records
+remove only ``/dev/shm/<prefix>*``; path records remove only folders inside the run folder's
+``$MME_HOME``.
 
 Standard library only (the warden runs with ``-I -S``), so the ledger is a ``TypedDict``
 (:class:`OwnershipLedger`), not a pydantic document; it follows the one version rule of every
 persisted document (``infra/versioned.py``) in stdlib code: no ``schema_version`` is version 1,
 a newer one is refused (the sweep then acts on nothing it cannot read), a malformed one is
-unreadable.
+unreadable. ``spawns`` was added within version 1: a ledger without it has none, and an older
+reader ignores it (as it always did before the field existed).
 """
 
 from __future__ import annotations
@@ -37,35 +42,39 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, TypedDict
 
 if __package__ in (None, ""):  # run as the warden script: make ``infra`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from infra.processes.procfs import ProcessIdentity, cmdline, proc_stats  # noqa: E402
+from infra.processes.procfs import ProcessIdentity, cmdline, environ_has, proc_stats  # noqa: E402
 
 LEDGER = "ledger.json"
 LEDGER_VERSION = 1
 SHM_DIR = Path("/dev/shm")
+SPAWN_TOKEN_VAR = "MME_SPAWN_TOKEN"
+SPAWN_RESCAN_S = 0.5  # a child caught between fork and exec shows its token only after exec
 
 
 class OwnershipLedger(TypedDict):
     """``ledger.json``: the owner, its warden, and what it owns (records as :func:`sweep` reads
-    them: process identities, ``{pgid, token}`` groups, shm prefixes, paths)."""
+    them: process identities, ``{pgid, token}`` groups, ``{token}`` spawns, shm prefixes, paths)."""
 
     schema_version: int
     owner: dict[str, Any]
     warden: dict[str, Any] | None
     processes: list[dict[str, Any]]
     groups: list[dict[str, Any]]
+    spawns: list[dict[str, Any]]
     shm: list[str]
     paths: list[str]
 
 
 def empty_ledger(owner: ProcessIdentity) -> OwnershipLedger:
     return {"schema_version": LEDGER_VERSION, "owner": owner.to_dict(), "warden": None,
-            "processes": [], "groups": [], "shm": [], "paths": []}
+            "processes": [], "groups": [], "spawns": [], "shm": [], "paths": []}
 
 
 def read_ledger(run_dir: Path) -> OwnershipLedger | None:
@@ -82,7 +91,8 @@ def read_ledger(run_dir: Path) -> OwnershipLedger | None:
         return None
     return {"schema_version": LEDGER_VERSION, "owner": data.get("owner") or {},
             "warden": data.get("warden"), "processes": list(data.get("processes") or []),
-            "groups": list(data.get("groups") or []), "shm": list(data.get("shm") or []),
+            "groups": list(data.get("groups") or []), "spawns": list(data.get("spawns") or []),
+            "shm": list(data.get("shm") or []),
             "paths": list(data.get("paths") or [])}
 
 
@@ -127,6 +137,28 @@ def kill_groups(records: list[Any]) -> list[int]:
     return killed
 
 
+def kill_spawns(records: list[Any]) -> list[int]:
+    """SIGKILL every live process started with one of the records' spawn tokens in its
+    environment. Scanned twice, :data:`SPAWN_RESCAN_S` apart, when there is a token: a child
+    that was between fork and exec when its parent died shows the token only once it has
+    exec'd."""
+    entries = set()
+    for rec in records:
+        with contextlib.suppress(KeyError, TypeError):
+            token = str(rec["token"])
+            if token.startswith("mme-"):  # our uuids only, never an empty or foreign value
+                entries.add(f"{SPAWN_TOKEN_VAR}={token}")
+    killed: list[int] = []
+    for scan in range(2 if entries else 0):
+        if scan:
+            time.sleep(SPAWN_RESCAN_S)
+        for pid, fields in proc_stats():
+            if (pid not in killed and fields[0] not in ("Z", "X")
+                    and any(environ_has(pid, e) for e in entries) and _kill(pid)):
+                killed.append(pid)
+    return killed
+
+
 def remove_shm(prefixes: list[Any]) -> list[str]:
     removed = []
     for prefix in prefixes:
@@ -158,29 +190,31 @@ def remove_paths(run_dir: Path, paths: list[Any]) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class SweepReport:
-    """What one sweep of a run folder did: pids killed (by identity, by group token), shm
-    segments and paths removed."""
+    """What one sweep of a run folder did: pids killed (by identity, by group token, by spawn
+    token), shm segments and paths removed."""
 
     run: str
     processes: list[int]
     groups: list[int]
+    spawns: list[int]
     shm: list[str]
     paths: list[str]
 
     def counts(self) -> str:
         """``"2 processes, 1 shm"``: the non-empty parts, for a log line ("" when nothing)."""
         return ", ".join(f"{len(v)} {k}" for k, v in
-                         (("processes", self.processes), ("groups", self.groups), ("shm", self.shm),
-                          ("paths", self.paths)) if v)
+                         (("processes", self.processes), ("groups", self.groups),
+                          ("spawns", self.spawns), ("shm", self.shm), ("paths", self.paths)) if v)
 
 
 def sweep(run_dir: Path) -> SweepReport:
     """Act on everything the ledger in ``run_dir`` still lists, then remove the run folder."""
     ledger = read_ledger(run_dir)
-    done = SweepReport(run=run_dir.name, processes=[], groups=[], shm=[], paths=[]) if ledger is None \
+    done = SweepReport(run=run_dir.name, processes=[], groups=[], spawns=[], shm=[], paths=[]) \
+        if ledger is None \
         else SweepReport(run=run_dir.name, processes=kill_processes(ledger["processes"]),
-                         groups=kill_groups(ledger["groups"]), shm=remove_shm(ledger["shm"]),
-                         paths=remove_paths(run_dir, ledger["paths"]))
+                         groups=kill_groups(ledger["groups"]), spawns=kill_spawns(ledger["spawns"]),
+                         shm=remove_shm(ledger["shm"]), paths=remove_paths(run_dir, ledger["paths"]))
     shutil.rmtree(run_dir, ignore_errors=True)
     return done
 
@@ -192,8 +226,6 @@ def owner_alive(run_dir: Path) -> bool:
     owner = ProcessIdentity.from_dict(ledger["owner"]) if ledger else None
     if owner is None:
         try:
-            import time
-
             return time.time() - run_dir.stat().st_mtime < 60
         except OSError:
             return False

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class Claim:
 
     processes: list[dict[str, Any]] = field(default_factory=list)
     groups: list[dict[str, Any]] = field(default_factory=list)
+    spawns: list[dict[str, Any]] = field(default_factory=list)
     shm: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -101,14 +103,18 @@ class Owner:
         return self._warden.pid if self._warden is not None else None
 
     def claim(self, *, processes: Sequence[ProcessIdentity] = (), groups: Sequence[tuple[int, str]] = (),
-              shm: Sequence[str] = (), paths: Sequence[Path] = (), what: str = "") -> Claim:
-        """Record things this process owns, so that they die with it."""
+              spawns: Sequence[str] = (), shm: Sequence[str] = (), paths: Sequence[Path] = (),
+              what: str = "") -> Claim:
+        """Record things this process owns, so that they die with it. ``spawns`` are tokens
+        (see :func:`spawn_token`) claimed before the process that will carry one exists."""
         c = Claim(processes=[{**p.to_dict(), "what": what} for p in processes],
                   groups=[{"pgid": g, "token": t, "what": what} for g, t in groups],
+                  spawns=[{"token": t, "what": what} for t in spawns],
                   shm=list(shm), paths=[str(p) for p in paths])
         with self._lock:
             self._ledger["processes"].extend(c.processes)
             self._ledger["groups"].extend(c.groups)
+            self._ledger["spawns"].extend(c.spawns)
             self._ledger["shm"].extend(c.shm)
             self._ledger["paths"].extend(c.paths)
             self._write()
@@ -119,6 +125,7 @@ class Owner:
         with self._lock:
             _forget(self._ledger["processes"], claim.processes)
             _forget(self._ledger["groups"], claim.groups)
+            _forget(self._ledger["spawns"], claim.spawns)
             _forget(self._ledger["shm"], claim.shm)
             _forget(self._ledger["paths"], claim.paths)
             self._write()
@@ -151,6 +158,28 @@ class Owner:
                 warden.wait(timeout=10)
         else:
             leftovers.sweep(self.run_dir)
+
+
+def spawn_token() -> str:
+    """A fresh token for :meth:`Owner.claim` ``spawns`` (``mme-<uuid>``)."""
+    return f"mme-{uuid.uuid4().hex}"
+
+
+@contextlib.contextmanager
+def spawn_tagged(token: str) -> Iterator[None]:
+    """``MME_SPAWN_TOKEN=<token>`` in this process's environment for the length of the block,
+    for code that spawns with a copy of ``os.environ`` we cannot pass an ``env`` to (Prefect's).
+    Restored after; a child spawned inside carries it for good, and the warden kills by it."""
+    var = leftovers.SPAWN_TOKEN_VAR
+    before = os.environ.get(var)
+    os.environ[var] = token
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = before
 
 
 _owner: Owner | None = None

@@ -9,13 +9,20 @@ server takes seconds to come up (database migrations), and a kill in that window
 this hook stops firing) returns the process, and we claim it before Prefect waits for it,
 also when Prefect respawns it after a port clash. If this process dies, the warden
 (:mod:`infra.processes.leftovers`) kills it, proven by pid and start time.
+
+Claiming after the spawn returned still left a window (the child runs; its identity is not yet
+in the ledger): the crash suite's kill landed in it once in a clean-clone CI run. So a spawn
+token is claimed first and the spawn runs with it in its environment (Prefect builds the
+child's environment from ``os.environ``); a kill anywhere from there on leaves a child the
+warden proves ours by that token. Once the identity is claimed the token record is released,
+so at a clean exit nothing is killed by a token another thread's child might have caught.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from infra.processes.ownership import owner
+from infra.processes.ownership import owner, spawn_tagged, spawn_token
 from infra.processes.procfs import ProcessIdentity
 
 _WHAT = "prefect temporary server"
@@ -39,8 +46,14 @@ def _install_spawn_hook() -> None:
         return
 
     def spawn_and_claim(self: Any) -> Any:
-        proc = spawn(self)
-        _claim(proc)
+        token = spawn_token()
+        pending = owner().claim(spawns=[token], what=_WHAT)  # in the ledger before the child exists
+        try:
+            with spawn_tagged(token):
+                proc = spawn(self)
+            _claim(proc)
+        finally:
+            owner().release(pending)
         return proc
 
     spawn_and_claim._mme_claims = True  # type: ignore[attr-defined]

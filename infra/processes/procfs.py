@@ -59,6 +59,17 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def environ_has(pid: int, entry: str) -> bool:
+    """True when the process was started with ``entry`` (``NAME=value``) in its environment.
+
+    The kernel shows the environment block the process was exec'd with, not later changes,
+    so a parent that sets a variable only around one spawn never shows it itself."""
+    try:
+        return entry.encode() in (_PROC / str(pid) / "environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
 def argv(pid: int) -> list[str]:
     """The process's arguments, each as it was given ([] when gone): unlike :func:`cmdline`,
     an argument with spaces in it stays one argument."""
