@@ -27,7 +27,8 @@ METRICS = {
                       "WaitedForIdle": 0},
     "SpareSlots": 0, "TritonMemoryPss": 300, "TritonMemoryUss": 200, "TritonMemoryRss": 650,
     "TritonPageTables": 1, "TritonProcesses": 2, "MemoryLimitBytes": 1000,
-    "MemoryLimitBasis": "pss", "ModelMemoryPss": 100,
+    "MemoryLimitBasis": "pss", "ModelMemoryPss": 100, "MemoryChecksRead": 4,
+    "MemoryChecksSkipped": 3,
     "models": {"a.tar.gz": {"state": "loaded", "invocations": 3, "hits": 2, "loads": 1,
                             "last_load_s": 0.5, "total_load_s": 0.5, "evictions": 0,
                             "errors": 0, "last_used": 1700000000.0}},
@@ -71,7 +72,8 @@ def test_client_asks_the_admin_paths_and_parses_typed_documents() -> None:
 
 def test_client_raises_on_an_error_answer_and_tolerates_an_older_endpoint() -> None:
     memory = {"TritonMemoryPss", "TritonMemoryUss", "TritonMemoryRss", "TritonPageTables",
-              "TritonProcesses", "MemoryLimitBytes", "MemoryLimitBasis", "ModelMemoryPss"}
+              "TritonProcesses", "MemoryLimitBytes", "MemoryLimitBasis", "ModelMemoryPss",
+              "MemoryChecksRead", "MemoryChecksSkipped"}
     old = {k: v for k, v in METRICS.items() if k not in memory}  # before memory was reported
 
     def answer(request: httpx.Request) -> httpx.Response:

@@ -627,6 +627,8 @@ def test_memory_check_reads_again_unless_a_recent_reading_bounds_it_far_below_th
 
     assert asyncio.run(scenario()) == [False, False, False, False, False, True, True]
     assert reads == [100, 400, 9_900, 9_900] and (probe.reads, probe.skipped) == (4, 3)
+    wire = mgr.report().model_dump(by_alias=True)  # what GET /metrics answers
+    assert (wire["MemoryChecksRead"], wire["MemoryChecksSkipped"]) == (4, 3)
 
 
 def test_a_miss_with_no_free_place_joins_the_background_unload(tmp_path: Path) -> None:

@@ -106,7 +106,8 @@ class MemoryProbe:
                             triton_memory_rss=mem.rss, triton_page_tables=mem.page_tables,
                             triton_processes=mem.processes,
                             memory_limit_bytes=self.cfg.memory_limit_bytes,
-                            memory_limit_basis="pss", model_memory_pss=self.model_pss)
+                            memory_limit_basis="pss", model_memory_pss=self.model_pss,
+                            memory_checks_read=self.reads, memory_checks_skipped=self.skipped)
 
 
 def _held(resident: Mapping[int, ModelEntry]) -> int:

@@ -137,6 +137,8 @@ class MemoryReport(_WireDoc):
     memory_limit_bytes: int | None = None
     memory_limit_basis: str = "pss"
     model_memory_pss: int | None = None
+    memory_checks_read: int | None = None  # admission checks that read Triton's memory
+    memory_checks_skipped: int | None = None  # ... that a recent reading answered
 
 
 class EndpointMetrics(MemoryReport, CountersReport):
