@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from flows.cli import app
 
 #: every command that changes state (an endpoint, a store, a file, a cache, an event bus)
-STATE_CHANGING = {"build", "render", "deploy", "retire", "watch", "cache-clear", "demo", "profile",
+STATE_CHANGING = {"build", "render", "deploy", "retire", "rollback", "watch", "cache-clear", "demo", "profile",
                   "endpoint start", "endpoint stop", "fleet example", "fleet build", "fleet deploy",
                   "fleet retire", "fleet gc"}
 

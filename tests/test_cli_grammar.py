@@ -27,7 +27,7 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 LONG = "tenant-" + "x" * 90  # a variant name longer than a terminal's 80 columns
 
 #: the commands that report a result: each takes --json
-REPORTING = {"build", "deploy", "retire", "invoke", "plan", "profile", "endpoint status",
+REPORTING = {"build", "deploy", "retire", "rollback", "invoke", "plan", "profile", "endpoint status",
              "fleet show", "fleet example", "fleet build", "fleet deploy", "fleet routes",
              "fleet retire", "fleet gc", "fleet verify", "render", "cache-clear", "watch", "demo",
              "endpoint start", "endpoint stop"}
@@ -73,7 +73,7 @@ def test_every_help_lists_json_where_it_reports_and_dry_run_where_it_changes_sta
 def test_the_command_list_is_unchanged() -> None:
     root: Any = typer.main.get_command(app)
     names = [c.name for c in root.commands.values()]
-    assert names == ["render", "build", "preflight", "deploy", "iam-policy", "retire", "invoke",
+    assert names == ["render", "build", "preflight", "deploy", "iam-policy", "retire", "rollback", "invoke",
                      "watch", "cache-clear", "demo", "plan", "profile", "endpoint", "fleet"], names
     assert list(root.commands["fleet"].commands) == ["show", "example", "build", "deploy", "routes",
                                                      "retire", "gc", "verify"]

@@ -23,34 +23,18 @@ import numpy as np
 import pytest
 from botocore import handlers
 
+from fixtures.pipe_builds import X, build_pipe, deploy_by_hand
 from fixtures.sagemaker_moto import BUCKET, EP, REGION, ROLE, STORE, aws, runtime  # noqa: F401 (fixtures)
 
 from infra.records.endpoint import EndpointRecord
-from infra.records.manifest import Manifest, Validation
-from infra.store.objects import sha256_file
-from tasks.build.verify import Sample
+from infra.records.manifest import Manifest
 
 pytestmark = [pytest.mark.prefect, pytest.mark.triton]
 
-X = np.array([[1.0, 2.0, 3.0]], dtype=np.float32)
-
-
 def _build(root: Path, name: str, k: float, expect_k: float | None = None) -> tuple[str, str]:
-    """A build folder holding ``pipe.tar.gz`` (Y = X + k) and its manifest, whose sample
-    expects X + ``expect_k`` (default k: a build that answers right). Returns (folder, sha256)."""
-    from fixtures.tiny_models import publish_pipe
-
-    folder = root / name
-    folder.mkdir(parents=True)
-    archive = publish_pipe(folder, "pipe.tar.gz", k=k, mbs=4)
-    sha = sha256_file(archive)
-    sample = Sample(inputs={"X": X}, expected={"Y": X + (k if expect_k is None else expect_k)})
-    manifest = Manifest(ensemble="pipe", target="local-cpu", target_model="pipe.tar.gz",
-                        artifact=archive.as_uri(), sha256=sha, bytes=archive.stat().st_size,
-                        sample=sample.to_record(),
-                        validation=Validation(metric="min_cosine", threshold=0.9999))
-    (folder / "pipe.manifest.json").write_text(manifest.to_json())
-    return str(folder), sha
+    """A build folder ``root/name`` of pipe (Y = X + k), its sample expecting X + ``expect_k``
+    (default k). Returns (folder, sha256)."""
+    return str(root / name), build_pipe(root / name, k, expect_k)
 
 
 def _name(sha: str) -> str:
@@ -78,22 +62,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 def _old_unversioned_deploy(endpoint: str, store_uri: str, folder: str) -> str:
     """What a deploy before versioning left: ``pipe.tar.gz`` in the model prefix, named as the
     current TargetModel in the endpoint record and the ledger. Returns its key."""
-    from infra.records import endpoint as record
-    from infra.records.manifest import load_manifest
     from infra.store.objects import open_store
-    from tasks.deploy.backends.base import write_deploy_ledger
-    from tasks.deploy.publish import model_data_url, publish_artifact
 
-    manifest = load_manifest(Path(folder) / "pipe.manifest.json")
-    models_url = model_data_url(store_uri, endpoint)
-    record.note_ensembles_publishing(endpoint, [manifest], models_url, backend="local",
-                                     store_uri=store_uri, model_data_url=models_url)
-    pub = publish_artifact(manifest, models_url, Path(folder) / "backup")
-    record.settle_ensembles(endpoint, ["pipe"], deployed=True)
-    write_deploy_ledger(store_uri, endpoint, models_url, [pub])
+    key = deploy_by_hand(endpoint, store_uri, Path(folder), versioned=False)
     store, _ = open_store(store_uri)
     assert store.exists(f"models/{endpoint}/pipe.tar.gz")
-    return pub.key
+    return key
 
 
 def test_local_deploys_publish_validate_keep_and_prune_versions(

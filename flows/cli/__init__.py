@@ -12,7 +12,8 @@ import sys
 
 # the order of these imports is the order of the commands in `mme --help`
 from flows.cli import (build, fleet, fleet_deploy, fleet_retire, fleet_verify, deploy,  # noqa: F401
-                       preflight, invoke, endpoint, demo, plan, verbosity)  # (importing registers the commands)
+                       preflight, rollback, invoke, endpoint, demo, plan,  # (importing registers
+                       verbosity)  # the commands)
 from flows.cli.common import (_exit_code, _fail, _print_deploy, _print_table, _quiet_env, _report,
                               _run_flow, app, console, endpoint_app)
 from flows.cli.deploy_options import DeployOptions, _backend_options, _parse_env, _sagemaker_options

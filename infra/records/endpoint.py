@@ -356,6 +356,15 @@ def target_model_for(endpoint: str, ensemble: str) -> str:
     return current_target(endpoint, ensemble) or f"{ensemble}.tar.gz"
 
 
+def check_rollback(endpoint: str, ensemble: str, entry: EnsembleLine | None) -> None:
+    """Refuse (InvalidInput, naming why) a rollback of ``entry``: not deployed, a deploy of it
+    in flight, or no previous version kept."""
+    if entry is None or entry.state == "publishing" or not entry.kept_versions:
+        why = ("not deployed" if entry is None else "a deploy of it is in flight"
+               if entry.state == "publishing" else "no previous version is kept")
+        raise InvalidInput(f"cannot roll {ensemble} on {endpoint} back: {why}")
+
+
 def rollback_version(endpoint: str, ensemble: str) -> EnsembleLine:
     """Roll ``ensemble`` back: its newest kept version becomes current again, and the current
     one is kept in its place. Only the record changes (both objects are still in the store:
@@ -363,10 +372,8 @@ def rollback_version(endpoint: str, ensemble: str) -> EnsembleLine:
     an ensemble with no kept version, or one whose deploy is in flight."""
     with updating(endpoint) as rec:
         entry = rec.ensembles.get(ensemble)
-        if entry is None or entry.state == "publishing" or not entry.kept_versions:
-            why = ("not deployed" if entry is None else "a deploy of it is in flight"
-                   if entry.state == "publishing" else "no previous version is kept")
-            raise InvalidInput(f"cannot roll {ensemble} on {endpoint} back: {why}")
+        check_rollback(endpoint, ensemble, entry)
+        assert entry is not None and entry.kept_versions  # check_rollback refused otherwise
         back, *older = entry.kept_versions
         rest = entry.model_dump(exclude_none=True, exclude={*VERSION_FIELDS, "kept_versions"})
         new = EnsembleLine.model_validate({**rest, **back.model_dump(exclude_none=True),
