@@ -108,7 +108,9 @@ class VersionLine(PublishedObject):
 class EnsembleLine(PublishedObject):
     """One ensemble deployed to the endpoint (``state``: publishing | deployed); ``previous``
     is what it replaced, kept until the deploy settles; ``kept_versions`` the versions that
-    served before it (newest first), whose objects are kept for a rollback."""
+    served before it (newest first), whose objects are kept for a rollback; ``abandoned`` the
+    objects deploys that died before they settled had uploaded (never served: the next
+    validated deploy's prune, or a retire, deletes them)."""
 
     model_data_url: str
     build_target: str | None = None
@@ -118,6 +120,7 @@ class EnsembleLine(PublishedObject):
     rolled_back_at: str | None = None
     previous: EnsembleLine | None = None
     kept_versions: list[VersionLine] | None = None
+    abandoned: list[VersionLine] | None = None
 
 
 class EndpointRecord(VersionedDocument):
@@ -258,15 +261,22 @@ def _ensemble_entry(manifest: Manifest, models_url: str) -> EnsembleLine:
 def note_ensembles_publishing(endpoint: str, manifests: list[Manifest], models_url: str,
                               **defaults: RecordDefault) -> None:
     """Before uploading: each ensemble's object, digest and TargetModel (state ``publishing``);
-    what the endpoint served before is kept as ``previous`` until the deploy settles."""
+    what the endpoint served before is kept as ``previous`` until the deploy settles.
+
+    Called under the endpoint lock (no other deploy of the endpoint runs), so an entry still
+    ``publishing`` is a dead deploy's: its object joins ``abandoned`` (unless this deploy
+    publishes the same object again), or nothing would name it any more."""
     with updating(endpoint, **defaults) as rec:
         for m in manifests:
             before = rec.ensembles.get(m.ensemble)
             entry = _ensemble_entry(m, models_url)
             entry.state, entry.since = "publishing", _now()
             if before is not None:
-                entry.previous = before.previous if before.state == "publishing" \
-                    else before.model_copy(update={"previous": None})
+                dead = before.state == "publishing"
+                entry.previous = before.previous if dead \
+                    else before.model_copy(update={"previous": None, "abandoned": None})
+                left = [*(before.abandoned or []), *([version_line(before)] if dead else [])]
+                entry.abandoned = [v for v in left if v.key != entry.key] or None
             rec.ensembles[m.ensemble] = entry
 
 
@@ -286,6 +296,7 @@ def settle_ensembles(endpoint: str, names: list[str], *, deployed: bool) -> None
                 entry.state, entry.deployed_at = "deployed", _now()
                 entry.kept_versions = kept_after(previous, entry.key) or None
             elif previous is not None:
+                previous.abandoned = entry.abandoned  # still to delete, by a later deploy or retire
                 rec.ensembles[name] = previous
             else:
                 del rec.ensembles[name]
@@ -336,6 +347,14 @@ def forget_versions(endpoint: str, name: str, keys: set[str]) -> None:
         entry = rec.ensembles.get(name)
         if entry is not None:
             entry.kept_versions = [v for v in entry.kept_versions or [] if v.key not in keys] or None
+
+
+def forget_abandoned(endpoint: str, name: str) -> None:
+    """Drop the abandoned objects of ``name``: each was deleted, or is named again."""
+    with updating(endpoint) as rec:
+        entry = rec.ensembles.get(name)
+        if entry is not None:
+            entry.abandoned = None
 
 
 def current_target(endpoint: str, ensemble: str) -> str | None:

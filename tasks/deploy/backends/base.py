@@ -186,6 +186,10 @@ def past_keep(kept: list[VersionLine], keep: int) -> list[VersionLine]:
     return [v for v in kept if v not in versioned] + versioned[keep:]
 
 
+#: Why an abandoned object is deleted (see :func:`infra.records.endpoint.note_ensembles_publishing`).
+ABANDONED = "uploaded by a deploy that died before it settled; never served"
+
+
 def _why(version: VersionLine, keep: int) -> str:
     if not is_versioned(version.target_model, version.sha256):
         return "unversioned, from an older deploy"
@@ -202,9 +206,24 @@ def prune_actions(endpoint: str, store_uri: str, manifests: list[Manifest], keep
         if before is not None and before.state == "publishing":
             before = before.previous
         key = f"{prefix}/{m.target_model}" if prefix else m.target_model
-        for v in past_keep(record.kept_after(before, key), keep):
+        kept = record.kept_after(before, key)
+        pruned = past_keep(kept, keep)
+        for v in pruned:
             lines.append(f"s3.DeleteObject {v.uri} (after validation: {_why(v, keep)})")
+        named = {key, *(v.key for v in kept)}
+        lines += [f"s3.DeleteObject {v.uri} (after validation: {ABANDONED})"
+                  for v in _abandoned_by(entries.get(m.ensemble)) if v.key not in named]
     return lines
+
+
+def _abandoned_by(entry: EnsembleLine | None) -> list[VersionLine]:
+    """The objects that dead deploys of ``entry``'s ensemble left: its ``abandoned``, and its
+    own when it is still ``publishing`` (a dry run holds no lock: that deploy may be running;
+    the real run decides under the lock)."""
+    if entry is None:
+        return []
+    dead = [record.version_line(entry)] if entry.state == "publishing" else []
+    return [*(entry.abandoned or []), *dead]
 
 
 def prune_versions(endpoint: str, store_uri: str, names: list[str], keep: int,
@@ -224,14 +243,22 @@ def prune_versions(endpoint: str, store_uri: str, names: list[str], keep: int,
             _with_models_url(v, led.model_data_url or ledger.model_data_url)
             for v in led.kept_versions or []])
         gone = set()
-        for v in past_keep([v for v in kept if v.key not in current], keep):
+        pruned = past_keep([v for v in kept if v.key not in current], keep)
+        named = {*current, *(v.key for v in kept if v not in pruned)}
+        abandoned = [] if rec is None else [_with_models_url(v, rec.model_data_url)
+                                            for v in rec.abandoned or [] if v.key not in named]
+        for v, why in [*((v, _why(v, keep)) for v in pruned), *((v, ABANDONED) for v in abandoned)]:
+            if v.key in gone:
+                continue
             step = delete_object(name, v)
             if unload is not None:
                 unload(v.target_model)
-            steps.append(Step(step.status, f"{step.line} ({_why(v, keep)})"))
+            steps.append(Step(step.status, f"{step.line} ({why})"))
             gone.add(v.key)
         if gone:
             record.forget_versions(endpoint, name, gone)
+        if rec is not None and rec.abandoned:
+            record.forget_abandoned(endpoint, name)
         if gone and led is not None and led.kept_versions:
             led.kept_versions = [v for v in led.kept_versions if v.key not in gone] or None
     if steps:
@@ -258,9 +285,12 @@ def _union(first: list[VersionLine], second: list[VersionLine]) -> list[VersionL
 
 
 def other_versions(entry: EnsembleLine) -> list[VersionLine]:
-    """Every version of ``entry`` besides its current one: the kept ones, and (a deploy that
-    died before it settled) the one it was replacing and that one's kept versions."""
-    return _union(entry.kept_versions or [], record.kept_after(entry.previous, entry.key))
+    """Every version of ``entry`` besides its current one: the kept ones, (a deploy that died
+    before it settled) the one it was replacing and that one's kept versions, and the objects
+    earlier dead deploys left (``abandoned``)."""
+    return _union(_union(entry.kept_versions or [], record.kept_after(entry.previous, entry.key)),
+                  [_with_models_url(v, entry.model_data_url) for v in entry.abandoned or []
+                   if v.key != entry.key])
 
 
 def delete_versions(ensemble: str, entry: EnsembleLine, unloaded: str = "") -> Step:
