@@ -31,17 +31,23 @@ def rollback(ensemble: Annotated[str, typer.Argument(help="the ensemble to roll 
     from tasks.deploy.rollback import (apply_rollback, check_kept_answers, check_kept_object,
                                        plan_rollback, sample_manifest)
 
+    from flows.common import endpoint_lock
+
     try:
-        plan = plan_rollback(endpoint, ensemble)
-        check_kept_object(plan)
         if dry_run:
+            plan = plan_rollback(endpoint, ensemble)
+            check_kept_object(plan)
             lines = [f"would roll {ensemble} on {endpoint} back: {plan.current.target_model} -> "
                      f"{plan.back.target_model} (object {plan.back.uri}, there with its sha256)",
                      "would invoke it first" if not no_invoke else "would not invoke it (--no-invoke)",
                      "would point the endpoint record and the store's ledger to it"]
             return show_plan(plan.to_json(), lines, "would roll back 1 ensemble", as_json)
-        shapes = None if no_invoke else check_kept_answers(plan, sample_manifest(plan), _invoker(plan, url))
-        new, ledger_line = apply_rollback(plan)
+        with endpoint_lock(endpoint):  # no deploy or retire of the endpoint meanwhile
+            plan = plan_rollback(endpoint, ensemble)
+            check_kept_object(plan)
+            shapes = None if no_invoke else check_kept_answers(plan, sample_manifest(plan),
+                                                               _invoker(plan, url))
+            new, ledger_line = apply_rollback(plan)
     except Exception as e:
         exit_for(e)
     if as_json:
