@@ -43,6 +43,13 @@ def kill(*procs: subprocess.Popen[Any]) -> None:
         p.wait()
 
 
+def owner_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a child Python that owns things: its own ``MME_HOME``, the project
+    importable."""
+    return {**os.environ, "MME_HOME": str(tmp_path / "home"),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def run_dir(tmp_path: Path, ledger: dict[str, Any]) -> Path:
     d = tmp_path / "home" / "run" / "owner"
     leftovers.write_ledger(d, ledger)
@@ -176,8 +183,7 @@ SubprocessASGIServer._run_uvicorn_command("die")
 
 
 def test_a_kill_between_the_server_spawn_and_its_claim_leaves_no_child(tmp_path: Path) -> None:
-    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = owner_env(tmp_path)
     script = subprocess.Popen([sys.executable, "-c", SPAWN_HOOK_SCRIPT], stdout=subprocess.PIPE,
                               text=True, env=env, cwd=str(PROJECT_ROOT))
     assert script.stdout is not None
@@ -262,8 +268,7 @@ time.sleep(120)
 
 
 def test_warden_kills_what_a_sigkilled_owner_left(tmp_path: Path) -> None:
-    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = owner_env(tmp_path)
     owner_proc = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT], stdout=subprocess.PIPE,
                                   text=True, env=env, cwd=str(PROJECT_ROOT))
     assert owner_proc.stdout is not None
@@ -286,8 +291,7 @@ def test_warden_kills_what_a_sigkilled_owner_left(tmp_path: Path) -> None:
 
 
 def test_a_clean_exit_leaves_no_run_folder(tmp_path: Path) -> None:
-    env = {**os.environ, "MME_HOME": str(tmp_path / "home"),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = owner_env(tmp_path)
     code = ("from infra.processes.ownership import owner\n"
             "with owner().scratch('x-') as d: (d / 'f').write_text('1')\n"
             "print(owner().run_dir)")
