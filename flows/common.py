@@ -74,6 +74,15 @@ def endpoint_lock(endpoint: str) -> Iterator[None]:
             yield
 
 
+@contextlib.contextmanager
+def endpoint_locks(endpoints: Sequence[str]) -> Iterator[None]:
+    """Hold every endpoint's deploy lock (in sorted order: no two runs wait on each other)."""
+    with contextlib.ExitStack() as locks:
+        for endpoint in sorted(set(endpoints)):
+            locks.enter_context(endpoint_lock(endpoint))
+        yield
+
+
 def fleet_identity(fleet: str) -> tuple[str, str | None]:
     """(the fleet's name, its target) from its fleet file, read only for naming the run: a
     fleet that does not load is named as given (the run itself then says what is wrong)."""

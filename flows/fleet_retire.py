@@ -8,26 +8,15 @@ the endpoints' deploy locks, so a deploy's freshly uploaded, not yet routed vers
 collected under it.
 """
 
-import contextlib
-from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prefect import flow
 
-from flows.common import endpoint_lock, fleet_run_name, fleet_tags, tagged_run
+from flows.common import endpoint_locks, fleet_run_name, fleet_tags, tagged_run
 from infra import paths
 from tasks.fleet.retire import Retirement, fleet_endpoints_task, gc_task, retire_task
 from tasks.fleet.routes import parse_time
-
-
-@contextlib.contextmanager
-def _locked(endpoints: Iterable[str]) -> Iterator[None]:
-    """Hold every endpoint's deploy lock (in sorted order: no two runs wait on each other)."""
-    with contextlib.ExitStack() as locks:
-        for endpoint in sorted(set(endpoints)):
-            locks.enter_context(endpoint_lock(endpoint))
-        yield
 
 
 @flow(name="fleet-retire", log_prints=True, flow_run_name=fleet_run_name)
@@ -50,7 +39,7 @@ def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | Non
     """
     store_uri = store_uri or paths.store_uri()
     when = parse_time(clock) if clock else datetime.now(UTC)
-    with tagged_run(fleet_tags(fleet)), _locked(fleet_endpoints_task(store_uri, [fleet])):
+    with tagged_run(fleet_tags(fleet)), endpoint_locks(fleet_endpoints_task(store_uri, [fleet])):
         asked = Retirement(variants=tuple(variants or ()), shard=shard, everything=all_variants,
                            immediately=now, now=when, grace=timedelta(seconds=grace_s))
         return retire_task(store_uri, fleet, asked).model_dump()
@@ -66,5 +55,5 @@ def fleet_gc(store_uri: str | None = None, dry_run: bool = False) -> dict[str, A
         dry_run (bool): List what would be deleted, delete nothing.
     """
     store_uri = store_uri or paths.store_uri()
-    with _locked([] if dry_run else fleet_endpoints_task(store_uri, None)):
+    with endpoint_locks([] if dry_run else fleet_endpoints_task(store_uri, None)):
         return gc_task(store_uri, dry_run).model_dump()

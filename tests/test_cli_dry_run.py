@@ -29,7 +29,7 @@ from flows.cli import app
 #: every command that changes state (an endpoint, a store, a file, a cache, an event bus)
 STATE_CHANGING = {"build", "render", "deploy", "retire", "rollback", "watch", "cache-clear", "demo", "profile",
                   "endpoint start", "endpoint stop", "fleet example", "fleet build", "fleet deploy",
-                  "fleet retire", "fleet gc"}
+                  "fleet retire", "fleet rollback", "fleet gc"}
 
 runner = CliRunner()
 

@@ -29,7 +29,7 @@ LONG = "tenant-" + "x" * 90  # a variant name longer than a terminal's 80 column
 #: the commands that report a result: each takes --json
 REPORTING = {"build", "deploy", "retire", "rollback", "invoke", "plan", "profile", "endpoint status",
              "fleet show", "fleet example", "fleet build", "fleet deploy", "fleet routes",
-             "fleet retire", "fleet gc", "fleet verify", "render", "cache-clear", "watch", "demo",
+             "fleet retire", "fleet rollback", "fleet gc", "fleet verify", "render", "cache-clear", "watch", "demo",
              "endpoint start", "endpoint stop"}
 #: the commands that only read (or, for ``invoke``, send one request): every other command
 #: changes state (files, an endpoint, a store, a routing table, events) and takes --dry-run.
@@ -76,7 +76,7 @@ def test_the_command_list_is_unchanged() -> None:
     assert names == ["render", "build", "preflight", "deploy", "iam-policy", "retire", "rollback", "invoke",
                      "watch", "cache-clear", "demo", "plan", "profile", "endpoint", "fleet"], names
     assert list(root.commands["fleet"].commands) == ["show", "example", "build", "deploy", "routes",
-                                                     "retire", "gc", "verify"]
+                                                     "retire", "rollback", "gc", "verify"]
 
 
 # ---------------------------------------------------------------- one fleet resolver

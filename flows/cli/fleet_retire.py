@@ -1,6 +1,7 @@
-"""``mme fleet routes | retire | gc``: a fleet's routing table, retiring its variants, and
-collecting what nothing references (flows/fleet_retire.py). Registered on ``fleet_app`` after
-``deploy`` (:mod:`flows.cli.fleet_deploy`), before ``verify``."""
+"""``mme fleet routes | retire | rollback | gc``: a fleet's routing table, retiring its variants,
+routing them back (:mod:`tasks.fleet.rollback`), and collecting what nothing references
+(flows/fleet_retire.py). Registered on ``fleet_app`` after ``deploy``
+(:mod:`flows.cli.fleet_deploy`), before ``verify``."""
 
 from __future__ import annotations
 
@@ -107,6 +108,43 @@ def _refuse_whole_fleet(fleet: str, store: str | None, now: bool, grace: float) 
     _fail(f"fleet {fleet}: no --variant or --shard: this would {what} all {count} routed "
           f"variants of the fleet; give --all to confirm (`mme fleet retire {fleet} --all"
           f"{' --now' if now else ''}`)")
+
+
+@fleet_app.command("rollback")
+def rollback(fleet: Annotated[str, FLEET_ARGUMENT],
+             variant: Annotated[list[str], typer.Option(help="route this variant back (repeatable)")],
+             store: Annotated[str | None, STORE_OPTION] = None,
+             dry_run: Annotated[bool, typer.Option("--dry-run", help="check and print the way back; "
+                                                   "change nothing")] = False,
+             as_json: Annotated[bool, JSON_OPTION] = False) -> None:
+    """Route variants back to the version each replaced (kept in the table and the store):
+    all of them or, when one cannot go back, none."""
+    from datetime import UTC, datetime
+
+    from flows.common import endpoint_locks
+    from infra import paths
+    from tasks.fleet.rollback import rollback_fleet
+    from tasks.fleet.routes import require_routes
+
+    name, store_uri = fleet_name(fleet), store or paths.store_uri()
+    try:
+        if dry_run:
+            got = rollback_fleet(store_uri, name, variant, datetime.now(UTC), dry_run=True)
+        else:
+            with endpoint_locks(list(require_routes(store_uri, name).endpoints)):  # no deploy meanwhile
+                got = rollback_fleet(store_uri, name, variant, datetime.now(UTC))
+    except Exception as e:
+        exit_for(e)
+    if as_json:
+        emit_json(got.to_json())
+        return
+    would = "would route" if dry_run else "routed"
+    for v in got.variants:
+        tenant = "" if v.back.tenant is None else f" (tenant {v.back.tenant})"
+        say(f"{v.variant}: {would} back to {v.back.target_model} on {v.back.endpoint}{tenant}, "
+            f"from {v.current.target_model}")
+    say(f"fleet {got.fleet}: {len(got.variants)} variant(s) {would} back"
+        + ("; nothing changed (dry run)" if dry_run else f" ({got.table})"))
 
 
 @fleet_app.command("gc")

@@ -216,6 +216,23 @@ def promote(table: RoutingTable, variant: str, new: RouteVersion, now: datetime)
                                     sha256=new.sha256, since=since, previous=kept, tenant=new.tenant)
 
 
+def route_back(table: RoutingTable, variant: str, now: datetime) -> RouteVersion:
+    """Route ``variant`` back to its newest kept version (on the endpoint it was served on, as
+    the tenant it was); the current version becomes the first kept one, so routing back twice
+    is where one started. ``retiring_since`` stays as it was. Returns the version now routed.
+    A variant that is not routed, or keeps no version, is :class:`InvalidInput`."""
+    route = table.variants.get(variant)
+    if route is None or not route.previous:
+        why = "not routed" if route is None else "no previous version is kept"
+        raise InvalidInput(f"cannot route {variant} of fleet {table.fleet} back: {why}")
+    current, back, *older = route.versions()
+    table.variants[variant] = route.model_copy(update={
+        "endpoint": back.endpoint, "target_model": back.target_model, "sha256": back.sha256,
+        "since": now.isoformat(timespec="seconds"), "tenant": back.tenant,
+        "previous": [current, *older]})
+    return back
+
+
 def prune_versions(table: RoutingTable, keep_versions: int) -> list[RouteVersion]:
     """Drop every variant's previous versions beyond ``keep_versions``; returns the dropped ones
     (each with its endpoint) for the caller to delete."""
