@@ -433,6 +433,45 @@ with endpoint_lock(sys.argv[1]):
 """
 
 
+def test_a_deploy_killed_after_its_upload_leaves_an_object_the_next_deploy_deletes(
+        home: Path, tmp_path: Path) -> None:
+    """``kill -9`` of ``mme deploy`` right after it uploaded (the record says ``publishing``):
+    the next deploy of the ensemble, with another build, deletes that object after it
+    validated, and says so."""
+    from fixtures.pipe_builds import build_pipe
+
+    from infra.records import endpoint as record
+    from infra.store.objects import open_store
+    from tasks.deploy.publish import model_data_url
+
+    env = cli_env(home, tmp_path / "prefect")
+    built = home / "artifacts" / "local-cpu"
+    sha1 = build_pipe(built, k=1)
+    store, _ = open_store(model_data_url((home / "store").as_uri(), ENDPOINT))
+    deploy = [sys.executable, "-m", "flows.cli", "deploy", "pipe", "--endpoint", ENDPOINT,
+              "--warm-invocations", "1", "--json"]
+    first = subprocess.Popen(deploy, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_until("the first deploy's upload", lambda: store.exists(f"pipe-{sha1[:12]}.tar.gz"), 300)
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert record.read_record(ENDPOINT).ensembles["pipe"].state == "publishing"  # type: ignore[union-attr]
+
+    sha2 = build_pipe(built, k=2)
+    r = subprocess.run(deploy, cwd=str(PROJECT_ROOT), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    pruned = json.loads(r.stdout)["pruned"]
+    assert [line for line in pruned if f"pipe-{sha1[:12]}.tar.gz" in line and "died before it settled" in line], pruned
+    assert sorted(i.key for i in store.list()) == [f"pipe-{sha2[:12]}.tar.gz"]
+    entry = record.read_record(ENDPOINT).ensembles["pipe"]  # type: ignore[union-attr]
+    assert (entry.state, entry.abandoned, entry.kept_versions) == ("deployed", None, None)
+
+
 def test_a_killed_deploy_never_keeps_the_endpoint_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The deploy lock of a killed holder is free at once (the kernel drops its flock)."""
     import time
