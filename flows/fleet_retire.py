@@ -1,4 +1,7 @@
-"""The ``fleet-retire`` and ``fleet-gc`` flows (tasks in :mod:`tasks.fleet.retire`).
+"""The ``fleet-retire``, ``fleet-rollback`` and ``fleet-gc`` flows (tasks in
+:mod:`tasks.fleet.retire` and :mod:`tasks.fleet.rollback`).
+
+``fleet-rollback`` routes variants back to the version each replaced (all or none).
 
 ``fleet-retire`` marks a fleet, some variants or a shard retiring in the routing table (or, with
 ``now``, removes them and deletes their objects after writing the table); retirees past the grace
@@ -16,6 +19,7 @@ from prefect import flow
 from flows.common import endpoint_locks, fleet_run_name, fleet_tags, tagged_run
 from infra import paths
 from tasks.fleet.retire import Retirement, fleet_endpoints_task, gc_task, retire_task
+from tasks.fleet.rollback import fleet_rollback_task
 from tasks.fleet.routes import parse_time
 
 
@@ -43,6 +47,29 @@ def fleet_retire(fleet: str, variants: list[str] | None = None, shard: str | Non
         asked = Retirement(variants=tuple(variants or ()), shard=shard, everything=all_variants,
                            immediately=now, now=when, grace=timedelta(seconds=grace_s))
         return retire_task(store_uri, fleet, asked).model_dump()
+
+
+@flow(name="fleet-rollback", log_prints=True, flow_run_name=fleet_run_name)
+def fleet_rollback(fleet: str, variants: list[str], store_uri: str | None = None,
+                   clock: str | None = None) -> dict[str, Any]:
+    """Route variants of a fleet back to the version each replaced (kept in the routing table
+    and the store), after checking every kept object's sha256; one that cannot go back refuses
+    them all, and the table is not written.
+
+    Args:
+        fleet (str): The fleet's name (as its routing table names it), e.g. tenants-example.
+        variants (list[str]): The variants to route back (names).
+        store_uri (str | None): The store holding the routing table (default: the embedded store; an
+            s3:// store needs AWS credentials).
+        clock (str | None): The current time as ISO text (tests, replays); default now (UTC).
+    """
+    store_uri = store_uri or paths.store_uri()
+    when = parse_time(clock) if clock else datetime.now(UTC)
+    with tagged_run(fleet_tags(fleet)), endpoint_locks(fleet_endpoints_task(store_uri, [fleet])):
+        done = fleet_rollback_task(store_uri, fleet, variants, when)
+    for v in done.variants:
+        print(f"{v.variant}: back to {v.back.target_model} on {v.back.endpoint}, from {v.current.target_model}")
+    return done.to_json()
 
 
 @flow(name="fleet-gc", log_prints=True)

@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -120,7 +121,8 @@ def test_variants_go_back_and_the_router_follows(fleet: Fleet) -> None:
     assert read_routes(fleet.store_uri, "f").updated_at == T1.isoformat(timespec="seconds")
 
 
-def test_the_command_line(fleet: Fleet) -> None:
+@pytest.mark.prefect  # the rollback runs as the fleet-rollback flow
+def test_the_command_line(fleet: Fleet, prefect_harness: Any) -> None:
     runner = CliRunner()
     before = fleet.table_bytes()
     got = runner.invoke(app, ["fleet", "rollback", "f", "--variant", "a", "--store", fleet.store_uri,

@@ -280,12 +280,13 @@ def test_the_fleet_deployments_run_as_registered(tmp_path, monkeypatch, prefect_
 
 CATALOG_DEPLOYMENTS = ["nightly-build", "deploy", "watch-models", "retire"]  # run in this order
 EVENT_ONLY = ["deploy-on-new-model", "fleet-build-on-model"]  # their triggers fill the rest
+ROLLBACKS = ["rollback", "fleet-rollback"]  # need a version to go back to: set up by their test
 
 
 def test_every_deployment_is_run_as_registered_by_a_test_or_is_event_only() -> None:
     """The two lists here and FLEET_DEPLOYMENTS cover prefect.yaml; an event-only deployment's
     flow needs a parameter its registered defaults lack and its trigger supplies."""
-    assert set(BY_NAME) == set(FLEET_DEPLOYMENTS) | set(CATALOG_DEPLOYMENTS) | set(EVENT_ONLY)
+    assert set(BY_NAME) == set(FLEET_DEPLOYMENTS) | set(CATALOG_DEPLOYMENTS) | set(EVENT_ONLY) | set(ROLLBACKS)
     for name in EVENT_ONLY:
         dep = BY_NAME[name]
         flow = _flow(dep["entrypoint"])
@@ -319,3 +320,54 @@ def test_the_catalog_deployments_run_as_registered(tmp_path, monkeypatch, prefec
     assert {n: s.type.value for n, s in states.items()} == {n: "COMPLETED" for n in CATALOG_DEPLOYMENTS}
     built = states["nightly-build"].result()
     assert len(built) == len(registered["nightly-build"]["ensembles"])
+
+
+@pytest.mark.prefect
+@pytest.mark.triton  # the rollback invokes the kept version on the local endpoint first
+def test_the_rollback_deployments_run_as_registered(tmp_path, monkeypatch, prefect_harness) -> None:
+    """rollback and fleet-rollback registered on a real server, each run with the parameters
+    the server holds, after two versions were deployed: of the tiny ``pipe`` ensemble on
+    local-mme (the one change: ``ensemble`` names it, not text_embedding, which would take a
+    real build), and of the example fleet's tenant-0001 in its routing table."""
+    from datetime import UTC, datetime
+
+    from fixtures.pipe_builds import build_pipe, deploy_by_hand
+
+    from infra.endpoint.process import start_background, stop
+    from infra.records import endpoint as record
+    from infra.store.objects import open_store
+    from tasks.deploy.publish import model_data_url
+    from tasks.fleet.routes import EndpointRef, Route, RouteVersion, RoutingTable, read_routes, write_routes
+
+    monkeypatch.setenv("MME_HOME", str(tmp_path / "home"))
+    store_uri = (tmp_path / "home" / "store").as_uri()  # the embedded store, as registered
+    registered = {name: _register(name) for name in ROLLBACKS}
+    endpoint = registered["rollback"]["endpoint"]
+    build_pipe(tmp_path / "v1", k=1)
+    deploy_by_hand(endpoint, store_uri, tmp_path / "v1")
+    build_pipe(tmp_path / "home" / "artifacts" / "local-cpu", k=2)
+    deploy_by_hand(endpoint, store_uri, tmp_path / "home" / "artifacts" / "local-cpu")
+    kept = record.read_record(endpoint).ensembles["pipe"].kept_versions[0].target_model
+
+    fleet, (variant,) = registered["fleet-rollback"]["fleet"], registered["fleet-rollback"]["variants"]
+    prefix, _ = open_store(f"{store_uri}/models/{endpoint}")
+    sha = {n: prefix.put_bytes(n, n.encode()).sha256 for n in ("t-new.tar.gz", "t-old.tar.gz")}
+    now = datetime.now(UTC).isoformat()
+    write_routes(store_uri, RoutingTable(
+        fleet=fleet, endpoints={endpoint: EndpointRef(models_url=f"{store_uri}/models/{endpoint}")},
+        variants={variant: Route(endpoint=endpoint, target_model="t-new.tar.gz", sha256=sha["t-new.tar.gz"],
+                                 since=now, previous=[RouteVersion(target_model="t-old.tar.gz",
+                                                                   sha256=sha["t-old.tar.gz"], since=now)])}),
+        datetime.now(UTC))
+    start_background(endpoint, model_data_url(store_uri, endpoint))
+    try:
+        states = {"rollback": _flow(BY_NAME["rollback"]["entrypoint"])(
+                      **{**registered["rollback"], "ensemble": "pipe"}, return_state=True),
+                  "fleet-rollback": _flow(BY_NAME["fleet-rollback"]["entrypoint"])(
+                      **registered["fleet-rollback"], return_state=True)}
+    finally:
+        stop(endpoint)
+    assert {n: s.type.value for n, s in states.items()} == {n: "COMPLETED" for n in ROLLBACKS}
+    assert states["rollback"].result()["answered"] == {"Y": [1, 3]}
+    assert record.target_model_for(endpoint, "pipe") == kept
+    assert read_routes(store_uri, fleet).variants[variant].target_model == "t-old.tar.gz"

@@ -80,7 +80,8 @@ def mme(*args: str) -> tuple[int, str]:
     return got.exit_code, got.output
 
 
-def test_refusals_change_nothing_and_no_invoke_switches(deployed: Deployed) -> None:
+@pytest.mark.prefect  # the rollback runs as a flow
+def test_refusals_change_nothing_and_no_invoke_switches(deployed: Deployed, prefect_harness: Any) -> None:
     d = deployed
     assert d.current() == (d.v2, [d.v1], d.v2, [d.v1])
     before = d.files()
@@ -140,8 +141,10 @@ def test_a_ledger_naming_another_current_version_is_left_alone(deployed: Deploye
 
 
 @pytest.mark.triton
+@pytest.mark.prefect
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs the Linux tritonserver")
-def test_the_kept_version_is_invoked_before_the_switch(deployed: Deployed, tmp_path: Path) -> None:
+def test_the_kept_version_is_invoked_before_the_switch(deployed: Deployed, tmp_path: Path,
+                                                       prefect_harness: Any) -> None:
     from infra.aws.runtime_client import invoke, runtime_client_for
     from infra.endpoint.local_mme import LocalEndpoint
     from infra.endpoint.models import EndpointConfig
@@ -183,10 +186,11 @@ def test_the_kept_version_is_invoked_before_the_switch(deployed: Deployed, tmp_p
 
 
 @pytest.mark.triton
+@pytest.mark.prefect
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs the Linux tritonserver")
 def test_a_sagemaker_rollback_reads_s3_and_invokes_through_the_runtime(
         runtime: Any,  # noqa: F811 - the runtime fixture, imported above
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: Any) -> None:
     """On moto: the kept object checked in S3, the invoke through the ``sagemaker-runtime``
     client of the record's region (answered by the local endpoint serving the same S3
     prefix), the ledger in S3 switched with the record."""

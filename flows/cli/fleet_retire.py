@@ -6,7 +6,7 @@ routing them back (:mod:`tasks.fleet.rollback`), and collecting what nothing ref
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -121,30 +121,30 @@ def rollback(fleet: Annotated[str, FLEET_ARGUMENT],
     all of them or, when one cannot go back, none."""
     from datetime import UTC, datetime
 
-    from flows.common import endpoint_locks
+    from flows.fleet_retire import fleet_rollback
     from infra import paths
     from tasks.fleet.rollback import rollback_fleet
-    from tasks.fleet.routes import require_routes
 
     name, store_uri = fleet_name(fleet), store or paths.store_uri()
-    try:
-        if dry_run:
-            got = rollback_fleet(store_uri, name, variant, datetime.now(UTC), dry_run=True)
-        else:
-            with endpoint_locks(list(require_routes(store_uri, name).endpoints)):  # no deploy meanwhile
-                got = rollback_fleet(store_uri, name, variant, datetime.now(UTC))
+    try:  # every check, at once and without a flow run (the flow checks again under the locks)
+        got: dict[str, Any] = rollback_fleet(store_uri, name, variant, datetime.now(UTC),
+                                             dry_run=True).to_json()
     except Exception as e:
         exit_for(e)
+    if not dry_run:
+        _quiet_env()
+        got = _run_flow(fleet_rollback, fleet=name, variants=variant, store_uri=store_uri)
     if as_json:
-        emit_json(got.to_json())
+        emit_json(got)
         return
     would = "would route" if dry_run else "routed"
-    for v in got.variants:
-        tenant = "" if v.back.tenant is None else f" (tenant {v.back.tenant})"
-        say(f"{v.variant}: {would} back to {v.back.target_model} on {v.back.endpoint}{tenant}, "
-            f"from {v.current.target_model}")
-    say(f"fleet {got.fleet}: {len(got.variants)} variant(s) {would} back"
-        + ("; nothing changed (dry run)" if dry_run else f" ({got.table})"))
+    for v in got["variants"]:
+        back = v["to"]
+        tenant = "" if back["tenant"] is None else f" (tenant {back['tenant']})"
+        say(f"{v['variant']}: {would} back to {back['target_model']} on {back['endpoint']}{tenant}, "
+            f"from {v['from']['target_model']}")
+    say(f"fleet {got['fleet']}: {len(got['variants'])} variant(s) {would} back"
+        + ("; nothing changed (dry run)" if dry_run else f" ({got['table']})"))
 
 
 @fleet_app.command("gc")

@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from infra import paths
 from infra.errors import InvalidInput, MissingInput
 from infra.jsontypes import JsonObject
@@ -35,7 +38,7 @@ from tasks.build.package import read_manifest
 from tasks.build.verify import Sample
 from tasks.deploy.publish import read_ledger, write_ledger
 from tasks.deploy.records import LedgerEntry
-from tasks.deploy.validate import DeployValidationFailed
+from tasks.deploy.validate import DeployValidationFailed, invoke_when_ready
 
 if TYPE_CHECKING:
     import numpy as np
@@ -123,7 +126,7 @@ def answer_problems(sample: Sample, got: dict[str, np.ndarray]) -> list[str]:
     return problems
 
 
-def check_kept_answers(plan: RollbackPlan, manifest: Manifest, invoke: Invoke) -> dict[str, list[int]]:
+def check_kept_answers(plan: RollbackPlan, manifest: Manifest, invoke: Invoke) -> JsonObject:
     """Invoke the kept TargetModel with ``manifest``'s sample request; the outputs' shapes, or
     :class:`DeployValidationFailed` saying how the answer differs from the sample's."""
     sample = Sample.from_json(manifest.required_sample())
@@ -135,6 +138,53 @@ def check_kept_answers(plan: RollbackPlan, manifest: Manifest, invoke: Invoke) -
             f"{plan.ensemble}: the kept version {plan.back.target_model} on endpoint {plan.endpoint} "
             f"does not answer like the sample request expects: {'; '.join(problems)}; not rolled back")
     return {name: list(value.shape) for name, value in got.items()}
+
+
+def runtime_invoker(plan: RollbackPlan, url: str | None = None) -> Invoke:
+    """Invoke by TargetModel on the plan's endpoint, waiting out 429 while it loads (the
+    deploy's own retry): the local endpoint at ``url`` (default: the running one, else
+    :class:`MissingInput`), or SageMaker's runtime in the record's region."""
+    from infra.aws.clients import aws_clients
+    from infra.endpoint.process import find_running
+
+    if plan.backend == "local" and url is None:
+        info = find_running(plan.endpoint)
+        if info is None:
+            raise MissingInput(f"endpoint {plan.endpoint!r} is not running: start it (mme endpoint "
+                               f"start) to check the kept version, or roll back without the check "
+                               f"(--no-invoke; invoke=False in a flow run)")
+        url = info.url
+    client = aws_clients(plan.region or "us-east-1", runtime_url=url).runtime
+    return lambda manifest, inputs: invoke_when_ready(client, plan.endpoint, manifest, inputs)[0]
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    """What a rollback did: the plan it carried out, the output shapes the kept version
+    answered with (None: not invoked), and what became of the store's ledger."""
+
+    plan: RollbackPlan
+    answered: JsonObject | None  # output name -> shape
+    ledger: str
+
+    def to_json(self) -> JsonObject:
+        return {"dry_run": False, **self.plan.to_json(), "answered": self.answered, "ledger": self.ledger}
+
+
+def roll_back(endpoint: str, ensemble: str, *, invoke: bool = True, url: str | None = None) -> RollbackResult:
+    """The whole rollback: plan, check the kept object, invoke it (unless ``invoke`` is
+    False), switch the record and the ledger. Call it holding the endpoint's deploy lock."""
+    plan = plan_rollback(endpoint, ensemble)
+    check_kept_object(plan)
+    answered = check_kept_answers(plan, sample_manifest(plan), runtime_invoker(plan, url)) if invoke else None
+    _, ledger = apply_rollback(plan)
+    return RollbackResult(plan=plan, answered=answered, ledger=ledger)
+
+
+@task(name="rollback", cache_policy=NO_CACHE)
+def rollback_task(endpoint: str, ensemble: str, invoke: bool = True, url: str | None = None) -> RollbackResult:
+    """:func:`roll_back` as a task: one step in the flow run, its error the run's."""
+    return roll_back(endpoint, ensemble, invoke=invoke, url=url)
 
 
 def apply_rollback(plan: RollbackPlan) -> tuple[EnsembleLine, str]:

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from infra.errors import InvalidInput
 from infra.jsontypes import JsonObject
 from infra.store.objects import ObjectNotFound, open_store
@@ -119,3 +122,9 @@ def rollback_fleet(store_uri: str, fleet: str, variants: Sequence[str], now: dat
     for p in plans:
         route_back(table, p.variant, now)
     return FleetRollback(fleet=fleet, dry_run=False, variants=plans, table=write_routes(store_uri, table, now))
+
+
+@task(name="fleet-rollback", cache_policy=NO_CACHE)
+def fleet_rollback_task(store_uri: str, fleet: str, variants: Sequence[str], now: datetime) -> FleetRollback:
+    """:func:`rollback_fleet` as a task: one step in the flow run, its refusal the run's."""
+    return rollback_fleet(store_uri, fleet, variants, now)
