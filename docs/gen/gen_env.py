@@ -39,6 +39,10 @@ MEANINGS: dict[str, tuple[str, str]] = {
                          "longest prefix wins."),
     "MME_SOURCE_PREFIX": ("(none)", "Lambda: key prefix of the model source inside the bucket."),
     "MME_HTTP_TIMEOUT": ("`10`", "Lambda: seconds per request to the Prefect API."),
+    "MME_SPAWN_TOKEN": ("(set around one spawn)", "Set by an `mme` command in the environment of Prefect's "
+                        "temporary server as it spawns it: the token its ownership ledger names, so the "
+                        "server dies with the command even when it is killed right after the spawn. Not "
+                        "for users."),
 }
 
 
