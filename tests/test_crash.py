@@ -289,10 +289,10 @@ BUILD = [sys.executable, "-m", "flows.cli", "build", "image_classifier"]
 
 
 def kill_build_when(env: dict[str, str], what: str, reached: Callable[[int], bool], timeout: float,
-                    before_kill: Callable[[int], None] | None = None) -> int:
-    """Run ``mme build image_classifier``; SIGKILL it once ``reached(pid)`` holds (after
-    ``before_kill(pid)`` looked at it); return its pid."""
-    build = subprocess.Popen(BUILD, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
+                    before_kill: Callable[[int], None] | None = None, command: list[str] = BUILD) -> int:
+    """Run ``command`` (default ``mme build image_classifier``); SIGKILL it once
+    ``reached(pid)`` holds (after ``before_kill(pid)`` looked at it); return its pid."""
+    build = subprocess.Popen(command, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
         wait_until(what, lambda: reached(build.pid), timeout)
@@ -450,16 +450,8 @@ def test_a_deploy_killed_after_its_upload_leaves_an_object_the_next_deploy_delet
     store, _ = open_store(model_data_url((home / "store").as_uri(), ENDPOINT))
     deploy = [sys.executable, "-m", "flows.cli", "deploy", "pipe", "--endpoint", ENDPOINT,
               "--warm-invocations", "1", "--json"]
-    first = subprocess.Popen(deploy, cwd=str(PROJECT_ROOT), env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        wait_until("the first deploy's upload", lambda: store.exists(f"pipe-{sha1[:12]}.tar.gz"), 300)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+    kill_build_when(env, "the first deploy's upload", lambda _: store.exists(f"pipe-{sha1[:12]}.tar.gz"),
+                    300, command=deploy)
     assert record.read_record(ENDPOINT).ensembles["pipe"].state == "publishing"  # type: ignore[union-attr]
 
     sha2 = build_pipe(built, k=2)
