@@ -583,6 +583,15 @@ class S3Store:
             raise self._error(exc, key, "delete of") from exc
 
 
+def sha256_at(store: ObjectStore, key: str) -> str | None:
+    """The sha256 of the object at ``key``, or None when there is none: the one question a
+    delete, a publish and a rollback ask before they act on an object of ours."""
+    try:
+        return store.head(key).sha256
+    except ObjectNotFound:
+        return None
+
+
 # --------------------------------------------------------------------------- open_store
 
 

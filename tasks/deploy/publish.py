@@ -18,7 +18,7 @@ from infra.errors import InvalidInput
 from infra.jsontypes import JsonObject
 from infra.records.manifest import Manifest
 from infra.records.stored import read_stored
-from infra.store.objects import ObjectNotFound, ObjectStore, open_store
+from infra.store.objects import ObjectStore, open_store, sha256_at
 from tasks.deploy.records import Ledger
 
 
@@ -56,11 +56,8 @@ def publish_artifact(manifest: Manifest, models_url: str, backup_dir: Path) -> P
     archive = local_archive(manifest)
     t0 = time.perf_counter()
     backup = None
-    try:
-        current = store.head(key)
-    except ObjectNotFound:
-        current = None
-    if current is not None and current.sha256 == manifest.sha256:
+    current = sha256_at(store, key)
+    if current == manifest.sha256:
         uploaded = False
     else:
         if current is not None:

@@ -33,7 +33,7 @@ from infra.jsontypes import JsonObject
 from infra.records import endpoint as record
 from infra.records.endpoint import EnsembleLine, VersionLine
 from infra.records.manifest import Manifest
-from infra.store.objects import ObjectNotFound, open_store
+from infra.store.objects import open_store, sha256_at
 from tasks.build.package import read_manifest
 from tasks.build.verify import Sample
 from tasks.deploy.publish import read_ledger, write_ledger
@@ -90,16 +90,13 @@ def check_kept_object(plan: RollbackPlan) -> None:
     if back.model_data_url is None:
         raise InvalidInput(f"version {back.target_model} names no model_data_url: its record line "
                            f"was edited by hand")
-    store, _ = open_store(back.model_data_url)
-    try:
-        info = store.head(back.key)
-    except ObjectNotFound:
+    found = sha256_at(open_store(back.model_data_url)[0], back.key)
+    if found is None:
         raise MissingInput(f"cannot roll {plan.ensemble} back to {back.target_model}: its object "
-                           f"{back.uri} is gone from the store") from None
-    if info.sha256 != back.sha256:
+                           f"{back.uri} is gone from the store")
+    if found != back.sha256:
         raise InvalidInput(f"cannot roll {plan.ensemble} back to {back.target_model}: its object "
-                           f"{back.uri} was replaced (sha256 {info.sha256}, we published "
-                           f"{back.sha256})")
+                           f"{back.uri} was replaced (sha256 {found}, we published {back.sha256})")
 
 
 def sample_manifest(plan: RollbackPlan) -> Manifest:
@@ -158,6 +155,33 @@ def runtime_invoker(plan: RollbackPlan, url: str | None = None) -> Invoke:
     return lambda manifest, inputs: invoke_when_ready(client, plan.endpoint, manifest, inputs)[0]
 
 
+def apply_rollback(plan: RollbackPlan) -> tuple[EnsembleLine, str]:
+    """Point the record back (it re-checks under its lock), then the store's ledger; the new
+    current line and what became of the ledger (a line for the user)."""
+    new = record.rollback_version(plan.endpoint, plan.ensemble)
+    return new, mirror_in_ledger(plan, new)
+
+
+def mirror_in_ledger(plan: RollbackPlan, new: EnsembleLine) -> str:
+    """Make the store ledger's entry say what the record now says: ``new`` current, the version
+    it replaced kept first. A ledger whose entry names another current version (a deploy from
+    another machine) is left as it is, and said."""
+    ledger = read_ledger(plan.store_uri, plan.endpoint)
+    entry = ledger.ensembles.get(plan.ensemble)
+    if entry is None:
+        return f"the store's ledger has no entry for {plan.ensemble}: left as it is"
+    if entry.key != plan.current.key:
+        return (f"the store's ledger names another current version of {plan.ensemble} "
+                f"({entry.target_model}): left as it is")
+    before = entry.model_copy(update={"model_data_url": entry.model_data_url or ledger.model_data_url})
+    ledger.ensembles[plan.ensemble] = LedgerEntry(
+        target_model=new.target_model, key=new.key, uri=new.uri, sha256=new.sha256,
+        model_data_url=new.model_data_url, deployed_at=new.deployed_at,
+        kept_versions=record.kept_after(before, new.key) or None)
+    write_ledger(plan.store_uri, plan.endpoint, ledger)
+    return f"the store's ledger now names {new.target_model} current"
+
+
 @dataclass(frozen=True)
 class RollbackResult:
     """What a rollback did: the plan it carried out, the output shapes the kept version
@@ -185,32 +209,3 @@ def roll_back(endpoint: str, ensemble: str, *, invoke: bool = True, url: str | N
 def rollback_task(endpoint: str, ensemble: str, invoke: bool = True, url: str | None = None) -> RollbackResult:
     """:func:`roll_back` as a task: one step in the flow run, its error the run's."""
     return roll_back(endpoint, ensemble, invoke=invoke, url=url)
-
-
-def apply_rollback(plan: RollbackPlan) -> tuple[EnsembleLine, str]:
-    """Point the record back (it re-checks under its lock), then the store's ledger; the new
-    current line and what became of the ledger (a line for the user)."""
-    new = record.rollback_version(plan.endpoint, plan.ensemble)
-    return new, mirror_in_ledger(plan, new)
-
-
-def mirror_in_ledger(plan: RollbackPlan, new: EnsembleLine) -> str:
-    """Make the store ledger's entry say what the record now says: ``new`` current, the version
-    it replaced kept first. A ledger whose entry names another current version (a deploy from
-    another machine) is left as it is, and said."""
-    ledger = read_ledger(plan.store_uri, plan.endpoint)
-    entry = ledger.ensembles.get(plan.ensemble)
-    if entry is None:
-        return f"the store's ledger has no entry for {plan.ensemble}: left as it is"
-    if entry.key != plan.current.key:
-        return (f"the store's ledger names another current version of {plan.ensemble} "
-                f"({entry.target_model}): left as it is")
-    models_url = entry.model_data_url or ledger.model_data_url
-    older = [v for v in entry.kept_versions or [] if v.key != new.key]
-    before = record.version_line(entry).model_copy(update={"model_data_url": models_url})
-    ledger.ensembles[plan.ensemble] = LedgerEntry(
-        target_model=new.target_model, key=new.key, uri=new.uri, sha256=new.sha256,
-        model_data_url=new.model_data_url, deployed_at=new.deployed_at,
-        kept_versions=[before, *older])
-    write_ledger(plan.store_uri, plan.endpoint, ledger)
-    return f"the store's ledger now names {new.target_model} current"

@@ -24,8 +24,8 @@ from prefect.cache_policies import NO_CACHE
 
 from infra.errors import InvalidInput
 from infra.jsontypes import JsonObject
-from infra.store.objects import ObjectNotFound, open_store
-from tasks.fleet.routes import (RouteVersion, RoutingTable, require_routes, route_back,
+from infra.store.objects import open_store, sha256_at
+from tasks.fleet.routes import (RouteVersion, RoutingTable, back_problem, require_routes, route_back,
                                routes_location, write_routes)
 
 
@@ -50,8 +50,9 @@ def plan_fleet_rollback(table: RoutingTable, variants: Sequence[str]) -> tuple[l
     plans, problems = [], []
     for variant in dict.fromkeys(variants):
         route = table.variants.get(variant)
-        if route is None or not route.previous:
-            problems.append(f"{variant}: " + ("not routed" if route is None else "no previous version is kept"))
+        why = back_problem(route)
+        if why or route is None:
+            problems.append(f"{variant}: {why}")
             continue
         current, back = route.versions()[:2]
         ref = table.endpoints.get(back.endpoint or "")
@@ -80,9 +81,8 @@ def _object_problem(table: RoutingTable, version: RouteVersion) -> str:
     assert models_url  # plan_fleet_rollback kept only versions with a model prefix
     store, prefix = open_store(models_url)
     key = f"{prefix}/{version.target_model}" if prefix else version.target_model
-    try:
-        sha256 = store.head(key).sha256
-    except ObjectNotFound:
+    sha256 = sha256_at(store, key)
+    if sha256 is None:
         return f"its kept object {store.uri_for(key)} is gone"
     if sha256 != version.sha256:
         return f"its kept object {store.uri_for(key)} was replaced (sha256 {sha256}, the table names {version.sha256})"

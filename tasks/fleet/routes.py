@@ -216,14 +216,21 @@ def promote(table: RoutingTable, variant: str, new: RouteVersion, now: datetime)
                                     sha256=new.sha256, since=since, previous=kept, tenant=new.tenant)
 
 
+def back_problem(route: Route | None) -> str | None:
+    """Why a variant's route cannot go back (not routed, nothing kept), or None when it can."""
+    if route is None:
+        return "not routed"
+    return None if route.previous else "no previous version is kept"
+
+
 def route_back(table: RoutingTable, variant: str, now: datetime) -> RouteVersion:
     """Route ``variant`` back to its newest kept version (on the endpoint it was served on, as
     the tenant it was); the current version becomes the first kept one, so routing back twice
     is where one started. ``retiring_since`` stays as it was. Returns the version now routed.
     A variant that is not routed, or keeps no version, is :class:`InvalidInput`."""
     route = table.variants.get(variant)
-    if route is None or not route.previous:
-        why = "not routed" if route is None else "no previous version is kept"
+    why = back_problem(route)
+    if why or route is None:
         raise InvalidInput(f"cannot route {variant} of fleet {table.fleet} back: {why}")
     current, back, *older = route.versions()
     table.variants[variant] = route.model_copy(update={

@@ -17,7 +17,7 @@ from infra.errors import InvalidInput, UserError
 from infra.jsontypes import JsonObject
 from infra.records.endpoint import EnsembleLine, VersionLine
 from infra.records.manifest import Manifest
-from infra.store.objects import ObjectNotFound, open_store
+from infra.store.objects import ObjectNotFound, open_store, sha256_at
 from tasks.deploy.publish import versioned_target
 from tasks.deploy.publish import Published, model_data_url, read_ledger, rollback_object, write_ledger
 from tasks.deploy.records import Ledger, LedgerEntry
@@ -85,14 +85,10 @@ def delete_object(ensemble: str, version: VersionLine, unloaded: str = "", *,
     ``replaced_sha256``, the one it replaced while a deploy was in flight); someone else's
     upload under the name is left."""
     store, _ = open_store(_models_url(version))
-    try:
-        current = store.head(version.key)
-    except ObjectNotFound:
-        current = None
-    ours = {version.sha256, replaced_sha256}
+    current = sha256_at(store, version.key)
     if current is None:
         return Step(MISSING, f"{ensemble}: {unloaded}object {version.uri} already gone")
-    if current.sha256 not in ours:
+    if current not in {version.sha256, replaced_sha256}:
         return Step(LEFT, f"{ensemble}: object {version.uri} was replaced by someone else; left in place")
     store.delete(version.key)
     return Step(DELETED, f"{ensemble}: {unloaded}deleted {version.uri}")
