@@ -385,10 +385,25 @@ class TritonProcess:
         return self
 
     def _pick_ports(self) -> None:
-        pick, req = self.port_picker, self.requested_ports
-        self.http_port = req.http or pick()
-        self.grpc_port = None if req.grpc is None else (req.grpc or pick())
-        self.metrics_port = None if req.metrics is None else (req.metrics or pick())
+        """The ports of this launch: each asked-for one, and for each left at 0 a free port
+        distinct from the others. The OS may hand the same free port to two ``bind(0)`` calls
+        in a row (each socket is closed before the next), and Triton then refuses to start
+        ("cannot listen to HTTP requests and metrics requests at the same address and port";
+        seen in a `mme demo` run)."""
+        req = self.requested_ports
+        taken = {p for p in (req.http, req.grpc, req.metrics) if p}
+
+        def fresh() -> int:
+            for _ in range(100):
+                port = self.port_picker()
+                if port not in taken:
+                    taken.add(port)
+                    return port
+            raise TritonStartError(f"no free port distinct from {sorted(taken)} after 100 tries")
+
+        self.http_port = req.http or fresh()
+        self.grpc_port = None if req.grpc is None else (req.grpc or fresh())
+        self.metrics_port = None if req.metrics is None else (req.metrics or fresh())
 
     def _launch(self, dist: TritonDist, env: dict[str, str]) -> None:
         assert self.log_path is not None
